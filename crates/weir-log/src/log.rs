@@ -1,0 +1,862 @@
+//! The log: appends, group commit, reads, retention.
+//!
+//! Locks, and the order in which they may be taken:
+//! 1. *leadership* (`sync.syncing`, a flag guarded by `sync` and waited on with `sync_cond`):
+//!    held by whoever syncs, rolls, checkpoints, deletes segments or closes. One at a time.
+//! 2. `writer`: the single writer's state. Held while a batch is written to the page cache.
+//! 3. `view`: what readers see. Held only for short, non-blocking updates and snapshots.
+//!
+//! A thread holding a later lock never waits for an earlier one. The writer lock is never held
+//! across an fsync of data (only across the rare roll, which holds leadership too).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Condvar, Mutex, RwLock};
+use weir_batch::HEADER_LEN;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{Durability, LogConfig};
+use crate::error::{LogError, Result};
+use crate::hot::HotTail;
+use crate::segment::Segment;
+use crate::storage::{Storage, read_exact_at};
+
+/// A position in the log: the offset of the next record, and where it would start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Point {
+    pub offset: u64,
+    pub segment: u64,
+    pub pos: u64,
+}
+
+/// What `append` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset given to the first record of the batch.
+    pub base_offset: u64,
+    /// Offset given to the last record of the batch.
+    pub last_offset: u64,
+}
+
+/// What `read` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// Whole record batches in offset order; each chunk holds one or more batches. Empty when
+    /// the offset read is the high watermark.
+    pub chunks: Vec<Bytes>,
+    /// Offset after the last committed record.
+    pub high_watermark: u64,
+    /// Oldest offset still in the log.
+    pub log_start_offset: u64,
+    /// Whether the data came from the in-memory hot tail.
+    pub from_memory: bool,
+}
+
+impl ReadResult {
+    /// Total bytes returned.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether nothing was returned.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Bytes::is_empty)
+    }
+}
+
+/// What opening a log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The previous run closed the log cleanly.
+    pub clean_shutdown: bool,
+    /// Bytes whose batches were verified (CRC) during recovery.
+    pub scanned_bytes: u64,
+    /// Bytes removed from the end of the log because they were torn or corrupt.
+    pub truncated_bytes: u64,
+    /// Segments removed because they followed a truncation or lay below the log start.
+    pub removed_segments: usize,
+    /// Segments whose index files were rebuilt.
+    pub rebuilt_indexes: usize,
+    /// What was wrong where the log was truncated, if it was.
+    pub truncation_reason: Option<String>,
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+    pub log_start_offset: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slot(Mutex<Option<Result<()>>>);
+
+#[derive(Debug)]
+pub(crate) struct Pending {
+    segment: Arc<Segment>,
+    base: u64,
+    next: u64,
+    end_pos: u64,
+    bytes: Bytes,
+    slot: Arc<Slot>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub active: Arc<Segment>,
+    pub write_pos: u64,
+    pub next_offset: u64,
+    pub created: Instant,
+    pub synced: Point,
+    pub pending: VecDeque<Pending>,
+    pub needs_repair: bool,
+    pub bytes_since_checkpoint: u64,
+    pub last_sync: Instant,
+    pub closed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct View {
+    pub segments: Vec<Arc<Segment>>,
+    pub hwm: u64,
+    pub log_start: u64,
+    pub hot: HotTail,
+    pub closed: bool,
+}
+
+impl View {
+    /// The segment that holds `offset` (the last one whose base is ≤ offset).
+    fn segment_for(&self, offset: u64) -> Option<&Arc<Segment>> {
+        let i = self.segments.partition_point(|s| s.base <= offset);
+        i.checked_sub(1).map(|i| &self.segments[i])
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SyncState {
+    syncing: bool,
+}
+
+/// A partition's durable, append-only log of record batches.
+///
+/// One writer at a time appends (concurrent `append` calls are serialized internally and share
+/// syncs); any number of threads read concurrently. All methods take `&self`; share a log
+/// between threads with `Arc<Log>`. Methods block on disk I/O: call them from a blocking
+/// context (`tokio::task::spawn_blocking` in async code).
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) config: LogConfig,
+    pub(crate) writer: Mutex<Writer>,
+    pub(crate) view: RwLock<View>,
+    pub(crate) sync: Mutex<SyncState>,
+    pub(crate) sync_cond: Condvar,
+    pub(crate) recovery: RecoveryReport,
+}
+
+/// Proof of leadership; released on drop.
+pub(crate) struct Leader<'a>(pub(crate) &'a Log);
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.sync.lock();
+        st.syncing = false;
+        self.0.sync_cond.notify_all();
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Log {
+    /// The directory holding this log's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What opening the log found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Offset after the last committed (readable) record.
+    pub fn high_watermark(&self) -> u64 {
+        self.view.read().hwm
+    }
+
+    /// Oldest offset still readable.
+    pub fn log_start_offset(&self) -> u64 {
+        self.view.read().log_start
+    }
+
+    /// Bytes of all segment files (visible data).
+    pub fn size_bytes(&self) -> u64 {
+        self.view.read().segments.iter().map(|s| s.visible_len()).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.view.read().segments.len()
+    }
+
+    pub(crate) fn lead(&self) -> Leader<'_> {
+        let mut st = self.sync.lock();
+        while st.syncing {
+            self.sync_cond.wait(&mut st);
+        }
+        st.syncing = true;
+        Leader(self)
+    }
+
+    /// Appends one record batch (Kafka record batch v2, uncompressed or compressed) and returns
+    /// the offsets it was given. The batch is validated first (length, magic, CRC32C, record
+    /// count); a malformed batch is rejected and nothing is written. The log writes the base
+    /// offset into the batch; no other byte changes.
+    ///
+    /// Returns once the batch is as durable as the policy promises: after fdatasync for
+    /// [`Durability::Always`] (shared with concurrent appenders), after the write otherwise.
+    pub fn append(&self, batch: impl Into<BytesMut>) -> Result<AppendInfo> {
+        let mut buf: BytesMut = batch.into();
+        if buf.len() > self.config.max_batch_bytes {
+            return Err(LogError::BatchTooLarge {
+                size: buf.len(),
+                max: self.config.max_batch_bytes,
+            });
+        }
+        let header = weir_batch::validate(&buf)?;
+        header.check_producer_batch()?;
+        let len = buf.len() as u64;
+        let count = u64::from(header.last_offset_delta as u32) + 1;
+
+        let mut w = self.writer.lock();
+        if w.closed {
+            return Err(LogError::Closed);
+        }
+        if w.needs_repair {
+            self.repair(&mut w)?;
+        }
+        if w.next_offset + count > i64::MAX as u64 {
+            return Err(LogError::OffsetOverflow);
+        }
+        if self.should_roll(&w, len, count) {
+            drop(w);
+            let leader = self.lead();
+            w = self.writer.lock();
+            if w.closed {
+                return Err(LogError::Closed);
+            }
+            if self.should_roll(&w, len, count) {
+                self.roll(&mut w, &leader)?;
+            }
+            drop(leader);
+        }
+        let base = w.next_offset;
+        weir_batch::set_base_offset(&mut buf, base as i64);
+        let bytes = buf.freeze();
+        let pos = w.write_pos;
+        let segment = w.active.clone();
+        if let Err(e) = segment.log.write_all_at(&bytes, pos) {
+            let err = LogError::io("write", &segment.log_path, e);
+            let at = Point {
+                offset: base,
+                segment: segment.base,
+                pos,
+            };
+            self.truncate_writer(&mut w, at);
+            return Err(err);
+        }
+        let next = base + count;
+        w.write_pos = pos + len;
+        w.next_offset = next;
+        segment.index.write().on_batch(
+            (base - segment.base) as u32,
+            pos as u32,
+            len,
+            header.max_timestamp,
+            self.config.index_interval_bytes,
+        );
+        let info = AppendInfo {
+            base_offset: base,
+            last_offset: next - 1,
+        };
+        match self.config.durability {
+            Durability::Always => {
+                let slot = Arc::new(Slot::default());
+                w.pending.push_back(Pending {
+                    segment,
+                    base,
+                    next,
+                    end_pos: pos + len,
+                    bytes,
+                    slot: slot.clone(),
+                });
+                drop(w);
+                self.wait_durable(&slot)?;
+            }
+            Durability::Never => {
+                self.publish(&segment, base, next, pos + len, bytes);
+            }
+            Durability::Interval(every) => {
+                self.publish(&segment, base, next, pos + len, bytes);
+                let due = w.last_sync.elapsed() >= every;
+                drop(w);
+                if due {
+                    // The append is acknowledged whatever the sync does: under this policy an
+                    // acknowledgement never promised durability. The failure is logged.
+                    if let Err(e) = self.sync_round(&self.lead(), false) {
+                        tracing::error!(dir = %self.dir.display(), error = %e, "interval sync failed");
+                    }
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    fn should_roll(&self, w: &Writer, len: u64, count: u64) -> bool {
+        if w.write_pos == 0 {
+            return false;
+        }
+        w.write_pos + len > self.config.segment_bytes
+            || w.next_offset + count - w.active.base > u64::from(u32::MAX)
+            || w.created.elapsed() >= self.config.segment_age
+    }
+
+    /// Makes one committed batch visible to readers.
+    fn publish(&self, segment: &Segment, base: u64, next: u64, end_pos: u64, bytes: Bytes) {
+        let mut v = self.view.write();
+        segment.set_visible_len(end_pos);
+        v.hot.push(base, next, bytes);
+        v.hwm = next;
+    }
+
+    fn publish_all(&self, pending: impl IntoIterator<Item = Pending>) {
+        let mut v = self.view.write();
+        for p in pending {
+            p.segment.set_visible_len(p.end_pos);
+            v.hot.push(p.base, p.next, p.bytes);
+            v.hwm = p.next;
+            *p.slot.0.lock() = Some(Ok(()));
+        }
+    }
+
+    fn fail_all(pending: impl IntoIterator<Item = Pending>, err: &LogError) {
+        for p in pending {
+            *p.slot.0.lock() = Some(Err(err.clone()));
+        }
+    }
+
+    fn wait_durable(&self, slot: &Slot) -> Result<()> {
+        let mut st = self.sync.lock();
+        loop {
+            if let Some(result) = slot.0.lock().take() {
+                return result;
+            }
+            if !st.syncing {
+                st.syncing = true;
+                drop(st);
+                let leader = Leader(self);
+                // Failures reach every affected append through its slot.
+                let _ = self.sync_round(&leader, false);
+                drop(leader);
+                st = self.sync.lock();
+                continue;
+            }
+            self.sync_cond.wait(&mut st);
+        }
+    }
+
+    /// Syncs everything written so far, publishes what became durable, and writes a checkpoint
+    /// when due (or when `force_checkpoint`).
+    fn sync_round(&self, _leader: &Leader<'_>, force_checkpoint: bool) -> Result<()> {
+        let (pending, segment, target, already) = {
+            let mut w = self.writer.lock();
+            let pending: Vec<Pending> = w.pending.drain(..).collect();
+            let target = Point {
+                offset: w.next_offset,
+                segment: w.active.base,
+                pos: w.write_pos,
+            };
+            (pending, w.active.clone(), target, w.synced)
+        };
+        if target == already && pending.is_empty() && !force_checkpoint {
+            return Ok(());
+        }
+        if target != already {
+            if let Err(e) = segment.log.sync_data() {
+                let err = LogError::io("fdatasync", &segment.log_path, e);
+                let mut w = self.writer.lock();
+                let synced = w.synced;
+                if self.config.durability == Durability::Always {
+                    // Batches of segments already sealed (synced when rolled) are durable.
+                    let (ok, failed): (Vec<_>, Vec<_>) =
+                        pending.into_iter().partition(|p| p.next <= synced.offset);
+                    self.publish_all(ok);
+                    Self::fail_all(failed, &err);
+                    let later: Vec<_> = w.pending.drain(..).collect();
+                    Self::fail_all(later, &err);
+                    self.truncate_writer(&mut w, synced);
+                }
+                return Err(err);
+            }
+        }
+        self.publish_all(pending);
+        let due = {
+            let mut w = self.writer.lock();
+            if target.offset >= w.synced.offset {
+                let grown = if target.segment == w.synced.segment {
+                    target.pos - w.synced.pos
+                } else {
+                    target.pos
+                };
+                w.bytes_since_checkpoint += grown;
+                w.synced = target;
+            }
+            w.last_sync = Instant::now();
+            force_checkpoint || w.bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
+        };
+        if due {
+            self.write_checkpoint(_leader, &segment, target, false)?;
+            self.writer.lock().bytes_since_checkpoint = 0;
+        }
+        Ok(())
+    }
+
+    /// Drops everything written after `to` (which lies in the active segment): a failed write,
+    /// or unsynced data after a failed sync. If the truncation itself fails, the next append
+    /// retries it before writing.
+    fn truncate_writer(&self, w: &mut Writer, to: Point) {
+        debug_assert_eq!(to.segment, w.active.base);
+        if to.pos < w.write_pos {
+            w.active.index.write().truncate(to.pos as u32, (to.offset - w.active.base) as u32);
+        }
+        w.write_pos = to.pos;
+        w.next_offset = to.offset;
+        if let Err(e) = w.active.log.set_len(to.pos) {
+            tracing::error!(path = %w.active.log_path.display(), error = %e, "could not truncate after a failed write; will retry");
+            w.needs_repair = true;
+        }
+    }
+
+    fn repair(&self, w: &mut Writer) -> Result<()> {
+        w.active
+            .log
+            .set_len(w.write_pos)
+            .map_err(|e| LogError::io("truncate", &w.active.log_path, e))?;
+        w.needs_repair = false;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one. Requires leadership, so no sync round
+    /// runs meanwhile.
+    fn roll(&self, w: &mut Writer, leader: &Leader<'_>) -> Result<()> {
+        let old = w.active.clone();
+        if let Err(e) = old.log.sync_data() {
+            let err = LogError::io("fdatasync", &old.log_path, e);
+            if self.config.durability == Durability::Always {
+                let pending: Vec<_> = w.pending.drain(..).collect();
+                Self::fail_all(pending, &err);
+                let synced = w.synced;
+                self.truncate_writer(w, synced);
+            }
+            return Err(err);
+        }
+        // Everything in the old segment is durable now: publish it, in order, before the new
+        // segment exists.
+        let pending: Vec<_> = w.pending.drain(..).collect();
+        self.publish_all(pending);
+        old.index.write().seal();
+        old.flush_indexes(true)?;
+        let new = Arc::new(Segment::open(&*self.storage, &self.dir, w.next_offset, true)?);
+        if let Err(e) = self.storage.sync_dir(&self.dir) {
+            for p in new.paths() {
+                let _ = self.storage.remove_file(p);
+            }
+            return Err(LogError::io("sync directory", &self.dir, e));
+        }
+        let start = Point {
+            offset: w.next_offset,
+            segment: new.base,
+            pos: 0,
+        };
+        w.synced = start;
+        w.active = new.clone();
+        w.write_pos = 0;
+        w.created = Instant::now();
+        w.bytes_since_checkpoint = 0;
+        self.view.write().segments.push(new.clone());
+        if let Err(e) = self.write_checkpoint(leader, &new, start, false) {
+            // Not fatal: recovery starts from the older checkpoint and scans a little more.
+            tracing::warn!(dir = %self.dir.display(), error = %e, "checkpoint after roll failed");
+        }
+        Ok(())
+    }
+
+    /// Records `point` as the recovery point. Flushes and syncs the indexes of its segment
+    /// first, so that recovery may trust them up to the point.
+    pub(crate) fn write_checkpoint(&self, _leader: &Leader<'_>, segment: &Segment, point: Point, clean: bool) -> Result<()> {
+        segment.flush_indexes(true)?;
+        let log_start = self.view.read().log_start;
+        self.store_checkpoint(&Checkpoint {
+            clean,
+            recovery_offset: point.offset,
+            recovery_segment: point.segment,
+            recovery_position: point.pos,
+            log_start,
+        })
+    }
+
+    pub(crate) fn store_checkpoint(&self, c: &Checkpoint) -> Result<()> {
+        let tmp = self.dir.join(checkpoint::TMP_FILE);
+        let dst = self.dir.join(checkpoint::FILE);
+        let io = |op, e| LogError::io(op, &tmp, e);
+        let f = self.storage.open_file(&tmp, true).map_err(|e| io("open", e))?;
+        let bytes = c.encode();
+        f.set_len(0).map_err(|e| io("truncate", e))?;
+        f.write_all_at(&bytes, 0).map_err(|e| io("write", e))?;
+        f.sync_data().map_err(|e| io("fdatasync", e))?;
+        drop(f);
+        self.storage.rename(&tmp, &dst).map_err(|e| io("rename", e))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("sync directory", &self.dir, e))
+    }
+
+    /// Makes everything appended so far durable and writes a recovery checkpoint, whatever the
+    /// policy.
+    pub fn flush(&self) -> Result<()> {
+        let leader = self.lead();
+        self.sync_round(&leader, true)
+    }
+
+    /// Syncs if the [`Durability::Interval`] period has passed since the last sync. Call it
+    /// periodically so that data appended just before the producers went quiet is synced too.
+    pub fn tick(&self) -> Result<()> {
+        let Durability::Interval(every) = self.config.durability else {
+            return Ok(());
+        };
+        let due = {
+            let w = self.writer.lock();
+            w.last_sync.elapsed() >= every && w.synced.offset < w.next_offset
+        };
+        if due {
+            let leader = self.lead();
+            self.sync_round(&leader, false)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs everything, writes the indexes and a clean-shutdown checkpoint. Later calls of any
+    /// method fail with [`LogError::Closed`].
+    pub fn close(&self) -> Result<()> {
+        let leader = self.lead();
+        if self.writer.lock().closed {
+            return Ok(());
+        }
+        self.sync_round(&leader, false)?;
+        let (segment, point) = {
+            let mut w = self.writer.lock();
+            w.closed = true;
+            (
+                w.active.clone(),
+                Point {
+                    offset: w.next_offset,
+                    segment: w.active.base,
+                    pos: w.write_pos,
+                },
+            )
+        };
+        self.view.write().closed = true;
+        self.write_checkpoint(&leader, &segment, point, true)
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up to about
+    /// `max_bytes` (always at least one whole batch, however large). Reading at the high
+    /// watermark returns no data; outside `[log start, high watermark]` is an error.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        let (segment, hwm, log_start) = {
+            let v = self.view.read();
+            if v.closed {
+                return Err(LogError::Closed);
+            }
+            let mut result = ReadResult {
+                chunks: Vec::new(),
+                high_watermark: v.hwm,
+                log_start_offset: v.log_start,
+                from_memory: false,
+            };
+            if offset < v.log_start || offset > v.hwm {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start: v.log_start,
+                    high_watermark: v.hwm,
+                });
+            }
+            if offset == v.hwm {
+                return Ok(result);
+            }
+            if let Some(chunks) = v.hot.read(offset, max_bytes) {
+                result.chunks = chunks;
+                result.from_memory = true;
+                return Ok(result);
+            }
+            let segment = v.segment_for(offset).cloned().ok_or(LogError::OffsetOutOfRange {
+                offset,
+                log_start: v.log_start,
+                high_watermark: v.hwm,
+            })?;
+            (segment, v.hwm, v.log_start)
+        };
+        let chunk = self.read_segment(&segment, offset, max_bytes)?;
+        Ok(ReadResult {
+            chunks: vec![chunk],
+            high_watermark: hwm,
+            log_start_offset: log_start,
+            from_memory: false,
+        })
+    }
+
+    /// Finds the position of the batch holding `offset` in `segment` by hopping headers from
+    /// the nearest index entry.
+    fn locate(&self, segment: &Segment, offset: u64, limit: u64) -> Result<(u64, weir_batch::BatchHeader)> {
+        let entry = segment.index.read().lookup((offset - segment.base).min(u64::from(u32::MAX)) as u32);
+        let mut pos = u64::from(entry.pos);
+        let mut expected = segment.base + u64::from(entry.rel);
+        let mut head = [0u8; HEADER_LEN];
+        loop {
+            if pos + HEADER_LEN as u64 > limit {
+                return Err(segment.corrupt(pos, format!("offset {offset} not found before the end of the segment")));
+            }
+            read_exact_at(&*segment.log, &mut head, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+            let h = weir_batch::peek(&head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+            if h.base_offset != expected as i64 || h.last_offset_delta < 0 {
+                return Err(segment.corrupt(pos, format!("batch base offset {} where {expected} was expected", h.base_offset)));
+            }
+            if pos + h.total_len() as u64 > limit {
+                return Err(segment.corrupt(pos, format!("batch of {} bytes overruns the segment", h.total_len())));
+            }
+            if h.next_offset() as u64 > offset {
+                return Ok((pos, h));
+            }
+            pos += h.total_len() as u64;
+            expected = h.next_offset() as u64;
+        }
+    }
+
+    fn read_segment(&self, segment: &Segment, offset: u64, max_bytes: usize) -> Result<Bytes> {
+        let limit = segment.visible_len();
+        let (pos, first) = self.locate(segment, offset, limit)?;
+        let want = (max_bytes as u64).min(limit - pos).max(first.total_len() as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        read_exact_at(&*segment.log, &mut buf, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+        // Keep whole, verified batches only.
+        let mut end = 0usize;
+        let mut expected = first.base_offset;
+        while end < buf.len() {
+            let rest = &buf[end..];
+            let Ok(h) = weir_batch::peek(rest) else {
+                if end == 0 {
+                    let e = weir_batch::peek(rest).unwrap_err();
+                    return Err(segment.corrupt(pos, e.to_string()));
+                }
+                break;
+            };
+            if h.total_len() > rest.len() {
+                break;
+            }
+            let check = weir_batch::validate(&rest[..h.total_len()]).map_err(|e| e.to_string()).and_then(|h| {
+                if h.base_offset == expected {
+                    Ok(h)
+                } else {
+                    Err(format!("batch base offset {} where {expected} was expected", h.base_offset))
+                }
+            });
+            match check {
+                Ok(h) => {
+                    end += h.total_len();
+                    expected = h.next_offset();
+                }
+                Err(reason) if end == 0 => return Err(segment.corrupt(pos, reason)),
+                Err(_) => break,
+            }
+        }
+        buf.truncate(end);
+        Ok(buf.freeze())
+    }
+
+    /// The offset of the first record whose timestamp is ≥ `timestamp` (ms since the epoch),
+    /// or `None` if every record is older. For a compressed batch the batch's base offset is
+    /// returned (its records are not decompressed here).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        let (segments, hwm, log_start) = {
+            let v = self.view.read();
+            if v.closed {
+                return Err(LogError::Closed);
+            }
+            (v.segments.clone(), v.hwm, v.log_start)
+        };
+        for segment in segments {
+            let (max_ts, start_rel) = {
+                let idx = segment.index.read();
+                (idx.max_timestamp, idx.time_lookup(timestamp))
+            };
+            let limit = segment.visible_len();
+            if max_ts < timestamp || limit == 0 {
+                continue;
+            }
+            let start = segment.base + u64::from(start_rel);
+            let (mut pos, _) = self.locate(&segment, start, limit)?;
+            while pos < limit {
+                let mut head = [0u8; HEADER_LEN];
+                read_exact_at(&*segment.log, &mut head, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+                let h = weir_batch::peek(&head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+                if h.next_offset() as u64 > hwm {
+                    break;
+                }
+                if h.max_timestamp >= timestamp {
+                    let found = self.first_record_at_or_after(&segment, pos, &h, timestamp)?;
+                    return Ok(Some(found.max(log_start)));
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    fn first_record_at_or_after(&self, segment: &Segment, pos: u64, h: &weir_batch::BatchHeader, timestamp: i64) -> Result<u64> {
+        if h.compression() != weir_batch::Compression::None {
+            return Ok(h.base_offset as u64);
+        }
+        let mut buf = vec![0u8; h.total_len()];
+        read_exact_at(&*segment.log, &mut buf, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+        let records = weir_batch::Records::new(&buf).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+        for record in records {
+            let record = record.map_err(|e| segment.corrupt(pos, e.to_string()))?;
+            if record.timestamp >= timestamp {
+                return Ok(record.offset as u64);
+            }
+        }
+        // max_timestamp says a record qualifies; trust the header when records disagree.
+        Ok(h.base_offset as u64)
+    }
+
+    /// Makes records before `offset` unreadable and deletes segments that hold only such
+    /// records. `offset` may be at most the high watermark. Returns the new log start offset.
+    pub fn delete_records_before(&self, offset: u64) -> Result<u64> {
+        let leader = self.lead();
+        let (hwm, log_start) = {
+            let v = self.view.read();
+            if v.closed {
+                return Err(LogError::Closed);
+            }
+            (v.hwm, v.log_start)
+        };
+        if offset > hwm {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                high_watermark: hwm,
+            });
+        }
+        if offset <= log_start {
+            return Ok(log_start);
+        }
+        self.set_log_start(&leader, offset)?;
+        Ok(offset)
+    }
+
+    /// Raises the log start offset durably, then deletes the segments wholly below it.
+    fn set_log_start(&self, leader: &Leader<'_>, offset: u64) -> Result<usize> {
+        let (active, synced) = {
+            let w = self.writer.lock();
+            (w.active.clone(), w.synced)
+        };
+        let previous = {
+            let mut v = self.view.write();
+            std::mem::replace(&mut v.log_start, offset)
+        };
+        if let Err(e) = self.write_checkpoint(leader, &active, synced, false) {
+            self.view.write().log_start = previous;
+            return Err(e);
+        }
+        let doomed: Vec<Arc<Segment>> = {
+            let mut v = self.view.write();
+            let keep_from = v
+                .segments
+                .iter()
+                .rposition(|s| s.base <= offset)
+                .unwrap_or(0)
+                .min(v.segments.len() - 1);
+            v.segments.drain(..keep_from).collect()
+        };
+        for s in &doomed {
+            for p in s.paths() {
+                if let Err(e) = self.storage.remove_file(p) {
+                    tracing::warn!(path = %p.display(), error = %e, "could not remove deleted segment file");
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| LogError::io("sync directory", &self.dir, e))?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Deletes the oldest sealed segments that the retention settings no longer keep: whole
+    /// segments whose newest record is older than `retention_age` (measured against `now_ms`),
+    /// and while the log exceeds `retention_bytes`. The active segment is never deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionReport> {
+        let leader = self.lead();
+        let (segments, log_start) = {
+            let v = self.view.read();
+            if v.closed {
+                return Err(LogError::Closed);
+            }
+            (v.segments.clone(), v.log_start)
+        };
+        let mut total: u64 = segments.iter().map(|s| s.visible_len()).sum();
+        let mut report = RetentionReport {
+            log_start_offset: log_start,
+            ..RetentionReport::default()
+        };
+        let sealed = segments.len().saturating_sub(1);
+        let mut new_start = None;
+        for (i, s) in segments.iter().take(sealed).enumerate() {
+            let size = s.visible_len();
+            let expired = self.config.retention_age.is_some_and(|age| {
+                let max_ts = s.index.read().max_timestamp;
+                max_ts < now_ms.saturating_sub(age.as_millis() as i64)
+            });
+            let oversized = self.config.retention_bytes.is_some_and(|cap| total > cap);
+            if !(expired || oversized) {
+                break;
+            }
+            total -= size;
+            report.deleted_segments += 1;
+            report.deleted_bytes += size;
+            new_start = Some(segments[i + 1].base);
+        }
+        if let Some(start) = new_start {
+            if start > log_start {
+                self.set_log_start(&leader, start)?;
+                report.log_start_offset = start;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,242 @@
+//! One segment: a `.log` file of consecutive batches, plus its `.index` and `.timeindex`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use weir_batch::{BatchError, HEADER_LEN};
+
+use crate::error::{LogError, Result};
+use crate::index::SegIndex;
+use crate::storage::{Storage, StorageFile, read_exact_at};
+
+pub(crate) const LOG_EXT: &str = "log";
+pub(crate) const INDEX_EXT: &str = "index";
+pub(crate) const TIME_EXT: &str = "timeindex";
+
+/// File name of a segment file: the base offset, zero-padded to 20 digits.
+pub(crate) fn file_name(base: u64, ext: &str) -> String {
+    format!("{base:020}.{ext}")
+}
+
+/// Parses `00000000000000000042.log` into `(42, "log")`.
+pub(crate) fn parse_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, ext))
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base: u64,
+    pub log_path: PathBuf,
+    pub index_path: PathBuf,
+    pub time_path: PathBuf,
+    pub log: Arc<dyn StorageFile>,
+    pub offset_index: Arc<dyn StorageFile>,
+    pub time_index: Arc<dyn StorageFile>,
+    /// Bytes readers may read (committed data).
+    pub visible_len: AtomicU64,
+    pub index: RwLock<SegIndex>,
+}
+
+impl Segment {
+    /// Opens (or creates) the three files of the segment at `base`.
+    pub fn open(storage: &dyn Storage, dir: &Path, base: u64, create: bool) -> Result<Self> {
+        let log_path = dir.join(file_name(base, LOG_EXT));
+        let index_path = dir.join(file_name(base, INDEX_EXT));
+        let time_path = dir.join(file_name(base, TIME_EXT));
+        let open = |p: &Path, create: bool| {
+            storage
+                .open_file(p, create)
+                .map_err(|e| LogError::io("open", p, e))
+        };
+        let log = open(&log_path, create)?;
+        // Index files are derived data: always create them when missing.
+        let offset_index = open(&index_path, true)?;
+        let time_index = open(&time_path, true)?;
+        Ok(Self {
+            base,
+            log_path,
+            index_path,
+            time_path,
+            log,
+            offset_index,
+            time_index,
+            visible_len: AtomicU64::new(0),
+            index: RwLock::new(SegIndex::new()),
+        })
+    }
+
+    pub fn visible_len(&self) -> u64 {
+        self.visible_len.load(Ordering::Acquire)
+    }
+
+    pub fn set_visible_len(&self, len: u64) {
+        self.visible_len.store(len, Ordering::Release);
+    }
+
+    pub fn paths(&self) -> [&Path; 3] {
+        [&self.log_path, &self.index_path, &self.time_path]
+    }
+
+    /// Writes index entries not yet in the index files, trims the files to the entries held in
+    /// memory, and syncs them when `sync` is set.
+    pub fn flush_indexes(&self, sync: bool) -> Result<()> {
+        let (offsets, off_from, off_len, times, time_from, time_len) = {
+            let idx = self.index.read();
+            (
+                SegIndex::encode_offsets(&idx.offsets[idx.offsets_flushed..]),
+                idx.offsets_flushed,
+                idx.offsets.len(),
+                SegIndex::encode_times(&idx.times[idx.times_flushed..]),
+                idx.times_flushed,
+                idx.times.len(),
+            )
+        };
+        let write = |f: &dyn StorageFile, p: &Path, bytes: &[u8], from: usize, len: usize, entry: usize| {
+            f.write_all_at(bytes, (from * entry) as u64)
+                .and_then(|()| f.set_len((len * entry) as u64))
+                .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
+                .map_err(|e| LogError::io("write index", p, e))
+        };
+        write(&*self.offset_index, &self.index_path, &offsets, off_from, off_len, crate::index::OFFSET_ENTRY)?;
+        write(&*self.time_index, &self.time_path, &times, time_from, time_len, crate::index::TIME_ENTRY)?;
+        let mut idx = self.index.write();
+        // Entries may have been dropped by a rollback meanwhile; never claim more than exist.
+        idx.offsets_flushed = off_len.min(idx.offsets.len());
+        idx.times_flushed = time_len.min(idx.times.len());
+        Ok(())
+    }
+
+    pub fn corrupt(&self, position: u64, reason: impl Into<String>) -> LogError {
+        LogError::Corrupt {
+            segment: self.base,
+            position,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A moving read window over a file, so that scans issue few large reads.
+pub(crate) struct Window<'a> {
+    file: &'a dyn StorageFile,
+    file_len: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+const WINDOW: usize = 1 << 20;
+
+impl<'a> Window<'a> {
+    pub fn new(file: &'a dyn StorageFile, file_len: u64) -> Self {
+        Self {
+            file,
+            file_len,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes `[pos, pos + len)`, or `None` if the file ends before.
+    pub fn get(&mut self, pos: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
+        if pos + len as u64 > self.file_len {
+            return Ok(None);
+        }
+        let have = pos >= self.start && pos + len as u64 <= self.start + self.buf.len() as u64;
+        if !have {
+            let n = (len.max(WINDOW) as u64).min(self.file_len - pos) as usize;
+            self.buf.resize(n, 0);
+            read_exact_at(self.file, &mut self.buf, pos)?;
+            self.start = pos;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(Some(&self.buf[at..at + len]))
+    }
+}
+
+/// Where a scan stopped.
+#[derive(Debug)]
+pub(crate) struct ScanEnd {
+    /// Position after the last good batch.
+    pub pos: u64,
+    /// Offset after the last good batch.
+    pub next_offset: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub fault: Option<String>,
+}
+
+/// Walks batches from `pos` (whose first batch must have base offset `expected`) to the end of
+/// the file, adding index entries to `idx`. With `verify`, checks every batch's CRC; without,
+/// only headers and offset continuity. Stops at the first fault.
+pub(crate) fn scan(
+    seg: &Segment,
+    file_len: u64,
+    mut pos: u64,
+    mut expected: u64,
+    verify: bool,
+    idx: &mut SegIndex,
+    interval: u32,
+) -> Result<ScanEnd> {
+    let mut window = Window::new(&*seg.log, file_len);
+    let io = |e| LogError::io("read", &seg.log_path, e);
+    let fault = loop {
+        if pos == file_len {
+            break None;
+        }
+        let Some(head) = window.get(pos, HEADER_LEN).map_err(io)? else {
+            break Some(format!("{} trailing bytes are shorter than a batch header", file_len - pos));
+        };
+        let h = match weir_batch::peek(head) {
+            Ok(h) => h,
+            Err(e) => break Some(e.to_string()),
+        };
+        if h.base_offset < 0 || h.base_offset as u64 != expected {
+            break Some(format!("batch base offset {} where {expected} was expected", h.base_offset));
+        }
+        if h.last_offset_delta < 0 {
+            break Some(BatchError::BadRecordCount { count: h.record_count, last_offset_delta: h.last_offset_delta }.to_string());
+        }
+        let len = h.total_len();
+        let rel = expected - seg.base;
+        let Ok(rel) = u32::try_from(rel) else {
+            break Some("relative offset exceeds 32 bits".into());
+        };
+        if verify {
+            let Some(bytes) = window.get(pos, len).map_err(io)? else {
+                break Some(format!("batch of {len} bytes is cut short by the end of the file"));
+            };
+            if let Err(e) = weir_batch::validate(bytes) {
+                break Some(e.to_string());
+            }
+        } else if pos + len as u64 > file_len {
+            break Some(format!("batch of {len} bytes is cut short by the end of the file"));
+        }
+        idx.on_batch(rel, pos as u32, len as u64, h.max_timestamp, interval);
+        pos += len as u64;
+        expected = h.next_offset() as u64;
+    };
+    Ok(ScanEnd {
+        pos,
+        next_offset: expected,
+        fault,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_reject_strangers() {
+        assert_eq!(file_name(42, LOG_EXT), "00000000000000000042.log");
+        assert_eq!(parse_name("00000000000000000042.log"), Some((42, "log")));
+        assert_eq!(parse_name("00000000000000000042.timeindex"), Some((42, "timeindex")));
+        assert_eq!(parse_name("42.log"), None);
+        assert_eq!(parse_name("checkpoint"), None);
+        assert_eq!(parse_name("0000000000000000004x.log"), None);
+    }
+}

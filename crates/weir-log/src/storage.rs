@@ -1,0 +1,501 @@
+//! The one narrow door through which the log touches files.
+//!
+//! Every byte the log reads or writes, every file it creates, renames or removes, and every
+//! sync goes through [`Storage`] and [`StorageFile`]. Production uses [`FileStorage`]; tests use
+//! [`MemStorage`], which remembers what was synced so that a test can take the image a crash
+//! would leave behind ([`MemStorage::crash_image`]) and make operations fail after N calls
+//! ([`MemStorage::inject_faults`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// A file system as the log needs it.
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the files directly inside `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens `path` for reading and writing, creating it (empty) when `create` is set.
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Removes the file at `path`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically replaces `to` with `from`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory entries of `dir` (creations, removals, renames) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// An open file.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `pos`; fewer only at the end of the file.
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `pos`. On error, any prefix of `buf` may have been written.
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Truncates or extends the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's data durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// Reads exactly `buf.len()` bytes at `pos`, failing with `UnexpectedEof` if the file ends first.
+pub fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, pos) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileStorage;
+
+#[derive(Debug)]
+struct RealFile(File);
+
+impl StorageFile for RealFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.0.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, pos)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Storage for FileStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Which operations an injected fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Writes fail with `StorageFull` after writing half their bytes; syncs and creations
+    /// fail with `StorageFull`; reads keep working. Models a full disk.
+    DiskFull,
+    /// Every operation, reads included, fails with a generic I/O error. Models a dying process
+    /// or device: combine with [`MemStorage::crash_image`] to simulate a crash at that point.
+    Dead,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    ops: AtomicU64,
+    /// Fail operations numbered in `[start, end)`; `u64::MAX` start disables.
+    window: Mutex<Option<(u64, u64, FaultKind)>>,
+}
+
+impl Faults {
+    /// Counts one operation and says whether it must fail, and how.
+    fn check(&self, is_read: bool) -> io::Result<()> {
+        let n = self.ops.fetch_add(1, Ordering::Relaxed);
+        let window = *self.window.lock();
+        if let Some((start, end, kind)) = window {
+            if n >= start && n < end {
+                match kind {
+                    FaultKind::DiskFull if is_read => {}
+                    FaultKind::DiskFull => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::StorageFull,
+                            "injected: no space left on device",
+                        ));
+                    }
+                    FaultKind::Dead => return Err(io::Error::other("injected: device is dead")),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemData {
+    data: Vec<u8>,
+    synced: Vec<u8>,
+    /// Lowest byte changed since the last sync (`None`: nothing changed).
+    dirty_from: Option<usize>,
+}
+
+#[derive(Debug)]
+struct MemFile {
+    state: Mutex<MemData>,
+    faults: Arc<Faults>,
+}
+
+impl MemFile {
+    fn new(faults: Arc<Faults>, content: Vec<u8>) -> Self {
+        Self {
+            state: Mutex::new(MemData {
+                synced: content.clone(),
+                data: content,
+                dirty_from: None,
+            }),
+            faults,
+        }
+    }
+}
+
+fn mark_dirty(d: &mut MemData, from: usize) {
+    d.dirty_from = Some(d.dirty_from.map_or(from, |x| x.min(from)));
+}
+
+impl StorageFile for MemFile {
+    fn len(&self) -> io::Result<u64> {
+        self.faults.check(true)?;
+        Ok(self.state.lock().data.len() as u64)
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.faults.check(true)?;
+        let d = self.state.lock();
+        let pos = pos as usize;
+        if pos >= d.data.len() {
+            return Ok(0);
+        }
+        let n = buf.len().min(d.data.len() - pos);
+        buf[..n].copy_from_slice(&d.data[pos..pos + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let result = self.faults.check(false);
+        // A failing write may still have written a prefix: write half, like a disk filling up.
+        let len = if result.is_ok() { buf.len() } else { buf.len() / 2 };
+        let mut d = self.state.lock();
+        let pos = pos as usize;
+        if d.data.len() < pos + len {
+            d.data.resize(pos + len, 0);
+        }
+        d.data[pos..pos + len].copy_from_slice(&buf[..len]);
+        mark_dirty(&mut d, pos);
+        result
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut d = self.state.lock();
+        let len = len as usize;
+        let from = len.min(d.data.len());
+        d.data.resize(len, 0);
+        mark_dirty(&mut d, from);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut d = self.state.lock();
+        if let Some(from) = d.dirty_from.take() {
+            let keep = from.min(d.synced.len()).min(d.data.len());
+            d.synced.truncate(keep);
+            let tail = d.data[keep..].to_vec();
+            d.synced.extend_from_slice(&tail);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    dirs: BTreeSet<PathBuf>,
+    /// Directory entries as the running process sees them.
+    live: BTreeMap<PathBuf, Arc<MemFile>>,
+    /// Directory entries as a crash would leave them (updated by `sync_dir`).
+    durable: BTreeMap<PathBuf, Arc<MemFile>>,
+}
+
+/// An in-memory file system that knows what a crash would keep.
+///
+/// File contents survive a crash only up to their last `sync_data`; a file's existence (its
+/// creation, removal or rename) survives only once its directory was synced. That is stricter
+/// than most real file systems, so code that passes here does not rely on luck.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    state: Arc<Mutex<MemState>>,
+    faults: Arc<Faults>,
+}
+
+/// How [`MemStorage::crash_image`] treats bytes written but not synced.
+#[derive(Debug, Clone, Copy)]
+pub enum CrashMode {
+    /// Keep only synced bytes.
+    SyncedOnly,
+    /// Keep synced bytes plus a prefix of the unsynced tail, whose length comes from the seed,
+    /// with its last byte possibly flipped: a torn write.
+    TornTail(u64),
+}
+
+impl MemStorage {
+    /// An empty file system.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of operations performed so far (for choosing fault points).
+    pub fn op_count(&self) -> u64 {
+        self.faults.ops.load(Ordering::Relaxed)
+    }
+
+    /// Makes operations numbered `after..after + count` (counting from the start) fail with
+    /// `kind`. `count = u64::MAX` fails everything from `after` on.
+    pub fn inject_faults(&self, after: u64, count: u64, kind: FaultKind) {
+        *self.faults.window.lock() = Some((after, after.saturating_add(count), kind));
+    }
+
+    /// Stops failing operations.
+    pub fn heal(&self) {
+        *self.faults.window.lock() = None;
+    }
+
+    /// The file system a crash at this instant would leave behind, as a new, healthy storage.
+    pub fn crash_image(&self, mode: CrashMode) -> MemStorage {
+        let state = self.state.lock();
+        let faults = Arc::new(Faults::default());
+        let mut image = MemState {
+            dirs: state.dirs.clone(),
+            ..MemState::default()
+        };
+        let mut seed = match mode {
+            CrashMode::SyncedOnly => None,
+            CrashMode::TornTail(s) => Some(s),
+        };
+        for (path, file) in &state.durable {
+            let d = file.state.lock();
+            let mut content = d.synced.clone();
+            if let Some(s) = seed.as_mut() {
+                *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let unsynced_tail = d.data.len() > content.len()
+                    && d.data[..content.len()] == content[..]
+                    && d.dirty_from.is_some();
+                if unsynced_tail {
+                    let extra = d.data.len() - content.len();
+                    let keep = ((*s >> 33) as usize) % (extra + 1);
+                    content.extend_from_slice(&d.data[d.synced.len()..d.synced.len() + keep]);
+                    if keep > 0 && (*s & 1) == 1 {
+                        let last = content.len() - 1;
+                        content[last] ^= 0x5a;
+                    }
+                }
+            }
+            let f = Arc::new(MemFile::new(faults.clone(), content));
+            image.live.insert(path.clone(), f.clone());
+            image.durable.insert(path.clone(), f);
+        }
+        MemStorage {
+            state: Arc::new(Mutex::new(image)),
+            faults,
+        }
+    }
+
+    /// The current content of a file (for tests that damage files on purpose).
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.state.lock();
+        state.live.get(path).map(|f| f.state.lock().data.clone())
+    }
+
+    /// Replaces a file's content, durably (for tests that damage files on purpose).
+    pub fn write_file(&self, path: &Path, content: Vec<u8>) {
+        let mut state = self.state.lock();
+        let file = Arc::new(MemFile::new(self.faults.clone(), content));
+        state.live.insert(path.to_path_buf(), file.clone());
+        state.durable.insert(path.to_path_buf(), file);
+    }
+}
+
+impl Storage for MemStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut state = self.state.lock();
+        for ancestor in dir.ancestors() {
+            state.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.faults.check(true)?;
+        let state = self.state.lock();
+        if !state.dirs.contains(dir) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(state
+            .live
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        self.faults.check(!create)?;
+        let mut state = self.state.lock();
+        if let Some(f) = state.live.get(path) {
+            return Ok(f.clone());
+        }
+        if !create {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        if !path.parent().is_some_and(|p| state.dirs.contains(p)) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let file = Arc::new(MemFile::new(self.faults.clone(), Vec::new()));
+        state.live.insert(path.to_path_buf(), file.clone());
+        Ok(file)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut state = self.state.lock();
+        state
+            .live
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut state = self.state.lock();
+        let file = state
+            .live
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.live.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut state = self.state.lock();
+        state.durable.retain(|p, _| p.parent() != Some(dir));
+        let entries: Vec<_> = state
+            .live
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, f)| (p.clone(), f.clone()))
+            .collect();
+        state.durable.extend(entries);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_only_synced_bytes_and_synced_entries() {
+        let s = MemStorage::new();
+        let dir = Path::new("/d");
+        s.create_dir_all(dir).unwrap();
+        let a = s.open_file(&dir.join("a"), true).unwrap();
+        a.write_all_at(b"hello", 0).unwrap();
+        // Not yet in a synced directory: a crash loses the file.
+        assert!(
+            s.crash_image(CrashMode::SyncedOnly)
+                .list_dir(dir)
+                .unwrap()
+                .is_empty()
+        );
+        s.sync_dir(dir).unwrap();
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert_eq!(image.read_file(&dir.join("a")).unwrap(), b"");
+        a.sync_data().unwrap();
+        a.write_all_at(b" world", 5).unwrap();
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert_eq!(image.read_file(&dir.join("a")).unwrap(), b"hello");
+        // A removal is not durable until the directory is synced.
+        s.remove_file(&dir.join("a")).unwrap();
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert_eq!(image.read_file(&dir.join("a")).unwrap(), b"hello");
+        s.sync_dir(dir).unwrap();
+        assert!(
+            s.crash_image(CrashMode::SyncedOnly)
+                .read_file(&dir.join("a"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn truncation_after_sync_is_undone_by_a_crash() {
+        let s = MemStorage::new();
+        let dir = Path::new("/d");
+        s.create_dir_all(dir).unwrap();
+        let a = s.open_file(&dir.join("a"), true).unwrap();
+        s.sync_dir(dir).unwrap();
+        a.write_all_at(b"0123456789", 0).unwrap();
+        a.sync_data().unwrap();
+        a.set_len(4).unwrap();
+        a.write_all_at(b"xy", 4).unwrap();
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert_eq!(image.read_file(&dir.join("a")).unwrap(), b"0123456789");
+        a.sync_data().unwrap();
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert_eq!(image.read_file(&dir.join("a")).unwrap(), b"0123xy");
+    }
+
+    #[test]
+    fn faults_hit_the_chosen_window_then_heal() {
+        let s = MemStorage::new();
+        let dir = Path::new("/d");
+        s.create_dir_all(dir).unwrap();
+        let a = s.open_file(&dir.join("a"), true).unwrap();
+        let now = s.op_count();
+        s.inject_faults(now, 3, FaultKind::DiskFull);
+        let err = a.write_all_at(b"abcd", 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(s.read_file(&dir.join("a")).unwrap(), b"ab", "half written");
+        assert!(a.read_at(&mut [0; 2], 0).is_ok(), "reads still work");
+        assert!(a.sync_data().is_err());
+        a.write_all_at(b"abcd", 0).unwrap();
+        s.inject_faults(s.op_count(), u64::MAX, FaultKind::Dead);
+        assert!(a.len().is_err());
+        s.heal();
+        assert_eq!(a.len().unwrap(), 4);
+    }
+}
