@@ -229,8 +229,13 @@ impl Log {
     ///
     /// Returns once the batch is as durable as the policy promises: after fdatasync for
     /// [`Durability::Always`] (shared with concurrent appenders), after the write otherwise.
-    pub fn append(&self, batch: impl Into<BytesMut>) -> Result<AppendInfo> {
-        let mut buf: BytesMut = batch.into();
+    ///
+    /// The batch is taken by value: a `Vec<u8>` or an unshared `Bytes` is not copied.
+    pub fn append(&self, batch: impl Into<Bytes>) -> Result<AppendInfo> {
+        let mut buf: BytesMut = batch
+            .into()
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         if buf.len() > self.config.max_batch_bytes {
             return Err(LogError::BatchTooLarge {
                 size: buf.len(),

@@ -1,0 +1,264 @@
+//! The log's API on the real file system and in memory.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use weir_batch::BatchError;
+use weir_log::{Durability, Log, LogConfig, LogError, MemStorage};
+
+#[test]
+fn append_assigns_contiguous_offsets_and_reads_return_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.high_watermark(), 0);
+    let a = log.append(batch(1, 3, 10, 1000)).unwrap();
+    let b = log.append(batch(2, 5, 10, 2000)).unwrap();
+    assert_eq!((a.base_offset, a.last_offset), (0, 2));
+    assert_eq!((b.base_offset, b.last_offset), (3, 7));
+    assert_eq!(log.high_watermark(), 8);
+
+    // An offset inside a batch returns that whole batch.
+    let r = log.read(4, 1).unwrap();
+    let recs = records(&r);
+    assert_eq!(recs.len(), 5, "one whole batch even though max_bytes is 1");
+    assert_eq!(recs[0].0, 3);
+    assert_eq!(recs[0].1, value(2, 0, 10));
+    // Reading at the high watermark returns nothing; past it is an error.
+    assert!(log.read(8, 1000).unwrap().is_empty());
+    assert!(matches!(
+        log.read(9, 1000),
+        Err(LogError::OffsetOutOfRange { offset: 9, log_start: 0, high_watermark: 8 })
+    ));
+    let all = read_all(&log, 0);
+    assert_eq!(all.len(), 8);
+    assert!(all.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
+}
+
+#[test]
+fn tailing_reads_come_from_memory_and_old_reads_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        hot_tail_bytes: 4096,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    for i in 0..20 {
+        log.append(batch(i, 4, 100, 1000)).unwrap();
+    }
+    let newest = log.read(79, 100_000).unwrap();
+    assert!(newest.from_memory);
+    let oldest = log.read(0, 100_000).unwrap();
+    assert!(!oldest.from_memory);
+    assert_eq!(records(&oldest).len(), 80);
+    assert_eq!(records(&newest).len(), 4);
+}
+
+#[test]
+fn malformed_batches_are_rejected_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(batch(0, 2, 8, 0)).unwrap();
+    let size = log.size_bytes();
+
+    let mut bad_crc = batch(1, 2, 8, 0);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    assert!(matches!(log.append(bad_crc), Err(LogError::InvalidBatch(BatchError::CrcMismatch { .. }))));
+    let mut bad_magic = batch(1, 2, 8, 0);
+    bad_magic[16] = 1;
+    assert!(matches!(log.append(bad_magic), Err(LogError::InvalidBatch(BatchError::BadMagic(1)))));
+    let short = batch(1, 2, 8, 0)[..40].to_vec();
+    assert!(matches!(log.append(short), Err(LogError::InvalidBatch(BatchError::Truncated { .. }))));
+    let mut two = batch(1, 1, 8, 0);
+    two.extend_from_slice(&batch(2, 1, 8, 0));
+    assert!(matches!(log.append(two), Err(LogError::InvalidBatch(BatchError::LengthMismatch { .. }))));
+    let small = Log::open(
+        dir.path().join("small"),
+        LogConfig {
+            max_batch_bytes: 100,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(small.append(batch(1, 10, 50, 0)), Err(LogError::BatchTooLarge { max: 100, .. })));
+
+    assert_eq!(log.size_bytes(), size);
+    assert_eq!(log.high_watermark(), 2);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.high_watermark(), 2);
+}
+
+#[test]
+fn segments_roll_by_size_and_survive_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Always);
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let mut expected = Vec::new();
+    for tag in 0..60u64 {
+        let info = log.append(batch(tag, 5, 200, 1_000 + tag as i64)).unwrap();
+        for i in 0..5 {
+            expected.push((info.base_offset + i as u64, value(tag, i, 200)));
+        }
+    }
+    assert!(log.segment_count() > 3, "small segments roll: {}", log.segment_count());
+    assert_eq!(read_all(&log, 0), expected);
+    log.close().unwrap();
+    assert!(matches!(log.append(batch(0, 1, 1, 0)), Err(LogError::Closed)));
+
+    let log = Log::open(dir.path(), config).unwrap();
+    assert!(log.recovery_report().clean_shutdown);
+    assert_eq!(log.recovery_report().scanned_bytes, 0, "a clean log is not rescanned");
+    assert_eq!(log.high_watermark(), 300);
+    assert_eq!(read_all(&log, 0), expected);
+    // Every offset reads back the batch that holds it.
+    for offset in (0..300).step_by(7) {
+        let r = log.read(offset, 1).unwrap();
+        let recs = records(&r);
+        assert!(recs.iter().any(|(o, _)| *o == offset));
+    }
+    let next = log.append(batch(99, 1, 10, 0)).unwrap();
+    assert_eq!(next.base_offset, 300);
+}
+
+#[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_age: Duration::from_millis(30),
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    log.append(batch(0, 1, 10, 0)).unwrap();
+    std::thread::sleep(Duration::from_millis(40));
+    log.append(batch(1, 1, 10, 0)).unwrap();
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(Durability::Never)).unwrap();
+    // Batch k holds 4 records with timestamps 10_000 + 100k + i.
+    for k in 0..80u64 {
+        log.append(batch(k, 4, 150, 10_000 + 100 * k as i64)).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(10_000).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(10_002).unwrap(), Some(2));
+    // 10_000 + 100 * 50 + 3 is record 3 of batch 50 → offset 203.
+    assert_eq!(log.offset_for_timestamp(15_003).unwrap(), Some(203));
+    assert_eq!(log.offset_for_timestamp(15_004).unwrap(), Some(204));
+    assert_eq!(log.offset_for_timestamp(10_000 + 100 * 79 + 3).unwrap(), Some(319));
+    assert_eq!(log.offset_for_timestamp(10_000 + 100 * 79 + 4).unwrap(), None);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_config(Durability::Never)).unwrap();
+    assert_eq!(log.offset_for_timestamp(15_003).unwrap(), Some(203));
+}
+
+#[test]
+fn delete_records_before_moves_log_start_and_removes_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Always);
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    for k in 0..60u64 {
+        log.append(batch(k, 5, 200, 0)).unwrap();
+    }
+    let segments = log.segment_count();
+    assert!(matches!(log.delete_records_before(301), Err(LogError::OffsetOutOfRange { .. })));
+    assert_eq!(log.delete_records_before(150).unwrap(), 150);
+    assert_eq!(log.log_start_offset(), 150);
+    assert!(log.segment_count() < segments);
+    assert!(matches!(log.read(149, 100), Err(LogError::OffsetOutOfRange { log_start: 150, .. })));
+    let rest = read_all(&log, 150);
+    assert_eq!(rest.first().unwrap().0, 150);
+    assert_eq!(rest.len(), 150);
+    // Lower values are a no-op.
+    assert_eq!(log.delete_records_before(10).unwrap(), 150);
+    drop(log); // not closed: the log start must survive a crash too
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.log_start_offset(), 150);
+    assert_eq!(read_all(&log, 150).len(), 150);
+}
+
+#[test]
+fn retention_by_size_and_by_time_deletes_whole_sealed_segments() {
+    let storage = MemStorage::new();
+    let mut config = small_config(Durability::Never);
+    config.retention_bytes = Some(40 * 1024);
+    config.retention_age = None;
+    let log = mem_log(&storage, config.clone());
+    for k in 0..200u64 {
+        log.append(batch(k, 5, 60, 1_000 * k as i64)).unwrap();
+    }
+    let before = log.size_bytes();
+    let report = log.apply_retention(0).unwrap();
+    assert!(report.deleted_segments > 0);
+    assert!(log.size_bytes() <= 40 * 1024 + 16 * 1024, "within one segment of the cap");
+    assert_eq!(log.size_bytes(), before - report.deleted_bytes);
+    assert_eq!(log.log_start_offset(), report.log_start_offset);
+    assert_eq!(read_all(&log, log.log_start_offset()).last().unwrap().0, 999);
+    drop(log);
+
+    let mut by_time = config;
+    by_time.retention_bytes = None;
+    by_time.retention_age = Some(Duration::from_secs(50));
+    let log = mem_log(&storage, by_time);
+    let segments = log.segment_count();
+    assert!(segments >= 2);
+    // At now = 230 s, records older than 180 s expire. Batch k has timestamps 1000k..1000k+4 ms.
+    let report = log.apply_retention(230_000).unwrap();
+    assert!(report.deleted_segments >= 1 && report.deleted_segments < segments, "{report:?}");
+    let start = log.log_start_offset();
+    let last_deleted_batch = start / 5 - 1;
+    assert!(last_deleted_batch * 1000 + 4 < 180_000, "deleted an unexpired record");
+    // The first remaining segment still holds an unexpired record.
+    let remaining = read_all(&log, start);
+    assert!(remaining.iter().any(|(o, _)| o / 5 * 1000 >= 180_000));
+    // The active segment is never deleted, whatever its age.
+    log.apply_retention(i64::MAX).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.high_watermark(), 1000);
+    assert_eq!(read_all(&log, log.log_start_offset()).last().unwrap().0, 999);
+}
+
+#[test]
+fn concurrent_appenders_share_syncs_and_get_distinct_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..50u64)
+                    .map(|i| (t * 1000 + i, log.append(batch(t * 1000 + i, 3, 20, 0)).unwrap()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut acks: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    acks.sort_by_key(|(_, info)| info.base_offset);
+    for (i, (_, info)) in acks.iter().enumerate() {
+        assert_eq!(info.base_offset, 3 * i as u64);
+    }
+    let all = read_all(&log, 0);
+    assert_eq!(all.len(), 600);
+    for (tag, info) in &acks {
+        assert_eq!(all[info.base_offset as usize].1, value(*tag, 0, 20));
+    }
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = LogConfig {
+        segment_bytes: 10,
+        ..LogConfig::default()
+    };
+    let err = Log::open(dir.path(), bad).unwrap_err();
+    assert!(err.to_string().contains("segment_bytes"), "{err}");
+}
