@@ -271,7 +271,7 @@ pub enum CrashMode {
     /// Keep only synced bytes.
     SyncedOnly,
     /// Keep synced bytes plus a prefix of the unsynced tail, whose length comes from the seed,
-    /// with its last byte possibly flipped: a torn write.
+    /// with one of its bytes possibly flipped: a torn write.
     TornTail(u64),
 }
 
@@ -322,8 +322,9 @@ impl MemStorage {
                     let keep = ((*s >> 33) as usize) % (extra + 1);
                     content.extend_from_slice(&d.data[d.synced.len()..d.synced.len() + keep]);
                     if keep > 0 && (*s & 1) == 1 {
-                        let last = content.len() - 1;
-                        content[last] ^= 0x5a;
+                        // A sector that never made it: one damaged byte in the kept tail.
+                        let at = d.synced.len() + ((*s >> 7) as usize) % keep;
+                        content[at] ^= 0x5a;
                     }
                 }
             }
