@@ -141,6 +141,9 @@ fn read_all(file: &dyn StorageFile, path: &Path, cap: u64) -> Result<Option<Vec<
 /// Loads the index files of `seg` if they are sane, keeping only entries for batches that
 /// start before byte `limit`. Also says whether entries had to be dropped.
 fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
+    if seg.index_missing {
+        return Ok(None);
+    }
     let file_len = seg.log.len().map_err(|e| LogError::io("stat", &seg.log_path, e))?;
     // A batch takes at least HEADER_LEN bytes, which bounds the number of entries.
     let max_entries = file_len / HEADER_LEN as u64 + 1;

@@ -41,6 +41,8 @@ pub(crate) struct Segment {
     /// Bytes readers may read (committed data).
     pub visible_len: AtomicU64,
     pub index: RwLock<SegIndex>,
+    /// An index file did not exist when the segment was opened.
+    pub index_missing: bool,
 }
 
 impl Segment {
@@ -55,9 +57,18 @@ impl Segment {
                 .map_err(|e| LogError::io("open", p, e))
         };
         let log = open(&log_path, create)?;
-        // Index files are derived data: always create them when missing.
-        let offset_index = open(&index_path, true)?;
-        let time_index = open(&time_path, true)?;
+        // Index files are derived data: create them when missing, and remember that they were.
+        let mut index_missing = false;
+        let mut open_index = |p: &Path| match storage.open_file(p, false) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                index_missing = true;
+                open(p, true)
+            }
+            Err(e) => Err(LogError::io("open", p, e)),
+        };
+        let offset_index = open_index(&index_path)?;
+        let time_index = open_index(&time_path)?;
         Ok(Self {
             base,
             log_path,
@@ -68,6 +79,7 @@ impl Segment {
             time_index,
             visible_len: AtomicU64::new(0),
             index: RwLock::new(SegIndex::new()),
+            index_missing,
         })
     }
 
