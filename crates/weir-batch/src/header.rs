@@ -70,7 +70,9 @@ pub enum BatchError {
     #[error("record {index} in batch is malformed: {reason}")]
     BadRecord { index: usize, reason: &'static str },
     /// The batch is compressed and this operation needs its records decoded.
-    #[error("record batch is compressed with {0:?}; records cannot be decoded without decompression")]
+    #[error(
+        "record batch is compressed with {0:?}; records cannot be decoded without decompression"
+    )]
     Compressed(Compression),
 }
 

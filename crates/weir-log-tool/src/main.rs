@@ -21,11 +21,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use weir_batch::{BatchBuilder, RecordSpec};
-use weir_log_tool::{make_batch, torture_value};
 use weir_log::{Durability, Log, LogConfig};
+use weir_log_tool::{make_batch, torture_value};
 
 #[derive(Parser)]
-#[command(name = "weir-log-tool", about = "Benchmarks and torture driver for weir-log")]
+#[command(
+    name = "weir-log-tool",
+    about = "Benchmarks and torture driver for weir-log"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -203,7 +206,11 @@ fn bench_append(a: AppendArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     log.close()?;
     let r = AppendReport {
-        durability: if a.durability == Policy::Always { "always" } else { "never" },
+        durability: if a.durability == Policy::Always {
+            "always"
+        } else {
+            "never"
+        },
         appenders: a.appenders,
         batch_bytes,
         batches: total_batches,
@@ -220,7 +227,14 @@ fn bench_append(a: AppendArgs) -> Result<()> {
     } else {
         println!(
             "append durability={} appenders={} batch={}B: {:.0} MiB/s, {:.0} records/s, latency p50={}µs p99={}µs max={}µs",
-            r.durability, r.appenders, r.batch_bytes, r.mib_per_s, r.records_per_s, r.latency_us_p50, r.latency_us_p99, r.latency_us_max
+            r.durability,
+            r.appenders,
+            r.batch_bytes,
+            r.mib_per_s,
+            r.records_per_s,
+            r.latency_us_p50,
+            r.latency_us_p99,
+            r.latency_us_max
         );
     }
     Ok(())
@@ -250,7 +264,11 @@ fn bench_read(a: ReadArgs) -> Result<()> {
     let total = a.total_mib << 20;
     let config = LogConfig {
         durability: Durability::Never,
-        hot_tail_bytes: if a.mode == ReadMode::Hot { total as usize + (64 << 20) } else { 0 },
+        hot_tail_bytes: if a.mode == ReadMode::Hot {
+            total as usize + (64 << 20)
+        } else {
+            0
+        },
         ..LogConfig::default()
     };
     let mut log = Log::open(&a.dir, config.clone())?;
@@ -285,7 +303,11 @@ fn bench_read(a: ReadArgs) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let r = ReadReport {
-        mode: if a.mode == ReadMode::Hot { "hot" } else { "cold" },
+        mode: if a.mode == ReadMode::Hot {
+            "hot"
+        } else {
+            "cold"
+        },
         bytes,
         seconds: secs,
         mib_per_s: bytes as f64 / secs / (1 << 20) as f64,
@@ -296,7 +318,13 @@ fn bench_read(a: ReadArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("read mode={}: {:.0} MiB/s over {} MiB in {} reads", r.mode, r.mib_per_s, bytes >> 20, reads);
+        println!(
+            "read mode={}: {:.0} MiB/s over {} MiB in {} reads",
+            r.mode,
+            r.mib_per_s,
+            bytes >> 20,
+            reads
+        );
     }
     Ok(())
 }
@@ -391,7 +419,13 @@ fn fill(dir: &Path) -> Result<()> {
     }
 }
 
-fn torture(dir: &Path, run: u32, threads: u32, segment_bytes: u64, checkpoint_bytes: u64) -> Result<()> {
+fn torture(
+    dir: &Path,
+    run: u32,
+    threads: u32,
+    segment_bytes: u64,
+    checkpoint_bytes: u64,
+) -> Result<()> {
     let config = LogConfig {
         segment_bytes,
         checkpoint_interval_bytes: checkpoint_bytes,

@@ -18,7 +18,10 @@ use weir_log_tool::torture_value;
 type Acks = BTreeMap<u64, (u64, usize, usize)>;
 
 fn kills() -> u32 {
-    std::env::var("WEIR_KILL9_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60)
+    std::env::var("WEIR_KILL9_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
 }
 
 /// Runs one child until it is killed; returns its acknowledgements and whether it got as far
@@ -44,7 +47,10 @@ fn run_child(dir: &Path, run: u32, kill_after: Duration) -> (Vec<(u64, u64, usiz
     std::thread::sleep(kill_after);
     child.kill().expect("SIGKILL");
     let status = child.wait().unwrap();
-    assert!(!status.success(), "the child was killed, not finished: {status:?}");
+    assert!(
+        !status.success(),
+        "the child was killed, not finished: {status:?}"
+    );
     reader.join().unwrap();
     let mut acks = Vec::new();
     let mut opened = false;
@@ -78,7 +84,11 @@ fn read_everything(log: &Log) -> Vec<(u64, Vec<u8>)> {
                 let (_, bytes) = b.expect("a corrupt batch was served");
                 for rec in Records::new(bytes).expect("records") {
                     let rec = rec.expect("record");
-                    assert_eq!(rec.offset as u64, out.len() as u64, "offsets are contiguous");
+                    assert_eq!(
+                        rec.offset as u64,
+                        out.len() as u64,
+                        "offsets are contiguous"
+                    );
                     out.push((rec.offset as u64, rec.value.unwrap().to_vec()));
                     offset = rec.offset as u64 + 1;
                 }
@@ -91,7 +101,10 @@ fn read_everything(log: &Log) -> Vec<(u64, Vec<u8>)> {
 #[test]
 fn kill_minus_nine_never_loses_an_acknowledged_record() {
     let dir = tempfile_dir();
-    let seed: u64 = std::env::var("WEIR_KILL9_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("WEIR_KILL9_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("kill -9 torture: seed {seed} (set WEIR_KILL9_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut acks: Acks = BTreeMap::new();
@@ -119,8 +132,16 @@ fn kill_minus_nine_never_loses_an_acknowledged_record() {
         for (&base, &(tag, n, len)) in &acks {
             for i in 0..n {
                 let offset = (base + i as u64) as usize;
-                assert!(offset < records.len(), "run {run}: acknowledged offset {offset} lost (log ends at {})", records.len());
-                assert_eq!(records[offset].1, torture_value(tag, i, len), "run {run}: record at {offset} differs");
+                assert!(
+                    offset < records.len(),
+                    "run {run}: acknowledged offset {offset} lost (log ends at {})",
+                    records.len()
+                );
+                assert_eq!(
+                    records[offset].1,
+                    torture_value(tag, i, len),
+                    "run {run}: record at {offset} differs"
+                );
             }
         }
         // Alternate clean and unclean hand-over to the next child.
@@ -133,12 +154,19 @@ fn kill_minus_nine_never_loses_an_acknowledged_record() {
         acks.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(acks.len() > rounds as usize, "the children should acknowledge plenty of appends");
+    assert!(
+        acks.len() > rounds as usize,
+        "the children should acknowledge plenty of appends"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-kill9-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "weir-kill9-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

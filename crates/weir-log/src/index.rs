@@ -78,7 +78,10 @@ impl SegIndex {
     /// Adds a final time entry when a segment is sealed, so that its last entry holds the
     /// segment's max timestamp.
     pub fn seal(&mut self) {
-        let rel = self.last_rel.unwrap_or(0).max(self.times.last().map_or(0, |t| t.rel));
+        let rel = self
+            .last_rel
+            .unwrap_or(0)
+            .max(self.times.last().map_or(0, |t| t.rel));
         self.push_time(rel);
     }
 
@@ -182,8 +185,14 @@ mod tests {
         assert_eq!(idx.time_lookup(0), 0);
         assert_eq!(idx.time_lookup(650), 60);
         let bytes = SegIndex::encode_offsets(&idx.offsets);
-        assert_eq!(SegIndex::decode_offsets(&bytes, 10_000).unwrap(), idx.offsets);
-        assert!(SegIndex::decode_offsets(&bytes, 9000).is_none(), "entry past the end");
+        assert_eq!(
+            SegIndex::decode_offsets(&bytes, 10_000).unwrap(),
+            idx.offsets
+        );
+        assert!(
+            SegIndex::decode_offsets(&bytes, 9000).is_none(),
+            "entry past the end"
+        );
         assert!(SegIndex::decode_offsets(&bytes[..7], 10_000).is_none());
         let times = SegIndex::encode_times(&idx.times);
         assert_eq!(SegIndex::decode_times(&times).unwrap(), idx.times);
@@ -196,7 +205,8 @@ mod tests {
             OffsetEntry { rel: 4, pos: 200 },
         ]);
         assert!(SegIndex::decode_offsets(&bad, 1000).is_none());
-        let bad = SegIndex::encode_times(&[TimeEntry { ts: 5, rel: 1 }, TimeEntry { ts: 5, rel: 2 }]);
+        let bad =
+            SegIndex::encode_times(&[TimeEntry { ts: 5, rel: 1 }, TimeEntry { ts: 5, rel: 2 }]);
         assert!(SegIndex::decode_times(&bad).is_none());
     }
 }

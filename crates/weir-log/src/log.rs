@@ -171,7 +171,6 @@ impl Drop for Leader<'_> {
     }
 }
 
-
 impl Log {
     /// The directory holding this log's files.
     pub fn dir(&self) -> &Path {
@@ -200,7 +199,12 @@ impl Log {
 
     /// Bytes of all segment files (visible data).
     pub fn size_bytes(&self) -> u64 {
-        self.view.read().segments.iter().map(|s| s.visible_len()).sum()
+        self.view
+            .read()
+            .segments
+            .iter()
+            .map(|s| s.visible_len())
+            .sum()
     }
 
     /// Number of segments.
@@ -441,7 +445,10 @@ impl Log {
     fn truncate_writer(&self, w: &mut Writer, to: Point) {
         debug_assert_eq!(to.segment, w.active.base);
         if to.pos < w.write_pos {
-            w.active.index.write().truncate(to.pos as u32, (to.offset - w.active.base) as u32);
+            w.active
+                .index
+                .write()
+                .truncate(to.pos as u32, (to.offset - w.active.base) as u32);
         }
         w.write_pos = to.pos;
         w.next_offset = to.offset;
@@ -480,7 +487,12 @@ impl Log {
         self.publish_all(pending);
         old.index.write().seal();
         old.flush_indexes(true)?;
-        let new = Arc::new(Segment::open(&*self.storage, &self.dir, w.next_offset, true)?);
+        let new = Arc::new(Segment::open(
+            &*self.storage,
+            &self.dir,
+            w.next_offset,
+            true,
+        )?);
         if let Err(e) = self.storage.sync_dir(&self.dir) {
             for p in new.paths() {
                 let _ = self.storage.remove_file(p);
@@ -507,7 +519,13 @@ impl Log {
 
     /// Records `point` as the recovery point. Flushes and syncs the indexes of its segment
     /// first, so that recovery may trust them up to the point.
-    pub(crate) fn write_checkpoint(&self, _leader: &Leader<'_>, segment: &Segment, point: Point, clean: bool) -> Result<()> {
+    pub(crate) fn write_checkpoint(
+        &self,
+        _leader: &Leader<'_>,
+        segment: &Segment,
+        point: Point,
+        clean: bool,
+    ) -> Result<()> {
         segment.flush_indexes(true)?;
         let log_start = self.view.read().log_start;
         self.store_checkpoint(&Checkpoint {
@@ -523,13 +541,18 @@ impl Log {
         let tmp = self.dir.join(checkpoint::TMP_FILE);
         let dst = self.dir.join(checkpoint::FILE);
         let io = |op, e| LogError::io(op, &tmp, e);
-        let f = self.storage.open_file(&tmp, true).map_err(|e| io("open", e))?;
+        let f = self
+            .storage
+            .open_file(&tmp, true)
+            .map_err(|e| io("open", e))?;
         let bytes = c.encode();
         f.set_len(0).map_err(|e| io("truncate", e))?;
         f.write_all_at(&bytes, 0).map_err(|e| io("write", e))?;
         f.sync_data().map_err(|e| io("fdatasync", e))?;
         drop(f);
-        self.storage.rename(&tmp, &dst).map_err(|e| io("rename", e))?;
+        self.storage
+            .rename(&tmp, &dst)
+            .map_err(|e| io("rename", e))?;
         self.storage
             .sync_dir(&self.dir)
             .map_err(|e| LogError::io("sync directory", &self.dir, e))
@@ -613,11 +636,14 @@ impl Log {
                 result.from_memory = true;
                 return Ok(result);
             }
-            let segment = v.segment_for(offset).cloned().ok_or(LogError::OffsetOutOfRange {
-                offset,
-                log_start: v.log_start,
-                high_watermark: v.hwm,
-            })?;
+            let segment = v
+                .segment_for(offset)
+                .cloned()
+                .ok_or(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start: v.log_start,
+                    high_watermark: v.hwm,
+                })?;
             (segment, v.hwm, v.log_start)
         };
         let chunk = self.read_segment(&segment, offset, max_bytes)?;
@@ -631,22 +657,43 @@ impl Log {
 
     /// Finds the position of the batch holding `offset` in `segment` by hopping headers from
     /// the nearest index entry.
-    fn locate(&self, segment: &Segment, offset: u64, limit: u64) -> Result<(u64, weir_batch::BatchHeader)> {
-        let entry = segment.index.read().lookup((offset - segment.base).min(u64::from(u32::MAX)) as u32);
+    fn locate(
+        &self,
+        segment: &Segment,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, weir_batch::BatchHeader)> {
+        let entry = segment
+            .index
+            .read()
+            .lookup((offset - segment.base).min(u64::from(u32::MAX)) as u32);
         let mut pos = u64::from(entry.pos);
         let mut expected = segment.base + u64::from(entry.rel);
         let mut head = [0u8; HEADER_LEN];
         loop {
             if pos + HEADER_LEN as u64 > limit {
-                return Err(segment.corrupt(pos, format!("offset {offset} not found before the end of the segment")));
+                return Err(segment.corrupt(
+                    pos,
+                    format!("offset {offset} not found before the end of the segment"),
+                ));
             }
-            read_exact_at(&*segment.log, &mut head, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+            read_exact_at(&*segment.log, &mut head, pos)
+                .map_err(|e| LogError::io("read", &segment.log_path, e))?;
             let h = weir_batch::peek(&head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
             if h.base_offset != expected as i64 || h.last_offset_delta < 0 {
-                return Err(segment.corrupt(pos, format!("batch base offset {} where {expected} was expected", h.base_offset)));
+                return Err(segment.corrupt(
+                    pos,
+                    format!(
+                        "batch base offset {} where {expected} was expected",
+                        h.base_offset
+                    ),
+                ));
             }
             if pos + h.total_len() as u64 > limit {
-                return Err(segment.corrupt(pos, format!("batch of {} bytes overruns the segment", h.total_len())));
+                return Err(segment.corrupt(
+                    pos,
+                    format!("batch of {} bytes overruns the segment", h.total_len()),
+                ));
             }
             if h.next_offset() as u64 > offset {
                 return Ok((pos, h));
@@ -659,9 +706,12 @@ impl Log {
     fn read_segment(&self, segment: &Segment, offset: u64, max_bytes: usize) -> Result<Bytes> {
         let limit = segment.visible_len();
         let (pos, first) = self.locate(segment, offset, limit)?;
-        let want = (max_bytes as u64).min(limit - pos).max(first.total_len() as u64) as usize;
+        let want = (max_bytes as u64)
+            .min(limit - pos)
+            .max(first.total_len() as u64) as usize;
         let mut buf = BytesMut::zeroed(want);
-        read_exact_at(&*segment.log, &mut buf, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+        read_exact_at(&*segment.log, &mut buf, pos)
+            .map_err(|e| LogError::io("read", &segment.log_path, e))?;
         // Keep whole, verified batches only.
         let mut end = 0usize;
         let mut expected = first.base_offset;
@@ -677,13 +727,18 @@ impl Log {
             if h.total_len() > rest.len() {
                 break;
             }
-            let check = weir_batch::validate(&rest[..h.total_len()]).map_err(|e| e.to_string()).and_then(|h| {
-                if h.base_offset == expected {
-                    Ok(h)
-                } else {
-                    Err(format!("batch base offset {} where {expected} was expected", h.base_offset))
-                }
-            });
+            let check = weir_batch::validate(&rest[..h.total_len()])
+                .map_err(|e| e.to_string())
+                .and_then(|h| {
+                    if h.base_offset == expected {
+                        Ok(h)
+                    } else {
+                        Err(format!(
+                            "batch base offset {} where {expected} was expected",
+                            h.base_offset
+                        ))
+                    }
+                });
             match check {
                 Ok(h) => {
                     end += h.total_len();
@@ -721,7 +776,8 @@ impl Log {
             let (mut pos, _) = self.locate(&segment, start, limit)?;
             while pos < limit {
                 let mut head = [0u8; HEADER_LEN];
-                read_exact_at(&*segment.log, &mut head, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
+                read_exact_at(&*segment.log, &mut head, pos)
+                    .map_err(|e| LogError::io("read", &segment.log_path, e))?;
                 let h = weir_batch::peek(&head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
                 if h.next_offset() as u64 > hwm {
                     break;
@@ -736,13 +792,21 @@ impl Log {
         Ok(None)
     }
 
-    fn first_record_at_or_after(&self, segment: &Segment, pos: u64, h: &weir_batch::BatchHeader, timestamp: i64) -> Result<u64> {
+    fn first_record_at_or_after(
+        &self,
+        segment: &Segment,
+        pos: u64,
+        h: &weir_batch::BatchHeader,
+        timestamp: i64,
+    ) -> Result<u64> {
         if h.compression() != weir_batch::Compression::None {
             return Ok(h.base_offset as u64);
         }
         let mut buf = vec![0u8; h.total_len()];
-        read_exact_at(&*segment.log, &mut buf, pos).map_err(|e| LogError::io("read", &segment.log_path, e))?;
-        let records = weir_batch::Records::new(&buf).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+        read_exact_at(&*segment.log, &mut buf, pos)
+            .map_err(|e| LogError::io("read", &segment.log_path, e))?;
+        let records =
+            weir_batch::Records::new(&buf).map_err(|e| segment.corrupt(pos, e.to_string()))?;
         for record in records {
             let record = record.map_err(|e| segment.corrupt(pos, e.to_string()))?;
             if record.timestamp >= timestamp {

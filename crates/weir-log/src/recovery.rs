@@ -32,12 +32,19 @@ impl Log {
     }
 
     /// Like [`Log::open`], on the given storage.
-    pub fn open_with(storage: Arc<dyn Storage>, dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+    ) -> Result<Log> {
         config.validate()?;
         let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
         let (segments, report, log_start, end) = recover(&*storage, &dir, &config)?;
-        let active = segments.last().expect("recovery leaves at least one segment").clone();
+        let active = segments
+            .last()
+            .expect("recovery leaves at least one segment")
+            .clone();
         let end_point = Point {
             offset: end.0,
             segment: active.base,
@@ -144,16 +151,32 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
     if seg.index_missing {
         return Ok(None);
     }
-    let file_len = seg.log.len().map_err(|e| LogError::io("stat", &seg.log_path, e))?;
+    let file_len = seg
+        .log
+        .len()
+        .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
     // A batch takes at least HEADER_LEN bytes, which bounds the number of entries.
     let max_entries = file_len / HEADER_LEN as u64 + 1;
-    let Some(offsets) = read_all(&*seg.offset_index, &seg.index_path, max_entries * OFFSET_ENTRY as u64)? else {
+    let Some(offsets) = read_all(
+        &*seg.offset_index,
+        &seg.index_path,
+        max_entries * OFFSET_ENTRY as u64,
+    )?
+    else {
         return Ok(None);
     };
-    let Some(times) = read_all(&*seg.time_index, &seg.time_path, max_entries * TIME_ENTRY as u64)? else {
+    let Some(times) = read_all(
+        &*seg.time_index,
+        &seg.time_path,
+        max_entries * TIME_ENTRY as u64,
+    )?
+    else {
         return Ok(None);
     };
-    let (Some(mut offsets), Some(times)) = (SegIndex::decode_offsets(&offsets, u64::MAX), SegIndex::decode_times(&times)) else {
+    let (Some(mut offsets), Some(times)) = (
+        SegIndex::decode_offsets(&offsets, u64::MAX),
+        SegIndex::decode_times(&times),
+    ) else {
         return Ok(None);
     };
     let before = offsets.len();
@@ -165,7 +188,8 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
         if u64::from(last.pos) + HEADER_LEN as u64 > file_len {
             return Ok(None);
         }
-        read_exact_at(&*seg.log, &mut head, u64::from(last.pos)).map_err(|e| LogError::io("read", &seg.log_path, e))?;
+        read_exact_at(&*seg.log, &mut head, u64::from(last.pos))
+            .map_err(|e| LogError::io("read", &seg.log_path, e))?;
         match weir_batch::peek(&head) {
             Ok(h) if h.base_offset == (seg.base + u64::from(last.rel)) as i64 => {}
             _ => return Ok(None),
@@ -183,8 +207,12 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
 type Recovered = (Vec<Arc<Segment>>, RecoveryReport, u64, (u64, u64));
 
 fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Recovered> {
-    storage.create_dir_all(dir).map_err(|e| LogError::io("create directory", dir, e))?;
-    let names = storage.list_dir(dir).map_err(|e| LogError::io("list directory", dir, e))?;
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| LogError::io("create directory", dir, e))?;
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| LogError::io("list directory", dir, e))?;
     let mut bases = BTreeSet::new();
     let mut others = Vec::new();
     for name in &names {
@@ -217,7 +245,9 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
             tracing::warn!(dir = %dir.display(), base, "checkpoint present but no segment files; starting empty");
         }
         let seg = Segment::open(storage, dir, base, true)?;
-        storage.sync_dir(dir).map_err(|e| LogError::io("sync directory", dir, e))?;
+        storage
+            .sync_dir(dir)
+            .map_err(|e| LogError::io("sync directory", dir, e))?;
         let seg = Arc::new(seg);
         return Ok((vec![seg], report, base, (base, 0)));
     }
@@ -242,7 +272,12 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
     }
 
     // Where verification starts.
-    let (start_idx, start_pos, start_offset) = match ckpt.and_then(|c| segments.iter().position(|s| s.base == c.recovery_segment).map(|i| (i, c))) {
+    let (start_idx, start_pos, start_offset) = match ckpt.and_then(|c| {
+        segments
+            .iter()
+            .position(|s| s.base == c.recovery_segment)
+            .map(|i| (i, c))
+    }) {
         Some((i, c)) => (i, c.recovery_position, c.recovery_offset),
         None => {
             if ckpt.is_some() {
@@ -254,7 +289,10 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
 
     // Trusted segments: the checkpoint vouches for them. Check their indexes only.
     for seg in &segments[..start_idx] {
-        let len = seg.log.len().map_err(|e| LogError::io("stat", &seg.log_path, e))?;
+        let len = seg
+            .log
+            .len()
+            .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
         let (idx, rebuilt) = match load_index(seg, len)? {
             Some((idx, false)) => (idx, false),
             _ => {
@@ -279,21 +317,33 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
     let mut expected = start_offset;
     let mut end: Option<(usize, u64)> = None; // (segment index, position) where the log ends
     let mut truncated_at: Option<(usize, u64)> = None;
-    for i in start_idx..segments.len() {
-        let seg = &segments[i];
-        let len = seg.log.len().map_err(|e| LogError::io("stat", &seg.log_path, e))?;
+    for (i, seg) in segments.iter().enumerate().skip(start_idx) {
+        let len = seg
+            .log
+            .len()
+            .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
         if truncated_at.is_some() {
             break;
         }
         if i > start_idx && seg.base != expected {
-            report.truncation_reason = Some(format!("segment {} starts at offset {} where {expected} was expected", seg.base, seg.base));
+            report.truncation_reason = Some(format!(
+                "segment {} starts at offset {} where {expected} was expected",
+                seg.base, seg.base
+            ));
             truncated_at = Some((i, 0));
             break;
         }
-        let (mut from_pos, mut from_offset) = if i == start_idx { (start_pos, start_offset) } else { (0, seg.base) };
+        let (mut from_pos, mut from_offset) = if i == start_idx {
+            (start_pos, start_offset)
+        } else {
+            (0, seg.base)
+        };
         let mut idx = SegIndex::new();
         if from_pos > 0 {
-            match (from_pos <= len).then(|| load_index(seg, from_pos)).transpose()? {
+            match (from_pos <= len)
+                .then(|| load_index(seg, from_pos))
+                .transpose()?
+            {
                 Some(Some((loaded, _))) => {
                     idx = loaded;
                     let rel = (from_offset - seg.base) as u32;
@@ -302,7 +352,15 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
                     // newer max timestamp than the time index: read their headers.
                     let floor = idx.lookup(rel);
                     let mut gap = SegIndex::new();
-                    let hop = scan(seg, from_pos, u64::from(floor.pos), seg.base + u64::from(floor.rel), false, &mut gap, u32::MAX)?;
+                    let hop = scan(
+                        seg,
+                        from_pos,
+                        u64::from(floor.pos),
+                        seg.base + u64::from(floor.rel),
+                        false,
+                        &mut gap,
+                        u32::MAX,
+                    )?;
                     if hop.fault.is_some() || hop.next_offset != from_offset {
                         idx = SegIndex::new();
                         from_pos = 0;
@@ -329,7 +387,10 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
         expected = stop.next_offset;
         end = Some((i, stop.pos));
         if let Some(fault) = stop.fault {
-            report.truncation_reason = Some(format!("segment {} at byte {}: {fault}", seg.base, stop.pos));
+            report.truncation_reason = Some(format!(
+                "segment {} at byte {}: {fault}",
+                seg.base, stop.pos
+            ));
             truncated_at = Some((i, stop.pos));
         }
     }
@@ -354,14 +415,29 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
         (last, segments[last].visible_len())
     });
     let active = &segments[last_idx];
-    let len = active.log.len().map_err(|e| LogError::io("stat", &active.log_path, e))?;
+    let len = active
+        .log
+        .len()
+        .map_err(|e| LogError::io("stat", &active.log_path, e))?;
     if len > end_pos {
         report.truncated_bytes += len - end_pos;
-        active.log.set_len(end_pos).map_err(|e| LogError::io("truncate", &active.log_path, e))?;
-        active.log.sync_data().map_err(|e| LogError::io("fdatasync", &active.log_path, e))?;
+        active
+            .log
+            .set_len(end_pos)
+            .map_err(|e| LogError::io("truncate", &active.log_path, e))?;
+        active
+            .log
+            .sync_data()
+            .map_err(|e| LogError::io("fdatasync", &active.log_path, e))?;
     }
     for seg in &segments[start_idx..] {
-        let l = if seg.base == active.base { end_pos } else { seg.log.len().map_err(|e| LogError::io("stat", &seg.log_path, e))? };
+        let l = if seg.base == active.base {
+            end_pos
+        } else {
+            seg.log
+                .len()
+                .map_err(|e| LogError::io("stat", &seg.log_path, e))?
+        };
         seg.set_visible_len(l);
         if seg.base != active.base {
             seg.index.write().seal();
@@ -369,7 +445,9 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
         seg.flush_indexes(true)?;
     }
     if dir_changed || report.removed_segments > 0 {
-        storage.sync_dir(dir).map_err(|e| LogError::io("sync directory", dir, e))?;
+        storage
+            .sync_dir(dir)
+            .map_err(|e| LogError::io("sync directory", dir, e))?;
     }
     let next_offset = expected;
     let first_base = segments[0].base;

@@ -109,14 +109,29 @@ impl Segment {
                 idx.times.len(),
             )
         };
-        let write = |f: &dyn StorageFile, p: &Path, bytes: &[u8], from: usize, len: usize, entry: usize| {
-            f.write_all_at(bytes, (from * entry) as u64)
-                .and_then(|()| f.set_len((len * entry) as u64))
-                .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
-                .map_err(|e| LogError::io("write index", p, e))
-        };
-        write(&*self.offset_index, &self.index_path, &offsets, off_from, off_len, crate::index::OFFSET_ENTRY)?;
-        write(&*self.time_index, &self.time_path, &times, time_from, time_len, crate::index::TIME_ENTRY)?;
+        let write =
+            |f: &dyn StorageFile, p: &Path, bytes: &[u8], from: usize, len: usize, entry: usize| {
+                f.write_all_at(bytes, (from * entry) as u64)
+                    .and_then(|()| f.set_len((len * entry) as u64))
+                    .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
+                    .map_err(|e| LogError::io("write index", p, e))
+            };
+        write(
+            &*self.offset_index,
+            &self.index_path,
+            &offsets,
+            off_from,
+            off_len,
+            crate::index::OFFSET_ENTRY,
+        )?;
+        write(
+            &*self.time_index,
+            &self.time_path,
+            &times,
+            time_from,
+            time_len,
+            crate::index::TIME_ENTRY,
+        )?;
         let mut idx = self.index.write();
         // Entries may have been dropped by a rollback meanwhile; never claim more than exist.
         idx.offsets_flushed = off_len.min(idx.offsets.len());
@@ -200,17 +215,29 @@ pub(crate) fn scan(
             break None;
         }
         let Some(head) = window.get(pos, HEADER_LEN).map_err(io)? else {
-            break Some(format!("{} trailing bytes are shorter than a batch header", file_len - pos));
+            break Some(format!(
+                "{} trailing bytes are shorter than a batch header",
+                file_len - pos
+            ));
         };
         let h = match weir_batch::peek(head) {
             Ok(h) => h,
             Err(e) => break Some(e.to_string()),
         };
         if h.base_offset < 0 || h.base_offset as u64 != expected {
-            break Some(format!("batch base offset {} where {expected} was expected", h.base_offset));
+            break Some(format!(
+                "batch base offset {} where {expected} was expected",
+                h.base_offset
+            ));
         }
         if h.last_offset_delta < 0 {
-            break Some(BatchError::BadRecordCount { count: h.record_count, last_offset_delta: h.last_offset_delta }.to_string());
+            break Some(
+                BatchError::BadRecordCount {
+                    count: h.record_count,
+                    last_offset_delta: h.last_offset_delta,
+                }
+                .to_string(),
+            );
         }
         let len = h.total_len();
         let rel = expected - seg.base;
@@ -219,13 +246,17 @@ pub(crate) fn scan(
         };
         if verify {
             let Some(bytes) = window.get(pos, len).map_err(io)? else {
-                break Some(format!("batch of {len} bytes is cut short by the end of the file"));
+                break Some(format!(
+                    "batch of {len} bytes is cut short by the end of the file"
+                ));
             };
             if let Err(e) = weir_batch::validate(bytes) {
                 break Some(e.to_string());
             }
         } else if pos + len as u64 > file_len {
-            break Some(format!("batch of {len} bytes is cut short by the end of the file"));
+            break Some(format!(
+                "batch of {len} bytes is cut short by the end of the file"
+            ));
         }
         idx.on_batch(rel, pos as u32, len as u64, h.max_timestamp, interval);
         pos += len as u64;
@@ -246,7 +277,10 @@ mod tests {
     fn names_round_trip_and_reject_strangers() {
         assert_eq!(file_name(42, LOG_EXT), "00000000000000000042.log");
         assert_eq!(parse_name("00000000000000000042.log"), Some((42, "log")));
-        assert_eq!(parse_name("00000000000000000042.timeindex"), Some((42, "timeindex")));
+        assert_eq!(
+            parse_name("00000000000000000042.timeindex"),
+            Some((42, "timeindex"))
+        );
         assert_eq!(parse_name("42.log"), None);
         assert_eq!(parse_name("checkpoint"), None);
         assert_eq!(parse_name("0000000000000000004x.log"), None);

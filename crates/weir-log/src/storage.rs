@@ -34,6 +34,7 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 }
 
 /// An open file.
+#[allow(clippy::len_without_is_empty)] // a file's emptiness is `len()? == 0`; `len` can fail
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -213,7 +214,11 @@ impl StorageFile for MemFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let result = self.faults.check(false);
         // A failing write may still have written a prefix: write half, like a disk filling up.
-        let len = if result.is_ok() { buf.len() } else { buf.len() / 2 };
+        let len = if result.is_ok() {
+            buf.len()
+        } else {
+            buf.len() / 2
+        };
         let mut d = self.state.lock();
         let pos = pos as usize;
         if d.data.len() < pos + len {
@@ -313,7 +318,9 @@ impl MemStorage {
             let d = file.state.lock();
             let mut content = d.synced.clone();
             if let Some(s) = seed.as_mut() {
-                *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let unsynced_tail = d.data.len() > content.len()
                     && d.data[..content.len()] == content[..]
                     && d.dirty_from.is_some();

@@ -30,7 +30,11 @@ fn append_assigns_contiguous_offsets_and_reads_return_whole_batches() {
     assert!(log.read(8, 1000).unwrap().is_empty());
     assert!(matches!(
         log.read(9, 1000),
-        Err(LogError::OffsetOutOfRange { offset: 9, log_start: 0, high_watermark: 8 })
+        Err(LogError::OffsetOutOfRange {
+            offset: 9,
+            log_start: 0,
+            high_watermark: 8
+        })
     ));
     let all = read_all(&log, 0);
     assert_eq!(all.len(), 8);
@@ -66,15 +70,27 @@ fn malformed_batches_are_rejected_and_nothing_is_written() {
     let mut bad_crc = batch(1, 2, 8, 0);
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 1;
-    assert!(matches!(log.append(bad_crc), Err(LogError::InvalidBatch(BatchError::CrcMismatch { .. }))));
+    assert!(matches!(
+        log.append(bad_crc),
+        Err(LogError::InvalidBatch(BatchError::CrcMismatch { .. }))
+    ));
     let mut bad_magic = batch(1, 2, 8, 0);
     bad_magic[16] = 1;
-    assert!(matches!(log.append(bad_magic), Err(LogError::InvalidBatch(BatchError::BadMagic(1)))));
+    assert!(matches!(
+        log.append(bad_magic),
+        Err(LogError::InvalidBatch(BatchError::BadMagic(1)))
+    ));
     let short = batch(1, 2, 8, 0)[..40].to_vec();
-    assert!(matches!(log.append(short), Err(LogError::InvalidBatch(BatchError::Truncated { .. }))));
+    assert!(matches!(
+        log.append(short),
+        Err(LogError::InvalidBatch(BatchError::Truncated { .. }))
+    ));
     let mut two = batch(1, 1, 8, 0);
     two.extend_from_slice(&batch(2, 1, 8, 0));
-    assert!(matches!(log.append(two), Err(LogError::InvalidBatch(BatchError::LengthMismatch { .. }))));
+    assert!(matches!(
+        log.append(two),
+        Err(LogError::InvalidBatch(BatchError::LengthMismatch { .. }))
+    ));
     let small = Log::open(
         dir.path().join("small"),
         LogConfig {
@@ -83,7 +99,10 @@ fn malformed_batches_are_rejected_and_nothing_is_written() {
         },
     )
     .unwrap();
-    assert!(matches!(small.append(batch(1, 10, 50, 0)), Err(LogError::BatchTooLarge { max: 100, .. })));
+    assert!(matches!(
+        small.append(batch(1, 10, 50, 0)),
+        Err(LogError::BatchTooLarge { max: 100, .. })
+    ));
 
     assert_eq!(log.size_bytes(), size);
     assert_eq!(log.high_watermark(), 2);
@@ -104,14 +123,25 @@ fn segments_roll_by_size_and_survive_clean_restart() {
             expected.push((info.base_offset + i as u64, value(tag, i, 200)));
         }
     }
-    assert!(log.segment_count() > 3, "small segments roll: {}", log.segment_count());
+    assert!(
+        log.segment_count() > 3,
+        "small segments roll: {}",
+        log.segment_count()
+    );
     assert_eq!(read_all(&log, 0), expected);
     log.close().unwrap();
-    assert!(matches!(log.append(batch(0, 1, 1, 0)), Err(LogError::Closed)));
+    assert!(matches!(
+        log.append(batch(0, 1, 1, 0)),
+        Err(LogError::Closed)
+    ));
 
     let log = Log::open(dir.path(), config).unwrap();
     assert!(log.recovery_report().clean_shutdown);
-    assert_eq!(log.recovery_report().scanned_bytes, 0, "a clean log is not rescanned");
+    assert_eq!(
+        log.recovery_report().scanned_bytes,
+        0,
+        "a clean log is not rescanned"
+    );
     assert_eq!(log.high_watermark(), 300);
     assert_eq!(read_all(&log, 0), expected);
     // Every offset reads back the batch that holds it.
@@ -144,7 +174,8 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     let log = Log::open(dir.path(), small_config(Durability::Never)).unwrap();
     // Batch k holds 4 records with timestamps 10_000 + 100k + i.
     for k in 0..80u64 {
-        log.append(batch(k, 4, 150, 10_000 + 100 * k as i64)).unwrap();
+        log.append(batch(k, 4, 150, 10_000 + 100 * k as i64))
+            .unwrap();
     }
     assert!(log.segment_count() > 2);
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
@@ -153,8 +184,14 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     // 10_000 + 100 * 50 + 3 is record 3 of batch 50 → offset 203.
     assert_eq!(log.offset_for_timestamp(15_003).unwrap(), Some(203));
     assert_eq!(log.offset_for_timestamp(15_004).unwrap(), Some(204));
-    assert_eq!(log.offset_for_timestamp(10_000 + 100 * 79 + 3).unwrap(), Some(319));
-    assert_eq!(log.offset_for_timestamp(10_000 + 100 * 79 + 4).unwrap(), None);
+    assert_eq!(
+        log.offset_for_timestamp(10_000 + 100 * 79 + 3).unwrap(),
+        Some(319)
+    );
+    assert_eq!(
+        log.offset_for_timestamp(10_000 + 100 * 79 + 4).unwrap(),
+        None
+    );
     log.close().unwrap();
     let log = Log::open(dir.path(), small_config(Durability::Never)).unwrap();
     assert_eq!(log.offset_for_timestamp(15_003).unwrap(), Some(203));
@@ -169,11 +206,17 @@ fn delete_records_before_moves_log_start_and_removes_whole_segments() {
         log.append(batch(k, 5, 200, 0)).unwrap();
     }
     let segments = log.segment_count();
-    assert!(matches!(log.delete_records_before(301), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.delete_records_before(301),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     assert_eq!(log.delete_records_before(150).unwrap(), 150);
     assert_eq!(log.log_start_offset(), 150);
     assert!(log.segment_count() < segments);
-    assert!(matches!(log.read(149, 100), Err(LogError::OffsetOutOfRange { log_start: 150, .. })));
+    assert!(matches!(
+        log.read(149, 100),
+        Err(LogError::OffsetOutOfRange { log_start: 150, .. })
+    ));
     let rest = read_all(&log, 150);
     assert_eq!(rest.first().unwrap().0, 150);
     assert_eq!(rest.len(), 150);
@@ -198,10 +241,16 @@ fn retention_by_size_and_by_time_deletes_whole_sealed_segments() {
     let before = log.size_bytes();
     let report = log.apply_retention(0).unwrap();
     assert!(report.deleted_segments > 0);
-    assert!(log.size_bytes() <= 40 * 1024 + 16 * 1024, "within one segment of the cap");
+    assert!(
+        log.size_bytes() <= 40 * 1024 + 16 * 1024,
+        "within one segment of the cap"
+    );
     assert_eq!(log.size_bytes(), before - report.deleted_bytes);
     assert_eq!(log.log_start_offset(), report.log_start_offset);
-    assert_eq!(read_all(&log, log.log_start_offset()).last().unwrap().0, 999);
+    assert_eq!(
+        read_all(&log, log.log_start_offset()).last().unwrap().0,
+        999
+    );
     drop(log);
 
     let mut by_time = config;
@@ -212,10 +261,16 @@ fn retention_by_size_and_by_time_deletes_whole_sealed_segments() {
     assert!(segments >= 2);
     // At now = 230 s, records older than 180 s expire. Batch k has timestamps 1000k..1000k+4 ms.
     let report = log.apply_retention(230_000).unwrap();
-    assert!(report.deleted_segments >= 1 && report.deleted_segments < segments, "{report:?}");
+    assert!(
+        report.deleted_segments >= 1 && report.deleted_segments < segments,
+        "{report:?}"
+    );
     let start = log.log_start_offset();
     let last_deleted_batch = start / 5 - 1;
-    assert!(last_deleted_batch * 1000 + 4 < 180_000, "deleted an unexpired record");
+    assert!(
+        last_deleted_batch * 1000 + 4 < 180_000,
+        "deleted an unexpired record"
+    );
     // The first remaining segment still holds an unexpired record.
     let remaining = read_all(&log, start);
     assert!(remaining.iter().any(|(o, _)| o / 5 * 1000 >= 180_000));
@@ -223,7 +278,10 @@ fn retention_by_size_and_by_time_deletes_whole_sealed_segments() {
     log.apply_retention(i64::MAX).unwrap();
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.high_watermark(), 1000);
-    assert_eq!(read_all(&log, log.log_start_offset()).last().unwrap().0, 999);
+    assert_eq!(
+        read_all(&log, log.log_start_offset()).last().unwrap().0,
+        999
+    );
 }
 
 #[test]
@@ -235,12 +293,20 @@ fn concurrent_appenders_share_syncs_and_get_distinct_offsets() {
             let log = log.clone();
             std::thread::spawn(move || {
                 (0..50u64)
-                    .map(|i| (t * 1000 + i, log.append(batch(t * 1000 + i, 3, 20, 0)).unwrap()))
+                    .map(|i| {
+                        (
+                            t * 1000 + i,
+                            log.append(batch(t * 1000 + i, 3, 20, 0)).unwrap(),
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut acks: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut acks: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     acks.sort_by_key(|(_, info)| info.base_offset);
     for (i, (_, info)) in acks.iter().enumerate() {
         assert_eq!(info.base_offset, 3 * i as u64);

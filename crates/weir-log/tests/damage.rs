@@ -49,12 +49,24 @@ fn garbage_after_the_last_batch_is_cut_off() {
     let all = populated(dir.path());
     let last = segment_files(dir.path(), "log").pop().unwrap();
     let before = fs::metadata(&last).unwrap().len();
-    OpenOptions::new().append(true).open(&last).unwrap().write_all(&[0xAB; 777]).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(&[0xAB; 777])
+        .unwrap();
 
     let log = Log::open(dir.path(), config()).unwrap();
     let report = log.recovery_report();
     assert_eq!(report.truncated_bytes, 777);
-    assert!(report.truncation_reason.as_deref().unwrap().contains("length field"), "{report:?}");
+    assert!(
+        report
+            .truncation_reason
+            .as_deref()
+            .unwrap()
+            .contains("length field"),
+        "{report:?}"
+    );
     assert_eq!(fs::metadata(&last).unwrap().len(), before);
     assert_eq!(read_all(&log, 0), all);
     // Appends continue right after the valid prefix.
@@ -68,13 +80,24 @@ fn a_batch_cut_midway_is_dropped_and_the_rest_kept() {
     let last = segment_files(dir.path(), "log").pop().unwrap();
     let len = fs::metadata(&last).unwrap().len();
     // Each batch is a bit over 1.2 KB: cutting 500 bytes tears the last one.
-    OpenOptions::new().write(true).open(&last).unwrap().set_len(len - 500).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 500)
+        .unwrap();
 
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(log.high_watermark(), 156, "exactly the last batch is gone");
     assert_eq!(read_all(&log, 0), all[..156].to_vec());
     assert!(log.recovery_report().truncated_bytes > 0);
-    assert!(log.recovery_report().truncation_reason.as_deref().unwrap().contains("cut short"));
+    assert!(
+        log.recovery_report()
+            .truncation_reason
+            .as_deref()
+            .unwrap()
+            .contains("cut short")
+    );
 }
 
 #[test]
@@ -90,7 +113,11 @@ fn a_flipped_bit_in_an_older_segment_is_reported_where_it_is() {
     fs::write(&first, &bytes).unwrap();
 
     let log = Log::open(dir.path(), config()).unwrap();
-    assert_eq!(log.high_watermark(), 160, "older segments are not truncated");
+    assert_eq!(
+        log.high_watermark(),
+        160,
+        "older segments are not truncated"
+    );
     // The batches before the damage read fine.
     let before = log.read(0, 2 * batch_len).unwrap();
     assert_eq!(records(&before), all[..8].to_vec());
@@ -99,7 +126,11 @@ fn a_flipped_bit_in_an_older_segment_is_reported_where_it_is() {
     assert_eq!(records(&up_to), all[4..8].to_vec());
     // ... and a read at it names the segment and the position.
     match log.read(9, 100) {
-        Err(LogError::Corrupt { segment: 0, position, reason }) => {
+        Err(LogError::Corrupt {
+            segment: 0,
+            position,
+            reason,
+        }) => {
             assert_eq!(position, 2 * batch_len as u64);
             assert!(reason.contains("CRC"), "{reason}");
         }
@@ -125,7 +156,11 @@ fn missing_or_garbage_indexes_are_rebuilt() {
     assert_eq!(log.recovery_report().rebuilt_indexes, 2);
     assert_eq!(read_all(&log, 0), all);
     for offset in [0, 37, 77, 121, 159] {
-        assert!(records(&log.read(offset, 1).unwrap()).iter().any(|(o, _)| *o == offset));
+        assert!(
+            records(&log.read(offset, 1).unwrap())
+                .iter()
+                .any(|(o, _)| *o == offset)
+        );
     }
     // Batch 17 holds timestamps 1017..=1020; its last record (offset 71) is the first at 1020.
     assert_eq!(log.offset_for_timestamp(1000 + 20).unwrap(), Some(71));
@@ -144,7 +179,10 @@ fn a_damaged_checkpoint_means_verifying_everything_not_losing_anything() {
     let log = Log::open(dir.path(), config()).unwrap();
     let report = log.recovery_report();
     assert!(!report.clean_shutdown);
-    let total: u64 = segment_files(dir.path(), "log").iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let total: u64 = segment_files(dir.path(), "log")
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     assert_eq!(report.scanned_bytes, total, "every byte verified");
     assert_eq!(read_all(&log, 0), all);
 }
@@ -166,7 +204,14 @@ fn a_stray_segment_that_does_not_continue_the_log_is_removed() {
 fn unknown_files_are_left_alone_and_a_missing_directory_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let nested = dir.path().join("a/b/partition-3");
-    let log = Log::open(&nested, LogConfig { durability: Durability::Never, ..config() }).unwrap();
+    let log = Log::open(
+        &nested,
+        LogConfig {
+            durability: Durability::Never,
+            ..config()
+        },
+    )
+    .unwrap();
     log.append(batch(1, 1, 10, 0)).unwrap();
     log.close().unwrap();
     fs::write(nested.join("README"), b"operator notes").unwrap();

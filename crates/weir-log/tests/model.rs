@@ -67,7 +67,11 @@ fn check_equal(log: &Log, model: &Model) -> Result<(), TestCaseError> {
     let actual = read_all(log, model.log_start);
     prop_assert_eq!(actual.len() as u64, model.next() - model.log_start);
     for (offset, value) in actual {
-        prop_assert!(&model.records[offset as usize] == &value, "offset {} differs", offset);
+        prop_assert!(
+            model.records[offset as usize] == value,
+            "offset {} differs",
+            offset
+        );
     }
     Ok(())
 }
@@ -108,7 +112,7 @@ proptest! {
                         prop_assert!(recs.is_empty());
                     }
                     for (o, v) in recs {
-                        prop_assert!(&model.records[o as usize] == &v);
+                        prop_assert!(model.records[o as usize] == v);
                     }
                 }
                 Op::Restart => {

@@ -78,7 +78,12 @@ pub fn small_config(durability: Durability) -> LogConfig {
 }
 
 pub fn mem_log(storage: &MemStorage, config: LogConfig) -> Log {
-    Log::open_with(Arc::new(storage.clone()), Path::new("/data/topic-0"), config).expect("open")
+    Log::open_with(
+        Arc::new(storage.clone()),
+        Path::new("/data/topic-0"),
+        config,
+    )
+    .expect("open")
 }
 
 pub const DIR: &str = "/data/topic-0";
