@@ -124,13 +124,15 @@ impl BatchHeader {
     }
 
     /// Offset of the last record (base offset + last offset delta).
+    /// Saturates rather than overflow on hostile input.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
-    /// Offset after the last record.
+    /// Offset after the last record. Saturates rather than overflow on hostile input.
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Compression codec of the records section.

@@ -22,7 +22,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Durability, LogConfig};
 use crate::error::{LogError, Result};
 use crate::hot::HotTail;
-use crate::segment::Segment;
+use crate::segment::{self, Segment};
 use crate::storage::{Storage, read_exact_at};
 
 /// A position in the log: the offset of the next record, and where it would start.
@@ -433,7 +433,8 @@ impl Log {
             force_checkpoint || w.bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
         };
         if due {
-            self.write_checkpoint(_leader, &segment, target, false)?;
+            let log_start = self.view.read().log_start;
+            self.write_checkpoint(_leader, &segment, target, false, log_start)?;
             self.writer.lock().bytes_since_checkpoint = 0;
         }
         Ok(())
@@ -481,24 +482,36 @@ impl Log {
             }
             return Err(err);
         }
-        // Everything in the old segment is durable now: publish it, in order, before the new
-        // segment exists.
+        // Everything in the old segment is durable now: record that before anything else can
+        // fail, and publish it, in order, before the new segment exists.
+        w.synced = Point {
+            offset: w.next_offset,
+            segment: old.base,
+            pos: w.write_pos,
+        };
         let pending: Vec<_> = w.pending.drain(..).collect();
         self.publish_all(pending);
         old.index.write().seal();
         old.flush_indexes(true)?;
-        let new = Arc::new(Segment::open(
-            &*self.storage,
-            &self.dir,
-            w.next_offset,
-            true,
-        )?);
-        if let Err(e) = self.storage.sync_dir(&self.dir) {
-            for p in new.paths() {
-                let _ = self.storage.remove_file(p);
-            }
-            return Err(LogError::io("sync directory", &self.dir, e));
-        }
+        let new =
+            match Segment::open(&*self.storage, &self.dir, w.next_offset, true).and_then(|seg| {
+                self.storage
+                    .sync_dir(&self.dir)
+                    .map_err(|e| LogError::io("sync directory", &self.dir, e))
+                    .map(|()| seg)
+            }) {
+                Ok(seg) => Arc::new(seg),
+                Err(e) => {
+                    // Leave no stray segment behind: it would claim offsets the old segment keeps
+                    // receiving. Recovery also drops empty segments that are not the last.
+                    for ext in [segment::LOG_EXT, segment::INDEX_EXT, segment::TIME_EXT] {
+                        let _ = self
+                            .storage
+                            .remove_file(&self.dir.join(segment::file_name(w.next_offset, ext)));
+                    }
+                    return Err(e);
+                }
+            };
         let start = Point {
             offset: w.next_offset,
             segment: new.base,
@@ -510,7 +523,8 @@ impl Log {
         w.created = Instant::now();
         w.bytes_since_checkpoint = 0;
         self.view.write().segments.push(new.clone());
-        if let Err(e) = self.write_checkpoint(leader, &new, start, false) {
+        let log_start = self.view.read().log_start;
+        if let Err(e) = self.write_checkpoint(leader, &new, start, false, log_start) {
             // Not fatal: recovery starts from the older checkpoint and scans a little more.
             tracing::warn!(dir = %self.dir.display(), error = %e, "checkpoint after roll failed");
         }
@@ -525,9 +539,9 @@ impl Log {
         segment: &Segment,
         point: Point,
         clean: bool,
+        log_start: u64,
     ) -> Result<()> {
         segment.flush_indexes(true)?;
-        let log_start = self.view.read().log_start;
         self.store_checkpoint(&Checkpoint {
             clean,
             recovery_offset: point.offset,
@@ -586,13 +600,17 @@ impl Log {
     /// method fail with [`LogError::Closed`].
     pub fn close(&self) -> Result<()> {
         let leader = self.lead();
-        if self.writer.lock().closed {
-            return Ok(());
+        {
+            let mut w = self.writer.lock();
+            if w.closed {
+                return Ok(());
+            }
+            // No append starts after this; those already written are synced below.
+            w.closed = true;
         }
         self.sync_round(&leader, false)?;
         let (segment, point) = {
-            let mut w = self.writer.lock();
-            w.closed = true;
+            let w = self.writer.lock();
             (
                 w.active.clone(),
                 Point {
@@ -602,8 +620,10 @@ impl Log {
                 },
             )
         };
+        let log_start = self.view.read().log_start;
+        self.write_checkpoint(&leader, &segment, point, true, log_start)?;
         self.view.write().closed = true;
-        self.write_checkpoint(&leader, &segment, point, true)
+        Ok(())
     }
 
     /// Reads whole batches starting with the one that contains `offset`, up to about
@@ -773,6 +793,10 @@ impl Log {
                 continue;
             }
             let start = segment.base + u64::from(start_rel);
+            if start >= hwm {
+                // The index already knows a batch readers may not see yet.
+                return Ok(None);
+            }
             let (mut pos, _) = self.locate(&segment, start, limit)?;
             while pos < limit {
                 let mut head = [0u8; HEADER_LEN];
@@ -848,14 +872,9 @@ impl Log {
             let w = self.writer.lock();
             (w.active.clone(), w.synced)
         };
-        let previous = {
-            let mut v = self.view.write();
-            std::mem::replace(&mut v.log_start, offset)
-        };
-        if let Err(e) = self.write_checkpoint(leader, &active, synced, false) {
-            self.view.write().log_start = previous;
-            return Err(e);
-        }
+        // Durable first, visible second: readers never see a log start a crash could undo.
+        self.write_checkpoint(leader, &active, synced, false, offset)?;
+        self.view.write().log_start = offset;
         let doomed: Vec<Arc<Segment>> = {
             let mut v = self.view.write();
             let keep_from = v
@@ -904,7 +923,8 @@ impl Log {
             let size = s.visible_len();
             let expired = self.config.retention_age.is_some_and(|age| {
                 let max_ts = s.index.read().max_timestamp;
-                max_ts < now_ms.saturating_sub(age.as_millis() as i64)
+                let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                max_ts < now_ms.saturating_sub(age_ms)
             });
             let oversized = self.config.retention_bytes.is_some_and(|cap| total > cap);
             if !(expired || oversized) {

@@ -80,7 +80,8 @@ impl Log {
         {
             let leader = log.lead();
             // From here on the previous clean-shutdown flag must not be trusted.
-            log.write_checkpoint(&leader, &active, end_point, false)?;
+            let log_start = log.view.read().log_start;
+            log.write_checkpoint(&leader, &active, end_point, false, log_start)?;
             drop(leader);
         }
         let r = &log.recovery;
@@ -119,7 +120,17 @@ fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> Result<Option<Checkpoin
     let mut buf = vec![0u8; len as usize];
     read_exact_at(&*file, &mut buf, 0).map_err(|e| LogError::io("read", &path, e))?;
     match Checkpoint::decode(&buf) {
-        Ok(c) => Ok(Some(c)),
+        Ok(c)
+            if c.recovery_offset >= c.recovery_segment
+                && c.recovery_offset <= i64::MAX as u64
+                && c.log_start <= i64::MAX as u64 =>
+        {
+            Ok(Some(c))
+        }
+        Ok(c) => {
+            tracing::warn!(path = %path.display(), checkpoint = ?c, "checkpoint is inconsistent; verifying the whole log");
+            Ok(None)
+        }
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "checkpoint is damaged; verifying the whole log");
             Ok(None)
@@ -270,6 +281,26 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
     for &base in &kept {
         segments.push(Segment::open(storage, dir, base, false)?);
     }
+    // An empty segment that is not the last is left over from a roll that failed half-way
+    // (a roll only happens after the active segment received data). It claims offsets that
+    // live in the segment before it: remove it.
+    let mut i = 0;
+    while i + 1 < segments.len() {
+        let len = segments[i]
+            .log
+            .len()
+            .map_err(|e| LogError::io("stat", &segments[i].log_path, e))?;
+        if len == 0 {
+            let stray = segments.remove(i);
+            tracing::warn!(segment = %stray.log_path.display(), "removing empty segment left by an interrupted roll");
+            for p in stray.paths() {
+                remove(storage, p)?;
+            }
+            report.removed_segments += 1;
+        } else {
+            i += 1;
+        }
+    }
 
     // Where verification starts.
     let (start_idx, start_pos, start_offset) = match ckpt.and_then(|c| {
@@ -287,30 +318,65 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
         }
     };
 
-    // Trusted segments: the checkpoint vouches for them. Check their indexes only.
-    for seg in &segments[..start_idx] {
+    // Trusted segments: the checkpoint vouches for their data. Check their indexes, and hop the
+    // few batch headers after the last index entry: that finds the segment's true end offset and
+    // max timestamp, and proves the index reaches the end of the file.
+    for (i, seg) in segments[..start_idx].iter().enumerate() {
         let len = seg
             .log
             .len()
             .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
-        let (idx, rebuilt) = match load_index(seg, len)? {
-            Some((idx, false)) => (idx, false),
-            _ => {
+        let checked = match load_index(seg, len)? {
+            Some((mut idx, false)) => {
+                let floor = idx
+                    .offsets
+                    .last()
+                    .copied()
+                    .unwrap_or(crate::index::OffsetEntry { rel: 0, pos: 0 });
+                let mut tail = SegIndex::new();
+                let hop = scan(
+                    seg,
+                    len,
+                    u64::from(floor.pos),
+                    seg.base + u64::from(floor.rel),
+                    false,
+                    &mut tail,
+                    u32::MAX,
+                )?;
+                let times_fit = idx
+                    .times
+                    .last()
+                    .is_none_or(|t| tail.last_rel.is_some_and(|last| t.rel <= last));
+                (hop.fault.is_none() && times_fit).then(|| {
+                    idx.max_timestamp = idx.max_timestamp.max(tail.max_timestamp);
+                    idx.last_rel = tail.last_rel;
+                    (idx, hop.next_offset)
+                })
+            }
+            _ => None,
+        };
+        let (idx, end_offset) = match checked {
+            Some(ok) => ok,
+            None => {
                 report.rebuilt_indexes += 1;
                 let mut idx = SegIndex::new();
                 let end = scan(seg, len, 0, seg.base, false, &mut idx, interval)?;
-                if let Some(fault) = end.fault {
+                if let Some(fault) = &end.fault {
                     tracing::error!(segment = %seg.log_path.display(), position = end.pos, %fault, "sealed segment is damaged; records from here on are unreadable");
                 }
                 idx.seal();
-                (idx, true)
+                *seg.index.write() = idx;
+                seg.flush_indexes(true)?;
+                seg.set_visible_len(len);
+                continue;
             }
         };
         *seg.index.write() = idx;
-        if rebuilt {
-            seg.flush_indexes(true)?;
-        }
         seg.set_visible_len(len);
+        let next_base = segments[i + 1].base;
+        if end_offset != next_base {
+            tracing::error!(segment = %seg.log_path.display(), end_offset, next_base, "sealed segment does not end where the next one starts");
+        }
     }
 
     // The segment holding the recovery point, and every later one, are verified batch by batch.
@@ -429,6 +495,13 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
             .log
             .sync_data()
             .map_err(|e| LogError::io("fdatasync", &active.log_path, e))?;
+    }
+    // What was read back from the page cache may never have reached the disk (a process crash
+    // loses no page cache): sync it before vouching for it in a checkpoint.
+    for seg in &segments[start_idx..] {
+        seg.log
+            .sync_data()
+            .map_err(|e| LogError::io("fdatasync", &seg.log_path, e))?;
     }
     for seg in &segments[start_idx..] {
         let l = if seg.base == active.base {

@@ -26,7 +26,12 @@ pub(crate) fn parse_name(name: &str) -> Option<(u64, &str)> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((stem.parse().ok()?, ext))
+    if ![LOG_EXT, INDEX_EXT, TIME_EXT].contains(&ext) {
+        return None;
+    }
+    let base: u64 = stem.parse().ok()?;
+    // Offsets are i64 in record batches.
+    (base <= i64::MAX as u64).then_some((base, ext))
 }
 
 #[derive(Debug)]
@@ -284,5 +289,15 @@ mod tests {
         assert_eq!(parse_name("42.log"), None);
         assert_eq!(parse_name("checkpoint"), None);
         assert_eq!(parse_name("0000000000000000004x.log"), None);
+        assert_eq!(
+            parse_name("00000000000000000042.log.bak"),
+            None,
+            "not ours: left alone"
+        );
+        assert_eq!(
+            parse_name("99999999999999999999.log"),
+            None,
+            "beyond i64::MAX"
+        );
     }
 }

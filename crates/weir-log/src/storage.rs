@@ -278,6 +278,9 @@ pub enum CrashMode {
     /// Keep synced bytes plus a prefix of the unsynced tail, whose length comes from the seed,
     /// with one of its bytes possibly flipped: a torn write.
     TornTail(u64),
+    /// A process crash (kill -9): the kernel keeps every write, synced or not. The image still
+    /// knows what is unsynced, so a later `SyncedOnly` image models a power loss after it.
+    ProcessOnly,
 }
 
 impl MemStorage {
@@ -305,13 +308,16 @@ impl MemStorage {
     /// The file system a crash at this instant would leave behind, as a new, healthy storage.
     pub fn crash_image(&self, mode: CrashMode) -> MemStorage {
         let state = self.state.lock();
+        if let CrashMode::ProcessOnly = mode {
+            return Self::process_crash_image(&state);
+        }
         let faults = Arc::new(Faults::default());
         let mut image = MemState {
             dirs: state.dirs.clone(),
             ..MemState::default()
         };
         let mut seed = match mode {
-            CrashMode::SyncedOnly => None,
+            CrashMode::SyncedOnly | CrashMode::ProcessOnly => None,
             CrashMode::TornTail(s) => Some(s),
         };
         for (path, file) in &state.durable {
@@ -341,6 +347,48 @@ impl MemStorage {
         }
         MemStorage {
             state: Arc::new(Mutex::new(image)),
+            faults,
+        }
+    }
+
+    /// After a process crash the kernel still holds every write: copy everything, and keep
+    /// track of what is synced so that a later power loss can still take unsynced bytes back.
+    fn process_crash_image(state: &MemState) -> MemStorage {
+        let faults = Arc::new(Faults::default());
+        let mut copies: Vec<(*const MemFile, Arc<MemFile>)> = Vec::new();
+        let mut copy = |f: &Arc<MemFile>| {
+            let key = Arc::as_ptr(f);
+            if let Some((_, c)) = copies.iter().find(|(k, _)| *k == key) {
+                return c.clone();
+            }
+            let d = f.state.lock();
+            let c = Arc::new(MemFile {
+                state: Mutex::new(MemData {
+                    data: d.data.clone(),
+                    synced: d.synced.clone(),
+                    dirty_from: d.dirty_from,
+                }),
+                faults: faults.clone(),
+            });
+            copies.push((key, c.clone()));
+            c
+        };
+        let live = state
+            .live
+            .iter()
+            .map(|(p, f)| (p.clone(), copy(f)))
+            .collect();
+        let durable = state
+            .durable
+            .iter()
+            .map(|(p, f)| (p.clone(), copy(f)))
+            .collect();
+        MemStorage {
+            state: Arc::new(Mutex::new(MemState {
+                dirs: state.dirs.clone(),
+                live,
+                durable,
+            })),
             faults,
         }
     }

@@ -201,6 +201,20 @@ fn a_stray_segment_that_does_not_continue_the_log_is_removed() {
 }
 
 #[test]
+fn an_empty_segment_left_by_an_interrupted_roll_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = populated(dir.path());
+    // Offsets 3.. live in the first segment; a stray empty segment claiming them must not
+    // hide them.
+    let stray = dir.path().join(format!("{:020}.log", 3));
+    fs::write(&stray, b"").unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.recovery_report().removed_segments, 1);
+    assert!(!stray.exists());
+    assert_eq!(read_all(&log, 0), all);
+}
+
+#[test]
 fn unknown_files_are_left_alone_and_a_missing_directory_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let nested = dir.path().join("a/b/partition-3");
@@ -215,7 +229,10 @@ fn unknown_files_are_left_alone_and_a_missing_directory_is_created() {
     log.append(batch(1, 1, 10, 0)).unwrap();
     log.close().unwrap();
     fs::write(nested.join("README"), b"operator notes").unwrap();
+    let backup = nested.join(format!("{:020}.log.bak", 0));
+    fs::write(&backup, b"an operator's copy").unwrap();
     let log = Log::open(&nested, config()).unwrap();
     assert_eq!(log.high_watermark(), 1);
     assert!(nested.join("README").exists());
+    assert!(backup.exists());
 }
