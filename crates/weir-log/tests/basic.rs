@@ -328,3 +328,38 @@ fn invalid_configuration_is_refused_with_the_reason() {
     let err = Log::open(dir.path(), bad).unwrap_err();
     assert!(err.to_string().contains("segment_bytes"), "{err}");
 }
+
+#[test]
+fn interval_durability_syncs_once_the_interval_has_passed() {
+    use weir_log::CrashMode;
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        durability: Durability::Interval(Duration::from_millis(40)),
+        ..small_config(Durability::Never)
+    };
+    let log = mem_log(&storage, config.clone());
+    // The first append after open finds the interval elapsed only if 40 ms passed; right
+    // after open it has not, so the append is visible but not yet synced.
+    log.append(batch(1, 2, 30, 0)).unwrap();
+    assert_eq!(
+        log.high_watermark(),
+        2,
+        "acknowledged and visible before any sync"
+    );
+    let crashed = storage.crash_image(CrashMode::SyncedOnly);
+    assert_eq!(
+        mem_log(&crashed, config.clone()).high_watermark(),
+        0,
+        "not yet durable"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    // `tick` syncs once the interval has passed, even with no further appends.
+    log.tick().unwrap();
+    let crashed = storage.crash_image(CrashMode::SyncedOnly);
+    assert_eq!(mem_log(&crashed, config.clone()).high_watermark(), 2);
+    // An append after the interval syncs by itself.
+    std::thread::sleep(Duration::from_millis(50));
+    log.append(batch(2, 3, 30, 0)).unwrap();
+    let crashed = storage.crash_image(CrashMode::SyncedOnly);
+    assert_eq!(mem_log(&crashed, config).high_watermark(), 5);
+}
