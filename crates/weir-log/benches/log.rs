@@ -1,7 +1,11 @@
-//! Criterion benches of the log's hot paths: batch validation, append to the page cache,
-//! reads from the hot tail and from a warm file.
+//! Criterion benches of the log's hot paths, CPU only: batch validation, append to files on
+//! tmpfs (`/dev/shm` when present: the page-cache write without a disk behind it), beside a
+//! bare pwrite of the same bytes, the floor any append pays; reads from the hot tail and from a
+//! file in the page cache. Disk-bound figures come from `scripts/bench-log`, beside fio.
 
 use std::hint::black_box;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use weir_batch::{BatchBuilder, RecordSpec};
@@ -25,42 +29,74 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         durability: Durability::Never,
-        segment_bytes: 256 << 20,
+        segment_bytes: 64 << 20,
         hot_tail_bytes: 64 << 20,
-        retention_bytes: Some(512 << 20),
+        retention_bytes: Some(128 << 20),
         ..LogConfig::default()
     };
-    let log = Log::open(dir.path(), config).unwrap();
-    let mut g = c.benchmark_group("append_never");
+    let shm = Path::new("/dev/shm");
+    let tmp = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let mem_log = Log::open(tmp.path(), config.clone()).unwrap();
+    let mut g = c.benchmark_group("append_tmpfs");
     g.throughput(Throughput::Bytes(big.len() as u64));
     g.bench_function("1000x1KiB", |b| {
+        let mut n = 0u64;
         b.iter_batched(
             || big.clone(),
-            |v| log.append(v).unwrap(),
+            |v| {
+                mem_log.append(v).unwrap();
+                n += 1;
+                if n % 64 == 0 {
+                    mem_log.apply_retention(i64::MAX).unwrap();
+                }
+            },
             criterion::BatchSize::LargeInput,
         )
     });
-    let small = batch(1, 100);
-    g.throughput(Throughput::Bytes(small.len() as u64));
-    g.bench_function("1x100B", |b| {
+    // The floor: the same bytes written with a bare pwrite at an advancing position of a
+    // file on the same file system (restarted every 64 MiB, as retention frees segments).
+    let raw = std::fs::File::create(tmp.path().join("raw")).unwrap();
+    let mut pos = 0u64;
+    g.bench_function("raw_pwrite_1000x1KiB", |b| {
         b.iter_batched(
-            || small.clone(),
-            |v| log.append(v).unwrap(),
-            criterion::BatchSize::SmallInput,
+            || big.clone(),
+            |v| {
+                if pos > 64 << 20 {
+                    raw.set_len(0).unwrap();
+                    pos = 0;
+                }
+                raw.write_all_at(black_box(&v), pos).unwrap();
+                pos += v.len() as u64;
+            },
+            criterion::BatchSize::LargeInput,
         )
     });
     g.finish();
-    log.apply_retention(i64::MAX).unwrap();
 
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        hot_tail_bytes: 16 << 20,
+        ..config
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    for _ in 0..64 {
+        log.append(big.clone()).unwrap();
+    }
+
+    // Reads, while the newest data is 1 MiB batches.
     let hwm = log.high_watermark();
     let mut g = c.benchmark_group("read");
     g.throughput(Throughput::Bytes(1 << 20));
     g.bench_function("hot_tail_1MiB", |b| {
         b.iter(|| {
-            let r = log.read(black_box(hwm - 5000), 1 << 20).unwrap();
+            let r = log.read(black_box(hwm - 1500), 1 << 20).unwrap();
             assert!(r.from_memory);
             r
         })
@@ -72,6 +108,18 @@ fn benches(c: &mut Criterion) {
             assert!(!r.from_memory);
             r
         })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("append_tmpfs");
+    let small = batch(1, 100);
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_function("1x100B", |b| {
+        b.iter_batched(
+            || small.clone(),
+            |v| mem_log.append(v).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.finish();
 }
