@@ -71,6 +71,8 @@ impl ReadResult {
 /// What opening a log found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// The log did not exist: opening created it.
+    pub created: bool,
     /// The previous run closed the log cleanly.
     pub clean_shutdown: bool,
     /// Bytes whose batches were verified (CRC) during recovery.
@@ -630,41 +632,9 @@ impl Log {
     /// `max_bytes` (always at least one whole batch, however large). Reading at the high
     /// watermark returns no data; outside `[log start, high watermark]` is an error.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
-        let (segment, hwm, log_start) = {
-            let v = self.view.read();
-            if v.closed {
-                return Err(LogError::Closed);
-            }
-            let mut result = ReadResult {
-                chunks: Vec::new(),
-                high_watermark: v.hwm,
-                log_start_offset: v.log_start,
-                from_memory: false,
-            };
-            if offset < v.log_start || offset > v.hwm {
-                return Err(LogError::OffsetOutOfRange {
-                    offset,
-                    log_start: v.log_start,
-                    high_watermark: v.hwm,
-                });
-            }
-            if offset == v.hwm {
-                return Ok(result);
-            }
-            if let Some(chunks) = v.hot.read(offset, max_bytes) {
-                result.chunks = chunks;
-                result.from_memory = true;
-                return Ok(result);
-            }
-            let segment = v
-                .segment_for(offset)
-                .cloned()
-                .ok_or(LogError::OffsetOutOfRange {
-                    offset,
-                    log_start: v.log_start,
-                    high_watermark: v.hwm,
-                })?;
-            (segment, v.hwm, v.log_start)
+        let (segment, hwm, log_start) = match self.read_or_locate(offset, max_bytes)? {
+            Ok(result) => return Ok(result),
+            Err(located) => located,
         };
         let chunk = self.read_segment(&segment, offset, max_bytes)?;
         Ok(ReadResult {
@@ -673,6 +643,49 @@ impl Log {
             log_start_offset: log_start,
             from_memory: false,
         })
+    }
+
+    /// Like [`Log::read`], but only when the answer needs no I/O: the offset is the high
+    /// watermark, or the hot tail holds it. `Ok(None)` means the data is on disk: call `read`
+    /// from a blocking context. Lets async callers skip a thread hop for tailing reads.
+    pub fn read_cached(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadResult>> {
+        Ok(self.read_or_locate(offset, max_bytes)?.ok())
+    }
+
+    /// The answer from memory, or the segment to read from disk.
+    #[allow(clippy::type_complexity)]
+    fn read_or_locate(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<std::result::Result<ReadResult, (Arc<Segment>, u64, u64)>> {
+        let v = self.view.read();
+        if v.closed {
+            return Err(LogError::Closed);
+        }
+        let out_of_range = LogError::OffsetOutOfRange {
+            offset,
+            log_start: v.log_start,
+            high_watermark: v.hwm,
+        };
+        if offset < v.log_start || offset > v.hwm {
+            return Err(out_of_range);
+        }
+        let mut result = ReadResult {
+            chunks: Vec::new(),
+            high_watermark: v.hwm,
+            log_start_offset: v.log_start,
+            from_memory: true,
+        };
+        if offset == v.hwm {
+            return Ok(Ok(result));
+        }
+        if let Some(chunks) = v.hot.read(offset, max_bytes) {
+            result.chunks = chunks;
+            return Ok(Ok(result));
+        }
+        let segment = v.segment_for(offset).cloned().ok_or(out_of_range)?;
+        Ok(Err((segment, v.hwm, v.log_start)))
     }
 
     /// Finds the position of the batch holding `offset` in `segment` by hopping headers from

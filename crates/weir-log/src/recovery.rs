@@ -85,7 +85,7 @@ impl Log {
             drop(leader);
         }
         let r = &log.recovery;
-        if r.clean_shutdown && r.truncated_bytes == 0 {
+        if r.created || (r.clean_shutdown && r.truncated_bytes == 0) {
             tracing::debug!(dir = %log.dir.display(), high_watermark = end.0, "log opened");
         } else {
             tracing::warn!(
@@ -251,6 +251,7 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
     let interval = config.index_interval_bytes;
 
     if bases.is_empty() {
+        report.created = ckpt.is_none();
         let base = ckpt.map_or(0, |c| c.recovery_offset.max(c.log_start));
         if ckpt.is_some() {
             tracing::warn!(dir = %dir.display(), base, "checkpoint present but no segment files; starting empty");

@@ -1,0 +1,750 @@
+//! The broker: topics, partitions, produce, fetch, offsets, groups, maintenance.
+//!
+//! All methods are async and never block the runtime: appends and disk reads run on the
+//! blocking pool (`spawn_blocking`); reads the hot tail can answer run inline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use weir_log::{Log, LogError, ReadResult};
+use weir_wire::Ring;
+
+use crate::error::{BrokerError, Result};
+use crate::group::{AssignmentStrategy, GroupCoordinator, GroupDescription, JoinResult};
+use crate::offsets::OffsetStore;
+use crate::topic::{self, PartitionInfo, TopicConfig, TopicInfo};
+
+/// Broker-wide settings. Every default is documented on its field.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where topics, offsets and metadata live. Default `./weir-data`.
+    pub data_dir: PathBuf,
+    /// Configuration of topics created without one (and auto-created topics).
+    pub default_topic: TopicConfig,
+    /// Create a topic with the default configuration when a producer writes to it.
+    /// Default false.
+    pub auto_create_topics: bool,
+    /// In-memory tail per partition. Default 8 MiB.
+    pub hot_tail_bytes: usize,
+    /// Smallest and largest session timeout a group member may ask for. Default 1 s and 5 min.
+    pub min_session: Duration,
+    pub max_session: Duration,
+    /// How often retention runs. Default 60 s.
+    pub retention_check: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("weir-data"),
+            default_topic: TopicConfig::default(),
+            auto_create_topics: false,
+            hot_tail_bytes: 8 << 20,
+            min_session: Duration::from_secs(1),
+            max_session: Duration::from_secs(300),
+            retention_check: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Partition {
+    log: Arc<Log>,
+    /// The high watermark, for long-polling fetches and push subscriptions.
+    hwm: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Topic {
+    name: String,
+    config: TopicConfig,
+    ring: Ring,
+    partitions: Vec<Arc<Partition>>,
+    next_keyless: AtomicU32,
+    deleted: AtomicBool,
+}
+
+/// Where a fetch starts when asked by time or position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+/// What a produce did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub partition: u32,
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// What a fetch returns: whole record batches.
+#[derive(Debug, Clone, Default)]
+pub struct FetchResult {
+    pub chunks: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl FetchResult {
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Lag of one partition for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: Option<u64>,
+    pub high_watermark: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: BrokerConfig,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes topic creation and deletion (metadata file writes).
+    admin: tokio::sync::Mutex<()>,
+    groups: GroupCoordinator,
+    offsets: OffsetStore,
+    closed: AtomicBool,
+    deleted_dirs: Mutex<u64>,
+}
+
+/// The broker core. Cheap to clone; all clones share one broker.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+fn topic_dir(data: &Path, name: &str) -> PathBuf {
+    data.join("topics").join(name)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BrokerError::Metadata(format!("background task failed: {e}")))?
+}
+
+impl Broker {
+    /// Opens the broker in `config.data_dir`: loads topic metadata, opens (and if needed
+    /// recovers) every partition's log and the committed offsets. Blocks on disk I/O.
+    pub fn open(config: BrokerConfig) -> Result<Broker> {
+        config.default_topic.validate()?;
+        let data = &config.data_dir;
+        let io = |what: &str, e: std::io::Error| {
+            BrokerError::Metadata(format!("{what} {}: {e}", data.display()))
+        };
+        std::fs::create_dir_all(data.join("topics")).map_err(|e| io("creating", e))?;
+        // Finish deletions a crash interrupted.
+        for entry in std::fs::read_dir(data.join("topics")).map_err(|e| io("listing", e))? {
+            let path = entry.map_err(|e| io("listing", e))?.path();
+            if path.extension().is_some_and(|e| e == "deleted") {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        let meta = topic::load_meta(data)?;
+        let mut topics = HashMap::new();
+        for (name, cfg) in meta {
+            let t = Self::open_topic(&config, &name, cfg)?;
+            topics.insert(name, Arc::new(t));
+        }
+        let offsets = OffsetStore::open(&data.join("offsets"))?;
+        tracing::info!(data_dir = %data.display(), topics = topics.len(), "broker opened");
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                groups: GroupCoordinator::new(config.min_session, config.max_session),
+                config,
+                topics: RwLock::new(topics),
+                admin: tokio::sync::Mutex::new(()),
+                offsets,
+                closed: AtomicBool::new(false),
+                deleted_dirs: Mutex::new(0),
+            }),
+        })
+    }
+
+    fn open_topic(config: &BrokerConfig, name: &str, cfg: TopicConfig) -> Result<Topic> {
+        let log_config = cfg.log_config(config.hot_tail_bytes);
+        let mut partitions = Vec::with_capacity(cfg.partitions as usize);
+        for p in 0..cfg.partitions {
+            let dir = topic_dir(&config.data_dir, name).join(p.to_string());
+            let log = Log::open(&dir, log_config.clone())?;
+            let (hwm, _) = watch::channel(log.high_watermark());
+            partitions.push(Arc::new(Partition {
+                log: Arc::new(log),
+                hwm,
+            }));
+        }
+        Ok(Topic {
+            name: name.to_string(),
+            ring: Ring::new(cfg.partitions),
+            config: cfg,
+            partitions,
+            next_keyless: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> Result<(Arc<Topic>, Arc<Partition>)> {
+        let t = self.topic(topic)?;
+        let p = t
+            .partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            })?;
+        Ok((t, p))
+    }
+
+    /// Number of partitions of `topic`, if it exists.
+    pub fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.inner
+            .topics
+            .read()
+            .get(topic)
+            .map(|t| t.partitions.len() as u32)
+    }
+
+    /// Creates a topic. Its metadata is durable when this returns.
+    pub async fn create_topic(&self, name: &str, config: Option<TopicConfig>) -> Result<TopicInfo> {
+        self.check_open()?;
+        topic::validate_name(name)?;
+        let config = config.unwrap_or_else(|| self.inner.config.default_topic.clone());
+        config.validate()?;
+        let _admin = self.inner.admin.lock().await;
+        if self.inner.topics.read().contains_key(name) {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        let this = self.clone();
+        let name_owned = name.to_string();
+        let topic = blocking(move || {
+            let cfg = &this.inner.config;
+            let topic = Self::open_topic(cfg, &name_owned, config.clone())?;
+            let mut all: BTreeMap<String, TopicConfig> = this
+                .inner
+                .topics
+                .read()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.config.clone()))
+                .collect();
+            all.insert(name_owned.clone(), config);
+            if let Err(e) = topic::store_meta(&cfg.data_dir, &all) {
+                for p in &topic.partitions {
+                    let _ = p.log.close();
+                }
+                let _ = std::fs::remove_dir_all(topic_dir(&cfg.data_dir, &name_owned));
+                return Err(e);
+            }
+            Ok(topic)
+        })
+        .await?;
+        let topic = Arc::new(topic);
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_string(), topic.clone());
+        let partitions_of = |t: &str| self.partition_count(t);
+        self.inner
+            .groups
+            .on_partitions_changed(name, &partitions_of);
+        tracing::info!(
+            topic = name,
+            partitions = topic.partitions.len(),
+            "topic created"
+        );
+        Ok(self.info(&topic))
+    }
+
+    /// Deletes a topic, its data and the committed offsets of every group for it.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let _admin = self.inner.admin.lock().await;
+        let topic = self.topic(name)?;
+        let this = self.clone();
+        let name_owned = name.to_string();
+        let doomed = topic.clone();
+        blocking(move || {
+            let cfg = &this.inner.config;
+            let all: BTreeMap<String, TopicConfig> = this
+                .inner
+                .topics
+                .read()
+                .iter()
+                .filter(|(k, _)| **k != name_owned)
+                .map(|(k, v)| (k.clone(), v.config.clone()))
+                .collect();
+            topic::store_meta(&cfg.data_dir, &all)?;
+            this.inner.offsets.delete_topic(&name_owned)?;
+            Ok(())
+        })
+        .await?;
+        self.inner.topics.write().remove(name);
+        topic.deleted.store(true, Ordering::Release);
+        // Wake long-polls and push subscriptions so they notice.
+        for p in &topic.partitions {
+            p.hwm.send_modify(|_| {});
+        }
+        let partitions_of = |t: &str| self.partition_count(t);
+        self.inner
+            .groups
+            .on_partitions_changed(name, &partitions_of);
+        let seq = {
+            let mut n = self.inner.deleted_dirs.lock();
+            *n += 1;
+            *n
+        };
+        let data = self.inner.config.data_dir.clone();
+        let dir_name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            for p in &doomed.partitions {
+                let _ = p.log.close();
+            }
+            let dir = topic_dir(&data, &dir_name);
+            let grave = data
+                .join("topics")
+                .join(format!("{dir_name}.{seq}.deleted"));
+            if std::fs::rename(&dir, &grave).is_ok() {
+                let _ = std::fs::remove_dir_all(&grave);
+            }
+        });
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    fn info(&self, t: &Topic) -> TopicInfo {
+        TopicInfo {
+            name: t.name.clone(),
+            config: t.config.clone(),
+            partitions: t
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PartitionInfo {
+                    partition: i as u32,
+                    log_start_offset: p.log.log_start_offset(),
+                    high_watermark: p.log.high_watermark(),
+                    size_bytes: p.log.size_bytes(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        let mut out: Vec<TopicInfo> = topics.iter().map(|t| self.info(t)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One topic.
+    pub fn topic_info(&self, name: &str) -> Result<TopicInfo> {
+        let topic = self.topic(name)?;
+        Ok(self.info(&topic))
+    }
+
+    /// Appends one record batch and returns once it is as durable as the topic's policy
+    /// promises. The partition is `partition` if given, else the one the ring gives `key`,
+    /// else the next one round robin (keyless batches spread over all partitions).
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        batch: Bytes,
+    ) -> Result<ProduceResult> {
+        self.check_open()?;
+        let t = match self.topic(topic) {
+            Ok(t) => t,
+            Err(BrokerError::UnknownTopic(_)) if self.inner.config.auto_create_topics => {
+                match self.create_topic(topic, None).await {
+                    Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(topic)?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let n = t.partitions.len() as u32;
+        let p = match (partition, key) {
+            (Some(p), _) if p < n => p,
+            (Some(p), _) => {
+                return Err(BrokerError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition: p,
+                });
+            }
+            (None, Some(k)) => t.ring.partition_for(k),
+            (None, None) => t.next_keyless.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let part = t.partitions[p as usize].clone();
+        let log = part.log.clone();
+        let info = blocking(move || log.append(batch).map_err(BrokerError::from)).await?;
+        part.hwm.send_replace(part.log.high_watermark());
+        Ok(ProduceResult {
+            partition: p,
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+        })
+    }
+
+    async fn read(
+        &self,
+        part: &Arc<Partition>,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        if let Some(r) = part.log.read_cached(offset, max_bytes)? {
+            return Ok(r);
+        }
+        let log = part.log.clone();
+        blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from)).await
+    }
+
+    /// Reads whole batches from `offset`, up to about `max_bytes` (at least one batch). If
+    /// fewer than `min_bytes` are there, waits up to `max_wait` for more, answering the moment
+    /// enough arrived.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<FetchResult> {
+        self.check_open()?;
+        let (t, part) = self.partition(topic, partition)?;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut hwm_rx = part.hwm.subscribe();
+        loop {
+            hwm_rx.borrow_and_update();
+            let r = self.read(&part, offset, max_bytes).await?;
+            let got: usize = r.chunks.iter().map(Bytes::len).sum();
+            if got >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline || min_bytes == 0
+            {
+                return Ok(FetchResult {
+                    chunks: r.chunks,
+                    high_watermark: r.high_watermark,
+                    log_start_offset: r.log_start_offset,
+                });
+            }
+            if t.deleted.load(Ordering::Acquire) {
+                return Err(BrokerError::UnknownTopic(topic.to_string()));
+            }
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(BrokerError::ShuttingDown);
+            }
+            // Answered the moment the high watermark moves, or at the deadline.
+            let _ = tokio::time::timeout_at(deadline, hwm_rx.changed()).await;
+        }
+    }
+
+    /// A watch of a partition's high watermark (for push subscriptions).
+    pub fn watch_high_watermark(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<watch::Receiver<u64>> {
+        Ok(self.partition(topic, partition)?.1.hwm.subscribe())
+    }
+
+    /// Whether a topic was deleted since `watch_high_watermark` was taken.
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        self.inner.topics.read().contains_key(topic)
+    }
+
+    /// Reads without waiting, from memory if possible (for push subscriptions).
+    pub async fn read_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
+        let (_, part) = self.partition(topic, partition)?;
+        let r = self.read(&part, offset, max_bytes).await?;
+        Ok(FetchResult {
+            chunks: r.chunks,
+            high_watermark: r.high_watermark,
+            log_start_offset: r.log_start_offset,
+        })
+    }
+
+    /// Resolves an offset specification.
+    pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
+        self.check_open()?;
+        let (_, part) = self.partition(topic, partition)?;
+        match spec {
+            OffsetSpec::Earliest => Ok(part.log.log_start_offset()),
+            OffsetSpec::Latest => Ok(part.log.high_watermark()),
+            OffsetSpec::Timestamp(ts) => {
+                let log = part.log.clone();
+                blocking(move || {
+                    Ok(log
+                        .offset_for_timestamp(ts)?
+                        .unwrap_or_else(|| log.high_watermark()))
+                })
+                .await
+            }
+        }
+    }
+
+    // ---- groups ----
+
+    /// Joins (or rejoins) a server-assigned consumer group.
+    pub fn join_group(
+        &self,
+        group: &str,
+        member_id: Option<&str>,
+        client_id: &str,
+        topics: Vec<String>,
+        session_timeout: Duration,
+        strategy: AssignmentStrategy,
+    ) -> Result<JoinResult> {
+        self.check_open()?;
+        let partitions_of = |t: &str| self.partition_count(t);
+        self.inner.groups.join(
+            group,
+            member_id,
+            client_id,
+            topics,
+            session_timeout,
+            strategy,
+            &partitions_of,
+            Instant::now(),
+        )
+    }
+
+    pub fn heartbeat(&self, group: &str, member_id: &str, generation: u64) -> Result<()> {
+        self.check_open()?;
+        self.inner
+            .groups
+            .heartbeat(group, member_id, generation, Instant::now())
+    }
+
+    pub fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
+        self.inner.groups.leave(group, member_id)
+    }
+
+    /// Commits offsets for a group member, fenced by generation and ownership. Durable when it
+    /// returns. With `member` `None` (an admin or a standalone consumer), no fencing applies.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member: Option<(&str, u64)>,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<()> {
+        self.check_open()?;
+        for (topic, partition, offset) in &offsets {
+            let (_, part) = self.partition(topic, *partition)?;
+            if *offset > part.log.high_watermark() {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "offset {offset} for {topic}/{partition} is beyond the high watermark {}",
+                    part.log.high_watermark()
+                )));
+            }
+            if let Some((member_id, generation)) = member {
+                self.inner
+                    .groups
+                    .check_owner(group, member_id, generation, topic, *partition)?;
+            }
+        }
+        let this = self.clone();
+        let group = group.to_string();
+        blocking(move || this.inner.offsets.commit(&group, &offsets)).await
+    }
+
+    /// Committed offsets; partitions without one resolve by `reset` (earliest or latest).
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, u32)],
+        reset_to_earliest: bool,
+    ) -> Result<Vec<(String, u32, u64)>> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for (topic, partition) in partitions {
+            let (_, part) = self.partition(topic, *partition)?;
+            let offset = match self.inner.offsets.committed(group, topic, *partition) {
+                // A commit below the log start (retention passed it) resumes at the log start.
+                Some(o) => o.max(part.log.log_start_offset()),
+                None if reset_to_earliest => part.log.log_start_offset(),
+                None => part.log.high_watermark(),
+            };
+            out.push((topic.clone(), *partition, offset));
+        }
+        Ok(out)
+    }
+
+    /// Group names: those with members and those with committed offsets.
+    pub fn groups(&self) -> Vec<String> {
+        let mut all = self.inner.groups.list();
+        all.extend(self.inner.offsets.groups());
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    pub fn describe_group(&self, group: &str) -> Option<GroupDescription> {
+        self.inner.groups.describe(group)
+    }
+
+    /// Lag of every partition the group has committed offsets for or is assigned.
+    pub fn group_lag(&self, group: &str) -> Vec<PartitionLag> {
+        let mut parts: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
+        for (topic, partition, offset) in self.inner.offsets.group_offsets(group) {
+            parts.insert((topic, partition), Some(offset));
+        }
+        if let Some(desc) = self.inner.groups.describe(group) {
+            for m in desc.members {
+                for (topic, ps) in m.assignment {
+                    for p in ps {
+                        parts.entry((topic.clone(), p)).or_insert(None);
+                    }
+                }
+            }
+        }
+        parts
+            .into_iter()
+            .filter_map(|((topic, partition), committed)| {
+                let (_, part) = self.partition(&topic, partition).ok()?;
+                let hwm = part.log.high_watermark();
+                let from = committed.unwrap_or_else(|| part.log.log_start_offset());
+                Some(PartitionLag {
+                    lag: hwm.saturating_sub(from),
+                    topic,
+                    partition,
+                    committed,
+                    high_watermark: hwm,
+                })
+            })
+            .collect()
+    }
+
+    // ---- maintenance and shutdown ----
+
+    /// Runs periodic work until `shutdown` resolves: expires group members, syncs
+    /// interval-durability logs, applies retention.
+    pub async fn run_maintenance(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_retention = Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            for (group, member) in self.inner.groups.expire(Instant::now()) {
+                tracing::info!(%group, %member, "group member session expired");
+            }
+            let parts: Vec<(String, u32, Arc<Partition>)> = self
+                .inner
+                .topics
+                .read()
+                .values()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (t.name.clone(), i as u32, p.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let retention_due = last_retention.elapsed() >= self.inner.config.retention_check;
+            if retention_due {
+                last_retention = Instant::now();
+            }
+            let _ = blocking(move || {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                for (topic, partition, p) in parts {
+                    if let Err(e) = p.log.tick() {
+                        tracing::error!(%topic, partition, error = %e, "interval sync failed");
+                    }
+                    if retention_due {
+                        match p.log.apply_retention(now_ms) {
+                            Ok(r) if r.deleted_segments > 0 => tracing::info!(%topic, partition, segments = r.deleted_segments, bytes = r.deleted_bytes, log_start = r.log_start_offset, "retention deleted segments"),
+                            Ok(_) => {}
+                            Err(LogError::Closed) => {}
+                            Err(e) => tracing::error!(%topic, partition, error = %e, "retention failed"),
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        }
+    }
+
+    /// Flushes and closes every log and the offsets store (clean-shutdown checkpoints).
+    /// Later calls fail with `ShuttingDown`.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        for t in &topics {
+            for p in &t.partitions {
+                p.hwm.send_modify(|_| {});
+            }
+        }
+        let this = self.clone();
+        blocking(move || {
+            let mut first_err = None;
+            for t in topics {
+                for p in &t.partitions {
+                    if let Err(e) = p.log.close() {
+                        tracing::error!(topic = %t.name, error = %e, "closing log failed");
+                        first_err.get_or_insert(BrokerError::from(e));
+                    }
+                }
+            }
+            if let Err(e) = this.inner.offsets.close() {
+                first_err.get_or_insert(e);
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+        .await?;
+        tracing::info!("broker closed");
+        Ok(())
+    }
+}

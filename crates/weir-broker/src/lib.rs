@@ -1,0 +1,23 @@
+//! weir's broker core: everything a front door needs, and nothing about sockets or any one
+//! protocol's types.
+//!
+//! Layout:
+//! - [`broker`]: [`Broker`] — topics with their partitions' logs, produce (with key routing),
+//!   fetch with long-poll, list offsets, shutdown.
+//! - [`topic`]: per-topic configuration and durable topic metadata.
+//! - [`group`]: consumer groups — membership, sessions, generations, server-side assignment
+//!   (round robin, sticky), fencing of commits.
+//! - [`offsets`]: committed offsets, durable (a commit log plus snapshots).
+//! - [`push`]: push subscriptions with credit-based flow control.
+//! - [`error`]: the error type, [`BrokerError`].
+
+pub mod broker;
+pub mod error;
+pub mod group;
+pub mod offsets;
+pub mod push;
+pub mod topic;
+
+pub use broker::{Broker, BrokerConfig, FetchResult, ProduceResult};
+pub use error::{BrokerError, Result};
+pub use topic::{TopicConfig, TopicInfo};

@@ -1,0 +1,131 @@
+//! Push subscriptions with credit-based flow control (Reactive Streams `request(n)`).
+//!
+//! The consumer grants credit in records and bytes; a [`PushCursor`] hands out whole batches
+//! only while both credits cover them, and never more. A batch is never split, so a consumer
+//! must grant at least one batch's worth; when the next batch does not fit, the cursor says
+//! what it needs ([`PushStep::NeedCredit`]) and waits for more.
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::error::{BrokerError, Result};
+
+/// Most bytes read from the log per step.
+const READ_BYTES: u64 = 1 << 20;
+
+/// One step of a subscription.
+#[derive(Debug)]
+pub enum PushStep {
+    /// Batches to send, their record and byte counts already taken from the credit.
+    Data {
+        batches: Vec<Bytes>,
+        records: u64,
+        bytes: u64,
+        high_watermark: u64,
+    },
+    /// The next batch needs this much credit; nothing is sent until it is granted.
+    NeedCredit { records: u64, bytes: u64 },
+}
+
+/// The position and credit of one subscription to one partition.
+#[derive(Debug)]
+pub struct PushCursor {
+    broker: Broker,
+    topic: String,
+    partition: u32,
+    next: u64,
+    credit_records: u64,
+    credit_bytes: u64,
+    hwm: watch::Receiver<u64>,
+}
+
+impl PushCursor {
+    /// A cursor at `start` with no credit yet.
+    pub fn new(broker: Broker, topic: &str, partition: u32, start: u64) -> Result<Self> {
+        let hwm = broker.watch_high_watermark(topic, partition)?;
+        Ok(Self {
+            broker,
+            topic: topic.to_string(),
+            partition,
+            next: start,
+            credit_records: 0,
+            credit_bytes: 0,
+            hwm,
+        })
+    }
+
+    /// Adds credit.
+    pub fn grant(&mut self, records: u64, bytes: u64) {
+        self.credit_records = self.credit_records.saturating_add(records);
+        self.credit_bytes = self.credit_bytes.saturating_add(bytes);
+    }
+
+    /// Remaining credit (records, bytes).
+    pub fn credit(&self) -> (u64, u64) {
+        (self.credit_records, self.credit_bytes)
+    }
+
+    /// The next offset to deliver.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Waits for data and returns what the credit allows. Cancel-safe: nothing is consumed
+    /// until it returns.
+    pub async fn next(&mut self) -> Result<PushStep> {
+        loop {
+            if !self.broker.topic_exists(&self.topic) {
+                return Err(BrokerError::UnknownTopic(self.topic.clone()));
+            }
+            self.hwm.borrow_and_update();
+            let max = self.credit_bytes.clamp(1, READ_BYTES) as usize;
+            let r = self
+                .broker
+                .read_at(&self.topic, self.partition, self.next, max)
+                .await?;
+            if r.is_empty() {
+                if self.hwm.changed().await.is_err() {
+                    return Err(BrokerError::ShuttingDown);
+                }
+                continue;
+            }
+            let mut batches = Vec::new();
+            let (mut records, mut bytes) = (0u64, 0u64);
+            let mut next = self.next;
+            'chunks: for chunk in &r.chunks {
+                let mut at = 0;
+                while at < chunk.len() {
+                    let h = weir_batch::peek(&chunk[at..]).map_err(|e| {
+                        BrokerError::InvalidRequest(format!("stored batch unreadable: {e}"))
+                    })?;
+                    let len = h.total_len();
+                    let n = u64::from(h.last_offset_delta.max(0) as u32) + 1;
+                    if records + n > self.credit_records || bytes + len as u64 > self.credit_bytes {
+                        if batches.is_empty() {
+                            return Ok(PushStep::NeedCredit {
+                                records: n,
+                                bytes: len as u64,
+                            });
+                        }
+                        break 'chunks;
+                    }
+                    batches.push(chunk.slice(at..at + len));
+                    records += n;
+                    bytes += len as u64;
+                    next = h.next_offset() as u64;
+                    at += len;
+                }
+            }
+            self.credit_records -= records;
+            self.credit_bytes -= bytes;
+            self.next = next;
+            return Ok(PushStep::Data {
+                batches,
+                records,
+                bytes,
+                high_watermark: r.high_watermark,
+            });
+        }
+    }
+}

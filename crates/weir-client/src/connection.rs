@@ -1,0 +1,260 @@
+//! One multiplexed connection: many requests in flight, matched to responses by correlation
+//! id; pushes routed to their subscription; the server's pings answered; our own pings sent
+//! while the connection is quiet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use weir_wire::messages as msg;
+use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, decode_frame, encode_frame};
+
+use crate::error::{ClientError, Result};
+
+/// A push frame for one subscription.
+#[derive(Debug)]
+pub(crate) struct Pushed {
+    pub data: msg::PushData,
+    pub records: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: HashMap<u32, oneshot::Sender<Result<Frame>>>,
+    pushes: HashMap<u64, mpsc::UnboundedSender<Pushed>>,
+    /// Pushes that arrived before their subscription was registered.
+    early: HashMap<u64, Vec<Pushed>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Connection {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    shared: Mutex<Shared>,
+    next_id: AtomicU32,
+    closed: AtomicBool,
+    max_frame: usize,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(h) = self.reader.lock().take() {
+            h.abort();
+        }
+    }
+}
+
+impl Connection {
+    pub(crate) async fn open(addr: &str) -> Result<Arc<Connection>> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: addr.to_string(),
+                source: e,
+            })?;
+        stream.set_nodelay(true).map_err(ClientError::Io)?;
+        let (read, write) = stream.into_split();
+        let conn = Arc::new(Connection {
+            writer: tokio::sync::Mutex::new(write),
+            shared: Mutex::new(Shared::default()),
+            next_id: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
+            max_frame: 256 << 20,
+            reader: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&conn);
+        let handle = tokio::spawn(async move {
+            let err = read_loop(read, weak.clone()).await;
+            if let Some(conn) = weak.upgrade() {
+                conn.fail_all(err);
+            }
+        });
+        *conn.reader.lock() = Some(handle);
+        Ok(conn)
+    }
+
+    fn fail_all(&self, err: ClientError) {
+        self.closed.store(true, Ordering::Release);
+        let mut s = self.shared.lock();
+        for (_, tx) in s.pending.drain() {
+            let _ = tx.send(Err(err.clone_lossy()));
+        }
+        s.pushes.clear();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    async fn write(&self, head: &[u8], records: &[Bytes]) -> Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(head).await.map_err(ClientError::Io)?;
+        for r in records {
+            w.write_all(r).await.map_err(ClientError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for its response frame.
+    pub(crate) async fn call(
+        &self,
+        api: Api,
+        req: &impl Message,
+        records: &[Bytes],
+        timeout: Duration,
+    ) -> Result<Frame> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().pending.insert(id, tx);
+        let mut head = BytesMut::new();
+        let len = records.iter().map(Bytes::len).sum();
+        encode_frame(header(api, id, 0), req, len, &mut head);
+        if let Err(e) = self.write(&head, records).await {
+            self.shared.lock().pending.remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.shared.lock().pending.remove(&id);
+                Err(ClientError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Sends a frame that gets no response.
+    pub(crate) async fn send(&self, api: Api, req: &impl Message, records: &[Bytes]) -> Result<()> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut head = BytesMut::new();
+        let len = records.iter().map(Bytes::len).sum();
+        encode_frame(header(api, id, Flags::NO_RESPONSE), req, len, &mut head);
+        self.write(&head, records).await
+    }
+
+    pub(crate) fn register_push(&self, id: u64, tx: mpsc::UnboundedSender<Pushed>) {
+        let mut s = self.shared.lock();
+        let early = s.early.remove(&id).unwrap_or_default();
+        for p in early {
+            let _ = tx.send(p);
+        }
+        s.pushes.insert(id, tx);
+    }
+
+    pub(crate) fn unregister_push(&self, id: u64) {
+        let mut s = self.shared.lock();
+        s.pushes.remove(&id);
+        s.early.remove(&id);
+    }
+}
+
+fn header(api: Api, id: u32, flags: u16) -> FrameHeader {
+    FrameHeader {
+        api_key: api as u16,
+        api_version: api.versions().1,
+        correlation_id: id,
+        flags: Flags(flags),
+    }
+}
+
+async fn read_loop(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    conn: std::sync::Weak<Connection>,
+) -> ClientError {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let max = match conn.upgrade() {
+            Some(c) => c.max_frame,
+            None => return ClientError::Closed,
+        };
+        loop {
+            match decode_frame(&mut buf, max) {
+                Ok(Some(frame)) => {
+                    let Some(c) = conn.upgrade() else {
+                        return ClientError::Closed;
+                    };
+                    if let Err(e) = route(&c, frame).await {
+                        return e;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return ClientError::Wire(e),
+            }
+        }
+        match read.read_buf(&mut buf).await {
+            Ok(0) => return ClientError::Closed,
+            Ok(_) => {}
+            Err(e) => return ClientError::Io(e),
+        }
+    }
+}
+
+async fn route(conn: &Connection, frame: Frame) -> Result<()> {
+    let h = frame.header;
+    if h.flags.has(Flags::PUSH) {
+        let data = msg::PushData::decode(frame.message.clone())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let id = data.subscription_id;
+        let pushed = Pushed {
+            data,
+            records: frame.records,
+        };
+        let tx = {
+            let mut s = conn.shared.lock();
+            match s.pushes.get(&id) {
+                Some(tx) => tx.clone(),
+                None => {
+                    // Bounded by the subscription's credit, like everything the server pushes.
+                    s.early.entry(id).or_default().push(pushed);
+                    return Ok(());
+                }
+            }
+        };
+        // Unbounded, but the subscription's credit bounds what the server sends.
+        let _ = tx.send(pushed);
+        return Ok(());
+    }
+    if h.flags.has(Flags::RESPONSE) {
+        if let Some(tx) = conn.shared.lock().pending.remove(&h.correlation_id) {
+            let _ = tx.send(Ok(frame));
+        }
+        return Ok(());
+    }
+    if h.api_key == Api::Ping as u16 {
+        let mut head = BytesMut::new();
+        encode_frame(
+            FrameHeader {
+                flags: Flags(Flags::RESPONSE),
+                ..h
+            },
+            &msg::Ping {},
+            0,
+            &mut head,
+        );
+        conn.write(&head, &[]).await?;
+        return Ok(());
+    }
+    // A server error not tied to a request (connection limit, bad frame): the server closes.
+    if h.flags.has(Flags::ERROR) {
+        let e = msg::ErrorResponse::decode(frame.message).unwrap_or_default();
+        return Err(ClientError::Server {
+            code: ErrorCode::from_u32(e.code),
+            message: e.message,
+        });
+    }
+    Ok(())
+}

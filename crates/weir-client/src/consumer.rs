@@ -1,0 +1,547 @@
+//! Consumers: an assigned partition from an offset, a server-assigned group member, and push
+//! subscriptions with a credit window.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use weir_batch::{Batches, Compression, Records};
+use weir_wire::messages as msg;
+use weir_wire::{Api, ErrorCode};
+
+use crate::connection::Pushed;
+use crate::error::{ClientError, Result};
+use crate::{Client, Start};
+
+/// One record as received, its key and value sharing the received buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedRecord {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+/// Decodes the records at or after `from` in `batches` (whole batches, CRC-checked).
+pub fn decode_records(
+    topic: &Arc<str>,
+    partition: u32,
+    batches: &Bytes,
+    from: u64,
+) -> Result<Vec<ReceivedRecord>> {
+    let mut out = Vec::new();
+    for b in Batches::new(batches) {
+        let (h, bytes) =
+            b.map_err(|e| ClientError::Protocol(format!("bad batch from server: {e}")))?;
+        if h.compression() != Compression::None {
+            return Err(ClientError::Invalid(format!(
+                "{topic}/{partition} holds a {:?}-compressed batch; this client reads uncompressed batches only",
+                h.compression()
+            )));
+        }
+        if (h.next_offset() as u64) <= from {
+            continue;
+        }
+        let records = Records::new(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let slice = |s: &[u8]| batches.slice_ref(s);
+        for r in records {
+            let r = r.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if (r.offset as u64) < from {
+                continue;
+            }
+            out.push(ReceivedRecord {
+                topic: topic.clone(),
+                partition,
+                offset: r.offset as u64,
+                timestamp: r.timestamp,
+                key: r.key.map(slice),
+                value: r.value.map(slice),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|h| (slice(h.key), h.value.map(slice)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one partition from a position the caller chooses.
+#[derive(Debug)]
+pub struct PartitionConsumer {
+    client: Client,
+    topic: Arc<str>,
+    partition: u32,
+    position: u64,
+    /// Bytes asked for per fetch. Default 1 MiB.
+    pub max_bytes: u32,
+}
+
+impl PartitionConsumer {
+    pub async fn new(client: Client, topic: &str, partition: u32, start: Start) -> Result<Self> {
+        let position = client.list_offsets(topic, partition, start).await?;
+        Ok(Self {
+            client,
+            topic: Arc::from(topic),
+            partition,
+            position,
+            max_bytes: 1 << 20,
+        })
+    }
+
+    /// The next offset to read.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Records from the position on; waits up to `max_wait` when there are none yet.
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
+        let f = self
+            .client
+            .fetch(
+                &self.topic,
+                self.partition,
+                self.position,
+                self.max_bytes,
+                1,
+                max_wait,
+            )
+            .await?;
+        let records = decode_records(&self.topic, self.partition, &f.batches, self.position)?;
+        if let Some(last) = records.last() {
+            self.position = last.offset + 1;
+        }
+        Ok(records)
+    }
+}
+
+/// Options of a group member.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Default 10 s.
+    pub session_timeout: Duration,
+    /// Where partitions without a committed offset start: earliest (default) or latest.
+    pub reset_earliest: bool,
+    /// Sticky assignment (default) or round robin.
+    pub sticky: bool,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            reset_earliest: true,
+            sticky: true,
+        }
+    }
+}
+
+/// A member of a server-assigned consumer group: heartbeats in the background, follows
+/// rebalances, reads its partitions and commits its positions.
+#[derive(Debug)]
+pub struct GroupConsumer {
+    client: Client,
+    group: String,
+    topics: Vec<String>,
+    options: GroupOptions,
+    member_id: String,
+    generation: u64,
+    assignment: Vec<(Arc<str>, u32)>,
+    positions: HashMap<(Arc<str>, u32), u64>,
+    next: usize,
+    rebalance: Arc<AtomicBool>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Bytes asked for per fetch. Default 1 MiB.
+    pub max_bytes: u32,
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+impl GroupConsumer {
+    /// Joins `group` for `topics`.
+    pub async fn join(
+        client: Client,
+        group: &str,
+        topics: &[&str],
+        options: GroupOptions,
+    ) -> Result<Self> {
+        let mut c = Self {
+            client,
+            group: group.to_string(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            options,
+            member_id: String::new(),
+            generation: 0,
+            assignment: Vec::new(),
+            positions: HashMap::new(),
+            next: 0,
+            rebalance: Arc::new(AtomicBool::new(false)),
+            heartbeat: None,
+            max_bytes: 1 << 20,
+        };
+        c.rejoin().await?;
+        Ok(c)
+    }
+
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The partitions this member owns in the current generation.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.assignment
+            .iter()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect()
+    }
+
+    async fn rejoin(&mut self) -> Result<()> {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let strategy = if self.options.sticky {
+            msg::AssignmentStrategy::AssignmentSticky
+        } else {
+            msg::AssignmentStrategy::AssignmentRoundRobin
+        };
+        let req = msg::JoinGroupRequest {
+            group: self.group.clone(),
+            member_id: self.member_id.clone(),
+            topics: self.topics.clone(),
+            session_timeout_ms: self.options.session_timeout.as_millis() as u32,
+            strategy: strategy as i32,
+        };
+        let r = match self.client.join_group(req.clone()).await {
+            Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
+                // Our session expired: join afresh.
+                self.client
+                    .join_group(msg::JoinGroupRequest {
+                        member_id: String::new(),
+                        ..req
+                    })
+                    .await?
+            }
+            other => other?,
+        };
+        self.member_id = r.member_id;
+        self.generation = r.generation;
+        self.assignment = r
+            .assignment
+            .iter()
+            .flat_map(|tp| {
+                tp.partitions
+                    .iter()
+                    .map(|p| (Arc::<str>::from(tp.topic.as_str()), *p))
+            })
+            .collect();
+        let parts: Vec<(String, u32)> = self
+            .assignment
+            .iter()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect();
+        let offsets = self
+            .client
+            .fetch_offsets(&self.group, &parts, self.options.reset_earliest)
+            .await?;
+        let old = std::mem::take(&mut self.positions);
+        for (t, p, o) in offsets {
+            let key = (Arc::<str>::from(t.as_str()), p);
+            // Keep our own position for partitions we kept (it may be ahead of the commit).
+            let pos = old.get(&key).copied().map_or(o, |mine| mine.max(o));
+            self.positions.insert(key, pos);
+        }
+        self.rebalance.store(false, Ordering::Release);
+        let (client, group, member, generation, flag) = (
+            self.client.clone(),
+            self.group.clone(),
+            self.member_id.clone(),
+            self.generation,
+            self.rebalance.clone(),
+        );
+        let every = (self.options.session_timeout / 3).max(Duration::from_millis(50));
+        self.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match client.heartbeat(&group, &member, generation).await {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(
+                                ErrorCode::RebalanceInProgress
+                                    | ErrorCode::UnknownMember
+                                    | ErrorCode::IllegalGeneration
+                            )
+                        ) =>
+                    {
+                        flag.store(true, Ordering::Release);
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
+                }
+            }
+        }));
+        tracing::debug!(group = %self.group, member = %self.member_id, generation = self.generation, partitions = self.assignment.len(), "joined group");
+        Ok(())
+    }
+
+    /// Records from the member's partitions; waits up to `max_wait` when there are none.
+    /// Follows a rebalance first when one is pending.
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
+        if self.rebalance.load(Ordering::Acquire) {
+            self.rejoin().await?;
+        }
+        if self.assignment.is_empty() {
+            tokio::time::sleep(max_wait.min(Duration::from_millis(200))).await;
+            return Ok(Vec::new());
+        }
+        let n = self.assignment.len();
+        for i in 0..n {
+            let idx = (self.next + i) % n;
+            let (topic, partition) = self.assignment[idx].clone();
+            let pos = self
+                .positions
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            // Only the last partition tried waits, so one quiet partition does not hold up the rest.
+            let wait = if i + 1 == n { max_wait } else { Duration::ZERO };
+            let f = match self
+                .client
+                .fetch(&topic, partition, pos, self.max_bytes, 1, wait)
+                .await
+            {
+                Ok(f) => f,
+                Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                    // Retention passed our position: continue from the log start.
+                    let start = self
+                        .client
+                        .list_offsets(&topic, partition, Start::Earliest)
+                        .await?;
+                    self.positions.insert((topic, partition), start);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let records = decode_records(&topic, partition, &f.batches, pos)?;
+            if let Some(last) = records.last() {
+                self.positions.insert((topic, partition), last.offset + 1);
+                self.next = idx + 1;
+                return Ok(records);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Commits the member's positions. Fails with REBALANCE_IN_PROGRESS or
+    /// ILLEGAL_GENERATION when the member no longer owns its partitions; the next poll rejoins.
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets: Vec<(String, u32, u64)> = self
+            .assignment
+            .iter()
+            .filter_map(|(t, p)| {
+                self.positions
+                    .get(&(t.clone(), *p))
+                    .map(|o| (t.to_string(), *p, *o))
+            })
+            .collect();
+        let r = self
+            .client
+            .commit(
+                &self.group,
+                Some((&self.member_id, self.generation)),
+                &offsets,
+            )
+            .await;
+        if let Err(e) = &r {
+            if matches!(
+                e.code(),
+                Some(
+                    ErrorCode::RebalanceInProgress
+                        | ErrorCode::IllegalGeneration
+                        | ErrorCode::UnknownMember
+                )
+            ) {
+                self.rebalance.store(true, Ordering::Release);
+            }
+        }
+        r
+    }
+
+    /// Leaves the group so its partitions move at once.
+    pub async fn leave(mut self) -> Result<()> {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        self.client.leave_group(&self.group, &self.member_id).await
+    }
+}
+
+/// A push subscription to one partition with a credit window.
+#[derive(Debug)]
+pub struct Subscription {
+    client: Client,
+    id: u64,
+    topic: Arc<str>,
+    partition: u32,
+    rx: mpsc::UnboundedReceiver<Pushed>,
+    position: u64,
+    ended: bool,
+}
+
+/// Records pushed in one frame.
+#[derive(Debug)]
+pub struct PushBatch {
+    pub records: Vec<ReceivedRecord>,
+    pub high_watermark: u64,
+    /// Records and bytes the frame used of the credit (re-granted by `next`).
+    pub credit_records: u64,
+    pub credit_bytes: u64,
+}
+
+impl Subscription {
+    pub(crate) async fn open(
+        client: Client,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        window_records: u64,
+        window_bytes: u64,
+    ) -> Result<Self> {
+        use msg::subscribe_request::Start as S;
+        if window_records == 0 || window_bytes == 0 {
+            return Err(ClientError::Invalid(
+                "a credit window must allow at least one record and one byte".into(),
+            ));
+        }
+        let start_msg = match start {
+            Start::Earliest => S::Earliest(true),
+            Start::Latest => S::Latest(true),
+            Start::Offset(o) => S::Offset(o),
+            Start::Timestamp(ts) => S::TimestampMs(ts),
+        };
+        let req = msg::SubscribeRequest {
+            topic: topic.to_string(),
+            partition,
+            start: Some(start_msg),
+            credit_records: window_records,
+            credit_bytes: window_bytes,
+        };
+        let (r, _): (msg::SubscribeResponse, _) = crate::call(
+            client.connection(),
+            Api::Subscribe,
+            &req,
+            &[],
+            crate::DEFAULT_TIMEOUT,
+        )
+        .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        client.connection().register_push(r.subscription_id, tx);
+        Ok(Self {
+            client,
+            id: r.subscription_id,
+            topic: Arc::from(topic),
+            partition,
+            rx,
+            position: r.start_offset,
+            ended: false,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next pushed records, in order. Re-grants the credit they used, so the window
+    /// stays full while the caller keeps up; `Ok(None)` once the connection is gone.
+    pub async fn next(&mut self) -> Result<Option<PushBatch>> {
+        let batch = self.next_without_credit().await?;
+        if let Some(b) = &batch {
+            self.grant(b.credit_records, b.credit_bytes).await?;
+        }
+        Ok(batch)
+    }
+
+    /// Like `next`, but leaves the credit used; grant it back with [`Subscription::grant`]
+    /// when ready for more (a slow consumer's back-pressure).
+    pub async fn next_without_credit(&mut self) -> Result<Option<PushBatch>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let Some(p) = self.rx.recv().await else {
+            self.ended = true;
+            return Ok(None);
+        };
+        if p.data.end_code != 0 {
+            self.ended = true;
+            return Err(ClientError::Server {
+                code: ErrorCode::from_u32(p.data.end_code),
+                message: p.data.end_message,
+            });
+        }
+        let mut credit_records = 0;
+        for b in Batches::new(&p.records) {
+            let (h, _) = b.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            credit_records += u64::from(h.last_offset_delta.max(0) as u32) + 1;
+        }
+        let records = decode_records(&self.topic, self.partition, &p.records, self.position)?;
+        if let Some(last) = records.last() {
+            self.position = last.offset + 1;
+        }
+        Ok(Some(PushBatch {
+            records,
+            high_watermark: p.data.high_watermark,
+            credit_records,
+            credit_bytes: p.records.len() as u64,
+        }))
+    }
+
+    /// Adds credit.
+    pub async fn grant(&self, records: u64, bytes: u64) -> Result<()> {
+        self.client
+            .connection()
+            .send(
+                Api::Credit,
+                &msg::CreditRequest {
+                    subscription_id: self.id,
+                    records,
+                    bytes,
+                },
+                &[],
+            )
+            .await
+    }
+
+    /// Ends the subscription.
+    pub async fn unsubscribe(self) -> Result<()> {
+        self.client.connection().unregister_push(self.id);
+        crate::call::<msg::UnsubscribeResponse>(
+            self.client.connection(),
+            Api::Unsubscribe,
+            &msg::UnsubscribeRequest {
+                subscription_id: self.id,
+            },
+            &[],
+            crate::DEFAULT_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+}

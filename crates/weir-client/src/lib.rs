@@ -1,0 +1,415 @@
+//! Async Rust client for weir's native protocol.
+//!
+//! Layout:
+//! - [`Client`] (this file): one multiplexed connection; admin calls, produce, fetch, offsets,
+//!   group membership, push subscriptions.
+//! - [`producer`]: [`Producer`] — batching by size and linger per partition, key routing with
+//!   the protocol's consistent-hash ring, acks, retries that cannot reorder a partition.
+//! - [`consumer`]: [`PartitionConsumer`] (an assigned partition from an offset),
+//!   [`GroupConsumer`] (a server-assigned group member with commits) and [`Subscription`]
+//!   (push with a credit window).
+//! - `connection` (private): the wire, pings, correlation.
+
+mod connection;
+pub mod consumer;
+pub mod error;
+pub mod producer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use weir_wire::messages as msg;
+use weir_wire::{Api, ErrorCode, Flags, Frame};
+
+pub use consumer::{GroupConsumer, PartitionConsumer, ReceivedRecord, Subscription};
+pub use error::{ClientError, Result};
+pub use producer::{Producer, ProducerConfig};
+pub use weir_wire::messages;
+
+/// Where to start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    Latest,
+    Offset(u64),
+    Timestamp(i64),
+}
+
+/// What a produce returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceAck {
+    pub partition: u32,
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// What a fetch returned: whole record batches.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub batches: Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// A connection to a weir server. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    conn: Arc<connection::Connection>,
+    timeout: Duration,
+    client_id: Arc<str>,
+    _pinger: Arc<Pinger>,
+}
+
+#[derive(Debug)]
+struct Pinger(tokio::task::JoinHandle<()>);
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Requests wait this long for a response unless they wait by design (long polls add their
+/// wait to it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Client {
+    /// Connects to `addr` (`host:port`) and agrees on protocol versions.
+    pub async fn connect(addr: &str, client_id: &str) -> Result<Client> {
+        let conn = connection::Connection::open(addr).await?;
+        let hello = msg::HelloRequest {
+            client_id: client_id.to_string(),
+            apis: Api::supported(),
+        };
+        let (resp, _): (msg::HelloResponse, _) =
+            call(&conn, Api::Hello, &hello, &[], DEFAULT_TIMEOUT).await?;
+        let every = Duration::from_millis(u64::from(resp.idle_timeout_ms.max(300)) / 3);
+        let weak = Arc::downgrade(&conn);
+        let pinger = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(conn) = weak.upgrade() else { return };
+                if conn.is_closed() {
+                    return;
+                }
+                let _ = call::<msg::Ping>(&conn, Api::Ping, &msg::Ping {}, &[], every * 3).await;
+            }
+        });
+        Ok(Client {
+            conn,
+            timeout: DEFAULT_TIMEOUT,
+            client_id: Arc::from(client_id),
+            _pinger: Arc::new(Pinger(pinger)),
+        })
+    }
+
+    /// The client id sent in Hello.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    async fn call<R: Message + Default>(&self, api: Api, req: &impl Message) -> Result<R> {
+        Ok(call(&self.conn, api, req, &[], self.timeout).await?.0)
+    }
+
+    /// Round trip with no effect.
+    pub async fn ping(&self) -> Result<()> {
+        self.call::<msg::Ping>(Api::Ping, &msg::Ping {})
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        config: msg::TopicConfig,
+    ) -> Result<msg::TopicConfig> {
+        let r: msg::CreateTopicResponse = self
+            .call(
+                Api::CreateTopic,
+                &msg::CreateTopicRequest {
+                    name: name.to_string(),
+                    config: Some(config),
+                },
+            )
+            .await?;
+        Ok(r.config.unwrap_or_default())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.call::<msg::DeleteTopicResponse>(
+            Api::DeleteTopic,
+            &msg::DeleteTopicRequest {
+                name: name.to_string(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Metadata of the named topics, or of all topics if `topics` is empty.
+    pub async fn metadata(&self, topics: &[&str]) -> Result<Vec<msg::TopicMetadata>> {
+        let r: msg::MetadataResponse = self
+            .call(
+                Api::Metadata,
+                &msg::MetadataRequest {
+                    topics: topics.iter().map(|t| t.to_string()).collect(),
+                },
+            )
+            .await?;
+        Ok(r.topics)
+    }
+
+    /// Appends one record batch (build it with `weir_batch::BatchBuilder`). Routed to
+    /// `partition` if given, else by `key`, else round robin.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        batch: Bytes,
+    ) -> Result<ProduceAck> {
+        let req = msg::ProduceRequest {
+            topic: topic.to_string(),
+            partition,
+            key: key.map(<[u8]>::to_vec),
+            acks: msg::Acks::Durable as i32,
+        };
+        let (r, _): (msg::ProduceResponse, _) =
+            call(&self.conn, Api::Produce, &req, &[batch], self.timeout).await?;
+        Ok(ProduceAck {
+            partition: r.partition,
+            base_offset: r.base_offset,
+            last_offset: r.last_offset,
+        })
+    }
+
+    /// Appends one record batch without waiting for, or getting, any answer.
+    pub async fn produce_no_ack(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        batch: Bytes,
+    ) -> Result<()> {
+        let req = msg::ProduceRequest {
+            topic: topic.to_string(),
+            partition,
+            key: key.map(<[u8]>::to_vec),
+            acks: msg::Acks::None as i32,
+        };
+        self.conn.send(Api::Produce, &req, &[batch]).await
+    }
+
+    /// Whole batches from `offset`; waits up to `max_wait` for `min_bytes`.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        min_bytes: u32,
+        max_wait: Duration,
+    ) -> Result<Fetched> {
+        let req = msg::FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes,
+            min_bytes,
+            max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let (r, records): (msg::FetchResponse, _) =
+            call(&self.conn, Api::Fetch, &req, &[], self.timeout + max_wait).await?;
+        Ok(Fetched {
+            batches: records,
+            high_watermark: r.high_watermark,
+            log_start_offset: r.log_start_offset,
+        })
+    }
+
+    /// Resolves a start position to an offset.
+    pub async fn list_offsets(&self, topic: &str, partition: u32, at: Start) -> Result<u64> {
+        use msg::list_offsets_request::Spec;
+        let spec = match at {
+            Start::Earliest => Spec::Earliest(true),
+            Start::Latest => Spec::Latest(true),
+            Start::Timestamp(ts) => Spec::TimestampMs(ts),
+            Start::Offset(o) => return Ok(o),
+        };
+        let r: msg::ListOffsetsResponse = self
+            .call(
+                Api::ListOffsets,
+                &msg::ListOffsetsRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    spec: Some(spec),
+                },
+            )
+            .await?;
+        Ok(r.offset)
+    }
+
+    pub async fn join_group(&self, req: msg::JoinGroupRequest) -> Result<msg::JoinGroupResponse> {
+        self.call(Api::JoinGroup, &req).await
+    }
+
+    pub async fn heartbeat(&self, group: &str, member_id: &str, generation: u64) -> Result<()> {
+        self.call::<msg::HeartbeatResponse>(
+            Api::Heartbeat,
+            &msg::HeartbeatRequest {
+                group: group.to_string(),
+                member_id: member_id.to_string(),
+                generation,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
+        self.call::<msg::LeaveGroupResponse>(
+            Api::LeaveGroup,
+            &msg::LeaveGroupRequest {
+                group: group.to_string(),
+                member_id: member_id.to_string(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Commits offsets (the next offset to read, per partition). `member` is
+    /// `(member_id, generation)` for a group member; `None` commits without fencing.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member: Option<(&str, u64)>,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
+        let (member_id, generation) = member.unwrap_or(("", 0));
+        self.call::<msg::CommitOffsetsResponse>(
+            Api::CommitOffsets,
+            &msg::CommitOffsetsRequest {
+                group: group.to_string(),
+                member_id: member_id.to_string(),
+                generation,
+                offsets: offsets
+                    .iter()
+                    .map(|(topic, partition, offset)| msg::PartitionOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                    })
+                    .collect(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Committed offsets; partitions without one resolve to earliest or latest.
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, u32)],
+        reset_earliest: bool,
+    ) -> Result<Vec<(String, u32, u64)>> {
+        let mut by_topic: Vec<msg::TopicPartitions> = Vec::new();
+        for (t, p) in partitions {
+            match by_topic.iter_mut().find(|tp| &tp.topic == t) {
+                Some(tp) => tp.partitions.push(*p),
+                None => by_topic.push(msg::TopicPartitions {
+                    topic: t.clone(),
+                    partitions: vec![*p],
+                }),
+            }
+        }
+        let reset = if reset_earliest {
+            msg::ResetPolicy::ResetEarliest
+        } else {
+            msg::ResetPolicy::ResetLatest
+        };
+        let r: msg::FetchOffsetsResponse = self
+            .call(
+                Api::FetchOffsets,
+                &msg::FetchOffsetsRequest {
+                    group: group.to_string(),
+                    partitions: by_topic,
+                    reset: reset as i32,
+                },
+            )
+            .await?;
+        Ok(r.offsets
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset))
+            .collect())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<String>> {
+        let r: msg::ListGroupsResponse = self
+            .call(Api::ListGroups, &msg::ListGroupsRequest {})
+            .await?;
+        Ok(r.groups)
+    }
+
+    pub async fn describe_group(&self, group: &str) -> Result<msg::DescribeGroupResponse> {
+        self.call(
+            Api::DescribeGroup,
+            &msg::DescribeGroupRequest {
+                group: group.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Subscribes to pushes from one partition, with a credit window of `window_records`
+    /// records and `window_bytes` bytes (at least one batch's worth); the window is re-granted
+    /// as batches are taken with [`Subscription::next`].
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        window_records: u64,
+        window_bytes: u64,
+    ) -> Result<Subscription> {
+        Subscription::open(
+            self.clone(),
+            topic,
+            partition,
+            start,
+            window_records,
+            window_bytes,
+        )
+        .await
+    }
+
+    pub(crate) fn connection(&self) -> &Arc<connection::Connection> {
+        &self.conn
+    }
+}
+
+/// Sends a request and decodes its response, turning error frames into `ClientError::Server`.
+pub(crate) async fn call<R: Message + Default>(
+    conn: &connection::Connection,
+    api: Api,
+    req: &impl Message,
+    records: &[Bytes],
+    timeout: Duration,
+) -> Result<(R, Bytes)> {
+    let frame: Frame = conn.call(api, req, records, timeout).await?;
+    if frame.header.flags.has(Flags::ERROR) {
+        let e = msg::ErrorResponse::decode(frame.message)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        return Err(ClientError::Server {
+            code: ErrorCode::from_u32(e.code),
+            message: e.message,
+        });
+    }
+    let r = R::decode(frame.message)
+        .map_err(|e| ClientError::Protocol(format!("cannot decode {api:?} response: {e}")))?;
+    Ok((r, frame.records))
+}

@@ -1,0 +1,436 @@
+//! A batching producer.
+//!
+//! Records are routed to a partition (explicit, else by key on the protocol's ring, else a
+//! sticky partition per batch for keyless records), gathered per partition into one record
+//! batch until it reaches `batch_bytes` or has waited `linger`, and sent. At most one batch per
+//! partition is in flight, so a retried batch can never be overtaken by a later one: order
+//! within a partition is the order of `send` calls.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use completions::Completions;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use weir_batch::{BatchBuilder, RecordSpec};
+use weir_wire::Ring;
+
+use crate::Client;
+use crate::error::{ClientError, Result};
+
+/// Producer settings. Every default is documented on its field.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch may wait for more records. Default 5 ms.
+    pub linger: Duration,
+    /// A batch is sent once it holds this many bytes. Default 1 MiB.
+    pub batch_bytes: usize,
+    /// Send without acknowledgement (fire and forget). Default false.
+    pub no_ack: bool,
+    /// Retries of a batch that failed with a retriable error. Default 5.
+    pub retries: u32,
+    /// Wait before a retry, doubled each time. Default 100 ms.
+    pub retry_backoff: Duration,
+    /// Records waiting to be sent, across partitions, before `send` waits. Default 100,000.
+    pub max_queued: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_bytes: 1 << 20,
+            no_ack: false,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+            max_queued: 100_000,
+        }
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAck {
+    pub partition: u32,
+    /// `None` when sent without acknowledgement.
+    pub offset: Option<u64>,
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub topic: String,
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; default now.
+    pub timestamp: Option<i64>,
+}
+
+impl Record {
+    pub fn new(topic: &str, value: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.to_string(),
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn header(mut self, key: &str, value: impl Into<Bytes>) -> Self {
+        self.headers.push((key.to_string(), Some(value.into())));
+        self
+    }
+
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    fn size(&self) -> usize {
+        24 + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len) + 4)
+                .sum::<usize>()
+    }
+}
+
+type Ack = oneshot::Sender<Result<RecordAck>>;
+
+enum Cmd {
+    Send(Record, Ack),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A batching, ordered producer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Send(..) => "Send",
+            Cmd::Flush(_) => "Flush",
+        })
+    }
+}
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let (tx, rx) = mpsc::channel(config.max_queued.max(1));
+        tokio::spawn(run(client, config, rx));
+        Producer { tx }
+    }
+
+    /// Queues a record and returns a receiver of its acknowledgement, so many records can be
+    /// in flight. Waits only when `max_queued` records are already waiting.
+    pub async fn send(&self, record: Record) -> Result<oneshot::Receiver<Result<RecordAck>>> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Send(record, ack))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Sends a record and waits until it is acknowledged.
+    pub async fn send_and_wait(&self, record: Record) -> Result<RecordAck> {
+        self.send(record)
+            .await?
+            .await
+            .map_err(|_| ClientError::Closed)?
+    }
+
+    /// Sends everything queued and waits for the answers.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Flush(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+struct Batch {
+    records: Vec<(Record, Ack)>,
+    bytes: usize,
+    started: Instant,
+}
+
+type Part = (Arc<str>, u32);
+
+/// Completions of in-flight batches, without pulling in a futures crate: each send runs as a
+/// task that reports back on a channel.
+mod completions {
+    use tokio::sync::mpsc;
+
+    pub(super) struct Completions<T> {
+        pub tx: mpsc::UnboundedSender<T>,
+        pub rx: mpsc::UnboundedReceiver<T>,
+    }
+
+    impl<T> Completions<T> {
+        pub fn new() -> Self {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Self { tx, rx }
+        }
+    }
+}
+
+struct State {
+    client: Client,
+    config: ProducerConfig,
+    rings: HashMap<Arc<str>, Ring>,
+    sticky: HashMap<Arc<str>, u32>,
+    open: HashMap<Part, Batch>,
+    ready: HashMap<Part, VecDeque<Batch>>,
+    in_flight: HashMap<Part, ()>,
+    flushes: Vec<oneshot::Sender<()>>,
+    done: Completions<Part>,
+}
+
+async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>) {
+    let mut s = State {
+        client,
+        config,
+        rings: HashMap::new(),
+        sticky: HashMap::new(),
+        open: HashMap::new(),
+        ready: HashMap::new(),
+        in_flight: HashMap::new(),
+        flushes: Vec::new(),
+        done: Completions::new(),
+    };
+    let mut closed = false;
+    loop {
+        let deadline = s.open.values().map(|b| b.started + s.config.linger).min();
+        tokio::select! {
+            cmd = rx.recv(), if !closed => match cmd {
+                Some(Cmd::Send(record, ack)) => s.add(record, ack).await,
+                Some(Cmd::Flush(tx)) => {
+                    s.seal_all();
+                    s.flushes.push(tx);
+                }
+                None => {
+                    closed = true;
+                    s.seal_all();
+                }
+            },
+            Some(part) = s.done.rx.recv() => {
+                s.in_flight.remove(&part);
+            }
+            _ = sleep_until(deadline) => {
+                let now = Instant::now();
+                let due: Vec<Part> = s.open.iter().filter(|(_, b)| b.started + s.config.linger <= now).map(|(p, _)| p.clone()).collect();
+                for p in due {
+                    s.seal(&p);
+                }
+            }
+        }
+        s.dispatch();
+        if s.open.is_empty() && s.ready.values().all(VecDeque::is_empty) && s.in_flight.is_empty() {
+            for f in s.flushes.drain(..) {
+                let _ = f.send(());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl State {
+    async fn ring(&mut self, topic: &Arc<str>) -> Result<&Ring> {
+        if !self.rings.contains_key(topic) {
+            let meta = self.client.metadata(&[topic]).await?;
+            let n = meta.first().map_or(0, |t| t.partitions.len() as u32);
+            if n == 0 {
+                return Err(ClientError::Server {
+                    code: weir_wire::ErrorCode::UnknownTopic,
+                    message: format!("topic {topic:?} does not exist"),
+                });
+            }
+            self.rings.insert(topic.clone(), Ring::new(n));
+        }
+        Ok(&self.rings[topic])
+    }
+
+    async fn add(&mut self, record: Record, ack: Ack) {
+        let topic: Arc<str> = Arc::from(record.topic.as_str());
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) => p,
+            (None, key) => {
+                let ring = match self.ring(&topic).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ack.send(Err(e));
+                        return;
+                    }
+                };
+                match key {
+                    Some(k) => ring.partition_for(k),
+                    None => {
+                        let n = ring.partitions();
+                        *self
+                            .sticky
+                            .entry(topic.clone())
+                            .or_insert_with(|| rand_index(n))
+                    }
+                }
+            }
+        };
+        let part = (topic, partition);
+        let size = record.size();
+        let batch = self.open.entry(part.clone()).or_insert_with(|| Batch {
+            records: Vec::new(),
+            bytes: 0,
+            started: Instant::now(),
+        });
+        batch.records.push((record, ack));
+        batch.bytes += size;
+        if batch.bytes >= self.config.batch_bytes {
+            self.seal(&part);
+        }
+    }
+
+    fn seal(&mut self, part: &Part) {
+        if let Some(batch) = self.open.remove(part) {
+            self.ready.entry(part.clone()).or_default().push_back(batch);
+            // Keyless records stick to a partition for one batch, then move on.
+            if let Some(next) = self.sticky.get_mut(&part.0) {
+                let n = self.rings.get(&part.0).map_or(1, Ring::partitions);
+                *next = (*next + 1) % n.max(1);
+            }
+        }
+    }
+
+    fn seal_all(&mut self) {
+        let parts: Vec<Part> = self.open.keys().cloned().collect();
+        for p in parts {
+            self.seal(&p);
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let parts: Vec<Part> = self
+            .ready
+            .iter()
+            .filter(|(p, q)| !q.is_empty() && !self.in_flight.contains_key(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for part in parts {
+            let Some(batch) = self.ready.get_mut(&part).and_then(VecDeque::pop_front) else {
+                continue;
+            };
+            self.in_flight.insert(part.clone(), ());
+            let (client, config, done) = (
+                self.client.clone(),
+                self.config.clone(),
+                self.done.tx.clone(),
+            );
+            tokio::spawn(async move {
+                send_batch(&client, &config, &part, batch).await;
+                let _ = done.send(part);
+            });
+        }
+    }
+}
+
+fn rand_index(n: u32) -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos % n.max(1)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch: Batch) {
+    let now = now_ms();
+    let mut b = BatchBuilder::with_capacity(now, batch.bytes + 128);
+    for (r, _) in &batch.records {
+        b.push(RecordSpec {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect(),
+            timestamp: Some(r.timestamp.unwrap_or(now)),
+        });
+    }
+    let bytes = Bytes::from(b.build());
+    let (topic, partition) = (&part.0, part.1);
+    if config.no_ack {
+        let r = client
+            .produce_no_ack(topic, Some(partition), None, bytes)
+            .await;
+        for (_, ack) in batch.records {
+            let _ = ack.send(
+                r.as_ref()
+                    .map(|_| RecordAck {
+                        partition,
+                        offset: None,
+                    })
+                    .map_err(ClientError::clone_lossy),
+            );
+        }
+        return;
+    }
+    let mut backoff = config.retry_backoff;
+    let mut attempt = 0;
+    let result = loop {
+        match client
+            .produce(topic, Some(partition), None, bytes.clone())
+            .await
+        {
+            Err(e) if e.is_retriable() && attempt < config.retries => {
+                attempt += 1;
+                tracing::debug!(%topic, partition, attempt, error = %e, "produce failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(a) => {
+            for (i, (_, ack)) in batch.records.into_iter().enumerate() {
+                let _ = ack.send(Ok(RecordAck {
+                    partition: a.partition,
+                    offset: Some(a.base_offset + i as u64),
+                }));
+            }
+        }
+        Err(e) => {
+            for (_, ack) in batch.records {
+                let _ = ack.send(Err(e.clone_lossy()));
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! Commands: a decoded request frame becomes a call on the broker and a response frame.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use weir_broker::broker::OffsetSpec;
+use weir_broker::group::AssignmentStrategy;
+use weir_broker::topic::DurabilitySetting;
+use weir_broker::{Broker, BrokerError, TopicConfig};
+use weir_wire::messages as msg;
+use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
+
+/// A frame ready to write: header and message in `head`, then `records` as stored.
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    pub head: BytesMut,
+    pub records: Vec<Bytes>,
+}
+
+impl OutFrame {
+    pub fn new(header: FrameHeader, message: &impl Message, records: Vec<Bytes>) -> Self {
+        let len = records.iter().map(Bytes::len).sum();
+        let mut head = BytesMut::new();
+        encode_frame(header, message, len, &mut head);
+        OutFrame { head, records }
+    }
+
+    pub fn response(req: &FrameHeader, message: &impl Message) -> Self {
+        Self::new(response_header(req, Flags::RESPONSE), message, Vec::new())
+    }
+
+    pub fn error(req: &FrameHeader, code: ErrorCode, message: impl Into<String>) -> Self {
+        let body = msg::ErrorResponse {
+            code: code as u32,
+            message: message.into(),
+            throttle_ms: 0,
+        };
+        Self::new(
+            response_header(req, Flags::RESPONSE | Flags::ERROR),
+            &body,
+            Vec::new(),
+        )
+    }
+}
+
+pub(crate) fn response_header(req: &FrameHeader, flags: u16) -> FrameHeader {
+    FrameHeader {
+        api_key: req.api_key,
+        api_version: req.api_version,
+        correlation_id: req.correlation_id,
+        flags: Flags(flags),
+    }
+}
+
+/// The wire code for a broker error.
+pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
+    use weir_log::LogError as L;
+    match e {
+        BrokerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        BrokerError::TopicExists(_) => ErrorCode::TopicExists,
+        BrokerError::InvalidTopicName { .. } | BrokerError::InvalidConfig(_) => {
+            ErrorCode::InvalidConfig
+        }
+        BrokerError::Log(l) => match l {
+            L::InvalidBatch(_) => ErrorCode::InvalidBatch,
+            L::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            L::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            L::Corrupt { .. } => ErrorCode::CorruptData,
+            l if l.is_storage_full() => ErrorCode::StorageFull,
+            L::Io { .. } => ErrorCode::Storage,
+            L::Closed => ErrorCode::ShuttingDown,
+            L::Config(_) => ErrorCode::InvalidConfig,
+            L::OffsetOverflow => ErrorCode::Storage,
+        },
+        BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
+        BrokerError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        BrokerError::RebalanceInProgress { .. } => ErrorCode::RebalanceInProgress,
+        BrokerError::NotOwner { .. } => ErrorCode::IllegalGeneration,
+        BrokerError::GroupConflict { .. } => ErrorCode::GroupConflict,
+        BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+        BrokerError::Metadata(_) => ErrorCode::Storage,
+    }
+}
+
+fn decode<M: Message + Default>(frame: &Frame) -> Result<M, (ErrorCode, String)> {
+    M::decode(frame.message.clone())
+        .map_err(|e| (ErrorCode::Malformed, format!("cannot decode request: {e}")))
+}
+
+fn broker_err(e: BrokerError) -> (ErrorCode, String) {
+    (code_of(&e), e.to_string())
+}
+
+/// Topic configuration from the wire; zero fields take the broker's defaults.
+pub(crate) fn topic_config(defaults: &TopicConfig, c: Option<msg::TopicConfig>) -> TopicConfig {
+    let Some(c) = c else { return defaults.clone() };
+    let d = defaults;
+    TopicConfig {
+        partitions: if c.partitions == 0 {
+            d.partitions
+        } else {
+            c.partitions
+        },
+        retention_ms: match c.retention_ms {
+            0 => d.retention_ms,
+            n if n < 0 => None,
+            n => Some(n as u64),
+        },
+        retention_bytes: match c.retention_bytes {
+            0 => d.retention_bytes,
+            n if n < 0 => None,
+            n => Some(n as u64),
+        },
+        durability: match c.durability() {
+            msg::Durability::Default => d.durability,
+            msg::Durability::Always => DurabilitySetting::Always,
+            msg::Durability::Never => DurabilitySetting::Never,
+            msg::Durability::Interval => DurabilitySetting::Interval {
+                ms: u64::from(c.durability_interval_ms),
+            },
+        },
+        max_batch_bytes: if c.max_batch_bytes == 0 {
+            d.max_batch_bytes
+        } else {
+            c.max_batch_bytes
+        },
+        segment_bytes: if c.segment_bytes == 0 {
+            d.segment_bytes
+        } else {
+            c.segment_bytes
+        },
+    }
+}
+
+pub(crate) fn topic_config_out(c: &TopicConfig) -> msg::TopicConfig {
+    let (durability, interval) = match c.durability {
+        DurabilitySetting::Always => (msg::Durability::Always, 0),
+        DurabilitySetting::Interval { ms } => (
+            msg::Durability::Interval,
+            ms.min(u64::from(u32::MAX)) as u32,
+        ),
+        DurabilitySetting::Never => (msg::Durability::Never, 0),
+    };
+    msg::TopicConfig {
+        partitions: c.partitions,
+        retention_ms: c.retention_ms.map_or(-1, |v| v as i64),
+        retention_bytes: c.retention_bytes.map_or(-1, |v| v as i64),
+        durability: durability as i32,
+        durability_interval_ms: interval,
+        max_batch_bytes: c.max_batch_bytes,
+        segment_bytes: c.segment_bytes,
+    }
+}
+
+fn tps(list: Vec<(String, Vec<u32>)>) -> Vec<msg::TopicPartitions> {
+    list.into_iter()
+        .map(|(topic, partitions)| msg::TopicPartitions { topic, partitions })
+        .collect()
+}
+
+/// Largest fetch a client may ask for.
+const MAX_FETCH_BYTES: usize = 64 << 20;
+/// Longest long-poll.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs one request that needs no connection state. `None`: no response is due.
+pub(crate) async fn handle(broker: &Broker, frame: Frame, client_id: &str) -> Option<OutFrame> {
+    let req = frame.header;
+    let api = Api::from_key(req.api_key)?;
+    match run(broker, api, frame, client_id).await {
+        Ok(out) => out,
+        Err((code, message)) => Some(OutFrame::error(&req, code, message)),
+    }
+}
+
+async fn run(
+    broker: &Broker,
+    api: Api,
+    frame: Frame,
+    client_id: &str,
+) -> Result<Option<OutFrame>, (ErrorCode, String)> {
+    let req = frame.header;
+    let ok = |m: &dyn Fn() -> OutFrame| Ok(Some(m()));
+    match api {
+        Api::CreateTopic => {
+            let r: msg::CreateTopicRequest = decode(&frame)?;
+            let config = topic_config(&broker.config().default_topic, r.config);
+            let info = broker
+                .create_topic(&r.name, Some(config))
+                .await
+                .map_err(broker_err)?;
+            let out = msg::CreateTopicResponse {
+                config: Some(topic_config_out(&info.config)),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::DeleteTopic => {
+            let r: msg::DeleteTopicRequest = decode(&frame)?;
+            broker.delete_topic(&r.name).await.map_err(broker_err)?;
+            ok(&|| OutFrame::response(&req, &msg::DeleteTopicResponse {}))
+        }
+        Api::Metadata => {
+            let r: msg::MetadataRequest = decode(&frame)?;
+            let infos = if r.topics.is_empty() {
+                broker.topics()
+            } else {
+                r.topics
+                    .iter()
+                    .map(|t| broker.topic_info(t))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(broker_err)?
+            };
+            let out = msg::MetadataResponse {
+                topics: infos
+                    .into_iter()
+                    .map(|t| msg::TopicMetadata {
+                        config: Some(topic_config_out(&t.config)),
+                        name: t.name,
+                        partitions: t
+                            .partitions
+                            .into_iter()
+                            .map(|p| msg::PartitionMetadata {
+                                partition: p.partition,
+                                log_start_offset: p.log_start_offset,
+                                high_watermark: p.high_watermark,
+                                size_bytes: p.size_bytes,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::Produce => {
+            let r: msg::ProduceRequest = decode(&frame)?;
+            if frame.records.is_empty() {
+                return Err((
+                    ErrorCode::InvalidBatch,
+                    "produce request carries no record batch".into(),
+                ));
+            }
+            let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
+            let result = broker
+                .produce(&r.topic, r.partition, r.key.as_deref(), frame.records)
+                .await;
+            if silent {
+                if let Err(e) = result {
+                    tracing::debug!(topic = %r.topic, error = %e, "produce without acks failed");
+                }
+                return Ok(None);
+            }
+            let p = result.map_err(broker_err)?;
+            let out = msg::ProduceResponse {
+                partition: p.partition,
+                base_offset: p.base_offset,
+                last_offset: p.last_offset,
+                throttle_ms: 0,
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::Fetch => {
+            let r: msg::FetchRequest = decode(&frame)?;
+            let max_bytes = (r.max_bytes as usize).clamp(1, MAX_FETCH_BYTES);
+            let wait = Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_WAIT);
+            let f = broker
+                .fetch(
+                    &r.topic,
+                    r.partition,
+                    r.offset,
+                    max_bytes,
+                    r.min_bytes as usize,
+                    wait,
+                )
+                .await
+                .map_err(broker_err)?;
+            let out = msg::FetchResponse {
+                high_watermark: f.high_watermark,
+                log_start_offset: f.log_start_offset,
+                throttle_ms: 0,
+            };
+            let header = response_header(&req, Flags::RESPONSE);
+            Ok(Some(OutFrame::new(header, &out, f.chunks)))
+        }
+        Api::ListOffsets => {
+            let r: msg::ListOffsetsRequest = decode(&frame)?;
+            use msg::list_offsets_request::Spec;
+            let spec = match r.spec {
+                Some(Spec::Earliest(_)) => OffsetSpec::Earliest,
+                Some(Spec::Latest(_)) | None => OffsetSpec::Latest,
+                Some(Spec::TimestampMs(ts)) => OffsetSpec::Timestamp(ts),
+            };
+            let offset = broker
+                .list_offsets(&r.topic, r.partition, spec)
+                .await
+                .map_err(broker_err)?;
+            ok(&|| OutFrame::response(&req, &msg::ListOffsetsResponse { offset }))
+        }
+        Api::JoinGroup => {
+            let r: msg::JoinGroupRequest = decode(&frame)?;
+            let strategy = match r.strategy() {
+                msg::AssignmentStrategy::AssignmentRoundRobin => AssignmentStrategy::RoundRobin,
+                msg::AssignmentStrategy::AssignmentSticky => AssignmentStrategy::Sticky,
+            };
+            let member = (!r.member_id.is_empty()).then_some(r.member_id.as_str());
+            let session = Duration::from_millis(u64::from(r.session_timeout_ms));
+            let j = broker
+                .join_group(&r.group, member, client_id, r.topics, session, strategy)
+                .map_err(broker_err)?;
+            let out = msg::JoinGroupResponse {
+                member_id: j.member_id,
+                generation: j.generation,
+                assignment: tps(j.assignment),
+                heartbeat_interval_ms: (r.session_timeout_ms / 3).max(1),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::Heartbeat => {
+            let r: msg::HeartbeatRequest = decode(&frame)?;
+            broker
+                .heartbeat(&r.group, &r.member_id, r.generation)
+                .map_err(broker_err)?;
+            ok(&|| OutFrame::response(&req, &msg::HeartbeatResponse {}))
+        }
+        Api::LeaveGroup => {
+            let r: msg::LeaveGroupRequest = decode(&frame)?;
+            broker
+                .leave_group(&r.group, &r.member_id)
+                .map_err(broker_err)?;
+            ok(&|| OutFrame::response(&req, &msg::LeaveGroupResponse {}))
+        }
+        Api::CommitOffsets => {
+            let r: msg::CommitOffsetsRequest = decode(&frame)?;
+            let member = (!r.member_id.is_empty()).then_some((r.member_id.as_str(), r.generation));
+            let offsets = r
+                .offsets
+                .into_iter()
+                .map(|o| (o.topic, o.partition, o.offset))
+                .collect();
+            broker
+                .commit(&r.group, member, offsets)
+                .await
+                .map_err(broker_err)?;
+            ok(&|| OutFrame::response(&req, &msg::CommitOffsetsResponse {}))
+        }
+        Api::FetchOffsets => {
+            let r: msg::FetchOffsetsRequest = decode(&frame)?;
+            let parts: Vec<(String, u32)> = r
+                .partitions
+                .iter()
+                .flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.clone(), *p)))
+                .collect();
+            let earliest = r.reset() == msg::ResetPolicy::ResetEarliest;
+            let offsets = broker
+                .committed_offsets(&r.group, &parts, earliest)
+                .map_err(broker_err)?;
+            let out = msg::FetchOffsetsResponse {
+                offsets: offsets
+                    .into_iter()
+                    .map(|(topic, partition, offset)| msg::PartitionOffset {
+                        topic,
+                        partition,
+                        offset,
+                    })
+                    .collect(),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::ListGroups => {
+            let _: msg::ListGroupsRequest = decode(&frame)?;
+            let out = msg::ListGroupsResponse {
+                groups: broker.groups(),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::DescribeGroup => {
+            let r: msg::DescribeGroupRequest = decode(&frame)?;
+            let desc = broker.describe_group(&r.group);
+            let lag = broker.group_lag(&r.group);
+            let out = msg::DescribeGroupResponse {
+                group: r.group.clone(),
+                generation: desc.as_ref().map_or(0, |d| d.generation),
+                members: desc
+                    .map(|d| {
+                        d.members
+                            .into_iter()
+                            .map(|m| msg::GroupMember {
+                                member_id: m.member_id,
+                                client_id: m.client_id,
+                                assignment: tps(m.assignment),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                lag: lag
+                    .into_iter()
+                    .map(|l| msg::PartitionLag {
+                        topic: l.topic,
+                        partition: l.partition,
+                        committed: l.committed,
+                        high_watermark: l.high_watermark,
+                        lag: l.lag,
+                    })
+                    .collect(),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::Ping => {
+            if req.flags.has(Flags::RESPONSE) {
+                return Ok(None);
+            }
+            ok(&|| OutFrame::response(&req, &msg::Ping {}))
+        }
+        Api::Hello | Api::Subscribe | Api::Credit | Api::Unsubscribe | Api::Push => Err((
+            ErrorCode::InvalidRequest,
+            format!("{api:?} is handled by the connection"),
+        )),
+    }
+}

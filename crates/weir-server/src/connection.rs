@@ -1,0 +1,558 @@
+//! One client connection: reads frames, runs commands (many in flight, up to a window),
+//! writes responses and pushes, keeps the connection alive, and ends it cleanly.
+//!
+//! Memory: an idle connection holds no read buffer (it is released whenever it empties) and
+//! no per-request state; the read buffer grows to the size of the frame being read, capped by
+//! the maximum frame size, which is checked before anything is allocated.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use credit::CreditBox;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use weir_broker::Broker;
+use weir_broker::broker::OffsetSpec;
+use weir_broker::push::{PushCursor, PushStep};
+use weir_wire::messages as msg;
+use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, WireError, decode_frame, frame_len};
+
+use crate::ServerConfig;
+use crate::command::{self, OutFrame, code_of};
+
+type InFlight = Pin<Box<dyn std::future::Future<Output = Option<OutFrame>> + Send>>;
+
+/// Credits granted to a subscription and not yet taken by its task.
+mod credit {
+    use std::sync::Mutex;
+    use tokio::sync::Notify;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct CreditBox {
+        pending: Mutex<(u64, u64)>,
+        pub notify: Notify,
+    }
+
+    impl CreditBox {
+        pub fn add(&self, records: u64, bytes: u64) {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.0 = p.0.saturating_add(records);
+            p.1 = p.1.saturating_add(bytes);
+            drop(p);
+            self.notify.notify_one();
+        }
+
+        pub fn take(&self) -> (u64, u64) {
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Subscription {
+    credit: Arc<CreditBox>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: BytesMut,
+    broker: Broker,
+    config: Arc<ServerConfig>,
+    client_id: Option<Arc<str>>,
+    in_flight: FuturesUnordered<InFlight>,
+    produce_chain: Option<oneshot::Receiver<()>>,
+    subs: HashMap<u64, Subscription>,
+    next_sub: u64,
+    push_tx: Option<mpsc::Sender<OutFrame>>,
+    push_rx: Option<mpsc::Receiver<OutFrame>>,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for (_, s) in self.subs.drain() {
+            s.task.abort();
+        }
+    }
+}
+
+enum Input {
+    Stop,
+    Done(Option<OutFrame>),
+    Push(Option<OutFrame>),
+    Read(std::io::Result<usize>),
+    Tick,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        broker: Broker,
+        config: Arc<ServerConfig>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            peer,
+            buf: BytesMut::new(),
+            broker,
+            config,
+            client_id: None,
+            in_flight: FuturesUnordered::new(),
+            produce_chain: None,
+            subs: HashMap::new(),
+            next_sub: 1,
+            push_tx: None,
+            push_rx: None,
+            last_read: now,
+            last_write: now,
+        }
+    }
+
+    /// Serves the connection until the peer leaves, a fatal protocol error, the idle timeout,
+    /// or shutdown (after which in-flight requests finish and their responses are written).
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut draining = *stop.borrow();
+        let heartbeat = self.config.idle_timeout / 3;
+        let tick = tokio::time::sleep(heartbeat);
+        tokio::pin!(tick);
+        loop {
+            if draining && self.in_flight.is_empty() {
+                break;
+            }
+            let window_open = self.in_flight.len() < self.config.max_in_flight;
+            let input = tokio::select! {
+                biased;
+                r = stop.changed(), if !draining => { let _ = r; Input::Stop }
+                out = self.in_flight.next(), if !self.in_flight.is_empty() => Input::Done(out.flatten()),
+                out = recv_push(&mut self.push_rx) => Input::Push(out),
+                r = self.stream.read_buf(&mut self.buf), if !draining && window_open => Input::Read(r),
+                _ = &mut tick => Input::Tick,
+            };
+            match input {
+                Input::Stop => draining = true,
+                Input::Done(out) | Input::Push(out) => {
+                    if let Some(out) = out {
+                        if let Err(e) = self.write(out).await {
+                            tracing::debug!(peer = %self.peer, error = %e, "write failed; closing");
+                            break;
+                        }
+                    }
+                }
+                Input::Read(Ok(0)) => break,
+                Input::Read(Ok(_)) => {
+                    self.last_read = Instant::now();
+                    if !self.process_buffer().await {
+                        break;
+                    }
+                }
+                Input::Read(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "read failed; closing");
+                    break;
+                }
+                Input::Tick => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_read) >= self.config.idle_timeout {
+                        tracing::info!(peer = %self.peer, "closing idle connection");
+                        break;
+                    }
+                    if now.duration_since(self.last_write) >= heartbeat {
+                        let ping = OutFrame::new(
+                            FrameHeader {
+                                api_key: Api::Ping as u16,
+                                api_version: 1,
+                                correlation_id: 0,
+                                flags: Flags(0),
+                            },
+                            &msg::Ping {},
+                            Vec::new(),
+                        );
+                        if self.write(ping).await.is_err() {
+                            break;
+                        }
+                    }
+                    tick.as_mut().reset(Instant::now() + heartbeat);
+                }
+            }
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn write(&mut self, out: OutFrame) -> std::io::Result<()> {
+        self.last_write = Instant::now();
+        if out.records.is_empty() {
+            return self.stream.write_all(&out.head).await;
+        }
+        // One vectored write for header and stored batches, no copy of the batches.
+        let mut parts: Vec<bytes::Bytes> = Vec::with_capacity(out.records.len() + 1);
+        parts.push(out.head.freeze());
+        parts.extend(out.records);
+        let mut i = 0;
+        while i < parts.len() {
+            let slices: Vec<IoSlice<'_>> = parts[i..].iter().map(|b| IoSlice::new(b)).collect();
+            let mut n = self.stream.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && i < parts.len() {
+                let len = parts[i].len();
+                if n >= len {
+                    n -= len;
+                    i += 1;
+                } else {
+                    parts[i].advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles every whole frame in the buffer. `false` ends the connection.
+    async fn process_buffer(&mut self) -> bool {
+        loop {
+            match decode_frame(&mut self.buf, self.config.max_frame_bytes) {
+                Ok(Some(frame)) => {
+                    if !self.dispatch(frame).await {
+                        return false;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "bad frame; closing the connection");
+                    let code = match e {
+                        WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+                        _ => ErrorCode::Malformed,
+                    };
+                    let header = FrameHeader {
+                        api_key: 0,
+                        api_version: 0,
+                        correlation_id: 0,
+                        flags: Flags(0),
+                    };
+                    let _ = self
+                        .write(OutFrame::error(&header, code, e.to_string()))
+                        .await;
+                    return false;
+                }
+            }
+        }
+        if self.buf.is_empty() {
+            // Idle connections keep no buffer.
+            self.buf = BytesMut::new();
+        } else if let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes) {
+            self.buf.reserve(total - self.buf.len());
+        } else {
+            self.buf.reserve(64);
+        }
+        true
+    }
+
+    /// Runs or schedules one request. `false` ends the connection.
+    async fn dispatch(&mut self, frame: Frame) -> bool {
+        let h = frame.header;
+        if h.flags.has(Flags::RESPONSE) {
+            // The only responses a client sends are answers to our pings.
+            return true;
+        }
+        let Some(api) = Api::from_key(h.api_key) else {
+            tracing::warn!(peer = %self.peer, api_key = h.api_key, "unknown API");
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::UnknownApi,
+                    format!("unknown API key {}", h.api_key),
+                ))
+                .await;
+        };
+        let (min, max) = api.versions();
+        if h.api_version < min || h.api_version > max {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "{api:?} version {} is not supported; this server speaks {min} to {max}",
+                        h.api_version
+                    ),
+                ))
+                .await;
+        }
+        if api == Api::Hello {
+            return self.hello(&frame).await;
+        }
+        let Some(client_id) = self.client_id.clone() else {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::HelloRequired,
+                    "send Hello first",
+                ))
+                .await;
+        };
+        match api {
+            Api::Subscribe => {
+                let out = self.subscribe(&frame).await;
+                self.reply(out).await
+            }
+            Api::Credit => {
+                match msg::CreditRequest::decode(frame.message.clone()) {
+                    Ok(c) => match self.subs.get(&c.subscription_id) {
+                        Some(s) => s.credit.add(c.records, c.bytes),
+                        None => {
+                            return self
+                                .reply(OutFrame::error(
+                                    &h,
+                                    ErrorCode::UnknownSubscription,
+                                    format!("no subscription {}", c.subscription_id),
+                                ))
+                                .await;
+                        }
+                    },
+                    Err(e) => {
+                        return self
+                            .reply(OutFrame::error(&h, ErrorCode::Malformed, e.to_string()))
+                            .await;
+                    }
+                }
+                true
+            }
+            Api::Unsubscribe => {
+                let out = match msg::UnsubscribeRequest::decode(frame.message.clone()) {
+                    Ok(u) => match self.subs.remove(&u.subscription_id) {
+                        Some(s) => {
+                            s.task.abort();
+                            OutFrame::response(&h, &msg::UnsubscribeResponse {})
+                        }
+                        None => OutFrame::error(
+                            &h,
+                            ErrorCode::UnknownSubscription,
+                            format!("no subscription {}", u.subscription_id),
+                        ),
+                    },
+                    Err(e) => OutFrame::error(&h, ErrorCode::Malformed, e.to_string()),
+                };
+                self.reply(out).await
+            }
+            Api::Produce => {
+                // Produces on one connection append in the order they arrived.
+                let (done, next) = oneshot::channel::<()>();
+                let prev = self.produce_chain.replace(next);
+                let broker = self.broker.clone();
+                self.in_flight.push(Box::pin(async move {
+                    if let Some(prev) = prev {
+                        let _ = prev.await;
+                    }
+                    let out = command::handle(&broker, frame, &client_id).await;
+                    drop(done);
+                    out
+                }));
+                true
+            }
+            _ => {
+                let broker = self.broker.clone();
+                self.in_flight.push(Box::pin(async move {
+                    command::handle(&broker, frame, &client_id).await
+                }));
+                true
+            }
+        }
+    }
+
+    async fn reply(&mut self, out: OutFrame) -> bool {
+        self.write(out).await.is_ok()
+    }
+
+    async fn hello(&mut self, frame: &Frame) -> bool {
+        let h = frame.header;
+        let req = match msg::HelloRequest::decode(frame.message.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .reply(OutFrame::error(&h, ErrorCode::Malformed, e.to_string()))
+                    .await;
+            }
+        };
+        if req.client_id.len() > 256 {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::InvalidRequest,
+                    "client id longer than 256 bytes",
+                ))
+                .await;
+        }
+        let ours = Api::supported();
+        let agreed = weir_wire::negotiate(&ours, &req.apis);
+        let missing: Vec<String> = agreed
+            .iter()
+            .filter(|(api, v)| v.is_none() && matches!(api, Api::Hello | Api::Ping))
+            .map(|(api, _)| format!("{api:?}"))
+            .collect();
+        if !missing.is_empty() {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::UnsupportedVersion,
+                    format!("no common version for {}", missing.join(", ")),
+                ))
+                .await;
+        }
+        self.client_id = Some(Arc::from(if req.client_id.is_empty() {
+            "anonymous"
+        } else {
+            req.client_id.as_str()
+        }));
+        let out = msg::HelloResponse {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            apis: ours,
+            idle_timeout_ms: self
+                .config
+                .idle_timeout
+                .as_millis()
+                .min(u128::from(u32::MAX)) as u32,
+            max_frame_bytes: self.config.max_frame_bytes.min(u32::MAX as usize) as u32,
+        };
+        self.reply(OutFrame::response(&h, &out)).await
+    }
+
+    async fn subscribe(&mut self, frame: &Frame) -> OutFrame {
+        let h = frame.header;
+        let req = match msg::SubscribeRequest::decode(frame.message.clone()) {
+            Ok(r) => r,
+            Err(e) => return OutFrame::error(&h, ErrorCode::Malformed, e.to_string()),
+        };
+        if self.subs.len() >= self.config.max_subscriptions_per_connection {
+            return OutFrame::error(
+                &h,
+                ErrorCode::InvalidRequest,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.config.max_subscriptions_per_connection
+                ),
+            );
+        }
+        use msg::subscribe_request::Start;
+        let spec = match req.start {
+            Some(Start::Earliest(_)) => Some(OffsetSpec::Earliest),
+            Some(Start::Latest(_)) | None => Some(OffsetSpec::Latest),
+            Some(Start::TimestampMs(ts)) => Some(OffsetSpec::Timestamp(ts)),
+            Some(Start::Offset(_)) => None,
+        };
+        let start = match (spec, req.start) {
+            (Some(spec), _) => match self
+                .broker
+                .list_offsets(&req.topic, req.partition, spec)
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
+            },
+            (None, Some(Start::Offset(o))) => o,
+            (None, _) => 0,
+        };
+        let mut cursor =
+            match PushCursor::new(self.broker.clone(), &req.topic, req.partition, start) {
+                Ok(c) => c,
+                Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
+            };
+        cursor.grant(req.credit_records, req.credit_bytes);
+        let id = self.next_sub;
+        self.next_sub += 1;
+        let (tx, rx) = match (&self.push_tx, self.push_rx.is_some()) {
+            (Some(tx), true) => (tx.clone(), None),
+            _ => {
+                let (tx, rx) = mpsc::channel(4);
+                (tx, Some(rx))
+            }
+        };
+        if let Some(rx) = rx {
+            self.push_tx = Some(tx.clone());
+            self.push_rx = Some(rx);
+        }
+        let credit = Arc::new(CreditBox::default());
+        let task = tokio::spawn(push_loop(cursor, id, credit.clone(), tx));
+        self.subs.insert(id, Subscription { credit, task });
+        OutFrame::response(
+            &h,
+            &msg::SubscribeResponse {
+                subscription_id: id,
+                start_offset: start,
+            },
+        )
+    }
+}
+
+async fn recv_push(rx: &mut Option<mpsc::Receiver<OutFrame>>) -> Option<OutFrame> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn push_frame(
+    id: u64,
+    hwm: u64,
+    end: Option<(ErrorCode, String)>,
+    batches: Vec<bytes::Bytes>,
+) -> OutFrame {
+    let (code, message) = end.map_or((0, String::new()), |(c, m)| (c as u32, m));
+    let header = FrameHeader {
+        api_key: Api::Push as u16,
+        api_version: 1,
+        correlation_id: 0,
+        flags: Flags(Flags::PUSH),
+    };
+    let body = msg::PushData {
+        subscription_id: id,
+        high_watermark: hwm,
+        end_code: code,
+        end_message: message,
+    };
+    OutFrame::new(header, &body, batches)
+}
+
+/// Delivers a subscription within its credit until it ends or the connection goes away.
+async fn push_loop(
+    mut cursor: PushCursor,
+    id: u64,
+    credit: Arc<CreditBox>,
+    out: mpsc::Sender<OutFrame>,
+) {
+    loop {
+        let (r, b) = credit.take();
+        cursor.grant(r, b);
+        let (cr, cb) = cursor.credit();
+        if cr == 0 || cb == 0 {
+            credit.notify.notified().await;
+            continue;
+        }
+        tokio::select! {
+            _ = credit.notify.notified() => continue,
+            step = cursor.next() => match step {
+                Ok(PushStep::Data { batches, high_watermark, .. }) => {
+                    if out.send(push_frame(id, high_watermark, None, batches)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(PushStep::NeedCredit { .. }) => credit.notify.notified().await,
+                Err(e) => {
+                    let _ = out.send(push_frame(id, 0, Some((code_of(&e), e.to_string())), Vec::new())).await;
+                    return;
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! weir's native-protocol server.
+//!
+//! Layout, three layers as in the house style:
+//! - [`run`] (this file): accepts connections under a connection limit and shuts down on
+//!   request — stop accepting, let every connection finish its in-flight requests, then close
+//!   the broker so every log is flushed and marked clean.
+//! - `connection`: one connection — frames in, responses and pushes out, pipelining with a
+//!   bounded window, heartbeats and the idle timeout.
+//! - `command`: one request — a decoded frame applied to the [`Broker`].
+
+mod command;
+mod connection;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use weir_broker::Broker;
+use weir_wire::{ErrorCode, Flags, FrameHeader};
+
+/// Settings of the native listener. Every default is documented on its field.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most simultaneous connections; more are answered with CONNECTION_LIMIT and closed.
+    /// Default 10,000.
+    pub max_connections: usize,
+    /// Requests in flight per connection; when reached, the connection is not read until one
+    /// completes, so TCP pushes back on the client. Default 64.
+    pub max_in_flight: usize,
+    /// Largest frame accepted. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// A connection silent for this long is closed; the server pings after a third of it
+    /// without sending anything. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Push subscriptions per connection. Default 1,024.
+    pub max_subscriptions_per_connection: usize,
+    /// How long shutdown waits for in-flight requests. Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_in_flight: 64,
+            max_frame_bytes: weir_wire::DEFAULT_MAX_FRAME_BYTES,
+            idle_timeout: Duration::from_secs(60),
+            max_subscriptions_per_connection: 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the native protocol on `listener` until `shutdown` resolves, then drains
+/// connections and closes the broker.
+pub async fn run(
+    listener: TcpListener,
+    broker: Broker,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+            tracker.spawn(refuse(stream));
+            continue;
+        };
+        let conn = connection::Connection::new(stream, peer, broker.clone(), config.clone());
+        let stop = stop_rx.clone();
+        tracker.spawn(async move {
+            conn.run(stop).await;
+            drop(permit);
+        });
+    }
+    tracing::info!(
+        connections = tracker.len(),
+        "shutting down: draining connections"
+    );
+    let _ = stop_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not drain within the grace period");
+    }
+    if let Err(e) = broker.close().await {
+        tracing::error!(error = %e, "closing the broker failed");
+        return Err(std::io::Error::other(e.to_string()));
+    }
+    Ok(())
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let header = FrameHeader {
+        api_key: 0,
+        api_version: 0,
+        correlation_id: 0,
+        flags: Flags(0),
+    };
+    let out = command::OutFrame::error(
+        &header,
+        ErrorCode::ConnectionLimit,
+        "connection limit reached",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out.head)).await;
+    let _ = stream.shutdown().await;
+}

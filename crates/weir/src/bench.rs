@@ -1,0 +1,374 @@
+//! `weir bench produce|consume|e2e|connections` against a running server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Subcommand;
+use hdrhistogram::Histogram;
+use weir_batch::{BatchBuilder, RecordSpec};
+use weir_client::messages as msg;
+use weir_client::{Client, Start};
+
+use crate::Conn;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Produce fixed-size records in batches; report throughput and per-batch latency.
+    Produce {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        opts: Common,
+        /// Records per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Concurrent producers, each on its own connection.
+        #[arg(long, default_value_t = 1)]
+        producers: usize,
+        /// Batches in flight per producer.
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+    },
+    /// Read a topic partition from the beginning to its end.
+    Consume {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        opts: Common,
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        #[arg(long, default_value_t = 4 << 20)]
+        max_bytes: u32,
+    },
+    /// One record at a time through a push subscription: produce-to-delivery latency.
+    E2e {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        opts: Common,
+    },
+    /// Open many idle connections and hold them; with --server-pid, report the server's
+    /// memory per connection.
+    Connections {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// PID of the server, to read its resident memory before and after.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, default_value_t = 2)]
+        hold_secs: u64,
+        #[arg(long, default_value = "text")]
+        output: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Records in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 1000)]
+    size: usize,
+    /// Partitions of the topic, if the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// text or json.
+    #[arg(long, default_value = "text")]
+    output: String,
+}
+
+struct Report {
+    name: &'static str,
+    messages: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Report {
+    fn print(&self, output: &str) -> Result<()> {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let q = |p: f64| self.latency.value_at_quantile(p);
+        if output == "json" {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bench": self.name,
+                    "messages": self.messages,
+                    "bytes": self.bytes,
+                    "seconds": secs,
+                    "messages_per_sec": self.messages as f64 / secs,
+                    "mb_per_sec": self.bytes as f64 / secs / 1e6,
+                    "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max(), "count": self.latency.len()},
+                })
+            );
+        } else {
+            println!(
+                "{}: {} messages in {:.2}s: {:.0} msg/s, {:.1} MB/s; latency µs p50={} p90={} p99={} p99.9={} max={}",
+                self.name,
+                self.messages,
+                secs,
+                self.messages as f64 / secs,
+                self.bytes as f64 / secs / 1e6,
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999),
+                self.latency.max()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn progress(total: u64, output: &str) -> indicatif::ProgressBar {
+    if output == "json" {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<()> {
+    if client.metadata(&[]).await?.iter().any(|t| t.name == topic) {
+        return Ok(());
+    }
+    client
+        .create_topic(
+            topic,
+            msg::TopicConfig {
+                partitions,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("creating the bench topic")?;
+    Ok(())
+}
+
+fn batch_of(records: usize, size: usize) -> Bytes {
+    let value = vec![0x61u8; size];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut b = BatchBuilder::with_capacity(now, records * (size + 16) + 64);
+    for _ in 0..records {
+        b.push(RecordSpec::value(&value));
+    }
+    Bytes::from(b.build())
+}
+
+fn check_output(o: &str) -> Result<()> {
+    if o != "text" && o != "json" {
+        bail!("--output must be text or json");
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Produce {
+            conn,
+            opts,
+            batch,
+            producers,
+            in_flight,
+        } => {
+            check_output(&opts.output)?;
+            let admin = Client::connect(&conn.addr, "weir-bench").await?;
+            ensure_topic(&admin, &opts.topic, opts.partitions).await?;
+            let batches = opts.messages.div_ceil(batch as u64);
+            let template = batch_of(batch, opts.size);
+            let issued = Arc::new(AtomicU64::new(0));
+            let bar = progress(batches * batch as u64, &opts.output);
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..producers {
+                let client = Client::connect(&conn.addr, "weir-bench").await?;
+                for _ in 0..in_flight.max(1) {
+                    let (client, issued, template, bar, topic) = (
+                        client.clone(),
+                        issued.clone(),
+                        template.clone(),
+                        bar.clone(),
+                        opts.topic.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        let mut h = Histogram::<u64>::new(3)?;
+                        while issued.fetch_add(1, Ordering::Relaxed) < batches {
+                            let t = Instant::now();
+                            client.produce(&topic, None, None, template.clone()).await?;
+                            h.record(t.elapsed().as_micros() as u64)?;
+                            bar.inc(batch as u64);
+                        }
+                        anyhow::Ok(h)
+                    }));
+                }
+            }
+            let mut latency = Histogram::<u64>::new(3)?;
+            for t in tasks {
+                latency.add(t.await??)?;
+            }
+            bar.finish_and_clear();
+            let messages = batches * batch as u64;
+            Report {
+                name: "produce",
+                messages,
+                bytes: batches * template.len() as u64,
+                elapsed: start.elapsed(),
+                latency,
+            }
+            .print(&opts.output)
+        }
+        BenchCmd::Consume {
+            conn,
+            opts,
+            partition,
+            max_bytes,
+        } => {
+            check_output(&opts.output)?;
+            let client = Client::connect(&conn.addr, "weir-bench").await?;
+            let end = client
+                .list_offsets(&opts.topic, partition, Start::Latest)
+                .await?;
+            let mut offset = client
+                .list_offsets(&opts.topic, partition, Start::Earliest)
+                .await?;
+            let target = end.min(offset + opts.messages);
+            let bar = progress(target - offset, &opts.output);
+            let mut latency = Histogram::<u64>::new(3)?;
+            let (mut messages, mut bytes) = (0u64, 0u64);
+            let start = Instant::now();
+            while offset < target {
+                let t = Instant::now();
+                let f = client
+                    .fetch(
+                        &opts.topic,
+                        partition,
+                        offset,
+                        max_bytes,
+                        1,
+                        Duration::from_secs(1),
+                    )
+                    .await?;
+                latency.record(t.elapsed().as_micros() as u64)?;
+                bytes += f.batches.len() as u64;
+                let mut at = 0;
+                while at < f.batches.len() {
+                    let h = weir_batch::peek(&f.batches[at..])?;
+                    let next = h.next_offset() as u64;
+                    messages += next - offset.max(h.base_offset as u64);
+                    bar.inc(next - offset.max(h.base_offset as u64));
+                    offset = next;
+                    at += h.total_len();
+                }
+            }
+            bar.finish_and_clear();
+            Report {
+                name: "consume",
+                messages,
+                bytes,
+                elapsed: start.elapsed(),
+                latency,
+            }
+            .print(&opts.output)
+        }
+        BenchCmd::E2e { conn, opts } => {
+            check_output(&opts.output)?;
+            let client = Client::connect(&conn.addr, "weir-bench").await?;
+            ensure_topic(&client, &opts.topic, opts.partitions).await?;
+            let consumer = Client::connect(&conn.addr, "weir-bench").await?;
+            let mut sub = consumer
+                .subscribe(&opts.topic, 0, Start::Latest, 10_000, 64 << 20)
+                .await?;
+            let one = batch_of(1, opts.size);
+            let mut latency = Histogram::<u64>::new(3)?;
+            let bar = progress(opts.messages, &opts.output);
+            let start = Instant::now();
+            for _ in 0..opts.messages {
+                let t = Instant::now();
+                client
+                    .produce(&opts.topic, Some(0), None, one.clone())
+                    .await?;
+                let mut got = 0;
+                while got == 0 {
+                    let b = sub.next().await?.context("subscription ended")?;
+                    got = b.records.len();
+                }
+                latency.record(t.elapsed().as_micros() as u64)?;
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            Report {
+                name: "e2e",
+                messages: opts.messages,
+                bytes: opts.messages * one.len() as u64,
+                elapsed: start.elapsed(),
+                latency,
+            }
+            .print(&opts.output)
+        }
+        BenchCmd::Connections {
+            conn,
+            count,
+            server_pid,
+            hold_secs,
+            output,
+        } => {
+            check_output(&output)?;
+            let rss = |pid: u32| -> Option<u64> {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+                    .map(|kb| kb * 1024)
+            };
+            let before = server_pid.and_then(rss);
+            let bar = progress(count as u64, &output);
+            let mut clients = Vec::with_capacity(count);
+            let start = Instant::now();
+            for _ in 0..count {
+                clients.push(Client::connect(&conn.addr, "weir-bench").await?);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let opened = start.elapsed();
+            tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+            let after = server_pid.and_then(rss);
+            let per_conn = before
+                .zip(after)
+                .map(|(b, a)| a.saturating_sub(b) as f64 / count as f64);
+            if output == "json" {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "connections", "connections": count, "open_seconds": opened.as_secs_f64(), "server_rss_before": before, "server_rss_after": after, "server_bytes_per_connection": per_conn})
+                );
+            } else {
+                println!(
+                    "connections: {count} opened in {:.2}s{}",
+                    opened.as_secs_f64(),
+                    per_conn.map_or(String::new(), |b| format!(
+                        "; server RSS grew {:.0} bytes per connection",
+                        b
+                    ))
+                );
+            }
+            drop(clients);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! `weir serve` configuration: one typed struct, loaded from a TOML file (optional), then
+//! overridden by environment variables, then validated as a whole. Unknown keys, in the file or
+//! in the environment, refuse to start the server.
+//!
+//! Environment overrides: `WEIR_<KEY>` for top-level keys and `WEIR_<SECTION>__<KEY>` for keys
+//! in a section, e.g. `WEIR_DATA_DIR=/var/lib/weir`, `WEIR_NATIVE__LISTEN=0.0.0.0:9094`,
+//! `WEIR_TOPICS__PARTITIONS=6`. Values are read as TOML (numbers, booleans), else as strings.
+//! `WEIR_ADDR` belongs to the command-line client and is not a server setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use weir_broker::topic::{DurabilitySetting, TopicConfig};
+
+/// Variables with the WEIR_ prefix that are not server settings.
+const CLIENT_VARS: &[&str] = &["WEIR_ADDR"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory. Default `./weir-data`.
+    pub data_dir: PathBuf,
+    pub native: NativeConfig,
+    /// Defaults for new topics.
+    pub topics: TopicDefaults,
+    pub groups: GroupConfig,
+    pub log: LogSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("weir-data"),
+            native: NativeConfig::default(),
+            topics: TopicDefaults::default(),
+            groups: GroupConfig::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// Native protocol listener. Default `127.0.0.1:9094` (Kafka is 9092, HTTP 8080).
+    pub listen: String,
+    /// Default 10,000.
+    pub max_connections: usize,
+    /// Requests in flight per connection before it stops being read. Default 64.
+    pub max_in_flight: usize,
+    /// Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Close connections silent this long. Default 60,000 ms.
+    pub idle_timeout_ms: u64,
+    /// Wait this long for in-flight requests at shutdown. Default 10,000 ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9094".into(),
+            max_connections: 10_000,
+            max_in_flight: 64,
+            max_frame_bytes: 16 << 20,
+            idle_timeout_ms: 60_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    /// Default 1.
+    pub partitions: u32,
+    /// Default 7 days; 0 keeps data forever.
+    pub retention_ms: u64,
+    /// Default 0 (no size limit).
+    pub retention_bytes: u64,
+    /// `always` (default), `never`, or `interval`.
+    pub durability: String,
+    /// For `interval`. Default 100 ms.
+    pub durability_interval_ms: u64,
+    /// Default 8 MiB.
+    pub max_batch_bytes: u32,
+    /// Default 1 GiB.
+    pub segment_bytes: u64,
+    /// Create topics on first produce. Default false.
+    pub auto_create: bool,
+    /// In-memory tail per partition. Default 8 MiB.
+    pub hot_tail_bytes: usize,
+    /// How often retention runs. Default 60,000 ms.
+    pub retention_check_ms: u64,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            durability: "always".into(),
+            durability_interval_ms: 100,
+            max_batch_bytes: 8 << 20,
+            segment_bytes: 1 << 30,
+            auto_create: false,
+            hot_tail_bytes: 8 << 20,
+            retention_check_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupConfig {
+    /// Smallest session timeout a member may ask for. Default 1,000 ms.
+    pub min_session_ms: u64,
+    /// Largest. Default 300,000 ms.
+    pub max_session_ms: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self {
+            min_session_ms: 1_000,
+            max_session_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `human` (default) or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` (default) or `weir_log=debug,info`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given), applies `WEIR_*` overrides from `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("config file {} is not valid TOML", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("WEIR_") else {
+                continue;
+            };
+            if CLIENT_VARS.contains(&name.as_str()) {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                bail!("environment variable {name} does not name a setting");
+            }
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            let mut table = &mut root;
+            for key in &path[..path.len() - 1] {
+                let entry = table
+                    .entry(key.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry.as_table_mut().with_context(|| {
+                    format!("environment variable {name}: {key} is not a section")
+                })?;
+            }
+            table.insert(path[path.len() - 1].clone(), parsed);
+        }
+        let config: Config = toml::Value::Table(root)
+            .try_into()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.native.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "native.listen {:?} is not an address like 127.0.0.1:9094",
+                self.native.listen
+            )
+        })?;
+        if self.native.max_connections == 0 || self.native.max_in_flight == 0 {
+            bail!("native.max_connections and native.max_in_flight must be positive");
+        }
+        if self.native.max_frame_bytes < 1024 {
+            bail!("native.max_frame_bytes must be at least 1024");
+        }
+        if self.native.idle_timeout_ms < 300 {
+            bail!("native.idle_timeout_ms must be at least 300");
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            bail!(
+                "log.format must be \"human\" or \"json\", not {:?}",
+                self.log.format
+            );
+        }
+        if self.groups.min_session_ms == 0
+            || self.groups.min_session_ms > self.groups.max_session_ms
+        {
+            bail!("groups.min_session_ms must be positive and at most groups.max_session_ms");
+        }
+        self.topic_config()?
+            .validate()
+            .context("invalid [topics] defaults")?;
+        Ok(())
+    }
+
+    /// The broker's default topic configuration.
+    pub fn topic_config(&self) -> Result<TopicConfig> {
+        let t = &self.topics;
+        let durability = match t.durability.as_str() {
+            "always" => DurabilitySetting::Always,
+            "never" => DurabilitySetting::Never,
+            "interval" => DurabilitySetting::Interval {
+                ms: t.durability_interval_ms,
+            },
+            other => bail!("topics.durability must be always, never or interval, not {other:?}"),
+        };
+        Ok(TopicConfig {
+            partitions: t.partitions,
+            retention_ms: (t.retention_ms > 0).then_some(t.retention_ms),
+            retention_bytes: (t.retention_bytes > 0).then_some(t.retention_bytes),
+            durability,
+            max_batch_bytes: t.max_batch_bytes,
+            segment_bytes: t.segment_bytes,
+        })
+    }
+
+    pub fn broker_config(&self) -> Result<weir_broker::BrokerConfig> {
+        Ok(weir_broker::BrokerConfig {
+            data_dir: self.data_dir.clone(),
+            default_topic: self.topic_config()?,
+            auto_create_topics: self.topics.auto_create,
+            hot_tail_bytes: self.topics.hot_tail_bytes,
+            min_session: Duration::from_millis(self.groups.min_session_ms),
+            max_session: Duration::from_millis(self.groups.max_session_ms),
+            retention_check: Duration::from_millis(self.topics.retention_check_ms.max(100)),
+        })
+    }
+
+    pub fn server_config(&self) -> weir_server::ServerConfig {
+        weir_server::ServerConfig {
+            max_connections: self.native.max_connections,
+            max_in_flight: self.native.max_in_flight,
+            max_frame_bytes: self.native.max_frame_bytes,
+            idle_timeout: Duration::from_millis(self.native.idle_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.native.shutdown_grace_ms),
+            ..weir_server::ServerConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_file_and_environment_layer_in_that_order() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.native.listen, "127.0.0.1:9094");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weir.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/weir\"\n[topics]\npartitions = 3\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("WEIR_TOPICS__PARTITIONS", "6"),
+                ("WEIR_NATIVE__LISTEN", "127.0.0.1:0"),
+                ("WEIR_ADDR", "x"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/weir"));
+        assert_eq!(c.topics.partitions, 6);
+        assert_eq!(c.native.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_refuse_to_boot_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weir.toml");
+        std::fs::write(
+            &file,
+            "[native]\nlisten = \"127.0.0.1:1\"\nmax_conections = 5\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(Some(&file), env(&[])).unwrap_err());
+        assert!(err.contains("max_conections"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("WEIR_NATIVE__COLOUR", "red")])).unwrap_err()
+        );
+        assert!(err.contains("colour"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("WEIR_NATIVE__LISTEN", "nowhere")])).unwrap_err()
+        );
+        assert!(err.contains("native.listen"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("WEIR_TOPICS__DURABILITY", "sometimes")])).unwrap_err()
+        );
+        assert!(err.contains("durability"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("WEIR_TOPICS__PARTITIONS", "0")])).unwrap_err()
+        );
+        assert!(err.contains("partitions"), "{err}");
+    }
+}

@@ -1,0 +1,183 @@
+//! `weir consume TOPIC`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use weir_client::consumer::GroupOptions;
+use weir_client::{Client, GroupConsumer, PartitionConsumer, ReceivedRecord, Start};
+
+use crate::Conn;
+
+#[derive(clap::Args)]
+pub struct Args {
+    topic: String,
+    #[command(flatten)]
+    conn: Conn,
+    /// Read only this partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Consume as a member of this group, committing as records are printed.
+    #[arg(long)]
+    group: Option<String>,
+    /// beginning, end, offset:<n> or timestamp:<ms>. With --group, where partitions without a
+    /// committed offset start (beginning or end).
+    #[arg(long, default_value = "beginning")]
+    from: String,
+    /// Keep waiting for new records instead of stopping at the end.
+    #[arg(long)]
+    follow: bool,
+    /// text (values, one per line) or json (one object per line).
+    #[arg(long, default_value = "text")]
+    output: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<u64>,
+}
+
+fn start(from: &str) -> Result<Start> {
+    Ok(match from {
+        "beginning" | "earliest" => Start::Earliest,
+        "end" | "latest" => Start::Latest,
+        other => match other.split_once(':') {
+            Some(("offset", n)) => Start::Offset(n.parse()?),
+            Some(("timestamp", ms)) => Start::Timestamp(ms.parse()?),
+            _ => {
+                bail!("--from must be beginning, end, offset:<n> or timestamp:<ms>, not {other:?}")
+            }
+        },
+    })
+}
+
+fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {
+    match b {
+        None => serde_json::Value::Null,
+        Some(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+fn print(out: &mut impl Write, json: bool, r: &ReceivedRecord) -> Result<()> {
+    if json {
+        let headers: serde_json::Map<String, serde_json::Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), text(v)))
+            .collect();
+        let v = serde_json::json!({
+            "topic": &*r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp": r.timestamp,
+            "key": text(&r.key),
+            "value": text(&r.value),
+            "headers": headers,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        let value = r.value.as_deref().unwrap_or_default();
+        out.write_all(value)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let json = match args.output.as_str() {
+        "json" => true,
+        "text" => false,
+        other => bail!("--output must be text or json, not {other:?}"),
+    };
+    let start = start(&args.from)?;
+    let client = Client::connect(&args.conn.addr, "weir-cli").await?;
+    let meta = client.metadata(&[&args.topic]).await?;
+    let Some(topic) = meta.first() else {
+        bail!("topic {:?} does not exist", args.topic)
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let limit = args.max.unwrap_or(u64::MAX);
+    let wait = Duration::from_millis(if args.follow { 1000 } else { 200 });
+
+    if let Some(group) = &args.group {
+        let options = GroupOptions {
+            reset_earliest: !matches!(start, Start::Latest),
+            ..GroupOptions::default()
+        };
+        let mut consumer = GroupConsumer::join(client, group, &[&args.topic], options).await?;
+        loop {
+            let records = consumer.poll(wait).await?;
+            if records.is_empty() && !args.follow {
+                break;
+            }
+            for r in &records {
+                print(&mut out, json, r)?;
+                printed += 1;
+                if printed >= limit {
+                    break;
+                }
+            }
+            out.flush()?;
+            if !records.is_empty() {
+                consumer.commit().await?;
+            }
+            if printed >= limit {
+                break;
+            }
+        }
+        consumer.leave().await?;
+        return Ok(());
+    }
+
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) if (p as usize) < topic.partitions.len() => vec![p],
+        Some(p) => bail!("topic {} has no partition {p}", args.topic),
+        None => (0..topic.partitions.len() as u32).collect(),
+    };
+    let mut consumers = Vec::new();
+    for p in partitions {
+        let end = topic.partitions[p as usize].high_watermark;
+        consumers.push((
+            PartitionConsumer::new(client.clone(), &args.topic, p, start).await?,
+            end,
+        ));
+    }
+    'outer: loop {
+        let mut progressed = false;
+        for (c, end) in consumers.iter_mut() {
+            if !args.follow && c.position() >= *end {
+                continue;
+            }
+            let w = if consumers_len_one(args.partition) || args.follow {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            let records = c.poll(w).await?;
+            for r in &records {
+                if !args.follow && r.offset >= *end {
+                    break;
+                }
+                print(&mut out, json, r)?;
+                printed += 1;
+                if printed >= limit {
+                    break 'outer;
+                }
+            }
+            progressed |= !records.is_empty();
+        }
+        out.flush()?;
+        if !args.follow && consumers.iter().all(|(c, end)| c.position() >= *end) {
+            break;
+        }
+        if !progressed && args.follow {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn consumers_len_one(partition: Option<u32>) -> bool {
+    partition.is_some()
+}

@@ -1,0 +1,70 @@
+//! `weir serve`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use weir_broker::Broker;
+
+use crate::config::Config;
+
+pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
+    let config = Config::load(config_path.as_deref(), std::env::vars())?;
+    init_logging(&config);
+    let broker_config = config.broker_config()?;
+    let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
+        .await?
+        .context("opening the data directory")?;
+    let listener = TcpListener::bind(&config.native.listen)
+        .await
+        .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(native = %addr, data_dir = %config.data_dir.display(), "weir is serving");
+    // A line scripts and tests can wait for, on stdout whatever the log format.
+    println!("weir listening native={addr}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let maintenance = {
+        let broker = broker.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            broker
+                .run_maintenance(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
+    weir_server::run(listener, broker, config.server_config(), shutdown).await?;
+    let _ = maintenance.await;
+    tracing::info!("weir stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

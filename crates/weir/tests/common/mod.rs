@@ -1,0 +1,132 @@
+//! Starts the real `weir` binary on 127.0.0.1:0 for integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `weir serve` with its data in `dir` and extra `WEIR_*` settings.
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("serve")
+            .env("WEIR_DATA_DIR", dir)
+            .env("WEIR_NATIVE__LISTEN", "127.0.0.1:0")
+            .env("WEIR_LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start weir serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("weir printed its listening line");
+        let addr = line
+            .strip_prefix("weir listening native=")
+            .expect("listening line")
+            .to_string();
+        Server {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code =
+            wait(&mut self.child, Duration::from_secs(30)).expect("weir exited after SIGTERM");
+        assert!(code.success(), "weir exited with {code:?}");
+    }
+
+    /// Waits for the server to exit by itself (after a SIGTERM sent elsewhere), cleanly.
+    pub fn wait_exit(mut self) {
+        let code = wait(&mut self.child, Duration::from_secs(30)).expect("weir exited");
+        assert!(code.success(), "weir exited with {code:?}");
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Runs the `weir` CLI with `args` against `addr`, feeding `stdin`; returns (status, stdout, stderr).
+pub fn cli(addr: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env("WEIR_ADDR", addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A batch of records with these values.
+pub fn batch(values: &[&[u8]]) -> bytes::Bytes {
+    let mut b = weir_batch::BatchBuilder::new(1_700_000_000_000);
+    for v in values {
+        b.push(weir_batch::RecordSpec::value(v));
+    }
+    bytes::Bytes::from(b.build())
+}

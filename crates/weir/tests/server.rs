@@ -1,0 +1,613 @@
+//! The real `weir` binary on 127.0.0.1:0, driven by the real client and CLI.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Server, batch, cli};
+use weir_client::consumer::GroupOptions;
+use weir_client::messages as msg;
+use weir_client::{Client, ClientError, GroupConsumer, PartitionConsumer, Start};
+use weir_wire::ErrorCode;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn topic(partitions: u32) -> msg::TopicConfig {
+    msg::TopicConfig {
+        partitions,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn round_trip_restart_keeps_topics_data_and_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("orders", topic(3)).await.unwrap();
+        let err = c.create_topic("orders", topic(3)).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::TopicExists));
+        let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for i in 0..30 {
+            let key = format!("customer-{}", i % 7);
+            let value = format!("order-{i}");
+            let ack = c
+                .produce(
+                    "orders",
+                    None,
+                    Some(key.as_bytes()),
+                    batch(&[value.as_bytes()]),
+                )
+                .await
+                .unwrap();
+            by_partition.entry(ack.partition).or_default().push(value);
+        }
+        // The same key always lands on the same partition.
+        let again = c
+            .produce("orders", None, Some(b"customer-3"), batch(&[b"x"]))
+            .await
+            .unwrap();
+        let first = c
+            .produce("orders", None, Some(b"customer-3"), batch(&[b"y"]))
+            .await
+            .unwrap();
+        assert_eq!(again.partition, first.partition);
+        by_partition
+            .entry(again.partition)
+            .or_default()
+            .extend(["x".to_string(), "y".to_string()]);
+        for (p, values) in &by_partition {
+            let mut consumer = PartitionConsumer::new(c.clone(), "orders", *p, Start::Earliest)
+                .await
+                .unwrap();
+            let got: Vec<String> = consumer
+                .poll(Duration::from_secs(1))
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+                .collect();
+            assert_eq!(&got, values, "partition {p}");
+        }
+        c.commit("billing", None, &[("orders".into(), 0, 2)])
+            .await
+            .unwrap();
+    });
+    server.stop();
+
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        let meta = c.metadata(&["orders"]).await.unwrap();
+        assert_eq!(meta[0].partitions.len(), 3);
+        let total: u64 = meta[0].partitions.iter().map(|p| p.high_watermark).sum();
+        assert_eq!(total, 32);
+        let offsets = c
+            .fetch_offsets(
+                "billing",
+                &[("orders".into(), 0), ("orders".into(), 1)],
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(offsets[0], ("orders".to_string(), 0, 2));
+        assert_eq!(
+            offsets[1],
+            ("orders".to_string(), 1, 0),
+            "no commit: reset to earliest"
+        );
+    });
+    server.stop();
+}
+
+#[test]
+fn long_poll_answers_the_moment_data_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("ticks", topic(1)).await.unwrap();
+        let producer = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            producer
+                .produce("ticks", Some(0), None, batch(&[b"tick"]))
+                .await
+                .unwrap();
+        });
+        let t = Instant::now();
+        let f = c
+            .fetch("ticks", 0, 0, 1 << 20, 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let waited = t.elapsed();
+        assert!(!f.batches.is_empty());
+        assert!(
+            waited >= Duration::from_millis(250),
+            "answered before the data existed: {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "answered late: {waited:?}");
+        // Without data, it waits the full max_wait and returns empty.
+        let t = Instant::now();
+        let f = c
+            .fetch("ticks", 0, 1, 1 << 20, 1, Duration::from_millis(400))
+            .await
+            .unwrap();
+        assert!(f.batches.is_empty());
+        assert!(t.elapsed() >= Duration::from_millis(350));
+    });
+}
+
+#[test]
+fn push_subscriptions_never_exceed_their_credit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("feed", topic(1)).await.unwrap();
+        for i in 0..50u32 {
+            c.produce("feed", Some(0), None, batch(&[&i.to_be_bytes()]))
+                .await
+                .unwrap();
+        }
+        let consumer = Client::connect(&server.addr, "test").await.unwrap();
+        let mut sub = consumer
+            .subscribe("feed", 0, Start::Earliest, 10, 1 << 20)
+            .await
+            .unwrap();
+        let mut received = 0u64;
+        // Take without granting back: the server must stop at 10 records.
+        while received < 10 {
+            let b = tokio::time::timeout(Duration::from_secs(5), sub.next_without_credit())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            received += b.records.len() as u64;
+        }
+        assert_eq!(received, 10);
+        let more =
+            tokio::time::timeout(Duration::from_millis(500), sub.next_without_credit()).await;
+        assert!(more.is_err(), "the server pushed beyond the credit");
+        sub.grant(5, 1 << 20).await.unwrap();
+        let mut extra = 0;
+        while extra < 5 {
+            let b = tokio::time::timeout(Duration::from_secs(5), sub.next_without_credit())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            extra += b.records.len();
+            assert_eq!(
+                b.records[0].offset,
+                10 + extra as u64 - b.records.len() as u64
+            );
+        }
+        assert_eq!(extra, 5);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next_without_credit())
+                .await
+                .is_err()
+        );
+        // With credit re-granted as it goes, it follows the tail, in order.
+        sub.grant(1000, 1 << 20).await.unwrap();
+        c.produce("feed", Some(0), None, batch(&[b"late"]))
+            .await
+            .unwrap();
+        let mut last = 0;
+        while last < 50 {
+            let b = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            last = b.records.last().unwrap().offset;
+        }
+        assert_eq!(last, 50);
+    });
+}
+
+#[test]
+fn group_members_share_partitions_and_a_dead_members_move_after_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("WEIR_GROUPS__MIN_SESSION_MS", "200")]);
+    rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("jobs", topic(6)).await.unwrap();
+        for i in 0..60u32 {
+            admin
+                .produce(
+                    "jobs",
+                    Some(i % 6),
+                    None,
+                    batch(&[format!("job-{i}").as_bytes()]),
+                )
+                .await
+                .unwrap();
+        }
+        let options = GroupOptions {
+            session_timeout: Duration::from_millis(600),
+            ..GroupOptions::default()
+        };
+        let mut members = Vec::new();
+        for _ in 0..3 {
+            let c = Client::connect(&server.addr, "worker").await.unwrap();
+            members.push(
+                GroupConsumer::join(c, "workers", &["jobs"], options.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Let everyone converge on the latest generation.
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for _ in 0..20 {
+            for m in members.iter_mut() {
+                for r in m.poll(Duration::from_millis(50)).await.unwrap() {
+                    seen.insert(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+                }
+                let _ = m.commit().await;
+            }
+        }
+        let owned: Vec<usize> = members.iter().map(|m| m.assignment().len()).collect();
+        assert_eq!(
+            owned,
+            vec![2, 2, 2],
+            "six partitions spread over three members"
+        );
+        assert_eq!(seen.len(), 60, "every job read once the group settled");
+
+        // Member 0 dies without leaving: its partitions move once its session expires.
+        let dead = members.remove(0);
+        let dead_parts = dead.assignment();
+        drop(dead);
+        for i in 60..90u32 {
+            admin
+                .produce(
+                    "jobs",
+                    Some(i % 6),
+                    None,
+                    batch(&[format!("job-{i}").as_bytes()]),
+                )
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for m in members.iter_mut() {
+                for r in m.poll(Duration::from_millis(50)).await.unwrap() {
+                    seen.insert(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+                }
+                let _ = m.commit().await;
+            }
+            let covered: BTreeSet<(String, u32)> =
+                members.iter().flat_map(|m| m.assignment()).collect();
+            if covered.len() == 6 && seen.len() == 90 {
+                assert!(dead_parts.iter().all(|p| covered.contains(p)));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partitions did not move: {covered:?}, seen {}",
+                seen.len()
+            );
+        }
+        // Committed offsets: nothing committed is lost, every partition is at its end.
+        let desc = admin.describe_group("workers").await.unwrap();
+        assert_eq!(desc.members.len(), 2);
+        let lag: u64 = desc.lag.iter().map(|l| l.lag).sum();
+        assert_eq!(lag, 0, "{:?}", desc.lag);
+    });
+}
+
+#[test]
+fn bad_input_gets_an_error_or_a_closed_connection_and_others_keep_being_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("WEIR_NATIVE__MAX_FRAME_BYTES", "65536")]);
+    let addr = server.addr.clone();
+    let read_error = |s: &mut TcpStream| -> Option<(u32, String)> {
+        let mut buf: Vec<u8> = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Ok(Some(f)) =
+                weir_wire::decode_frame(&mut bytes::BytesMut::from(&buf[..]), 1 << 20)
+            {
+                if f.header.flags.has(weir_wire::Flags::ERROR) {
+                    let e: msg::ErrorResponse = prost::Message::decode(f.message).unwrap();
+                    return Some((e.code, e.message));
+                }
+                return None;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    // Random bytes: a bad frame error, then the connection closes.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&[0, 0, 0, 2, 0xde, 0xad]).unwrap();
+    let (code, _) = read_error(&mut s).expect("an error frame");
+    assert_eq!(code, ErrorCode::Malformed as u32);
+    // An oversized frame is refused before the server reads (or allocates) it.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&[0x10, 0, 0, 0]).unwrap();
+    let (code, message) = read_error(&mut s).expect("an error frame");
+    assert_eq!(code, ErrorCode::FrameTooLarge as u32, "{message}");
+    // A truncated frame followed by a hang-up.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&[0, 0, 0, 100, 0, 5]).unwrap();
+    drop(s);
+
+    rt().block_on(async {
+        let c = Client::connect(&addr, "test").await.unwrap();
+        c.create_topic("t", topic(1)).await.unwrap();
+        // A corrupt batch: the CRC no longer matches.
+        let mut bad = batch(&[b"hello"]).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let err = c.produce("t", Some(0), None, bad.into()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidBatch), "{err}");
+        assert!(err.to_string().contains("CRC"), "{err}");
+        let err = c
+            .produce("nope", None, None, batch(&[b"x"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
+        let err = c
+            .produce("t", Some(9), None, batch(&[b"x"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UnknownPartition));
+        let err = c
+            .fetch("t", 0, 99, 1000, 0, Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
+        let err = c.create_topic("bad name!", topic(1)).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidConfig));
+        // The same connection still works, and nothing bad was stored.
+        c.produce("t", Some(0), None, batch(&[b"good"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.metadata(&["t"]).await.unwrap()[0].partitions[0].high_watermark,
+            1
+        );
+    });
+
+    // Unknown API, wrong version, and a request before Hello: error frames, connection usable.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let frame = |api: u16, version: u16, corr: u32, m: &dyn Fn(&mut bytes::BytesMut)| {
+        let mut b = bytes::BytesMut::new();
+        m(&mut b);
+        let mut out = Vec::new();
+        out.extend_from_slice(&((10 + b.len()) as u32).to_be_bytes());
+        out.extend_from_slice(&api.to_be_bytes());
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(&corr.to_be_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&b);
+        out
+    };
+    s.write_all(&frame(4, 1, 1, &|_| {})).unwrap();
+    assert_eq!(
+        read_error(&mut s).unwrap().0,
+        ErrorCode::HelloRequired as u32
+    );
+    s.write_all(&frame(999, 1, 2, &|_| {})).unwrap();
+    assert_eq!(read_error(&mut s).unwrap().0, ErrorCode::UnknownApi as u32);
+    s.write_all(&frame(4, 77, 3, &|_| {})).unwrap();
+    assert_eq!(
+        read_error(&mut s).unwrap().0,
+        ErrorCode::UnsupportedVersion as u32
+    );
+    server.stop();
+}
+
+#[test]
+fn shutdown_under_load_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr.clone();
+    let runtime = rt();
+    let acked = runtime.block_on(async {
+        let c = Client::connect(&addr, "test").await.unwrap();
+        c.create_topic("load", topic(2)).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..4u32 {
+            let c = Client::connect(&addr, "load").await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    let value = format!("{t}-{i}");
+                    match c
+                        .produce("load", Some(t % 2), None, batch(&[value.as_bytes()]))
+                        .await
+                    {
+                        Ok(a) => acked.push((a.partition, a.base_offset, value)),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pid = server.pid();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    server.wait_exit();
+    assert!(acked.len() > 10, "load ran: {}", acked.len());
+    let server = Server::start(dir.path(), &[]);
+    runtime.block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        for p in 0..2 {
+            let mut consumer = PartitionConsumer::new(c.clone(), "load", p, Start::Earliest)
+                .await
+                .unwrap();
+            let mut stored = BTreeMap::new();
+            loop {
+                let recs = consumer.poll(Duration::from_millis(100)).await.unwrap();
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    stored.insert(
+                        r.offset,
+                        String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                    );
+                }
+            }
+            for (partition, offset, value) in acked.iter().filter(|a| a.0 == p) {
+                assert_eq!(
+                    stored.get(offset),
+                    Some(value),
+                    "acknowledged {partition}/{offset} lost"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn cli_topics_produce_consume_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let a = &server.addr;
+    let (ok, out, err) = cli(
+        a,
+        &[
+            "topic",
+            "create",
+            "logs",
+            "--partitions",
+            "2",
+            "--durability",
+            "interval:50",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("interval:50"), "{out}");
+    let (ok, out, _) = cli(a, &["topic", "list"], "");
+    assert!(ok && out.contains("logs\tpartitions=2"), "{out}");
+    let (ok, _, err) = cli(
+        a,
+        &[
+            "produce",
+            "logs",
+            "--key-separator",
+            ":",
+            "--header",
+            "source=test",
+        ],
+        "k1:first\nk2:second\nk1:third\n",
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("produced 3 records"), "{err}");
+    let (ok, out, err) = cli(a, &["consume", "logs", "--output", "json"], "");
+    assert!(ok, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{out}");
+    let k1: Vec<&str> = records
+        .iter()
+        .filter(|r| r["key"] == "k1")
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        k1,
+        vec!["first", "third"],
+        "same key, same partition, in order"
+    );
+    assert!(records.iter().all(|r| r["headers"]["source"] == "test"));
+    let (ok, out, _) = cli(a, &["consume", "logs", "--group", "readers"], "");
+    assert!(ok);
+    assert_eq!(out.lines().count(), 3);
+    let (ok, out, _) = cli(a, &["group", "list"], "");
+    assert!(ok && out.contains("readers"), "{out}");
+    let (ok, out, _) = cli(a, &["group", "describe", "readers", "--json"], "");
+    assert!(ok, "{out}");
+    let d: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let lag: u64 = d["lag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lag"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lag, 0, "{out}");
+    // A second group read consumes nothing new: the offsets were committed.
+    let (ok, out, _) = cli(a, &["consume", "logs", "--group", "readers"], "");
+    assert!(ok && out.is_empty(), "{out}");
+    let (ok, out, _) = cli(a, &["topic", "describe", "logs", "--json"], "");
+    assert!(ok, "{out}");
+    let (ok, _, err) = cli(a, &["topic", "delete", "logs"], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(a, &["consume", "logs"], "");
+    assert!(
+        !ok && err.contains("does not exist") || err.contains("UnknownTopic"),
+        "{err}"
+    );
+    server.stop();
+}
+
+#[test]
+fn unknown_configuration_refuses_to_boot_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("serve")
+        .env("WEIR_DATA_DIR", dir.path())
+        .env("WEIR_NATIVE__LISTEN", "127.0.0.1:0")
+        .env("WEIR_NATIVE__MAX_CONECTIONS", "5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_conections"), "{err}");
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_the_rest_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("WEIR_NATIVE__MAX_CONNECTIONS", "3")]);
+    rt().block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(Client::connect(&server.addr, "held").await.unwrap());
+        }
+        match Client::connect(&server.addr, "extra").await {
+            Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::ConnectionLimit),
+            Err(ClientError::Closed) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        held[0].ping().await.unwrap();
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Client::connect(&server.addr, "again")
+            .await
+            .unwrap()
+            .ping()
+            .await
+            .unwrap();
+    });
+}
