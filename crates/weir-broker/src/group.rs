@@ -701,7 +701,7 @@ impl GroupCoordinator {
 
     /// Removes every member whose session deadline has passed (`deadline <= now`), rebalances
     /// each group that lost members (dropping those left empty), and returns the removed
-    /// (group, member) pairs. The server calls it periodically.
+    /// (group, member) pairs. The server calls it periodically and logs the removals.
     pub fn expire(&self, now: Instant) -> Vec<(String, String)> {
         let mut groups = self.groups.lock();
         let mut removed = Vec::new();
@@ -712,7 +712,6 @@ impl GroupCoordinator {
             }
             for id in expired {
                 g.core.remove(&id);
-                tracing::info!(group = %name, member = %id, "consumer group member's session expired");
                 removed.push((name.clone(), id));
             }
             if g.core.is_empty() {

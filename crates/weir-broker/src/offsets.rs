@@ -681,7 +681,7 @@ fn encode_snapshot(covered: u64, offsets: &Offsets) -> Vec<u8> {
             }
         }
     }
-    let crc = crc32c(&out);
+    let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
@@ -702,7 +702,7 @@ fn decode_snapshot(buf: &[u8]) -> std::result::Result<Snapshot, String> {
         ));
     }
     let stored = u32::from_be_bytes(crc.try_into().map_err(|_| "cut short")?);
-    let actual = crc32c(body);
+    let actual = crc32c::crc32c(body);
     if stored != actual {
         return Err(format!(
             "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
@@ -754,37 +754,6 @@ fn read_snapshot(storage: &dyn Storage, path: &Path) -> SnapshotRead {
         Ok(s) => SnapshotRead::Intact(s),
         Err(why) => SnapshotRead::Damaged(why),
     }
-}
-
-/// CRC32C (Castagnoli) lookup table, reflected polynomial 0x82F63B78.
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82F6_3B78
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC32C of `data` (the checksum Kafka batches and weir's log use). Snapshots are written
-/// rarely, so a table-driven software implementation is fast enough.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c = CRC32C_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
 }
 
 #[cfg(test)]
@@ -1253,12 +1222,6 @@ mod tests {
         ] {
             assert!(apply_record(&mut offsets, key, value).is_err());
         }
-    }
-
-    #[test]
-    fn crc32c_matches_the_standard_check_value() {
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-        assert_eq!(crc32c(b""), 0);
     }
 
     fn arb_name() -> impl Strategy<Value = String> {
