@@ -86,6 +86,40 @@ pub struct ProduceResult {
     pub last_offset: u64,
 }
 
+/// A batch written by [`Broker::produce_start`], awaiting durability.
+#[derive(Debug)]
+#[must_use = "a produce is acknowledged only after wait"]
+pub struct PendingProduce {
+    part: Arc<Partition>,
+    partition: u32,
+    appended: weir_log::Appended,
+}
+
+impl PendingProduce {
+    /// Waits until the batch is as durable as the topic's policy promises.
+    pub async fn wait(self) -> Result<ProduceResult> {
+        let PendingProduce {
+            part,
+            partition,
+            appended,
+        } = self;
+        let info = if appended.needs_wait() {
+            let log = part.log.clone();
+            let info =
+                blocking(move || log.append_wait(appended).map_err(BrokerError::from)).await?;
+            part.hwm.send_replace(part.log.high_watermark());
+            info
+        } else {
+            appended.info()
+        };
+        Ok(ProduceResult {
+            partition,
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+        })
+    }
+}
+
 /// What a fetch returns: whole record batches.
 #[derive(Debug, Clone, Default)]
 pub struct FetchResult {
@@ -391,6 +425,22 @@ impl Broker {
         key: Option<&[u8]>,
         batch: Bytes,
     ) -> Result<ProduceResult> {
+        self.produce_start(topic, partition, key, batch)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// The first half of [`Broker::produce`]: routes, validates and writes the batch, in call
+    /// order. Await [`PendingProduce::wait`] for durability; meanwhile the next batch can be
+    /// written, and the two share a sync.
+    pub async fn produce_start(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        batch: Bytes,
+    ) -> Result<PendingProduce> {
         self.check_open()?;
         let t = match self.topic(topic) {
             Ok(t) => t,
@@ -416,12 +466,13 @@ impl Broker {
         };
         let part = t.partitions[p as usize].clone();
         let log = part.log.clone();
-        let info = blocking(move || log.append(batch).map_err(BrokerError::from)).await?;
+        let appended = blocking(move || log.append_start(batch).map_err(BrokerError::from)).await?;
+        // Visible already unless the policy waits for a sync.
         part.hwm.send_replace(part.log.high_watermark());
-        Ok(ProduceResult {
+        Ok(PendingProduce {
+            part,
             partition: p,
-            base_offset: info.base_offset,
-            last_offset: info.last_offset,
+            appended,
         })
     }
 

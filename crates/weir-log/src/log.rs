@@ -42,6 +42,26 @@ pub struct AppendInfo {
     pub last_offset: u64,
 }
 
+/// A batch written by [`Log::append_start`] and perhaps not yet durable.
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only after append_wait"]
+pub struct Appended {
+    info: AppendInfo,
+    slot: Option<Arc<Slot>>,
+}
+
+impl Appended {
+    /// The offsets the batch was given.
+    pub fn info(&self) -> AppendInfo {
+        self.info
+    }
+
+    /// Whether [`Log::append_wait`] has to wait for a sync (false: already acknowledged).
+    pub fn needs_wait(&self) -> bool {
+        self.slot.is_some()
+    }
+}
+
 /// What `read` returns.
 #[derive(Debug, Clone, Default)]
 pub struct ReadResult {
@@ -233,6 +253,16 @@ impl Log {
     ///
     /// The batch is taken by value: a `Vec<u8>` or an unshared `Bytes` is not copied.
     pub fn append(&self, batch: impl Into<Bytes>) -> Result<AppendInfo> {
+        let started = self.append_start(batch)?;
+        self.append_wait(started)
+    }
+
+    /// The first half of [`Log::append`]: validates the batch, assigns its offsets and writes
+    /// it, in the order calls arrive. Durability is awaited separately with
+    /// [`Log::append_wait`], so a caller that pipelines appends (a connection with several
+    /// produce requests in flight) can write the next batch while the previous one waits for
+    /// its sync, and both share one fdatasync.
+    pub fn append_start(&self, batch: impl Into<Bytes>) -> Result<Appended> {
         let mut buf: BytesMut = batch
             .into()
             .try_into_mut()
@@ -299,6 +329,7 @@ impl Log {
             base_offset: base,
             last_offset: next - 1,
         };
+        let mut pending_slot = None;
         match self.config.durability {
             Durability::Always => {
                 let slot = Arc::new(Slot::default());
@@ -310,8 +341,7 @@ impl Log {
                     bytes,
                     slot: slot.clone(),
                 });
-                drop(w);
-                self.wait_durable(&slot)?;
+                pending_slot = Some(slot);
             }
             Durability::Never => {
                 self.publish(&segment, base, next, pos + len, bytes);
@@ -329,7 +359,19 @@ impl Log {
                 }
             }
         }
-        Ok(info)
+        Ok(Appended {
+            info,
+            slot: pending_slot,
+        })
+    }
+
+    /// The second half of [`Log::append`]: waits until the batch is as durable as the policy
+    /// promises (and visible to readers), then returns its offsets.
+    pub fn append_wait(&self, appended: Appended) -> Result<AppendInfo> {
+        if let Some(slot) = &appended.slot {
+            self.wait_durable(slot)?;
+        }
+        Ok(appended.info)
     }
 
     fn should_roll(&self, w: &Writer, len: u64, count: u64) -> bool {

@@ -166,6 +166,56 @@ const MAX_FETCH_BYTES: usize = 64 << 20;
 /// Longest long-poll.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// Runs a produce request. `written` is dropped once the batch is written (before it is
+/// durable), which lets the connection's next produce start: appends keep arrival order while
+/// their syncs overlap. `None`: no response is due.
+pub(crate) async fn produce(
+    broker: &Broker,
+    frame: Frame,
+    written: tokio::sync::oneshot::Sender<()>,
+) -> Option<OutFrame> {
+    let req = frame.header;
+    let r: msg::ProduceRequest = match decode(&frame) {
+        Ok(r) => r,
+        Err((code, message)) => return Some(OutFrame::error(&req, code, message)),
+    };
+    let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
+    let result = if frame.records.is_empty() {
+        Err((
+            ErrorCode::InvalidBatch,
+            "produce request carries no record batch".to_string(),
+        ))
+    } else {
+        match broker
+            .produce_start(&r.topic, r.partition, r.key.as_deref(), frame.records)
+            .await
+        {
+            Ok(pending) => {
+                drop(written);
+                pending.wait().await.map_err(broker_err)
+            }
+            Err(e) => Err(broker_err(e)),
+        }
+    };
+    match (result, silent) {
+        (Err((_, message)), true) => {
+            tracing::debug!(topic = %r.topic, error = %message, "produce without acks failed");
+            None
+        }
+        (Ok(_), true) => None,
+        (Err((code, message)), false) => Some(OutFrame::error(&req, code, message)),
+        (Ok(p), false) => Some(OutFrame::response(
+            &req,
+            &msg::ProduceResponse {
+                partition: p.partition,
+                base_offset: p.base_offset,
+                last_offset: p.last_offset,
+                throttle_ms: 0,
+            },
+        )),
+    }
+}
+
 /// Runs one request that needs no connection state. `None`: no response is due.
 pub(crate) async fn handle(broker: &Broker, frame: Frame, client_id: &str) -> Option<OutFrame> {
     let req = frame.header;
@@ -234,33 +284,10 @@ async fn run(
             };
             ok(&|| OutFrame::response(&req, &out))
         }
-        Api::Produce => {
-            let r: msg::ProduceRequest = decode(&frame)?;
-            if frame.records.is_empty() {
-                return Err((
-                    ErrorCode::InvalidBatch,
-                    "produce request carries no record batch".into(),
-                ));
-            }
-            let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
-            let result = broker
-                .produce(&r.topic, r.partition, r.key.as_deref(), frame.records)
-                .await;
-            if silent {
-                if let Err(e) = result {
-                    tracing::debug!(topic = %r.topic, error = %e, "produce without acks failed");
-                }
-                return Ok(None);
-            }
-            let p = result.map_err(broker_err)?;
-            let out = msg::ProduceResponse {
-                partition: p.partition,
-                base_offset: p.base_offset,
-                last_offset: p.last_offset,
-                throttle_ms: 0,
-            };
-            ok(&|| OutFrame::response(&req, &out))
-        }
+        Api::Produce => Err((
+            ErrorCode::InvalidRequest,
+            "produce is handled by command::produce".into(),
+        )),
         Api::Fetch => {
             let r: msg::FetchRequest = decode(&frame)?;
             let max_bytes = (r.max_bytes as usize).clamp(1, MAX_FETCH_BYTES);

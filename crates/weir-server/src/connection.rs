@@ -347,7 +347,8 @@ impl Connection {
                 self.reply(out).await
             }
             Api::Produce => {
-                // Produces on one connection append in the order they arrived.
+                // Produces on one connection are written in the order they arrived; each waits
+                // for the previous one's write (not its sync), so syncs overlap.
                 let (done, next) = oneshot::channel::<()>();
                 let prev = self.produce_chain.replace(next);
                 let broker = self.broker.clone();
@@ -355,9 +356,7 @@ impl Connection {
                     if let Some(prev) = prev {
                         let _ = prev.await;
                     }
-                    let out = command::handle(&broker, frame, &client_id).await;
-                    drop(done);
-                    out
+                    command::produce(&broker, frame, done).await
                 }));
                 true
             }
