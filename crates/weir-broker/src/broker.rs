@@ -68,7 +68,11 @@ struct Topic {
     partitions: Vec<Arc<Partition>>,
     next_keyless: AtomicU32,
     deleted: AtomicBool,
+    /// Distinguishes a topic from an earlier one of the same name.
+    incarnation: u64,
 }
+
+static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where a fetch starts when asked by time or position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +160,8 @@ struct Inner {
     groups: GroupCoordinator,
     offsets: OffsetStore,
     closed: AtomicBool,
+    /// Shutdown began: long polls answer at once with what they have.
+    stopping: AtomicBool,
     deleted_dirs: Mutex<u64>,
 }
 
@@ -193,6 +199,19 @@ impl Broker {
             }
         }
         let meta = topic::load_meta(data)?;
+        // Directories of topics the metadata does not list (a deletion cut short by a crash)
+        // must not resurface in a topic created later under the same name.
+        for entry in std::fs::read_dir(data.join("topics")).map_err(|e| io("listing", e))? {
+            let path = entry.map_err(|e| io("listing", e))?.path();
+            let listed = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| meta.contains_key(n));
+            if !listed && path.is_dir() {
+                tracing::warn!(dir = %path.display(), "removing the data of a deleted topic");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
         let mut topics = HashMap::new();
         for (name, cfg) in meta {
             let t = Self::open_topic(&config, &name, cfg)?;
@@ -208,6 +227,7 @@ impl Broker {
                 admin: tokio::sync::Mutex::new(()),
                 offsets,
                 closed: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
                 deleted_dirs: Mutex::new(0),
             }),
         })
@@ -232,6 +252,7 @@ impl Broker {
             partitions,
             next_keyless: AtomicU32::new(0),
             deleted: AtomicBool::new(false),
+            incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -332,52 +353,67 @@ impl Broker {
         self.check_open()?;
         let _admin = self.inner.admin.lock().await;
         let topic = self.topic(name)?;
+        // Unreachable first, so no new produce or fetch starts on logs about to close.
+        self.inner.topics.write().remove(name);
+        topic.deleted.store(true, Ordering::Release);
+        for p in &topic.partitions {
+            p.hwm.send_modify(|_| {});
+        }
+        let seq = {
+            let mut n = self.inner.deleted_dirs.lock();
+            *n += 1;
+            *n
+        };
         let this = self.clone();
         let name_owned = name.to_string();
         let doomed = topic.clone();
-        blocking(move || {
+        let result = blocking(move || {
             let cfg = &this.inner.config;
             let all: BTreeMap<String, TopicConfig> = this
                 .inner
                 .topics
                 .read()
                 .iter()
-                .filter(|(k, _)| **k != name_owned)
                 .map(|(k, v)| (k.clone(), v.config.clone()))
                 .collect();
             topic::store_meta(&cfg.data_dir, &all)?;
             this.inner.offsets.delete_topic(&name_owned)?;
-            Ok(())
+            // Close the logs and move the directory aside while the admin lock is held, so a
+            // topic created again under this name starts from an empty directory.
+            for p in &doomed.partitions {
+                let _ = p.log.close();
+            }
+            let dir = topic_dir(&cfg.data_dir, &name_owned);
+            let grave = cfg
+                .data_dir
+                .join("topics")
+                .join(format!("{name_owned}.{seq}.deleted"));
+            std::fs::rename(&dir, &grave).map_err(|e| {
+                BrokerError::Metadata(format!("moving {} aside: {e}", dir.display()))
+            })?;
+            Ok(grave)
         })
-        .await?;
-        self.inner.topics.write().remove(name);
-        topic.deleted.store(true, Ordering::Release);
-        // Wake long-polls and push subscriptions so they notice.
-        for p in &topic.partitions {
-            p.hwm.send_modify(|_| {});
-        }
+        .await;
+        let grave = match result {
+            Ok(g) => g,
+            Err(e) => {
+                // Metadata unchanged means the logs were not closed yet either.
+                if topic::load_meta(&self.inner.config.data_dir)
+                    .map(|m| m.contains_key(name))
+                    .unwrap_or(false)
+                {
+                    topic.deleted.store(false, Ordering::Release);
+                    self.inner.topics.write().insert(name.to_string(), topic);
+                }
+                return Err(e);
+            }
+        };
         let partitions_of = |t: &str| self.partition_count(t);
         self.inner
             .groups
             .on_partitions_changed(name, &partitions_of);
-        let seq = {
-            let mut n = self.inner.deleted_dirs.lock();
-            *n += 1;
-            *n
-        };
-        let data = self.inner.config.data_dir.clone();
-        let dir_name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            for p in &doomed.partitions {
-                let _ = p.log.close();
-            }
-            let dir = topic_dir(&data, &dir_name);
-            let grave = data
-                .join("topics")
-                .join(format!("{dir_name}.{seq}.deleted"));
-            if std::fs::rename(&dir, &grave).is_ok() {
-                let _ = std::fs::remove_dir_all(&grave);
-            }
+            let _ = std::fs::remove_dir_all(&grave);
         });
         tracing::info!(topic = name, "topic deleted");
         Ok(())
@@ -520,6 +556,13 @@ impl Broker {
             if t.deleted.load(Ordering::Acquire) {
                 return Err(BrokerError::UnknownTopic(topic.to_string()));
             }
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return Ok(FetchResult {
+                    chunks: r.chunks,
+                    high_watermark: r.high_watermark,
+                    log_start_offset: r.log_start_offset,
+                });
+            }
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::ShuttingDown);
             }
@@ -537,9 +580,15 @@ impl Broker {
         Ok(self.partition(topic, partition)?.1.hwm.subscribe())
     }
 
-    /// Whether a topic was deleted since `watch_high_watermark` was taken.
+    /// Whether a topic exists.
     pub fn topic_exists(&self, topic: &str) -> bool {
         self.inner.topics.read().contains_key(topic)
+    }
+
+    /// Identifies this incarnation of a topic: a topic deleted and created again under the
+    /// same name gets a new one.
+    pub fn topic_incarnation(&self, topic: &str) -> Option<u64> {
+        self.inner.topics.read().get(topic).map(|t| t.incarnation)
     }
 
     /// Reads without waiting, from memory if possible (for push subscriptions).
@@ -763,6 +812,18 @@ impl Broker {
                 Ok(())
             })
             .await;
+        }
+    }
+
+    /// Starts a shutdown: long polls answer at once with what they have, so connections can
+    /// drain without waiting out their max_wait. Requests still work until [`Broker::close`].
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        for t in topics {
+            for p in &t.partitions {
+                p.hwm.send_modify(|_| {});
+            }
         }
     }
 

@@ -38,13 +38,16 @@ pub struct PushCursor {
     credit_records: u64,
     credit_bytes: u64,
     hwm: watch::Receiver<u64>,
+    incarnation: Option<u64>,
 }
 
 impl PushCursor {
     /// A cursor at `start` with no credit yet.
     pub fn new(broker: Broker, topic: &str, partition: u32, start: u64) -> Result<Self> {
         let hwm = broker.watch_high_watermark(topic, partition)?;
+        let incarnation = broker.topic_incarnation(topic);
         Ok(Self {
+            incarnation,
             broker,
             topic: topic.to_string(),
             partition,
@@ -75,7 +78,8 @@ impl PushCursor {
     /// until it returns.
     pub async fn next(&mut self) -> Result<PushStep> {
         loop {
-            if !self.broker.topic_exists(&self.topic) {
+            // Deleted, or deleted and created again: either way not the stream subscribed to.
+            if self.broker.topic_incarnation(&self.topic) != self.incarnation {
                 return Err(BrokerError::UnknownTopic(self.topic.clone()));
             }
             self.hwm.borrow_and_update();

@@ -34,19 +34,31 @@ struct Shared {
     early: HashMap<u64, Vec<Pushed>>,
 }
 
+/// A whole frame waiting for the writer task.
+#[derive(Debug)]
+struct Outgoing {
+    head: BytesMut,
+    records: Vec<Bytes>,
+}
+
+/// Pushes held for subscriptions not registered yet, across all of them.
+const MAX_EARLY_PUSHES: usize = 1024;
+
 #[derive(Debug)]
 pub(crate) struct Connection {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Frames go whole into this queue and one task writes them, so a caller that is
+    /// cancelled never leaves half a frame on the socket.
+    out: mpsc::UnboundedSender<Outgoing>,
     shared: Mutex<Shared>,
     next_id: AtomicU32,
     closed: AtomicBool,
     max_frame: usize,
-    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if let Some(h) = self.reader.lock().take() {
+        for h in self.tasks.lock().drain(..) {
             h.abort();
         }
     }
@@ -62,22 +74,31 @@ impl Connection {
             })?;
         stream.set_nodelay(true).map_err(ClientError::Io)?;
         let (read, write) = stream.into_split();
+        let (out, out_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Connection {
-            writer: tokio::sync::Mutex::new(write),
+            out,
             shared: Mutex::new(Shared::default()),
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             max_frame: 256 << 20,
-            reader: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&conn);
-        let handle = tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let err = read_loop(read, weak.clone()).await;
             if let Some(conn) = weak.upgrade() {
                 conn.fail_all(err);
             }
         });
-        *conn.reader.lock() = Some(handle);
+        let weak = Arc::downgrade(&conn);
+        let writer = tokio::spawn(async move {
+            if let Err(e) = write_loop(write, out_rx).await {
+                if let Some(conn) = weak.upgrade() {
+                    conn.fail_all(e);
+                }
+            }
+        });
+        conn.tasks.lock().extend([reader, writer]);
         Ok(conn)
     }
 
@@ -94,13 +115,13 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
-    async fn write(&self, head: &[u8], records: &[Bytes]) -> Result<()> {
-        let mut w = self.writer.lock().await;
-        w.write_all(head).await.map_err(ClientError::Io)?;
-        for r in records {
-            w.write_all(r).await.map_err(ClientError::Io)?;
-        }
-        Ok(())
+    fn enqueue(&self, head: BytesMut, records: &[Bytes]) -> Result<()> {
+        self.out
+            .send(Outgoing {
+                head,
+                records: records.to_vec(),
+            })
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Sends a request and waits for its response frame.
@@ -120,7 +141,7 @@ impl Connection {
         let mut head = BytesMut::new();
         let len = records.iter().map(Bytes::len).sum();
         encode_frame(header(api, id, 0), req, len, &mut head);
-        if let Err(e) = self.write(&head, records).await {
+        if let Err(e) = self.enqueue(head, records) {
             self.shared.lock().pending.remove(&id);
             return Err(e);
         }
@@ -134,8 +155,8 @@ impl Connection {
         }
     }
 
-    /// Sends a frame that gets no response.
-    pub(crate) async fn send(&self, api: Api, req: &impl Message, records: &[Bytes]) -> Result<()> {
+    /// Queues a frame that gets no response (or whose response nobody waits for).
+    pub(crate) fn send(&self, api: Api, req: &impl Message, records: &[Bytes]) -> Result<()> {
         if self.is_closed() {
             return Err(ClientError::Closed);
         }
@@ -143,7 +164,7 @@ impl Connection {
         let mut head = BytesMut::new();
         let len = records.iter().map(Bytes::len).sum();
         encode_frame(header(api, id, Flags::NO_RESPONSE), req, len, &mut head);
-        self.write(&head, records).await
+        self.enqueue(head, records)
     }
 
     pub(crate) fn register_push(&self, id: u64, tx: mpsc::UnboundedSender<Pushed>) {
@@ -156,6 +177,7 @@ impl Connection {
     }
 
     pub(crate) fn unregister_push(&self, id: u64) {
+        // Pushes still on their way for it are dropped (they land in `early`, capped).
         let mut s = self.shared.lock();
         s.pushes.remove(&id);
         s.early.remove(&id);
@@ -169,6 +191,19 @@ fn header(api: Api, id: u32, flags: u16) -> FrameHeader {
         correlation_id: id,
         flags: Flags(flags),
     }
+}
+
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) -> Result<()> {
+    while let Some(o) = rx.recv().await {
+        write.write_all(&o.head).await.map_err(ClientError::Io)?;
+        for r in &o.records {
+            write.write_all(r).await.map_err(ClientError::Io)?;
+        }
+    }
+    Ok(())
 }
 
 async fn read_loop(
@@ -205,6 +240,14 @@ async fn read_loop(
 
 async fn route(conn: &Connection, frame: Frame) -> Result<()> {
     let h = frame.header;
+    // A server error not tied to a request (connection limit, bad frame): the server closes.
+    if h.flags.has(Flags::ERROR) && h.correlation_id == 0 {
+        let e = msg::ErrorResponse::decode(frame.message).unwrap_or_default();
+        return Err(ClientError::Server {
+            code: ErrorCode::from_u32(e.code),
+            message: e.message,
+        });
+    }
     if h.flags.has(Flags::PUSH) {
         let data = msg::PushData::decode(frame.message.clone())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -213,19 +256,24 @@ async fn route(conn: &Connection, frame: Frame) -> Result<()> {
             data,
             records: frame.records,
         };
-        let tx = {
-            let mut s = conn.shared.lock();
-            match s.pushes.get(&id) {
-                Some(tx) => tx.clone(),
-                None => {
-                    // Bounded by the subscription's credit, like everything the server pushes.
+        let mut s = conn.shared.lock();
+        match s.pushes.get(&id) {
+            // Unbounded, but the subscription's credit bounds what the server sends.
+            Some(tx) => {
+                let _ = tx.send(pushed);
+            }
+            None => {
+                let held: usize = s.early.values().map(Vec::len).sum();
+                if held < MAX_EARLY_PUSHES {
                     s.early.entry(id).or_default().push(pushed);
-                    return Ok(());
+                } else {
+                    tracing::warn!(
+                        subscription = id,
+                        "dropping a push for an unknown subscription"
+                    );
                 }
             }
-        };
-        // Unbounded, but the subscription's credit bounds what the server sends.
-        let _ = tx.send(pushed);
+        }
         return Ok(());
     }
     if h.flags.has(Flags::RESPONSE) {
@@ -245,16 +293,7 @@ async fn route(conn: &Connection, frame: Frame) -> Result<()> {
             0,
             &mut head,
         );
-        conn.write(&head, &[]).await?;
-        return Ok(());
-    }
-    // A server error not tied to a request (connection limit, bad frame): the server closes.
-    if h.flags.has(Flags::ERROR) {
-        let e = msg::ErrorResponse::decode(frame.message).unwrap_or_default();
-        return Err(ClientError::Server {
-            code: ErrorCode::from_u32(e.code),
-            message: e.message,
-        });
+        conn.enqueue(head, &[])?;
     }
     Ok(())
 }

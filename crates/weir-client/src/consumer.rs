@@ -471,10 +471,11 @@ impl Subscription {
 
     /// The next pushed records, in order. Re-grants the credit they used, so the window
     /// stays full while the caller keeps up; `Ok(None)` once the connection is gone.
+    /// Cancel-safe: records are either returned or still queued.
     pub async fn next(&mut self) -> Result<Option<PushBatch>> {
         let batch = self.next_without_credit().await?;
         if let Some(b) = &batch {
-            self.grant(b.credit_records, b.credit_bytes).await?;
+            self.grant(b.credit_records, b.credit_bytes)?;
         }
         Ok(batch)
     }
@@ -482,57 +483,65 @@ impl Subscription {
     /// Like `next`, but leaves the credit used; grant it back with [`Subscription::grant`]
     /// when ready for more (a slow consumer's back-pressure).
     pub async fn next_without_credit(&mut self) -> Result<Option<PushBatch>> {
-        if self.ended {
-            return Ok(None);
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(p) = self.rx.recv().await else {
+                self.ended = true;
+                return Ok(None);
+            };
+            if p.data.end_code != 0 {
+                self.ended = true;
+                return Err(ClientError::Server {
+                    code: ErrorCode::from_u32(p.data.end_code),
+                    message: p.data.end_message,
+                });
+            }
+            if p.records.is_empty() {
+                if p.data.need_records > 0 || p.data.need_bytes > 0 {
+                    // The next batch is larger than the credit left: lend it what it needs,
+                    // once, so a window smaller than one batch does not stall forever.
+                    self.grant(p.data.need_records, p.data.need_bytes)?;
+                }
+                continue;
+            }
+            let mut credit_records = 0;
+            for b in Batches::new(&p.records) {
+                let (h, _) = b.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                credit_records += u64::from(h.last_offset_delta.max(0) as u32) + 1;
+            }
+            let records = decode_records(&self.topic, self.partition, &p.records, self.position)?;
+            if let Some(last) = records.last() {
+                self.position = last.offset + 1;
+            }
+            return Ok(Some(PushBatch {
+                records,
+                high_watermark: p.data.high_watermark,
+                credit_records,
+                credit_bytes: p.records.len() as u64,
+            }));
         }
-        let Some(p) = self.rx.recv().await else {
-            self.ended = true;
-            return Ok(None);
-        };
-        if p.data.end_code != 0 {
-            self.ended = true;
-            return Err(ClientError::Server {
-                code: ErrorCode::from_u32(p.data.end_code),
-                message: p.data.end_message,
-            });
-        }
-        let mut credit_records = 0;
-        for b in Batches::new(&p.records) {
-            let (h, _) = b.map_err(|e| ClientError::Protocol(e.to_string()))?;
-            credit_records += u64::from(h.last_offset_delta.max(0) as u32) + 1;
-        }
-        let records = decode_records(&self.topic, self.partition, &p.records, self.position)?;
-        if let Some(last) = records.last() {
-            self.position = last.offset + 1;
-        }
-        Ok(Some(PushBatch {
-            records,
-            high_watermark: p.data.high_watermark,
-            credit_records,
-            credit_bytes: p.records.len() as u64,
-        }))
     }
 
-    /// Adds credit.
-    pub async fn grant(&self, records: u64, bytes: u64) -> Result<()> {
-        self.client
-            .connection()
-            .send(
-                Api::Credit,
-                &msg::CreditRequest {
-                    subscription_id: self.id,
-                    records,
-                    bytes,
-                },
-                &[],
-            )
-            .await
+    /// Adds credit. Queued at once; never waits.
+    pub fn grant(&self, records: u64, bytes: u64) -> Result<()> {
+        self.client.connection().send(
+            Api::Credit,
+            &msg::CreditRequest {
+                subscription_id: self.id,
+                records,
+                bytes,
+            },
+            &[],
+        )
     }
 
-    /// Ends the subscription.
-    pub async fn unsubscribe(self) -> Result<()> {
+    /// Ends the subscription and waits for the server to confirm.
+    pub async fn unsubscribe(mut self) -> Result<()> {
+        self.ended = true;
         self.client.connection().unregister_push(self.id);
-        crate::call::<msg::UnsubscribeResponse>(
+        let r = crate::call::<msg::UnsubscribeResponse>(
             self.client.connection(),
             Api::Unsubscribe,
             &msg::UnsubscribeRequest {
@@ -542,6 +551,26 @@ impl Subscription {
             crate::DEFAULT_TIMEOUT,
         )
         .await
-        .map(|_| ())
+        .map(|_| ());
+        self.id = 0;
+        r
+    }
+}
+
+impl Drop for Subscription {
+    /// A dropped subscription is ended on the server too (without waiting for the answer).
+    fn drop(&mut self) {
+        if self.id == 0 {
+            return;
+        }
+        let conn = self.client.connection();
+        conn.unregister_push(self.id);
+        let _ = conn.send(
+            Api::Unsubscribe,
+            &msg::UnsubscribeRequest {
+                subscription_id: self.id,
+            },
+            &[],
+        );
     }
 }

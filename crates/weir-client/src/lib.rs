@@ -200,7 +200,7 @@ impl Client {
             key: key.map(<[u8]>::to_vec),
             acks: msg::Acks::None as i32,
         };
-        self.conn.send(Api::Produce, &req, &[batch]).await
+        self.conn.send(Api::Produce, &req, &[batch])
     }
 
     /// Whole batches from `offset`; waits up to `max_wait` for `min_bytes`.

@@ -105,7 +105,12 @@ impl Record {
     }
 }
 
-type Ack = oneshot::Sender<Result<RecordAck>>;
+/// A record's acknowledgement channel, and its place among `max_queued`, released once the
+/// acknowledgement is sent.
+type Ack = (
+    oneshot::Sender<Result<RecordAck>>,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 enum Cmd {
     Send(Record, Ack),
@@ -116,6 +121,7 @@ enum Cmd {
 #[derive(Debug, Clone)]
 pub struct Producer {
     tx: mpsc::Sender<Cmd>,
+    queued: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -129,17 +135,24 @@ impl std::fmt::Debug for Cmd {
 
 impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
-        let (tx, rx) = mpsc::channel(config.max_queued.max(1));
+        let queued = Arc::new(tokio::sync::Semaphore::new(config.max_queued.max(1)));
+        let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(run(client, config, rx));
-        Producer { tx }
+        Producer { tx, queued }
     }
 
     /// Queues a record and returns a receiver of its acknowledgement, so many records can be
     /// in flight. Waits only when `max_queued` records are already waiting.
     pub async fn send(&self, record: Record) -> Result<oneshot::Receiver<Result<RecordAck>>> {
+        let permit = self
+            .queued
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Send(record, ack))
+            .send(Cmd::Send(record, (ack, permit)))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(rx)
@@ -168,6 +181,8 @@ struct Batch {
     records: Vec<(Record, Ack)>,
     bytes: usize,
     started: Instant,
+    /// Order in which batches were sealed; a flush waits for the ones sealed before it.
+    seq: u64,
 }
 
 type Part = (Arc<str>, u32);
@@ -198,8 +213,12 @@ struct State {
     open: HashMap<Part, Batch>,
     ready: HashMap<Part, VecDeque<Batch>>,
     in_flight: HashMap<Part, ()>,
-    flushes: Vec<oneshot::Sender<()>>,
-    done: Completions<Part>,
+    /// Flushes waiting, each for every batch sealed up to its sequence number.
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// Sequence numbers of sealed batches not yet answered.
+    outstanding: std::collections::BTreeSet<u64>,
+    next_seq: u64,
+    done: Completions<(Part, u64)>,
 }
 
 async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>) {
@@ -212,6 +231,8 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
         ready: HashMap::new(),
         in_flight: HashMap::new(),
         flushes: Vec::new(),
+        outstanding: std::collections::BTreeSet::new(),
+        next_seq: 1,
         done: Completions::new(),
     };
     let mut closed = false;
@@ -222,15 +243,16 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
                 Some(Cmd::Send(record, ack)) => s.add(record, ack).await,
                 Some(Cmd::Flush(tx)) => {
                     s.seal_all();
-                    s.flushes.push(tx);
+                    s.flushes.push((s.next_seq - 1, tx));
                 }
                 None => {
                     closed = true;
                     s.seal_all();
                 }
             },
-            Some(part) = s.done.rx.recv() => {
+            Some((part, seq)) = s.done.rx.recv() => {
                 s.in_flight.remove(&part);
+                s.outstanding.remove(&seq);
             }
             _ = sleep_until(deadline) => {
                 let now = Instant::now();
@@ -241,13 +263,18 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
             }
         }
         s.dispatch();
-        if s.open.is_empty() && s.ready.values().all(VecDeque::is_empty) && s.in_flight.is_empty() {
-            for f in s.flushes.drain(..) {
-                let _ = f.send(());
-            }
-            if closed {
-                return;
-            }
+        // A flush is done once every batch sealed before it was answered, whatever was sent
+        // after it.
+        let oldest = s.outstanding.first().copied().unwrap_or(u64::MAX);
+        let (finished, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut s.flushes)
+            .into_iter()
+            .partition(|(upto, _)| *upto < oldest);
+        s.flushes = waiting;
+        for (_, tx) in finished {
+            let _ = tx.send(());
+        }
+        if closed && s.open.is_empty() && s.outstanding.is_empty() {
+            return;
         }
     }
 }
@@ -283,7 +310,7 @@ impl State {
                 let ring = match self.ring(&topic).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = ack.send(Err(e));
+                        let _ = ack.0.send(Err(e));
                         return;
                     }
                 };
@@ -305,6 +332,7 @@ impl State {
             records: Vec::new(),
             bytes: 0,
             started: Instant::now(),
+            seq: 0,
         });
         batch.records.push((record, ack));
         batch.bytes += size;
@@ -314,7 +342,10 @@ impl State {
     }
 
     fn seal(&mut self, part: &Part) {
-        if let Some(batch) = self.open.remove(part) {
+        if let Some(mut batch) = self.open.remove(part) {
+            batch.seq = self.next_seq;
+            self.next_seq += 1;
+            self.outstanding.insert(batch.seq);
             self.ready.entry(part.clone()).or_default().push_back(batch);
             // Keyless records stick to a partition for one batch, then move on.
             if let Some(next) = self.sticky.get_mut(&part.0) {
@@ -349,8 +380,9 @@ impl State {
                 self.done.tx.clone(),
             );
             tokio::spawn(async move {
+                let seq = batch.seq;
                 send_batch(&client, &config, &part, batch).await;
-                let _ = done.send(part);
+                let _ = done.send((part, seq));
             });
         }
     }
@@ -390,7 +422,7 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
         let r = client
             .produce_no_ack(topic, Some(partition), None, bytes)
             .await;
-        for (_, ack) in batch.records {
+        for (_, (ack, _permit)) in batch.records {
             let _ = ack.send(
                 r.as_ref()
                     .map(|_| RecordAck {
@@ -409,7 +441,9 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
             .produce(topic, Some(partition), None, bytes.clone())
             .await
         {
-            Err(e) if e.is_retriable() && attempt < config.retries => {
+            // Only errors the server answered with: after a timeout the batch may still be
+            // appended, and sending it again would store it twice.
+            Err(e @ ClientError::Server { .. }) if e.is_retriable() && attempt < config.retries => {
                 attempt += 1;
                 tracing::debug!(%topic, partition, attempt, error = %e, "produce failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -420,7 +454,7 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
     };
     match result {
         Ok(a) => {
-            for (i, (_, ack)) in batch.records.into_iter().enumerate() {
+            for (i, (_, (ack, _permit))) in batch.records.into_iter().enumerate() {
                 let _ = ack.send(Ok(RecordAck {
                     partition: a.partition,
                     offset: Some(a.base_offset + i as u64),
@@ -428,7 +462,7 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
             }
         }
         Err(e) => {
-            for (_, ack) in batch.records {
+            for (_, (ack, _permit)) in batch.records {
                 let _ = ack.send(Err(e.clone_lossy()));
             }
         }

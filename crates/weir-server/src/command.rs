@@ -161,8 +161,8 @@ fn tps(list: Vec<(String, Vec<u32>)>) -> Vec<msg::TopicPartitions> {
         .collect()
 }
 
-/// Largest fetch a client may ask for.
-const MAX_FETCH_BYTES: usize = 64 << 20;
+/// Largest fetch a client may ask for (one larger batch is still returned whole).
+const MAX_FETCH_BYTES: usize = 8 << 20;
 /// Longest long-poll.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 

@@ -28,6 +28,9 @@ use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, WireError, decode_fra
 use crate::ServerConfig;
 use crate::command::{self, OutFrame, code_of};
 
+/// Most buffer growth per read.
+const READ_CHUNK: usize = 64 * 1024;
+
 type InFlight = Pin<Box<dyn std::future::Future<Output = Option<OutFrame>> + Send>>;
 
 /// Credits granted to a subscription and not yet taken by its task.
@@ -150,6 +153,10 @@ impl Connection {
                             break;
                         }
                     }
+                    // Frames that waited for the window may be ready now.
+                    if !draining && !self.buf.is_empty() && !self.process_buffer().await {
+                        break;
+                    }
                 }
                 Input::Read(Ok(0)) => break,
                 Input::Read(Ok(_)) => {
@@ -190,7 +197,19 @@ impl Connection {
         let _ = self.stream.shutdown().await;
     }
 
+    /// Writes a frame; a peer that does not read for the idle timeout is given up on.
     async fn write(&mut self, out: OutFrame) -> std::io::Result<()> {
+        let limit = self.config.idle_timeout;
+        match tokio::time::timeout(limit, self.write_frame(out)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("peer did not read for {limit:?}"),
+            )),
+        }
+    }
+
+    async fn write_frame(&mut self, out: OutFrame) -> std::io::Result<()> {
         self.last_write = Instant::now();
         if out.records.is_empty() {
             return self.stream.write_all(&out.head).await;
@@ -222,7 +241,9 @@ impl Connection {
 
     /// Handles every whole frame in the buffer. `false` ends the connection.
     async fn process_buffer(&mut self) -> bool {
-        loop {
+        // Decode no further than the in-flight window: frames left in the buffer are taken up
+        // when a request completes.
+        while self.in_flight.len() < self.config.max_in_flight {
             match decode_frame(&mut self.buf, self.config.max_frame_bytes) {
                 Ok(Some(frame)) => {
                     if !self.dispatch(frame).await {
@@ -253,7 +274,10 @@ impl Connection {
             // Idle connections keep no buffer.
             self.buf = BytesMut::new();
         } else if let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes) {
-            self.buf.reserve(total - self.buf.len());
+            // Grow with the data, not with what a header claims: a peer cannot make us hold
+            // a whole frame's worth of memory by sending 4 bytes.
+            let missing = total.saturating_sub(self.buf.len());
+            self.buf.reserve(missing.min(READ_CHUNK));
         } else {
             self.buf.reserve(64);
         }
@@ -433,6 +457,7 @@ impl Connection {
             Ok(r) => r,
             Err(e) => return OutFrame::error(&h, ErrorCode::Malformed, e.to_string()),
         };
+        self.subs.retain(|_, s| !s.task.is_finished());
         if self.subs.len() >= self.config.max_subscriptions_per_connection {
             return OutFrame::error(
                 &h,
@@ -519,39 +544,83 @@ fn push_frame(
         high_watermark: hwm,
         end_code: code,
         end_message: message,
+        ..msg::PushData::default()
     };
     OutFrame::new(header, &body, batches)
 }
 
 /// Delivers a subscription within its credit until it ends or the connection goes away.
+/// New credit never interrupts a read in progress; it is taken up when the read returns.
 async fn push_loop(
     mut cursor: PushCursor,
     id: u64,
     credit: Arc<CreditBox>,
     out: mpsc::Sender<OutFrame>,
 ) {
+    let mut told_need = false;
     loop {
         let (r, b) = credit.take();
+        if r > 0 || b > 0 {
+            told_need = false;
+        }
         cursor.grant(r, b);
         let (cr, cb) = cursor.credit();
         if cr == 0 || cb == 0 {
             credit.notify.notified().await;
             continue;
         }
-        tokio::select! {
-            _ = credit.notify.notified() => continue,
-            step = cursor.next() => match step {
-                Ok(PushStep::Data { batches, high_watermark, .. }) => {
-                    if out.send(push_frame(id, high_watermark, None, batches)).await.is_err() {
+        match cursor.next().await {
+            Ok(PushStep::Data {
+                batches,
+                high_watermark,
+                ..
+            }) => {
+                if out
+                    .send(push_frame(id, high_watermark, None, batches))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(PushStep::NeedCredit { records, bytes }) => {
+                // The next batch is larger than the credit left: say so once, then wait for
+                // more (a batch is never split, and never sent beyond the credit).
+                if !told_need {
+                    told_need = true;
+                    if out.send(need_frame(id, records, bytes)).await.is_err() {
                         return;
                     }
                 }
-                Ok(PushStep::NeedCredit { .. }) => credit.notify.notified().await,
-                Err(e) => {
-                    let _ = out.send(push_frame(id, 0, Some((code_of(&e), e.to_string())), Vec::new())).await;
-                    return;
-                }
-            },
+                credit.notify.notified().await;
+            }
+            Err(e) => {
+                let _ = out
+                    .send(push_frame(
+                        id,
+                        0,
+                        Some((code_of(&e), e.to_string())),
+                        Vec::new(),
+                    ))
+                    .await;
+                return;
+            }
         }
     }
+}
+
+fn need_frame(id: u64, records: u64, bytes: u64) -> OutFrame {
+    let header = FrameHeader {
+        api_key: Api::Push as u16,
+        api_version: 1,
+        correlation_id: 0,
+        flags: Flags(Flags::PUSH),
+    };
+    let body = msg::PushData {
+        subscription_id: id,
+        need_records: records,
+        need_bytes: bytes,
+        ..msg::PushData::default()
+    };
+    OutFrame::new(header, &body, Vec::new())
 }

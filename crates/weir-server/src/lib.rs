@@ -97,6 +97,7 @@ pub async fn run(
         "shutting down: draining connections"
     );
     let _ = stop_tx.send(true);
+    broker.begin_shutdown();
     tracker.close();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait())
         .await

@@ -179,7 +179,7 @@ fn push_subscriptions_never_exceed_their_credit() {
         let more =
             tokio::time::timeout(Duration::from_millis(500), sub.next_without_credit()).await;
         assert!(more.is_err(), "the server pushed beyond the credit");
-        sub.grant(5, 1 << 20).await.unwrap();
+        sub.grant(5, 1 << 20).unwrap();
         let mut extra = 0;
         while extra < 5 {
             let b = tokio::time::timeout(Duration::from_secs(5), sub.next_without_credit())
@@ -200,7 +200,7 @@ fn push_subscriptions_never_exceed_their_credit() {
                 .is_err()
         );
         // With credit re-granted as it goes, it follows the tail, in order.
-        sub.grant(1000, 1 << 20).await.unwrap();
+        sub.grant(1000, 1 << 20).unwrap();
         c.produce("feed", Some(0), None, batch(&[b"late"]))
             .await
             .unwrap();
