@@ -611,3 +611,158 @@ fn connections_beyond_the_limit_are_refused_and_the_rest_served() {
             .unwrap();
     });
 }
+
+#[test]
+fn a_topic_deleted_and_created_again_starts_empty_and_old_subscriptions_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("reborn", topic(1)).await.unwrap();
+        for i in 0..20u32 {
+            c.produce("reborn", Some(0), None, batch(&[&i.to_be_bytes()]))
+                .await
+                .unwrap();
+        }
+        let mut sub = c
+            .subscribe("reborn", 0, Start::Latest, 100, 1 << 20)
+            .await
+            .unwrap();
+        c.delete_topic("reborn").await.unwrap();
+        c.create_topic("reborn", topic(1)).await.unwrap();
+        let meta = c.metadata(&["reborn"]).await.unwrap();
+        assert_eq!(
+            meta[0].partitions[0].high_watermark, 0,
+            "the new topic starts empty"
+        );
+        let ack = c
+            .produce("reborn", Some(0), None, batch(&[b"fresh"]))
+            .await
+            .unwrap();
+        assert_eq!(ack.base_offset, 0);
+        // The old subscription does not continue into the new topic.
+        let end = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
+        match end {
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownTopic), "{e}"),
+            Ok(b) => panic!("old subscription delivered {b:?}"),
+        }
+    });
+    server.stop();
+    // And the data stays separate across a restart.
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        let mut consumer = PartitionConsumer::new(c, "reborn", 0, Start::Earliest)
+            .await
+            .unwrap();
+        let recs = consumer.poll(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].value.as_deref(), Some(&b"fresh"[..]));
+    });
+}
+
+#[test]
+fn a_credit_window_smaller_than_a_batch_does_not_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("big", topic(1)).await.unwrap();
+        let values: Vec<Vec<u8>> = (0..500u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        c.produce("big", Some(0), None, batch(&refs)).await.unwrap();
+        c.produce("big", Some(0), None, batch(&refs)).await.unwrap();
+        // A 100-record window, batches of 500: the server says what it needs, the client
+        // lends it, and both batches arrive whole.
+        let mut sub = c
+            .subscribe("big", 0, Start::Earliest, 100, 1 << 20)
+            .await
+            .unwrap();
+        let mut got = 0;
+        while got < 1000 {
+            let b = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("stalled")
+                .unwrap()
+                .unwrap();
+            assert_eq!(b.records.len(), 500, "batches are never split");
+            got += b.records.len();
+        }
+    });
+}
+
+#[test]
+fn the_producer_keeps_per_key_order_and_acknowledges_every_record() {
+    use weir_client::producer::Record;
+    use weir_client::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("events", topic(4)).await.unwrap();
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                linger: Duration::from_millis(2),
+                batch_bytes: 4096,
+                max_queued: 500,
+                ..ProducerConfig::default()
+            },
+        );
+        let mut acks = Vec::new();
+        for i in 0..5000u32 {
+            let key = format!("device-{}", i % 13);
+            let value = format!("{key}:{i}");
+            let ack = producer
+                .send(Record::new("events", value.clone()).key(key.clone()))
+                .await
+                .unwrap();
+            acks.push((key, value, ack));
+        }
+        producer.flush().await.unwrap();
+        let mut placed: BTreeMap<(u32, u64), String> = BTreeMap::new();
+        let mut partition_of: BTreeMap<String, u32> = BTreeMap::new();
+        for (key, value, ack) in acks {
+            let a = ack.await.unwrap().unwrap();
+            assert_eq!(
+                *partition_of.entry(key).or_insert(a.partition),
+                a.partition,
+                "a key stays on one partition"
+            );
+            assert!(
+                placed
+                    .insert((a.partition, a.offset.unwrap()), value)
+                    .is_none(),
+                "offset acknowledged twice"
+            );
+        }
+        assert_eq!(placed.len(), 5000);
+        for p in 0..4 {
+            let mut consumer = PartitionConsumer::new(c.clone(), "events", p, Start::Earliest)
+                .await
+                .unwrap();
+            let mut last_seen: BTreeMap<String, u32> = BTreeMap::new();
+            loop {
+                let recs = consumer.poll(Duration::from_millis(100)).await.unwrap();
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    let v = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                    assert_eq!(
+                        placed.get(&(p, r.offset)),
+                        Some(&v),
+                        "stored where acknowledged"
+                    );
+                    let (key, n) = v.split_once(':').unwrap();
+                    let n: u32 = n.parse().unwrap();
+                    if let Some(prev) = last_seen.insert(key.to_string(), n) {
+                        assert!(prev < n, "order within a key broken: {prev} then {n}");
+                    }
+                }
+            }
+        }
+    });
+}
