@@ -148,20 +148,20 @@ impl Connection {
                 Input::Stop => draining = true,
                 Input::Done(out) | Input::Push(out) => {
                     if let Some(out) = out {
-                        if let Err(e) = self.write(out).await {
+                        if let Err(e) = Box::pin(self.write(out)).await {
                             tracing::debug!(peer = %self.peer, error = %e, "write failed; closing");
                             break;
                         }
                     }
                     // Frames that waited for the window may be ready now.
-                    if !draining && !self.buf.is_empty() && !self.process_buffer().await {
+                    if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
                         break;
                     }
                 }
                 Input::Read(Ok(0)) => break,
                 Input::Read(Ok(_)) => {
                     self.last_read = Instant::now();
-                    if !self.process_buffer().await {
+                    if !Box::pin(self.process_buffer()).await {
                         break;
                     }
                 }
@@ -186,7 +186,7 @@ impl Connection {
                             &msg::Ping {},
                             Vec::new(),
                         );
-                        if self.write(ping).await.is_err() {
+                        if Box::pin(self.write(ping)).await.is_err() {
                             break;
                         }
                     }
@@ -624,3 +624,4 @@ fn need_frame(id: u64, records: u64, bytes: u64) -> OutFrame {
     };
     OutFrame::new(header, &body, Vec::new())
 }
+
