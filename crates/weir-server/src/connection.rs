@@ -80,6 +80,8 @@ pub(crate) struct Connection {
     push_rx: Option<mpsc::Receiver<OutFrame>>,
     last_read: Instant,
     last_write: Instant,
+    /// The request being dispatched asked for no response.
+    silent: bool,
 }
 
 impl Drop for Connection {
@@ -121,6 +123,7 @@ impl Connection {
             push_rx: None,
             last_read: now,
             last_write: now,
+            silent: false,
         }
     }
 
@@ -291,6 +294,8 @@ impl Connection {
             // The only responses a client sends are answers to our pings.
             return true;
         }
+        // The sender asked for no answer (errors included): run, and say nothing.
+        self.silent = h.flags.has(Flags::NO_RESPONSE);
         let Some(api) = Api::from_key(h.api_key) else {
             tracing::warn!(peer = %self.peer, api_key = h.api_key, "unknown API");
             return self
@@ -386,8 +391,10 @@ impl Connection {
             }
             _ => {
                 let broker = self.broker.clone();
+                let silent = self.silent;
                 self.in_flight.push(Box::pin(async move {
-                    command::handle(&broker, frame, &client_id).await
+                    let out = command::handle(&broker, frame, &client_id).await;
+                    out.filter(|_| !silent)
                 }));
                 true
             }
@@ -395,6 +402,9 @@ impl Connection {
     }
 
     async fn reply(&mut self, out: OutFrame) -> bool {
+        if self.silent {
+            return true;
+        }
         self.write(out).await.is_ok()
     }
 
@@ -624,4 +634,3 @@ fn need_frame(id: u64, records: u64, bytes: u64) -> OutFrame {
     };
     OutFrame::new(header, &body, Vec::new())
 }
-
