@@ -226,7 +226,13 @@ async fn read_loop(
                         return e;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // Room for the rest of a large frame in one step, not by doubling copies.
+                    if let Ok(Some(total)) = weir_wire::frame_len(&buf, max) {
+                        buf.reserve(total.saturating_sub(buf.len()));
+                    }
+                    break;
+                }
                 Err(e) => return ClientError::Wire(e),
             }
         }

@@ -16,6 +16,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+// Fetch responses are read into fresh multi-megabyte buffers. glibc's malloc maps and unmaps
+// such blocks, faulting in fresh pages each time; mimalloc keeps freed blocks for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "weir",
