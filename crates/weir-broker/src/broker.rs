@@ -292,6 +292,16 @@ impl Broker {
         Ok((t, p))
     }
 
+    /// Every topic's configuration, as the metadata file lists them.
+    fn topic_configs(&self) -> BTreeMap<String, TopicConfig> {
+        self.inner
+            .topics
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.config.clone()))
+            .collect()
+    }
+
     /// Number of partitions of `topic`, if it exists.
     pub fn partition_count(&self, topic: &str) -> Option<u32> {
         self.inner
@@ -316,13 +326,7 @@ impl Broker {
         let topic = blocking(move || {
             let cfg = &this.inner.config;
             let topic = Self::open_topic(cfg, &name_owned, config.clone())?;
-            let mut all: BTreeMap<String, TopicConfig> = this
-                .inner
-                .topics
-                .read()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.config.clone()))
-                .collect();
+            let mut all = this.topic_configs();
             all.insert(name_owned.clone(), config);
             if let Err(e) = topic::store_meta(&cfg.data_dir, &all) {
                 for p in &topic.partitions {
@@ -372,14 +376,7 @@ impl Broker {
         let doomed = topic.clone();
         let result = blocking(move || {
             let cfg = &this.inner.config;
-            let all: BTreeMap<String, TopicConfig> = this
-                .inner
-                .topics
-                .read()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.config.clone()))
-                .collect();
-            topic::store_meta(&cfg.data_dir, &all)?;
+            topic::store_meta(&cfg.data_dir, &this.topic_configs())?;
             this.inner.offsets.delete_topic(&name_owned)?;
             // Close the logs and move the directory aside while the admin lock is held, so a
             // topic created again under this name starts from an empty directory.

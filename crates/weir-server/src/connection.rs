@@ -543,12 +543,6 @@ fn push_frame(
     batches: Vec<bytes::Bytes>,
 ) -> OutFrame {
     let (code, message) = end.map_or((0, String::new()), |(c, m)| (c as u32, m));
-    let header = FrameHeader {
-        api_key: Api::Push as u16,
-        api_version: 1,
-        correlation_id: 0,
-        flags: Flags(Flags::PUSH),
-    };
     let body = msg::PushData {
         subscription_id: id,
         high_watermark: hwm,
@@ -556,8 +550,16 @@ fn push_frame(
         end_message: message,
         ..msg::PushData::default()
     };
-    OutFrame::new(header, &body, batches)
+    OutFrame::new(PUSH_HEADER, &body, batches)
 }
+
+/// Pushes are unsolicited: correlation id 0, PUSH flag.
+const PUSH_HEADER: FrameHeader = FrameHeader {
+    api_key: Api::Push as u16,
+    api_version: 1,
+    correlation_id: 0,
+    flags: Flags(Flags::PUSH),
+};
 
 /// Delivers a subscription within its credit until it ends or the connection goes away.
 /// New credit never interrupts a read in progress; it is taken up when the read returns.
@@ -620,17 +622,11 @@ async fn push_loop(
 }
 
 fn need_frame(id: u64, records: u64, bytes: u64) -> OutFrame {
-    let header = FrameHeader {
-        api_key: Api::Push as u16,
-        api_version: 1,
-        correlation_id: 0,
-        flags: Flags(Flags::PUSH),
-    };
     let body = msg::PushData {
         subscription_id: id,
         need_records: records,
         need_bytes: bytes,
         ..msg::PushData::default()
     };
-    OutFrame::new(header, &body, Vec::new())
+    OutFrame::new(PUSH_HEADER, &body, Vec::new())
 }
