@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -37,8 +37,7 @@ struct Shared {
 /// A whole frame waiting for the writer task.
 #[derive(Debug)]
 struct Outgoing {
-    head: BytesMut,
-    records: Vec<Bytes>,
+    parts: Vec<Bytes>,
 }
 
 /// Pushes held for subscriptions not registered yet, across all of them.
@@ -49,6 +48,10 @@ pub(crate) struct Connection {
     /// Frames go whole into this queue and one task writes them, so a caller that is
     /// cancelled never leaves half a frame on the socket.
     out: mpsc::UnboundedSender<Outgoing>,
+    /// Frames handed to the writer task and not yet fully written. While it is zero a caller
+    /// may write its frame itself, without a task hop, if the socket takes it whole at once.
+    queued: Mutex<usize>,
+    write: Arc<OwnedWriteHalf>,
     shared: Mutex<Shared>,
     next_id: AtomicU32,
     closed: AtomicBool,
@@ -75,8 +78,11 @@ impl Connection {
         stream.set_nodelay(true).map_err(ClientError::Io)?;
         let (read, write) = stream.into_split();
         let (out, out_rx) = mpsc::unbounded_channel();
+        let write = Arc::new(write);
         let conn = Arc::new(Connection {
             out,
+            queued: Mutex::new(0),
+            write: write.clone(),
             shared: Mutex::new(Shared::default()),
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
@@ -92,7 +98,7 @@ impl Connection {
         });
         let weak = Arc::downgrade(&conn);
         let writer = tokio::spawn(async move {
-            if let Err(e) = write_loop(write, out_rx).await {
+            if let Err(e) = write_loop(write, out_rx, weak.clone()).await {
                 if let Some(conn) = weak.upgrade() {
                     conn.fail_all(e);
                 }
@@ -115,12 +121,33 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Sends a whole frame: directly when nothing is queued and the socket takes it at once
+    /// (no await, so a cancelled caller can never leave half a frame), else through the writer
+    /// task, in order. Never blocks.
     fn enqueue(&self, head: BytesMut, records: &[Bytes]) -> Result<()> {
+        let mut parts = Vec::with_capacity(records.len() + 1);
+        parts.push(head.freeze());
+        parts.extend(records.iter().cloned());
+        let mut queued = self.queued.lock();
+        if *queued == 0 {
+            let slices: Vec<std::io::IoSlice<'_>> =
+                parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+            match self.write.try_write_vectored(&slices) {
+                Ok(n) => {
+                    advance(&mut parts, n);
+                    if parts.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+        // The rest goes behind everything already queued; the count keeps later callers from
+        // writing around it.
+        *queued += 1;
         self.out
-            .send(Outgoing {
-                head,
-                records: records.to_vec(),
-            })
+            .send(Outgoing { parts })
             .map_err(|_| ClientError::Closed)
     }
 
@@ -193,14 +220,40 @@ fn header(api: Api, id: u32, flags: u16) -> FrameHeader {
     }
 }
 
+/// Drops the first `n` bytes of `parts`.
+fn advance(parts: &mut Vec<Bytes>, mut n: usize) {
+    let mut done = 0;
+    for p in parts.iter_mut() {
+        if n >= p.len() {
+            n -= p.len();
+            done += 1;
+        } else {
+            bytes::Buf::advance(p, n);
+            break;
+        }
+    }
+    parts.drain(..done);
+}
+
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    write: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    conn: std::sync::Weak<Connection>,
 ) -> Result<()> {
-    while let Some(o) = rx.recv().await {
-        write.write_all(&o.head).await.map_err(ClientError::Io)?;
-        for r in &o.records {
-            write.write_all(r).await.map_err(ClientError::Io)?;
+    while let Some(mut o) = rx.recv().await {
+        while !o.parts.is_empty() {
+            write.writable().await.map_err(ClientError::Io)?;
+            let slices: Vec<std::io::IoSlice<'_>> =
+                o.parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+            match write.try_write_vectored(&slices) {
+                Ok(n) => advance(&mut o.parts, n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+        match conn.upgrade() {
+            Some(c) => *c.queued.lock() -= 1,
+            None => return Ok(()),
         }
     }
     Ok(())
