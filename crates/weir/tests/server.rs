@@ -561,6 +561,33 @@ fn cli_topics_produce_consume_and_groups() {
     assert!(ok && out.is_empty(), "{out}");
     let (ok, out, _) = cli(a, &["topic", "describe", "logs", "--json"], "");
     assert!(ok, "{out}");
+    // From a file (with a progress bar), 5000 lines, then read back whole and in order per key.
+    let file = dir.path().join("input.txt");
+    let lines: String = (0..5000).map(|i| format!("line-{i}\n")).collect();
+    std::fs::write(&file, lines).unwrap();
+    let (ok, _, err) = cli(
+        a,
+        &[
+            "produce",
+            "logs",
+            "--file",
+            file.to_str().unwrap(),
+            "--partition",
+            "1",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("produced 5000 records"), "{err}");
+    let (ok, out, err) = cli(
+        a,
+        &["consume", "logs", "--partition", "1", "--from", "offset:0"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let file_lines: Vec<&str> = out.lines().filter(|l| l.starts_with("line-")).collect();
+    assert_eq!(file_lines.len(), 5000);
+    assert_eq!(file_lines[4999], "line-4999");
     let (ok, _, err) = cli(a, &["topic", "delete", "logs"], "");
     assert!(ok, "{err}");
     let (ok, _, err) = cli(a, &["consume", "logs"], "");
