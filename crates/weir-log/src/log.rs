@@ -537,8 +537,9 @@ impl Log {
         self.publish_all(pending);
         old.index.write().seal();
         old.flush_indexes(true)?;
+        old.release_index_files();
         let new =
-            match Segment::open(&*self.storage, &self.dir, w.next_offset, true).and_then(|seg| {
+            match Segment::open(&self.storage, &self.dir, w.next_offset, true).and_then(|seg| {
                 self.storage
                     .sync_dir(&self.dir)
                     .map_err(|e| LogError::io("sync directory", &self.dir, e))

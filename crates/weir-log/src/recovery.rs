@@ -40,7 +40,7 @@ impl Log {
         config.validate()?;
         let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
-        let (segments, report, log_start, end) = recover(&*storage, &dir, &config)?;
+        let (segments, report, log_start, end) = recover(&storage, &dir, &config)?;
         let active = segments
             .last()
             .expect("recovery leaves at least one segment")
@@ -168,8 +168,9 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
         .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
     // A batch takes at least HEADER_LEN bytes, which bounds the number of entries.
     let max_entries = file_len / HEADER_LEN as u64 + 1;
+    let files = seg.index_files()?;
     let Some(offsets) = read_all(
-        &*seg.offset_index,
+        &*files.offsets,
         &seg.index_path,
         max_entries * OFFSET_ENTRY as u64,
     )?
@@ -177,7 +178,7 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
         return Ok(None);
     };
     let Some(times) = read_all(
-        &*seg.time_index,
+        &*files.times,
         &seg.time_path,
         max_entries * TIME_ENTRY as u64,
     )?
@@ -217,7 +218,8 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
 
 type Recovered = (Vec<Arc<Segment>>, RecoveryReport, u64, (u64, u64));
 
-fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Recovered> {
+fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Result<Recovered> {
+    let storage: &dyn Storage = &**storage_arc;
     storage
         .create_dir_all(dir)
         .map_err(|e| LogError::io("create directory", dir, e))?;
@@ -256,7 +258,7 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
         if ckpt.is_some() {
             tracing::warn!(dir = %dir.display(), base, "checkpoint present but no segment files; starting empty");
         }
-        let seg = Segment::open(storage, dir, base, true)?;
+        let seg = Segment::open(storage_arc, dir, base, true)?;
         storage
             .sync_dir(dir)
             .map_err(|e| LogError::io("sync directory", dir, e))?;
@@ -280,7 +282,7 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
     }
     let mut segments = Vec::with_capacity(kept.len());
     for &base in &kept {
-        segments.push(Segment::open(storage, dir, base, false)?);
+        segments.push(Segment::open(storage_arc, dir, base, false)?);
     }
     // An empty segment that is not the last is left over from a roll that failed half-way
     // (a roll only happens after the active segment received data). It claims offsets that
@@ -529,6 +531,12 @@ fn recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Reco
     if log_start > next_offset {
         tracing::error!(dir = %dir.display(), log_start, next_offset, "log start offset beyond the end of the recovered log; lowering it");
         log_start = next_offset.max(first_base);
+    }
+    // Sealed segments keep their indexes in memory and let go of the index files.
+    if let Some((_, sealed)) = segments.split_last() {
+        for seg in sealed {
+            seg.release_index_files();
+        }
     }
     let segments: Vec<Arc<Segment>> = segments.into_iter().map(Arc::new).collect();
     Ok((segments, report, log_start, (next_offset, end_pos)))

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use weir_batch::{BatchError, HEADER_LEN};
 
 use crate::error::{LogError, Result};
@@ -41,8 +41,10 @@ pub(crate) struct Segment {
     pub index_path: PathBuf,
     pub time_path: PathBuf,
     pub log: Arc<dyn StorageFile>,
-    pub offset_index: Arc<dyn StorageFile>,
-    pub time_index: Arc<dyn StorageFile>,
+    storage: Arc<dyn Storage>,
+    /// Open index files. Sealed segments let go of them (their indexes live in memory), so a
+    /// long log holds one file descriptor per segment, not three.
+    index_files: Mutex<Option<IndexFiles>>,
     /// Bytes readers may read (committed data).
     pub visible_len: AtomicU64,
     pub index: RwLock<SegIndex>,
@@ -50,9 +52,16 @@ pub(crate) struct Segment {
     pub index_missing: bool,
 }
 
+/// The two index files of a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexFiles {
+    pub offsets: Arc<dyn StorageFile>,
+    pub times: Arc<dyn StorageFile>,
+}
+
 impl Segment {
     /// Opens (or creates) the three files of the segment at `base`.
-    pub fn open(storage: &dyn Storage, dir: &Path, base: u64, create: bool) -> Result<Self> {
+    pub fn open(storage: &Arc<dyn Storage>, dir: &Path, base: u64, create: bool) -> Result<Self> {
         let log_path = dir.join(file_name(base, LOG_EXT));
         let index_path = dir.join(file_name(base, INDEX_EXT));
         let time_path = dir.join(file_name(base, TIME_EXT));
@@ -80,8 +89,11 @@ impl Segment {
             index_path,
             time_path,
             log,
-            offset_index,
-            time_index,
+            storage: storage.clone(),
+            index_files: Mutex::new(Some(IndexFiles {
+                offsets: offset_index,
+                times: time_index,
+            })),
             visible_len: AtomicU64::new(0),
             index: RwLock::new(SegIndex::new()),
             index_missing,
@@ -98,6 +110,30 @@ impl Segment {
 
     pub fn paths(&self) -> [&Path; 3] {
         [&self.log_path, &self.index_path, &self.time_path]
+    }
+
+    /// The index files, opened again if they were let go of.
+    pub fn index_files(&self) -> Result<IndexFiles> {
+        let mut files = self.index_files.lock();
+        if let Some(f) = &*files {
+            return Ok(f.clone());
+        }
+        let open = |p: &Path| {
+            self.storage
+                .open_file(p, true)
+                .map_err(|e| LogError::io("open", p, e))
+        };
+        let f = IndexFiles {
+            offsets: open(&self.index_path)?,
+            times: open(&self.time_path)?,
+        };
+        *files = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Closes the index files of a sealed segment (they are opened again when needed).
+    pub fn release_index_files(&self) {
+        *self.index_files.lock() = None;
     }
 
     /// Writes index entries not yet in the index files, trims the files to the entries held in
@@ -121,8 +157,9 @@ impl Segment {
                     .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
                     .map_err(|e| LogError::io("write index", p, e))
             };
+        let files = self.index_files()?;
         write(
-            &*self.offset_index,
+            &*files.offsets,
             &self.index_path,
             &offsets,
             off_from,
@@ -130,7 +167,7 @@ impl Segment {
             crate::index::OFFSET_ENTRY,
         )?;
         write(
-            &*self.time_index,
+            &*files.times,
             &self.time_path,
             &times,
             time_from,
