@@ -37,6 +37,9 @@ pub struct BrokerConfig {
     pub max_session: Duration,
     /// How often retention runs. Default 60 s.
     pub retention_check: Duration,
+    /// Most partitions across all topics. Each holds at least three open files (and one more
+    /// per sealed segment), and a process may hold only so many. Default 4,096.
+    pub max_partitions: u32,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +52,7 @@ impl Default for BrokerConfig {
             min_session: Duration::from_secs(1),
             max_session: Duration::from_secs(300),
             retention_check: Duration::from_secs(60),
+            max_partitions: 4096,
         }
     }
 }
@@ -320,6 +324,20 @@ impl Broker {
         let _admin = self.inner.admin.lock().await;
         if self.inner.topics.read().contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        let existing: u32 = self
+            .inner
+            .topics
+            .read()
+            .values()
+            .map(|t| t.partitions.len() as u32)
+            .sum();
+        let limit = self.inner.config.max_partitions;
+        if existing.saturating_add(config.partitions) > limit {
+            return Err(BrokerError::InvalidConfig(format!(
+                "{} more partitions would exceed the broker's limit of {limit} ({existing} in use)",
+                config.partitions
+            )));
         }
         let this = self.clone();
         let name_owned = name.to_string();

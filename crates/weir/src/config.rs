@@ -95,6 +95,8 @@ pub struct TopicDefaults {
     pub hot_tail_bytes: usize,
     /// How often retention runs. Default 60,000 ms.
     pub retention_check_ms: u64,
+    /// Most partitions across all topics (each holds open files). Default 4,096.
+    pub max_partitions: u32,
 }
 
 impl Default for TopicDefaults {
@@ -110,6 +112,7 @@ impl Default for TopicDefaults {
             auto_create: false,
             hot_tail_bytes: 8 << 20,
             retention_check_ms: 60_000,
+            max_partitions: 4096,
         }
     }
 }
@@ -262,6 +265,7 @@ impl Config {
             min_session: Duration::from_millis(self.groups.min_session_ms),
             max_session: Duration::from_millis(self.groups.max_session_ms),
             retention_check: Duration::from_millis(self.topics.retention_check_ms.max(100)),
+            max_partitions: self.topics.max_partitions,
         })
     }
 
