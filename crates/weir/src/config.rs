@@ -24,6 +24,7 @@ pub struct Config {
     /// Data directory. Default `./weir-data`.
     pub data_dir: PathBuf,
     pub native: NativeConfig,
+    pub kafka: KafkaConfig,
     /// Defaults for new topics.
     pub topics: TopicDefaults,
     pub groups: GroupConfig,
@@ -35,6 +36,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("weir-data"),
             native: NativeConfig::default(),
+            kafka: KafkaConfig::default(),
             topics: TopicDefaults::default(),
             groups: GroupConfig::default(),
             log: LogSettings::default(),
@@ -68,6 +70,27 @@ impl Default for NativeConfig {
             max_frame_bytes: 16 << 20,
             idle_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Serve the Kafka wire protocol. Default true.
+    pub enabled: bool,
+    /// Kafka listener. Default `127.0.0.1:9092`.
+    pub listen: String,
+    /// Host name clients are told to connect to; default: the listener's address.
+    pub advertised_host: Option<String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9092".into(),
+            advertised_host: None,
         }
     }
 }
@@ -207,6 +230,12 @@ impl Config {
             format!(
                 "native.listen {:?} is not an address like 127.0.0.1:9094",
                 self.native.listen
+            )
+        })?;
+        self.kafka.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "kafka.listen {:?} is not an address like 127.0.0.1:9092",
+                self.kafka.listen
             )
         })?;
         if self.native.max_connections == 0 || self.native.max_in_flight == 0 {

@@ -24,6 +24,34 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     println!("weir listening native={addr}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let kafka = if config.kafka.enabled {
+        let listener = TcpListener::bind(&config.kafka.listen)
+            .await
+            .with_context(|| format!("binding the Kafka listener to {}", config.kafka.listen))?;
+        let addr = listener.local_addr()?;
+        let advertised = weir_kafka::Advertised {
+            host: config
+                .kafka
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string()),
+            port: i32::from(addr.port()),
+        };
+        tracing::info!(kafka = %addr, "serving the Kafka protocol");
+        println!("weir listening kafka={addr}");
+        let broker = broker.clone();
+        let mut rx = stop_rx.clone();
+        Some(tokio::spawn(weir_kafka::serve(
+            listener,
+            broker,
+            advertised,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )))
+    } else {
+        None
+    };
     let maintenance = {
         let broker = broker.clone();
         let mut rx = stop_rx.clone();
@@ -42,6 +70,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     };
     weir_server::run(listener, broker, config.server_config(), shutdown).await?;
     let _ = maintenance.await;
+    if let Some(k) = kafka {
+        let _ = k.await;
+    }
     tracing::info!("weir stopped cleanly");
     Ok(())
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 pub struct Server {
     pub child: Child,
+    /// Native protocol address.
     pub addr: String,
+    /// Kafka protocol address.
+    pub kafka: String,
     pub dir: PathBuf,
 }
 
@@ -19,6 +22,7 @@ impl Server {
         cmd.arg("serve")
             .env("WEIR_DATA_DIR", dir)
             .env("WEIR_NATIVE__LISTEN", "127.0.0.1:0")
+            .env("WEIR_KAFKA__LISTEN", "127.0.0.1:0")
             .env("WEIR_LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -30,23 +34,28 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // The native line, then the Kafka line; keep draining so the server never blocks
+            // on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("weir printed its listening line");
-        let addr = line
-            .strip_prefix("weir listening native=")
-            .expect("listening line")
-            .to_string();
+        let mut addr = String::new();
+        let mut kafka = String::new();
+        while addr.is_empty() || kafka.is_empty() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("weir printed its listening lines");
+            if let Some(a) = line.strip_prefix("weir listening native=") {
+                addr = a.to_string();
+            } else if let Some(a) = line.strip_prefix("weir listening kafka=") {
+                kafka = a.to_string();
+            }
+        }
         Server {
             child,
             addr,
+            kafka,
             dir: dir.to_path_buf(),
         }
     }

@@ -1,0 +1,528 @@
+//! The Kafka wire protocol front door onto weir's broker core (first slice).
+//!
+//! Layout:
+//! - [`serve`]: accepts connections and runs each one: a 4-byte size, then a request, answered
+//!   in order (Kafka clients rely on per-connection ordering).
+//! - [`handle`]: one request, decoded with the `kafka-protocol` crate, applied to the
+//!   [`Broker`], encoded back. Sans socket: bytes in, bytes out.
+//!
+//! APIs served so far: ApiVersions 0–3, Metadata 0–8, Produce 3–8, Fetch 4–11,
+//! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need. Consumer groups, idempotent
+//! producers and the admin APIs are the rest of the Kafka issue.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, FetchResponse, ListOffsetsResponse, MetadataResponse,
+    ProduceResponse, RequestHeader, RequestKind, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// What to do after a request.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send this response.
+    Response(Bytes),
+    /// Say nothing (produce with acks=0).
+    Silent,
+    /// The request cannot be understood: close the connection, as Kafka brokers do.
+    Close,
+}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_broker::broker::OffsetSpec;
+use weir_broker::{Broker, BrokerError};
+
+/// Largest request accepted (checked before allocating).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// Kafka error codes used here.
+mod code {
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+}
+
+/// The APIs and versions advertised; every one is served.
+const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 8),
+    (ApiKey::Fetch, 4, 11),
+    (ApiKey::ListOffsets, 1, 5),
+    (ApiKey::Metadata, 0, 8),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+/// The address clients are told to connect to (Metadata).
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    pub host: String,
+    pub port: i32,
+}
+
+fn error_code(e: &BrokerError) -> i16 {
+    use weir_log::LogError as L;
+    match e {
+        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
+            code::UNKNOWN_TOPIC_OR_PARTITION
+        }
+        BrokerError::Log(L::InvalidBatch(_)) => code::CORRUPT_MESSAGE,
+        BrokerError::Log(L::BatchTooLarge { .. }) => code::MESSAGE_TOO_LARGE,
+        BrokerError::Log(L::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
+        BrokerError::Log(L::Io { .. }) | BrokerError::Log(L::Corrupt { .. }) => {
+            code::KAFKA_STORAGE_ERROR
+        }
+        _ => code::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// Handles one request (without its size prefix): the response (without its size prefix),
+/// silence (produce with acks=0), or a request that cannot be understood.
+pub async fn handle(broker: &Broker, advertised: &Advertised, frame: Bytes) -> Reply {
+    match handle_inner(broker, advertised, frame).await {
+        Some(Some(b)) => Reply::Response(b),
+        Some(None) => Reply::Silent,
+        None => Reply::Close,
+    }
+}
+
+/// `None`: close; `Some(None)`: silent; `Some(Some(b))`: respond.
+async fn handle_inner(
+    broker: &Broker,
+    advertised: &Advertised,
+    mut frame: Bytes,
+) -> Option<Option<Bytes>> {
+    if frame.len() < 4 {
+        return None;
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).ok()?;
+    if api == ApiKey::ApiVersions {
+        let (_, max) = range(api)?;
+        if version > max || version < 0 {
+            // A strict v0 answer any client understands: the error and our ranges.
+            let correlation = frame
+                .get(4..8)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+            return Some(Some(api_versions_reply(
+                correlation,
+                0,
+                code::UNSUPPORTED_VERSION,
+            )));
+        }
+    }
+    let header_version = api.request_header_version(version);
+    let header = RequestHeader::decode(&mut frame, header_version).ok()?;
+    let Some((min, max)) = range(api) else {
+        tracing::debug!(?api, "unsupported Kafka API");
+        return None;
+    };
+    if version < min || version > max {
+        tracing::debug!(?api, version, "unsupported Kafka API version");
+        return None;
+    }
+    let request = RequestKind::decode(api, &mut frame, version).ok()?;
+    let correlation = header.correlation_id;
+    let mut body = BytesMut::new();
+    match request {
+        RequestKind::ApiVersions(_) => {
+            return Some(Some(api_versions_reply(correlation, version, code::NONE)));
+        }
+        RequestKind::Metadata(r) => {
+            let wanted: Option<Vec<String>> = r.topics.map(|ts| {
+                ts.into_iter()
+                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .collect()
+            });
+            let all = broker.topics();
+            let mut topics = Vec::new();
+            match wanted {
+                None => {
+                    for t in &all {
+                        topics.push(metadata_topic(
+                            &t.name,
+                            Some(t.partitions.len()),
+                            code::NONE,
+                        ));
+                    }
+                }
+                Some(names) => {
+                    for n in names {
+                        let found = all.iter().find(|t| t.name == n);
+                        let auto = found.is_none()
+                            && r.allow_auto_topic_creation
+                            && broker.config().auto_create_topics;
+                        if auto && broker.create_topic(&n, None).await.is_ok() {
+                            let parts = broker.partition_count(&n).unwrap_or(0) as usize;
+                            topics.push(metadata_topic(&n, Some(parts), code::NONE));
+                            continue;
+                        }
+                        match found {
+                            Some(t) => topics.push(metadata_topic(
+                                &t.name,
+                                Some(t.partitions.len()),
+                                code::NONE,
+                            )),
+                            None => topics.push(metadata_topic(
+                                &n,
+                                None,
+                                code::UNKNOWN_TOPIC_OR_PARTITION,
+                            )),
+                        }
+                    }
+                }
+            }
+            let resp = MetadataResponse::default()
+                .with_brokers(vec![
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(0))
+                        .with_host(StrBytes::from_string(advertised.host.clone()))
+                        .with_port(advertised.port),
+                ])
+                .with_cluster_id(Some(StrBytes::from_static_str("weir")))
+                .with_controller_id(BrokerId(0))
+                .with_topics(topics);
+            resp.encode(&mut body, version).ok()?;
+        }
+        RequestKind::Produce(r) => {
+            let acks = r.acks;
+            let mut responses = Vec::new();
+            for t in r.topic_data {
+                let name = t.name.0.to_string();
+                let mut parts = Vec::new();
+                for p in t.partition_data {
+                    let mut resp = PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1);
+                    let records = p.records.unwrap_or_default();
+                    match produce_partition(broker, &name, p.index, records).await {
+                        Ok((base, log_start)) => {
+                            resp = resp
+                                .with_base_offset(base as i64)
+                                .with_log_start_offset(log_start as i64);
+                        }
+                        Err(e) => {
+                            tracing::debug!(topic = %name, partition = p.index, error = %e, "Kafka produce failed");
+                            resp = resp
+                                .with_error_code(error_code(&e))
+                                .with_error_message(Some(StrBytes::from_string(e.to_string())));
+                        }
+                    }
+                    parts.push(resp);
+                }
+                responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(topic_name(&name))
+                        .with_partition_responses(parts),
+                );
+            }
+            if acks == 0 {
+                return Some(None);
+            }
+            ProduceResponse::default()
+                .with_responses(responses)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::Fetch(r) => {
+            let max_wait = Duration::from_millis(r.max_wait_ms.clamp(0, 30_000) as u64);
+            let min_bytes = r.min_bytes.max(0) as usize;
+            let total_max = (r.max_bytes.max(1) as usize).min(MAX_REQUEST_BYTES);
+            let mut responses = Vec::new();
+            let mut total = 0usize;
+            // Long-poll on the first partition only; the others answer with what they have.
+            let mut first = true;
+            for t in r.topics {
+                let name = t.topic.0.to_string();
+                let mut parts = Vec::new();
+                for p in t.partitions {
+                    let max = (p.partition_max_bytes.max(1) as usize)
+                        .min(total_max.saturating_sub(total).max(1));
+                    let (wait, min) = if first {
+                        (max_wait, min_bytes)
+                    } else {
+                        (Duration::ZERO, 0)
+                    };
+                    first = false;
+                    let result = match u32::try_from(p.partition) {
+                        Ok(part) if p.fetch_offset >= 0 => {
+                            broker
+                                .fetch(&name, part, p.fetch_offset as u64, max, min, wait)
+                                .await
+                        }
+                        _ => Err(BrokerError::UnknownPartition {
+                            topic: name.clone(),
+                            partition: u32::MAX,
+                        }),
+                    };
+                    let data = match result {
+                        Ok(f) => {
+                            let records: Bytes = if f.chunks.len() == 1 {
+                                f.chunks[0].clone()
+                            } else {
+                                let mut b = BytesMut::new();
+                                for c in &f.chunks {
+                                    b.extend_from_slice(c);
+                                }
+                                b.freeze()
+                            };
+                            total += records.len();
+                            PartitionData::default()
+                                .with_partition_index(p.partition)
+                                .with_high_watermark(f.high_watermark as i64)
+                                .with_last_stable_offset(f.high_watermark as i64)
+                                .with_log_start_offset(f.log_start_offset as i64)
+                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_preferred_read_replica(BrokerId(-1))
+                                .with_records(Some(records))
+                        }
+                        Err(e) => PartitionData::default()
+                            .with_partition_index(p.partition)
+                            .with_error_code(error_code(&e))
+                            .with_high_watermark(-1)
+                            .with_last_stable_offset(-1)
+                            .with_log_start_offset(-1)
+                            .with_preferred_read_replica(BrokerId(-1))
+                            .with_records(Some(Bytes::new())),
+                    };
+                    parts.push(data);
+                }
+                responses.push(
+                    FetchableTopicResponse::default()
+                        .with_topic(topic_name(&name))
+                        .with_partitions(parts),
+                );
+            }
+            FetchResponse::default()
+                .with_session_id(0)
+                .with_responses(responses)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::ListOffsets(r) => {
+            let mut topics = Vec::new();
+            for t in r.topics {
+                let name = t.name.0.to_string();
+                let mut parts = Vec::new();
+                for p in t.partitions {
+                    let spec = match p.timestamp {
+                        -2 => OffsetSpec::Earliest,
+                        -1 => OffsetSpec::Latest,
+                        ts => OffsetSpec::Timestamp(ts),
+                    };
+                    let resp = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_timestamp(-1);
+                    let result = match u32::try_from(p.partition_index) {
+                        Ok(part) => broker.list_offsets(&name, part, spec).await,
+                        Err(_) => Err(BrokerError::UnknownPartition {
+                            topic: name.clone(),
+                            partition: u32::MAX,
+                        }),
+                    };
+                    parts.push(match result {
+                        Ok(o) => resp.with_offset(o as i64),
+                        Err(e) => resp.with_error_code(error_code(&e)).with_offset(-1),
+                    });
+                }
+                topics.push(
+                    ListOffsetsTopicResponse::default()
+                        .with_name(topic_name(&name))
+                        .with_partitions(parts),
+                );
+            }
+            ListOffsetsResponse::default()
+                .with_topics(topics)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        _ => return None,
+    }
+    let mut out = BytesMut::new();
+    ResponseHeader::default()
+        .with_correlation_id(correlation)
+        .encode(&mut out, api.response_header_version(version))
+        .ok()?;
+    out.extend_from_slice(&body);
+    Some(Some(out.freeze()))
+}
+
+fn range(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+fn api_versions_reply(correlation: i32, version: i16, error: i16) -> Bytes {
+    let keys = SUPPORTED
+        .iter()
+        .map(|(k, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*k as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect();
+    let resp = ApiVersionsResponse::default()
+        .with_error_code(error)
+        .with_api_keys(keys);
+    let mut out = BytesMut::new();
+    // ApiVersions responses always use header v0, whatever the request version.
+    ResponseHeader::default()
+        .with_correlation_id(correlation)
+        .encode(&mut out, 0)
+        .expect("header encodes");
+    resp.encode(&mut out, version).expect("ApiVersions encodes");
+    out.freeze()
+}
+
+fn metadata_topic(name: &str, partitions: Option<usize>, error: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error)
+        .with_name(Some(topic_name(name)))
+        .with_partitions(
+            (0..partitions.unwrap_or(0))
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p as i32)
+                        .with_leader_id(BrokerId(0))
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![BrokerId(0)])
+                        .with_isr_nodes(vec![BrokerId(0)])
+                })
+                .collect(),
+        )
+}
+
+/// Appends every batch in `records` (a produce request may carry several) to one partition;
+/// returns the first batch's base offset and the log start.
+async fn produce_partition(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> Result<(u64, u64), BrokerError> {
+    let part = u32::try_from(partition).map_err(|_| BrokerError::UnknownPartition {
+        topic: topic.to_string(),
+        partition: u32::MAX,
+    })?;
+    let mut at = 0;
+    let mut first = None;
+    if records.is_empty() {
+        return Err(BrokerError::Log(weir_log::LogError::InvalidBatch(
+            weir_batch::BatchError::Truncated {
+                needed: weir_batch::HEADER_LEN,
+                available: 0,
+            },
+        )));
+    }
+    while at < records.len() {
+        let h = weir_batch::peek(&records[at..])
+            .map_err(|e| BrokerError::Log(weir_log::LogError::InvalidBatch(e)))?;
+        let end = at
+            .checked_add(h.total_len())
+            .filter(|e| *e <= records.len())
+            .ok_or_else(|| {
+                BrokerError::Log(weir_log::LogError::InvalidBatch(
+                    weir_batch::BatchError::Truncated {
+                        needed: h.total_len(),
+                        available: records.len() - at,
+                    },
+                ))
+            })?;
+        let r = broker
+            .produce(topic, Some(part), None, records.slice(at..end))
+            .await?;
+        first.get_or_insert(r.base_offset);
+        at = end;
+    }
+    let info = broker.topic_info(topic)?;
+    let log_start = info
+        .partitions
+        .get(part as usize)
+        .map_or(0, |p| p.log_start_offset);
+    Ok((first.unwrap_or(0), log_start))
+}
+
+/// Serves the Kafka protocol on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    advertised: Advertised,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (broker, advertised) = (broker.clone(), advertised.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &broker, &advertised).await {
+                tracing::debug!(%peer, error = %e, "Kafka connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    broker: &Broker,
+    advertised: &Advertised,
+) -> std::io::Result<()> {
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return Ok(());
+        }
+        let len = i32::from_be_bytes(len);
+        if len < 0 || len as usize > MAX_REQUEST_BYTES {
+            return Err(std::io::Error::other(format!(
+                "request of {len} bytes refused"
+            )));
+        }
+        let mut frame = vec![0u8; len as usize];
+        stream.read_exact(&mut frame).await?;
+        let resp = match handle(broker, advertised, Bytes::from(frame)).await {
+            Reply::Response(r) => r,
+            Reply::Silent => continue,
+            Reply::Close => return Err(std::io::Error::other("request not understood")),
+        };
+        let mut out = BytesMut::with_capacity(4 + resp.len());
+        out.put_i32(resp.len() as i32);
+        out.extend_from_slice(&resp);
+        stream.write_all(&out).await?;
+    }
+}

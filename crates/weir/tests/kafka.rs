@@ -1,0 +1,223 @@
+//! The Kafka listener, driven by the real `kcat` (librdkafka) against the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Server, batch, cli};
+use weir_client::{Client, PartitionConsumer, Start};
+
+fn kcat(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kcat_produces_and_consumes_with_every_codec_and_sees_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["topic", "create", "k", "--partitions", "2"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let b = server.kafka.as_str();
+    let mut expected = Vec::new();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let lines: Vec<String> = (0..50).map(|i| format!("{codec}-{i}")).collect();
+        let input = lines.join("\n") + "\n";
+        let (ok, _, err) = kcat(&["-b", b, "-t", "k", "-P", "-p", "0", "-z", codec], &input);
+        assert!(ok, "kcat -P -z {codec}: {err}");
+        expected.extend(lines);
+    }
+    let (ok, out, err) = kcat(
+        &["-b", b, "-t", "k", "-C", "-p", "0", "-o", "beginning", "-e"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, out, err) = kcat(&["-b", b, "-L"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("topic \"k\" with 2 partitions"), "{out}");
+    // Keyed records through Kafka land on a partition and keep their keys.
+    let (ok, _, err) = kcat(
+        &["-b", b, "-t", "k", "-P", "-p", "1", "-K", ":"],
+        "user1:hello\nuser2:world\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = kcat(
+        &[
+            "-b",
+            b,
+            "-t",
+            "k",
+            "-C",
+            "-p",
+            "1",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%k=%s\n",
+        ],
+        "",
+    );
+    assert!(ok);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["user1=hello", "user2=world"]
+    );
+    server.stop();
+}
+
+#[test]
+fn records_cross_between_kafka_and_the_native_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic(
+            "x",
+            weir_client::messages::TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Native in, Kafka out.
+        c.produce(
+            "x",
+            Some(0),
+            None,
+            batch(&[b"from-native-1", b"from-native-2"]),
+        )
+        .await
+        .unwrap();
+    });
+    let (ok, _, err) = kcat(
+        &["-b", &server.kafka, "-t", "x", "-P", "-p", "0"],
+        "from-kafka\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = kcat(
+        &[
+            "-b",
+            &server.kafka,
+            "-t",
+            "x",
+            "-C",
+            "-o",
+            "beginning",
+            "-e",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["from-native-1", "from-native-2", "from-kafka"]
+    );
+    // Kafka in, native out.
+    rt.block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        let mut consumer = PartitionConsumer::new(c, "x", 0, Start::Earliest)
+            .await
+            .unwrap();
+        let values: Vec<Vec<u8>> = consumer
+            .poll(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.value.unwrap().to_vec())
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                b"from-native-1".to_vec(),
+                b"from-native-2".to_vec(),
+                b"from-kafka".to_vec()
+            ]
+        );
+    });
+    server.stop();
+}
+
+#[test]
+fn unsupported_api_versions_get_a_v0_answer_and_garbage_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // ApiVersions v99: a strict v0 body with error 35 (UNSUPPORTED_VERSION) and our ranges.
+    let mut s = TcpStream::connect(&server.kafka).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = Vec::new();
+    req.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
+    req.extend_from_slice(&99i16.to_be_bytes());
+    req.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+    req.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&req);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(
+        i32::from_be_bytes(body[0..4].try_into().unwrap()),
+        7,
+        "correlation id"
+    );
+    assert_eq!(
+        i16::from_be_bytes(body[4..6].try_into().unwrap()),
+        35,
+        "UNSUPPORTED_VERSION"
+    );
+    let keys = i32::from_be_bytes(body[6..10].try_into().unwrap());
+    assert!(keys >= 5, "the supported ranges follow");
+
+    // Garbage: the connection is closed, the listener keeps serving.
+    let mut g = TcpStream::connect(&server.kafka).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    g.write_all(&[0, 0, 0, 6, 0x7f, 0x7f, 1, 2, 3, 4]).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(g.read(&mut buf).unwrap_or(0), 0, "closed");
+    let mut huge = TcpStream::connect(&server.kafka).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    huge.write_all(&0x7fff_ffffi32.to_be_bytes()).unwrap();
+    assert_eq!(
+        huge.read(&mut buf).unwrap_or(0),
+        0,
+        "an oversized request is refused, not allocated"
+    );
+    let (ok, out, err) = kcat(&["-b", &server.kafka, "-L"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("1 brokers"), "{out}");
+    server.stop();
+}
