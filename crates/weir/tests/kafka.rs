@@ -4,32 +4,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, batch, cli};
+use common::{Server, batch, cli, run};
 use weir_client::{Client, PartitionConsumer, Start};
 
+/// Runs the real `kcat` (installed by scripts/test).
 fn kcat(args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new("kcat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (scripts/test installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut cmd = Command::new("kcat");
+    cmd.args(args);
+    run(cmd, stdin)
 }
 
 #[test]

@@ -108,15 +108,20 @@ fn wait(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus
 
 /// Runs the `weir` CLI with `args` against `addr`, feeding `stdin`; returns (status, stdout, stderr).
 pub fn cli(addr: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args).env("WEIR_ADDR", addr);
+    run(cmd, stdin)
+}
+
+/// Runs `cmd`, feeding `stdin`; returns (status, stdout, stderr).
+pub fn run(mut cmd: Command, stdin: &str) -> (bool, String, String) {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .env("WEIR_ADDR", addr)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     child
         .stdin
         .take()
