@@ -154,6 +154,8 @@ async fn handle_inner(
                     .filter_map(|t| t.name.map(|n| n.0.to_string()))
                     .collect()
             });
+            // In v0 an empty list (not null) asks for every topic.
+            let wanted = wanted.filter(|w| !(version == 0 && w.is_empty()));
             let all = broker.topics();
             let mut topics = Vec::new();
             match wanted {
