@@ -528,3 +528,163 @@ async fn connection(
         stream.write_all(&out).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{MetadataRequest, ProduceRequest};
+
+    use super::*;
+
+    fn request(api: ApiKey, version: i16, body: &impl Encodable) -> Bytes {
+        let mut b = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42)
+            .encode(&mut b, api.request_header_version(version))
+            .unwrap();
+        body.encode(&mut b, version).unwrap();
+        b.freeze()
+    }
+
+    fn response<T: Decodable>(api: ApiKey, version: i16, reply: Reply) -> T {
+        let Reply::Response(mut b) = reply else {
+            panic!("expected a response, got {reply:?}")
+        };
+        let h = ResponseHeader::decode(&mut b, api.response_header_version(version)).unwrap();
+        assert_eq!(h.correlation_id, 42);
+        T::decode(&mut b, version).unwrap()
+    }
+
+    async fn broker(dir: &std::path::Path) -> (Broker, Advertised) {
+        let broker = Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        broker.create_topic("a", None).await.unwrap();
+        broker.create_topic("b", None).await.unwrap();
+        (
+            broker,
+            Advertised {
+                host: "127.0.0.1".into(),
+                port: 9092,
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metadata_lists_all_topics_for_null_and_for_a_v0_empty_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, adv) = broker(dir.path()).await;
+        for (version, topics) in [(0, Some(vec![])), (8, None)] {
+            let req = MetadataRequest::default().with_topics(topics);
+            let r: MetadataResponse = response(
+                ApiKey::Metadata,
+                version,
+                handle(&broker, &adv, request(ApiKey::Metadata, version, &req)).await,
+            );
+            assert_eq!(r.topics.len(), 2, "version {version}");
+            assert_eq!(r.brokers[0].port, 9092);
+        }
+        // v1+: an empty list asks for no topic; an unknown one gets its error.
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("nope"))),
+        ]));
+        let r: MetadataResponse = response(
+            ApiKey::Metadata,
+            8,
+            handle(&broker, &adv, request(ApiKey::Metadata, 8, &req)).await,
+        );
+        assert_eq!(r.topics[0].error_code, code::UNKNOWN_TOPIC_OR_PARTITION);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn produce_acks_zero_is_silent_and_bad_batches_get_corrupt_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, adv) = broker(dir.path()).await;
+        let mut good = weir_batch::BatchBuilder::new(0);
+        good.push(weir_batch::RecordSpec::value(b"v"));
+        let good = Bytes::from(good.build());
+        let mut bad = good.to_vec();
+        *bad.last_mut().unwrap() ^= 1;
+        let produce = |records: Bytes, acks: i16| {
+            ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(topic_name("a"))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(records)),
+                        ]),
+                ])
+        };
+        let silent = handle(
+            &broker,
+            &adv,
+            request(ApiKey::Produce, 8, &produce(good.clone(), 0)),
+        )
+        .await;
+        assert!(matches!(silent, Reply::Silent));
+        let r: ProduceResponse = response(
+            ApiKey::Produce,
+            8,
+            handle(
+                &broker,
+                &adv,
+                request(ApiKey::Produce, 8, &produce(good, -1)),
+            )
+            .await,
+        );
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (code::NONE, 1),
+            "after the acks=0 record at offset 0"
+        );
+        let r: ProduceResponse = response(
+            ApiKey::Produce,
+            8,
+            handle(
+                &broker,
+                &adv,
+                request(ApiKey::Produce, 8, &produce(Bytes::from(bad), -1)),
+            )
+            .await,
+        );
+        assert_eq!(
+            r.responses[0].partition_responses[0].error_code,
+            code::CORRUPT_MESSAGE
+        );
+        assert_eq!(
+            broker.topic_info("a").unwrap().partitions[0].high_watermark,
+            2,
+            "nothing bad stored"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_and_unsupported_requests_close_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, adv) = broker(dir.path()).await;
+        assert!(matches!(
+            handle(&broker, &adv, Bytes::from_static(&[0x7f, 0x7f, 0, 0])).await,
+            Reply::Close
+        ));
+        assert!(matches!(
+            handle(&broker, &adv, Bytes::from_static(b"ab")).await,
+            Reply::Close
+        ));
+        // Produce v9 is above the advertised range (3–8).
+        let req = ProduceRequest::default().with_acks(1);
+        assert!(matches!(
+            handle(&broker, &adv, request(ApiKey::Produce, 9, &req)).await,
+            Reply::Close
+        ));
+    }
+}
