@@ -7,7 +7,8 @@
 //!   [`Broker`], encoded back. Sans socket: bytes in, bytes out.
 //!
 //! APIs served so far: ApiVersions 0–3, Metadata 0–8, Produce 3–8, Fetch 4–11,
-//! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need. Consumer groups, idempotent
+//! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need — and CreateTopics 2–4,
+//! DeleteTopics 1–3. Consumer groups, idempotent
 //! producers and the admin APIs are the rest of the Kafka issue.
 
 use std::future::Future;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -24,8 +27,9 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, FetchResponse, ListOffsetsResponse, MetadataResponse,
-    ProduceResponse, RequestHeader, RequestKind, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse,
+    FetchResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, RequestHeader,
+    RequestKind, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -54,7 +58,12 @@ mod code {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
@@ -66,6 +75,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 5),
     (ApiKey::Metadata, 0, 8),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 4),
+    (ApiKey::DeleteTopics, 1, 3),
 ];
 
 /// The address clients are told to connect to (Metadata).
@@ -81,6 +92,9 @@ fn error_code(e: &BrokerError) -> i16 {
         BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
             code::UNKNOWN_TOPIC_OR_PARTITION
         }
+        BrokerError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
+        BrokerError::InvalidTopicName { .. } => code::INVALID_TOPIC_EXCEPTION,
+        BrokerError::InvalidConfig(_) => code::INVALID_CONFIG,
         BrokerError::Log(L::InvalidBatch(_)) => code::CORRUPT_MESSAGE,
         BrokerError::Log(L::BatchTooLarge { .. }) => code::MESSAGE_TOO_LARGE,
         BrokerError::Log(L::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
@@ -360,6 +374,56 @@ async fn handle_inner(
                 .encode(&mut body, version)
                 .ok()?;
         }
+        RequestKind::CreateTopics(r) => {
+            let mut results = Vec::new();
+            for t in r.topics {
+                let name = t.name.0.to_string();
+                let result = CreatableTopicResult::default().with_name(topic_name(&name));
+                let outcome = match topic_config(broker.config().default_topic.clone(), &t) {
+                    Err((code, message)) => Err((code, message)),
+                    Ok(config) => {
+                        let checked = weir_broker::topic::validate_name(&name)
+                            .and_then(|()| config.validate());
+                        match checked {
+                            Err(e) => Err((error_code(&e), e.to_string())),
+                            Ok(()) if r.validate_only => Ok(()),
+                            Ok(()) => broker
+                                .create_topic(&name, Some(config))
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| (error_code(&e), e.to_string())),
+                        }
+                    }
+                };
+                results.push(match outcome {
+                    Ok(()) => result,
+                    Err((code, message)) => result
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_string(message))),
+                });
+            }
+            CreateTopicsResponse::default()
+                .with_topics(results)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::DeleteTopics(r) => {
+            let mut results = Vec::new();
+            for name in r.topic_names {
+                let name = name.0.to_string();
+                let result = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
+                results.push(match broker.delete_topic(&name).await {
+                    Ok(()) => result,
+                    Err(e) => result
+                        .with_error_code(error_code(&e))
+                        .with_error_message(Some(StrBytes::from_string(e.to_string()))),
+                });
+            }
+            DeleteTopicsResponse::default()
+                .with_responses(results)
+                .encode(&mut body, version)
+                .ok()?;
+        }
         _ => return None,
     }
     let mut out = BytesMut::new();
@@ -369,6 +433,72 @@ async fn handle_inner(
         .ok()?;
     out.extend_from_slice(&body);
     Some(Some(out.freeze()))
+}
+
+/// A topic configuration from a CreateTopics entry: partition count, replication factor 1 (or
+/// the default), and the topic configs weir understands; anything else is refused by name.
+fn topic_config(
+    mut config: weir_broker::TopicConfig,
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<weir_broker::TopicConfig, (i16, String)> {
+    match t.num_partitions {
+        -1 => {}
+        n if n >= 1 => config.partitions = n as u32,
+        n => return Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
+    }
+    if !matches!(t.replication_factor, -1 | 1) {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {} on a single node (use 1)",
+                t.replication_factor
+            ),
+        ));
+    }
+    if !t.assignments.is_empty() {
+        return Err((
+            code::INVALID_CONFIG,
+            "manual replica assignment is not supported".into(),
+        ));
+    }
+    for c in &t.configs {
+        let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let number = || {
+            value.parse::<i64>().map_err(|_| {
+                (
+                    code::INVALID_CONFIG,
+                    format!("{} = {value:?} is not a number", c.name),
+                )
+            })
+        };
+        match &*c.name.to_string() {
+            "retention.ms" => config.retention_ms = u64::try_from(number()?).ok(),
+            "retention.bytes" => config.retention_bytes = u64::try_from(number()?).ok(),
+            "segment.bytes" => {
+                config.segment_bytes = u64::try_from(number()?).map_err(|_| {
+                    (
+                        code::INVALID_CONFIG,
+                        "segment.bytes must be positive".to_string(),
+                    )
+                })?
+            }
+            "max.message.bytes" => {
+                config.max_batch_bytes = u32::try_from(number()?).map_err(|_| {
+                    (
+                        code::INVALID_CONFIG,
+                        "max.message.bytes out of range".to_string(),
+                    )
+                })?
+            }
+            other => {
+                return Err((
+                    code::INVALID_CONFIG,
+                    format!("topic config {other:?} is not supported"),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 fn range(api: ApiKey) -> Option<(i16, i16)> {
@@ -666,6 +796,95 @@ mod tests {
             2,
             "nothing bad stored"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_and_delete_topics_with_kafka_errors_for_each_refusal() {
+        use kafka_protocol::messages::create_topics_request::{
+            CreatableTopic, CreatableTopicConfig,
+        };
+        use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, adv) = broker(dir.path()).await;
+        let topic = |name: &str, partitions: i32, rf: i16, configs: &[(&str, &str)]| {
+            CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(rf)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.to_string()))
+                                .with_value(Some(StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                )
+        };
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(1000)
+            .with_topics(vec![
+                topic(
+                    "c",
+                    3,
+                    1,
+                    &[("retention.ms", "-1"), ("max.message.bytes", "2097152")],
+                ),
+                topic("a", 1, -1, &[]),
+                topic("r", 1, 3, &[]),
+                topic("u", 1, 1, &[("cleanup.policy", "compact")]),
+                topic("bad name", 1, 1, &[]),
+                topic("z", 0, 1, &[]),
+            ]);
+        let r: CreateTopicsResponse = response(
+            ApiKey::CreateTopics,
+            4,
+            handle(&broker, &adv, request(ApiKey::CreateTopics, 4, &req)).await,
+        );
+        let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+        assert_eq!(
+            codes,
+            vec![
+                code::NONE,
+                code::TOPIC_ALREADY_EXISTS,
+                code::INVALID_REPLICATION_FACTOR,
+                code::INVALID_CONFIG,
+                code::INVALID_TOPIC_EXCEPTION,
+                code::INVALID_PARTITIONS
+            ]
+        );
+        let c = broker.topic_info("c").unwrap();
+        assert_eq!(
+            (
+                c.config.partitions,
+                c.config.retention_ms,
+                c.config.max_batch_bytes
+            ),
+            (3, None, 2 << 20)
+        );
+        // validate_only creates nothing.
+        let req = CreateTopicsRequest::default()
+            .with_validate_only(true)
+            .with_topics(vec![topic("v", 2, 1, &[])]);
+        let r: CreateTopicsResponse = response(
+            ApiKey::CreateTopics,
+            4,
+            handle(&broker, &adv, request(ApiKey::CreateTopics, 4, &req)).await,
+        );
+        assert_eq!(r.topics[0].error_code, code::NONE);
+        assert!(broker.topic_info("v").is_err());
+        let req = DeleteTopicsRequest::default()
+            .with_timeout_ms(1000)
+            .with_topic_names(vec![topic_name("c"), topic_name("nope")]);
+        let r: DeleteTopicsResponse = response(
+            ApiKey::DeleteTopics,
+            3,
+            handle(&broker, &adv, request(ApiKey::DeleteTopics, 3, &req)).await,
+        );
+        let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
+        assert_eq!(codes, vec![code::NONE, code::UNKNOWN_TOPIC_OR_PARTITION]);
+        assert!(broker.topic_info("c").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
