@@ -8,7 +8,7 @@
 //!
 //! APIs served so far: ApiVersions 0–3, Metadata 0–8, Produce 3–8, Fetch 4–11,
 //! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need — and CreateTopics 2–4,
-//! DeleteTopics 1–3. Consumer groups, idempotent
+//! DeleteTopics 1–3, DescribeConfigs 1–2. Consumer groups, idempotent
 //! producers and the admin APIs are the rest of the Kafka issue.
 
 use std::future::Future;
@@ -18,6 +18,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -28,8 +31,8 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse,
-    FetchResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, RequestHeader,
-    RequestKind, ResponseHeader, TopicName,
+    DescribeConfigsResponse, FetchResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse,
+    RequestHeader, RequestKind, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -59,6 +62,7 @@ mod code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
@@ -77,6 +81,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
+    (ApiKey::DescribeConfigs, 1, 2),
 ];
 
 /// The address clients are told to connect to (Metadata).
@@ -424,6 +429,52 @@ async fn handle_inner(
                 .encode(&mut body, version)
                 .ok()?;
         }
+        RequestKind::DescribeConfigs(r) => {
+            let mut results = Vec::new();
+            for res in r.resources {
+                let name = res.resource_name.to_string();
+                let result = DescribeConfigsResult::default()
+                    .with_resource_type(res.resource_type)
+                    .with_resource_name(res.resource_name.clone());
+                let configs = match res.resource_type {
+                    TOPIC_RESOURCE => match broker.topic_info(&name) {
+                        Ok(t) => Ok(topic_configs(&t.config)),
+                        Err(e) => Err((error_code(&e), e.to_string())),
+                    },
+                    BROKER_RESOURCE => Ok(Vec::new()),
+                    other => Err((
+                        code::INVALID_REQUEST,
+                        format!("resource type {other} is not supported"),
+                    )),
+                };
+                results.push(match configs {
+                    Ok(all) => {
+                        let wanted = res.configuration_keys.as_ref();
+                        result.with_configs(
+                            all.into_iter()
+                                .filter(|(k, _)| {
+                                    wanted.is_none_or(|w| w.iter().any(|x| &**x == *k))
+                                })
+                                .map(|(k, v)| {
+                                    DescribeConfigsResourceResult::default()
+                                        .with_name(StrBytes::from_static_str(k))
+                                        .with_value(Some(StrBytes::from_string(v)))
+                                        .with_read_only(true)
+                                        .with_config_source(CONFIG_SOURCE_TOPIC)
+                                })
+                                .collect(),
+                        )
+                    }
+                    Err((code, message)) => result
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_string(message))),
+                });
+            }
+            DescribeConfigsResponse::default()
+                .with_results(results)
+                .encode(&mut body, version)
+                .ok()?;
+        }
         _ => return None,
     }
     let mut out = BytesMut::new();
@@ -499,6 +550,30 @@ fn topic_config(
         }
     }
     Ok(config)
+}
+
+/// DescribeConfigs resource types.
+const TOPIC_RESOURCE: i8 = 2;
+const BROKER_RESOURCE: i8 = 4;
+/// DescribeConfigs config source: DYNAMIC_TOPIC_CONFIG.
+const CONFIG_SOURCE_TOPIC: i8 = 1;
+
+/// A topic's configuration under Kafka's names.
+fn topic_configs(c: &weir_broker::TopicConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("cleanup.policy", "delete".to_string()),
+        (
+            "retention.ms",
+            c.retention_ms.map_or(-1, |v| v as i64).to_string(),
+        ),
+        (
+            "retention.bytes",
+            c.retention_bytes.map_or(-1, |v| v as i64).to_string(),
+        ),
+        ("segment.bytes", c.segment_bytes.to_string()),
+        ("max.message.bytes", c.max_batch_bytes.to_string()),
+        ("message.timestamp.type", "CreateTime".to_string()),
+    ]
 }
 
 fn range(api: ApiKey) -> Option<(i16, i16)> {
@@ -885,6 +960,36 @@ mod tests {
         let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
         assert_eq!(codes, vec![code::NONE, code::UNKNOWN_TOPIC_OR_PARTITION]);
         assert!(broker.topic_info("c").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_configs_reports_topic_settings_under_kafka_names() {
+        use kafka_protocol::messages::DescribeConfigsRequest;
+        use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, adv) = broker(dir.path()).await;
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_static_str("a"))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.ms")])),
+            DescribeConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_static_str("missing")),
+        ]);
+        let r: DescribeConfigsResponse = response(
+            ApiKey::DescribeConfigs,
+            2,
+            handle(&broker, &adv, request(ApiKey::DescribeConfigs, 2, &req)).await,
+        );
+        assert_eq!(r.results[0].error_code, code::NONE);
+        assert_eq!(r.results[0].configs.len(), 1);
+        assert_eq!(
+            r.results[0].configs[0].value.as_deref(),
+            Some("604800000"),
+            "the 7-day default"
+        );
+        assert_eq!(r.results[1].error_code, code::UNKNOWN_TOPIC_OR_PARTITION);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
