@@ -139,6 +139,16 @@ pub struct FetchResult {
     pub log_start_offset: u64,
 }
 
+impl From<ReadResult> for FetchResult {
+    fn from(r: ReadResult) -> Self {
+        FetchResult {
+            chunks: r.chunks,
+            high_watermark: r.high_watermark,
+            log_start_offset: r.log_start_offset,
+        }
+    }
+}
+
 impl FetchResult {
     pub fn len(&self) -> usize {
         self.chunks.iter().map(Bytes::len).sum()
@@ -575,21 +585,13 @@ impl Broker {
             let got: usize = r.chunks.iter().map(Bytes::len).sum();
             if got >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline || min_bytes == 0
             {
-                return Ok(FetchResult {
-                    chunks: r.chunks,
-                    high_watermark: r.high_watermark,
-                    log_start_offset: r.log_start_offset,
-                });
+                return Ok(FetchResult::from(r));
             }
             if t.deleted.load(Ordering::Acquire) {
                 return Err(BrokerError::UnknownTopic(topic.to_string()));
             }
             if self.inner.stopping.load(Ordering::Acquire) {
-                return Ok(FetchResult {
-                    chunks: r.chunks,
-                    high_watermark: r.high_watermark,
-                    log_start_offset: r.log_start_offset,
-                });
+                return Ok(FetchResult::from(r));
             }
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::ShuttingDown);
@@ -629,11 +631,7 @@ impl Broker {
     ) -> Result<FetchResult> {
         let (_, part) = self.partition(topic, partition)?;
         let r = self.read(&part, offset, max_bytes).await?;
-        Ok(FetchResult {
-            chunks: r.chunks,
-            high_watermark: r.high_watermark,
-            log_start_offset: r.log_start_offset,
-        })
+        Ok(FetchResult::from(r))
     }
 
     /// Resolves an offset specification.

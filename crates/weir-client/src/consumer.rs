@@ -506,10 +506,14 @@ impl Subscription {
                 }
                 continue;
             }
+            // Headers only: `decode_records` below checks every batch's CRC.
             let mut credit_records = 0;
-            for b in Batches::new(&p.records) {
-                let (h, _) = b.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let mut at = 0;
+            while at < p.records.len() {
+                let h = weir_batch::peek(&p.records[at..])
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 credit_records += u64::from(h.last_offset_delta.max(0) as u32) + 1;
+                at += h.total_len();
             }
             let records = decode_records(&self.topic, self.partition, &p.records, self.position)?;
             if let Some(last) = records.last() {

@@ -666,11 +666,10 @@ async fn produce_partition(
         first.get_or_insert(r.base_offset);
         at = end;
     }
-    let info = broker.topic_info(topic)?;
-    let log_start = info
-        .partitions
-        .get(part as usize)
-        .map_or(0, |p| p.log_start_offset);
+    // The log start alone, not a whole topic description, on every produce.
+    let log_start = broker
+        .list_offsets(topic, part, OffsetSpec::Earliest)
+        .await?;
     Ok((first.unwrap_or(0), log_start))
 }
 
