@@ -16,7 +16,9 @@ use weir_log::{Log, LogError, ReadResult};
 use weir_wire::Ring;
 
 use crate::error::{BrokerError, Result};
-use crate::group::{AssignmentStrategy, GroupCoordinator, GroupDescription, JoinResult};
+use crate::group::{
+    AssignmentStrategy, GroupCoordinator, GroupDescription, GroupProtocol, JoinResult,
+};
 use crate::offsets::OffsetStore;
 use crate::topic::{self, PartitionInfo, TopicConfig, TopicInfo};
 
@@ -737,6 +739,32 @@ impl Broker {
             out.push((topic.clone(), *partition, offset));
         }
         Ok(out)
+    }
+
+    /// The offset `group` committed for a partition, as stored (no reset policy applied).
+    pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        self.inner.offsets.committed(group, topic, partition)
+    }
+
+    /// Every offset `group` committed, as (topic, partition, offset), sorted.
+    pub fn group_offsets(&self, group: &str) -> Vec<(String, u32, u64)> {
+        self.inner.offsets.group_offsets(group)
+    }
+
+    /// Reserves a group name for a front door with its own coordinator (see
+    /// [`GroupCoordinator::claim`]).
+    pub fn claim_group(&self, group: &str, protocol: GroupProtocol) -> Result<()> {
+        self.inner.groups.claim(group, protocol)
+    }
+
+    /// Gives back a name [`Broker::claim_group`] reserved.
+    pub fn release_group(&self, group: &str, protocol: GroupProtocol) {
+        self.inner.groups.release(group, protocol)
+    }
+
+    /// The protocol that holds `group` now, if any.
+    pub fn group_protocol(&self, group: &str) -> Option<GroupProtocol> {
+        self.inner.groups.protocol_of(group)
     }
 
     /// Group names: those with members and those with committed offsets.

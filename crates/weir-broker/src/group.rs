@@ -767,6 +767,40 @@ impl GroupCoordinator {
         }
     }
 
+    /// Reserves `group` for a front door whose own coordinator manages it (the Kafka listener):
+    /// native joins then fail with `GroupConflict`. Fails with `GroupConflict` if the native
+    /// protocol uses the name. Claiming a name the same protocol holds is a no-op.
+    pub fn claim(&self, group: &str, protocol: GroupProtocol) -> Result<()> {
+        let mut groups = self.groups.lock();
+        match groups.get(group) {
+            Some(g) if g.core.protocol() != protocol => Err(BrokerError::GroupConflict {
+                group: group.to_string(),
+                existing: g.core.protocol().name(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                groups.insert(group.to_string(), Group::new(protocol, None));
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives back a name [`GroupCoordinator::claim`] reserved for `protocol`.
+    pub fn release(&self, group: &str, protocol: GroupProtocol) {
+        let mut groups = self.groups.lock();
+        if groups
+            .get(group)
+            .is_some_and(|g| g.core.protocol() == protocol && g.core.is_empty())
+        {
+            groups.remove(group);
+        }
+    }
+
+    /// The protocol that holds `group`, if any.
+    pub fn protocol_of(&self, group: &str) -> Option<GroupProtocol> {
+        self.groups.lock().get(group).map(|g| g.core.protocol())
+    }
+
     /// A group's generation, protocol, strategy and members with their assignments.
     pub fn describe(&self, group: &str) -> Option<GroupDescription> {
         let groups = self.groups.lock();

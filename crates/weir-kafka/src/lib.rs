@@ -12,6 +12,7 @@
 //! producers and the admin APIs are the rest of the Kafka issue.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,17 +23,26 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse,
-    DescribeConfigsResponse, FetchResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse,
-    RequestHeader, RequestKind, ResponseHeader, TopicName,
+    DescribeConfigsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse,
+    MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, ProduceResponse, ProducerId,
+    RequestHeader, RequestKind, ResponseHeader, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -51,12 +61,30 @@ use tokio::net::{TcpListener, TcpStream};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::{Broker, BrokerError};
 
+pub mod groups;
+pub mod producers;
+
+use groups::KafkaGroups;
+use producers::Producers;
+
 /// Largest request accepted (checked before allocating).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// Kafka error codes used here.
-mod code {
+pub(crate) mod code {
     pub const NONE: i16 = 0;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+    pub const INVALID_RECORD: i16 = 87;
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -78,11 +106,40 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 5),
     (ApiKey::Metadata, 0, 8),
-    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::OffsetCommit, 2, 7),
+    (ApiKey::OffsetFetch, 1, 5),
+    (ApiKey::FindCoordinator, 0, 2),
+    (ApiKey::JoinGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 3),
+    (ApiKey::LeaveGroup, 0, 1),
+    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::DescribeConfigs, 1, 2),
+    (ApiKey::InitProducerId, 0, 1),
 ];
+
+/// One Kafka listener's state: the broker, the address it advertises, its group coordinator
+/// and its idempotent producers.
+#[derive(Debug)]
+pub struct Kafka {
+    pub broker: Broker,
+    pub advertised: Advertised,
+    pub groups: KafkaGroups,
+    pub producers: Producers,
+}
+
+impl Kafka {
+    pub fn new(broker: Broker, advertised: Advertised) -> Self {
+        Self {
+            groups: KafkaGroups::new(broker.clone()),
+            producers: Producers::new(),
+            broker,
+            advertised,
+        }
+    }
+}
 
 /// The address clients are told to connect to (Metadata).
 #[derive(Debug, Clone)]
@@ -116,8 +173,8 @@ fn topic_name(s: &str) -> TopicName {
 
 /// Handles one request (without its size prefix): the response (without its size prefix),
 /// silence (produce with acks=0), or a request that cannot be understood.
-pub async fn handle(broker: &Broker, advertised: &Advertised, frame: Bytes) -> Reply {
-    match handle_inner(broker, advertised, frame).await {
+pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
+    match handle_inner(kafka, frame).await {
         Some(Some(b)) => Reply::Response(b),
         Some(None) => Reply::Silent,
         None => Reply::Close,
@@ -125,11 +182,8 @@ pub async fn handle(broker: &Broker, advertised: &Advertised, frame: Bytes) -> R
 }
 
 /// `None`: close; `Some(None)`: silent; `Some(Some(b))`: respond.
-async fn handle_inner(
-    broker: &Broker,
-    advertised: &Advertised,
-    mut frame: Bytes,
-) -> Option<Option<Bytes>> {
+async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> {
+    let (broker, advertised) = (&kafka.broker, &kafka.advertised);
     if frame.len() < 4 {
         return None;
     }
@@ -238,17 +292,17 @@ async fn handle_inner(
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1);
                     let records = p.records.unwrap_or_default();
-                    match produce_partition(broker, &name, p.index, records).await {
+                    match produce_partition(kafka, &name, p.index, records).await {
                         Ok((base, log_start)) => {
                             resp = resp
                                 .with_base_offset(base as i64)
                                 .with_log_start_offset(log_start as i64);
                         }
-                        Err(e) => {
-                            tracing::debug!(topic = %name, partition = p.index, error = %e, "Kafka produce failed");
+                        Err((code, message)) => {
+                            tracing::debug!(topic = %name, partition = p.index, code, %message, "Kafka produce failed");
                             resp = resp
-                                .with_error_code(error_code(&e))
-                                .with_error_message(Some(StrBytes::from_string(e.to_string())));
+                                .with_error_code(code)
+                                .with_error_message(Some(StrBytes::from_string(message)));
                         }
                     }
                     parts.push(resp);
@@ -475,6 +529,239 @@ async fn handle_inner(
                 .encode(&mut body, version)
                 .ok()?;
         }
+        RequestKind::FindCoordinator(r) => {
+            // Key type 0 is a group, 1 a transactional id; transactions are not supported.
+            let (error, message) = match r.key_type {
+                0 => (code::NONE, None),
+                1 => (
+                    code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    Some("transactions are not supported"),
+                ),
+                _ => (code::INVALID_REQUEST, Some("unknown coordinator key type")),
+            };
+            let ok = error == code::NONE;
+            FindCoordinatorResponse::default()
+                .with_error_code(error)
+                .with_error_message(message.map(StrBytes::from_static_str))
+                .with_node_id(BrokerId(if ok { 0 } else { -1 }))
+                .with_host(StrBytes::from_string(if ok {
+                    advertised.host.clone()
+                } else {
+                    String::new()
+                }))
+                .with_port(if ok { advertised.port } else { -1 })
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::JoinGroup(r) => {
+            let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+            let req = groups::JoinRequest {
+                group: r.group_id.0.to_string(),
+                member_id: r.member_id.to_string(),
+                group_instance_id: r.group_instance_id.map(|s| s.to_string()),
+                client_id: header
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                session_timeout: ms(r.session_timeout_ms),
+                // v0 has no rebalance timeout: the session timeout serves for both.
+                rebalance_timeout: ms(if version >= 1 {
+                    r.rebalance_timeout_ms
+                } else {
+                    r.session_timeout_ms
+                }),
+                protocol_type: r.protocol_type.to_string(),
+                protocols: r
+                    .protocols
+                    .into_iter()
+                    .map(|p| (p.name.to_string(), p.metadata))
+                    .collect(),
+                require_known_member_id: version >= 4,
+            };
+            let out = kafka.groups.join(req).await;
+            let members = out
+                .members
+                .into_iter()
+                .map(|(id, instance, metadata)| {
+                    JoinGroupResponseMember::default()
+                        .with_member_id(StrBytes::from_string(id))
+                        .with_group_instance_id(instance.map(StrBytes::from_string))
+                        .with_metadata(metadata)
+                })
+                .collect();
+            JoinGroupResponse::default()
+                .with_error_code(out.error)
+                .with_generation_id(out.generation)
+                .with_protocol_type(out.protocol_type.map(StrBytes::from_string))
+                .with_protocol_name(Some(StrBytes::from_string(
+                    out.protocol_name.unwrap_or_default(),
+                )))
+                .with_leader(StrBytes::from_string(out.leader))
+                .with_member_id(StrBytes::from_string(out.member_id))
+                .with_members(members)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::SyncGroup(r) => {
+            let assignments = r
+                .assignments
+                .into_iter()
+                .map(|a| (a.member_id.to_string(), a.assignment))
+                .collect();
+            let out = kafka
+                .groups
+                .sync(&r.group_id.0, r.generation_id, &r.member_id, assignments)
+                .await;
+            SyncGroupResponse::default()
+                .with_error_code(out.error)
+                .with_protocol_type(out.protocol_type.map(StrBytes::from_string))
+                .with_protocol_name(out.protocol_name.map(StrBytes::from_string))
+                .with_assignment(out.assignment)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::Heartbeat(r) => {
+            let error = kafka
+                .groups
+                .heartbeat(&r.group_id.0, r.generation_id, &r.member_id);
+            HeartbeatResponse::default()
+                .with_error_code(error)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::LeaveGroup(r) => {
+            let error = kafka.groups.leave(&r.group_id.0, &r.member_id);
+            LeaveGroupResponse::default()
+                .with_error_code(error)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::OffsetCommit(r) => {
+            let group = r.group_id.0.to_string();
+            let denied =
+                kafka
+                    .groups
+                    .check_commit(&group, r.generation_id_or_member_epoch, &r.member_id);
+            let mut topics = Vec::new();
+            let mut valid = Vec::new();
+            // Per partition: the error it gets (validated first, then committed together).
+            let mut results: Vec<(String, Vec<(i32, i16)>)> = Vec::new();
+            for t in r.topics {
+                let name = t.name.0.to_string();
+                let mut parts = Vec::new();
+                for p in t.partitions {
+                    let error = if denied != code::NONE {
+                        denied
+                    } else {
+                        commit_check(broker, &name, p.partition_index, p.committed_offset).await
+                    };
+                    if error == code::NONE {
+                        valid.push((
+                            name.clone(),
+                            p.partition_index as u32,
+                            p.committed_offset as u64,
+                        ));
+                    }
+                    parts.push((p.partition_index, error));
+                }
+                results.push((name, parts));
+            }
+            let stored = if valid.is_empty() {
+                code::NONE
+            } else {
+                match broker.commit(&group, None, valid).await {
+                    Ok(()) => code::NONE,
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "Kafka offset commit failed");
+                        error_code(&e)
+                    }
+                }
+            };
+            for (name, parts) in results {
+                topics.push(
+                    OffsetCommitResponseTopic::default()
+                        .with_name(topic_name(&name))
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(index, error)| {
+                                    OffsetCommitResponsePartition::default()
+                                        .with_partition_index(index)
+                                        .with_error_code(if error == code::NONE {
+                                            stored
+                                        } else {
+                                            error
+                                        })
+                                })
+                                .collect(),
+                        ),
+                );
+            }
+            OffsetCommitResponse::default()
+                .with_topics(topics)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::OffsetFetch(r) => {
+            let group = r.group_id.0.to_string();
+            let wanted: Vec<(String, Vec<i32>)> = match r.topics {
+                Some(ts) => ts
+                    .into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect(),
+                // Null (v2+): every partition the group committed.
+                None => {
+                    let mut all: Vec<(String, Vec<i32>)> = Vec::new();
+                    for (topic, partition, _) in broker.group_offsets(&group) {
+                        match all.last_mut() {
+                            Some((t, ps)) if *t == topic => ps.push(partition as i32),
+                            _ => all.push((topic, vec![partition as i32])),
+                        }
+                    }
+                    all
+                }
+            };
+            let topics = wanted
+                .into_iter()
+                .map(|(name, parts)| {
+                    let partitions = parts
+                        .into_iter()
+                        .map(|p| {
+                            let offset = u32::try_from(p)
+                                .ok()
+                                .and_then(|p| broker.committed(&group, &name, p))
+                                .map_or(-1, |o| o as i64);
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(-1)
+                                .with_metadata(Some(StrBytes::from_static_str("")))
+                        })
+                        .collect();
+                    OffsetFetchResponseTopic::default()
+                        .with_name(topic_name(&name))
+                        .with_partitions(partitions)
+                })
+                .collect();
+            OffsetFetchResponse::default()
+                .with_topics(topics)
+                .encode(&mut body, version)
+                .ok()?;
+        }
+        RequestKind::InitProducerId(r) => {
+            let resp = if r.transactional_id.is_some() {
+                InitProducerIdResponse::default()
+                    .with_error_code(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            } else {
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(kafka.producers.init()))
+                    .with_producer_epoch(0)
+            };
+            resp.encode(&mut body, version).ok()?;
+        }
         _ => return None,
     }
     let mut out = BytesMut::new();
@@ -484,6 +771,21 @@ async fn handle_inner(
         .ok()?;
     out.extend_from_slice(&body);
     Some(Some(out.freeze()))
+}
+
+/// Whether an offset may be committed for a partition: `NONE` or the Kafka error code.
+async fn commit_check(broker: &Broker, topic: &str, partition: i32, offset: i64) -> i16 {
+    let Ok(part) = u32::try_from(partition) else {
+        return code::UNKNOWN_TOPIC_OR_PARTITION;
+    };
+    if broker.partition_count(topic).is_none_or(|n| part >= n) {
+        return code::UNKNOWN_TOPIC_OR_PARTITION;
+    }
+    match broker.list_offsets(topic, part, OffsetSpec::Latest).await {
+        Ok(end) if offset >= 0 && offset as u64 <= end => code::NONE,
+        Ok(_) => code::OFFSET_OUT_OF_RANGE,
+        Err(e) => error_code(&e),
+    }
 }
 
 /// A topic configuration from a CreateTopics entry: partition count, replication factor 1 (or
@@ -625,51 +927,77 @@ fn metadata_topic(name: &str, partitions: Option<usize>, error: i16) -> Metadata
 }
 
 /// Appends every batch in `records` (a produce request may carry several) to one partition;
-/// returns the first batch's base offset and the log start.
+/// returns the first batch's base offset and the log start, or a Kafka error code and message.
+/// Batches of idempotent producers go through the sequence checks of [`Producers`].
 async fn produce_partition(
-    broker: &Broker,
+    kafka: &Kafka,
     topic: &str,
     partition: i32,
     records: Bytes,
-) -> Result<(u64, u64), BrokerError> {
-    let part = u32::try_from(partition).map_err(|_| BrokerError::UnknownPartition {
-        topic: topic.to_string(),
-        partition: u32::MAX,
+) -> Result<(u64, u64), (i16, String)> {
+    let broker = &kafka.broker;
+    let fail = |e: BrokerError| (error_code(&e), e.to_string());
+    let invalid =
+        |e: weir_batch::BatchError| fail(BrokerError::Log(weir_log::LogError::InvalidBatch(e)));
+    let part = u32::try_from(partition).map_err(|_| {
+        fail(BrokerError::UnknownPartition {
+            topic: topic.to_string(),
+            partition: u32::MAX,
+        })
     })?;
+    if records.is_empty() {
+        return Err(invalid(weir_batch::BatchError::Truncated {
+            needed: weir_batch::HEADER_LEN,
+            available: 0,
+        }));
+    }
     let mut at = 0;
     let mut first = None;
-    if records.is_empty() {
-        return Err(BrokerError::Log(weir_log::LogError::InvalidBatch(
-            weir_batch::BatchError::Truncated {
-                needed: weir_batch::HEADER_LEN,
-                available: 0,
-            },
-        )));
-    }
     while at < records.len() {
-        let h = weir_batch::peek(&records[at..])
-            .map_err(|e| BrokerError::Log(weir_log::LogError::InvalidBatch(e)))?;
+        let h = weir_batch::peek(&records[at..]).map_err(invalid)?;
         let end = at
             .checked_add(h.total_len())
             .filter(|e| *e <= records.len())
             .ok_or_else(|| {
-                BrokerError::Log(weir_log::LogError::InvalidBatch(
-                    weir_batch::BatchError::Truncated {
-                        needed: h.total_len(),
-                        available: records.len() - at,
-                    },
-                ))
+                invalid(weir_batch::BatchError::Truncated {
+                    needed: h.total_len(),
+                    available: records.len() - at,
+                })
             })?;
-        let r = broker
-            .produce(topic, Some(part), None, records.slice(at..end))
-            .await?;
-        first.get_or_insert(r.base_offset);
+        if h.is_transactional() || h.is_control() {
+            return Err((
+                code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                "transactions are not supported".into(),
+            ));
+        }
+        let base = match kafka.producers.check(topic, part, &h) {
+            producers::Check::Refuse(code) => {
+                return Err((
+                    code,
+                    format!(
+                        "producer {} epoch {} sequence {} refused",
+                        h.producer_id, h.producer_epoch, h.base_sequence
+                    ),
+                ));
+            }
+            producers::Check::Duplicate(offset) => offset,
+            producers::Check::Append => {
+                let r = broker
+                    .produce(topic, Some(part), None, records.slice(at..end))
+                    .await
+                    .map_err(fail)?;
+                kafka.producers.record(topic, part, &h, r.base_offset);
+                r.base_offset
+            }
+        };
+        first.get_or_insert(base);
         at = end;
     }
     // The log start alone, not a whole topic description, on every produce.
     let log_start = broker
         .list_offsets(topic, part, OffsetSpec::Earliest)
-        .await?;
+        .await
+        .map_err(fail)?;
     Ok((first.unwrap_or(0), log_start))
 }
 
@@ -680,10 +1008,23 @@ pub async fn serve(
     advertised: Advertised,
     shutdown: impl Future<Output = ()>,
 ) {
+    let kafka = Arc::new(Kafka::new(broker, advertised));
+    // Group sessions and rebalance timeouts.
+    let ticker = {
+        let kafka = Arc::clone(&kafka);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                kafka.groups.tick(std::time::Instant::now());
+            }
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -694,20 +1035,22 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (broker, advertised) = (broker.clone(), advertised.clone());
+        let kafka = Arc::clone(&kafka);
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &broker, &advertised).await {
+            if let Err(e) = connection(stream, &kafka).await {
                 tracing::debug!(%peer, error = %e, "Kafka connection ended");
             }
         });
     }
+    ticker.abort();
+    kafka.groups.clear();
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    broker: &Broker,
-    advertised: &Advertised,
-) -> std::io::Result<()> {
+/// First allocation for a request; larger ones grow as their bytes arrive, so a size prefix
+/// alone cannot make us allocate [`MAX_REQUEST_BYTES`].
+const INITIAL_REQUEST_BUFFER: usize = 64 << 10;
+
+async fn connection(mut stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -719,9 +1062,16 @@ async fn connection(
                 "request of {len} bytes refused"
             )));
         }
-        let mut frame = vec![0u8; len as usize];
-        stream.read_exact(&mut frame).await?;
-        let resp = match handle(broker, advertised, Bytes::from(frame)).await {
+        let len = len as usize;
+        let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
+        (&mut stream)
+            .take(len as u64)
+            .read_to_end(&mut frame)
+            .await?;
+        if frame.len() < len {
+            return Ok(());
+        }
+        let resp = match handle(kafka, Bytes::from(frame)).await {
             Reply::Response(r) => r,
             Reply::Silent => continue,
             Reply::Close => return Err(std::io::Error::other("request not understood")),
@@ -762,7 +1112,7 @@ mod tests {
         T::decode(&mut b, version).unwrap()
     }
 
-    async fn broker(dir: &std::path::Path) -> (Broker, Advertised) {
+    async fn broker(dir: &std::path::Path) -> (Broker, Kafka) {
         let broker = Broker::open(weir_broker::BrokerConfig {
             data_dir: dir.to_path_buf(),
             ..Default::default()
@@ -770,13 +1120,14 @@ mod tests {
         .unwrap();
         broker.create_topic("a", None).await.unwrap();
         broker.create_topic("b", None).await.unwrap();
-        (
-            broker,
+        let kafka = Kafka::new(
+            broker.clone(),
             Advertised {
                 host: "127.0.0.1".into(),
                 port: 9092,
             },
-        )
+        );
+        (broker, kafka)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,7 +1139,7 @@ mod tests {
             let r: MetadataResponse = response(
                 ApiKey::Metadata,
                 version,
-                handle(&broker, &adv, request(ApiKey::Metadata, version, &req)).await,
+                handle(&adv, request(ApiKey::Metadata, version, &req)).await,
             );
             assert_eq!(r.topics.len(), 2, "version {version}");
             assert_eq!(r.brokers[0].port, 9092);
@@ -800,7 +1151,7 @@ mod tests {
         let r: MetadataResponse = response(
             ApiKey::Metadata,
             8,
-            handle(&broker, &adv, request(ApiKey::Metadata, 8, &req)).await,
+            handle(&adv, request(ApiKey::Metadata, 8, &req)).await,
         );
         assert_eq!(r.topics[0].error_code, code::UNKNOWN_TOPIC_OR_PARTITION);
     }
@@ -828,22 +1179,12 @@ mod tests {
                         ]),
                 ])
         };
-        let silent = handle(
-            &broker,
-            &adv,
-            request(ApiKey::Produce, 8, &produce(good.clone(), 0)),
-        )
-        .await;
+        let silent = handle(&adv, request(ApiKey::Produce, 8, &produce(good.clone(), 0))).await;
         assert!(matches!(silent, Reply::Silent));
         let r: ProduceResponse = response(
             ApiKey::Produce,
             8,
-            handle(
-                &broker,
-                &adv,
-                request(ApiKey::Produce, 8, &produce(good, -1)),
-            )
-            .await,
+            handle(&adv, request(ApiKey::Produce, 8, &produce(good, -1))).await,
         );
         let p = &r.responses[0].partition_responses[0];
         assert_eq!(
@@ -855,7 +1196,6 @@ mod tests {
             ApiKey::Produce,
             8,
             handle(
-                &broker,
                 &adv,
                 request(ApiKey::Produce, 8, &produce(Bytes::from(bad), -1)),
             )
@@ -914,7 +1254,7 @@ mod tests {
         let r: CreateTopicsResponse = response(
             ApiKey::CreateTopics,
             4,
-            handle(&broker, &adv, request(ApiKey::CreateTopics, 4, &req)).await,
+            handle(&adv, request(ApiKey::CreateTopics, 4, &req)).await,
         );
         let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
         assert_eq!(
@@ -944,7 +1284,7 @@ mod tests {
         let r: CreateTopicsResponse = response(
             ApiKey::CreateTopics,
             4,
-            handle(&broker, &adv, request(ApiKey::CreateTopics, 4, &req)).await,
+            handle(&adv, request(ApiKey::CreateTopics, 4, &req)).await,
         );
         assert_eq!(r.topics[0].error_code, code::NONE);
         assert!(broker.topic_info("v").is_err());
@@ -954,7 +1294,7 @@ mod tests {
         let r: DeleteTopicsResponse = response(
             ApiKey::DeleteTopics,
             3,
-            handle(&broker, &adv, request(ApiKey::DeleteTopics, 3, &req)).await,
+            handle(&adv, request(ApiKey::DeleteTopics, 3, &req)).await,
         );
         let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
         assert_eq!(codes, vec![code::NONE, code::UNKNOWN_TOPIC_OR_PARTITION]);
@@ -979,7 +1319,7 @@ mod tests {
         let r: DescribeConfigsResponse = response(
             ApiKey::DescribeConfigs,
             2,
-            handle(&broker, &adv, request(ApiKey::DescribeConfigs, 2, &req)).await,
+            handle(&adv, request(ApiKey::DescribeConfigs, 2, &req)).await,
         );
         assert_eq!(r.results[0].error_code, code::NONE);
         assert_eq!(r.results[0].configs.len(), 1);
@@ -996,17 +1336,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (broker, adv) = broker(dir.path()).await;
         assert!(matches!(
-            handle(&broker, &adv, Bytes::from_static(&[0x7f, 0x7f, 0, 0])).await,
+            handle(&adv, Bytes::from_static(&[0x7f, 0x7f, 0, 0])).await,
             Reply::Close
         ));
         assert!(matches!(
-            handle(&broker, &adv, Bytes::from_static(b"ab")).await,
+            handle(&adv, Bytes::from_static(b"ab")).await,
             Reply::Close
         ));
         // Produce v9 is above the advertised range (3–8).
         let req = ProduceRequest::default().with_acks(1);
         assert!(matches!(
-            handle(&broker, &adv, request(ApiKey::Produce, 9, &req)).await,
+            handle(&adv, request(ApiKey::Produce, 9, &req)).await,
             Reply::Close
         ));
     }

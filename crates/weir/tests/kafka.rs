@@ -206,3 +206,56 @@ fn unsupported_api_versions_get_a_v0_answer_and_garbage_closes_only_that_connect
     assert!(out.contains("1 brokers"), "{out}");
     server.stop();
 }
+
+#[test]
+fn kcat_consumer_group_commits_and_resumes_and_owns_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let b = server.kafka.as_str();
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["topic", "create", "g3", "--partitions", "3"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let first: Vec<String> = (0..90).map(|i| format!("m{i}")).collect();
+    let (ok, _, err) = kcat(&["-b", b, "-t", "g3", "-P"], &(first.join("\n") + "\n"));
+    assert!(ok, "{err}");
+    // A balanced consumer (JoinGroup, SyncGroup, Heartbeat, OffsetFetch, OffsetCommit,
+    // LeaveGroup) reads everything, commits on close.
+    let group_read = || {
+        let (ok, out, err) = kcat(
+            &[
+                "-b",
+                b,
+                "-G",
+                "kg",
+                "-X",
+                "auto.offset.reset=earliest",
+                "-e",
+                "g3",
+            ],
+            "",
+        );
+        assert!(ok, "kcat -G: {err}");
+        let mut got: Vec<String> = out.lines().map(str::to_string).collect();
+        got.sort();
+        got
+    };
+    let mut want = first.clone();
+    want.sort();
+    assert_eq!(group_read(), want);
+    // The committed offsets are the broker's: the native CLI sees them, lag 0.
+    let (ok, out, err) = cli(&server.addr, &["group", "describe", "kg"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("g3"), "{out}");
+    // A native member cannot take the Kafka group's name while kcat is in it... and once it
+    // left, the second run resumes after the commit: only the new records.
+    let more: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
+    let (ok, _, err) = kcat(&["-b", b, "-t", "g3", "-P"], &(more.join("\n") + "\n"));
+    assert!(ok, "{err}");
+    let mut want = more.clone();
+    want.sort();
+    assert_eq!(group_read(), want);
+    server.stop();
+}

@@ -1,0 +1,874 @@
+//! The Kafka group coordinator: client-side assignors on top of the broker's offset store.
+//!
+//! A Kafka group rebalances in two rounds. **JoinGroup**: every member (re)joins; the
+//! coordinator holds each join until all known members have rejoined or the rebalance timeout
+//! passes (members that did not rejoin are dropped), then starts a new generation, picks the
+//! assignor all members support (by vote), and answers everyone — the leader with every
+//! member's subscription metadata. **SyncGroup**: the leader sends the assignment it computed;
+//! followers' syncs are held until it arrives. Heartbeats answer `REBALANCE_IN_PROGRESS` while a
+//! new round is being prepared, so members know to rejoin.
+//!
+//! States follow Kafka's: `Empty` → `PreparingRebalance` → `CompletingRebalance` → `Stable`.
+//! Assignments and metadata are opaque bytes: the coordinator never parses what the clients'
+//! assignors exchange.
+//!
+//! Time: [`KafkaGroups::tick`] expires sessions, pending member ids and rebalance timeouts; the
+//! listener calls it every 100 ms.
+//!
+//! Names: a group name belongs to one protocol at a time. A Kafka group claims its name in the
+//! broker's native coordinator ([`Broker::claim_group`]) while it has members, so a native
+//! join of the same name fails, and a Kafka join of a name a native group holds fails with
+//! `INCONSISTENT_GROUP_PROTOCOL`. Committed offsets live in the broker's one offset store,
+//! keyed by group name; the refusal above keeps the two protocols from writing each other's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use weir_broker::Broker;
+use weir_broker::group::GroupProtocol;
+
+use crate::code;
+
+/// Session timeouts accepted, as Kafka's `group.min/max.session.timeout.ms` defaults.
+pub const MIN_SESSION: Duration = Duration::from_millis(6_000);
+pub const MAX_SESSION: Duration = Duration::from_millis(1_800_000);
+/// Longest rebalance timeout honoured; a larger one is clamped.
+const MAX_REBALANCE: Duration = Duration::from_secs(300);
+/// Most members one group may have (bounds the memory a client can make us hold).
+pub const MAX_MEMBERS: usize = 1_000;
+/// Longest member metadata or assignment kept per member.
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+/// The answer to a JoinGroup.
+#[derive(Debug, Clone)]
+pub struct JoinOutcome {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader: every member's id, instance id and metadata for the chosen protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinOutcome {
+    fn error(error: i16, member_id: &str) -> Self {
+        Self {
+            error,
+            generation: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            member_id: member_id.to_string(),
+            members: Vec::new(),
+        }
+    }
+}
+
+/// The answer to a SyncGroup: an error code and the member's assignment.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+impl SyncOutcome {
+    fn error(error: i16) -> Self {
+        Self {
+            error,
+            protocol_type: None,
+            protocol_name: None,
+            assignment: Bytes::new(),
+        }
+    }
+}
+
+/// What a JoinGroup request asks.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    /// (assignor name, metadata), in the member's order of preference.
+    pub protocols: Vec<(String, Bytes)>,
+    /// JoinGroup v4+ must first learn its member id (`MEMBER_ID_REQUIRED`).
+    pub require_known_member_id: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    client_id: String,
+    group_instance_id: Option<String>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    deadline: Instant,
+    /// A JoinGroup waiting for the round to complete.
+    join: Option<oneshot::Sender<JoinOutcome>>,
+    /// A SyncGroup waiting for the leader's assignment.
+    sync: Option<oneshot::Sender<SyncOutcome>>,
+    assignment: Bytes,
+}
+
+#[derive(Debug)]
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with `MEMBER_ID_REQUIRED`, valid until the deadline.
+    pending: HashMap<String, Instant>,
+    rebalance_deadline: Instant,
+}
+
+impl Group {
+    fn new(now: Instant) -> Self {
+        Self {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashMap::new(),
+            rebalance_deadline: now,
+        }
+    }
+
+    /// Whether `protocols` share an assignor with every current member.
+    fn supports(&self, protocols: &[(String, Bytes)], except: &str) -> bool {
+        self.members
+            .iter()
+            .filter(|(id, _)| id.as_str() != except)
+            .all(|(_, m)| {
+                m.protocols
+                    .iter()
+                    .any(|(name, _)| protocols.iter().any(|(n, _)| n == name))
+            })
+    }
+
+    /// Starts (or keeps) a rebalance round: pending syncs learn it at once.
+    fn prepare_rebalance(&mut self, now: Instant) {
+        for m in self.members.values_mut() {
+            if let Some(tx) = m.sync.take() {
+                let _ = tx.send(SyncOutcome::error(code::REBALANCE_IN_PROGRESS));
+            }
+        }
+        if self.state != State::PreparingRebalance {
+            let longest = self
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or(Duration::ZERO);
+            self.rebalance_deadline = now + longest;
+            self.state = State::PreparingRebalance;
+        }
+    }
+
+    /// Completes the join round if every member (and every pending id) has joined, or if
+    /// `force` (the rebalance timeout passed: members that did not rejoin are dropped).
+    fn try_complete_join(&mut self, force: bool, now: Instant) {
+        if self.state != State::PreparingRebalance {
+            return;
+        }
+        let all_joined = self.members.values().all(|m| m.join.is_some()) && self.pending.is_empty();
+        if !all_joined && !force {
+            return;
+        }
+        if force {
+            self.members.retain(|_, m| m.join.is_some());
+            self.pending.clear();
+        }
+        self.generation = self.generation.wrapping_add(1).max(1);
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.protocol = None;
+            self.leader = None;
+            return;
+        }
+        let protocol = self.vote();
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
+            self.leader = self.members.keys().next().cloned();
+        }
+        let leader = self.leader.clone().unwrap_or_default();
+        let all: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.group_instance_id.clone(), meta)
+            })
+            .collect();
+        self.protocol = Some(protocol.clone());
+        self.state = State::CompletingRebalance;
+        for (id, m) in self.members.iter_mut() {
+            m.assignment = Bytes::new();
+            // A member answered here starts its session clock again.
+            m.deadline = now + m.session_timeout;
+            if let Some(tx) = m.join.take() {
+                let _ = tx.send(JoinOutcome {
+                    error: code::NONE,
+                    generation: self.generation,
+                    protocol_type: self.protocol_type.clone(),
+                    protocol_name: Some(protocol.clone()),
+                    leader: leader.clone(),
+                    member_id: id.clone(),
+                    members: if *id == leader {
+                        all.clone()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+    }
+
+    /// The assignor every member supports that most members prefer (ties: the first member's
+    /// preference order).
+    fn vote(&self) -> String {
+        let first = self.members.values().next().expect("members is not empty");
+        let candidates: Vec<&String> = first
+            .protocols
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(x, _)| x == *n))
+            })
+            .collect();
+        let mut votes: Vec<usize> = vec![0; candidates.len()];
+        for m in self.members.values() {
+            if let Some(i) = m
+                .protocols
+                .iter()
+                .find_map(|(n, _)| candidates.iter().position(|c| *c == n))
+            {
+                votes[i] += 1;
+            }
+        }
+        let best = (0..candidates.len())
+            .max_by_key(|i| (votes[*i], std::cmp::Reverse(*i)))
+            .unwrap_or(0);
+        candidates
+            .get(best)
+            .map(|s| (*s).clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Every Kafka group of one listener. Thread-safe; one mutex inside, never held across an
+/// await.
+#[derive(Debug)]
+pub struct KafkaGroups {
+    broker: Broker,
+    groups: Mutex<HashMap<String, Group>>,
+    next_member: AtomicU64,
+}
+
+impl KafkaGroups {
+    pub fn new(broker: Broker) -> Self {
+        Self {
+            broker,
+            groups: Mutex::new(HashMap::new()),
+            next_member: AtomicU64::new(1),
+        }
+    }
+
+    fn new_member_id(&self, client_id: &str) -> String {
+        let seq = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let noise = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (seq, Instant::now()),
+        );
+        let mut end = client_id.len().min(64);
+        while !client_id.is_char_boundary(end) {
+            end -= 1;
+        }
+        let prefix = match &client_id[..end] {
+            "" => "member",
+            p => p,
+        };
+        format!("{prefix}-{seq:x}-{noise:016x}")
+    }
+
+    /// JoinGroup: resolves when the round completes (or at once with an error).
+    pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
+        let rx = match self.join_start(req, Instant::now()) {
+            Ok(rx) => rx,
+            Err(outcome) => return outcome,
+        };
+        rx.await
+            .unwrap_or_else(|_| JoinOutcome::error(code::UNKNOWN_MEMBER_ID, ""))
+    }
+
+    fn join_start(
+        &self,
+        req: JoinRequest,
+        now: Instant,
+    ) -> Result<oneshot::Receiver<JoinOutcome>, JoinOutcome> {
+        let fail = |code: i16| Err(JoinOutcome::error(code, &req.member_id));
+        if req.group.is_empty() {
+            return fail(code::INVALID_GROUP_ID);
+        }
+        if req.session_timeout < MIN_SESSION || req.session_timeout > MAX_SESSION {
+            return fail(code::INVALID_SESSION_TIMEOUT);
+        }
+        if req.protocol_type.is_empty()
+            || req.protocols.is_empty()
+            || req
+                .protocols
+                .iter()
+                .any(|(_, m)| m.len() > MAX_METADATA_BYTES)
+        {
+            return fail(code::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        let mut groups = self.groups.lock();
+        if !groups.contains_key(&req.group) {
+            if let Err(e) = self.broker.claim_group(&req.group, GroupProtocol::Kafka) {
+                tracing::debug!(group = %req.group, error = %e, "Kafka join refused");
+                return fail(code::INCONSISTENT_GROUP_PROTOCOL);
+            }
+            groups.insert(req.group.clone(), Group::new(now));
+        }
+        let g = groups.get_mut(&req.group).expect("inserted above");
+        let active = !g.members.is_empty() || !g.pending.is_empty();
+        if active
+            && (g.protocol_type.as_deref() != Some(&req.protocol_type)
+                || !g.supports(&req.protocols, &req.member_id))
+        {
+            return fail(code::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        if !active {
+            g.protocol_type = Some(req.protocol_type.clone());
+        }
+        let member_id = if req.member_id.is_empty() {
+            if g.members.len() + g.pending.len() >= MAX_MEMBERS {
+                return fail(code::GROUP_MAX_SIZE_REACHED);
+            }
+            let id = self.new_member_id(&req.client_id);
+            if req.require_known_member_id {
+                g.pending.insert(id.clone(), now + req.session_timeout);
+                return Err(JoinOutcome::error(code::MEMBER_ID_REQUIRED, &id));
+            }
+            id
+        } else if g.members.contains_key(&req.member_id)
+            || g.pending.remove(&req.member_id).is_some()
+        {
+            req.member_id.clone()
+        } else {
+            return fail(code::UNKNOWN_MEMBER_ID);
+        };
+        let (tx, rx) = oneshot::channel();
+        let rebalance_timeout = req.rebalance_timeout.min(MAX_REBALANCE);
+        match g.members.get_mut(&member_id) {
+            Some(m) => {
+                m.client_id = req.client_id;
+                m.group_instance_id = req.group_instance_id;
+                m.session_timeout = req.session_timeout;
+                m.rebalance_timeout = rebalance_timeout;
+                m.protocols = req.protocols;
+                m.deadline = now + req.session_timeout;
+                // A member that joins again while its earlier join waits: the earlier one is
+                // answered with an error; the new one waits in its place.
+                if let Some(old) = m.join.replace(tx) {
+                    let _ = old.send(JoinOutcome::error(code::REBALANCE_IN_PROGRESS, &member_id));
+                }
+            }
+            None => {
+                g.members.insert(
+                    member_id.clone(),
+                    Member {
+                        client_id: req.client_id,
+                        group_instance_id: req.group_instance_id,
+                        session_timeout: req.session_timeout,
+                        rebalance_timeout,
+                        protocols: req.protocols,
+                        deadline: now + req.session_timeout,
+                        join: Some(tx),
+                        sync: None,
+                        assignment: Bytes::new(),
+                    },
+                );
+            }
+        }
+        g.prepare_rebalance(now);
+        g.try_complete_join(false, now);
+        Ok(rx)
+    }
+
+    /// SyncGroup: the leader's call stores every assignment; the others wait for it.
+    pub async fn sync(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncOutcome {
+        let rx = match self.sync_start(group, generation, member_id, assignments, Instant::now()) {
+            Ok(rx) => rx,
+            Err(outcome) => return outcome,
+        };
+        rx.await
+            .unwrap_or_else(|_| SyncOutcome::error(code::REBALANCE_IN_PROGRESS))
+    }
+
+    fn sync_start(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> Result<oneshot::Receiver<SyncOutcome>, SyncOutcome> {
+        let mut groups = self.groups.lock();
+        let Some(g) = groups
+            .get_mut(group)
+            .filter(|g| g.members.contains_key(member_id))
+        else {
+            return Err(SyncOutcome::error(code::UNKNOWN_MEMBER_ID));
+        };
+        if generation != g.generation {
+            return Err(SyncOutcome::error(code::ILLEGAL_GENERATION));
+        }
+        let (protocol_type, protocol_name) = (g.protocol_type.clone(), g.protocol.clone());
+        let answer = |assignment: Bytes| SyncOutcome {
+            error: code::NONE,
+            protocol_type: protocol_type.clone(),
+            protocol_name: protocol_name.clone(),
+            assignment,
+        };
+        match g.state {
+            State::Empty | State::PreparingRebalance => {
+                Err(SyncOutcome::error(code::REBALANCE_IN_PROGRESS))
+            }
+            State::Stable => {
+                let m = g.members.get_mut(member_id).expect("checked above");
+                m.deadline = now + m.session_timeout;
+                Err(answer(m.assignment.clone()))
+            }
+            State::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                {
+                    let m = g.members.get_mut(member_id).expect("checked above");
+                    m.deadline = now + m.session_timeout;
+                    m.sync = Some(tx);
+                }
+                if g.leader.as_deref() == Some(member_id) {
+                    for (id, assignment) in assignments {
+                        if assignment.len() > MAX_METADATA_BYTES {
+                            continue;
+                        }
+                        if let Some(m) = g.members.get_mut(&id) {
+                            m.assignment = assignment;
+                        }
+                    }
+                    g.state = State::Stable;
+                    for m in g.members.values_mut() {
+                        if let Some(tx) = m.sync.take() {
+                            let _ = tx.send(answer(m.assignment.clone()));
+                        }
+                    }
+                }
+                Ok(rx)
+            }
+        }
+    }
+
+    /// Heartbeat: keeps the session; tells the member when a new round started.
+    pub fn heartbeat(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+        self.heartbeat_at(group, generation, member_id, Instant::now())
+    }
+
+    fn heartbeat_at(&self, group: &str, generation: i32, member_id: &str, now: Instant) -> i16 {
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get_mut(group) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        let Some(m) = g.members.get_mut(member_id) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        m.deadline = now + m.session_timeout;
+        if generation != g.generation {
+            return code::ILLEGAL_GENERATION;
+        }
+        match g.state {
+            State::PreparingRebalance => code::REBALANCE_IN_PROGRESS,
+            State::Empty => code::UNKNOWN_MEMBER_ID,
+            State::CompletingRebalance | State::Stable => code::NONE,
+        }
+    }
+
+    /// LeaveGroup: the member goes; the others rebalance.
+    pub fn leave(&self, group: &str, member_id: &str) -> i16 {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get_mut(group) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        if g.pending.remove(member_id).is_some() {
+            return code::NONE;
+        }
+        let Some(m) = g.members.remove(member_id) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        if let Some(tx) = m.join {
+            let _ = tx.send(JoinOutcome::error(code::UNKNOWN_MEMBER_ID, member_id));
+        }
+        g.prepare_rebalance(now);
+        g.try_complete_join(false, now);
+        self.drop_if_empty(&mut groups, group);
+        code::NONE
+    }
+
+    /// Whether a member may commit offsets now: `NONE` or the error code to answer with.
+    /// A commit with generation -1 and no member id (a consumer without group membership) is
+    /// allowed while the group has no members.
+    pub fn check_commit(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get_mut(group) else {
+            if generation < 0 && member_id.is_empty() {
+                return match self.broker.group_protocol(group) {
+                    Some(GroupProtocol::Native) => code::INCONSISTENT_GROUP_PROTOCOL,
+                    _ => code::NONE,
+                };
+            }
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        if generation < 0 && member_id.is_empty() {
+            return if g.members.is_empty() {
+                code::NONE
+            } else {
+                code::UNKNOWN_MEMBER_ID
+            };
+        }
+        let Some(m) = g.members.get_mut(member_id) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        m.deadline = now + m.session_timeout;
+        if generation != g.generation {
+            return code::ILLEGAL_GENERATION;
+        }
+        match g.state {
+            State::CompletingRebalance => code::REBALANCE_IN_PROGRESS,
+            _ => code::NONE,
+        }
+    }
+
+    /// Expires sessions, pending member ids and rebalance timeouts; drops empty groups.
+    pub fn tick(&self, now: Instant) {
+        let mut groups = self.groups.lock();
+        let names: Vec<String> = groups.keys().cloned().collect();
+        for name in names {
+            let g = groups.get_mut(&name).expect("listed above");
+            g.pending.retain(|_, deadline| *deadline > now);
+            if g.state == State::PreparingRebalance && now >= g.rebalance_deadline {
+                tracing::debug!(group = %name, "Kafka rebalance timed out; dropping members that did not rejoin");
+                g.try_complete_join(true, now);
+            }
+            // Members waiting in a join are not expired: the rebalance timeout governs them.
+            let expired: Vec<String> = g
+                .members
+                .iter()
+                .filter(|(_, m)| m.join.is_none() && m.deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !expired.is_empty() {
+                for id in &expired {
+                    tracing::info!(group = %name, member = %id, "Kafka group member's session expired");
+                    g.members.remove(id);
+                }
+                g.prepare_rebalance(now);
+                g.try_complete_join(false, now);
+            }
+            if g.state == State::PreparingRebalance && g.members.is_empty() {
+                g.try_complete_join(true, now);
+            }
+            self.drop_if_empty(&mut groups, &name);
+        }
+    }
+
+    fn drop_if_empty(&self, groups: &mut HashMap<String, Group>, name: &str) {
+        if groups
+            .get(name)
+            .is_some_and(|g| g.members.is_empty() && g.pending.is_empty())
+        {
+            groups.remove(name);
+            self.broker.release_group(name, GroupProtocol::Kafka);
+        }
+    }
+
+    /// (state, generation, protocol, members) of a group, for tests and admin views.
+    pub fn describe(&self, group: &str) -> Option<(String, i32, Option<String>, Vec<String>)> {
+        let groups = self.groups.lock();
+        let g = groups.get(group)?;
+        Some((
+            format!("{:?}", g.state),
+            g.generation,
+            g.protocol.clone(),
+            g.members.keys().cloned().collect(),
+        ))
+    }
+
+    /// Drops every group (shutdown): waiting joins and syncs are answered with an error.
+    pub fn clear(&self) {
+        let mut groups = self.groups.lock();
+        for (name, _) in groups.drain() {
+            self.broker.release_group(&name, GroupProtocol::Kafka);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups() -> (tempfile::TempDir, KafkaGroups) {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        (dir, KafkaGroups::new(broker))
+    }
+
+    fn join(group: &str, member: &str, protocols: &[&str]) -> JoinRequest {
+        JoinRequest {
+            group: group.into(),
+            member_id: member.into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            protocol_type: "consumer".into(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
+                .collect(),
+            require_known_member_id: true,
+        }
+    }
+
+    /// Joins with MEMBER_ID_REQUIRED first, as a v4+ client does; returns the id and the
+    /// waiting receiver.
+    fn enter(
+        k: &KafkaGroups,
+        group: &str,
+        protocols: &[&str],
+        now: Instant,
+    ) -> (String, oneshot::Receiver<JoinOutcome>) {
+        let first = k.join_start(join(group, "", protocols), now).unwrap_err();
+        assert_eq!(first.error, code::MEMBER_ID_REQUIRED);
+        let rx = k
+            .join_start(join(group, &first.member_id, protocols), now)
+            .unwrap();
+        (first.member_id, rx)
+    }
+
+    #[test]
+    fn join_waits_for_every_member_then_the_leader_gets_all_metadata() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (a, mut rx_a) = enter(&k, "g", &["range", "roundrobin"], now);
+        // Alone, a completes at once: generation 1.
+        let out_a = rx_a.try_recv().unwrap();
+        assert_eq!((out_a.error, out_a.generation), (code::NONE, 1));
+        assert_eq!(out_a.leader, a);
+        // b joins: a new round that waits for a to rejoin.
+        let (b, mut rx_b) = enter(&k, "g", &["roundrobin"], now);
+        assert!(rx_b.try_recv().is_err(), "b must wait for a");
+        assert_eq!(k.heartbeat_at("g", 1, &a, now), code::REBALANCE_IN_PROGRESS);
+        let mut rx_a = k
+            .join_start(join("g", &a, &["range", "roundrobin"]), now)
+            .unwrap();
+        let (out_a, out_b) = (rx_a.try_recv().unwrap(), rx_b.try_recv().unwrap());
+        assert_eq!(out_a.generation, 2);
+        assert_eq!(out_b.generation, 2);
+        // Only roundrobin is common to both.
+        assert_eq!(out_a.protocol_name.as_deref(), Some("roundrobin"));
+        assert_eq!(out_a.leader, a, "the leader stays the leader");
+        assert_eq!(out_a.members.len(), 2);
+        assert!(
+            out_a
+                .members
+                .iter()
+                .all(|(_, _, m)| &m[..] == b"meta-roundrobin")
+        );
+        assert!(out_b.members.is_empty(), "followers get no member list");
+        assert_eq!(out_b.member_id, b);
+    }
+
+    #[test]
+    fn followers_sync_waits_for_the_leaders_assignment() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (a, _rx) = enter(&k, "g", &["range"], now);
+        let (b, mut rx_b) = enter(&k, "g", &["range"], now);
+        let mut rx_a = k.join_start(join("g", &a, &["range"]), now).unwrap();
+        let gen_ = rx_a.try_recv().unwrap().generation;
+        rx_b.try_recv().unwrap();
+        assert_eq!(k.heartbeat_at("g", gen_, &b, now), code::NONE);
+        let mut sync_b = k.sync_start("g", gen_, &b, vec![], now).unwrap();
+        assert!(sync_b.try_recv().is_err(), "b waits for the leader");
+        let mut sync_a = k
+            .sync_start(
+                "g",
+                gen_,
+                &a,
+                vec![
+                    (a.clone(), Bytes::from_static(b"A")),
+                    (b.clone(), Bytes::from_static(b"B")),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(&sync_a.try_recv().unwrap().assignment[..], b"A");
+        assert_eq!(&sync_b.try_recv().unwrap().assignment[..], b"B");
+        // A late sync in Stable gets the stored assignment at once.
+        let again = k.sync_start("g", gen_, &b, vec![], now).unwrap_err();
+        assert_eq!(
+            (again.error, &again.assignment[..]),
+            (code::NONE, &b"B"[..])
+        );
+        // Wrong generation, unknown member.
+        assert_eq!(
+            k.sync_start("g", gen_ + 1, &b, vec![], now)
+                .unwrap_err()
+                .error,
+            code::ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            k.sync_start("g", gen_, "x", vec![], now).unwrap_err().error,
+            code::UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(k.check_commit("g", gen_, &a), code::NONE);
+        assert_eq!(k.check_commit("g", gen_ - 1, &a), code::ILLEGAL_GENERATION);
+        assert_eq!(k.check_commit("g", -1, ""), code::UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (a, _rx) = enter(&k, "g", &["range"], now);
+        let (b, mut rx_b) = enter(&k, "g", &["range"], now);
+        // a heartbeats (its session lives) but never rejoins. Before the rebalance timeout b
+        // waits; after it, b is alone in generation 2.
+        let s = Duration::from_secs;
+        assert_eq!(
+            k.heartbeat_at("g", 1, &a, now + s(8)),
+            code::REBALANCE_IN_PROGRESS
+        );
+        assert_eq!(
+            k.heartbeat_at("g", 1, &a, now + s(16)),
+            code::REBALANCE_IN_PROGRESS
+        );
+        assert_eq!(
+            k.heartbeat_at("g", 1, &a, now + s(25)),
+            code::REBALANCE_IN_PROGRESS
+        );
+        k.tick(now + s(29));
+        assert!(rx_b.try_recv().is_err());
+        k.tick(now + Duration::from_secs(31));
+        let out = rx_b.try_recv().unwrap();
+        assert_eq!(
+            (out.error, out.generation, out.leader.clone()),
+            (code::NONE, 2, b.clone())
+        );
+        assert_eq!(k.heartbeat_at("g", 2, &a, now), code::UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn sessions_expire_and_the_rest_rebalance_then_the_last_leave_frees_the_name() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (a, _rx) = enter(&k, "g", &["range"], now);
+        let (b, _rx_b) = enter(&k, "g", &["range"], now);
+        let _rx_a = k.join_start(join("g", &a, &["range"]), now).unwrap();
+        // Both are in generation 2. b heartbeats, a goes silent.
+        let later = now + Duration::from_secs(8);
+        assert_eq!(k.heartbeat_at("g", 2, &b, later), code::NONE);
+        k.tick(now + Duration::from_secs(11));
+        assert_eq!(k.heartbeat_at("g", 2, &a, later), code::UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            k.heartbeat_at("g", 2, &b, now + Duration::from_secs(11)),
+            code::REBALANCE_IN_PROGRESS
+        );
+        // The name is held against native groups while the group lives.
+        assert!(k.broker.claim_group("g", GroupProtocol::Native).is_err());
+        assert_eq!(k.leave("g", &b), code::NONE);
+        assert!(k.describe("g").is_none());
+        assert!(k.broker.claim_group("g", GroupProtocol::Native).is_ok());
+    }
+
+    #[test]
+    fn bad_joins_get_kafka_error_codes() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let mut short = join("g", "", &["range"]);
+        short.session_timeout = Duration::from_millis(100);
+        assert_eq!(
+            k.join_start(short, now).unwrap_err().error,
+            code::INVALID_SESSION_TIMEOUT
+        );
+        assert_eq!(
+            k.join_start(join("", "", &["range"]), now)
+                .unwrap_err()
+                .error,
+            code::INVALID_GROUP_ID
+        );
+        assert_eq!(
+            k.join_start(join("g", "who", &["range"]), now)
+                .unwrap_err()
+                .error,
+            code::UNKNOWN_MEMBER_ID
+        );
+        let (_a, _rx) = enter(&k, "g", &["range"], now);
+        // No assignor in common.
+        let first = k.join_start(join("g", "", &["sticky"]), now).unwrap_err();
+        assert_eq!(first.error, code::INCONSISTENT_GROUP_PROTOCOL);
+        // A native group's name.
+        k.broker
+            .claim_group("native", GroupProtocol::Native)
+            .unwrap();
+        assert_eq!(
+            k.join_start(join("native", "", &["range"]), now)
+                .unwrap_err()
+                .error,
+            code::INCONSISTENT_GROUP_PROTOCOL
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Idempotent producers: producer ids, and per-partition sequence checks so that a retried
+//! batch is not written twice and a lost one is noticed.
+//!
+//! For each (producer id, topic, partition) the listener keeps the producer's epoch, the
+//! sequence number of the last record written, and the last five batches' sequence ranges
+//! with their offsets (a producer has at most five requests in flight). A batch is then:
+//! - the next one (its first sequence follows the last written): appended;
+//! - one of the last five again (a retry whose first answer was lost): not appended, answered
+//!   with the offset it was written at;
+//! - anything else: `OUT_OF_ORDER_SEQUENCE_NUMBER`, and nothing is written; an older epoch
+//!   gets `INVALID_PRODUCER_EPOCH`.
+//!
+//! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
+//! producer is accepted whatever its sequence (a retry that straddles a restart can be written
+//! twice). At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
+//! used is forgotten, with the same consequence for that producer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use weir_batch::BatchHeader;
+
+use crate::code;
+
+/// Most (producer, partition) states kept.
+pub const MAX_STATES: usize = 100_000;
+/// Batches remembered per (producer, partition) for duplicate detection.
+const RECENT: usize = 5;
+
+#[derive(Debug)]
+struct State {
+    epoch: i16,
+    last_sequence: i32,
+    /// (first sequence, last sequence, base offset) of the latest batches, oldest first.
+    recent: VecDeque<(i32, i32, u64)>,
+    used: Instant,
+}
+
+/// What to do with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Not idempotent, or in sequence: append it.
+    Append,
+    /// Already written at this base offset: answer with it, append nothing.
+    Duplicate(u64),
+    /// Refuse with this Kafka error code.
+    Refuse(i16),
+}
+
+/// Producer ids and sequence state of one listener.
+#[derive(Debug)]
+pub struct Producers {
+    next_id: AtomicI64,
+    states: Mutex<HashMap<(i64, String, u32), State>>,
+}
+
+impl Default for Producers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The sequence after `last`; sequences wrap from `i32::MAX` to 0.
+fn next_sequence(last: i32) -> i32 {
+    if last == i32::MAX { 0 } else { last + 1 }
+}
+
+/// Last sequence number of a batch.
+fn last_sequence(h: &BatchHeader) -> i32 {
+    let n = h.record_count.max(1) - 1;
+    match h.base_sequence.checked_add(n) {
+        Some(s) => s,
+        // Wrapped past i32::MAX.
+        None => n - (i32::MAX - h.base_sequence) - 1,
+    }
+}
+
+impl Producers {
+    pub fn new() -> Self {
+        // Ids start at the wall clock in milliseconds so that ids handed out after a restart do
+        // not collide with those of producers still running from before it.
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as i64);
+        Self {
+            next_id: AtomicI64::new(start),
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new producer id (epoch 0).
+    pub fn init(&self) -> i64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Checks a batch before it is appended.
+    pub fn check(&self, topic: &str, partition: u32, h: &BatchHeader) -> Check {
+        if h.producer_id < 0 {
+            return Check::Append;
+        }
+        if h.producer_epoch < 0 || h.base_sequence < 0 {
+            return Check::Refuse(code::INVALID_RECORD);
+        }
+        let mut states = self.states.lock();
+        let Some(s) = states.get_mut(&(h.producer_id, topic.to_string(), partition)) else {
+            return Check::Append;
+        };
+        s.used = Instant::now();
+        if h.producer_epoch < s.epoch {
+            return Check::Refuse(code::INVALID_PRODUCER_EPOCH);
+        }
+        if h.producer_epoch > s.epoch {
+            return if h.base_sequence == 0 {
+                Check::Append
+            } else {
+                Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            };
+        }
+        let last = last_sequence(h);
+        if let Some((_, _, offset)) = s
+            .recent
+            .iter()
+            .find(|(first, end, _)| *first == h.base_sequence && *end == last)
+        {
+            return Check::Duplicate(*offset);
+        }
+        if h.base_sequence == next_sequence(s.last_sequence) {
+            Check::Append
+        } else {
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        }
+    }
+
+    /// Records a batch appended at `base_offset`.
+    pub fn record(&self, topic: &str, partition: u32, h: &BatchHeader, base_offset: u64) {
+        if h.producer_id < 0 {
+            return;
+        }
+        let mut states = self.states.lock();
+        let key = (h.producer_id, topic.to_string(), partition);
+        if !states.contains_key(&key) && states.len() >= MAX_STATES {
+            let oldest = states
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                states.remove(&k);
+            }
+        }
+        let s = states.entry(key).or_insert_with(|| State {
+            epoch: h.producer_epoch,
+            last_sequence: -1,
+            recent: VecDeque::with_capacity(RECENT),
+            used: Instant::now(),
+        });
+        if h.producer_epoch != s.epoch {
+            s.epoch = h.producer_epoch;
+            s.recent.clear();
+        }
+        let last = last_sequence(h);
+        s.last_sequence = last;
+        s.used = Instant::now();
+        if s.recent.len() == RECENT {
+            s.recent.pop_front();
+        }
+        s.recent.push_back((h.base_sequence, last, base_offset));
+    }
+
+    /// Forgets a topic's states (it was deleted).
+    pub fn forget_topic(&self, topic: &str) {
+        self.states.lock().retain(|(_, t, _), _| t != topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, count: i32) -> BatchHeader {
+        let mut b = weir_batch::BatchBuilder::new(0).producer(pid, epoch, seq);
+        for _ in 0..count {
+            b.push(weir_batch::RecordSpec::value(b"v"));
+        }
+        weir_batch::peek(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn in_order_batches_append_retries_are_duplicates_gaps_are_refused() {
+        let p = Producers::new();
+        let pid = p.init();
+        assert_ne!(p.init(), pid);
+        let b0 = header(pid, 0, 0, 3);
+        assert_eq!(p.check("t", 0, &b0), Check::Append);
+        p.record("t", 0, &b0, 100);
+        let b1 = header(pid, 0, 3, 2);
+        assert_eq!(p.check("t", 0, &b1), Check::Append);
+        p.record("t", 0, &b1, 103);
+        // Both retried: duplicates with their offsets.
+        assert_eq!(p.check("t", 0, &b0), Check::Duplicate(100));
+        assert_eq!(p.check("t", 0, &b1), Check::Duplicate(103));
+        // A gap (seq 6 instead of 5), and an overlap that is not an earlier batch.
+        assert_eq!(
+            p.check("t", 0, &header(pid, 0, 6, 1)),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(
+            p.check("t", 0, &header(pid, 0, 4, 1)),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        // Other partitions and producers are independent.
+        assert_eq!(p.check("t", 1, &header(pid, 0, 9, 1)), Check::Append);
+        assert_eq!(p.check("t", 0, &header(-1, -1, -1, 1)), Check::Append);
+        // Epochs: older refused; newer must restart at 0.
+        p.record("t", 0, &header(pid, 2, 0, 1), 105);
+        assert_eq!(
+            p.check("t", 0, &header(pid, 1, 1, 1)),
+            Check::Refuse(code::INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(
+            p.check("t", 0, &header(pid, 3, 5, 1)),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(p.check("t", 0, &header(pid, 3, 0, 1)), Check::Append);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
+        let p = Producers::new();
+        let pid = p.init();
+        for i in 0..7 {
+            p.record("t", 0, &header(pid, 0, i, 1), i as u64);
+        }
+        assert_eq!(p.check("t", 0, &header(pid, 0, 6, 1)), Check::Duplicate(6));
+        assert_eq!(p.check("t", 0, &header(pid, 0, 2, 1)), Check::Duplicate(2));
+        assert_eq!(
+            p.check("t", 0, &header(pid, 0, 1, 1)),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        let near_end = header(pid, 0, i32::MAX - 1, 3);
+        assert_eq!(last_sequence(&near_end), 0);
+        p.record("t", 1, &near_end, 10);
+        assert_eq!(p.check("t", 1, &header(pid, 0, 1, 1)), Check::Append);
+    }
+}
