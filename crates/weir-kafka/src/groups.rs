@@ -327,7 +327,7 @@ impl KafkaGroups {
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
         let rx = match self.join_start(req, Instant::now()) {
             Ok(rx) => rx,
-            Err(outcome) => return outcome,
+            Err(outcome) => return *outcome,
         };
         rx.await
             .unwrap_or_else(|_| JoinOutcome::error(code::UNKNOWN_MEMBER_ID, ""))
@@ -337,8 +337,8 @@ impl KafkaGroups {
         &self,
         req: JoinRequest,
         now: Instant,
-    ) -> Result<oneshot::Receiver<JoinOutcome>, JoinOutcome> {
-        let fail = |code: i16| Err(JoinOutcome::error(code, &req.member_id));
+    ) -> Result<oneshot::Receiver<JoinOutcome>, Box<JoinOutcome>> {
+        let fail = |code: i16| Err(Box::new(JoinOutcome::error(code, &req.member_id)));
         if req.group.is_empty() {
             return fail(code::INVALID_GROUP_ID);
         }
@@ -380,7 +380,7 @@ impl KafkaGroups {
             let id = self.new_member_id(&req.client_id);
             if req.require_known_member_id {
                 g.pending.insert(id.clone(), now + req.session_timeout);
-                return Err(JoinOutcome::error(code::MEMBER_ID_REQUIRED, &id));
+                return Err(Box::new(JoinOutcome::error(code::MEMBER_ID_REQUIRED, &id)));
             }
             id
         } else if g.members.contains_key(&req.member_id)

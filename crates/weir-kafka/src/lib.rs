@@ -1133,7 +1133,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn metadata_lists_all_topics_for_null_and_for_a_v0_empty_list() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, adv) = broker(dir.path()).await;
+        let (_broker, adv) = broker(dir.path()).await;
         for (version, topics) in [(0, Some(vec![])), (8, None)] {
             let req = MetadataRequest::default().with_topics(topics);
             let r: MetadataResponse = response(
@@ -1306,7 +1306,7 @@ mod tests {
         use kafka_protocol::messages::DescribeConfigsRequest;
         use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
         let dir = tempfile::tempdir().unwrap();
-        let (broker, adv) = broker(dir.path()).await;
+        let (_broker, adv) = broker(dir.path()).await;
         let req = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(TOPIC_RESOURCE)
@@ -1334,7 +1334,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn garbage_and_unsupported_requests_close_the_connection() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, adv) = broker(dir.path()).await;
+        let (_broker, adv) = broker(dir.path()).await;
         assert!(matches!(
             handle(&adv, Bytes::from_static(&[0x7f, 0x7f, 0, 0])).await,
             Reply::Close
