@@ -144,3 +144,38 @@ pub fn batch(values: &[&[u8]]) -> bytes::Bytes {
     }
     bytes::Bytes::from(b.build())
 }
+
+/// The Python interpreter of the test virtualenv (Kafka and WebSocket clients).
+///
+/// `scripts/test` makes the venv and sets `WEIR_TEST_PYTHON`. Without it (a bare `cargo
+/// nextest run`), the venv is made here from `tests/py/requirements.txt`: built under a
+/// private name, then renamed into place, so concurrent test processes never see half a venv.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join("target/test-venv");
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return python;
+    }
+    let tmp = root.join(format!("target/test-venv.tmp-{}", std::process::id()));
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp)
+        .status()
+        .expect("python3 -m venv");
+    assert!(status.success(), "python3 -m venv failed");
+    let status = Command::new(tmp.join("bin/pip"))
+        .args(["install", "-q", "-r"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/requirements.txt"))
+        .status()
+        .expect("pip install");
+    assert!(status.success(), "pip install failed");
+    if std::fs::rename(&tmp, &venv).is_err() {
+        // Another test process won the race; use its venv.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    python
+}

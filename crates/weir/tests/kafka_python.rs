@@ -1,0 +1,94 @@
+//! The Kafka listener driven by the real Python Kafka clients — kafka-python, aiokafka and
+//! confluent-kafka (which bundles its own, newer librdkafka) — against the real binary.
+//! `tests/py/kafka_clients.py` does the client side and reports in JSON.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use common::{Server, cli, python, run};
+use serde_json::Value;
+
+fn client(lib: &str, scenario: &str, server: &Server, topic: &str, group: &str) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_clients.py"))
+        .args([lib, scenario, &server.kafka, topic, group]);
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "{lib} {scenario} failed:\n{err}");
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{lib} {scenario}: {e}: {out}\n{err}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn names(prefix: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Produce (idempotent, acks=all), consume from the beginning, and a group of three with one
+/// leaving mid-stream, then a fresh member resuming from the commits.
+fn exercise(lib: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for topic in ["plain", "grouped"] {
+        let (ok, _, err) = cli(
+            &server.addr,
+            &["topic", "create", topic, "--partitions", "3"],
+            "",
+        );
+        assert!(ok, "{err}");
+    }
+
+    let produced = client(lib, "produce", &server, "plain", "");
+    // Every record got its own offset: per partition, offsets 0..n without a gap or repeat.
+    let mut per_partition: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for pair in produced["offsets"].as_array().unwrap() {
+        let (p, o) = (pair[0].as_u64().unwrap(), pair[1].as_u64().unwrap());
+        per_partition.entry(p).or_default().push(o);
+    }
+    assert_eq!(per_partition.values().map(Vec::len).sum::<usize>(), 200);
+    for offsets in per_partition.values_mut() {
+        offsets.sort();
+        assert_eq!(*offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    }
+
+    let consumed = client(lib, "consume", &server, "plain", "");
+    let got = strings(&consumed["values"]);
+    assert_eq!(got.len(), 200, "{lib}: exactly what was produced");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), names(lib, 200));
+
+    let group = client(lib, "group", &server, "grouped", &format!("{lib}-group"));
+    assert_eq!(group["third_left"], Value::Bool(true), "{lib}: third member left");
+    let seen: BTreeSet<String> = strings(&group["seen"]).into_iter().collect();
+    assert_eq!(seen, names("g", 300), "{lib}: the two members left read everything");
+    // The resumed member starts at the group's commits: all the new records, and of the old
+    // ones at most the few whose commit a rebalance fenced (at-least-once), never the early ones.
+    let resumed = strings(&group["resumed"]);
+    let resumed_set: BTreeSet<String> = resumed.iter().cloned().collect();
+    assert!(resumed_set.is_superset(&names("r", 50)), "{lib}: {resumed:?}");
+    let old: Vec<&String> = resumed.iter().filter(|v| v.starts_with("g-")).collect();
+    assert!(old.len() <= 30, "{lib}: resumed far before the commits: {old:?}");
+    server.stop();
+}
+
+#[test]
+fn kafka_python_produces_consumes_and_balances_a_group() {
+    exercise("kafka-python");
+}
+
+#[test]
+fn aiokafka_produces_consumes_and_balances_a_group() {
+    exercise("aiokafka");
+}
+
+#[test]
+fn confluent_kafka_produces_consumes_and_balances_a_group() {
+    exercise("confluent-kafka");
+}
