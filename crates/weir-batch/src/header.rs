@@ -263,6 +263,17 @@ pub fn reseal(buf: &mut [u8]) {
     buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Stamps a batch with the broker's time (LogAppendTime): sets the timestamp-type attribute,
+/// writes `now_ms` as the max timestamp (which readers then take as every record's timestamp)
+/// and reseals the CRC. The caller validates the batch first: resealing would otherwise bless
+/// a corrupt one. Panics if `buf` is shorter than the header.
+pub fn set_log_append_time(buf: &mut [u8], now_ms: i64) {
+    let attributes = be_i16(buf, ATTRIBUTES) | 0x8;
+    buf[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    buf[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    reseal(buf);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,8 @@ pub mod records;
 
 pub use builder::{BatchBuilder, RecordSpec};
 pub use header::{
-    BatchError, BatchHeader, Compression, HEADER_LEN, MAGIC_V2, peek, set_base_offset, validate,
+    BatchError, BatchHeader, Compression, HEADER_LEN, MAGIC_V2, peek, set_base_offset,
+    set_log_append_time, validate,
 };
 pub use records::{Record, RecordHeader, Records};
 

@@ -96,7 +96,12 @@ impl<'a> Records<'a> {
         self.rest = after;
         Ok(Record {
             offset: self.header.base_offset + i64::from(offset_delta),
-            timestamp: self.header.base_timestamp.wrapping_add(ts_delta),
+            // LogAppendTime: the broker's time, in the header, stands for every record.
+            timestamp: if self.header.is_log_append_time() {
+                self.header.max_timestamp
+            } else {
+                self.header.base_timestamp.wrapping_add(ts_delta)
+            },
             key,
             value,
             headers,
@@ -180,6 +185,23 @@ mod tests {
     use super::*;
     use crate::{BatchBuilder, RecordSpec, header::reseal, set_base_offset};
     use proptest::prelude::*;
+
+    #[test]
+    fn log_append_time_stamps_every_record_and_keeps_the_batch_valid() {
+        let mut b = BatchBuilder::new(1_000);
+        b.push(RecordSpec::value(b"a"));
+        b.push(RecordSpec::value(b"b"));
+        let mut buf = b.build();
+        crate::set_log_append_time(&mut buf, 42_000);
+        let h = crate::validate(&buf).unwrap();
+        assert!(h.is_log_append_time());
+        assert_eq!(h.max_timestamp, 42_000);
+        let ts: Vec<i64> = Records::new(&buf)
+            .unwrap()
+            .map(|r| r.unwrap().timestamp)
+            .collect();
+        assert_eq!(ts, vec![42_000, 42_000]);
+    }
 
     #[test]
     fn round_trip_keys_values_headers_timestamps() {

@@ -20,7 +20,7 @@ use crate::group::{
     AssignmentStrategy, GroupCoordinator, GroupDescription, GroupProtocol, JoinResult,
 };
 use crate::offsets::OffsetStore;
-use crate::topic::{self, PartitionInfo, TopicConfig, TopicInfo};
+use crate::topic::{self, PartitionInfo, TimestampType, TopicConfig, TopicInfo};
 
 /// Broker-wide settings. Every default is documented on its field.
 #[derive(Debug, Clone)]
@@ -192,6 +192,18 @@ pub struct Broker {
 
 fn topic_dir(data: &Path, name: &str) -> PathBuf {
     data.join("topics").join(name)
+}
+
+/// A copy of `batch` stamped with the broker's clock (LogAppendTime), CRC recomputed. The
+/// batch is validated first, so a corrupt one is refused rather than resealed.
+fn stamp_log_append_time(batch: Bytes) -> Result<Bytes> {
+    weir_batch::validate(&batch).map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut buf = batch.to_vec();
+    weir_batch::set_log_append_time(&mut buf, now);
+    Ok(Bytes::from(buf))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -532,6 +544,10 @@ impl Broker {
         };
         let part = t.partitions[p as usize].clone();
         let log = part.log.clone();
+        let batch = match t.config.timestamp_type {
+            TimestampType::CreateTime => batch,
+            TimestampType::LogAppendTime => stamp_log_append_time(batch)?,
+        };
         // A small batch is a short write to the page cache: do it on this thread, which
         // saves the round trip through the blocking pool that dominates small-produce latency.
         // `block_in_place` keeps the runtime's other tasks moving should the write stall (a

@@ -43,6 +43,20 @@ pub struct TopicConfig {
     pub max_batch_bytes: u32,
     /// Segment file size. Default 1 GiB (at most 2 GiB).
     pub segment_bytes: u64,
+    /// Whose clock timestamps records: the producer's (`create_time`, the default) or the
+    /// broker's at append (`log_append_time`; the batch is restamped and its CRC recomputed).
+    pub timestamp_type: TimestampType,
+}
+
+/// Where record timestamps come from (Kafka's `message.timestamp.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampType {
+    /// The producer's timestamps are kept.
+    #[default]
+    CreateTime,
+    /// The broker stamps each batch with its clock when appending it.
+    LogAppendTime,
 }
 
 impl Default for TopicConfig {
@@ -54,6 +68,7 @@ impl Default for TopicConfig {
             durability: DurabilitySetting::Always,
             max_batch_bytes: 8 << 20,
             segment_bytes: 1 << 30,
+            timestamp_type: TimestampType::CreateTime,
         }
     }
 }

@@ -750,9 +750,14 @@ async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> 
                 .ok()?;
         }
         RequestKind::InitProducerId(r) => {
-            let resp = if r.transactional_id.is_some() {
+            let refused = match r.transactional_id.as_ref().map(|t| t.0.is_empty()) {
+                None => None,
+                Some(true) => Some(code::INVALID_REQUEST),
+                Some(false) => Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+            };
+            let resp = if let Some(error) = refused {
                 InitProducerIdResponse::default()
-                    .with_error_code(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+                    .with_error_code(error)
                     .with_producer_id(ProducerId(-1))
                     .with_producer_epoch(-1)
             } else {
@@ -843,6 +848,20 @@ fn topic_config(
                     )
                 })?
             }
+            "message.timestamp.type" => {
+                config.timestamp_type = match value.as_str() {
+                    "CreateTime" => weir_broker::topic::TimestampType::CreateTime,
+                    "LogAppendTime" => weir_broker::topic::TimestampType::LogAppendTime,
+                    _ => {
+                        return Err((
+                            code::INVALID_CONFIG,
+                            format!(
+                                "message.timestamp.type = {value:?}: use CreateTime or LogAppendTime"
+                            ),
+                        ));
+                    }
+                }
+            }
             other => {
                 return Err((
                     code::INVALID_CONFIG,
@@ -874,7 +893,14 @@ fn topic_configs(c: &weir_broker::TopicConfig) -> Vec<(&'static str, String)> {
         ),
         ("segment.bytes", c.segment_bytes.to_string()),
         ("max.message.bytes", c.max_batch_bytes.to_string()),
-        ("message.timestamp.type", "CreateTime".to_string()),
+        (
+            "message.timestamp.type",
+            match c.timestamp_type {
+                weir_broker::topic::TimestampType::CreateTime => "CreateTime",
+                weir_broker::topic::TimestampType::LogAppendTime => "LogAppendTime",
+            }
+            .to_string(),
+        ),
     ]
 }
 
@@ -1087,7 +1113,10 @@ async fn connection(mut stream: TcpStream, kafka: &Kafka) -> std::io::Result<()>
 mod tests {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{MetadataRequest, ProduceRequest};
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest,
+        TransactionalId,
+    };
 
     use super::*;
 
@@ -1210,6 +1239,176 @@ mod tests {
             2,
             "nothing bad stored"
         );
+    }
+
+    fn produce_to(topic: &str, records: Bytes) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic_name(topic))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records)),
+                    ]),
+            ])
+    }
+
+    async fn produce_one(kafka: &Kafka, topic: &str, records: Bytes) -> (i16, i64) {
+        let r: ProduceResponse = response(
+            ApiKey::Produce,
+            8,
+            handle(
+                kafka,
+                request(ApiKey::Produce, 8, &produce_to(topic, records)),
+            )
+            .await,
+        );
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+
+    fn idempotent(pid: i64, seq: i32, values: &[&[u8]]) -> Bytes {
+        let mut b = weir_batch::BatchBuilder::new(0).producer(pid, 0, seq);
+        for v in values {
+            b.push(weir_batch::RecordSpec::value(v));
+        }
+        Bytes::from(b.build())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_retries_are_written_once_and_gaps_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        let r: InitProducerIdResponse = response(
+            ApiKey::InitProducerId,
+            1,
+            handle(
+                &kafka,
+                request(
+                    ApiKey::InitProducerId,
+                    1,
+                    &InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_transaction_timeout_ms(60_000),
+                ),
+            )
+            .await,
+        );
+        assert_eq!(r.error_code, code::NONE);
+        let pid = r.producer_id.0;
+        assert!(pid > 0);
+        let first = idempotent(pid, 0, &[b"a", b"b"]);
+        assert_eq!(
+            produce_one(&kafka, "a", first.clone()).await,
+            (code::NONE, 0)
+        );
+        assert_eq!(
+            produce_one(&kafka, "a", idempotent(pid, 2, &[b"c"])).await,
+            (code::NONE, 2)
+        );
+        // The first batch again (its answer was lost): the same offset, nothing appended.
+        assert_eq!(produce_one(&kafka, "a", first).await, (code::NONE, 0));
+        // A gap: seq 4 where 3 is due.
+        let (err, _) = produce_one(&kafka, "a", idempotent(pid, 4, &[b"d"])).await;
+        assert_eq!(err, code::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        assert_eq!(
+            broker.topic_info("a").unwrap().partitions[0].high_watermark,
+            3
+        );
+        // Transactions are refused, not half-served.
+        let r: InitProducerIdResponse = response(
+            ApiKey::InitProducerId,
+            1,
+            handle(
+                &kafka,
+                request(
+                    ApiKey::InitProducerId,
+                    1,
+                    &InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(
+                        StrBytes::from_static_str("tx"),
+                    ))),
+                ),
+            )
+            .await,
+        );
+        assert_eq!(r.error_code, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+        let r: FindCoordinatorResponse = response(
+            ApiKey::FindCoordinator,
+            2,
+            handle(
+                &kafka,
+                request(
+                    ApiKey::FindCoordinator,
+                    2,
+                    &FindCoordinatorRequest::default()
+                        .with_key(StrBytes::from_static_str("tx"))
+                        .with_key_type(1),
+                ),
+            )
+            .await,
+        );
+        assert_eq!(r.error_code, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_batches_get_message_too_large_and_log_append_time_restamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        let small = weir_broker::TopicConfig {
+            max_batch_bytes: 200,
+            ..Default::default()
+        };
+        broker.create_topic("small", Some(small)).await.unwrap();
+        let (err, _) = produce_one(
+            &kafka,
+            "small",
+            crate::tests::idempotent(-1, -1, &[&[7u8; 400]]),
+        )
+        .await;
+        assert_eq!(err, code::MESSAGE_TOO_LARGE);
+        let stamped = weir_broker::TopicConfig {
+            timestamp_type: weir_broker::topic::TimestampType::LogAppendTime,
+            ..Default::default()
+        };
+        broker.create_topic("stamped", Some(stamped)).await.unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // Producer timestamps from 1970: the broker's clock replaces them.
+        let mut b = weir_batch::BatchBuilder::new(1_000);
+        b.push(weir_batch::RecordSpec::value(b"x"));
+        assert_eq!(
+            produce_one(&kafka, "stamped", Bytes::from(b.build())).await,
+            (code::NONE, 0)
+        );
+        let f = broker
+            .fetch("stamped", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .unwrap();
+        let batch = f.chunks.concat();
+        let h = weir_batch::validate(&batch).unwrap();
+        assert!(h.is_log_append_time());
+        let ts = weir_batch::Records::new(&batch)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .timestamp;
+        assert!(
+            ts >= before,
+            "timestamp {ts} is the broker's, not the producer's 1000"
+        );
+        // A corrupt batch is refused, not resealed into a valid one.
+        let mut bad = weir_batch::BatchBuilder::new(1_000);
+        bad.push(weir_batch::RecordSpec::value(b"y"));
+        let mut bad = bad.build();
+        *bad.last_mut().unwrap() ^= 1;
+        let (err, _) = produce_one(&kafka, "stamped", Bytes::from(bad)).await;
+        assert_eq!(err, code::CORRUPT_MESSAGE);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

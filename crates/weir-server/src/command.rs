@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::group::AssignmentStrategy;
-use weir_broker::topic::DurabilitySetting;
+use weir_broker::topic::{DurabilitySetting, TimestampType};
 use weir_broker::{Broker, BrokerError, TopicConfig};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
@@ -132,6 +132,11 @@ pub(crate) fn topic_config(defaults: &TopicConfig, c: Option<msg::TopicConfig>) 
         } else {
             c.segment_bytes
         },
+        timestamp_type: match c.timestamp_type() {
+            msg::TimestampType::Default => d.timestamp_type,
+            msg::TimestampType::CreateTime => TimestampType::CreateTime,
+            msg::TimestampType::LogAppendTime => TimestampType::LogAppendTime,
+        },
     }
 }
 
@@ -152,6 +157,10 @@ pub(crate) fn topic_config_out(c: &TopicConfig) -> msg::TopicConfig {
         durability_interval_ms: interval,
         max_batch_bytes: c.max_batch_bytes,
         segment_bytes: c.segment_bytes,
+        timestamp_type: match c.timestamp_type {
+            TimestampType::CreateTime => msg::TimestampType::CreateTime,
+            TimestampType::LogAppendTime => msg::TimestampType::LogAppendTime,
+        } as i32,
     }
 }
 

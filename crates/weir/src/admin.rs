@@ -29,6 +29,10 @@ pub enum TopicCmd {
         max_batch_bytes: Option<u32>,
         #[arg(long)]
         segment_bytes: Option<u64>,
+        /// Record timestamps: create-time (the producer's) or log-append-time (the broker's
+        /// clock at append); default: the server's.
+        #[arg(long, value_parser = ["create-time", "log-append-time"])]
+        timestamp_type: Option<String>,
     },
     /// List topics.
     List {
@@ -97,6 +101,10 @@ fn config_json(c: &msg::TopicConfig) -> serde_json::Value {
         },
         "max_batch_bytes": c.max_batch_bytes,
         "segment_bytes": c.segment_bytes,
+        "timestamp_type": match c.timestamp_type() {
+            msg::TimestampType::LogAppendTime => "log-append-time",
+            _ => "create-time",
+        },
     })
 }
 
@@ -124,6 +132,7 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
             durability: d,
             max_batch_bytes,
             segment_bytes,
+            timestamp_type,
         } => {
             let client = Client::connect(&conn.addr, "weir-cli").await?;
             let (dur, interval) = match d.as_deref() {
@@ -138,6 +147,11 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
                 durability_interval_ms: interval,
                 max_batch_bytes: max_batch_bytes.unwrap_or(0),
                 segment_bytes: segment_bytes.unwrap_or(0),
+                timestamp_type: match timestamp_type.as_deref() {
+                    Some("create-time") => msg::TimestampType::CreateTime,
+                    Some(_) => msg::TimestampType::LogAppendTime,
+                    None => msg::TimestampType::Default,
+                } as i32,
             };
             let applied = client.create_topic(&name, config).await?;
             println!("created topic {name} {}", config_json(&applied));

@@ -282,6 +282,7 @@ impl Config {
             durability,
             max_batch_bytes: t.max_batch_bytes,
             segment_bytes: t.segment_bytes,
+            timestamp_type: Default::default(),
         })
     }
 

@@ -12,8 +12,11 @@ use serde_json::Value;
 
 fn client(lib: &str, scenario: &str, server: &Server, topic: &str, group: &str) -> Value {
     let mut cmd = Command::new(python());
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_clients.py"))
-        .args([lib, scenario, &server.kafka, topic, group]);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/kafka_clients.py"
+    ))
+    .args([lib, scenario, &server.kafka, topic, group]);
     let (ok, out, err) = run(cmd, "");
     assert!(ok, "{lib} {scenario} failed:\n{err}");
     let last = out.lines().last().unwrap_or_default();
@@ -65,16 +68,30 @@ fn exercise(lib: &str) {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), names(lib, 200));
 
     let group = client(lib, "group", &server, "grouped", &format!("{lib}-group"));
-    assert_eq!(group["third_left"], Value::Bool(true), "{lib}: third member left");
+    assert_eq!(
+        group["third_left"],
+        Value::Bool(true),
+        "{lib}: third member left"
+    );
     let seen: BTreeSet<String> = strings(&group["seen"]).into_iter().collect();
-    assert_eq!(seen, names("g", 300), "{lib}: the two members left read everything");
+    assert_eq!(
+        seen,
+        names("g", 300),
+        "{lib}: the two members left read everything"
+    );
     // The resumed member starts at the group's commits: all the new records, and of the old
     // ones at most the few whose commit a rebalance fenced (at-least-once), never the early ones.
     let resumed = strings(&group["resumed"]);
     let resumed_set: BTreeSet<String> = resumed.iter().cloned().collect();
-    assert!(resumed_set.is_superset(&names("r", 50)), "{lib}: {resumed:?}");
+    assert!(
+        resumed_set.is_superset(&names("r", 50)),
+        "{lib}: {resumed:?}"
+    );
     let old: Vec<&String> = resumed.iter().filter(|v| v.starts_with("g-")).collect();
-    assert!(old.len() <= 30, "{lib}: resumed far before the commits: {old:?}");
+    assert!(
+        old.len() <= 30,
+        "{lib}: resumed far before the commits: {old:?}"
+    );
     server.stop();
 }
 
