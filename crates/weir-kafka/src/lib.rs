@@ -325,71 +325,43 @@ async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> 
             let max_wait = Duration::from_millis(r.max_wait_ms.clamp(0, 30_000) as u64);
             let min_bytes = r.min_bytes.max(0) as usize;
             let total_max = (r.max_bytes.max(1) as usize).min(MAX_REQUEST_BYTES);
-            let mut responses = Vec::new();
-            let mut total = 0usize;
-            // Long-poll on the first partition only; the others answer with what they have.
-            let mut first = true;
-            for t in r.topics {
-                let name = t.topic.0.to_string();
-                let mut parts = Vec::new();
-                for p in t.partitions {
-                    let max = (p.partition_max_bytes.max(1) as usize)
-                        .min(total_max.saturating_sub(total).max(1));
-                    let (wait, min) = if first {
-                        (max_wait, min_bytes)
-                    } else {
-                        (Duration::ZERO, 0)
-                    };
-                    first = false;
-                    let result = match u32::try_from(p.partition) {
-                        Ok(part) if p.fetch_offset >= 0 => {
-                            broker
-                                .fetch(&name, part, p.fetch_offset as u64, max, min, wait)
-                                .await
-                        }
-                        _ => Err(BrokerError::UnknownPartition {
-                            topic: name.clone(),
-                            partition: u32::MAX,
-                        }),
-                    };
-                    let data = match result {
-                        Ok(f) => {
-                            let records: Bytes = if f.chunks.len() == 1 {
-                                f.chunks[0].clone()
-                            } else {
-                                let mut b = BytesMut::new();
-                                for c in &f.chunks {
-                                    b.extend_from_slice(c);
-                                }
-                                b.freeze()
-                            };
-                            total += records.len();
-                            PartitionData::default()
-                                .with_partition_index(p.partition)
-                                .with_high_watermark(f.high_watermark as i64)
-                                .with_last_stable_offset(f.high_watermark as i64)
-                                .with_log_start_offset(f.log_start_offset as i64)
-                                .with_aborted_transactions(Some(Vec::new()))
-                                .with_preferred_read_replica(BrokerId(-1))
-                                .with_records(Some(records))
-                        }
-                        Err(e) => PartitionData::default()
-                            .with_partition_index(p.partition)
-                            .with_error_code(error_code(&e))
-                            .with_high_watermark(-1)
-                            .with_last_stable_offset(-1)
-                            .with_log_start_offset(-1)
-                            .with_preferred_read_replica(BrokerId(-1))
-                            .with_records(Some(Bytes::new())),
-                    };
-                    parts.push(data);
+            let deadline = tokio::time::Instant::now() + max_wait;
+            // Long-poll on every partition asked for: answered as soon as any of them has
+            // data enough, or at max_wait.
+            let mut watches: Vec<tokio::sync::watch::Receiver<u64>> = r
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().filter_map(|p| {
+                        let part = u32::try_from(p.partition).ok()?;
+                        broker.watch_high_watermark(&t.topic.0, part).ok()
+                    })
+                })
+                .take(MAX_WATCHED_PARTITIONS)
+                .collect();
+            let responses = loop {
+                for w in &mut watches {
+                    w.borrow_and_update();
                 }
-                responses.push(
-                    FetchableTopicResponse::default()
-                        .with_topic(topic_name(&name))
-                        .with_partitions(parts),
-                );
-            }
+                let (responses, total) = fetch_pass(broker, &r.topics, total_max).await;
+                if total >= min_bytes.max(1)
+                    || min_bytes == 0
+                    || watches.is_empty()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break responses;
+                }
+                let changed =
+                    futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+                let gone = match tokio::time::timeout_at(deadline, changed).await {
+                    Err(_) | Ok((Ok(()), _, _)) => None,
+                    // A partition went away (topic deleted): stop watching it.
+                    Ok((Err(_), i, _)) => Some(i),
+                };
+                if let Some(i) = gone {
+                    watches.swap_remove(i);
+                }
+            };
             FetchResponse::default()
                 .with_session_id(0)
                 .with_responses(responses)
@@ -776,6 +748,75 @@ async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> 
         .ok()?;
     out.extend_from_slice(&body);
     Some(Some(out.freeze()))
+}
+
+/// Most partitions one Fetch long-polls on (the rest are still read, just not watched).
+const MAX_WATCHED_PARTITIONS: usize = 1024;
+
+/// One pass over the partitions of a Fetch, without waiting: each partition's data (at least
+/// the whole batch holding the fetch offset) within the request's byte limits.
+async fn fetch_pass(
+    broker: &Broker,
+    topics: &[kafka_protocol::messages::fetch_request::FetchTopic],
+    total_max: usize,
+) -> (Vec<FetchableTopicResponse>, usize) {
+    let mut responses = Vec::with_capacity(topics.len());
+    let mut total = 0usize;
+    for t in topics {
+        let name = &*t.topic.0;
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let max =
+                (p.partition_max_bytes.max(1) as usize).min(total_max.saturating_sub(total).max(1));
+            let result = match u32::try_from(p.partition) {
+                Ok(part) if p.fetch_offset >= 0 => {
+                    broker
+                        .fetch(name, part, p.fetch_offset as u64, max, 0, Duration::ZERO)
+                        .await
+                }
+                _ => Err(BrokerError::UnknownPartition {
+                    topic: name.to_string(),
+                    partition: u32::MAX,
+                }),
+            };
+            parts.push(match result {
+                Ok(f) => {
+                    let records: Bytes = if f.chunks.len() == 1 {
+                        f.chunks[0].clone()
+                    } else {
+                        let mut b = BytesMut::new();
+                        for c in &f.chunks {
+                            b.extend_from_slice(c);
+                        }
+                        b.freeze()
+                    };
+                    total += records.len();
+                    PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_high_watermark(f.high_watermark as i64)
+                        .with_last_stable_offset(f.high_watermark as i64)
+                        .with_log_start_offset(f.log_start_offset as i64)
+                        .with_aborted_transactions(Some(Vec::new()))
+                        .with_preferred_read_replica(BrokerId(-1))
+                        .with_records(Some(records))
+                }
+                Err(e) => PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_error_code(error_code(&e))
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    .with_preferred_read_replica(BrokerId(-1))
+                    .with_records(Some(Bytes::new())),
+            });
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(parts),
+        );
+    }
+    (responses, total)
 }
 
 /// Whether an offset may be committed for a partition: `NONE` or the Kafka error code.
@@ -1351,6 +1392,59 @@ mod tests {
             .await,
         );
         assert_eq!(r.error_code, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetch_long_polls_on_every_partition_it_asks_for() {
+        use kafka_protocol::messages::FetchRequest;
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        let two = weir_broker::TopicConfig {
+            partitions: 2,
+            ..Default::default()
+        };
+        broker.create_topic("two", Some(two)).await.unwrap();
+        let req = FetchRequest::default()
+            .with_max_wait_ms(10_000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(topic_name("two"))
+                    .with_partitions(
+                        (0..2)
+                            .map(|p| {
+                                FetchPartition::default()
+                                    .with_partition(p)
+                                    .with_fetch_offset(0)
+                                    .with_partition_max_bytes(1 << 20)
+                            })
+                            .collect(),
+                    ),
+            ]);
+        let writer = broker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer
+                .produce("two", Some(1), None, idempotent(-1, -1, &[b"late"]))
+                .await
+                .unwrap();
+        });
+        let started = std::time::Instant::now();
+        let r: FetchResponse = response(
+            ApiKey::Fetch,
+            11,
+            handle(&kafka, request(ApiKey::Fetch, 11, &req)).await,
+        );
+        let waited = started.elapsed();
+        // Answered when partition 1 got data, long before the 10 s max_wait.
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        let parts = &r.responses[0].partitions;
+        assert!(parts[0].records.as_ref().unwrap().is_empty());
+        assert!(!parts[1].records.as_ref().unwrap().is_empty());
+        assert_eq!(parts[1].high_watermark, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
