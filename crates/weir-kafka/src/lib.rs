@@ -49,7 +49,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 /// What to do after a request.
 #[derive(Debug)]
 pub enum Reply {
-    /// Send this response.
+    /// Send this response (size prefix included).
     Response(Bytes),
     /// Say nothing (produce with acks=0).
     Silent,
@@ -216,7 +216,14 @@ async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> 
     }
     let request = RequestKind::decode(api, &mut frame, version).ok()?;
     let correlation = header.correlation_id;
+    // The response is built in place: size prefix (patched at the end), header, body, so that
+    // records are copied once, into this buffer.
     let mut body = BytesMut::new();
+    body.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation)
+        .encode(&mut body, api.response_header_version(version))
+        .ok()?;
     match request {
         RequestKind::ApiVersions(_) => {
             return Some(Some(api_versions_reply(correlation, version, code::NONE)));
@@ -362,11 +369,12 @@ async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> 
                     watches.swap_remove(i);
                 }
             };
-            FetchResponse::default()
+            let resp = FetchResponse::default()
                 .with_session_id(0)
-                .with_responses(responses)
-                .encode(&mut body, version)
-                .ok()?;
+                .with_responses(responses);
+            // Sized up front: growing the buffer would copy the records again.
+            body.reserve(resp.compute_size(version).ok()?);
+            resp.encode(&mut body, version).ok()?;
         }
         RequestKind::ListOffsets(r) => {
             let mut topics = Vec::new();
@@ -741,13 +749,9 @@ async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> 
         }
         _ => return None,
     }
-    let mut out = BytesMut::new();
-    ResponseHeader::default()
-        .with_correlation_id(correlation)
-        .encode(&mut out, api.response_header_version(version))
-        .ok()?;
-    out.extend_from_slice(&body);
-    Some(Some(out.freeze()))
+    let len = i32::try_from(body.len() - 4).ok()?;
+    body[..4].copy_from_slice(&len.to_be_bytes());
+    Some(Some(body.freeze()))
 }
 
 /// Most partitions one Fetch long-polls on (the rest are still read, just not watched).
@@ -966,12 +970,15 @@ fn api_versions_reply(correlation: i32, version: i16, error: i16) -> Bytes {
         .with_error_code(error)
         .with_api_keys(keys);
     let mut out = BytesMut::new();
+    out.put_i32(0);
     // ApiVersions responses always use header v0, whatever the request version.
     ResponseHeader::default()
         .with_correlation_id(correlation)
         .encode(&mut out, 0)
         .expect("header encodes");
     resp.encode(&mut out, version).expect("ApiVersions encodes");
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
     out.freeze()
 }
 
@@ -1117,36 +1124,58 @@ pub async fn serve(
 /// alone cannot make us allocate [`MAX_REQUEST_BYTES`].
 const INITIAL_REQUEST_BUFFER: usize = 64 << 10;
 
-async fn connection(mut stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
+/// Requests read ahead of the one being handled, per connection. Kafka answers a connection's
+/// requests in order, one at a time; reading the next few while one is handled overlaps the
+/// socket reads with the appends. Bounds a connection's buffered requests to this many times
+/// [`MAX_REQUEST_BYTES`].
+const READ_AHEAD: usize = 2;
+
+async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    let read = async move {
+        loop {
+            let mut len = [0u8; 4];
+            if reader.read_exact(&mut len).await.is_err() {
+                return Ok(());
+            }
+            let len = i32::from_be_bytes(len);
+            if len < 0 || len as usize > MAX_REQUEST_BYTES {
+                return Err(std::io::Error::other(format!(
+                    "request of {len} bytes refused"
+                )));
+            }
+            let len = len as usize;
+            let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
+            (&mut reader).take(len as u64).read_to_end(&mut frame).await?;
+            if frame.len() < len {
+                return Ok(());
+            }
+            if tx.send(Bytes::from(frame)).await.is_err() {
+                // The handler stopped (it closed the connection).
+                return Ok(());
+            }
+        }
+    };
+    let handle_all = async {
+        while let Some(frame) = rx.recv().await {
+            match handle(kafka, frame).await {
+                Reply::Response(r) => writer.write_all(&r).await?,
+                Reply::Silent => continue,
+                Reply::Close => return Err(std::io::Error::other("request not understood")),
+            }
+        }
+        Ok(())
+    };
+    // The handler finishes what was read before the reader stopped (the reader's end drops
+    // its sender); a handler error, or a request it cannot understand, ends both at once.
+    tokio::pin!(read, handle_all);
+    let mut read_result = None;
     loop {
-        let mut len = [0u8; 4];
-        if stream.read_exact(&mut len).await.is_err() {
-            return Ok(());
+        tokio::select! {
+            r = &mut read, if read_result.is_none() => read_result = Some(r),
+            h = &mut handle_all => return h.and(read_result.unwrap_or(Ok(()))),
         }
-        let len = i32::from_be_bytes(len);
-        if len < 0 || len as usize > MAX_REQUEST_BYTES {
-            return Err(std::io::Error::other(format!(
-                "request of {len} bytes refused"
-            )));
-        }
-        let len = len as usize;
-        let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
-        (&mut stream)
-            .take(len as u64)
-            .read_to_end(&mut frame)
-            .await?;
-        if frame.len() < len {
-            return Ok(());
-        }
-        let resp = match handle(kafka, Bytes::from(frame)).await {
-            Reply::Response(r) => r,
-            Reply::Silent => continue,
-            Reply::Close => return Err(std::io::Error::other("request not understood")),
-        };
-        let mut out = BytesMut::with_capacity(4 + resp.len());
-        out.put_i32(resp.len() as i32);
-        out.extend_from_slice(&resp);
-        stream.write_all(&out).await?;
     }
 }
 
@@ -1177,6 +1206,8 @@ mod tests {
         let Reply::Response(mut b) = reply else {
             panic!("expected a response, got {reply:?}")
         };
+        let len = bytes::Buf::get_i32(&mut b);
+        assert_eq!(len as usize, b.len(), "size prefix");
         let h = ResponseHeader::decode(&mut b, api.response_header_version(version)).unwrap();
         assert_eq!(h.correlation_id, 42);
         T::decode(&mut b, version).unwrap()

@@ -1,0 +1,131 @@
+//! Produces or consumes fixed-size records through a Kafka listener with librdkafka (the
+//! client library behind kcat, confluent-kafka and most Kafka clients), and prints one JSON
+//! line with the throughput.
+//!
+//! Usage:
+//!   kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [key=value librdkafka settings...]
+//!   kafka-bench consume BOOTSTRAP TOPIC MESSAGES [key=value ...]
+//!
+//! produce: sends MESSAGES records of SIZE bytes (acks=all by default), waits for every
+//! delivery report; fails if any delivery failed. consume: reads every partition of TOPIC from
+//! the beginning until it has MESSAGES records.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+fn config(bootstrap: &str, extra: &[String]) -> Result<ClientConfig> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for kv in extra {
+        let (k, v) = kv.split_once('=').context("settings are key=value")?;
+        c.set(k, v);
+    }
+    Ok(c)
+}
+
+fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) -> Result<()> {
+    let mut c = config(bootstrap, extra)?;
+    for (k, v) in [
+        ("acks", "all"),
+        ("linger.ms", "5"),
+        ("batch.size", "1000000"),
+        ("queue.buffering.max.kbytes", "1048576"),
+        ("queue.buffering.max.messages", "1000000"),
+    ] {
+        if c.get(k).is_none() {
+            c.set(k, v);
+        }
+    }
+    let producer: BaseProducer = c.create()?;
+    let payload = vec![b'x'; size];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < n {
+        match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(&payload)) {
+            Ok(()) => sent += 1,
+            Err((rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ), _)) => {
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => bail!("produce failed: {e}"),
+        }
+        if sent % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "op": "produce", "messages": n, "size": size, "seconds": secs,
+            "msgs_per_sec": n as f64 / secs,
+            "mb_per_sec": (n as f64 * size as f64) / secs / 1e6,
+        })
+    );
+    Ok(())
+}
+
+fn consume(bootstrap: &str, topic: &str, n: u64, extra: &[String]) -> Result<()> {
+    let mut c = config(bootstrap, extra)?;
+    c.set("group.id", "kafka-bench").set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = c.create()?;
+    let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let parts = meta
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .context("topic not found")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let start = Instant::now();
+    let (mut got, mut bytes) = (0u64, 0u64);
+    let deadline = start + Duration::from_secs(300);
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("timed out after {got} of {n} messages");
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            got += 1;
+            bytes += m.payload().map_or(0, |p| p.len() as u64);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "op": "consume", "messages": got, "bytes": bytes, "seconds": secs,
+            "msgs_per_sec": got as f64 / secs,
+            "mb_per_sec": bytes as f64 / secs / 1e6,
+        })
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("produce") if args.len() >= 5 => produce(
+            &args[1],
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+            &args[5..],
+        ),
+        Some("consume") if args.len() >= 4 => consume(&args[1], &args[2], args[3].parse()?, &args[4..]),
+        _ => bail!(
+            "usage: kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [k=v...] | consume BOOTSTRAP TOPIC MESSAGES [k=v...]"
+        ),
+    }
+}
