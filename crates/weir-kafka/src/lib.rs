@@ -1120,9 +1120,12 @@ pub async fn serve(
     kafka.groups.clear();
 }
 
-/// First allocation for a request; larger ones grow as their bytes arrive, so a size prefix
-/// alone cannot make us allocate [`MAX_REQUEST_BYTES`].
-const INITIAL_REQUEST_BUFFER: usize = 64 << 10;
+/// First allocation for a request: room for a whole request as librdkafka and the Java
+/// client send them by default (`message.max.bytes` / `max.request.size` of about 1 MB), so
+/// that it is read without regrowing and copying; a larger one grows as its bytes arrive, so a
+/// size prefix alone cannot make us allocate [`MAX_REQUEST_BYTES`]. (Untouched capacity is
+/// address space, not resident memory.)
+const INITIAL_REQUEST_BUFFER: usize = 2 << 20;
 
 /// Requests read ahead of the one being handled, per connection. Kafka answers a connection's
 /// requests in order, one at a time; reading the next few while one is handled overlaps the
