@@ -60,6 +60,8 @@ pub enum GuardError {
         min: usize,
         remaining: usize,
     },
+    #[error("tag {tag} at byte {at} is above i32::MAX")]
+    TagOutOfRange { at: usize, tag: u32 },
     #[error("{count} tagged fields at byte {at} exceed the {remaining} bytes left")]
     TooManyTaggedFields {
         at: usize,
@@ -607,7 +609,9 @@ fn ty_min_size(ty: Ty, flexible: bool) -> usize {
 }
 
 /// A tagged-field section: a count, then (tag, size, bytes) per field. Every field takes at
-/// least two bytes (its tag and its size).
+/// least two bytes (its tag and its size). Tags are 31-bit: the decoder keeps them as `i32`,
+/// and the crate's encoder counts but never writes a negative one, so a larger tag would not
+/// survive a round trip (found by the fuzz target).
 fn tagged_fields(r: &mut Reader) -> Result<(), GuardError> {
     let at = r.at;
     let count = u64::from(r.uvarint()?);
@@ -620,7 +624,11 @@ fn tagged_fields(r: &mut Reader) -> Result<(), GuardError> {
         });
     }
     for _ in 0..count {
-        r.uvarint()?; // tag
+        let tag_at = r.at;
+        let tag = r.uvarint()?;
+        if i32::try_from(tag).is_err() {
+            return Err(GuardError::TagOutOfRange { at: tag_at, tag });
+        }
         let size_at = r.at;
         let size = u64::from(r.uvarint()?);
         r.skip_len(size, size_at)?;

@@ -5,6 +5,10 @@
 //!   in order (Kafka clients rely on per-connection ordering).
 //! - [`handle`]: one request, decoded with the `kafka-protocol` crate, applied to the
 //!   [`Broker`], encoded back. Sans socket: bytes in, bytes out.
+//! - [`decode_request`]: the one way in for request bytes: API and version checked against
+//!   those served, the layout checked by [`guard`] (the crate's decoders reserve memory from
+//!   unchecked counts), then decoded. The fuzz target in `fuzz/` drives it.
+//! - [`groups`], [`producers`]: the group coordinator and idempotent producer state.
 //!
 //! APIs served so far: ApiVersions 0–3, Metadata 0–8, Produce 3–8, Fetch 4–11,
 //! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need — and CreateTopics 2–4,

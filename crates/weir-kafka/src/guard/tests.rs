@@ -582,6 +582,33 @@ fn header_v2_tagged_fields_are_bounded_and_the_header_must_match() {
             remaining: 2
         })
     );
+    // A tag above i32::MAX (found by the fuzz target: the crate decodes it as a negative i32
+    // and its encoder then counts the field without writing it).
+    let frame = [
+        0, 18, 0, 3, 0, 0, 0, 1, 0xff, 0xff, 1, 0x80, 0x80, 0x80, 0x80, 8, 0, 2, b'a',
+    ];
+    assert_eq!(
+        check(ApiKey::ApiVersions, 3, &frame),
+        Err(GuardError::TagOutOfRange {
+            at: 11,
+            tag: 1 << 31
+        })
+    );
+    // The largest tag passes, and survives decoding and encoding again.
+    let frame = [
+        0, 18, 0, 3, 0, 0, 0, 1, 0xff, 0xff, 1, 0xff, 0xff, 0xff, 0xff, 7, 0, 2, b'a', 2, b'b', 0,
+    ];
+    assert_eq!(check(ApiKey::ApiVersions, 3, &frame), Ok(()));
+    let Ok(Decoded::Request {
+        header, request, ..
+    }) = decode_request(Bytes::copy_from_slice(&frame))
+    else {
+        panic!("the largest tag decodes")
+    };
+    let mut again = BytesMut::new();
+    header.encode(&mut again, 2).unwrap();
+    request.encode(&mut again, 3).unwrap();
+    assert_eq!(&again[..], &frame[..]);
     // The header must name the API and version being checked, in header v1 or v2.
     let frame = sample(ApiKey::Metadata, 1, 1);
     assert_eq!(
@@ -592,4 +619,38 @@ fn header_v2_tagged_fields_are_bounded_and_the_header_must_match() {
         check_request(ApiKey::Metadata, 1, 0, &frame),
         Err(GuardError::HeaderVersion(0))
     );
+}
+
+/// The fuzz target's seeds (`fuzz/corpus/kafka_request/seed-*`): one request per served
+/// version, as the encoder writes it, each decoding. `WEIR_WRITE_FUZZ_SEEDS=1 cargo test -p
+/// weir-kafka fuzz_seeds` writes them anew.
+#[test]
+fn fuzz_seeds_are_one_served_request_per_version() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/kafka_request");
+    if std::env::var_os("WEIR_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (api, v, _, frame) in samples().filter(|&(_, _, n, _)| n == 1) {
+            std::fs::write(dir.join(format!("seed-{api:?}-v{v}")), &frame).unwrap();
+        }
+    }
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("seed-")
+        {
+            continue;
+        }
+        let frame = Bytes::from(std::fs::read(&path).unwrap());
+        assert!(
+            matches!(decode_request(frame), Ok(Decoded::Request { .. })),
+            "{}",
+            path.display()
+        );
+        seeds += 1;
+    }
+    assert_eq!(seeds, 73, "one seed per served version");
 }
