@@ -11,7 +11,7 @@
 //! size of one element, so no reservation is larger than what a request really holding that
 //! many elements needs (and frames are capped at [`crate::MAX_REQUEST_BYTES`]).
 //!
-//! The layouts are tables ([`Message`], [`Field`], [`Ty`]) written from Kafka's message schemas
+//! The layouts are tables (`Message`, `Field`, `Ty`) written from Kafka's message schemas
 //! for exactly the (API, version) pairs weir advertises; an API or version outside them is
 //! refused. A field is present in a range of versions, may be nullable from some version on,
 //! and is encoded the classic way (`i16` string lengths, `i32` bytes lengths and array counts)
@@ -21,7 +21,12 @@
 //! field, so tagged fields are skipped as opaque (tag, size, bytes) triples.
 //!
 //! What it does not check: UTF-8 (the decoder does, and fails cleanly), field values, and
-//! trailing bytes after the last field (the decoder ignores them, and so do we).
+//! trailing bytes after the last field (the decoder ignores them, and so do we). What it does
+//! not bound: a decoded element can take more memory than its smallest wire form (tens of bytes
+//! for a 2-byte empty topic name), which [`crate::MAX_REQUEST_BYTES`] caps per request.
+//!
+//! Serving a new API or version means adding its layout here first, and a sample of it to the
+//! tests, which check the guard against everything the crate's encoder writes.
 
 use kafka_protocol::messages::ApiKey;
 
