@@ -10,7 +10,7 @@
 //!   unchecked counts), then decoded. The fuzz target in `fuzz/` drives it.
 //! - [`groups`], [`producers`]: the group coordinator and idempotent producer state.
 //!
-//! APIs served so far: ApiVersions 0–3, Metadata 0–8, Produce 3–8, Fetch 4–11,
+//! APIs served so far: ApiVersions 0–4, Metadata 0–8, Produce 3–8, Fetch 4–11,
 //! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need — and CreateTopics 2–4,
 //! DeleteTopics 1–3, DescribeConfigs 1–2. Consumer groups, idempotent
 //! producers and the admin APIs are the rest of the Kafka issue.
@@ -1717,5 +1717,31 @@ mod tests {
             handle(&adv, request(ApiKey::Produce, 9, &req)).await,
             Reply::Close
         ));
+        // Metadata v0 declaring 2³¹−1 topics in 14 bytes: the guard refuses it before the
+        // decoder would reserve ~150 GB for it (which aborted the process).
+        let attack = [0, 3, 0, 0, 0, 0, 0, 42, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            handle(&adv, Bytes::copy_from_slice(&attack)).await,
+            Reply::Close
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn api_versions_above_the_range_get_the_v0_answer_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_broker, adv) = broker(dir.path()).await;
+        // v9 with a body no decoder knows: only the correlation id is read.
+        let frame = [0, 18, 0, 9, 0, 0, 0, 42, 0x7f, 0xff, 0xff, 0xff];
+        let r: ApiVersionsResponse = response(
+            ApiKey::ApiVersions,
+            0,
+            handle(&adv, Bytes::copy_from_slice(&frame)).await,
+        );
+        assert_eq!(r.error_code, code::UNSUPPORTED_VERSION);
+        assert!(
+            r.api_keys
+                .iter()
+                .any(|k| k.api_key == ApiKey::Metadata as i16)
+        );
     }
 }
