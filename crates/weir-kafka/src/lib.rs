@@ -5,8 +5,12 @@
 //!   in order (Kafka clients rely on per-connection ordering).
 //! - [`handle`]: one request, decoded with the `kafka-protocol` crate, applied to the
 //!   [`Broker`], encoded back. Sans socket: bytes in, bytes out.
+//! - [`decode_request`]: the one way in for request bytes: API and version checked against
+//!   those served, the layout checked by [`guard`] (the crate's decoders reserve memory from
+//!   unchecked counts), then decoded. The fuzz target in `fuzz/` drives it.
+//! - [`groups`], [`producers`]: the group coordinator and idempotent producer state.
 //!
-//! APIs served so far: ApiVersions 0–3, Metadata 0–8, Produce 3–8, Fetch 4–11,
+//! APIs served so far: ApiVersions 0–4, Metadata 0–8, Produce 3–8, Fetch 4–11,
 //! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need — and CreateTopics 2–4,
 //! DeleteTopics 1–3, DescribeConfigs 1–2. Consumer groups, idempotent
 //! producers and the admin APIs are the rest of the Kafka issue.
@@ -62,6 +66,7 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::{Broker, BrokerError};
 
 pub mod groups;
+pub mod guard;
 pub mod producers;
 
 use groups::KafkaGroups;
@@ -181,40 +186,110 @@ pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
     }
 }
 
-/// `None`: close; `Some(None)`: silent; `Some(Some(b))`: respond.
-async fn handle_inner(kafka: &Kafka, mut frame: Bytes) -> Option<Option<Bytes>> {
-    let (broker, advertised) = (&kafka.broker, &kafka.advertised);
-    if frame.len() < 4 {
-        return None;
+/// A request taken off the wire by [`decode_request`].
+// Built once per request and destructured at once: boxing the large variant would only add an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Decoded {
+    /// A request of a served API and version, checked by [`guard::check_request`] and decoded.
+    Request {
+        api: ApiKey,
+        version: i16,
+        header: RequestHeader,
+        request: RequestKind,
+    },
+    /// ApiVersions above the versions served (or negative): answered in v0 with
+    /// `UNSUPPORTED_VERSION` and the ranges served, before decoding anything past the
+    /// correlation id, so newer clients can fall back.
+    ApiVersionsTooNew { correlation_id: i32 },
+}
+
+/// Why a request could not be decoded; the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("request of {0} bytes is too short for a header")]
+    TooShort(usize),
+    #[error("unknown Kafka API key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported Kafka API {api:?} v{version}")]
+    Unsupported { api: ApiKey, version: i16 },
+    #[error("refused before decoding: {0}")]
+    Guard(#[from] guard::GuardError),
+    #[error("undecodable request header: {0}")]
+    Header(String),
+    #[error("undecodable {api:?} v{version} request: {reason}")]
+    Body {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+/// Decodes one request (without its size prefix), sans I/O: the API and version are checked
+/// against those served, the frame's layout against [`guard::check_request`] (the decoders of
+/// the `kafka-protocol` crate reserve memory from unchecked counts), and only then are the
+/// header and body decoded.
+pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
+    let (Some(key), Some(version)) = (frame.get(0..2), frame.get(2..4)) else {
+        return Err(DecodeError::TooShort(frame.len()));
+    };
+    let key = i16::from_be_bytes([key[0], key[1]]);
+    let version = i16::from_be_bytes([version[0], version[1]]);
+    let api = ApiKey::try_from(key).map_err(|()| DecodeError::UnknownApi(key))?;
+    let Some((min, max)) = range(api) else {
+        return Err(DecodeError::Unsupported { api, version });
+    };
+    if api == ApiKey::ApiVersions && (version > max || version < 0) {
+        let correlation_id = frame
+            .get(4..8)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or(DecodeError::TooShort(frame.len()))?;
+        return Ok(Decoded::ApiVersionsTooNew { correlation_id });
     }
-    let key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let api = ApiKey::try_from(key).ok()?;
-    if api == ApiKey::ApiVersions {
-        let (_, max) = range(api)?;
-        if version > max || version < 0 {
+    if version < min || version > max {
+        return Err(DecodeError::Unsupported { api, version });
+    }
+    let header_version = api.request_header_version(version);
+    guard::check_request(api, version, header_version, &frame)?;
+    let header = RequestHeader::decode(&mut frame, header_version)
+        .map_err(|e| DecodeError::Header(e.to_string()))?;
+    let request = RequestKind::decode(api, &mut frame, version).map_err(|e| DecodeError::Body {
+        api,
+        version,
+        reason: e.to_string(),
+    })?;
+    Ok(Decoded::Request {
+        api,
+        version,
+        header,
+        request,
+    })
+}
+
+/// `None`: close; `Some(None)`: silent; `Some(Some(b))`: respond.
+async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
+    let (broker, advertised) = (&kafka.broker, &kafka.advertised);
+    let (api, version, header, request) = match decode_request(frame) {
+        Ok(Decoded::Request {
+            api,
+            version,
+            header,
+            request,
+        }) => (api, version, header, request),
+        Ok(Decoded::ApiVersionsTooNew { correlation_id }) => {
             // A strict v0 answer any client understands: the error and our ranges.
-            let correlation = frame
-                .get(4..8)
-                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
             return Some(Some(api_versions_reply(
-                correlation,
+                correlation_id,
                 0,
                 code::UNSUPPORTED_VERSION,
             )));
         }
-    }
-    let header_version = api.request_header_version(version);
-    let header = RequestHeader::decode(&mut frame, header_version).ok()?;
-    let Some((min, max)) = range(api) else {
-        tracing::debug!(?api, "unsupported Kafka API");
-        return None;
+        Err(e) => {
+            tracing::debug!(error = %e, "Kafka request not understood");
+            return None;
+        }
     };
-    if version < min || version > max {
-        tracing::debug!(?api, version, "unsupported Kafka API version");
-        return None;
-    }
-    let request = RequestKind::decode(api, &mut frame, version).ok()?;
     let correlation = header.correlation_id;
     // The response is built in place: size prefix (patched at the end), header, body, so that
     // records are copied once, into this buffer.
@@ -1676,5 +1751,31 @@ mod tests {
             handle(&adv, request(ApiKey::Produce, 9, &req)).await,
             Reply::Close
         ));
+        // Metadata v0 declaring 2³¹−1 topics in 14 bytes: the guard refuses it before the
+        // decoder would reserve ~150 GB for it (which aborted the process).
+        let attack = [0, 3, 0, 0, 0, 0, 0, 42, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            handle(&adv, Bytes::copy_from_slice(&attack)).await,
+            Reply::Close
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn api_versions_above_the_range_get_the_v0_answer_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_broker, adv) = broker(dir.path()).await;
+        // v9 with a body no decoder knows: only the correlation id is read.
+        let frame = [0, 18, 0, 9, 0, 0, 0, 42, 0x7f, 0xff, 0xff, 0xff];
+        let r: ApiVersionsResponse = response(
+            ApiKey::ApiVersions,
+            0,
+            handle(&adv, Bytes::copy_from_slice(&frame)).await,
+        );
+        assert_eq!(r.error_code, code::UNSUPPORTED_VERSION);
+        assert!(
+            r.api_keys
+                .iter()
+                .any(|k| k.api_key == ApiKey::Metadata as i16)
+        );
     }
 }
