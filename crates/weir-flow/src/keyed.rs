@@ -7,6 +7,7 @@
 //! `max_keys`, and its hot path must be one read lock, one hash and the limiter's own atomic
 //! update. `hashbrown`'s `HashTable` lets us hash a key once for both the shard and the slot.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +31,9 @@ pub const METRIC_REJECTED: &str = "weir_flow_keyed_rejected_keys_total";
 /// shard is idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenFull {
-    /// Evict the least recently used of a sample of [`EVICTION_SAMPLE`] keys of the shard
-    /// (approximate LRU, as Redis does), and admit the new key. The default: a flood of new
+    /// Evict the least recently used of the [`EVICTION_SAMPLE`] longest-held keys of the
+    /// shard (the others go to the back of the line: a second chance, like the CLOCK
+    /// algorithm; approximate LRU in constant time), and admit the new key. The default: a flood of new
     /// keys cannot lock out every newcomer, though it can reset an active key's state.
     EvictLeastRecent,
     /// Refuse the new key with [`KeyedError::TooManyKeys`]; existing keys keep their state.
@@ -39,7 +41,7 @@ pub enum WhenFull {
 }
 
 /// Keys looked at to choose one to evict.
-pub const EVICTION_SAMPLE: usize = 8;
+pub const EVICTION_SAMPLE: usize = 5;
 
 /// Configuration of a [`KeyedLimiter`].
 #[derive(Debug, Clone)]
@@ -84,6 +86,8 @@ struct Slot<K, S> {
 
 struct Shard<K, S> {
     table: HashTable<Slot<K, S>>,
+    /// The hashes of the keys in the table, oldest first: the eviction line.
+    line: VecDeque<u64>,
     last_sweep: Nanos,
 }
 
@@ -133,6 +137,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
                 .map(|_| {
                     RwLock::new(Shard {
                         table: HashTable::new(),
+                        line: VecDeque::new(),
                         last_sweep: now,
                     })
                 })
@@ -253,6 +258,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         let hasher = &self.hasher;
         g.table
             .insert_unique(hash, slot, |s| hasher.hash_one(&s.key));
+        g.line.push_back(hash);
         Ok(r?)
     }
 
@@ -262,20 +268,38 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         let idle = self.idle;
         g.table
             .retain(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) < idle);
-        (before - g.table.len()) as u64
+        let removed = before - g.table.len();
+        if removed > 0 {
+            let Shard { table, line, .. } = g;
+            line.retain(|&h| table.find(h, |s| self.hasher.hash_one(&s.key) == h).is_some());
+        }
+        removed as u64
     }
 
     fn evict_one(&self, g: &mut Shard<K, A::State>) {
-        let victim = g
-            .table
-            .iter()
-            .take(EVICTION_SAMPLE)
-            .min_by_key(|s| s.last_seen.load(Ordering::Relaxed))
-            .map(|s| (self.hasher.hash_one(&s.key), s.key.clone()));
-        if let Some((hash, key)) = victim
-            && let Ok(entry) = g.table.find_entry(hash, |s| s.key == key)
-        {
+        let Shard { table, line, .. } = g;
+        // Slots are matched by full 64-bit hash: two keys sharing one can only make the
+        // eviction pick the other, which is harmless.
+        let same = |h: u64| move |s: &Slot<K, A::State>| self.hasher.hash_one(&s.key) == h;
+        let mut sample = [(0u64, 0u64); EVICTION_SAMPLE];
+        let mut n = 0;
+        while n < EVICTION_SAMPLE {
+            let Some(h) = line.pop_front() else { break };
+            if let Some(s) = table.find(h, same(h)) {
+                sample[n] = (h, s.last_seen.load(Ordering::Relaxed));
+                n += 1;
+            }
+        }
+        let Some(victim) = (0..n).min_by_key(|&i| sample[i].1) else {
+            return;
+        };
+        if let Ok(entry) = table.find_entry(sample[victim].0, same(sample[victim].0)) {
             entry.remove();
+        }
+        for (i, &(h, _)) in sample[..n].iter().enumerate() {
+            if i != victim {
+                line.push_back(h);
+            }
         }
     }
 
@@ -303,14 +327,17 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         self.shard_cap * self.shards.len()
     }
 
-    /// Approximate heap bytes of the map: every table's buckets (slot plus control byte)
-    /// and the shard locks; not memory a key owns on the heap itself (a `String`'s bytes).
+    /// Approximate heap bytes of the map: every table's buckets (slot plus control byte),
+    /// the eviction lines and the shard locks; not memory a key owns on the heap itself (a `String`'s bytes).
     pub fn approx_bytes(&self) -> usize {
         let slot = size_of::<Slot<K, A::State>>() + 1;
         let tables: usize = self
             .shards
             .iter()
-            .map(|s| s.read().table.capacity() * slot)
+            .map(|s| {
+                let g = s.read();
+                g.table.capacity() * slot + g.line.capacity() * size_of::<u64>()
+            })
             .sum();
         tables + self.shards.len() * size_of::<RwLock<Shard<K, A::State>>>()
     }
