@@ -84,6 +84,8 @@ struct Slot<K, S> {
     last_seen: AtomicU64,
 }
 
+type Shards<K, S> = Box<[RwLock<Shard<K, S>>]>;
+
 struct Shard<K, S> {
     table: HashTable<Slot<K, S>>,
     /// The hashes of the keys in the table, oldest first: the eviction line.
@@ -95,7 +97,7 @@ struct Shard<K, S> {
 pub struct KeyedLimiter<K, A: Algorithm, C: Clock = MonotonicClock> {
     alg: A,
     clock: C,
-    shards: Box<[RwLock<Shard<K, A::State>>]>,
+    shards: Shards<K, A::State>,
     shard_shift: u32,
     shard_cap: usize,
     idle: Nanos,
@@ -128,7 +130,12 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         let max_keys = config.max_keys.max(1);
         // Never more shards than keys, so every shard can hold at least one.
         let shards = config.shards.clamp(1, max_keys).next_power_of_two();
-        let shards = if shards > max_keys { shards / 2 } else { shards }.max(1);
+        let shards = if shards > max_keys {
+            shards / 2
+        } else {
+            shards
+        }
+        .max(1);
         let now = clock.now();
         Self {
             alg,
@@ -271,7 +278,11 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         let removed = before - g.table.len();
         if removed > 0 {
             let Shard { table, line, .. } = g;
-            line.retain(|&h| table.find(h, |s| self.hasher.hash_one(&s.key) == h).is_some());
+            line.retain(|&h| {
+                table
+                    .find(h, |s| self.hasher.hash_one(&s.key) == h)
+                    .is_some()
+            });
         }
         removed as u64
     }
@@ -307,7 +318,11 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
     /// periodically (a background task) to return memory between bursts of new keys.
     pub fn evict_idle(&self) -> u64 {
         let now = self.clock.now();
-        let removed = self.shards.iter().map(|s| self.sweep(&mut s.write(), now)).sum();
+        let removed = self
+            .shards
+            .iter()
+            .map(|s| self.sweep(&mut s.write(), now))
+            .sum();
         self.count(METRIC_EVICTED_IDLE, removed);
         removed
     }
@@ -390,7 +405,10 @@ mod tests {
         }
         assert!(l.len() <= 8);
         assert_eq!(admitted, l.len());
-        assert!(matches!(l.try_acquire(&1000, 1), Err(KeyedError::TooManyKeys)));
+        assert!(matches!(
+            l.try_acquire(&1000, 1),
+            Err(KeyedError::TooManyKeys)
+        ));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod redis;
 pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
 pub use keyed::{KeyedConfig, KeyedError, KeyedLimiter, WhenFull};
 pub use limiter::{
-    AcquireError, Algorithm, FixedWindow, Gcra, LeakyBucket, Limiter, NotUntil, Rate,
-    RateLimiter, SlidingWindowCounter, SlidingWindowLog, TokenBucket, WarmUpBucket,
+    AcquireError, Algorithm, FixedWindow, Gcra, LeakyBucket, Limiter, NotUntil, Rate, RateLimiter,
+    SlidingWindowCounter, SlidingWindowLog, TokenBucket, WarmUpBucket,
 };
 pub use metrics::{FlowMetrics, MemoryMetrics, Metrics, NoopMetrics};

@@ -289,8 +289,7 @@ impl Algorithm for Gcra {
         let mut tat = state.load(Ordering::Acquire);
         loop {
             let new_tat = self.next_tat(tat, now, n)?;
-            match state.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match state.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
                 Err(actual) => tat = actual,
             }
@@ -594,7 +593,12 @@ impl Algorithm for LeakyBucket {
         self.capacity
     }
 
-    fn reserve(&self, state: &AtomicU64, now: Nanos, n: u32) -> Option<Result<Nanos, AcquireError>> {
+    fn reserve(
+        &self,
+        state: &AtomicU64,
+        now: Nanos,
+        n: u32,
+    ) -> Option<Result<Nanos, AcquireError>> {
         let mut free = state.load(Ordering::Acquire);
         loop {
             let start = free.max(now);

@@ -228,7 +228,10 @@ impl Pool {
 
     fn build(cfg: PoolConfig, metrics: Option<Metrics>) -> Self {
         assert!(cfg.max_workers > 0, "max_workers must be at least 1");
-        assert!(cfg.min_workers <= cfg.max_workers, "min_workers > max_workers");
+        assert!(
+            cfg.min_workers <= cfg.max_workers,
+            "min_workers > max_workers"
+        );
         let min = cfg.min_workers;
         let pool = Pool {
             inner: Arc::new(Inner {

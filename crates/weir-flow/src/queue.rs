@@ -200,8 +200,9 @@ impl<T> BoundedQueue<T> {
             self.count(&self.counters.rejected, METRIC_REJECTED, 1);
             return Attempt::Done(Pushed::Rejected(item));
         }
-        let fits =
-            |s: &State<T>| s.items.len() < self.cfg.max_items && s.bytes + size <= self.cfg.max_bytes;
+        let fits = |s: &State<T>| {
+            s.items.len() < self.cfg.max_items && s.bytes + size <= self.cfg.max_bytes
+        };
         let mut evicted = Vec::new();
         if !fits(&s) {
             match self.cfg.overflow {

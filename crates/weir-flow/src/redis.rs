@@ -17,10 +17,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, Script, ServerErrorKind};
 
+use crate::clock::Clock;
 use crate::keyed::{KeyedError, KeyedLimiter};
 use crate::limiter::{Algorithm, NotUntil, Rate};
 use crate::metrics::Metrics;
-use crate::clock::Clock;
 
 /// Metric: checks answered by Redis.
 pub const METRIC_CHECKS: &str = "weir_flow_redis_checks_total";
@@ -303,7 +303,9 @@ impl RedisLimiter {
 
     fn evalsha(&self, key: &str, n: u32) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash()).arg(1).arg(format!("{}{key}", self.cfg.prefix));
+        cmd.arg(self.script.get_hash())
+            .arg(1)
+            .arg(format!("{}{key}", self.cfg.prefix));
         for a in self.alg.args(n) {
             cmd.arg(a);
         }

@@ -58,7 +58,10 @@ fn converges(name: &str, alg: impl LimitAlgorithm + 'static, band: (f64, f64)) {
     let l = AdaptiveLimiter::with_clock(alg, ManualClock::new());
     let limits = run(&l, 40_000, 40);
     let settled = mean(&limits[20_000..]);
-    println!("{name}: settled at {settled:.1} for knee 40: {:?}", &limits[39_000..].iter().step_by(50).collect::<Vec<_>>());
+    println!(
+        "{name}: settled at {settled:.1} for knee 40: {:?}",
+        &limits[39_000..].iter().step_by(50).collect::<Vec<_>>()
+    );
     assert!(
         (40.0 * band.0..=40.0 * band.1).contains(&settled),
         "{name}: settled at {settled} for a knee at 40"
@@ -66,7 +69,10 @@ fn converges(name: &str, alg: impl LimitAlgorithm + 'static, band: (f64, f64)) {
     // The service slows down: the knee moves to 10. The limit must come down.
     let limits = run(&l, 40_000, 10);
     let after = mean(&limits[20_000..]);
-    println!("{name}: settled at {after:.1} for knee 10: {:?}", &limits[39_000..].iter().step_by(50).collect::<Vec<_>>());
+    println!(
+        "{name}: settled at {after:.1} for knee 10: {:?}",
+        &limits[39_000..].iter().step_by(50).collect::<Vec<_>>()
+    );
     assert!(after < settled * 0.6, "{name}: {settled} -> {after}");
     assert!(
         (10.0 * band.0..=10.0 * band.1).contains(&after),
@@ -133,9 +139,17 @@ fn shrinking_while_saturated_creates_debt_paid_by_releases() {
     assert_eq!((s.limit(), s.debt(), s.available()), (2, 2, 0));
     let mut held = held.into_iter();
     drop(held.next());
-    assert_eq!((s.debt(), s.available()), (1, 0), "first release pays the debt");
+    assert_eq!(
+        (s.debt(), s.available()),
+        (1, 0),
+        "first release pays the debt"
+    );
     drop(held.next());
-    assert_eq!((s.debt(), s.available()), (0, 0), "second release pays the debt");
+    assert_eq!(
+        (s.debt(), s.available()),
+        (0, 0),
+        "second release pays the debt"
+    );
     drop(held.next());
     assert_eq!(s.available(), 1, "now permits come back");
     // Growing pays the debt before adding permits.

@@ -78,7 +78,13 @@ fn state_machine_table() {
         (
             "failure rate opens after minimum calls",
             count10(),
-            &[Fail(4), Is(State::Closed), Fail(1), Is(State::Open), Refused],
+            &[
+                Fail(4),
+                Is(State::Closed),
+                Fail(1),
+                Is(State::Open),
+                Refused,
+            ],
         ),
         (
             "below the failure rate stays closed",
@@ -107,7 +113,13 @@ fn state_machine_table() {
         (
             "slow-call rate opens",
             config(Window::Count(10), 4),
-            &[Succeed(2), Slow(1), Is(State::Closed), Slow(1), Is(State::Open)],
+            &[
+                Succeed(2),
+                Slow(1),
+                Is(State::Closed),
+                Slow(1),
+                Is(State::Open),
+            ],
         ),
         (
             "open waits the open duration, then probes close it",
@@ -193,7 +205,14 @@ fn state_machine_table() {
                 },
                 4,
             ),
-            &[Succeed(5), Advance(3000), Fail(4), Is(State::Closed), Fail(1), Is(State::Open)],
+            &[
+                Succeed(5),
+                Advance(3000),
+                Fail(4),
+                Is(State::Closed),
+                Fail(1),
+                Is(State::Open),
+            ],
         ),
         (
             "forced open refuses until reset",
@@ -284,9 +303,18 @@ async fn state_changes_are_published_and_counted() {
     assert_eq!(
         seen,
         vec![
-            StateChange { from: State::Closed, to: State::Open },
-            StateChange { from: State::Open, to: State::HalfOpen },
-            StateChange { from: State::HalfOpen, to: State::Closed },
+            StateChange {
+                from: State::Closed,
+                to: State::Open
+            },
+            StateChange {
+                from: State::Open,
+                to: State::HalfOpen
+            },
+            StateChange {
+                from: State::HalfOpen,
+                to: State::Closed
+            },
         ]
     );
     assert_eq!(m.counter_value("weir_flow_breaker_transitions_total"), 3);

@@ -59,7 +59,11 @@ fn million_keys(when_full: WhenFull) {
         }
     }
     assert!(l.len() <= cap);
-    assert!(l.len() >= cap * 9 / 10, "the cap should be nearly used: {}", l.len());
+    assert!(
+        l.len() >= cap * 9 / 10,
+        "the cap should be nearly used: {}",
+        l.len()
+    );
     let bytes = l.approx_bytes();
     println!(
         "{when_full:?}: {} keys, about {} bytes ({} per key), peak {peak_bytes}, {:?}",
@@ -80,7 +84,10 @@ fn million_keys(when_full: WhenFull) {
         }
         WhenFull::RejectNew => {
             assert_eq!(refused_keys as usize + l.len(), 1_000_000);
-            assert_eq!(m.counter_value("weir_flow_keyed_rejected_keys_total"), refused_keys);
+            assert_eq!(
+                m.counter_value("weir_flow_keyed_rejected_keys_total"),
+                refused_keys
+            );
         }
     }
     // Idle keys go away.
@@ -120,7 +127,10 @@ fn active_keys_survive_a_flood_of_new_ones() {
         l.clock().advance(Duration::from_micros(1));
         let _ = l.try_acquire(&k, 1);
         if k % 16 == 0 {
-            assert!(l.try_acquire(&u64::MAX, 1).is_err(), "hot key was reset at {k}");
+            assert!(
+                l.try_acquire(&u64::MAX, 1).is_err(),
+                "hot key was reset at {k}"
+            );
         }
     }
 }

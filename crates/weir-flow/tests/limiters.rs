@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use weir_flow::limiter::SlidingWindowLog;
 use weir_flow::{
     AcquireError, Algorithm, Clock, FixedWindow, Gcra, LeakyBucket, Limiter, ManualClock,
-    MemoryMetrics, MonotonicClock, NotUntil, Rate, RateLimiter, SlidingWindowCounter,
-    TokenBucket, WarmUpBucket,
+    MemoryMetrics, MonotonicClock, NotUntil, Rate, RateLimiter, SlidingWindowCounter, TokenBucket,
+    WarmUpBucket,
 };
 
 const STEP: Duration = Duration::from_micros(250);
@@ -43,13 +43,21 @@ fn check_rate<A: Algorithm>(name: &str, alg: A, expected_per_s: f64) {
 #[test]
 fn every_limiter_admits_its_rate_over_ten_seconds() {
     check_rate("gcra", Gcra::new(Rate::per_second(100), 10), 100.0);
-    check_rate("token bucket", TokenBucket::new(Rate::per_second(100), 10), 100.0);
+    check_rate(
+        "token bucket",
+        TokenBucket::new(Rate::per_second(100), 10),
+        100.0,
+    );
     check_rate(
         "leaky bucket",
         LeakyBucket::new(Rate::per_second(100), Duration::from_secs(1)),
         100.0,
     );
-    check_rate("fixed window", FixedWindow::new(100, Duration::from_secs(1)), 100.0);
+    check_rate(
+        "fixed window",
+        FixedWindow::new(100, Duration::from_secs(1)),
+        100.0,
+    );
     check_rate(
         "sliding counter",
         SlidingWindowCounter::new(100, Duration::from_secs(1)),
@@ -115,7 +123,10 @@ fn bursts_are_respected() {
     assert_eq!(burst_of(Gcra::new(Rate::per_second(100), 10)), 10);
     assert_eq!(burst_of(TokenBucket::new(Rate::per_second(100), 25)), 25);
     assert_eq!(
-        burst_of(LeakyBucket::new(Rate::per_second(100), Duration::from_secs(1))),
+        burst_of(LeakyBucket::new(
+            Rate::per_second(100),
+            Duration::from_secs(1)
+        )),
         1
     );
     assert_eq!(burst_of(FixedWindow::new(40, Duration::from_secs(1))), 40);
@@ -138,11 +149,17 @@ fn refusals_say_how_long_to_wait_and_the_wait_is_enough() {
             match l.try_acquire(3) {
                 Ok(()) => {}
                 Err(NotUntil { wait }) => {
-                    assert!(wait > Duration::ZERO && wait < Duration::from_secs(2), "{name}");
+                    assert!(
+                        wait > Duration::ZERO && wait < Duration::from_secs(2),
+                        "{name}"
+                    );
                     assert_eq!(l.time_until_ready(3), wait, "{name}");
                     l.clock().advance(wait);
                     assert_eq!(l.time_until_ready(3), Duration::ZERO, "{name}");
-                    assert!(l.try_acquire(3).is_ok(), "{name}: waited {wait:?}, still refused");
+                    assert!(
+                        l.try_acquire(3).is_ok(),
+                        "{name}: waited {wait:?}, still refused"
+                    );
                     checked += 1;
                 }
             }
@@ -156,14 +173,25 @@ fn refusals_say_how_long_to_wait_and_the_wait_is_enough() {
         LeakyBucket::new(Rate::per_second(100), Duration::from_secs(1)),
     );
     check("fixed", FixedWindow::new(100, Duration::from_secs(1)));
-    check("sliding counter", SlidingWindowCounter::new(100, Duration::from_secs(1)));
-    check("sliding log", SlidingWindowLog::new(100, Duration::from_secs(1), 16));
+    check(
+        "sliding counter",
+        SlidingWindowCounter::new(100, Duration::from_secs(1)),
+    );
+    check(
+        "sliding log",
+        SlidingWindowLog::new(100, Duration::from_secs(1), 16),
+    );
 }
 
 #[test]
 fn requests_above_capacity_never_pass() {
     let l = Limiter::with_clock(Gcra::new(Rate::per_second(10), 5), ManualClock::new());
-    assert_eq!(l.try_acquire(6), Err(NotUntil { wait: Duration::MAX }));
+    assert_eq!(
+        l.try_acquire(6),
+        Err(NotUntil {
+            wait: Duration::MAX
+        })
+    );
     assert_eq!(l.time_until_ready(6), Duration::MAX);
     let r = futures::executor::block_on(l.acquire(6));
     assert_eq!(
@@ -268,10 +296,7 @@ async fn leaky_bucket_schedules_slots_in_order_and_refuses_a_full_queue() {
     for _ in 0..6 {
         waits.push(alg.reserve(&state, 0, 1).unwrap().unwrap());
     }
-    assert_eq!(
-        waits,
-        (0..6).map(|i| i * 100_000_000).collect::<Vec<_>>()
-    );
+    assert_eq!(waits, (0..6).map(|i| i * 100_000_000).collect::<Vec<_>>());
     assert!(matches!(
         alg.reserve(&state, 0, 1),
         Some(Err(AcquireError::QueueFull { .. }))

@@ -75,9 +75,15 @@ async fn grows_above_the_high_watermark_and_shrinks_back_to_min() {
 async fn min_zero_starts_a_worker_on_demand() {
     let pool = Pool::new(config(0, 2, 10));
     assert_eq!(pool.workers(), 0);
-    assert_eq!(pool.submit(Priority::Low, async { 5 }).unwrap().await, Ok(5));
+    assert_eq!(
+        pool.submit(Priority::Low, async { 5 }).unwrap().await,
+        Ok(5)
+    );
     eventually("idle worker gone", || pool.workers() == 0).await;
-    assert_eq!(pool.submit(Priority::Low, async { 6 }).unwrap().await, Ok(6));
+    assert_eq!(
+        pool.submit(Priority::Low, async { 6 }).unwrap().await,
+        Ok(6)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +126,10 @@ async fn timeouts_stop_the_task_not_the_worker() {
         m.clone(),
     );
     let start = Instant::now();
-    let slow = pool.submit(Priority::Normal, tokio::time::sleep(Duration::from_secs(30)));
+    let slow = pool.submit(
+        Priority::Normal,
+        tokio::time::sleep(Duration::from_secs(30)),
+    );
     assert_eq!(slow.unwrap().await, Err(TaskError::TimedOut));
     assert!(start.elapsed() < Duration::from_secs(5));
     // A per-task timeout overrides the default.
@@ -155,7 +164,10 @@ async fn cancellation_before_and_during_the_run() {
     assert_eq!(running.await, Err(TaskError::Cancelled));
     assert_eq!(queued.await, Err(TaskError::Cancelled));
     assert_eq!(ran.load(Ordering::SeqCst), 0);
-    assert_eq!(pool.submit(Priority::High, async { 3 }).unwrap().await, Ok(3));
+    assert_eq!(
+        pool.submit(Priority::High, async { 3 }).unwrap().await,
+        Ok(3)
+    );
     assert_eq!(pool.workers(), 1);
 }
 
@@ -193,7 +205,12 @@ async fn lanes_are_served_by_priority() {
     let lanes: Vec<_> = order.iter().map(|(p, _)| *p).collect();
     assert_eq!(
         lanes,
-        [[Priority::High; 3], [Priority::Normal; 3], [Priority::Low; 3]].concat()
+        [
+            [Priority::High; 3],
+            [Priority::Normal; 3],
+            [Priority::Low; 3]
+        ]
+        .concat()
     );
     // FIFO within a lane.
     assert_eq!(order[0].1, 2);

@@ -50,7 +50,10 @@ async fn drop_oldest_evicts_until_the_new_item_fits_in_bytes() {
     assert_eq!(q.pop().await, Some(item(3, 25)));
     assert_eq!(q.pop().await, Some(item(9, 60)));
     let s = q.stats();
-    assert_eq!((s.accepted, s.delivered, s.dropped, s.evicted), (5, 2, 3, 3));
+    assert_eq!(
+        (s.accepted, s.delivered, s.dropped, s.evicted),
+        (5, 2, 3, 3)
+    );
 }
 
 #[tokio::test]
@@ -78,7 +81,11 @@ async fn block_timeout_gives_the_item_back() {
 
 #[tokio::test(start_paused = true)]
 async fn block_timeout_succeeds_when_room_appears_in_time() {
-    let q = Arc::new(queue(1, 100, Overflow::BlockTimeout(Duration::from_millis(50))));
+    let q = Arc::new(queue(
+        1,
+        100,
+        Overflow::BlockTimeout(Duration::from_millis(50)),
+    ));
     assert_eq!(q.push(item(1, 1)).await, Pushed::Pushed);
     let q2 = Arc::clone(&q);
     let popper = tokio::spawn(async move {

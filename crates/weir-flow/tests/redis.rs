@@ -33,7 +33,10 @@ impl RedisServer {
             .expect("redis-server must be installed (scripts/test installs it)");
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Self { child, port }
@@ -163,10 +166,18 @@ async fn scripts_are_reloaded_after_noscript() {
     assert!(l.check_redis("k", 1).await.unwrap().allowed);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut c).await.unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(l.check_redis("k", 1).await.unwrap().allowed);
     assert_eq!(m.counter_value("weir_flow_redis_script_reloads_total"), 1);
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut c).await.unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let many = l.check_many(&[("a", 1), ("b", 1)]).await;
     assert!(many.iter().all(|d| d.allowed && d.source == Source::Redis));
     assert_eq!(m.counter_value("weir_flow_redis_script_reloads_total"), 2);
@@ -178,8 +189,21 @@ async fn pipelined_checks_agree_with_single_checks() {
     let l = RedisLimiter::connect(&redis.url(), gcra(1, 3), config(Fallback::FailClosed))
         .await
         .unwrap();
-    let reqs: Vec<(&str, u32)> = vec![("x", 1), ("y", 2), ("x", 1), ("x", 1), ("x", 1), ("y", 2), ("z", 9)];
-    let got: Vec<bool> = l.check_many(&reqs).await.iter().map(|d| d.allowed).collect();
+    let reqs: Vec<(&str, u32)> = vec![
+        ("x", 1),
+        ("y", 2),
+        ("x", 1),
+        ("x", 1),
+        ("x", 1),
+        ("y", 2),
+        ("z", 9),
+    ];
+    let got: Vec<bool> = l
+        .check_many(&reqs)
+        .await
+        .iter()
+        .map(|d| d.allowed)
+        .collect();
     assert_eq!(got, [true, true, true, true, false, false, false]);
 }
 
@@ -198,13 +222,9 @@ async fn redis_killed_mid_test_falls_back_per_policy() {
         Gcra::new(Rate::new(1, Duration::from_secs(3600)), 5),
         KeyedConfig::default(),
     ));
-    let fallback = RedisLimiter::connect(
-        &redis.url(),
-        gcra(1, 2),
-        config(Fallback::Local(local)),
-    )
-    .await
-    .unwrap();
+    let fallback = RedisLimiter::connect(&redis.url(), gcra(1, 2), config(Fallback::Local(local)))
+        .await
+        .unwrap();
     // Up: Redis answers, and enforces.
     for l in [&open, &closed, &fallback] {
         assert_eq!(l.check("k", 2).await.source, Source::Redis);
@@ -230,7 +250,11 @@ async fn redis_killed_mid_test_falls_back_per_policy() {
     }
     assert_eq!(admitted, 5);
     // Fourteen checks, each bounded by the 200 ms timeout.
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(m.counter_value("weir_flow_redis_failures_total"), 3);
 
     // A limiter made while Redis is down works through its fallback.
