@@ -10,8 +10,7 @@ use governor::{Quota, RateLimiter as Governor};
 use weir_flow::keyed::{KeyedConfig, KeyedLimiter};
 use weir_flow::limiter::SlidingWindowLog;
 use weir_flow::{
-    FixedWindow, Gcra, LeakyBucket, Limiter, Rate, RateLimiter, SlidingWindowCounter,
-    TokenBucket,
+    FixedWindow, Gcra, LeakyBucket, Limiter, Rate, RateLimiter, SlidingWindowCounter, TokenBucket,
 };
 
 /// High enough that checks mostly pass, as in a healthy service.
@@ -30,7 +29,9 @@ fn gcra() -> Gcra {
 fn single_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("limiter/1 thread");
     let gov = Governor::direct(quota());
-    g.bench_function("governor gcra", |b| b.iter(|| black_box(gov.check().is_ok())));
+    g.bench_function("governor gcra", |b| {
+        b.iter(|| black_box(gov.check().is_ok()))
+    });
     let ours = Limiter::new(gcra());
     g.bench_function("weir-flow gcra", |b| {
         b.iter(|| black_box(ours.try_acquire(1).is_ok()))
@@ -52,7 +53,11 @@ fn single_thread(c: &mut Criterion) {
     g.bench_function("weir-flow sliding counter", |b| {
         b.iter(|| black_box(sw.try_acquire(1).is_ok()))
     });
-    let sl = Limiter::new(SlidingWindowLog::new(u32::MAX, Duration::from_secs(1), 1024));
+    let sl = Limiter::new(SlidingWindowLog::new(
+        u32::MAX,
+        Duration::from_secs(1),
+        1024,
+    ));
     g.bench_function("weir-flow sliding log", |b| {
         b.iter(|| black_box(sl.try_acquire(1).is_ok()))
     });
@@ -119,5 +124,19 @@ fn keyed(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single_thread, two_threads, keyed);
+/// The clock read alone: most of a check's cost.
+fn clock(c: &mut Criterion) {
+    use weir_flow::{Clock, MonotonicClock};
+    let mut g = c.benchmark_group("clock");
+    let q = quanta::Clock::new();
+    g.bench_function("quanta Clock::now", |b| b.iter(|| black_box(q.now())));
+    let m = MonotonicClock::new();
+    g.bench_function("weir-flow MonotonicClock::now", |b| {
+        b.iter(|| black_box(m.now()))
+    });
+    g.bench_function("std Instant::now", |b| b.iter(|| black_box(Instant::now())));
+    g.finish();
+}
+
+criterion_group!(benches, single_thread, two_threads, keyed, clock);
 criterion_main!(benches);

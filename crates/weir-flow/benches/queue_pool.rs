@@ -13,7 +13,9 @@ const BATCH: u64 = 1000;
 
 fn queue(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue");
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     // One task: push a batch, pop it (no contention; the cost of the structure itself).
     let q = BoundedQueue::new(
         QueueConfig {
@@ -116,25 +118,28 @@ fn pool(c: &mut Criterion) {
             ..PoolConfig::default()
         })
     });
-    g.bench_function("weir-flow pool submit+await (per task, 1000 at a time)", |b| {
-        b.iter_custom(|iters| {
-            mt.block_on(async {
-                let start = Instant::now();
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(BATCH);
-                    let hs: Vec<_> = (0..n)
-                        .map(|i| pool.submit(Priority::Normal, async move { i }).unwrap())
-                        .collect();
-                    for h in hs {
-                        black_box(h.await.unwrap());
+    g.bench_function(
+        "weir-flow pool submit+await (per task, 1000 at a time)",
+        |b| {
+            b.iter_custom(|iters| {
+                mt.block_on(async {
+                    let start = Instant::now();
+                    let mut left = iters;
+                    while left > 0 {
+                        let n = left.min(BATCH);
+                        let hs: Vec<_> = (0..n)
+                            .map(|i| pool.submit(Priority::Normal, async move { i }).unwrap())
+                            .collect();
+                        for h in hs {
+                            black_box(h.await.unwrap());
+                        }
+                        left -= n;
                     }
-                    left -= n;
-                }
-                start.elapsed()
+                    start.elapsed()
+                })
             })
-        })
-    });
+        },
+    );
     g.bench_function("tokio::spawn+await (per task, 1000 at a time)", |b| {
         b.iter_custom(|iters| {
             mt.block_on(async {

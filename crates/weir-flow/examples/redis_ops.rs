@@ -71,7 +71,9 @@ async fn main() {
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while start.elapsed() < RUN {
-                        l.check_redis(&format!("k{}", (n + t) % 1000), 1).await.unwrap();
+                        l.check_redis(&format!("k{}", (n + t) % 1000), 1)
+                            .await
+                            .unwrap();
                         n += 1;
                     }
                     n

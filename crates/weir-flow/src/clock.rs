@@ -28,14 +28,16 @@ pub trait Clock: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct MonotonicClock {
     clock: quanta::Clock,
-    origin: quanta::Instant,
+    /// The raw counter at the origin; `now` is the scaled delta from it, which skips the
+    /// round trip through `Duration` on the hot path.
+    origin: u64,
 }
 
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let origin = clock.now();
+        let origin = clock.raw();
         Self { clock, origin }
     }
 }
@@ -49,7 +51,9 @@ impl Default for MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now(&self) -> Nanos {
-        nanos(self.clock.now().saturating_duration_since(self.origin))
+        // 0 if the counter reads below the origin (TSCs of different cores can disagree by
+        // a hair); every user of the clock tolerates a reading that does not advance.
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {

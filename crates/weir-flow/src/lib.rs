@@ -17,6 +17,19 @@
 //!   graceful drain.
 //! - [`metrics`]: the one metrics hook, [`FlowMetrics`]; names follow
 //!   `weir_flow_<primitive>_<name>[_total]`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use weir_flow::{Gcra, Limiter, ManualClock, Rate, RateLimiter};
+//!
+//! // 10 per second, bursts of 2, on a clock the example moves by hand.
+//! let limiter = Limiter::with_clock(Gcra::new(Rate::per_second(10), 2), ManualClock::new());
+//! assert!(limiter.try_acquire(2).is_ok());
+//! let refused = limiter.try_acquire(1).unwrap_err();
+//! assert_eq!(refused.wait, Duration::from_millis(100));
+//! limiter.clock().advance(refused.wait);
+//! assert!(limiter.try_acquire(1).is_ok());
+//! ```
 
 pub mod adaptive;
 pub mod breaker;

@@ -247,6 +247,9 @@ impl<A: Algorithm, C: Clock> RateLimiter for Limiter<A, C> {
 pub struct Gcra {
     rate: Rate,
     burst: u32,
+    /// The emission interval of one permit, precomputed: the common `n = 1` check then
+    /// needs no 128-bit division.
+    one: Nanos,
     /// How far ahead of now the arrival time may run: `burst` emission intervals.
     tolerance: Nanos,
 }
@@ -258,6 +261,7 @@ impl Gcra {
         Self {
             rate,
             burst,
+            one: rate.nanos_for(1),
             tolerance: rate.nanos_for(u64::from(burst)),
         }
     }
@@ -267,7 +271,12 @@ impl Gcra {
         if n > self.burst {
             return Err(NotUntil::NEVER);
         }
-        let new_tat = tat.max(now) + self.rate.nanos_for(u64::from(n));
+        let inc = if n == 1 {
+            self.one
+        } else {
+            self.rate.nanos_for(u64::from(n))
+        };
+        let new_tat = tat.max(now) + inc;
         let limit = now.saturating_add(self.tolerance);
         if new_tat > limit {
             Err(NotUntil::nanos(new_tat - limit))
