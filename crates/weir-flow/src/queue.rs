@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -135,6 +135,10 @@ pub struct BoundedQueue<T> {
     state: Mutex<State<T>>,
     not_empty: Notify,
     not_full: Notify,
+    /// Poppers and pushers waiting (registered before they look, so a notifier that sees
+    /// zero after changing the queue knows nobody can miss the change).
+    pop_waiters: AtomicUsize,
+    push_waiters: AtomicUsize,
     counters: Counters,
     metrics: Option<Metrics>,
 }
@@ -148,6 +152,22 @@ impl<T> fmt::Debug for BoundedQueue<T> {
             .field("bytes", &s.bytes)
             .field("closed", &s.closed)
             .finish()
+    }
+}
+
+/// Counts a waiter for as long as it lives (also when its future is dropped).
+struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaitGuard<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -169,6 +189,8 @@ impl<T> BoundedQueue<T> {
             }),
             not_empty: Notify::new(),
             not_full: Notify::new(),
+            pop_waiters: AtomicUsize::new(0),
+            push_waiters: AtomicUsize::new(0),
             counters: Counters::default(),
             metrics: None,
         }
@@ -234,7 +256,9 @@ impl<T> BoundedQueue<T> {
         s.bytes += size;
         drop(s);
         self.count(&self.counters.accepted, METRIC_ACCEPTED, 1);
-        self.not_empty.notify_one();
+        if self.pop_waiters.load(Ordering::SeqCst) > 0 {
+            self.not_empty.notify_one();
+        }
         if evicted.is_empty() {
             Attempt::Done(Pushed::Pushed)
         } else {
@@ -263,7 +287,12 @@ impl<T> BoundedQueue<T> {
             Overflow::BlockTimeout(d) => Some(tokio::time::Instant::now() + d),
             _ => None,
         };
-        let mut item = item;
+        // Fast path: room now, no waiting bookkeeping.
+        let mut item = match self.attempt(item, size, true) {
+            Attempt::Done(p) => return p,
+            Attempt::Full(back) => back,
+        };
+        let _waiting = WaitGuard::new(&self.push_waiters);
         loop {
             let mut notified = pin!(self.not_full.notified());
             notified.as_mut().enable();
@@ -297,9 +326,11 @@ impl<T> BoundedQueue<T> {
         let more = !s.items.is_empty();
         drop(s);
         self.count(&self.counters.delivered, METRIC_DELIVERED, 1);
-        // Byte bounds: one pop can make room for several waiters, or for none.
-        self.not_full.notify_waiters();
-        if more {
+        if self.push_waiters.load(Ordering::SeqCst) > 0 {
+            // Byte bounds: one pop can make room for several waiters, or for none.
+            self.not_full.notify_waiters();
+        }
+        if more && self.pop_waiters.load(Ordering::SeqCst) > 0 {
             // Hand the wake-up on, in case this pop consumed another popper's notification.
             self.not_empty.notify_one();
         }
@@ -308,6 +339,10 @@ impl<T> BoundedQueue<T> {
 
     /// Waits for the oldest item; `None` once the queue is closed and empty.
     pub async fn pop(&self) -> Option<T> {
+        if let Some(item) = self.try_pop() {
+            return Some(item);
+        }
+        let _waiting = WaitGuard::new(&self.pop_waiters);
         loop {
             let mut notified = pin!(self.not_empty.notified());
             notified.as_mut().enable();
