@@ -27,9 +27,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::future::{self, Either};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -184,14 +184,19 @@ impl fmt::Debug for Pool {
 #[derive(Debug)]
 pub struct TaskHandle<T> {
     rx: oneshot::Receiver<Result<T, TaskError>>,
-    cancel: CancellationToken,
+    /// Sending cancels; dropping (the handle went away) does not.
+    cancel: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl<T> TaskHandle<T> {
     /// Cancels the task: if it has not started it never will; if it runs, it is dropped at
-    /// its next await point. The handle then yields [`TaskError::Cancelled`].
+    /// its next await point. The handle then yields [`TaskError::Cancelled`] (unless the
+    /// task had already finished). Dropping a handle does not cancel its task.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        if let Some(tx) = self.cancel.lock().take() {
+            // The task may have finished already: nothing to cancel.
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -293,8 +298,9 @@ impl Pool {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let cancel = CancellationToken::new();
-        let token = cancel.clone();
+        // A oneshot rather than a cancellation token: cheaper to wait on (no lock to
+        // register), and a dropped handle is told apart from a cancel.
+        let (cancel, mut cancelled) = oneshot::channel::<()>();
         let inner = Arc::clone(&self.inner);
         let job: Job = Box::pin(async move {
             let run = async {
@@ -308,13 +314,16 @@ impl Pool {
                 };
                 r.map_err(|p| TaskError::Panicked(panic_message(&*p)))
             };
-            let r = if token.is_cancelled() {
-                Err(TaskError::Cancelled)
-            } else {
-                tokio::select! {
-                    biased;
-                    () = token.cancelled() => Err(TaskError::Cancelled),
-                    r = run => r,
+            let r = match cancelled.try_recv() {
+                Ok(()) => Err(TaskError::Cancelled),
+                Err(oneshot::error::TryRecvError::Closed) => run.await,
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    match future::select(pin!(run), cancelled).await {
+                        Either::Left((r, _)) => r,
+                        Either::Right((Ok(()), _)) => Err(TaskError::Cancelled),
+                        // The handle was dropped: nobody can cancel any more.
+                        Either::Right((Err(_), run)) => run.await,
+                    }
                 }
             };
             match &r {
@@ -355,7 +364,10 @@ impl Pool {
         if no_worker || depth > self.inner.watermark(self.inner.cfg.high_watermark) {
             self.grow();
         }
-        Ok(TaskHandle { rx, cancel })
+        Ok(TaskHandle {
+            rx,
+            cancel: Mutex::new(Some(cancel)),
+        })
     }
 
     fn grow(&self) {

@@ -357,13 +357,16 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// (time, permits) of each grant.
+    type Grants = Vec<(u64, u32)>;
+
     /// (advance in µs, permits asked)
     fn steps() -> impl Strategy<Value = Vec<(u64, u32)>> {
         prop::collection::vec((0u64..50_000, 1u32..=8), 1..400)
     }
 
     /// Runs the steps; returns (time, permits) of every grant.
-    fn grants<A: Algorithm>(alg: A, steps: &[(u64, u32)]) -> Vec<(u64, u32)> {
+    fn grants<A: Algorithm>(alg: A, steps: &[(u64, u32)]) -> Grants {
         let l = Limiter::with_clock(alg, ManualClock::new());
         let mut out = vec![];
         for &(dt, n) in steps {
@@ -375,49 +378,50 @@ mod properties {
         out
     }
 
-    /// Permits granted in [from, to].
-    fn in_span(g: &[(u64, u32)], from: u64, to: u64) -> u64 {
-        g.iter()
-            .filter(|(t, _)| *t >= from && *t <= to)
-            .map(|(_, n)| u64::from(*n))
-            .sum()
+    /// Checks every span between two grants (prefix sums: O(n²)): permits granted from
+    /// grant i to grant j must stay within `bound(span in ns)`.
+    fn every_span(g: &Grants, bound: impl Fn(u64) -> u64) -> Result<(), String> {
+        let mut cum = vec![0u64];
+        for &(_, n) in g {
+            cum.push(cum.last().unwrap() + u64::from(n));
+        }
+        for i in 0..g.len() {
+            for j in i..g.len() {
+                let (span, permits) = (g[j].0 - g[i].0, cum[j + 1] - cum[i]);
+                if permits > bound(span) {
+                    return Err(format!("{permits} permits in {span} ns"));
+                }
+            }
+        }
+        Ok(())
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         /// Bucket-like limiters: over any span, grants ≤ burst + rate × span.
         #[test]
         fn buckets_never_exceed_burst_plus_rate(steps in steps()) {
             // 100/s, burst 8: one permit per 10 ms.
-            let algs: Vec<(&str, Vec<(u64, u32)>, u64)> = vec![
-                ("gcra", grants(Gcra::new(Rate::per_second(100), 8), &steps), 8),
-                ("token", grants(TokenBucket::new(Rate::per_second(100), 8), &steps), 8),
-                ("leaky", grants(LeakyBucket::new(Rate::per_second(100), Duration::from_millis(80)), &steps), 8),
-            ];
-            for (name, g, burst) in algs {
-                for (i, &(from, _)) in g.iter().enumerate() {
-                    for &(to, _) in &g[i..] {
-                        let span_ms = (to - from) / 1_000_000;
-                        prop_assert!(
-                            in_span(&g, from, to) <= burst + span_ms / 10 + 1,
-                            "{}: {} permits in {} ms", name, in_span(&g, from, to), span_ms
-                        );
-                    }
-                }
-            }
+            let bound = |span: u64| 8 + span / 10_000_000 + 1;
+            let r = every_span(&grants(Gcra::new(Rate::per_second(100), 8), &steps), bound);
+            prop_assert!(r.is_ok(), "gcra: {:?}", r);
+            let r = every_span(&grants(TokenBucket::new(Rate::per_second(100), 8), &steps), bound);
+            prop_assert!(r.is_ok(), "token bucket: {:?}", r);
+            let leaky = LeakyBucket::new(Rate::per_second(100), Duration::from_millis(80));
+            let r = every_span(&grants(leaky, &steps), bound);
+            prop_assert!(r.is_ok(), "leaky bucket: {:?}", r);
         }
 
         /// Sliding windows: no window of the configured length holds more than the limit.
         #[test]
         fn sliding_windows_never_exceed_the_limit(steps in steps()) {
             let window = 200_000_000u64; // 200 ms
-            let algs = vec![
-                ("sliding log", grants(SlidingWindowLog::new(20, Duration::from_millis(200), 8), &steps)),
-                ("sliding log exact", grants(SlidingWindowLog::new(20, Duration::from_millis(200), 1000), &steps)),
-            ];
-            for (name, g) in algs {
-                for &(from, _) in &g {
-                    prop_assert!(in_span(&g, from, from + window - 1) <= 20, "{}", name);
-                }
+            let bound = |span: u64| if span < window { 20 } else { u64::MAX };
+            for max_entries in [8, 1000] {
+                let log = SlidingWindowLog::new(20, Duration::from_millis(200), max_entries);
+                let r = every_span(&grants(log, &steps), bound);
+                prop_assert!(r.is_ok(), "sliding log ({} entries): {:?}", max_entries, r);
             }
         }
     }
