@@ -8,13 +8,23 @@
 //! ```
 
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_flow::Rate;
 use weir_flow::redis::{Fallback, RedisAlgorithm, RedisConfig, RedisLimiter};
 
 const RUN: Duration = Duration::from_secs(3);
+
+/// Kills the server by PID when dropped, also when a check panics.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -23,12 +33,15 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
+    let _server = Server(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed"),
+    );
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -50,7 +63,7 @@ async fn main() {
         ),
     ] {
         let cfg = RedisConfig {
-            timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
             fallback: Fallback::FailClosed,
             ..RedisConfig::default()
         };
@@ -100,6 +113,4 @@ async fn main() {
             "{name}: sequential {sequential:.0} checks/s, 32 concurrent tasks {concurrent:.0} checks/s, pipelines of 64 {pipelined:.0} checks/s"
         );
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
