@@ -204,9 +204,7 @@ impl Outcomes {
     fn record(&mut self, now: Nanos, failed: bool, slow: bool) {
         match self {
             Outcomes::Count { ring, size, tally } => {
-                if ring.len() == *size
-                    && let Some(old) = ring.pop_front()
-                {
+                if let Some(old) = (ring.len() == *size).then(|| ring.pop_front()).flatten() {
                     tally.calls -= 1;
                     tally.failures -= u32::from(old & 1);
                     tally.slow -= u32::from(old >> 1);

@@ -358,10 +358,9 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
     }
 
     fn count(&self, name: &'static str, v: u64) {
-        if v > 0
-            && let Some(m) = &self.metrics
-        {
-            m.counter(name, v);
+        match &self.metrics {
+            Some(m) if v > 0 => m.counter(name, v),
+            _ => {}
         }
     }
 }
