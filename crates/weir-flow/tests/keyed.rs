@@ -134,3 +134,22 @@ fn active_keys_survive_a_flood_of_new_ones() {
         }
     }
 }
+
+#[tokio::test]
+async fn keyed_acquire_waits_and_time_until_ready_agrees() {
+    let l = KeyedLimiter::with_clock(
+        Gcra::new(Rate::per_second(10), 2),
+        KeyedConfig::default(),
+        ManualClock::new(),
+    );
+    assert_eq!(l.time_until_ready(&"new", 2), Duration::ZERO);
+    l.acquire(&"a", 2).await.unwrap();
+    assert_eq!(l.time_until_ready(&"a", 1), Duration::from_millis(100));
+    let before = l.clock().now();
+    l.acquire(&"a", 1).await.unwrap();
+    assert_eq!(l.clock().now() - before, 100_000_000);
+    assert!(matches!(
+        l.acquire(&"a", 3).await,
+        Err(KeyedError::NotUntil(e)) if e.wait == Duration::MAX
+    ));
+}
