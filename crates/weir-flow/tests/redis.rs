@@ -90,29 +90,34 @@ async fn hammer(l: &RedisLimiter, key: &str, dur: Duration) -> u64 {
     n
 }
 
+/// Redis times the scripts with its own clock, so this runs in real time: 10 s at 200/s,
+/// ±5%. The bursts (50 permits, a 250 ms window) let the client stall briefly on a busy
+/// machine without losing permits it was entitled to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gcra_and_sliding_window_admit_their_rate_in_real_time() {
+async fn gcra_and_sliding_window_admit_their_rate_over_ten_seconds() {
     let redis = RedisServer::start();
-    let g = RedisLimiter::connect(&redis.url(), gcra(500, 10), config(Fallback::FailClosed))
+    let g = RedisLimiter::connect(&redis.url(), gcra(200, 50), config(Fallback::FailClosed))
         .await
         .unwrap();
     let s = RedisLimiter::connect(
         &redis.url(),
         RedisAlgorithm::SlidingWindow {
-            limit: 100,
-            window: Duration::from_millis(200),
+            limit: 50,
+            window: Duration::from_millis(250),
         },
         config(Fallback::FailClosed),
     )
     .await
     .unwrap();
     let (a, b) = tokio::join!(
-        hammer(&g, "gcra", Duration::from_secs(2)),
-        hammer(&s, "sliding", Duration::from_secs(2)),
+        hammer(&g, "gcra", Duration::from_secs(10)),
+        hammer(&s, "sliding", Duration::from_secs(10)),
     );
-    // 500/s for 2 s (+ the burst of 10): ±10%, a real clock on a shared machine.
-    assert!((900..=1120).contains(&a), "gcra admitted {a}");
-    assert!((900..=1120).contains(&b), "sliding window admitted {b}");
+    println!("admitted in 10 s: gcra {a}, sliding window {b}");
+    // 2000 in 10 s, plus the first burst of 50.
+    let ok = |n: u64| (1948..=2152).contains(&n);
+    assert!(ok(a), "gcra admitted {a}");
+    assert!(ok(b), "sliding window admitted {b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
