@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -103,6 +103,8 @@ pub struct KeyedLimiter<K, A: Algorithm, C: Clock = MonotonicClock> {
     idle: Nanos,
     when_full: WhenFull,
     hasher: foldhash::fast::RandomState,
+    /// Keys held, kept beside the shards so `len` is one load.
+    len: AtomicUsize,
     metrics: Option<Metrics>,
 }
 
@@ -154,6 +156,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
             idle: nanos(config.idle_timeout),
             when_full: config.when_full,
             hasher: foldhash::fast::RandomState::default(),
+            len: AtomicUsize::new(0),
             metrics: None,
         }
     }
@@ -266,6 +269,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         g.table
             .insert_unique(hash, slot, |s| hasher.hash_one(&s.key));
         g.line.push_back(hash);
+        self.len.fetch_add(1, Ordering::Relaxed);
         Ok(r?)
     }
 
@@ -276,6 +280,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         g.table
             .retain(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) < idle);
         let removed = before - g.table.len();
+        self.len.fetch_sub(removed, Ordering::Relaxed);
         if removed > 0 {
             let Shard { table, line, .. } = g;
             line.retain(|&h| {
@@ -306,6 +311,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
         };
         if let Ok(entry) = table.find_entry(sample[victim].0, same(sample[victim].0)) {
             entry.remove();
+            self.len.fetch_sub(1, Ordering::Relaxed);
         }
         for (i, &(h, _)) in sample[..n].iter().enumerate() {
             if i != victim {
@@ -329,7 +335,7 @@ impl<K: Hash + Eq + Clone, A: Algorithm, C: Clock> KeyedLimiter<K, A, C> {
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().table.len()).sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// True when no key is held.
@@ -425,6 +431,25 @@ mod tests {
             let _ = l.try_acquire(&k, 1);
         }
         assert!(!l.is_empty());
+    }
+
+    fn count_in_shards(l: &KeyedLimiter<u64, Gcra, ManualClock>) -> usize {
+        l.shards.iter().map(|s| s.read().table.len()).sum()
+    }
+
+    #[test]
+    fn len_matches_the_shards() {
+        for when_full in [WhenFull::EvictLeastRecent, WhenFull::RejectNew] {
+            let l = limiter(64, when_full);
+            for k in 0..5000u64 {
+                l.clock().advance(Duration::from_millis(1));
+                let _ = l.try_acquire(&k, 1);
+                assert_eq!(l.len(), count_in_shards(&l));
+            }
+            l.clock().advance(Duration::from_secs(2));
+            l.evict_idle();
+            assert_eq!((l.len(), count_in_shards(&l)), (0, 0));
+        }
     }
 
     #[test]

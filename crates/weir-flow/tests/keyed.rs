@@ -53,8 +53,8 @@ fn million_keys(when_full: WhenFull) {
             Err(KeyedError::TooManyKeys) => refused_keys += 1,
             Err(e) => panic!("{e}"),
         }
+        assert!(l.len() <= cap, "{} keys after key {k}", l.len());
         if k % 1000 == 0 {
-            assert!(l.len() <= cap, "{} keys", l.len());
             peak_bytes = peak_bytes.max(l.approx_bytes());
         }
     }
