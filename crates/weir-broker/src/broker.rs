@@ -42,6 +42,15 @@ pub struct BrokerConfig {
     /// Most partitions across all topics. Each holds at least three open files (and one more
     /// per sealed segment), and a process may hold only so many. Default 4,096.
     pub max_partitions: u32,
+    /// Per-client quotas. Default: none.
+    pub quotas: crate::flow::QuotaConfig,
+    /// Bytes of produce data held at once across all connections; when used up, front doors
+    /// stop reading sockets. Default 256 MiB.
+    pub produce_memory_bytes: u64,
+    /// Most connections from one address across front doors (0: no cap). Default 0.
+    pub max_connections_per_ip: usize,
+    /// Most new connections per second from one address (0: no limit). Default 0.
+    pub connection_rate_per_ip: u32,
 }
 
 impl Default for BrokerConfig {
@@ -55,6 +64,10 @@ impl Default for BrokerConfig {
             max_session: Duration::from_secs(300),
             retention_check: Duration::from_secs(60),
             max_partitions: 4096,
+            quotas: crate::flow::QuotaConfig::default(),
+            produce_memory_bytes: 256 << 20,
+            max_connections_per_ip: 0,
+            connection_rate_per_ip: 0,
         }
     }
 }
@@ -106,6 +119,7 @@ pub struct PendingProduce {
     part: Arc<Partition>,
     partition: u32,
     appended: weir_log::Appended,
+    started: Instant,
 }
 
 impl PendingProduce {
@@ -115,6 +129,7 @@ impl PendingProduce {
             part,
             partition,
             appended,
+            started,
         } = self;
         let info = if appended.needs_wait() {
             let log = part.log.clone();
@@ -125,6 +140,8 @@ impl PendingProduce {
         } else {
             appended.info()
         };
+        metrics::histogram!("weir_broker_produce_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(ProduceResult {
             partition,
             base_offset: info.base_offset,
@@ -178,6 +195,9 @@ struct Inner {
     admin: tokio::sync::Mutex<()>,
     groups: GroupCoordinator,
     offsets: OffsetStore,
+    quotas: crate::flow::Quotas,
+    memory: crate::flow::MemoryBudget,
+    admission: Arc<crate::flow::Admission>,
     closed: AtomicBool,
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
@@ -192,6 +212,15 @@ pub struct Broker {
 
 fn topic_dir(data: &Path, name: &str) -> PathBuf {
     data.join("topics").join(name)
+}
+
+/// A fetch's answer, counted.
+fn fetched(r: ReadResult) -> FetchResult {
+    let f = FetchResult::from(r);
+    metrics::counter!("weir_broker_fetch_reads_total").increment(1);
+    metrics::counter!("weir_broker_fetch_bytes_total")
+        .increment(f.chunks.iter().map(|c| c.len() as u64).sum());
+    f
 }
 
 /// A copy of `batch` stamped with the broker's clock (LogAppendTime), CRC recomputed. The
@@ -253,6 +282,12 @@ impl Broker {
         Ok(Broker {
             inner: Arc::new(Inner {
                 groups: GroupCoordinator::new(config.min_session, config.max_session),
+                quotas: crate::flow::Quotas::new(config.quotas.clone()),
+                memory: crate::flow::MemoryBudget::new(config.produce_memory_bytes),
+                admission: Arc::new(crate::flow::Admission::new(
+                    config.max_connections_per_ip,
+                    config.connection_rate_per_ip,
+                )),
                 config,
                 topics: RwLock::new(topics),
                 admin: tokio::sync::Mutex::new(()),
@@ -289,6 +324,21 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    /// Per-client quotas, shared by the front doors.
+    pub fn quotas(&self) -> &crate::flow::Quotas {
+        &self.inner.quotas
+    }
+
+    /// The memory budget for produce data in flight, shared by the front doors.
+    pub fn memory(&self) -> &crate::flow::MemoryBudget {
+        &self.inner.memory
+    }
+
+    /// Connection admission per source address, shared by the front doors.
+    pub fn admission(&self) -> &Arc<crate::flow::Admission> {
+        &self.inner.admission
     }
 
     fn check_open(&self) -> Result<()> {
@@ -520,6 +570,7 @@ impl Broker {
         batch: Bytes,
     ) -> Result<PendingProduce> {
         self.check_open()?;
+        let started = Instant::now();
         let t = match self.topic(topic) {
             Ok(t) => t,
             Err(BrokerError::UnknownTopic(_)) if self.inner.config.auto_create_topics => {
@@ -554,6 +605,7 @@ impl Broker {
         // segment roll, dirty-page throttling).
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
+        let batch_len = batch.len() as u64;
         let appended = if batch.len() <= INLINE_APPEND_BYTES && multi_thread {
             tokio::task::block_in_place(|| log.append_start(batch))?
         } else {
@@ -561,10 +613,16 @@ impl Broker {
         };
         // Visible already unless the policy waits for a sync.
         part.hwm.send_replace(part.log.high_watermark());
+        let info = appended.info();
+        metrics::counter!("weir_broker_produce_batches_total").increment(1);
+        metrics::counter!("weir_broker_produce_records_total")
+            .increment(info.last_offset - info.base_offset + 1);
+        metrics::counter!("weir_broker_produce_bytes_total").increment(batch_len);
         Ok(PendingProduce {
             part,
             partition: p,
             appended,
+            started,
         })
     }
 
@@ -603,13 +661,13 @@ impl Broker {
             let got: usize = r.chunks.iter().map(Bytes::len).sum();
             if got >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline || min_bytes == 0
             {
-                return Ok(FetchResult::from(r));
+                return Ok(fetched(r));
             }
             if t.deleted.load(Ordering::Acquire) {
                 return Err(BrokerError::UnknownTopic(topic.to_string()));
             }
             if self.inner.stopping.load(Ordering::Acquire) {
-                return Ok(FetchResult::from(r));
+                return Ok(fetched(r));
             }
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::ShuttingDown);

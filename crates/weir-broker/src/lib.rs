@@ -9,10 +9,12 @@
 //!   (round robin, sticky), fencing of commits.
 //! - [`offsets`]: committed offsets, durable (a commit log plus snapshots).
 //! - [`push`]: push subscriptions with credit-based flow control.
+//! - [`flow`]: per-client quotas, the produce memory budget, connection admission per address.
 //! - [`error`]: the error type, [`BrokerError`].
 
 pub mod broker;
 pub mod error;
+pub mod flow;
 pub mod group;
 pub mod offsets;
 pub mod push;

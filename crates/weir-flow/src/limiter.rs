@@ -286,6 +286,35 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// Records `n` permits as used whatever the limit (a quota learns of usage after the
+    /// fact: the bytes already arrived), and returns how long the user must now stay away
+    /// to be back within the rate and burst: zero when still within them.
+    pub fn charge(&self, state: &AtomicU64, now: Nanos, n: u64) -> Nanos {
+        let inc = if n == 1 {
+            self.one
+        } else {
+            self.rate.nanos_for(n)
+        };
+        let mut tat = state.load(Ordering::Acquire);
+        loop {
+            let new_tat = tat.max(now).saturating_add(inc);
+            match state.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return new_tat.saturating_sub(now.saturating_add(self.tolerance)),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}
+
+impl<C: Clock> Limiter<Gcra, C> {
+    /// [`Gcra::charge`] on this limiter's state and clock: records `n` permits as used and
+    /// returns how long the user should wait before the next use (zero: no wait).
+    pub fn charge(&self, n: u64) -> Duration {
+        Duration::from_nanos(self.alg.charge(&self.state, self.clock.now(), n))
+    }
+}
+
 impl Algorithm for Gcra {
     type State = AtomicU64;
 

@@ -424,3 +424,31 @@ mod properties {
         }
     }
 }
+
+/// A quota learns of usage after the fact: `charge` records it beyond the limit and says how
+/// long the user must stay away; over a long run that holds the user to the rate.
+#[test]
+fn gcra_charge_records_over_the_limit_and_returns_the_wait() {
+    let l = Limiter::with_clock(
+        Gcra::new(Rate::per_second(1_000_000), 100_000),
+        ManualClock::new(),
+    );
+    // Within the burst: no wait.
+    assert_eq!(l.charge(100_000), Duration::ZERO);
+    // 400 KB more at once: 0.4 s of debt beyond the burst.
+    assert_eq!(l.charge(400_000), Duration::from_millis(400));
+    // A client that waits as told and sends 250 KB each time runs at 1 MB/s.
+    let mut sent = 500_000u64;
+    let mut elapsed = Duration::ZERO;
+    let wait = Duration::from_millis(400);
+    l.clock().advance(wait);
+    elapsed += wait;
+    while elapsed < Duration::from_secs(10) {
+        let wait = l.charge(250_000);
+        sent += 250_000;
+        l.clock().advance(wait);
+        elapsed += wait;
+    }
+    let rate = sent as f64 / elapsed.as_secs_f64();
+    assert!((rate - 1_000_000.0).abs() / 1_000_000.0 < 0.05, "{rate}");
+}

@@ -290,6 +290,7 @@ async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
             return None;
         }
     };
+    metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
     let correlation = header.correlation_id;
     // The response is built in place: size prefix (patched at the end), header, body, so that
     // records are copied once, into this buffer.
@@ -1024,6 +1025,29 @@ fn topic_configs(c: &weir_broker::TopicConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Snake-case names of the APIs served, as metrics label them.
+fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "produce",
+        ApiKey::Fetch => "fetch",
+        ApiKey::ListOffsets => "list_offsets",
+        ApiKey::Metadata => "metadata",
+        ApiKey::OffsetCommit => "offset_commit",
+        ApiKey::OffsetFetch => "offset_fetch",
+        ApiKey::FindCoordinator => "find_coordinator",
+        ApiKey::JoinGroup => "join_group",
+        ApiKey::Heartbeat => "heartbeat",
+        ApiKey::LeaveGroup => "leave_group",
+        ApiKey::SyncGroup => "sync_group",
+        ApiKey::ApiVersions => "api_versions",
+        ApiKey::CreateTopics => "create_topics",
+        ApiKey::DeleteTopics => "delete_topics",
+        ApiKey::DescribeConfigs => "describe_configs",
+        ApiKey::InitProducerId => "init_producer_id",
+        _ => "other",
+    }
+}
+
 fn range(api: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED
         .iter()
@@ -1186,9 +1210,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let kafka = Arc::clone(&kafka);
         tokio::spawn(async move {
+            let open = metrics::gauge!("weir_kafka_connections");
+            open.increment(1.0);
             if let Err(e) = connection(stream, &kafka).await {
                 tracing::debug!(%peer, error = %e, "Kafka connection ended");
             }
+            open.decrement(1.0);
         });
     }
     ticker.abort();
@@ -1225,7 +1252,10 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
             }
             let len = len as usize;
             let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
-            (&mut reader).take(len as u64).read_to_end(&mut frame).await?;
+            (&mut reader)
+                .take(len as u64)
+                .read_to_end(&mut frame)
+                .await?;
             if frame.len() < len {
                 return Ok(());
             }

@@ -319,6 +319,7 @@ impl Connection {
                 ))
                 .await;
         }
+        metrics::counter!("weir_native_requests_total", "api" => api.name()).increment(1);
         if api == Api::Hello {
             return self.hello(&frame).await;
         }

@@ -82,13 +82,17 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+            metrics::counter!("weir_native_connections_refused_total").increment(1);
             tracker.spawn(refuse(stream));
             continue;
         };
         let conn = connection::Connection::new(stream, peer, broker.clone(), config.clone());
         let stop = stop_rx.clone();
         tracker.spawn(async move {
+            let open = metrics::gauge!("weir_native_connections");
+            open.increment(1.0);
             conn.run(stop).await;
+            open.decrement(1.0);
             drop(permit);
         });
     }

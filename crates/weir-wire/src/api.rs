@@ -28,6 +28,31 @@ pub enum Api {
 }
 
 impl Api {
+    /// The API's name in snake case, as metrics and logs label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Hello => "hello",
+            Api::Ping => "ping",
+            Api::CreateTopic => "create_topic",
+            Api::DeleteTopic => "delete_topic",
+            Api::Metadata => "metadata",
+            Api::Produce => "produce",
+            Api::Fetch => "fetch",
+            Api::ListOffsets => "list_offsets",
+            Api::JoinGroup => "join_group",
+            Api::Heartbeat => "heartbeat",
+            Api::LeaveGroup => "leave_group",
+            Api::CommitOffsets => "commit_offsets",
+            Api::FetchOffsets => "fetch_offsets",
+            Api::ListGroups => "list_groups",
+            Api::DescribeGroup => "describe_group",
+            Api::Subscribe => "subscribe",
+            Api::Credit => "credit",
+            Api::Push => "push",
+            Api::Unsubscribe => "unsubscribe",
+        }
+    }
+
     pub const ALL: [Api; 19] = [
         Api::Hello,
         Api::Ping,

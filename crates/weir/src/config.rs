@@ -29,6 +29,92 @@ pub struct Config {
     pub topics: TopicDefaults,
     pub groups: GroupConfig,
     pub log: LogSettings,
+    /// Memory budget and connection limits shared by every front door.
+    pub limits: LimitsConfig,
+    /// Per-client quotas.
+    pub quotas: QuotasConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Bytes of produce data held at once across connections; beyond it sockets are not read
+    /// (TCP pushes back on producers). Default 256 MiB; at least 1 MiB.
+    pub produce_memory_bytes: u64,
+    /// Most connections from one IP address, across front doors (0: no cap). Default 0.
+    pub max_connections_per_ip: usize,
+    /// Most new connections per second from one IP address (0: no limit). Default 0.
+    pub connection_rate_per_ip: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            produce_memory_bytes: 256 << 20,
+            max_connections_per_ip: 0,
+            connection_rate_per_ip: 0,
+        }
+    }
+}
+
+/// Quotas by client id (the native Hello's client id, the Kafka request header's client.id).
+/// 0 is unlimited. A throttled client gets a throttle time in its responses and is not read
+/// for that long.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Default for every client. Default 0.
+    pub produce_bytes_per_sec: u64,
+    pub fetch_bytes_per_sec: u64,
+    pub requests_per_sec: u64,
+    /// Overrides: `[quotas.clients.<client id>]` with any of the three keys; keys left out
+    /// take the defaults above.
+    pub clients: std::collections::BTreeMap<String, ClientQuota>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuota {
+    pub produce_bytes_per_sec: Option<u64>,
+    pub fetch_bytes_per_sec: Option<u64>,
+    pub requests_per_sec: Option<u64>,
+}
+
+impl QuotasConfig {
+    fn to_broker(&self) -> weir_broker::flow::QuotaConfig {
+        let some = |v: u64| (v > 0).then_some(v);
+        let default = weir_broker::flow::Quota {
+            produce_bytes_per_sec: some(self.produce_bytes_per_sec),
+            fetch_bytes_per_sec: some(self.fetch_bytes_per_sec),
+            requests_per_sec: some(self.requests_per_sec),
+        };
+        let clients = self
+            .clients
+            .iter()
+            .map(|(id, q)| {
+                let pick = |o: Option<u64>, d: Option<u64>| match o {
+                    Some(0) => None,
+                    Some(v) => Some(v),
+                    None => d,
+                };
+                (
+                    id.clone(),
+                    weir_broker::flow::Quota {
+                        produce_bytes_per_sec: pick(
+                            q.produce_bytes_per_sec,
+                            default.produce_bytes_per_sec,
+                        ),
+                        fetch_bytes_per_sec: pick(
+                            q.fetch_bytes_per_sec,
+                            default.fetch_bytes_per_sec,
+                        ),
+                        requests_per_sec: pick(q.requests_per_sec, default.requests_per_sec),
+                    },
+                )
+            })
+            .collect();
+        weir_broker::flow::QuotaConfig { default, clients }
+    }
 }
 
 impl Default for Config {
@@ -40,6 +126,8 @@ impl Default for Config {
             topics: TopicDefaults::default(),
             groups: GroupConfig::default(),
             log: LogSettings::default(),
+            limits: LimitsConfig::default(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -258,6 +346,9 @@ impl Config {
         {
             bail!("groups.min_session_ms must be positive and at most groups.max_session_ms");
         }
+        if self.limits.produce_memory_bytes < 1 << 20 {
+            bail!("limits.produce_memory_bytes must be at least 1 MiB (1048576)");
+        }
         self.topic_config()?
             .validate()
             .context("invalid [topics] defaults")?;
@@ -296,6 +387,10 @@ impl Config {
             max_session: Duration::from_millis(self.groups.max_session_ms),
             retention_check: Duration::from_millis(self.topics.retention_check_ms.max(100)),
             max_partitions: self.topics.max_partitions,
+            quotas: self.quotas.to_broker(),
+            produce_memory_bytes: self.limits.produce_memory_bytes,
+            max_connections_per_ip: self.limits.max_connections_per_ip,
+            connection_rate_per_ip: self.limits.connection_rate_per_ip,
         })
     }
 

@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod config;
 mod consume;
+mod metrics;
 mod produce;
 mod serve;
 
