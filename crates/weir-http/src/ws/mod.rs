@@ -1,0 +1,506 @@
+//! WebSocket live push at `/ws`.
+//!
+//! Layout:
+//! - [`queue`]: one subscription's bounded queue and its overflow policy (sans-I/O).
+//! - [`hub`]: feeds (one reader per watched partition, fanning out shared frames),
+//!   connections, the heartbeat sweeper, the counters.
+//! - this file: one connection — client operations in, queued frames out — and the
+//!   replay that brings a new subscription up to its feed.
+//!
+//! Client operations (JSON text frames):
+//! `{"op":"subscribe","topics":["quotes"],"keys":["AAPL"],"from":"latest"|"earliest"|
+//! {"offset":{"0":123}}|{"timestamp":ms},"policy":"conflate"|"drop_oldest"|"disconnect",
+//! "format":"json"|"binary"}` and `{"op":"unsubscribe","subscription":1}`.
+//!
+//! Server frames (JSON text): `{"type":"subscribed",..}`, `{"type":"record",..}`,
+//! `{"type":"gap",..}`, `{"type":"dropped",..}`, `{"type":"error",..}`.
+
+pub mod hub;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures::SinkExt;
+use serde::Deserialize;
+use weir_broker::BrokerError;
+use weir_broker::broker::OffsetSpec;
+use weir_log::LogError;
+
+use hub::{Conn, FLAG_CLOSE, FLAG_PING, Hub, Subscriber, error_notice, gap_notice};
+use queue::{Entry, OutQueue, Policy};
+
+use crate::records::Format;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Start {
+    #[default]
+    Latest,
+    Earliest,
+    /// The next offset wanted per partition (a resuming client sends its last offset + 1);
+    /// partitions not listed start at the latest offset.
+    Offsets(BTreeMap<u32, u64>),
+    Timestamp(i64),
+}
+
+impl<'de> Deserialize<'de> for Start {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Offset {
+                offset: BTreeMap<String, u64>,
+            },
+            Timestamp {
+                timestamp: i64,
+            },
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "from must be \"latest\", \"earliest\", {\"offset\":{\"<partition>\":<offset>}} \
+                 or {\"timestamp\":<ms>}",
+            )
+        };
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::Name(n) if n == "latest" => Ok(Start::Latest),
+            Raw::Name(n) if n == "earliest" => Ok(Start::Earliest),
+            Raw::Name(_) => Err(bad()),
+            Raw::Offset { offset } => offset
+                .into_iter()
+                .map(|(p, o)| p.parse::<u32>().map(|p| (p, o)).map_err(|_| bad()))
+                .collect::<Result<_, _>>()
+                .map(Start::Offsets),
+            Raw::Timestamp { timestamp } => Ok(Start::Timestamp(timestamp)),
+        }
+    }
+}
+
+/// One operation from a client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientOp {
+    Subscribe {
+        topics: Vec<String>,
+        #[serde(default)]
+        keys: Option<Vec<String>>,
+        #[serde(default)]
+        from: Start,
+        #[serde(default)]
+        policy: Policy,
+        #[serde(default)]
+        format: Format,
+    },
+    Unsubscribe {
+        subscription: u32,
+    },
+}
+
+/// Frames sent per wake-up before the connection looks at its socket again.
+const SEND_BATCH: usize = 64;
+
+/// How long a close frame may take to go out to a client that is not reading.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs one WebSocket connection until either side closes it.
+pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
+    let conn = hub.connect();
+    let mut feeds: Vec<(String, u32, Format)> = Vec::new();
+    let mut next_sub: u32 = 1;
+    loop {
+        let flags = conn.flags.swap(0, Ordering::AcqRel);
+        if flags & FLAG_CLOSE != 0 {
+            let (code, reason) = conn
+                .state
+                .lock()
+                .close
+                .clone()
+                .unwrap_or((hub::CLOSE_GOING_AWAY, String::new()));
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            }));
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(frame)).await;
+            break;
+        }
+        let mut out = Vec::new();
+        if flags & FLAG_PING != 0 {
+            out.push(Message::Ping(Bytes::new()));
+        }
+        take_frames(&conn, &hub, &mut out);
+        if !out.is_empty() {
+            if !Box::pin(send_frames(&mut socket, &conn, out)).await {
+                if conn.flags.load(Ordering::Acquire) & FLAG_CLOSE != 0 {
+                    continue; // send the close frame
+                }
+                break;
+            }
+            conn.room.notify_waiters();
+            continue;
+        }
+        tokio::select! {
+            msg = socket.recv() => {
+                let Some(Ok(msg)) = msg else { break };
+                conn.last_seen.store(hub.now_ms(), Ordering::Relaxed);
+                match msg {
+                    Message::Text(text) => {
+                        on_text(&hub, &conn, &mut feeds, &mut next_sub, text.as_str());
+                    }
+                    Message::Binary(_) => conn.close(
+                        hub::CLOSE_POLICY,
+                        "send operations as JSON text frames".into(),
+                    ),
+                    Message::Close(_) => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+                        break;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            _ = conn.wake.notified() => {}
+        }
+    }
+    {
+        let mut st = conn.state.lock();
+        for (_, q) in st.subs.iter_mut() {
+            q.clear();
+        }
+    }
+    hub.disconnect(&conn, &feeds);
+}
+
+/// Sends `frames`; gives up (false) when the connection is told to close meanwhile (a
+/// `disconnect` overflow, the idle timeout, shutdown) or the socket fails.
+async fn send_frames(socket: &mut WebSocket, conn: &Conn, frames: Vec<Message>) -> bool {
+    let send = async {
+        for f in frames {
+            socket.feed(f).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = send => r.is_ok(),
+        _ = conn.closing.notified() => false,
+    }
+}
+
+/// Moves up to [`SEND_BATCH`] frames out of the connection's queues, round robin, each
+/// preceded by a `dropped` notice when its subscription lost records since the last frame.
+fn take_frames(conn: &Conn, hub: &Hub, out: &mut Vec<Message>) {
+    let mut st = conn.state.lock();
+    out.extend(st.direct.drain(..).map(Message::Text));
+    let n = st.subs.len();
+    if n == 0 {
+        return;
+    }
+    let mut idle_rounds = 0;
+    let mut sent = 0u64;
+    while out.len() < SEND_BATCH && idle_rounds < n {
+        let i = st.next % n;
+        st.next = st.next.wrapping_add(1);
+        let (sub, q) = &mut st.subs[i];
+        let Some((lost, entry)) = q.pop() else {
+            idle_rounds += 1;
+            continue;
+        };
+        idle_rounds = 0;
+        if lost > 0 {
+            let notice = serde_json::json!({
+                "type": "dropped", "subscription": *sub, "count": lost,
+                "policy": q.policy.as_str(),
+            });
+            out.push(Message::Text(Utf8Bytes::from(notice.to_string())));
+        }
+        match entry {
+            Entry::Record(item) => {
+                sent += 1;
+                out.push(Message::Text(item.frame.clone()));
+            }
+            Entry::Notice(text) => out.push(Message::Text(text)),
+        }
+    }
+    hub.stats.records_sent.fetch_add(sent, Ordering::Relaxed);
+}
+
+fn on_text(
+    hub: &Arc<Hub>,
+    conn: &Arc<Conn>,
+    feeds: &mut Vec<(String, u32, Format)>,
+    next_sub: &mut u32,
+    text: &str,
+) {
+    let op = match serde_json::from_str::<ClientOp>(text) {
+        Ok(op) => op,
+        Err(e) => {
+            send_direct(conn, error_notice(None, "bad_request", &e.to_string()));
+            return;
+        }
+    };
+    match op {
+        ClientOp::Unsubscribe { subscription } => {
+            let mut st = conn.state.lock();
+            let before = st.subs.len();
+            st.subs.retain(|(id, _)| *id != subscription);
+            let removed = (before - st.subs.len()) as u64;
+            drop(st);
+            hub.stats
+                .subscriptions_open
+                .fetch_sub(removed, Ordering::Relaxed);
+        }
+        ClientOp::Subscribe {
+            topics,
+            keys,
+            from,
+            policy,
+            format,
+        } => {
+            let fail = |code: &str, msg: String| {
+                send_direct(conn, error_notice(None, code, &msg));
+            };
+            if topics.is_empty() {
+                return fail("bad_request", "topics is empty".into());
+            }
+            if conn.state.lock().subs.len() >= hub.config.max_subscriptions {
+                return fail(
+                    "bad_request",
+                    format!(
+                        "at most {} subscriptions per connection",
+                        hub.config.max_subscriptions
+                    ),
+                );
+            }
+            let mut parts = Vec::new();
+            for t in &topics {
+                match hub.broker.partition_count(t) {
+                    Some(n) => parts.extend((0..n).map(|p| (t.clone(), p))),
+                    None => return fail("unknown_topic", format!("topic '{t}' does not exist")),
+                }
+            }
+            let sub = *next_sub;
+            *next_sub += 1;
+            conn.state.lock().subs.push((
+                sub,
+                OutQueue::new(policy, hub.config.queue_messages, hub.config.queue_bytes),
+            ));
+            hub.stats.subscriptions_open.fetch_add(1, Ordering::Relaxed);
+            for (t, p) in &parts {
+                let key = (t.clone(), *p, format);
+                if !feeds.contains(&key) {
+                    feeds.push(key);
+                }
+            }
+            let keys = keys.map(|k| {
+                Arc::new(
+                    k.into_iter()
+                        .map(|k| Bytes::from(k.into_bytes()))
+                        .collect::<HashSet<_>>(),
+                )
+            });
+            let spec = SubSpec {
+                sub,
+                parts,
+                keys,
+                from,
+                policy,
+                format,
+            };
+            let (hub2, conn2) = (hub.clone(), conn.clone());
+            hub.tasks.spawn(async move { subscribe(hub2, conn2, spec).await });
+        }
+    }
+}
+
+/// Queues a notice that belongs to no subscription (a malformed operation): it goes out
+/// ahead of everything queued.
+fn send_direct(conn: &Conn, text: String) {
+    conn.state.lock().direct.push(Utf8Bytes::from(text));
+    conn.wake.notify_one();
+}
+
+#[derive(Debug)]
+struct SubSpec {
+    sub: u32,
+    parts: Vec<(String, u32)>,
+    keys: Option<Arc<HashSet<Bytes>>>,
+    from: Start,
+    policy: Policy,
+    format: Format,
+}
+
+async fn resolve(hub: &Hub, topic: &str, partition: u32, from: &Start) -> Result<u64, BrokerError> {
+    let latest = hub
+        .broker
+        .list_offsets(topic, partition, OffsetSpec::Latest)
+        .await?;
+    Ok(match from {
+        Start::Latest => latest,
+        Start::Earliest => {
+            hub.broker
+                .list_offsets(topic, partition, OffsetSpec::Earliest)
+                .await?
+        }
+        Start::Offsets(map) => map.get(&partition).map_or(latest, |o| (*o).min(latest)),
+        Start::Timestamp(ts) => {
+            hub.broker
+                .list_offsets(topic, partition, OffsetSpec::Timestamp(*ts))
+                .await?
+        }
+    })
+}
+
+/// Brings a new subscription live: resolves where each partition starts, acknowledges, then
+/// per partition replays what the partition's feed has already passed and joins the feed.
+async fn subscribe(hub: Arc<Hub>, conn: Arc<Conn>, spec: SubSpec) {
+    let mut starts = Vec::with_capacity(spec.parts.len());
+    for (t, p) in &spec.parts {
+        match resolve(&hub, t, *p, &spec.from).await {
+            Ok(o) => starts.push(o),
+            Err(e) => {
+                let code = crate::error::ApiError::from(e.clone()).code.as_str();
+                conn.notice(spec.sub, error_notice(Some(spec.sub), code, &e.to_string()));
+                return;
+            }
+        }
+    }
+    let ack = serde_json::json!({
+        "type": "subscribed",
+        "subscription": spec.sub,
+        "policy": spec.policy.as_str(),
+        "partitions": spec.parts.iter().zip(&starts).map(|((t, p), o)| {
+            serde_json::json!({"topic": t, "partition": p, "from": o})
+        }).collect::<Vec<_>>(),
+    });
+    conn.notice(spec.sub, ack.to_string());
+    for ((topic, partition), start) in spec.parts.iter().zip(starts) {
+        let mut sub = Subscriber {
+            conn: conn.clone(),
+            sub: spec.sub,
+            keys: spec.keys.clone(),
+            from: start,
+        };
+        let key = (topic.clone(), *partition, spec.format);
+        loop {
+            if conn.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let position = match hub.join(key.clone(), sub.clone()) {
+                Ok(()) => break,
+                Err(position) => position,
+            };
+            if !replay(&hub, &mut sub, topic, *partition, spec.format, position).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Replays `[sub.from, until)` of one partition into the subscription's queue, paced by its
+/// client. Returns false when the subscription cannot go on.
+async fn replay(
+    hub: &Hub,
+    sub: &mut Subscriber,
+    topic: &str,
+    partition: u32,
+    format: Format,
+    until: u64,
+) -> bool {
+    while sub.from < until {
+        // Wait until the client has taken about half of what is queued.
+        loop {
+            let room = sub.conn.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if sub.conn.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if sub.conn.has_room(sub.sub) {
+                break;
+            }
+            room.await;
+        }
+        match hub
+            .broker
+            .read_at(topic, partition, sub.from, hub.config.fetch_bytes)
+            .await
+        {
+            Ok(r) if r.is_empty() => return true,
+            Ok(r) => match hub::decode_items(topic, partition, format, &r.chunks, sub.from) {
+                Ok((items, next)) => {
+                    sub.deliver(&items, &hub.stats);
+                    hub.stats
+                        .records_fetched
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                    match next {
+                        Some(n) if n > sub.from => sub.from = n,
+                        _ => return true,
+                    }
+                }
+                Err(e) => {
+                    sub.conn.notice(
+                        sub.sub,
+                        error_notice(Some(sub.sub), "storage_error", &e),
+                    );
+                    return false;
+                }
+            },
+            Err(BrokerError::Log(LogError::OffsetOutOfRange { log_start, .. }))
+                if sub.from < log_start =>
+            {
+                hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                sub.conn.notice(
+                    sub.sub,
+                    gap_notice(sub.sub, topic, partition, sub.from, log_start),
+                );
+                sub.from = log_start;
+            }
+            Err(e) => {
+                let code = crate::error::ApiError::from(e.clone()).code.as_str();
+                sub.conn
+                    .notice(sub.sub, error_notice(Some(sub.sub), code, &e.to_string()));
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_parse_with_defaults_and_name_bad_fields() {
+        let op: ClientOp = serde_json::from_str(r#"{"op":"subscribe","topics":["q"]}"#).unwrap();
+        assert!(matches!(
+            op,
+            ClientOp::Subscribe { from: Start::Latest, policy: Policy::Conflate, format: Format::Json, keys: None, .. }
+        ));
+        let op: ClientOp = serde_json::from_str(
+            r#"{"op":"subscribe","topics":["q"],"keys":["AAPL"],"from":{"offset":{"0":12,"3":4}},"policy":"drop_oldest","format":"binary"}"#,
+        )
+        .unwrap();
+        let ClientOp::Subscribe { from, policy, .. } = op else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(from, Start::Offsets([(0, 12), (3, 4)].into()));
+        assert_eq!(policy, Policy::DropOldest);
+        let op: ClientOp =
+            serde_json::from_str(r#"{"op":"subscribe","topics":["q"],"from":{"timestamp":5}}"#)
+                .unwrap();
+        assert!(matches!(op, ClientOp::Subscribe { from: Start::Timestamp(5), .. }));
+        for (bad, needle) in [
+            (r#"{"op":"subscribe","topics":["q"],"from":"middle"}"#, "from must be"),
+            (r#"{"op":"subscribe","topics":["q"],"policy":"maybe"}"#, "maybe"),
+            (r#"{"op":"subscribe","topics":["q"],"colour":1}"#, "colour"),
+            (r#"{"op":"dance"}"#, "dance"),
+        ] {
+            let e = serde_json::from_str::<ClientOp>(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}
