@@ -245,6 +245,10 @@ async fn create_topic(
     }
     if let Some(m) = req.segment_bytes {
         config.segment_bytes = m;
+        // A batch cannot be larger than a segment: small segments lower the default limit.
+        if req.max_batch_bytes.is_none() {
+            config.max_batch_bytes = config.max_batch_bytes.min(m.min(u64::from(u32::MAX)) as u32);
+        }
     }
     let info = s.broker.create_topic(&req.name, Some(config)).await?;
     Ok(json_response(StatusCode::CREATED, topic_json(&info)))

@@ -29,6 +29,35 @@ fn param(name: &str, location: &str, schema: Value, description: &str) -> Value 
     })
 }
 
+/// A record as the API shows it; on WebSocket frames with a `type` field.
+fn record_schema(kind: Option<&str>) -> Value {
+    let nullable_string = json!({"type": ["string", "null"]});
+    let mut schema = json!({
+                "type": "object",
+                "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
+                "description": "Keys, values and header values are strings when valid UTF-8 \
+                    (format json); otherwise null, with the bytes in key_base64, value_base64 \
+                    or headers_base64.",
+                "properties": {
+                    "topic": {"type": "string"},
+                    "partition": {"type": "integer"},
+                    "offset": {"type": "integer"},
+                    "timestamp": {"type": "integer"},
+                    "key": nullable_string,
+                    "key_base64": {"type": "string"},
+                    "value": nullable_string,
+                    "value_base64": {"type": "string"},
+                    "headers": {"type": "object", "additionalProperties": nullable_string},
+                    "headers_base64": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            });
+    if let Some(kind) = kind {
+        schema["properties"]["type"] = json!({"const": kind});
+        schema["required"].as_array_mut().unwrap().push(json!("type"));
+    }
+    schema
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
@@ -284,25 +313,7 @@ pub fn document() -> Value {
                     }},
                 },
             },
-            "Record": {
-                "type": "object",
-                "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
-                "description": "Keys, values and header values are strings when valid UTF-8 \
-                    (format json); otherwise null, with the bytes in key_base64, value_base64 \
-                    or headers_base64.",
-                "properties": {
-                    "topic": {"type": "string"},
-                    "partition": {"type": "integer"},
-                    "offset": {"type": "integer"},
-                    "timestamp": {"type": "integer"},
-                    "key": nullable_string,
-                    "key_base64": {"type": "string"},
-                    "value": nullable_string,
-                    "value_base64": {"type": "string"},
-                    "headers": {"type": "object", "additionalProperties": nullable_string},
-                    "headers_base64": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            },
+            "Record": record_schema(None),
             "FetchResponse": {
                 "type": "object",
                 "required": ["topic", "partition", "high_watermark", "log_start_offset",
@@ -350,9 +361,7 @@ pub fn document() -> Value {
                     }},
                 },
             },
-            "WsRecord": {"allOf": [{"$ref": "#/components/schemas/Record"}, {
-                "type": "object", "required": ["type"],
-                "properties": {"type": {"const": "record"}}}]},
+            "WsRecord": record_schema(Some("record")),
             "WsSubscribed": {
                 "type": "object", "required": ["type", "subscription", "policy", "partitions"],
                 "properties": {

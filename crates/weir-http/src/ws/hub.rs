@@ -480,9 +480,15 @@ impl Hub {
                 st.position
             };
             hwm.borrow_and_update();
+            // A fetch larger than half a queue would overflow even a subscriber that keeps up.
+            let max_bytes = self
+                .config
+                .fetch_bytes
+                .min(self.config.queue_bytes / 2)
+                .max(1024);
             let read = self
                 .broker
-                .read_at(&topic, partition, position, self.config.fetch_bytes)
+                .read_at(&topic, partition, position, max_bytes)
                 .await;
             let r = match read {
                 Ok(r) => r,
@@ -539,11 +545,16 @@ impl Hub {
                 }
             };
             bump(&self.stats.records_fetched, items.len() as u64);
-            let mut st = feed.state.lock();
-            for s in &st.subs {
-                s.deliver(&items, &self.stats);
+            {
+                let mut st = feed.state.lock();
+                for s in &st.subs {
+                    s.deliver(&items, &self.stats);
+                }
+                st.position = next.unwrap_or(position).max(position);
             }
-            st.position = next.unwrap_or(position).max(position);
+            // Let the connections write before the next read, which may be answered from
+            // memory without ever yielding.
+            tokio::task::yield_now().await;
         }
     }
 

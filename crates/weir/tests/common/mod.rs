@@ -12,6 +12,8 @@ pub struct Server {
     pub addr: String,
     /// Kafka protocol address.
     pub kafka: String,
+    /// HTTP address (host:port).
+    pub http: String,
     pub dir: PathBuf,
 }
 
@@ -23,6 +25,7 @@ impl Server {
             .env("WEIR_DATA_DIR", dir)
             .env("WEIR_NATIVE__LISTEN", "127.0.0.1:0")
             .env("WEIR_KAFKA__LISTEN", "127.0.0.1:0")
+            .env("WEIR_HTTP__LISTEN", "127.0.0.1:0")
             .env("WEIR_LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -34,7 +37,7 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            // The native line, then the Kafka line; keep draining so the server never blocks
+            // The native line, then the Kafka and HTTP lines; keep draining so the server never blocks
             // on a full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
@@ -42,7 +45,8 @@ impl Server {
         });
         let mut addr = String::new();
         let mut kafka = String::new();
-        while addr.is_empty() || kafka.is_empty() {
+        let mut http = String::new();
+        while addr.is_empty() || kafka.is_empty() || http.is_empty() {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("weir printed its listening lines");
@@ -50,12 +54,15 @@ impl Server {
                 addr = a.to_string();
             } else if let Some(a) = line.strip_prefix("weir listening kafka=") {
                 kafka = a.to_string();
+            } else if let Some(a) = line.strip_prefix("weir listening http=") {
+                http = a.to_string();
             }
         }
         Server {
             child,
             addr,
             kafka,
+            http,
             dir: dir.to_path_buf(),
         }
     }
