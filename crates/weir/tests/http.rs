@@ -607,7 +607,12 @@ impl Py {
     }
 
     fn next(&mut self, timeout: Duration) -> Value {
-        let line = self.lines.recv_timeout(timeout).expect("a frame from the Python client");
+        let line = self.lines.recv_timeout(timeout).unwrap_or_else(|e| {
+            let mut last: Vec<String> = self.seen.iter().filter(|f| f["type"] != "record").map(|f| f.to_string()).collect();
+            let offs: Vec<u64> = self.seen.iter().filter_map(|f| f["offset"].as_u64()).collect();
+            for w in offs.windows(2) { if w[1] != w[0] + 1 { last.push(format!("jump {} -> {}", w[0], w[1])); } }
+            panic!("no frame from the Python client ({e}); {} so far, the last: {last:?}", self.seen.len())
+        });
         let v: Value = serde_json::from_str(&line).unwrap();
         self.seen.push(v.clone());
         v
@@ -802,8 +807,9 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
     let server = Server::start(
         dir.path(),
         &[
-            ("WEIR_HTTP__WS_QUEUE_MESSAGES", "200"),
-            ("WEIR_HTTP__WS_QUEUE_BYTES", "102400"),
+            // Room for a few of the 100-record batches below (a batch arrives at once).
+            ("WEIR_HTTP__WS_QUEUE_MESSAGES", "400"),
+            ("WEIR_HTTP__WS_QUEUE_BYTES", "409600"),
             ("WEIR_TOPICS__DURABILITY", "never"),
         ],
     );
@@ -826,6 +832,9 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
             .map(|i| json!({"key": keys[i % 5], "value": format!("{i}:{pad}")}))
             .collect();
         rt.block_on(http.produce("feed", recs));
+        // About 4 MB/s: a steady rate a Python client keeps up with, far more than the
+        // paused clients' socket buffers and queues hold.
+        std::thread::sleep(Duration::from_millis(25));
     }
     // The fast client gets everything, in order, with nothing dropped, while the slow ones
     // are not reading at all.
@@ -839,12 +848,21 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
     // Disconnect: a third slow client, whose queue overflows, is closed with a reason.
     let mut disconnect = Py::start(&server, &[sub("disconnect")], &slow);
     disconnect.wait_for("subscribed");
-    let late = 3000;
+    // More than the kernel may buffer for one connection (tcp_wmem max, 4 MiB here) plus
+    // the queue, so the queue must overflow.
+    let late = 6000;
     for chunk in 0..late / 100 {
         let recs: Value = (0..100).map(|i| json!({"key": "z", "value": format!("late-{chunk}-{i}:{pad}")})).collect();
         rt.block_on(http.produce("feed", recs));
     }
-    let stats = rt.block_on(http.get("/stats", "/stats")).body;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let stats = rt.block_on(http.get("/stats", "/stats")).body;
+        if stats["ws"]["disconnected_slow"] == 1 || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(stats["ws"]["dropped_oldest"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["ws"]["conflated"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["ws"]["disconnected_slow"], 1, "{stats}");

@@ -224,6 +224,9 @@ impl Subscriber {
         let mut any = false;
         {
             let mut st = self.conn.state.lock();
+            if st.close.is_some() {
+                return; // closing: nothing more goes out
+            }
             let Some((_, q)) = st.subs.iter_mut().find(|(id, _)| *id == self.sub) else {
                 return;
             };
