@@ -19,15 +19,15 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_batch::{Batches, Records};
+use weir_broker::Broker;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::topic::{DurabilitySetting, TopicInfo};
-use weir_broker::Broker;
 use weir_wire::Ring;
 
+use crate::HttpConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::records::{self, Format, OwnedRecord, ProduceRequest, RecordOut};
 use crate::ws::hub::Hub;
-use crate::HttpConfig;
 
 /// Shared by every handler.
 #[derive(Debug, Clone)]
@@ -162,8 +162,9 @@ fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON for this endpoint: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(format!("the body is not valid JSON for this endpoint: {e}"))
+    })
 }
 
 // ---- health ----
@@ -247,7 +248,9 @@ async fn create_topic(
         config.segment_bytes = m;
         // A batch cannot be larger than a segment: small segments lower the default limit.
         if req.max_batch_bytes.is_none() {
-            config.max_batch_bytes = config.max_batch_bytes.min(m.min(u64::from(u32::MAX)) as u32);
+            config.max_batch_bytes = config
+                .max_batch_bytes
+                .min(m.min(u64::from(u32::MAX)) as u32);
         }
     }
     let info = s.broker.create_topic(&req.name, Some(config)).await?;
@@ -345,10 +348,15 @@ async fn produce(
             (Some(p), _) => {
                 return Err(ApiError::new(
                     ErrorCode::UnknownPartition,
-                    format!("record {i}: topic '{topic}' has no partition {p} (it has {partitions})"),
+                    format!(
+                        "record {i}: topic '{topic}' has no partition {p} (it has {partitions})"
+                    ),
                 ));
             }
-            (None, Some(k)) => Some(ring.get_or_insert_with(|| s.ring(partitions)).partition_for(k)),
+            (None, Some(k)) => Some(
+                ring.get_or_insert_with(|| s.ring(partitions))
+                    .partition_for(k),
+            ),
             (None, None) => None,
         };
         groups.entry(target).or_default().push(i);
@@ -423,7 +431,8 @@ async fn fetch(
     let mut next = offset;
     for chunk in &r.chunks {
         for batch in Batches::new(chunk) {
-            let (h, bytes) = batch.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+            let (h, bytes) =
+                batch.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
             next = next.max(h.next_offset().max(0) as u64);
             if h.is_control() {
                 continue;
@@ -439,8 +448,9 @@ async fn fetch(
                 if (rec.offset.max(0) as u64) < offset {
                     continue;
                 }
-                let v = serde_json::to_value(RecordOut::new(&topic, partition, &rec, q.format, None))
-                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                let v =
+                    serde_json::to_value(RecordOut::new(&topic, partition, &rec, q.format, None))
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
                 out.push(v);
             }
         }
@@ -479,8 +489,11 @@ async fn get_group(
             d.members
                 .iter()
                 .map(|m| {
-                    let assignment: BTreeMap<&str, &Vec<u32>> =
-                        m.assignment.iter().map(|(t, ps)| (t.as_str(), ps)).collect();
+                    let assignment: BTreeMap<&str, &Vec<u32>> = m
+                        .assignment
+                        .iter()
+                        .map(|(t, ps)| (t.as_str(), ps))
+                        .collect();
                     json!({
                         "member_id": m.member_id,
                         "client_id": m.client_id,

@@ -78,7 +78,9 @@ pub async fn serve(
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            state.stopping.store(true, std::sync::atomic::Ordering::Release);
+            state
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Release);
             stop_hub.shutdown();
         })
         .await;

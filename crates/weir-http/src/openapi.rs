@@ -33,27 +33,30 @@ fn param(name: &str, location: &str, schema: Value, description: &str) -> Value 
 fn record_schema(kind: Option<&str>) -> Value {
     let nullable_string = json!({"type": ["string", "null"]});
     let mut schema = json!({
-                "type": "object",
-                "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
-                "description": "Keys, values and header values are strings when valid UTF-8 \
-                    (format json); otherwise null, with the bytes in key_base64, value_base64 \
-                    or headers_base64.",
-                "properties": {
-                    "topic": {"type": "string"},
-                    "partition": {"type": "integer"},
-                    "offset": {"type": "integer"},
-                    "timestamp": {"type": "integer"},
-                    "key": nullable_string,
-                    "key_base64": {"type": "string"},
-                    "value": nullable_string,
-                    "value_base64": {"type": "string"},
-                    "headers": {"type": "object", "additionalProperties": nullable_string},
-                    "headers_base64": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            });
+        "type": "object",
+        "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
+        "description": "Keys, values and header values are strings when valid UTF-8 \
+            (format json); otherwise null, with the bytes in key_base64, value_base64 \
+            or headers_base64.",
+        "properties": {
+            "topic": {"type": "string"},
+            "partition": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "timestamp": {"type": "integer"},
+            "key": nullable_string,
+            "key_base64": {"type": "string"},
+            "value": nullable_string,
+            "value_base64": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": nullable_string},
+            "headers_base64": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    });
     if let Some(kind) = kind {
         schema["properties"]["type"] = json!({"const": kind});
-        schema["required"].as_array_mut().unwrap().push(json!("type"));
+        schema["required"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("type"));
     }
     schema
 }

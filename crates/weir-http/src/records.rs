@@ -267,7 +267,10 @@ mod tests {
     fn malformed_records_name_the_fault() {
         for (json, needle) in [
             (r#"{"records":[]}"#, "empty"),
-            (r#"{"records":[{"value":"a","value_base64":"YQ=="}]}"#, "not both"),
+            (
+                r#"{"records":[{"value":"a","value_base64":"YQ=="}]}"#,
+                "not both",
+            ),
             (r#"{"records":[{"value_base64":"!!"}]}"#, "not base64"),
         ] {
             let e = parse(json).unwrap_err();

@@ -83,8 +83,16 @@ fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
             return fail(format!("matches {n} of oneOf"));
         }
     }
-    if let (Some(obj), true) = (v.as_object(), s.get("properties").is_some() || s.get("required").is_some()) {
-        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+    if let (Some(obj), true) = (
+        v.as_object(),
+        s.get("properties").is_some() || s.get("required").is_some(),
+    ) {
+        for r in s
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !obj.contains_key(r.as_str().unwrap()) {
                 return fail(format!("missing required {r}"));
             }
@@ -236,7 +244,9 @@ impl Http {
         let mut out = Vec::new();
         let mut offset = 0;
         loop {
-            let r = self.fetch(topic, partition, &format!("offset={offset}")).await;
+            let r = self
+                .fetch(topic, partition, &format!("offset={offset}"))
+                .await;
             assert_eq!(r.status, 200, "{}", r.body);
             out.extend(r.body["records"].as_array().unwrap().iter().cloned());
             offset = r.body["next_offset"].as_u64().unwrap();
@@ -246,10 +256,23 @@ impl Http {
         }
     }
 
-    async fn error(&self, method: &str, route: &str, path: &str, ct: Option<&str>, body: &[u8]) -> (u16, String, String) {
+    async fn error(
+        &self,
+        method: &str,
+        route: &str,
+        path: &str,
+        ct: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String, String) {
         let r = self.call(method, route, path, ct, body.to_vec()).await;
-        let code = r.body["error"]["code"].as_str().unwrap_or_default().to_string();
-        let message = r.body["error"]["message"].as_str().unwrap_or_default().to_string();
+        let code = r.body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let message = r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         (r.status, code, message)
     }
 }
@@ -367,6 +390,18 @@ fn http_and_native_clients_read_each_others_records() {
     server.stop();
 }
 
+/// method, route, path, content type, body, expected status, code, and a part of the message.
+type ErrorCase<'a> = (
+    &'a str,
+    &'a str,
+    String,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    &'a str,
+    &'a str,
+);
+
 #[test]
 fn errors_are_json_with_documented_codes() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,36 +411,165 @@ fn errors_are_json_with_documented_codes() {
         http.create_topic(json!({"name": "t"})).await;
         let produce = "/topics/{topic}/records";
         let json_ct = Some("application/json");
-        let cases: Vec<(&str, &str, String, Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
-            ("post", produce, "/topics/nope/records".into(), json_ct,
-                br#"{"records":[{"value":"x"}]}"#.to_vec(), 404, "unknown_topic", "topic 'nope' does not exist"),
-            ("post", produce, "/topics/t/records".into(), json_ct, b"{not json".to_vec(), 400, "bad_request", "not valid JSON"),
-            ("post", produce, "/topics/t/records".into(), json_ct, br#"{"rekords":[]}"#.to_vec(), 400, "bad_request", "rekords"),
-            ("post", produce, "/topics/t/records".into(), json_ct, br#"{"records":[]}"#.to_vec(), 400, "invalid_record", "empty"),
-            ("post", produce, "/topics/t/records".into(), json_ct,
-                format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(5000)).into_bytes(), 413, "payload_too_large", "4096"),
-            ("post", produce, "/topics/t/records".into(), Some("text/plain"), b"hi".to_vec(), 415, "unsupported_media_type", "text/plain"),
-            ("post", produce, "/topics/t/records".into(), json_ct,
-                br#"{"records":[{"value":"x","partition":9}]}"#.to_vec(), 404, "unknown_partition", "no partition 9"),
-            ("post", "/topics", "/topics".into(), json_ct, br#"{"name":"t"}"#.to_vec(), 409, "topic_exists", "t"),
-            ("post", "/topics", "/topics".into(), json_ct, br#"{"name":"no/slash"}"#.to_vec(), 400, "invalid_topic_name", "no/slash"),
-            ("post", "/topics", "/topics".into(), json_ct, br#"{"name":"z","partitions":0}"#.to_vec(), 400, "invalid_config", "partitions"),
-            ("get", "/topics/{topic}", "/topics/nope".into(), None, vec![], 404, "unknown_topic", "nope"),
-            ("delete", "/topics/{topic}", "/topics/nope".into(), None, vec![], 404, "unknown_topic", "nope"),
-            ("get", "/groups/{group}", "/groups/nobody".into(), None, vec![], 404, "unknown_group", "nobody"),
+        let cases: Vec<ErrorCase> = vec![
+            (
+                "post",
+                produce,
+                "/topics/nope/records".into(),
+                json_ct,
+                br#"{"records":[{"value":"x"}]}"#.to_vec(),
+                404,
+                "unknown_topic",
+                "topic 'nope' does not exist",
+            ),
+            (
+                "post",
+                produce,
+                "/topics/t/records".into(),
+                json_ct,
+                b"{not json".to_vec(),
+                400,
+                "bad_request",
+                "not valid JSON",
+            ),
+            (
+                "post",
+                produce,
+                "/topics/t/records".into(),
+                json_ct,
+                br#"{"rekords":[]}"#.to_vec(),
+                400,
+                "bad_request",
+                "rekords",
+            ),
+            (
+                "post",
+                produce,
+                "/topics/t/records".into(),
+                json_ct,
+                br#"{"records":[]}"#.to_vec(),
+                400,
+                "invalid_record",
+                "empty",
+            ),
+            (
+                "post",
+                produce,
+                "/topics/t/records".into(),
+                json_ct,
+                format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(5000)).into_bytes(),
+                413,
+                "payload_too_large",
+                "4096",
+            ),
+            (
+                "post",
+                produce,
+                "/topics/t/records".into(),
+                Some("text/plain"),
+                b"hi".to_vec(),
+                415,
+                "unsupported_media_type",
+                "text/plain",
+            ),
+            (
+                "post",
+                produce,
+                "/topics/t/records".into(),
+                json_ct,
+                br#"{"records":[{"value":"x","partition":9}]}"#.to_vec(),
+                404,
+                "unknown_partition",
+                "no partition 9",
+            ),
+            (
+                "post",
+                "/topics",
+                "/topics".into(),
+                json_ct,
+                br#"{"name":"t"}"#.to_vec(),
+                409,
+                "topic_exists",
+                "t",
+            ),
+            (
+                "post",
+                "/topics",
+                "/topics".into(),
+                json_ct,
+                br#"{"name":"no/slash"}"#.to_vec(),
+                400,
+                "invalid_topic_name",
+                "no/slash",
+            ),
+            (
+                "post",
+                "/topics",
+                "/topics".into(),
+                json_ct,
+                br#"{"name":"z","partitions":0}"#.to_vec(),
+                400,
+                "invalid_config",
+                "partitions",
+            ),
+            (
+                "get",
+                "/topics/{topic}",
+                "/topics/nope".into(),
+                None,
+                vec![],
+                404,
+                "unknown_topic",
+                "nope",
+            ),
+            (
+                "delete",
+                "/topics/{topic}",
+                "/topics/nope".into(),
+                None,
+                vec![],
+                404,
+                "unknown_topic",
+                "nope",
+            ),
+            (
+                "get",
+                "/groups/{group}",
+                "/groups/nobody".into(),
+                None,
+                vec![],
+                404,
+                "unknown_group",
+                "nobody",
+            ),
         ];
         for (method, route, path, ct, body, status, code, needle) in cases {
             let (s, c, m) = http.error(method, route, &path, ct, &body).await;
             assert_eq!((s, c.as_str()), (status, code), "{method} {path}: {m}");
-            assert!(m.contains(needle), "{method} {path}: {m:?} lacks {needle:?}");
+            assert!(
+                m.contains(needle),
+                "{method} {path}: {m:?} lacks {needle:?}"
+            );
         }
         let fetch = "/topics/{topic}/partitions/{partition}/records";
         for (path, status, code) in [
             ("/topics/t/partitions/7/records", 404, "unknown_partition"),
             ("/topics/t/partitions/x/records", 400, "bad_request"),
-            ("/topics/t/partitions/0/records?offset=99", 416, "offset_out_of_range"),
-            ("/topics/t/partitions/0/records?offset=1&timestamp=1", 400, "bad_request"),
-            ("/topics/t/partitions/0/records?colour=red", 400, "bad_request"),
+            (
+                "/topics/t/partitions/0/records?offset=99",
+                416,
+                "offset_out_of_range",
+            ),
+            (
+                "/topics/t/partitions/0/records?offset=1&timestamp=1",
+                400,
+                "bad_request",
+            ),
+            (
+                "/topics/t/partitions/0/records?colour=red",
+                400,
+                "bad_request",
+            ),
         ] {
             let (s, c, m) = http.error("get", fetch, path, None, &[]).await;
             assert_eq!((s, c.as_str()), (status, code), "{path}: {m}");
@@ -417,13 +581,22 @@ fn errors_are_json_with_documented_codes() {
         ] {
             let resp = http
                 .client
-                .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", http.base))
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    format!("{}{path}", http.base),
+                )
                 .send()
                 .await
                 .unwrap();
             assert_eq!(resp.status().as_u16(), status);
             let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-            conforms(&http.doc, &json!({"$ref": "#/components/schemas/Error"}), &body, "$").unwrap();
+            conforms(
+                &http.doc,
+                &json!({"$ref": "#/components/schemas/Error"}),
+                &body,
+                "$",
+            )
+            .unwrap();
             assert_eq!(body["error"]["code"], code);
         }
         // Nothing was written by any of the refused requests.
@@ -446,7 +619,14 @@ fn openapi_document_matches_the_served_routes() {
         assert!(paths.len() >= 11);
         for (route, ops) in &paths {
             let path = route
-                .replace("{topic}", if route == "/topics/{topic}" { "doomed" } else { "t" })
+                .replace(
+                    "{topic}",
+                    if route == "/topics/{topic}" {
+                        "doomed"
+                    } else {
+                        "t"
+                    },
+                )
                 .replace("{partition}", "0")
                 .replace("{group}", "g");
             let mut methods: Vec<&String> = ops.as_object().unwrap().keys().collect();
@@ -454,12 +634,16 @@ fn openapi_document_matches_the_served_routes() {
             for method in methods {
                 let resp = http
                     .client
-                    .request(reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(), format!("{}{path}", http.base))
+                    .request(
+                        reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+                        format!("{}{path}", http.base),
+                    )
                     .send()
                     .await
                     .unwrap();
                 let status = resp.status().as_u16();
-                let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
+                let body: Value =
+                    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
                 let code = body["error"]["code"].as_str().unwrap_or("");
                 assert!(
                     code != "not_found" && code != "method_not_allowed",
@@ -467,7 +651,10 @@ fn openapi_document_matches_the_served_routes() {
                 );
                 if route != "/ws" {
                     let documented = &ops[method]["responses"][status.to_string()];
-                    assert!(!documented.is_null(), "{method} {route}: {status} undocumented: {body}");
+                    assert!(
+                        !documented.is_null(),
+                        "{method} {route}: {status} undocumented: {body}"
+                    );
                 }
             }
             // A method the document does not list is refused.
@@ -506,19 +693,32 @@ fn topics_and_groups_admin() {
         let r = http.get("/topics/{topic}", "/topics/cfg").await;
         assert_eq!(r.body["config"]["partitions"], 2);
         assert_eq!(r.body["config"]["retention_ms"], 60000);
-        assert_eq!(r.body["config"]["durability"], json!({"interval": {"ms": 50}}));
+        assert_eq!(
+            r.body["config"]["durability"],
+            json!({"interval": {"ms": 50}})
+        );
         assert_eq!(r.body["config"]["segment_bytes"], 1048576);
         assert_eq!(r.body["partitions"].as_array().unwrap().len(), 2);
-        http.produce("cfg", json!([{"value": "a", "partition": 1}, {"value": "b", "partition": 1}]))
-            .await;
+        http.produce(
+            "cfg",
+            json!([{"value": "a", "partition": 1}, {"value": "b", "partition": 1}]),
+        )
+        .await;
         let r = http.get("/topics", "/topics").await;
-        let names: Vec<&str> = r.body["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = r.body["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["cfg"]);
         assert_eq!(r.body["topics"][0]["partitions"][1]["high_watermark"], 2);
 
         // Groups: committed offsets and lag.
         let c = Client::connect(&server.addr, "test").await.unwrap();
-        c.commit("billing", None, &[("cfg".to_string(), 1, 1)]).await.unwrap();
+        c.commit("billing", None, &[("cfg".to_string(), 1, 1)])
+            .await
+            .unwrap();
         let r = http.get("/groups", "/groups").await;
         assert_eq!(r.body, json!({"groups": ["billing"]}));
         let r = http.get("/groups/{group}", "/groups/billing").await;
@@ -528,7 +728,9 @@ fn topics_and_groups_admin() {
             json!([{"topic": "cfg", "partition": 1, "committed": 1, "high_watermark": 2, "lag": 1}])
         );
 
-        let r = http.call("delete", "/topics/{topic}", "/topics/cfg", None, vec![]).await;
+        let r = http
+            .call("delete", "/topics/{topic}", "/topics/cfg", None, vec![])
+            .await;
         assert_eq!(r.status, 204);
         let r = http.get("/topics/{topic}", "/topics/cfg").await;
         assert_eq!(r.status, 404);
@@ -559,14 +761,25 @@ fn python() -> PathBuf {
     }
     // Build aside and rename into place, so tests racing here do not see a half-made venv.
     let tmp = root.join(format!("target/pyenv.tmp.{}", std::process::id()));
-    let ok = Command::new("python3").arg("-m").arg("venv").arg(&tmp).status().unwrap().success()
+    let ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&tmp)
+        .status()
+        .unwrap()
+        .success()
         && Command::new(tmp.join("bin/pip"))
-            .args(["install", "-q", "-r"])
+            .args(["install", "-q", "--disable-pip-version-check", "-r"])
             .arg(root.join("crates/weir/tests/py/requirements.txt"))
             .status()
             .unwrap()
             .success();
-    assert!(ok, "could not make a Python venv with websockets (scripts/test does it)");
+    assert!(
+        ok,
+        "could not make a Python venv with websockets (scripts/test does it)"
+    );
+    let req = root.join("crates/weir/tests/py/requirements.txt");
+    let _ = std::fs::copy(&req, tmp.join("requirements.txt"));
     if std::fs::rename(&tmp, &venv).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -585,7 +798,9 @@ impl Py {
     fn start(server: &Server, ops: &[Value], extra: &[&str]) -> Py {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_client.py");
         let mut cmd = Command::new(python());
-        cmd.arg(script).arg("--url").arg(format!("ws://{}/ws", server.http));
+        cmd.arg(script)
+            .arg("--url")
+            .arg(format!("ws://{}/ws", server.http));
         for op in ops {
             cmd.arg("--send").arg(op.to_string());
         }
@@ -603,15 +818,35 @@ impl Py {
                 let _ = tx.send(line);
             }
         });
-        Py { child, lines, seen: Vec::new() }
+        Py {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     fn next(&mut self, timeout: Duration) -> Value {
         let line = self.lines.recv_timeout(timeout).unwrap_or_else(|e| {
-            let mut last: Vec<String> = self.seen.iter().filter(|f| f["type"] != "record").map(|f| f.to_string()).collect();
-            let offs: Vec<u64> = self.seen.iter().filter_map(|f| f["offset"].as_u64()).collect();
-            for w in offs.windows(2) { if w[1] != w[0] + 1 { last.push(format!("jump {} -> {}", w[0], w[1])); } }
-            panic!("no frame from the Python client ({e}); {} so far, the last: {last:?}", self.seen.len())
+            let mut last: Vec<String> = self
+                .seen
+                .iter()
+                .filter(|f| f["type"] != "record")
+                .map(|f| f.to_string())
+                .collect();
+            let offs: Vec<u64> = self
+                .seen
+                .iter()
+                .filter_map(|f| f["offset"].as_u64())
+                .collect();
+            for w in offs.windows(2) {
+                if w[1] != w[0] + 1 {
+                    last.push(format!("jump {} -> {}", w[0], w[1]));
+                }
+            }
+            panic!(
+                "no frame from the Python client ({e}); {} so far, the last: {last:?}",
+                self.seen.len()
+            )
         });
         let v: Value = serde_json::from_str(&line).unwrap();
         self.seen.push(v.clone());
@@ -625,7 +860,11 @@ impl Py {
             if v["type"] == t {
                 return v;
             }
-            assert_ne!(v["type"], "_end", "ended before a {t} frame: {:?}", self.seen);
+            assert_ne!(
+                v["type"], "_end",
+                "ended before a {t} frame: {:?}",
+                self.seen
+            );
         }
     }
 
@@ -667,8 +906,13 @@ fn check_ws_frames(doc: &Value, frames: &[Value]) {
             "error" => "WsError",
             other => panic!("undocumented frame type {other}: {f}"),
         };
-        conforms(doc, &json!({"$ref": format!("#/components/schemas/{schema}")}), f, "$")
-            .unwrap_or_else(|e| panic!("{schema}: {e}"));
+        conforms(
+            doc,
+            &json!({"$ref": format!("#/components/schemas/{schema}")}),
+            f,
+            "$",
+        )
+        .unwrap_or_else(|e| panic!("{schema}: {e}"));
     }
 }
 
@@ -705,8 +949,14 @@ fn websocket_key_filter_and_resume_without_a_gap() {
     let mut seen = Vec::new();
     for r in records(&frames) {
         assert_ne!(r["key"], "GOOG", "filtered key delivered: {r}");
-        resume.insert(r["partition"].to_string(), r["offset"].as_u64().unwrap() + 1);
-        seen.push((r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap()));
+        resume.insert(
+            r["partition"].to_string(),
+            r["offset"].as_u64().unwrap() + 1,
+        );
+        seen.push((
+            r["partition"].as_u64().unwrap(),
+            r["offset"].as_u64().unwrap(),
+        ));
     }
     // Meanwhile more records arrive.
     rt.block_on(http.produce("quotes", batch(30)));
@@ -732,16 +982,31 @@ fn websocket_key_filter_and_resume_without_a_gap() {
     )
     .finish();
     check_ws_frames(&http.doc, &frames);
-    assert!(!frames.iter().any(|f| f["type"] == "gap" || f["type"] == "dropped"), "{frames:?}");
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f["type"] == "gap" || f["type"] == "dropped"),
+        "{frames:?}"
+    );
     let got: BTreeSet<(u64, u64, String)> = records(&frames)
         .iter()
-        .map(|r| (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap(), r["value"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+                r["value"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "exactly the missed records");
     assert_eq!(got.len(), records(&frames).len(), "no duplicates");
     // Per partition, in offset order.
     for p in 0..2 {
-        let offs: Vec<u64> = records(&frames).iter().filter(|r| r["partition"] == p).map(|r| r["offset"].as_u64().unwrap()).collect();
+        let offs: Vec<u64> = records(&frames)
+            .iter()
+            .filter(|r| r["partition"] == p)
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
         assert!(offs.windows(2).all(|w| w[0] < w[1]), "{offs:?}");
     }
     // A live subscriber sees records produced after its ack.
@@ -749,7 +1014,10 @@ fn websocket_key_filter_and_resume_without_a_gap() {
     live.wait_for("subscribed");
     rt.block_on(http.produce("quotes", json!([{"key": "GOOG", "value": "no"}, {"key": "MSFT", "value": "yes"}, {"key": "AAPL", "value": "yes too"}])));
     let (frames, _) = live.finish();
-    let values: BTreeSet<&str> = records(&frames).iter().map(|r| r["value"].as_str().unwrap()).collect();
+    let values: BTreeSet<&str> = records(&frames)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
     assert_eq!(values, BTreeSet::from(["yes", "yes too"]));
     server.stop();
 }
@@ -760,11 +1028,14 @@ fn websocket_signals_a_gap_when_retention_passed_the_resume_point() {
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__RETENTION_CHECK_MS", "100")]);
     let rt = rt();
     let http = rt.block_on(Http::new(&server));
-    rt.block_on(http.create_topic(
-        json!({"name": "short", "segment_bytes": 1024, "retention_bytes": 2048}),
-    ));
+    rt.block_on(
+        http.create_topic(json!({"name": "short", "segment_bytes": 1024, "retention_bytes": 2048})),
+    );
     for i in 0..40 {
-        rt.block_on(http.produce("short", json!([{"value": format!("{i}-{}", "x".repeat(200))}])));
+        rt.block_on(http.produce(
+            "short",
+            json!([{"value": format!("{i}-{}", "x".repeat(200))}]),
+        ));
     }
     // Wait for retention to delete the oldest segments.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -781,7 +1052,10 @@ fn websocket_signals_a_gap_when_retention_passed_the_resume_point() {
     assert_eq!(hwm, 40);
     // HTTP says so too.
     let r = rt.block_on(http.fetch("short", 0, "offset=0"));
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (416, Some("offset_out_of_range")));
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (416, Some("offset_out_of_range"))
+    );
     let (frames, end) = Py::start(
         &server,
         &[json!({"op": "subscribe", "topics": ["short"], "from": {"offset": {"0": 0}}, "policy": "disconnect"})],
@@ -796,7 +1070,10 @@ fn websocket_signals_a_gap_when_retention_passed_the_resume_point() {
         json!({"type": "gap", "subscription": 1, "topic": "short", "partition": 0,
                "requested": 0, "available_from": start})
     );
-    let offsets: Vec<u64> = records(&frames).iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = records(&frames)
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, (start..hwm).collect::<Vec<_>>());
     server.stop();
 }
@@ -821,7 +1098,11 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
     let mut drop_oldest = Py::start(&server, &[sub("drop_oldest")], &slow);
     let mut conflate = Py::start(&server, &[sub("conflate")], &slow);
     let total: usize = 4000;
-    let mut fast = Py::start(&server, &[sub("drop_oldest")], &["--records", &total.to_string(), "--timeout", "60"]);
+    let mut fast = Py::start(
+        &server,
+        &[sub("drop_oldest")],
+        &["--records", &total.to_string(), "--timeout", "60"],
+    );
     for c in [&mut drop_oldest, &mut conflate, &mut fast] {
         c.wait_for("subscribed");
     }
@@ -840,8 +1121,14 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
     // are not reading at all.
     let (frames, end) = fast.finish();
     assert_eq!(end["why"], "count");
-    assert!(!frames.iter().any(|f| f["type"] == "dropped"), "fast client lost records");
-    let offsets: Vec<u64> = records(&frames).iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert!(
+        !frames.iter().any(|f| f["type"] == "dropped"),
+        "fast client lost records"
+    );
+    let offsets: Vec<u64> = records(&frames)
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, (0..total as u64).collect::<Vec<_>>());
     check_ws_frames(&http.doc, &frames[..5]);
 
@@ -852,7 +1139,9 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
     // the queue, so the queue must overflow.
     let late = 6000;
     for chunk in 0..late / 100 {
-        let recs: Value = (0..100).map(|i| json!({"key": "z", "value": format!("late-{chunk}-{i}:{pad}")})).collect();
+        let recs: Value = (0..100)
+            .map(|i| json!({"key": "z", "value": format!("late-{chunk}-{i}:{pad}")}))
+            .collect();
         rt.block_on(http.produce("feed", recs));
     }
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -863,14 +1152,20 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(stats["ws"]["dropped_oldest"].as_u64().unwrap() > 0, "{stats}");
+    assert!(
+        stats["ws"]["dropped_oldest"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
     assert!(stats["ws"]["conflated"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["ws"]["disconnected_slow"], 1, "{stats}");
     disconnect.release();
     let (_, end) = disconnect.finish();
     assert_eq!(end["why"], "closed");
     assert_eq!(end["code"], 4001, "{end}");
-    assert!(end["reason"].as_str().unwrap().contains("slow consumer"), "{end}");
+    assert!(
+        end["reason"].as_str().unwrap().contains("slow consumer"),
+        "{end}"
+    );
 
     // drop_oldest and conflate: every record is either delivered or counted, never silently
     // lost, and the newest survive.
@@ -892,23 +1187,43 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
         }
         check_ws_frames(&http.doc, &frames);
         let delivered = records(&frames).len() as u64;
-        let lost: u64 = frames.iter().filter(|f| f["type"] == "dropped").map(|f| {
-            assert_eq!(f["policy"], policy);
-            f["count"].as_u64().unwrap()
-        }).sum();
+        let lost: u64 = frames
+            .iter()
+            .filter(|f| f["type"] == "dropped")
+            .map(|f| {
+                assert_eq!(f["policy"], policy);
+                f["count"].as_u64().unwrap()
+            })
+            .sum();
         assert!(lost > 0, "{policy}: nothing dropped");
-        assert_eq!(delivered + lost, all, "{policy}: delivered {delivered} + dropped {lost}");
-        let offs: Vec<u64> = records(&frames).iter().map(|r| r["offset"].as_u64().unwrap()).collect();
-        assert!(offs.windows(2).all(|w| w[0] < w[1]), "{policy}: out of order");
+        assert_eq!(
+            delivered + lost,
+            all,
+            "{policy}: delivered {delivered} + dropped {lost}"
+        );
+        let offs: Vec<u64> = records(&frames)
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert!(
+            offs.windows(2).all(|w| w[0] < w[1]),
+            "{policy}: out of order"
+        );
         if policy == "conflate" {
             // The latest value of every key made it.
             let mut latest: BTreeMap<String, u64> = BTreeMap::new();
             for r in records(&frames) {
-                latest.insert(r["key"].as_str().unwrap().to_string(), r["offset"].as_u64().unwrap());
+                latest.insert(
+                    r["key"].as_str().unwrap().to_string(),
+                    r["offset"].as_u64().unwrap(),
+                );
             }
             for (i, k) in keys.iter().enumerate() {
                 let last_of_key = (0..total).rev().find(|j| j % 5 == i).unwrap() as u64;
-                assert!(latest.get(*k).is_some_and(|o| *o >= last_of_key), "{k}: {latest:?}");
+                assert!(
+                    latest.get(*k).is_some_and(|o| *o >= last_of_key),
+                    "{k}: {latest:?}"
+                );
             }
         }
     }

@@ -539,8 +539,7 @@ impl Hub {
                 }
                 continue;
             }
-            let (items, next) = match decode_items(&topic, partition, format, &r.chunks, position)
-            {
+            let (items, next) = match decode_items(&topic, partition, format, &r.chunks, position) {
                 Ok(x) => x,
                 Err(e) => {
                     self.end_feed(feed, |s| error_notice(Some(s.sub), "storage_error", &e));

@@ -54,12 +54,8 @@ impl<'de> Deserialize<'de> for Start {
         #[serde(untagged)]
         enum Raw {
             Name(String),
-            Offset {
-                offset: BTreeMap<String, u64>,
-            },
-            Timestamp {
-                timestamp: i64,
-            },
+            Offset { offset: BTreeMap<String, u64> },
+            Timestamp { timestamp: i64 },
         }
         let bad = || {
             serde::de::Error::custom(
@@ -310,7 +306,8 @@ fn on_text(
                 format,
             };
             let (hub2, conn2) = (hub.clone(), conn.clone());
-            hub.tasks.spawn(async move { subscribe(hub2, conn2, spec).await });
+            hub.tasks
+                .spawn(async move { subscribe(hub2, conn2, spec).await });
         }
     }
 }
@@ -441,10 +438,8 @@ async fn replay(
                     }
                 }
                 Err(e) => {
-                    sub.conn.notice(
-                        sub.sub,
-                        error_notice(Some(sub.sub), "storage_error", &e),
-                    );
+                    sub.conn
+                        .notice(sub.sub, error_notice(Some(sub.sub), "storage_error", &e));
                     return false;
                 }
             },
@@ -478,7 +473,13 @@ mod tests {
         let op: ClientOp = serde_json::from_str(r#"{"op":"subscribe","topics":["q"]}"#).unwrap();
         assert!(matches!(
             op,
-            ClientOp::Subscribe { from: Start::Latest, policy: Policy::Conflate, format: Format::Json, keys: None, .. }
+            ClientOp::Subscribe {
+                from: Start::Latest,
+                policy: Policy::Conflate,
+                format: Format::Json,
+                keys: None,
+                ..
+            }
         ));
         let op: ClientOp = serde_json::from_str(
             r#"{"op":"subscribe","topics":["q"],"keys":["AAPL"],"from":{"offset":{"0":12,"3":4}},"policy":"drop_oldest","format":"binary"}"#,
@@ -492,14 +493,28 @@ mod tests {
         let op: ClientOp =
             serde_json::from_str(r#"{"op":"subscribe","topics":["q"],"from":{"timestamp":5}}"#)
                 .unwrap();
-        assert!(matches!(op, ClientOp::Subscribe { from: Start::Timestamp(5), .. }));
+        assert!(matches!(
+            op,
+            ClientOp::Subscribe {
+                from: Start::Timestamp(5),
+                ..
+            }
+        ));
         for (bad, needle) in [
-            (r#"{"op":"subscribe","topics":["q"],"from":"middle"}"#, "from must be"),
-            (r#"{"op":"subscribe","topics":["q"],"policy":"maybe"}"#, "maybe"),
+            (
+                r#"{"op":"subscribe","topics":["q"],"from":"middle"}"#,
+                "from must be",
+            ),
+            (
+                r#"{"op":"subscribe","topics":["q"],"policy":"maybe"}"#,
+                "maybe",
+            ),
             (r#"{"op":"subscribe","topics":["q"],"colour":1}"#, "colour"),
             (r#"{"op":"dance"}"#, "dance"),
         ] {
-            let e = serde_json::from_str::<ClientOp>(bad).unwrap_err().to_string();
+            let e = serde_json::from_str::<ClientOp>(bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
     }
