@@ -1037,17 +1037,20 @@ fn websocket_signals_a_gap_when_retention_passed_the_resume_point() {
             json!([{"value": format!("{i}-{}", "x".repeat(200))}]),
         ));
     }
-    // Wait for retention to delete the oldest segments.
+    // Wait for retention to delete the oldest segments, and to be done (a pass that ran while
+    // the records were written may be followed by one more).
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
     let (start, hwm) = loop {
         let r = rt.block_on(http.get("/topics/{topic}", "/topics/short"));
         let p = &r.body["partitions"][0];
         let start = p["log_start_offset"].as_u64().unwrap();
-        if start > 0 {
+        seen.push(start);
+        if start > 0 && seen.len() >= 4 && seen[seen.len() - 4..].iter().all(|s| *s == start) {
             break (start, p["high_watermark"].as_u64().unwrap());
         }
         assert!(Instant::now() < deadline, "retention never ran: {}", r.body);
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(150));
     };
     assert_eq!(hwm, 40);
     // HTTP says so too.
@@ -1228,4 +1231,91 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
         }
     }
     server.stop();
+}
+
+/// Reads WebSocket frames (unmasked, as a server sends them) from `s` until the connection
+/// ends; returns (opcode, payload) of each.
+fn raw_frames(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i + 2 <= buf.len() {
+        let opcode = buf[i] & 0x0f;
+        let (len, head) = match buf[i + 1] & 0x7f {
+            126 => (u16::from_be_bytes([buf[i + 2], buf[i + 3]]) as usize, 4),
+            127 => panic!("no frame here is that large"),
+            n => (n as usize, 2),
+        };
+        let end = (i + head + len).min(buf.len());
+        frames.push((opcode, buf[i + head..end].to_vec()));
+        i += head + len;
+    }
+    frames
+}
+
+#[test]
+fn websocket_heartbeats_idle_timeout_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("WEIR_HTTP__WS_PING_INTERVAL_MS", "200"),
+            ("WEIR_HTTP__WS_IDLE_TIMEOUT_MS", "700"),
+        ],
+    );
+    let rt = rt();
+    let http = rt.block_on(Http::new(&server));
+    rt.block_on(http.create_topic(json!({"name": "hb"})));
+    let sub = json!({"op": "subscribe", "topics": ["hb"]});
+    // A client that answers pings (as every WebSocket library does) stays connected however
+    // long it is quiet.
+    let quiet = Py::start(&server, &[sub.clone()], &["--timeout", "2"]);
+    // One that never answers is closed after the idle timeout, with a reason.
+    let mut raw = std::net::TcpStream::connect(&server.http).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        raw,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut raw, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let frames = raw_frames(&mut raw);
+    let elapsed = started.elapsed();
+    assert!(
+        frames.iter().any(|(op, _)| *op == 0x9),
+        "pinged first: {frames:?}"
+    );
+    let (op, close) = frames.last().unwrap();
+    assert_eq!(*op, 0x8, "{frames:?}");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 4002);
+    assert!(String::from_utf8_lossy(&close[2..]).contains("idle timeout"));
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    let (_, end) = quiet.finish();
+    assert_eq!(end["why"], "timeout", "the quiet client was closed: {end}");
+    let stats = rt.block_on(http.get("/stats", "/stats")).body;
+    assert_eq!(stats["ws"]["idle_timeouts"], 1, "{stats}");
+    // Shutdown closes subscribers with "going away" and the server exits cleanly.
+    let mut last = Py::start(&server, &[sub], &["--timeout", "20"]);
+    last.wait_for("subscribed");
+    server.stop();
+    let (_, end) = last.finish();
+    assert_eq!(
+        (end["why"].as_str(), end["code"].as_u64()),
+        (Some("closed"), Some(1001)),
+        "{end}"
+    );
 }
