@@ -1271,7 +1271,7 @@ fn websocket_heartbeats_idle_timeout_and_shutdown() {
     let sub = json!({"op": "subscribe", "topics": ["hb"]});
     // A client that answers pings (as every WebSocket library does) stays connected however
     // long it is quiet.
-    let quiet = Py::start(&server, &[sub.clone()], &["--timeout", "2"]);
+    let quiet = Py::start(&server, std::slice::from_ref(&sub), &["--timeout", "2"]);
     // One that never answers is closed after the idle timeout, with a reason.
     let mut raw = std::net::TcpStream::connect(&server.http).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
