@@ -332,6 +332,12 @@ async fn produce(
             ));
         }
     };
+    if s.broker.partition_count(&topic).is_none() && s.broker.config().auto_create_topics {
+        match s.broker.create_topic(&topic, None).await {
+            Ok(_) | Err(weir_broker::BrokerError::TopicExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let partitions = s.broker.partition_count(&topic).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownTopic,
@@ -532,16 +538,96 @@ async fn get_group(
 
 async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
     let hub = s.hub.clone();
-    let max = s.hub.config.max_message_bytes;
+    let c = &s.hub.config;
+    let max = c.max_message_bytes;
     ws
         // Small buffers keep idle connections cheap: the read buffer is allocated up front,
         // and frames are written out as they are queued rather than gathered.
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tasks = hub.tasks.clone();
             tasks.track_future(crate::ws::run_connection(socket, hub))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use weir_broker::BrokerConfig;
+
+    use super::*;
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keyed_records_land_where_the_ring_puts_them_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let hub = Hub::new(broker.clone(), Default::default());
+        let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
+        let (s, _) = call(&app, "POST", "/topics", r#"{"name":"t","partitions":4}"#).await;
+        assert_eq!(s, StatusCode::CREATED);
+        let records: Vec<Value> = (0..20)
+            .map(|i| json!({"key": format!("k{}", i % 5), "value": i.to_string()}))
+            .collect();
+        let (s, body) = call(
+            &app,
+            "POST",
+            "/topics/t/records",
+            &json!({ "records": records }).to_string(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let ring = Ring::new(4);
+        let mut next = [0u64; 4];
+        for (i, o) in body["offsets"].as_array().unwrap().iter().enumerate() {
+            let p = ring.partition_for(format!("k{}", i % 5).as_bytes());
+            assert_eq!(o["partition"], p, "record {i}");
+            // Offsets within a partition follow request order.
+            assert_eq!(o["offset"], next[p as usize]);
+            next[p as usize] += 1;
+        }
+        let mut values = Vec::new();
+        for p in 0..4 {
+            let (s, body) = call(
+                &app,
+                "GET",
+                &format!("/topics/t/partitions/{p}/records"),
+                "",
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK);
+            for r in body["records"].as_array().unwrap() {
+                values.push(r["value"].as_str().unwrap().parse::<u32>().unwrap());
+            }
+        }
+        values.sort();
+        assert_eq!(values, (0..20).collect::<Vec<_>>());
+        broker.close().await.unwrap();
+    }
 }

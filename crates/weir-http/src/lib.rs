@@ -22,7 +22,6 @@ pub mod records;
 pub mod ws;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -90,6 +89,5 @@ pub async fn serve(
         tracing::warn!("WebSocket connections still open after the shutdown grace period");
     }
     sweeper.abort();
-    let _ = Arc::strong_count(&hub);
     result
 }

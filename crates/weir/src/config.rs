@@ -119,6 +119,10 @@ pub struct HttpSettings {
     pub ws_idle_timeout_ms: u64,
     /// Subscriptions per WebSocket connection. Default 64.
     pub ws_max_subscriptions: usize,
+    /// Read buffer each WebSocket connection allocates when it opens. Default 1,024 bytes.
+    pub ws_read_buffer_bytes: usize,
+    /// Bytes of frames gathered before a write; 0 writes each frame as queued. Default 0.
+    pub ws_write_buffer_bytes: usize,
     /// Wait this long at shutdown for WebSocket clients to take their close frame.
     /// Default 5,000 ms.
     pub shutdown_grace_ms: u64,
@@ -136,6 +140,8 @@ impl Default for HttpSettings {
             ws_ping_interval_ms: 20_000,
             ws_idle_timeout_ms: 60_000,
             ws_max_subscriptions: 64,
+            ws_read_buffer_bytes: 1024,
+            ws_write_buffer_bytes: 0,
             shutdown_grace_ms: 5_000,
         }
     }
@@ -388,6 +394,8 @@ impl Config {
                 ping_interval: Duration::from_millis(h.ws_ping_interval_ms),
                 idle_timeout: Duration::from_millis(h.ws_idle_timeout_ms),
                 max_subscriptions: h.ws_max_subscriptions.max(1),
+                read_buffer_bytes: h.ws_read_buffer_bytes.max(64),
+                write_buffer_bytes: h.ws_write_buffer_bytes,
                 ..weir_http::WsConfig::default()
             },
             ..weir_http::HttpConfig::default()

@@ -46,6 +46,12 @@ pub struct WsConfig {
     pub max_subscriptions: usize,
     /// Largest message a client may send. Default 64 KiB.
     pub max_message_bytes: usize,
+    /// Read buffer of a connection, allocated when it opens (it grows for larger frames).
+    /// Default 1 KiB: clients send only small operations. (The library's default is 128 KiB.)
+    pub read_buffer_bytes: usize,
+    /// Frames are gathered up to this many bytes before a write. Default 0: written as queued,
+    /// so an idle connection holds no write buffer. (The library's default is 128 KiB.)
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for WsConfig {
@@ -58,6 +64,8 @@ impl Default for WsConfig {
             idle_timeout: Duration::from_secs(60),
             max_subscriptions: 64,
             max_message_bytes: 64 << 10,
+            read_buffer_bytes: 1024,
+            write_buffer_bytes: 0,
         }
     }
 }
