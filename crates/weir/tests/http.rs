@@ -1230,6 +1230,9 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
             }
         }
     }
+    // Four subscribers on one feed: every record was read from the broker once.
+    let stats = rt.block_on(http.get("/stats", "/stats")).body;
+    assert_eq!(stats["ws"]["records_fetched"], all, "{stats}");
     server.stop();
 }
 
