@@ -396,6 +396,23 @@ async fn subscribe(hub: Arc<Hub>, conn: Arc<Conn>, spec: SubSpec) {
     }
 }
 
+/// Waits until the subscription's queue is at most half full (or gone). False when the
+/// connection closed.
+async fn wait_for_room(sub: &Subscriber) -> bool {
+    loop {
+        let room = sub.conn.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        if sub.conn.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if sub.conn.has_room(sub.sub) {
+            return true;
+        }
+        room.await;
+    }
+}
+
 /// Replays `[sub.from, until)` of one partition into the subscription's queue, paced by its
 /// client. Returns false when the subscription cannot go on.
 async fn replay(
@@ -407,18 +424,8 @@ async fn replay(
     until: u64,
 ) -> bool {
     while sub.from < until {
-        // Wait until the client has taken about half of what is queued.
-        loop {
-            let room = sub.conn.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if sub.conn.closed.load(Ordering::Acquire) {
-                return false;
-            }
-            if sub.conn.has_room(sub.sub) {
-                break;
-            }
-            room.await;
+        if !wait_for_room(sub).await {
+            return false;
         }
         match hub
             .broker
@@ -428,7 +435,26 @@ async fn replay(
             Ok(r) if r.is_empty() => return true,
             Ok(r) => match hub::decode_items(topic, partition, format, &r.chunks, sub.from) {
                 Ok((items, next)) => {
-                    sub.deliver(&items, &hub.stats);
+                    // In slices that fit the room the queue has, so that a replay never
+                    // overflows a queue, however large the stored batches.
+                    let (max_records, max_bytes) =
+                        (hub.config.queue_messages / 2, hub.config.queue_bytes / 2);
+                    let mut rest = &items[..];
+                    while !rest.is_empty() {
+                        let mut n = 0;
+                        let mut bytes = 0;
+                        while n < rest.len()
+                            && (n == 0 || (n < max_records && bytes + rest[n].size() <= max_bytes))
+                        {
+                            bytes += rest[n].size();
+                            n += 1;
+                        }
+                        if !wait_for_room(sub).await {
+                            return false;
+                        }
+                        sub.deliver(&rest[..n], &hub.stats);
+                        rest = &rest[n..];
+                    }
                     hub.stats
                         .records_fetched
                         .fetch_add(items.len() as u64, Ordering::Relaxed);
@@ -467,6 +493,108 @@ async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_broker::{Broker, BrokerConfig};
+
+    fn batch(from: usize, n: usize) -> Bytes {
+        let values: Vec<String> = (from..from + n).map(|i| format!("v{i}")).collect();
+        let mut b = weir_batch::BatchBuilder::new(1);
+        for v in &values {
+            b.push(weir_batch::RecordSpec::keyed(b"k", v.as_bytes()));
+        }
+        Bytes::from(b.build())
+    }
+
+    /// Offsets of the records queued for the connection's first subscription.
+    fn drain(conn: &Conn, into: &mut Vec<u64>) {
+        let mut st = conn.state.lock();
+        let q = &mut st.subs[0].1;
+        while let Some((lost, e)) = q.pop() {
+            assert_eq!(lost, 0);
+            if let Entry::Record(item) = e {
+                into.push(item.offset);
+            }
+        }
+        drop(st);
+        conn.room.notify_waiters();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_behind_the_feed_replays_then_joins_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        broker
+            .produce("t", Some(0), None, batch(0, 100))
+            .await
+            .unwrap();
+        let config = hub::WsConfig {
+            queue_messages: 64,
+            fetch_bytes: 2048,
+            ..hub::WsConfig::default()
+        };
+        let hub = Hub::new(broker.clone(), config);
+        let spec = |sub, from| SubSpec {
+            sub,
+            parts: vec![("t".to_string(), 0)],
+            keys: None,
+            from,
+            policy: Policy::Disconnect,
+            format: Format::Json,
+        };
+        let subscribe_conn = |from| {
+            let conn = hub.connect();
+            conn.state
+                .lock()
+                .subs
+                .push((1, OutQueue::new(Policy::Disconnect, 64, 1 << 20)));
+            tokio::spawn(subscribe(hub.clone(), conn.clone(), spec(1, from)));
+            conn
+        };
+        // The first subscriber starts the feed at the end of the log.
+        let live = subscribe_conn(Start::Latest);
+        // Records keep arriving while a second subscriber starts far behind the feed and
+        // replays, in steps smaller than the backlog, paced by its (small) queue.
+        let producer = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    broker
+                        .produce("t", Some(0), None, batch(100 + i * 5, 5))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let behind = subscribe_conn(Start::Offsets([(0, 30)].into()));
+        let (mut got_live, mut got_behind) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got_behind.len() < 270 || got_live.len() < 200 {
+            drain(&live, &mut got_live);
+            drain(&behind, &mut got_behind);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} {}",
+                got_live.len(),
+                got_behind.len()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        producer.await.unwrap();
+        assert_eq!(got_live, (100..300).collect::<Vec<_>>());
+        assert_eq!(got_behind, (30..300).collect::<Vec<_>>());
+        assert!(live.state.lock().close.is_none(), "no overflow");
+        assert!(behind.state.lock().close.is_none(), "no overflow");
+        // One feed for both.
+        assert_eq!(hub.stats.feeds_open.load(Ordering::Relaxed), 1);
+        hub.shutdown();
+        broker.close().await.unwrap();
+    }
 
     #[test]
     fn operations_parse_with_defaults_and_name_bad_fields() {
