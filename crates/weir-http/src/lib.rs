@@ -21,7 +21,7 @@ pub mod openapi;
 pub mod records;
 pub mod ws;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -66,23 +66,36 @@ pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: HttpConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let hub = Hub::new(broker.clone(), config.ws.clone());
     let sweeper = tokio::spawn(hub.clone().run_sweeper());
     let grace = config.shutdown_grace;
     let state = api::AppState::new(broker, config, hub.clone());
     let app = api::router(state.clone()).into_router();
-    let stop_hub = hub.clone();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            state
-                .stopping
-                .store(true, std::sync::atomic::Ordering::Release);
-            stop_hub.shutdown();
-        })
-        .await;
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = drain_rx.await;
+    });
+    let server = server.into_future();
+    tokio::pin!(server, shutdown);
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = &mut shutdown => {
+            state.stopping.store(true, std::sync::atomic::Ordering::Release);
+            hub.shutdown();
+            let _ = drain_tx.send(());
+            // In-flight requests finish (long polls answer at once: the broker is stopping);
+            // a client that holds a request open longer than the grace period is cut off.
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("HTTP requests still open after the shutdown grace period");
+                    Ok(())
+                }
+            }
+        }
+    };
     hub.shutdown();
     hub.tasks.close();
     if tokio::time::timeout(grace, hub.tasks.wait()).await.is_err() {
