@@ -719,8 +719,23 @@ fn topics_and_groups_admin() {
         c.commit("billing", None, &[("cfg".to_string(), 1, 1)])
             .await
             .unwrap();
+        let member = weir_client::GroupConsumer::join(
+            Client::connect(&server.addr, "http-test").await.unwrap(),
+            "workers",
+            &["cfg"],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let r = http.get("/groups/{group}", "/groups/workers").await;
+        assert_eq!(r.body["protocol"], "native");
+        assert_eq!(r.body["members"][0]["member_id"], member.member_id());
+        assert_eq!(r.body["members"][0]["client_id"], "http-test");
+        assert_eq!(r.body["members"][0]["assignment"], json!({"cfg": [0, 1]}));
+        assert_eq!(r.body["offsets"][0]["lag"], 0); // partition 0: empty, nothing committed
+        assert_eq!(r.body["offsets"][1]["lag"], 2);
         let r = http.get("/groups", "/groups").await;
-        assert_eq!(r.body, json!({"groups": ["billing"]}));
+        assert_eq!(r.body, json!({"groups": ["billing", "workers"]}));
         let r = http.get("/groups/{group}", "/groups/billing").await;
         assert_eq!(r.body["group"], "billing");
         assert_eq!(
