@@ -193,7 +193,7 @@ pub fn document() -> Value {
             "/ws": {"get": {
                 "summary": "WebSocket live push. Send {\"op\":\"subscribe\",\"topics\":[..],\
                     \"keys\":[..],\"from\":\"latest\"|\"earliest\"|{\"offset\":{\"0\":N}}|\
-                    {\"timestamp\":ms},\"policy\":\"conflate\"|\"drop_oldest\"|\"disconnect\",\
+                    {\"offsets\":{\"topic\":{\"0\":N}}}|{\"timestamp\":ms},\"policy\":\"conflate\"|\"drop_oldest\"|\"disconnect\",\
                     \"format\":\"json\"|\"binary\"}; receive subscribed, record, gap, dropped and \
                     error frames (schemas WsRecord, WsGap, WsDropped, WsSubscribed, WsError). A \
                     disconnect-policy overflow closes with code 4001, the idle timeout with 4002, \

@@ -9,7 +9,7 @@
 //!
 //! Client operations (JSON text frames):
 //! `{"op":"subscribe","topics":["quotes"],"keys":["AAPL"],"from":"latest"|"earliest"|
-//! {"offset":{"0":123}}|{"timestamp":ms},"policy":"conflate"|"drop_oldest"|"disconnect",
+//! {"offset":{"0":123}}|{"offsets":{"quotes":{"0":123}}}|{"timestamp":ms},"policy":"conflate"|"drop_oldest"|"disconnect",
 //! "format":"json"|"binary"}` and `{"op":"unsubscribe","subscription":1}`.
 //!
 //! Server frames (JSON text): `{"type":"subscribed",..}`, `{"type":"record",..}`,
@@ -45,6 +45,8 @@ pub enum Start {
     /// The next offset wanted per partition (a resuming client sends its last offset + 1);
     /// partitions not listed start at the latest offset.
     Offsets(BTreeMap<u32, u64>),
+    /// The same per topic, for subscriptions to several topics: topic → partition → offset.
+    TopicOffsets(BTreeMap<String, BTreeMap<u32, u64>>),
     Timestamp(i64),
 }
 
@@ -54,24 +56,37 @@ impl<'de> Deserialize<'de> for Start {
         #[serde(untagged)]
         enum Raw {
             Name(String),
-            Offset { offset: BTreeMap<String, u64> },
-            Timestamp { timestamp: i64 },
+            Offset {
+                offset: BTreeMap<String, u64>,
+            },
+            Offsets {
+                offsets: BTreeMap<String, BTreeMap<String, u64>>,
+            },
+            Timestamp {
+                timestamp: i64,
+            },
         }
         let bad = || {
             serde::de::Error::custom(
-                "from must be \"latest\", \"earliest\", {\"offset\":{\"<partition>\":<offset>}} \
-                 or {\"timestamp\":<ms>}",
+                "from must be \"latest\", \"earliest\", {\"offset\":{\"<partition>\":<offset>}}, \
+                 {\"offsets\":{\"<topic>\":{\"<partition>\":<offset>}}} or {\"timestamp\":<ms>}",
             )
+        };
+        let partitions = |m: BTreeMap<String, u64>| {
+            m.into_iter()
+                .map(|(p, o)| p.parse::<u32>().map(|p| (p, o)).map_err(|_| bad()))
+                .collect::<Result<BTreeMap<u32, u64>, D::Error>>()
         };
         match Raw::deserialize(d).map_err(|_| bad())? {
             Raw::Name(n) if n == "latest" => Ok(Start::Latest),
             Raw::Name(n) if n == "earliest" => Ok(Start::Earliest),
             Raw::Name(_) => Err(bad()),
-            Raw::Offset { offset } => offset
+            Raw::Offset { offset } => partitions(offset).map(Start::Offsets),
+            Raw::Offsets { offsets } => offsets
                 .into_iter()
-                .map(|(p, o)| p.parse::<u32>().map(|p| (p, o)).map_err(|_| bad()))
+                .map(|(t, m)| partitions(m).map(|m| (t, m)))
                 .collect::<Result<_, _>>()
-                .map(Start::Offsets),
+                .map(Start::TopicOffsets),
             Raw::Timestamp { timestamp } => Ok(Start::Timestamp(timestamp)),
         }
     }
@@ -342,6 +357,10 @@ async fn resolve(hub: &Hub, topic: &str, partition: u32, from: &Start) -> Result
                 .await?
         }
         Start::Offsets(map) => map.get(&partition).map_or(latest, |o| (*o).min(latest)),
+        Start::TopicOffsets(map) => map
+            .get(topic)
+            .and_then(|m| m.get(&partition))
+            .map_or(latest, |o| (*o).min(latest)),
         Start::Timestamp(ts) => {
             hub.broker
                 .list_offsets(topic, partition, OffsetSpec::Timestamp(*ts))
@@ -617,6 +636,23 @@ mod tests {
             panic!("not a subscribe")
         };
         assert_eq!(from, Start::Offsets([(0, 12), (3, 4)].into()));
+        let op: ClientOp = serde_json::from_str(
+            r#"{"op":"subscribe","topics":["q","r"],"from":{"offsets":{"q":{"1":7},"r":{"0":2}}}}"#,
+        )
+        .unwrap();
+        let ClientOp::Subscribe { from, .. } = op else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(
+            from,
+            Start::TopicOffsets(
+                [
+                    ("q".to_string(), [(1, 7)].into()),
+                    ("r".to_string(), [(0, 2)].into())
+                ]
+                .into()
+            )
+        );
         assert_eq!(policy, Policy::DropOldest);
         let op: ClientOp =
             serde_json::from_str(r#"{"op":"subscribe","topics":["q"],"from":{"timestamp":5}}"#)
