@@ -1024,10 +1024,29 @@ fn websocket_key_filter_and_resume_without_a_gap() {
             .collect();
         assert!(offs.windows(2).all(|w| w[0] < w[1]), "{offs:?}");
     }
-    // A live subscriber sees records produced after its ack.
+    // Live subscribers see records produced after their ack, in either format.
     let mut live = Py::start(&server, &[sub(json!("latest"))], &["--records", "2"]);
+    let mut binary = sub(json!("latest"));
+    binary["format"] = json!("binary");
+    let mut live_binary = Py::start(&server, &[binary], &["--records", "2"]);
     live.wait_for("subscribed");
+    live_binary.wait_for("subscribed");
     rt.block_on(http.produce("quotes", json!([{"key": "GOOG", "value": "no"}, {"key": "MSFT", "value": "yes"}, {"key": "AAPL", "value": "yes too"}])));
+    let (frames, _) = live_binary.finish();
+    check_ws_frames(&http.doc, &frames);
+    let values: BTreeSet<(&str, &str)> = records(&frames)
+        .iter()
+        .map(|r| {
+            (
+                r["key_base64"].as_str().unwrap(),
+                r["value_base64"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        BTreeSet::from([("TVNGVA==", "eWVz"), ("QUFQTA==", "eWVzIHRvbw==")])
+    );
     let (frames, _) = live.finish();
     let values: BTreeSet<&str> = records(&frames)
         .iter()
