@@ -129,8 +129,9 @@ fn bump(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Why a connection must close, set by whoever decides it.
+/// [`Conn::flags`]: a ping is due (set by the sweeper).
 pub const FLAG_PING: u8 = 1;
+/// [`Conn::flags`]: the connection must close; the code and reason are in its state.
 pub const FLAG_CLOSE: u8 = 2;
 
 /// A connection as the hub sees it.
@@ -604,7 +605,7 @@ impl Hub {
                         format!("idle timeout: nothing received for {silent} ms"),
                     );
                 } else if silent >= ping_ms {
-                    c.flags.fetch_or(super::hub::FLAG_PING, Ordering::AcqRel);
+                    c.flags.fetch_or(FLAG_PING, Ordering::AcqRel);
                     c.wake.notify_one();
                 }
             }

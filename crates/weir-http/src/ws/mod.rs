@@ -259,6 +259,10 @@ fn on_text(
             st.subs.retain(|(id, _)| *id != subscription);
             let removed = (before - st.subs.len()) as u64;
             drop(st);
+            if removed == 0 {
+                let msg = format!("there is no subscription {subscription}");
+                send_direct(conn, error_notice(None, "bad_request", &msg));
+            }
             hub.stats
                 .subscriptions_open
                 .fetch_sub(removed, Ordering::Relaxed);
