@@ -539,6 +539,16 @@ async fn get_group(
 async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
     let hub = s.hub.clone();
     let c = &s.hub.config;
+    let Ok(permit) = hub.connection_slots.clone().try_acquire_owned() else {
+        return ApiError::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "the server holds its limit of {} WebSocket connections",
+                c.max_connections
+            ),
+        )
+        .into_response();
+    };
     let max = c.max_message_bytes;
     ws
         // Small buffers keep idle connections cheap: the read buffer is allocated up front,
@@ -549,7 +559,10 @@ async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response 
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tasks = hub.tasks.clone();
-            tasks.track_future(crate::ws::run_connection(socket, hub))
+            tasks.track_future(async move {
+                crate::ws::run_connection(socket, hub).await;
+                drop(permit);
+            })
         })
 }
 

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The broker is shutting down.
     ShuttingDown,
+    /// The WebSocket connection limit (`ws_max_connections`) is reached.
+    TooManyConnections,
     /// The disk is full or failed.
     StorageError,
     /// Anything else; the message says what.
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::ShuttingDown,
+        ErrorCode::TooManyConnections,
         ErrorCode::StorageError,
         ErrorCode::Internal,
     ];
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }
@@ -102,7 +106,9 @@ impl ErrorCode {
             ErrorCode::TopicExists => StatusCode::CONFLICT,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

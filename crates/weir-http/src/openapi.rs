@@ -198,7 +198,10 @@ pub fn document() -> Value {
                     error frames (schemas WsRecord, WsGap, WsDropped, WsSubscribed, WsError). A \
                     disconnect-policy overflow closes with code 4001, the idle timeout with 4002, \
                     shutdown with 1001.",
-                "responses": {"101": {"description": "Switching to the WebSocket protocol."}},
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol."},
+                    "503": error_response("too_many_connections or shutting_down."),
+                },
             }},
         },
         "components": {"schemas": {

@@ -119,6 +119,8 @@ pub struct HttpSettings {
     pub ws_idle_timeout_ms: u64,
     /// Subscriptions per WebSocket connection. Default 64.
     pub ws_max_subscriptions: usize,
+    /// Simultaneous WebSocket connections. Default 16,384.
+    pub ws_max_connections: usize,
     /// Read buffer each WebSocket connection allocates when it opens. Default 1,024 bytes.
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames gathered before a write; 0 writes each frame as queued. Default 0.
@@ -140,6 +142,7 @@ impl Default for HttpSettings {
             ws_ping_interval_ms: 20_000,
             ws_idle_timeout_ms: 60_000,
             ws_max_subscriptions: 64,
+            ws_max_connections: 16_384,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 0,
             shutdown_grace_ms: 5_000,
@@ -394,6 +397,7 @@ impl Config {
                 ping_interval: Duration::from_millis(h.ws_ping_interval_ms),
                 idle_timeout: Duration::from_millis(h.ws_idle_timeout_ms),
                 max_subscriptions: h.ws_max_subscriptions.max(1),
+                max_connections: h.ws_max_connections.max(1),
                 read_buffer_bytes: h.ws_read_buffer_bytes.max(64),
                 write_buffer_bytes: h.ws_write_buffer_bytes,
                 ..weir_http::WsConfig::default()

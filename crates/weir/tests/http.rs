@@ -405,7 +405,13 @@ type ErrorCase<'a> = (
 #[test]
 fn errors_are_json_with_documented_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[("WEIR_HTTP__MAX_BODY_BYTES", "4096")]);
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("WEIR_HTTP__MAX_BODY_BYTES", "4096"),
+            ("WEIR_HTTP__WS_MAX_CONNECTIONS", "1"),
+        ],
+    );
     rt().block_on(async {
         let http = Http::new(&server).await;
         http.create_topic(json!({"name": "t"})).await;
@@ -598,6 +604,39 @@ fn errors_are_json_with_documented_codes() {
             )
             .unwrap();
             assert_eq!(body["error"]["code"], code);
+        }
+        // WebSocket connections beyond the limit are refused the same way.
+        let (first, head) = raw_handshake(&server.http);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let (mut second, head) = raw_handshake(&server.http);
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut second, &mut body).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "too_many_connections");
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_third, head) = raw_handshake(&server.http);
+            if head.starts_with("HTTP/1.1 101") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the slot was not given back: {head}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
         // Nothing was written by any of the refused requests.
         let r = http.get("/topics/{topic}", "/topics/t").await;
@@ -1270,6 +1309,25 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
     server.stop();
 }
 
+/// Opens a WebSocket by hand; returns the stream and the response head.
+fn raw_handshake(addr: &str) -> (std::net::TcpStream, String) {
+    let mut raw = std::net::TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        raw,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut raw, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    (raw, String::from_utf8(head).unwrap())
+}
+
 /// Reads WebSocket frames (unmasked, as a server sends them) from `s` until the connection
 /// ends; returns (opcode, payload) of each.
 fn raw_frames(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
@@ -1310,26 +1368,9 @@ fn websocket_heartbeats_idle_timeout_and_shutdown() {
     // long it is quiet.
     let quiet = Py::start(&server, std::slice::from_ref(&sub), &["--timeout", "2"]);
     // One that never answers is closed after the idle timeout, with a reason.
-    let mut raw = std::net::TcpStream::connect(&server.http).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        raw,
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
     let started = Instant::now();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        std::io::Read::read_exact(&mut raw, &mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (mut raw, head) = raw_handshake(&server.http);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let frames = raw_frames(&mut raw);
     let elapsed = started.elapsed();
     assert!(

@@ -44,6 +44,9 @@ pub struct WsConfig {
     pub idle_timeout: Duration,
     /// Subscriptions per connection. Default 64.
     pub max_subscriptions: usize,
+    /// Simultaneous WebSocket connections; more are refused with 503
+    /// `too_many_connections`. Default 16,384 (each holds a file descriptor).
+    pub max_connections: usize,
     /// Largest message a client may send. Default 64 KiB.
     pub max_message_bytes: usize,
     /// Read buffer of a connection, allocated when it opens (it grows for larger frames).
@@ -63,6 +66,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_subscriptions: 64,
+            max_connections: 16_384,
             max_message_bytes: 64 << 10,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 0,
@@ -312,6 +316,8 @@ pub struct Hub {
     started: Instant,
     pub shutting_down: AtomicBool,
     pub tasks: tokio_util::task::TaskTracker,
+    /// One permit per open connection, up to `max_connections`.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Decodes the records at or after `from` in `chunks` into shared frames.
@@ -360,7 +366,6 @@ impl Hub {
     pub fn new(broker: Broker, config: WsConfig) -> Arc<Hub> {
         Arc::new(Hub {
             broker,
-            config,
             stats: WsStats::default(),
             feeds: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -368,6 +373,8 @@ impl Hub {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             tasks: tokio_util::task::TaskTracker::new(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
+            config,
         })
     }
 
