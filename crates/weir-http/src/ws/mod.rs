@@ -116,7 +116,7 @@ pub enum ClientOp {
 const SEND_BATCH: usize = 64;
 
 /// How long a close frame may take to go out to a client that is not reading.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs one WebSocket connection until either side closes it.
 pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
