@@ -4,13 +4,14 @@
 //! The queue is bounded by messages and by bytes. When a record would exceed either bound:
 //! - `drop_oldest` drops the oldest queued records until it fits;
 //! - `conflate` first removes every queued record with the same key (the new one supersedes
-//!   them), then drops the oldest records if it still does not fit;
+//!   them), then records a newer queued one of their key supersedes, and only then the
+//!   oldest records (when more distinct keys are queued than fit);
 //! - `disconnect` refuses the record: the connection is closed with a reason.
 //!
 //! Notices (gaps, errors) are queued in order with the records and are never dropped; they
 //! count against neither bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -80,6 +81,8 @@ pub struct OutQueue {
     pub policy: Policy,
     /// Records lost to the policy since the client was last told.
     unreported: u64,
+    /// Under `conflate`: queued records per key, to find superseded ones.
+    per_key: HashMap<Bytes, u32>,
 }
 
 impl OutQueue {
@@ -92,6 +95,7 @@ impl OutQueue {
             max_bytes: max_bytes.max(1),
             policy,
             unreported: 0,
+            per_key: HashMap::new(),
         }
     }
 
@@ -119,8 +123,41 @@ impl OutQueue {
 
     fn remove_at(&mut self, i: usize) {
         if let Some(Entry::Record(item)) = self.entries.remove(i) {
-            self.records -= 1;
-            self.bytes -= item.size();
+            self.forget(&item);
+        }
+    }
+
+    /// Accounts for a record leaving the queue.
+    fn forget(&mut self, item: &Item) {
+        self.records -= 1;
+        self.bytes -= item.size();
+        if self.policy == Policy::Conflate
+            && let Some(key) = &item.key
+            && let Some(n) = self.per_key.get_mut(key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_key.remove(key);
+            }
+        }
+    }
+
+    /// Under `conflate`, removes the oldest record that a newer queued one of its key
+    /// supersedes. False when every queued key is queued once.
+    fn drop_superseded(&mut self) -> bool {
+        let found = self.entries.iter().position(|e| match e {
+            Entry::Record(item) => item
+                .key
+                .as_ref()
+                .is_some_and(|k| self.per_key.get(k).is_some_and(|n| *n > 1)),
+            Entry::Notice(_) => false,
+        });
+        match found {
+            Some(i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
         }
     }
 
@@ -158,6 +195,11 @@ impl OutQueue {
                         }
                         conflated = (before - self.records) as u64;
                     }
+                    // Then values that a newer one of their key supersedes, before any
+                    // key's latest value.
+                    while !self.fits(size) && self.drop_superseded() {
+                        conflated += 1;
+                    }
                 }
                 Policy::DropOldest => {}
             }
@@ -167,6 +209,11 @@ impl OutQueue {
         }
         self.records += 1;
         self.bytes += size;
+        if self.policy == Policy::Conflate
+            && let Some(key) = &item.key
+        {
+            *self.per_key.entry(key.clone()).or_insert(0) += 1;
+        }
         self.entries.push_back(Entry::Record(item));
         self.unreported += dropped + conflated;
         Pushed::Queued { dropped, conflated }
@@ -176,8 +223,7 @@ impl OutQueue {
     pub fn pop(&mut self) -> Option<(u64, Entry)> {
         let e = self.entries.pop_front()?;
         if let Entry::Record(item) = &e {
-            self.records -= 1;
-            self.bytes -= item.size();
+            self.forget(item);
         }
         Some((std::mem::take(&mut self.unreported), e))
     }
@@ -187,6 +233,7 @@ impl OutQueue {
         self.entries.clear();
         self.records = 0;
         self.bytes = 0;
+        self.per_key.clear();
     }
 }
 
@@ -261,6 +308,49 @@ mod tests {
         q.push(item(0, "k", 30));
         q.push(item(1, "k", 30));
         assert_eq!(drain(&mut q), (1, vec![1]));
+    }
+
+    proptest::proptest! {
+        /// Against any sequence of pushes and pops: the bounds hold, order is kept, and every
+        /// record pushed is either popped or counted as lost exactly once; under `conflate`
+        /// the last value of every key is never lost.
+        #[test]
+        fn bounded_ordered_and_nothing_lost_silently(
+            policy in proptest::sample::select(vec![Policy::DropOldest, Policy::Conflate]),
+            max_messages in 1usize..8,
+            max_bytes in 60usize..400,
+            ops in proptest::collection::vec((0u8..4, 0usize..4, 10usize..40), 1..200),
+        ) {
+            let mut q = OutQueue::new(policy, max_messages, max_bytes);
+            let (mut pushed, mut popped, mut lost) = (0u64, Vec::new(), 0u64);
+            let mut last_of_key = std::collections::HashMap::new();
+            for (i, (op, key, size)) in ops.into_iter().enumerate() {
+                if op == 0 {
+                    if let Some((n, Entry::Record(item))) = q.pop() {
+                        lost += n;
+                        popped.push(item.offset);
+                    }
+                } else {
+                    q.push(item(i as u64, &key.to_string(), size));
+                    pushed += 1;
+                    last_of_key.insert(key.to_string(), i as u64);
+                }
+                proptest::prop_assert!(q.records() <= max_messages);
+                proptest::prop_assert!(q.bytes <= max_bytes);
+            }
+            let (n, rest) = drain(&mut q);
+            lost += n;
+            popped.extend(rest);
+            proptest::prop_assert!(popped.windows(2).all(|w| w[0] < w[1]));
+            proptest::prop_assert_eq!(popped.len() as u64 + lost, pushed);
+            // Frames are at most 48 bytes here.
+            if policy == Policy::Conflate && max_messages >= 4 && max_bytes >= 4 * 48 {
+                // With room for a value of every key (four here) no latest value is dropped.
+                for o in last_of_key.values() {
+                    proptest::prop_assert!(popped.contains(o), "latest {} lost", o);
+                }
+            }
+        }
     }
 
     #[test]
