@@ -287,7 +287,7 @@ pub fn error_notice(sub: Option<u32>, code: &str, message: &str) -> String {
         .to_string()
 }
 
-type FeedKey = (String, u32, Format);
+pub type FeedKey = (String, u32, Format);
 
 #[derive(Debug)]
 struct Feed {
@@ -431,13 +431,38 @@ impl Hub {
         self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Takes subscription `sub` of `conn` off the feeds in `feeds`; a feed left without
+    /// subscribers stops.
+    pub fn leave(&self, conn: &Conn, sub: u32, feeds: &[FeedKey]) {
+        let mut map = self.feeds.lock();
+        for key in feeds {
+            let Some(feed) = map.get(key).cloned() else {
+                continue;
+            };
+            let mut st = feed.state.lock();
+            st.subs.retain(|s| !(s.conn.id == conn.id && s.sub == sub));
+            if st.subs.is_empty() && !st.stopped {
+                st.stopped = true;
+                map.remove(key);
+                feed.stop.notify_one();
+            }
+        }
+    }
+
     /// Joins `sub` to the feed of its partition if the feed has not read past `sub.from`.
     /// Returns `Err(position)` when the subscriber must first replay up to `position` itself.
     /// A partition without a feed gets one starting at `sub.from`.
     pub fn join(self: &Arc<Self>, key: FeedKey, sub: Subscriber) -> Result<(), u64> {
         let mut map = self.feeds.lock();
-        if sub.conn.closed.load(Ordering::Acquire) {
-            return Ok(());
+        let gone = !sub
+            .conn
+            .state
+            .lock()
+            .subs
+            .iter()
+            .any(|(id, _)| *id == sub.sub);
+        if gone || sub.conn.closed.load(Ordering::Acquire) {
+            return Ok(()); // unsubscribed or disconnected meanwhile
         }
         if let Some(feed) = map.get(&key) {
             let mut st = feed.state.lock();

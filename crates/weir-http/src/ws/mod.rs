@@ -263,6 +263,7 @@ fn on_text(
                 let msg = format!("there is no subscription {subscription}");
                 send_direct(conn, error_notice(None, "bad_request", &msg));
             }
+            hub.leave(conn, subscription, feeds);
             hub.stats
                 .subscriptions_open
                 .fetch_sub(removed, Ordering::Relaxed);
@@ -616,6 +617,59 @@ mod tests {
         // One feed for both.
         assert_eq!(hub.stats.feeds_open.load(Ordering::Relaxed), 1);
         hub.shutdown();
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_subscriber_leaving_stops_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        let hub = Hub::new(broker.clone(), hub::WsConfig::default());
+        let conn = hub.connect();
+        let mut feeds = Vec::new();
+        let mut next = 1;
+        let op = r#"{"op":"subscribe","topics":["t"],"from":"earliest"}"#;
+        on_text(&hub, &conn, &mut feeds, &mut next, op);
+        let open = || hub.stats.feeds_open.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while open() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "no feed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        on_text(
+            &hub,
+            &conn,
+            &mut feeds,
+            &mut next,
+            r#"{"op":"unsubscribe","subscription":1}"#,
+        );
+        while open() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the feed kept running"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(hub.stats.subscriptions_open.load(Ordering::Relaxed), 0);
+        // Unsubscribing again is an error the client is told about.
+        on_text(
+            &hub,
+            &conn,
+            &mut feeds,
+            &mut next,
+            r#"{"op":"unsubscribe","subscription":1}"#,
+        );
+        let direct = conn.state.lock().direct.clone();
+        assert!(
+            direct[0].as_str().contains("no subscription 1"),
+            "{direct:?}"
+        );
+        hub.disconnect(&conn, &feeds);
         broker.close().await.unwrap();
     }
 
