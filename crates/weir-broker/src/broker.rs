@@ -341,6 +341,12 @@ impl Broker {
         &self.inner.admission
     }
 
+    /// Whether the broker takes requests: open, and no shutdown has begun (for readiness
+    /// probes).
+    pub fn is_serving(&self) -> bool {
+        !self.inner.closed.load(Ordering::Acquire) && !self.inner.stopping.load(Ordering::Acquire)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);

@@ -15,8 +15,9 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use weir_broker::topic::{DurabilitySetting, TopicConfig};
 
-/// Variables with the WEIR_ prefix that are not server settings.
-const CLIENT_VARS: &[&str] = &["WEIR_ADDR"];
+/// Variables with the WEIR_ prefix that are not server settings: the client's address, and
+/// the Python interpreter `scripts/test` hands the integration tests.
+const CLIENT_VARS: &[&str] = &["WEIR_ADDR", "WEIR_TEST_PYTHON"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +26,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub native: NativeConfig,
     pub kafka: KafkaConfig,
+    pub http: HttpSettings,
     /// Defaults for new topics.
     pub topics: TopicDefaults,
     pub groups: GroupConfig,
@@ -123,6 +125,7 @@ impl Default for Config {
             data_dir: PathBuf::from("weir-data"),
             native: NativeConfig::default(),
             kafka: KafkaConfig::default(),
+            http: HttpSettings::default(),
             topics: TopicDefaults::default(),
             groups: GroupConfig::default(),
             log: LogSettings::default(),
@@ -179,6 +182,58 @@ impl Default for KafkaConfig {
             enabled: true,
             listen: "127.0.0.1:9092".into(),
             advertised_host: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Serve the HTTP API and WebSocket push. Default true.
+    pub enabled: bool,
+    /// HTTP listener. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Largest request body. Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// Longest long-poll a fetch may ask for. Default 30,000 ms.
+    pub max_wait_ms: u64,
+    /// Records queued per WebSocket subscription before its policy applies. Default 1,024.
+    pub ws_queue_messages: usize,
+    /// Bytes queued per WebSocket subscription before its policy applies. Default 1 MiB.
+    pub ws_queue_bytes: usize,
+    /// Ping a WebSocket client silent this long. Default 20,000 ms.
+    pub ws_ping_interval_ms: u64,
+    /// Close a WebSocket client silent this long (not even a pong). Default 60,000 ms.
+    pub ws_idle_timeout_ms: u64,
+    /// Subscriptions per WebSocket connection. Default 64.
+    pub ws_max_subscriptions: usize,
+    /// Simultaneous WebSocket connections. Default 16,384.
+    pub ws_max_connections: usize,
+    /// Read buffer each WebSocket connection allocates when it opens. Default 1,024 bytes.
+    pub ws_read_buffer_bytes: usize,
+    /// Bytes of frames gathered before a write; 0 writes each frame as queued. Default 0.
+    pub ws_write_buffer_bytes: usize,
+    /// Wait this long at shutdown for WebSocket clients to take their close frame.
+    /// Default 5,000 ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 8 << 20,
+            max_wait_ms: 30_000,
+            ws_queue_messages: 1024,
+            ws_queue_bytes: 1 << 20,
+            ws_ping_interval_ms: 20_000,
+            ws_idle_timeout_ms: 60_000,
+            ws_max_subscriptions: 64,
+            ws_max_connections: 16_384,
+            ws_read_buffer_bytes: 1024,
+            ws_write_buffer_bytes: 0,
+            shutdown_grace_ms: 5_000,
         }
     }
 }
@@ -326,6 +381,25 @@ impl Config {
                 self.kafka.listen
             )
         })?;
+        self.http.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "http.listen {:?} is not an address like 127.0.0.1:8080",
+                self.http.listen
+            )
+        })?;
+        if self.http.max_body_bytes < 1024 {
+            bail!("http.max_body_bytes must be at least 1024");
+        }
+        if self.http.ws_queue_messages == 0 || self.http.ws_queue_bytes < 1024 {
+            bail!("http.ws_queue_messages must be positive and http.ws_queue_bytes at least 1024");
+        }
+        if self.http.ws_ping_interval_ms < 100
+            || self.http.ws_idle_timeout_ms <= self.http.ws_ping_interval_ms
+        {
+            bail!(
+                "http.ws_ping_interval_ms must be at least 100 and below http.ws_idle_timeout_ms"
+            );
+        }
         if self.native.max_connections == 0 || self.native.max_in_flight == 0 {
             bail!("native.max_connections and native.max_in_flight must be positive");
         }
@@ -406,6 +480,29 @@ impl Config {
     }
 }
 
+impl Config {
+    pub fn http_config(&self) -> weir_http::HttpConfig {
+        let h = &self.http;
+        weir_http::HttpConfig {
+            max_body_bytes: h.max_body_bytes,
+            max_wait: Duration::from_millis(h.max_wait_ms),
+            shutdown_grace: Duration::from_millis(h.shutdown_grace_ms),
+            ws: weir_http::WsConfig {
+                queue_messages: h.ws_queue_messages,
+                queue_bytes: h.ws_queue_bytes,
+                ping_interval: Duration::from_millis(h.ws_ping_interval_ms),
+                idle_timeout: Duration::from_millis(h.ws_idle_timeout_ms),
+                max_subscriptions: h.ws_max_subscriptions.max(1),
+                max_connections: h.ws_max_connections.max(1),
+                read_buffer_bytes: h.ws_read_buffer_bytes.max(64),
+                write_buffer_bytes: h.ws_write_buffer_bytes,
+                ..weir_http::WsConfig::default()
+            },
+            ..weir_http::HttpConfig::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +530,8 @@ mod tests {
             env(&[
                 ("WEIR_TOPICS__PARTITIONS", "6"),
                 ("WEIR_NATIVE__LISTEN", "127.0.0.1:0"),
+                ("WEIR_HTTP__LISTEN", "127.0.0.1:0"),
+                ("WEIR_HTTP__MAX_BODY_BYTES", "4096"),
                 ("WEIR_ADDR", "x"),
                 ("HOME", "/root"),
             ]),
@@ -441,6 +540,9 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/weir"));
         assert_eq!(c.topics.partitions, 6);
         assert_eq!(c.native.listen, "127.0.0.1:0");
+        assert_eq!(c.http.listen, "127.0.0.1:0");
+        assert_eq!(c.http_config().max_body_bytes, 4096);
+        assert!(c.http.enabled);
     }
 
     #[test]
@@ -464,6 +566,16 @@ mod tests {
             Config::load(None, env(&[("WEIR_NATIVE__LISTEN", "nowhere")])).unwrap_err()
         );
         assert!(err.contains("native.listen"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("WEIR_HTTP__LISTEN", "nowhere")])).unwrap_err()
+        );
+        assert!(err.contains("http.listen"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("WEIR_HTTP__WS_IDLE_TIMEOUT_MS", "10")])).unwrap_err()
+        );
+        assert!(err.contains("ws_idle_timeout_ms"), "{err}");
         let err = format!(
             "{:#}",
             Config::load(None, env(&[("WEIR_TOPICS__DURABILITY", "sometimes")])).unwrap_err()

@@ -52,6 +52,26 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     } else {
         None
     };
+    let http = if config.http.enabled {
+        let listener = TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {}", config.http.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(http = %addr, "serving HTTP and WebSocket");
+        println!("weir listening http={addr}");
+        let broker = broker.clone();
+        let mut rx = stop_rx.clone();
+        Some(tokio::spawn(weir_http::serve(
+            listener,
+            broker,
+            config.http_config(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )))
+    } else {
+        None
+    };
     let maintenance = {
         let broker = broker.clone();
         let mut rx = stop_rx.clone();
@@ -72,6 +92,13 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let _ = maintenance.await;
     if let Some(k) = kafka {
         let _ = k.await;
+    }
+    if let Some(h) = http {
+        match h.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP listener failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP listener task failed"),
+            Ok(Ok(())) => {}
+        }
     }
     tracing::info!("weir stopped cleanly");
     Ok(())

@@ -12,6 +12,8 @@ pub struct Server {
     pub addr: String,
     /// Kafka protocol address.
     pub kafka: String,
+    /// HTTP address (host:port).
+    pub http: String,
     pub dir: PathBuf,
 }
 
@@ -23,6 +25,7 @@ impl Server {
             .env("WEIR_DATA_DIR", dir)
             .env("WEIR_NATIVE__LISTEN", "127.0.0.1:0")
             .env("WEIR_KAFKA__LISTEN", "127.0.0.1:0")
+            .env("WEIR_HTTP__LISTEN", "127.0.0.1:0")
             .env("WEIR_LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -34,7 +37,7 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            // The native line, then the Kafka line; keep draining so the server never blocks
+            // The native line, then the Kafka and HTTP lines; keep draining so the server never blocks
             // on a full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
@@ -42,7 +45,8 @@ impl Server {
         });
         let mut addr = String::new();
         let mut kafka = String::new();
-        while addr.is_empty() || kafka.is_empty() {
+        let mut http = String::new();
+        while addr.is_empty() || kafka.is_empty() || http.is_empty() {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("weir printed its listening lines");
@@ -50,12 +54,15 @@ impl Server {
                 addr = a.to_string();
             } else if let Some(a) = line.strip_prefix("weir listening kafka=") {
                 kafka = a.to_string();
+            } else if let Some(a) = line.strip_prefix("weir listening http=") {
+                http = a.to_string();
             }
         }
         Server {
             child,
             addr,
             kafka,
+            http,
             dir: dir.to_path_buf(),
         }
     }
@@ -145,37 +152,47 @@ pub fn batch(values: &[&[u8]]) -> bytes::Bytes {
     bytes::Bytes::from(b.build())
 }
 
-/// The Python interpreter of the test virtualenv (Kafka and WebSocket clients).
-///
-/// `scripts/test` makes the venv and sets `WEIR_TEST_PYTHON`. Without it (a bare `cargo
-/// nextest run`), the venv is made here from `tests/py/requirements.txt`: built under a
-/// private name, then renamed into place, so concurrent test processes never see half a venv.
+/// The Python interpreter of the test venv, with the clients of `tests/py/requirements.txt`
+/// (Kafka clients, websockets): `WEIR_TEST_PYTHON` (set by scripts/test), else `target/pyenv`,
+/// made here on first use — built aside and renamed into place, so tests racing here never see
+/// a half-made venv.
 pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEIR_TEST_PYTHON") {
+    if let Ok(p) = std::env::var("WEIR_TEST_PYTHON") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = root.join("target/test-venv");
-    let python = venv.join("bin/python");
-    if python.exists() {
-        return python;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join("target/pyenv");
+    let py = venv.join("bin/python");
+    let works = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import websockets, kafka, aiokafka, confluent_kafka"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(&py) {
+        return py;
     }
-    let tmp = root.join(format!("target/test-venv.tmp-{}", std::process::id()));
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
+    let req = root.join("crates/weir/tests/py/requirements.txt");
+    let tmp = root.join(format!("target/pyenv.tmp.{}", std::process::id()));
+    let ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
         .arg(&tmp)
         .status()
-        .expect("python3 -m venv");
-    assert!(status.success(), "python3 -m venv failed");
-    let status = Command::new(tmp.join("bin/pip"))
-        .args(["install", "-q", "-r"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/requirements.txt"))
-        .status()
-        .expect("pip install");
-    assert!(status.success(), "pip install failed");
+        .unwrap()
+        .success()
+        && Command::new(tmp.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&req)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "could not make the Python venv (scripts/test does it)");
+    let _ = std::fs::copy(&req, tmp.join("requirements.txt"));
     if std::fs::rename(&tmp, &venv).is_err() {
-        // Another test process won the race; use its venv.
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    python
+    assert!(works(&py), "{} lacks the test clients", py.display());
+    py
 }

@@ -1,0 +1,646 @@
+//! The HTTP routes. [`routes`] is the one table of (method, path, handler): the router is
+//! built from it and the OpenAPI test reads it, so the document cannot drift from what is
+//! served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weir_batch::{Batches, Records};
+use weir_broker::Broker;
+use weir_broker::broker::OffsetSpec;
+use weir_broker::topic::{DurabilitySetting, TopicInfo};
+use weir_wire::Ring;
+
+use crate::HttpConfig;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::records::{self, Format, OwnedRecord, ProduceRequest, RecordOut};
+use crate::ws::hub::Hub;
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub broker: Broker,
+    pub config: Arc<HttpConfig>,
+    pub hub: Arc<Hub>,
+    /// Shutdown began: `/ready` answers 503.
+    pub stopping: Arc<AtomicBool>,
+    /// Key rings by partition count, for routing keyed records.
+    rings: Arc<Mutex<HashMap<u32, Arc<Ring>>>>,
+}
+
+impl AppState {
+    pub fn new(broker: Broker, config: HttpConfig, hub: Arc<Hub>) -> Self {
+        Self {
+            broker,
+            config: Arc::new(config),
+            hub,
+            stopping: Arc::new(AtomicBool::new(false)),
+            rings: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn ring(&self, partitions: u32) -> Arc<Ring> {
+        self.rings
+            .lock()
+            .entry(partitions)
+            .or_insert_with(|| Arc::new(Ring::new(partitions)))
+            .clone()
+    }
+}
+
+/// The routes: method, path (axum syntax, the same as OpenAPI's), handler.
+pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("get", "/health", get(health)),
+        ("get", "/ready", get(ready)),
+        ("get", "/openapi.json", get(openapi)),
+        ("get", "/stats", get(stats)),
+        ("get", "/topics", get(list_topics)),
+        ("post", "/topics", post(create_topic)),
+        ("get", "/topics/{topic}", get(get_topic)),
+        ("delete", "/topics/{topic}", delete(delete_topic)),
+        ("post", "/topics/{topic}/records", post(produce)),
+        (
+            "get",
+            "/topics/{topic}/partitions/{partition}/records",
+            get(fetch),
+        ),
+        ("get", "/groups", get(list_groups)),
+        ("get", "/groups/{group}", get(get_group)),
+        ("get", "/ws", get(websocket)),
+    ]
+}
+
+/// The router of [`routes`], with JSON answers for unknown paths and methods.
+#[derive(Debug)]
+pub struct Api {
+    router: Router,
+}
+
+impl Api {
+    pub fn into_router(self) -> Router {
+        self.router
+    }
+}
+
+pub fn router(state: AppState) -> Api {
+    let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
+    for (_, path, mr) in routes() {
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(mr),
+            None => mr,
+        };
+        by_path.insert(path, merged);
+    }
+    let mut router = Router::new();
+    for (path, mr) in by_path {
+        router = router.route(path, mr);
+    }
+    let limit = state.config.max_body_bytes;
+    let router = router
+        .fallback(|| async {
+            ApiError::new(ErrorCode::NotFound, "no such path; see /openapi.json")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this path does not take that method; see /openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    Api { router }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok(body: Value) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(t)| t)
+        .map_err(|e| ApiError::bad_request(format!("bad path parameter: {}", e.body_text())))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+}
+
+fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body exceeds the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(format!("the body is not valid JSON for this endpoint: {e}"))
+    })
+}
+
+// ---- health ----
+
+async fn health() -> Response {
+    ok(json!({"status": "ok"}))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    if s.stopping.load(Ordering::Acquire) || !s.broker.is_serving() {
+        return ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
+            .into_response();
+    }
+    ok(json!({"status": "ready"}))
+}
+
+async fn openapi() -> Response {
+    ok(crate::openapi::document())
+}
+
+async fn stats(State(s): State<AppState>) -> Response {
+    ok(json!({"ws": s.hub.stats.snapshot()}))
+}
+
+// ---- topics ----
+
+fn topic_json(t: &TopicInfo) -> Value {
+    json!({
+        "name": t.name,
+        "config": t.config,
+        "partitions": t.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "log_start_offset": p.log_start_offset,
+            "high_watermark": p.high_watermark,
+            "size_bytes": p.size_bytes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_topics(State(s): State<AppState>) -> Response {
+    let topics: Vec<Value> = s.broker.topics().iter().map(topic_json).collect();
+    ok(json!({ "topics": topics }))
+}
+
+/// `POST /topics`: a name and any settings to change from the broker's defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopic {
+    name: String,
+    partitions: Option<u32>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    durability: Option<DurabilitySetting>,
+    max_batch_bytes: Option<u32>,
+    segment_bytes: Option<u64>,
+}
+
+async fn create_topic(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let b = body(b, s.config.max_body_bytes)?;
+    let req: CreateTopic = parse_json(&b)?;
+    let mut config = s.broker.config().default_topic.clone();
+    if let Some(p) = req.partitions {
+        config.partitions = p;
+    }
+    if req.retention_ms.is_some() {
+        config.retention_ms = req.retention_ms;
+    }
+    if req.retention_bytes.is_some() {
+        config.retention_bytes = req.retention_bytes;
+    }
+    if let Some(d) = req.durability {
+        config.durability = d;
+    }
+    if let Some(m) = req.max_batch_bytes {
+        config.max_batch_bytes = m;
+    }
+    if let Some(m) = req.segment_bytes {
+        config.segment_bytes = m;
+        // A batch cannot be larger than a segment: small segments lower the default limit.
+        if req.max_batch_bytes.is_none() {
+            config.max_batch_bytes = config
+                .max_batch_bytes
+                .min(m.min(u64::from(u32::MAX)) as u32);
+        }
+    }
+    let info = s.broker.create_topic(&req.name, Some(config)).await?;
+    Ok(json_response(StatusCode::CREATED, topic_json(&info)))
+}
+
+async fn get_topic(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let topic = path(p)?;
+    Ok(ok(topic_json(&s.broker.topic_info(&topic)?)))
+}
+
+async fn delete_topic(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let topic = path(p)?;
+    s.broker.delete_topic(&topic).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- produce ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProduceQuery {
+    /// Key of the one record of a binary produce.
+    key: Option<String>,
+    /// Partition of the one record of a binary produce.
+    partition: Option<u32>,
+}
+
+async fn produce(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<ProduceQuery>, QueryRejection>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let topic = path(p)?;
+    let q = query(q)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let b = body(b, s.config.max_body_bytes)?;
+    let records = match mime.as_str() {
+        "application/json" => {
+            if q.key.is_some() || q.partition.is_some() {
+                return Err(ApiError::bad_request(
+                    "the key and partition query parameters are for application/octet-stream \
+                     bodies; JSON records carry their own",
+                ));
+            }
+            parse_json::<ProduceRequest>(&b)?.into_records()?
+        }
+        "application/octet-stream" => vec![OwnedRecord {
+            key: q.key.map(String::into_bytes),
+            value: Some(b.to_vec()),
+            headers: Vec::new(),
+            partition: q.partition,
+            timestamp: None,
+        }],
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "content type {other:?} is not accepted: send application/json or \
+                     application/octet-stream"
+                ),
+            ));
+        }
+    };
+    if s.broker.partition_count(&topic).is_none() && s.broker.config().auto_create_topics {
+        match s.broker.create_topic(&topic, None).await {
+            Ok(_) | Err(weir_broker::BrokerError::TopicExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let partitions = s.broker.partition_count(&topic).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownTopic,
+            format!("topic '{topic}' does not exist"),
+        )
+    })?;
+    // Route every record first, so a bad partition fails the request before anything is
+    // written. Keyless records go together to the partition the broker picks.
+    let mut groups: BTreeMap<Option<u32>, Vec<usize>> = BTreeMap::new();
+    let mut ring = None;
+    for (i, r) in records.iter().enumerate() {
+        let target = match (r.partition, &r.key) {
+            (Some(p), _) if p < partitions => Some(p),
+            (Some(p), _) => {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownPartition,
+                    format!(
+                        "record {i}: topic '{topic}' has no partition {p} (it has {partitions})"
+                    ),
+                ));
+            }
+            (None, Some(k)) => Some(
+                ring.get_or_insert_with(|| s.ring(partitions))
+                    .partition_for(k),
+            ),
+            (None, None) => None,
+        };
+        groups.entry(target).or_default().push(i);
+    }
+    let now = records::now_ms();
+    let mut offsets = vec![(0u32, 0u64); records.len()];
+    for (target, indexes) in groups {
+        let batch: Vec<&OwnedRecord> = indexes.iter().map(|&i| &records[i]).collect();
+        let bytes = records::build_batch(&batch, now);
+        let r = s
+            .broker
+            .produce(&topic, target, None, Bytes::from(bytes))
+            .await?;
+        for (n, &i) in indexes.iter().enumerate() {
+            offsets[i] = (r.partition, r.base_offset + n as u64);
+        }
+    }
+    let offsets: Vec<Value> = offsets
+        .iter()
+        .map(|(p, o)| json!({"partition": p, "offset": o}))
+        .collect();
+    Ok(ok(json!({"topic": topic, "offsets": offsets})))
+}
+
+// ---- fetch ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchQuery {
+    offset: Option<u64>,
+    timestamp: Option<i64>,
+    max_bytes: Option<usize>,
+    max_wait_ms: Option<u64>,
+    #[serde(default)]
+    format: Format,
+}
+
+async fn fetch(
+    State(s): State<AppState>,
+    p: Result<Path<(String, u32)>, PathRejection>,
+    q: Result<Query<FetchQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (topic, partition) = path(p)?;
+    let q = query(q)?;
+    let offset = match (q.offset, q.timestamp) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give offset or timestamp, not both"));
+        }
+        (Some(o), None) => o,
+        (None, Some(ts)) => {
+            s.broker
+                .list_offsets(&topic, partition, OffsetSpec::Timestamp(ts))
+                .await?
+        }
+        (None, None) => {
+            s.broker
+                .list_offsets(&topic, partition, OffsetSpec::Earliest)
+                .await?
+        }
+    };
+    let max_bytes = q
+        .max_bytes
+        .unwrap_or(s.config.default_fetch_bytes)
+        .clamp(1, s.config.max_fetch_bytes);
+    let max_wait = Duration::from_millis(q.max_wait_ms.unwrap_or(0)).min(s.config.max_wait);
+    let min_bytes = usize::from(!max_wait.is_zero());
+    let r = s
+        .broker
+        .fetch(&topic, partition, offset, max_bytes, min_bytes, max_wait)
+        .await?;
+    let mut out = Vec::new();
+    let mut next = offset;
+    for chunk in &r.chunks {
+        for batch in Batches::new(chunk) {
+            let (h, bytes) =
+                batch.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+            next = next.max(h.next_offset().max(0) as u64);
+            if h.is_control() {
+                continue;
+            }
+            let decoded = match Records::new(bytes) {
+                Ok(d) => d,
+                // Compressed batches (from Kafka producers) are not decoded by this API yet.
+                Err(weir_batch::BatchError::Compressed(_)) => continue,
+                Err(e) => return Err(ApiError::new(ErrorCode::StorageError, e.to_string())),
+            };
+            for rec in decoded {
+                let rec = rec.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+                if (rec.offset.max(0) as u64) < offset {
+                    continue;
+                }
+                let v =
+                    serde_json::to_value(RecordOut::new(&topic, partition, &rec, q.format, None))
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                out.push(v);
+            }
+        }
+    }
+    Ok(ok(json!({
+        "topic": topic,
+        "partition": partition,
+        "high_watermark": r.high_watermark,
+        "log_start_offset": r.log_start_offset,
+        "next_offset": next,
+        "records": out,
+    })))
+}
+
+// ---- groups ----
+
+async fn list_groups(State(s): State<AppState>) -> Response {
+    ok(json!({"groups": s.broker.groups()}))
+}
+
+async fn get_group(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let group = path(p)?;
+    if !s.broker.groups().contains(&group) {
+        return Err(ApiError::new(
+            ErrorCode::UnknownGroup,
+            format!("group '{group}' has no members and no committed offsets"),
+        ));
+    }
+    let desc = s.broker.describe_group(&group);
+    let members: Vec<Value> = desc
+        .as_ref()
+        .map(|d| {
+            d.members
+                .iter()
+                .map(|m| {
+                    let assignment: BTreeMap<&str, &Vec<u32>> = m
+                        .assignment
+                        .iter()
+                        .map(|(t, ps)| (t.as_str(), ps))
+                        .collect();
+                    json!({
+                        "member_id": m.member_id,
+                        "client_id": m.client_id,
+                        "topics": m.topics,
+                        "session_timeout_ms": m.session_timeout.as_millis() as u64,
+                        "assignment": assignment,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let offsets: Vec<Value> = s
+        .broker
+        .group_lag(&group)
+        .iter()
+        .map(|l| {
+            json!({
+                "topic": l.topic,
+                "partition": l.partition,
+                "committed": l.committed,
+                "high_watermark": l.high_watermark,
+                "lag": l.lag,
+            })
+        })
+        .collect();
+    Ok(ok(json!({
+        "group": group,
+        "protocol": desc.as_ref().map(|d| d.protocol.name()),
+        "generation": desc.as_ref().map_or(0, |d| d.generation),
+        "members": members,
+        "offsets": offsets,
+    })))
+}
+
+// ---- websocket ----
+
+async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let hub = s.hub.clone();
+    let c = &s.hub.config;
+    let Ok(permit) = hub.connection_slots.clone().try_acquire_owned() else {
+        return ApiError::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "the server holds its limit of {} WebSocket connections",
+                c.max_connections
+            ),
+        )
+        .into_response();
+    };
+    let max = c.max_message_bytes;
+    ws
+        // Small buffers keep idle connections cheap: the read buffer is allocated up front,
+        // and frames are written out as they are queued rather than gathered.
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tasks = hub.tasks.clone();
+            tasks.track_future(async move {
+                crate::ws::run_connection(socket, hub).await;
+                drop(permit);
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use weir_broker::BrokerConfig;
+
+    use super::*;
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keyed_records_land_where_the_ring_puts_them_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let hub = Hub::new(broker.clone(), Default::default());
+        let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
+        let (s, _) = call(&app, "POST", "/topics", r#"{"name":"t","partitions":4}"#).await;
+        assert_eq!(s, StatusCode::CREATED);
+        let records: Vec<Value> = (0..20)
+            .map(|i| json!({"key": format!("k{}", i % 5), "value": i.to_string()}))
+            .collect();
+        let (s, body) = call(
+            &app,
+            "POST",
+            "/topics/t/records",
+            &json!({ "records": records }).to_string(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let ring = Ring::new(4);
+        let mut next = [0u64; 4];
+        for (i, o) in body["offsets"].as_array().unwrap().iter().enumerate() {
+            let p = ring.partition_for(format!("k{}", i % 5).as_bytes());
+            assert_eq!(o["partition"], p, "record {i}");
+            // Offsets within a partition follow request order.
+            assert_eq!(o["offset"], next[p as usize]);
+            next[p as usize] += 1;
+        }
+        let mut values = Vec::new();
+        for p in 0..4 {
+            let (s, body) = call(
+                &app,
+                "GET",
+                &format!("/topics/t/partitions/{p}/records"),
+                "",
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK);
+            for r in body["records"].as_array().unwrap() {
+                values.push(r["value"].as_str().unwrap().parse::<u32>().unwrap());
+            }
+        }
+        values.sort();
+        assert_eq!(values, (0..20).collect::<Vec<_>>());
+        broker.close().await.unwrap();
+    }
+}

@@ -1,0 +1,224 @@
+//! The API's error type and its JSON form: `{"error":{"code":"unknown_topic","message":"…"}}`.
+//!
+//! Codes are stable: clients match on `code`, people read `message`. The list is
+//! [`ErrorCode`]; `openapi.json` documents it as an enum, and a test keeps the two equal.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use weir_broker::BrokerError;
+use weir_log::LogError;
+
+/// Every error code the HTTP API answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The body is not the JSON the endpoint expects, or a parameter is malformed.
+    BadRequest,
+    /// A record in a produce request is malformed (for example invalid base64).
+    InvalidRecord,
+    /// The body is larger than `max_body_bytes`.
+    PayloadTooLarge,
+    /// The body's content type is neither JSON nor `application/octet-stream`.
+    UnsupportedMediaType,
+    UnknownTopic,
+    UnknownPartition,
+    UnknownGroup,
+    TopicExists,
+    InvalidTopicName,
+    InvalidConfig,
+    /// The requested offset is outside the partition's `[log start, high watermark]`.
+    OffsetOutOfRange,
+    /// A record batch is larger than the topic's `max_batch_bytes`.
+    RecordTooLarge,
+    /// No route has this path.
+    NotFound,
+    /// The path exists but not with this method.
+    MethodNotAllowed,
+    /// The broker is shutting down.
+    ShuttingDown,
+    /// The WebSocket connection limit (`ws_max_connections`) is reached.
+    TooManyConnections,
+    /// The disk is full or failed.
+    StorageError,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for the OpenAPI document.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidRecord,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::UnknownTopic,
+        ErrorCode::UnknownPartition,
+        ErrorCode::UnknownGroup,
+        ErrorCode::TopicExists,
+        ErrorCode::InvalidTopicName,
+        ErrorCode::InvalidConfig,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::RecordTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::ShuttingDown,
+        ErrorCode::TooManyConnections,
+        ErrorCode::StorageError,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidRecord => "invalid_record",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::UnknownTopic => "unknown_topic",
+            ErrorCode::UnknownPartition => "unknown_partition",
+            ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::TopicExists => "topic_exists",
+            ErrorCode::InvalidTopicName => "invalid_topic_name",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::OffsetOutOfRange => "offset_out_of_range",
+            ErrorCode::RecordTooLarge => "record_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::StorageError => "storage_error",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidRecord
+            | ErrorCode::InvalidTopicName
+            | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
+            ErrorCode::PayloadTooLarge | ErrorCode::RecordTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnknownTopic
+            | ErrorCode::UnknownPartition
+            | ErrorCode::UnknownGroup
+            | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TopicExists => StatusCode::CONFLICT,
+            ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answered to an HTTP client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code.as_str(), message = %self.message, "HTTP request failed");
+        }
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.body().to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let code = match &e {
+            BrokerError::UnknownTopic(name) => {
+                return ApiError::new(
+                    ErrorCode::UnknownTopic,
+                    format!("topic '{name}' does not exist"),
+                );
+            }
+            BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            BrokerError::TopicExists(_) => ErrorCode::TopicExists,
+            BrokerError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+            BrokerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            BrokerError::InvalidRequest(_) => ErrorCode::BadRequest,
+            BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::Log(log) => match log {
+                LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                LogError::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
+                LogError::InvalidBatch(_) => ErrorCode::InvalidRecord,
+                LogError::Closed => ErrorCode::ShuttingDown,
+                LogError::Io { .. } | LogError::Corrupt { .. } => ErrorCode::StorageError,
+                _ => ErrorCode::Internal,
+            },
+            BrokerError::Metadata(_) => ErrorCode::StorageError,
+            _ => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_map_to_client_or_server_errors() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "{} twice", c.as_str());
+            let s = c.status();
+            assert!(s.is_client_error() || s.is_server_error(), "{s}");
+        }
+    }
+
+    #[test]
+    fn broker_errors_keep_their_meaning() {
+        let e = ApiError::from(BrokerError::UnknownTopic("x".into()));
+        assert_eq!(e.code, ErrorCode::UnknownTopic);
+        assert_eq!(e.message, "topic 'x' does not exist");
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error":{"code":"unknown_topic","message":"topic 'x' does not exist"}})
+        );
+        let e = ApiError::from(BrokerError::Log(LogError::OffsetOutOfRange {
+            offset: 1,
+            log_start: 5,
+            high_watermark: 9,
+        }));
+        assert_eq!(e.code.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(
+            ApiError::from(BrokerError::ShuttingDown).code.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! weir's HTTP front door: a JSON API over the broker core and WebSocket live push.
+//!
+//! Layout:
+//! - [`serve`] (this file): runs the listener (axum) until shutdown, then closes WebSocket
+//!   connections with a going-away frame and waits for them, up to a grace period.
+//! - [`api`]: the HTTP routes — produce, fetch, topics, groups, health, stats — registered
+//!   in one place that also records them, so a test can hold them against the OpenAPI
+//!   document.
+//! - [`openapi`]: the OpenAPI 3 document served at `/openapi.json`.
+//! - [`records`]: records between JSON and record batches.
+//! - [`ws`]: WebSocket subscriptions: bounded per-subscriber queues with an overflow policy,
+//!   one shared reader per watched partition, resume with explicit gap notices.
+//! - [`error`]: the JSON error body and its stable codes.
+
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "512"]
+
+pub mod api;
+pub mod error;
+pub mod openapi;
+pub mod records;
+pub mod ws;
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use weir_broker::Broker;
+
+pub use error::{ApiError, ErrorCode};
+pub use ws::hub::{Hub, WsConfig, WsStats, WsStatsSnapshot};
+
+/// Settings of the HTTP listener. Every default is documented on its field.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body. Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// Longest `max_wait_ms` a fetch may ask for. Default 30 s.
+    pub max_wait: Duration,
+    /// Bytes a fetch returns when it does not say. Default 1 MiB.
+    pub default_fetch_bytes: usize,
+    /// Largest `max_bytes` a fetch may ask for. Default 16 MiB.
+    pub max_fetch_bytes: usize,
+    /// How long shutdown waits for WebSocket connections to take their close frame.
+    /// Default 5 s.
+    pub shutdown_grace: Duration,
+    pub ws: WsConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            max_wait: Duration::from_secs(30),
+            default_fetch_bytes: 1 << 20,
+            max_fetch_bytes: 16 << 20,
+            shutdown_grace: Duration::from_secs(5),
+            ws: WsConfig::default(),
+        }
+    }
+}
+
+/// Serves the HTTP API and `/ws` on `listener` until `shutdown` resolves. Does not close the
+/// broker (the native server does, last).
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let hub = Hub::new(broker.clone(), config.ws.clone());
+    let sweeper = tokio::spawn(hub.clone().run_sweeper());
+    let grace = config.shutdown_grace;
+    let state = api::AppState::new(broker, config, hub.clone());
+    let app = api::router(state.clone()).into_router();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = drain_rx.await;
+    });
+    let server = server.into_future();
+    tokio::pin!(server, shutdown);
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = &mut shutdown => {
+            state.stopping.store(true, std::sync::atomic::Ordering::Release);
+            hub.shutdown();
+            let _ = drain_tx.send(());
+            // In-flight requests finish (long polls answer at once: the broker is stopping);
+            // a client that holds a request open longer than the grace period is cut off.
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("HTTP requests still open after the shutdown grace period");
+                    Ok(())
+                }
+            }
+        }
+    };
+    hub.shutdown();
+    hub.tasks.close();
+    if tokio::time::timeout(grace, hub.tasks.wait()).await.is_err() {
+        tracing::warn!("WebSocket connections still open after the shutdown grace period");
+    }
+    sweeper.abort();
+    result
+}

@@ -1,0 +1,470 @@
+//! The OpenAPI 3 document served at `/openapi.json`, written by hand.
+//!
+//! Kept true by tests: every route in [`crate::api::routes`] is documented here and every
+//! documented operation is routed (`tests` below); the integration tests check the bodies the
+//! real server returns against the schemas here.
+
+use serde_json::{Value, json};
+
+use crate::error::ErrorCode;
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn json_response(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+    })
+}
+
+fn param(name: &str, location: &str, schema: Value, description: &str) -> Value {
+    json!({
+        "name": name, "in": location, "required": location == "path",
+        "schema": schema, "description": description,
+    })
+}
+
+/// A record as the API shows it; on WebSocket frames with a `type` field.
+fn record_schema(kind: Option<&str>) -> Value {
+    let nullable_string = json!({"type": ["string", "null"]});
+    let mut schema = json!({
+        "type": "object",
+        "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
+        "description": "Keys, values and header values are strings when valid UTF-8 \
+            (format json); otherwise null, with the bytes in key_base64, value_base64 \
+            or headers_base64.",
+        "properties": {
+            "topic": {"type": "string"},
+            "partition": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "timestamp": {"type": "integer"},
+            "key": nullable_string,
+            "key_base64": {"type": "string"},
+            "value": nullable_string,
+            "value_base64": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": nullable_string},
+            "headers_base64": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    });
+    if let Some(kind) = kind {
+        schema["properties"]["type"] = json!({"const": kind});
+        schema["required"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("type"));
+    }
+    schema
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let topic = param("topic", "path", json!({"type": "string"}), "Topic name.");
+    let nullable_string = json!({"type": ["string", "null"]});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "weir HTTP API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Produce, fetch and administer topics over HTTP; subscribe to live \
+                records over WebSocket at /ws. Errors are JSON with a stable code.",
+        },
+        "paths": {
+            "/health": {"get": {
+                "summary": "Liveness: the process answers.",
+                "responses": {"200": json_response("Alive.", "Status")},
+            }},
+            "/ready": {"get": {
+                "summary": "Readiness: the broker is open and not shutting down.",
+                "responses": {
+                    "200": json_response("Ready.", "Status"),
+                    "503": error_response("Shutting down (code shutting_down)."),
+                },
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document.",
+                "responses": {"200": {"description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+            "/stats": {"get": {
+                "summary": "Counters of the WebSocket side: connections, feeds, records sent, \
+                    records dropped or conflated by policy, slow consumers disconnected, gaps.",
+                "responses": {"200": json_response("Counters.", "Stats")},
+            }},
+            "/topics": {
+                "get": {
+                    "summary": "Every topic with its configuration and partitions.",
+                    "responses": {"200": json_response("Topics by name.", "TopicList")},
+                },
+                "post": {
+                    "summary": "Create a topic. Settings not given take the broker's defaults.",
+                    "requestBody": {"required": true, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/CreateTopic"}}}},
+                    "responses": {
+                        "201": json_response("Created.", "Topic"),
+                        "400": error_response("bad_request, invalid_topic_name or invalid_config."),
+                        "409": error_response("topic_exists."),
+                        "413": error_response("payload_too_large."),
+                    },
+                },
+            },
+            "/topics/{topic}": {
+                "get": {
+                    "summary": "One topic.",
+                    "parameters": [topic],
+                    "responses": {
+                        "200": json_response("The topic.", "Topic"),
+                        "404": error_response("unknown_topic."),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a topic, its data and its committed offsets.",
+                    "parameters": [topic],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        "404": error_response("unknown_topic."),
+                    },
+                },
+            },
+            "/topics/{topic}/records": {"post": {
+                "summary": "Produce records. JSON: records are routed by partition, else by key, \
+                    else together to one partition; each partition's records are written as one \
+                    batch. application/octet-stream: the body is one record's value; the key \
+                    and partition come from the query string.",
+                "parameters": [
+                    topic,
+                    param("key", "query", json!({"type": "string"}), "Key of an octet-stream record."),
+                    param("partition", "query", json!({"type": "integer", "minimum": 0}),
+                        "Partition of an octet-stream record."),
+                ],
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ProduceRequest"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }},
+                "responses": {
+                    "200": json_response("Where each record went, in request order.", "ProduceResponse"),
+                    "400": error_response("bad_request or invalid_record."),
+                    "404": error_response("unknown_topic or unknown_partition."),
+                    "413": error_response("payload_too_large or record_too_large."),
+                    "415": error_response("unsupported_media_type."),
+                    "503": error_response("shutting_down."),
+                },
+            }},
+            "/topics/{topic}/partitions/{partition}/records": {"get": {
+                "summary": "Fetch records from one partition, from an offset or a timestamp \
+                    (default: the log start), waiting up to max_wait_ms for the first record.",
+                "parameters": [
+                    topic,
+                    param("partition", "path", json!({"type": "integer", "minimum": 0}), "Partition."),
+                    param("offset", "query", json!({"type": "integer", "minimum": 0}), "First offset."),
+                    param("timestamp", "query", json!({"type": "integer"}),
+                        "Start at the first record at or after this time (ms since the epoch)."),
+                    param("max_bytes", "query", json!({"type": "integer", "minimum": 1}),
+                        "About this many bytes of batches (at least one batch). Default 1 MiB."),
+                    param("max_wait_ms", "query", json!({"type": "integer", "minimum": 0}),
+                        "Long-poll up to this long when nothing is there yet. Default 0."),
+                    param("format", "query", json!({"type": "string", "enum": ["json", "binary"]}),
+                        "json: UTF-8 keys and values as strings; binary: always base64."),
+                ],
+                "responses": {
+                    "200": json_response("Records.", "FetchResponse"),
+                    "400": error_response("bad_request."),
+                    "404": error_response("unknown_topic or unknown_partition."),
+                    "416": error_response("offset_out_of_range."),
+                },
+            }},
+            "/groups": {"get": {
+                "summary": "Consumer groups: those with members and those with committed offsets.",
+                "responses": {"200": json_response("Group names.", "GroupList")},
+            }},
+            "/groups/{group}": {"get": {
+                "summary": "One group: members, assignment, committed offsets and lag.",
+                "parameters": [param("group", "path", json!({"type": "string"}), "Group name.")],
+                "responses": {
+                    "200": json_response("The group.", "Group"),
+                    "404": error_response("unknown_group."),
+                },
+            }},
+            "/ws": {"get": {
+                "summary": "WebSocket live push. Send {\"op\":\"subscribe\",\"topics\":[..],\
+                    \"keys\":[..],\"from\":\"latest\"|\"earliest\"|{\"offset\":{\"0\":N}}|\
+                    {\"offsets\":{\"topic\":{\"0\":N}}}|{\"timestamp\":ms},\"policy\":\"conflate\"|\"drop_oldest\"|\"disconnect\",\
+                    \"format\":\"json\"|\"binary\"}; receive subscribed, record, gap, dropped and \
+                    error frames (schemas WsRecord, WsGap, WsDropped, WsSubscribed, WsError). A \
+                    disconnect-policy overflow closes with code 4001, the idle timeout with 4002, \
+                    shutdown with 1001.",
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol."},
+                    "503": error_response("too_many_connections or shutting_down."),
+                },
+            }},
+        },
+        "components": {"schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "enum": codes},
+                        "message": {"type": "string"},
+                    },
+                }},
+            },
+            "Status": {"type": "object", "required": ["status"],
+                "properties": {"status": {"type": "string"}}},
+            "Stats": {"type": "object", "required": ["ws"], "properties": {"ws": {
+                "type": "object",
+                "required": ["connections_open", "connections_total", "subscriptions_open",
+                    "feeds_open", "records_fetched", "records_sent", "dropped_oldest",
+                    "conflated", "disconnected_slow", "gaps", "idle_timeouts"],
+                "properties": {
+                    "connections_open": {"type": "integer"},
+                    "connections_total": {"type": "integer"},
+                    "subscriptions_open": {"type": "integer"},
+                    "feeds_open": {"type": "integer"},
+                    "records_fetched": {"type": "integer"},
+                    "records_sent": {"type": "integer"},
+                    "dropped_oldest": {"type": "integer"},
+                    "conflated": {"type": "integer"},
+                    "disconnected_slow": {"type": "integer"},
+                    "gaps": {"type": "integer"},
+                    "idle_timeouts": {"type": "integer"},
+                },
+            }}},
+            "TopicConfig": {
+                "type": "object",
+                "required": ["partitions", "retention_ms", "retention_bytes", "durability",
+                    "max_batch_bytes", "segment_bytes"],
+                "properties": {
+                    "partitions": {"type": "integer", "minimum": 1},
+                    "retention_ms": {"type": ["integer", "null"]},
+                    "retention_bytes": {"type": ["integer", "null"]},
+                    "durability": {"$ref": "#/components/schemas/Durability"},
+                    "max_batch_bytes": {"type": "integer"},
+                    "segment_bytes": {"type": "integer"},
+                },
+            },
+            "Durability": {
+                "description": "\"always\", \"never\" or {\"interval\":{\"ms\":N}}.",
+                "oneOf": [
+                    {"type": "string", "enum": ["always", "never"]},
+                    {"type": "object", "required": ["interval"], "properties": {"interval": {
+                        "type": "object", "required": ["ms"],
+                        "properties": {"ms": {"type": "integer", "minimum": 1}}}}},
+                ],
+            },
+            "CreateTopic": {
+                "type": "object", "required": ["name"], "additionalProperties": false,
+                "properties": {
+                    "name": {"type": "string"},
+                    "partitions": {"type": "integer", "minimum": 1},
+                    "retention_ms": {"type": "integer", "minimum": 1},
+                    "retention_bytes": {"type": "integer", "minimum": 1},
+                    "durability": {"$ref": "#/components/schemas/Durability"},
+                    "max_batch_bytes": {"type": "integer"},
+                    "segment_bytes": {"type": "integer", "minimum": 1024},
+                },
+            },
+            "Partition": {
+                "type": "object",
+                "required": ["partition", "log_start_offset", "high_watermark", "size_bytes"],
+                "properties": {
+                    "partition": {"type": "integer"},
+                    "log_start_offset": {"type": "integer"},
+                    "high_watermark": {"type": "integer"},
+                    "size_bytes": {"type": "integer"},
+                },
+            },
+            "Topic": {
+                "type": "object", "required": ["name", "config", "partitions"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "config": {"$ref": "#/components/schemas/TopicConfig"},
+                    "partitions": {"type": "array", "items": {"$ref": "#/components/schemas/Partition"}},
+                },
+            },
+            "TopicList": {"type": "object", "required": ["topics"], "properties": {
+                "topics": {"type": "array", "items": {"$ref": "#/components/schemas/Topic"}}}},
+            "RecordIn": {
+                "type": "object", "additionalProperties": false,
+                "description": "A string key or value is stored as its UTF-8 text, any other JSON \
+                    value as its JSON text; *_base64 carry arbitrary bytes.",
+                "properties": {
+                    "key": {},
+                    "key_base64": {"type": "string"},
+                    "value": {},
+                    "value_base64": {"type": "string"},
+                    "headers": {"type": "object", "additionalProperties": nullable_string},
+                    "partition": {"type": "integer", "minimum": 0},
+                    "timestamp": {"type": "integer"},
+                },
+            },
+            "ProduceRequest": {
+                "type": "object", "required": ["records"], "additionalProperties": false,
+                "properties": {"records": {"type": "array", "minItems": 1,
+                    "items": {"$ref": "#/components/schemas/RecordIn"}}},
+            },
+            "ProduceResponse": {
+                "type": "object", "required": ["topic", "offsets"],
+                "properties": {
+                    "topic": {"type": "string"},
+                    "offsets": {"type": "array", "items": {
+                        "type": "object", "required": ["partition", "offset"],
+                        "properties": {"partition": {"type": "integer"}, "offset": {"type": "integer"}},
+                    }},
+                },
+            },
+            "Record": record_schema(None),
+            "FetchResponse": {
+                "type": "object",
+                "required": ["topic", "partition", "high_watermark", "log_start_offset",
+                    "next_offset", "records"],
+                "properties": {
+                    "topic": {"type": "string"},
+                    "partition": {"type": "integer"},
+                    "high_watermark": {"type": "integer"},
+                    "log_start_offset": {"type": "integer"},
+                    "next_offset": {"type": "integer", "description": "Where to fetch next."},
+                    "records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                },
+            },
+            "GroupList": {"type": "object", "required": ["groups"], "properties": {
+                "groups": {"type": "array", "items": {"type": "string"}}}},
+            "Group": {
+                "type": "object",
+                "required": ["group", "protocol", "generation", "members", "offsets"],
+                "properties": {
+                    "group": {"type": "string"},
+                    "protocol": {"type": ["string", "null"], "enum": ["native", "kafka", null]},
+                    "generation": {"type": "integer"},
+                    "members": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["member_id", "client_id", "topics", "session_timeout_ms", "assignment"],
+                        "properties": {
+                            "member_id": {"type": "string"},
+                            "client_id": {"type": "string"},
+                            "topics": {"type": "array", "items": {"type": "string"}},
+                            "session_timeout_ms": {"type": "integer"},
+                            "assignment": {"type": "object", "additionalProperties": {
+                                "type": "array", "items": {"type": "integer"}}},
+                        },
+                    }},
+                    "offsets": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["topic", "partition", "committed", "high_watermark", "lag"],
+                        "properties": {
+                            "topic": {"type": "string"},
+                            "partition": {"type": "integer"},
+                            "committed": {"type": ["integer", "null"]},
+                            "high_watermark": {"type": "integer"},
+                            "lag": {"type": "integer"},
+                        },
+                    }},
+                },
+            },
+            "WsRecord": record_schema(Some("record")),
+            "WsSubscribed": {
+                "type": "object", "required": ["type", "subscription", "policy", "partitions"],
+                "properties": {
+                    "type": {"const": "subscribed"},
+                    "subscription": {"type": "integer"},
+                    "policy": {"type": "string", "enum": ["drop_oldest", "conflate", "disconnect"]},
+                    "partitions": {"type": "array", "items": {
+                        "type": "object", "required": ["topic", "partition", "from"],
+                        "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
+                            "from": {"type": "integer"}}}},
+                },
+            },
+            "WsGap": {
+                "type": "object",
+                "required": ["type", "subscription", "topic", "partition", "requested", "available_from"],
+                "description": "Records from requested up to available_from are gone (retention).",
+                "properties": {
+                    "type": {"const": "gap"},
+                    "subscription": {"type": "integer"},
+                    "topic": {"type": "string"},
+                    "partition": {"type": "integer"},
+                    "requested": {"type": "integer"},
+                    "available_from": {"type": "integer"},
+                },
+            },
+            "WsDropped": {
+                "type": "object", "required": ["type", "subscription", "count", "policy"],
+                "description": "count records of the subscription were dropped or superseded by \
+                    its policy since the last frame.",
+                "properties": {
+                    "type": {"const": "dropped"},
+                    "subscription": {"type": "integer"},
+                    "count": {"type": "integer"},
+                    "policy": {"type": "string"},
+                },
+            },
+            "WsError": {
+                "type": "object", "required": ["type", "subscription", "code", "message"],
+                "properties": {
+                    "type": {"const": "error"},
+                    "subscription": {"type": ["integer", "null"]},
+                    "code": {"type": "string", "enum": codes},
+                    "message": {"type": "string"},
+                },
+            },
+        }},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_operation_is_routed() {
+        let doc = document();
+        let routed: BTreeSet<(String, String)> = crate::api::routes()
+            .into_iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .collect();
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(p, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.clone(), p.clone()))
+            })
+            .collect();
+        assert_eq!(routed, documented);
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(v: &Value, refs: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        refs.push(r.clone());
+                    }
+                    m.values().for_each(|v| walk(v, refs));
+                }
+                Value::Array(a) => a.iter().for_each(|v| walk(v, refs)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        let mut refs = Vec::new();
+        walk(&doc, &mut refs);
+        assert!(!refs.is_empty());
+        for r in refs {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            assert!(doc["components"]["schemas"].get(name).is_some(), "{r}");
+        }
+    }
+}

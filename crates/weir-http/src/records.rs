@@ -1,0 +1,320 @@
+//! Records between JSON and record batches: produce requests in, fetched records out.
+//!
+//! In: `{"records":[{"key":"AAPL","value":{"px":1},"headers":{"h":"v"},"partition":0}]}`. A
+//! string key or value is stored as its UTF-8 text, any other JSON value as its compact JSON
+//! text, `null` (or absence) as a null; `key_base64`/`value_base64` carry arbitrary bytes.
+//!
+//! Out: `{"topic","partition","offset","timestamp","key","value","headers"}`. Keys, values and
+//! header values are strings when they are valid UTF-8; otherwise the string is absent (null)
+//! and the bytes are in `key_base64`, `value_base64` or `headers_base64`. In the `binary`
+//! format keys and values are always base64.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use weir_batch::{BatchBuilder, Record, RecordSpec};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// How keys and values are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// UTF-8 text as strings, other bytes as base64 (default).
+    #[default]
+    Json,
+    /// Always base64 (`key_base64`, `value_base64`).
+    Binary,
+}
+
+/// One record of a produce request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIn {
+    #[serde(default)]
+    pub key: Option<serde_json::Value>,
+    #[serde(default)]
+    pub key_base64: Option<String>,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    #[serde(default)]
+    pub value_base64: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    pub partition: Option<u32>,
+    /// Create time in ms since the epoch; default: now.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+}
+
+/// A produce request's body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceRequest {
+    pub records: Vec<RecordIn>,
+}
+
+/// A record with its bytes resolved, ready for a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub partition: Option<u32>,
+    pub timestamp: Option<i64>,
+}
+
+fn bytes_of(
+    index: usize,
+    field: &str,
+    json: Option<serde_json::Value>,
+    b64: Option<String>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let invalid = |m: String| ApiError::new(ErrorCode::InvalidRecord, m);
+    match (json, b64) {
+        (Some(_), Some(_)) => Err(invalid(format!(
+            "record {index}: give {field} or {field}_base64, not both"
+        ))),
+        (None, Some(b)) => B64
+            .decode(b.as_bytes())
+            .map(Some)
+            .map_err(|e| invalid(format!("record {index}: {field}_base64 is not base64: {e}"))),
+        (Some(serde_json::Value::String(s)), None) => Ok(Some(s.into_bytes())),
+        (Some(serde_json::Value::Null), None) | (None, None) => Ok(None),
+        (Some(v), None) => Ok(Some(v.to_string().into_bytes())),
+    }
+}
+
+impl ProduceRequest {
+    /// Resolves every record's bytes; the first malformed record fails the whole request.
+    pub fn into_records(self) -> Result<Vec<OwnedRecord>, ApiError> {
+        if self.records.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRecord,
+                "records is empty: send at least one record",
+            ));
+        }
+        self.records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(OwnedRecord {
+                    key: bytes_of(i, "key", r.key, r.key_base64)?,
+                    value: bytes_of(i, "value", r.value, r.value_base64)?,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k, v.map(String::into_bytes)))
+                        .collect(),
+                    partition: r.partition,
+                    timestamp: r.timestamp,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Builds one batch of `records` (in order) with base timestamp `now_ms`.
+pub fn build_batch(records: &[&OwnedRecord], now_ms: i64) -> Vec<u8> {
+    let size: usize = records
+        .iter()
+        .map(|r| {
+            32 + r.key.as_ref().map_or(0, Vec::len)
+                + r.value.as_ref().map_or(0, Vec::len)
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + v.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()
+        })
+        .sum();
+    let mut b = BatchBuilder::with_capacity(now_ms, 61 + size);
+    for r in records {
+        b.push(RecordSpec {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect(),
+            timestamp: r.timestamp,
+        });
+    }
+    b.build()
+}
+
+/// One record as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct RecordOut<'a> {
+    /// `"record"` on WebSocket frames; absent in HTTP responses.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub topic: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    pub value: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+    pub headers: BTreeMap<String, Option<&'a str>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_base64: BTreeMap<String, String>,
+}
+
+/// Renders bytes as (text, base64) following `format`.
+fn render(bytes: Option<&[u8]>, format: Format) -> (Option<&str>, Option<String>) {
+    match bytes {
+        None => (None, None),
+        Some(b) => match (format, std::str::from_utf8(b)) {
+            (Format::Json, Ok(s)) => (Some(s), None),
+            _ => (None, Some(B64.encode(b))),
+        },
+    }
+}
+
+impl<'a> RecordOut<'a> {
+    pub fn new(
+        topic: &'a str,
+        partition: u32,
+        record: &'a Record<'a>,
+        format: Format,
+        kind: Option<&'static str>,
+    ) -> Self {
+        let (key, key_base64) = render(record.key, format);
+        let (value, value_base64) = render(record.value, format);
+        let mut headers = BTreeMap::new();
+        let mut headers_base64 = BTreeMap::new();
+        for h in &record.headers {
+            let name = String::from_utf8_lossy(h.key).into_owned();
+            match h.value.map(std::str::from_utf8) {
+                None => {
+                    headers.insert(name, None);
+                }
+                Some(Ok(s)) => {
+                    headers.insert(name, Some(s));
+                }
+                Some(Err(_)) => {
+                    headers.insert(name.clone(), None);
+                    headers_base64.insert(name, B64.encode(h.value.unwrap_or_default()));
+                }
+            }
+        }
+        Self {
+            kind,
+            topic,
+            partition,
+            offset: record.offset.max(0) as u64,
+            timestamp: record.timestamp,
+            key,
+            key_base64,
+            value,
+            value_base64,
+            headers,
+            headers_base64,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_batch::Records;
+
+    fn parse(json: &str) -> Result<Vec<OwnedRecord>, ApiError> {
+        serde_json::from_str::<ProduceRequest>(json)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .into_records()
+    }
+
+    #[test]
+    fn values_are_text_json_or_base64() {
+        let r = parse(
+            r#"{"records":[
+                {"key":"AAPL","value":{"px":1.5},"headers":{"src":"x","n":null},"partition":2},
+                {"value":"plain text"},
+                {"key_base64":"AAEC","value_base64":"/w==","timestamp":5},
+                {"value":null}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(r[0].key.as_deref(), Some(&b"AAPL"[..]));
+        assert_eq!(r[0].value.as_deref(), Some(&br#"{"px":1.5}"#[..]));
+        assert_eq!(
+            r[0].headers,
+            vec![("n".into(), None), ("src".into(), Some(b"x".to_vec()))]
+        );
+        assert_eq!(r[0].partition, Some(2));
+        assert_eq!(r[1].value.as_deref(), Some(&b"plain text"[..]));
+        assert_eq!(r[2].key.as_deref(), Some(&[0u8, 1, 2][..]));
+        assert_eq!(r[2].value.as_deref(), Some(&[0xffu8][..]));
+        assert_eq!(r[3].value, None);
+    }
+
+    #[test]
+    fn malformed_records_name_the_fault() {
+        for (json, needle) in [
+            (r#"{"records":[]}"#, "empty"),
+            (
+                r#"{"records":[{"value":"a","value_base64":"YQ=="}]}"#,
+                "not both",
+            ),
+            (r#"{"records":[{"value_base64":"!!"}]}"#, "not base64"),
+        ] {
+            let e = parse(json).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRecord, "{json}");
+            assert!(e.message.contains(needle), "{json}: {}", e.message);
+        }
+        let e = parse(r#"{"records":[{"colour":"red"}]}"#).unwrap_err();
+        assert!(e.message.contains("colour"), "{}", e.message);
+    }
+
+    #[test]
+    fn batches_round_trip_through_the_json_form() {
+        let records = parse(
+            r#"{"records":[{"key":"k","value":"v","headers":{"h":"x"}},{"value_base64":"/w==","timestamp":7}]}"#,
+        )
+        .unwrap();
+        let refs: Vec<&OwnedRecord> = records.iter().collect();
+        let batch = build_batch(&refs, 1_000);
+        let decoded: Vec<Record> = Records::new(&batch)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let out: Vec<serde_json::Value> = decoded
+            .iter()
+            .map(|r| serde_json::to_value(RecordOut::new("t", 0, r, Format::Json, None)).unwrap())
+            .collect();
+        assert_eq!(
+            out[0],
+            serde_json::json!({"topic":"t","partition":0,"offset":0,"timestamp":1000,
+                "key":"k","value":"v","headers":{"h":"x"}})
+        );
+        assert_eq!(out[1]["value"], serde_json::Value::Null);
+        assert_eq!(out[1]["value_base64"], "/w==");
+        assert_eq!(out[1]["timestamp"], 7);
+        let bin = serde_json::to_value(RecordOut::new(
+            "t",
+            0,
+            &decoded[0],
+            Format::Binary,
+            Some("record"),
+        ))
+        .unwrap();
+        assert_eq!(bin["type"], "record");
+        assert_eq!(bin["key_base64"], "aw==");
+        assert_eq!(bin["value"], serde_json::Value::Null);
+    }
+}

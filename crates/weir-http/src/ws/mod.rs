@@ -1,0 +1,743 @@
+//! WebSocket live push at `/ws`.
+//!
+//! Layout:
+//! - [`queue`]: one subscription's bounded queue and its overflow policy (sans-I/O).
+//! - [`hub`]: feeds (one reader per watched partition, fanning out shared frames),
+//!   connections, the heartbeat sweeper, the counters.
+//! - this file: one connection — client operations in, queued frames out — and the
+//!   replay that brings a new subscription up to its feed.
+//!
+//! Client operations (JSON text frames):
+//! `{"op":"subscribe","topics":["quotes"],"keys":["AAPL"],"from":"latest"|"earliest"|
+//! {"offset":{"0":123}}|{"offsets":{"quotes":{"0":123}}}|{"timestamp":ms},"policy":"conflate"|"drop_oldest"|"disconnect",
+//! "format":"json"|"binary"}` and `{"op":"unsubscribe","subscription":1}`.
+//!
+//! Server frames (JSON text): `{"type":"subscribed",..}`, `{"type":"record",..}`,
+//! `{"type":"gap",..}`, `{"type":"dropped",..}`, `{"type":"error",..}`.
+
+pub mod hub;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures::SinkExt;
+use serde::Deserialize;
+use weir_broker::BrokerError;
+use weir_broker::broker::OffsetSpec;
+use weir_log::LogError;
+
+use hub::{Conn, FLAG_CLOSE, FLAG_PING, Hub, Subscriber, error_notice, gap_notice};
+use queue::{Entry, OutQueue, Policy};
+
+use crate::records::Format;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Start {
+    #[default]
+    Latest,
+    Earliest,
+    /// The next offset wanted per partition (a resuming client sends its last offset + 1);
+    /// partitions not listed start at the latest offset.
+    Offsets(BTreeMap<u32, u64>),
+    /// The same per topic, for subscriptions to several topics: topic → partition → offset.
+    TopicOffsets(BTreeMap<String, BTreeMap<u32, u64>>),
+    Timestamp(i64),
+}
+
+impl<'de> Deserialize<'de> for Start {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Offset {
+                offset: BTreeMap<String, u64>,
+            },
+            Offsets {
+                offsets: BTreeMap<String, BTreeMap<String, u64>>,
+            },
+            Timestamp {
+                timestamp: i64,
+            },
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "from must be \"latest\", \"earliest\", {\"offset\":{\"<partition>\":<offset>}}, \
+                 {\"offsets\":{\"<topic>\":{\"<partition>\":<offset>}}} or {\"timestamp\":<ms>}",
+            )
+        };
+        let partitions = |m: BTreeMap<String, u64>| {
+            m.into_iter()
+                .map(|(p, o)| p.parse::<u32>().map(|p| (p, o)).map_err(|_| bad()))
+                .collect::<Result<BTreeMap<u32, u64>, D::Error>>()
+        };
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::Name(n) if n == "latest" => Ok(Start::Latest),
+            Raw::Name(n) if n == "earliest" => Ok(Start::Earliest),
+            Raw::Name(_) => Err(bad()),
+            Raw::Offset { offset } => partitions(offset).map(Start::Offsets),
+            Raw::Offsets { offsets } => offsets
+                .into_iter()
+                .map(|(t, m)| partitions(m).map(|m| (t, m)))
+                .collect::<Result<_, _>>()
+                .map(Start::TopicOffsets),
+            Raw::Timestamp { timestamp } => Ok(Start::Timestamp(timestamp)),
+        }
+    }
+}
+
+/// One operation from a client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientOp {
+    Subscribe {
+        topics: Vec<String>,
+        #[serde(default)]
+        keys: Option<Vec<String>>,
+        #[serde(default)]
+        from: Start,
+        #[serde(default)]
+        policy: Policy,
+        #[serde(default)]
+        format: Format,
+    },
+    Unsubscribe {
+        subscription: u32,
+    },
+}
+
+/// Frames sent per wake-up before the connection looks at its socket again.
+const SEND_BATCH: usize = 64;
+
+/// How long a close frame may take to go out to a client that is not reading.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs one WebSocket connection until either side closes it.
+pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
+    let conn = hub.connect();
+    let mut feeds: Vec<(String, u32, Format)> = Vec::new();
+    let mut next_sub: u32 = 1;
+    loop {
+        let flags = conn.flags.swap(0, Ordering::AcqRel);
+        if flags & FLAG_CLOSE != 0 {
+            let (code, reason) = conn
+                .state
+                .lock()
+                .close
+                .clone()
+                .unwrap_or((hub::CLOSE_GOING_AWAY, String::new()));
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            }));
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(frame)).await;
+            break;
+        }
+        let mut out = Vec::new();
+        if flags & FLAG_PING != 0 {
+            out.push(Message::Ping(Bytes::new()));
+        }
+        take_frames(&conn, &hub, &mut out);
+        if !out.is_empty() {
+            if !Box::pin(send_frames(&mut socket, &conn, out)).await {
+                if conn.flags.load(Ordering::Acquire) & FLAG_CLOSE != 0 {
+                    continue; // send the close frame
+                }
+                break;
+            }
+            conn.room.notify_waiters();
+            continue;
+        }
+        tokio::select! {
+            msg = socket.recv() => {
+                let Some(Ok(msg)) = msg else { break };
+                conn.last_seen.store(hub.now_ms(), Ordering::Relaxed);
+                match msg {
+                    Message::Text(text) => {
+                        on_text(&hub, &conn, &mut feeds, &mut next_sub, text.as_str());
+                    }
+                    Message::Binary(_) => conn.close(
+                        hub::CLOSE_POLICY,
+                        "send operations as JSON text frames".into(),
+                    ),
+                    Message::Close(_) => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+                        break;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            _ = conn.wake.notified() => {}
+        }
+    }
+    {
+        let mut st = conn.state.lock();
+        for (_, q) in st.subs.iter_mut() {
+            q.clear();
+        }
+    }
+    hub.disconnect(&conn, &feeds);
+}
+
+/// Sends `frames`; gives up (false) when the connection is told to close meanwhile (a
+/// `disconnect` overflow, the idle timeout, shutdown) or the socket fails.
+async fn send_frames(socket: &mut WebSocket, conn: &Conn, frames: Vec<Message>) -> bool {
+    let send = async {
+        for f in frames {
+            socket.feed(f).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = send => r.is_ok(),
+        _ = conn.closing.notified() => false,
+    }
+}
+
+/// Moves up to [`SEND_BATCH`] frames out of the connection's queues, round robin, each
+/// preceded by a `dropped` notice when its subscription lost records since the last frame.
+fn take_frames(conn: &Conn, hub: &Hub, out: &mut Vec<Message>) {
+    let mut st = conn.state.lock();
+    out.extend(st.direct.drain(..).map(Message::Text));
+    let n = st.subs.len();
+    if n == 0 {
+        return;
+    }
+    let mut idle_rounds = 0;
+    let mut sent = 0u64;
+    while out.len() < SEND_BATCH && idle_rounds < n {
+        let i = st.next % n;
+        st.next = st.next.wrapping_add(1);
+        let (sub, q) = &mut st.subs[i];
+        let Some((lost, entry)) = q.pop() else {
+            idle_rounds += 1;
+            continue;
+        };
+        idle_rounds = 0;
+        if lost > 0 {
+            let notice = serde_json::json!({
+                "type": "dropped", "subscription": *sub, "count": lost,
+                "policy": q.policy.as_str(),
+            });
+            out.push(Message::Text(Utf8Bytes::from(notice.to_string())));
+        }
+        match entry {
+            Entry::Record(item) => {
+                sent += 1;
+                out.push(Message::Text(item.frame.clone()));
+            }
+            Entry::Notice(text) => out.push(Message::Text(text)),
+        }
+    }
+    hub.stats.records_sent.fetch_add(sent, Ordering::Relaxed);
+}
+
+fn on_text(
+    hub: &Arc<Hub>,
+    conn: &Arc<Conn>,
+    feeds: &mut Vec<(String, u32, Format)>,
+    next_sub: &mut u32,
+    text: &str,
+) {
+    let op = match serde_json::from_str::<ClientOp>(text) {
+        Ok(op) => op,
+        Err(e) => {
+            send_direct(conn, error_notice(None, "bad_request", &e.to_string()));
+            return;
+        }
+    };
+    match op {
+        ClientOp::Unsubscribe { subscription } => {
+            let mut st = conn.state.lock();
+            let before = st.subs.len();
+            st.subs.retain(|(id, _)| *id != subscription);
+            let removed = (before - st.subs.len()) as u64;
+            drop(st);
+            if removed == 0 {
+                let msg = format!("there is no subscription {subscription}");
+                send_direct(conn, error_notice(None, "bad_request", &msg));
+            }
+            hub.leave(conn, subscription, feeds);
+            hub.stats
+                .subscriptions_open
+                .fetch_sub(removed, Ordering::Relaxed);
+        }
+        ClientOp::Subscribe {
+            topics,
+            keys,
+            from,
+            policy,
+            format,
+        } => {
+            let fail = |code: &str, msg: String| {
+                send_direct(conn, error_notice(None, code, &msg));
+            };
+            if topics.is_empty() {
+                return fail("bad_request", "topics is empty".into());
+            }
+            if conn.state.lock().subs.len() >= hub.config.max_subscriptions {
+                return fail(
+                    "bad_request",
+                    format!(
+                        "at most {} subscriptions per connection",
+                        hub.config.max_subscriptions
+                    ),
+                );
+            }
+            let mut parts = Vec::new();
+            for t in &topics {
+                match hub.broker.partition_count(t) {
+                    Some(n) => parts.extend((0..n).map(|p| (t.clone(), p))),
+                    None => return fail("unknown_topic", format!("topic '{t}' does not exist")),
+                }
+            }
+            let sub = *next_sub;
+            *next_sub += 1;
+            conn.state.lock().subs.push((
+                sub,
+                OutQueue::new(policy, hub.config.queue_messages, hub.config.queue_bytes),
+            ));
+            hub.stats.subscriptions_open.fetch_add(1, Ordering::Relaxed);
+            for (t, p) in &parts {
+                let key = (t.clone(), *p, format);
+                if !feeds.contains(&key) {
+                    feeds.push(key);
+                }
+            }
+            let keys = keys.map(|k| {
+                Arc::new(
+                    k.into_iter()
+                        .map(|k| Bytes::from(k.into_bytes()))
+                        .collect::<HashSet<_>>(),
+                )
+            });
+            let spec = SubSpec {
+                sub,
+                parts,
+                keys,
+                from,
+                policy,
+                format,
+            };
+            let (hub2, conn2) = (hub.clone(), conn.clone());
+            hub.tasks
+                .spawn(async move { subscribe(hub2, conn2, spec).await });
+        }
+    }
+}
+
+/// Queues a notice that belongs to no subscription (a malformed operation): it goes out
+/// ahead of everything queued.
+fn send_direct(conn: &Conn, text: String) {
+    conn.state.lock().direct.push(Utf8Bytes::from(text));
+    conn.wake.notify_one();
+}
+
+#[derive(Debug)]
+struct SubSpec {
+    sub: u32,
+    parts: Vec<(String, u32)>,
+    keys: Option<Arc<HashSet<Bytes>>>,
+    from: Start,
+    policy: Policy,
+    format: Format,
+}
+
+async fn resolve(hub: &Hub, topic: &str, partition: u32, from: &Start) -> Result<u64, BrokerError> {
+    let latest = hub
+        .broker
+        .list_offsets(topic, partition, OffsetSpec::Latest)
+        .await?;
+    Ok(match from {
+        Start::Latest => latest,
+        Start::Earliest => {
+            hub.broker
+                .list_offsets(topic, partition, OffsetSpec::Earliest)
+                .await?
+        }
+        Start::Offsets(map) => map.get(&partition).map_or(latest, |o| (*o).min(latest)),
+        Start::TopicOffsets(map) => map
+            .get(topic)
+            .and_then(|m| m.get(&partition))
+            .map_or(latest, |o| (*o).min(latest)),
+        Start::Timestamp(ts) => {
+            hub.broker
+                .list_offsets(topic, partition, OffsetSpec::Timestamp(*ts))
+                .await?
+        }
+    })
+}
+
+/// Brings a new subscription live: resolves where each partition starts, acknowledges, then
+/// per partition replays what the partition's feed has already passed and joins the feed.
+async fn subscribe(hub: Arc<Hub>, conn: Arc<Conn>, spec: SubSpec) {
+    let mut starts = Vec::with_capacity(spec.parts.len());
+    for (t, p) in &spec.parts {
+        match resolve(&hub, t, *p, &spec.from).await {
+            Ok(o) => starts.push(o),
+            Err(e) => {
+                let code = crate::error::ApiError::from(e.clone()).code.as_str();
+                conn.notice(spec.sub, error_notice(Some(spec.sub), code, &e.to_string()));
+                return;
+            }
+        }
+    }
+    let ack = serde_json::json!({
+        "type": "subscribed",
+        "subscription": spec.sub,
+        "policy": spec.policy.as_str(),
+        "partitions": spec.parts.iter().zip(&starts).map(|((t, p), o)| {
+            serde_json::json!({"topic": t, "partition": p, "from": o})
+        }).collect::<Vec<_>>(),
+    });
+    conn.notice(spec.sub, ack.to_string());
+    for ((topic, partition), start) in spec.parts.iter().zip(starts) {
+        let mut sub = Subscriber {
+            conn: conn.clone(),
+            sub: spec.sub,
+            keys: spec.keys.clone(),
+            from: start,
+        };
+        let key = (topic.clone(), *partition, spec.format);
+        loop {
+            if conn.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let position = match hub.join(key.clone(), sub.clone()) {
+                Ok(()) => break,
+                Err(position) => position,
+            };
+            if !replay(&hub, &mut sub, topic, *partition, spec.format, position).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Waits until the subscription's queue is at most half full (or gone). False when the
+/// connection closed.
+async fn wait_for_room(sub: &Subscriber) -> bool {
+    loop {
+        let room = sub.conn.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        if sub.conn.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if sub.conn.has_room(sub.sub) {
+            return true;
+        }
+        room.await;
+    }
+}
+
+/// Replays `[sub.from, until)` of one partition into the subscription's queue, paced by its
+/// client. Returns false when the subscription cannot go on.
+async fn replay(
+    hub: &Hub,
+    sub: &mut Subscriber,
+    topic: &str,
+    partition: u32,
+    format: Format,
+    until: u64,
+) -> bool {
+    while sub.from < until {
+        if !wait_for_room(sub).await {
+            return false;
+        }
+        match hub
+            .broker
+            .read_at(topic, partition, sub.from, hub.config.fetch_bytes)
+            .await
+        {
+            Ok(r) if r.is_empty() => return true,
+            Ok(r) => match hub::decode_items(topic, partition, format, &r.chunks, sub.from) {
+                Ok((items, next)) => {
+                    // In slices that fit the room the queue has, so that a replay never
+                    // overflows a queue, however large the stored batches.
+                    let (max_records, max_bytes) =
+                        (hub.config.queue_messages / 2, hub.config.queue_bytes / 2);
+                    let mut rest = &items[..];
+                    while !rest.is_empty() {
+                        let mut n = 0;
+                        let mut bytes = 0;
+                        while n < rest.len()
+                            && (n == 0 || (n < max_records && bytes + rest[n].size() <= max_bytes))
+                        {
+                            bytes += rest[n].size();
+                            n += 1;
+                        }
+                        if !wait_for_room(sub).await {
+                            return false;
+                        }
+                        sub.deliver(&rest[..n], &hub.stats);
+                        rest = &rest[n..];
+                    }
+                    hub.stats
+                        .records_fetched
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                    match next {
+                        Some(n) if n > sub.from => sub.from = n,
+                        _ => return true,
+                    }
+                }
+                Err(e) => {
+                    sub.conn
+                        .notice(sub.sub, error_notice(Some(sub.sub), "storage_error", &e));
+                    return false;
+                }
+            },
+            Err(BrokerError::Log(LogError::OffsetOutOfRange { log_start, .. }))
+                if sub.from < log_start =>
+            {
+                hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                sub.conn.notice(
+                    sub.sub,
+                    gap_notice(sub.sub, topic, partition, sub.from, log_start),
+                );
+                sub.from = log_start;
+            }
+            Err(e) => {
+                let code = crate::error::ApiError::from(e.clone()).code.as_str();
+                sub.conn
+                    .notice(sub.sub, error_notice(Some(sub.sub), code, &e.to_string()));
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_broker::{Broker, BrokerConfig};
+
+    fn batch(from: usize, n: usize) -> Bytes {
+        let values: Vec<String> = (from..from + n).map(|i| format!("v{i}")).collect();
+        let mut b = weir_batch::BatchBuilder::new(1);
+        for v in &values {
+            b.push(weir_batch::RecordSpec::keyed(b"k", v.as_bytes()));
+        }
+        Bytes::from(b.build())
+    }
+
+    /// Offsets of the records queued for the connection's first subscription.
+    fn drain(conn: &Conn, into: &mut Vec<u64>) {
+        let mut st = conn.state.lock();
+        let q = &mut st.subs[0].1;
+        while let Some((lost, e)) = q.pop() {
+            assert_eq!(lost, 0);
+            if let Entry::Record(item) = e {
+                into.push(item.offset);
+            }
+        }
+        drop(st);
+        conn.room.notify_waiters();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_behind_the_feed_replays_then_joins_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        broker
+            .produce("t", Some(0), None, batch(0, 100))
+            .await
+            .unwrap();
+        let config = hub::WsConfig {
+            queue_messages: 64,
+            fetch_bytes: 2048,
+            ..hub::WsConfig::default()
+        };
+        let hub = Hub::new(broker.clone(), config);
+        let spec = |sub, from| SubSpec {
+            sub,
+            parts: vec![("t".to_string(), 0)],
+            keys: None,
+            from,
+            policy: Policy::Disconnect,
+            format: Format::Json,
+        };
+        let subscribe_conn = |from| {
+            let conn = hub.connect();
+            conn.state
+                .lock()
+                .subs
+                .push((1, OutQueue::new(Policy::Disconnect, 64, 1 << 20)));
+            tokio::spawn(subscribe(hub.clone(), conn.clone(), spec(1, from)));
+            conn
+        };
+        // The first subscriber starts the feed at the end of the log.
+        let live = subscribe_conn(Start::Latest);
+        // Records keep arriving while a second subscriber starts far behind the feed and
+        // replays, in steps smaller than the backlog, paced by its (small) queue.
+        let producer = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    broker
+                        .produce("t", Some(0), None, batch(100 + i * 5, 5))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let behind = subscribe_conn(Start::Offsets([(0, 30)].into()));
+        let (mut got_live, mut got_behind) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got_behind.len() < 270 || got_live.len() < 200 {
+            drain(&live, &mut got_live);
+            drain(&behind, &mut got_behind);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} {}",
+                got_live.len(),
+                got_behind.len()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        producer.await.unwrap();
+        assert_eq!(got_live, (100..300).collect::<Vec<_>>());
+        assert_eq!(got_behind, (30..300).collect::<Vec<_>>());
+        assert!(live.state.lock().close.is_none(), "no overflow");
+        assert!(behind.state.lock().close.is_none(), "no overflow");
+        // One feed for both.
+        assert_eq!(hub.stats.feeds_open.load(Ordering::Relaxed), 1);
+        hub.shutdown();
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_subscriber_leaving_stops_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        let hub = Hub::new(broker.clone(), hub::WsConfig::default());
+        let conn = hub.connect();
+        let mut feeds = Vec::new();
+        let mut next = 1;
+        let op = r#"{"op":"subscribe","topics":["t"],"from":"earliest"}"#;
+        on_text(&hub, &conn, &mut feeds, &mut next, op);
+        let open = || hub.stats.feeds_open.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while open() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "no feed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        on_text(
+            &hub,
+            &conn,
+            &mut feeds,
+            &mut next,
+            r#"{"op":"unsubscribe","subscription":1}"#,
+        );
+        while open() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the feed kept running"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(hub.stats.subscriptions_open.load(Ordering::Relaxed), 0);
+        // Unsubscribing again is an error the client is told about.
+        on_text(
+            &hub,
+            &conn,
+            &mut feeds,
+            &mut next,
+            r#"{"op":"unsubscribe","subscription":1}"#,
+        );
+        let direct = conn.state.lock().direct.clone();
+        assert!(
+            direct[0].as_str().contains("no subscription 1"),
+            "{direct:?}"
+        );
+        hub.disconnect(&conn, &feeds);
+        broker.close().await.unwrap();
+    }
+
+    #[test]
+    fn operations_parse_with_defaults_and_name_bad_fields() {
+        let op: ClientOp = serde_json::from_str(r#"{"op":"subscribe","topics":["q"]}"#).unwrap();
+        assert!(matches!(
+            op,
+            ClientOp::Subscribe {
+                from: Start::Latest,
+                policy: Policy::Conflate,
+                format: Format::Json,
+                keys: None,
+                ..
+            }
+        ));
+        let op: ClientOp = serde_json::from_str(
+            r#"{"op":"subscribe","topics":["q"],"keys":["AAPL"],"from":{"offset":{"0":12,"3":4}},"policy":"drop_oldest","format":"binary"}"#,
+        )
+        .unwrap();
+        let ClientOp::Subscribe { from, policy, .. } = op else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(from, Start::Offsets([(0, 12), (3, 4)].into()));
+        let op: ClientOp = serde_json::from_str(
+            r#"{"op":"subscribe","topics":["q","r"],"from":{"offsets":{"q":{"1":7},"r":{"0":2}}}}"#,
+        )
+        .unwrap();
+        let ClientOp::Subscribe { from, .. } = op else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(
+            from,
+            Start::TopicOffsets(
+                [
+                    ("q".to_string(), [(1, 7)].into()),
+                    ("r".to_string(), [(0, 2)].into())
+                ]
+                .into()
+            )
+        );
+        assert_eq!(policy, Policy::DropOldest);
+        let op: ClientOp =
+            serde_json::from_str(r#"{"op":"subscribe","topics":["q"],"from":{"timestamp":5}}"#)
+                .unwrap();
+        assert!(matches!(
+            op,
+            ClientOp::Subscribe {
+                from: Start::Timestamp(5),
+                ..
+            }
+        ));
+        for (bad, needle) in [
+            (
+                r#"{"op":"subscribe","topics":["q"],"from":"middle"}"#,
+                "from must be",
+            ),
+            (
+                r#"{"op":"subscribe","topics":["q"],"policy":"maybe"}"#,
+                "maybe",
+            ),
+            (r#"{"op":"subscribe","topics":["q"],"colour":1}"#, "colour"),
+            (r#"{"op":"dance"}"#, "dance"),
+        ] {
+            let e = serde_json::from_str::<ClientOp>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}
