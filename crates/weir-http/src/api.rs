@@ -68,6 +68,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/ready", get(ready)),
         ("get", "/openapi.json", get(openapi)),
         ("get", "/stats", get(stats)),
+        ("get", "/metrics", get(metrics)),
         ("get", "/topics", get(list_topics)),
         ("post", "/topics", post(create_topic)),
         ("get", "/topics/{topic}", get(get_topic)),
@@ -187,6 +188,73 @@ async fn openapi() -> Response {
 
 async fn stats(State(s): State<AppState>) -> Response {
     ok(json!({"ws": s.hub.stats.snapshot()}))
+}
+
+/// Prometheus text: the process's metrics, then the WebSocket counters.
+async fn metrics(State(s): State<AppState>) -> Response {
+    use std::fmt::Write;
+    let mut out = s
+        .config
+        .metrics
+        .as_ref()
+        .map(|m| (m.0)())
+        .unwrap_or_default();
+    let w = s.hub.stats.snapshot();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    family(
+        "weir_ws_connections",
+        "gauge",
+        "Open WebSocket connections.",
+        &[("", w.connections_open)],
+    );
+    family(
+        "weir_ws_subscriptions",
+        "gauge",
+        "Open WebSocket subscriptions.",
+        &[("", w.subscriptions_open)],
+    );
+    family(
+        "weir_ws_records_sent_total",
+        "counter",
+        "Records sent to WebSocket subscribers.",
+        &[("", w.records_sent)],
+    );
+    family(
+        "weir_ws_dropped_records_total",
+        "counter",
+        "Records a WebSocket subscriber did not get, by the policy that dropped them.",
+        &[
+            ("{policy=\"drop_oldest\"}", w.dropped_oldest),
+            ("{policy=\"conflate\"}", w.conflated),
+        ],
+    );
+    family(
+        "weir_ws_slow_disconnects_total",
+        "counter",
+        "WebSocket subscribers disconnected for falling behind (policy disconnect).",
+        &[("", w.disconnected_slow)],
+    );
+    family(
+        "weir_ws_gaps_total",
+        "counter",
+        "Gap notices sent to resuming WebSocket clients (retention passed their offsets).",
+        &[("", w.gaps)],
+    );
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 // ---- topics ----

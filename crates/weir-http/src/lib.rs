@@ -22,6 +22,7 @@ pub mod records;
 pub mod ws;
 
 use std::future::{Future, IntoFuture};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -45,6 +46,19 @@ pub struct HttpConfig {
     /// Default 5 s.
     pub shutdown_grace: Duration,
     pub ws: WsConfig,
+    /// What `/metrics` serves before the WebSocket counters (the process's Prometheus text);
+    /// `None`: only those counters.
+    pub metrics: Option<MetricsSource>,
+}
+
+/// A source of Prometheus text for `/metrics`.
+#[derive(Clone)]
+pub struct MetricsSource(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSource")
+    }
 }
 
 impl Default for HttpConfig {
@@ -56,6 +70,7 @@ impl Default for HttpConfig {
             max_fetch_bytes: 16 << 20,
             shutdown_grace: Duration::from_secs(5),
             ws: WsConfig::default(),
+            metrics: None,
         }
     }
 }

@@ -96,6 +96,15 @@ pub fn document() -> Value {
                     records dropped or conflated by policy, slow consumers disconnected, gaps.",
                 "responses": {"200": json_response("Counters.", "Stats")},
             }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics in the text exposition format: produce and fetch \
+                    rates and bytes, latencies, log sizes, consumer lag, connections per front \
+                    door, throttling and drops.",
+                "responses": {"200": {
+                    "description": "Prometheus text format 0.0.4.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }},
+            }},
             "/topics": {
                 "get": {
                     "summary": "Every topic with its configuration and partitions.",

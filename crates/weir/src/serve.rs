@@ -11,6 +11,7 @@ use crate::config::Config;
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let config = Config::load(config_path.as_deref(), std::env::vars())?;
     init_logging(&config);
+    let metrics = crate::metrics::install();
     let broker_config = config.broker_config()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await?
@@ -61,10 +62,15 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         println!("weir listening http={addr}");
         let broker = broker.clone();
         let mut rx = stop_rx.clone();
+        let mut http_config = config.http_config();
+        let source = broker.clone();
+        http_config.metrics = Some(weir_http::MetricsSource(std::sync::Arc::new(move || {
+            crate::metrics::render(&metrics, &source)
+        })));
         Some(tokio::spawn(weir_http::serve(
             listener,
             broker,
-            config.http_config(),
+            http_config,
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },
