@@ -43,6 +43,9 @@ pub struct ProduceAck {
     pub partition: u32,
     pub base_offset: u64,
     pub last_offset: u64,
+    /// The client is over its produce or request quota: the server will not read this
+    /// connection for this many milliseconds (0: within quota).
+    pub throttle_ms: u32,
 }
 
 /// What a fetch returned: whole record batches.
@@ -183,6 +186,7 @@ impl Client {
             partition: r.partition,
             base_offset: r.base_offset,
             last_offset: r.last_offset,
+            throttle_ms: r.throttle_ms,
         })
     }
 

@@ -63,6 +63,7 @@ pub enum Reply {
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_broker::broker::OffsetSpec;
+use weir_broker::flow::QuotaKind;
 use weir_broker::{Broker, BrokerError};
 
 pub mod groups;
@@ -179,11 +180,23 @@ fn topic_name(s: &str) -> TopicName {
 /// Handles one request (without its size prefix): the response (without its size prefix),
 /// silence (produce with acks=0), or a request that cannot be understood.
 pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
-    match handle_inner(kafka, frame).await {
+    handle_throttled(kafka, frame).await.0
+}
+
+/// [`handle`], and how long the client is to be throttled: it went over a quota, its
+/// response carries `throttle_time_ms`, and its connection is not read for that long.
+pub async fn handle_throttled(kafka: &Kafka, frame: Bytes) -> (Reply, Duration) {
+    let mut throttle = Duration::ZERO;
+    let reply = match handle_inner(kafka, frame, &mut throttle).await {
         Some(Some(b)) => Reply::Response(b),
         Some(None) => Reply::Silent,
         None => Reply::Close,
-    }
+    };
+    (reply, throttle)
+}
+
+fn throttle_ms(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
 }
 
 /// A request taken off the wire by [`decode_request`].
@@ -268,7 +281,11 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
 }
 
 /// `None`: close; `Some(None)`: silent; `Some(Some(b))`: respond.
-async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
+async fn handle_inner(
+    kafka: &Kafka,
+    frame: Bytes,
+    throttle: &mut Duration,
+) -> Option<Option<Bytes>> {
     let (broker, advertised) = (&kafka.broker, &kafka.advertised);
     let (api, version, header, request) = match decode_request(frame) {
         Ok(Decoded::Request {
@@ -291,6 +308,9 @@ async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
         }
     };
     metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
+    let client_id = header.client_id.as_deref().unwrap_or("").to_string();
+    let quotas = broker.quotas();
+    *throttle = quotas.charge(&client_id, QuotaKind::Requests, 1);
     let correlation = header.correlation_id;
     // The response is built in place: size prefix (patched at the end), header, body, so that
     // records are copied once, into this buffer.
@@ -364,6 +384,14 @@ async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
         }
         RequestKind::Produce(r) => {
             let acks = r.acks;
+            let bytes: usize = r
+                .topic_data
+                .iter()
+                .flat_map(|t| &t.partition_data)
+                .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+                .sum();
+            *throttle =
+                (*throttle).max(quotas.charge(&client_id, QuotaKind::Produce, bytes as u64));
             let mut responses = Vec::new();
             for t in r.topic_data {
                 let name = t.name.0.to_string();
@@ -401,6 +429,7 @@ async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
             }
             ProduceResponse::default()
                 .with_responses(responses)
+                .with_throttle_time_ms(throttle_ms(*throttle))
                 .encode(&mut body, version)
                 .ok()?;
         }
@@ -432,6 +461,8 @@ async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
                     || watches.is_empty()
                     || tokio::time::Instant::now() >= deadline
                 {
+                    *throttle =
+                        (*throttle).max(quotas.charge(&client_id, QuotaKind::Fetch, total as u64));
                     break responses;
                 }
                 let changed =
@@ -447,6 +478,7 @@ async fn handle_inner(kafka: &Kafka, frame: Bytes) -> Option<Option<Bytes>> {
             };
             let resp = FetchResponse::default()
                 .with_session_id(0)
+                .with_throttle_time_ms(throttle_ms(*throttle))
                 .with_responses(responses);
             // Sized up front: growing the buffer would copy the records again.
             body.reserve(resp.compute_size(version).ok()?);
@@ -1208,8 +1240,17 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let admitted = match kafka.broker.admission().admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                // Kafka has no refusal message before a request: the connection is closed.
+                tracing::warn!(%peer, ?refusal, "refusing a Kafka connection");
+                continue;
+            }
+        };
         let kafka = Arc::clone(&kafka);
         tokio::spawn(async move {
+            let _admitted = admitted;
             let open = metrics::gauge!("weir_kafka_connections");
             open.increment(1.0);
             if let Err(e) = connection(stream, &kafka).await {
@@ -1237,7 +1278,9 @@ const READ_AHEAD: usize = 2;
 
 async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(Bytes, weir_broker::flow::BudgetPermit)>(READ_AHEAD);
+    let budget = kafka.broker.memory().clone();
     let read = async move {
         loop {
             let mut len = [0u8; 4];
@@ -1251,6 +1294,9 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
                 )));
             }
             let len = len as usize;
+            // A large request is read only with memory budget in hand: while none is left,
+            // the socket is not read and TCP pushes back on the producer.
+            let permit = budget.acquire(len).await;
             let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
             (&mut reader)
                 .take(len as u64)
@@ -1259,18 +1305,25 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
             if frame.len() < len {
                 return Ok(());
             }
-            if tx.send(Bytes::from(frame)).await.is_err() {
+            if tx.send((Bytes::from(frame), permit)).await.is_err() {
                 // The handler stopped (it closed the connection).
                 return Ok(());
             }
         }
     };
     let handle_all = async {
-        while let Some(frame) = rx.recv().await {
-            match handle(kafka, frame).await {
+        while let Some((frame, permit)) = rx.recv().await {
+            let (reply, throttle) = handle_throttled(kafka, frame).await;
+            drop(permit);
+            match reply {
                 Reply::Response(r) => writer.write_all(&r).await?,
-                Reply::Silent => continue,
+                Reply::Silent => {}
                 Reply::Close => return Err(std::io::Error::other("request not understood")),
+            }
+            // Over a quota: the next request waits (and, the read-ahead full, so does the
+            // socket) until the client is back within it, as a Kafka broker mutes the channel.
+            if !throttle.is_zero() {
+                tokio::time::sleep(throttle).await;
             }
         }
         Ok(())
@@ -1531,6 +1584,39 @@ mod tests {
             .await,
         );
         assert_eq!(r.error_code, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_over_its_produce_quota_is_told_its_throttle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            quotas: weir_broker::flow::QuotaConfig {
+                default: weir_broker::flow::Quota {
+                    produce_bytes_per_sec: Some(10_000),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        broker.create_topic("a", None).await.unwrap();
+        let kafka = Kafka::new(
+            broker,
+            Advertised {
+                host: "127.0.0.1".into(),
+                port: 9092,
+            },
+        );
+        let big = idempotent(-1, -1, &[&[1u8; 30_000]]);
+        let frame = request(ApiKey::Produce, 8, &produce_to("a", big));
+        let (reply, throttle) = handle_throttled(&kafka, frame).await;
+        let r: ProduceResponse = response(ApiKey::Produce, 8, reply);
+        // 30 KB at 10 KB/s with a 2 KB burst: about 2.8 s to wait, said in the response.
+        assert!(throttle > Duration::from_secs(2), "{throttle:?}");
+        assert_eq!(r.throttle_time_ms as u128, throttle.as_millis());
+        assert_eq!(r.responses[0].partition_responses[0].error_code, code::NONE);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

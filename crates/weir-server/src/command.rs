@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use weir_broker::broker::OffsetSpec;
+use weir_broker::flow::QuotaKind;
 use weir_broker::group::AssignmentStrategy;
 use weir_broker::topic::{DurabilitySetting, TimestampType};
 use weir_broker::{Broker, BrokerError, TopicConfig};
@@ -16,6 +17,9 @@ use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
 pub(crate) struct OutFrame {
     pub head: BytesMut,
     pub records: Vec<Bytes>,
+    /// The client went over a quota: the connection is not read for this long after the
+    /// frame is written (the frame says so in its `throttle_ms`).
+    pub throttle: Duration,
 }
 
 impl OutFrame {
@@ -23,7 +27,21 @@ impl OutFrame {
         let len = records.iter().map(Bytes::len).sum();
         let mut head = BytesMut::new();
         encode_frame(header, message, len, &mut head);
-        OutFrame { head, records }
+        OutFrame {
+            head,
+            records,
+            throttle: Duration::ZERO,
+        }
+    }
+
+    /// Nothing to send, but the connection is to be muted for `throttle` (a throttled
+    /// produce without acks).
+    pub fn silent(throttle: Duration) -> Self {
+        OutFrame {
+            head: BytesMut::new(),
+            records: Vec::new(),
+            throttle,
+        }
     }
 
     pub fn response(req: &FrameHeader, message: &impl Message) -> Self {
@@ -182,8 +200,11 @@ pub(crate) async fn produce(
     broker: &Broker,
     frame: Frame,
     written: tokio::sync::oneshot::Sender<()>,
+    client_id: &str,
 ) -> Option<OutFrame> {
     let req = frame.header;
+    let bytes: u64 = frame.records.len() as u64;
+    let throttle = broker.quotas().charge(client_id, QuotaKind::Produce, bytes);
     let r: msg::ProduceRequest = match decode(&frame) {
         Ok(r) => r,
         Err((code, message)) => return Some(OutFrame::error(&req, code, message)),
@@ -206,23 +227,26 @@ pub(crate) async fn produce(
             Err(e) => Err(broker_err(e)),
         }
     };
-    match (result, silent) {
+    let throttle_ms = throttle.as_millis().min(u128::from(u32::MAX)) as u32;
+    let mut out = match (result, silent) {
         (Err((_, message)), true) => {
             tracing::debug!(topic = %r.topic, error = %message, "produce without acks failed");
-            None
+            OutFrame::silent(throttle)
         }
-        (Ok(_), true) => None,
-        (Err((code, message)), false) => Some(OutFrame::error(&req, code, message)),
-        (Ok(p), false) => Some(OutFrame::response(
+        (Ok(_), true) => OutFrame::silent(throttle),
+        (Err((code, message)), false) => OutFrame::error(&req, code, message),
+        (Ok(p), false) => OutFrame::response(
             &req,
             &msg::ProduceResponse {
                 partition: p.partition,
                 base_offset: p.base_offset,
                 last_offset: p.last_offset,
-                throttle_ms: 0,
+                throttle_ms,
             },
-        )),
-    }
+        ),
+    };
+    out.throttle = throttle;
+    (!out.head.is_empty() || !throttle.is_zero()).then_some(out)
 }
 
 /// Runs one request that needs no connection state. `None`: no response is due.
@@ -312,13 +336,18 @@ async fn run(
                 )
                 .await
                 .map_err(broker_err)?;
+            let throttle = broker
+                .quotas()
+                .charge(client_id, QuotaKind::Fetch, f.len() as u64);
             let out = msg::FetchResponse {
                 high_watermark: f.high_watermark,
                 log_start_offset: f.log_start_offset,
-                throttle_ms: 0,
+                throttle_ms: throttle.as_millis().min(u128::from(u32::MAX)) as u32,
             };
             let header = response_header(&req, Flags::RESPONSE);
-            Ok(Some(OutFrame::new(header, &out, f.chunks)))
+            let mut out = OutFrame::new(header, &out, f.chunks);
+            out.throttle = throttle;
+            Ok(Some(out))
         }
         Api::ListOffsets => {
             let r: msg::ListOffsetsRequest = decode(&frame)?;

@@ -6,10 +6,12 @@
 //! the maximum frame size, which is checked before anything is allocated.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use credit::CreditBox;
@@ -21,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weir_broker::Broker;
 use weir_broker::broker::OffsetSpec;
+use weir_broker::flow::{BudgetPermit, QuotaKind, SMALL_REQUEST_BYTES};
 use weir_broker::push::{PushCursor, PushStep};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, WireError, decode_frame, frame_len};
@@ -82,6 +85,12 @@ pub(crate) struct Connection {
     last_write: Instant,
     /// The request being dispatched asked for no response.
     silent: bool,
+    /// Over a quota: not read until then.
+    muted_until: Option<Instant>,
+    /// Memory budget held for the large frame being read (see `process_buffer`).
+    frame_budget: Option<BudgetPermit>,
+    /// Waiting for budget for a large frame: the socket is not read meanwhile.
+    budget_wait: Option<Pin<Box<dyn Future<Output = BudgetPermit> + Send>>>,
 }
 
 impl Drop for Connection {
@@ -97,6 +106,8 @@ enum Input {
     Done(Option<OutFrame>),
     Push(Option<OutFrame>),
     Read(std::io::Result<usize>),
+    Budget(BudgetPermit),
+    Unmute,
     Tick,
 }
 
@@ -124,6 +135,9 @@ impl Connection {
             last_read: now,
             last_write: now,
             silent: false,
+            muted_until: None,
+            frame_budget: None,
+            budget_wait: None,
         }
     }
 
@@ -139,18 +153,37 @@ impl Connection {
                 break;
             }
             let window_open = self.in_flight.len() < self.config.max_in_flight;
+            // Not read while over a quota, or while waiting for memory budget.
+            let readable = window_open && self.muted_until.is_none() && self.budget_wait.is_none();
+            let muted_until = self.muted_until.unwrap_or_else(Instant::now);
             let input = tokio::select! {
                 biased;
                 r = stop.changed(), if !draining => { let _ = r; Input::Stop }
                 out = self.in_flight.next(), if !self.in_flight.is_empty() => Input::Done(out.flatten()),
                 out = recv_push(&mut self.push_rx) => Input::Push(out),
-                r = self.stream.read_buf(&mut self.buf), if !draining && window_open => Input::Read(r),
+                p = async { self.budget_wait.as_mut().expect("guarded").await }, if self.budget_wait.is_some() => Input::Budget(p),
+                _ = tokio::time::sleep_until(muted_until), if self.muted_until.is_some() => Input::Unmute,
+                r = self.stream.read_buf(&mut self.buf), if !draining && readable => Input::Read(r),
                 _ = &mut tick => Input::Tick,
             };
             match input {
                 Input::Stop => draining = true,
+                Input::Budget(permit) => {
+                    self.budget_wait = None;
+                    self.frame_budget = Some(permit);
+                    if !draining && !Box::pin(self.process_buffer()).await {
+                        break;
+                    }
+                }
+                Input::Unmute => {
+                    self.muted_until = None;
+                    if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
+                        break;
+                    }
+                }
                 Input::Done(out) | Input::Push(out) => {
                     if let Some(out) = out {
+                        self.mute(out.throttle);
                         if let Err(e) = Box::pin(self.write(out)).await {
                             tracing::debug!(peer = %self.peer, error = %e, "write failed; closing");
                             break;
@@ -242,14 +275,38 @@ impl Connection {
         Ok(())
     }
 
+    /// Stops reading the connection for `throttle` (a quota was exceeded).
+    fn mute(&mut self, throttle: Duration) {
+        if throttle.is_zero() {
+            return;
+        }
+        let until = Instant::now() + throttle;
+        self.muted_until = Some(self.muted_until.map_or(until, |m| m.max(until)));
+    }
+
     /// Handles every whole frame in the buffer. `false` ends the connection.
     async fn process_buffer(&mut self) -> bool {
         // Decode no further than the in-flight window: frames left in the buffer are taken up
-        // when a request completes.
-        while self.in_flight.len() < self.config.max_in_flight {
+        // when a request completes. Nor while muted by a quota.
+        while self.in_flight.len() < self.config.max_in_flight && self.muted_until.is_none() {
+            // A large frame is read further, or decoded, only with memory budget in hand:
+            // while none is left the socket is not read, and TCP pushes back on the sender.
+            if self.frame_budget.is_none()
+                && self.budget_wait.is_none()
+                && let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes)
+                && total > SMALL_REQUEST_BYTES
+            {
+                let budget = self.broker.memory().clone();
+                self.budget_wait = Some(Box::pin(async move { budget.acquire(total).await }));
+                break;
+            }
+            if self.budget_wait.is_some() {
+                break;
+            }
             match decode_frame(&mut self.buf, self.config.max_frame_bytes) {
                 Ok(Some(frame)) => {
-                    if !self.dispatch(frame).await {
+                    let budget = self.frame_budget.take();
+                    if !self.dispatch(frame, budget).await {
                         return false;
                     }
                 }
@@ -288,7 +345,8 @@ impl Connection {
     }
 
     /// Runs or schedules one request. `false` ends the connection.
-    async fn dispatch(&mut self, frame: Frame) -> bool {
+    /// `budget`: memory budget held for a large frame, released when the request is done.
+    async fn dispatch(&mut self, frame: Frame, budget: Option<BudgetPermit>) -> bool {
         let h = frame.header;
         if h.flags.has(Flags::RESPONSE) {
             // The only responses a client sends are answers to our pings.
@@ -332,6 +390,11 @@ impl Connection {
                 ))
                 .await;
         };
+        self.mute(
+            self.broker
+                .quotas()
+                .charge(&client_id, QuotaKind::Requests, 1),
+        );
         match api {
             Api::Subscribe => {
                 let out = self.subscribe(&frame).await;
@@ -386,7 +449,9 @@ impl Connection {
                     if let Some(prev) = prev {
                         let _ = prev.await;
                     }
-                    command::produce(&broker, frame, done).await
+                    let out = command::produce(&broker, frame, done, &client_id).await;
+                    drop(budget);
+                    out
                 }));
                 true
             }
@@ -395,6 +460,7 @@ impl Connection {
                 let silent = self.silent;
                 self.in_flight.push(Box::pin(async move {
                     let out = command::handle(&broker, frame, &client_id).await;
+                    drop(budget);
                     out.filter(|_| !silent)
                 }));
                 true

@@ -83,8 +83,24 @@ pub async fn run(
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
             metrics::counter!("weir_native_connections_refused_total").increment(1);
-            tracker.spawn(refuse(stream));
+            tracker.spawn(refuse(stream, "connection limit reached"));
             continue;
+        };
+        let admitted = match broker.admission().admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                let why = match refusal {
+                    weir_broker::flow::Refusal::TooManyFromAddress => {
+                        "too many connections from this address"
+                    }
+                    weir_broker::flow::Refusal::TooFast => {
+                        "connections from this address are opened too fast"
+                    }
+                };
+                tracing::warn!(%peer, why, "refusing a connection");
+                tracker.spawn(refuse(stream, why));
+                continue;
+            }
         };
         let conn = connection::Connection::new(stream, peer, broker.clone(), config.clone());
         let stop = stop_rx.clone();
@@ -94,6 +110,7 @@ pub async fn run(
             conn.run(stop).await;
             open.decrement(1.0);
             drop(permit);
+            drop(admitted);
         });
     }
     tracing::info!(
@@ -116,7 +133,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn refuse(mut stream: tokio::net::TcpStream) {
+async fn refuse(mut stream: tokio::net::TcpStream, why: &'static str) {
     use tokio::io::AsyncWriteExt;
     let header = FrameHeader {
         api_key: 0,
@@ -124,11 +141,7 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         correlation_id: 0,
         flags: Flags(0),
     };
-    let out = command::OutFrame::error(
-        &header,
-        ErrorCode::ConnectionLimit,
-        "connection limit reached",
-    );
+    let out = command::OutFrame::error(&header, ErrorCode::ConnectionLimit, why);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out.head)).await;
     let _ = stream.shutdown().await;
 }

@@ -17,7 +17,7 @@ use weir_broker::topic::{DurabilitySetting, TopicConfig};
 
 /// Variables with the WEIR_ prefix that are not server settings: the client's address, and
 /// the Python interpreter `scripts/test` hands the integration tests.
-const CLIENT_VARS: &[&str] = &["WEIR_ADDR", "WEIR_TEST_PYTHON"];
+const CLIENT_VARS: &[&str] = &["WEIR_ADDR", "WEIR_CONFIG", "WEIR_TEST_PYTHON"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

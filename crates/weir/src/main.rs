@@ -51,7 +51,7 @@ enum Cmd {
     /// Run the server.
     Serve {
         /// TOML configuration file; `WEIR_*` environment variables override it.
-        #[arg(long, short)]
+        #[arg(long, short, env = "WEIR_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Manage topics.
