@@ -1225,7 +1225,10 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
             }
             let len = len as usize;
             let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
-            (&mut reader).take(len as u64).read_to_end(&mut frame).await?;
+            (&mut reader)
+                .take(len as u64)
+                .read_to_end(&mut frame)
+                .await?;
             if frame.len() < len {
                 return Ok(());
             }
