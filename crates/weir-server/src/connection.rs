@@ -73,7 +73,7 @@ const DEFAULT_QUEUE_RECORDS: u64 = 10_000;
 const DEFAULT_QUEUE_BYTES: u64 = 4 << 20;
 
 /// Most bytes of batches in one push frame of a queued subscription.
-const PUSH_FRAME_BYTES: u64 = 1 << 20;
+const PUSH_FRAME_BYTES: u64 = 256 << 10;
 
 pub(crate) struct Connection {
     stream: TcpStream,
