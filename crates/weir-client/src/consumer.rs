@@ -626,6 +626,20 @@ impl Subscription {
             }
             if p.data.end_code != 0 {
                 self.ended = true;
+                if p.data.end_code == ErrorCode::SlowConsumer as u32 {
+                    // Ended here when the local buffer overflowed: end it on the server too
+                    // (harmless when the server ended it).
+                    let conn = self.client.connection();
+                    conn.unregister_push(self.id);
+                    let _ = conn.send(
+                        Api::Unsubscribe,
+                        &msg::UnsubscribeRequest {
+                            subscription_id: self.id,
+                        },
+                        &[],
+                    );
+                    self.id = 0;
+                }
                 return Err(ClientError::Server {
                     code: ErrorCode::from_u32(p.data.end_code),
                     message: p.data.end_message,
