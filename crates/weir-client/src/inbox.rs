@@ -202,3 +202,97 @@ fn end(id: u64, message: String) -> Pushed {
         records: bytes::Bytes::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(id: u64, base: u64, n: usize) -> Pushed {
+        let mut b = weir_batch::BatchBuilder::new(0);
+        for _ in 0..n {
+            b.push(weir_batch::RecordSpec::value(b"v"));
+        }
+        let mut bytes = b.build();
+        weir_batch::set_base_offset(&mut bytes, base as i64);
+        Pushed {
+            data: msg::PushData {
+                subscription_id: id,
+                ..msg::PushData::default()
+            },
+            records: bytes::Bytes::from(bytes),
+        }
+    }
+
+    fn take_now(inbox: &Inbox) -> Option<Pushed> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::from_millis(50), inbox.take())
+                    .await
+                    .ok()
+                    .flatten()
+            })
+    }
+
+    #[test]
+    fn drop_oldest_announces_local_evictions_before_the_servers_notice_and_data() {
+        let bound = Bound {
+            drop_oldest: true,
+            max_records: 20,
+            max_bytes: 1 << 20,
+        };
+        let inbox = Inbox::new(7, Some(bound));
+        inbox.put(data(7, 0, 10));
+        // A server notice for 10..15, then data from 15 on.
+        inbox.put(Pushed {
+            data: msg::PushData {
+                subscription_id: 7,
+                dropped_records: 5,
+                skipped_from: 10,
+                skipped_to: 15,
+                ..msg::PushData::default()
+            },
+            records: bytes::Bytes::new(),
+        });
+        inbox.put(data(7, 15, 10));
+        inbox.put(data(7, 25, 10)); // evicts 0..10
+        let notice = |p: Pushed| {
+            (
+                p.data.dropped_records,
+                p.data.skipped_from,
+                p.data.skipped_to,
+            )
+        };
+        assert_eq!(notice(take_now(&inbox).unwrap()), (10, 0, 10));
+        assert_eq!(notice(take_now(&inbox).unwrap()), (5, 10, 15));
+        assert_eq!(data_range(&take_now(&inbox).unwrap()), Some((15, 25)));
+        assert_eq!(data_range(&take_now(&inbox).unwrap()), Some((25, 35)));
+        assert!(take_now(&inbox).is_none());
+        // Evictions on evictions before the subscriber looks: one range.
+        inbox.put(data(7, 35, 10));
+        inbox.put(data(7, 45, 15)); // evicts 35..45
+        inbox.put(data(7, 60, 10)); // evicts 45..60
+        assert_eq!(notice(take_now(&inbox).unwrap()), (25, 35, 60));
+        assert_eq!(data_range(&take_now(&inbox).unwrap()), Some((60, 70)));
+        assert!(take_now(&inbox).is_none());
+    }
+
+    #[test]
+    fn disconnect_overflow_ends_with_slow_consumer_and_closes() {
+        let bound = Bound {
+            drop_oldest: false,
+            max_records: 10,
+            max_bytes: 1 << 20,
+        };
+        let inbox = Inbox::new(3, Some(bound));
+        inbox.put(data(3, 0, 10));
+        inbox.put(data(3, 10, 1));
+        inbox.put(data(3, 11, 1));
+        let end = take_now(&inbox).unwrap();
+        assert_eq!(end.data.end_code, ErrorCode::SlowConsumer as u32);
+        assert!(end.data.end_message.contains("slow consumer"));
+        assert!(take_now(&inbox).is_none());
+    }
+}

@@ -736,6 +736,9 @@ async fn fill_queue(mut cursor: PushCursor, queue: Arc<PushQueue>) {
                 return;
             }
         };
+        // Reads the hot tail can answer complete at once: without this, a subscriber far
+        // behind would keep the worker thread until it caught up.
+        tokio::task::consume_budget().await;
         for bytes in batches {
             let Ok(h) = weir_batch::peek(&bytes) else {
                 queue.end(ErrorCode::CorruptData, "stored batch unreadable".into());
