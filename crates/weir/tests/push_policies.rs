@@ -343,6 +343,17 @@ fn a_stalled_subscriber_slows_neither_producers_nor_other_subscribers() {
             (1_000, 256 << 10),
         )
         .await;
+        // And one through the client that is never polled.
+        let idle = Client::connect(&server.addr, "idle").await.unwrap();
+        let opts = SubscribeOptions {
+            policy: OverflowPolicy::DropOldest,
+            queue_records: 1_000,
+            ..SubscribeOptions::default()
+        };
+        let mut unpolled = idle
+            .subscribe_with("shared", 0, Start::Earliest, opts)
+            .await
+            .unwrap();
         let (with_slow, slow_produce) = paced_run(&c, &server.addr, "shared", batches).await;
         eprintln!(
             "fast subscriber: {alone} records alone (produced in {alone_produce:?}), \
@@ -378,6 +389,24 @@ fn a_stalled_subscriber_slows_neither_producers_nor_other_subscribers() {
             }
         }
         assert!(dropped > 0, "the stalled subscriber was never behind");
+        assert_tiles(ranges, total);
+        // The unpolled client held at most its bound and announced the rest.
+        let mut ranges = Vec::new();
+        let mut seen = 0;
+        while seen < total {
+            match unpolled.next_event().await.unwrap().unwrap() {
+                PushEvent::Dropped(d) => {
+                    ranges.push((d.from, d.to));
+                    seen += d.records;
+                }
+                PushEvent::Records(b) => {
+                    let first = b.records[0].offset;
+                    ranges.push((first, first + b.records.len() as u64));
+                    seen += b.records.len() as u64;
+                }
+            }
+        }
+        assert!(unpolled.dropped_records() >= total - 1_000);
         assert_tiles(ranges, total);
     });
     server.stop();
