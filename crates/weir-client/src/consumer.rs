@@ -421,8 +421,8 @@ pub struct SubscribeOptions {
     /// Credit window in bytes, at least one batch (`Credit` only). Default 1 MiB.
     pub window_bytes: u64,
     /// Queue bound in records (`DropOldest`, `Disconnect`); 0 takes the server's default
-    /// (10,000), the server caps larger values. The same bound applies to what this client
-    /// holds for the subscription. Default 0.
+    /// (10,000), the server caps larger values. The bound the server grants applies to what
+    /// this client holds for the subscription too ([`Subscription::queue_bounds`]). Default 0.
     pub queue_records: u64,
     /// Queue bound in bytes; 0 takes the server's default (4 MiB). Default 0.
     pub queue_bytes: u64,
@@ -465,6 +465,7 @@ pub struct Subscription {
     partition: u32,
     inbox: Arc<Inbox>,
     policy: OverflowPolicy,
+    bounds: Option<(u64, u64)>,
     position: u64,
     ended: bool,
     dropped: u64,
@@ -526,19 +527,19 @@ impl Subscription {
             crate::DEFAULT_TIMEOUT,
         )
         .await?;
+        // The server says which bounds are in force (defaulted and capped); an older server
+        // that does not leaves the request's.
+        let or = |server: u64, asked: u64, default: u64| match (server, asked) {
+            (0, 0) => default,
+            (0, asked) => asked,
+            (server, _) => server,
+        };
         let bound = (opts.policy != OverflowPolicy::Credit).then(|| Bound {
             drop_oldest: opts.policy == OverflowPolicy::DropOldest,
-            max_records: if opts.queue_records == 0 {
-                DEFAULT_QUEUE_RECORDS
-            } else {
-                opts.queue_records
-            },
-            max_bytes: if opts.queue_bytes == 0 {
-                DEFAULT_QUEUE_BYTES
-            } else {
-                opts.queue_bytes
-            },
+            max_records: or(r.queue_records, opts.queue_records, DEFAULT_QUEUE_RECORDS),
+            max_bytes: or(r.queue_bytes, opts.queue_bytes, DEFAULT_QUEUE_BYTES),
         });
+        let bounds = bound.map(|b| (b.max_records, b.max_bytes));
         let inbox = Arc::new(Inbox::new(r.subscription_id, bound));
         client
             .connection()
@@ -550,10 +551,17 @@ impl Subscription {
             partition,
             inbox,
             policy: opts.policy,
+            bounds,
             position: r.start_offset,
             ended: false,
             dropped: 0,
         })
+    }
+
+    /// The queue bounds in force (records, bytes), as the server granted them; `None` under
+    /// `Credit`.
+    pub fn queue_bounds(&self) -> Option<(u64, u64)> {
+        self.bounds
     }
 
     /// Records dropped for this subscriber so far (`DropOldest`), as announced.

@@ -570,14 +570,18 @@ impl Connection {
             self.push_rx = Some(rx);
         }
         let credit = Arc::new(CreditBox::default());
-        let (task, queue_bytes) = match queue {
+        let (task, queue_records, queue_bytes) = match queue {
             None => {
                 cursor.grant(req.credit_records, req.credit_bytes);
-                (tokio::spawn(push_loop(cursor, id, credit.clone(), tx)), 0)
+                (
+                    tokio::spawn(push_loop(cursor, id, credit.clone(), tx)),
+                    0,
+                    0,
+                )
             }
             Some(q) => {
-                let bytes = q.max_bytes();
-                (tokio::spawn(queued_push(cursor, id, q, tx)), bytes)
+                let (records, bytes) = (q.max_records(), q.max_bytes());
+                (tokio::spawn(queued_push(cursor, id, q, tx)), records, bytes)
             }
         };
         self.subs.insert(
@@ -593,6 +597,8 @@ impl Connection {
             &msg::SubscribeResponse {
                 subscription_id: id,
                 start_offset: start,
+                queue_records,
+                queue_bytes,
             },
         )
     }

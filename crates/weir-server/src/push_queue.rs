@@ -108,6 +108,10 @@ impl PushQueue {
         self.policy
     }
 
+    pub fn max_records(&self) -> u64 {
+        self.max_records
+    }
+
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
     }

@@ -411,3 +411,72 @@ fn a_stalled_subscriber_slows_neither_producers_nor_other_subscribers() {
     });
     server.stop();
 }
+
+#[test]
+fn queue_bounds_are_capped_and_a_connections_queues_are_bounded_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("WEIR_NATIVE__PUSH_QUEUE_MAX_RECORDS", "5000"),
+            ("WEIR_NATIVE__PUSH_QUEUE_MAX_BYTES", "1048576"),
+            ("WEIR_NATIVE__PUSH_QUEUE_BYTES_PER_CONNECTION", "3145728"),
+        ],
+    );
+    rt().block_on(async {
+        let c = Client::connect(&server.addr, "greedy").await.unwrap();
+        c.create_topic("t", topic()).await.unwrap();
+        let greedy = SubscribeOptions {
+            policy: OverflowPolicy::DropOldest,
+            queue_records: u64::MAX,
+            queue_bytes: u64::MAX,
+            ..SubscribeOptions::default()
+        };
+        let mut subs = Vec::new();
+        for _ in 0..3 {
+            let s = c
+                .subscribe_with("t", 0, Start::Latest, greedy)
+                .await
+                .unwrap();
+            assert_eq!(s.queue_bounds(), Some((5000, 1 << 20)));
+            subs.push(s);
+        }
+        // A fourth would take the connection past 3 MiB of queues.
+        let err = c
+            .subscribe_with("t", 0, Start::Latest, greedy)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+        assert!(
+            err.to_string().contains("push_queue_bytes_per_connection"),
+            "{err}"
+        );
+        // Credit subscriptions have no queue and still fit; another connection has its own.
+        let credit = c
+            .subscribe("t", 0, Start::Latest, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(credit.queue_bounds(), None);
+        let other = Client::connect(&server.addr, "other").await.unwrap();
+        let s = other
+            .subscribe_with(
+                "t",
+                0,
+                Start::Latest,
+                SubscribeOptions {
+                    policy: OverflowPolicy::Disconnect,
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        // 0 asks for the defaults, capped: 10,000 records > 5,000.
+        assert_eq!(s.queue_bounds(), Some((5000, 1 << 20)));
+        // Ending one frees its share.
+        subs.pop().unwrap().unsubscribe().await.unwrap();
+        c.subscribe_with("t", 0, Start::Latest, greedy)
+            .await
+            .unwrap();
+    });
+    server.stop();
+}
