@@ -805,3 +805,82 @@ fn drop_frame(id: u64, records: u64, from: u64, to: u64) -> OutFrame {
     };
     OutFrame::new(PUSH_HEADER, &body, Vec::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// The filler reads the log without anyone draining: the oldest go, the drop is
+    /// announced as one range and counted once per policy.
+    #[test]
+    fn filling_a_queue_nobody_drains_drops_the_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let broker = Broker::open(weir_broker::BrokerConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap();
+            broker.create_topic("t", None).await.unwrap();
+            for _ in 0..50 {
+                let mut b = weir_batch::BatchBuilder::new(0);
+                for _ in 0..10 {
+                    b.push(weir_batch::RecordSpec::value(b"v"));
+                }
+                broker
+                    .produce("t", Some(0), None, bytes::Bytes::from(b.build()))
+                    .await
+                    .unwrap();
+            }
+            let cursor = PushCursor::new(broker.clone(), "t", 0, 0).unwrap();
+            let q = Arc::new(PushQueue::new(QueuePolicy::DropOldest, 100, 1 << 20));
+            // It never ends by itself: it waits for more records.
+            let filled =
+                tokio::time::timeout(Duration::from_millis(300), fill_queue(cursor, q.clone()))
+                    .await;
+            assert!(filled.is_err());
+            assert_eq!(
+                q.try_pop(1 << 20),
+                Some(Popped::Dropped {
+                    records: 400,
+                    from: 0,
+                    to: 400
+                })
+            );
+            assert!(matches!(
+                q.try_pop(1 << 20),
+                Some(Popped::Data { batches, high_watermark: 500 }) if batches.len() == 10
+            ));
+            broker.close().await.unwrap();
+        });
+        let counted: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == "weir_push_dropped_records_total")
+            .map(|(k, _, _, v)| {
+                (
+                    k.key()
+                        .labels()
+                        .map(|l| l.value().to_string())
+                        .collect::<Vec<_>>(),
+                    v,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            vec![(vec!["drop_oldest".to_string()], DebugValue::Counter(400))]
+        );
+    }
+}
