@@ -18,6 +18,7 @@ use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, decode_frame, encode_frame};
 
 use crate::error::{ClientError, Result};
+use crate::inbox::Inbox;
 
 /// A push frame for one subscription.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ pub(crate) struct Pushed {
 #[derive(Debug, Default)]
 struct Shared {
     pending: HashMap<u32, oneshot::Sender<Result<Frame>>>,
-    pushes: HashMap<u64, mpsc::UnboundedSender<Pushed>>,
+    pushes: HashMap<u64, Arc<Inbox>>,
     /// Pushes that arrived before their subscription was registered.
     early: HashMap<u64, Vec<Pushed>>,
 }
@@ -114,7 +115,9 @@ impl Connection {
         for (_, tx) in s.pending.drain() {
             let _ = tx.send(Err(err.clone_lossy()));
         }
-        s.pushes.clear();
+        for (_, inbox) in s.pushes.drain() {
+            inbox.close();
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -194,19 +197,24 @@ impl Connection {
         self.enqueue(head, records)
     }
 
-    pub(crate) fn register_push(&self, id: u64, tx: mpsc::UnboundedSender<Pushed>) {
+    pub(crate) fn register_push(&self, id: u64, inbox: Arc<Inbox>) {
         let mut s = self.shared.lock();
         let early = s.early.remove(&id).unwrap_or_default();
         for p in early {
-            let _ = tx.send(p);
+            inbox.put(p);
         }
-        s.pushes.insert(id, tx);
+        if self.is_closed() {
+            inbox.close();
+        }
+        s.pushes.insert(id, inbox);
     }
 
     pub(crate) fn unregister_push(&self, id: u64) {
         // Pushes still on their way for it are dropped (they land in `early`, capped).
         let mut s = self.shared.lock();
-        s.pushes.remove(&id);
+        if let Some(inbox) = s.pushes.remove(&id) {
+            inbox.close();
+        }
         s.early.remove(&id);
     }
 }
@@ -317,10 +325,8 @@ async fn route(conn: &Connection, frame: Frame) -> Result<()> {
         };
         let mut s = conn.shared.lock();
         match s.pushes.get(&id) {
-            // Unbounded, but the subscription's credit bounds what the server sends.
-            Some(tx) => {
-                let _ = tx.send(pushed);
-            }
+            // Bounded by the credit, or by the subscription's queue bounds.
+            Some(inbox) => inbox.put(pushed),
             None => {
                 let held: usize = s.early.values().map(Vec::len).sum();
                 if held < MAX_EARLY_PUSHES {

@@ -7,14 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use weir_batch::{Batches, Compression, Records};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode};
 
-use crate::connection::Pushed;
 use crate::error::{ClientError, Result};
+use crate::inbox::{Bound, Inbox};
 use crate::{Client, Start};
+
+/// The server's queue bounds for a request of 0, mirrored by the client's local bound.
+const DEFAULT_QUEUE_RECORDS: u64 = 10_000;
+const DEFAULT_QUEUE_BYTES: u64 = 4 << 20;
 
 /// One record as received, its key and value sharing the received buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,16 +397,78 @@ impl GroupConsumer {
     }
 }
 
-/// A push subscription to one partition with a credit window.
+/// What a subscriber that falls behind gets (see `docs/native-protocol.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Credit-based flow control: the server sends only within the credit window; a slow
+    /// subscriber gets fewer records and nothing is dropped.
+    #[default]
+    Credit,
+    /// A bounded queue per subscription, filled as records arrive; when it is full the oldest
+    /// records are dropped and announced ([`PushEvent::Dropped`]).
+    DropOldest,
+    /// The same queue; when it overflows the subscription ends with `SLOW_CONSUMER`.
+    Disconnect,
+}
+
+/// How to subscribe. Every default is documented on its field.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    /// Default [`OverflowPolicy::Credit`].
+    pub policy: OverflowPolicy,
+    /// Credit window in records (`Credit` only). Default 1,000.
+    pub window_records: u64,
+    /// Credit window in bytes, at least one batch (`Credit` only). Default 1 MiB.
+    pub window_bytes: u64,
+    /// Queue bound in records (`DropOldest`, `Disconnect`); 0 takes the server's default
+    /// (10,000), the server caps larger values. The bound the server grants applies to what
+    /// this client holds for the subscription too ([`Subscription::queue_bounds`]). Default 0.
+    pub queue_records: u64,
+    /// Queue bound in bytes; 0 takes the server's default (4 MiB). Default 0.
+    pub queue_bytes: u64,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            policy: OverflowPolicy::Credit,
+            window_records: 1000,
+            window_bytes: 1 << 20,
+            queue_records: 0,
+            queue_bytes: 0,
+        }
+    }
+}
+
+/// Records dropped for a subscriber that fell behind, offsets `from..to` (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub records: u64,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// One item of a subscription's stream.
+#[derive(Debug)]
+pub enum PushEvent {
+    Records(PushBatch),
+    /// Records were dropped (`DropOldest`); what follows starts at or after `to`.
+    Dropped(Dropped),
+}
+
+/// A push subscription to one partition, under an [`OverflowPolicy`].
 #[derive(Debug)]
 pub struct Subscription {
     client: Client,
     id: u64,
     topic: Arc<str>,
     partition: u32,
-    rx: mpsc::UnboundedReceiver<Pushed>,
+    inbox: Arc<Inbox>,
+    policy: OverflowPolicy,
+    bounds: Option<(u64, u64)>,
     position: u64,
     ended: bool,
+    dropped: u64,
 }
 
 /// Records pushed in one frame.
@@ -422,11 +487,14 @@ impl Subscription {
         topic: &str,
         partition: u32,
         start: Start,
-        window_records: u64,
-        window_bytes: u64,
+        opts: SubscribeOptions,
     ) -> Result<Self> {
         use msg::subscribe_request::Start as S;
-        if window_records == 0 || window_bytes == 0 {
+        let (window_records, window_bytes) = match opts.policy {
+            OverflowPolicy::Credit => (opts.window_records, opts.window_bytes),
+            _ => (0, 0),
+        };
+        if opts.policy == OverflowPolicy::Credit && (window_records == 0 || window_bytes == 0) {
             return Err(ClientError::Invalid(
                 "a credit window must allow at least one record and one byte".into(),
             ));
@@ -443,6 +511,13 @@ impl Subscription {
             start: Some(start_msg),
             credit_records: window_records,
             credit_bytes: window_bytes,
+            policy: match opts.policy {
+                OverflowPolicy::Credit => msg::OverflowPolicy::Credit,
+                OverflowPolicy::DropOldest => msg::OverflowPolicy::DropOldest,
+                OverflowPolicy::Disconnect => msg::OverflowPolicy::Disconnect,
+            } as i32,
+            queue_records: opts.queue_records,
+            queue_bytes: opts.queue_bytes,
         };
         let (r, _): (msg::SubscribeResponse, _) = crate::call(
             client.connection(),
@@ -452,17 +527,59 @@ impl Subscription {
             crate::DEFAULT_TIMEOUT,
         )
         .await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        client.connection().register_push(r.subscription_id, tx);
+        // The server says which bounds are in force (defaulted and capped); an older server
+        // that does not leaves the request's.
+        let or = |server: u64, asked: u64, default: u64| match (server, asked) {
+            (0, 0) => default,
+            (0, asked) => asked,
+            (server, _) => server,
+        };
+        let bound = (opts.policy != OverflowPolicy::Credit).then(|| Bound {
+            drop_oldest: opts.policy == OverflowPolicy::DropOldest,
+            max_records: or(r.queue_records, opts.queue_records, DEFAULT_QUEUE_RECORDS),
+            max_bytes: or(r.queue_bytes, opts.queue_bytes, DEFAULT_QUEUE_BYTES),
+        });
+        let bounds = bound.map(|b| (b.max_records, b.max_bytes));
+        let inbox = Arc::new(Inbox::new(r.subscription_id, bound));
+        client
+            .connection()
+            .register_push(r.subscription_id, inbox.clone());
         Ok(Self {
             client,
             id: r.subscription_id,
             topic: Arc::from(topic),
             partition,
-            rx,
+            inbox,
+            policy: opts.policy,
+            bounds,
             position: r.start_offset,
             ended: false,
+            dropped: 0,
         })
+    }
+
+    /// The queue bounds in force (records, bytes), as the server granted them; `None` under
+    /// `Credit`.
+    pub fn queue_bounds(&self) -> Option<(u64, u64)> {
+        self.bounds
+    }
+
+    /// Records dropped for this subscriber so far (`DropOldest`), as announced.
+    pub fn dropped_records(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The next item: records, or a drop notice. Re-grants the credit records used (under
+    /// `Credit`); `Ok(None)` once the connection is gone; a `SLOW_CONSUMER` end (under
+    /// `Disconnect`) is an error with that code. Cancel-safe.
+    pub async fn next_event(&mut self) -> Result<Option<PushEvent>> {
+        let e = self.next_event_without_credit().await?;
+        if let Some(PushEvent::Records(b)) = &e {
+            if self.policy == OverflowPolicy::Credit {
+                self.grant(b.credit_records, b.credit_bytes)?;
+            }
+        }
+        Ok(e)
     }
 
     pub fn id(&self) -> u64 {
@@ -472,27 +589,65 @@ impl Subscription {
     /// The next pushed records, in order. Re-grants the credit they used, so the window
     /// stays full while the caller keeps up; `Ok(None)` once the connection is gone.
     /// Cancel-safe: records are either returned or still queued.
+    /// Drop notices are skipped here (counted in [`Subscription::dropped_records`]); use
+    /// [`Subscription::next_event`] to see them.
     pub async fn next(&mut self) -> Result<Option<PushBatch>> {
-        let batch = self.next_without_credit().await?;
-        if let Some(b) = &batch {
-            self.grant(b.credit_records, b.credit_bytes)?;
+        loop {
+            match self.next_event().await? {
+                Some(PushEvent::Records(b)) => return Ok(Some(b)),
+                Some(PushEvent::Dropped(_)) => {}
+                None => return Ok(None),
+            }
         }
-        Ok(batch)
     }
 
     /// Like `next`, but leaves the credit used; grant it back with [`Subscription::grant`]
     /// when ready for more (a slow consumer's back-pressure).
     pub async fn next_without_credit(&mut self) -> Result<Option<PushBatch>> {
         loop {
+            match self.next_event_without_credit().await? {
+                Some(PushEvent::Records(b)) => return Ok(Some(b)),
+                Some(PushEvent::Dropped(_)) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    async fn next_event_without_credit(&mut self) -> Result<Option<PushEvent>> {
+        loop {
             if self.ended {
                 return Ok(None);
             }
-            let Some(p) = self.rx.recv().await else {
+            let Some(p) = self.inbox.take().await else {
                 self.ended = true;
                 return Ok(None);
             };
+            if p.data.dropped_records > 0 {
+                let d = Dropped {
+                    records: p.data.dropped_records,
+                    from: p.data.skipped_from,
+                    to: p.data.skipped_to,
+                };
+                self.dropped += d.records;
+                self.position = self.position.max(d.to);
+                return Ok(Some(PushEvent::Dropped(d)));
+            }
             if p.data.end_code != 0 {
                 self.ended = true;
+                if p.data.end_code == ErrorCode::SlowConsumer as u32 {
+                    // Ended here when the local buffer overflowed: end it on the server too
+                    // (harmless when the server ended it).
+                    let conn = self.client.connection();
+                    conn.unregister_push(self.id);
+                    let _ = conn.send(
+                        Api::Unsubscribe,
+                        &msg::UnsubscribeRequest {
+                            subscription_id: self.id,
+                        },
+                        &[],
+                    );
+                    self.id = 0;
+                }
                 return Err(ClientError::Server {
                     code: ErrorCode::from_u32(p.data.end_code),
                     message: p.data.end_message,
@@ -519,12 +674,12 @@ impl Subscription {
             if let Some(last) = records.last() {
                 self.position = last.offset + 1;
             }
-            return Ok(Some(PushBatch {
+            return Ok(Some(PushEvent::Records(PushBatch {
                 records,
                 high_watermark: p.data.high_watermark,
                 credit_records,
                 credit_bytes: p.records.len() as u64,
-            }));
+            })));
         }
     }
 

@@ -7,12 +7,13 @@
 //!   the protocol's consistent-hash ring, acks, retries that cannot reorder a partition.
 //! - [`consumer`]: [`PartitionConsumer`] (an assigned partition from an offset),
 //!   [`GroupConsumer`] (a server-assigned group member with commits) and [`Subscription`]
-//!   (push with a credit window).
+//!   (push with a credit window, or a bounded queue that drops or disconnects).
 //! - `connection` (private): the wire, pings, correlation.
 
 mod connection;
 pub mod consumer;
 pub mod error;
+mod inbox;
 pub mod producer;
 
 use std::sync::Arc;
@@ -23,7 +24,10 @@ use prost::Message;
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame};
 
-pub use consumer::{GroupConsumer, PartitionConsumer, ReceivedRecord, Subscription};
+pub use consumer::{
+    Dropped, GroupConsumer, OverflowPolicy, PartitionConsumer, PushEvent, ReceivedRecord,
+    SubscribeOptions, Subscription,
+};
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig};
 pub use weir_wire::messages;
@@ -380,15 +384,26 @@ impl Client {
         window_records: u64,
         window_bytes: u64,
     ) -> Result<Subscription> {
-        Subscription::open(
-            self.clone(),
-            topic,
-            partition,
-            start,
+        let opts = SubscribeOptions {
             window_records,
             window_bytes,
-        )
-        .await
+            ..SubscribeOptions::default()
+        };
+        Subscription::open(self.clone(), topic, partition, start, opts).await
+    }
+
+    /// Subscribes to pushes from one partition under an [`OverflowPolicy`]: `Credit` (as
+    /// [`Client::subscribe`]), or a bounded queue that drops the oldest records
+    /// (`DropOldest`, announced as [`PushEvent::Dropped`]) or ends the subscription with
+    /// `SLOW_CONSUMER` (`Disconnect`) when the subscriber falls behind.
+    pub async fn subscribe_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        opts: SubscribeOptions,
+    ) -> Result<Subscription> {
+        Subscription::open(self.clone(), topic, partition, start, opts).await
     }
 
     pub(crate) fn connection(&self) -> &Arc<connection::Connection> {

@@ -30,6 +30,7 @@ use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, WireError, decode_fra
 
 use crate::ServerConfig;
 use crate::command::{self, OutFrame, code_of};
+use crate::push_queue::{Offered, Popped, PushQueue, QueuePolicy, QueuedBatch};
 
 /// Most buffer growth per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -66,7 +67,16 @@ mod credit {
 struct Subscription {
     credit: Arc<CreditBox>,
     task: tokio::task::JoinHandle<()>,
+    /// The byte bound of its queue (0 under `CREDIT`), counted against the connection's.
+    queue_bytes: u64,
 }
+
+/// Queue bounds a request for 0 gets (each capped by the server's maximum).
+const DEFAULT_QUEUE_RECORDS: u64 = 10_000;
+const DEFAULT_QUEUE_BYTES: u64 = 4 << 20;
+
+/// Most bytes of batches in one push frame of a queued subscription.
+const PUSH_FRAME_BYTES: u64 = 256 << 10;
 
 pub(crate) struct Connection {
     stream: TcpStream,
@@ -545,6 +555,50 @@ impl Connection {
                 ),
             );
         }
+        let queue = match msg::OverflowPolicy::try_from(req.policy) {
+            Ok(msg::OverflowPolicy::Credit) => None,
+            Ok(p) => {
+                let policy = if p == msg::OverflowPolicy::DropOldest {
+                    QueuePolicy::DropOldest
+                } else {
+                    QueuePolicy::Disconnect
+                };
+                let c = &self.config;
+                let pick = |asked: u64, default: u64, max: u64| {
+                    if asked == 0 {
+                        default.min(max)
+                    } else {
+                        asked.min(max)
+                    }
+                };
+                let records = pick(
+                    req.queue_records,
+                    DEFAULT_QUEUE_RECORDS,
+                    c.push_queue_max_records,
+                );
+                let bytes = pick(req.queue_bytes, DEFAULT_QUEUE_BYTES, c.push_queue_max_bytes);
+                let used: u64 = self.subs.values().map(|s| s.queue_bytes).sum();
+                if used + bytes > c.push_queue_bytes_per_connection {
+                    return OutFrame::error(
+                        &h,
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "this connection's push queues would hold more than {} bytes \
+                             (native.push_queue_bytes_per_connection); ask for smaller queues",
+                            c.push_queue_bytes_per_connection
+                        ),
+                    );
+                }
+                Some(Arc::new(PushQueue::new(policy, records, bytes)))
+            }
+            Err(_) => {
+                return OutFrame::error(
+                    &h,
+                    ErrorCode::InvalidRequest,
+                    format!("unknown overflow policy {}", req.policy),
+                );
+            }
+        };
         use msg::subscribe_request::Start;
         let spec = match req.start {
             Some(Start::Earliest(_)) => Some(OffsetSpec::Earliest),
@@ -569,7 +623,6 @@ impl Connection {
                 Ok(c) => c,
                 Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
             };
-        cursor.grant(req.credit_records, req.credit_bytes);
         let id = self.next_sub;
         self.next_sub += 1;
         let (tx, rx) = match (&self.push_tx, self.push_rx.is_some()) {
@@ -584,13 +637,35 @@ impl Connection {
             self.push_rx = Some(rx);
         }
         let credit = Arc::new(CreditBox::default());
-        let task = tokio::spawn(push_loop(cursor, id, credit.clone(), tx));
-        self.subs.insert(id, Subscription { credit, task });
+        let (task, queue_records, queue_bytes) = match queue {
+            None => {
+                cursor.grant(req.credit_records, req.credit_bytes);
+                (
+                    tokio::spawn(push_loop(cursor, id, credit.clone(), tx)),
+                    0,
+                    0,
+                )
+            }
+            Some(q) => {
+                let (records, bytes) = (q.max_records(), q.max_bytes());
+                (tokio::spawn(queued_push(cursor, id, q, tx)), records, bytes)
+            }
+        };
+        self.subs.insert(
+            id,
+            Subscription {
+                credit,
+                task,
+                queue_bytes,
+            },
+        );
         OutFrame::response(
             &h,
             &msg::SubscribeResponse {
                 subscription_id: id,
                 start_offset: start,
+                queue_records,
+                queue_bytes,
             },
         )
     }
@@ -696,4 +771,183 @@ fn need_frame(id: u64, records: u64, bytes: u64) -> OutFrame {
         ..msg::PushData::default()
     };
     OutFrame::new(PUSH_HEADER, &body, Vec::new())
+}
+
+/// A `DROP_OLDEST` or `DISCONNECT` subscription: one future fills the queue from the log as
+/// records arrive, never waiting for the socket; the other drains it into the connection's
+/// writer, waiting for the socket as long as it takes. Credit is not used.
+async fn queued_push(
+    cursor: PushCursor,
+    id: u64,
+    queue: Arc<PushQueue>,
+    out: mpsc::Sender<OutFrame>,
+) {
+    let fill = fill_queue(cursor, queue.clone());
+    let drain = drain_queue(id, queue, out);
+    tokio::pin!(fill, drain);
+    tokio::select! {
+        () = &mut drain => {}
+        // Ended (overflow, topic gone, shutdown): what is queued and the end still go out.
+        () = &mut fill => drain.await,
+    }
+}
+
+async fn fill_queue(mut cursor: PushCursor, queue: Arc<PushQueue>) {
+    let policy = queue.policy();
+    loop {
+        // Credit does not bound a queued subscription: the queue does.
+        cursor.grant(u64::MAX, u64::MAX);
+        let (batches, high_watermark) = match cursor.next().await {
+            Ok(PushStep::Data {
+                batches,
+                high_watermark,
+                ..
+            }) => (batches, high_watermark),
+            Ok(PushStep::NeedCredit { .. }) => continue,
+            Err(e) => {
+                queue.end(code_of(&e), e.to_string());
+                return;
+            }
+        };
+        // Reads the hot tail can answer complete at once: without this, a subscriber far
+        // behind would keep the worker thread until it caught up.
+        tokio::task::consume_budget().await;
+        for bytes in batches {
+            let Ok(h) = weir_batch::peek(&bytes) else {
+                queue.end(ErrorCode::CorruptData, "stored batch unreadable".into());
+                return;
+            };
+            let base = h.base_offset.max(0) as u64;
+            let next = h.next_offset().max(0) as u64;
+            let b = QueuedBatch {
+                bytes,
+                base,
+                next,
+                records: next.saturating_sub(base),
+                high_watermark,
+            };
+            match queue.push(b) {
+                Offered::Queued { dropped: 0 } => {}
+                Offered::Queued { dropped } => {
+                    metrics::counter!("weir_push_dropped_records_total", "policy" => policy.label())
+                        .increment(dropped);
+                }
+                Offered::Overflowed { discarded } => {
+                    metrics::counter!("weir_push_dropped_records_total", "policy" => policy.label())
+                        .increment(discarded);
+                    metrics::counter!("weir_push_slow_consumer_ends_total").increment(1);
+                    return;
+                }
+                Offered::Ended => return,
+            }
+        }
+    }
+}
+
+async fn drain_queue(id: u64, queue: Arc<PushQueue>, out: mpsc::Sender<OutFrame>) {
+    loop {
+        let (frame, last) = match queue.pop(PUSH_FRAME_BYTES).await {
+            Popped::Dropped { records, from, to } => (drop_frame(id, records, from, to), false),
+            Popped::Data {
+                batches,
+                high_watermark,
+            } => (push_frame(id, high_watermark, None, batches), false),
+            Popped::End(code, message) => {
+                (push_frame(id, 0, Some((code, message)), Vec::new()), true)
+            }
+        };
+        if out.send(frame).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn drop_frame(id: u64, records: u64, from: u64, to: u64) -> OutFrame {
+    let body = msg::PushData {
+        subscription_id: id,
+        dropped_records: records,
+        skipped_from: from,
+        skipped_to: to,
+        ..msg::PushData::default()
+    };
+    OutFrame::new(PUSH_HEADER, &body, Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// The filler reads the log without anyone draining: the oldest go, the drop is
+    /// announced as one range and counted once per policy.
+    #[test]
+    fn filling_a_queue_nobody_drains_drops_the_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let broker = Broker::open(weir_broker::BrokerConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap();
+            broker.create_topic("t", None).await.unwrap();
+            for _ in 0..50 {
+                let mut b = weir_batch::BatchBuilder::new(0);
+                for _ in 0..10 {
+                    b.push(weir_batch::RecordSpec::value(b"v"));
+                }
+                broker
+                    .produce("t", Some(0), None, bytes::Bytes::from(b.build()))
+                    .await
+                    .unwrap();
+            }
+            let cursor = PushCursor::new(broker.clone(), "t", 0, 0).unwrap();
+            let q = Arc::new(PushQueue::new(QueuePolicy::DropOldest, 100, 1 << 20));
+            // It never ends by itself: it waits for more records.
+            let filled =
+                tokio::time::timeout(Duration::from_millis(300), fill_queue(cursor, q.clone()))
+                    .await;
+            assert!(filled.is_err());
+            assert_eq!(
+                q.try_pop(1 << 20),
+                Some(Popped::Dropped {
+                    records: 400,
+                    from: 0,
+                    to: 400
+                })
+            );
+            assert!(matches!(
+                q.try_pop(1 << 20),
+                Some(Popped::Data { batches, high_watermark: 500 }) if batches.len() == 10
+            ));
+            broker.close().await.unwrap();
+        });
+        let counted: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == "weir_push_dropped_records_total")
+            .map(|(k, _, _, v)| {
+                (
+                    k.key()
+                        .labels()
+                        .map(|l| l.value().to_string())
+                        .collect::<Vec<_>>(),
+                    v,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            vec![(vec!["drop_oldest".to_string()], DebugValue::Counter(400))]
+        );
+    }
 }

@@ -10,6 +10,7 @@
 
 mod command;
 mod connection;
+mod push_queue;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +37,15 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Push subscriptions per connection. Default 1,024.
     pub max_subscriptions_per_connection: usize,
+    /// Most records a `DROP_OLDEST`/`DISCONNECT` subscription may ask its queue to hold;
+    /// larger requests are capped. A request for 0 gets `min(10,000, this)`. Default 100,000.
+    pub push_queue_max_records: u64,
+    /// Most bytes of record batches such a queue may hold; larger requests are capped. A
+    /// request for 0 gets `min(4 MiB, this)`. Default 16 MiB.
+    pub push_queue_max_bytes: u64,
+    /// The sum of the byte bounds of one connection's queues; a subscription that would pass
+    /// it is refused (INVALID_REQUEST). Default 256 MiB.
+    pub push_queue_bytes_per_connection: u64,
     /// How long shutdown waits for in-flight requests. Default 10 s.
     pub shutdown_grace: Duration,
 }
@@ -48,6 +58,9 @@ impl Default for ServerConfig {
             max_frame_bytes: weir_wire::DEFAULT_MAX_FRAME_BYTES,
             idle_timeout: Duration::from_secs(60),
             max_subscriptions_per_connection: 1024,
+            push_queue_max_records: 100_000,
+            push_queue_max_bytes: 16 << 20,
+            push_queue_bytes_per_connection: 256 << 20,
             shutdown_grace: Duration::from_secs(10),
         }
     }

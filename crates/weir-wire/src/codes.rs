@@ -38,13 +38,16 @@ pub enum ErrorCode {
     HelloRequired = 25,
     /// The group name is in use by a Kafka-protocol group.
     GroupConflict = 26,
+    /// A push subscription's queue overflowed under the DISCONNECT policy: the subscriber did
+    /// not keep up, and the subscription was ended.
+    SlowConsumer = 27,
 }
 
 impl ErrorCode {
     /// The code for a number, `Internal` for numbers this build does not know.
     pub fn from_u32(n: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 27] = [
+        const ALL: [ErrorCode; 28] = [
             None,
             Internal,
             Malformed,
@@ -72,6 +75,7 @@ impl ErrorCode {
             ConnectionLimit,
             HelloRequired,
             GroupConflict,
+            SlowConsumer,
         ];
         ALL.get(n as usize).copied().unwrap_or(Internal)
     }
@@ -96,7 +100,7 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_and_are_stable() {
-        for n in 0..27u32 {
+        for n in 0..28u32 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(10_000), ErrorCode::Internal);
@@ -104,5 +108,6 @@ mod tests {
         assert_eq!(ErrorCode::UnknownTopic as u32, 6);
         assert_eq!(ErrorCode::OffsetOutOfRange as u32, 12);
         assert_eq!(ErrorCode::RebalanceInProgress as u32, 18);
+        assert_eq!(ErrorCode::SlowConsumer as u32, 27);
     }
 }

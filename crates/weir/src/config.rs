@@ -150,6 +150,17 @@ pub struct NativeConfig {
     pub idle_timeout_ms: u64,
     /// Wait this long for in-flight requests at shutdown. Default 10,000 ms.
     pub shutdown_grace_ms: u64,
+    /// Push subscriptions per connection. Default 1,024.
+    pub max_subscriptions_per_connection: usize,
+    /// Cap on the records a DROP_OLDEST/DISCONNECT subscription's queue may hold (requests
+    /// for more are capped; a request for 0 gets min(10,000, this)). Default 100,000.
+    pub push_queue_max_records: u64,
+    /// Cap on the bytes such a queue may hold (a request for 0 gets min(4 MiB, this)).
+    /// Default 16 MiB.
+    pub push_queue_max_bytes: u64,
+    /// Most bytes all push queues of one connection may hold together; a subscription that
+    /// would pass it is refused. Default 256 MiB.
+    pub push_queue_bytes_per_connection: u64,
 }
 
 impl Default for NativeConfig {
@@ -161,6 +172,10 @@ impl Default for NativeConfig {
             max_frame_bytes: 16 << 20,
             idle_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
+            max_subscriptions_per_connection: 1024,
+            push_queue_max_records: 100_000,
+            push_queue_max_bytes: 16 << 20,
+            push_queue_bytes_per_connection: 256 << 20,
         }
     }
 }
@@ -406,6 +421,20 @@ impl Config {
         if self.native.max_frame_bytes < 1024 {
             bail!("native.max_frame_bytes must be at least 1024");
         }
+        if self.native.max_subscriptions_per_connection == 0
+            || self.native.push_queue_max_records == 0
+            || self.native.push_queue_max_bytes == 0
+        {
+            bail!(
+                "native.max_subscriptions_per_connection, native.push_queue_max_records and \
+                 native.push_queue_max_bytes must be positive"
+            );
+        }
+        if self.native.push_queue_bytes_per_connection < self.native.push_queue_max_bytes {
+            bail!(
+                "native.push_queue_bytes_per_connection must be at least native.push_queue_max_bytes"
+            );
+        }
         if self.native.idle_timeout_ms < 300 {
             bail!("native.idle_timeout_ms must be at least 300");
         }
@@ -475,7 +504,10 @@ impl Config {
             max_frame_bytes: self.native.max_frame_bytes,
             idle_timeout: Duration::from_millis(self.native.idle_timeout_ms),
             shutdown_grace: Duration::from_millis(self.native.shutdown_grace_ms),
-            ..weir_server::ServerConfig::default()
+            max_subscriptions_per_connection: self.native.max_subscriptions_per_connection,
+            push_queue_max_records: self.native.push_queue_max_records,
+            push_queue_max_bytes: self.native.push_queue_max_bytes,
+            push_queue_bytes_per_connection: self.native.push_queue_bytes_per_connection,
         }
     }
 }
