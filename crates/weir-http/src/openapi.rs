@@ -248,7 +248,7 @@ pub fn document() -> Value {
             "TopicConfig": {
                 "type": "object",
                 "required": ["partitions", "retention_ms", "retention_bytes", "durability",
-                    "max_batch_bytes", "segment_bytes"],
+                    "max_batch_bytes", "segment_bytes", "timestamp_type"],
                 "properties": {
                     "partitions": {"type": "integer", "minimum": 1},
                     "retention_ms": {"type": ["integer", "null"]},
@@ -256,7 +256,13 @@ pub fn document() -> Value {
                     "durability": {"$ref": "#/components/schemas/Durability"},
                     "max_batch_bytes": {"type": "integer"},
                     "segment_bytes": {"type": "integer"},
+                    "timestamp_type": {"$ref": "#/components/schemas/TimestampType"},
                 },
+            },
+            "TimestampType": {
+                "description": "Whose clock stamps records: the producer's (create_time) or the \
+                    broker's at append (log_append_time).",
+                "type": "string", "enum": ["create_time", "log_append_time"],
             },
             "Durability": {
                 "description": "\"always\", \"never\" or {\"interval\":{\"ms\":N}}.",
@@ -277,6 +283,7 @@ pub fn document() -> Value {
                     "durability": {"$ref": "#/components/schemas/Durability"},
                     "max_batch_bytes": {"type": "integer"},
                     "segment_bytes": {"type": "integer", "minimum": 1024},
+                    "timestamp_type": {"$ref": "#/components/schemas/TimestampType"},
                 },
             },
             "Partition": {
