@@ -120,6 +120,55 @@ pub struct PendingProduce {
     partition: u32,
     appended: weir_log::Appended,
     started: Instant,
+    /// For the produce observer.
+    trace: Option<Box<TraceStart>>,
+}
+
+/// What a traced produce remembers until it is acknowledged: topic, wall-clock start, the
+/// producer's `traceparent`, and the observer to tell.
+type TraceStart = (
+    Arc<str>,
+    std::time::SystemTime,
+    Option<String>,
+    ProduceObserver,
+);
+
+/// One acknowledged produce, as a [`ProduceObserver`] sees it (for tracing).
+#[derive(Debug, Clone)]
+pub struct ProduceEvent<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub started: std::time::SystemTime,
+    pub finished: std::time::SystemTime,
+    /// The W3C `traceparent` header of the batch's first record, if it has one (uncompressed
+    /// batches only: the broker does not decompress to look).
+    pub traceparent: Option<String>,
+}
+
+/// Called after every acknowledged produce once installed with
+/// [`Broker::set_produce_observer`]; the binary turns these into OpenTelemetry spans.
+#[derive(Clone)]
+pub struct ProduceObserver(pub Arc<dyn Fn(&ProduceEvent<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for ProduceObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProduceObserver")
+    }
+}
+
+/// The `traceparent` header of a batch's first record (uncompressed batches).
+fn traceparent_of(batch: &[u8]) -> Option<String> {
+    let first = weir_batch::Records::new(batch).ok()?.next()?.ok()?;
+    first
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(b"traceparent"))
+        .and_then(|h| h.value)
+        .filter(|v| v.len() <= 128)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_string)
 }
 
 impl PendingProduce {
@@ -130,6 +179,7 @@ impl PendingProduce {
             partition,
             appended,
             started,
+            trace,
         } = self;
         let info = if appended.needs_wait() {
             let log = part.log.clone();
@@ -142,6 +192,18 @@ impl PendingProduce {
         };
         metrics::histogram!("weir_broker_produce_duration_seconds")
             .record(started.elapsed().as_secs_f64());
+        if let Some(t) = trace {
+            let (topic, wall_start, traceparent, observer) = *t;
+            (observer.0)(&ProduceEvent {
+                topic: &topic,
+                partition,
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+                started: wall_start,
+                finished: std::time::SystemTime::now(),
+                traceparent,
+            });
+        }
         Ok(ProduceResult {
             partition,
             base_offset: info.base_offset,
@@ -198,6 +260,7 @@ struct Inner {
     quotas: crate::flow::Quotas,
     memory: crate::flow::MemoryBudget,
     admission: Arc<crate::flow::Admission>,
+    observer: std::sync::OnceLock<ProduceObserver>,
     closed: AtomicBool,
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
@@ -284,6 +347,7 @@ impl Broker {
                 groups: GroupCoordinator::new(config.min_session, config.max_session),
                 quotas: crate::flow::Quotas::new(config.quotas.clone()),
                 memory: crate::flow::MemoryBudget::new(config.produce_memory_bytes),
+                observer: std::sync::OnceLock::new(),
                 admission: Arc::new(crate::flow::Admission::new(
                     config.max_connections_per_ip,
                     config.connection_rate_per_ip,
@@ -324,6 +388,11 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    /// Installs the produce observer (once; later calls are ignored).
+    pub fn set_produce_observer(&self, observer: ProduceObserver) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// Per-client quotas, shared by the front doors.
@@ -612,6 +681,14 @@ impl Broker {
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         let batch_len = batch.len() as u64;
+        let trace = self.inner.observer.get().map(|o| {
+            Box::new((
+                Arc::from(topic),
+                std::time::SystemTime::now(),
+                traceparent_of(&batch),
+                o.clone(),
+            ))
+        });
         let appended = if batch.len() <= INLINE_APPEND_BYTES && multi_thread {
             tokio::task::block_in_place(|| log.append_start(batch))?
         } else {
@@ -629,6 +706,7 @@ impl Broker {
             partition: p,
             appended,
             started,
+            trace,
         })
     }
 

@@ -35,6 +35,27 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Per-client quotas.
     pub quotas: QuotasConfig,
+    /// OpenTelemetry traces.
+    pub tracing: TracingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/HTTP endpoint traces are exported to, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is appended). Default: none (no tracing).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the spans. Default `weir`.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "weir".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +152,7 @@ impl Default for Config {
             log: LogSettings::default(),
             limits: LimitsConfig::default(),
             quotas: QuotasConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }

@@ -57,6 +57,7 @@ fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {
 }
 
 fn print(out: &mut impl Write, json: bool, r: &ReceivedRecord) -> Result<()> {
+    crate::otel::consumed(r);
     if json {
         let headers: serde_json::Map<String, serde_json::Value> = r
             .headers

@@ -9,6 +9,7 @@ mod bench;
 mod config;
 mod consume;
 mod metrics;
+mod otel;
 mod produce;
 mod serve;
 
@@ -78,8 +79,16 @@ fn main() -> Result<()> {
         Cmd::Serve { config } => runtime.block_on(serve::run(config)),
         Cmd::Topic(cmd) => runtime.block_on(admin::topic(cmd)),
         Cmd::Group(cmd) => runtime.block_on(admin::group(cmd)),
-        Cmd::Produce(args) => runtime.block_on(produce::run(args)),
-        Cmd::Consume(args) => runtime.block_on(consume::run(args)),
+        Cmd::Produce(args) => {
+            let r = runtime.block_on(produce::run(args));
+            otel::flush_cli();
+            r
+        }
+        Cmd::Consume(args) => {
+            let r = runtime.block_on(consume::run(args));
+            otel::flush_cli();
+            r
+        }
         Cmd::Bench(cmd) => runtime.block_on(bench::run(cmd)),
     }
 }

@@ -51,6 +51,19 @@ pub async fn run(args: Args) -> Result<()> {
         };
         headers.push((k.to_string(), Some(Bytes::from(v.to_string()))));
     }
+    // With OTEL_EXPORTER_OTLP_ENDPOINT set, this run is a span and every record carries its
+    // traceparent (unless the user gave one).
+    let trace = if headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+    {
+        None
+    } else {
+        crate::otel::start_produce(&args.topic)
+    };
+    if let Some((_, tp)) = &trace {
+        headers.push(("traceparent".to_string(), Some(Bytes::from(tp.clone()))));
+    }
     let client = Client::connect(&args.conn.addr, "weir-cli").await?;
     let producer = Producer::new(
         client,
@@ -134,5 +147,13 @@ pub async fn run(args: Args) -> Result<()> {
         bar.finish();
     }
     eprintln!("produced {sent} records to {}", args.topic);
+    if let Some((mut span, _)) = trace {
+        use opentelemetry::trace::Span as _;
+        span.set_attribute(opentelemetry::KeyValue::new(
+            "messaging.batch.message_count",
+            sent as i64,
+        ));
+        span.end();
+    }
     Ok(())
 }

@@ -16,6 +16,15 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await?
         .context("opening the data directory")?;
+    let tracer = match &config.tracing.otlp_endpoint {
+        Some(endpoint) => {
+            let provider = crate::otel::provider(endpoint, &config.tracing.service_name)?;
+            broker.set_produce_observer(crate::otel::broker_observer(&provider));
+            tracing::info!(%endpoint, "exporting traces over OTLP");
+            Some(provider)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(&config.native.listen)
         .await
         .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
@@ -105,6 +114,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             Err(e) => tracing::error!(error = %e, "HTTP listener task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    if let Some(provider) = tracer {
+        // Export what is queued; the exporter blocks, so off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
     tracing::info!("weir stopped cleanly");
     Ok(())
