@@ -39,6 +39,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod pool;
 pub mod queue;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
