@@ -293,6 +293,7 @@ struct CreateTopic {
     durability: Option<DurabilitySetting>,
     max_batch_bytes: Option<u32>,
     segment_bytes: Option<u64>,
+    timestamp_type: Option<weir_broker::topic::TimestampType>,
 }
 
 async fn create_topic(
@@ -316,6 +317,9 @@ async fn create_topic(
     }
     if let Some(m) = req.max_batch_bytes {
         config.max_batch_bytes = m;
+    }
+    if let Some(t) = req.timestamp_type {
+        config.timestamp_type = t;
     }
     if let Some(m) = req.segment_bytes {
         config.segment_bytes = m;

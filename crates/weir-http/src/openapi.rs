@@ -313,7 +313,7 @@ pub fn document() -> Value {
             "TopicConfig": {
                 "type": "object",
                 "required": ["partitions", "retention_ms", "retention_bytes", "durability",
-                    "max_batch_bytes", "segment_bytes"],
+                    "max_batch_bytes", "segment_bytes", "timestamp_type"],
                 "properties": {
                     "partitions": {"type": "integer", "minimum": 1},
                     "retention_ms": {"type": ["integer", "null"]},
@@ -321,7 +321,13 @@ pub fn document() -> Value {
                     "durability": {"$ref": "#/components/schemas/Durability"},
                     "max_batch_bytes": {"type": "integer"},
                     "segment_bytes": {"type": "integer"},
+                    "timestamp_type": {"$ref": "#/components/schemas/TimestampType"},
                 },
+            },
+            "TimestampType": {
+                "description": "Whose clock stamps records: the producer's (create_time) or the \
+                    broker's at append (log_append_time).",
+                "type": "string", "enum": ["create_time", "log_append_time"],
             },
             "Durability": {
                 "description": "\"always\", \"never\" or {\"interval\":{\"ms\":N}}.",
@@ -342,6 +348,7 @@ pub fn document() -> Value {
                     "durability": {"$ref": "#/components/schemas/Durability"},
                     "max_batch_bytes": {"type": "integer"},
                     "segment_bytes": {"type": "integer", "minimum": 1024},
+                    "timestamp_type": {"$ref": "#/components/schemas/TimestampType"},
                 },
             },
             "Partition": {
