@@ -37,6 +37,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Shutdown began: `/ready` answers 503.
     pub stopping: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins: a running CPU profile stops sampling and answers.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// Held while a CPU profile runs (one at a time).
     pub profile_lock: crate::debug::ProfileLock,
     /// Key rings by partition count, for routing keyed records.
@@ -50,6 +52,7 @@ impl AppState {
             config: Arc::new(config),
             hub,
             stopping: Arc::new(AtomicBool::new(false)),
+            shutdown: Default::default(),
             profile_lock: Default::default(),
             rings: Arc::new(Mutex::new(HashMap::new())),
         }

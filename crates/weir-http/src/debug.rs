@@ -4,7 +4,8 @@
 //!   process's CPU for N seconds (default [`DEFAULT_PROFILE_SECONDS`], at most
 //!   [`MAX_PROFILE_SECONDS`]) at [`SAMPLE_HZ`] and answers a gzip-compressed pprof protobuf
 //!   (what `go tool pprof` reads) or an SVG flame graph. One profile at a time: the sampler is
-//!   process-wide, so a second request meanwhile gets `profile_in_progress`.
+//!   process-wide, so a second request meanwhile gets `profile_in_progress`. Shutdown ends a
+//!   running profile early, with what was sampled so far.
 //! - `GET /debug/heap`: memory as the kernel sees it (`/proc/self/status`: resident, peak
 //!   resident, virtual size, threads), the allocator's name and the produce memory budget.
 //!
@@ -114,7 +115,11 @@ pub(crate) async fn profile(
         .map_err(|e| internal("cannot start the CPU profiler", e))?;
     tracing::info!(seconds = duration.as_secs(), "CPU profile started");
     // If the client goes away, this future is dropped with the guard, which stops the sampler.
-    tokio::time::sleep(duration).await;
+    // Shutdown cuts the profile short: it answers with what was sampled so far.
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {}
+        () = s.shutdown.cancelled() => {}
+    }
     let format = q.format;
     let body = tokio::task::spawn_blocking(move || {
         let report = guard.report().build();
@@ -246,7 +251,68 @@ pub(crate) async fn heap(State(s): State<AppState>) -> ApiResult<Response> {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use weir_broker::{Broker, BrokerConfig};
+
     use super::*;
+    use crate::HttpConfig;
+    use crate::ws::hub::Hub;
+
+    async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn off_by_default_then_one_profile_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let hub = Hub::new(broker.clone(), Default::default());
+        let off = AppState::new(broker.clone(), HttpConfig::default(), hub.clone());
+        let app = crate::api::router(off).into_router();
+        for uri in ["/debug/pprof/profile?seconds=1", "/debug/heap"] {
+            let (status, body) = get(&app, uri).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+            assert_eq!(body["error"]["code"], "profiling_disabled", "{uri}");
+        }
+
+        let on = AppState::new(
+            broker.clone(),
+            HttpConfig {
+                profiling: true,
+                ..HttpConfig::default()
+            },
+            hub,
+        );
+        let app = crate::api::router(on.clone()).into_router();
+        let (status, body) = get(&app, "/debug/heap").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["allocator"], "system");
+        assert!(body["process"]["rss_bytes"].as_u64().unwrap() > 0);
+        // A profile holds the lock: another request meanwhile is refused without sampling.
+        let held = on.profile_lock.clone().try_lock_owned().unwrap();
+        let (status, body) = get(&app, "/debug/pprof/profile?seconds=1").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["error"]["code"], "profile_in_progress");
+        drop(held);
+        let (status, body) = get(&app, "/debug/pprof/profile?format=svg").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        broker.close().await.unwrap();
+    }
 
     #[test]
     fn proc_status_figures_are_read_in_bytes() {

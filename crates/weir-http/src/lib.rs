@@ -108,6 +108,7 @@ pub async fn serve(
         r = &mut server => r,
         _ = &mut shutdown => {
             state.stopping.store(true, std::sync::atomic::Ordering::Release);
+            state.shutdown.cancel();
             hub.shutdown();
             let _ = drain_tx.send(());
             // In-flight requests finish (long polls answer at once: the broker is stopping);
