@@ -122,11 +122,13 @@ pub(crate) async fn profile(
     }
     let format = q.format;
     let body = tokio::task::spawn_blocking(move || {
-        let report = guard.report().build();
-        // Stop sampling before the (CPU-heavy) encoding, so it is not in the profile.
+        // Take the raw stacks, then stop sampling (and free the profiler for the next
+        // request) before the CPU-heavy symbolizing and encoding.
+        let unresolved = guard.report().build_unresolved();
         drop(guard);
         drop(running);
-        let report = report.map_err(|e| internal("cannot build the profile", e))?;
+        let unresolved = unresolved.map_err(|e| internal("cannot build the profile", e))?;
+        let report = symbolize(unresolved);
         match format {
             ProfileFormat::Pprof => encode_pprof(&report),
             ProfileFormat::Flamegraph => flamegraph(&report, duration),
@@ -150,6 +152,19 @@ pub(crate) async fn profile(
         body,
     )
         .into_response())
+}
+
+/// Names the functions of every sampled stack (distinct addresses may resolve to the same
+/// named stack: their counts add up).
+fn symbolize(unresolved: pprof::UnresolvedReport) -> pprof::Report {
+    let mut data = std::collections::HashMap::new();
+    for (frames, count) in unresolved.data {
+        *data.entry(pprof::Frames::from(frames)).or_insert(0) += count;
+    }
+    pprof::Report {
+        data,
+        timing: unresolved.timing,
+    }
 }
 
 /// The pprof protobuf, gzip-compressed as `go tool pprof` expects.
