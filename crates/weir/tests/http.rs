@@ -1374,7 +1374,7 @@ fn profiling_endpoints_are_off_by_default_and_say_how_to_enable_them() {
     rt().block_on(async {
         let http = Http::new(&server).await;
         for (route, path) in [
-            (PROFILE, "/debug/pprof/profile?seconds=1"),
+            (PROFILE, "/debug/pprof/profile?seconds=5"),
             (PROFILE, "/debug/pprof/profile?format=flamegraph"),
             ("/debug/heap", "/debug/heap"),
         ] {
@@ -1387,7 +1387,7 @@ fn profiling_endpoints_are_off_by_default_and_say_how_to_enable_them() {
             );
             assert!(message.contains("WEIR_HTTP__PROFILING=true"), "{message}");
             assert!(
-                started.elapsed() < Duration::from_millis(900),
+                started.elapsed() < Duration::from_secs(4),
                 "no sampling when off"
             );
         }
@@ -1471,10 +1471,8 @@ fn cpu_profile_flame_graph_and_heap_when_enabled() {
             done.store(true, Ordering::Release);
             (pprof, svg)
         };
-        let started = Instant::now();
         let (requests, ((status, content_type, gz), (svg_status, svg_type, svg))) =
             tokio::join!(busy, profiles);
-        assert!(started.elapsed() < Duration::from_secs(8));
         assert!(requests > 0);
 
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&gz));
