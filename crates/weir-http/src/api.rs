@@ -37,6 +37,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Shutdown began: `/ready` answers 503.
     pub stopping: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins: a running CPU profile stops sampling and answers.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Held while a CPU profile runs (one at a time).
+    pub profile_lock: crate::debug::ProfileLock,
     /// Key rings by partition count, for routing keyed records.
     rings: Arc<Mutex<HashMap<u32, Arc<Ring>>>>,
 }
@@ -48,6 +52,8 @@ impl AppState {
             config: Arc::new(config),
             hub,
             stopping: Arc::new(AtomicBool::new(false)),
+            shutdown: Default::default(),
+            profile_lock: Default::default(),
             rings: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -82,6 +88,8 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/groups", get(list_groups)),
         ("get", "/groups/{group}", get(get_group)),
         ("get", "/ws", get(websocket)),
+        ("get", "/debug/pprof/profile", get(crate::debug::profile)),
+        ("get", "/debug/heap", get(crate::debug::heap)),
     ]
 }
 
@@ -144,7 +152,7 @@ fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(format!("bad path parameter: {}", e.body_text())))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
 }

@@ -37,6 +37,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The WebSocket connection limit (`ws_max_connections`) is reached.
     TooManyConnections,
+    /// A profiling endpoint was called while profiling is off (`[http] profiling = false`).
+    ProfilingDisabled,
+    /// A CPU profile was asked for while another one is being taken.
+    ProfileInProgress,
     /// The disk is full or failed.
     StorageError,
     /// Anything else; the message says what.
@@ -62,6 +66,8 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyConnections,
+        ErrorCode::ProfilingDisabled,
+        ErrorCode::ProfileInProgress,
         ErrorCode::StorageError,
         ErrorCode::Internal,
     ];
@@ -85,6 +91,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ProfilingDisabled => "profiling_disabled",
+            ErrorCode::ProfileInProgress => "profile_in_progress",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }
@@ -102,8 +110,9 @@ impl ErrorCode {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownGroup
-            | ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::TopicExists => StatusCode::CONFLICT,
+            | ErrorCode::NotFound
+            | ErrorCode::ProfilingDisabled => StatusCode::NOT_FOUND,
+            ErrorCode::TopicExists | ErrorCode::ProfileInProgress => StatusCode::CONFLICT,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {

@@ -8,6 +8,8 @@
 //!   document.
 //! - [`openapi`]: the OpenAPI 3 document served at `/openapi.json`.
 //! - [`records`]: records between JSON and record batches.
+//! - [`debug`]: profiling endpoints (`/debug/pprof/profile`, `/debug/heap`), answered only
+//!   when [`HttpConfig::profiling`] is on.
 //! - [`ws`]: WebSocket subscriptions: bounded per-subscriber queues with an overflow policy,
 //!   one shared reader per watched partition, resume with explicit gap notices.
 //! - [`error`]: the JSON error body and its stable codes.
@@ -16,6 +18,7 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+pub mod debug;
 pub mod error;
 pub mod openapi;
 pub mod records;
@@ -49,6 +52,11 @@ pub struct HttpConfig {
     /// What `/metrics` serves before the WebSocket counters (the process's Prometheus text);
     /// `None`: only those counters.
     pub metrics: Option<MetricsSource>,
+    /// Serve `/debug/pprof/profile` and `/debug/heap`; off, they answer 404
+    /// `profiling_disabled`. Default false.
+    pub profiling: bool,
+    /// Name of the process's global allocator, reported by `/debug/heap`. Default `"system"`.
+    pub allocator: &'static str,
 }
 
 /// A source of Prometheus text for `/metrics`.
@@ -71,6 +79,8 @@ impl Default for HttpConfig {
             shutdown_grace: Duration::from_secs(5),
             ws: WsConfig::default(),
             metrics: None,
+            profiling: false,
+            allocator: "system",
         }
     }
 }
@@ -98,6 +108,7 @@ pub async fn serve(
         r = &mut server => r,
         _ = &mut shutdown => {
             state.stopping.store(true, std::sync::atomic::Ordering::Release);
+            state.shutdown.cancel();
             hub.shutdown();
             let _ = drain_tx.send(());
             // In-flight requests finish (long polls answer at once: the broker is stopping);

@@ -212,6 +212,44 @@ pub fn document() -> Value {
                     "503": error_response("too_many_connections or shutting_down."),
                 },
             }},
+            "/debug/pprof/profile": {"get": {
+                "summary": "Only when profiling is enabled ([http] profiling = true, or \
+                    WEIR_HTTP__PROFILING=true). Samples the process's CPU for `seconds` at 99 Hz \
+                    and answers a gzip-compressed pprof protobuf (`go tool pprof` reads it) or, \
+                    with format=flamegraph, an SVG flame graph. One profile at a time.",
+                "parameters": [
+                    param("seconds", "query", json!({"type": "integer", "minimum": 1}),
+                        "How long to sample. Default 10; more than 60 is shortened to 60."),
+                    param("format", "query",
+                        json!({"type": "string", "enum": ["pprof", "flamegraph"]}),
+                        "pprof (default): gzip-compressed protobuf; flamegraph: SVG."),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The profile.",
+                        "content": {
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": error_response("bad_request (seconds=0, an unknown format)."),
+                    "404": error_response("profiling_disabled: profiling is off."),
+                    "409": error_response("profile_in_progress: another profile is being taken."),
+                    "500": error_response("internal: the profiler failed."),
+                },
+            }},
+            "/debug/heap": {"get": {
+                "summary": "Only when profiling is enabled ([http] profiling = true, or \
+                    WEIR_HTTP__PROFILING=true). Memory: the process's resident, peak resident \
+                    and virtual size and threads (from /proc/self/status; null where not \
+                    available), the global allocator's name (its own statistics are not \
+                    exposed: mimalloc offers them only through unsafe foreign calls) and the \
+                    produce memory budget.",
+                "responses": {
+                    "200": json_response("Memory figures.", "Heap"),
+                    "404": error_response("profiling_disabled: profiling is off."),
+                },
+            }},
         },
         "components": {"schemas": {
             "Error": {
@@ -223,6 +261,33 @@ pub fn document() -> Value {
                         "message": {"type": "string"},
                     },
                 }},
+            },
+            "Heap": {
+                "type": "object", "required": ["allocator", "process", "produce_memory"],
+                "properties": {
+                    "allocator": {"type": "string", "description": "The global allocator."},
+                    "process": {
+                        "type": "object",
+                        "required": ["rss_bytes", "peak_rss_bytes", "virtual_bytes", "threads"],
+                        "properties": {
+                            "rss_bytes": {"type": ["integer", "null"], "description": "VmRSS."},
+                            "peak_rss_bytes": {"type": ["integer", "null"], "description": "VmHWM."},
+                            "virtual_bytes": {"type": ["integer", "null"], "description": "VmSize."},
+                            "threads": {"type": ["integer", "null"]},
+                        },
+                    },
+                    "produce_memory": {
+                        "type": "object",
+                        "description": "The produce memory budget ([limits] produce_memory_bytes) \
+                            shared by every front door.",
+                        "required": ["total_bytes", "available_bytes", "in_use_bytes"],
+                        "properties": {
+                            "total_bytes": {"type": "integer"},
+                            "available_bytes": {"type": "integer"},
+                            "in_use_bytes": {"type": "integer"},
+                        },
+                    },
+                },
             },
             "Status": {"type": "object", "required": ["status"],
                 "properties": {"status": {"type": "string"}}},

@@ -253,6 +253,9 @@ pub struct HttpSettings {
     /// Wait this long at shutdown for WebSocket clients to take their close frame.
     /// Default 5,000 ms.
     pub shutdown_grace_ms: u64,
+    /// Serve the profiling endpoints `/debug/pprof/profile` (CPU samples) and `/debug/heap`
+    /// (memory figures); off, they answer 404 `profiling_disabled`. Default false.
+    pub profiling: bool,
 }
 
 impl Default for HttpSettings {
@@ -271,6 +274,7 @@ impl Default for HttpSettings {
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 0,
             shutdown_grace_ms: 5_000,
+            profiling: false,
         }
     }
 }
@@ -552,6 +556,9 @@ impl Config {
                 write_buffer_bytes: h.ws_write_buffer_bytes,
                 ..weir_http::WsConfig::default()
             },
+            profiling: h.profiling,
+            // The binary's `#[global_allocator]` (main.rs).
+            allocator: "mimalloc",
             ..weir_http::HttpConfig::default()
         }
     }
@@ -597,6 +604,9 @@ mod tests {
         assert_eq!(c.http.listen, "127.0.0.1:0");
         assert_eq!(c.http_config().max_body_bytes, 4096);
         assert!(c.http.enabled);
+        assert!(!c.http_config().profiling, "profiling is off by default");
+        let c = Config::load(None, env(&[("WEIR_HTTP__PROFILING", "true")])).unwrap();
+        assert!(c.http_config().profiling);
     }
 
     #[test]

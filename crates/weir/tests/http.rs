@@ -1350,3 +1350,179 @@ fn websocket_heartbeats_idle_timeout_and_shutdown() {
         "{end}"
     );
 }
+
+// ---- profiling ----
+
+const PROFILE: &str = "/debug/pprof/profile";
+
+/// A GET whose body need not be JSON: status, content type, body.
+async fn get_raw(client: &reqwest::Client, url: String) -> (u16, String, Vec<u8>) {
+    let resp = client.get(url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, resp.bytes().await.unwrap().to_vec())
+}
+
+#[test]
+fn profiling_endpoints_are_off_by_default_and_say_how_to_enable_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let http = Http::new(&server).await;
+        for (route, path) in [
+            (PROFILE, "/debug/pprof/profile?seconds=5"),
+            (PROFILE, "/debug/pprof/profile?format=flamegraph"),
+            ("/debug/heap", "/debug/heap"),
+        ] {
+            let started = Instant::now();
+            let (status, code, message) = http.error("get", route, path, None, b"").await;
+            assert_eq!(
+                (status, code.as_str()),
+                (404, "profiling_disabled"),
+                "{path}"
+            );
+            assert!(message.contains("WEIR_HTTP__PROFILING=true"), "{message}");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "no sampling when off"
+            );
+        }
+    });
+    server.stop();
+}
+
+#[test]
+fn cpu_profile_flame_graph_and_heap_when_enabled() {
+    use pprof::protos::Message;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("WEIR_HTTP__PROFILING", "true")]);
+    rt().block_on(async {
+        let http = Http::new(&server).await;
+
+        let r = http.get("/debug/heap", "/debug/heap").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let process = &r.body["process"];
+        let rss = process["rss_bytes"].as_u64().unwrap();
+        assert!(rss > 0, "{}", r.body);
+        assert!(process["peak_rss_bytes"].as_u64().unwrap() >= rss);
+        assert!(process["virtual_bytes"].as_u64().unwrap() >= rss);
+        assert!(process["threads"].as_u64().unwrap() >= 2);
+        assert_eq!(r.body["allocator"], "mimalloc");
+        let budget = &r.body["produce_memory"];
+        assert_eq!(budget["total_bytes"], 256u64 << 20);
+        assert_eq!(budget["in_use_bytes"], 0);
+
+        // Bad parameters are refused before anything is sampled.
+        for path in [
+            "/debug/pprof/profile?seconds=0",
+            "/debug/pprof/profile?format=png",
+        ] {
+            let (status, code, _) = http.error("get", PROFILE, path, None, b"").await;
+            assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
+        }
+
+        // Keep the server busy (produce over HTTP, no fsync) while it is profiled.
+        http.create_topic(json!({"name": "busy", "durability": "never"}))
+            .await;
+        let done = AtomicBool::new(false);
+        let busy = async {
+            let records: Vec<Value> = (0..200)
+                .map(|i| json!({"key": format!("k{i}"), "value": {"n": i, "pad": "x".repeat(64)}}))
+                .collect();
+            let mut requests = 0u32;
+            while !done.load(Ordering::Acquire) {
+                http.produce("busy", json!(records)).await;
+                requests += 1;
+            }
+            requests
+        };
+        let profiles = async {
+            let base = http.base.clone();
+            let client = http.client.clone();
+            let first = tokio::spawn(async move {
+                get_raw(&client, format!("{base}/debug/pprof/profile?seconds=1")).await
+            });
+            // While that one samples, a second is refused.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (status, code, message) = http
+                .error("get", PROFILE, "/debug/pprof/profile?seconds=1", None, b"")
+                .await;
+            assert_eq!(
+                (status, code.as_str()),
+                (409, "profile_in_progress"),
+                "{message}"
+            );
+            let pprof = first.await.unwrap();
+            let svg = get_raw(
+                &http.client,
+                format!(
+                    "{}/debug/pprof/profile?seconds=1&format=flamegraph",
+                    http.base
+                ),
+            )
+            .await;
+            done.store(true, Ordering::Release);
+            (pprof, svg)
+        };
+        let (requests, ((status, content_type, gz), (svg_status, svg_type, svg))) =
+            tokio::join!(busy, profiles);
+        assert!(requests > 0);
+
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&gz));
+        assert_eq!(content_type, "application/octet-stream");
+        assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        let profile = pprof::protos::Profile::decode(&raw[..]).unwrap();
+        let strings = &profile.string_table;
+        assert_eq!(
+            strings.first().map(String::as_str),
+            Some(""),
+            "pprof string 0"
+        );
+        let sample_types: Vec<&str> = profile
+            .sample_type
+            .iter()
+            .map(|t| strings[t.ty as usize].as_str())
+            .collect();
+        assert!(sample_types.contains(&"cpu"), "{sample_types:?}");
+        assert!(
+            profile.duration_nanos >= 900_000_000,
+            "{}",
+            profile.duration_nanos
+        );
+        assert!(!profile.sample.is_empty(), "a busy server yields samples");
+        assert!(!profile.location.is_empty() && !profile.function.is_empty());
+        // Symbolized: the server's own functions are named.
+        assert!(
+            profile
+                .function
+                .iter()
+                .any(|f| strings[f.name as usize].contains("weir")),
+            "no weir function among {} functions",
+            profile.function.len()
+        );
+
+        assert_eq!(svg_status, 200, "{}", String::from_utf8_lossy(&svg));
+        assert_eq!(svg_type, "image/svg+xml");
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
+
+        // The profiler is free again.
+        let r = http.get("/debug/heap", "/debug/heap").await;
+        assert_eq!(r.status, 200);
+    });
+    server.stop();
+}
