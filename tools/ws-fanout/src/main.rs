@@ -130,11 +130,12 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Produce in 10 ms steps.
-    let per_step = (rate / 100).max(1);
+    // Produce in steps of 10 ms, or one record per step at low rates.
+    let step = Duration::from_millis(10).max(Duration::from_secs(1) / rate.max(1) as u32);
+    let per_step = ((rate as f64 * step.as_secs_f64()).round() as usize).max(1);
     let start = Instant::now();
     let mut produced = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(step);
     while start.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         post(&http, &topic, per_step).await?;
