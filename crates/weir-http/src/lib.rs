@@ -20,6 +20,7 @@
 pub mod api;
 pub mod debug;
 pub mod error;
+pub mod listener;
 pub mod openapi;
 pub mod records;
 pub mod ws;
@@ -99,6 +100,7 @@ pub async fn serve(
     let state = api::AppState::new(broker, config, hub.clone());
     let app = api::router(state.clone()).into_router();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = listener::AdmittingListener::new(listener, state.broker.admission().clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = drain_rx.await;
     });

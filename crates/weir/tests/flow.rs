@@ -228,6 +228,10 @@ fn connections_per_address_are_capped() {
             text.contains("too many connections from this address"),
             "{text:?}"
         );
+        // The cap is across front doors: an HTTP connection is refused too (closed before
+        // any response).
+        let http = reqwest::get(format!("http://{}/health", server.http)).await;
+        assert!(http.is_err(), "HTTP got through: {http:?}");
         drop(a);
         // The slot frees when the server sees the connection close.
         let mut again = None;
