@@ -154,8 +154,8 @@ impl Quotas {
             .map_or(Duration::ZERO, |l| l.charge(amount.max(1)));
         if !throttle.is_zero() {
             metrics::counter!("weir_quota_throttled_total", "kind" => kind.name()).increment(1);
-            metrics::counter!("weir_quota_throttle_seconds_total", "kind" => kind.name())
-                .increment(throttle.as_millis() as u64 / 1000);
+            metrics::histogram!("weir_quota_throttle_seconds", "kind" => kind.name())
+                .record(throttle.as_secs_f64());
         }
         throttle
     }

@@ -40,8 +40,12 @@ pub const MAX_SESSION: Duration = Duration::from_millis(1_800_000);
 const MAX_REBALANCE: Duration = Duration::from_secs(300);
 /// Most members one group may have (bounds the memory a client can make us hold).
 pub const MAX_MEMBERS: usize = 1_000;
-/// Longest member metadata or assignment kept per member.
+/// Most metadata (all its assignors together) or assignment kept per member.
 pub const MAX_METADATA_BYTES: usize = 1 << 20;
+/// Most assignors a member may offer.
+pub const MAX_PROTOCOLS: usize = 16;
+/// Most Kafka groups at once (each costs memory and a name claim).
+pub const MAX_GROUPS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -156,16 +160,15 @@ impl Group {
         }
     }
 
-    /// Whether `protocols` share an assignor with every current member.
+    /// Whether one of `protocols` is supported by every current member (other than
+    /// `except`): the assignors common to all must stay non-empty.
     fn supports(&self, protocols: &[(String, Bytes)], except: &str) -> bool {
-        self.members
-            .iter()
-            .filter(|(id, _)| id.as_str() != except)
-            .all(|(_, m)| {
-                m.protocols
-                    .iter()
-                    .any(|(name, _)| protocols.iter().any(|(n, _)| n == name))
-            })
+        protocols.iter().any(|(name, _)| {
+            self.members
+                .iter()
+                .filter(|(id, _)| id.as_str() != except)
+                .all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name))
+        })
     }
 
     /// Starts (or keeps) a rebalance round: pending syncs learn it at once.
@@ -335,9 +338,14 @@ impl KafkaGroups {
 
     fn join_start(
         &self,
-        req: JoinRequest,
+        mut req: JoinRequest,
         now: Instant,
     ) -> Result<oneshot::Receiver<JoinOutcome>, Box<JoinOutcome>> {
+        // Kept for the group's life: copies, so that a member does not pin the whole request
+        // buffer its metadata was sliced from.
+        for (_, m) in req.protocols.iter_mut() {
+            *m = Bytes::copy_from_slice(m);
+        }
         let fail = |code: i16| Err(Box::new(JoinOutcome::error(code, &req.member_id)));
         if req.group.is_empty() {
             return fail(code::INVALID_GROUP_ID);
@@ -347,14 +355,16 @@ impl KafkaGroups {
         }
         if req.protocol_type.is_empty()
             || req.protocols.is_empty()
-            || req
-                .protocols
-                .iter()
-                .any(|(_, m)| m.len() > MAX_METADATA_BYTES)
+            || req.protocols.len() > MAX_PROTOCOLS
+            || req.protocols.iter().map(|(_, m)| m.len()).sum::<usize>() > MAX_METADATA_BYTES
         {
             return fail(code::INCONSISTENT_GROUP_PROTOCOL);
         }
+
         let mut groups = self.groups.lock();
+        if !groups.contains_key(&req.group) && groups.len() >= MAX_GROUPS {
+            return fail(code::COORDINATOR_NOT_AVAILABLE);
+        }
         if !groups.contains_key(&req.group) {
             if let Err(e) = self.broker.claim_group(&req.group, GroupProtocol::Kafka) {
                 tracing::debug!(group = %req.group, error = %e, "Kafka join refused");
@@ -373,12 +383,36 @@ impl KafkaGroups {
         if !active {
             g.protocol_type = Some(req.protocol_type.clone());
         }
+        // Static membership: a member that comes back with its group.instance.id replaces its
+        // earlier incarnation at once, instead of the round waiting for the old id to rejoin.
+        let static_member = req.member_id.is_empty() && req.group_instance_id.is_some();
+        if static_member {
+            let old: Vec<String> = g
+                .members
+                .iter()
+                .filter(|(_, m)| m.group_instance_id == req.group_instance_id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in old {
+                if let Some(m) = g.members.remove(&id) {
+                    if let Some(tx) = m.join {
+                        let _ = tx.send(JoinOutcome::error(code::FENCED_INSTANCE_ID, &id));
+                    }
+                    if let Some(tx) = m.sync {
+                        let _ = tx.send(SyncOutcome::error(code::FENCED_INSTANCE_ID));
+                    }
+                }
+                if g.leader.as_deref() == Some(id.as_str()) {
+                    g.leader = None;
+                }
+            }
+        }
         let member_id = if req.member_id.is_empty() {
             if g.members.len() + g.pending.len() >= MAX_MEMBERS {
                 return fail(code::GROUP_MAX_SIZE_REACHED);
             }
             let id = self.new_member_id(&req.client_id);
-            if req.require_known_member_id {
+            if req.require_known_member_id && !static_member {
                 g.pending.insert(id.clone(), now + req.session_timeout);
                 return Err(Box::new(JoinOutcome::error(code::MEMBER_ID_REQUIRED, &id)));
             }
@@ -491,7 +525,7 @@ impl KafkaGroups {
                             continue;
                         }
                         if let Some(m) = g.members.get_mut(&id) {
-                            m.assignment = assignment;
+                            m.assignment = Bytes::copy_from_slice(&assignment);
                         }
                     }
                     g.state = State::Stable;
@@ -538,6 +572,8 @@ impl KafkaGroups {
             return code::UNKNOWN_MEMBER_ID;
         };
         if g.pending.remove(member_id).is_some() {
+            g.try_complete_join(false, now);
+            self.drop_if_empty(&mut groups, group);
             return code::NONE;
         }
         let Some(m) = g.members.remove(member_id) else {
@@ -593,16 +629,23 @@ impl KafkaGroups {
         let names: Vec<String> = groups.keys().cloned().collect();
         for name in names {
             let g = groups.get_mut(&name).expect("listed above");
+            let pending = g.pending.len();
             g.pending.retain(|_, deadline| *deadline > now);
+            if g.pending.len() < pending {
+                // A round may have been waiting only for the ids that just expired.
+                g.try_complete_join(false, now);
+            }
             if g.state == State::PreparingRebalance && now >= g.rebalance_deadline {
                 tracing::debug!(group = %name, "Kafka rebalance timed out; dropping members that did not rejoin");
                 g.try_complete_join(true, now);
             }
-            // Members waiting in a join are not expired: the rebalance timeout governs them.
+            // Members waiting in a join or a sync are not expired: their heartbeats queue behind
+            // that request on the coordinator connection. The rebalance timeout governs joins;
+            // a sync waits for the leader, who is expired if silent.
             let expired: Vec<String> = g
                 .members
                 .iter()
-                .filter(|(_, m)| m.join.is_none() && m.deadline <= now)
+                .filter(|(_, m)| m.join.is_none() && m.sync.is_none() && m.deadline <= now)
                 .map(|(id, _)| id.clone())
                 .collect();
             if !expired.is_empty() {
@@ -832,6 +875,91 @@ mod tests {
         assert_eq!(k.leave("g", &b), code::NONE);
         assert!(k.describe("g").is_none());
         assert!(k.broker.claim_group("g", GroupProtocol::Native).is_ok());
+    }
+
+    #[test]
+    fn an_expired_pending_id_no_longer_holds_the_round() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (_a, mut rx_a) = enter(&k, "g", &["range"], now);
+        rx_a.try_recv().unwrap();
+        // c learns its id and never comes back; b joins.
+        let c = k.join_start(join("g", "", &["range"]), now).unwrap_err();
+        assert_eq!(c.error, code::MEMBER_ID_REQUIRED);
+        let (_b, mut rx_b) = enter(&k, "g", &["range"], now);
+        let mut rx_a = k.join_start(join("g", &_a, &["range"]), now).unwrap();
+        assert!(rx_b.try_recv().is_err(), "waiting for c's pending id");
+        // c's pending id expires with its session (10 s), long before the rebalance timeout.
+        k.tick(now + Duration::from_secs(11));
+        assert_eq!(rx_b.try_recv().unwrap().error, code::NONE);
+        assert_eq!(rx_a.try_recv().unwrap().error, code::NONE);
+    }
+
+    #[test]
+    fn followers_waiting_for_the_leaders_assignment_are_not_expired() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (a, _rx) = enter(&k, "g", &["range"], now);
+        let (b, mut rx_b) = enter(&k, "g", &["range"], now);
+        let mut rx_a = k.join_start(join("g", &a, &["range"]), now).unwrap();
+        let generation = rx_a.try_recv().unwrap().generation;
+        rx_b.try_recv().unwrap();
+        let mut sync_b = k.sync_start("g", generation, &b, vec![], now).unwrap();
+        // b's heartbeats queue behind its SyncGroup; the leader is slow but heartbeating.
+        for t in [5, 9, 13] {
+            assert_eq!(
+                k.heartbeat_at("g", generation, &a, now + Duration::from_secs(t)),
+                code::NONE
+            );
+        }
+        k.tick(now + Duration::from_secs(14));
+        assert!(
+            k.describe("g").unwrap().3.contains(&b),
+            "b was expired while in SyncGroup"
+        );
+        let mut sync_a = k
+            .sync_start(
+                "g",
+                generation,
+                &a,
+                vec![(b.clone(), Bytes::from_static(b"B"))],
+                now,
+            )
+            .unwrap();
+        sync_a.try_recv().unwrap();
+        assert_eq!(&sync_b.try_recv().unwrap().assignment[..], b"B");
+    }
+
+    #[test]
+    fn a_member_must_share_one_assignor_with_all_others() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (_a, _rx_a) = enter(&k, "g", &["x", "y"], now);
+        let (_b, _rx_b) = enter(&k, "g", &["y", "z"], now);
+        // [x, z] overlaps each of them, but no assignor is common to all three.
+        let c = k.join_start(join("g", "", &["x", "z"]), now).unwrap_err();
+        assert_eq!(c.error, code::INCONSISTENT_GROUP_PROTOCOL);
+    }
+
+    #[test]
+    fn a_static_member_coming_back_replaces_its_old_incarnation() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let mut req = join("g", "", &["range"]);
+        req.group_instance_id = Some("pod-1".into());
+        let mut rx_old = k.join_start(req.clone(), now).unwrap();
+        let old = rx_old.try_recv().unwrap().member_id;
+        // Restarted: same instance id, no member id. No MEMBER_ID_REQUIRED, no waiting for
+        // the old id: it is fenced and replaced.
+        let mut rx_new = k.join_start(req, now).unwrap();
+        let out = rx_new.try_recv().unwrap();
+        assert_eq!(out.error, code::NONE);
+        assert_ne!(out.member_id, old);
+        assert_eq!(k.describe("g").unwrap().3, vec![out.member_id]);
+        assert_eq!(
+            k.heartbeat_at("g", out.generation, &old, now),
+            code::UNKNOWN_MEMBER_ID
+        );
     }
 
     #[test]

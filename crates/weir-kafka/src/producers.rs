@@ -54,7 +54,13 @@ pub enum Check {
 pub struct Producers {
     next_id: AtomicI64,
     states: Mutex<HashMap<(i64, String, u32), State>>,
+    /// Striped locks that make check, append and record one step per (producer, partition).
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Number of lock stripes: producers hashing to the same stripe wait for each other only
+/// while one appends.
+const STRIPES: usize = 256;
 
 impl Default for Producers {
     fn default() -> Self {
@@ -87,7 +93,26 @@ impl Producers {
         Self {
             next_id: AtomicI64::new(start),
             states: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
+    }
+
+    /// Holds the lock of `producer_id`'s (topic, partition) stripe; `None` for batches of
+    /// producers that are not idempotent (no id), which need no ordering.
+    pub async fn serialize(
+        &self,
+        producer_id: i64,
+        topic: &str,
+        partition: u32,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if producer_id < 0 {
+            return None;
+        }
+        let h = std::hash::BuildHasher::hash_one(
+            &std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(),
+            (producer_id, topic, partition),
+        );
+        Some(self.stripes[h as usize % STRIPES].lock().await)
     }
 
     /// A new producer id (epoch 0).

@@ -34,6 +34,9 @@ use crate::push_queue::{Offered, Popped, PushQueue, QueuePolicy, QueuedBatch};
 
 /// Most buffer growth per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// Once memory budget is granted for a large frame, the rest of it must arrive within this
+/// long: a sender that trickles it would otherwise hold budget other producers need.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type InFlight = Pin<Box<dyn std::future::Future<Output = Option<OutFrame>> + Send>>;
 
@@ -97,8 +100,9 @@ pub(crate) struct Connection {
     silent: bool,
     /// Over a quota: not read until then.
     muted_until: Option<Instant>,
-    /// Memory budget held for the large frame being read (see `process_buffer`).
-    frame_budget: Option<BudgetPermit>,
+    /// Memory budget held for the large frame being read (see `process_buffer`), and since
+    /// when: the frame must then arrive within [`BODY_TIMEOUT`].
+    frame_budget: Option<(BudgetPermit, Instant)>,
     /// Waiting for budget for a large frame: the socket is not read meanwhile.
     budget_wait: Option<Pin<Box<dyn Future<Output = BudgetPermit> + Send>>>,
 }
@@ -180,7 +184,7 @@ impl Connection {
                 Input::Stop => draining = true,
                 Input::Budget(permit) => {
                     self.budget_wait = None;
-                    self.frame_budget = Some(permit);
+                    self.frame_budget = Some((permit, Instant::now()));
                     if !draining && !Box::pin(self.process_buffer()).await {
                         break;
                     }
@@ -217,6 +221,18 @@ impl Connection {
                 }
                 Input::Tick => {
                     let now = Instant::now();
+                    if let Some((_, since)) = &self.frame_budget
+                        && now.duration_since(*since) >= BODY_TIMEOUT
+                    {
+                        tracing::info!(peer = %self.peer, "a large request did not arrive in time; closing");
+                        break;
+                    }
+                    // Not idle while we are the ones not reading (over a quota, or waiting for
+                    // memory budget): the client's pings sit unread in the socket meanwhile.
+                    let held_back = self.muted_until.is_some() || self.budget_wait.is_some();
+                    if held_back {
+                        self.last_read = now;
+                    }
                     if now.duration_since(self.last_read) >= self.config.idle_timeout {
                         tracing::info!(peer = %self.peer, "closing idle connection");
                         break;
@@ -315,7 +331,7 @@ impl Connection {
             }
             match decode_frame(&mut self.buf, self.config.max_frame_bytes) {
                 Ok(Some(frame)) => {
-                    let budget = self.frame_budget.take();
+                    let budget = self.frame_budget.take().map(|(p, _)| p);
                     if !self.dispatch(frame, budget).await {
                         return false;
                     }
