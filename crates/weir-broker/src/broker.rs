@@ -110,6 +110,8 @@ pub struct ProduceResult {
     pub partition: u32,
     pub base_offset: u64,
     pub last_offset: u64,
+    /// The broker's stamp (ms since the epoch) on a LogAppendTime topic; `None` otherwise.
+    pub log_append_time: Option<i64>,
 }
 
 /// A batch written by [`Broker::produce_start`], awaiting durability.
@@ -120,6 +122,7 @@ pub struct PendingProduce {
     partition: u32,
     appended: weir_log::Appended,
     started: Instant,
+    log_append_time: Option<i64>,
     /// For the produce observer.
     trace: Option<Box<TraceStart>>,
 }
@@ -179,6 +182,7 @@ impl PendingProduce {
             partition,
             appended,
             started,
+            log_append_time,
             trace,
         } = self;
         let info = if appended.needs_wait() {
@@ -208,6 +212,7 @@ impl PendingProduce {
             partition,
             base_offset: info.base_offset,
             last_offset: info.last_offset,
+            log_append_time,
         })
     }
 }
@@ -288,14 +293,14 @@ fn fetched(r: ReadResult) -> FetchResult {
 
 /// A copy of `batch` stamped with the broker's clock (LogAppendTime), CRC recomputed. The
 /// batch is validated first, so a corrupt one is refused rather than resealed.
-fn stamp_log_append_time(batch: Bytes) -> Result<Bytes> {
+fn stamp_log_append_time(batch: Bytes) -> Result<(Bytes, i64)> {
     weir_batch::validate(&batch).map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut buf = batch.to_vec();
     weir_batch::set_log_append_time(&mut buf, now);
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), now))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -670,9 +675,12 @@ impl Broker {
         };
         let part = t.partitions[p as usize].clone();
         let log = part.log.clone();
-        let batch = match t.config.timestamp_type {
-            TimestampType::CreateTime => batch,
-            TimestampType::LogAppendTime => stamp_log_append_time(batch)?,
+        let (batch, log_append_time) = match t.config.timestamp_type {
+            TimestampType::CreateTime => (batch, None),
+            TimestampType::LogAppendTime => {
+                let (b, at) = stamp_log_append_time(batch)?;
+                (b, Some(at))
+            }
         };
         // A small batch is a short write to the page cache: do it on this thread, which
         // saves the round trip through the blocking pool that dominates small-produce latency.
@@ -706,6 +714,7 @@ impl Broker {
             partition: p,
             appended,
             started,
+            log_append_time,
             trace,
         })
     }

@@ -414,10 +414,12 @@ async fn handle_inner(
                         .with_log_start_offset(-1);
                     let records = p.records.unwrap_or_default();
                     match produce_partition(kafka, &name, p.index, records).await {
-                        Ok((base, log_start)) => {
+                        Ok((base, log_start, append_time)) => {
                             resp = resp
                                 .with_base_offset(base as i64)
-                                .with_log_start_offset(log_start as i64);
+                                .with_log_start_offset(log_start as i64)
+                                // The broker's stamp on LogAppendTime topics, -1 otherwise.
+                                .with_log_append_time_ms(append_time.unwrap_or(-1));
                         }
                         Err((code, message)) => {
                             tracing::debug!(topic = %name, partition = p.index, code, %message, "Kafka produce failed");
@@ -1219,7 +1221,7 @@ async fn produce_partition(
     topic: &str,
     partition: i32,
     records: Bytes,
-) -> Result<(u64, u64), (i16, String)> {
+) -> Result<(u64, u64, Option<i64>), (i16, String)> {
     let broker = &kafka.broker;
     let fail = |e: BrokerError| (error_code(&e), e.to_string());
     let invalid =
@@ -1262,6 +1264,7 @@ async fn produce_partition(
         at = end;
     }
     let mut first = None;
+    let mut append_time = None;
     for (h, batch) in batches {
         // Check, append and record under the producer-partition's lock: a retry arriving on
         // another connection while the first attempt is still being appended waits, then is
@@ -1284,6 +1287,7 @@ async fn produce_partition(
                     .await
                     .map_err(fail)?;
                 kafka.producers.record(topic, part, &h, r.base_offset);
+                append_time = append_time.or(r.log_append_time);
                 r.base_offset
             }
         };
@@ -1294,7 +1298,7 @@ async fn produce_partition(
         .list_offsets(topic, part, OffsetSpec::Earliest)
         .await
         .map_err(fail)?;
-    Ok((first.unwrap_or(0), log_start))
+    Ok((first.unwrap_or(0), log_start, append_time))
 }
 
 /// Serves the Kafka protocol on `listener` until `shutdown` resolves.
@@ -1946,9 +1950,24 @@ mod tests {
         // Producer timestamps from 1970: the broker's clock replaces them.
         let mut b = weir_batch::BatchBuilder::new(1_000);
         b.push(weir_batch::RecordSpec::value(b"x"));
-        assert_eq!(
-            produce_one(&kafka, "stamped", Bytes::from(b.build())).await,
-            (code::NONE, 0)
+        let r: ProduceResponse = response(
+            ApiKey::Produce,
+            8,
+            handle(
+                &kafka,
+                request(
+                    ApiKey::Produce,
+                    8,
+                    &produce_to("stamped", Bytes::from(b.build())),
+                ),
+            )
+            .await,
+        );
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (code::NONE, 0));
+        assert!(
+            p.log_append_time_ms >= before,
+            "the response carries the broker's stamp"
         );
         let f = broker
             .fetch("stamped", 0, 0, 1 << 20, 0, Duration::ZERO)
