@@ -1253,7 +1253,6 @@ async fn produce_partition(
                     available: records.len() - at,
                 })
             })?;
-        weir_batch::validate(&records[at..end]).map_err(invalid)?;
         if h.is_transactional() || h.is_control() {
             return Err((
                 code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
@@ -1262,6 +1261,13 @@ async fn produce_partition(
         }
         batches.push((h, records.slice(at..end)));
         at = end;
+    }
+    // With several batches, each is CRC-checked here so that none is appended before a bad
+    // one is found; a lone batch is checked once, by the log as it appends.
+    if batches.len() > 1 {
+        for (_, batch) in &batches {
+            weir_batch::validate(batch).map_err(invalid)?;
+        }
     }
     let mut first = None;
     let mut append_time = None;
