@@ -519,35 +519,31 @@ fn unknown_member(group: &str, member: &str) -> BrokerError {
 /// Longest client id kept in a member id.
 const MAX_CLIENT_ID_IN_MEMBER_ID: usize = 64;
 
-/// Consumer groups of the native protocol with server-side assignment. See the
-/// [module docs](self).
-///
-/// Thread-safe (`&self` everywhere, one mutex inside). The `partitions_of` callbacks are called
-/// with that mutex held and must not call back into the coordinator.
+/// Hands out member ids `{client_id}-{sequence}-{random}`: unique within the generator, hard
+/// to guess. Shared by the native coordinator and the Kafka front door's.
 #[derive(Debug)]
-pub struct GroupCoordinator {
-    min_session: Duration,
-    max_session: Duration,
-    groups: Mutex<BTreeMap<String, Group>>,
-    next_member: AtomicU64,
+pub struct MemberIds {
+    next: AtomicU64,
     random: RandomState,
 }
 
-impl GroupCoordinator {
-    /// A coordinator accepting session timeouts in `[min_session, max_session]`.
-    pub fn new(min_session: Duration, max_session: Duration) -> Self {
+impl Default for MemberIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemberIds {
+    pub fn new() -> Self {
         Self {
-            min_session,
-            max_session,
-            groups: Mutex::new(BTreeMap::new()),
-            next_member: AtomicU64::new(1),
+            next: AtomicU64::new(1),
             random: RandomState::new(),
         }
     }
 
-    /// `{client_id}-{sequence}-{random}`: unique within this coordinator, hard to guess.
-    fn new_member_id(&self, client_id: &str) -> String {
-        let seq = self.next_member.fetch_add(1, Ordering::Relaxed);
+    /// A fresh id for a member whose client calls itself `client_id` (kept to 64 bytes).
+    pub fn next(&self, client_id: &str) -> String {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let noise = self.random.hash_one((seq, Instant::now()));
         let mut end = client_id.len().min(MAX_CLIENT_ID_IN_MEMBER_ID);
         while !client_id.is_char_boundary(end) {
@@ -558,6 +554,31 @@ impl GroupCoordinator {
             p => p,
         };
         format!("{prefix}-{seq:x}-{noise:016x}")
+    }
+}
+
+/// Consumer groups of the native protocol with server-side assignment. See the
+/// [module docs](self).
+///
+/// Thread-safe (`&self` everywhere, one mutex inside). The `partitions_of` callbacks are called
+/// with that mutex held and must not call back into the coordinator.
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    min_session: Duration,
+    max_session: Duration,
+    groups: Mutex<BTreeMap<String, Group>>,
+    member_ids: MemberIds,
+}
+
+impl GroupCoordinator {
+    /// A coordinator accepting session timeouts in `[min_session, max_session]`.
+    pub fn new(min_session: Duration, max_session: Duration) -> Self {
+        Self {
+            min_session,
+            max_session,
+            groups: Mutex::new(BTreeMap::new()),
+            member_ids: MemberIds::new(),
+        }
     }
 
     /// Joins `group` (creating it), or rejoins it with the `member_id` a previous join
@@ -636,7 +657,7 @@ impl GroupCoordinator {
                     .entry(group.to_string())
                     .or_insert_with(|| Group::new(GroupProtocol::Native, Some(strategy)));
                 g.check_strategy(group, strategy, "")?;
-                let id = self.new_member_id(client_id);
+                let id = self.member_ids.next(client_id);
                 g.core.insert(Member {
                     id: id.clone(),
                     client_id: client_id.to_string(),

@@ -22,14 +22,13 @@
 //! keyed by group name; the refusal above keeps the two protocols from writing each other's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use weir_broker::Broker;
-use weir_broker::group::GroupProtocol;
+use weir_broker::group::{GroupProtocol, MemberIds};
 
 use crate::code;
 
@@ -297,7 +296,7 @@ impl Group {
 pub struct KafkaGroups {
     broker: Broker,
     groups: Mutex<HashMap<String, Group>>,
-    next_member: AtomicU64,
+    member_ids: MemberIds,
 }
 
 impl KafkaGroups {
@@ -305,25 +304,8 @@ impl KafkaGroups {
         Self {
             broker,
             groups: Mutex::new(HashMap::new()),
-            next_member: AtomicU64::new(1),
+            member_ids: MemberIds::new(),
         }
-    }
-
-    fn new_member_id(&self, client_id: &str) -> String {
-        let seq = self.next_member.fetch_add(1, Ordering::Relaxed);
-        let noise = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            (seq, Instant::now()),
-        );
-        let mut end = client_id.len().min(64);
-        while !client_id.is_char_boundary(end) {
-            end -= 1;
-        }
-        let prefix = match &client_id[..end] {
-            "" => "member",
-            p => p,
-        };
-        format!("{prefix}-{seq:x}-{noise:016x}")
     }
 
     /// JoinGroup: resolves when the round completes (or at once with an error).
@@ -411,7 +393,7 @@ impl KafkaGroups {
             if g.members.len() + g.pending.len() >= MAX_MEMBERS {
                 return fail(code::GROUP_MAX_SIZE_REACHED);
             }
-            let id = self.new_member_id(&req.client_id);
+            let id = self.member_ids.next(&req.client_id);
             if req.require_known_member_id && !static_member {
                 g.pending.insert(id.clone(), now + req.session_timeout);
                 return Err(Box::new(JoinOutcome::error(code::MEMBER_ID_REQUIRED, &id)));
