@@ -79,14 +79,14 @@ fn a_produce_quota_holds_a_client_to_its_rate_and_says_so() {
     server.stop();
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// The resident memory of process `pid`, if it can be read.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .unwrap()
 }
 
 /// 50 producers flooding with a deep pipeline each: the server's resident memory stays within
@@ -110,7 +110,7 @@ fn the_memory_budget_bounds_the_server_under_fifty_flooding_producers() {
     );
     assert!(ok, "{err}");
     let pid = server.pid();
-    let baseline = rss_bytes(pid);
+    let baseline = rss_bytes(pid).unwrap();
     let addr = server.addr.clone();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = {
@@ -118,13 +118,7 @@ fn the_memory_budget_bounds_the_server_under_fifty_flooding_producers() {
         std::thread::spawn(move || {
             let end = Instant::now() + Duration::from_secs(8);
             while Instant::now() < end {
-                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    let rss = s
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                        .unwrap_or(0)
-                        * 1024;
+                if let Some(rss) = rss_bytes(pid) {
                     peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
