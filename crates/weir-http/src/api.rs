@@ -632,7 +632,7 @@ async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response 
     let max = c.max_message_bytes;
     ws
         // Small buffers keep idle connections cheap: the read buffer is allocated up front,
-        // and frames are written out as they are queued rather than gathered.
+        // and the write buffer only gathers the frames of one wake-up (flushed at once).
         .read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
         .max_message_size(max)

@@ -248,7 +248,10 @@ pub struct HttpSettings {
     pub ws_max_connections: usize,
     /// Read buffer each WebSocket connection allocates when it opens. Default 1,024 bytes.
     pub ws_read_buffer_bytes: usize,
-    /// Bytes of frames gathered before a write; 0 writes each frame as queued. Default 0.
+    /// Frames queued for one client are gathered into writes of up to this many bytes (one
+    /// system call for many frames; nothing waits for the buffer to fill). A connection
+    /// that has sent keeps a buffer of about this size. 0 writes each frame on its own.
+    /// Default 4,096 bytes.
     pub ws_write_buffer_bytes: usize,
     /// Wait this long at shutdown for WebSocket clients to take their close frame.
     /// Default 5,000 ms.
@@ -272,7 +275,7 @@ impl Default for HttpSettings {
             ws_max_subscriptions: 64,
             ws_max_connections: 16_384,
             ws_read_buffer_bytes: 1024,
-            ws_write_buffer_bytes: 0,
+            ws_write_buffer_bytes: 4096,
             shutdown_grace_ms: 5_000,
             profiling: false,
         }

@@ -52,8 +52,11 @@ pub struct WsConfig {
     /// Read buffer of a connection, allocated when it opens (it grows for larger frames).
     /// Default 1 KiB: clients send only small operations. (The library's default is 128 KiB.)
     pub read_buffer_bytes: usize,
-    /// Frames are gathered up to this many bytes before a write. Default 0: written as queued,
-    /// so an idle connection holds no write buffer. (The library's default is 128 KiB.)
+    /// The frames a connection has queued are gathered into writes of up to this many bytes,
+    /// then flushed: one system call carries many frames when a client is behind, and nothing
+    /// waits for the buffer to fill. A connection keeps a buffer of about this size once it
+    /// has sent; one that never sent keeps none. 0 writes each frame with its own system
+    /// call. Default 4 KiB. (The library's default is 128 KiB.)
     pub write_buffer_bytes: usize,
 }
 
@@ -69,7 +72,7 @@ impl Default for WsConfig {
             max_connections: 16_384,
             max_message_bytes: 64 << 10,
             read_buffer_bytes: 1024,
-            write_buffer_bytes: 0,
+            write_buffer_bytes: 4096,
         }
     }
 }
