@@ -175,6 +175,11 @@ fn traceparent_of(batch: &[u8]) -> Option<String> {
 }
 
 impl PendingProduce {
+    /// The offset the batch was written at.
+    pub fn base_offset(&self) -> u64 {
+        self.appended.info().base_offset
+    }
+
     /// Waits until the batch is as durable as the topic's policy promises.
     pub async fn wait(self) -> Result<ProduceResult> {
         let PendingProduce {

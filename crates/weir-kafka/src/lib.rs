@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -138,14 +140,14 @@ pub struct Kafka {
     pub broker: Broker,
     pub advertised: Advertised,
     pub groups: KafkaGroups,
-    pub producers: Producers,
+    pub producers: Arc<Producers>,
 }
 
 impl Kafka {
     pub fn new(broker: Broker, advertised: Advertised) -> Self {
         Self {
             groups: KafkaGroups::new(broker.clone()),
-            producers: Producers::new(),
+            producers: Arc::new(Producers::new()),
             broker,
             advertised,
         }
@@ -192,13 +194,37 @@ pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
 /// response carries `throttle_time_ms`, and its connection is not read for that long.
 pub async fn handle_throttled(kafka: &Kafka, frame: Bytes) -> (Reply, Duration) {
     let mut throttle = Duration::ZERO;
-    let reply = match handle_inner(kafka, frame, &mut throttle).await {
+    let reply = reply_of(handle_inner(kafka, frame, &mut throttle, None).await);
+    (reply, throttle)
+}
+
+fn reply_of(handled: Option<Option<Vec<Bytes>>>) -> Reply {
+    match handled {
         Some(Some(mut pieces)) if pieces.len() == 1 => Reply::Response(pieces.remove(0)),
         Some(Some(pieces)) => Reply::Parts(pieces),
         Some(None) => Reply::Silent,
         None => Reply::Close,
-    };
-    (reply, throttle)
+    }
+}
+
+/// A request taken as far as it goes without waiting for a sync.
+enum Step {
+    /// Answered (or to be closed on).
+    Done(Reply, Duration),
+    /// A produce whose batches are written, to be answered once they are durable.
+    Syncing(ProduceInFlight, Duration),
+}
+
+/// [`handle_throttled`], except that a produce returns once its batches are written: the
+/// connection then reads and writes its next requests while the syncs are under way.
+async fn handle_step(kafka: &Kafka, frame: Bytes) -> Step {
+    let mut throttle = Duration::ZERO;
+    let mut deferred = None;
+    let handled = handle_inner(kafka, frame, &mut throttle, Some(&mut deferred)).await;
+    match deferred {
+        Some(in_flight) => Step::Syncing(in_flight, throttle),
+        None => Step::Done(reply_of(handled), throttle),
+    }
 }
 
 fn throttle_ms(d: Duration) -> i32 {
@@ -291,6 +317,7 @@ async fn handle_inner(
     kafka: &Kafka,
     frame: Bytes,
     throttle: &mut Duration,
+    deferred: Option<&mut Option<ProduceInFlight>>,
 ) -> Option<Option<Vec<Bytes>>> {
     let (broker, advertised) = (&kafka.broker, &kafka.advertised);
     let (api, version, header, request) = match decode_request(frame) {
@@ -402,48 +429,32 @@ async fn handle_inner(
                 .sum();
             *throttle =
                 (*throttle).max(quotas.charge(&client_id, QuotaKind::Produce, bytes as u64));
-            let mut responses = Vec::new();
+            // Every batch is written now, in request order; the syncs are awaited after.
+            let mut topics = Vec::with_capacity(r.topic_data.len());
             for t in r.topic_data {
                 let name = t.name.0.to_string();
-                let mut parts = Vec::new();
+                let mut parts = Vec::with_capacity(t.partition_data.len());
                 for p in t.partition_data {
-                    let mut resp = PartitionProduceResponse::default()
-                        .with_index(p.index)
-                        .with_base_offset(-1)
-                        .with_log_append_time_ms(-1)
-                        .with_log_start_offset(-1);
                     let records = p.records.unwrap_or_default();
-                    match produce_partition(kafka, &name, p.index, records).await {
-                        Ok((base, log_start, append_time)) => {
-                            resp = resp
-                                .with_base_offset(base as i64)
-                                .with_log_start_offset(log_start as i64)
-                                // The broker's stamp on LogAppendTime topics, -1 otherwise.
-                                .with_log_append_time_ms(append_time.unwrap_or(-1));
-                        }
-                        Err((code, message)) => {
-                            tracing::debug!(topic = %name, partition = p.index, code, %message, "Kafka produce failed");
-                            resp = resp
-                                .with_error_code(code)
-                                .with_error_message(Some(StrBytes::from_string(message)));
-                        }
-                    }
-                    parts.push(resp);
+                    let started = produce_partition_start(kafka, &name, p.index, records).await;
+                    parts.push((p.index, started));
                 }
-                responses.push(
-                    TopicProduceResponse::default()
-                        .with_name(topic_name(&name))
-                        .with_partition_responses(parts),
-                );
+                topics.push((name, parts));
             }
-            if acks == 0 {
-                return Some(None);
-            }
-            ProduceResponse::default()
-                .with_responses(responses)
-                .with_throttle_time_ms(throttle_ms(*throttle))
-                .encode(&mut body, version)
-                .ok()?;
+            let in_flight = ProduceInFlight {
+                version,
+                acks,
+                throttle: *throttle,
+                body,
+                topics,
+            };
+            return match deferred {
+                Some(slot) => {
+                    *slot = Some(in_flight);
+                    Some(None)
+                }
+                None => in_flight.finish(kafka).await,
+            };
         }
         RequestKind::Fetch(r) => {
             let max_wait = Duration::from_millis(r.max_wait_ms.clamp(0, 30_000) as u64);
@@ -1216,12 +1227,24 @@ fn metadata_topic(name: &str, partitions: Option<usize>, error: i16) -> Metadata
 /// Appends every batch in `records` (a produce request may carry several) to one partition;
 /// returns the first batch's base offset and the log start, or a Kafka error code and message.
 /// Batches of idempotent producers go through the sequence checks of [`Producers`].
-async fn produce_partition(
+/// One batch of a produce, written (or found already written), awaiting durability.
+enum BatchWrite {
+    /// Written; the task waits for the sync and reports the outcome to a retry's waiter.
+    Written(tokio::task::JoinHandle<Result<weir_broker::ProduceResult, BrokerError>>),
+    /// A retry of a batch written earlier at this offset; the first write's outcome, when the
+    /// producer still waits on it.
+    Duplicate(u64, Option<tokio::sync::watch::Receiver<Option<bool>>>),
+}
+
+/// The first half of a partition's produce, in request order: every batch is checked, then
+/// each is written (its sync not yet awaited). A connection can write its next request's
+/// batches while this one's sync is under way; [`produce_partition_finish`] waits.
+async fn produce_partition_start(
     kafka: &Kafka,
     topic: &str,
     partition: i32,
     records: Bytes,
-) -> Result<(u64, u64, Option<i64>), (i16, String)> {
+) -> PartitionStart {
     let broker = &kafka.broker;
     let fail = |e: BrokerError| (error_code(&e), e.to_string());
     let invalid =
@@ -1269,14 +1292,13 @@ async fn produce_partition(
             weir_batch::validate(batch).map_err(invalid)?;
         }
     }
-    let mut first = None;
-    let mut append_time = None;
+    let mut writes = Vec::with_capacity(batches.len());
     for (h, batch) in batches {
-        // Check, append and record under the producer-partition's lock: a retry arriving on
-        // another connection while the first attempt is still being appended waits, then is
-        // seen as the duplicate it is.
+        // Check, write and record under the producer-partition's lock: a retry arriving on
+        // another connection while the first attempt is being written waits, then is seen as
+        // the duplicate it is (and waits for the first attempt's sync before it is answered).
         let _serial = kafka.producers.serialize(h.producer_id, topic, part).await;
-        let base = match kafka.producers.check(topic, part, &h) {
+        match kafka.producers.check(topic, part, &h) {
             producers::Check::Refuse(code) => {
                 return Err((
                     code,
@@ -1286,25 +1308,159 @@ async fn produce_partition(
                     ),
                 ));
             }
-            producers::Check::Duplicate(offset) => offset,
+            producers::Check::Duplicate(offset) => {
+                let durable = kafka.producers.durability(topic, part, &h);
+                writes.push(BatchWrite::Duplicate(offset, durable));
+            }
             producers::Check::Append => {
-                let r = broker
-                    .produce(topic, Some(part), None, batch)
+                let pending = broker
+                    .produce_start(topic, Some(part), None, batch)
                     .await
                     .map_err(fail)?;
-                kafka.producers.record(topic, part, &h, r.base_offset);
+                let durable = kafka
+                    .producers
+                    .record(topic, part, &h, pending.base_offset());
+                let producers = kafka.producers.clone();
+                let topic = topic.to_string();
+                // The sync is awaited in a task of its own, so that its outcome reaches a
+                // retry's waiter even if this connection goes away first.
+                writes.push(BatchWrite::Written(tokio::spawn(async move {
+                    let r = pending.wait().await;
+                    if let Some(durable) = durable {
+                        if r.is_err() {
+                            producers.forget(h.producer_id, &topic, part);
+                        }
+                        durable.send_replace(Some(r.is_ok()));
+                    }
+                    r
+                })));
+            }
+        }
+    }
+    Ok((part, writes))
+}
+
+/// The second half: waits until every batch written by [`produce_partition_start`] is
+/// durable. Returns the first batch's base offset, the log start offset and the
+/// LogAppendTime stamp.
+async fn produce_partition_finish(
+    kafka: &Kafka,
+    topic: &str,
+    part: u32,
+    writes: Vec<BatchWrite>,
+) -> Result<(u64, u64, Option<i64>), (i16, String)> {
+    let fail = |e: BrokerError| (error_code(&e), e.to_string());
+    let mut first = None;
+    let mut append_time = None;
+    for w in writes {
+        let base = match w {
+            BatchWrite::Written(task) => {
+                let r = task
+                    .await
+                    .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?
+                    .map_err(fail)?;
                 append_time = append_time.or(r.log_append_time);
                 r.base_offset
+            }
+            BatchWrite::Duplicate(offset, durable) => {
+                if let Some(mut durable) = durable {
+                    let ok = durable.wait_for(Option::is_some).await.map(|v| *v);
+                    if !matches!(ok, Ok(Some(true))) {
+                        return Err((
+                            code::KAFKA_STORAGE_ERROR,
+                            "the first write of this batch failed; retry it".into(),
+                        ));
+                    }
+                }
+                offset
             }
         };
         first.get_or_insert(base);
     }
     // The log start alone, not a whole topic description, on every produce.
-    let log_start = broker
+    let log_start = kafka
+        .broker
         .list_offsets(topic, part, OffsetSpec::Earliest)
         .await
         .map_err(fail)?;
     Ok((first.unwrap_or(0), log_start, append_time))
+}
+
+/// What [`produce_partition_start`] gives: the partition and its writes, or an error code and
+/// message.
+type PartitionStart = Result<(u32, Vec<BatchWrite>), (i16, String)>;
+
+/// A produce request whose batches are all written, awaiting their syncs before it is
+/// answered (see [`handle_pipelined`]).
+struct ProduceInFlight {
+    version: i16,
+    acks: i16,
+    throttle: Duration,
+    /// The response so far: size prefix and header.
+    body: BytesMut,
+    /// Per topic, per partition index: its writes, or why it was refused.
+    topics: Vec<(String, Vec<(i32, PartitionStart)>)>,
+}
+
+impl ProduceInFlight {
+    async fn finish(self, kafka: &Kafka) -> Option<Option<Vec<Bytes>>> {
+        let ProduceInFlight {
+            version,
+            acks,
+            throttle,
+            mut body,
+            topics,
+        } = self;
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, parts) in topics {
+            let mut out = Vec::with_capacity(parts.len());
+            for (index, started) in parts {
+                let mut resp = PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1);
+                let done = match started {
+                    Ok((part, writes)) => {
+                        produce_partition_finish(kafka, &name, part, writes).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match done {
+                    Ok((base, log_start, append_time)) => {
+                        resp = resp
+                            .with_base_offset(base as i64)
+                            .with_log_start_offset(log_start as i64)
+                            // The broker's stamp on LogAppendTime topics, -1 otherwise.
+                            .with_log_append_time_ms(append_time.unwrap_or(-1));
+                    }
+                    Err((code, message)) => {
+                        tracing::debug!(topic = %name, partition = index, code, %message, "Kafka produce failed");
+                        resp = resp
+                            .with_error_code(code)
+                            .with_error_message(Some(StrBytes::from_string(message)));
+                    }
+                }
+                out.push(resp);
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(topic_name(&name))
+                    .with_partition_responses(out),
+            );
+        }
+        if acks == 0 {
+            return Some(None);
+        }
+        ProduceResponse::default()
+            .with_responses(responses)
+            .with_throttle_time_ms(throttle_ms(throttle))
+            .encode(&mut body, version)
+            .ok()?;
+        let len = i32::try_from(body.len() - 4).ok()?;
+        body[..4].copy_from_slice(&len.to_be_bytes());
+        Some(Some(vec![body.freeze()]))
+    }
 }
 
 /// Serves the Kafka protocol on `listener` until `shutdown` resolves.
@@ -1416,6 +1572,45 @@ async fn write_pieces(
     Ok(())
 }
 
+/// Produce requests of one connection that may await their syncs at once (librdkafka keeps up
+/// to five in flight when idempotent, more otherwise). Past this many the connection takes no
+/// new request until the oldest is answered.
+const MAX_SYNCING: usize = 8;
+
+/// An answer in the making: the reply and the client's throttle time.
+type Answer<'a> = std::pin::Pin<Box<dyn Future<Output = (Reply, Duration)> + Send + 'a>>;
+
+/// Writes one reply; then, over a quota, waits out the throttle time before the connection
+/// takes its next request (the read-ahead full, the socket is not read either), as a Kafka
+/// broker mutes the channel.
+async fn answer(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    reply: Reply,
+    throttle: Duration,
+) -> std::io::Result<()> {
+    let written = match reply {
+        Reply::Response(r) => tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&r)).await,
+        Reply::Parts(pieces) => {
+            tokio::time::timeout(WRITE_TIMEOUT, write_pieces(writer, pieces)).await
+        }
+        Reply::Silent => Ok(Ok(())),
+        Reply::Close => return Err(std::io::Error::other("request not understood")),
+    };
+    match written {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its response",
+            ));
+        }
+    }
+    if !throttle.is_zero() {
+        tokio::time::sleep(throttle).await;
+    }
+    Ok(())
+}
+
 async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) =
@@ -1469,44 +1664,51 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
         }
     };
     let handle_all = async {
-        while let Some((frame, permit)) = rx.recv().await {
+        // Produce requests whose batches are written, awaiting their syncs, oldest first. Their
+        // answers go out in request order, but the appends of consecutive produces overlap
+        // their syncs (and share them: group commit), as a client's pipelined produces do on
+        // the native protocol.
+        let mut syncing: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
+        let mut reading = true;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                Some((reply, throttle)) = syncing.next(), if !syncing.is_empty() => {
+                    answer(&mut writer, reply, throttle).await?;
+                    continue;
+                }
+                f = rx.recv(), if reading && syncing.len() < MAX_SYNCING => f,
+                else => return Ok(()),
+            };
+            let Some((frame, permit)) = frame else {
+                reading = false;
+                continue;
+            };
             // Only produce data is held for the whole request; other requests (a JoinGroup
             // can wait minutes) give their budget back once read.
-            let produce = frame.get(0..2) == Some(&[0, 0][..]);
-            let permit = if produce {
-                Some(permit)
-            } else {
-                drop(permit);
-                None
-            };
-            let (reply, throttle) = handle_throttled(kafka, frame).await;
+            if frame.get(0..2) == Some(&[0, 0][..]) {
+                match handle_step(kafka, frame).await {
+                    Step::Syncing(in_flight, throttle) => syncing.push_back(Box::pin(async move {
+                        let reply = reply_of(in_flight.finish(kafka).await);
+                        drop(permit);
+                        (reply, throttle)
+                    })),
+                    Step::Done(reply, throttle) => {
+                        drop(permit);
+                        syncing.push_back(Box::pin(std::future::ready((reply, throttle))));
+                    }
+                }
+                continue;
+            }
             drop(permit);
-            let written = match reply {
-                Reply::Response(r) => {
-                    tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&r)).await
-                }
-                Reply::Parts(pieces) => {
-                    tokio::time::timeout(WRITE_TIMEOUT, write_pieces(&mut writer, pieces)).await
-                }
-                Reply::Silent => Ok(Ok(())),
-                Reply::Close => return Err(std::io::Error::other("request not understood")),
-            };
-            match written {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client did not read its response",
-                    ));
-                }
+            // Anything else is handled once every produce before it is answered: requests
+            // other than produce see the connection as strictly one request at a time.
+            while let Some((reply, throttle)) = syncing.next().await {
+                answer(&mut writer, reply, throttle).await?;
             }
-            // Over a quota: the next request waits (and, the read-ahead full, so does the
-            // socket) until the client is back within it, as a Kafka broker mutes the channel.
-            if !throttle.is_zero() {
-                tokio::time::sleep(throttle).await;
-            }
+            let (reply, throttle) = handle_throttled(kafka, frame).await;
+            answer(&mut writer, reply, throttle).await?;
         }
-        Ok(())
     };
     // The handler finishes what was read before the reader stopped (the reader's end drops
     // its sender); a handler error, or a request it cannot understand, ends both at once.
@@ -1691,6 +1893,158 @@ mod tests {
             b.push(weir_batch::RecordSpec::value(v));
         }
         Bytes::from(b.build())
+    }
+
+    async fn always_topic(broker: &Broker, name: &str) {
+        let config = weir_broker::TopicConfig {
+            durability: weir_broker::topic::DurabilitySetting::Always,
+            ..Default::default()
+        };
+        broker.create_topic(name, Some(config)).await.unwrap();
+    }
+
+    fn produced(reply: Reply) -> (i16, i64) {
+        let r: ProduceResponse = response(ApiKey::Produce, 8, reply);
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn produces_are_written_before_earlier_ones_are_answered_and_a_retry_waits_for_the_first()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        always_topic(&broker, "s").await;
+        let pid = kafka.producers.init();
+        let first = request(
+            ApiKey::Produce,
+            8,
+            &produce_to("s", idempotent(pid, 0, &[b"a", b"b"])),
+        );
+        let second = request(
+            ApiKey::Produce,
+            8,
+            &produce_to("s", idempotent(pid, 2, &[b"c"])),
+        );
+        // Both written, neither answered yet.
+        let Step::Syncing(a, _) = handle_step(&kafka, first.clone()).await else {
+            panic!("a produce to an fsync topic awaits its sync")
+        };
+        let Step::Syncing(b, _) = handle_step(&kafka, second).await else {
+            panic!("a produce to an fsync topic awaits its sync")
+        };
+        // The first batch retried before its answer: a duplicate that writes nothing and
+        // is answered with the first write's offset once that write is durable.
+        let Step::Syncing(retry, _) = handle_step(&kafka, first).await else {
+            panic!("a retry awaits the first write")
+        };
+        // Finished out of order here (a connection answers in order): each stands alone, and
+        // the second was written after the first without waiting for the first's answer.
+        assert_eq!(produced(reply_of(b.finish(&kafka).await)), (code::NONE, 2));
+        assert_eq!(
+            produced(reply_of(retry.finish(&kafka).await)),
+            (code::NONE, 0)
+        );
+        assert_eq!(produced(reply_of(a.finish(&kafka).await)), (code::NONE, 0));
+        assert_eq!(
+            broker
+                .list_offsets("s", 0, OffsetSpec::Latest)
+                .await
+                .unwrap(),
+            3
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_requests_on_one_connection_are_answered_in_order() {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, _) = broker(dir.path()).await;
+        always_topic(&broker, "s").await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            broker.clone(),
+            Advertised {
+                host: "127.0.0.1".into(),
+                port: i32::from(addr.port()),
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // The helper's requests carry correlation id 42 at bytes 4..8 (after the api key and
+        // the version), and no size prefix.
+        let with_correlation = |req: Bytes, id: i32| {
+            let mut b = BytesMut::new();
+            b.put_i32(req.len() as i32);
+            b.extend_from_slice(&req);
+            b[8..12].copy_from_slice(&id.to_be_bytes());
+            b.freeze()
+        };
+        // 30 produces of 2 records each, then a ListOffsets, written at once: more than the
+        // connection lets await their syncs together.
+        const N: i32 = 30;
+        let mut wire = Vec::new();
+        for i in 1..=N {
+            let batch = Bytes::from({
+                let mut b = weir_batch::BatchBuilder::new(0);
+                b.push(weir_batch::RecordSpec::value(b"x"));
+                b.push(weir_batch::RecordSpec::value(b"y"));
+                b.build()
+            });
+            let req = request(ApiKey::Produce, 8, &produce_to("s", batch));
+            wire.extend_from_slice(&with_correlation(req, i));
+        }
+        let list = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(topic_name("s"))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1),
+                    ]),
+            ]);
+        let req = request(ApiKey::ListOffsets, 5, &list);
+        wire.extend_from_slice(&with_correlation(req, N + 1));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&wire).await.unwrap();
+        for i in 1..=N + 1 {
+            let len = conn.read_i32().await.unwrap();
+            let mut b = vec![0u8; len as usize];
+            conn.read_exact(&mut b).await.unwrap();
+            let mut b = Bytes::from(b);
+            let api = if i <= N {
+                ApiKey::Produce
+            } else {
+                ApiKey::ListOffsets
+            };
+            let version = if i <= N { 8 } else { 5 };
+            let h = ResponseHeader::decode(&mut b, api.response_header_version(version)).unwrap();
+            assert_eq!(h.correlation_id, i, "answers in request order");
+            if i <= N {
+                let r = ProduceResponse::decode(&mut b, version).unwrap();
+                let p = &r.responses[0].partition_responses[0];
+                assert_eq!(
+                    (p.error_code, p.base_offset),
+                    (code::NONE, 2 * (i - 1) as i64)
+                );
+            } else {
+                // Answered after every produce before it, and sees them all.
+                let r = ListOffsetsResponse::decode(&mut b, version).unwrap();
+                assert_eq!(r.topics[0].partitions[0].offset, 2 * N as i64);
+            }
+        }
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,12 @@
 //! - anything else: `OUT_OF_ORDER_SEQUENCE_NUMBER`, and nothing is written; an older epoch
 //!   gets `INVALID_PRODUCER_EPOCH`.
 //!
+//! A batch is recorded as soon as it is written, before its sync: the next batch of the same
+//! producer can then be written while the first one's sync is under way. A retry that arrives
+//! meanwhile is answered only once the first write is durable (see [`Producers::durability`]);
+//! if that write fails, the producer's state for the partition is forgotten, so the retry is
+//! written again.
+//!
 //! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
 //! producer is accepted whatever its sequence (a retry that straddles a restart can be written
 //! twice). At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
@@ -19,7 +25,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use weir_batch::BatchHeader;
 
 use crate::code;
@@ -33,10 +42,22 @@ const RECENT: usize = 5;
 struct State {
     epoch: i16,
     last_sequence: i32,
-    /// (first sequence, last sequence, base offset) of the latest batches, oldest first.
-    recent: VecDeque<(i32, i32, u64)>,
+    /// The latest batches, oldest first.
+    recent: VecDeque<Recent>,
     used: Instant,
 }
+
+#[derive(Debug)]
+struct Recent {
+    first: i32,
+    last: i32,
+    base_offset: u64,
+    durable: Arc<Durable>,
+}
+
+/// Whether a recorded batch's write became durable: `None` while it awaits its sync. The
+/// writer sends the outcome; a retry of the batch waits for it.
+pub type Durable = watch::Sender<Option<bool>>;
 
 /// What to do with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,12 +165,12 @@ impl Producers {
             };
         }
         let last = last_sequence(h);
-        if let Some((_, _, offset)) = s
+        if let Some(r) = s
             .recent
             .iter()
-            .find(|(first, end, _)| *first == h.base_sequence && *end == last)
+            .find(|r| r.first == h.base_sequence && r.last == last)
         {
-            return Check::Duplicate(*offset);
+            return Check::Duplicate(r.base_offset);
         }
         if h.base_sequence == next_sequence(s.last_sequence) {
             Check::Append
@@ -158,10 +179,43 @@ impl Producers {
         }
     }
 
-    /// Records a batch appended at `base_offset`.
-    pub fn record(&self, topic: &str, partition: u32, h: &BatchHeader, base_offset: u64) {
+    /// For a batch [`Producers::check`] found a duplicate of: the outcome of the first write,
+    /// to wait on before answering the retry.
+    pub fn durability(
+        &self,
+        topic: &str,
+        partition: u32,
+        h: &BatchHeader,
+    ) -> Option<watch::Receiver<Option<bool>>> {
+        let states = self.states.lock();
+        let s = states.get(&(h.producer_id, topic.to_string(), partition))?;
+        let last = last_sequence(h);
+        s.recent
+            .iter()
+            .find(|r| r.first == h.base_sequence && r.last == last)
+            .map(|r| r.durable.subscribe())
+    }
+
+    /// Forgets a producer's state for one partition: its latest write failed, so nothing
+    /// recorded since the last durable batch can be trusted. Its next batch is accepted
+    /// whatever its sequence, as after a restart.
+    pub fn forget(&self, producer_id: i64, topic: &str, partition: u32) {
+        self.states
+            .lock()
+            .remove(&(producer_id, topic.to_string(), partition));
+    }
+
+    /// Records a batch written at `base_offset`. For an idempotent producer, returns where to
+    /// send the outcome of the write's sync.
+    pub fn record(
+        &self,
+        topic: &str,
+        partition: u32,
+        h: &BatchHeader,
+        base_offset: u64,
+    ) -> Option<Arc<Durable>> {
         if h.producer_id < 0 {
-            return;
+            return None;
         }
         let mut states = self.states.lock();
         let key = (h.producer_id, topic.to_string(), partition);
@@ -190,7 +244,14 @@ impl Producers {
         if s.recent.len() == RECENT {
             s.recent.pop_front();
         }
-        s.recent.push_back((h.base_sequence, last, base_offset));
+        let durable = Arc::new(watch::Sender::new(None));
+        s.recent.push_back(Recent {
+            first: h.base_sequence,
+            last,
+            base_offset,
+            durable: durable.clone(),
+        });
+        Some(durable)
     }
 
     /// Forgets a topic's states (it was deleted).
