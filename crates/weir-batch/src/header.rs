@@ -74,6 +74,12 @@ pub enum BatchError {
         "record batch is compressed with {0:?}; records cannot be decoded without decompression"
     )]
     Compressed(Compression),
+    /// A compressed batch's records could not be decompressed.
+    #[error("record batch {codec:?} decompression failed: {reason}")]
+    Decompress { codec: Compression, reason: String },
+    /// A compressed batch decompresses to more than weir accepts.
+    #[error("record batch decompresses ({codec:?}) to more than {limit} bytes")]
+    DecompressedTooLarge { codec: Compression, limit: usize },
 }
 
 /// Compression codec named by attribute bits 0-2.

@@ -8,14 +8,16 @@
 //!   [`peek`] (header only, for scanning a log without checksumming it),
 //!   [`set_base_offset`] (the one field a log rewrites; it lies outside the CRC).
 //! - [`builder`]: [`BatchBuilder`], which encodes uncompressed batches.
-//! - [`records`]: [`Records`], a bounds-checked decoder of the records inside an
-//!   uncompressed batch.
+//! - [`records`]: [`Records`], a bounds-checked decoder of the records inside a batch, and
+//!   [`payload`], which hands it a compressed batch's records decompressed.
+//! - [`compression`]: bounded decompression for gzip, snappy, LZ4 and zstd batches.
 //!
 //! Every decoder here treats its input as hostile: lengths are checked before they are used,
 //! nothing is allocated from a length read off the input, and malformed input yields a
 //! [`BatchError`] naming the fault, never a panic.
 
 pub mod builder;
+pub mod compression;
 pub mod header;
 pub mod records;
 
@@ -24,7 +26,7 @@ pub use header::{
     BatchError, BatchHeader, Compression, HEADER_LEN, MAGIC_V2, peek, set_base_offset,
     set_log_append_time, validate,
 };
-pub use records::{Record, RecordHeader, Records};
+pub use records::{Record, RecordHeader, Records, check_records, payload};
 
 /// Iterates over consecutive batches in `buf` (as returned by a log read), checking each one
 /// with [`validate`]. Stops at the end of `buf`; a trailing partial or damaged batch yields

@@ -5,7 +5,26 @@
 //! key length: varint (-1 = null), key, value length: varint (-1 = null), value,
 //! header count: varint, then per header: key length: varint, key, value length: varint, value`.
 
+use std::borrow::Cow;
+
+use crate::compression::{MAX_DECOMPRESSED_BYTES, decompress};
 use crate::header::{BatchError, BatchHeader, Compression, HEADER_LEN, validate};
+
+/// Validates `batch` (one whole batch) and returns its header and its records section:
+/// borrowed when the batch is uncompressed, decompressed (at most
+/// [`MAX_DECOMPRESSED_BYTES`]) when it is not. Decode the section with
+/// [`Records::with_payload`].
+pub fn payload(batch: &[u8]) -> Result<(BatchHeader, Cow<'_, [u8]>), BatchError> {
+    let header = validate(batch)?;
+    let section = &batch[HEADER_LEN..];
+    Ok(match header.compression() {
+        Compression::None => (header, Cow::Borrowed(section)),
+        codec => (
+            header,
+            Cow::Owned(decompress(codec, section, MAX_DECOMPRESSED_BYTES)?),
+        ),
+    })
+}
 
 /// One decoded record, borrowing from the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +44,37 @@ pub struct RecordHeader<'a> {
     pub value: Option<&'a [u8]>,
 }
 
-/// Iterator over the records of one validated, uncompressed batch.
+/// Iterator over the records of one validated batch: an uncompressed batch with
+/// [`Records::new`], any batch with [`payload`] and [`Records::with_payload`].
 #[derive(Debug, Clone)]
 pub struct Records<'a> {
     header: BatchHeader,
     rest: &'a [u8],
     index: usize,
     failed: bool,
+}
+
+/// Checks that every record of `batch` decodes, decompressing a compressed batch: what a
+/// broker does before it stores a batch, so that no reader meets an undecodable one later.
+/// Skips the CRC on success (the log checks it as it appends); on failure, a bad CRC or
+/// layout is reported in preference to the record fault it caused.
+pub fn check_records(batch: &[u8]) -> Result<(), BatchError> {
+    let records = || -> Result<(), BatchError> {
+        let header = crate::header::peek(batch)?;
+        let section =
+            batch
+                .get(HEADER_LEN..header.total_len())
+                .ok_or(BatchError::LengthMismatch {
+                    declared: header.total_len(),
+                    actual: batch.len(),
+                })?;
+        let section = match header.compression() {
+            Compression::None => Cow::Borrowed(section),
+            codec => Cow::Owned(decompress(codec, section, MAX_DECOMPRESSED_BYTES)?),
+        };
+        Records::with_payload(header, &section).try_for_each(|r| r.map(drop))
+    };
+    records().map_err(|fault| validate(batch).err().unwrap_or(fault))
 }
 
 impl<'a> Records<'a> {
@@ -48,6 +91,17 @@ impl<'a> Records<'a> {
             index: 0,
             failed: false,
         })
+    }
+
+    /// Decodes the records section `payload` of a batch with `header`, as [`payload`] returns
+    /// them (for compressed batches, the decompressed section).
+    pub fn with_payload(header: BatchHeader, payload: &'a [u8]) -> Self {
+        Self {
+            header,
+            rest: payload,
+            index: 0,
+            failed: false,
+        }
     }
 
     /// The batch header.
@@ -185,6 +239,76 @@ mod tests {
     use super::*;
     use crate::{BatchBuilder, RecordSpec, header::reseal, set_base_offset};
     use proptest::prelude::*;
+
+    #[test]
+    fn check_records_refuses_what_readers_could_not_decode() {
+        let mut b = BatchBuilder::new(5_000);
+        b.push(RecordSpec::keyed(b"k1", b"v1"));
+        b.push(RecordSpec::value(b"v2"));
+        let plain = b.build();
+        assert_eq!(check_records(&plain), Ok(()));
+        // A record whose key length overruns it, resealed so the CRC holds.
+        let mut bad = plain.clone();
+        bad[HEADER_LEN + 4] = 0x7e; // the first record's key length: far too long
+        reseal(&mut bad);
+        assert!(matches!(
+            check_records(&bad),
+            Err(BatchError::BadRecord { index: 0, .. })
+        ));
+        // Marked gzip, but the section is not gzip: refused, naming the codec.
+        let mut not_gzip = plain.clone();
+        not_gzip[22] |= 1;
+        reseal(&mut not_gzip);
+        assert!(matches!(
+            check_records(&not_gzip),
+            Err(BatchError::Decompress {
+                codec: Compression::Gzip,
+                ..
+            })
+        ));
+        // A damaged batch whose CRC no longer holds is reported as that, not as its records.
+        let mut torn = bad.clone();
+        torn[HEADER_LEN + 6] ^= 0xff;
+        assert!(matches!(
+            check_records(&torn),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_compressed_batch_decodes_through_its_payload() {
+        use std::io::Write;
+        let mut b = BatchBuilder::new(5_000);
+        b.push(RecordSpec::keyed(b"k1", b"v1"));
+        b.push(RecordSpec::value(b"v2"));
+        let plain = b.build();
+        // The same batch as a producer would send it gzipped: the records section
+        // compressed, the codec in attribute bits 0-2, length and CRC updated.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain[HEADER_LEN..]).unwrap();
+        let mut batch = plain[..HEADER_LEN].to_vec();
+        batch.extend_from_slice(&gz.finish().unwrap());
+        let len = (batch.len() - 12) as i32;
+        batch[8..12].copy_from_slice(&len.to_be_bytes());
+        batch[22] |= 1;
+        reseal(&mut batch);
+        assert_eq!(
+            Records::new(&batch).unwrap_err(),
+            BatchError::Compressed(Compression::Gzip)
+        );
+        let (h, section) = payload(&batch).unwrap();
+        assert!(matches!(section, Cow::Owned(_)));
+        let got: Vec<Record> = Records::with_payload(h, &section)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<Record> = Records::new(&plain)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, want);
+        // An uncompressed batch's section is borrowed, not copied.
+        assert!(matches!(payload(&plain).unwrap().1, Cow::Borrowed(_)));
+    }
 
     #[test]
     fn log_append_time_stamps_every_record_and_keeps_the_batch_valid() {

@@ -702,10 +702,17 @@ impl Broker {
                 o.clone(),
             ))
         });
-        let appended = if batch.len() <= INLINE_APPEND_BYTES && multi_thread {
-            tokio::task::block_in_place(|| log.append_start(batch))?
+        // Every record must decode (compressed batches are decompressed to see), so that no
+        // reader meets an undecodable batch later; the log then checks the CRC as it appends.
+        let append = move || {
+            weir_batch::check_records(&batch)
+                .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?;
+            log.append_start(batch).map_err(BrokerError::from)
+        };
+        let appended = if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
+            tokio::task::block_in_place(append)?
         } else {
-            blocking(move || log.append_start(batch).map_err(BrokerError::from)).await?
+            blocking(append).await?
         };
         // Visible already unless the policy waits for a sync.
         part.hwm.send_replace(part.log.high_watermark());

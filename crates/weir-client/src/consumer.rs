@@ -1,13 +1,14 @@
 //! Consumers: an assigned partition from an offset, a server-assigned group member, and push
 //! subscriptions with a credit window.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_batch::{Batches, Compression, Records};
+use weir_batch::{Batches, Records};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode};
 
@@ -42,17 +43,19 @@ pub fn decode_records(
     for b in Batches::new(batches) {
         let (h, bytes) =
             b.map_err(|e| ClientError::Protocol(format!("bad batch from server: {e}")))?;
-        if h.compression() != Compression::None {
-            return Err(ClientError::Invalid(format!(
-                "{topic}/{partition} holds a {:?}-compressed batch; this client reads uncompressed batches only",
-                h.compression()
-            )));
-        }
         if (h.next_offset() as u64) <= from {
             continue;
         }
-        let records = Records::new(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let slice = |s: &[u8]| batches.slice_ref(s);
+        // Kafka producers' compressed batches are decompressed here; an uncompressed batch's
+        // records are handed out as slices of the fetched buffer, not copied.
+        let (h, section) =
+            weir_batch::payload(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let data = match section {
+            Cow::Borrowed(s) => batches.slice_ref(s),
+            Cow::Owned(v) => Bytes::from(v),
+        };
+        let records = Records::with_payload(h, &data);
+        let slice = |s: &[u8]| data.slice_ref(s);
         for r in records {
             let r = r.map_err(|e| ClientError::Protocol(e.to_string()))?;
             if (r.offset as u64) < from {

@@ -523,13 +523,10 @@ async fn fetch(
             if h.is_control() {
                 continue;
             }
-            let decoded = match Records::new(bytes) {
-                Ok(d) => d,
-                // Compressed batches (from Kafka producers) are not decoded by this API yet.
-                Err(weir_batch::BatchError::Compressed(_)) => continue,
-                Err(e) => return Err(ApiError::new(ErrorCode::StorageError, e.to_string())),
-            };
-            for rec in decoded {
+            // Compressed batches (from Kafka producers) are decompressed to be shown.
+            let (h, section) = weir_batch::payload(bytes)
+                .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+            for rec in Records::with_payload(h, &section) {
                 let rec = rec.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
                 if (rec.offset.max(0) as u64) < offset {
                     continue;

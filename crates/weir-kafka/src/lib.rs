@@ -1851,6 +1851,30 @@ mod tests {
             r.responses[0].partition_responses[0].error_code,
             code::CORRUPT_MESSAGE
         );
+        // A batch marked gzip whose records are not gzip, with a CRC that holds: refused
+        // too, so that no reader that decompresses (HTTP, WebSocket, native) meets it later.
+        let mut not_gzip = weir_batch::BatchBuilder::new(0);
+        not_gzip.push(weir_batch::RecordSpec::value(b"plain"));
+        let mut not_gzip = not_gzip.build();
+        not_gzip[22] |= 1;
+        weir_batch::header::reseal(&mut not_gzip);
+        assert!(weir_batch::validate(&not_gzip).is_ok(), "the CRC holds");
+        let r: ProduceResponse = response(
+            ApiKey::Produce,
+            8,
+            handle(
+                &adv,
+                request(ApiKey::Produce, 8, &produce(Bytes::from(not_gzip), -1)),
+            )
+            .await,
+        );
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, code::CORRUPT_MESSAGE);
+        assert!(
+            p.error_message.as_deref().unwrap_or("").contains("Gzip"),
+            "{:?}",
+            p.error_message
+        );
         assert_eq!(
             broker.topic_info("a").unwrap().partitions[0].high_watermark,
             2,

@@ -341,13 +341,9 @@ pub fn decode_items(
             if header.is_control() {
                 continue;
             }
-            let records = match Records::new(bytes) {
-                Ok(r) => r,
-                // Compressed batches (from Kafka producers) are not decoded here yet.
-                Err(weir_batch::BatchError::Compressed(_)) => continue,
-                Err(e) => return Err(e.to_string()),
-            };
-            for record in records {
+            // Compressed batches (from Kafka producers) are decompressed to be shown.
+            let (header, section) = weir_batch::payload(bytes).map_err(|e| e.to_string())?;
+            for record in Records::with_payload(header, &section) {
                 let record = record.map_err(|e| e.to_string())?;
                 if (record.offset.max(0) as u64) < from {
                     continue;
