@@ -27,6 +27,10 @@ fn benches(c: &mut Criterion) {
     g.bench_function("validate_1000x1KiB", |b| {
         b.iter(|| weir_batch::validate(black_box(&big)).unwrap())
     });
+    // What the broker adds before an append: every record decoded (no CRC).
+    g.bench_function("check_records_1000x1KiB", |b| {
+        b.iter(|| weir_batch::check_records(black_box(&big)).unwrap())
+    });
     g.finish();
 
     let config = LogConfig {
