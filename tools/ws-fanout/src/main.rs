@@ -11,12 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -30,6 +27,127 @@ fn sent_at(frame: &str) -> Option<u64> {
     let rest = &frame[i..];
     let end = rest.find('"')?;
     rest[..end].parse().ok()
+}
+
+/// A minimal WebSocket client for this load generator: handshake, one masked text frame out
+/// (the subscribe operation), then server frames parsed in place from one reusable buffer.
+/// A general-purpose client (tungstenite) allocates and copies each message and zeroes a large
+/// read buffer per read, which made the generator, not the server, the bottleneck when it
+/// shares two cores with the server. Pings are answered; anything malformed is an error.
+struct RawWs {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    /// Unparsed bytes are `buf[at..end]`.
+    at: usize,
+    end: usize,
+    /// A text frame handed out by `next_text`, consumed at the next call.
+    pending: usize,
+}
+
+impl RawWs {
+    async fn connect(http: &str, subscribe: &str) -> Result<RawWs> {
+        let mut s = tokio::net::TcpStream::connect(http).await?;
+        s.set_nodelay(true)?;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut ws = RawWs { s, buf: vec![0; 8192], at: 0, end: 0, pending: 0 };
+        let head_end = loop {
+            if let Some(i) = ws.buf[..ws.end].windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if ws.end == ws.buf.len() {
+                bail!("handshake answer too long");
+            }
+            let n = ws.s.read(&mut ws.buf[ws.end..]).await?;
+            if n == 0 {
+                bail!("closed during the handshake");
+            }
+            ws.end += n;
+        };
+        if !ws.buf.starts_with(b"HTTP/1.1 101") {
+            bail!("handshake refused: {}", String::from_utf8_lossy(&ws.buf[..head_end]));
+        }
+        ws.at = head_end;
+        ws.send(0x1, subscribe.as_bytes()).await?;
+        Ok(ws)
+    }
+
+    /// Sends one frame, masked (as clients must) with a zero key.
+    async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).await?;
+        Ok(())
+    }
+
+    /// The next text frame; `None` when the server closes.
+    async fn next_text(&mut self) -> Result<Option<&str>> {
+        self.at += std::mem::take(&mut self.pending);
+        loop {
+            let avail = &self.buf[self.at..self.end];
+            if avail.len() >= 2 {
+                let (op, len7) = (avail[0] & 0x0f, avail[1]);
+                if len7 & 0x80 != 0 {
+                    bail!("the server masked a frame");
+                }
+                let (hdr, len) = match len7 {
+                    126 if avail.len() >= 4 => (4, u16::from_be_bytes([avail[2], avail[3]]) as usize),
+                    127 if avail.len() >= 10 => {
+                        (10, u64::from_be_bytes(avail[2..10].try_into()?) as usize)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (2, n as usize),
+                };
+                if hdr != usize::MAX && avail.len() >= hdr + len {
+                    let start = self.at + hdr;
+                    match op {
+                        0x1 => {
+                            self.at = start;
+                            self.pending = len;
+                            return Ok(Some(std::str::from_utf8(&self.buf[start..start + len])?));
+                        }
+                        0x9 => {
+                            let payload = self.buf[start..start + len].to_vec();
+                            self.at = start + len;
+                            self.send(0xA, &payload).await?;
+                        }
+                        0x8 => return Ok(None),
+                        _ => self.at = start + len,
+                    }
+                    continue;
+                }
+                if hdr != usize::MAX && hdr + len > self.buf.len() {
+                    self.buf.resize(hdr + len, 0);
+                }
+            }
+            // Need more bytes: move what is left to the front, then read.
+            if self.at > 0 {
+                self.buf.copy_within(self.at..self.end, 0);
+                self.end -= self.at;
+                self.at = 0;
+            }
+            let n = self.s.read(&mut self.buf[self.end..]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.end += n;
+        }
+    }
 }
 
 /// POSTs `n` records, each with its send time, to /topics/TOPIC/records (HTTP/1.1, one
@@ -79,7 +197,7 @@ async fn main() -> Result<()> {
         "{{\"op\":\"subscribe\",\"topics\":[\"{topic}\"],\"from\":\"latest\",\"policy\":\"drop_oldest\"}}"
     );
     for i in 0..subscribers {
-        let url = format!("ws://{http}/ws");
+        let http = http.clone();
         let (delivered, dropped, hist, stop, ready) = (
             delivered.clone(),
             dropped.clone(),
@@ -89,13 +207,9 @@ async fn main() -> Result<()> {
         );
         let subscribe = subscribe.clone();
         tasks.push(tokio::spawn(async move {
-            // A small read buffer: the library's default (128 KiB) is zeroed on every read,
-            // which would make this load generator, not the server, the bottleneck.
-            let config = WebSocketConfig::default().read_buffer_size(4096);
-            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            let mut ws = RawWs::connect(&http, &subscribe)
                 .await
                 .with_context(|| format!("connection {i}"))?;
-            ws.send(Message::text(subscribe)).await?;
             // Latencies in µs, merged into the histogram at the end: recording into a
             // histogram per connection would touch 10,000 large count arrays at random.
             let mut local: Vec<u32> = Vec::new();
@@ -103,20 +217,19 @@ async fn main() -> Result<()> {
             let stopped = stop.notified();
             tokio::pin!(stopped);
             loop {
-                let msg = tokio::select! {
+                let frame = tokio::select! {
                     _ = &mut stopped => break,
-                    m = ws.next() => m,
+                    f = ws.next_text() => f?,
                 };
-                let Some(msg) = msg else { break };
-                let Message::Text(t) = msg? else { continue };
-                if let Some(sent) = sent_at(&t) {
+                let Some(t) = frame else { break };
+                if let Some(sent) = sent_at(t) {
                     let us = now_micros().saturating_sub(sent).max(1);
                     local.push(us.min(u64::from(u32::MAX)) as u32);
                     n += 1;
                 } else if t.contains("\"type\":\"subscribed\"") {
                     ready.fetch_add(1, Ordering::Relaxed);
                 } else if t.contains("\"type\":\"dropped\"")
-                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(t)
                 {
                     gone += v["count"].as_u64().unwrap_or(0);
                 }
