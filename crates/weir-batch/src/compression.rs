@@ -17,9 +17,14 @@ use crate::header::{BatchError, Compression};
 /// worth of records; 64 MiB is four times the largest request weir accepts.
 pub const MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
 
-/// Largest zstd window accepted (2^24 = 16 MiB): producers' windows are far smaller, and a
-/// hostile frame could otherwise make the decoder reserve 2 GiB.
-const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+/// Largest zstd window accepted: 2^27 (128 MiB), what Kafka itself accepts, so that batches
+/// of Java producers at zstd levels 20–22 are read; a hostile frame could otherwise make the
+/// decoder reserve 2 GiB. (The broker bounds how many decompressions run at once.)
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Snappy cannot expand its input more than about 21 times (a 3-byte copy of 64 bytes):
+/// a block that declares more is refused before its output is allocated.
+const SNAPPY_MAX_EXPANSION: usize = 22;
 
 /// The xerial snappy stream header: magic, then version and compatible version (both i32).
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
@@ -76,6 +81,20 @@ fn snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Bat
         reason: e.to_string(),
     };
     let len = snap::raw::decompress_len(block).map_err(fail)?;
+    if len
+        > block
+            .len()
+            .saturating_mul(SNAPPY_MAX_EXPANSION)
+            .saturating_add(64)
+    {
+        return Err(BatchError::Decompress {
+            codec,
+            reason: format!(
+                "a {}-byte block declares {len} bytes, more than snappy can expand to",
+                block.len()
+            ),
+        });
+    }
     if out.len().saturating_add(len) > limit {
         return Err(BatchError::DecompressedTooLarge { codec, limit });
     }
@@ -214,6 +233,27 @@ mod tests {
                 Err(BatchError::Decompress { codec: c, .. }) => assert_eq!(c, codec),
                 other => panic!("{codec:?}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_snappy_block_that_declares_more_than_snappy_can_expand_to_is_refused_unallocated() {
+        // A varint length of 60 MiB and nothing else: 5 bytes that must not cost 60 MiB.
+        let mut lying = Vec::new();
+        let mut n = 60u64 << 20;
+        while n >= 0x80 {
+            lying.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        lying.push(n as u8);
+        match decompress(Compression::Snappy, &lying, MAX_DECOMPRESSED_BYTES) {
+            Err(BatchError::Decompress { reason, .. }) => {
+                assert!(
+                    reason.contains("more than snappy can expand to"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -149,7 +149,12 @@ impl<'a> Records<'a> {
         }
         self.rest = after;
         Ok(Record {
-            offset: self.header.base_offset + i64::from(offset_delta),
+            // Wrapping: a hostile producer's base offset may sit at i64::MAX (the log
+            // assigns the real one; this is only a check of the records).
+            offset: self
+                .header
+                .base_offset
+                .wrapping_add(i64::from(offset_delta)),
             // LogAppendTime: the broker's time, in the header, stands for every record.
             timestamp: if self.header.is_log_append_time() {
                 self.header.max_timestamp

@@ -275,7 +275,13 @@ struct Inner {
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
     deleted_dirs: Mutex<u64>,
+    /// Compressed batches checked at once (each may decompress to 64 MiB, with a zstd window
+    /// of up to 128 MiB): bounds that memory whatever the number of producers.
+    decompressions: tokio::sync::Semaphore,
 }
+
+/// Compressed batches the broker decompresses (to check) at once.
+const CONCURRENT_DECOMPRESSIONS: usize = 2;
 
 /// The broker core. Cheap to clone; all clones share one broker.
 #[derive(Debug, Clone)]
@@ -369,6 +375,7 @@ impl Broker {
                 closed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 deleted_dirs: Mutex::new(0),
+                decompressions: tokio::sync::Semaphore::new(CONCURRENT_DECOMPRESSIONS),
             }),
         })
     }
@@ -704,6 +711,13 @@ impl Broker {
         });
         // Every record must decode (compressed batches are decompressed to see), so that no
         // reader meets an undecodable batch later; the log then checks the CRC as it appends.
+        let compressed = weir_batch::peek(&batch)
+            .is_ok_and(|h| h.compression() != weir_batch::Compression::None);
+        let _decompressing = if compressed {
+            self.inner.decompressions.acquire().await.ok()
+        } else {
+            None
+        };
         let append = move || {
             weir_batch::check_records(&batch)
                 .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?;

@@ -162,6 +162,7 @@ pub struct Advertised {
 }
 
 fn error_code(e: &BrokerError) -> i16 {
+    use weir_batch::BatchError;
     use weir_log::LogError as L;
     match e {
         BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
@@ -170,6 +171,17 @@ fn error_code(e: &BrokerError) -> i16 {
         BrokerError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
         BrokerError::InvalidTopicName { .. } => code::INVALID_TOPIC_EXCEPTION,
         BrokerError::InvalidConfig(_) => code::INVALID_CONFIG,
+        // A batch whose CRC or layout is wrong was damaged on the way: retriable. One whose
+        // records are malformed (or do not decompress) was built wrong: retrying cannot help.
+        BrokerError::Log(L::InvalidBatch(
+            BatchError::BadRecord { .. }
+            | BatchError::Decompress { .. }
+            | BatchError::BadCompression(_)
+            | BatchError::BadRecordCount { .. },
+        )) => code::INVALID_RECORD,
+        BrokerError::Log(L::InvalidBatch(BatchError::DecompressedTooLarge { .. })) => {
+            code::MESSAGE_TOO_LARGE
+        }
         BrokerError::Log(L::InvalidBatch(_)) => code::CORRUPT_MESSAGE,
         BrokerError::Log(L::BatchTooLarge { .. }) => code::MESSAGE_TOO_LARGE,
         BrokerError::Log(L::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
@@ -1231,9 +1243,34 @@ fn metadata_topic(name: &str, partitions: Option<usize>, error: i16) -> Metadata
 enum BatchWrite {
     /// Written; the task waits for the sync and reports the outcome to a retry's waiter.
     Written(tokio::task::JoinHandle<Result<weir_broker::ProduceResult, BrokerError>>),
-    /// A retry of a batch written earlier at this offset; the first write's outcome, when the
-    /// producer still waits on it.
-    Duplicate(u64, Option<tokio::sync::watch::Receiver<Option<bool>>>),
+    /// A retry of a batch written earlier at this offset, and the first write's outcome.
+    Duplicate(u64, tokio::sync::watch::Receiver<Option<bool>>),
+}
+
+/// Sends a recorded batch's outcome to retries waiting on it; dropped without one (its task
+/// panicked or was cancelled), it tells them the write failed, so none waits forever.
+struct Settle(Option<Arc<producers::Durable>>);
+
+impl Settle {
+    fn done(mut self, ok: bool) {
+        if let Some(d) = self.0.take() {
+            d.send_replace(Some(ok));
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            d.send_if_modified(|v| {
+                let unset = v.is_none();
+                if unset {
+                    *v = Some(false);
+                }
+                unset
+            });
+        }
+    }
 }
 
 /// The first half of a partition's produce, in request order: every batch is checked, then
@@ -1290,6 +1327,7 @@ async fn produce_partition_start(
     if batches.len() > 1 {
         for (_, batch) in &batches {
             weir_batch::validate(batch).map_err(invalid)?;
+            weir_batch::check_records(batch).map_err(invalid)?;
         }
     }
     let mut writes = Vec::with_capacity(batches.len());
@@ -1298,8 +1336,8 @@ async fn produce_partition_start(
         // another connection while the first attempt is being written waits, then is seen as
         // the duplicate it is (and waits for the first attempt's sync before it is answered).
         let _serial = kafka.producers.serialize(h.producer_id, topic, part).await;
-        match kafka.producers.check(topic, part, &h) {
-            producers::Check::Refuse(code) => {
+        match kafka.producers.check_durable(topic, part, &h) {
+            (producers::Check::Refuse(code), _) => {
                 return Err((
                     code,
                     format!(
@@ -1308,30 +1346,37 @@ async fn produce_partition_start(
                     ),
                 ));
             }
-            producers::Check::Duplicate(offset) => {
-                let durable = kafka.producers.durability(topic, part, &h);
+            (producers::Check::Duplicate(offset), Some(durable)) => {
                 writes.push(BatchWrite::Duplicate(offset, durable));
             }
-            producers::Check::Append => {
+            (producers::Check::Duplicate(_), None) => {
+                return Err((
+                    code::KAFKA_STORAGE_ERROR,
+                    "the first write of this batch has no known outcome; retry it".into(),
+                ));
+            }
+            (producers::Check::Append, _) => {
                 let pending = broker
                     .produce_start(topic, Some(part), None, batch)
                     .await
                     .map_err(fail)?;
-                let durable = kafka
-                    .producers
-                    .record(topic, part, &h, pending.base_offset());
+                let settle = Settle(
+                    kafka
+                        .producers
+                        .record(topic, part, &h, pending.base_offset()),
+                );
                 let producers = kafka.producers.clone();
                 let topic = topic.to_string();
                 // The sync is awaited in a task of its own, so that its outcome reaches a
                 // retry's waiter even if this connection goes away first.
                 writes.push(BatchWrite::Written(tokio::spawn(async move {
                     let r = pending.wait().await;
-                    if let Some(durable) = durable {
-                        if r.is_err() {
-                            producers.forget(h.producer_id, &topic, part);
-                        }
-                        durable.send_replace(Some(r.is_ok()));
+                    if r.is_err() && h.producer_id >= 0 {
+                        // The log dropped this batch: the producer must resend from it.
+                        let _serial = producers.serialize(h.producer_id, &topic, part).await;
+                        producers.rollback(&topic, part, &h);
                     }
+                    settle.done(r.is_ok());
                     r
                 })));
             }
@@ -1362,15 +1407,13 @@ async fn produce_partition_finish(
                 append_time = append_time.or(r.log_append_time);
                 r.base_offset
             }
-            BatchWrite::Duplicate(offset, durable) => {
-                if let Some(mut durable) = durable {
-                    let ok = durable.wait_for(Option::is_some).await.map(|v| *v);
-                    if !matches!(ok, Ok(Some(true))) {
-                        return Err((
-                            code::KAFKA_STORAGE_ERROR,
-                            "the first write of this batch failed; retry it".into(),
-                        ));
-                    }
+            BatchWrite::Duplicate(offset, mut durable) => {
+                let ok = durable.wait_for(Option::is_some).await.map(|v| *v);
+                if !matches!(ok, Ok(Some(true))) {
+                    return Err((
+                        code::KAFKA_STORAGE_ERROR,
+                        "the first write of this batch failed; retry it".into(),
+                    ));
                 }
                 offset
             }
@@ -1580,13 +1623,15 @@ const MAX_SYNCING: usize = 8;
 /// An answer in the making: the reply and the client's throttle time.
 type Answer<'a> = std::pin::Pin<Box<dyn Future<Output = (Reply, Duration)> + Send + 'a>>;
 
-/// Writes one reply; then, over a quota, waits out the throttle time before the connection
-/// takes its next request (the read-ahead full, the socket is not read either), as a Kafka
-/// broker mutes the channel.
+/// Writes one reply. Over a quota, the connection then takes no new request until
+/// `muted_until` (the read-ahead full, the socket is not read either), as a Kafka broker
+/// mutes the channel; answers to requests already taken still go out. The throttle times of
+/// pipelined requests overlap (the latest deadline wins), they do not add up.
 async fn answer(
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
     reply: Reply,
     throttle: Duration,
+    muted_until: &mut Option<tokio::time::Instant>,
 ) -> std::io::Result<()> {
     let written = match reply {
         Reply::Response(r) => tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&r)).await,
@@ -1606,7 +1651,8 @@ async fn answer(
         }
     }
     if !throttle.is_zero() {
-        tokio::time::sleep(throttle).await;
+        let until = tokio::time::Instant::now() + throttle;
+        *muted_until = Some(muted_until.map_or(until, |m| m.max(until)));
     }
     Ok(())
 }
@@ -1670,14 +1716,20 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
         // the native protocol.
         let mut syncing: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
         let mut reading = true;
+        let mut muted_until = None;
         loop {
             let frame = tokio::select! {
                 biased;
                 Some((reply, throttle)) = syncing.next(), if !syncing.is_empty() => {
-                    answer(&mut writer, reply, throttle).await?;
+                    answer(&mut writer, reply, throttle, &mut muted_until).await?;
                     continue;
                 }
-                f = rx.recv(), if reading && syncing.len() < MAX_SYNCING => f,
+                _ = tokio::time::sleep_until(muted_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if muted_until.is_some() => {
+                    muted_until = None;
+                    continue;
+                }
+                f = rx.recv(), if reading && muted_until.is_none() && syncing.len() < MAX_SYNCING => f,
                 else => return Ok(()),
             };
             let Some((frame, permit)) = frame else {
@@ -1695,6 +1747,11 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
                     })),
                     Step::Done(reply, throttle) => {
                         drop(permit);
+                        // A request not understood closes the connection once the answers
+                        // before it are out: nothing read after it is handled.
+                        if matches!(reply, Reply::Close) {
+                            reading = false;
+                        }
                         syncing.push_back(Box::pin(std::future::ready((reply, throttle))));
                     }
                 }
@@ -1704,10 +1761,14 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
             // Anything else is handled once every produce before it is answered: requests
             // other than produce see the connection as strictly one request at a time.
             while let Some((reply, throttle)) = syncing.next().await {
-                answer(&mut writer, reply, throttle).await?;
+                answer(&mut writer, reply, throttle, &mut muted_until).await?;
+            }
+            // Read while the connection was not muted, it waits out a mute those answers set.
+            if let Some(until) = muted_until.take() {
+                tokio::time::sleep_until(until).await;
             }
             let (reply, throttle) = handle_throttled(kafka, frame).await;
-            answer(&mut writer, reply, throttle).await?;
+            answer(&mut writer, reply, throttle, &mut muted_until).await?;
         }
     };
     // The handler finishes what was read before the reader stopped (the reader's end drops
@@ -1852,7 +1913,7 @@ mod tests {
             code::CORRUPT_MESSAGE
         );
         // A batch marked gzip whose records are not gzip, with a CRC that holds: refused
-        // too, so that no reader that decompresses (HTTP, WebSocket, native) meets it later.
+        // too (INVALID_RECORD), so that no reader that decompresses (HTTP, WebSocket, native) meets it later.
         let mut not_gzip = weir_batch::BatchBuilder::new(0);
         not_gzip.push(weir_batch::RecordSpec::value(b"plain"));
         let mut not_gzip = not_gzip.build();
@@ -1869,7 +1930,8 @@ mod tests {
             .await,
         );
         let p = &r.responses[0].partition_responses[0];
-        assert_eq!(p.error_code, code::CORRUPT_MESSAGE);
+        // Not retriable, unlike a damaged CRC: the producer built it wrong.
+        assert_eq!(p.error_code, code::INVALID_RECORD);
         assert!(
             p.error_message.as_deref().unwrap_or("").contains("Gzip"),
             "{:?}",
@@ -2177,6 +2239,85 @@ mod tests {
         assert!(throttle > Duration::from_secs(2), "{throttle:?}");
         assert_eq!(r.throttle_time_ms as u128, throttle.as_millis());
         assert_eq!(r.responses[0].partition_responses[0].error_code, code::NONE);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throttle_times_of_pipelined_requests_overlap_rather_than_add_up() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            quotas: weir_broker::flow::QuotaConfig {
+                default: weir_broker::flow::Quota {
+                    produce_bytes_per_sec: Some(100_000),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        broker.create_topic("a", None).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            broker,
+            Advertised {
+                host: "127.0.0.1".into(),
+                port: i32::from(addr.port()),
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // Four produces of 50 KB at 100 KB/s, then a Metadata request, written at once: the
+        // client is over its quota for about 2 s in all. Were each answer's throttle time
+        // waited out in turn, the fourth (charged while the others were in flight, so
+        // about 2 s itself) would come after 0.5 + 1 + 1.5 + 2 = 5 s.
+        let mut wire = Vec::new();
+        let mut frame = |req: Bytes| {
+            wire.extend_from_slice(&(req.len() as i32).to_be_bytes());
+            wire.extend_from_slice(&req);
+        };
+        for _ in 0..4 {
+            let big = idempotent(-1, -1, &[&[1u8; 50_000]]);
+            frame(request(ApiKey::Produce, 8, &produce_to("a", big)));
+        }
+        frame(request(
+            ApiKey::Metadata,
+            8,
+            &MetadataRequest::default().with_topics(None),
+        ));
+        let started = std::time::Instant::now();
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&wire).await.unwrap();
+        let mut throttles = Vec::new();
+        for i in 0..5 {
+            let len = conn.read_i32().await.unwrap();
+            let mut b = vec![0u8; len as usize];
+            conn.read_exact(&mut b).await.unwrap();
+            if i < 4 {
+                let mut b = Bytes::from(b);
+                ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(8)).unwrap();
+                let r = ProduceResponse::decode(&mut b, 8).unwrap();
+                assert_eq!(r.responses[0].partition_responses[0].error_code, code::NONE);
+                throttles.push(r.throttle_time_ms);
+            }
+        }
+        let elapsed = started.elapsed();
+        assert!(throttles.iter().any(|t| *t > 0), "{throttles:?}");
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "the quota held nothing back: {elapsed:?} ({throttles:?})"
+        );
+        assert!(
+            elapsed < Duration::from_millis(3_500),
+            "throttle times added up: {elapsed:?} ({throttles:?})"
+        );
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 
     /// The vectored Fetch answer is, byte for byte, what the `kafka-protocol` encoder writes

@@ -12,9 +12,10 @@
 //!
 //! A batch is recorded as soon as it is written, before its sync: the next batch of the same
 //! producer can then be written while the first one's sync is under way. A retry that arrives
-//! meanwhile is answered only once the first write is durable (see [`Producers::durability`]);
-//! if that write fails, the producer's state for the partition is forgotten, so the retry is
-//! written again.
+//! meanwhile is answered only once the first write is durable (see
+//! [`Producers::check_durable`]); if that write fails, its record and those of the batches
+//! after it are undone ([`Producers::rollback`]), so the producer must resend from the failed
+//! batch, and the retry is written again.
 //!
 //! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
 //! producer is accepted whatever its sequence (a retry that straddles a restart can be written
@@ -143,25 +144,36 @@ impl Producers {
 
     /// Checks a batch before it is appended.
     pub fn check(&self, topic: &str, partition: u32, h: &BatchHeader) -> Check {
+        self.check_durable(topic, partition, h).0
+    }
+
+    /// [`Producers::check`], and for a duplicate the outcome of the first write (looked up
+    /// under the same lock), to wait on before the retry is answered.
+    pub fn check_durable(
+        &self,
+        topic: &str,
+        partition: u32,
+        h: &BatchHeader,
+    ) -> (Check, Option<watch::Receiver<Option<bool>>>) {
         if h.producer_id < 0 {
-            return Check::Append;
+            return (Check::Append, None);
         }
         if h.producer_epoch < 0 || h.base_sequence < 0 {
-            return Check::Refuse(code::INVALID_RECORD);
+            return (Check::Refuse(code::INVALID_RECORD), None);
         }
         let mut states = self.states.lock();
         let Some(s) = states.get_mut(&(h.producer_id, topic.to_string(), partition)) else {
-            return Check::Append;
+            return (Check::Append, None);
         };
         s.used = Instant::now();
         if h.producer_epoch < s.epoch {
-            return Check::Refuse(code::INVALID_PRODUCER_EPOCH);
+            return (Check::Refuse(code::INVALID_PRODUCER_EPOCH), None);
         }
         if h.producer_epoch > s.epoch {
             return if h.base_sequence == 0 {
-                Check::Append
+                (Check::Append, None)
             } else {
-                Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+                (Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER), None)
             };
         }
         let last = last_sequence(h);
@@ -170,39 +182,47 @@ impl Producers {
             .iter()
             .find(|r| r.first == h.base_sequence && r.last == last)
         {
-            return Check::Duplicate(r.base_offset);
+            return (Check::Duplicate(r.base_offset), Some(r.durable.subscribe()));
         }
         if h.base_sequence == next_sequence(s.last_sequence) {
-            Check::Append
+            (Check::Append, None)
         } else {
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            (Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER), None)
         }
     }
 
-    /// For a batch [`Producers::check`] found a duplicate of: the outcome of the first write,
-    /// to wait on before answering the retry.
-    pub fn durability(
-        &self,
-        topic: &str,
-        partition: u32,
-        h: &BatchHeader,
-    ) -> Option<watch::Receiver<Option<bool>>> {
-        let states = self.states.lock();
-        let s = states.get(&(h.producer_id, topic.to_string(), partition))?;
+    /// Undoes the record of a batch whose write failed (its sync failed and the log dropped
+    /// it), and of every batch recorded after it: the producer's next batch must again be
+    /// the failed one. Call it under the producer-partition's lock
+    /// ([`Producers::serialize`]). A batch no longer recorded (an earlier failure undid it)
+    /// changes nothing.
+    pub fn rollback(&self, topic: &str, partition: u32, h: &BatchHeader) {
+        let mut states = self.states.lock();
+        let Some(s) = states.get_mut(&(h.producer_id, topic.to_string(), partition)) else {
+            return;
+        };
         let last = last_sequence(h);
-        s.recent
+        let Some(i) = s
+            .recent
             .iter()
-            .find(|r| r.first == h.base_sequence && r.last == last)
-            .map(|r| r.durable.subscribe())
-    }
-
-    /// Forgets a producer's state for one partition: its latest write failed, so nothing
-    /// recorded since the last durable batch can be trusted. Its next batch is accepted
-    /// whatever its sequence, as after a restart.
-    pub fn forget(&self, producer_id: i64, topic: &str, partition: u32) {
-        self.states
-            .lock()
-            .remove(&(producer_id, topic.to_string(), partition));
+            .position(|r| r.first == h.base_sequence && r.last == last)
+        else {
+            return;
+        };
+        for r in s.recent.drain(i..) {
+            r.durable.send_if_modified(|v| {
+                let unset = v.is_none();
+                if unset {
+                    *v = Some(false);
+                }
+                unset
+            });
+        }
+        s.last_sequence = if h.base_sequence == 0 {
+            i32::MAX
+        } else {
+            h.base_sequence - 1
+        };
     }
 
     /// Records a batch written at `base_offset`. For an idempotent producer, returns where to
@@ -309,6 +329,38 @@ mod tests {
             Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
         );
         assert_eq!(p.check("t", 0, &header(pid, 3, 0, 1)), Check::Append);
+    }
+
+    #[test]
+    fn a_failed_write_is_undone_with_the_batches_after_it() {
+        let p = Producers::new();
+        let pid = p.init();
+        let (a, b, c) = (
+            header(pid, 0, 0, 3),
+            header(pid, 0, 3, 2),
+            header(pid, 0, 5, 1),
+        );
+        let da = p.record("t", 0, &a, 0).unwrap();
+        p.record("t", 0, &b, 3);
+        // A retry of b while it awaits its sync waits on that outcome.
+        let (check, durable) = p.check_durable("t", 0, &b);
+        assert_eq!(check, Check::Duplicate(3));
+        let durable = durable.expect("a duplicate comes with the first write's outcome");
+        // a's sync fails: a and b are undone, b's waiter learns it, c must wait for a again.
+        p.rollback("t", 0, &b);
+        p.rollback("t", 0, &a);
+        p.rollback("t", 0, &a); // undone already: nothing changes
+        assert_eq!(*durable.borrow(), Some(false));
+        assert_eq!(*da.borrow(), Some(false));
+        assert_eq!(
+            p.check("t", 0, &c),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(
+            p.check("t", 0, &b),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(p.check("t", 0, &a), Check::Append);
     }
 
     #[test]
