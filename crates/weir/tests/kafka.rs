@@ -90,6 +90,17 @@ fn kcat_produces_and_consumes_with_every_codec_and_sees_metadata() {
         );
     }
     assert_eq!(values, expected);
+    // A small max_bytes stops inside a compressed batch (the gzip one holds offsets 50..100),
+    // and next_offset says where to go on.
+    let body = http_get(
+        &server.http,
+        "/topics/k/partitions/0/records?offset=50&max_bytes=20",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    let n = v["records"].as_array().expect(&body).len();
+    assert!((1..50).contains(&n), "{body}");
+    assert_eq!(v["next_offset"], 50 + n as u64, "{body}");
+    assert_eq!(v["records"][0]["value"], "gzip-0", "{body}");
     let (ok, out, err) = kcat(&["-b", b, "-L"], "");
     assert!(ok, "{err}");
     assert!(out.contains("topic \"k\" with 2 partitions"), "{out}");
