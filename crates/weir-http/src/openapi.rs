@@ -174,7 +174,7 @@ pub fn document() -> Value {
                     param("timestamp", "query", json!({"type": "integer"}),
                         "Start at the first record at or after this time (ms since the epoch)."),
                     param("max_bytes", "query", json!({"type": "integer", "minimum": 1}),
-                        "About this many bytes of batches (at least one batch). Default 1 MiB."),
+                        "About this many bytes of stored batches, and of record data in the answer (at least one record). Default 1 MiB."),
                     param("max_wait_ms", "query", json!({"type": "integer", "minimum": 0}),
                         "Long-poll up to this long when nothing is there yet. Default 0."),
                     param("format", "query", json!({"type": "string", "enum": ["json", "binary"]}),
