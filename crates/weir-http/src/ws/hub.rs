@@ -246,9 +246,15 @@ impl Subscriber {
             let Some((_, q)) = st.subs.iter_mut().find(|(id, _)| *id == self.sub) else {
                 return;
             };
+            // A queue that is empty when a fetch's records arrive takes them all, even past
+            // its bounds: its client is keeping up, and one stored batch (a Kafka producer's
+            // compressed batch can decompress to more than a queue holds) must not count as
+            // falling behind. The records are shared with every subscriber; the bounds apply
+            // again from the next delivery on.
+            let bounded = !q.is_empty();
             for item in items.iter().filter(|i| self.wants(i)) {
                 any = true;
-                match q.push(item.clone()) {
+                match q.push_bounded(item.clone(), bounded) {
                     Pushed::Queued { dropped, conflated } => {
                         bump(&stats.dropped_oldest, dropped);
                         bump(&stats.conflated, conflated);

@@ -621,6 +621,60 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_queue_takes_a_whole_fetch_and_the_bounds_apply_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let hub = Hub::new(broker.clone(), hub::WsConfig::default());
+        let conn = hub.connect();
+        conn.state
+            .lock()
+            .subs
+            .push((1, OutQueue::new(Policy::Disconnect, 4, 1 << 20)));
+        let sub = Subscriber {
+            conn: conn.clone(),
+            sub: 1,
+            keys: None,
+            from: 0,
+        };
+        let items = |from: u64, n: u64| -> Vec<Arc<queue::Item>> {
+            (from..from + n)
+                .map(|o| {
+                    Arc::new(queue::Item {
+                        offset: o,
+                        key: None,
+                        frame: Utf8Bytes::from(format!("record {o}")),
+                    })
+                })
+                .collect()
+        };
+        // One fetch of 10 records (say, one decompressed Kafka batch) into an empty queue
+        // bounded at 4: all queued, the subscriber is not taken for a slow one.
+        sub.deliver(&items(0, 10), &hub.stats);
+        assert!(conn.state.lock().close.is_none());
+        let mut got = Vec::new();
+        drain(&conn, &mut got);
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        // A client that does not take them: the next fetch finds the queue full, and the
+        // policy (disconnect) applies.
+        sub.deliver(&items(10, 10), &hub.stats);
+        assert!(
+            conn.state.lock().close.is_none(),
+            "empty again: taken whole"
+        );
+        sub.deliver(&items(20, 1), &hub.stats);
+        let close = conn.state.lock().close.clone();
+        assert!(
+            close.is_some_and(|(code, _)| code == hub::CLOSE_SLOW_CONSUMER),
+            "the bounds apply to a queue that is not empty"
+        );
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_last_subscriber_leaving_stops_the_feed() {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::open(BrokerConfig {

@@ -176,9 +176,15 @@ impl OutQueue {
     }
 
     pub fn push(&mut self, item: Arc<Item>) -> Pushed {
+        self.push_bounded(item, true)
+    }
+
+    /// [`OutQueue::push`]; with `bounded` false the record is queued whatever the bounds
+    /// (the caller bounds what it pushes so: one fetch's records into a queue that was empty).
+    pub fn push_bounded(&mut self, item: Arc<Item>, bounded: bool) -> Pushed {
         let size = item.size();
         let (mut dropped, mut conflated) = (0, 0);
-        if !self.fits(size) {
+        if bounded && !self.fits(size) {
             match self.policy {
                 Policy::Disconnect => return Pushed::Overflow,
                 Policy::Conflate => {
