@@ -620,6 +620,33 @@ mod tests {
         broker.close().await.unwrap();
     }
 
+    #[test]
+    fn a_kafka_producers_compressed_batch_becomes_one_frame_per_record() {
+        use std::io::Write;
+        let plain = batch(0, 3);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain[weir_batch::HEADER_LEN..]).unwrap();
+        let mut b = plain[..weir_batch::HEADER_LEN].to_vec();
+        b.extend_from_slice(&gz.finish().unwrap());
+        let len = (b.len() - 12) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[22] |= 1; // gzip
+        weir_batch::header::reseal(&mut b);
+        let chunks = [plain, Bytes::from(b)];
+        // The same three records, stored plain and stored gzipped (offsets 0..3 twice here:
+        // only the decoding is under test).
+        let (items, next) = hub::decode_items("t", 0, Format::Json, &chunks, 0).unwrap();
+        assert_eq!(next, Some(3));
+        let values: Vec<String> = items
+            .iter()
+            .map(|i| {
+                let v: serde_json::Value = serde_json::from_str(i.frame.as_str()).unwrap();
+                v["value"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(values, ["v0", "v1", "v2", "v0", "v1", "v2"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_queue_takes_a_whole_fetch_and_the_bounds_apply_after() {
         let dir = tempfile::tempdir().unwrap();
