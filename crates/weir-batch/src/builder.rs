@@ -1,9 +1,9 @@
-//! Encoding uncompressed record batches.
+//! Encoding record batches, uncompressed or compressed.
 
 use crate::header::{
-    ATTRIBUTES, BASE_SEQUENCE, BASE_TIMESTAMP, BATCH_LENGTH, HEADER_LEN, LAST_OFFSET_DELTA,
-    LOG_OVERHEAD, MAGIC, MAGIC_V2, MAX_TIMESTAMP, PRODUCER_EPOCH, PRODUCER_ID, RECORD_COUNT,
-    reseal,
+    ATTRIBUTES, BASE_SEQUENCE, BASE_TIMESTAMP, BATCH_LENGTH, BatchError, Compression, HEADER_LEN,
+    LAST_OFFSET_DELTA, LOG_OVERHEAD, MAGIC, MAGIC_V2, MAX_TIMESTAMP, PRODUCER_EPOCH, PRODUCER_ID,
+    RECORD_COUNT, reseal,
 };
 
 /// One record to put in a batch.
@@ -35,7 +35,8 @@ impl<'a> RecordSpec<'a> {
     }
 }
 
-/// Builds one uncompressed v2 batch with base offset 0 (a log assigns the real one).
+/// Builds one v2 batch with base offset 0 (a log assigns the real one); uncompressed with
+/// [`BatchBuilder::build`], compressed with [`BatchBuilder::build_compressed`].
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     buf: Vec<u8>,
@@ -111,6 +112,22 @@ impl BatchBuilder {
         put_varint(&mut self.buf, body.len() as i32);
         self.buf.extend_from_slice(&body);
         self.count += 1;
+    }
+
+    /// Finishes the batch with its records compressed by `codec`, as a Kafka producer's
+    /// compressed batch (`Compression::None`: the same as [`BatchBuilder::build`]).
+    pub fn build_compressed(self, codec: Compression) -> Result<Vec<u8>, BatchError> {
+        if codec == Compression::None {
+            return Ok(self.build());
+        }
+        let plain = self.build();
+        let mut b = plain[..HEADER_LEN].to_vec();
+        b.extend_from_slice(&crate::compression::compress(codec, &plain[HEADER_LEN..])?);
+        let batch_length = (b.len() - LOG_OVERHEAD) as i32;
+        b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
+        b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&i16::from(codec.bits()).to_be_bytes());
+        reseal(&mut b);
+        Ok(b)
     }
 
     /// Finishes the batch: fills in the header and the CRC.

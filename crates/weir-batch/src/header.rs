@@ -77,6 +77,9 @@ pub enum BatchError {
     /// A compressed batch's records could not be decompressed.
     #[error("record batch {codec:?} decompression failed: {reason}")]
     Decompress { codec: Compression, reason: String },
+    /// Compressing a batch's records failed.
+    #[error("record batch {codec:?} compression failed: {reason}")]
+    Compress { codec: Compression, reason: String },
     /// A compressed batch decompresses to more than weir accepts.
     #[error("record batch decompresses ({codec:?}) to more than {limit} bytes")]
     DecompressedTooLarge { codec: Compression, limit: usize },
@@ -93,6 +96,17 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The codec's value in attribute bits 0-2.
+    pub fn bits(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 1,
+            Self::Snappy => 2,
+            Self::Lz4 => 3,
+            Self::Zstd => 4,
+        }
+    }
+
     fn from_bits(bits: u8) -> Result<Self, BatchError> {
         Ok(match bits {
             0 => Self::None,

@@ -281,6 +281,45 @@ mod tests {
     }
 
     #[test]
+    fn batches_built_compressed_decode_to_the_same_records_with_every_codec() {
+        let build = || {
+            let mut b = BatchBuilder::new(5_000).producer(7, 1, 10);
+            for i in 0..200 {
+                let v = format!("value {i} {}", "x".repeat(i % 50));
+                b.push(RecordSpec::keyed(b"key", v.as_bytes()));
+            }
+            b
+        };
+        let plain = build().build();
+        let want: Vec<Record> = Records::new(&plain)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let batch = build().build_compressed(codec).unwrap();
+            let h = validate(&batch).unwrap();
+            assert_eq!(h.compression(), codec);
+            assert_eq!(
+                (h.producer_id, h.base_sequence, h.record_count),
+                (7, 10, 200)
+            );
+            assert!(batch.len() < plain.len() / 2, "{codec:?}");
+            assert_eq!(check_records(&batch), Ok(()));
+            let (h, section) = payload(&batch).unwrap();
+            let got: Vec<Record> = Records::with_payload(h, &section)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(got, want, "{codec:?}");
+        }
+        assert_eq!(build().build_compressed(Compression::None).unwrap(), plain);
+    }
+
+    #[test]
     fn a_compressed_batch_decodes_through_its_payload() {
         use std::io::Write;
         let mut b = BatchBuilder::new(5_000);

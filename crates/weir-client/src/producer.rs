@@ -14,7 +14,7 @@ use bytes::Bytes;
 use completions::Completions;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use weir_batch::{BatchBuilder, RecordSpec};
+use weir_batch::{BatchBuilder, Compression, RecordSpec};
 use weir_wire::Ring;
 
 use crate::Client;
@@ -35,6 +35,9 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Records waiting to be sent, across partitions, before `send` waits. Default 100,000.
     pub max_queued: usize,
+    /// Codec for each batch's records, as Kafka producers compress (readers through every
+    /// door decompress them). Default none.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -46,6 +49,7 @@ impl Default for ProducerConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(100),
             max_queued: 100_000,
+            compression: Compression::None,
         }
     }
 }
@@ -416,8 +420,17 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
             timestamp: Some(r.timestamp.unwrap_or(now)),
         });
     }
-    let bytes = Bytes::from(b.build());
     let (topic, partition) = (&part.0, part.1);
+    let bytes = match b.build_compressed(config.compression) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            let e = ClientError::Invalid(e.to_string());
+            for (_, (ack, _permit)) in batch.records {
+                let _ = ack.send(Err(e.clone_lossy()));
+            }
+            return;
+        }
+    };
     if config.no_ack {
         let r = client
             .produce_no_ack(topic, Some(partition), None, bytes)

@@ -41,6 +41,27 @@ pub struct Args {
     /// Do not wait for acknowledgements.
     #[arg(long)]
     no_ack: bool,
+    /// Compress each batch's records: none, gzip, snappy, lz4 or zstd (readable by every
+    /// door and by Kafka clients).
+    #[arg(long, default_value = "none", value_parser = parse_codec)]
+    compression: weir_batch::Compression,
+}
+
+/// A codec name as `--compression` takes it.
+pub fn parse_codec(s: &str) -> std::result::Result<weir_batch::Compression, String> {
+    use weir_batch::Compression as C;
+    Ok(match s {
+        "none" => C::None,
+        "gzip" => C::Gzip,
+        "snappy" => C::Snappy,
+        "lz4" => C::Lz4,
+        "zstd" => C::Zstd,
+        other => {
+            return Err(format!(
+                "{other:?} is not a codec: none, gzip, snappy, lz4 or zstd"
+            ));
+        }
+    })
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -71,6 +92,7 @@ pub async fn run(args: Args) -> Result<()> {
             linger: Duration::from_millis(args.linger_ms),
             batch_bytes: args.batch_bytes,
             no_ack: args.no_ack,
+            compression: args.compression,
             ..ProducerConfig::default()
         },
     );

@@ -214,6 +214,57 @@ fn records_cross_between_kafka_and_the_native_protocol() {
 }
 
 #[test]
+fn batches_weir_compresses_are_read_by_librdkafka_with_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["topic", "create", "z", "--partitions", "1"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let mut expected = Vec::new();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let lines: Vec<String> = (0..40).map(|i| format!("{codec} record {i}")).collect();
+        let (ok, _, err) = cli(
+            &server.addr,
+            &["produce", "z", "--compression", codec],
+            &(lines.join("\n") + "\n"),
+        );
+        assert!(ok, "weir produce --compression {codec}: {err}");
+        expected.extend(lines);
+    }
+    // librdkafka (kcat) checks each batch's CRC and decompresses it itself.
+    let (ok, out, err) = kcat(
+        &[
+            "-b",
+            &server.kafka,
+            "-t",
+            "z",
+            "-C",
+            "-o",
+            "beginning",
+            "-e",
+            "-X",
+            "check.crcs=true",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["produce", "z", "--compression", "brotli"],
+        "x\n",
+    );
+    assert!(!ok && err.contains("not a codec"), "{err}");
+    server.stop();
+}
+
+#[test]
 fn unsupported_api_versions_get_a_v0_answer_and_garbage_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
