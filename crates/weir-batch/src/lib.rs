@@ -7,7 +7,7 @@
 //! - [`header`]: the fixed 61-byte batch header, [`validate`] (length, magic, CRC32C) and
 //!   [`peek`] (header only, for scanning a log without checksumming it),
 //!   [`set_base_offset`] (the one field a log rewrites; it lies outside the CRC).
-//! - [`builder`]: [`BatchBuilder`], which encodes uncompressed batches.
+//! - [`builder`]: [`BatchBuilder`], which encodes batches, compressed on request.
 //! - [`records`]: [`Records`], a bounds-checked decoder of the records inside a batch, and
 //!   [`payload`], which hands it a compressed batch's records decompressed.
 //! - [`compression`]: bounded decompression for gzip, snappy, LZ4 and zstd batches.
