@@ -42,6 +42,11 @@ pub enum BenchCmd {
         partition: u32,
         #[arg(long, default_value_t = 4 << 20)]
         max_bytes: u32,
+        /// Read through a push subscription (the server streams within a credit window of
+        /// --max-bytes, re-granted as records arrive) instead of one fetch at a time. Every
+        /// record is decoded, as an application would receive it.
+        #[arg(long)]
+        push: bool,
     },
     /// One record at a time through a push subscription: produce-to-delivery latency.
     E2e {
@@ -237,6 +242,59 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             opts,
             partition,
             max_bytes,
+            push: true,
+        } => {
+            check_output(&opts.output)?;
+            let client = Client::connect(&conn.addr, "weir-bench").await?;
+            let end = client
+                .list_offsets(&opts.topic, partition, Start::Latest)
+                .await?;
+            let first = client
+                .list_offsets(&opts.topic, partition, Start::Earliest)
+                .await?;
+            let target = end.min(first + opts.messages);
+            let bar = progress(target - first, &opts.output);
+            let mut latency = Histogram::<u64>::new(3)?;
+            let (mut messages, mut bytes) = (0u64, 0u64);
+            let start = Instant::now();
+            let mut sub = client
+                .subscribe(
+                    &opts.topic,
+                    partition,
+                    Start::Offset(first),
+                    u64::MAX / 2,
+                    u64::from(max_bytes),
+                )
+                .await?;
+            let mut offset = first;
+            while offset < target {
+                let t = Instant::now();
+                let b = sub.next().await?.context("subscription ended")?;
+                latency.record(t.elapsed().as_micros() as u64)?;
+                bytes += b.credit_bytes;
+                if let Some(last) = b.records.last() {
+                    let n = (last.offset + 1).min(target) - offset;
+                    messages += n;
+                    bar.inc(n);
+                    offset = last.offset + 1;
+                }
+            }
+            bar.finish_and_clear();
+            Report {
+                name: "consume",
+                messages,
+                bytes,
+                elapsed: start.elapsed(),
+                latency,
+            }
+            .print(&opts.output)
+        }
+        BenchCmd::Consume {
+            conn,
+            opts,
+            partition,
+            max_bytes,
+            push: false,
         } => {
             check_output(&opts.output)?;
             let client = Client::connect(&conn.addr, "weir-bench").await?;

@@ -602,6 +602,62 @@ fn cli_topics_produce_consume_and_groups() {
 }
 
 #[test]
+fn bench_produce_and_both_consume_modes_read_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let a = &server.addr;
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (ok, out, err) = cli(a, args, "");
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(out.lines().last().unwrap_or("")).expect(&out)
+    };
+    let produced = json(&[
+        "bench",
+        "produce",
+        "--topic",
+        "b",
+        "--messages",
+        "5000",
+        "--batch",
+        "100",
+        "--size",
+        "200",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(produced["messages"], 5000);
+    assert!(produced["latency_us"]["p50"].as_u64().unwrap() > 0);
+    // One fetch at a time (16 KiB each, so many of them), then through a push subscription
+    // with a credit window of the same size: every record, each once.
+    for mode in [&[][..], &["--push"][..]] {
+        let mut args = vec![
+            "bench",
+            "consume",
+            "--topic",
+            "b",
+            "--messages",
+            "5000",
+            "--max-bytes",
+            "16384",
+            "--output",
+            "json",
+        ];
+        args.extend_from_slice(mode);
+        let consumed = json(&args);
+        assert_eq!(consumed["messages"], 5000, "{mode:?}: {consumed}");
+        assert!(
+            consumed["bytes"].as_u64().unwrap() >= 5000 * 200,
+            "{mode:?}: {consumed}"
+        );
+        assert!(
+            consumed["latency_us"]["count"].as_u64().unwrap() > 10,
+            "{consumed}"
+        );
+    }
+    server.stop();
+}
+
+#[test]
 fn unknown_configuration_refuses_to_boot_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
