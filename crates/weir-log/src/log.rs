@@ -785,8 +785,9 @@ impl Log {
         let want = (max_bytes as u64)
             .min(limit - pos)
             .max(first.total_len() as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        read_exact_at(&*segment.log, &mut buf, pos)
+        let mut buf = segment
+            .log
+            .read_vec_at(want, pos)
             .map_err(|e| LogError::io("read", &segment.log_path, e))?;
         // Keep whole, verified batches only.
         let mut end = 0usize;
@@ -825,7 +826,7 @@ impl Log {
             }
         }
         buf.truncate(end);
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     }
 
     /// The offset of the first record whose timestamp is ≥ `timestamp` (ms since the epoch),
