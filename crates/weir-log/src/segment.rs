@@ -47,6 +47,11 @@ pub(crate) struct Segment {
     index_files: Mutex<Option<IndexFiles>>,
     /// Bytes readers may read (committed data).
     pub visible_len: AtomicU64,
+    /// Where this process's appends to the segment began: every batch from here to the end
+    /// was CRC-checked as it was appended. `u64::MAX`: none appended yet.
+    appended_from: AtomicU64,
+    /// Every batch before this position was CRC-checked by a read in this process.
+    read_verified: AtomicU64,
     pub index: RwLock<SegIndex>,
     /// An index file did not exist when the segment was opened.
     pub index_missing: bool,
@@ -95,6 +100,8 @@ impl Segment {
                 times: time_index,
             })),
             visible_len: AtomicU64::new(0),
+            appended_from: AtomicU64::new(u64::MAX),
+            read_verified: AtomicU64::new(0),
             index: RwLock::new(SegIndex::new()),
             index_missing,
         })
@@ -106,6 +113,32 @@ impl Segment {
 
     pub fn set_visible_len(&self, len: u64) {
         self.visible_len.store(len, Ordering::Release);
+    }
+
+    /// A batch checked at append was written at `pos`, the end of the file.
+    pub fn appended_at(&self, pos: u64) {
+        self.appended_from.fetch_min(pos, Ordering::AcqRel);
+    }
+
+    /// The file was cut back to `len`: what reads verified beyond it is gone.
+    pub fn truncated_to(&self, len: u64) {
+        self.read_verified.fetch_min(len, Ordering::AcqRel);
+    }
+
+    /// A read checked every batch of `pos..end`.
+    pub fn read_checked(&self, pos: u64, end: u64) {
+        if pos <= self.read_verified.load(Ordering::Acquire) {
+            self.read_verified.fetch_max(end, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether every batch in `pos..end` was CRC-checked in this process already, as it was
+    /// appended or by an earlier read: reading it again from the page cache skips the CRC.
+    /// A segment opened from disk is checked on its first read; what a client checks itself
+    /// (the native client, Java clients) is checked again there.
+    pub fn checked(&self, pos: u64, end: u64) -> bool {
+        end <= self.read_verified.load(Ordering::Acquire)
+            || pos >= self.appended_from.load(Ordering::Acquire)
     }
 
     pub fn paths(&self) -> [&Path; 3] {
@@ -314,6 +347,29 @@ pub(crate) fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ranges_checked_in_this_process_skip_the_crc() {
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::MemStorage::new());
+        storage.create_dir_all(Path::new("/d")).unwrap();
+        let seg = Segment::open(&storage, Path::new("/d"), 0, true).unwrap();
+        // Opened from disk: nothing is trusted.
+        assert!(!seg.checked(0, 100));
+        // Appends from 1000 on were checked as they were written.
+        seg.appended_at(1000);
+        seg.appended_at(1500);
+        assert!(seg.checked(1000, 2000) && seg.checked(1200, 1300));
+        assert!(!seg.checked(900, 1100), "straddles data from before");
+        // Reads check a prefix from the start of the file, contiguously.
+        seg.read_checked(200, 400);
+        assert!(!seg.checked(0, 100), "not from the start: not counted");
+        seg.read_checked(0, 300);
+        seg.read_checked(300, 700);
+        assert!(seg.checked(0, 700) && !seg.checked(0, 701));
+        // Cut back (a failed write or sync): what lay beyond is no longer vouched for.
+        seg.truncated_to(500);
+        assert!(seg.checked(0, 500) && !seg.checked(400, 600));
+    }
 
     #[test]
     fn names_round_trip_and_reject_strangers() {
