@@ -513,47 +513,54 @@ async fn fetch(
         .broker
         .fetch(&topic, partition, offset, max_bytes, min_bytes, max_wait)
         .await?;
-    let mut out = Vec::new();
-    let mut next = offset;
-    // Record bytes (keys, values, headers) in the answer: compressed batches can hold far
-    // more than `max_bytes` once decompressed, so the answer stops at about `max_bytes`
-    // (always after at least one record) and `next_offset` says where to go on.
-    let mut size = 0usize;
-    'chunks: for chunk in &r.chunks {
-        for batch in Batches::new(chunk) {
-            let (h, bytes) =
-                batch.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
-            if h.is_control() {
-                next = next.max(h.next_offset().max(0) as u64);
-                continue;
-            }
-            // Compressed batches (from Kafka producers) are decompressed to be shown.
-            let (h, section) = weir_batch::payload(bytes)
-                .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
-            for rec in Records::with_payload(h, &section) {
-                let rec = rec.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
-                if (rec.offset.max(0) as u64) < offset {
+    let decode = || -> ApiResult<(Vec<Value>, u64)> {
+        let mut out = Vec::new();
+        let mut next = offset;
+        // Record bytes (keys, values, headers) in the answer: compressed batches can hold far
+        // more than `max_bytes` once decompressed, so the answer stops at about `max_bytes`
+        // (always after at least one record) and `next_offset` says where to go on.
+        let mut size = 0usize;
+        'chunks: for chunk in &r.chunks {
+            for batch in Batches::new(chunk) {
+                let (h, bytes) =
+                    batch.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+                if h.is_control() {
+                    next = next.max(h.next_offset().max(0) as u64);
                     continue;
                 }
-                if !out.is_empty() && size >= max_bytes {
-                    next = rec.offset.max(0) as u64;
-                    break 'chunks;
+                // Compressed batches (from Kafka producers) are decompressed to be shown.
+                let (h, section) = weir_batch::payload(bytes)
+                    .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+                for rec in Records::with_payload(h, &section) {
+                    let rec =
+                        rec.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+                    if (rec.offset.max(0) as u64) < offset {
+                        continue;
+                    }
+                    if !out.is_empty() && size >= max_bytes {
+                        next = rec.offset.max(0) as u64;
+                        break 'chunks;
+                    }
+                    size += rec.key.map_or(0, <[u8]>::len)
+                        + rec.value.map_or(0, <[u8]>::len)
+                        + rec
+                            .headers
+                            .iter()
+                            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                            .sum::<usize>();
+                    let v = serde_json::to_value(RecordOut::new(
+                        &topic, partition, &rec, q.format, None,
+                    ))
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    out.push(v);
                 }
-                size += rec.key.map_or(0, <[u8]>::len)
-                    + rec.value.map_or(0, <[u8]>::len)
-                    + rec
-                        .headers
-                        .iter()
-                        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-                        .sum::<usize>();
-                let v =
-                    serde_json::to_value(RecordOut::new(&topic, partition, &rec, q.format, None))
-                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-                out.push(v);
+                next = next.max(h.next_offset().max(0) as u64);
             }
-            next = next.max(h.next_offset().max(0) as u64);
         }
-    }
+        Ok((out, next))
+    };
+    let (out, next) =
+        crate::records::decode_off_worker(crate::records::any_compressed(&r.chunks), decode)?;
     Ok(ok(json!({
         "topic": topic,
         "partition": partition,

@@ -228,9 +228,65 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether any batch in `chunks` is compressed (headers only).
+pub fn any_compressed(chunks: &[bytes::Bytes]) -> bool {
+    chunks.iter().any(|chunk| {
+        let mut at = 0;
+        while let Ok(h) = weir_batch::peek(&chunk[at..]) {
+            if h.compression() != weir_batch::Compression::None {
+                return true;
+            }
+            at += h.total_len();
+            if at >= chunk.len() {
+                break;
+            }
+        }
+        false
+    })
+}
+
+/// Runs `f`, which decodes records, off the async runtime's worker (`block_in_place`) when
+/// `heavy`: decompressing a large batch takes milliseconds that the connections sharing the
+/// worker should not wait out. Runs it in place otherwise, or outside a multi-thread runtime.
+pub fn decode_off_worker<T>(heavy: bool, f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_batches_are_found_among_plain_ones_and_garbage_is_not_one() {
+        let plain = |n: usize| {
+            let mut b = weir_batch::BatchBuilder::new(0);
+            for _ in 0..n {
+                b.push(weir_batch::RecordSpec::value(b"v"));
+            }
+            b
+        };
+        let mut two_plain = plain(2).build();
+        two_plain.extend_from_slice(&plain(3).build());
+        let mut then_zstd = plain(2).build();
+        then_zstd.extend_from_slice(
+            &plain(3)
+                .build_compressed(weir_batch::Compression::Zstd)
+                .unwrap(),
+        );
+        let chunks = |b: Vec<u8>| vec![bytes::Bytes::from(b)];
+        assert!(!any_compressed(&chunks(two_plain.clone())));
+        assert!(any_compressed(&chunks(then_zstd)));
+        assert!(!any_compressed(&chunks(vec![0xff; 100])));
+        assert!(!any_compressed(&[]));
+        // Off the worker or not, the work is done and its answer returned.
+        assert_eq!(decode_off_worker(true, || 7), 7);
+    }
     use weir_batch::Records;
 
     fn parse(json: &str) -> Result<Vec<OwnedRecord>, ApiError> {

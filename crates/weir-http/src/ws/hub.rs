@@ -338,6 +338,18 @@ pub fn decode_items(
     chunks: &[Bytes],
     from: u64,
 ) -> Result<(Vec<Arc<Item>>, Option<u64>), String> {
+    crate::records::decode_off_worker(crate::records::any_compressed(chunks), || {
+        decode_items_here(topic, partition, format, chunks, from)
+    })
+}
+
+fn decode_items_here(
+    topic: &str,
+    partition: u32,
+    format: Format,
+    chunks: &[Bytes],
+    from: u64,
+) -> Result<(Vec<Arc<Item>>, Option<u64>), String> {
     let mut items = Vec::new();
     let mut next = None;
     for chunk in chunks {
