@@ -649,10 +649,11 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
             consumed["bytes"].as_u64().unwrap() >= 5000 * 200,
             "{mode:?}: {consumed}"
         );
-        assert!(
-            consumed["latency_us"]["count"].as_u64().unwrap() > 10,
-            "{consumed}"
-        );
+        // One latency sample per fetch or per pushed frame. A fetch of 16 KiB returns one
+        // whole batch (about 21 KB each, 50 of them); a push frame may carry several.
+        let samples = consumed["latency_us"]["count"].as_u64().unwrap();
+        let fewest = if mode.is_empty() { 50 } else { 1 };
+        assert!(samples >= fewest, "{mode:?}: {consumed}");
     }
     server.stop();
 }
