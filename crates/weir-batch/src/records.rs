@@ -10,19 +10,26 @@ use std::borrow::Cow;
 use crate::compression::{MAX_DECOMPRESSED_BYTES, decompress};
 use crate::header::{BatchError, BatchHeader, Compression, HEADER_LEN, validate};
 
-/// Validates `batch` (one whole batch) and returns its header and its records section:
-/// borrowed when the batch is uncompressed, decompressed (at most
-/// [`MAX_DECOMPRESSED_BYTES`]) when it is not. Decode the section with
-/// [`Records::with_payload`].
+/// Validates `batch` (one whole batch) and returns its header and its records section
+/// ([`section`]). Decode the section with [`Records::with_payload`].
 pub fn payload(batch: &[u8]) -> Result<(BatchHeader, Cow<'_, [u8]>), BatchError> {
     let header = validate(batch)?;
-    let section = &batch[HEADER_LEN..];
+    Ok((header, section(&header, batch)?))
+}
+
+/// The records section of `batch`, whose header is `header` (a batch already validated, as
+/// [`crate::Batches`] yields them, or one whose CRC the caller leaves to the log): borrowed
+/// when uncompressed, decompressed (at most [`MAX_DECOMPRESSED_BYTES`]) otherwise.
+pub fn section<'a>(header: &BatchHeader, batch: &'a [u8]) -> Result<Cow<'a, [u8]>, BatchError> {
+    let records = batch
+        .get(HEADER_LEN..header.total_len())
+        .ok_or(BatchError::LengthMismatch {
+            declared: header.total_len(),
+            actual: batch.len(),
+        })?;
     Ok(match header.compression() {
-        Compression::None => (header, Cow::Borrowed(section)),
-        codec => (
-            header,
-            Cow::Owned(decompress(codec, section, MAX_DECOMPRESSED_BYTES)?),
-        ),
+        Compression::None => Cow::Borrowed(records),
+        codec => Cow::Owned(decompress(codec, records, MAX_DECOMPRESSED_BYTES)?),
     })
 }
 
@@ -61,17 +68,7 @@ pub struct Records<'a> {
 pub fn check_records(batch: &[u8]) -> Result<(), BatchError> {
     let records = || -> Result<(), BatchError> {
         let header = crate::header::peek(batch)?;
-        let section =
-            batch
-                .get(HEADER_LEN..header.total_len())
-                .ok_or(BatchError::LengthMismatch {
-                    declared: header.total_len(),
-                    actual: batch.len(),
-                })?;
-        let section = match header.compression() {
-            Compression::None => Cow::Borrowed(section),
-            codec => Cow::Owned(decompress(codec, section, MAX_DECOMPRESSED_BYTES)?),
-        };
+        let section = section(&header, batch)?;
         Records::with_payload(header, &section).try_for_each(|r| r.map(drop))
     };
     records().map_err(|fault| validate(batch).err().unwrap_or(fault))

@@ -48,8 +48,9 @@ pub fn decode_records(
         }
         // Kafka producers' compressed batches are decompressed here; an uncompressed batch's
         // records are handed out as slices of the fetched buffer, not copied.
-        let (h, section) =
-            weir_batch::payload(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        // `Batches` checked the CRC already.
+        let section =
+            weir_batch::section(&h, bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let data = match section {
             Cow::Borrowed(s) => batches.slice_ref(s),
             Cow::Owned(v) => Bytes::from(v),

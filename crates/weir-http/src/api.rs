@@ -529,7 +529,7 @@ async fn fetch(
                     continue;
                 }
                 // Compressed batches (from Kafka producers) are decompressed to be shown.
-                let (h, section) = weir_batch::payload(bytes)
+                let section = weir_batch::section(&h, bytes)
                     .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
                 for rec in Records::with_payload(h, &section) {
                     let rec =

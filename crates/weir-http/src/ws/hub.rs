@@ -360,7 +360,7 @@ fn decode_items_here(
                 continue;
             }
             // Compressed batches (from Kafka producers) are decompressed to be shown.
-            let (header, section) = weir_batch::payload(bytes).map_err(|e| e.to_string())?;
+            let section = weir_batch::section(&header, bytes).map_err(|e| e.to_string())?;
             for record in Records::with_payload(header, &section) {
                 let record = record.map_err(|e| e.to_string())?;
                 if (record.offset.max(0) as u64) < from {
