@@ -1262,13 +1262,7 @@ impl Settle {
 impl Drop for Settle {
     fn drop(&mut self) {
         if let Some(d) = self.0.take() {
-            d.send_if_modified(|v| {
-                let unset = v.is_none();
-                if unset {
-                    *v = Some(false);
-                }
-                unset
-            });
+            producers::fail_unless_settled(&d);
         }
     }
 }
@@ -1981,6 +1975,38 @@ mod tests {
         Bytes::from(b.build())
     }
 
+    /// `serve` on 127.0.0.1, on a port of its own, until `stop`.
+    struct Listening {
+        addr: std::net::SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Listening {
+        async fn start(broker: Broker) -> Listening {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve(
+                listener,
+                broker,
+                Advertised {
+                    host: "127.0.0.1".into(),
+                    port: i32::from(addr.port()),
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            Listening { addr, stop, server }
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.server.await.unwrap();
+        }
+    }
+
     async fn always_topic(broker: &Broker, name: &str) {
         let config = weir_broker::TopicConfig {
             durability: weir_broker::topic::DurabilitySetting::Always,
@@ -2051,20 +2077,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (broker, _) = broker(dir.path()).await;
         always_topic(&broker, "s").await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            broker.clone(),
-            Advertised {
-                host: "127.0.0.1".into(),
-                port: i32::from(addr.port()),
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let listener = Listening::start(broker.clone()).await;
+        let addr = listener.addr;
         // The helper's requests carry correlation id 42 at bytes 4..8 (after the api key and
         // the version), and no size prefix.
         let with_correlation = |req: Bytes, id: i32| {
@@ -2129,8 +2143,7 @@ mod tests {
                 assert_eq!(r.topics[0].partitions[0].offset, 2 * N as i64);
             }
         }
-        let _ = stop.send(());
-        server.await.unwrap();
+        listener.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2258,20 +2271,8 @@ mod tests {
         })
         .unwrap();
         broker.create_topic("a", None).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            broker,
-            Advertised {
-                host: "127.0.0.1".into(),
-                port: i32::from(addr.port()),
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let listener = Listening::start(broker).await;
+        let addr = listener.addr;
         // Four produces of 50 KB at 100 KB/s, then a Metadata request, written at once: the
         // client is over its quota for about 2 s in all. Were each answer's throttle time
         // waited out in turn, the fourth (charged while the others were in flight, so
@@ -2316,8 +2317,7 @@ mod tests {
             elapsed < Duration::from_millis(3_500),
             "throttle times added up: {elapsed:?} ({throttles:?})"
         );
-        let _ = stop.send(());
-        server.await.unwrap();
+        listener.stop().await;
     }
 
     /// The vectored Fetch answer is, byte for byte, what the `kafka-protocol` encoder writes

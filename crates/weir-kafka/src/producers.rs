@@ -60,6 +60,17 @@ struct Recent {
 /// writer sends the outcome; a retry of the batch waits for it.
 pub type Durable = watch::Sender<Option<bool>>;
 
+/// Tells a batch's waiters its write failed, unless an outcome was sent already.
+pub fn fail_unless_settled(durable: &Durable) {
+    durable.send_if_modified(|v| {
+        let unset = v.is_none();
+        if unset {
+            *v = Some(false);
+        }
+        unset
+    });
+}
+
 /// What to do with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -210,13 +221,7 @@ impl Producers {
             return;
         };
         for r in s.recent.drain(i..) {
-            r.durable.send_if_modified(|v| {
-                let unset = v.is_none();
-                if unset {
-                    *v = Some(false);
-                }
-                unset
-            });
+            fail_unless_settled(&r.durable);
         }
         s.last_sequence = if h.base_sequence == 0 {
             i32::MAX
