@@ -242,59 +242,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             opts,
             partition,
             max_bytes,
-            push: true,
-        } => {
-            check_output(&opts.output)?;
-            let client = Client::connect(&conn.addr, "weir-bench").await?;
-            let end = client
-                .list_offsets(&opts.topic, partition, Start::Latest)
-                .await?;
-            let first = client
-                .list_offsets(&opts.topic, partition, Start::Earliest)
-                .await?;
-            let target = end.min(first + opts.messages);
-            let bar = progress(target - first, &opts.output);
-            let mut latency = Histogram::<u64>::new(3)?;
-            let (mut messages, mut bytes) = (0u64, 0u64);
-            let start = Instant::now();
-            let mut sub = client
-                .subscribe(
-                    &opts.topic,
-                    partition,
-                    Start::Offset(first),
-                    u64::MAX / 2,
-                    u64::from(max_bytes),
-                )
-                .await?;
-            let mut offset = first;
-            while offset < target {
-                let t = Instant::now();
-                let b = sub.next().await?.context("subscription ended")?;
-                latency.record(t.elapsed().as_micros() as u64)?;
-                bytes += b.credit_bytes;
-                if let Some(last) = b.records.last() {
-                    let n = (last.offset + 1).min(target) - offset;
-                    messages += n;
-                    bar.inc(n);
-                    offset = last.offset + 1;
-                }
-            }
-            bar.finish_and_clear();
-            Report {
-                name: "consume",
-                messages,
-                bytes,
-                elapsed: start.elapsed(),
-                latency,
-            }
-            .print(&opts.output)
-        }
-        BenchCmd::Consume {
-            conn,
-            opts,
-            partition,
-            max_bytes,
-            push: false,
+            push,
         } => {
             check_output(&opts.output)?;
             let client = Client::connect(&conn.addr, "weir-bench").await?;
@@ -309,28 +257,52 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let mut latency = Histogram::<u64>::new(3)?;
             let (mut messages, mut bytes) = (0u64, 0u64);
             let start = Instant::now();
-            while offset < target {
-                let t = Instant::now();
-                let f = client
-                    .fetch(
+            if push {
+                let mut sub = client
+                    .subscribe(
                         &opts.topic,
                         partition,
-                        offset,
-                        max_bytes,
-                        1,
-                        Duration::from_secs(1),
+                        Start::Offset(offset),
+                        u64::MAX / 2,
+                        u64::from(max_bytes),
                     )
                     .await?;
-                latency.record(t.elapsed().as_micros() as u64)?;
-                bytes += f.batches.len() as u64;
-                let mut at = 0;
-                while at < f.batches.len() {
-                    let h = weir_batch::peek(&f.batches[at..])?;
-                    let next = h.next_offset() as u64;
-                    messages += next - offset.max(h.base_offset as u64);
-                    bar.inc(next - offset.max(h.base_offset as u64));
-                    offset = next;
-                    at += h.total_len();
+                while offset < target {
+                    let t = Instant::now();
+                    let b = sub.next().await?.context("subscription ended")?;
+                    latency.record(t.elapsed().as_micros() as u64)?;
+                    bytes += b.credit_bytes;
+                    if let Some(last) = b.records.last() {
+                        let n = (last.offset + 1).min(target) - offset;
+                        messages += n;
+                        bar.inc(n);
+                        offset = last.offset + 1;
+                    }
+                }
+            } else {
+                while offset < target {
+                    let t = Instant::now();
+                    let f = client
+                        .fetch(
+                            &opts.topic,
+                            partition,
+                            offset,
+                            max_bytes,
+                            1,
+                            Duration::from_secs(1),
+                        )
+                        .await?;
+                    latency.record(t.elapsed().as_micros() as u64)?;
+                    bytes += f.batches.len() as u64;
+                    let mut at = 0;
+                    while at < f.batches.len() {
+                        let h = weir_batch::peek(&f.batches[at..])?;
+                        let next = h.next_offset() as u64;
+                        messages += next - offset.max(h.base_offset as u64);
+                        bar.inc(next - offset.max(h.base_offset as u64));
+                        offset = next;
+                        at += h.total_len();
+                    }
                 }
             }
             bar.finish_and_clear();
