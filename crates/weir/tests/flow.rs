@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 use common::{Server, cli};
 use weir_client::Client;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn batch_of(bytes: usize) -> bytes::Bytes {
     let mut b = weir_batch::BatchBuilder::new(0);
     let value = vec![7u8; 1000];
@@ -44,7 +36,7 @@ fn a_produce_quota_holds_a_client_to_its_rate_and_says_so() {
         "",
     );
     assert!(ok, "{err}");
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "slowpoke").await.unwrap();
         let batch = batch_of(50_000);
         let start = Instant::now();
@@ -125,7 +117,7 @@ fn the_memory_budget_bounds_the_server_under_fifty_flooding_producers() {
             }
         })
     };
-    rt().block_on(async {
+    common::rt().block_on(async {
         let mut tasks = Vec::new();
         for i in 0..50 {
             let addr = addr.clone();
@@ -186,7 +178,7 @@ fn the_memory_budget_bounds_the_server_under_fifty_flooding_producers() {
 }
 
 fn reqwest_metrics(http: &str) -> String {
-    rt().block_on(async {
+    common::rt().block_on(async {
         reqwest::get(format!("http://{http}/metrics"))
             .await
             .unwrap()
@@ -202,7 +194,7 @@ fn reqwest_metrics(http: &str) -> String {
 fn connections_per_address_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_LIMITS__MAX_CONNECTIONS_PER_IP", "3")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let a = Client::connect(&server.addr, "a").await.unwrap();
         let _b = Client::connect(&server.addr, "b").await.unwrap();
         let _c = Client::connect(&server.addr, "c").await.unwrap();

@@ -15,14 +15,6 @@ use common::{Server, python};
 use serde_json::{Value, json};
 use weir_client::{Client, PartitionConsumer, Start};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 // ---- a minimal JSON-schema check, enough for the document's own vocabulary ----
 
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
@@ -281,7 +273,7 @@ impl Http {
 fn http_and_native_clients_read_each_others_records() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let http = Http::new(&server).await;
         http.create_topic(json!({"name": "orders", "partitions": 3})).await;
         // HTTP → native: JSON values, strings, base64, headers, explicit partitions.
@@ -412,7 +404,7 @@ fn errors_are_json_with_documented_codes() {
             ("WEIR_HTTP__WS_MAX_CONNECTIONS", "1"),
         ],
     );
-    rt().block_on(async {
+    common::rt().block_on(async {
         let http = Http::new(&server).await;
         http.create_topic(json!({"name": "t"})).await;
         let produce = "/topics/{topic}/records";
@@ -649,7 +641,7 @@ fn errors_are_json_with_documented_codes() {
 fn openapi_document_matches_the_served_routes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let http = Http::new(&server).await;
         assert_eq!(http.doc["openapi"], "3.1.0");
         http.create_topic(json!({"name": "t"})).await;
@@ -718,7 +710,7 @@ fn openapi_document_matches_the_served_routes() {
 fn topics_and_groups_admin() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let http = Http::new(&server).await;
         let r = http
             .post_json(
@@ -927,7 +919,7 @@ fn check_ws_frames(doc: &Value, frames: &[Value]) {
 fn websocket_key_filter_and_resume_without_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let rt = rt();
+    let rt = common::rt();
     let http = rt.block_on(Http::new(&server));
     rt.block_on(http.create_topic(json!({"name": "quotes", "partitions": 2})));
     let keys = ["AAPL", "MSFT", "GOOG"];
@@ -1052,7 +1044,7 @@ fn websocket_key_filter_and_resume_without_a_gap() {
 fn websocket_signals_a_gap_when_retention_passed_the_resume_point() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__RETENTION_CHECK_MS", "100")]);
-    let rt = rt();
+    let rt = common::rt();
     let http = rt.block_on(Http::new(&server));
     rt.block_on(
         http.create_topic(json!({"name": "short", "segment_bytes": 1024, "retention_bytes": 2048})),
@@ -1119,7 +1111,7 @@ fn websocket_slow_clients_follow_their_policy_while_a_fast_one_keeps_up() {
             ("WEIR_TOPICS__DURABILITY", "never"),
         ],
     );
-    let rt = rt();
+    let rt = common::rt();
     let http = rt.block_on(Http::new(&server));
     rt.block_on(http.create_topic(json!({"name": "feed"})));
     let sub = |policy: &str| json!({"op": "subscribe", "topics": ["feed"], "policy": policy});
@@ -1313,7 +1305,7 @@ fn websocket_heartbeats_idle_timeout_and_shutdown() {
             ("WEIR_HTTP__WS_IDLE_TIMEOUT_MS", "700"),
         ],
     );
-    let rt = rt();
+    let rt = common::rt();
     let http = rt.block_on(Http::new(&server));
     rt.block_on(http.create_topic(json!({"name": "hb"})));
     let sub = json!({"op": "subscribe", "topics": ["hb"]});
@@ -1371,7 +1363,7 @@ async fn get_raw(client: &reqwest::Client, url: String) -> (u16, String, Vec<u8>
 fn profiling_endpoints_are_off_by_default_and_say_how_to_enable_them() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let http = Http::new(&server).await;
         for (route, path) in [
             (PROFILE, "/debug/pprof/profile?seconds=5"),
@@ -1403,7 +1395,7 @@ fn cpu_profile_flame_graph_and_heap_when_enabled() {
 
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_HTTP__PROFILING", "true")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let http = Http::new(&server).await;
 
         let r = http.get("/debug/heap", "/debug/heap").await;

@@ -139,11 +139,7 @@ fn kcat_produces_and_consumes_with_every_codec_and_sees_metadata() {
 fn records_cross_between_kafka_and_the_native_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::rt();
     rt.block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic(

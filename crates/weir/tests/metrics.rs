@@ -47,11 +47,7 @@ fn metrics_cover_every_front_door_and_pass_promtool() {
         "",
     );
     assert!(ok, "{err}");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::rt();
     let before = rt.block_on(scrape(&server.http));
     rt.block_on(async {
         let c = Client::connect(&server.addr, "metrics-test").await.unwrap();

@@ -15,14 +15,6 @@ use weir_client::messages as msg;
 use weir_client::{Client, OverflowPolicy, PushEvent, Start, SubscribeOptions};
 use weir_wire::{Api, ErrorCode, Flags, FrameHeader};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn topic() -> msg::TopicConfig {
     msg::TopicConfig {
         partitions: 1,
@@ -148,7 +140,7 @@ fn range_of(records: &[u8]) -> (u64, u64) {
 fn drop_oldest_announces_what_a_stalled_subscriber_missed_then_delivers_newer_records() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__DURABILITY", "never")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "producer").await.unwrap();
         c.create_topic("ticks", topic()).await.unwrap();
         let consumer = Client::connect(&server.addr, "slow").await.unwrap();
@@ -223,7 +215,7 @@ fn drop_oldest_announces_what_a_stalled_subscriber_missed_then_delivers_newer_re
 fn disconnect_ends_a_slow_subscriber_with_slow_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__DURABILITY", "never")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "producer").await.unwrap();
         c.create_topic("ticks", topic()).await.unwrap();
         // Through the client: it stops taking records, its subscription ends with the code.
@@ -327,7 +319,7 @@ async fn paced_run(c: &Client, addr: &str, topic: &str, batches: u64) -> (u64, D
 fn a_stalled_subscriber_slows_neither_producers_nor_other_subscribers() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__DURABILITY", "never")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "producer").await.unwrap();
         let batches = 1_000; // 100,000 records in about 2 s
         c.create_topic("alone", topic()).await.unwrap();
@@ -423,7 +415,7 @@ fn queue_bounds_are_capped_and_a_connections_queues_are_bounded_together() {
             ("WEIR_NATIVE__PUSH_QUEUE_BYTES_PER_CONNECTION", "3145728"),
         ],
     );
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "greedy").await.unwrap();
         c.create_topic("t", topic()).await.unwrap();
         let greedy = SubscribeOptions {

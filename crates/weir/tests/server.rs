@@ -13,14 +13,6 @@ use weir_client::messages as msg;
 use weir_client::{Client, ClientError, GroupConsumer, PartitionConsumer, Start};
 use weir_wire::ErrorCode;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn topic(partitions: u32) -> msg::TopicConfig {
     msg::TopicConfig {
         partitions,
@@ -32,7 +24,7 @@ fn topic(partitions: u32) -> msg::TopicConfig {
 fn round_trip_restart_keeps_topics_data_and_committed_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("orders", topic(3)).await.unwrap();
         let err = c.create_topic("orders", topic(3)).await.unwrap_err();
@@ -86,7 +78,7 @@ fn round_trip_restart_keeps_topics_data_and_committed_offsets() {
     server.stop();
 
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         let meta = c.metadata(&["orders"]).await.unwrap();
         assert_eq!(meta[0].partitions.len(), 3);
@@ -114,7 +106,7 @@ fn round_trip_restart_keeps_topics_data_and_committed_offsets() {
 fn long_poll_answers_the_moment_data_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("ticks", topic(1)).await.unwrap();
         let producer = c.clone();
@@ -152,7 +144,7 @@ fn long_poll_answers_the_moment_data_arrives() {
 fn push_subscriptions_never_exceed_their_credit() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("feed", topic(1)).await.unwrap();
         for i in 0..50u32 {
@@ -221,7 +213,7 @@ fn push_subscriptions_never_exceed_their_credit() {
 fn group_members_share_partitions_and_a_dead_members_move_after_its_session() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_GROUPS__MIN_SESSION_MS", "200")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let admin = Client::connect(&server.addr, "admin").await.unwrap();
         admin.create_topic("jobs", topic(6)).await.unwrap();
         for i in 0..60u32 {
@@ -349,7 +341,7 @@ fn bad_input_gets_an_error_or_a_closed_connection_and_others_keep_being_served()
     s.write_all(&[0, 0, 0, 100, 0, 5]).unwrap();
     drop(s);
 
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&addr, "test").await.unwrap();
         c.create_topic("t", topic(1)).await.unwrap();
         // A corrupt batch: the CRC no longer matches.
@@ -423,7 +415,7 @@ fn shutdown_under_load_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let addr = server.addr.clone();
-    let runtime = rt();
+    let runtime = common::rt();
     let acked = runtime.block_on(async {
         let c = Client::connect(&addr, "test").await.unwrap();
         c.create_topic("load", topic(2)).await.unwrap();
@@ -677,7 +669,7 @@ fn unknown_configuration_refuses_to_boot_with_the_reason() {
 fn connections_beyond_the_limit_are_refused_and_the_rest_served() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_NATIVE__MAX_CONNECTIONS", "3")]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let mut held = Vec::new();
         for _ in 0..3 {
             held.push(Client::connect(&server.addr, "held").await.unwrap());
@@ -703,7 +695,7 @@ fn connections_beyond_the_limit_are_refused_and_the_rest_served() {
 fn a_topic_deleted_and_created_again_starts_empty_and_old_subscriptions_end() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("reborn", topic(1)).await.unwrap();
         for i in 0..20u32 {
@@ -739,7 +731,7 @@ fn a_topic_deleted_and_created_again_starts_empty_and_old_subscriptions_end() {
     server.stop();
     // And the data stays separate across a restart.
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         let mut consumer = PartitionConsumer::new(c, "reborn", 0, Start::Earliest)
             .await
@@ -754,7 +746,7 @@ fn a_topic_deleted_and_created_again_starts_empty_and_old_subscriptions_end() {
 fn a_credit_window_smaller_than_a_batch_does_not_stall() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("big", topic(1)).await.unwrap();
         let values: Vec<Vec<u8>> = (0..500u32).map(|i| i.to_be_bytes().to_vec()).collect();
@@ -786,7 +778,7 @@ fn the_producer_keeps_per_key_order_and_acknowledges_every_record() {
     use weir_client::{Producer, ProducerConfig};
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("events", topic(4)).await.unwrap();
         let producer = Producer::new(
@@ -914,7 +906,7 @@ fn random_request_bodies_for_every_api_never_take_the_server_down() {
         let mut sink = [0u8; 4096];
         let _ = s.read(&mut sink);
     }
-    rt().block_on(async {
+    common::rt().block_on(async {
         let c = Client::connect(&server.addr, "after").await.unwrap();
         c.create_topic("still-up", topic(1)).await.unwrap();
         c.produce("still-up", Some(0), None, batch(&[b"ok"]))

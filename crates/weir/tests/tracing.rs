@@ -75,11 +75,7 @@ fn weir(args: &[&str], addr: &str, otlp: &str, stdin: &str) -> (bool, String, St
 
 #[test]
 fn a_traceparent_links_producer_broker_and_consumer_spans() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::rt();
     let (otlp, seen) = collector(&rt);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
