@@ -180,6 +180,12 @@ impl PendingProduce {
         self.appended.info().base_offset
     }
 
+    /// The log's count of dropped writes when this batch was written (see
+    /// [`Broker::produce_start_unless_truncated`]).
+    pub fn truncations(&self) -> u64 {
+        self.appended.truncations()
+    }
+
     /// Waits until the batch is as durable as the topic's policy promises.
     pub async fn wait(self) -> Result<ProduceResult> {
         let PendingProduce {
@@ -661,6 +667,23 @@ impl Broker {
         key: Option<&[u8]>,
         batch: Bytes,
     ) -> Result<PendingProduce> {
+        self.produce_start_unless_truncated(topic, partition, key, batch, None)
+            .await
+    }
+
+    /// [`Broker::produce_start`] for a batch that must directly follow an earlier one in its
+    /// partition's log, such as an idempotent producer's next batch: with `since` set to the
+    /// earlier batch's [`PendingProduce::truncations`], it is refused
+    /// ([`LogError::TruncatedSince`], nothing written) if the log dropped unsynced data since,
+    /// which may have been that batch.
+    pub async fn produce_start_unless_truncated(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        batch: Bytes,
+        since: Option<u64>,
+    ) -> Result<PendingProduce> {
         self.check_open()?;
         let started = Instant::now();
         let t = match self.topic(topic) {
@@ -721,7 +744,8 @@ impl Broker {
         let append = move || {
             weir_batch::check_records(&batch)
                 .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?;
-            log.append_start(batch).map_err(BrokerError::from)
+            log.append_start_unless_truncated(batch, since)
+                .map_err(BrokerError::from)
         };
         let appended = if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
             tokio::task::block_in_place(append)?

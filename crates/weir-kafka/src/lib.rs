@@ -185,9 +185,10 @@ fn error_code(e: &BrokerError) -> i16 {
         BrokerError::Log(L::InvalidBatch(_)) => code::CORRUPT_MESSAGE,
         BrokerError::Log(L::BatchTooLarge { .. }) => code::MESSAGE_TOO_LARGE,
         BrokerError::Log(L::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
-        BrokerError::Log(L::Io { .. }) | BrokerError::Log(L::Corrupt { .. }) => {
-            code::KAFKA_STORAGE_ERROR
-        }
+        // Retriable: the producer resends from its dropped batch.
+        BrokerError::Log(L::Io { .. })
+        | BrokerError::Log(L::Corrupt { .. })
+        | BrokerError::Log(L::TruncatedSince) => code::KAFKA_STORAGE_ERROR,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -1349,16 +1350,18 @@ async fn produce_partition_start(
                     "the first write of this batch has no known outcome; retry it".into(),
                 ));
             }
-            (producers::Check::Append, _) => {
+            (producers::Check::Append(since), _) => {
                 let pending = broker
-                    .produce_start(topic, Some(part), None, batch)
+                    .produce_start_unless_truncated(topic, Some(part), None, batch, since)
                     .await
                     .map_err(fail)?;
-                let settle = Settle(
-                    kafka
-                        .producers
-                        .record(topic, part, &h, pending.base_offset()),
-                );
+                let settle = Settle(kafka.producers.record(
+                    topic,
+                    part,
+                    &h,
+                    pending.base_offset(),
+                    pending.truncations(),
+                ));
                 let producers = kafka.producers.clone();
                 let topic = topic.to_string();
                 // The sync is awaited in a task of its own, so that its outcome reaches a

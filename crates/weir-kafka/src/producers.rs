@@ -15,7 +15,11 @@
 //! meanwhile is answered only once the first write is durable (see
 //! [`Producers::check_durable`]); if that write fails, its record and those of the batches
 //! after it are undone ([`Producers::rollback`]), so the producer must resend from the failed
-//! batch, and the retry is written again.
+//! batch, and the retry is written again. Between the failed sync (which drops every unsynced
+//! batch from the log) and that undoing, the producer's next batch could otherwise be written
+//! in the dropped one's place and acknowledged ahead of the resent one: a batch that follows
+//! one still awaiting its sync is therefore written only if the log has dropped nothing since
+//! ([`Check::Append`]), and is refused with a retriable error otherwise.
 //!
 //! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
 //! producer is accepted whatever its sequence (a retry that straddles a restart can be written
@@ -53,6 +57,8 @@ struct Recent {
     first: i32,
     last: i32,
     base_offset: u64,
+    /// The log's count of dropped writes when the batch was written.
+    truncations: u64,
     durable: Arc<Durable>,
 }
 
@@ -74,8 +80,11 @@ pub fn fail_unless_settled(durable: &Durable) {
 /// What to do with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    /// Not idempotent, or in sequence: append it.
-    Append,
+    /// Not idempotent, or in sequence: append it; with `Some(t)`, only if the log has dropped
+    /// no write since it reported `t` (the producer's previous batch awaits its sync, and a
+    /// failed sync would drop it: this one must not take its place, see
+    /// `Broker::produce_start_unless_truncated`).
+    Append(Option<u64>),
     /// Already written at this base offset: answer with it, append nothing.
     Duplicate(u64),
     /// Refuse with this Kafka error code.
@@ -167,14 +176,14 @@ impl Producers {
         h: &BatchHeader,
     ) -> (Check, Option<watch::Receiver<Option<bool>>>) {
         if h.producer_id < 0 {
-            return (Check::Append, None);
+            return (Check::Append(None), None);
         }
         if h.producer_epoch < 0 || h.base_sequence < 0 {
             return (Check::Refuse(code::INVALID_RECORD), None);
         }
         let mut states = self.states.lock();
         let Some(s) = states.get_mut(&(h.producer_id, topic.to_string(), partition)) else {
-            return (Check::Append, None);
+            return (Check::Append(None), None);
         };
         s.used = Instant::now();
         if h.producer_epoch < s.epoch {
@@ -182,7 +191,7 @@ impl Producers {
         }
         if h.producer_epoch > s.epoch {
             return if h.base_sequence == 0 {
-                (Check::Append, None)
+                (Check::Append(None), None)
             } else {
                 (Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER), None)
             };
@@ -196,7 +205,12 @@ impl Producers {
             return (Check::Duplicate(r.base_offset), Some(r.durable.subscribe()));
         }
         if h.base_sequence == next_sequence(s.last_sequence) {
-            (Check::Append, None)
+            let unsettled = s
+                .recent
+                .back()
+                .filter(|r| *r.durable.borrow() != Some(true))
+                .map(|r| r.truncations);
+            (Check::Append(unsettled), None)
         } else {
             (Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER), None)
         }
@@ -238,6 +252,7 @@ impl Producers {
         partition: u32,
         h: &BatchHeader,
         base_offset: u64,
+        truncations: u64,
     ) -> Option<Arc<Durable>> {
         if h.producer_id < 0 {
             return None;
@@ -274,6 +289,7 @@ impl Producers {
             first: h.base_sequence,
             last,
             base_offset,
+            truncations,
             durable: durable.clone(),
         });
         Some(durable)
@@ -303,11 +319,14 @@ mod tests {
         let pid = p.init();
         assert_ne!(p.init(), pid);
         let b0 = header(pid, 0, 0, 3);
-        assert_eq!(p.check("t", 0, &b0), Check::Append);
-        p.record("t", 0, &b0, 100);
+        assert_eq!(p.check("t", 0, &b0), Check::Append(None));
+        let d0 = p.record("t", 0, &b0, 100, 7).unwrap();
+        // b0 awaits its sync: b1 may be written only if the log drops nothing meanwhile.
         let b1 = header(pid, 0, 3, 2);
-        assert_eq!(p.check("t", 0, &b1), Check::Append);
-        p.record("t", 0, &b1, 103);
+        assert_eq!(p.check("t", 0, &b1), Check::Append(Some(7)));
+        d0.send_replace(Some(true));
+        assert_eq!(p.check("t", 0, &b1), Check::Append(None));
+        p.record("t", 0, &b1, 103, 7);
         // Both retried: duplicates with their offsets.
         assert_eq!(p.check("t", 0, &b0), Check::Duplicate(100));
         assert_eq!(p.check("t", 0, &b1), Check::Duplicate(103));
@@ -321,10 +340,10 @@ mod tests {
             Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
         );
         // Other partitions and producers are independent.
-        assert_eq!(p.check("t", 1, &header(pid, 0, 9, 1)), Check::Append);
-        assert_eq!(p.check("t", 0, &header(-1, -1, -1, 1)), Check::Append);
+        assert_eq!(p.check("t", 1, &header(pid, 0, 9, 1)), Check::Append(None));
+        assert_eq!(p.check("t", 0, &header(-1, -1, -1, 1)), Check::Append(None));
         // Epochs: older refused; newer must restart at 0.
-        p.record("t", 0, &header(pid, 2, 0, 1), 105);
+        p.record("t", 0, &header(pid, 2, 0, 1), 105, 0);
         assert_eq!(
             p.check("t", 0, &header(pid, 1, 1, 1)),
             Check::Refuse(code::INVALID_PRODUCER_EPOCH)
@@ -333,7 +352,7 @@ mod tests {
             p.check("t", 0, &header(pid, 3, 5, 1)),
             Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
         );
-        assert_eq!(p.check("t", 0, &header(pid, 3, 0, 1)), Check::Append);
+        assert_eq!(p.check("t", 0, &header(pid, 3, 0, 1)), Check::Append(None));
     }
 
     #[test]
@@ -345,8 +364,8 @@ mod tests {
             header(pid, 0, 3, 2),
             header(pid, 0, 5, 1),
         );
-        let da = p.record("t", 0, &a, 0).unwrap();
-        p.record("t", 0, &b, 3);
+        let da = p.record("t", 0, &a, 0, 0).unwrap();
+        p.record("t", 0, &b, 3, 0);
         // A retry of b while it awaits its sync waits on that outcome.
         let (check, durable) = p.check_durable("t", 0, &b);
         assert_eq!(check, Check::Duplicate(3));
@@ -365,7 +384,7 @@ mod tests {
             p.check("t", 0, &b),
             Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
         );
-        assert_eq!(p.check("t", 0, &a), Check::Append);
+        assert_eq!(p.check("t", 0, &a), Check::Append(None));
     }
 
     #[test]
@@ -373,7 +392,7 @@ mod tests {
         let p = Producers::new();
         let pid = p.init();
         for i in 0..7 {
-            p.record("t", 0, &header(pid, 0, i, 1), i as u64);
+            p.record("t", 0, &header(pid, 0, i, 1), i as u64, 0);
         }
         assert_eq!(p.check("t", 0, &header(pid, 0, 6, 1)), Check::Duplicate(6));
         assert_eq!(p.check("t", 0, &header(pid, 0, 2, 1)), Check::Duplicate(2));
@@ -383,7 +402,10 @@ mod tests {
         );
         let near_end = header(pid, 0, i32::MAX - 1, 3);
         assert_eq!(last_sequence(&near_end), 0);
-        p.record("t", 1, &near_end, 10);
-        assert_eq!(p.check("t", 1, &header(pid, 0, 1, 1)), Check::Append);
+        p.record("t", 1, &near_end, 10, 0);
+        assert_eq!(
+            p.check("t", 1, &header(pid, 0, 1, 1)),
+            Check::Append(Some(0))
+        );
     }
 }

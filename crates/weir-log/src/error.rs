@@ -51,6 +51,11 @@ pub enum LogError {
     /// Offsets would exceed the largest offset Kafka batches can carry (i64::MAX).
     #[error("offset space exhausted")]
     OffsetOverflow,
+    /// A conditional append ([`crate::Log::append_start_unless_truncated`]) was refused: the
+    /// log dropped unsynced data after a failed write or sync since the earlier append it
+    /// depends on, which may be gone. Nothing was written.
+    #[error("unsynced writes were dropped since the batch this one follows; resend from it")]
+    TruncatedSince,
 }
 
 impl LogError {

@@ -48,12 +48,20 @@ pub struct AppendInfo {
 pub struct Appended {
     info: AppendInfo,
     slot: Option<Arc<Slot>>,
+    truncations: u64,
 }
 
 impl Appended {
     /// The offsets the batch was given.
     pub fn info(&self) -> AppendInfo {
         self.info
+    }
+
+    /// How many times the log had dropped written data (after a failed write or sync) when
+    /// this batch was written: pass it to [`Log::append_start_unless_truncated`] to write a
+    /// later batch only if this one cannot have been dropped meanwhile.
+    pub fn truncations(&self) -> u64 {
+        self.truncations
     }
 
     /// Whether [`Log::append_wait`] has to wait for a sync (false: already acknowledged).
@@ -140,6 +148,8 @@ pub(crate) struct Writer {
     pub bytes_since_checkpoint: u64,
     pub last_sync: Instant,
     pub closed: bool,
+    /// Times written data was dropped after a failed write or sync.
+    pub truncations: u64,
 }
 
 #[derive(Debug)]
@@ -263,6 +273,19 @@ impl Log {
     /// produce requests in flight) can write the next batch while the previous one waits for
     /// its sync, and both share one fdatasync.
     pub fn append_start(&self, batch: impl Into<Bytes>) -> Result<Appended> {
+        self.append_start_unless_truncated(batch, None)
+    }
+
+    /// [`Log::append_start`], refused with [`LogError::TruncatedSince`] (nothing written) when
+    /// `since` is given and the log has dropped written data since the append that reported it
+    /// as its [`Appended::truncations`]. A writer whose batches must follow each other with no
+    /// hole (an idempotent producer's) uses it: when an earlier batch's sync fails, the log
+    /// drops that batch, and a later one must not take its place.
+    pub fn append_start_unless_truncated(
+        &self,
+        batch: impl Into<Bytes>,
+        since: Option<u64>,
+    ) -> Result<Appended> {
         let mut buf: BytesMut = batch
             .into()
             .try_into_mut()
@@ -284,6 +307,9 @@ impl Log {
         }
         if w.needs_repair {
             self.repair(&mut w)?;
+        }
+        if since.is_some_and(|t| t != w.truncations) {
+            return Err(LogError::TruncatedSince);
         }
         if w.next_offset + count > i64::MAX as u64 {
             return Err(LogError::OffsetOverflow);
@@ -330,6 +356,7 @@ impl Log {
             base_offset: base,
             last_offset: next - 1,
         };
+        let truncations = w.truncations;
         let mut pending_slot = None;
         match self.config.durability {
             Durability::Always => {
@@ -363,6 +390,7 @@ impl Log {
         Ok(Appended {
             info,
             slot: pending_slot,
+            truncations,
         })
     }
 
@@ -490,6 +518,7 @@ impl Log {
     /// retries it before writing.
     fn truncate_writer(&self, w: &mut Writer, to: Point) {
         debug_assert_eq!(to.segment, w.active.base);
+        w.truncations += 1;
         if to.pos < w.write_pos {
             w.active
                 .index

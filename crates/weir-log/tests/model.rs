@@ -425,3 +425,39 @@ fn disk_full_under_concurrent_appenders_keeps_every_acknowledged_batch() {
         check(&reopen(&storage, &c));
     }
 }
+
+/// A batch that must follow an earlier one (an idempotent producer's next batch) is refused
+/// once the log has dropped that earlier batch after a failed sync, instead of taking its
+/// place; with no failure in between, it is written.
+#[test]
+fn a_conditional_append_is_refused_after_the_batch_it_follows_was_dropped() {
+    let storage = MemStorage::new();
+    let log = reopen(&storage, &config(Durability::Always));
+    let first = log.append_start(batch(1, 2, 10, 0)).unwrap();
+    let follows = log
+        .append_start_unless_truncated(batch(2, 1, 10, 0), Some(first.truncations()))
+        .expect("nothing was dropped: the next batch is written");
+    log.append_wait(first).unwrap();
+    log.append_wait(follows).unwrap();
+
+    let failing = log.append_start(batch(3, 1, 10, 0)).unwrap();
+    let since = failing.truncations();
+    storage.inject_faults(storage.op_count(), 1, FaultKind::DiskFull);
+    assert!(log.append_wait(failing).unwrap_err().is_storage_full());
+    storage.heal();
+    let refused = log.append_start_unless_truncated(batch(4, 1, 10, 0), Some(since));
+    assert!(
+        matches!(refused, Err(LogError::TruncatedSince)),
+        "{refused:?}"
+    );
+    // Resent from the dropped batch, both are written where it was.
+    let again = log.append_start(batch(3, 1, 10, 0)).unwrap();
+    assert_eq!(again.info().base_offset, 3);
+    let next = log
+        .append_start_unless_truncated(batch(4, 1, 10, 0), Some(again.truncations()))
+        .unwrap();
+    assert_eq!(next.info().base_offset, 4);
+    log.append_wait(again).unwrap();
+    log.append_wait(next).unwrap();
+    assert_eq!(log.high_watermark(), 5);
+}

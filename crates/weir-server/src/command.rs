@@ -90,7 +90,7 @@ pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
             L::Io { .. } => ErrorCode::Storage,
             L::Closed => ErrorCode::ShuttingDown,
             L::Config(_) => ErrorCode::InvalidConfig,
-            L::OffsetOverflow => ErrorCode::Storage,
+            L::OffsetOverflow | L::TruncatedSince => ErrorCode::Storage,
         },
         BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
         BrokerError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
