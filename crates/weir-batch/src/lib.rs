@@ -26,7 +26,9 @@ pub use header::{
     BatchError, BatchHeader, Compression, HEADER_LEN, MAGIC_V2, peek, set_base_offset,
     set_log_append_time, validate,
 };
-pub use records::{Record, RecordHeader, Records, check_records, payload, section};
+pub use records::{
+    Record, RecordHeader, Records, check_records, check_records_with_first, payload, section,
+};
 
 /// Iterates over consecutive batches in `buf` (as returned by a log read), checking each one
 /// with [`validate`]. Stops at the end of `buf`; a trailing partial or damaged batch yields

@@ -66,10 +66,25 @@ pub struct Records<'a> {
 /// Skips the CRC on success (the log checks it as it appends); on failure, a bad CRC or
 /// layout is reported in preference to the record fault it caused.
 pub fn check_records(batch: &[u8]) -> Result<(), BatchError> {
-    let records = || -> Result<(), BatchError> {
+    check_records_with_first(batch, |_| ()).map(drop)
+}
+
+/// [`check_records`], handing the first record (if the batch has one) to `first` on the way,
+/// so that a caller who wants something from it does not decompress the batch twice.
+pub fn check_records_with_first<T>(
+    batch: &[u8],
+    first: impl FnOnce(&Record<'_>) -> T,
+) -> Result<Option<T>, BatchError> {
+    let records = || -> Result<Option<T>, BatchError> {
         let header = crate::header::peek(batch)?;
         let section = section(&header, batch)?;
-        Records::with_payload(header, &section).try_for_each(|r| r.map(drop))
+        let mut records = Records::with_payload(header, &section);
+        let seen = match records.next() {
+            Some(r) => Some(first(&r?)),
+            None => None,
+        };
+        records.try_for_each(|r| r.map(drop))?;
+        Ok(seen)
     };
     records().map_err(|fault| validate(batch).err().unwrap_or(fault))
 }

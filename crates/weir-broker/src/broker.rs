@@ -161,9 +161,8 @@ impl std::fmt::Debug for ProduceObserver {
     }
 }
 
-/// The `traceparent` header of a batch's first record (uncompressed batches).
-fn traceparent_of(batch: &[u8]) -> Option<String> {
-    let first = weir_batch::Records::new(batch).ok()?.next()?.ok()?;
+/// The `traceparent` header of a batch's first record.
+fn traceparent_of(first: &weir_batch::Record<'_>) -> Option<String> {
     first
         .headers
         .iter()
@@ -724,14 +723,9 @@ impl Broker {
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         let batch_len = batch.len() as u64;
-        let trace = self.inner.observer.get().map(|o| {
-            Box::new((
-                Arc::from(topic),
-                std::time::SystemTime::now(),
-                traceparent_of(&batch),
-                o.clone(),
-            ))
-        });
+        let observer = self.inner.observer.get().cloned();
+        let wall_start = observer.as_ref().map(|_| std::time::SystemTime::now());
+        let traced = observer.is_some();
         // Every record must decode (compressed batches are decompressed to see), so that no
         // reader meets an undecodable batch later; the log then checks the CRC as it appends.
         let compressed = weir_batch::peek(&batch)
@@ -742,16 +736,26 @@ impl Broker {
             None
         };
         let append = move || {
-            weir_batch::check_records(&batch)
-                .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?;
-            log.append_start_unless_truncated(batch, since)
-                .map_err(BrokerError::from)
+            // The first record's trace context is read on the way (compressed batches are
+            // decompressed once).
+            let traceparent = weir_batch::check_records_with_first(&batch, |first| {
+                traced.then(|| traceparent_of(first)).flatten()
+            })
+            .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?
+            .flatten();
+            let appended = log
+                .append_start_unless_truncated(batch, since)
+                .map_err(BrokerError::from)?;
+            Ok((appended, traceparent))
         };
-        let appended = if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
+        let (appended, traceparent) = if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
             tokio::task::block_in_place(append)?
         } else {
             blocking(append).await?
         };
+        let trace = observer
+            .zip(wall_start)
+            .map(|(o, wall_start)| Box::new((Arc::from(topic), wall_start, traceparent, o)));
         // Visible already unless the policy waits for a sync.
         part.hwm.send_replace(part.log.high_watermark());
         let info = appended.info();

@@ -75,6 +75,17 @@ fn weir(args: &[&str], addr: &str, otlp: &str, stdin: &str) -> (bool, String, St
 
 #[test]
 fn a_traceparent_links_producer_broker_and_consumer_spans() {
+    spans_link_up("none");
+}
+
+/// The broker finds the trace context in a compressed batch too (it decompresses it once, to
+/// check its records).
+#[test]
+fn a_traceparent_in_a_compressed_batch_links_the_spans() {
+    spans_link_up("zstd");
+}
+
+fn spans_link_up(compression: &str) {
     let rt = common::rt();
     let (otlp, seen) = collector(&rt);
     let dir = tempfile::tempdir().unwrap();
@@ -88,7 +99,7 @@ fn a_traceparent_links_producer_broker_and_consumer_spans() {
     let (ok, _, err) = cli(&server.addr, &["topic", "create", "traced"], "");
     assert!(ok, "{err}");
     let (ok, _, err) = weir(
-        &["produce", "traced"],
+        &["produce", "traced", "--compression", compression],
         &server.addr,
         &otlp,
         "hello\nworld\n",
