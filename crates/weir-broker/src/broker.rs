@@ -280,12 +280,14 @@ struct Inner {
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
     deleted_dirs: Mutex<u64>,
-    /// Compressed batches checked at once (each may decompress to 64 MiB, with a zstd window
-    /// of up to 128 MiB): bounds that memory whatever the number of producers.
+    /// Compressed batches decompressed at once, to check them on produce or by the front
+    /// doors that decode records for their clients (each may decompress to 64 MiB, with a
+    /// zstd window of up to 128 MiB): bounds that memory whatever the number of producers and
+    /// readers.
     decompressions: tokio::sync::Semaphore,
 }
 
-/// Compressed batches the broker decompresses (to check) at once.
+/// Compressed batches decompressed at once (see [`Broker::decompression_permit`]).
 const CONCURRENT_DECOMPRESSIONS: usize = 2;
 
 /// The broker core. Cheap to clone; all clones share one broker.
@@ -731,7 +733,7 @@ impl Broker {
         let compressed = weir_batch::peek(&batch)
             .is_ok_and(|h| h.compression() != weir_batch::Compression::None);
         let _decompressing = if compressed {
-            self.inner.decompressions.acquire().await.ok()
+            Some(self.decompression_permit().await)
         } else {
             None
         };
@@ -771,6 +773,17 @@ impl Broker {
             log_append_time,
             trace,
         })
+    }
+
+    /// Waits for a turn to decompress record batches: the broker and every front door that
+    /// decodes compressed batches share [`CONCURRENT_DECOMPRESSIONS`] turns, so that the memory
+    /// decompression takes stays bounded however many clients ask at once.
+    pub async fn decompression_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .decompressions
+            .acquire()
+            .await
+            .expect("the decompression semaphore is never closed")
     }
 
     async fn read(

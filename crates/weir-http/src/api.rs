@@ -559,8 +559,8 @@ async fn fetch(
         }
         Ok((out, next))
     };
-    let (out, next) =
-        crate::records::decode_off_worker(crate::records::any_compressed(&r.chunks), decode)?;
+    let compressed = crate::records::any_compressed(&r.chunks);
+    let (out, next) = crate::records::decode(&s.broker, compressed, decode).await?;
     Ok(ok(json!({
         "topic": topic,
         "partition": partition,

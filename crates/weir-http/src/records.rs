@@ -245,13 +245,19 @@ pub fn any_compressed(chunks: &[bytes::Bytes]) -> bool {
     })
 }
 
-/// Runs `f`, which decodes records, off the async runtime's worker (`block_in_place`) when
-/// `heavy`: decompressing a large batch takes milliseconds that the connections sharing the
-/// worker should not wait out. Runs it in place otherwise, or outside a multi-thread runtime.
-pub fn decode_off_worker<T>(heavy: bool, f: impl FnOnce() -> T) -> T {
+/// Runs `f`, which decodes records. When `compressed`, it first waits for one of the broker's
+/// decompression turns ([`weir_broker::Broker::decompression_permit`]), so that however many
+/// fetches and subscribers decode at once, memory stays bounded, then runs `f` off the async
+/// runtime's worker (`block_in_place`): decompressing a large batch takes milliseconds that the
+/// connections sharing the worker should not wait out. Plain batches are decoded in place.
+pub async fn decode<T>(broker: &weir_broker::Broker, compressed: bool, f: impl FnOnce() -> T) -> T {
+    if !compressed {
+        return f();
+    }
+    let _turn = broker.decompression_permit().await;
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if heavy && multi_thread {
+    if multi_thread {
         tokio::task::block_in_place(f)
     } else {
         f()
@@ -284,8 +290,34 @@ mod tests {
         assert!(any_compressed(&chunks(then_zstd)));
         assert!(!any_compressed(&chunks(vec![0xff; 100])));
         assert!(!any_compressed(&[]));
-        // Off the worker or not, the work is done and its answer returned.
-        assert_eq!(decode_off_worker(true, || 7), 7);
+    }
+
+    /// Compressed batches are decoded only with one of the broker's decompression turns: when
+    /// every turn is taken, a decode waits until one is given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decoding_compressed_batches_waits_for_a_decompression_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = weir_broker::Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        let (a, b) = (
+            broker.decompression_permit().await,
+            broker.decompression_permit().await,
+        );
+        // Plain batches need no turn.
+        assert_eq!(decode(&broker, false, || 1).await, 1);
+        let waiting = {
+            let broker = broker.clone();
+            tokio::spawn(async move { decode(&broker, true, || 2).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "decoded with every turn taken");
+        drop(a);
+        assert_eq!(waiting.await.unwrap(), 2);
+        drop(b);
+        broker.close().await.unwrap();
     }
     use weir_batch::Records;
 

@@ -330,20 +330,23 @@ pub struct Hub {
 }
 
 /// Decodes the records at or after `from` in `chunks` into shared frames.
-/// Returns the items and the offset after the last batch.
-pub fn decode_items(
+/// Returns the items and the offset after the last batch. Compressed batches wait for one of
+/// the broker's decompression turns ([`crate::records::decode`]).
+pub async fn decode_items(
+    broker: &Broker,
     topic: &str,
     partition: u32,
     format: Format,
     chunks: &[Bytes],
     from: u64,
 ) -> Result<(Vec<Arc<Item>>, Option<u64>), String> {
-    crate::records::decode_off_worker(crate::records::any_compressed(chunks), || {
+    crate::records::decode(broker, crate::records::any_compressed(chunks), || {
         decode_items_here(topic, partition, format, chunks, from)
     })
+    .await
 }
 
-fn decode_items_here(
+pub(crate) fn decode_items_here(
     topic: &str,
     partition: u32,
     format: Format,
@@ -597,7 +600,9 @@ impl Hub {
                 }
                 continue;
             }
-            let (items, next) = match decode_items(&topic, partition, format, &r.chunks, position) {
+            let decoded =
+                decode_items(&self.broker, &topic, partition, format, &r.chunks, position).await;
+            let (items, next) = match decoded {
                 Ok(x) => x,
                 Err(e) => {
                     self.end_feed(feed, |s| error_notice(Some(s.sub), "storage_error", &e));

@@ -457,42 +457,47 @@ async fn replay(
             .await
         {
             Ok(r) if r.is_empty() => return true,
-            Ok(r) => match hub::decode_items(topic, partition, format, &r.chunks, sub.from) {
-                Ok((items, next)) => {
-                    // In slices that fit the room the queue has, so that a replay never
-                    // overflows a queue, however large the stored batches.
-                    let (max_records, max_bytes) =
-                        (hub.config.queue_messages / 2, hub.config.queue_bytes / 2);
-                    let mut rest = &items[..];
-                    while !rest.is_empty() {
-                        let mut n = 0;
-                        let mut bytes = 0;
-                        while n < rest.len()
-                            && (n == 0 || (n < max_records && bytes + rest[n].size() <= max_bytes))
-                        {
-                            bytes += rest[n].size();
-                            n += 1;
+            Ok(r) => {
+                match hub::decode_items(&hub.broker, topic, partition, format, &r.chunks, sub.from)
+                    .await
+                {
+                    Ok((items, next)) => {
+                        // In slices that fit the room the queue has, so that a replay never
+                        // overflows a queue, however large the stored batches.
+                        let (max_records, max_bytes) =
+                            (hub.config.queue_messages / 2, hub.config.queue_bytes / 2);
+                        let mut rest = &items[..];
+                        while !rest.is_empty() {
+                            let mut n = 0;
+                            let mut bytes = 0;
+                            while n < rest.len()
+                                && (n == 0
+                                    || (n < max_records && bytes + rest[n].size() <= max_bytes))
+                            {
+                                bytes += rest[n].size();
+                                n += 1;
+                            }
+                            if !wait_for_room(sub).await {
+                                return false;
+                            }
+                            sub.deliver(&rest[..n], &hub.stats);
+                            rest = &rest[n..];
                         }
-                        if !wait_for_room(sub).await {
-                            return false;
+                        hub.stats
+                            .records_fetched
+                            .fetch_add(items.len() as u64, Ordering::Relaxed);
+                        match next {
+                            Some(n) if n > sub.from => sub.from = n,
+                            _ => return true,
                         }
-                        sub.deliver(&rest[..n], &hub.stats);
-                        rest = &rest[n..];
                     }
-                    hub.stats
-                        .records_fetched
-                        .fetch_add(items.len() as u64, Ordering::Relaxed);
-                    match next {
-                        Some(n) if n > sub.from => sub.from = n,
-                        _ => return true,
+                    Err(e) => {
+                        sub.conn
+                            .notice(sub.sub, error_notice(Some(sub.sub), "storage_error", &e));
+                        return false;
                     }
                 }
-                Err(e) => {
-                    sub.conn
-                        .notice(sub.sub, error_notice(Some(sub.sub), "storage_error", &e));
-                    return false;
-                }
-            },
+            }
             Err(BrokerError::Log(LogError::OffsetOutOfRange { log_start, .. }))
                 if sub.from < log_start =>
             {
@@ -635,7 +640,7 @@ mod tests {
         let chunks = [plain, Bytes::from(b)];
         // The same three records, stored plain and stored gzipped (offsets 0..3 twice here:
         // only the decoding is under test).
-        let (items, next) = hub::decode_items("t", 0, Format::Json, &chunks, 0).unwrap();
+        let (items, next) = hub::decode_items_here("t", 0, Format::Json, &chunks, 0).unwrap();
         assert_eq!(next, Some(3));
         let values: Vec<String> = items
             .iter()
