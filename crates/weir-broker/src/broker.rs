@@ -91,6 +91,10 @@ struct Topic {
     incarnation: u64,
 }
 
+/// Uncompressed batches up to this size are checked and written on the calling task's own
+/// thread when the write goes no further than the page cache (see `Log::append_may_block`).
+const IN_PLACE_APPEND_BYTES: usize = 16 * 1024;
+
 /// Batches up to this size are written without a hop to the blocking pool.
 const INLINE_APPEND_BYTES: usize = 64 * 1024;
 
@@ -718,10 +722,10 @@ impl Broker {
                 (b, Some(at))
             }
         };
-        // A small batch is a short write to the page cache: do it on this thread, which
-        // saves the round trip through the blocking pool that dominates small-produce latency.
+        // A batch up to INLINE_APPEND_BYTES is written on this thread, which saves the round
+        // trip through the blocking pool that dominates small-produce latency;
         // `block_in_place` keeps the runtime's other tasks moving should the write stall (a
-        // segment roll, dirty-page throttling).
+        // segment roll, dirty-page throttling). The smallest plain ones skip even that (below).
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         let batch_len = batch.len() as u64;
@@ -750,7 +754,14 @@ impl Broker {
                 .map_err(BrokerError::from)?;
             Ok((appended, traceparent))
         };
-        let (appended, traceparent) = if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
+        // A small plain batch that only reaches the page cache takes a few microseconds: any
+        // hop would cost more (`block_in_place` hands the runtime to another thread).
+        let in_place = !compressed
+            && batch_len as usize <= IN_PLACE_APPEND_BYTES
+            && !part.log.append_may_block(batch_len);
+        let (appended, traceparent) = if in_place {
+            append()?
+        } else if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
             tokio::task::block_in_place(append)?
         } else {
             blocking(append).await?

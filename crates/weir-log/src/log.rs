@@ -403,6 +403,19 @@ impl Log {
         Ok(appended.info)
     }
 
+    /// Whether appending a batch of `len` bytes now would do more than write it to the page
+    /// cache: roll the segment (which syncs the sealed one), sync under an interval policy,
+    /// or repair an earlier failed truncation. A caller on an async runtime can write the
+    /// batch in place when this is false, and should move the append off its thread when
+    /// true. A hint: another append may change the answer before this one runs.
+    pub fn append_may_block(&self, len: u64) -> bool {
+        let w = self.writer.lock();
+        w.needs_repair
+            || w.write_pos + len > self.config.segment_bytes
+            || w.created.elapsed() >= self.config.segment_age
+            || matches!(self.config.durability, Durability::Interval(every) if w.last_sync.elapsed() >= every)
+    }
+
     fn should_roll(&self, w: &Writer, len: u64, count: u64) -> bool {
         if w.write_pos == 0 {
             return false;

@@ -105,6 +105,12 @@ pub(crate) struct Connection {
     frame_budget: Option<(BudgetPermit, Instant)>,
     /// Waiting for budget for a large frame: the socket is not read meanwhile.
     budget_wait: Option<Pin<Box<dyn Future<Output = BudgetPermit> + Send>>>,
+    /// When the last response went out.
+    replied_at: Option<Instant>,
+    /// The peer sent its latest request within `busy_poll` of the response before it.
+    prompt: bool,
+    /// Busy polling the socket for the next request until then (see `ServerConfig::busy_poll`).
+    poll_until: Option<Instant>,
 }
 
 impl Drop for Connection {
@@ -123,6 +129,8 @@ enum Input {
     Budget(BudgetPermit),
     Unmute,
     Tick,
+    /// A turn of busy polling went by.
+    Poll,
 }
 
 impl Connection {
@@ -152,6 +160,9 @@ impl Connection {
             muted_until: None,
             frame_budget: None,
             budget_wait: None,
+            replied_at: None,
+            prompt: false,
+            poll_until: None,
         }
     }
 
@@ -170,6 +181,7 @@ impl Connection {
             // Not read while over a quota, or while waiting for memory budget.
             let readable = window_open && self.muted_until.is_none() && self.budget_wait.is_none();
             let muted_until = self.muted_until.unwrap_or_else(Instant::now);
+            let polling = self.poll_until.is_some() && readable && !draining;
             let input = tokio::select! {
                 biased;
                 r = stop.changed(), if !draining => { let _ = r; Input::Stop }
@@ -179,8 +191,23 @@ impl Connection {
                 _ = tokio::time::sleep_until(muted_until), if self.muted_until.is_some() => Input::Unmute,
                 r = self.stream.read_buf(&mut self.buf), if !draining && readable => Input::Read(r),
                 _ = &mut tick => Input::Tick,
+                // Last: it only runs when nothing else is ready, and reschedules the task at
+                // once, so that the read above is tried again after the runtime has polled
+                // for I/O, instead of this thread going to sleep.
+                _ = tokio::task::yield_now(), if polling => Input::Poll,
             };
+            let is_response = matches!(input, Input::Done(_));
             match input {
+                Input::Poll => {
+                    // Also give this CPU to any other thread waiting for it (the peer, when
+                    // it runs on this machine): polling must not delay what it waits for.
+                    std::thread::yield_now();
+                    if self.poll_until.is_some_and(|t| Instant::now() >= t) {
+                        // Not prompt this time: no more polling until it is again.
+                        self.poll_until = None;
+                        self.prompt = false;
+                    }
+                }
                 Input::Stop => draining = true,
                 Input::Budget(permit) => {
                     self.budget_wait = None;
@@ -202,6 +229,9 @@ impl Connection {
                             tracing::debug!(peer = %self.peer, error = %e, "write failed; closing");
                             break;
                         }
+                        if is_response {
+                            self.replied();
+                        }
                     }
                     // Frames that waited for the window may be ready now.
                     if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
@@ -211,6 +241,10 @@ impl Connection {
                 Input::Read(Ok(0)) => break,
                 Input::Read(Ok(_)) => {
                     self.last_read = Instant::now();
+                    self.prompt = self
+                        .replied_at
+                        .is_some_and(|t| self.last_read.duration_since(t) <= self.config.busy_poll);
+                    self.poll_until = None;
                     if !Box::pin(self.process_buffer()).await {
                         break;
                     }
@@ -498,7 +532,22 @@ impl Connection {
         if self.silent {
             return true;
         }
-        self.write(out).await.is_ok()
+        let ok = self.write(out).await.is_ok();
+        self.replied();
+        ok
+    }
+
+    /// A response went out. If the peer answered the previous one promptly, the socket is
+    /// busy polled for its next request for up to `busy_poll`: a closed-loop client's next
+    /// request then finds this thread awake, not asleep in the kernel (waking a sleeping
+    /// thread, and on a virtual machine an idle CPU, costs tens of microseconds). A peer that
+    /// is not prompt costs one window, then none until it is prompt again.
+    fn replied(&mut self) {
+        let now = Instant::now();
+        self.replied_at = Some(now);
+        if self.prompt && !self.config.busy_poll.is_zero() {
+            self.poll_until = Some(now + self.config.busy_poll);
+        }
     }
 
     async fn hello(&mut self, frame: &Frame) -> bool {
