@@ -11,6 +11,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -78,6 +79,33 @@ struct Subscription {
 const DEFAULT_QUEUE_RECORDS: u64 = 10_000;
 const DEFAULT_QUEUE_BYTES: u64 = 4 << 20;
 
+/// Connections busy polling right now, in the whole process.
+static POLLING: AtomicUsize = AtomicUsize::new(0);
+
+/// The right to busy poll: at most one connection per CPU holds one at a time, since more
+/// could only take turns at wasting the CPUs.
+struct PollTurn;
+
+impl PollTurn {
+    fn take() -> Option<PollTurn> {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cpus =
+            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        POLLING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cpus).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PollTurn)
+    }
+}
+
+impl Drop for PollTurn {
+    fn drop(&mut self) {
+        POLLING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Most bytes of batches in one push frame of a queued subscription.
 const PUSH_FRAME_BYTES: u64 = 256 << 10;
 
@@ -110,7 +138,7 @@ pub(crate) struct Connection {
     /// The peer sent its latest request within `busy_poll` of the response before it.
     prompt: bool,
     /// Busy polling the socket for the next request until then (see `ServerConfig::busy_poll`).
-    poll_until: Option<Instant>,
+    poll_until: Option<(Instant, PollTurn)>,
 }
 
 impl Drop for Connection {
@@ -192,17 +220,21 @@ impl Connection {
                 r = self.stream.read_buf(&mut self.buf), if !draining && readable => Input::Read(r),
                 _ = &mut tick => Input::Tick,
                 // Last: it only runs when nothing else is ready, and reschedules the task at
-                // once, so that the read above is tried again after the runtime has polled
-                // for I/O, instead of this thread going to sleep.
+                // once (other tasks run in between), instead of this thread going to sleep.
                 _ = tokio::task::yield_now(), if polling => Input::Poll,
+            };
+            let input = match input {
+                Input::Poll => self.poll_socket(),
+                other => other,
             };
             let is_response = matches!(input, Input::Done(_));
             match input {
                 Input::Poll => {
-                    // Also give this CPU to any other thread waiting for it (the peer, when
-                    // it runs on this machine): polling must not delay what it waits for.
-                    std::thread::yield_now();
-                    if self.poll_until.is_some_and(|t| Instant::now() >= t) {
+                    if self
+                        .poll_until
+                        .as_ref()
+                        .is_some_and(|(t, _)| Instant::now() >= *t)
+                    {
                         // Not prompt this time: no more polling until it is again.
                         self.poll_until = None;
                         self.prompt = false;
@@ -537,6 +569,28 @@ impl Connection {
         ok
     }
 
+    /// One turn of busy polling: reads the socket directly. The runtime's readiness flags
+    /// cannot be used: they are set by whichever thread polls the OS for I/O, which may be
+    /// another one, asleep in it, which is what polling avoids waiting for. Gives `Read` on
+    /// data, end of stream or an error, else `Poll`.
+    fn poll_socket(&mut self) -> Input {
+        // Enough for a small request whole; a larger one's rest comes by the usual reads.
+        let mut chunk = [0u8; 4096];
+        match rustix::net::recv(&self.stream, &mut chunk, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Input::Read(Ok(n))
+            }
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                // Also give this CPU to any other thread waiting for it (the peer, when it
+                // runs on this machine): polling must not delay what it waits for.
+                std::thread::yield_now();
+                Input::Poll
+            }
+            Err(e) => Input::Read(Err(e.into())),
+        }
+    }
+
     /// A response went out. If the peer answered the previous one promptly, the socket is
     /// busy polled for its next request for up to `busy_poll`: a closed-loop client's next
     /// request then finds this thread awake, not asleep in the kernel (waking a sleeping
@@ -546,7 +600,7 @@ impl Connection {
         let now = Instant::now();
         self.replied_at = Some(now);
         if self.prompt && !self.config.busy_poll.is_zero() {
-            self.poll_until = Some(now + self.config.busy_poll);
+            self.poll_until = PollTurn::take().map(|turn| (now + self.config.busy_poll, turn));
         }
     }
 
@@ -944,6 +998,18 @@ mod tests {
     use std::time::Duration;
 
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// No more connections busy poll at once than there are CPUs; a turn given back can be
+    /// taken again.
+    #[test]
+    fn busy_polling_turns_are_capped_at_one_per_cpu() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let turns: Vec<PollTurn> = std::iter::from_fn(PollTurn::take).take(cpus + 1).collect();
+        assert_eq!(turns.len(), cpus);
+        assert!(PollTurn::take().is_none());
+        drop(turns);
+        assert!(PollTurn::take().is_some());
+    }
 
     /// The filler reads the log without anyone draining: the oldest go, the drop is
     /// announced as one range and counted once per policy.
