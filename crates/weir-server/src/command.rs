@@ -202,22 +202,32 @@ pub(crate) async fn produce(
     written: tokio::sync::oneshot::Sender<()>,
     client_id: &str,
 ) -> Option<OutFrame> {
-    let req = frame.header;
-    let bytes: u64 = frame.records.len() as u64;
+    let Frame {
+        header: req,
+        message,
+        records,
+    } = frame;
+    let bytes: u64 = records.len() as u64;
     let throttle = broker.quotas().charge(client_id, QuotaKind::Produce, bytes);
-    let r: msg::ProduceRequest = match decode(&frame) {
+    // The message is consumed here: once the read buffer has moved on, the records are then
+    // the only view of the frame's memory, and the log stamps their offsets in place instead
+    // of copying the batch.
+    let r = match msg::ProduceRequest::decode(message) {
         Ok(r) => r,
-        Err((code, message)) => return Some(OutFrame::error(&req, code, message)),
+        Err(e) => {
+            let message = format!("cannot decode request: {e}");
+            return Some(OutFrame::error(&req, ErrorCode::Malformed, message));
+        }
     };
     let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
-    let result = if frame.records.is_empty() {
+    let result = if records.is_empty() {
         Err((
             ErrorCode::InvalidBatch,
             "produce request carries no record batch".to_string(),
         ))
     } else {
         match broker
-            .produce_start(&r.topic, r.partition, r.key.as_deref(), frame.records)
+            .produce_start(&r.topic, r.partition, r.key.as_deref(), records)
             .await
         {
             Ok(pending) => {
