@@ -358,6 +358,9 @@ async fn handle_inner(
     let quotas = broker.quotas();
     *throttle = quotas.charge(&client_id, QuotaKind::Requests, 1);
     let correlation = header.correlation_id;
+    // The header's strings are views of the request's memory: let go of them, so that a
+    // produce's records can become the only view left (see the Produce arm).
+    drop(header);
     // The response is built in place: size prefix (patched at the end), header, body, so that
     // records are copied once, into this buffer.
     let mut body = BytesMut::new();
@@ -442,15 +445,29 @@ async fn handle_inner(
                 .sum();
             *throttle =
                 (*throttle).max(quotas.charge(&client_id, QuotaKind::Produce, bytes as u64));
+            // The request is taken apart first: its names become strings and every other view
+            // of its memory is dropped, so that a partition's records, when they are the only
+            // ones in the request, are the only view left and the log stamps their offsets in
+            // place instead of copying them.
+            let data: Vec<(String, Vec<(i32, Bytes)>)> = r
+                .topic_data
+                .into_iter()
+                .map(|t| {
+                    let parts = t
+                        .partition_data
+                        .into_iter()
+                        .map(|p| (p.index, p.records.unwrap_or_default()))
+                        .collect();
+                    (t.name.0.to_string(), parts)
+                })
+                .collect();
             // Every batch is written now, in request order; the syncs are awaited after.
-            let mut topics = Vec::with_capacity(r.topic_data.len());
-            for t in r.topic_data {
-                let name = t.name.0.to_string();
-                let mut parts = Vec::with_capacity(t.partition_data.len());
-                for p in t.partition_data {
-                    let records = p.records.unwrap_or_default();
-                    let started = produce_partition_start(kafka, &name, p.index, records).await;
-                    parts.push((p.index, started));
+            let mut topics = Vec::with_capacity(data.len());
+            for (name, partitions) in data {
+                let mut parts = Vec::with_capacity(partitions.len());
+                for (index, records) in partitions {
+                    let started = produce_partition_start(kafka, &name, index, records).await;
+                    parts.push((index, started));
                 }
                 topics.push((name, parts));
             }
@@ -681,11 +698,7 @@ async fn handle_inner(
                 group: r.group_id.0.to_string(),
                 member_id: r.member_id.to_string(),
                 group_instance_id: r.group_instance_id.map(|s| s.to_string()),
-                client_id: header
-                    .client_id
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
+                client_id: client_id.clone(),
                 session_timeout: ms(r.session_timeout_ms),
                 // v0 has no rebalance timeout: the session timeout serves for both.
                 rebalance_timeout: ms(if version >= 1 {
@@ -1275,7 +1288,7 @@ async fn produce_partition_start(
     kafka: &Kafka,
     topic: &str,
     partition: i32,
-    records: Bytes,
+    mut records: Bytes,
 ) -> PartitionStart {
     let broker = &kafka.broker;
     let fail = |e: BrokerError| (error_code(&e), e.to_string());
@@ -1296,27 +1309,24 @@ async fn produce_partition_start(
     // Every batch is checked before any is appended: a bad one later in the request must not
     // leave the earlier ones written behind an error (a retry would write them twice).
     let mut batches = Vec::new();
-    let mut at = 0;
-    while at < records.len() {
-        let h = weir_batch::peek(&records[at..]).map_err(invalid)?;
-        let end = at
-            .checked_add(h.total_len())
-            .filter(|e| *e <= records.len())
-            .ok_or_else(|| {
-                invalid(weir_batch::BatchError::Truncated {
-                    needed: h.total_len(),
-                    available: records.len() - at,
-                })
-            })?;
+    while !records.is_empty() {
+        let h = weir_batch::peek(&records).map_err(invalid)?;
+        if h.total_len() > records.len() {
+            return Err(invalid(weir_batch::BatchError::Truncated {
+                needed: h.total_len(),
+                available: records.len(),
+            }));
+        }
         if h.is_transactional() || h.is_control() {
             return Err((
                 code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                 "transactions are not supported".into(),
             ));
         }
-        batches.push((h, records.slice(at..end)));
-        at = end;
+        // Split off, not sliced: a lone batch is then the only view of its memory.
+        batches.push((h, records.split_to(h.total_len())));
     }
+    drop(records);
     // With several batches, each is CRC-checked here so that none is appended before a bad
     // one is found; a lone batch is checked once, by the log as it appends.
     if batches.len() > 1 {
@@ -2147,6 +2157,31 @@ mod tests {
             }
         }
         listener.stop().await;
+    }
+
+    /// A request's lone batch is stored as it arrived: what the broker holds is the request's
+    /// own memory, not a copy of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_batch_is_stored_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        let mut b = weir_batch::BatchBuilder::new(0);
+        for _ in 0..100 {
+            b.push(weir_batch::RecordSpec::value(&[7u8; 100]));
+        }
+        let req = request(ApiKey::Produce, 8, &produce_to("a", Bytes::from(b.build())));
+        let span = req.as_ptr_range();
+        let r: ProduceResponse = response(ApiKey::Produce, 8, handle(&kafka, req).await);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, code::NONE);
+        let f = broker
+            .fetch("a", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .unwrap();
+        let stored = f.chunks[0].as_ptr();
+        assert!(
+            span.contains(&stored),
+            "the stored batch at {stored:?} was copied out of the request at {span:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
