@@ -494,3 +494,54 @@ async fn run(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A produced batch is stored as it arrived: once the connection's read buffer has moved
+    /// on, what the broker holds is the frame's own memory, not a copy of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_produced_batch_is_stored_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        let mut b = weir_batch::BatchBuilder::new(0);
+        for _ in 0..100 {
+            b.push(weir_batch::RecordSpec::value(&[7u8; 100]));
+        }
+        let header = FrameHeader {
+            api_key: Api::Produce as u16,
+            api_version: 1,
+            correlation_id: 1,
+            flags: Flags(0),
+        };
+        let req = msg::ProduceRequest {
+            topic: "t".into(),
+            partition: Some(0),
+            acks: msg::Acks::Durable as i32,
+            ..Default::default()
+        };
+        let mut buf = weir_wire::frame::encode_frame_to_vec(header, &req, &b.build());
+        let span = buf.as_ptr_range();
+        let frame = weir_wire::decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        drop(buf);
+        let (written, _) = tokio::sync::oneshot::channel();
+        let out = produce(&broker, frame, written, "test").await.unwrap();
+        assert!(!out.head.is_empty());
+        let f = broker
+            .fetch("t", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .unwrap();
+        let stored = f.chunks[0].as_ptr();
+        assert!(
+            span.contains(&stored),
+            "the stored batch at {stored:?} was copied out of the frame at {span:?}"
+        );
+        broker.close().await.unwrap();
+    }
+}
