@@ -238,6 +238,8 @@ impl Connection {
                         // Not prompt this time: no more polling until it is again.
                         self.poll_until = None;
                         self.prompt = false;
+                        metrics::counter!("weir_native_busy_polls_total", "outcome" => "expired")
+                            .increment(1);
                     }
                 }
                 Input::Stop => draining = true,
@@ -276,7 +278,10 @@ impl Connection {
                     self.prompt = self
                         .replied_at
                         .is_some_and(|t| self.last_read.duration_since(t) <= self.config.busy_poll);
-                    self.poll_until = None;
+                    if self.poll_until.take().is_some() {
+                        metrics::counter!("weir_native_busy_polls_total", "outcome" => "request")
+                            .increment(1);
+                    }
                     if !Box::pin(self.process_buffer()).await {
                         break;
                     }

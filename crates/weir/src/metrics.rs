@@ -84,6 +84,11 @@ fn describe() {
         "Native-protocol connections refused at the connection limit."
     );
     describe_counter!(
+        "weir_native_busy_polls_total",
+        "Busy-polling windows after a response (native.busy_poll_us), by outcome: the next \
+         request came within the window, or the window expired."
+    );
+    describe_counter!(
         "weir_kafka_requests_total",
         "Kafka-protocol requests received, by API."
     );
