@@ -54,6 +54,7 @@ struct State {
 
 #[derive(Debug)]
 struct Recent {
+    epoch: i16,
     first: i32,
     last: i32,
     base_offset: u64,
@@ -227,11 +228,10 @@ impl Producers {
             return;
         };
         let last = last_sequence(h);
-        let Some(i) = s
-            .recent
-            .iter()
-            .position(|r| r.first == h.base_sequence && r.last == last)
-        else {
+        // The epoch too: after an epoch bump, the same sequence numbers name other batches.
+        let Some(i) = s.recent.iter().position(|r| {
+            r.epoch == h.producer_epoch && r.first == h.base_sequence && r.last == last
+        }) else {
             return;
         };
         for r in s.recent.drain(i..) {
@@ -286,6 +286,7 @@ impl Producers {
         }
         let durable = Arc::new(watch::Sender::new(None));
         s.recent.push_back(Recent {
+            epoch: h.producer_epoch,
             first: h.base_sequence,
             last,
             base_offset,
@@ -385,6 +386,25 @@ mod tests {
             Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
         );
         assert_eq!(p.check("t", 0, &a), Check::Append(None));
+    }
+
+    /// A failed write of the old epoch does not undo the new epoch's batch with the same
+    /// sequence numbers.
+    #[test]
+    fn a_rollback_of_an_older_epoch_leaves_the_new_epochs_batches() {
+        let p = Producers::new();
+        let pid = p.init();
+        let old = header(pid, 0, 0, 3);
+        p.record("t", 0, &old, 0, 0);
+        let new = header(pid, 1, 0, 3);
+        assert_eq!(p.check("t", 0, &new), Check::Append(None));
+        p.record("t", 0, &new, 3, 0);
+        p.rollback("t", 0, &old);
+        assert_eq!(p.check("t", 0, &new), Check::Duplicate(3));
+        assert_eq!(
+            p.check("t", 0, &header(pid, 1, 3, 1)),
+            Check::Append(Some(0))
+        );
     }
 
     #[test]
