@@ -82,18 +82,19 @@ const DEFAULT_QUEUE_BYTES: u64 = 4 << 20;
 /// Connections busy polling right now, in the whole process.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
 
-/// The right to busy poll: at most one connection per CPU holds one at a time, since more
-/// could only take turns at wasting the CPUs.
+/// The right to busy poll: at most one connection per two CPUs (and at least one) holds one
+/// at a time, so that polling never takes every CPU from the work it waits for.
 struct PollTurn;
 
 impl PollTurn {
     fn take() -> Option<PollTurn> {
-        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let cpus =
-            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let max = *MAX.get_or_init(|| {
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
+        });
         POLLING
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cpus).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .ok()
             .map(|_| PollTurn)
@@ -209,7 +210,14 @@ impl Connection {
             // Not read while over a quota, or while waiting for memory budget.
             let readable = window_open && self.muted_until.is_none() && self.budget_wait.is_none();
             let muted_until = self.muted_until.unwrap_or_else(Instant::now);
-            let polling = self.poll_until.is_some() && readable && !draining;
+            // Not while the socket must not be read, nor while a large frame's bytes stream in
+            // (a polled read could run past the buffer reserved for it).
+            let polling =
+                self.poll_until.is_some() && readable && !draining && self.frame_budget.is_none();
+            if !polling && self.poll_until.take().is_some() {
+                metrics::counter!("weir_native_busy_polls_total", "outcome" => "expired")
+                    .increment(1);
+            }
             let input = tokio::select! {
                 biased;
                 r = stop.changed(), if !draining => { let _ = r; Input::Stop }
@@ -610,6 +618,9 @@ impl Connection {
     fn replied(&mut self) {
         let now = Instant::now();
         self.replied_at = Some(now);
+        // The turn held, if any, is given back first: with every turn taken, renewing one
+        // must not fail for want of the very turn it holds.
+        self.poll_until = None;
         if self.prompt && !self.config.busy_poll.is_zero() {
             self.poll_until = PollTurn::take().map(|turn| (now + self.config.busy_poll, turn));
         }
@@ -1010,13 +1021,13 @@ mod tests {
 
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
-    /// No more connections busy poll at once than there are CPUs; a turn given back can be
-    /// taken again.
+    /// No more connections busy poll at once than half the CPUs (at least one); a turn given
+    /// back can be taken again.
     #[test]
-    fn busy_polling_turns_are_capped_at_one_per_cpu() {
-        let cpus = std::thread::available_parallelism().unwrap().get();
-        let turns: Vec<PollTurn> = std::iter::from_fn(PollTurn::take).take(cpus + 1).collect();
-        assert_eq!(turns.len(), cpus);
+    fn busy_polling_turns_are_capped_at_half_the_cpus() {
+        let max = (std::thread::available_parallelism().unwrap().get() / 2).max(1);
+        let turns: Vec<PollTurn> = std::iter::from_fn(PollTurn::take).take(max + 1).collect();
+        assert_eq!(turns.len(), max);
         assert!(PollTurn::take().is_none());
         drop(turns);
         assert!(PollTurn::take().is_some());

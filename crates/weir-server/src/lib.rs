@@ -51,8 +51,8 @@ pub struct ServerConfig {
     /// After answering a client that sent its request within this long of the previous
     /// answer, poll its socket for the next request for up to this long instead of sleeping
     /// (yielding to other tasks meanwhile): lower latency for closed-loop clients, at the
-    /// cost of CPU time while polling. At most one connection per CPU polls at a time. Zero
-    /// turns it off. Default 200 µs.
+    /// cost of CPU time while polling. At most one connection per two CPUs (at least one)
+    /// polls at a time. Zero turns it off. Default 200 µs.
     pub busy_poll: Duration,
 }
 
