@@ -456,7 +456,19 @@ async fn handle_inner(
                     let parts = t
                         .partition_data
                         .into_iter()
-                        .map(|p| (p.index, p.records.unwrap_or_default()))
+                        .map(|p| {
+                            // Records that are a small part of the request are copied now,
+                            // so that the request's memory is not kept alive for them (see
+                            // `produce_partition_start`), and so that a large part can be the
+                            // only view left when its turn comes.
+                            let records = p.records.unwrap_or_default();
+                            let records = if records.len() * 2 >= bytes {
+                                records
+                            } else {
+                                Bytes::copy_from_slice(&records)
+                            };
+                            (p.index, records)
+                        })
                         .collect();
                     (t.name.0.to_string(), parts)
                 })
@@ -466,7 +478,8 @@ async fn handle_inner(
             for (name, partitions) in data {
                 let mut parts = Vec::with_capacity(partitions.len());
                 for (index, records) in partitions {
-                    let started = produce_partition_start(kafka, &name, index, records).await;
+                    let started =
+                        produce_partition_start(kafka, &name, index, records, bytes).await;
                     parts.push((index, started));
                 }
                 topics.push((name, parts));
@@ -1289,6 +1302,7 @@ async fn produce_partition_start(
     topic: &str,
     partition: i32,
     mut records: Bytes,
+    request_bytes: usize,
 ) -> PartitionStart {
     let broker = &kafka.broker;
     let fail = |e: BrokerError| (error_code(&e), e.to_string());
@@ -1361,6 +1375,13 @@ async fn produce_partition_start(
                 ));
             }
             (producers::Check::Append(since), _) => {
+                // A batch that is a small part of its request is copied: stored as it is, it
+                // would keep the whole request's memory alive in the log's hot tail.
+                let batch = if batch.len() * 2 >= request_bytes {
+                    batch
+                } else {
+                    Bytes::copy_from_slice(&batch)
+                };
                 let pending = broker
                     .produce_start_unless_truncated(topic, Some(part), None, batch, since)
                     .await
@@ -2160,7 +2181,8 @@ mod tests {
     }
 
     /// A request's lone batch is stored as it arrived: what the broker holds is the request's
-    /// own memory, not a copy of it.
+    /// own memory, not a copy of it. A batch that is a small part of a request is copied, so
+    /// that it does not keep the whole request alive.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_batch_is_stored_without_a_copy() {
         let dir = tempfile::tempdir().unwrap();
@@ -2181,6 +2203,50 @@ mod tests {
         assert!(
             span.contains(&stored),
             "the stored batch at {stored:?} was copied out of the request at {span:?}"
+        );
+
+        let batch = |n: usize| {
+            let mut b = weir_batch::BatchBuilder::new(0);
+            for _ in 0..n {
+                b.push(weir_batch::RecordSpec::value(&[7u8; 100]));
+            }
+            Some(Bytes::from(b.build()))
+        };
+        let to = |topic: &str, records| {
+            TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(records),
+                ])
+        };
+        let two = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![to("a", batch(1000)), to("b", batch(10))]);
+        let req = request(ApiKey::Produce, 8, &two);
+        let span = req.as_ptr_range();
+        let r: ProduceResponse = response(ApiKey::Produce, 8, handle(&kafka, req).await);
+        assert!(
+            r.responses
+                .iter()
+                .all(|t| t.partition_responses[0].error_code == code::NONE)
+        );
+        let at = |topic: &'static str| {
+            let broker = broker.clone();
+            async move {
+                let f = broker
+                    .fetch(topic, 0, 0, 1 << 20, 0, Duration::ZERO)
+                    .await
+                    .unwrap();
+                f.chunks.last().unwrap().as_ptr()
+            }
+        };
+        assert!(span.contains(&at("a").await), "the large batch was copied");
+        assert!(
+            !span.contains(&at("b").await),
+            "the small batch keeps the request alive"
         );
     }
 

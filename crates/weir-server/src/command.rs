@@ -205,13 +205,20 @@ pub(crate) async fn produce(
     let Frame {
         header: req,
         message,
-        records,
+        mut records,
     } = frame;
+    // A small batch shares the connection's read buffer with other frames: stored as it is, it
+    // would keep all of that memory alive in the log's hot tail. It is copied into memory of
+    // its own. A large frame has an allocation of its own (`Connection::own_buffer_for_frame`),
+    // so its batch is stored without a copy.
+    if records.len() <= weir_broker::flow::SMALL_REQUEST_BYTES {
+        records = Bytes::copy_from_slice(&records);
+    }
     let bytes: u64 = records.len() as u64;
     let throttle = broker.quotas().charge(client_id, QuotaKind::Produce, bytes);
-    // The message is consumed here: once the read buffer has moved on, the records are then
-    // the only view of the frame's memory, and the log stamps their offsets in place instead
-    // of copying the batch.
+    // The message is consumed here: once the read buffer has moved on, a large frame's
+    // records are then the only view of its memory, and the log stamps their offsets in place
+    // instead of copying the batch.
     let r = match msg::ProduceRequest::decode(message) {
         Ok(r) => r,
         Err(e) => {
@@ -499,10 +506,10 @@ async fn run(
 mod tests {
     use super::*;
 
-    /// A produced batch is stored as it arrived: once the connection's read buffer has moved
-    /// on, what the broker holds is the frame's own memory, not a copy of it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_produced_batch_is_stored_without_a_copy() {
+    /// Produces a batch of `records` records of 100 B through `produce`, from a frame decoded
+    /// out of a buffer that is then dropped (as the connection's moves on); says whether the
+    /// broker holds the frame's own memory (true) or a copy (false).
+    async fn stored_in_place(records: usize) -> bool {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::open(weir_broker::BrokerConfig {
             data_dir: dir.path().to_path_buf(),
@@ -511,7 +518,7 @@ mod tests {
         .unwrap();
         broker.create_topic("t", None).await.unwrap();
         let mut b = weir_batch::BatchBuilder::new(0);
-        for _ in 0..100 {
+        for _ in 0..records {
             b.push(weir_batch::RecordSpec::value(&[7u8; 100]));
         }
         let header = FrameHeader {
@@ -528,20 +535,37 @@ mod tests {
         };
         let mut buf = weir_wire::frame::encode_frame_to_vec(header, &req, &b.build());
         let span = buf.as_ptr_range();
-        let frame = weir_wire::decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let frame = weir_wire::decode_frame(&mut buf, 16 << 20)
+            .unwrap()
+            .unwrap();
         drop(buf);
         let (written, _) = tokio::sync::oneshot::channel();
         let out = produce(&broker, frame, written, "test").await.unwrap();
         assert!(!out.head.is_empty());
         let f = broker
-            .fetch("t", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .fetch("t", 0, 0, 16 << 20, 0, Duration::ZERO)
             .await
             .unwrap();
-        let stored = f.chunks[0].as_ptr();
-        assert!(
-            span.contains(&stored),
-            "the stored batch at {stored:?} was copied out of the frame at {span:?}"
-        );
+        assert_eq!(f.chunks.len(), 1);
+        let in_place = span.contains(&f.chunks[0].as_ptr());
         broker.close().await.unwrap();
+        in_place
+    }
+
+    /// A large frame's batch is stored as it arrived: what the broker holds is the frame's own
+    /// memory, not a copy of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_batch_is_stored_without_a_copy() {
+        assert!(stored_in_place(1000).await, "a 110 KB batch was copied");
+    }
+
+    /// A small batch is copied: stored as it is, it would keep the whole read buffer it shares
+    /// with other frames alive in the hot tail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_batch_is_copied_out_of_the_read_buffer() {
+        assert!(
+            !stored_in_place(10).await,
+            "a 1 KB batch kept the frame's memory"
+        );
     }
 }

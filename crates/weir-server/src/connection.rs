@@ -254,6 +254,7 @@ impl Connection {
                 Input::Budget(permit) => {
                     self.budget_wait = None;
                     self.frame_budget = Some((permit, Instant::now()));
+                    self.own_buffer_for_frame();
                     if !draining && !Box::pin(self.process_buffer()).await {
                         break;
                     }
@@ -608,6 +609,19 @@ impl Connection {
             }
             Err(e) => Input::Read(Err(e.into())),
         }
+    }
+
+    /// Moves the large frame at the head of the buffer (its memory budget just granted) into
+    /// an allocation of its own, sized for the whole frame: it is then read without regrowing,
+    /// and the batch it carries can be stored as it is without keeping other frames' memory
+    /// alive. Copies only what has arrived so far.
+    fn own_buffer_for_frame(&mut self) {
+        let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes) else {
+            return;
+        };
+        let mut own = BytesMut::with_capacity(total.max(self.buf.len()));
+        own.extend_from_slice(&self.buf);
+        self.buf = own;
     }
 
     /// A response went out. If the peer answered the previous one promptly, the socket is
