@@ -92,7 +92,7 @@ struct Topic {
 }
 
 /// Uncompressed batches up to this size are checked and written on the calling task's own
-/// thread when the write goes no further than the page cache (see `Log::append_may_block`).
+/// thread when the write goes no further than the page cache (see `Log::append_start_in_place`).
 const IN_PLACE_APPEND_BYTES: usize = 16 * 1024;
 
 /// Batches up to this size are written without a hop to the blocking pool.
@@ -741,30 +741,44 @@ impl Broker {
         } else {
             None
         };
-        let append = move || {
-            // The first record's trace context is read on the way (compressed batches are
-            // decompressed once).
-            let traceparent = weir_batch::check_records_with_first(&batch, |first| {
+        // Every record is checked (the first one's trace context read on the way; compressed
+        // batches are decompressed once), then the log checks the CRC as it appends.
+        let check = move |batch: &Bytes| {
+            weir_batch::check_records_with_first(batch, |first| {
                 traced.then(|| traceparent_of(first)).flatten()
             })
-            .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))?
-            .flatten();
-            let appended = log
-                .append_start_unless_truncated(batch, since)
-                .map_err(BrokerError::from)?;
-            Ok((appended, traceparent))
+            .map(Option::flatten)
+            .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))
         };
-        // A small plain batch that only reaches the page cache takes a few microseconds: any
-        // hop would cost more (`block_in_place` hands the runtime to another thread).
-        let in_place = !compressed
-            && batch_len as usize <= IN_PLACE_APPEND_BYTES
-            && !part.log.append_may_block(batch_len);
-        let (appended, traceparent) = if in_place {
-            append()?
-        } else if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
-            tokio::task::block_in_place(append)?
+        // A small plain batch whose write only reaches the page cache takes a few
+        // microseconds: it is written on this thread, since any hop would cost more
+        // (`block_in_place` hands the runtime to another thread). The log turns it back if the
+        // append would block (a segment roll, an interval sync, a busy writer).
+        let in_place = if !compressed && batch_len as usize <= IN_PLACE_APPEND_BYTES {
+            let traceparent = check(&batch)?;
+            match part.log.append_start_in_place(batch, since)? {
+                weir_log::InPlace::Appended(a) => Ok((a, traceparent)),
+                weir_log::InPlace::WouldBlock(batch) => Err(batch),
+            }
         } else {
-            blocking(append).await?
+            Err(batch)
+        };
+        let (appended, traceparent) = match in_place {
+            Ok(done) => done,
+            Err(batch) => {
+                let append = move || {
+                    let traceparent = check(&batch)?;
+                    let appended = log
+                        .append_start_unless_truncated(batch, since)
+                        .map_err(BrokerError::from)?;
+                    Ok((appended, traceparent))
+                };
+                if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
+                    tokio::task::block_in_place(append)?
+                } else {
+                    blocking(append).await?
+                }
+            }
         };
         let trace = observer
             .zip(wall_start)

@@ -70,6 +70,16 @@ impl Appended {
     }
 }
 
+/// What [`Log::append_start_in_place`] did.
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only after append_wait"]
+pub enum InPlace {
+    /// Written.
+    Appended(Appended),
+    /// Not written, since it would have blocked: the batch, to append off the async thread.
+    WouldBlock(Bytes),
+}
+
 /// What `read` returns.
 #[derive(Debug, Clone, Default)]
 pub struct ReadResult {
@@ -286,8 +296,23 @@ impl Log {
         batch: impl Into<Bytes>,
         since: Option<u64>,
     ) -> Result<Appended> {
+        match self.append_inner(batch.into(), since, false)? {
+            InPlace::Appended(a) => Ok(a),
+            InPlace::WouldBlock(_) => unreachable!("only an in-place append is turned back"),
+        }
+    }
+
+    /// [`Log::append_start_unless_truncated`] for a caller that must not block (an async
+    /// runtime's thread): the batch is written only if that takes no more than a write to the
+    /// page cache. If the writer is busy, or the append would roll the segment (which syncs
+    /// the sealed one), sync under an interval policy, or repair a failed truncation, nothing
+    /// is written and the batch comes back, to append off that thread.
+    pub fn append_start_in_place(&self, batch: Bytes, since: Option<u64>) -> Result<InPlace> {
+        self.append_inner(batch, since, true)
+    }
+
+    fn append_inner(&self, batch: Bytes, since: Option<u64>, in_place: bool) -> Result<InPlace> {
         let mut buf: BytesMut = batch
-            .into()
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         if buf.len() > self.config.max_batch_bytes {
@@ -301,9 +326,21 @@ impl Log {
         let len = buf.len() as u64;
         let count = u64::from(header.last_offset_delta as u32) + 1;
 
-        let mut w = self.writer.lock();
+        let mut w = if in_place {
+            match self.writer.try_lock() {
+                Some(w) => w,
+                None => return Ok(InPlace::WouldBlock(buf.freeze())),
+            }
+        } else {
+            self.writer.lock()
+        };
         if w.closed {
             return Err(LogError::Closed);
+        }
+        let interval_due = matches!(self.config.durability,
+            Durability::Interval(every) if w.last_sync.elapsed() >= every);
+        if in_place && (w.needs_repair || interval_due || self.should_roll(&w, len, count)) {
+            return Ok(InPlace::WouldBlock(buf.freeze()));
         }
         if w.needs_repair {
             self.repair(&mut w)?;
@@ -387,11 +424,11 @@ impl Log {
                 }
             }
         }
-        Ok(Appended {
+        Ok(InPlace::Appended(Appended {
             info,
             slot: pending_slot,
             truncations,
-        })
+        }))
     }
 
     /// The second half of [`Log::append`]: waits until the batch is as durable as the policy
@@ -401,19 +438,6 @@ impl Log {
             self.wait_durable(slot)?;
         }
         Ok(appended.info)
-    }
-
-    /// Whether appending a batch of `len` bytes now would do more than write it to the page
-    /// cache: roll the segment (which syncs the sealed one), sync under an interval policy,
-    /// or repair an earlier failed truncation. A caller on an async runtime can write the
-    /// batch in place when this is false, and should move the append off its thread when
-    /// true. A hint: another append may change the answer before this one runs.
-    pub fn append_may_block(&self, len: u64) -> bool {
-        let w = self.writer.lock();
-        w.needs_repair
-            || w.write_pos + len > self.config.segment_bytes
-            || w.created.elapsed() >= self.config.segment_age
-            || matches!(self.config.durability, Durability::Interval(every) if w.last_sync.elapsed() >= every)
     }
 
     fn should_roll(&self, w: &Writer, len: u64, count: u64) -> bool {

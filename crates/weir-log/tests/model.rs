@@ -461,3 +461,53 @@ fn a_conditional_append_is_refused_after_the_batch_it_follows_was_dropped() {
     log.append_wait(next).unwrap();
     assert_eq!(log.high_watermark(), 5);
 }
+
+/// An in-place append writes a batch only when that goes no further than the page cache: a
+/// batch that would roll the segment, or arrives when an interval sync is due, comes back
+/// unwritten, and appends normally afterwards.
+#[test]
+fn an_in_place_append_turns_back_what_would_block() {
+    use weir_log::InPlace;
+    let storage = MemStorage::new();
+    let log = reopen(&storage, &config(Durability::Never));
+    let mut written = 0;
+    let turned_back = loop {
+        // 4 KiB segments: a few 600-byte batches fit, then one would roll.
+        match log
+            .append_start_in_place(bytes::Bytes::from(batch(written + 1, 1, 600, 0)), None)
+            .unwrap()
+        {
+            InPlace::Appended(a) => {
+                assert_eq!(a.info().base_offset, written);
+                log.append_wait(a).unwrap();
+                written += 1;
+            }
+            InPlace::WouldBlock(b) => break b,
+        }
+        assert!(written < 10, "the segment never filled");
+    };
+    assert!(written >= 2);
+    assert_eq!(
+        log.high_watermark(),
+        written,
+        "nothing written when turned back"
+    );
+    let a = log
+        .append_start_unless_truncated(turned_back, None)
+        .unwrap();
+    assert_eq!(a.info().base_offset, written);
+    log.append_wait(a).unwrap();
+
+    let storage = MemStorage::new();
+    let interval = reopen(
+        &storage,
+        &config(Durability::Interval(std::time::Duration::from_millis(1))),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let b = bytes::Bytes::from(batch(1, 1, 10, 0));
+    assert!(matches!(
+        interval.append_start_in_place(b, None).unwrap(),
+        InPlace::WouldBlock(_)
+    ));
+    assert_eq!(interval.high_watermark(), 0);
+}
