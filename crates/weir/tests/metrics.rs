@@ -101,3 +101,36 @@ fn metrics_cover_every_front_door_and_pass_promtool() {
     assert!(ok, "promtool check metrics failed:\n{out}{err}\n{text}");
     server.stop();
 }
+
+/// A client that sends its next request promptly is busy polled for it: with 1 ms windows, a
+/// closed loop of produces is caught in the windows (counted as `request`); with busy polling
+/// off, no window is opened.
+#[test]
+fn busy_polling_catches_a_prompt_clients_requests() {
+    for (busy_poll_us, on) in [("1000", true), ("0", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), &[("WEIR_NATIVE__BUSY_POLL_US", busy_poll_us)]);
+        let (ok, _, err) = cli(
+            &server.addr,
+            &["topic", "create", "p", "--durability", "never"],
+            "",
+        );
+        assert!(ok, "{err}");
+        let rt = common::rt();
+        rt.block_on(async {
+            let c = Client::connect(&server.addr, "poll-test").await.unwrap();
+            for _ in 0..200 {
+                c.produce("p", Some(0), None, batch(&[b"x"])).await.unwrap();
+            }
+        });
+        let text = rt.block_on(scrape(&server.http));
+        let caught = value_or_zero(&text, "weir_native_busy_polls_total{outcome=\"request\"}");
+        let expired = value_or_zero(&text, "weir_native_busy_polls_total{outcome=\"expired\"}");
+        if on {
+            assert!(caught >= 100.0, "{caught} of 199 caught, {expired} expired");
+        } else {
+            assert_eq!(caught + expired, 0.0, "polled with busy polling off");
+        }
+        server.stop();
+    }
+}
