@@ -758,16 +758,19 @@ impl Broker {
             let traceparent = check(&batch)?;
             match part.log.append_start_in_place(batch, since)? {
                 weir_log::InPlace::Appended(a) => Ok((a, traceparent)),
-                weir_log::InPlace::WouldBlock(batch) => Err(batch),
+                weir_log::InPlace::WouldBlock(batch) => Err((batch, Some(traceparent))),
             }
         } else {
-            Err(batch)
+            Err((batch, None))
         };
         let (appended, traceparent) = match in_place {
             Ok(done) => done,
-            Err(batch) => {
+            Err((batch, checked)) => {
                 let append = move || {
-                    let traceparent = check(&batch)?;
+                    let traceparent = match checked {
+                        Some(traceparent) => traceparent,
+                        None => check(&batch)?,
+                    };
                     let appended = log
                         .append_start_unless_truncated(batch, since)
                         .map_err(BrokerError::from)?;

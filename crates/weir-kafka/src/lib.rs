@@ -220,6 +220,10 @@ fn reply_of(handled: Option<Option<Vec<Bytes>>>) -> Reply {
     }
 }
 
+/// A produce request's partitions, taken out of it: index, records, and the size of the memory
+/// those records are part of (the request's, or their own once copied).
+type ProducePartitions = Vec<(i32, Bytes, usize)>;
+
 /// A request taken as far as it goes without waiting for a sync.
 enum Step {
     /// Answered (or to be closed on).
@@ -333,6 +337,7 @@ async fn handle_inner(
     deferred: Option<&mut Option<ProduceInFlight>>,
 ) -> Option<Option<Vec<Bytes>>> {
     let (broker, advertised) = (&kafka.broker, &kafka.advertised);
+    let frame_len = frame.len();
     let (api, version, header, request) = match decode_request(frame) {
         Ok(Decoded::Request {
             api,
@@ -449,7 +454,7 @@ async fn handle_inner(
             // of its memory is dropped, so that a partition's records, when they are the only
             // ones in the request, are the only view left and the log stamps their offsets in
             // place instead of copying them.
-            let data: Vec<(String, Vec<(i32, Bytes)>)> = r
+            let data: Vec<(String, ProducePartitions)> = r
                 .topic_data
                 .into_iter()
                 .map(|t| {
@@ -457,17 +462,17 @@ async fn handle_inner(
                         .partition_data
                         .into_iter()
                         .map(|p| {
-                            // Records that are a small part of the request are copied now,
+                            // Records that are less than half of the request are copied now,
                             // so that the request's memory is not kept alive for them (see
                             // `produce_partition_start`), and so that a large part can be the
                             // only view left when its turn comes.
                             let records = p.records.unwrap_or_default();
-                            let records = if records.len() * 2 >= bytes {
-                                records
+                            if records.len() * 2 >= frame_len {
+                                (p.index, records, frame_len)
                             } else {
-                                Bytes::copy_from_slice(&records)
-                            };
-                            (p.index, records)
+                                let len = records.len();
+                                (p.index, Bytes::copy_from_slice(&records), len)
+                            }
                         })
                         .collect();
                     (t.name.0.to_string(), parts)
@@ -477,9 +482,9 @@ async fn handle_inner(
             let mut topics = Vec::with_capacity(data.len());
             for (name, partitions) in data {
                 let mut parts = Vec::with_capacity(partitions.len());
-                for (index, records) in partitions {
+                for (index, records, memory) in partitions {
                     let started =
-                        produce_partition_start(kafka, &name, index, records, bytes).await;
+                        produce_partition_start(kafka, &name, index, records, memory).await;
                     parts.push((index, started));
                 }
                 topics.push((name, parts));
@@ -1302,7 +1307,7 @@ async fn produce_partition_start(
     topic: &str,
     partition: i32,
     mut records: Bytes,
-    request_bytes: usize,
+    memory: usize,
 ) -> PartitionStart {
     let broker = &kafka.broker;
     let fail = |e: BrokerError| (error_code(&e), e.to_string());
@@ -1375,9 +1380,10 @@ async fn produce_partition_start(
                 ));
             }
             (producers::Check::Append(since), _) => {
-                // A batch that is a small part of its request is copied: stored as it is, it
-                // would keep the whole request's memory alive in the log's hot tail.
-                let batch = if batch.len() * 2 >= request_bytes {
+                // A batch that is less than half of the memory it is part of (`memory`: the
+                // request's, or the partition's records' own) is copied: stored as it is, it
+                // would keep all of that memory alive in the log's hot tail.
+                let batch = if batch.len() * 2 >= memory {
                     batch
                 } else {
                     Bytes::copy_from_slice(&batch)

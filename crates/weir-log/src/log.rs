@@ -413,7 +413,9 @@ impl Log {
             }
             Durability::Interval(every) => {
                 self.publish(&segment, base, next, pos + len, bytes);
-                let due = w.last_sync.elapsed() >= every;
+                // Not by an in-place append (it must not block): the next append, or the
+                // log's periodic tick, syncs instead.
+                let due = !in_place && w.last_sync.elapsed() >= every;
                 drop(w);
                 if due {
                     // The append is acknowledged whatever the sync does: under this policy an

@@ -207,11 +207,14 @@ pub(crate) async fn produce(
         message,
         mut records,
     } = frame;
-    // A small batch shares the connection's read buffer with other frames: stored as it is, it
-    // would keep all of that memory alive in the log's hot tail. It is copied into memory of
-    // its own. A large frame has an allocation of its own (`Connection::own_buffer_for_frame`),
-    // so its batch is stored without a copy.
-    if records.len() <= weir_broker::flow::SMALL_REQUEST_BYTES {
+    // Stored as it is, a batch keeps all the memory it shares alive in the log's hot tail. A
+    // small one shares the connection's read buffer with other frames, and one that is not
+    // most of its frame would keep the rest of the frame: those are copied into memory of
+    // their own. A large frame has an allocation of its own
+    // (`Connection::own_buffer_for_frame`), so a batch that fills it is stored without a copy.
+    let owns_frame =
+        records.len() > weir_broker::flow::SMALL_REQUEST_BYTES && records.len() >= message.len();
+    if !owns_frame {
         records = Bytes::copy_from_slice(&records);
     }
     let bytes: u64 = records.len() as u64;
@@ -506,10 +509,11 @@ async fn run(
 mod tests {
     use super::*;
 
-    /// Produces a batch of `records` records of 100 B through `produce`, from a frame decoded
-    /// out of a buffer that is then dropped (as the connection's moves on); says whether the
-    /// broker holds the frame's own memory (true) or a copy (false).
-    async fn stored_in_place(records: usize) -> bool {
+    /// Produces a batch of `records` records of 100 B, with a key of `key_len` bytes, through
+    /// `produce`, from a frame decoded out of a buffer that is then dropped (as the
+    /// connection's moves on); says whether the broker holds the frame's own memory (true) or
+    /// a copy (false).
+    async fn stored_in_place(records: usize, key_len: usize) -> bool {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::open(weir_broker::BrokerConfig {
             data_dir: dir.path().to_path_buf(),
@@ -530,8 +534,8 @@ mod tests {
         let req = msg::ProduceRequest {
             topic: "t".into(),
             partition: Some(0),
+            key: Some(vec![1; key_len]),
             acks: msg::Acks::Durable as i32,
-            ..Default::default()
         };
         let mut buf = weir_wire::frame::encode_frame_to_vec(header, &req, &b.build());
         let span = buf.as_ptr_range();
@@ -556,7 +560,17 @@ mod tests {
     /// memory, not a copy of it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_batch_is_stored_without_a_copy() {
-        assert!(stored_in_place(1000).await, "a 110 KB batch was copied");
+        assert!(stored_in_place(1000, 0).await, "a 110 KB batch was copied");
+    }
+
+    /// A large batch in a frame that is mostly something else is copied, so that it does not
+    /// keep the rest of the frame alive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_is_not_most_of_its_frame_is_copied() {
+        assert!(
+            !stored_in_place(1000, 200_000).await,
+            "a 110 KB batch kept a 310 KB frame"
+        );
     }
 
     /// A small batch is copied: stored as it is, it would keep the whole read buffer it shares
@@ -564,7 +578,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_batch_is_copied_out_of_the_read_buffer() {
         assert!(
-            !stored_in_place(10).await,
+            !stored_in_place(10, 0).await,
             "a 1 KB batch kept the frame's memory"
         );
     }

@@ -139,7 +139,7 @@ pub(crate) struct Connection {
     /// The peer sent its latest request within `busy_poll` of the response before it.
     prompt: bool,
     /// Busy polling the socket for the next request until then (see `ServerConfig::busy_poll`).
-    poll_until: Option<(Instant, PollTurn)>,
+    poll_until: Option<Instant>,
 }
 
 impl Drop for Connection {
@@ -211,13 +211,15 @@ impl Connection {
             let readable = window_open && self.muted_until.is_none() && self.budget_wait.is_none();
             let muted_until = self.muted_until.unwrap_or_else(Instant::now);
             // Not while the socket must not be read, nor while a large frame's bytes stream in
-            // (a polled read could run past the buffer reserved for it).
-            let polling =
-                self.poll_until.is_some() && readable && !draining && self.frame_budget.is_none();
-            if !polling && self.poll_until.take().is_some() {
-                metrics::counter!("weir_native_busy_polls_total", "outcome" => "expired")
-                    .increment(1);
+            // (a polled read could run past the buffer reserved for it): the window ends.
+            if self.poll_until.is_some() && !(readable && !draining && self.frame_budget.is_none())
+            {
+                self.end_poll_window();
             }
+            // A turn is held only while waiting below, never across a write: a peer slow to
+            // read cannot keep polling from everyone else.
+            let turn = self.poll_until.and_then(|_| PollTurn::take());
+            let polling = turn.is_some();
             let input = tokio::select! {
                 biased;
                 r = stop.changed(), if !draining => { let _ = r; Input::Stop }
@@ -235,19 +237,14 @@ impl Connection {
                 Input::Poll => self.poll_socket(),
                 other => other,
             };
+            drop(turn);
             let is_response = matches!(input, Input::Done(_));
             match input {
                 Input::Poll => {
-                    if self
-                        .poll_until
-                        .as_ref()
-                        .is_some_and(|(t, _)| Instant::now() >= *t)
-                    {
+                    if self.poll_until.is_some_and(|t| Instant::now() >= t) {
                         // Not prompt this time: no more polling until it is again.
-                        self.poll_until = None;
                         self.prompt = false;
-                        metrics::counter!("weir_native_busy_polls_total", "outcome" => "expired")
-                            .increment(1);
+                        self.end_poll_window();
                     }
                 }
                 Input::Stop => draining = true,
@@ -287,8 +284,13 @@ impl Connection {
                     self.prompt = self
                         .replied_at
                         .is_some_and(|t| self.last_read.duration_since(t) <= self.config.busy_poll);
-                    if self.poll_until.take().is_some() {
-                        metrics::counter!("weir_native_busy_polls_total", "outcome" => "request")
+                    if let Some(until) = self.poll_until.take() {
+                        let outcome = if self.last_read <= until {
+                            "request"
+                        } else {
+                            "expired"
+                        };
+                        metrics::counter!("weir_native_busy_polls_total", "outcome" => outcome)
                             .increment(1);
                     }
                     if !Box::pin(self.process_buffer()).await {
@@ -632,11 +634,17 @@ impl Connection {
     fn replied(&mut self) {
         let now = Instant::now();
         self.replied_at = Some(now);
-        // The turn held, if any, is given back first: with every turn taken, renewing one
-        // must not fail for want of the very turn it holds.
-        self.poll_until = None;
+        // An open window is extended, not counted twice.
         if self.prompt && !self.config.busy_poll.is_zero() {
-            self.poll_until = PollTurn::take().map(|turn| (now + self.config.busy_poll, turn));
+            self.poll_until = Some(now + self.config.busy_poll);
+        }
+    }
+
+    /// Closes the busy-polling window without a request: it ran out, or the connection may not
+    /// read for now.
+    fn end_poll_window(&mut self) {
+        if self.poll_until.take().is_some() {
+            metrics::counter!("weir_native_busy_polls_total", "outcome" => "expired").increment(1);
         }
     }
 
