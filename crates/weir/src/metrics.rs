@@ -86,7 +86,7 @@ fn describe() {
     describe_counter!(
         "weir_native_busy_polls_total",
         "Busy-polling windows after a response (native.busy_poll_us), by outcome: the next \
-         request came within the window, or the window expired."
+         request came within the window, or the window ran out or was cut short."
     );
     describe_counter!(
         "weir_kafka_requests_total",
