@@ -79,6 +79,9 @@ struct Subscription {
 const DEFAULT_QUEUE_RECORDS: u64 = 10_000;
 const DEFAULT_QUEUE_BYTES: u64 = 4 << 20;
 
+/// Most bytes one turn of busy polling reads.
+const POLL_READ_BYTES: usize = 4096;
+
 /// Connections busy polling right now, in the whole process.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
 
@@ -226,7 +229,9 @@ impl Connection {
                 out = self.in_flight.next(), if !self.in_flight.is_empty() => Input::Done(out.flatten()),
                 out = recv_push(&mut self.push_rx) => Input::Push(out),
                 p = async { self.budget_wait.as_mut().expect("guarded").await }, if self.budget_wait.is_some() => Input::Budget(p),
-                _ = tokio::time::sleep_until(muted_until), if self.muted_until.is_some() => Input::Unmute,
+                // Boxed: a timer held inline would enlarge every connection's task, idle ones
+                // included, for a state most never enter.
+                _ = async { Box::pin(tokio::time::sleep_until(muted_until)).await }, if self.muted_until.is_some() => Input::Unmute,
                 r = self.stream.read_buf(&mut self.buf), if !draining && readable => Input::Read(r),
                 _ = &mut tick => Input::Tick,
                 // Last: it only runs when nothing else is ready, and reschedules the task at
@@ -596,13 +601,20 @@ impl Connection {
     /// another one, asleep in it, which is what polling avoids waiting for. Gives `Read` on
     /// data, end of stream or an error, else `Poll`.
     fn poll_socket(&mut self) -> Input {
-        // Enough for a small request whole; a larger one's rest comes by the usual reads.
-        let mut chunk = [0u8; 4096];
-        match rustix::net::recv(&self.stream, &mut chunk, rustix::net::RecvFlags::DONTWAIT) {
-            Ok((n, _)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Input::Read(Ok(n))
-            }
+        // Room for a small request whole, in the read buffer itself (a local array would
+        // enlarge every connection's task, idle ones included); a larger request's rest comes
+        // by the usual reads.
+        let at = self.buf.len();
+        self.buf.resize(at + POLL_READ_BYTES, 0);
+        let r = rustix::net::recv(
+            &self.stream,
+            &mut self.buf[at..],
+            rustix::net::RecvFlags::DONTWAIT,
+        );
+        let n = r.as_ref().map_or(0, |(n, _)| *n);
+        self.buf.truncate(at + n);
+        match r {
+            Ok(_) => Input::Read(Ok(n)),
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
                 // Also give this CPU to any other thread waiting for it (the peer, when it
                 // runs on this machine): polling must not delay what it waits for.
