@@ -448,15 +448,10 @@ impl Connection {
             self.buf = BytesMut::new();
         } else if let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes) {
             // Grow with the data, not with what a header claims: a peer cannot make us hold
-            // a whole frame's worth of memory by sending 4 bytes. Once the frame's memory
-            // budget is held, room for all of it at once, so it is not copied as it grows.
+            // a whole frame's worth of memory by sending 4 bytes. (A large frame whose budget
+            // is held already has room for all of it: `own_buffer_for_frame`.)
             let missing = total.saturating_sub(self.buf.len());
-            let step = if self.frame_budget.is_some() {
-                missing
-            } else {
-                missing.min(READ_CHUNK)
-            };
-            self.buf.reserve(step);
+            self.buf.reserve(missing.min(READ_CHUNK));
         } else {
             self.buf.reserve(64);
         }
