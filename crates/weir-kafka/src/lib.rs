@@ -220,6 +220,18 @@ fn reply_of(handled: Option<Option<Vec<Bytes>>>) -> Reply {
     }
 }
 
+/// `bytes`, part of `memory` bytes: stored as they are, they keep all of that memory alive in
+/// the log's hot tail, so less than half of it is copied into memory of its own. Returns the
+/// bytes and the size of the memory they now keep.
+fn owned_enough(bytes: Bytes, memory: usize) -> (Bytes, usize) {
+    if bytes.len() * 2 >= memory {
+        (bytes, memory)
+    } else {
+        let len = bytes.len();
+        (Bytes::copy_from_slice(&bytes), len)
+    }
+}
+
 /// A produce request's partitions, taken out of it: index, records, and the size of the memory
 /// those records are part of (the request's, or their own once copied).
 type ProducePartitions = Vec<(i32, Bytes, usize)>;
@@ -466,13 +478,9 @@ async fn handle_inner(
                             // so that the request's memory is not kept alive for them (see
                             // `produce_partition_start`), and so that a large part can be the
                             // only view left when its turn comes.
-                            let records = p.records.unwrap_or_default();
-                            if records.len() * 2 >= frame_len {
-                                (p.index, records, frame_len)
-                            } else {
-                                let len = records.len();
-                                (p.index, Bytes::copy_from_slice(&records), len)
-                            }
+                            let (records, memory) =
+                                owned_enough(p.records.unwrap_or_default(), frame_len);
+                            (p.index, records, memory)
                         })
                         .collect();
                     (t.name.0.to_string(), parts)
@@ -1380,14 +1388,8 @@ async fn produce_partition_start(
                 ));
             }
             (producers::Check::Append(since), _) => {
-                // A batch that is less than half of the memory it is part of (`memory`: the
-                // request's, or the partition's records' own) is copied: stored as it is, it
-                // would keep all of that memory alive in the log's hot tail.
-                let batch = if batch.len() * 2 >= memory {
-                    batch
-                } else {
-                    Bytes::copy_from_slice(&batch)
-                };
+                // `memory`: the request's, or the partition's records' own copy.
+                let (batch, _) = owned_enough(batch, memory);
                 let pending = broker
                     .produce_start_unless_truncated(topic, Some(part), None, batch, since)
                     .await
