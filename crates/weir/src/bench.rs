@@ -8,9 +8,11 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Subcommand;
 use hdrhistogram::Histogram;
+use tokio::sync::oneshot;
 use weir_batch::{BatchBuilder, RecordSpec};
 use weir_client::messages as msg;
-use weir_client::{Client, Start};
+use weir_client::producer::{Record, RecordAck};
+use weir_client::{Client, Producer, ProducerConfig, Start};
 
 use crate::Conn;
 
@@ -31,6 +33,11 @@ pub enum BenchCmd {
         /// Batches in flight per producer.
         #[arg(long, default_value_t = 1)]
         in_flight: usize,
+        /// Send record by record through weir-client's `Producer`, which batches them itself
+        /// (5 ms linger, 1 MiB batches), as a Kafka client's producer does, instead of sending
+        /// pre-built batches of --batch records. Latency is per record, send to acknowledgement.
+        #[arg(long, conflicts_with_all = ["batch", "producers", "in_flight"])]
+        records: bool,
     },
     /// Read a topic partition from the beginning to its end.
     Consume {
@@ -93,7 +100,10 @@ pub struct Common {
 struct Report {
     name: &'static str,
     messages: u64,
+    /// Bytes on the wire: whole record batches.
     bytes: u64,
+    /// Bytes of record values only, what a Kafka client's figures count.
+    payload_bytes: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
 }
@@ -112,6 +122,8 @@ impl Report {
                     "seconds": secs,
                     "messages_per_sec": self.messages as f64 / secs,
                     "mb_per_sec": self.bytes as f64 / secs / 1e6,
+                    "payload_bytes": self.payload_bytes,
+                    "payload_mb_per_sec": self.payload_bytes as f64 / secs / 1e6,
                     "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max(), "count": self.latency.len()},
                 })
             );
@@ -175,6 +187,64 @@ fn batch_of(records: usize, size: usize) -> Bytes {
     Bytes::from(b.build())
 }
 
+/// `bench produce --records`: one `Producer::send` per record; a second task awaits the
+/// acknowledgements in order, so that sending never waits on them.
+async fn produce_records(client: Client, opts: &Common) -> Result<()> {
+    let producer = Producer::new(client, ProducerConfig::default());
+    let value = Bytes::from(vec![0x61u8; opts.size]);
+    type Pending = (Instant, oneshot::Receiver<weir_client::Result<RecordAck>>);
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Pending>(4096);
+    let bar = progress(opts.messages, &opts.output);
+    let acks = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut n = 0u64;
+            while let Some((t, rx)) = ack_rx.recv().await {
+                rx.await.context("producer closed")??;
+                h.record(t.elapsed().as_micros() as u64)?;
+                n += 1;
+                if n % 1024 == 0 {
+                    bar.inc(1024);
+                }
+            }
+            anyhow::Ok(h)
+        })
+    };
+    let start = Instant::now();
+    for _ in 0..opts.messages {
+        let t = Instant::now();
+        let rx = producer
+            .send(Record::new(&opts.topic, value.clone()))
+            .await?;
+        if ack_tx.send((t, rx)).await.is_err() {
+            break; // the ack task failed: its error is reported below
+        }
+    }
+    drop(ack_tx);
+    producer.flush().await?;
+    let latency = acks.await??;
+    bar.finish_and_clear();
+    if latency.len() != opts.messages {
+        bail!(
+            "{} of {} records acknowledged",
+            latency.len(),
+            opts.messages
+        );
+    }
+    Report {
+        name: "produce",
+        messages: opts.messages,
+        // What a batch of one record would weigh on the wire is not what the producer's
+        // batches weigh; count values only.
+        bytes: opts.messages * opts.size as u64,
+        payload_bytes: opts.messages * opts.size as u64,
+        elapsed: start.elapsed(),
+        latency,
+    }
+    .print(&opts.output)
+}
+
 fn check_output(o: &str) -> Result<()> {
     if o != "text" && o != "json" {
         bail!("--output must be text or json");
@@ -190,10 +260,14 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             batch,
             producers,
             in_flight,
+            records,
         } => {
             check_output(&opts.output)?;
             let admin = Client::connect(&conn.addr, "weir-bench").await?;
             ensure_topic(&admin, &opts.topic, opts.partitions).await?;
+            if records {
+                return produce_records(admin, &opts).await;
+            }
             let batches = opts.messages.div_ceil(batch as u64);
             let template = batch_of(batch, opts.size);
             let issued = Arc::new(AtomicU64::new(0));
@@ -232,6 +306,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                 name: "produce",
                 messages,
                 bytes: batches * template.len() as u64,
+                payload_bytes: messages * opts.size as u64,
                 elapsed: start.elapsed(),
                 latency,
             }
@@ -255,7 +330,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let target = end.min(offset + opts.messages);
             let bar = progress(target - offset, &opts.output);
             let mut latency = Histogram::<u64>::new(3)?;
-            let (mut messages, mut bytes) = (0u64, 0u64);
+            let (mut messages, mut bytes, mut payload_bytes) = (0u64, 0u64, 0u64);
             let start = Instant::now();
             if push {
                 let mut sub = client
@@ -272,6 +347,12 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                     let b = sub.next().await?.context("subscription ended")?;
                     latency.record(t.elapsed().as_micros() as u64)?;
                     bytes += b.credit_bytes;
+                    payload_bytes += b
+                        .records
+                        .iter()
+                        .filter(|r| r.offset >= offset && r.offset < target)
+                        .map(|r| r.value.as_ref().map_or(0, Bytes::len) as u64)
+                        .sum::<u64>();
                     if let Some(last) = b.records.last() {
                         let n = (last.offset + 1).min(target) - offset;
                         messages += n;
@@ -294,14 +375,23 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                         .await?;
                     latency.record(t.elapsed().as_micros() as u64)?;
                     bytes += f.batches.len() as u64;
-                    let mut at = 0;
-                    while at < f.batches.len() {
-                        let h = weir_batch::peek(&f.batches[at..])?;
-                        let next = h.next_offset() as u64;
-                        messages += next - offset.max(h.base_offset as u64);
-                        bar.inc(next - offset.max(h.base_offset as u64));
-                        offset = next;
-                        at += h.total_len();
+                    // Check and decode every record, as weir-client's consumers do for an
+                    // application (and a Kafka client does), not just hop from batch header
+                    // to batch header.
+                    for batch in weir_batch::Batches::new(&f.batches) {
+                        let (h, batch) = batch?;
+                        let section = weir_batch::section(&h, batch)?;
+                        let before = messages;
+                        for record in weir_batch::Records::with_payload(h, &section) {
+                            let record = record?;
+                            let at = record.offset as u64;
+                            if at >= offset && at < target {
+                                messages += 1;
+                                payload_bytes += record.value.map_or(0, <[u8]>::len) as u64;
+                            }
+                        }
+                        bar.inc(messages - before);
+                        offset = offset.max(h.next_offset() as u64);
                     }
                 }
             }
@@ -310,6 +400,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                 name: "consume",
                 messages,
                 bytes,
+                payload_bytes,
                 elapsed: start.elapsed(),
                 latency,
             }
@@ -345,6 +436,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                 name: "e2e",
                 messages: opts.messages,
                 bytes: opts.messages * one.len() as u64,
+                payload_bytes: opts.messages * opts.size as u64,
                 elapsed: start.elapsed(),
                 latency,
             }

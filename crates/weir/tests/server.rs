@@ -641,12 +641,44 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
             consumed["bytes"].as_u64().unwrap() >= 5000 * 200,
             "{mode:?}: {consumed}"
         );
+        // Every record decoded: exactly the values' bytes.
+        assert_eq!(consumed["payload_bytes"], 5000 * 200, "{mode:?}: {consumed}");
         // One latency sample per fetch or per pushed frame. A fetch of 16 KiB returns one
         // whole batch (about 21 KB each, 50 of them); a push frame may carry several.
         let samples = consumed["latency_us"]["count"].as_u64().unwrap();
         let fewest = if mode.is_empty() { 50 } else { 1 };
         assert!(samples >= fewest, "{mode:?}: {consumed}");
     }
+    // Record by record through the client's Producer: every one acknowledged (one latency
+    // sample each), and all of them there to read back.
+    let by_record = json(&[
+        "bench",
+        "produce",
+        "--topic",
+        "r",
+        "--messages",
+        "3000",
+        "--records",
+        "--size",
+        "100",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(by_record["messages"], 3000, "{by_record}");
+    assert_eq!(by_record["latency_us"]["count"], 3000, "{by_record}");
+    assert_eq!(by_record["payload_bytes"], 3000 * 100, "{by_record}");
+    let back = json(&[
+        "bench",
+        "consume",
+        "--topic",
+        "r",
+        "--messages",
+        "1000000",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(back["messages"], 3000, "{back}");
+    assert_eq!(back["payload_bytes"], 3000 * 100, "{back}");
     server.stop();
 }
 

@@ -5,10 +5,15 @@
 //! Usage:
 //!   kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [key=value librdkafka settings...]
 //!   kafka-bench consume BOOTSTRAP TOPIC MESSAGES [key=value ...]
+//!   kafka-bench consume-batch BOOTSTRAP TOPIC MESSAGES [key=value ...]
 //!
 //! produce: sends MESSAGES records of SIZE bytes (acks=all by default), waits for every
 //! delivery report; fails if any delivery failed. consume: reads every partition of TOPIC from
-//! the beginning until it has MESSAGES records.
+//! the beginning until it has MESSAGES records, one `rd_kafka_consumer_poll` per record (what
+//! the `rdkafka` crate's consumers do). consume-batch: the same, taking up to 1,000 records per
+//! call with `rd_kafka_consume_batch_queue`, librdkafka's batch API (what confluent-kafka's
+//! `consume(num_messages)` uses); the `rdkafka` crate does not wrap it, so it is called here
+//! through `rdkafka::bindings`.
 
 use std::time::{Duration, Instant};
 
@@ -73,7 +78,7 @@ fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) 
     Ok(())
 }
 
-fn consume(bootstrap: &str, topic: &str, n: u64, extra: &[String]) -> Result<()> {
+fn consume(bootstrap: &str, topic: &str, n: u64, batch: bool, extra: &[String]) -> Result<()> {
     let mut c = config(bootstrap, extra)?;
     c.set("group.id", "kafka-bench").set("enable.auto.commit", "false");
     let consumer: BaseConsumer = c.create()?;
@@ -91,14 +96,60 @@ fn consume(bootstrap: &str, topic: &str, n: u64, extra: &[String]) -> Result<()>
     let start = Instant::now();
     let (mut got, mut bytes) = (0u64, 0u64);
     let deadline = start + Duration::from_secs(300);
-    while got < n {
-        if Instant::now() > deadline {
-            bail!("timed out after {got} of {n} messages");
+    if batch {
+        let rk = consumer.client().native_ptr();
+        // SAFETY: `rk` is the live consumer's handle; the queue reference taken here is
+        // released before `consumer` drops, and every message the batch call hands out is
+        // read and destroyed before the next call.
+        unsafe {
+            let queue = rdkafka::bindings::rd_kafka_queue_get_consumer(rk);
+            if queue.is_null() {
+                bail!("no consumer queue");
+            }
+            let mut msgs: Vec<*mut rdkafka::bindings::rd_kafka_message_t> =
+                vec![std::ptr::null_mut(); 1000];
+            let mut failed = None;
+            while got < n && failed.is_none() {
+                if Instant::now() > deadline {
+                    failed = Some(format!("timed out after {got} of {n} messages"));
+                    break;
+                }
+                let k = rdkafka::bindings::rd_kafka_consume_batch_queue(
+                    queue,
+                    100,
+                    msgs.as_mut_ptr(),
+                    msgs.len(),
+                );
+                if k < 0 {
+                    failed = Some("rd_kafka_consume_batch_queue failed".to_string());
+                    break;
+                }
+                for &m in &msgs[..k as usize] {
+                    if (*m).err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    {
+                        failed.get_or_insert_with(|| format!("consume error {:?}", (*m).err));
+                    } else {
+                        got += 1;
+                        bytes += (*m).len as u64;
+                    }
+                    rdkafka::bindings::rd_kafka_message_destroy(m);
+                }
+            }
+            rdkafka::bindings::rd_kafka_queue_destroy(queue);
+            if let Some(e) = failed {
+                bail!(e);
+            }
         }
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
-            got += 1;
-            bytes += m.payload().map_or(0, |p| p.len() as u64);
+    } else {
+        while got < n {
+            if Instant::now() > deadline {
+                bail!("timed out after {got} of {n} messages");
+            }
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m?;
+                got += 1;
+                bytes += m.payload().map_or(0, |p| p.len() as u64);
+            }
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -123,9 +174,15 @@ fn main() -> Result<()> {
             args[4].parse()?,
             &args[5..],
         ),
-        Some("consume") if args.len() >= 4 => consume(&args[1], &args[2], args[3].parse()?, &args[4..]),
+        Some(op @ ("consume" | "consume-batch")) if args.len() >= 4 => consume(
+            &args[1],
+            &args[2],
+            args[3].parse()?,
+            op == "consume-batch",
+            &args[4..],
+        ),
         _ => bail!(
-            "usage: kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [k=v...] | consume BOOTSTRAP TOPIC MESSAGES [k=v...]"
+            "usage: kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [k=v...] | consume[-batch] BOOTSTRAP TOPIC MESSAGES [k=v...]"
         ),
     }
 }
