@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -77,6 +77,54 @@ struct Partition {
     log: Arc<Log>,
     /// The high watermark, for long-polling fetches and push subscriptions.
     hwm: watch::Sender<u64>,
+    /// The read-ahead of a reader going through the log from disk in order.
+    ahead: Mutex<AheadState>,
+}
+
+/// A reader that catches up from disk one fetch at a time (a Kafka consumer, a native fetch
+/// loop, a WebSocket feed replaying) otherwise waits out every disk read in turn, and the
+/// disk sits idle while the client handles what it got. So when a disk read starts where the
+/// partition's previous one ended, the broker starts the next one, of the same size, the
+/// moment it answers; the next fetch finds it done or joins it. At most one per partition,
+/// bounded in bytes broker-wide ([`READ_AHEAD_BUDGET_BYTES`]), dropped if not claimed
+/// within [`READ_AHEAD_TTL`]. Readers that interleave on one partition start none (no read
+/// begins where the last one ended).
+#[derive(Debug, Default)]
+struct AheadState {
+    /// Where the partition's last disk read ended.
+    last_end: Option<u64>,
+    next: Option<ReadAhead>,
+}
+
+#[derive(Debug)]
+struct ReadAhead {
+    offset: u64,
+    max_bytes: usize,
+    /// The log's truncation count when the read began: if it moved, the offsets read may
+    /// have been written again since, and the read is not used.
+    truncations: u64,
+    result: Arc<tokio::sync::OnceCell<ReadResult>>,
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Bytes that started read-aheads may hold at once, across all partitions.
+const READ_AHEAD_BUDGET_BYTES: usize = 64 << 20;
+/// Reads larger than this get no read-ahead.
+const READ_AHEAD_MAX_BYTES: usize = 8 << 20;
+/// How long a finished read-ahead waits for its reader before its memory is let go.
+const READ_AHEAD_TTL: Duration = Duration::from_secs(2);
+
+/// The offset after the last whole batch in `chunks`.
+fn end_of(chunks: &[Bytes]) -> Option<u64> {
+    let mut end = None;
+    let last = chunks.iter().rev().find(|c| !c.is_empty())?;
+    let mut at = 0;
+    while at < last.len() {
+        let h = weir_batch::peek(&last[at..]).ok()?;
+        end = Some(h.next_offset().max(0) as u64);
+        at += h.total_len();
+    }
+    end
 }
 
 #[derive(Debug)]
@@ -289,6 +337,10 @@ struct Inner {
     /// zstd window of up to 128 MiB): bounds that memory whatever the number of producers and
     /// readers.
     decompressions: tokio::sync::Semaphore,
+    /// KiB that read-aheads may hold (see [`AheadState`]).
+    read_ahead_budget: Arc<tokio::sync::Semaphore>,
+    /// Disk reads answered by a read-ahead.
+    read_ahead_hits: AtomicU64,
 }
 
 /// Compressed batches decompressed at once (see [`Broker::decompression_permit`]).
@@ -387,6 +439,10 @@ impl Broker {
                 stopping: AtomicBool::new(false),
                 deleted_dirs: Mutex::new(0),
                 decompressions: tokio::sync::Semaphore::new(CONCURRENT_DECOMPRESSIONS),
+                read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
+                    READ_AHEAD_BUDGET_BYTES >> 10,
+                )),
+                read_ahead_hits: AtomicU64::new(0),
             }),
         })
     }
@@ -401,6 +457,7 @@ impl Broker {
             partitions.push(Arc::new(Partition {
                 log: Arc::new(log),
                 hwm,
+                ahead: Mutex::new(AheadState::default()),
             }));
         }
         Ok(Topic {
@@ -823,8 +880,103 @@ impl Broker {
         if let Some(r) = part.log.read_cached(offset, max_bytes)? {
             return Ok(r);
         }
+        let (in_order, ahead) = {
+            let mut a = part.ahead.lock();
+            let in_order = a.last_end == Some(offset);
+            let ahead = a
+                .next
+                .take_if(|n| n.offset == offset && n.max_bytes == max_bytes);
+            (in_order || ahead.is_some(), ahead)
+        };
+        let mut got = None;
+        if let Some(ahead) = ahead {
+            let log = part.log.clone();
+            let read = ahead
+                .result
+                .get_or_try_init(|| {
+                    blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from))
+                })
+                .await;
+            // Used only if nothing it read can have changed since: no truncation, and
+            // retention has not passed it (a fresh read then reports what a reader should
+            // see). A failed read-ahead is read again here, to report this reader's error.
+            if let Ok(r) = read
+                && part.log.truncations() == ahead.truncations
+                && offset >= part.log.log_start_offset()
+            {
+                let mut r = r.clone();
+                r.high_watermark = r.high_watermark.max(part.log.high_watermark());
+                r.log_start_offset = part.log.log_start_offset();
+                self.inner.read_ahead_hits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("weir_broker_read_ahead_hits_total").increment(1);
+                got = Some(r);
+            }
+        }
+        let r = match got {
+            Some(r) => r,
+            None => {
+                let log = part.log.clone();
+                blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from)).await?
+            }
+        };
+        if !r.from_memory
+            && let Some(end) = end_of(&r.chunks)
+        {
+            part.ahead.lock().last_end = Some(end);
+            if in_order && end < r.high_watermark && max_bytes <= READ_AHEAD_MAX_BYTES {
+                self.read_ahead(part, end, max_bytes);
+            }
+        }
+        Ok(r)
+    }
+
+    /// Starts reading `max_bytes` from `offset` for the partition's next in-order fetch, if
+    /// the broker-wide budget allows (see [`AheadState`]).
+    fn read_ahead(&self, part: &Arc<Partition>, offset: u64, max_bytes: usize) {
+        // The hot tail answers it without I/O.
+        if matches!(part.log.read_cached(offset, max_bytes), Ok(Some(_))) {
+            return;
+        }
+        let kib = (max_bytes >> 10).max(1) as u32;
+        let Ok(budget) = self
+            .inner
+            .read_ahead_budget
+            .clone()
+            .try_acquire_many_owned(kib)
+        else {
+            return;
+        };
+        let result = Arc::new(tokio::sync::OnceCell::new());
+        part.ahead.lock().next = Some(ReadAhead {
+            offset,
+            max_bytes,
+            truncations: part.log.truncations(),
+            result: result.clone(),
+            _budget: budget,
+        });
+        metrics::counter!("weir_broker_read_aheads_total").increment(1);
         let log = part.log.clone();
-        blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from)).await
+        let part = Arc::downgrade(part);
+        tokio::spawn(async move {
+            let _ = result
+                .get_or_try_init(|| {
+                    blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from))
+                })
+                .await;
+            // Not kept alive from here: once its reader took it, its memory is the reader's.
+            let mine = Arc::downgrade(&result);
+            drop(result);
+            tokio::time::sleep(READ_AHEAD_TTL).await;
+            if let Some(part) = part.upgrade() {
+                let mut a = part.ahead.lock();
+                if a.next
+                    .as_ref()
+                    .is_some_and(|n| std::ptr::eq(Arc::as_ptr(&n.result), mine.as_ptr()))
+                {
+                    a.next = None;
+                }
+            }
+        });
     }
 
     /// Reads whole batches from `offset`, up to about `max_bytes` (at least one batch). If
@@ -1174,5 +1326,151 @@ impl Broker {
         .await?;
         tracing::info!("broker closed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::DurabilitySetting;
+
+    /// A broker whose partitions keep no hot tail, so that every read goes to disk.
+    async fn broker_on_disk(
+        dir: &Path,
+        segment_bytes: u64,
+        retention_bytes: Option<u64>,
+    ) -> Broker {
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.to_path_buf(),
+            hot_tail_bytes: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        let config = TopicConfig {
+            durability: DurabilitySetting::Never,
+            segment_bytes,
+            max_batch_bytes: 8 << 10,
+            retention_bytes,
+            ..Default::default()
+        };
+        broker.create_topic("t", Some(config)).await.unwrap();
+        for i in 0..200u32 {
+            let mut b = weir_batch::BatchBuilder::new(0);
+            for j in 0..10u32 {
+                let value = format!("{:0100}", i * 10 + j);
+                b.push(weir_batch::RecordSpec::value(value.as_bytes()));
+            }
+            broker
+                .produce("t", Some(0), None, Bytes::from(b.build()))
+                .await
+                .unwrap();
+        }
+        broker
+    }
+
+    /// The offsets of the records in `chunks` at or after `from`, each checked against the
+    /// value it was written with.
+    fn offsets_in(chunks: &[Bytes], from: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            for batch in weir_batch::Batches::new(chunk) {
+                let (h, bytes) = batch.unwrap();
+                let section = weir_batch::section(&h, bytes).unwrap();
+                for r in weir_batch::Records::with_payload(h, &section) {
+                    let r = r.unwrap();
+                    let value = std::str::from_utf8(r.value.unwrap()).unwrap();
+                    assert_eq!(value.parse::<i64>().unwrap(), r.offset, "record and offset");
+                    if r.offset as u64 >= from {
+                        out.push(r.offset as u64);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_in_order_is_read_ahead_and_gets_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_on_disk(dir.path(), 1 << 30, None).await;
+        let mut offset = 0;
+        let mut seen = Vec::new();
+        while offset < 2000 {
+            let f = broker
+                .fetch("t", 0, offset, 4096, 1, Duration::ZERO)
+                .await
+                .unwrap();
+            let got = offsets_in(&f.chunks, offset);
+            assert!(!got.is_empty(), "no progress at {offset}");
+            offset = got.last().unwrap() + 1;
+            seen.extend(got);
+            assert_eq!(f.high_watermark, 2000);
+        }
+        assert_eq!(seen, (0..2000).collect::<Vec<u64>>());
+        // Every read after the first two (the second is the first seen in order) could be
+        // answered by one started ahead of it.
+        let hits = broker.inner.read_ahead_hits.load(Ordering::Relaxed);
+        assert!(hits > 0, "no read-ahead was used");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_taking_turns_start_no_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_on_disk(dir.path(), 1 << 30, None).await;
+        let (mut a, mut b) = (0u64, 1000u64);
+        while a < 1000 {
+            for at in [&mut a, &mut b] {
+                let f = broker
+                    .fetch("t", 0, *at, 4096, 1, Duration::ZERO)
+                    .await
+                    .unwrap();
+                *at = offsets_in(&f.chunks, *at).last().unwrap() + 1;
+            }
+        }
+        assert_eq!(broker.inner.read_ahead_hits.load(Ordering::Relaxed), 0);
+        assert!(
+            broker
+                .partition("t", 0)
+                .unwrap()
+                .1
+                .ahead
+                .lock()
+                .next
+                .is_none()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_ahead_that_retention_passed_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments and a retention that keeps only the active one; retention runs
+        // only when this test calls it.
+        let broker = broker_on_disk(dir.path(), 16 << 10, Some(1)).await;
+        let part = broker.partition("t", 0).unwrap().1;
+        // Two reads in order: the second starts a read-ahead of what follows it.
+        let first = broker
+            .fetch("t", 0, 0, 4096, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        let next = offsets_in(&first.chunks, 0).last().unwrap() + 1;
+        let second = broker
+            .fetch("t", 0, next, 4096, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        let ahead_at = offsets_in(&second.chunks, next).last().unwrap() + 1;
+        let started = part.ahead.lock().next.as_ref().map(|n| n.offset);
+        assert_eq!(started, Some(ahead_at));
+        // Let it finish, then let retention delete every segment but the active one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        part.log.apply_retention(0).unwrap();
+        assert!(part.log.log_start_offset() > ahead_at);
+        match broker
+            .fetch("t", 0, ahead_at, 4096, 1, Duration::ZERO)
+            .await
+        {
+            Err(BrokerError::Log(LogError::OffsetOutOfRange { .. })) => {}
+            other => panic!("read what retention deleted: {other:?}"),
+        }
+        assert_eq!(broker.inner.read_ahead_hits.load(Ordering::Relaxed), 0);
     }
 }

@@ -239,6 +239,13 @@ impl Log {
         self.view.read().log_start
     }
 
+    /// How many times the log has dropped written data (after a failed write or sync). A
+    /// reader that kept what it read can tell by this whether the offsets it holds may since
+    /// have been written again with other records.
+    pub fn truncations(&self) -> u64 {
+        self.writer.lock().truncations
+    }
+
     /// Bytes of all segment files (visible data).
     pub fn size_bytes(&self) -> u64 {
         self.view

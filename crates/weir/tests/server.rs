@@ -642,7 +642,11 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
             "{mode:?}: {consumed}"
         );
         // Every record decoded: exactly the values' bytes.
-        assert_eq!(consumed["payload_bytes"], 5000 * 200, "{mode:?}: {consumed}");
+        assert_eq!(
+            consumed["payload_bytes"],
+            5000 * 200,
+            "{mode:?}: {consumed}"
+        );
         // One latency sample per fetch or per pushed frame. A fetch of 16 KiB returns one
         // whole batch (about 21 KB each, 50 of them); a push frame may carry several.
         let samples = consumed["latency_us"]["count"].as_u64().unwrap();
