@@ -109,7 +109,7 @@ struct ReadAhead {
 
 /// Bytes that started read-aheads may hold at once, across all partitions.
 const READ_AHEAD_BUDGET_BYTES: usize = 64 << 20;
-/// Reads larger than this get no read-ahead.
+/// Reads larger than this (asked for, or as the last one came back) get no read-ahead.
 const READ_AHEAD_MAX_BYTES: usize = 8 << 20;
 /// How long a finished read-ahead waits for its reader before its memory is let go.
 const READ_AHEAD_TTL: Duration = Duration::from_secs(2);
@@ -923,21 +923,27 @@ impl Broker {
             && let Some(end) = end_of(&r.chunks)
         {
             part.ahead.lock().last_end = Some(end);
-            if in_order && end < r.high_watermark && max_bytes <= READ_AHEAD_MAX_BYTES {
-                self.read_ahead(part, end, max_bytes);
+            if in_order && end < r.high_watermark {
+                self.read_ahead(part, end, max_bytes, r.len());
             }
         }
         Ok(r)
     }
 
     /// Starts reading `max_bytes` from `offset` for the partition's next in-order fetch, if
-    /// the broker-wide budget allows (see [`AheadState`]).
-    fn read_ahead(&self, part: &Arc<Partition>, offset: u64, max_bytes: usize) {
+    /// the broker-wide budget allows (see [`AheadState`]). A read returns at least one whole
+    /// batch, so it may exceed `max_bytes`: the budget taken is the larger of that and the
+    /// last read's size (`last_len`), and a read-ahead that comes back larger still is let go.
+    fn read_ahead(&self, part: &Arc<Partition>, offset: u64, max_bytes: usize, last_len: usize) {
+        let budgeted = max_bytes.max(last_len);
+        if budgeted > READ_AHEAD_MAX_BYTES {
+            return;
+        }
         // The hot tail answers it without I/O.
         if matches!(part.log.read_cached(offset, max_bytes), Ok(Some(_))) {
             return;
         }
-        let kib = (max_bytes >> 10).max(1) as u32;
+        let kib = budgeted.div_ceil(1024).max(1) as u32;
         let Ok(budget) = self
             .inner
             .read_ahead_budget
@@ -963,10 +969,14 @@ impl Broker {
                     blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from))
                 })
                 .await;
+            let oversized = result.get().is_some_and(|r| r.len() > budgeted);
             // Not kept alive from here: once its reader took it, its memory is the reader's.
             let mine = Arc::downgrade(&result);
             drop(result);
-            tokio::time::sleep(READ_AHEAD_TTL).await;
+            // Unclaimed for a while (or larger than its budget): let it go.
+            if !oversized {
+                tokio::time::sleep(READ_AHEAD_TTL).await;
+            }
             if let Some(part) = part.upgrade() {
                 let mut a = part.ahead.lock();
                 if a.next
@@ -1438,6 +1448,70 @@ mod tests {
                 .next
                 .is_none()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_ahead_larger_than_its_budget_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            hot_tail_bytes: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        let config = TopicConfig {
+            durability: DurabilitySetting::Never,
+            ..Default::default()
+        };
+        broker.create_topic("t", Some(config)).await.unwrap();
+        // Two batches of one 900-byte record, then one of 256 KiB: read 1 KiB at a time, the
+        // third is read ahead on a budget of about 1 KiB.
+        for size in [900, 900, 256 << 10] {
+            let mut b = weir_batch::BatchBuilder::new(0);
+            b.push(weir_batch::RecordSpec::value(&vec![b'x'; size]));
+            broker
+                .produce("t", Some(0), None, Bytes::from(b.build()))
+                .await
+                .unwrap();
+        }
+        let part = broker.partition("t", 0).unwrap().1;
+        for offset in [0, 1] {
+            let f = broker
+                .fetch("t", 0, offset, 1024, 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(offsets_in_any(&f.chunks), vec![offset]);
+        }
+        assert_eq!(part.ahead.lock().next.as_ref().map(|n| n.offset), Some(2));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while part.ahead.lock().next.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "an oversized read-ahead was kept"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The reader gets its batch all the same.
+        let f = broker
+            .fetch("t", 0, 2, 1024, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(offsets_in_any(&f.chunks), vec![2]);
+        assert_eq!(
+            broker.inner.read_ahead_budget.available_permits(),
+            READ_AHEAD_BUDGET_BYTES >> 10
+        );
+    }
+
+    fn offsets_in_any(chunks: &[Bytes]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            for batch in weir_batch::Batches::new(chunk) {
+                let (h, _) = batch.unwrap();
+                out.extend(h.base_offset as u64..h.next_offset() as u64);
+            }
+        }
+        out
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
