@@ -1599,13 +1599,6 @@ pub async fn serve(
     kafka.groups.clear();
 }
 
-/// First allocation for a request: room for a whole request as librdkafka and the Java
-/// client send them by default (`message.max.bytes` / `max.request.size` of about 1 MB), so
-/// that it is read without regrowing and copying; a larger one grows as its bytes arrive, so a
-/// size prefix alone cannot make us allocate [`MAX_REQUEST_BYTES`]. (Untouched capacity is
-/// address space, not resident memory.)
-const INITIAL_REQUEST_BUFFER: usize = 2 << 20;
-
 /// A Kafka connection that sends nothing this long is closed (Kafka's
 /// `connections.max.idle.ms` default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -1722,7 +1715,11 @@ async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
             // A large request is read only with memory budget in hand: while none is left,
             // the socket is not read and TCP pushes back on the producer.
             let permit = budget.acquire(len).await;
-            let mut frame = Vec::with_capacity(len.min(INITIAL_REQUEST_BUFFER));
+            // Exactly its size, budget in hand: read without regrowing and copying, and a
+            // batch kept in place holds no slack (a buffer grown by doubling could be twice
+            // the request). A size prefix whose body never comes holds the budget, not
+            // memory: untouched capacity is address space, and the body times out below.
+            let mut frame = Vec::with_capacity(len);
             // Budget granted, the body must arrive promptly: a sender that trickles it would
             // otherwise hold the budget for as long as it likes.
             tokio::time::timeout(
