@@ -100,15 +100,62 @@ struct AheadState {
 struct ReadAhead {
     offset: u64,
     max_bytes: usize,
+    /// Bytes of budget held: the most it may read.
+    budgeted: usize,
     /// The log's truncation count when the read began: if it moved, the offsets read may
-    /// have been written again since, and the read is not used.
+    /// have been written again since, and the read is not used. (The log drops only data it
+    /// never made visible, so this is a second line of defence.)
     truncations: u64,
     result: Arc<tokio::sync::OnceCell<ReadResult>>,
     _budget: tokio::sync::OwnedSemaphorePermit,
+    /// Dropped with this entry (claimed, replaced, let go): ends the task's wait.
+    _claimed: tokio::sync::oneshot::Sender<()>,
+}
+
+/// What a reader at `offset` asking for `max_bytes` may take of a read-ahead's result `r`:
+/// nothing if the log was truncated since the read began or retention has passed `offset`
+/// (a fresh read then tells the reader what it should see); otherwise the whole batches
+/// within `max_bytes` (at least one), with the log's current high watermark and start.
+fn claim(
+    log: &Log,
+    ahead: &ReadAhead,
+    offset: u64,
+    max_bytes: usize,
+    r: &ReadResult,
+) -> Option<ReadResult> {
+    if log.truncations() != ahead.truncations || offset < log.log_start_offset() {
+        return None;
+    }
+    let mut out = ReadResult {
+        chunks: Vec::with_capacity(r.chunks.len()),
+        high_watermark: r.high_watermark.max(log.high_watermark()),
+        log_start_offset: log.log_start_offset(),
+        from_memory: r.from_memory,
+    };
+    let mut taken = 0usize;
+    'chunks: for chunk in &r.chunks {
+        let mut at = 0;
+        while at < chunk.len() {
+            let len = weir_batch::peek(&chunk[at..]).ok()?.total_len();
+            if taken > 0 && taken + len > max_bytes {
+                if at > 0 {
+                    out.chunks.push(chunk.slice(..at));
+                }
+                break 'chunks;
+            }
+            taken += len;
+            at += len;
+        }
+        out.chunks.push(chunk.clone());
+    }
+    Some(out)
 }
 
 /// Bytes that started read-aheads may hold at once, across all partitions.
 const READ_AHEAD_BUDGET_BYTES: usize = 64 << 20;
+/// Budget charged at least per read-ahead: bounds how many run at once to
+/// [`READ_AHEAD_BUDGET_BYTES`] / this.
+const READ_AHEAD_MIN_CHARGE: usize = 64 << 10;
 /// Reads larger than this (asked for, or as the last one came back) get no read-ahead.
 const READ_AHEAD_MAX_BYTES: usize = 8 << 20;
 /// How long a finished read-ahead waits for its reader before its memory is let go.
@@ -339,7 +386,8 @@ struct Inner {
     decompressions: tokio::sync::Semaphore,
     /// KiB that read-aheads may hold (see [`AheadState`]).
     read_ahead_budget: Arc<tokio::sync::Semaphore>,
-    /// Disk reads answered by a read-ahead.
+    /// Read-aheads started, and disk reads they answered.
+    read_aheads: AtomicU64,
     read_ahead_hits: AtomicU64,
 }
 
@@ -442,6 +490,7 @@ impl Broker {
                 read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
                     READ_AHEAD_BUDGET_BYTES >> 10,
                 )),
+                read_aheads: AtomicU64::new(0),
                 read_ahead_hits: AtomicU64::new(0),
             }),
         })
@@ -885,31 +934,29 @@ impl Broker {
             let in_order = a.last_end == Some(offset);
             let ahead = a
                 .next
-                .take_if(|n| n.offset == offset && n.max_bytes == max_bytes);
+                .take_if(|n| n.offset == offset && n.max_bytes >= max_bytes);
             (in_order || ahead.is_some(), ahead)
         };
         let mut got = None;
         if let Some(ahead) = ahead {
+            // Joins the read if it is still under way (or makes it, if it never started).
             let log = part.log.clone();
+            let cap = ahead.budgeted;
             let read = ahead
                 .result
                 .get_or_try_init(|| {
-                    blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from))
+                    blocking(move || {
+                        log.read_within(offset, max_bytes, cap)?
+                            .ok_or_else(|| BrokerError::Metadata("read-ahead over budget".into()))
+                    })
                 })
                 .await;
-            // Used only if nothing it read can have changed since: no truncation, and
-            // retention has not passed it (a fresh read then reports what a reader should
-            // see). A failed read-ahead is read again here, to report this reader's error.
-            if let Ok(r) = read
-                && part.log.truncations() == ahead.truncations
-                && offset >= part.log.log_start_offset()
-            {
-                let mut r = r.clone();
-                r.high_watermark = r.high_watermark.max(part.log.high_watermark());
-                r.log_start_offset = part.log.log_start_offset();
+            if let Ok(r) = read {
+                got = claim(&part.log, &ahead, offset, max_bytes, r);
+            }
+            if got.is_some() {
                 self.inner.read_ahead_hits.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("weir_broker_read_ahead_hits_total").increment(1);
-                got = Some(r);
             }
         }
         let r = match got {
@@ -932,18 +979,29 @@ impl Broker {
 
     /// Starts reading `max_bytes` from `offset` for the partition's next in-order fetch, if
     /// the broker-wide budget allows (see [`AheadState`]). A read returns at least one whole
-    /// batch, so it may exceed `max_bytes`: the budget taken is the larger of that and the
-    /// last read's size (`last_len`), and a read-ahead that comes back larger still is let go.
+    /// batch, so it may exceed `max_bytes`: the budget taken is the largest of that, the last
+    /// read's size (`last_len`) and [`READ_AHEAD_MIN_CHARGE`], and a first batch larger than
+    /// the budget is not read ahead (the log says so from its header, before allocating).
     fn read_ahead(&self, part: &Arc<Partition>, offset: u64, max_bytes: usize, last_len: usize) {
-        let budgeted = max_bytes.max(last_len);
+        let budgeted = max_bytes.max(last_len).max(READ_AHEAD_MIN_CHARGE);
         if budgeted > READ_AHEAD_MAX_BYTES {
             return;
         }
-        // The hot tail answers it without I/O.
-        if matches!(part.log.read_cached(offset, max_bytes), Ok(Some(_))) {
+        // The hot tail answers it without I/O (and an error is the reader's to meet).
+        if !matches!(part.log.read_cached(offset, max_bytes), Ok(None)) {
             return;
         }
-        let kib = budgeted.div_ceil(1024).max(1) as u32;
+        {
+            // Another reader in step with this one already started it.
+            let a = part.ahead.lock();
+            if a.next
+                .as_ref()
+                .is_some_and(|n| n.offset == offset && n.max_bytes >= max_bytes)
+            {
+                return;
+            }
+        }
+        let kib = budgeted.div_ceil(1024) as u32;
         let Ok(budget) = self
             .inner
             .read_ahead_budget
@@ -953,38 +1011,50 @@ impl Broker {
             return;
         };
         let result = Arc::new(tokio::sync::OnceCell::new());
-        part.ahead.lock().next = Some(ReadAhead {
+        let (claimed, released) = tokio::sync::oneshot::channel::<()>();
+        let ahead = ReadAhead {
             offset,
             max_bytes,
+            budgeted,
             truncations: part.log.truncations(),
             result: result.clone(),
             _budget: budget,
-        });
+            _claimed: claimed,
+        };
+        let replaced = part.ahead.lock().next.replace(ahead);
+        drop(replaced);
+        self.inner.read_aheads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("weir_broker_read_aheads_total").increment(1);
         let log = part.log.clone();
         let part = Arc::downgrade(part);
         tokio::spawn(async move {
-            let _ = result
+            let read = result
                 .get_or_try_init(|| {
-                    blocking(move || log.read(offset, max_bytes).map_err(BrokerError::from))
+                    blocking(move || {
+                        log.read_within(offset, max_bytes, budgeted)?
+                            .ok_or_else(|| BrokerError::Metadata("read-ahead over budget".into()))
+                    })
                 })
-                .await;
-            let oversized = result.get().is_some_and(|r| r.len() > budgeted);
+                .await
+                .is_ok();
             // Not kept alive from here: once its reader took it, its memory is the reader's.
             let mine = Arc::downgrade(&result);
             drop(result);
-            // Unclaimed for a while (or larger than its budget): let it go.
-            if !oversized {
-                tokio::time::sleep(READ_AHEAD_TTL).await;
+            // Failed (or over budget): let it go now. Otherwise wait for its reader to take
+            // it (which ends this wait) or for the time to run out.
+            if read {
+                tokio::select! {
+                    _ = tokio::time::sleep(READ_AHEAD_TTL) => {}
+                    _ = released => return,
+                }
             }
             if let Some(part) = part.upgrade() {
-                let mut a = part.ahead.lock();
-                if a.next
-                    .as_ref()
-                    .is_some_and(|n| std::ptr::eq(Arc::as_ptr(&n.result), mine.as_ptr()))
-                {
-                    a.next = None;
-                }
+                let unclaimed = {
+                    let mut a = part.ahead.lock();
+                    a.next
+                        .take_if(|n| std::ptr::eq(Arc::as_ptr(&n.result), mine.as_ptr()))
+                };
+                drop(unclaimed);
             }
         });
     }
@@ -1405,7 +1475,9 @@ mod tests {
         let broker = broker_on_disk(dir.path(), 1 << 30, None).await;
         let mut offset = 0;
         let mut seen = Vec::new();
+        let mut fetches = 0;
         while offset < 2000 {
+            fetches += 1;
             let f = broker
                 .fetch("t", 0, offset, 4096, 1, Duration::ZERO)
                 .await
@@ -1417,10 +1489,10 @@ mod tests {
             assert_eq!(f.high_watermark, 2000);
         }
         assert_eq!(seen, (0..2000).collect::<Vec<u64>>());
-        // Every read after the first two (the second is the first seen in order) could be
-        // answered by one started ahead of it.
+        // Every read after the first two (the second is the first seen in order, and starts
+        // the first read-ahead) is answered by one started ahead of it.
         let hits = broker.inner.read_ahead_hits.load(Ordering::Relaxed);
-        assert!(hits > 0, "no read-ahead was used");
+        assert_eq!(hits, fetches - 2, "read-aheads used, of {fetches} fetches");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1465,7 +1537,7 @@ mod tests {
         };
         broker.create_topic("t", Some(config)).await.unwrap();
         // Two batches of one 900-byte record, then one of 256 KiB: read 1 KiB at a time, the
-        // third is read ahead on a budget of about 1 KiB.
+        // third is read ahead on the least budget (64 KiB).
         for size in [900, 900, 256 << 10] {
             let mut b = weir_batch::BatchBuilder::new(0);
             b.push(weir_batch::RecordSpec::value(&vec![b'x'; size]));
@@ -1482,7 +1554,9 @@ mod tests {
                 .unwrap();
             assert_eq!(offsets_in_any(&f.chunks), vec![offset]);
         }
-        assert_eq!(part.ahead.lock().next.as_ref().map(|n| n.offset), Some(2));
+        // The second read, in order, started one (at offset 2); it finds its batch over
+        // budget and is let go without waiting for a reader.
+        assert_eq!(broker.inner.read_aheads.load(Ordering::Relaxed), 1);
         let deadline = Instant::now() + Duration::from_secs(1);
         while part.ahead.lock().next.is_some() {
             assert!(
@@ -1512,6 +1586,43 @@ mod tests {
             }
         }
         out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_ahead_is_claimed_only_while_nothing_it_read_can_have_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_on_disk(dir.path(), 16 << 10, Some(1)).await;
+        let part = broker.partition("t", 0).unwrap().1;
+        let budget = Arc::new(tokio::sync::Semaphore::new(4));
+        let ahead_at = |offset: u64, truncations: u64, r: &ReadResult| ReadAhead {
+            offset,
+            max_bytes: 1 << 20,
+            budgeted: 1 << 20,
+            truncations,
+            result: Arc::new(tokio::sync::OnceCell::new_with(Some(r.clone()))),
+            _budget: budget.clone().try_acquire_owned().unwrap(),
+            _claimed: tokio::sync::oneshot::channel().0,
+        };
+        let r = part.log.read(30, 1 << 20).unwrap();
+        let all = offsets_in(&r.chunks, 30);
+        assert!(all.len() > 10, "{} records", all.len());
+        let now = part.log.truncations();
+        // As read: claimed, and cut to whole batches within what the reader asks for.
+        let ahead = ahead_at(30, now, &r);
+        let whole = claim(&part.log, &ahead, 30, 1 << 20, &r).unwrap();
+        assert_eq!(offsets_in(&whole.chunks, 30), all);
+        let one_batch = claim(&part.log, &ahead, 30, 1, &r).unwrap();
+        assert_eq!(
+            offsets_in(&one_batch.chunks, 30),
+            (30..40).collect::<Vec<_>>()
+        );
+        // A truncation since the read began: not claimed.
+        let truncated = ahead_at(30, now + 1, &r);
+        assert!(claim(&part.log, &truncated, 30, 1 << 20, &r).is_none());
+        // Retention passed it: not claimed.
+        part.log.apply_retention(0).unwrap();
+        assert!(part.log.log_start_offset() > 30);
+        assert!(claim(&part.log, &ahead, 30, 1 << 20, &r).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -200,6 +201,9 @@ pub struct Log {
     pub(crate) sync: Mutex<SyncState>,
     pub(crate) sync_cond: Condvar,
     pub(crate) recovery: RecoveryReport,
+    /// [`Writer::truncations`], readable without the writer's lock (which a segment roll
+    /// holds through several fsyncs).
+    pub(crate) truncation_count: AtomicU64,
 }
 
 /// Proof of leadership; released on drop.
@@ -243,7 +247,7 @@ impl Log {
     /// reader that kept what it read can tell by this whether the offsets it holds may since
     /// have been written again with other records.
     pub fn truncations(&self) -> u64 {
-        self.writer.lock().truncations
+        self.truncation_count.load(Ordering::Acquire)
     }
 
     /// Bytes of all segment files (visible data).
@@ -565,6 +569,8 @@ impl Log {
     fn truncate_writer(&self, w: &mut Writer, to: Point) {
         debug_assert_eq!(to.segment, w.active.base);
         w.truncations += 1;
+        self.truncation_count
+            .store(w.truncations, Ordering::Release);
         if to.pos < w.write_pos {
             w.active
                 .index
@@ -752,17 +758,33 @@ impl Log {
     /// `max_bytes` (always at least one whole batch, however large). Reading at the high
     /// watermark returns no data; outside `[log start, high watermark]` is an error.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        Ok(self
+            .read_within(offset, max_bytes, usize::MAX)?
+            .expect("no batch is larger than usize::MAX"))
+    }
+
+    /// Like [`Log::read`], but `Ok(None)` rather than read from disk a first batch larger
+    /// than `cap` bytes (known from its header before anything is allocated): for reads on
+    /// a memory budget, such as read-ahead.
+    pub fn read_within(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        cap: usize,
+    ) -> Result<Option<ReadResult>> {
         let (segment, hwm, log_start) = match self.read_or_locate(offset, max_bytes)? {
-            Ok(result) => return Ok(result),
+            Ok(result) => return Ok(Some(result)),
             Err(located) => located,
         };
-        let chunk = self.read_segment(&segment, offset, max_bytes)?;
-        Ok(ReadResult {
+        let Some(chunk) = self.read_segment(&segment, offset, max_bytes.min(cap), cap)? else {
+            return Ok(None);
+        };
+        Ok(Some(ReadResult {
             chunks: vec![chunk],
             high_watermark: hwm,
             log_start_offset: log_start,
             from_memory: false,
-        })
+        }))
     }
 
     /// Like [`Log::read`], but only when the answer needs no I/O: the offset is the high
@@ -856,9 +878,18 @@ impl Log {
         }
     }
 
-    fn read_segment(&self, segment: &Segment, offset: u64, max_bytes: usize) -> Result<Bytes> {
+    fn read_segment(
+        &self,
+        segment: &Segment,
+        offset: u64,
+        max_bytes: usize,
+        cap: usize,
+    ) -> Result<Option<Bytes>> {
         let limit = segment.visible_len();
         let (pos, first) = self.locate(segment, offset, limit)?;
+        if first.total_len() > cap {
+            return Ok(None);
+        }
         let want = (max_bytes as u64)
             .min(limit - pos)
             .max(first.total_len() as u64) as usize;
@@ -911,7 +942,7 @@ impl Log {
         if !trusted {
             segment.read_checked(pos, pos + end as u64);
         }
-        Ok(Bytes::from(buf))
+        Ok(Some(Bytes::from(buf)))
     }
 
     /// The offset of the first record whose timestamp is ≥ `timestamp` (ms since the epoch),

@@ -77,6 +77,7 @@ impl Log {
             sync: Mutex::new(SyncState::default()),
             sync_cond: Condvar::new(),
             recovery: report,
+            truncation_count: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let leader = log.lead();

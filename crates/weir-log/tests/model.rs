@@ -442,9 +442,12 @@ fn a_conditional_append_is_refused_after_the_batch_it_follows_was_dropped() {
 
     let failing = log.append_start(batch(3, 1, 10, 0)).unwrap();
     let since = failing.truncations();
+    assert_eq!(log.truncations(), since);
     storage.inject_faults(storage.op_count(), 1, FaultKind::DiskFull);
     assert!(log.append_wait(failing).unwrap_err().is_storage_full());
     storage.heal();
+    // Readers see the count move too (without the writer's lock).
+    assert_eq!(log.truncations(), since + 1);
     let refused = log.append_start_unless_truncated(batch(4, 1, 10, 0), Some(since));
     assert!(
         matches!(refused, Err(LogError::TruncatedSince)),
