@@ -257,7 +257,14 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
                     // channel read each, not a loop turn each.
                     for _ in 0..DRAIN_AT_ONCE {
                         match rx.try_recv() {
-                            Ok(Cmd::Send(record, ack)) => s.add(record, ack).await,
+                            Ok(Cmd::Send(record, ack)) => {
+                                let sealed = s.next_seq;
+                                s.add(record, ack).await;
+                                // A batch filled up: off it goes, not after the drain.
+                                if s.next_seq != sealed {
+                                    s.dispatch();
+                                }
+                            }
                             Ok(Cmd::Flush(tx)) => {
                                 s.flush(tx);
                                 break;

@@ -224,6 +224,7 @@ async fn produce_records(client: Client, opts: &Common) -> Result<()> {
     drop(ack_tx);
     producer.flush().await?;
     let latency = acks.await??;
+    bar.inc(latency.len() % 1024);
     bar.finish_and_clear();
     if latency.len() != opts.messages {
         bail!(

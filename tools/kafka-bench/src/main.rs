@@ -114,11 +114,14 @@ fn consume(bootstrap: &str, topic: &str, n: u64, batch: bool, extra: &[String]) 
                     failed = Some(format!("timed out after {got} of {n} messages"));
                     break;
                 }
+                // No more than are still wanted: the call returns when the array is full or
+                // the timeout passes.
+                let want = msgs.len().min((n - got) as usize);
                 let k = rdkafka::bindings::rd_kafka_consume_batch_queue(
                     queue,
                     100,
                     msgs.as_mut_ptr(),
-                    msgs.len(),
+                    want,
                 );
                 if k < 0 {
                     failed = Some("rd_kafka_consume_batch_queue failed".to_string());
@@ -156,7 +159,7 @@ fn consume(bootstrap: &str, topic: &str, n: u64, batch: bool, extra: &[String]) 
     println!(
         "{}",
         serde_json::json!({
-            "op": "consume", "messages": got, "bytes": bytes, "seconds": secs,
+            "op": if batch { "consume-batch" } else { "consume" }, "messages": got, "bytes": bytes, "seconds": secs,
             "msgs_per_sec": got as f64 / secs,
             "mb_per_sec": bytes as f64 / secs / 1e6,
         })
