@@ -159,8 +159,6 @@ pub(crate) struct Writer {
     pub bytes_since_checkpoint: u64,
     pub last_sync: Instant,
     pub closed: bool,
-    /// Times written data was dropped after a failed write or sync.
-    pub truncations: u64,
 }
 
 #[derive(Debug)]
@@ -201,8 +199,8 @@ pub struct Log {
     pub(crate) sync: Mutex<SyncState>,
     pub(crate) sync_cond: Condvar,
     pub(crate) recovery: RecoveryReport,
-    /// [`Writer::truncations`], readable without the writer's lock (which a segment roll
-    /// holds through several fsyncs).
+    /// Times written data was dropped after a failed write or sync. Changed only under the
+    /// writer's lock; read without it (a segment roll holds that lock through fsyncs).
     pub(crate) truncation_count: AtomicU64,
 }
 
@@ -356,7 +354,7 @@ impl Log {
         if w.needs_repair {
             self.repair(&mut w)?;
         }
-        if since.is_some_and(|t| t != w.truncations) {
+        if since.is_some_and(|t| t != self.truncations()) {
             return Err(LogError::TruncatedSince);
         }
         if w.next_offset + count > i64::MAX as u64 {
@@ -404,7 +402,7 @@ impl Log {
             base_offset: base,
             last_offset: next - 1,
         };
-        let truncations = w.truncations;
+        let truncations = self.truncations();
         let mut pending_slot = None;
         match self.config.durability {
             Durability::Always => {
@@ -568,9 +566,7 @@ impl Log {
     /// retries it before writing.
     fn truncate_writer(&self, w: &mut Writer, to: Point) {
         debug_assert_eq!(to.segment, w.active.base);
-        w.truncations += 1;
-        self.truncation_count
-            .store(w.truncations, Ordering::Release);
+        self.truncation_count.fetch_add(1, Ordering::AcqRel);
         if to.pos < w.write_pos {
             w.active
                 .index

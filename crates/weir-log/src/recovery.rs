@@ -65,7 +65,6 @@ impl Log {
                 bytes_since_checkpoint: 0,
                 last_sync: Instant::now(),
                 closed: false,
-                truncations: 0,
             }),
             view: RwLock::new(View {
                 segments,
