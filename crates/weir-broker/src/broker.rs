@@ -161,6 +161,20 @@ const READ_AHEAD_MAX_BYTES: usize = 8 << 20;
 /// How long a finished read-ahead waits for its reader before its memory is let go.
 const READ_AHEAD_TTL: Duration = Duration::from_secs(2);
 
+/// A read-ahead's read, on the blocking pool: an error if its first batch is over `cap`.
+async fn read_budgeted(
+    log: Arc<Log>,
+    offset: u64,
+    max_bytes: usize,
+    cap: usize,
+) -> Result<ReadResult> {
+    blocking(move || {
+        log.read_within(offset, max_bytes, cap)?
+            .ok_or_else(|| BrokerError::Metadata("read-ahead over budget".into()))
+    })
+    .await
+}
+
 /// The offset after the last whole batch in `chunks`.
 fn end_of(chunks: &[Bytes]) -> Option<u64> {
     let mut end = None;
@@ -940,15 +954,10 @@ impl Broker {
         let mut got = None;
         if let Some(ahead) = ahead {
             // Joins the read if it is still under way (or makes it, if it never started).
-            let log = part.log.clone();
-            let cap = ahead.budgeted;
             let read = ahead
                 .result
                 .get_or_try_init(|| {
-                    blocking(move || {
-                        log.read_within(offset, max_bytes, cap)?
-                            .ok_or_else(|| BrokerError::Metadata("read-ahead over budget".into()))
-                    })
+                    read_budgeted(part.log.clone(), offset, max_bytes, ahead.budgeted)
                 })
                 .await;
             if let Ok(r) = read {
@@ -991,37 +1000,38 @@ impl Broker {
         if !matches!(part.log.read_cached(offset, max_bytes), Ok(None)) {
             return;
         }
-        {
+        let truncations = part.log.truncations();
+        let result = Arc::new(tokio::sync::OnceCell::new());
+        let (claimed, released) = tokio::sync::oneshot::channel::<()>();
+        let replaced = {
+            let mut a = part.ahead.lock();
             // Another reader in step with this one already started it.
-            let a = part.ahead.lock();
             if a.next
                 .as_ref()
                 .is_some_and(|n| n.offset == offset && n.max_bytes >= max_bytes)
             {
                 return;
             }
-        }
-        let kib = budgeted.div_ceil(1024) as u32;
-        let Ok(budget) = self
-            .inner
-            .read_ahead_budget
-            .clone()
-            .try_acquire_many_owned(kib)
-        else {
-            return;
+            let kib = budgeted.div_ceil(1024) as u32;
+            let Ok(budget) = self
+                .inner
+                .read_ahead_budget
+                .clone()
+                .try_acquire_many_owned(kib)
+            else {
+                return;
+            };
+            a.next.replace(ReadAhead {
+                offset,
+                max_bytes,
+                budgeted,
+                truncations,
+                result: result.clone(),
+                _budget: budget,
+                _claimed: claimed,
+            })
         };
-        let result = Arc::new(tokio::sync::OnceCell::new());
-        let (claimed, released) = tokio::sync::oneshot::channel::<()>();
-        let ahead = ReadAhead {
-            offset,
-            max_bytes,
-            budgeted,
-            truncations: part.log.truncations(),
-            result: result.clone(),
-            _budget: budget,
-            _claimed: claimed,
-        };
-        let replaced = part.ahead.lock().next.replace(ahead);
+        // Outside the lock: it may hold a whole read.
         drop(replaced);
         self.inner.read_aheads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("weir_broker_read_aheads_total").increment(1);
@@ -1029,12 +1039,7 @@ impl Broker {
         let part = Arc::downgrade(part);
         tokio::spawn(async move {
             let read = result
-                .get_or_try_init(|| {
-                    blocking(move || {
-                        log.read_within(offset, max_bytes, budgeted)?
-                            .ok_or_else(|| BrokerError::Metadata("read-ahead over budget".into()))
-                    })
-                })
+                .get_or_try_init(|| read_budgeted(log, offset, max_bytes, budgeted))
                 .await
                 .is_ok();
             // Not kept alive from here: once its reader took it, its memory is the reader's.
