@@ -143,7 +143,7 @@ pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
         if flags & FLAG_PING != 0 {
             out.push(Message::Ping(Bytes::new()));
         }
-        take_frames(&conn, &hub, &mut out);
+        let drained = take_frames(&conn, &hub, &mut out);
         if !out.is_empty() {
             if !Box::pin(send_frames(&mut socket, &conn, out)).await {
                 if conn.flags.load(Ordering::Acquire) & FLAG_CLOSE != 0 {
@@ -152,7 +152,12 @@ pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
                 break;
             }
             conn.room.notify_waiters();
-            continue;
+            if !drained {
+                continue;
+            }
+            // Drained: whatever was queued since has left a permit in `wake` (every push,
+            // flag and close notifies it), so waiting below misses nothing and spares a
+            // second look at the queues on every wake-up.
         }
         tokio::select! {
             msg = socket.recv() => {
@@ -202,12 +207,13 @@ async fn send_frames(socket: &mut WebSocket, conn: &Conn, frames: Vec<Message>) 
 
 /// Moves up to [`SEND_BATCH`] frames out of the connection's queues, round robin, each
 /// preceded by a `dropped` notice when its subscription lost records since the last frame.
-fn take_frames(conn: &Conn, hub: &Hub, out: &mut Vec<Message>) {
+/// True when it left every queue empty.
+fn take_frames(conn: &Conn, hub: &Hub, out: &mut Vec<Message>) -> bool {
     let mut st = conn.state.lock();
     out.extend(st.direct.drain(..).map(Message::Text));
     let n = st.subs.len();
     if n == 0 {
-        return;
+        return true;
     }
     let mut idle_rounds = 0;
     let mut sent = 0u64;
@@ -235,7 +241,8 @@ fn take_frames(conn: &Conn, hub: &Hub, out: &mut Vec<Message>) {
             Entry::Notice(text) => out.push(Message::Text(text)),
         }
     }
-    hub.stats.records_sent.fetch_add(sent, Ordering::Relaxed);
+    hub.stats.records_sent.add(conn.id, sent);
+    idle_rounds >= n
 }
 
 fn on_text(
