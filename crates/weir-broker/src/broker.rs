@@ -34,6 +34,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// In-memory tail per partition. Default 8 MiB.
     pub hot_tail_bytes: usize,
+    /// Disk space each partition reserves ahead of its writes (see
+    /// [`weir_log::LogConfig::preallocate_bytes`]). Default 8 MiB; 0 reserves nothing.
+    pub preallocate_bytes: u64,
     /// Smallest and largest session timeout a group member may ask for. Default 1 s and 5 min.
     pub min_session: Duration,
     pub max_session: Duration,
@@ -60,6 +63,7 @@ impl Default for BrokerConfig {
             default_topic: TopicConfig::default(),
             auto_create_topics: false,
             hot_tail_bytes: 8 << 20,
+            preallocate_bytes: 8 << 20,
             min_session: Duration::from_secs(1),
             max_session: Duration::from_secs(300),
             retention_check: Duration::from_secs(60),
@@ -511,7 +515,7 @@ impl Broker {
     }
 
     fn open_topic(config: &BrokerConfig, name: &str, cfg: TopicConfig) -> Result<Topic> {
-        let log_config = cfg.log_config(config.hot_tail_bytes);
+        let log_config = cfg.log_config(config.hot_tail_bytes, config.preallocate_bytes);
         let mut partitions = Vec::with_capacity(cfg.partitions as usize);
         for p in 0..cfg.partitions {
             let dir = topic_dir(&config.data_dir, name).join(p.to_string());

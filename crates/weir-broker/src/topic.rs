@@ -89,13 +89,13 @@ impl TopicConfig {
         if self.retention_ms == Some(0) {
             return bad("retention_ms must be positive (omit it to keep data forever)".into());
         }
-        self.log_config(0)
+        self.log_config(0, 0)
             .validate()
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
     }
 
     /// The configuration of each partition's log.
-    pub fn log_config(&self, hot_tail_bytes: usize) -> LogConfig {
+    pub fn log_config(&self, hot_tail_bytes: usize, preallocate_bytes: u64) -> LogConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
             max_batch_bytes: self.max_batch_bytes as usize,
@@ -107,6 +107,7 @@ impl TopicConfig {
                 DurabilitySetting::Never => Durability::Never,
             },
             hot_tail_bytes,
+            preallocate_bytes,
             retention_age: self.retention_ms.map(Duration::from_millis),
             retention_bytes: self.retention_bytes,
             ..LogConfig::default()

@@ -43,6 +43,12 @@ pub struct LogConfig {
     /// Rewrite the recovery checkpoint after this many synced bytes. Recovery after a crash
     /// scans at most about this much (plus what was written but not synced). Default 128 MiB.
     pub checkpoint_interval_bytes: u64,
+    /// Disk space reserved ahead of the active segment's end, at most this much and at most as
+    /// much as the segment already holds (`fallocate` keeping the file's size, where the file
+    /// system supports it). The file system then allocates blocks once per reservation
+    /// instead of on every write: produce takes 15–20% less CPU (BENCHMARKS.md). A rolled
+    /// segment gives back what it did not use. Default 8 MiB; 0 reserves nothing.
+    pub preallocate_bytes: u64,
 }
 
 /// Hard ceiling on `segment_bytes`: positions in the index are u32.
@@ -60,6 +66,7 @@ impl Default for LogConfig {
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: None,
             checkpoint_interval_bytes: 128 << 20,
+            preallocate_bytes: 8 << 20,
         }
     }
 }

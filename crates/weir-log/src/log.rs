@@ -156,6 +156,8 @@ pub(crate) struct Writer {
     pub synced: Point,
     pub pending: VecDeque<Pending>,
     pub needs_repair: bool,
+    /// The active segment has disk space reserved up to here (`LogConfig::preallocate_bytes`).
+    pub reserved_to: u64,
     pub bytes_since_checkpoint: u64,
     pub last_sync: Instant,
     pub closed: bool,
@@ -377,6 +379,7 @@ impl Log {
         let bytes = buf.freeze();
         let pos = w.write_pos;
         let segment = w.active.clone();
+        self.reserve(&mut w, pos + len);
         if let Err(e) = segment.log.write_all_at(&bytes, pos) {
             let err = LogError::io("write", &segment.log_path, e);
             let at = Point {
@@ -561,6 +564,37 @@ impl Log {
         Ok(())
     }
 
+    /// Reserves disk space past `end` in the active segment before a write reaches it: at most
+    /// `preallocate_bytes` and at most what the segment already holds, so that a partition
+    /// written rarely reserves little. Best effort: a file system that cannot reserve still
+    /// takes the write, and one that is full fails the write itself.
+    fn reserve(&self, w: &mut Writer, end: u64) {
+        let step = self.config.preallocate_bytes;
+        if step == 0 || end <= w.reserved_to {
+            return;
+        }
+        let to = (end + step.min(end)).min(self.config.segment_bytes.max(end));
+        let from = w.reserved_to.max(w.write_pos);
+        if let Err(e) = w.active.log.preallocate(from, to - from) {
+            tracing::debug!(path = %w.active.log_path.display(), error = %e, "could not reserve disk space ahead of writes");
+        }
+        w.reserved_to = to;
+    }
+
+    /// Gives back the disk space reserved past the active segment's end (it is sealed or the
+    /// log closes). Only space is at stake, so a failure is logged and ignored.
+    fn release_reserve(&self, w: &mut Writer) {
+        if w.reserved_to <= w.write_pos {
+            return;
+        }
+        match w.active.log.set_len(w.write_pos) {
+            Ok(()) => w.reserved_to = w.write_pos,
+            Err(e) => {
+                tracing::warn!(path = %w.active.log_path.display(), error = %e, "could not release disk space reserved past the end of a segment");
+            }
+        }
+    }
+
     /// Drops everything written after `to` (which lies in the active segment): a failed write,
     /// or unsynced data after a failed sync. If the truncation itself fails, the next append
     /// retries it before writing.
@@ -574,6 +608,7 @@ impl Log {
                 .truncate(to.pos as u32, (to.offset - w.active.base) as u32);
         }
         w.write_pos = to.pos;
+        w.reserved_to = to.pos; // the truncation releases what was reserved
         w.next_offset = to.offset;
         w.active.truncated_to(to.pos);
         if let Err(e) = w.active.log.set_len(to.pos) {
@@ -614,6 +649,7 @@ impl Log {
         };
         let pending: Vec<_> = w.pending.drain(..).collect();
         self.publish_all(pending);
+        self.release_reserve(w);
         old.index.write().seal();
         old.flush_indexes(true)?;
         old.release_index_files();
@@ -644,6 +680,7 @@ impl Log {
         w.synced = start;
         w.active = new.clone();
         w.write_pos = 0;
+        w.reserved_to = 0;
         w.created = Instant::now();
         w.bytes_since_checkpoint = 0;
         self.view.write().segments.push(new.clone());
@@ -746,6 +783,7 @@ impl Log {
         };
         let log_start = self.view.read().log_start;
         self.write_checkpoint(&leader, &segment, point, true, log_start)?;
+        self.release_reserve(&mut self.writer.lock());
         self.view.write().closed = true;
         Ok(())
     }

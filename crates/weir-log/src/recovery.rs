@@ -62,6 +62,7 @@ impl Log {
                 synced: end_point,
                 pending: Default::default(),
                 needs_repair: false,
+                reserved_to: end.1,
                 bytes_since_checkpoint: 0,
                 last_sync: Instant::now(),
                 closed: false,

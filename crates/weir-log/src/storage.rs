@@ -50,8 +50,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
     /// Writes all of `buf` at `pos`. On error, any prefix of `buf` may have been written.
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
-    /// Truncates or extends the file to `len` bytes.
+    /// Truncates or extends the file to `len` bytes. Space reserved beyond `len` is released.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves disk space for `[pos, pos + len)` without changing the file's length. A hint:
+    /// where it is not supported it does nothing.
+    fn preallocate(&self, _pos: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes the file's data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
 }
@@ -112,7 +117,16 @@ impl StorageFile for RealFile {
         self.0.write_all_at(buf, pos)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        // ftruncate(2) to the current length still releases blocks reserved past it (ext4,
+        // xfs): rolling a segment relies on that.
         self.0.set_len(len)
+    }
+    fn preallocate(&self, pos: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        match fallocate(&self.0, FallocateFlags::KEEP_SIZE, pos, len) {
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            r => r.map_err(io::Error::from),
+        }
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()

@@ -396,3 +396,106 @@ fn sealed_segments_hold_one_file_descriptor_each() {
     // Sealed segments still serve reads and timestamp lookups from their in-memory indexes.
     assert_eq!(read_all(&log, 0).len(), 400);
 }
+
+/// The segment files (`.log`) in `dir`, oldest first, with their length and the bytes the
+/// file system has allocated to them.
+fn segment_files(dir: &std::path::Path) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.len(), m.blocks() * 512)
+        })
+        .collect()
+}
+
+#[test]
+fn disk_space_is_reserved_ahead_of_writes_and_given_back_when_a_segment_rolls() {
+    let config = |preallocate_bytes| LogConfig {
+        segment_bytes: 4 << 20,
+        max_batch_bytes: 1 << 20,
+        preallocate_bytes,
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    // Slack for block rounding. (A roll leaves about 50 KB of the reservation unused: the
+    // last batch that fits ends that far short of the 4 MiB mark.)
+    let slack = 8 << 10;
+
+    // Without preallocation a segment holds about what it has written.
+    let plain = tempfile::tempdir().unwrap();
+    let log = Log::open(plain.path(), config(0)).unwrap();
+    log.append(batch(0, 100, 1000, 0)).unwrap();
+    let [(len, allocated)] = segment_files(plain.path())[..] else {
+        panic!("one segment")
+    };
+    assert!(
+        allocated < len + slack,
+        "{allocated} allocated for {len} bytes"
+    );
+
+    // With it, the first write reserves as much again as the segment holds; the length
+    // stays that of the data.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(1 << 20)).unwrap();
+    let mut expected = Vec::new();
+    let mut append = |tag: u64| {
+        let info = log.append(batch(tag, 100, 1000, 0)).unwrap();
+        expected.extend((0..100).map(|i| (info.base_offset + i as u64, value(tag, i, 1000))));
+    };
+    append(0);
+    let [(len, allocated)] = segment_files(dir.path())[..] else {
+        panic!("one segment")
+    };
+    assert!(len > 100_000 && len < 110_000, "length {len}");
+    assert!(
+        allocated >= 2 * len - 4096,
+        "{allocated} allocated for {len} bytes"
+    );
+
+    // Past 1 MiB the reservation stays at most 1 MiB ahead.
+    for tag in 1..30 {
+        append(tag);
+        let (len, allocated) = *segment_files(dir.path()).last().unwrap();
+        assert!(allocated >= len, "{allocated} allocated for {len} bytes");
+        assert!(
+            allocated < len + (1 << 20) + slack,
+            "{allocated} allocated for {len} bytes"
+        );
+    }
+    // Rolling gives the old segment's unused reservation back; so does closing.
+    let mut tag = 30;
+    while log.segment_count() < 2 {
+        append(tag);
+        tag += 1;
+    }
+    let files = segment_files(dir.path());
+    let (old_len, old_allocated) = files[0];
+    assert!(
+        old_allocated < old_len + slack,
+        "sealed: {old_allocated} allocated for {old_len} bytes"
+    );
+    let (len, allocated) = files[1];
+    assert!(
+        allocated > len + 50_000,
+        "active: {allocated} allocated for {len} bytes"
+    );
+    log.close().unwrap();
+    let (len, allocated) = segment_files(dir.path())[1];
+    assert!(
+        allocated < len + slack,
+        "closed: {allocated} allocated for {len} bytes"
+    );
+
+    // The reserved space never shows up as data.
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20)).unwrap();
+    assert_eq!(read_all(&log, 0), expected);
+}
