@@ -1,7 +1,8 @@
 //! The broker: topics, partitions, produce, fetch, offsets, groups, maintenance.
 //!
-//! All methods are async and never block the runtime: appends and disk reads run on the
-//! blocking pool (`spawn_blocking`); reads the hot tail can answer run inline.
+//! All methods are async and never block the runtime: disk reads run on the blocking pool
+//! (`spawn_blocking`), appends on the calling thread inside `block_in_place` (see
+//! `produce_start`); reads the hot tail can answer run inline.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -207,9 +208,6 @@ struct Topic {
 /// Uncompressed batches up to this size are checked and written on the calling task's own
 /// thread when the write goes no further than the page cache (see `Log::append_start_in_place`).
 const IN_PLACE_APPEND_BYTES: usize = 16 * 1024;
-
-/// Batches up to this size are written without a hop to the blocking pool.
-const INLINE_APPEND_BYTES: usize = 64 * 1024;
 
 static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -846,10 +844,12 @@ impl Broker {
                 (b, Some(at))
             }
         };
-        // A batch up to INLINE_APPEND_BYTES is written on this thread, which saves the round
-        // trip through the blocking pool that dominates small-produce latency;
-        // `block_in_place` keeps the runtime's other tasks moving should the write stall (a
-        // segment roll, dirty-page throttling). The smallest plain ones skip even that (below).
+        // A batch is checked and written on this thread, where it was just received (still in
+        // this core's cache), without the round trip through the blocking pool: that round trip
+        // dominated small-produce latency, and for 1 MB batches it cost 22% more server CPU
+        // (BENCHMARKS.md). `block_in_place` keeps the runtime's other tasks moving meanwhile
+        // (a check, a segment roll, dirty-page throttling). The smallest plain batches skip
+        // even that (below).
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         let batch_len = batch.len() as u64;
@@ -900,7 +900,7 @@ impl Broker {
                         .map_err(BrokerError::from)?;
                     Ok((appended, traceparent))
                 };
-                if batch_len as usize <= INLINE_APPEND_BYTES && multi_thread {
+                if multi_thread {
                     tokio::task::block_in_place(append)?
                 } else {
                     blocking(append).await?
