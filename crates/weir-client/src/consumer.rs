@@ -46,6 +46,9 @@ pub fn decode_records(
         if (h.next_offset() as u64) <= from {
             continue;
         }
+        // Room for the batch's records up front (a record takes at least 7 bytes, which caps
+        // what a lying header can make this reserve).
+        out.reserve((h.record_count.max(0) as usize).min(bytes.len() / 7));
         // Kafka producers' compressed batches are decompressed here; an uncompressed batch's
         // records are handed out as slices of the fetched buffer, not copied.
         // `Batches` checked the CRC already.
@@ -81,6 +84,10 @@ pub fn decode_records(
 }
 
 /// Reads one partition from a position the caller chooses.
+///
+/// As soon as a fetch answers with records, the next fetch (from the end of those records) is
+/// sent, so that the server reads and sends while the application decodes and handles what
+/// it got, as Kafka's consumers do. At most one answer of `max_bytes` waits in memory.
 #[derive(Debug)]
 pub struct PartitionConsumer {
     client: Client,
@@ -89,6 +96,24 @@ pub struct PartitionConsumer {
     position: u64,
     /// Bytes asked for per fetch. Default 1 MiB.
     pub max_bytes: u32,
+    ahead: Option<Prefetch>,
+    fetched_bytes: u64,
+}
+
+/// A fetch sent ahead of the application's next `poll`.
+#[derive(Debug)]
+struct Prefetch {
+    offset: u64,
+    max_bytes: u32,
+    task: tokio::task::JoinHandle<Result<crate::Fetched>>,
+}
+
+impl Drop for PartitionConsumer {
+    fn drop(&mut self) {
+        if let Some(p) = self.ahead.take() {
+            p.task.abort();
+        }
+    }
 }
 
 impl PartitionConsumer {
@@ -100,6 +125,8 @@ impl PartitionConsumer {
             partition,
             position,
             max_bytes: 1 << 20,
+            ahead: None,
+            fetched_bytes: 0,
         })
     }
 
@@ -108,25 +135,87 @@ impl PartitionConsumer {
         self.position
     }
 
+    /// Bytes of record batches received so far (as stored, before decompression).
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched_bytes
+    }
+
     /// Records from the position on; waits up to `max_wait` when there are none yet.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
-        let f = self
-            .client
-            .fetch(
-                &self.topic,
+        let f = match self.ahead.take() {
+            Some(p) if p.offset == self.position && p.max_bytes == self.max_bytes => p
+                .task
+                .await
+                .map_err(|e| ClientError::Io(std::io::Error::other(e)))??,
+            stale => {
+                if let Some(p) = stale {
+                    p.task.abort();
+                }
+                fetch(
+                    &self.client,
+                    &self.topic,
+                    self.partition,
+                    self.position,
+                    self.max_bytes,
+                    max_wait,
+                )
+                .await?
+            }
+        };
+        self.fetched_bytes += f.batches.len() as u64;
+        // Where these batches end, from their headers alone (the CRCs are checked as they are
+        // decoded below): the next fetch goes out before the decoding starts.
+        let end = end_of(&f.batches).filter(|&n| n > self.position);
+        if let Some(next) = end {
+            let (client, topic, partition, max_bytes) = (
+                self.client.clone(),
+                self.topic.clone(),
                 self.partition,
-                self.position,
                 self.max_bytes,
-                1,
-                max_wait,
-            )
-            .await?;
+            );
+            self.ahead = Some(Prefetch {
+                offset: next,
+                max_bytes,
+                task: tokio::spawn(async move {
+                    fetch(&client, &topic, partition, next, max_bytes, max_wait).await
+                }),
+            });
+        }
         let records = decode_records(&self.topic, self.partition, &f.batches, self.position)?;
-        if let Some(last) = records.last() {
-            self.position = last.offset + 1;
+        // Past the last batch even when its last offsets carry no record.
+        if let Some(end) = end {
+            self.position = end;
         }
         Ok(records)
     }
+}
+
+async fn fetch(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_bytes: u32,
+    max_wait: Duration,
+) -> Result<crate::Fetched> {
+    client
+        .fetch(topic, partition, offset, max_bytes, 1, max_wait)
+        .await
+}
+
+/// The offset after the last whole batch in `batches`, read from the headers only.
+fn end_of(batches: &[u8]) -> Option<u64> {
+    let mut rest = batches;
+    let mut end = None;
+    while let Ok(h) = weir_batch::peek(rest) {
+        let len = h.total_len();
+        if len > rest.len() {
+            break;
+        }
+        end = Some(h.next_offset() as u64);
+        rest = &rest[len..];
+    }
+    end
 }
 
 /// Options of a group member.
@@ -735,5 +824,37 @@ impl Drop for Subscription {
             },
             &[],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(base: u64, n: usize) -> Vec<u8> {
+        let mut b = weir_batch::BatchBuilder::new(0);
+        for _ in 0..n {
+            b.push(weir_batch::RecordSpec::value(b"v"));
+        }
+        let mut bytes = b.build();
+        weir_batch::set_base_offset(&mut bytes, base as i64);
+        bytes
+    }
+
+    #[test]
+    fn the_next_fetch_starts_after_the_last_whole_batch() {
+        let mut buf = batch(10, 3);
+        buf.extend(batch(13, 4));
+        assert_eq!(end_of(&buf), Some(17));
+        // A cut-off batch at the end does not count; nothing whole, no position.
+        let whole = buf.len();
+        buf.extend(&batch(17, 2)[..20]);
+        assert_eq!(end_of(&buf), Some(17));
+        assert_eq!(end_of(&buf[whole..]), None);
+        assert_eq!(
+            end_of(b"not a batch at all, but long enough to hold a header........"),
+            None
+        );
+        assert_eq!(end_of(&[]), None);
     }
 }

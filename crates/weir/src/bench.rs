@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use weir_batch::{BatchBuilder, RecordSpec};
 use weir_client::messages as msg;
 use weir_client::producer::{Record, RecordAck};
-use weir_client::{Client, Producer, ProducerConfig, Start};
+use weir_client::{Client, PartitionConsumer, Producer, ProducerConfig, Start};
 
 use crate::Conn;
 
@@ -362,39 +362,24 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                     }
                 }
             } else {
-                while offset < target {
-                    let t = Instant::now();
-                    let f = client
-                        .fetch(
-                            &opts.topic,
-                            partition,
-                            offset,
-                            max_bytes,
-                            1,
-                            Duration::from_secs(1),
-                        )
+                // weir-client's consumer: every batch CRC-checked and every record decoded for
+                // the application, the next fetch sent while this one is decoded.
+                let mut consumer =
+                    PartitionConsumer::new(client, &opts.topic, partition, Start::Offset(offset))
                         .await?;
+                consumer.max_bytes = max_bytes;
+                while consumer.position() < target {
+                    let t = Instant::now();
+                    let records = consumer.poll(Duration::from_secs(1)).await?;
                     latency.record(t.elapsed().as_micros() as u64)?;
-                    bytes += f.batches.len() as u64;
-                    // Check and decode every record, as weir-client's consumers do for an
-                    // application (and a Kafka client does), not just hop from batch header
-                    // to batch header.
-                    for batch in weir_batch::Batches::new(&f.batches) {
-                        let (h, batch) = batch?;
-                        let section = weir_batch::section(&h, batch)?;
-                        let before = messages;
-                        for record in weir_batch::Records::with_payload(h, &section) {
-                            let record = record?;
-                            let at = record.offset as u64;
-                            if at >= offset && at < target {
-                                messages += 1;
-                                payload_bytes += record.value.map_or(0, <[u8]>::len) as u64;
-                            }
-                        }
-                        bar.inc(messages - before);
-                        offset = offset.max(h.next_offset() as u64);
+                    let before = messages;
+                    for r in records.iter().filter(|r| r.offset < target) {
+                        messages += 1;
+                        payload_bytes += r.value.as_ref().map_or(0, Bytes::len) as u64;
                     }
+                    bar.inc(messages - before);
                 }
+                bytes = consumer.fetched_bytes();
             }
             bar.finish_and_clear();
             Report {
