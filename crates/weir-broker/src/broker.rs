@@ -1,8 +1,9 @@
 //! The broker: topics, partitions, produce, fetch, offsets, groups, maintenance.
 //!
-//! All methods are async and never block the runtime: disk reads run on the blocking pool
-//! (`spawn_blocking`), appends on the calling thread inside `block_in_place` (see
-//! `produce_start`); reads the hot tail can answer run inline.
+//! All methods are async and never block the runtime: disk reads and appends that may wait
+//! (a roll, a sync) run on the blocking pool (`spawn_blocking`); appends that go no further
+//! than the page cache run on the calling thread (see `produce_start`), and reads the hot tail
+//! can answer run inline.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -206,7 +207,8 @@ struct Topic {
 }
 
 /// Uncompressed batches up to this size are checked and written on the calling task's own
-/// thread when the write goes no further than the page cache (see `Log::append_start_in_place`).
+/// thread when the write goes no further than the page cache (see `Log::append_start_in_place`);
+/// larger ones the same way inside `block_in_place`.
 const IN_PLACE_APPEND_BYTES: usize = 16 * 1024;
 
 static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -844,12 +846,6 @@ impl Broker {
                 (b, Some(at))
             }
         };
-        // A batch is checked and written on this thread, where it was just received (still in
-        // this core's cache), without the round trip through the blocking pool: that round trip
-        // dominated small-produce latency, and for 1 MB batches it cost 22% more server CPU
-        // (BENCHMARKS.md). `block_in_place` keeps the runtime's other tasks moving meanwhile
-        // (a check, a segment roll, dirty-page throttling). The smallest plain batches skip
-        // even that (below).
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         let batch_len = batch.len() as u64;
@@ -874,20 +870,32 @@ impl Broker {
             .map(Option::flatten)
             .map_err(|e| BrokerError::Log(LogError::InvalidBatch(e)))
         };
-        // A small plain batch whose write only reaches the page cache takes a few
-        // microseconds: it is written on this thread, since any hop would cost more
-        // (`block_in_place` hands the runtime to another thread). The log turns it back if the
-        // append would block (a segment roll, an interval sync, a busy writer).
-        let in_place = if !compressed && batch_len as usize <= IN_PLACE_APPEND_BYTES {
+        // A plain batch whose write goes no further than the page cache is checked and
+        // written on this thread, where it was just received (still in this core's cache):
+        // a small one directly, since any hop would cost more than the write; a larger one
+        // inside `block_in_place`, which moves the runtime's other tasks elsewhere meanwhile
+        // (for 1 MB batches, 22% less server CPU than a hop to the blocking pool; see
+        // BENCHMARKS.md). The log turns a batch back when the append would block (a segment
+        // roll, an interval sync, a disk-space reservation, a busy writer): that append, and
+        // every compressed batch (its check decompresses it), goes to the blocking pool, so
+        // the other requests of the same connection keep moving meanwhile.
+        let in_place = |batch: Bytes| {
             let traceparent = check(&batch)?;
-            match part.log.append_start_in_place(batch, since)? {
+            Ok::<_, BrokerError>(match part.log.append_start_in_place(batch, since)? {
                 weir_log::InPlace::Appended(a) => Ok((a, traceparent)),
                 weir_log::InPlace::WouldBlock(batch) => Err((batch, Some(traceparent))),
-            }
+            })
+        };
+        let first_try = if compressed {
+            Err((batch, None))
+        } else if batch_len as usize <= IN_PLACE_APPEND_BYTES {
+            in_place(batch)?
+        } else if multi_thread {
+            tokio::task::block_in_place(|| in_place(batch))?
         } else {
             Err((batch, None))
         };
-        let (appended, traceparent) = match in_place {
+        let (appended, traceparent) = match first_try {
             Ok(done) => done,
             Err((batch, checked)) => {
                 let append = move || {
@@ -900,11 +908,7 @@ impl Broker {
                         .map_err(BrokerError::from)?;
                     Ok((appended, traceparent))
                 };
-                if multi_thread {
-                    tokio::task::block_in_place(append)?
-                } else {
-                    blocking(append).await?
-                }
+                blocking(append).await?
             }
         };
         let trace = observer

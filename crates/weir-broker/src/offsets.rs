@@ -89,6 +89,8 @@ fn commit_log_config() -> LogConfig {
         retention_age: None,
         retention_bytes: None,
         checkpoint_interval_bytes: 4 << 20,
+        // Small batches into small segments: reserving space ahead would gain nothing.
+        preallocate_bytes: 0,
         ..LogConfig::default()
     }
 }

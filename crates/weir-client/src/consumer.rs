@@ -140,27 +140,34 @@ impl PartitionConsumer {
         self.fetched_bytes
     }
 
-    /// Records from the position on; waits up to `max_wait` when there are none yet.
+    /// Records from the position on; waits up to `max_wait` when there are none yet. A
+    /// prefetched answer not yet arrived when `max_wait` runs out (or when the call is
+    /// dropped) stays for the next call.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
-        let f = match self.ahead.take() {
-            Some(p) if p.offset == self.position && p.max_bytes == self.max_bytes => p
-                .task
-                .await
-                .map_err(|e| ClientError::Io(std::io::Error::other(e)))??,
-            stale => {
-                if let Some(p) = stale {
-                    p.task.abort();
-                }
-                fetch(
-                    &self.client,
-                    &self.topic,
-                    self.partition,
-                    self.position,
-                    self.max_bytes,
-                    max_wait,
-                )
-                .await?
-            }
+        let usable = self
+            .ahead
+            .as_ref()
+            .is_some_and(|p| p.offset == self.position && p.max_bytes == self.max_bytes);
+        if !usable && let Some(p) = self.ahead.take() {
+            p.task.abort();
+        }
+        let f = if let Some(p) = self.ahead.as_mut() {
+            // It may be a long poll begun with an earlier call's longer `max_wait`.
+            let Ok(joined) = tokio::time::timeout(max_wait, &mut p.task).await else {
+                return Ok(Vec::new());
+            };
+            self.ahead = None;
+            joined.map_err(|e| ClientError::Io(std::io::Error::other(e)))??
+        } else {
+            fetch(
+                &self.client,
+                &self.topic,
+                self.partition,
+                self.position,
+                self.max_bytes,
+                max_wait,
+            )
+            .await?
         };
         self.fetched_bytes += f.batches.len() as u64;
         // Where these batches end, from their headers alone (the CRCs are checked as they are

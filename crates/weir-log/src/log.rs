@@ -316,8 +316,8 @@ impl Log {
     /// [`Log::append_start_unless_truncated`] for a caller that must not block (an async
     /// runtime's thread): the batch is written only if that takes no more than a write to the
     /// page cache. If the writer is busy, or the append would roll the segment (which syncs
-    /// the sealed one), sync under an interval policy, or repair a failed truncation, nothing
-    /// is written and the batch comes back, to append off that thread.
+    /// the sealed one), sync under an interval policy, reserve disk space, or repair a failed
+    /// truncation, nothing is written and the batch comes back, to append off that thread.
     pub fn append_start_in_place(&self, batch: Bytes, since: Option<u64>) -> Result<InPlace> {
         self.append_inner(batch, since, true)
     }
@@ -350,7 +350,12 @@ impl Log {
         }
         let interval_due = matches!(self.config.durability,
             Durability::Interval(every) if w.last_sync.elapsed() >= every);
-        if in_place && (w.needs_repair || interval_due || self.should_roll(&w, len, count)) {
+        if in_place
+            && (w.needs_repair
+                || interval_due
+                || self.should_roll(&w, len, count)
+                || self.reserve_due(&w, w.write_pos + len))
+        {
             return Ok(InPlace::WouldBlock(buf.freeze()));
         }
         if w.needs_repair {
@@ -565,20 +570,26 @@ impl Log {
     }
 
     /// Reserves disk space past `end` in the active segment before a write reaches it: at most
-    /// `preallocate_bytes` and at most what the segment already holds, so that a partition
-    /// written rarely reserves little. Best effort: a file system that cannot reserve still
+    /// `preallocate_bytes` and at most what the segment holds once the write is done (`end`),
+    /// so that a partition written rarely reserves little. Best effort: a file system that cannot reserve still
     /// takes the write, and one that is full fails the write itself.
     fn reserve(&self, w: &mut Writer, end: u64) {
-        let step = self.config.preallocate_bytes;
-        if step == 0 || end <= w.reserved_to {
+        if !self.reserve_due(w, end) {
             return;
         }
+        let step = self.config.preallocate_bytes;
         let to = (end + step.min(end)).min(self.config.segment_bytes.max(end));
         let from = w.reserved_to.max(w.write_pos);
         if let Err(e) = w.active.log.preallocate(from, to - from) {
             tracing::debug!(path = %w.active.log_path.display(), error = %e, "could not reserve disk space ahead of writes");
         }
         w.reserved_to = to;
+    }
+
+    /// Whether a write ending at `end` goes past the reserved space (and so reserves more: a
+    /// file-system metadata operation, not for a runtime thread).
+    fn reserve_due(&self, w: &Writer, end: u64) -> bool {
+        self.config.preallocate_bytes > 0 && end > w.reserved_to
     }
 
     /// Gives back the disk space reserved past the active segment's end (it is sealed or the

@@ -500,6 +500,10 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             .log
             .sync_data()
             .map_err(|e| LogError::io("fdatasync", &active.log_path, e))?;
+    } else if let Err(e) = active.log.set_len(end_pos) {
+        // Cutting to the same length gives back disk space reserved past the end before an
+        // unclean stop (`LogConfig::preallocate_bytes`); only space is at stake.
+        tracing::warn!(path = %active.log_path.display(), error = %e, "could not release disk space reserved past the end of a segment");
     }
     // What was read back from the page cache may never have reached the disk (a process crash
     // loses no page cache): sync it before vouching for it in a checkpoint.

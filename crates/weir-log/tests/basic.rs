@@ -498,4 +498,24 @@ fn disk_space_is_reserved_ahead_of_writes_and_given_back_when_a_segment_rolls() 
     drop(log);
     let log = Log::open(dir.path(), config(1 << 20)).unwrap();
     assert_eq!(read_all(&log, 0), expected);
+
+    // A log that stops without closing (as after a crash) gets its reservation back when it
+    // is opened again.
+    for tag in 100..102 {
+        let info = log.append(batch(tag, 100, 1000, 0)).unwrap();
+        expected.extend((0..100).map(|i| (info.base_offset + i as u64, value(tag, i, 1000))));
+    }
+    let (len, allocated) = *segment_files(dir.path()).last().unwrap();
+    assert!(
+        allocated > len + 50_000,
+        "active: {allocated} allocated for {len} bytes"
+    );
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20)).unwrap();
+    let (len, allocated) = *segment_files(dir.path()).last().unwrap();
+    assert!(
+        allocated < len + slack,
+        "reopened: {allocated} allocated for {len} bytes"
+    );
+    assert_eq!(read_all(&log, 0), expected);
 }

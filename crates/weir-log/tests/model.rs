@@ -466,13 +466,17 @@ fn a_conditional_append_is_refused_after_the_batch_it_follows_was_dropped() {
 }
 
 /// An in-place append writes a batch only when that goes no further than the page cache: a
-/// batch that would roll the segment, or arrives when an interval sync is due, comes back
-/// unwritten, and appends normally afterwards.
+/// batch that would roll the segment, arrives when an interval sync is due, or goes past the
+/// disk space reserved comes back unwritten, and appends normally afterwards.
 #[test]
 fn an_in_place_append_turns_back_what_would_block() {
     use weir_log::InPlace;
+    let no_reserve = |durability| LogConfig {
+        preallocate_bytes: 0,
+        ..config(durability)
+    };
     let storage = MemStorage::new();
-    let log = reopen(&storage, &config(Durability::Never));
+    let log = reopen(&storage, &no_reserve(Durability::Never));
     let mut written = 0;
     let turned_back = loop {
         // 4 KiB segments: a few 600-byte batches fit, then one would roll.
@@ -504,7 +508,7 @@ fn an_in_place_append_turns_back_what_would_block() {
     let storage = MemStorage::new();
     let interval = reopen(
         &storage,
-        &config(Durability::Interval(std::time::Duration::from_millis(1))),
+        &no_reserve(Durability::Interval(std::time::Duration::from_millis(1))),
     );
     std::thread::sleep(std::time::Duration::from_millis(5));
     let b = bytes::Bytes::from(batch(1, 1, 10, 0));
@@ -513,4 +517,28 @@ fn an_in_place_append_turns_back_what_would_block() {
         InPlace::WouldBlock(_)
     ));
     assert_eq!(interval.high_watermark(), 0);
+
+    // Reserving disk space is a file-system metadata operation: a first write, which needs
+    // one, comes back; once an append reserved (as much again as it wrote), a batch of the
+    // same size fits in place.
+    let storage = MemStorage::new();
+    let reserving = reopen(
+        &storage,
+        &LogConfig {
+            preallocate_bytes: 1 << 20,
+            ..config(Durability::Never)
+        },
+    );
+    let b = bytes::Bytes::from(batch(1, 1, 600, 0));
+    let InPlace::WouldBlock(b) = reserving.append_start_in_place(b, None).unwrap() else {
+        panic!("a write that needs a reservation was made in place");
+    };
+    let a = reserving.append_start_unless_truncated(b, None).unwrap();
+    reserving.append_wait(a).unwrap();
+    let b = bytes::Bytes::from(batch(2, 1, 600, 0));
+    let InPlace::Appended(a) = reserving.append_start_in_place(b, None).unwrap() else {
+        panic!("a write within the reservation was turned back");
+    };
+    reserving.append_wait(a).unwrap();
+    assert_eq!(reserving.high_watermark(), 2);
 }

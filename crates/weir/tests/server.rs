@@ -141,6 +141,51 @@ fn long_poll_answers_the_moment_data_arrives() {
 }
 
 #[test]
+fn a_consumer_poll_waits_no_longer_than_asked_while_its_prefetch_waits_for_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("quotes", topic(1)).await.unwrap();
+        c.produce("quotes", Some(0), None, batch(&[b"a", b"b"]))
+            .await
+            .unwrap();
+        let mut consumer = PartitionConsumer::new(c.clone(), "quotes", 0, Start::Earliest)
+            .await
+            .unwrap();
+        // The first poll returns the records; the fetch it sends ahead then waits at the end
+        // of the log, for up to 10 s.
+        assert_eq!(
+            consumer.poll(Duration::from_secs(10)).await.unwrap().len(),
+            2
+        );
+        let t = Instant::now();
+        let none = consumer.poll(Duration::from_millis(100)).await.unwrap();
+        assert!(none.is_empty());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "waited {:?}",
+            t.elapsed()
+        );
+        // That fetch is still under way and answers the moment data arrives.
+        c.produce("quotes", Some(0), None, batch(&[b"c"]))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let got = consumer.poll(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(got[0].value.as_deref(), Some(&b"c"[..]));
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(consumer.position(), 3);
+    });
+    server.stop();
+}
+
+#[test]
 fn push_subscriptions_never_exceed_their_credit() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
