@@ -571,8 +571,8 @@ impl Log {
 
     /// Reserves disk space past `end` in the active segment before a write reaches it: at most
     /// `preallocate_bytes` and at most what the segment holds once the write is done (`end`),
-    /// so that a partition written rarely reserves little. Best effort: a file system that cannot reserve still
-    /// takes the write, and one that is full fails the write itself.
+    /// so that a partition written rarely reserves little. Best effort: a file system that
+    /// cannot reserve still takes the write, and one that is full fails the write itself.
     fn reserve(&self, w: &mut Writer, end: u64) {
         if !self.reserve_due(w, end) {
             return;
