@@ -30,6 +30,22 @@ pub use records::{
     Record, RecordHeader, Records, check_records, check_records_with_first, payload, section,
 };
 
+/// The offset after the last whole batch in `buf` (consecutive batches, as a log read returns
+/// them), read from the headers alone: no CRC is checked. `None` if `buf` holds no whole batch.
+pub fn end_offset(buf: &[u8]) -> Option<u64> {
+    let mut rest = buf;
+    let mut end = None;
+    while let Ok(h) = peek(rest) {
+        let len = h.total_len();
+        if len > rest.len() {
+            break;
+        }
+        end = Some(h.next_offset().max(0) as u64);
+        rest = &rest[len..];
+    }
+    end
+}
+
 /// Iterates over consecutive batches in `buf` (as returned by a log read), checking each one
 /// with [`validate`]. Stops at the end of `buf`; a trailing partial or damaged batch yields
 /// one error and ends the iteration.
@@ -74,5 +90,37 @@ impl<'a> Iterator for Batches<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(base: u64, n: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::new(0);
+        for _ in 0..n {
+            b.push(RecordSpec::value(b"v"));
+        }
+        let mut bytes = b.build();
+        set_base_offset(&mut bytes, base as i64);
+        bytes
+    }
+
+    #[test]
+    fn the_end_offset_is_after_the_last_whole_batch() {
+        let mut buf = batch(10, 3);
+        buf.extend(batch(13, 4));
+        assert_eq!(end_offset(&buf), Some(17));
+        // A cut-off batch at the end does not count; nothing whole, no offset.
+        let whole = buf.len();
+        buf.extend(&batch(17, 2)[..20]);
+        assert_eq!(end_offset(&buf), Some(17));
+        assert_eq!(end_offset(&buf[whole..]), None);
+        assert_eq!(
+            end_offset(b"not a batch at all, but long enough to hold a header........"),
+            None
+        );
+        assert_eq!(end_offset(&[]), None);
     }
 }

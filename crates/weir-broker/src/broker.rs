@@ -183,15 +183,7 @@ async fn read_budgeted(
 
 /// The offset after the last whole batch in `chunks`.
 fn end_of(chunks: &[Bytes]) -> Option<u64> {
-    let mut end = None;
-    let last = chunks.iter().rev().find(|c| !c.is_empty())?;
-    let mut at = 0;
-    while at < last.len() {
-        let h = weir_batch::peek(&last[at..]).ok()?;
-        end = Some(h.next_offset().max(0) as u64);
-        at += h.total_len();
-    }
-    end
+    weir_batch::end_offset(chunks.iter().rev().find(|c| !c.is_empty())?)
 }
 
 #[derive(Debug)]

@@ -172,7 +172,7 @@ impl PartitionConsumer {
         self.fetched_bytes += f.batches.len() as u64;
         // Where these batches end, from their headers alone (the CRCs are checked as they are
         // decoded below): the next fetch goes out before the decoding starts.
-        let end = end_of(&f.batches).filter(|&n| n > self.position);
+        let end = weir_batch::end_offset(&f.batches).filter(|&n| n > self.position);
         if let Some(next) = end {
             let (client, topic, partition, max_bytes) = (
                 self.client.clone(),
@@ -208,21 +208,6 @@ async fn fetch(
     client
         .fetch(topic, partition, offset, max_bytes, 1, max_wait)
         .await
-}
-
-/// The offset after the last whole batch in `batches`, read from the headers only.
-fn end_of(batches: &[u8]) -> Option<u64> {
-    let mut rest = batches;
-    let mut end = None;
-    while let Ok(h) = weir_batch::peek(rest) {
-        let len = h.total_len();
-        if len > rest.len() {
-            break;
-        }
-        end = Some(h.next_offset() as u64);
-        rest = &rest[len..];
-    }
-    end
 }
 
 /// Options of a group member.
@@ -831,37 +816,5 @@ impl Drop for Subscription {
             },
             &[],
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batch(base: u64, n: usize) -> Vec<u8> {
-        let mut b = weir_batch::BatchBuilder::new(0);
-        for _ in 0..n {
-            b.push(weir_batch::RecordSpec::value(b"v"));
-        }
-        let mut bytes = b.build();
-        weir_batch::set_base_offset(&mut bytes, base as i64);
-        bytes
-    }
-
-    #[test]
-    fn the_next_fetch_starts_after_the_last_whole_batch() {
-        let mut buf = batch(10, 3);
-        buf.extend(batch(13, 4));
-        assert_eq!(end_of(&buf), Some(17));
-        // A cut-off batch at the end does not count; nothing whole, no position.
-        let whole = buf.len();
-        buf.extend(&batch(17, 2)[..20]);
-        assert_eq!(end_of(&buf), Some(17));
-        assert_eq!(end_of(&buf[whole..]), None);
-        assert_eq!(
-            end_of(b"not a batch at all, but long enough to hold a header........"),
-            None
-        );
-        assert_eq!(end_of(&[]), None);
     }
 }
