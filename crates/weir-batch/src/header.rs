@@ -260,7 +260,7 @@ pub fn validate(buf: &[u8]) -> Result<BatchHeader, BatchError> {
             actual: buf.len(),
         });
     }
-    let computed = crc32c::crc32c(&buf[ATTRIBUTES..]);
+    let computed = crc_fast::crc32_iscsi(&buf[ATTRIBUTES..]);
     if computed != header.crc {
         return Err(BatchError::CrcMismatch {
             stored: header.crc,
@@ -279,7 +279,7 @@ pub fn set_base_offset(buf: &mut [u8], offset: i64) {
 /// Recomputes and stores the CRC after a caller rewrote bytes inside the checked range
 /// (for example LogAppendTime timestamps).
 pub fn reseal(buf: &mut [u8]) {
-    let crc = crc32c::crc32c(&buf[ATTRIBUTES..]);
+    let crc = crc_fast::crc32_iscsi(&buf[ATTRIBUTES..]);
     buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 

@@ -683,7 +683,7 @@ fn encode_snapshot(covered: u64, offsets: &Offsets) -> Vec<u8> {
             }
         }
     }
-    let crc = crc32c::crc32c(&out);
+    let crc = crc_fast::crc32_iscsi(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
@@ -704,7 +704,7 @@ fn decode_snapshot(buf: &[u8]) -> std::result::Result<Snapshot, String> {
         ));
     }
     let stored = u32::from_be_bytes(crc.try_into().map_err(|_| "cut short")?);
-    let actual = crc32c::crc32c(body);
+    let actual = crc_fast::crc32_iscsi(body);
     if stored != actual {
         return Err(format!(
             "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"

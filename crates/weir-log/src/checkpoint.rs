@@ -42,7 +42,7 @@ impl Checkpoint {
         b.extend_from_slice(&self.recovery_segment.to_be_bytes());
         b.extend_from_slice(&self.recovery_position.to_be_bytes());
         b.extend_from_slice(&self.log_start.to_be_bytes());
-        let crc = crc32c::crc32c(&b);
+        let crc = crc_fast::crc32_iscsi(&b);
         b.extend_from_slice(&crc.to_be_bytes());
         b
     }
@@ -56,7 +56,7 @@ impl Checkpoint {
             return Err("checkpoint magic mismatch".into());
         }
         let crc = u32::from_be_bytes(b[40..44].try_into().expect("4"));
-        if crc32c::crc32c(&b[..40]) != crc {
+        if crc_fast::crc32_iscsi(&b[..40]) != crc {
             return Err("checkpoint CRC mismatch".into());
         }
         let version = u16::from_be_bytes(b[4..6].try_into().expect("2"));
