@@ -85,9 +85,11 @@ pub fn decode_records(
 
 /// Reads one partition from a position the caller chooses.
 ///
-/// As soon as a fetch answers with records, the next fetch (from the end of those records) is
-/// sent, so that the server reads and sends while the application decodes and handles what
-/// it got, as Kafka's consumers do. At most one answer of `max_bytes` waits in memory.
+/// Fetches run ahead of the application, as Kafka's consumers do: the moment an answer
+/// arrives, the next fetch (from the end of its batches) is sent, so the server reads and
+/// sends while the application decodes and handles what it got. Besides the answer being
+/// handled, at most two answers of `max_bytes` wait in memory (one ready, one arriving or
+/// waiting its turn); no further fetch is sent while both are there.
 #[derive(Debug)]
 pub struct PartitionConsumer {
     client: Client,
@@ -96,22 +98,55 @@ pub struct PartitionConsumer {
     position: u64,
     /// Bytes asked for per fetch. Default 1 MiB.
     pub max_bytes: u32,
-    ahead: Option<Prefetch>,
+    ahead: Option<Fetcher>,
     fetched_bytes: u64,
 }
 
-/// A fetch sent ahead of the application's next `poll`.
+/// The task sending a [`PartitionConsumer`]'s fetches ahead of its polls, each from where the
+/// last answer's batches end. Stopped when dropped, or when it meets an error (handed over
+/// as its last answer).
 #[derive(Debug)]
-struct Prefetch {
+struct Fetcher {
+    /// Where the next answer to take begins.
     offset: u64,
     max_bytes: u32,
-    task: tokio::task::JoinHandle<Result<crate::Fetched>>,
+    answers: tokio::sync::mpsc::Receiver<Result<crate::Fetched>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for PartitionConsumer {
+impl Drop for Fetcher {
     fn drop(&mut self) {
-        if let Some(p) = self.ahead.take() {
-            p.task.abort();
+        self.task.abort();
+    }
+}
+
+impl Fetcher {
+    /// `max_wait` is each fetch's long-poll wait at the end of the log.
+    fn start(c: &PartitionConsumer, max_wait: Duration) -> Fetcher {
+        let (client, topic, partition, max_bytes) =
+            (c.client.clone(), c.topic.clone(), c.partition, c.max_bytes);
+        let mut offset = c.position;
+        // One answer waits here while the task holds the next, then sends nothing more.
+        let (tx, answers) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            loop {
+                let got = fetch(&client, &topic, partition, offset, max_bytes, max_wait).await;
+                if let Ok(f) = &got
+                    && let Some(end) = weir_batch::end_offset(&f.batches).filter(|&n| n > offset)
+                {
+                    offset = end;
+                }
+                let failed = got.is_err();
+                if tx.send(got).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Fetcher {
+            offset: c.position,
+            max_bytes,
+            answers,
+            task,
         }
     }
 }
@@ -140,60 +175,58 @@ impl PartitionConsumer {
         self.fetched_bytes
     }
 
-    /// Records from the position on; waits up to `max_wait` when there are none yet. A
-    /// prefetched answer not yet arrived when `max_wait` runs out (or when the call is
-    /// dropped) stays for the next call.
+    /// Records from the position on; waits up to `max_wait` when there are none yet. Fetches
+    /// under way when `max_wait` runs out (or when the call is dropped) stay for the next call.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
+        let deadline = tokio::time::Instant::now() + max_wait;
         let usable = self
             .ahead
             .as_ref()
-            .is_some_and(|p| p.offset == self.position && p.max_bytes == self.max_bytes);
-        if !usable && let Some(p) = self.ahead.take() {
-            p.task.abort();
+            .is_some_and(|a| a.offset == self.position && a.max_bytes == self.max_bytes);
+        if !usable {
+            self.ahead = Some(Fetcher::start(self, max_wait));
         }
-        let f = if let Some(p) = self.ahead.as_mut() {
-            // It may be a long poll begun with an earlier call's longer `max_wait`.
-            let Ok(joined) = tokio::time::timeout(max_wait, &mut p.task).await else {
+        let ahead = self.ahead.as_mut().expect("started above");
+        loop {
+            // A fetch begun by an earlier call may have a longer wait than this one.
+            let Ok(got) = tokio::time::timeout_at(deadline, ahead.answers.recv()).await else {
                 return Ok(Vec::new());
             };
-            self.ahead = None;
-            joined.map_err(|e| ClientError::Io(std::io::Error::other(e)))??
-        } else {
-            fetch(
-                &self.client,
-                &self.topic,
-                self.partition,
-                self.position,
-                self.max_bytes,
-                max_wait,
-            )
-            .await?
-        };
-        self.fetched_bytes += f.batches.len() as u64;
-        // Where these batches end, from their headers alone (the CRCs are checked as they are
-        // decoded below): the next fetch goes out before the decoding starts.
-        let end = weir_batch::end_offset(&f.batches).filter(|&n| n > self.position);
-        if let Some(next) = end {
-            let (client, topic, partition, max_bytes) = (
-                self.client.clone(),
-                self.topic.clone(),
-                self.partition,
-                self.max_bytes,
-            );
-            self.ahead = Some(Prefetch {
-                offset: next,
-                max_bytes,
-                task: tokio::spawn(async move {
-                    fetch(&client, &topic, partition, next, max_bytes, max_wait).await
-                }),
-            });
+            let f = match got {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    self.ahead = None;
+                    return Err(e);
+                }
+                None => {
+                    self.ahead = None;
+                    return Err(ClientError::Io(std::io::Error::other(
+                        "the consumer's fetch task stopped",
+                    )));
+                }
+            };
+            if f.batches.is_empty() {
+                // A long poll that ran out: the task has sent the next one.
+                continue;
+            }
+            self.fetched_bytes += f.batches.len() as u64;
+            let records =
+                match decode_records(&self.topic, self.partition, &f.batches, self.position) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        // The task has gone on past these batches; the position has not.
+                        self.ahead = None;
+                        return Err(e);
+                    }
+                };
+            // Past the last batch even when its last offsets carry no record (as the task
+            // computed it, so that its next answer begins here).
+            if let Some(end) = weir_batch::end_offset(&f.batches).filter(|&n| n > self.position) {
+                self.position = end;
+                ahead.offset = end;
+            }
+            return Ok(records);
         }
-        let records = decode_records(&self.topic, self.partition, &f.batches, self.position)?;
-        // Past the last batch even when its last offsets carry no record.
-        if let Some(end) = end {
-            self.position = end;
-        }
-        Ok(records)
     }
 }
 

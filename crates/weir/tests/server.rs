@@ -185,6 +185,63 @@ fn a_consumer_poll_waits_no_longer_than_asked_while_its_prefetch_waits_for_data(
     server.stop();
 }
 
+/// Fetch requests the server has received, from its `/metrics`.
+async fn fetches_received(http: &str) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("weir_native_requests_total{api=\"fetch\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// A `PartitionConsumer` sends its next fetch the moment an answer arrives, not when the
+/// application polls again; and with two answers waiting beside the one handed out it sends
+/// no more, however long the application takes.
+#[test]
+fn a_consumer_fetches_ahead_of_its_polls_two_answers_deep_and_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("deep", topic(1)).await.unwrap();
+        for i in 0..10u8 {
+            c.produce("deep", Some(0), None, batch(&[&[i; 100]]))
+                .await
+                .unwrap();
+        }
+        let mut consumer = PartitionConsumer::new(c.clone(), "deep", 0, Start::Earliest)
+            .await
+            .unwrap();
+        // One batch per answer: a fetch returns at least one whole batch.
+        consumer.max_bytes = 1;
+        let first = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(first.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fetches_received(&server.http).await < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Time for any further fetch to show.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            fetches_received(&server.http).await,
+            3,
+            "the answer handed out, one waiting, one more"
+        );
+        // The answers taken ahead are the next batches, in order, none skipped.
+        for i in 1..10u64 {
+            let got = consumer.poll(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![i]);
+            assert_eq!(got[0].value.as_deref(), Some(&[i as u8; 100][..]));
+        }
+        assert_eq!(consumer.position(), 10);
+    });
+    server.stop();
+}
+
 #[test]
 fn push_subscriptions_never_exceed_their_credit() {
     let dir = tempfile::tempdir().unwrap();
