@@ -343,8 +343,58 @@ struct Feed {
 struct FeedState {
     /// The next offset the feed reads.
     position: u64,
-    subs: Vec<Subscriber>,
+    subs: Subscribers,
     stopped: bool,
+}
+
+impl<'a> IntoIterator for &'a Subscribers {
+    type Item = &'a Subscriber;
+    type IntoIter = std::slice::Iter<'a, Subscriber>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+/// A feed's subscribers: a vector to go through on every delivery, and where each one is
+/// in it, so that one leaves in constant time. (Found by a scan, 10,000 connections closing
+/// at once took 10,000 scans of 10,000 subscribers, each scan with the feed locked.)
+#[derive(Debug, Default)]
+struct Subscribers {
+    list: Vec<Subscriber>,
+    /// Index in `list` by connection id and subscription id.
+    at: HashMap<(u64, u32), usize>,
+}
+
+impl Subscribers {
+    fn push(&mut self, sub: Subscriber) {
+        let key = (sub.conn.id, sub.sub);
+        if let Some(&i) = self.at.get(&key) {
+            self.list[i] = sub;
+            return;
+        }
+        self.at.insert(key, self.list.len());
+        self.list.push(sub);
+    }
+
+    /// Takes out subscription `sub` of connection `conn`, if it is here.
+    fn remove(&mut self, conn: u64, sub: u32) {
+        let Some(i) = self.at.remove(&(conn, sub)) else {
+            return;
+        };
+        self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.at.insert((moved.conn.id, moved.sub), i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.at.clear();
+    }
 }
 
 /// The WebSocket hub: feeds, connections, the sweeper and the counters.
@@ -462,6 +512,8 @@ impl Hub {
     pub fn disconnect(&self, conn: &Arc<Conn>, feeds: &[(String, u32, Format)]) {
         conn.closed.store(true, Ordering::Release);
         conn.room.notify_waiters();
+        // The connection's subscriptions; closed above, it makes no more.
+        let subs: Vec<u32> = conn.state.lock().subs.iter().map(|(id, _)| *id).collect();
         {
             let mut map = self.feeds.lock();
             for key in feeds {
@@ -469,7 +521,9 @@ impl Hub {
                     continue;
                 };
                 let mut st = feed.state.lock();
-                st.subs.retain(|s| s.conn.id != conn.id);
+                for &sub in &subs {
+                    st.subs.remove(conn.id, sub);
+                }
                 if st.subs.is_empty() && !st.stopped {
                     st.stopped = true;
                     map.remove(key);
@@ -477,10 +531,9 @@ impl Hub {
                 }
             }
         }
-        let subs = conn.state.lock().subs.len() as u64;
         self.stats
             .subscriptions_open
-            .fetch_sub(subs, Ordering::Relaxed);
+            .fetch_sub(subs.len() as u64, Ordering::Relaxed);
         self.conns.lock().remove(&conn.id);
         self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
@@ -494,7 +547,7 @@ impl Hub {
                 continue;
             };
             let mut st = feed.state.lock();
-            st.subs.retain(|s| !(s.conn.id == conn.id && s.sub == sub));
+            st.subs.remove(conn.id, sub);
             if st.subs.is_empty() && !st.stopped {
                 st.stopped = true;
                 map.remove(key);
@@ -530,7 +583,11 @@ impl Hub {
             key: key.clone(),
             state: Mutex::new(FeedState {
                 position: sub.from,
-                subs: vec![sub],
+                subs: {
+                    let mut subs = Subscribers::default();
+                    subs.push(sub);
+                    subs
+                },
                 stopped: false,
             }),
             stop: Notify::new(),
@@ -696,6 +753,55 @@ impl Hub {
                     c.flags.fetch_or(FLAG_PING, Ordering::AcqRel);
                     c.wake.notify_one();
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn conn(id: u64) -> Arc<Conn> {
+        Arc::new(Conn {
+            id,
+            wake: Notify::new(),
+            room: Notify::new(),
+            closing: Notify::new(),
+            flags: AtomicU8::new(0),
+            last_seen: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            state: Mutex::new(ConnState::default()),
+        })
+    }
+
+    proptest! {
+        /// Against a plain list: whatever the order of joins and leaves, a feed holds each
+        /// (connection, subscription) once, exactly those joined and not left since.
+        #[test]
+        fn subscribers_match_a_plain_list(ops in prop::collection::vec((any::<bool>(), 0u64..4, 0u32..3, 0u64..100), 1..200)) {
+            let conns: Vec<_> = (0..4).map(conn).collect();
+            let mut subs = Subscribers::default();
+            let mut model: Vec<(u64, u32, u64)> = Vec::new();
+            for (join, c, sub, from) in ops {
+                if join {
+                    subs.push(Subscriber { conn: conns[c as usize].clone(), sub, keys: None, from });
+                    match model.iter_mut().find(|m| (m.0, m.1) == (c, sub)) {
+                        Some(m) => m.2 = from,
+                        None => model.push((c, sub, from)),
+                    }
+                } else {
+                    subs.remove(c, sub);
+                    model.retain(|m| (m.0, m.1) != (c, sub));
+                }
+                let mut got: Vec<_> = subs.into_iter().map(|s| (s.conn.id, s.sub, s.from)).collect();
+                got.sort_unstable();
+                let mut want = model.clone();
+                want.sort_unstable();
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(subs.is_empty(), model.is_empty());
             }
         }
     }
