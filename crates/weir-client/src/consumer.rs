@@ -121,11 +121,21 @@ impl Drop for Fetcher {
 }
 
 impl Fetcher {
-    /// `max_wait` is each fetch's long-poll wait at the end of the log.
-    fn start(c: &PartitionConsumer, max_wait: Duration) -> Fetcher {
-        let (client, topic, partition, max_bytes) =
-            (c.client.clone(), c.topic.clone(), c.partition, c.max_bytes);
-        let mut offset = c.position;
+    /// Starts fetching `partition` of `topic` from `offset`; `max_wait` is each fetch's
+    /// long-poll wait at the end of the log. `ready`, if given, is notified after each answer
+    /// (a group member waits on one for all its partitions).
+    fn start(
+        client: &Client,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+        ready: Option<Arc<tokio::sync::Notify>>,
+    ) -> Fetcher {
+        let (client, topic) = (client.clone(), topic.clone());
+        let start = offset;
+        let mut offset = offset;
         // One answer waits here while the task holds the next, then sends nothing more.
         let (tx, answers) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
@@ -137,18 +147,53 @@ impl Fetcher {
                     offset = end;
                 }
                 let failed = got.is_err();
-                if tx.send(got).await.is_err() || failed {
+                if tx.send(got).await.is_err() {
+                    return;
+                }
+                if let Some(ready) = &ready {
+                    ready.notify_one();
+                }
+                if failed {
                     return;
                 }
             }
         });
         Fetcher {
-            offset: c.position,
+            offset: start,
             max_bytes,
             answers,
             task,
         }
     }
+
+    /// Whether it answers a reader at `position` asking for `max_bytes`.
+    fn serves(&self, position: u64, max_bytes: u32) -> bool {
+        self.offset == position && self.max_bytes == max_bytes
+    }
+
+    /// Decodes answer `f` (not empty) for a reader at `position`; returns its records and
+    /// where the reader is next, which is where this fetcher's next answer begins: past the
+    /// last batch even when its last offsets carry no record. After an error the task has
+    /// gone on past these batches and the reader has not: drop the fetcher.
+    fn take(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        position: u64,
+        f: &crate::Fetched,
+    ) -> Result<(Vec<ReceivedRecord>, u64)> {
+        let records = decode_records(topic, partition, &f.batches, position)?;
+        let next = weir_batch::end_offset(&f.batches)
+            .filter(|&n| n > position)
+            .unwrap_or(position);
+        self.offset = next;
+        Ok((records, next))
+    }
+}
+
+/// The error when a fetch task ended without saying why (it panicked).
+fn fetcher_stopped() -> ClientError {
+    ClientError::Io(std::io::Error::other("the consumer's fetch task stopped"))
 }
 
 impl PartitionConsumer {
@@ -179,12 +224,20 @@ impl PartitionConsumer {
     /// under way when `max_wait` runs out (or when the call is dropped) stay for the next call.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
         let deadline = tokio::time::Instant::now() + max_wait;
-        let usable = self
+        if !self
             .ahead
             .as_ref()
-            .is_some_and(|a| a.offset == self.position && a.max_bytes == self.max_bytes);
-        if !usable {
-            self.ahead = Some(Fetcher::start(self, max_wait));
+            .is_some_and(|a| a.serves(self.position, self.max_bytes))
+        {
+            self.ahead = Some(Fetcher::start(
+                &self.client,
+                &self.topic,
+                self.partition,
+                self.position,
+                self.max_bytes,
+                max_wait,
+                None,
+            ));
         }
         let ahead = self.ahead.as_mut().expect("started above");
         loop {
@@ -200,9 +253,7 @@ impl PartitionConsumer {
                 }
                 None => {
                     self.ahead = None;
-                    return Err(ClientError::Io(std::io::Error::other(
-                        "the consumer's fetch task stopped",
-                    )));
+                    return Err(fetcher_stopped());
                 }
             };
             if f.batches.is_empty() {
@@ -210,22 +261,16 @@ impl PartitionConsumer {
                 continue;
             }
             self.fetched_bytes += f.batches.len() as u64;
-            let records =
-                match decode_records(&self.topic, self.partition, &f.batches, self.position) {
-                    Ok(records) => records,
-                    Err(e) => {
-                        // The task has gone on past these batches; the position has not.
-                        self.ahead = None;
-                        return Err(e);
-                    }
-                };
-            // Past the last batch even when its last offsets carry no record (as the task
-            // computed it, so that its next answer begins here).
-            if let Some(end) = weir_batch::end_offset(&f.batches).filter(|&n| n > self.position) {
-                self.position = end;
-                ahead.offset = end;
-            }
-            return Ok(records);
+            return match ahead.take(&self.topic, self.partition, self.position, &f) {
+                Ok((records, next)) => {
+                    self.position = next;
+                    Ok(records)
+                }
+                Err(e) => {
+                    self.ahead = None;
+                    Err(e)
+                }
+            };
         }
     }
 }
@@ -279,9 +324,21 @@ pub struct GroupConsumer {
     next: usize,
     rebalance: Arc<AtomicBool>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// Bytes asked for per fetch. Default 1 MiB.
+    /// Bytes asked for per fetch of one partition. Default 1 MiB; with many partitions at
+    /// most [`GROUP_AHEAD_BYTES`] ÷ their number (not under 64 KiB).
     pub max_bytes: u32,
+    /// Each owned partition's fetches, run ahead as [`PartitionConsumer`]'s are.
+    fetchers: HashMap<(Arc<str>, u32), Fetcher>,
+    /// Notified by the fetchers after each answer.
+    ready: Arc<tokio::sync::Notify>,
 }
+
+/// What a group member's partitions may fetch at once, in all: each partition's fetches ask
+/// for at most this much divided by the number of partitions, so the answers that wait (two
+/// per partition at most) stay within twice this, however many partitions a member owns.
+pub const GROUP_AHEAD_BYTES: u32 = 32 << 20;
+/// The least a partition's fetch asks for, however many partitions share the budget.
+const MIN_PARTITION_FETCH_BYTES: u32 = 64 << 10;
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
@@ -312,6 +369,8 @@ impl GroupConsumer {
             rebalance: Arc::new(AtomicBool::new(false)),
             heartbeat: None,
             max_bytes: 1 << 20,
+            fetchers: HashMap::new(),
+            ready: Arc::new(tokio::sync::Notify::new()),
         };
         c.rejoin().await?;
         Ok(c)
@@ -381,6 +440,10 @@ impl GroupConsumer {
             .client
             .fetch_offsets(&self.group, &parts, self.options.reset_earliest)
             .await?;
+        // Partitions this member no longer owns stop fetching (what they fetched ahead is
+        // dropped unread, and their positions were committed or are lost with them).
+        let owned: std::collections::HashSet<&(Arc<str>, u32)> = self.assignment.iter().collect();
+        self.fetchers.retain(|k, _| owned.contains(k));
         let old = std::mem::take(&mut self.positions);
         for (t, p, o) in offsets {
             let key = (Arc::<str>::from(t.as_str()), p);
@@ -423,8 +486,12 @@ impl GroupConsumer {
         Ok(())
     }
 
-    /// Records from the member's partitions; waits up to `max_wait` when there are none.
-    /// Follows a rebalance first when one is pending.
+    /// Records from the member's partitions; waits up to `max_wait` when there are none, and
+    /// returns as soon as any of them has some. Follows a rebalance first when one is pending.
+    ///
+    /// Each partition's fetches run ahead of the polls in a task of its own (see
+    /// [`PartitionConsumer`]), each long-polling its partition; the partitions take turns
+    /// in what one call returns.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
         if self.rebalance.load(Ordering::Acquire) {
             self.rejoin().await?;
@@ -433,42 +500,84 @@ impl GroupConsumer {
             tokio::time::sleep(max_wait.min(Duration::from_millis(200))).await;
             return Ok(Vec::new());
         }
+        let deadline = tokio::time::Instant::now() + max_wait;
         let n = self.assignment.len();
-        for i in 0..n {
-            let idx = (self.next + i) % n;
-            let (topic, partition) = self.assignment[idx].clone();
-            let pos = self
-                .positions
-                .get(&(topic.clone(), partition))
-                .copied()
-                .unwrap_or(0);
-            // Only the last partition tried waits, so one quiet partition does not hold up the rest.
-            let wait = if i + 1 == n { max_wait } else { Duration::ZERO };
-            let f = match self
-                .client
-                .fetch(&topic, partition, pos, self.max_bytes, 1, wait)
-                .await
-            {
-                Ok(f) => f,
-                Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
-                    // Retention passed our position: continue from the log start.
-                    let start = self
-                        .client
-                        .list_offsets(&topic, partition, Start::Earliest)
-                        .await?;
-                    self.positions.insert((topic, partition), start);
-                    continue;
+        let max_bytes = self
+            .max_bytes
+            .min((GROUP_AHEAD_BYTES / n as u32).max(MIN_PARTITION_FETCH_BYTES));
+        let ready = self.ready.clone();
+        loop {
+            // Registered before looking, so that an answer arriving meanwhile is not missed.
+            let answered = ready.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            for i in 0..n {
+                let idx = (self.next + i) % n;
+                let key = self.assignment[idx].clone();
+                let pos = self.positions.get(&key).copied().unwrap_or(0);
+                let fetcher = match self.fetchers.entry(key.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e)
+                        if e.get().serves(pos, max_bytes) =>
+                    {
+                        e.into_mut()
+                    }
+                    e => {
+                        let f = Fetcher::start(
+                            &self.client,
+                            &key.0,
+                            key.1,
+                            pos,
+                            max_bytes,
+                            max_wait,
+                            Some(ready.clone()),
+                        );
+                        e.insert_entry(f).into_mut()
+                    }
+                };
+                let got = match fetcher.answers.try_recv() {
+                    Ok(got) => got,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => continue,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        Err(fetcher_stopped())
+                    }
+                };
+                let taken = match got {
+                    // A long poll that ran out: the task has sent the next one.
+                    Ok(f) if f.batches.is_empty() => continue,
+                    Ok(f) => fetcher.take(&key.0, key.1, pos, &f),
+                    Err(e) => Err(e),
+                };
+                match taken {
+                    Ok((records, next)) => {
+                        self.positions.insert(key, next);
+                        if !records.is_empty() {
+                            self.next = idx + 1;
+                            return Ok(records);
+                        }
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                        // Retention passed our position: continue from the log start.
+                        self.fetchers.remove(&key);
+                        let start = self
+                            .client
+                            .list_offsets(&key.0, key.1, Start::Earliest)
+                            .await?;
+                        self.positions.insert(key, start);
+                    }
+                    Err(e) => {
+                        self.fetchers.remove(&key);
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(e),
-            };
-            let records = decode_records(&topic, partition, &f.batches, pos)?;
-            if let Some(last) = records.last() {
-                self.positions.insert((topic, partition), last.offset + 1);
-                self.next = idx + 1;
-                return Ok(records);
+            }
+            // A rebalance is followed by the next call.
+            if self.rebalance.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return Ok(Vec::new());
             }
         }
-        Ok(Vec::new())
     }
 
     /// Commits the member's positions. Fails with REBALANCE_IN_PROGRESS or
@@ -511,6 +620,7 @@ impl GroupConsumer {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
+        self.fetchers.clear();
         self.client.leave_group(&self.group, &self.member_id).await
     }
 }

@@ -311,6 +311,53 @@ fn push_subscriptions_never_exceed_their_credit() {
     });
 }
 
+/// A group member waits on all its partitions at once: a record on either of its two
+/// partitions ends a waiting poll at once, whichever partition it looked at last.
+#[test]
+fn a_group_members_poll_returns_when_any_of_its_partitions_gets_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("pair", topic(2)).await.unwrap();
+        let c = Client::connect(&server.addr, "member").await.unwrap();
+        let mut member = GroupConsumer::join(c, "watchers", &["pair"], GroupOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(member.assignment().len(), 2, "the only member owns both");
+        assert!(
+            member
+                .poll(Duration::from_millis(100))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for (i, p) in [0u32, 1, 0, 1].into_iter().enumerate() {
+            let value = format!("r{i}");
+            let t = Instant::now();
+            let (got, ()) = tokio::join!(member.poll(Duration::from_secs(10)), async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                admin
+                    .produce("pair", Some(p), None, batch(&[value.as_bytes()]))
+                    .await
+                    .unwrap();
+            });
+            let got = got.unwrap();
+            assert_eq!(got.len(), 1, "record {i}");
+            assert_eq!(got[0].partition, p);
+            assert_eq!(got[0].value.as_deref(), Some(value.as_bytes()));
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "record {i} on partition {p} waited {:?}",
+                t.elapsed()
+            );
+        }
+        member.commit().await.unwrap();
+        member.leave().await.unwrap();
+    });
+    server.stop();
+}
+
 #[test]
 fn group_members_share_partitions_and_a_dead_members_move_after_its_session() {
     let dir = tempfile::tempdir().unwrap();
