@@ -4,10 +4,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use weir_batch::{Batches, Records};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode};
@@ -99,19 +100,45 @@ pub struct PartitionConsumer {
     /// Bytes asked for per fetch. Default 1 MiB.
     pub max_bytes: u32,
     ahead: Option<Fetcher>,
+    /// The latest poll's wait, for the fetches sent ahead.
+    wait_ms: Arc<AtomicU64>,
     fetched_bytes: u64,
 }
 
-/// The task sending a [`PartitionConsumer`]'s fetches ahead of its polls, each from where the
-/// last answer's batches end. Stopped when dropped, or when it meets an error (handed over
-/// as its last answer).
+/// The task sending a consumer's fetches of one partition ahead of its polls, each from
+/// where the last answer's batches end. Stopped when dropped, or when it meets an error
+/// (handed over as its last answer).
 #[derive(Debug)]
 struct Fetcher {
     /// Where the next answer to take begins.
     offset: u64,
     max_bytes: u32,
-    answers: tokio::sync::mpsc::Receiver<Result<crate::Fetched>>,
+    rest_when_idle: bool,
+    answers: tokio::sync::mpsc::Receiver<Answer>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A fetch's answer, with the permit it holds until it is taken (see [`Pace::limit`]).
+#[derive(Debug)]
+struct Answer {
+    got: Result<crate::Fetched>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How a fetcher's fetches go, shared with its consumer.
+#[derive(Debug, Clone)]
+struct Pace {
+    /// The long-poll wait, in milliseconds, of the consumer's latest poll: read at each fetch.
+    wait_ms: Arc<AtomicU64>,
+    /// Fetches do not long-poll (with many partitions each would hold one of the
+    /// connection's request slots, which its heartbeats and commits need too); a fetcher
+    /// that found nothing rests for the wait instead.
+    rest_when_idle: bool,
+    /// Answers fetched or being fetched at once across a group member's partitions: a permit
+    /// is taken before each fetch and goes with its answer until the answer is taken.
+    limit: Option<Arc<Semaphore>>,
+    /// Notified after each answer.
+    ready: Option<Arc<Notify>>,
 }
 
 impl Drop for Fetcher {
@@ -121,54 +148,88 @@ impl Drop for Fetcher {
 }
 
 impl Fetcher {
-    /// Starts fetching `partition` of `topic` from `offset`; `max_wait` is each fetch's
-    /// long-poll wait at the end of the log. `ready`, if given, is notified after each answer
-    /// (a group member waits on one for all its partitions).
+    /// Starts fetching `partition` of `topic` from `offset`.
     fn start(
         client: &Client,
         topic: &Arc<str>,
         partition: u32,
         offset: u64,
         max_bytes: u32,
-        max_wait: Duration,
-        ready: Option<Arc<tokio::sync::Notify>>,
+        pace: Pace,
     ) -> Fetcher {
         let (client, topic) = (client.clone(), topic.clone());
+        let rest_when_idle = pace.rest_when_idle;
         let start = offset;
         let mut offset = offset;
         // One answer waits here while the task holds the next, then sends nothing more.
         let (tx, answers) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
             loop {
-                let got = fetch(&client, &topic, partition, offset, max_bytes, max_wait).await;
+                let permit = match &pace.limit {
+                    Some(limit) => Some(
+                        limit
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the limit is never closed"),
+                    ),
+                    None => None,
+                };
+                let wait = Duration::from_millis(pace.wait_ms.load(Ordering::Relaxed));
+                let fetch_wait = if pace.rest_when_idle {
+                    Duration::ZERO
+                } else {
+                    wait
+                };
+                let mut got =
+                    fetch(&client, &topic, partition, offset, max_bytes, fetch_wait).await;
+                let idle = got.as_ref().is_ok_and(|f| f.batches.is_empty());
                 if let Ok(f) = &got
-                    && let Some(end) = weir_batch::end_offset(&f.batches).filter(|&n| n > offset)
+                    && !idle
                 {
-                    offset = end;
+                    match weir_batch::end_offset(&f.batches).filter(|&n| n > offset) {
+                        Some(end) => offset = end,
+                        // Taken, it would move nothing: the same fetch would come back forever.
+                        None => {
+                            got = Err(ClientError::Protocol(format!(
+                                "a fetch from offset {offset} was answered with batches that do not go past it"
+                            )));
+                        }
+                    }
                 }
                 let failed = got.is_err();
-                if tx.send(got).await.is_err() {
+                let answer = Answer {
+                    got,
+                    _permit: permit,
+                };
+                if tx.send(answer).await.is_err() {
                     return;
                 }
-                if let Some(ready) = &ready {
+                if let Some(ready) = &pace.ready {
                     ready.notify_one();
                 }
                 if failed {
                     return;
+                }
+                if idle && pace.rest_when_idle {
+                    tokio::time::sleep(wait).await;
                 }
             }
         });
         Fetcher {
             offset: start,
             max_bytes,
+            rest_when_idle,
             answers,
             task,
         }
     }
 
     /// Whether it answers a reader at `position` asking for `max_bytes`.
-    fn serves(&self, position: u64, max_bytes: u32) -> bool {
-        self.offset == position && self.max_bytes == max_bytes
+    fn serves(&self, position: u64, max_bytes: u32, rest_when_idle: bool) -> bool {
+        self.offset == position
+            && self.max_bytes == max_bytes
+            && self.rest_when_idle == rest_when_idle
     }
 
     /// Decodes answer `f` (not empty) for a reader at `position`; returns its records and
@@ -191,6 +252,11 @@ impl Fetcher {
     }
 }
 
+/// A wait in whole milliseconds, as fetches carry it.
+fn wait_ms(wait: Duration) -> u64 {
+    wait.as_millis().min(u128::from(u32::MAX)) as u64
+}
+
 /// The error when a fetch task ended without saying why (it panicked).
 fn fetcher_stopped() -> ClientError {
     ClientError::Io(std::io::Error::other("the consumer's fetch task stopped"))
@@ -206,6 +272,7 @@ impl PartitionConsumer {
             position,
             max_bytes: 1 << 20,
             ahead: None,
+            wait_ms: Arc::new(AtomicU64::new(0)),
             fetched_bytes: 0,
         })
     }
@@ -224,19 +291,25 @@ impl PartitionConsumer {
     /// under way when `max_wait` runs out (or when the call is dropped) stay for the next call.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
         let deadline = tokio::time::Instant::now() + max_wait;
+        self.wait_ms.store(wait_ms(max_wait), Ordering::Relaxed);
         if !self
             .ahead
             .as_ref()
-            .is_some_and(|a| a.serves(self.position, self.max_bytes))
+            .is_some_and(|a| a.serves(self.position, self.max_bytes, false))
         {
+            let pace = Pace {
+                wait_ms: self.wait_ms.clone(),
+                rest_when_idle: false,
+                limit: None,
+                ready: None,
+            };
             self.ahead = Some(Fetcher::start(
                 &self.client,
                 &self.topic,
                 self.partition,
                 self.position,
                 self.max_bytes,
-                max_wait,
-                None,
+                pace,
             ));
         }
         let ahead = self.ahead.as_mut().expect("started above");
@@ -245,7 +318,7 @@ impl PartitionConsumer {
             let Ok(got) = tokio::time::timeout_at(deadline, ahead.answers.recv()).await else {
                 return Ok(Vec::new());
             };
-            let f = match got {
+            let f = match got.map(|a| a.got) {
                 Some(Ok(f)) => f,
                 Some(Err(e)) => {
                     self.ahead = None;
@@ -324,21 +397,26 @@ pub struct GroupConsumer {
     next: usize,
     rebalance: Arc<AtomicBool>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// Bytes asked for per fetch of one partition. Default 1 MiB; with many partitions at
-    /// most [`GROUP_AHEAD_BYTES`] ÷ their number (not under 64 KiB).
+    /// Bytes asked for per fetch of one partition. Default 1 MiB.
     pub max_bytes: u32,
     /// Each owned partition's fetches, run ahead as [`PartitionConsumer`]'s are.
     fetchers: HashMap<(Arc<str>, u32), Fetcher>,
-    /// Notified by the fetchers after each answer.
-    ready: Arc<tokio::sync::Notify>,
+    /// The latest poll's wait, for the fetches sent ahead.
+    wait_ms: Arc<AtomicU64>,
+    /// [`GROUP_FETCHES_AHEAD`] permits, one per answer fetched or being fetched.
+    limit: Arc<Semaphore>,
+    /// Notified by the fetchers after each answer, and by the heartbeat when a rebalance
+    /// begins.
+    ready: Arc<Notify>,
 }
 
-/// What a group member's partitions may fetch at once, in all: each partition's fetches ask
-/// for at most this much divided by the number of partitions, so the answers that wait (two
-/// per partition at most) stay within twice this, however many partitions a member owns.
-pub const GROUP_AHEAD_BYTES: u32 = 32 << 20;
-/// The least a partition's fetch asks for, however many partitions share the budget.
-const MIN_PARTITION_FETCH_BYTES: u32 = 64 << 10;
+/// Answers a group member may have fetched or be fetching at once, across its partitions:
+/// what waits in memory stays within this many times `max_bytes` (or a stored batch, when
+/// one is larger), and its fetches hold this many of the connection's request slots at most
+/// (the server reads 64 requests ahead per connection, and the member's heartbeats and
+/// commits share it). A member owning more partitions than this does not long-poll each:
+/// a partition found empty is asked again after the poll's wait.
+pub const GROUP_FETCHES_AHEAD: usize = 16;
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
@@ -370,7 +448,9 @@ impl GroupConsumer {
             heartbeat: None,
             max_bytes: 1 << 20,
             fetchers: HashMap::new(),
-            ready: Arc::new(tokio::sync::Notify::new()),
+            wait_ms: Arc::new(AtomicU64::new(0)),
+            limit: Arc::new(Semaphore::new(GROUP_FETCHES_AHEAD)),
+            ready: Arc::new(Notify::new()),
         };
         c.rejoin().await?;
         Ok(c)
@@ -452,12 +532,13 @@ impl GroupConsumer {
             self.positions.insert(key, pos);
         }
         self.rebalance.store(false, Ordering::Release);
-        let (client, group, member, generation, flag) = (
+        let (client, group, member, generation, flag, ready) = (
             self.client.clone(),
             self.group.clone(),
             self.member_id.clone(),
             self.generation,
             self.rebalance.clone(),
+            self.ready.clone(),
         );
         let every = (self.options.session_timeout / 3).max(Duration::from_millis(50));
         self.heartbeat = Some(tokio::spawn(async move {
@@ -476,6 +557,8 @@ impl GroupConsumer {
                         ) =>
                     {
                         flag.store(true, Ordering::Release);
+                        // A waiting poll follows it now.
+                        ready.notify_one();
                         return;
                     }
                     Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
@@ -487,97 +570,98 @@ impl GroupConsumer {
     }
 
     /// Records from the member's partitions; waits up to `max_wait` when there are none, and
-    /// returns as soon as any of them has some. Follows a rebalance first when one is pending.
+    /// returns as soon as any of them has some. Follows a rebalance when one begins.
     ///
     /// Each partition's fetches run ahead of the polls in a task of its own (see
-    /// [`PartitionConsumer`]), each long-polling its partition; the partitions take turns
-    /// in what one call returns.
+    /// [`PartitionConsumer`]), within [`GROUP_FETCHES_AHEAD`] answers for all; the partitions
+    /// take turns in what one call returns.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
-        if self.rebalance.load(Ordering::Acquire) {
-            self.rejoin().await?;
-        }
-        if self.assignment.is_empty() {
-            tokio::time::sleep(max_wait.min(Duration::from_millis(200))).await;
-            return Ok(Vec::new());
-        }
         let deadline = tokio::time::Instant::now() + max_wait;
-        let n = self.assignment.len();
-        let max_bytes = self
-            .max_bytes
-            .min((GROUP_AHEAD_BYTES / n as u32).max(MIN_PARTITION_FETCH_BYTES));
+        self.wait_ms.store(wait_ms(max_wait), Ordering::Relaxed);
         let ready = self.ready.clone();
         loop {
+            if self.rebalance.load(Ordering::Acquire) {
+                self.rejoin().await?;
+            }
+            if self.assignment.is_empty() {
+                let nap = tokio::time::Instant::now() + Duration::from_millis(200);
+                tokio::time::sleep_until(deadline.min(nap)).await;
+                return Ok(Vec::new());
+            }
             // Registered before looking, so that an answer arriving meanwhile is not missed.
             let answered = ready.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
-            for i in 0..n {
-                let idx = (self.next + i) % n;
-                let key = self.assignment[idx].clone();
-                let pos = self.positions.get(&key).copied().unwrap_or(0);
-                let fetcher = match self.fetchers.entry(key.clone()) {
-                    std::collections::hash_map::Entry::Occupied(e)
-                        if e.get().serves(pos, max_bytes) =>
-                    {
-                        e.into_mut()
-                    }
-                    e => {
-                        let f = Fetcher::start(
-                            &self.client,
-                            &key.0,
-                            key.1,
-                            pos,
-                            max_bytes,
-                            max_wait,
-                            Some(ready.clone()),
-                        );
-                        e.insert_entry(f).into_mut()
-                    }
-                };
-                let got = match fetcher.answers.try_recv() {
-                    Ok(got) => got,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => continue,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                        Err(fetcher_stopped())
-                    }
-                };
-                let taken = match got {
-                    // A long poll that ran out: the task has sent the next one.
-                    Ok(f) if f.batches.is_empty() => continue,
-                    Ok(f) => fetcher.take(&key.0, key.1, pos, &f),
-                    Err(e) => Err(e),
-                };
-                match taken {
-                    Ok((records, next)) => {
-                        self.positions.insert(key, next);
-                        if !records.is_empty() {
-                            self.next = idx + 1;
-                            return Ok(records);
-                        }
-                    }
-                    Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
-                        // Retention passed our position: continue from the log start.
-                        self.fetchers.remove(&key);
-                        let start = self
-                            .client
-                            .list_offsets(&key.0, key.1, Start::Earliest)
-                            .await?;
-                        self.positions.insert(key, start);
-                    }
-                    Err(e) => {
-                        self.fetchers.remove(&key);
-                        return Err(e);
-                    }
-                }
-            }
-            // A rebalance is followed by the next call.
-            if self.rebalance.load(Ordering::Acquire) {
-                return Ok(Vec::new());
+            if let Some(records) = self.take_answer().await? {
+                return Ok(records);
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    /// Looks at each owned partition once, round robin, starting fetchers where none serves;
+    /// the records of the first answer that has some.
+    async fn take_answer(&mut self) -> Result<Option<Vec<ReceivedRecord>>> {
+        let n = self.assignment.len();
+        let rest_when_idle = n > GROUP_FETCHES_AHEAD;
+        for i in 0..n {
+            let idx = (self.next + i) % n;
+            let key = self.assignment[idx].clone();
+            let pos = self.positions.get(&key).copied().unwrap_or(0);
+            let fetcher = match self.fetchers.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(e)
+                    if e.get().serves(pos, self.max_bytes, rest_when_idle) =>
+                {
+                    e.into_mut()
+                }
+                e => {
+                    let pace = Pace {
+                        wait_ms: self.wait_ms.clone(),
+                        rest_when_idle,
+                        limit: Some(self.limit.clone()),
+                        ready: Some(self.ready.clone()),
+                    };
+                    let f = Fetcher::start(&self.client, &key.0, key.1, pos, self.max_bytes, pace);
+                    e.insert_entry(f).into_mut()
+                }
+            };
+            let got = match fetcher.answers.try_recv() {
+                Ok(answer) => answer.got,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => continue,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Err(fetcher_stopped()),
+            };
+            let taken = match got {
+                // Nothing new (the task sends the next fetch).
+                Ok(f) if f.batches.is_empty() => continue,
+                Ok(f) => fetcher.take(&key.0, key.1, pos, &f),
+                Err(e) => Err(e),
+            };
+            match taken {
+                Ok((records, next)) => {
+                    self.positions.insert(key, next);
+                    if !records.is_empty() {
+                        self.next = idx + 1;
+                        return Ok(Some(records));
+                    }
+                }
+                Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                    // Retention passed our position: continue from the log start.
+                    self.fetchers.remove(&key);
+                    let start = self
+                        .client
+                        .list_offsets(&key.0, key.1, Start::Earliest)
+                        .await?;
+                    self.positions.insert(key, start);
+                }
+                Err(e) => {
+                    self.fetchers.remove(&key);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Commits the member's positions. Fails with REBALANCE_IN_PROGRESS or

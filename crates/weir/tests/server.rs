@@ -242,6 +242,38 @@ fn a_consumer_fetches_ahead_of_its_polls_two_answers_deep_and_no_further() {
     server.stop();
 }
 
+/// A consumer at the end of the log long-polls with its latest poll's wait: a first poll
+/// that asked not to wait does not leave its fetches spinning without a wait.
+#[test]
+fn a_caught_up_consumer_long_polls_with_its_latest_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("quiet", topic(1)).await.unwrap();
+        let mut consumer = PartitionConsumer::new(c.clone(), "quiet", 0, Start::Earliest)
+            .await
+            .unwrap();
+        assert!(consumer.poll(Duration::ZERO).await.unwrap().is_empty());
+        // The fetch under way was sent without a wait; the ones after it wait 1 s.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = fetches_received(&server.http).await;
+        assert!(
+            consumer
+                .poll(Duration::from_millis(1500))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let during = fetches_received(&server.http).await - before;
+        assert!(
+            during <= 4,
+            "{during} fetches in 1.5 s at the end of the log"
+        );
+    });
+    server.stop();
+}
+
 #[test]
 fn push_subscriptions_never_exceed_their_credit() {
     let dir = tempfile::tempdir().unwrap();
