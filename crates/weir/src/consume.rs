@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use futures::StreamExt;
 use weir_client::consumer::GroupOptions;
 use weir_client::{Client, GroupConsumer, PartitionConsumer, ReceivedRecord, Start};
 
@@ -144,19 +145,31 @@ pub async fn run(args: Args) -> Result<()> {
         ));
     }
     'outer: loop {
-        let mut progressed = false;
-        for (c, end) in consumers.iter_mut() {
-            if !args.follow && c.position() >= *end {
-                continue;
+        // Every partition still to read waits at once; the first to have records answers
+        // (a poll cut short keeps what its fetch brings for the next one).
+        let mut polls: futures::stream::FuturesUnordered<_> = consumers
+            .iter_mut()
+            .filter(|(c, end)| args.follow || c.position() < *end)
+            .map(|(c, end)| {
+                let end = *end;
+                async move { (c.poll(wait).await, end) }
+            })
+            .collect();
+        if polls.is_empty() {
+            break;
+        }
+        let mut got = None;
+        while let Some((records, end)) = polls.next().await {
+            let records = records?;
+            if !records.is_empty() {
+                got = Some((records, end));
+                break;
             }
-            let w = if consumers_len_one(args.partition) || args.follow {
-                wait
-            } else {
-                Duration::ZERO
-            };
-            let records = c.poll(w).await?;
+        }
+        drop(polls);
+        if let Some((records, end)) = got {
             for r in &records {
-                if !args.follow && r.offset >= *end {
+                if !args.follow && r.offset >= end {
                     break;
                 }
                 print(&mut out, json, r)?;
@@ -165,20 +178,9 @@ pub async fn run(args: Args) -> Result<()> {
                     break 'outer;
                 }
             }
-            progressed |= !records.is_empty();
-        }
-        out.flush()?;
-        if !args.follow && consumers.iter().all(|(c, end)| c.position() >= *end) {
-            break;
-        }
-        if !progressed && args.follow {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            out.flush()?;
         }
     }
     out.flush()?;
     Ok(())
-}
-
-fn consumers_len_one(partition: Option<u32>) -> bool {
-    partition.is_some()
 }
