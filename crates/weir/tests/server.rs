@@ -390,6 +390,61 @@ fn a_group_members_poll_returns_when_any_of_its_partitions_gets_a_record() {
     server.stop();
 }
 
+/// A member owning more partitions than it fetches ahead at once (16) reads every record of
+/// each, once; and while they are quiet it asks each about once per poll's wait, without
+/// spinning.
+#[test]
+fn a_group_member_with_many_partitions_reads_them_all_and_rests_while_they_are_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("wide", topic(24)).await.unwrap();
+        let mut expected = BTreeSet::new();
+        for p in 0..24u32 {
+            for i in 0..2 {
+                let value = format!("p{p}-{i}");
+                admin
+                    .produce("wide", Some(p), None, batch(&[value.as_bytes()]))
+                    .await
+                    .unwrap();
+                expected.insert(value);
+            }
+        }
+        let c = Client::connect(&server.addr, "member").await.unwrap();
+        let mut member = GroupConsumer::join(c, "readers", &["wide"], GroupOptions::default())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < expected.len() && Instant::now() < deadline {
+            for r in member.poll(Duration::from_millis(500)).await.unwrap() {
+                seen.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        let distinct: BTreeSet<String> = seen.iter().cloned().collect();
+        assert_eq!(distinct, expected);
+        assert_eq!(seen.len(), expected.len(), "each record once");
+        let before = fetches_received(&server.http).await;
+        for _ in 0..2 {
+            assert!(
+                member
+                    .poll(Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        let during = fetches_received(&server.http).await - before;
+        assert!(
+            during <= 24 * 4,
+            "{during} fetches of 24 quiet partitions in 2 s"
+        );
+        member.leave().await.unwrap();
+    });
+    server.stop();
+}
+
 #[test]
 fn group_members_share_partitions_and_a_dead_members_move_after_its_session() {
     let dir = tempfile::tempdir().unwrap();
