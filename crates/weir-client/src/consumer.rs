@@ -197,10 +197,17 @@ impl Fetcher {
                         }
                     }
                 }
+                if idle && pace.rest_when_idle {
+                    // Nothing to hand over: rest for the latest poll's wait, then ask again.
+                    drop(permit);
+                    rest(&pace.wait_ms).await;
+                    continue;
+                }
                 let failed = got.is_err();
                 let answer = Answer {
                     got,
-                    _permit: permit,
+                    // An empty answer holds no memory and no request slot.
+                    _permit: if idle { None } else { permit },
                 };
                 if tx.send(answer).await.is_err() {
                     return;
@@ -210,9 +217,6 @@ impl Fetcher {
                 }
                 if failed {
                     return;
-                }
-                if idle && pace.rest_when_idle {
-                    tokio::time::sleep(wait).await;
                 }
             }
         });
@@ -249,6 +253,20 @@ impl Fetcher {
             .unwrap_or(position);
         self.offset = next;
         Ok((records, next))
+    }
+}
+
+/// Sleeps for the wait in `wait_ms`, which a poll may change meanwhile: in steps of at most
+/// 100 ms, each against the wait as it is then.
+async fn rest(wait_ms: &AtomicU64) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let wait = Duration::from_millis(wait_ms.load(Ordering::Relaxed));
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
     }
 }
 
@@ -511,6 +529,10 @@ impl GroupConsumer {
                     .map(|p| (Arc::<str>::from(tp.topic.as_str()), *p))
             })
             .collect();
+        // Partitions this member no longer owns stop fetching (what they fetched ahead is
+        // dropped unread, and their positions were committed or are lost with them).
+        let owned: std::collections::HashSet<&(Arc<str>, u32)> = self.assignment.iter().collect();
+        self.fetchers.retain(|k, _| owned.contains(k));
         let parts: Vec<(String, u32)> = self
             .assignment
             .iter()
@@ -520,10 +542,6 @@ impl GroupConsumer {
             .client
             .fetch_offsets(&self.group, &parts, self.options.reset_earliest)
             .await?;
-        // Partitions this member no longer owns stop fetching (what they fetched ahead is
-        // dropped unread, and their positions were committed or are lost with them).
-        let owned: std::collections::HashSet<&(Arc<str>, u32)> = self.assignment.iter().collect();
-        self.fetchers.retain(|k, _| owned.contains(k));
         let old = std::mem::take(&mut self.positions);
         for (t, p, o) in offsets {
             let key = (Arc::<str>::from(t.as_str()), p);
@@ -574,7 +592,9 @@ impl GroupConsumer {
     ///
     /// Each partition's fetches run ahead of the polls in a task of its own (see
     /// [`PartitionConsumer`]), within [`GROUP_FETCHES_AHEAD`] answers for all; the partitions
-    /// take turns in what one call returns.
+    /// take turns in what one call returns. A member owning more partitions than that asks a
+    /// quiet partition again only after the poll's wait, so a record arriving there may wait
+    /// that long.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
         let deadline = tokio::time::Instant::now() + max_wait;
         self.wait_ms.store(wait_ms(max_wait), Ordering::Relaxed);
@@ -594,6 +614,10 @@ impl GroupConsumer {
             answered.as_mut().enable();
             if let Some(records) = self.take_answer().await? {
                 return Ok(records);
+            }
+            // Answers that keep coming do not stretch the wait.
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 return Ok(Vec::new());

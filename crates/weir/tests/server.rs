@@ -440,6 +440,33 @@ fn a_group_member_with_many_partitions_reads_them_all_and_rests_while_they_are_q
             during <= 24 * 4,
             "{during} fetches of 24 quiet partitions in 2 s"
         );
+        // After a long wait, shorter polls: a quiet partition is asked again within the
+        // latest poll's wait, not the 5 s of the earlier one.
+        assert!(
+            member
+                .poll(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The application busy elsewhere: the partitions rest their 5 s from where they are.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        admin
+            .produce("wide", Some(7), None, batch(&[b"late"]))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let mut got = Vec::new();
+        while got.is_empty() && t.elapsed() < Duration::from_secs(10) {
+            got = member.poll(Duration::from_millis(200)).await.unwrap();
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].value.as_deref(), Some(&b"late"[..]));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "waited {:?}",
+            t.elapsed()
+        );
         member.leave().await.unwrap();
     });
     server.stop();
