@@ -144,25 +144,33 @@ pub async fn run(args: Args) -> Result<()> {
             end,
         ));
     }
+    // The partition after the one that answered last goes first, so that a busy partition
+    // does not keep the others waiting.
+    let mut next = 0;
     'outer: loop {
         // Every partition still to read waits at once; the first to have records answers
         // (a poll cut short keeps what its fetch brings for the next one).
-        let mut polls: futures::stream::FuturesUnordered<_> = consumers
+        let n = consumers.len();
+        let (head, tail) = consumers.split_at_mut(next % n.max(1));
+        let mut polls: futures::stream::FuturesUnordered<_> = tail
             .iter_mut()
-            .filter(|(c, end)| args.follow || c.position() < *end)
-            .map(|(c, end)| {
-                let end = *end;
-                async move { (c.poll(wait).await, end) }
+            .chain(head.iter_mut())
+            .enumerate()
+            .filter(|(_, (c, end))| args.follow || c.position() < *end)
+            .map(|(i, (c, end))| {
+                let (end, index) = (*end, (next + i) % n);
+                async move { (c.poll(wait).await, end, index) }
             })
             .collect();
         if polls.is_empty() {
             break;
         }
         let mut got = None;
-        while let Some((records, end)) = polls.next().await {
+        while let Some((records, end, index)) = polls.next().await {
             let records = records?;
             if !records.is_empty() {
                 got = Some((records, end));
+                next = index + 1;
                 break;
             }
         }
