@@ -89,8 +89,9 @@ pub fn decode_records(
 /// Fetches run ahead of the application, as Kafka's consumers do: the moment an answer
 /// arrives, the next fetch (from the end of its batches) is sent, so the server reads and
 /// sends while the application decodes and handles what it got. Besides the answer being
-/// handled, at most two answers of `max_bytes` wait in memory (one ready, one arriving or
-/// waiting its turn); no further fetch is sent while both are there.
+/// handled, at most two answers wait in memory (one ready, one arriving or waiting its turn),
+/// each of `max_bytes` or one stored batch when that is larger; no further fetch is sent
+/// while both are there.
 #[derive(Debug)]
 pub struct PartitionConsumer {
     client: Client,
