@@ -248,6 +248,12 @@ async fn main() -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while (ready.load(Ordering::Relaxed) as usize) < subscribers {
+        // A connection that failed (refused, reset, closed before subscribing) says why now,
+        // instead of the run waiting out the deadline.
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            tasks.swap_remove(i).await??;
+            bail!("connection {i} ended before the run began");
+        }
         if Instant::now() > deadline {
             bail!("only {} of {subscribers} subscribed", ready.load(Ordering::Relaxed));
         }
