@@ -288,6 +288,11 @@ fn on_text(
             if topics.is_empty() {
                 return fail("bad_request", "topics is empty".into());
             }
+            // Each topic once: a topic listed twice would be replayed twice.
+            let mut listed = HashSet::new();
+            if let Some(t) = topics.iter().find(|t| !listed.insert(t.as_str())) {
+                return fail("bad_request", format!("topic '{t}' is listed twice"));
+            }
             if conn.state.lock().subs.len() >= hub.config.max_subscriptions {
                 return fail(
                     "bad_request",
@@ -762,6 +767,35 @@ mod tests {
             direct[0].as_str().contains("no subscription 1"),
             "{direct:?}"
         );
+        hub.disconnect(&conn, &feeds);
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_listed_twice_is_refused_and_opens_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        broker.create_topic("u", None).await.unwrap();
+        let hub = Hub::new(broker.clone(), hub::WsConfig::default());
+        let conn = hub.connect();
+        let (mut feeds, mut next) = (Vec::new(), 1);
+        let op = r#"{"op":"subscribe","topics":["t","u","t"],"from":"earliest"}"#;
+        on_text(&hub, &conn, &mut feeds, &mut next, op);
+        let direct = conn.state.lock().direct.clone();
+        assert_eq!(direct.len(), 1, "{direct:?}");
+        assert!(
+            direct[0].as_str().contains("topic 't' is listed twice"),
+            "{direct:?}"
+        );
+        assert!(direct[0].as_str().contains("bad_request"), "{direct:?}");
+        assert!(conn.state.lock().subs.is_empty());
+        assert_eq!(hub.stats.subscriptions_open.load(Ordering::Relaxed), 0);
+        assert!(feeds.is_empty());
         hub.disconnect(&conn, &feeds);
         broker.close().await.unwrap();
     }
