@@ -123,6 +123,8 @@ struct Fetcher {
 #[derive(Debug)]
 struct Answer {
     got: Result<crate::Fetched>,
+    /// Where its batches end, and the task's next fetch begins.
+    end: u64,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -207,6 +209,7 @@ impl Fetcher {
                 let failed = got.is_err();
                 let answer = Answer {
                     got,
+                    end: offset,
                     // An empty answer holds no memory and no request slot.
                     _permit: if idle { None } else { permit },
                 };
@@ -237,23 +240,21 @@ impl Fetcher {
             && self.rest_when_idle == rest_when_idle
     }
 
-    /// Decodes answer `f` (not empty) for a reader at `position`; returns its records and
-    /// where the reader is next, which is where this fetcher's next answer begins: past the
-    /// last batch even when its last offsets carry no record. After an error the task has
-    /// gone on past these batches and the reader has not: drop the fetcher.
+    /// Decodes answer `f` (not empty), whose batches end at `end`, for a reader at
+    /// `position`. The reader is next at `end` (past the last batch even when its last
+    /// offsets carry no record), where this fetcher's next answer begins. After an error the
+    /// task has gone on past these batches and the reader has not: drop the fetcher.
     fn take(
         &mut self,
         topic: &Arc<str>,
         partition: u32,
         position: u64,
         f: &crate::Fetched,
-    ) -> Result<(Vec<ReceivedRecord>, u64)> {
+        end: u64,
+    ) -> Result<Vec<ReceivedRecord>> {
         let records = decode_records(topic, partition, &f.batches, position)?;
-        let next = weir_batch::end_offset(&f.batches)
-            .filter(|&n| n > position)
-            .unwrap_or(position);
-        self.offset = next;
-        Ok((records, next))
+        self.offset = end;
+        Ok(records)
     }
 }
 
@@ -337,15 +338,15 @@ impl PartitionConsumer {
             let Ok(got) = tokio::time::timeout_at(deadline, ahead.answers.recv()).await else {
                 return Ok(Vec::new());
             };
-            let f = match got.map(|a| a.got) {
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
+            let Some(answer) = got else {
+                self.ahead = None;
+                return Err(fetcher_stopped());
+            };
+            let f = match answer.got {
+                Ok(f) => f,
+                Err(e) => {
                     self.ahead = None;
                     return Err(e);
-                }
-                None => {
-                    self.ahead = None;
-                    return Err(fetcher_stopped());
                 }
             };
             if f.batches.is_empty() {
@@ -353,9 +354,9 @@ impl PartitionConsumer {
                 continue;
             }
             self.fetched_bytes += f.batches.len() as u64;
-            return match ahead.take(&self.topic, self.partition, self.position, &f) {
-                Ok((records, next)) => {
-                    self.position = next;
+            return match ahead.take(&self.topic, self.partition, self.position, &f, answer.end) {
+                Ok(records) => {
+                    self.position = answer.end;
                     Ok(records)
                 }
                 Err(e) => {
@@ -652,20 +653,22 @@ impl GroupConsumer {
                     e.insert_entry(f).into_mut()
                 }
             };
-            let got = match fetcher.answers.try_recv() {
-                Ok(answer) => answer.got,
+            let (got, end) = match fetcher.answers.try_recv() {
+                Ok(answer) => (answer.got, answer.end),
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => continue,
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Err(fetcher_stopped()),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    (Err(fetcher_stopped()), pos)
+                }
             };
             let taken = match got {
                 // Nothing new (the task sends the next fetch).
                 Ok(f) if f.batches.is_empty() => continue,
-                Ok(f) => fetcher.take(&key.0, key.1, pos, &f),
+                Ok(f) => fetcher.take(&key.0, key.1, pos, &f, end),
                 Err(e) => Err(e),
             };
             match taken {
-                Ok((records, next)) => {
-                    self.positions.insert(key, next);
+                Ok(records) => {
+                    self.positions.insert(key, end);
                     if !records.is_empty() {
                         self.next = idx + 1;
                         return Ok(Some(records));
