@@ -545,6 +545,19 @@ mod tests {
         Bytes::from(b.build())
     }
 
+    /// A broker in `dir` with `topics` created.
+    async fn broker_with(dir: &tempfile::TempDir, topics: &[&str]) -> Broker {
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        for t in topics {
+            broker.create_topic(t, None).await.unwrap();
+        }
+        broker
+    }
+
     /// Offsets of the records queued for the connection's first subscription.
     fn drain(conn: &Conn, into: &mut Vec<u64>) {
         let mut st = conn.state.lock();
@@ -562,12 +575,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscriber_behind_the_feed_replays_then_joins_without_gap_or_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        })
-        .unwrap();
-        broker.create_topic("t", None).await.unwrap();
+        let broker = broker_with(&dir, &["t"]).await;
         broker
             .produce("t", Some(0), None, batch(0, 100))
             .await
@@ -667,11 +675,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_queue_takes_a_whole_fetch_and_the_bounds_apply_after() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        })
-        .unwrap();
+        let broker = broker_with(&dir, &[]).await;
         let hub = Hub::new(broker.clone(), hub::WsConfig::default());
         let conn = hub.connect();
         conn.state
@@ -721,12 +725,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_last_subscriber_leaving_stops_the_feed() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        })
-        .unwrap();
-        broker.create_topic("t", None).await.unwrap();
+        let broker = broker_with(&dir, &["t"]).await;
         let hub = Hub::new(broker.clone(), hub::WsConfig::default());
         let conn = hub.connect();
         let mut feeds = Vec::new();
@@ -774,13 +773,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_topic_listed_twice_is_refused_and_opens_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        })
-        .unwrap();
-        broker.create_topic("t", None).await.unwrap();
-        broker.create_topic("u", None).await.unwrap();
+        let broker = broker_with(&dir, &["t", "u"]).await;
         let hub = Hub::new(broker.clone(), hub::WsConfig::default());
         let conn = hub.connect();
         let (mut feeds, mut next) = (Vec::new(), 1);
