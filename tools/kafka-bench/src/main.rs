@@ -18,11 +18,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rdkafka::ClientConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
 
 fn config(bootstrap: &str, extra: &[String]) -> Result<ClientConfig> {
     let mut c = ClientConfig::new();
@@ -32,6 +34,28 @@ fn config(bootstrap: &str, extra: &[String]) -> Result<ClientConfig> {
         c.set(k, v);
     }
     Ok(c)
+}
+
+/// Counts delivery reports: the crate's default context drops them, failures included.
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let n = if result.is_ok() {
+            &self.ok
+        } else {
+            &self.failed
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) -> Result<()> {
@@ -47,16 +71,24 @@ fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) 
             c.set(k, v);
         }
     }
-    let producer: BaseProducer = c.create()?;
+    let producer: BaseProducer<Deliveries> = c.create_with_context(Deliveries::default())?;
+    // Connected and the topic known before the clock starts, as the native bench and the
+    // consumer below are.
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let payload = vec![b'x'; size];
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < n {
         match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(&payload)) {
             Ok(()) => sent += 1,
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), _)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => {
                 producer.poll(Duration::from_millis(1));
             }
             Err((e, _)) => bail!("produce failed: {e}"),
@@ -65,8 +97,28 @@ fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) 
             producer.poll(Duration::ZERO);
         }
     }
-    producer.flush(Duration::from_secs(120))?;
+    // Not `producer.flush`: in the `rdkafka` crate it polls for delivery reports in rounds of
+    // 100 ms, each round lasting its whole 100 ms, so a run would end up to 100 ms after its
+    // last acknowledgement (a tenth of a 1 GB run, most of a 100 MB one).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!(
+                "{} records still unacknowledged after 120 s",
+                producer.in_flight_count()
+            );
+        }
+        producer.poll(Duration::from_millis(1));
+    }
     let secs = start.elapsed().as_secs_f64();
+    let d = producer.context();
+    let (ok, failed) = (
+        d.ok.load(Ordering::Relaxed),
+        d.failed.load(Ordering::Relaxed),
+    );
+    if ok != n || failed != 0 {
+        bail!("{ok} of {n} records delivered, {failed} failed");
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -80,7 +132,8 @@ fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) 
 
 fn consume(bootstrap: &str, topic: &str, n: u64, batch: bool, extra: &[String]) -> Result<()> {
     let mut c = config(bootstrap, extra)?;
-    c.set("group.id", "kafka-bench").set("enable.auto.commit", "false");
+    c.set("group.id", "kafka-bench")
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = c.create()?;
     let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let parts = meta
@@ -128,7 +181,8 @@ fn consume(bootstrap: &str, topic: &str, n: u64, batch: bool, extra: &[String]) 
                     break;
                 }
                 for &m in &msgs[..k as usize] {
-                    if (*m).err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    if (*m).err
+                        != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
                     {
                         failed.get_or_insert_with(|| format!("consume error {:?}", (*m).err));
                     } else {
