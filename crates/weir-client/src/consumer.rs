@@ -116,6 +116,9 @@ struct Fetcher {
     max_bytes: u32,
     rest_when_idle: bool,
     answers: tokio::sync::mpsc::Receiver<Answer>,
+    /// The partition's high watermark in the task's latest answer, empty ones included
+    /// (which a resting fetcher does not hand over); `u64::MAX` before the first.
+    high_watermark: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -166,6 +169,8 @@ impl Fetcher {
         let mut offset = offset;
         // One answer waits here while the task holds the next, then sends nothing more.
         let (tx, answers) = tokio::sync::mpsc::channel(1);
+        let high_watermark = Arc::new(AtomicU64::new(u64::MAX));
+        let seen = high_watermark.clone();
         let task = tokio::spawn(async move {
             loop {
                 let permit = match &pace.limit {
@@ -186,6 +191,9 @@ impl Fetcher {
                 };
                 let mut got =
                     fetch(&client, &topic, partition, offset, max_bytes, fetch_wait).await;
+                if let Ok(f) = &got {
+                    seen.store(f.high_watermark.min(u64::MAX - 1), Ordering::Relaxed);
+                }
                 let idle = got.as_ref().is_ok_and(|f| f.batches.is_empty());
                 if let Ok(f) = &got
                     && !idle
@@ -229,8 +237,15 @@ impl Fetcher {
             max_bytes,
             rest_when_idle,
             answers,
+            high_watermark,
             task,
         }
+    }
+
+    /// The high watermark the task last found, `None` before its first answer.
+    fn high_watermark(&self) -> Option<u64> {
+        let hwm = self.high_watermark.load(Ordering::Relaxed);
+        (hwm != u64::MAX).then_some(hwm)
     }
 
     /// Whether it answers a reader at `position` asking for `max_bytes`.
@@ -484,6 +499,21 @@ impl GroupConsumer {
         self.generation
     }
 
+    /// How many records the member's partitions hold past its positions, as their latest
+    /// fetches found them: `None` until every owned partition has been fetched since the
+    /// member last joined (or since its fetches restarted), or while a rebalance waits to be
+    /// followed. `Some(0)` means caught up, which a member owning no partition always is.
+    pub fn lag(&self) -> Option<u64> {
+        if self.rebalance.load(Ordering::Acquire) {
+            return None;
+        }
+        self.assignment.iter().try_fold(0u64, |sum, key| {
+            let hwm = self.fetchers.get(key)?.high_watermark()?;
+            let pos = self.positions.get(key).copied().unwrap_or(0);
+            Some(sum.saturating_add(hwm.saturating_sub(pos)))
+        })
+    }
+
     /// The partitions this member owns in the current generation.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         self.assignment
@@ -566,16 +596,7 @@ impl GroupConsumer {
                 tokio::time::sleep(every).await;
                 match client.heartbeat(&group, &member, generation).await {
                     Ok(()) => {}
-                    Err(e)
-                        if matches!(
-                            e.code(),
-                            Some(
-                                ErrorCode::RebalanceInProgress
-                                    | ErrorCode::UnknownMember
-                                    | ErrorCode::IllegalGeneration
-                            )
-                        ) =>
-                    {
+                    Err(e) if e.is_rebalance() => {
                         flag.store(true, Ordering::Release);
                         // A waiting poll follows it now.
                         ready.notify_one();
@@ -692,9 +713,23 @@ impl GroupConsumer {
         Ok(None)
     }
 
-    /// Commits the member's positions. Fails with REBALANCE_IN_PROGRESS or
-    /// ILLEGAL_GENERATION when the member no longer owns its partitions; the next poll rejoins.
+    /// Commits the member's positions. If the group rebalanced since the member last joined
+    /// (the server refuses the commit with REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION or
+    /// UNKNOWN_MEMBER), rejoins and commits again the partitions it still owns; what it had
+    /// read of the partitions it lost is not committed, and their new owner reads it again
+    /// (delivery is at least once). Fails if the second attempt is refused too (the next poll
+    /// rejoins) or on any other error.
     pub async fn commit(&mut self) -> Result<()> {
+        match self.commit_once().await {
+            Err(e) if e.is_rebalance() => {
+                self.rejoin().await?;
+                self.commit_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn commit_once(&mut self) -> Result<()> {
         let offsets: Vec<(String, u32, u64)> = self
             .assignment
             .iter()
@@ -713,14 +748,7 @@ impl GroupConsumer {
             )
             .await;
         if let Err(e) = &r {
-            if matches!(
-                e.code(),
-                Some(
-                    ErrorCode::RebalanceInProgress
-                        | ErrorCode::IllegalGeneration
-                        | ErrorCode::UnknownMember
-                )
-            ) {
+            if e.is_rebalance() {
                 self.rebalance.store(true, Ordering::Release);
             }
         }

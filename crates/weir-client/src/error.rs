@@ -39,6 +39,19 @@ impl ClientError {
         }
     }
 
+    /// Whether a group member must rejoin its group to go on (the group rebalanced, or its
+    /// session expired): REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION or UNKNOWN_MEMBER.
+    pub fn is_rebalance(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                ErrorCode::RebalanceInProgress
+                    | ErrorCode::IllegalGeneration
+                    | ErrorCode::UnknownMember
+            )
+        )
+    }
+
     /// Whether the same request may succeed if retried.
     pub fn is_retriable(&self) -> bool {
         match self {

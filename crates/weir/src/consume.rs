@@ -25,7 +25,8 @@ pub struct Args {
     /// committed offset start (beginning or end).
     #[arg(long, default_value = "beginning")]
     from: String,
-    /// Keep waiting for new records instead of stopping at the end.
+    /// Keep waiting for new records instead of stopping at the end. Without it, a group
+    /// member stops once it has caught up with every partition it owns.
     #[arg(long)]
     follow: bool,
     /// text (values, one per line) or json (one object per line).
@@ -109,7 +110,9 @@ pub async fn run(args: Args) -> Result<()> {
         let mut consumer = GroupConsumer::join(client, group, &[&args.topic], options).await?;
         loop {
             let records = consumer.poll(wait).await?;
-            if records.is_empty() && !args.follow {
+            // Without --follow, done once the member has caught up with every partition it
+            // owns (an empty poll alone may only mean a rebalance was being followed).
+            if records.is_empty() && !args.follow && consumer.lag() == Some(0) {
                 break;
             }
             for r in &records {
@@ -121,7 +124,15 @@ pub async fn run(args: Args) -> Result<()> {
             }
             out.flush()?;
             if !records.is_empty() {
-                consumer.commit().await?;
+                match consumer.commit().await {
+                    // The group rebalanced again while this member rejoined to commit: the
+                    // next poll follows it, and a partition's new owner reads on from its
+                    // last commit.
+                    Err(e) if e.is_rebalance() => {
+                        tracing::info!(error = %e, "commit refused by a rebalance; rejoining")
+                    }
+                    other => other?,
+                }
             }
             if printed >= limit {
                 break;

@@ -472,6 +472,145 @@ fn a_group_member_with_many_partitions_reads_them_all_and_rests_while_they_are_q
     server.stop();
 }
 
+/// A member that read and then saw another join commits what it still owns (it rejoins when
+/// the server refuses the old generation), and tells when it has caught up.
+#[test]
+fn a_group_member_commits_across_a_rebalance_and_knows_when_it_has_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("tasks", topic(4)).await.unwrap();
+        for i in 0..40u32 {
+            let value = format!("task-{i}");
+            admin
+                .produce("tasks", Some(i % 4), None, batch(&[value.as_bytes()]))
+                .await
+                .unwrap();
+        }
+        let join = || async {
+            let c = Client::connect(&server.addr, "member").await.unwrap();
+            GroupConsumer::join(c, "crew", &["tasks"], GroupOptions::default())
+                .await
+                .unwrap()
+        };
+        let mut a = join().await;
+        assert_eq!(a.lag(), None, "nothing fetched yet");
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.lag() != Some(0) {
+            read += a.poll(Duration::from_millis(100)).await.unwrap().len();
+            assert!(Instant::now() < deadline, "lag stayed at {:?}", a.lag());
+        }
+        assert_eq!(read, 40, "caught up means every record read");
+        // A second member joins: the group moves to a new generation, and `a` keeps two of
+        // its four partitions (sticky).
+        let _b = join().await;
+        a.commit().await.unwrap();
+        let kept = a.assignment();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        let desc = admin.describe_group("crew").await.unwrap();
+        for (t, p) in &kept {
+            let l = desc
+                .lag
+                .iter()
+                .find(|l| &l.topic == t && l.partition == *p)
+                .unwrap();
+            assert_eq!(l.lag, 0, "{t}/{p} committed at its end: {:?}", desc.lag);
+        }
+        // More records: not caught up until they are read.
+        let (t, p) = &kept[0];
+        admin
+            .produce(t, Some(*p), None, batch(&[b"late"]))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = a.poll(Duration::from_millis(100)).await.unwrap();
+            if got.iter().any(|r| r.value.as_deref() == Some(&b"late"[..])) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the late record never came");
+        }
+        assert_eq!(a.lag(), Some(0));
+    });
+    server.stop();
+}
+
+/// Two `weir consume --group` at once on a topic of 40 partitions (more than a member fetches
+/// ahead at once): the group rebalances under them, both stop once caught up, and between them
+/// they print every record.
+#[test]
+fn two_cli_group_consumers_at_once_read_everything_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let a = &server.addr;
+    let (ok, _, err) = cli(a, &["topic", "create", "wide", "--partitions", "40"], "");
+    assert!(ok, "{err}");
+    let lines: String = (0..100_000).map(|i| format!("r{i}\n")).collect();
+    let (ok, _, err) = cli(a, &["produce", "wide"], &lines);
+    assert!(ok, "{err}");
+    let consume = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["consume", "wide", "--group", "pair"])
+            .env("WEIR_ADDR", a)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = consume();
+    std::thread::sleep(Duration::from_millis(50));
+    let second = consume();
+    // Each read on a thread of its own (a pipe left unread would stall its writer), and
+    // killed if it has not stopped within a minute.
+    let pids = [first.id(), second.id()];
+    let readers = [first, second].map(|c| std::thread::spawn(move || c.wait_with_output()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !readers.iter().all(|r| r.is_finished()) {
+        if Instant::now() > deadline {
+            for pid in pids {
+                let _ = std::process::Command::new("kill")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            panic!("a consumer did not stop within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut seen = BTreeSet::new();
+    for r in readers {
+        let out = r.join().unwrap().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen.extend(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(String::from),
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        100_000,
+        "every record printed by one or the other"
+    );
+    let (ok, out, _) = cli(a, &["group", "describe", "pair", "--json"], "");
+    assert!(ok, "{out}");
+    let d: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let lag: u64 = d["lag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lag"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lag, 0, "{out}");
+    server.stop();
+}
+
 #[test]
 fn group_members_share_partitions_and_a_dead_members_move_after_its_session() {
     let dir = tempfile::tempdir().unwrap();
