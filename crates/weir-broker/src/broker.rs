@@ -1076,6 +1076,32 @@ impl Broker {
         min_bytes: usize,
         max_wait: Duration,
     ) -> Result<FetchResult> {
+        self.fetch_parking(
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            min_bytes,
+            max_wait,
+            || (),
+        )
+        .await
+    }
+
+    /// [`Broker::fetch`], calling `park` each time the fetch starts waiting for records and
+    /// dropping what it returned when the wait ends: a front door can tell the fetches that
+    /// only wait (and hold no read data) from those under way.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch_parking<G>(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        min_bytes: usize,
+        max_wait: Duration,
+        mut park: impl FnMut() -> G,
+    ) -> Result<FetchResult> {
         self.check_open()?;
         let (t, part) = self.partition(topic, partition)?;
         let deadline = tokio::time::Instant::now() + max_wait;
@@ -1098,7 +1124,9 @@ impl Broker {
                 return Err(BrokerError::ShuttingDown);
             }
             // Answered the moment the high watermark moves, or at the deadline.
+            let parked = park();
             let _ = tokio::time::timeout_at(deadline, hwm_rx.changed()).await;
+            drop(parked);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Commands: a decoded request frame becomes a call on the broker and a response frame.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +12,8 @@ use weir_broker::topic::{DurabilitySetting, TimestampType};
 use weir_broker::{Broker, BrokerError, TopicConfig};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
+
+use crate::connection::Parked;
 
 /// A frame ready to write: header and message in `head`, then `records` as stored.
 #[derive(Debug)]
@@ -270,10 +273,16 @@ pub(crate) async fn produce(
 }
 
 /// Runs one request that needs no connection state. `None`: no response is due.
-pub(crate) async fn handle(broker: &Broker, frame: Frame, client_id: &str) -> Option<OutFrame> {
+/// `parked`: where a fetch counts itself while it waits for records (see [`Parked`]).
+pub(crate) async fn handle(
+    broker: &Broker,
+    frame: Frame,
+    client_id: &str,
+    parked: Option<Arc<Parked>>,
+) -> Option<OutFrame> {
     let req = frame.header;
     let api = Api::from_key(req.api_key)?;
-    match run(broker, api, frame, client_id).await {
+    match run(broker, api, frame, client_id, parked).await {
         Ok(out) => out,
         Err((code, message)) => Some(OutFrame::error(&req, code, message)),
     }
@@ -284,6 +293,7 @@ async fn run(
     api: Api,
     frame: Frame,
     client_id: &str,
+    parked: Option<Arc<Parked>>,
 ) -> Result<Option<OutFrame>, (ErrorCode, String)> {
     let req = frame.header;
     let ok = |m: &dyn Fn() -> OutFrame| Ok(Some(m()));
@@ -346,13 +356,14 @@ async fn run(
             let max_bytes = (r.max_bytes as usize).clamp(1, MAX_FETCH_BYTES);
             let wait = Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_WAIT);
             let f = broker
-                .fetch(
+                .fetch_parking(
                     &r.topic,
                     r.partition,
                     r.offset,
                     max_bytes,
                     r.min_bytes as usize,
                     wait,
+                    || parked.as_ref().map(Parked::park),
                 )
                 .await
                 .map_err(broker_err)?;

@@ -41,6 +41,65 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type InFlight = Pin<Box<dyn std::future::Future<Output = Option<OutFrame>> + Send>>;
 
+/// Most fetches of one connection that wait for records outside its in-flight window.
+pub(crate) const MAX_PARKED: usize = 1024;
+/// Most such fetches across the server; past it, a waiting fetch keeps its place in its
+/// connection's window as any request does.
+const MAX_PARKED_TOTAL: usize = 65_536;
+static PARKED_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection's fetches that are waiting for records (long polls), counted apart from its
+/// in-flight window: such a fetch holds no data read, only a small future, so a client that
+/// reads many partitions through one connection, a long poll each, neither fills the window
+/// nor stalls its own other requests behind them (with 64 long polls of a second each in
+/// the window, the 65th partition's records waited up to two seconds). A fetch that finds
+/// records takes its place in the window again. Bounded per connection ([`MAX_PARKED`]) and
+/// across the server ([`MAX_PARKED_TOTAL`]).
+#[derive(Debug, Default)]
+pub(crate) struct Parked {
+    count: AtomicUsize,
+    /// Notified as a fetch parks: the connection's window may have opened. (The connection
+    /// reads about a frame at a time, so its window seldom closes on fetches not yet parked;
+    /// without this, one that did would stay closed until some request completed.)
+    opened: tokio::sync::Notify,
+}
+
+/// A parked fetch's place, given back when dropped; an empty one if no place was left.
+pub(crate) struct ParkedGuard(Option<Arc<Parked>>);
+
+impl Parked {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn park(self: &Arc<Self>) -> ParkedGuard {
+        let take = |n: &AtomicUsize, max: usize| {
+            n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < max).then_some(c + 1)
+            })
+            .is_ok()
+        };
+        if !take(&PARKED_TOTAL, MAX_PARKED_TOTAL) {
+            return ParkedGuard(None);
+        }
+        if !take(&self.count, MAX_PARKED) {
+            PARKED_TOTAL.fetch_sub(1, Ordering::AcqRel);
+            return ParkedGuard(None);
+        }
+        self.opened.notify_one();
+        ParkedGuard(Some(self.clone()))
+    }
+}
+
+impl Drop for ParkedGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.count.fetch_sub(1, Ordering::AcqRel);
+            PARKED_TOTAL.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Credits granted to a subscription and not yet taken by its task.
 mod credit {
     use std::sync::Mutex;
@@ -121,6 +180,8 @@ pub(crate) struct Connection {
     config: Arc<ServerConfig>,
     client_id: Option<Arc<str>>,
     in_flight: FuturesUnordered<InFlight>,
+    /// Its fetches waiting for records, made at the first fetch.
+    parked: Option<Arc<Parked>>,
     produce_chain: Option<oneshot::Receiver<()>>,
     subs: HashMap<u64, Subscription>,
     next_sub: u64,
@@ -163,6 +224,8 @@ enum Input {
     Tick,
     /// A turn of busy polling went by.
     Poll,
+    /// A fetch began to wait for records: the window may have opened.
+    Parked,
 }
 
 impl Connection {
@@ -181,6 +244,7 @@ impl Connection {
             config,
             client_id: None,
             in_flight: FuturesUnordered::new(),
+            parked: None,
             produce_chain: None,
             subs: HashMap::new(),
             next_sub: 1,
@@ -209,7 +273,7 @@ impl Connection {
             if draining && self.in_flight.is_empty() {
                 break;
             }
-            let window_open = self.in_flight.len() < self.config.max_in_flight;
+            let window_open = self.window_open();
             // Not read while over a quota, or while waiting for memory budget.
             let readable = window_open && self.muted_until.is_none() && self.budget_wait.is_none();
             let muted_until = self.muted_until.unwrap_or_else(Instant::now);
@@ -233,6 +297,7 @@ impl Connection {
                 // included, for a state most never enter.
                 _ = async { Box::pin(tokio::time::sleep_until(muted_until)).await }, if self.muted_until.is_some() => Input::Unmute,
                 r = self.stream.read_buf(&mut self.buf), if !draining && readable => Input::Read(r),
+                _ = async { self.parked.as_ref().expect("guarded").opened.notified().await }, if !window_open && self.parked.is_some() => Input::Parked,
                 _ = &mut tick => Input::Tick,
                 // Last: it only runs when nothing else is ready, and reschedules the task at
                 // once (other tasks run in between), instead of this thread going to sleep.
@@ -263,6 +328,12 @@ impl Connection {
                 }
                 Input::Unmute => {
                     self.muted_until = None;
+                    if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
+                        break;
+                    }
+                }
+                Input::Parked => {
+                    // Frames that waited for the window may be taken now.
                     if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
                         break;
                     }
@@ -401,7 +472,7 @@ impl Connection {
     async fn process_buffer(&mut self) -> bool {
         // Decode no further than the in-flight window: frames left in the buffer are taken up
         // when a request completes. Nor while muted by a quota.
-        while self.in_flight.len() < self.config.max_in_flight && self.muted_until.is_none() {
+        while self.window_open() && self.muted_until.is_none() {
             // A large frame is read further, or decoded, only with memory budget in hand:
             // while none is left the socket is not read, and TCP pushes back on the sender.
             if self.frame_budget.is_none()
@@ -456,6 +527,13 @@ impl Connection {
             self.buf.reserve(64);
         }
         true
+    }
+
+    /// Whether another request may be taken: fewer than the window's worth are under way,
+    /// fetches that wait for records not counted (see [`Parked`]).
+    fn window_open(&self) -> bool {
+        let parked = self.parked.as_ref().map_or(0, |p| p.count());
+        self.in_flight.len().saturating_sub(parked) < self.config.max_in_flight
     }
 
     /// Runs or schedules one request. `false` ends the connection.
@@ -572,8 +650,10 @@ impl Connection {
             _ => {
                 let broker = self.broker.clone();
                 let silent = self.silent;
+                let parked = (api == Api::Fetch)
+                    .then(|| self.parked.get_or_insert_with(Default::default).clone());
                 self.in_flight.push(Box::pin(async move {
-                    let out = command::handle(&broker, frame, &client_id).await;
+                    let out = command::handle(&broker, frame, &client_id, parked).await;
                     drop(budget);
                     out.filter(|_| !silent)
                 }));

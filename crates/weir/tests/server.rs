@@ -102,6 +102,117 @@ fn round_trip_restart_keeps_topics_data_and_committed_offsets() {
     server.stop();
 }
 
+/// Long polls on many partitions through one connection, more than its in-flight window
+/// (64), all sent in one write: waiting fetches do not count against the window, so the
+/// request behind them is read and answered at once, and the last partition's fetch answers
+/// as its record arrives. With busy polling on (the default) and off.
+#[test]
+fn long_polls_on_more_partitions_than_the_window_do_not_stall_the_connection() {
+    for env in [&[][..], &[("WEIR_NATIVE__BUSY_POLL_US", "0")][..]] {
+        long_polls_on_a_hundred_partitions(env);
+    }
+}
+
+type Answers = tokio::sync::mpsc::UnboundedReceiver<(u32, Instant, weir_wire::Frame)>;
+
+/// The next answer with correlation `id`, and when it came.
+async fn answer(answers: &mut Answers, id: u32) -> (Instant, weir_wire::Frame) {
+    loop {
+        let (got, at, f) = answers.recv().await.expect("connection open");
+        if got == id {
+            return (at, f);
+        }
+    }
+}
+
+fn long_polls_on_a_hundred_partitions(env: &[(&str, &str)]) {
+    use weir_wire::{Api, Flags, FrameHeader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), env);
+    let frame = |api: Api, correlation_id: u32, m: &dyn Fn(&mut bytes::BytesMut, FrameHeader)| {
+        let mut b = bytes::BytesMut::new();
+        let header = FrameHeader {
+            api_key: api as u16,
+            api_version: api.versions().1,
+            correlation_id,
+            flags: Flags(0),
+        };
+        m(&mut b, header);
+        b
+    };
+    let mut burst = frame(Api::Hello, 1, &|b, h| {
+        let m = msg::HelloRequest {
+            client_id: "wide".into(),
+            apis: Api::supported(),
+        };
+        weir_wire::encode_frame(h, &m, 0, b)
+    });
+    for p in 0..100u32 {
+        burst.extend(frame(Api::Fetch, 100 + p, &|b, h| {
+            let m = msg::FetchRequest {
+                topic: "wide".into(),
+                partition: p,
+                offset: 0,
+                max_bytes: 1 << 20,
+                min_bytes: 1,
+                max_wait_ms: 20_000,
+            };
+            weir_wire::encode_frame(h, &m, 0, b)
+        }));
+    }
+    burst.extend(frame(Api::Metadata, 7, &|b, h| {
+        let m = msg::MetadataRequest {
+            topics: vec!["wide".into()],
+        };
+        weir_wire::encode_frame(h, &m, 0, b)
+    }));
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("wide", topic(100)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &burst)
+            .await
+            .unwrap();
+        // Answers by correlation id, as they come.
+        let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = bytes::BytesMut::new();
+            loop {
+                while let Ok(Some(f)) = weir_wire::decode_frame(&mut buf, 4 << 20) {
+                    let _ = tx.send((f.header.correlation_id, Instant::now(), f));
+                }
+                match tokio::io::AsyncReadExt::read_buf(&mut s, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let t = Instant::now();
+        let (at, _) = tokio::time::timeout(Duration::from_secs(10), answer(&mut answers, 7))
+            .await
+            .expect("metadata answered");
+        assert!(
+            at - t < Duration::from_secs(3),
+            "metadata waited {:?} behind the long polls ({env:?})",
+            at - t
+        );
+        let t = Instant::now();
+        c.produce("wide", Some(99), None, batch(&[b"last"]))
+            .await
+            .unwrap();
+        let (at, f) = tokio::time::timeout(Duration::from_secs(25), answer(&mut answers, 199))
+            .await
+            .expect("partition 99 answered");
+        assert!(!f.records.is_empty(), "{f:?}");
+        assert!(
+            at - t < Duration::from_secs(3),
+            "partition 99's long poll answered after {:?} ({env:?})",
+            at - t
+        );
+    });
+    server.stop();
+}
+
 #[test]
 fn long_poll_answers_the_moment_data_arrives() {
     let dir = tempfile::tempdir().unwrap();
