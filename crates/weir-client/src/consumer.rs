@@ -104,6 +104,24 @@ pub struct PartitionConsumer {
     /// The latest poll's wait, for the fetches sent ahead.
     wait_ms: Arc<AtomicU64>,
     fetched_bytes: u64,
+    /// Shared with other consumers (see [`PartitionConsumer::share_limit`]).
+    limit: Option<Arc<Semaphore>>,
+}
+
+/// A bound on the answers several [`PartitionConsumer`]s hold at once, fetched ahead or
+/// waiting to be taken: what consumers of many partitions keep in memory when their reader
+/// is slow. A consumer that has caught up waits for records in a long poll that holds no
+/// place (and no data), so any number of them can wait at once; records found that way are
+/// held until a place is free, so each waiting consumer may hold one answer of fresh records
+/// beyond the bound.
+#[derive(Debug, Clone)]
+pub struct FetchLimit(Arc<Semaphore>);
+
+impl FetchLimit {
+    /// At most `answers` answers (at least one).
+    pub fn new(answers: usize) -> Self {
+        Self(Arc::new(Semaphore::new(answers.max(1))))
+    }
 }
 
 /// The task sending a consumer's fetches of one partition ahead of its polls, each from
@@ -140,8 +158,9 @@ struct Pace {
     /// connection's request slots, which its heartbeats and commits need too); a fetcher
     /// that found nothing rests for the wait instead.
     rest_when_idle: bool,
-    /// Answers fetched or being fetched at once across a group member's partitions: a permit
-    /// is taken before each fetch and goes with its answer until the answer is taken.
+    /// Answers fetched or being fetched at once across consumers (a group member's
+    /// partitions, or [`FetchLimit`]'s): a permit is taken before each fetch, or once a long
+    /// poll has found records, and goes with its answer until the answer is taken.
     limit: Option<Arc<Semaphore>>,
     /// Notified after each answer.
     ready: Option<Arc<Notify>>,
@@ -172,19 +191,29 @@ impl Fetcher {
         let high_watermark = Arc::new(AtomicU64::new(u64::MAX));
         let seen = high_watermark.clone();
         let task = tokio::spawn(async move {
+            let acquire = |limit: &Arc<Semaphore>| {
+                let limit = limit.clone();
+                async move {
+                    limit
+                        .acquire_owned()
+                        .await
+                        .expect("the limit is never closed")
+                }
+            };
+            // Under a limit (and not resting), a fetcher that found nothing waits for records
+            // in a long poll that holds no permit: it holds no data meanwhile, and so many
+            // partitions can wait at once. Records found that way take a permit before they
+            // are handed over; while catching up, each fetch takes one first and does not
+            // wait, so what is fetched ahead stays within the limit.
+            let mut caught_up = false;
             loop {
-                let permit = match &pace.limit {
-                    Some(limit) => Some(
-                        limit
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("the limit is never closed"),
-                    ),
-                    None => None,
+                let long_poll = pace.limit.is_some() && !pace.rest_when_idle && caught_up;
+                let mut permit = match &pace.limit {
+                    Some(limit) if !long_poll => Some(acquire(limit).await),
+                    _ => None,
                 };
                 let wait = Duration::from_millis(pace.wait_ms.load(Ordering::Relaxed));
-                let fetch_wait = if pace.rest_when_idle {
+                let fetch_wait = if pace.rest_when_idle || (pace.limit.is_some() && !long_poll) {
                     Duration::ZERO
                 } else {
                     wait
@@ -195,6 +224,17 @@ impl Fetcher {
                     seen.store(f.high_watermark.min(u64::MAX - 1), Ordering::Relaxed);
                 }
                 let idle = got.as_ref().is_ok_and(|f| f.batches.is_empty());
+                if let Some(limit) = pace.limit.as_ref().filter(|_| !pace.rest_when_idle) {
+                    if idle && !long_poll {
+                        // Caught up: wait in a long poll next, without the permit.
+                        caught_up = true;
+                        continue;
+                    }
+                    if long_poll && got.is_ok() && !idle {
+                        permit = Some(acquire(limit).await);
+                    }
+                    caught_up = idle;
+                }
                 if let Ok(f) = &got
                     && !idle
                 {
@@ -309,7 +349,18 @@ impl PartitionConsumer {
             ahead: None,
             wait_ms: Arc::new(AtomicU64::new(0)),
             fetched_bytes: 0,
+            limit: None,
         })
+    }
+
+    /// Holds this consumer's answers within `limit`, shared with other consumers. Without
+    /// one, each consumer holds up to three answers of `max_bytes` (or of one batch, when a
+    /// batch is larger). While the others hold the whole limit, this one's poll waits until
+    /// they are polled: poll them together (or in turn). Fetches already under way are
+    /// dropped and sent again.
+    pub fn share_limit(&mut self, limit: &FetchLimit) {
+        self.limit = Some(limit.0.clone());
+        self.ahead = None;
     }
 
     /// The next offset to read.
@@ -335,7 +386,7 @@ impl PartitionConsumer {
             let pace = Pace {
                 wait_ms: self.wait_ms.clone(),
                 rest_when_idle: false,
-                limit: None,
+                limit: self.limit.clone(),
                 ready: None,
             };
             self.ahead = Some(Fetcher::start(

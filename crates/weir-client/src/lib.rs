@@ -25,8 +25,8 @@ use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame};
 
 pub use consumer::{
-    Dropped, GroupConsumer, OverflowPolicy, PartitionConsumer, PushEvent, ReceivedRecord,
-    SubscribeOptions, Subscription,
+    Dropped, FetchLimit, GroupConsumer, OverflowPolicy, PartitionConsumer, PushEvent,
+    ReceivedRecord, SubscribeOptions, Subscription,
 };
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig};

@@ -309,6 +309,96 @@ async fn fetches_received(http: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// Consumers sharing a `FetchLimit` hold no more answers between them than the limit,
+/// however many partitions they read (without it, each fetches two ahead of its polls), read
+/// everything when polled together, and once caught up all wait for records at once.
+#[test]
+fn consumers_sharing_a_fetch_limit_hold_no_more_answers_than_it() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("many", topic(20)).await.unwrap();
+        for p in 0..20u32 {
+            for i in 0..5u8 {
+                c.produce("many", Some(p), None, batch(&[&[i; 100]]))
+                    .await
+                    .unwrap();
+            }
+        }
+        let limit = weir_client::FetchLimit::new(4);
+        let mut consumers = Vec::new();
+        for p in 0..20u32 {
+            let mut pc = PartitionConsumer::new(c.clone(), "many", p, Start::Earliest)
+                .await
+                .unwrap();
+            // One batch per answer.
+            pc.max_bytes = 1;
+            pc.share_limit(&limit);
+            consumers.push(pc);
+        }
+        let before = fetches_received(&server.http).await;
+        // One poll each, in turn: answers taken, and what the fetchers then hold.
+        let mut taken = 0u64;
+        let mut read = 0usize;
+        for pc in consumers.iter_mut() {
+            let got = pc.poll(Duration::from_millis(100)).await.unwrap();
+            taken += u64::from(!got.is_empty());
+            read += got.len();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fetched = fetches_received(&server.http).await - before;
+        assert!(taken >= 1);
+        assert!(
+            fetched <= taken + 4,
+            "{fetched} fetches for {taken} answers taken: more than 4 held"
+        );
+        // Polled together, they read every record.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read < 100 {
+            let mut polls: futures::stream::FuturesUnordered<_> = consumers
+                .iter_mut()
+                .map(|pc| pc.poll(Duration::from_millis(100)))
+                .collect();
+            while let Some(got) = polls.next().await {
+                read += got.unwrap().len();
+            }
+            assert!(Instant::now() < deadline, "read {read} of 100");
+        }
+        assert_eq!(read, 100);
+        // Caught up, all twenty wait at once, holding no place: a record on the last
+        // partition comes as soon as it is written.
+        let producer = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            producer
+                .produce("many", Some(19), None, batch(&[b"late"]))
+                .await
+                .unwrap();
+        });
+        let t = Instant::now();
+        let mut polls: futures::stream::FuturesUnordered<_> = consumers
+            .iter_mut()
+            .map(|pc| pc.poll(Duration::from_secs(5)))
+            .collect();
+        use futures::StreamExt;
+        let got = loop {
+            let got = polls.next().await.expect("a poll").unwrap();
+            if !got.is_empty() {
+                break got;
+            }
+        };
+        assert_eq!(got[0].value.as_deref(), Some(&b"late"[..]));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the late record came after {:?}",
+            t.elapsed()
+        );
+    });
+    server.stop();
+}
+
 /// A `PartitionConsumer` sends its next fetch the moment an answer arrives, not when the
 /// application polls again; and with two answers waiting beside the one handed out it sends
 /// no more, however long the application takes.
