@@ -382,7 +382,6 @@ fn consumers_sharing_a_fetch_limit_hold_no_more_answers_than_it() {
             .iter_mut()
             .map(|pc| pc.poll(Duration::from_secs(5)))
             .collect();
-        use futures::StreamExt;
         let got = loop {
             let got = polls.next().await.expect("a poll").unwrap();
             if !got.is_empty() {
