@@ -456,6 +456,11 @@ pub struct GroupOptions {
     pub reset_earliest: bool,
     /// Sticky assignment (default) or round robin.
     pub sticky: bool,
+    /// Most partitions the member waits on at once with long polls, each answered the moment
+    /// a record arrives (the server keeps up to 1,024 waiting fetches per connection outside
+    /// its request window). A member owning more asks a quiet partition again only after each
+    /// poll's wait, so a record there may wait that long. Default 512.
+    pub max_long_polls: usize,
 }
 
 impl Default for GroupOptions {
@@ -464,6 +469,7 @@ impl Default for GroupOptions {
             session_timeout: Duration::from_secs(10),
             reset_earliest: true,
             sticky: true,
+            max_long_polls: 512,
         }
     }
 }
@@ -496,12 +502,10 @@ pub struct GroupConsumer {
     ready: Arc<Notify>,
 }
 
-/// Answers a group member may have fetched or be fetching at once, across its partitions:
-/// what waits in memory stays within this many times `max_bytes` (or a stored batch, when
-/// one is larger), and its fetches hold this many of the connection's request slots at most
-/// (the server reads 64 requests ahead per connection, and the member's heartbeats and
-/// commits share it). A member owning more partitions than this does not long-poll each:
-/// a partition found empty is asked again after the poll's wait.
+/// Answers a group member may have fetched at once, across its partitions: what waits in
+/// memory stays within this many times `max_bytes` (or a stored batch, when one is larger).
+/// A partition that has caught up waits for records in a long poll that holds no place (see
+/// [`FetchLimit`]), so records fresh from such a wait may come on top, one answer for each.
 pub const GROUP_FETCHES_AHEAD: usize = 16;
 
 impl Drop for GroupConsumer {
@@ -666,9 +670,9 @@ impl GroupConsumer {
     ///
     /// Each partition's fetches run ahead of the polls in a task of its own (see
     /// [`PartitionConsumer`]), within [`GROUP_FETCHES_AHEAD`] answers for all; the partitions
-    /// take turns in what one call returns. A member owning more partitions than that asks a
-    /// quiet partition again only after the poll's wait, so a record arriving there may wait
-    /// that long.
+    /// take turns in what one call returns. A member owning more partitions than
+    /// [`GroupOptions::max_long_polls`] asks a quiet partition again only after the poll's
+    /// wait, so a record arriving there may wait that long.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ReceivedRecord>> {
         let deadline = tokio::time::Instant::now() + max_wait;
         self.wait_ms.store(wait_ms(max_wait), Ordering::Relaxed);
@@ -703,7 +707,7 @@ impl GroupConsumer {
     /// the records of the first answer that has some.
     async fn take_answer(&mut self) -> Result<Option<Vec<ReceivedRecord>>> {
         let n = self.assignment.len();
-        let rest_when_idle = n > GROUP_FETCHES_AHEAD;
+        let rest_when_idle = n > self.options.max_long_polls;
         for i in 0..n {
             let idx = (self.next + i) % n;
             let key = self.assignment[idx].clone();

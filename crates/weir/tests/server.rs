@@ -592,9 +592,65 @@ fn a_group_members_poll_returns_when_any_of_its_partitions_gets_a_record() {
 
 /// A member owning more partitions than it fetches ahead at once (16) reads every record of
 /// each, once; and while they are quiet it asks each about once per poll's wait, without
-/// spinning.
+/// spinning: whether it long-polls them (the default, up to 512) or, owning more than its
+/// `max_long_polls`, asks again after each wait.
 #[test]
 fn a_group_member_with_many_partitions_reads_them_all_and_rests_while_they_are_quiet() {
+    many_partitions(GroupOptions {
+        max_long_polls: 16,
+        ..GroupOptions::default()
+    });
+    many_partitions(GroupOptions::default());
+}
+
+/// A member long-polling its 24 partitions gets a record on any of them within its poll,
+/// whatever the poll's wait.
+#[test]
+fn a_group_member_long_polling_many_partitions_gets_a_record_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("wide", topic(24)).await.unwrap();
+        let c = Client::connect(&server.addr, "member").await.unwrap();
+        let mut member = GroupConsumer::join(c, "readers", &["wide"], GroupOptions::default())
+            .await
+            .unwrap();
+        // Caught up on every partition first.
+        while member.lag() != Some(0) {
+            assert!(
+                member
+                    .poll(Duration::from_millis(100))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        for p in [3u32, 23, 11] {
+            let value = format!("late-{p}");
+            let (got, ()) = tokio::join!(member.poll(Duration::from_secs(10)), async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                admin
+                    .produce("wide", Some(p), None, batch(&[value.as_bytes()]))
+                    .await
+                    .unwrap();
+            });
+            let t = Instant::now();
+            let got = got.unwrap();
+            assert_eq!(got.len(), 1, "partition {p}");
+            assert_eq!(got[0].value.as_deref(), Some(value.as_bytes()));
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "partition {p}: waited {:?}",
+                t.elapsed()
+            );
+        }
+        member.leave().await.unwrap();
+    });
+    server.stop();
+}
+
+fn many_partitions(options: GroupOptions) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     common::rt().block_on(async {
@@ -612,7 +668,7 @@ fn a_group_member_with_many_partitions_reads_them_all_and_rests_while_they_are_q
             }
         }
         let c = Client::connect(&server.addr, "member").await.unwrap();
-        let mut member = GroupConsumer::join(c, "readers", &["wide"], GroupOptions::default())
+        let mut member = GroupConsumer::join(c, "readers", &["wide"], options)
             .await
             .unwrap();
         let mut seen = Vec::new();
