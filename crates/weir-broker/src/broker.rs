@@ -1106,6 +1106,8 @@ impl Broker {
         let (t, part) = self.partition(topic, partition)?;
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut hwm_rx = part.hwm.subscribe();
+        // More than `max_bytes` could never be answered, so it is enough.
+        let min_bytes = min_bytes.min(max_bytes);
         loop {
             hwm_rx.borrow_and_update();
             let r = self.read(&part, offset, max_bytes).await?;
@@ -1123,7 +1125,10 @@ impl Broker {
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::ShuttingDown);
             }
-            // Answered the moment the high watermark moves, or at the deadline.
+            // Answered the moment the high watermark moves, or at the deadline, from a fresh
+            // read: what was read so far is not held while waiting (a parked fetch holds no
+            // data).
+            drop(r);
             let parked = park();
             let _ = tokio::time::timeout_at(deadline, hwm_rx.changed()).await;
             drop(parked);

@@ -112,8 +112,7 @@ pub struct PartitionConsumer {
 /// waiting to be taken: what consumers of many partitions keep in memory when their reader
 /// is slow. A consumer that has caught up waits for records in a long poll that holds no
 /// place (and no data), so any number of them can wait at once; records found that way are
-/// held until a place is free, so each waiting consumer may hold one answer of fresh records
-/// beyond the bound.
+/// kept only if a place is free, and otherwise fetched again once one is.
 #[derive(Debug, Clone)]
 pub struct FetchLimit(Arc<Semaphore>);
 
@@ -202,9 +201,9 @@ impl Fetcher {
             };
             // Under a limit (and not resting), a fetcher that found nothing waits for records
             // in a long poll that holds no permit: it holds no data meanwhile, and so many
-            // partitions can wait at once. Records found that way take a permit before they
-            // are handed over; while catching up, each fetch takes one first and does not
-            // wait, so what is fetched ahead stays within the limit.
+            // partitions can wait at once. Records found that way are kept if a permit is
+            // free, else let go and fetched again under one; while catching up, each fetch
+            // takes a permit first and does not wait. So what is held stays within the limit.
             let mut caught_up = false;
             loop {
                 let long_poll = pace.limit.is_some() && !pace.rest_when_idle && caught_up;
@@ -231,7 +230,15 @@ impl Fetcher {
                         continue;
                     }
                     if long_poll && got.is_ok() && !idle {
-                        permit = Some(acquire(limit).await);
+                        match limit.clone().try_acquire_owned() {
+                            Ok(p) => permit = Some(p),
+                            // No place: the records are let go and fetched again once one is
+                            // free, so that waiting for it holds no data.
+                            Err(_) => {
+                                caught_up = false;
+                                continue;
+                            }
+                        }
                     }
                     caught_up = idle;
                 }
@@ -316,9 +323,11 @@ impl Fetcher {
 /// Sleeps for the wait in `wait_ms`, which a poll may change meanwhile: in steps of at most
 /// 100 ms, each against the wait as it is then.
 async fn rest(wait_ms: &AtomicU64) {
+    // At least this long, so that polls with no wait do not make resting fetchers spin.
+    const MIN_REST: Duration = Duration::from_millis(10);
     let start = tokio::time::Instant::now();
     loop {
-        let wait = Duration::from_millis(wait_ms.load(Ordering::Relaxed));
+        let wait = Duration::from_millis(wait_ms.load(Ordering::Relaxed)).max(MIN_REST);
         let left = wait.saturating_sub(start.elapsed());
         if left.is_zero() {
             return;
@@ -457,9 +466,11 @@ pub struct GroupOptions {
     /// Sticky assignment (default) or round robin.
     pub sticky: bool,
     /// Most partitions the member waits on at once with long polls, each answered the moment
-    /// a record arrives (the server keeps up to 1,024 waiting fetches per connection outside
-    /// its request window). A member owning more asks a quiet partition again only after each
-    /// poll's wait, so a record there may wait that long. Default 512.
+    /// a record arrives. The server keeps up to 1,024 waiting fetches per connection outside
+    /// its request window, and members or consumers sharing a [`Client`] share that; past it,
+    /// waiting fetches take request slots that heartbeats and commits need. A member owning
+    /// more asks a quiet partition again only after each poll's wait, so a record there may
+    /// wait that long. Default 512.
     pub max_long_polls: usize,
 }
 
@@ -505,7 +516,7 @@ pub struct GroupConsumer {
 /// Answers a group member may have fetched at once, across its partitions: what waits in
 /// memory stays within this many times `max_bytes` (or a stored batch, when one is larger).
 /// A partition that has caught up waits for records in a long poll that holds no place (see
-/// [`FetchLimit`]), so records fresh from such a wait may come on top, one answer for each.
+/// [`FetchLimit`]).
 pub const GROUP_FETCHES_AHEAD: usize = 16;
 
 impl Drop for GroupConsumer {
@@ -554,10 +565,11 @@ impl GroupConsumer {
         self.generation
     }
 
-    /// How many records the member's partitions hold past its positions, as their latest
-    /// fetches found them: `None` until every owned partition has been fetched since the
-    /// member last joined (or since its fetches restarted), or while a rebalance waits to be
-    /// followed. `Some(0)` means caught up, which a member owning no partition always is.
+    /// How many records the member's partitions hold past its positions, as of each
+    /// partition's latest fetch (a partition kept through a rebalance keeps what its fetches
+    /// found before): `None` while an owned partition has no fetch answered yet, or while a
+    /// rebalance waits to be followed. `Some(0)` means caught up, which a member owning no
+    /// partition always is.
     pub fn lag(&self) -> Option<u64> {
         if self.rebalance.load(Ordering::Acquire) {
             return None;
@@ -567,6 +579,26 @@ impl GroupConsumer {
             let pos = self.positions.get(key).copied().unwrap_or(0);
             Some(sum.saturating_add(hwm.saturating_sub(pos)))
         })
+    }
+
+    /// Moves the member's position in `partition` of `topic`, which it must own, to
+    /// `offset`: the next polls read from there, and a commit stores it. For example, back to
+    /// the first record of a poll the application did not get to, before it commits. Records
+    /// fetched ahead for the partition are dropped.
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
+        let Some(key) = self
+            .assignment
+            .iter()
+            .find(|(t, p)| &**t == topic && *p == partition)
+            .cloned()
+        else {
+            return Err(ClientError::Invalid(format!(
+                "{topic}/{partition} is not assigned to this member"
+            )));
+        };
+        self.fetchers.remove(&key);
+        self.positions.insert(key, offset);
+        Ok(())
     }
 
     /// The partitions this member owns in the current generation.
@@ -775,19 +807,24 @@ impl GroupConsumer {
     /// (delivery is at least once). Fails if the second attempt is refused too (the next poll
     /// rejoins) or on any other error.
     pub async fn commit(&mut self) -> Result<()> {
-        match self.commit_once().await {
+        match self.commit_once(|_| true).await {
             Err(e) if e.is_rebalance() => {
+                let before: std::collections::HashSet<_> =
+                    self.assignment.iter().cloned().collect();
                 self.rejoin().await?;
-                self.commit_once().await
+                // Not the partitions just gained: their positions are only where they start.
+                self.commit_once(|key| before.contains(key)).await
             }
             other => other,
         }
     }
 
-    async fn commit_once(&mut self) -> Result<()> {
+    /// Commits the positions of the owned partitions `which` selects.
+    async fn commit_once(&mut self, which: impl Fn(&(Arc<str>, u32)) -> bool) -> Result<()> {
         let offsets: Vec<(String, u32, u64)> = self
             .assignment
             .iter()
+            .filter(|key| which(key))
             .filter_map(|(t, p)| {
                 self.positions
                     .get(&(t.clone(), *p))

@@ -46,6 +46,7 @@ pub(crate) const MAX_PARKED: usize = 1024;
 /// Most such fetches across the server; past it, a waiting fetch keeps its place in its
 /// connection's window as any request does.
 const MAX_PARKED_TOTAL: usize = 65_536;
+/// Process-wide: servers embedded side by side in one process share the cap.
 static PARKED_TOTAL: AtomicUsize = AtomicUsize::new(0);
 
 /// A connection's fetches that are waiting for records (long polls), counted apart from its

@@ -37,6 +37,24 @@ pub struct Args {
     max: Option<u64>,
 }
 
+/// Commits the member's positions; `false` if a rebalance refused it even after rejoining
+/// (the next poll follows the rebalance, and a partition's new owner reads on from its last
+/// commit).
+async fn commit(consumer: &mut GroupConsumer) -> Result<bool> {
+    match consumer.commit().await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_rebalance() => {
+            tracing::info!(error = %e, "commit refused by a rebalance; rejoining");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Empty polls in a row after which a group member reading without --follow stops, even if
+/// it never saw itself caught up (5 s at 200 ms a poll).
+const MAX_IDLE_POLLS: u32 = 25;
+
 /// Answers fetched ahead across all partitions read without a group.
 const FETCHES_AHEAD: usize = 16;
 
@@ -111,14 +129,27 @@ pub async fn run(args: Args) -> Result<()> {
             ..GroupOptions::default()
         };
         let mut consumer = GroupConsumer::join(client, group, &[&args.topic], options).await?;
+        // A commit a rebalance refused is tried again at the next poll, and before leaving.
+        let mut uncommitted = false;
+        let mut idle_polls = 0;
         loop {
             let records = consumer.poll(wait).await?;
-            // Without --follow, done once the member has caught up with every partition it
-            // owns (an empty poll alone may only mean a rebalance was being followed).
-            if records.is_empty() && !args.follow && consumer.lag() == Some(0) {
-                break;
+            if records.is_empty() {
+                if uncommitted {
+                    uncommitted = !commit(&mut consumer).await?;
+                }
+                idle_polls += 1;
+                // Without --follow, done once the member has caught up with every partition
+                // it owns (an empty poll alone may only mean a rebalance was being followed),
+                // or after polls that stay empty while it never seems to.
+                if !args.follow && (consumer.lag() == Some(0) || idle_polls >= MAX_IDLE_POLLS) {
+                    break;
+                }
+                continue;
             }
-            for r in &records {
+            idle_polls = 0;
+            let mut rest = records.iter();
+            for r in rest.by_ref() {
                 print(&mut out, json, r)?;
                 printed += 1;
                 if printed >= limit {
@@ -126,20 +157,21 @@ pub async fn run(args: Args) -> Result<()> {
                 }
             }
             out.flush()?;
-            if !records.is_empty() {
-                match consumer.commit().await {
-                    // The group rebalanced again while this member rejoined to commit: the
-                    // next poll follows it, and a partition's new owner reads on from its
-                    // last commit.
-                    Err(e) if e.is_rebalance() => {
-                        tracing::info!(error = %e, "commit refused by a rebalance; rejoining")
-                    }
-                    other => other?,
+            // Past --max: the records not printed are left for the group, the commit stopping
+            // before the first of each partition.
+            let mut left = std::collections::HashSet::new();
+            for r in rest {
+                if left.insert((r.topic.clone(), r.partition)) {
+                    consumer.seek(&r.topic, r.partition, r.offset)?;
                 }
             }
+            uncommitted = !commit(&mut consumer).await?;
             if printed >= limit {
                 break;
             }
+        }
+        if uncommitted {
+            commit(&mut consumer).await?;
         }
         consumer.leave().await?;
         return Ok(());
@@ -164,6 +196,11 @@ pub async fn run(args: Args) -> Result<()> {
     // does not keep the others waiting.
     let mut next = 0;
     'outer: loop {
+        // A partition read to its end is dropped, with what it fetched ahead (which would
+        // hold places of the shared limit).
+        if !args.follow {
+            consumers.retain(|(c, end)| c.position() < *end);
+        }
         // Every partition still to read waits at once; the first to have records answers
         // (a poll cut short keeps what its fetch brings for the next one).
         let n = consumers.len();
@@ -172,7 +209,6 @@ pub async fn run(args: Args) -> Result<()> {
             .iter_mut()
             .chain(head.iter_mut())
             .enumerate()
-            .filter(|(_, (c, end))| args.follow || c.position() < *end)
             .map(|(i, (c, end))| {
                 let (end, index) = (*end, (next + i) % n);
                 async move { (c.poll(wait).await, end, index) }

@@ -628,6 +628,7 @@ fn a_group_member_long_polling_many_partitions_gets_a_record_at_once() {
         }
         for p in [3u32, 23, 11] {
             let value = format!("late-{p}");
+            let t = Instant::now();
             let (got, ()) = tokio::join!(member.poll(Duration::from_secs(10)), async {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 admin
@@ -635,7 +636,6 @@ fn a_group_member_long_polling_many_partitions_gets_a_record_at_once() {
                     .await
                     .unwrap();
             });
-            let t = Instant::now();
             let got = got.unwrap();
             assert_eq!(got.len(), 1, "partition {p}");
             assert_eq!(got[0].value.as_deref(), Some(value.as_bytes()));
@@ -725,6 +725,57 @@ fn many_partitions(options: GroupOptions) {
         );
         member.leave().await.unwrap();
     });
+    server.stop();
+}
+
+/// `weir consume` without --follow reads each partition to where it ended when it started
+/// and stops, while producers keep writing to all of them: partitions read to their end
+/// must not keep holding the answers they fetch ahead.
+#[test]
+fn cli_consume_stops_at_the_end_while_producers_keep_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let rt = common::rt();
+    let admin = rt.block_on(Client::connect(&server.addr, "admin")).unwrap();
+    rt.block_on(admin.create_topic("busy", topic(20))).unwrap();
+    // Three answers' worth (1 MiB each) per partition.
+    let pad = "x".repeat(10_000);
+    for p in 0..20u32 {
+        for i in 0..300 {
+            let value = format!("p{p}-{i}-{pad}");
+            rt.block_on(admin.produce("busy", Some(p), None, batch(&[value.as_bytes()])))
+                .unwrap();
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (admin, stop) = (admin.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let value = format!("more-{n}");
+                admin
+                    .produce(
+                        "busy",
+                        Some((n % 20) as u32),
+                        None,
+                        batch(&[value.as_bytes()]),
+                    )
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+        })
+    };
+    let t = Instant::now();
+    let (ok, out, err) = cli(&server.addr, &["consume", "busy"], "");
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+    assert!(ok, "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let first: BTreeSet<&str> = out.lines().filter(|l| l.starts_with('p')).collect();
+    assert_eq!(first.len(), 6000, "every record written before it started");
     server.stop();
 }
 

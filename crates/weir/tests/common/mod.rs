@@ -129,7 +129,8 @@ pub fn cli(addr: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     run(cmd, stdin)
 }
 
-/// Runs `cmd`, feeding `stdin`; returns (status, stdout, stderr).
+/// Runs `cmd`, feeding `stdin`; returns (status, stdout, stderr). Killed, and the test
+/// failed, if it has not finished within two minutes.
 pub fn run(mut cmd: Command, stdin: &str) -> (bool, String, String) {
     use std::io::Write;
     let mut child = cmd
@@ -144,7 +145,17 @@ pub fn run(mut cmd: Command, stdin: &str) -> (bool, String, String) {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !waiter.is_finished() {
+        if std::time::Instant::now() > deadline {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("{cmd:?} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = waiter.join().unwrap().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
