@@ -728,6 +728,35 @@ fn many_partitions(options: GroupOptions) {
     server.stop();
 }
 
+/// `weir consume --group --max N` commits only what it printed: the next member of the group
+/// reads on from the record after the last one printed, though they came in one answer.
+#[test]
+fn cli_group_consume_with_max_commits_only_what_it_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let a = &server.addr;
+    let (ok, _, err) = cli(a, &["topic", "create", "jobs", "--partitions", "1"], "");
+    assert!(ok, "{err}");
+    let lines: String = (0..20).map(|i| format!("job-{i}\n")).collect();
+    let (ok, _, err) = cli(a, &["produce", "jobs"], &lines);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(a, &["consume", "jobs", "--group", "g", "--max", "5"], "");
+    assert!(ok, "{err}");
+    let first: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        first,
+        (0..5).map(|i| format!("job-{i}")).collect::<Vec<_>>()
+    );
+    let (ok, out, err) = cli(a, &["consume", "jobs", "--group", "g"], "");
+    assert!(ok, "{err}");
+    let rest: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        rest,
+        (5..20).map(|i| format!("job-{i}")).collect::<Vec<_>>()
+    );
+    server.stop();
+}
+
 /// `weir consume` without --follow reads each partition to where it ended when it started
 /// and stops, while producers keep writing to all of them: partitions read to their end
 /// must not keep holding the answers they fetch ahead.
