@@ -1106,8 +1106,6 @@ impl Broker {
         let (t, part) = self.partition(topic, partition)?;
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut hwm_rx = part.hwm.subscribe();
-        // More than `max_bytes` could never be answered, so it is enough.
-        let min_bytes = min_bytes.min(max_bytes);
         loop {
             hwm_rx.borrow_and_update();
             let r = self.read(&part, offset, max_bytes).await?;
@@ -1531,6 +1529,31 @@ mod tests {
         // the first read-ahead) is answered by one started ahead of it.
         let hits = broker.inner.read_ahead_hits.load(Ordering::Relaxed);
         assert_eq!(hits, fetches - 2, "read-aheads used, of {fetches} fetches");
+    }
+
+    /// A fetch that waits for records is reported as parked while it waits, once per wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_fetch_is_reported_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_on_disk(dir.path(), 1 << 30, None).await;
+        // At the end of the log: parked until the deadline, once; with records, never.
+        let parks = std::sync::atomic::AtomicUsize::new(0);
+        let f = broker
+            .fetch_parking("t", 0, 2000, 4096, 1, Duration::from_millis(200), || {
+                parks.fetch_add(1, Ordering::Relaxed);
+            })
+            .await
+            .unwrap();
+        assert!(f.chunks.is_empty());
+        assert_eq!(parks.load(Ordering::Relaxed), 1);
+        let f = broker
+            .fetch_parking("t", 0, 0, 4096, 1, Duration::from_secs(10), || {
+                parks.fetch_add(1, Ordering::Relaxed);
+            })
+            .await
+            .unwrap();
+        assert!(!f.chunks.is_empty());
+        assert_eq!(parks.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
