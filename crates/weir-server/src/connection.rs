@@ -59,10 +59,54 @@ static PARKED_TOTAL: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug, Default)]
 pub(crate) struct Parked {
     count: AtomicUsize,
-    /// Notified as a fetch parks: the connection's window may have opened. (The connection
-    /// reads about a frame at a time, so its window seldom closes on fetches not yet parked;
-    /// without this, one that did would stay closed until some request completed.)
-    opened: tokio::sync::Notify,
+}
+
+/// A connection's requests under way. Fetches park while the set is polled (on the
+/// connection's own task), so the set tells the connection when one did: it yields `None`,
+/// for which the connection looks at its window again (frames may be waiting for it).
+/// Without this, a window closed by fetches not yet parked would stay closed, once they
+/// parked, until some request completed. (A wrapper rather than another branch of the
+/// connection's `select!`: every byte of that task is paid by each idle connection.)
+#[derive(Default)]
+struct InFlightSet {
+    futures: FuturesUnordered<InFlight>,
+    /// Its fetches waiting for records, made at the first fetch.
+    parked: Option<Arc<Parked>>,
+}
+
+impl InFlightSet {
+    fn len(&self) -> usize {
+        self.futures.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.futures.is_empty()
+    }
+
+    fn push(&mut self, f: InFlight) {
+        self.futures.push(f);
+    }
+
+    fn parked(&self) -> usize {
+        self.parked.as_ref().map_or(0, |p| p.count())
+    }
+}
+
+impl futures_util::Stream for InFlightSet {
+    type Item = Option<OutFrame>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let before = self.parked();
+        match self.futures.poll_next_unpin(cx) {
+            std::task::Poll::Pending if self.parked() > before => {
+                std::task::Poll::Ready(Some(None))
+            }
+            other => other,
+        }
+    }
 }
 
 /// A parked fetch's place, given back when dropped; an empty one if no place was left.
@@ -87,7 +131,6 @@ impl Parked {
             PARKED_TOTAL.fetch_sub(1, Ordering::AcqRel);
             return ParkedGuard(None);
         }
-        self.opened.notify_one();
         ParkedGuard(Some(self.clone()))
     }
 }
@@ -180,14 +223,11 @@ pub(crate) struct Connection {
     broker: Broker,
     config: Arc<ServerConfig>,
     client_id: Option<Arc<str>>,
-    in_flight: FuturesUnordered<InFlight>,
-    /// Its fetches waiting for records, made at the first fetch.
-    parked: Option<Arc<Parked>>,
+    in_flight: InFlightSet,
     produce_chain: Option<oneshot::Receiver<()>>,
-    subs: HashMap<u64, Subscription>,
-    next_sub: u64,
-    push_tx: Option<mpsc::Sender<OutFrame>>,
-    push_rx: Option<mpsc::Receiver<OutFrame>>,
+    /// Its push subscriptions, made at the first: boxed, since most connections have none
+    /// and every byte of the connection's task is paid by each idle connection.
+    pushes: Option<Box<Pushes>>,
     last_read: Instant,
     last_write: Instant,
     /// The request being dispatched asked for no response.
@@ -207,10 +247,20 @@ pub(crate) struct Connection {
     poll_until: Option<Instant>,
 }
 
+/// A connection's push subscriptions and the channel their frames come through.
+struct Pushes {
+    subs: HashMap<u64, Subscription>,
+    next_sub: u64,
+    tx: mpsc::Sender<OutFrame>,
+    rx: mpsc::Receiver<OutFrame>,
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
-        for (_, s) in self.subs.drain() {
-            s.task.abort();
+        if let Some(p) = self.pushes.as_mut() {
+            for (_, s) in p.subs.drain() {
+                s.task.abort();
+            }
         }
     }
 }
@@ -225,8 +275,6 @@ enum Input {
     Tick,
     /// A turn of busy polling went by.
     Poll,
-    /// A fetch began to wait for records: the window may have opened.
-    Parked,
 }
 
 impl Connection {
@@ -244,13 +292,9 @@ impl Connection {
             broker,
             config,
             client_id: None,
-            in_flight: FuturesUnordered::new(),
-            parked: None,
+            in_flight: InFlightSet::default(),
             produce_chain: None,
-            subs: HashMap::new(),
-            next_sub: 1,
-            push_tx: None,
-            push_rx: None,
+            pushes: None,
             last_read: now,
             last_write: now,
             silent: false,
@@ -292,13 +336,12 @@ impl Connection {
                 biased;
                 r = stop.changed(), if !draining => { let _ = r; Input::Stop }
                 out = self.in_flight.next(), if !self.in_flight.is_empty() => Input::Done(out.flatten()),
-                out = recv_push(&mut self.push_rx) => Input::Push(out),
+                out = recv_push(self.pushes.as_mut().map(|p| &mut p.rx)) => Input::Push(out),
                 p = async { self.budget_wait.as_mut().expect("guarded").await }, if self.budget_wait.is_some() => Input::Budget(p),
                 // Boxed: a timer held inline would enlarge every connection's task, idle ones
                 // included, for a state most never enter.
                 _ = async { Box::pin(tokio::time::sleep_until(muted_until)).await }, if self.muted_until.is_some() => Input::Unmute,
                 r = self.stream.read_buf(&mut self.buf), if !draining && readable => Input::Read(r),
-                _ = async { self.parked.as_ref().expect("guarded").opened.notified().await }, if !window_open && self.parked.is_some() => Input::Parked,
                 _ = &mut tick => Input::Tick,
                 // Last: it only runs when nothing else is ready, and reschedules the task at
                 // once (other tasks run in between), instead of this thread going to sleep.
@@ -329,12 +372,6 @@ impl Connection {
                 }
                 Input::Unmute => {
                     self.muted_until = None;
-                    if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
-                        break;
-                    }
-                }
-                Input::Parked => {
-                    // Frames that waited for the window may be taken now.
                     if !draining && !self.buf.is_empty() && !Box::pin(self.process_buffer()).await {
                         break;
                     }
@@ -533,8 +570,7 @@ impl Connection {
     /// Whether another request may be taken: fewer than the window's worth are under way,
     /// fetches that wait for records not counted (see [`Parked`]).
     fn window_open(&self) -> bool {
-        let parked = self.parked.as_ref().map_or(0, |p| p.count());
-        self.in_flight.len().saturating_sub(parked) < self.config.max_in_flight
+        self.in_flight.len().saturating_sub(self.in_flight.parked()) < self.config.max_in_flight
     }
 
     /// Runs or schedules one request. `false` ends the connection.
@@ -595,7 +631,11 @@ impl Connection {
             }
             Api::Credit => {
                 match msg::CreditRequest::decode(frame.message.clone()) {
-                    Ok(c) => match self.subs.get(&c.subscription_id) {
+                    Ok(c) => match self
+                        .pushes
+                        .as_ref()
+                        .and_then(|p| p.subs.get(&c.subscription_id))
+                    {
                         Some(s) => s.credit.add(c.records, c.bytes),
                         None => {
                             return self
@@ -617,7 +657,11 @@ impl Connection {
             }
             Api::Unsubscribe => {
                 let out = match msg::UnsubscribeRequest::decode(frame.message.clone()) {
-                    Ok(u) => match self.subs.remove(&u.subscription_id) {
+                    Ok(u) => match self
+                        .pushes
+                        .as_mut()
+                        .and_then(|p| p.subs.remove(&u.subscription_id))
+                    {
                         Some(s) => {
                             s.task.abort();
                             OutFrame::response(&h, &msg::UnsubscribeResponse {})
@@ -651,8 +695,12 @@ impl Connection {
             _ => {
                 let broker = self.broker.clone();
                 let silent = self.silent;
-                let parked = (api == Api::Fetch)
-                    .then(|| self.parked.get_or_insert_with(Default::default).clone());
+                let parked = (api == Api::Fetch).then(|| {
+                    self.in_flight
+                        .parked
+                        .get_or_insert_with(Default::default)
+                        .clone()
+                });
                 self.in_flight.push(Box::pin(async move {
                     let out = command::handle(&broker, frame, &client_id, parked).await;
                     drop(budget);
@@ -795,8 +843,17 @@ impl Connection {
             Ok(r) => r,
             Err(e) => return OutFrame::error(&h, ErrorCode::Malformed, e.to_string()),
         };
-        self.subs.retain(|_, s| !s.task.is_finished());
-        if self.subs.len() >= self.config.max_subscriptions_per_connection {
+        let pushes = self.pushes.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(4);
+            Box::new(Pushes {
+                subs: HashMap::new(),
+                next_sub: 1,
+                tx,
+                rx,
+            })
+        });
+        pushes.subs.retain(|_, s| !s.task.is_finished());
+        if pushes.subs.len() >= self.config.max_subscriptions_per_connection {
             return OutFrame::error(
                 &h,
                 ErrorCode::InvalidRequest,
@@ -828,7 +885,7 @@ impl Connection {
                     c.push_queue_max_records,
                 );
                 let bytes = pick(req.queue_bytes, DEFAULT_QUEUE_BYTES, c.push_queue_max_bytes);
-                let used: u64 = self.subs.values().map(|s| s.queue_bytes).sum();
+                let used: u64 = pushes.subs.values().map(|s| s.queue_bytes).sum();
                 if used + bytes > c.push_queue_bytes_per_connection {
                     return OutFrame::error(
                         &h,
@@ -874,19 +931,10 @@ impl Connection {
                 Ok(c) => c,
                 Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
             };
-        let id = self.next_sub;
-        self.next_sub += 1;
-        let (tx, rx) = match (&self.push_tx, self.push_rx.is_some()) {
-            (Some(tx), true) => (tx.clone(), None),
-            _ => {
-                let (tx, rx) = mpsc::channel(4);
-                (tx, Some(rx))
-            }
-        };
-        if let Some(rx) = rx {
-            self.push_tx = Some(tx.clone());
-            self.push_rx = Some(rx);
-        }
+        let pushes = self.pushes.as_mut().expect("made above");
+        let id = pushes.next_sub;
+        pushes.next_sub += 1;
+        let tx = pushes.tx.clone();
         let credit = Arc::new(CreditBox::default());
         let (task, queue_records, queue_bytes) = match queue {
             None => {
@@ -902,7 +950,7 @@ impl Connection {
                 (tokio::spawn(queued_push(cursor, id, q, tx)), records, bytes)
             }
         };
-        self.subs.insert(
+        pushes.subs.insert(
             id,
             Subscription {
                 credit,
@@ -922,7 +970,7 @@ impl Connection {
     }
 }
 
-async fn recv_push(rx: &mut Option<mpsc::Receiver<OutFrame>>) -> Option<OutFrame> {
+async fn recv_push(rx: Option<&mut mpsc::Receiver<OutFrame>>) -> Option<OutFrame> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
