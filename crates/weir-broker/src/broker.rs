@@ -1110,7 +1110,17 @@ impl Broker {
             hwm_rx.borrow_and_update();
             let r = self.read(&part, offset, max_bytes).await?;
             let got: usize = r.chunks.iter().map(Bytes::len).sum();
-            if got >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline || min_bytes == 0
+            // Records past what was read: `max_bytes` stopped the read, and waiting could not
+            // make the answer larger (a `min_bytes` above `max_bytes` is never reached).
+            let full = got > 0
+                && r.chunks
+                    .last()
+                    .and_then(|c| weir_batch::end_offset(c))
+                    .is_some_and(|end| end < r.high_watermark);
+            if got >= min_bytes.max(1)
+                || full
+                || tokio::time::Instant::now() >= deadline
+                || min_bytes == 0
             {
                 return Ok(fetched(r));
             }
@@ -1531,11 +1541,20 @@ mod tests {
         assert_eq!(hits, fetches - 2, "read-aheads used, of {fetches} fetches");
     }
 
-    /// A fetch that waits for records is reported as parked while it waits, once per wait.
+    /// A fetch that waits for records is reported as parked while it waits, once per wait;
+    /// and one whose `min_bytes` is beyond its `max_bytes` answers as soon as `max_bytes`
+    /// stopped its read (more would never fit), not at its deadline.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_fetch_is_reported_parked() {
         let dir = tempfile::tempdir().unwrap();
         let broker = broker_on_disk(dir.path(), 1 << 30, None).await;
+        let t = std::time::Instant::now();
+        let f = broker
+            .fetch("t", 0, 0, 4096, 1 << 20, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!f.chunks.is_empty());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         // At the end of the log: parked until the deadline, once; with records, never.
         let parks = std::sync::atomic::AtomicUsize::new(0);
         let f = broker

@@ -111,8 +111,9 @@ pub struct PartitionConsumer {
 /// A bound on the answers several [`PartitionConsumer`]s hold at once, fetched ahead or
 /// waiting to be taken: what consumers of many partitions keep in memory when their reader
 /// is slow. A consumer that has caught up waits for records in a long poll that holds no
-/// place (and no data), so any number of them can wait at once; records found that way are
-/// kept only if a place is free, and otherwise fetched again once one is.
+/// place (and no data), so any number of them can wait at once; records found that way (at
+/// most 64 KiB, or one batch) are kept only if a place is free, and otherwise fetched again
+/// once one is.
 #[derive(Debug, Clone)]
 pub struct FetchLimit(Arc<Semaphore>);
 
@@ -203,7 +204,8 @@ impl Fetcher {
             // in a long poll that holds no permit: it holds no data meanwhile, and so many
             // partitions can wait at once. Records found that way are kept if a permit is
             // free, else let go and fetched again under one; while catching up, each fetch
-            // takes a permit first and does not wait. So what is held stays within the limit.
+            // takes a permit first and does not wait. So what is kept stays within the limit
+            // (a long poll asks for little, so that many waking at once hold little).
             let mut caught_up = false;
             loop {
                 let long_poll = pace.limit.is_some() && !pace.rest_when_idle && caught_up;
@@ -217,8 +219,14 @@ impl Fetcher {
                 } else {
                     wait
                 };
-                let mut got =
-                    fetch(&client, &topic, partition, offset, max_bytes, fetch_wait).await;
+                // A long poll under a limit only learns that records came: it asks for little,
+                // so that many waking at once hold little before they have a place.
+                let ask = if long_poll {
+                    max_bytes.min(LONG_POLL_BYTES)
+                } else {
+                    max_bytes
+                };
+                let mut got = fetch(&client, &topic, partition, offset, ask, fetch_wait).await;
                 if let Ok(f) = &got {
                     seen.store(f.high_watermark.min(u64::MAX - 1), Ordering::Relaxed);
                 }
@@ -319,6 +327,10 @@ impl Fetcher {
         Ok(records)
     }
 }
+
+/// Most bytes a long poll under a [`FetchLimit`] asks for (a batch larger than this still
+/// comes whole).
+const LONG_POLL_BYTES: u32 = 64 << 10;
 
 /// Sleeps for the wait in `wait_ms`, which a poll may change meanwhile: in steps of at most
 /// 100 ms, each against the wait as it is then.
@@ -466,9 +478,10 @@ pub struct GroupOptions {
     /// Sticky assignment (default) or round robin.
     pub sticky: bool,
     /// Most partitions the member waits on at once with long polls, each answered the moment
-    /// a record arrives. The server keeps up to 1,024 waiting fetches per connection outside
-    /// its request window, and members or consumers sharing a [`Client`] share that; past it,
-    /// waiting fetches take request slots that heartbeats and commits need. A member owning
+    /// a record arrives. The server keeps up to 1,024 waiting fetches per connection (65,536
+    /// in all) outside its request window, and members or consumers sharing a [`Client`]
+    /// share that; past it, waiting fetches take request slots that heartbeats and commits
+    /// need. A member owning
     /// more asks a quiet partition again only after each poll's wait, so a record there may
     /// wait that long. Default 512.
     pub max_long_polls: usize,
@@ -504,6 +517,9 @@ pub struct GroupConsumer {
     pub max_bytes: u32,
     /// Each owned partition's fetches, run ahead as [`PartitionConsumer`]'s are.
     fetchers: HashMap<(Arc<str>, u32), Fetcher>,
+    /// Partitions [`GroupConsumer::seek`] moved since their last commit: a rejoin keeps
+    /// their position even behind the committed offset.
+    sought: std::collections::HashSet<(Arc<str>, u32)>,
     /// The latest poll's wait, for the fetches sent ahead.
     wait_ms: Arc<AtomicU64>,
     /// [`GROUP_FETCHES_AHEAD`] permits, one per answer fetched or being fetched.
@@ -513,10 +529,11 @@ pub struct GroupConsumer {
     ready: Arc<Notify>,
 }
 
-/// Answers a group member may have fetched at once, across its partitions: what waits in
-/// memory stays within this many times `max_bytes` (or a stored batch, when one is larger).
-/// A partition that has caught up waits for records in a long poll that holds no place (see
-/// [`FetchLimit`]).
+/// Answers a group member may have fetched and kept at once, across its partitions: what
+/// waits in memory stays within this many times `max_bytes` (or a stored batch, when one is
+/// larger). A partition that has caught up waits for records in a long poll that holds no
+/// place (see [`FetchLimit`]) and asks for at most 64 KiB (or one batch), so when many wake
+/// at once each holds that much until it has a place or lets it go.
 pub const GROUP_FETCHES_AHEAD: usize = 16;
 
 impl Drop for GroupConsumer {
@@ -549,6 +566,7 @@ impl GroupConsumer {
             heartbeat: None,
             max_bytes: 1 << 20,
             fetchers: HashMap::new(),
+            sought: std::collections::HashSet::new(),
             wait_ms: Arc::new(AtomicU64::new(0)),
             limit: Arc::new(Semaphore::new(GROUP_FETCHES_AHEAD)),
             ready: Arc::new(Notify::new()),
@@ -582,9 +600,11 @@ impl GroupConsumer {
     }
 
     /// Moves the member's position in `partition` of `topic`, which it must own, to
-    /// `offset`: the next polls read from there, and a commit stores it. For example, back to
-    /// the first record of a poll the application did not get to, before it commits. Records
-    /// fetched ahead for the partition are dropped.
+    /// `offset`: the next polls read from there, and a commit stores it (a rejoin keeps it
+    /// until then, even behind the committed offset). For example, back to the first record
+    /// of a poll the application did not get to, before it commits. Records fetched ahead for
+    /// the partition are dropped. Past the end of the partition, reading goes on from its
+    /// end; before its start, from its start.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
         let Some(key) = self
             .assignment
@@ -597,7 +617,8 @@ impl GroupConsumer {
             )));
         };
         self.fetchers.remove(&key);
-        self.positions.insert(key, offset);
+        self.positions.insert(key.clone(), offset);
+        self.sought.insert(key);
         Ok(())
     }
 
@@ -652,6 +673,7 @@ impl GroupConsumer {
         // dropped unread, and their positions were committed or are lost with them).
         let owned: std::collections::HashSet<&(Arc<str>, u32)> = self.assignment.iter().collect();
         self.fetchers.retain(|k, _| owned.contains(k));
+        self.sought.retain(|k| owned.contains(k));
         let parts: Vec<(String, u32)> = self
             .assignment
             .iter()
@@ -664,8 +686,13 @@ impl GroupConsumer {
         let old = std::mem::take(&mut self.positions);
         for (t, p, o) in offsets {
             let key = (Arc::<str>::from(t.as_str()), p);
-            // Keep our own position for partitions we kept (it may be ahead of the commit).
-            let pos = old.get(&key).copied().map_or(o, |mine| mine.max(o));
+            // Keep our own position for partitions we kept (it may be ahead of the commit, or
+            // behind it where the application sought back).
+            let pos = match old.get(&key) {
+                Some(&mine) if self.sought.contains(&key) => mine,
+                Some(&mine) => mine.max(o),
+                None => o,
+            };
             self.positions.insert(key, pos);
         }
         self.rebalance.store(false, Ordering::Release);
@@ -783,13 +810,21 @@ impl GroupConsumer {
                     }
                 }
                 Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
-                    // Retention passed our position: continue from the log start.
+                    // Retention passed our position: continue from the log start. (Past the
+                    // end, as a seek may leave it: from the end.)
                     self.fetchers.remove(&key);
-                    let start = self
+                    let earliest = self
                         .client
                         .list_offsets(&key.0, key.1, Start::Earliest)
                         .await?;
-                    self.positions.insert(key, start);
+                    let to = if pos < earliest {
+                        earliest
+                    } else {
+                        self.client
+                            .list_offsets(&key.0, key.1, Start::Latest)
+                            .await?
+                    };
+                    self.positions.insert(key, to);
                 }
                 Err(e) => {
                     self.fetchers.remove(&key);
@@ -839,10 +874,14 @@ impl GroupConsumer {
                 &offsets,
             )
             .await;
-        if let Err(e) = &r {
-            if e.is_rebalance() {
-                self.rebalance.store(true, Ordering::Release);
-            }
+        match &r {
+            Ok(()) => self.sought.retain(|(t, p)| {
+                !offsets
+                    .iter()
+                    .any(|(ct, cp, _)| cp == p && ct.as_str() == &**t)
+            }),
+            Err(e) if e.is_rebalance() => self.rebalance.store(true, Ordering::Release),
+            Err(_) => {}
         }
         r
     }

@@ -62,8 +62,8 @@ pub(crate) struct Parked {
 }
 
 /// A connection's requests under way. Fetches park while the set is polled (on the
-/// connection's own task), so the set tells the connection when one did: it yields `None`,
-/// for which the connection looks at its window again (frames may be waiting for it).
+/// connection's own task), so the set tells the connection when one did: it yields
+/// `Some(None)` (no frame to write), for which the connection looks at its window again (frames may be waiting for it).
 /// Without this, a window closed by fetches not yet parked would stay closed, once they
 /// parked, until some request completed. (A wrapper rather than another branch of the
 /// connection's `select!`: every byte of that task is paid by each idle connection.)
@@ -843,17 +843,11 @@ impl Connection {
             Ok(r) => r,
             Err(e) => return OutFrame::error(&h, ErrorCode::Malformed, e.to_string()),
         };
-        let pushes = self.pushes.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(4);
-            Box::new(Pushes {
-                subs: HashMap::new(),
-                next_sub: 1,
-                tx,
-                rx,
-            })
-        });
-        pushes.subs.retain(|_, s| !s.task.is_finished());
-        if pushes.subs.len() >= self.config.max_subscriptions_per_connection {
+        if let Some(p) = self.pushes.as_mut() {
+            p.subs.retain(|_, s| !s.task.is_finished());
+        }
+        let subs = self.pushes.as_ref().map(|p| &p.subs);
+        if subs.map_or(0, HashMap::len) >= self.config.max_subscriptions_per_connection {
             return OutFrame::error(
                 &h,
                 ErrorCode::InvalidRequest,
@@ -885,7 +879,11 @@ impl Connection {
                     c.push_queue_max_records,
                 );
                 let bytes = pick(req.queue_bytes, DEFAULT_QUEUE_BYTES, c.push_queue_max_bytes);
-                let used: u64 = pushes.subs.values().map(|s| s.queue_bytes).sum();
+                let used: u64 = subs
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                    .map(|s| s.queue_bytes)
+                    .sum();
                 if used + bytes > c.push_queue_bytes_per_connection {
                     return OutFrame::error(
                         &h,
@@ -931,7 +929,16 @@ impl Connection {
                 Ok(c) => c,
                 Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
             };
-        let pushes = self.pushes.as_mut().expect("made above");
+        // Made at the first subscription that succeeds.
+        let pushes = self.pushes.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(4);
+            Box::new(Pushes {
+                subs: HashMap::new(),
+                next_sub: 1,
+                tx,
+                rx,
+            })
+        });
         let id = pushes.next_sub;
         pushes.next_sub += 1;
         let tx = pushes.tx.clone();

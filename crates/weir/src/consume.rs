@@ -37,6 +37,70 @@ pub struct Args {
     max: Option<u64>,
 }
 
+/// Reads as a group member until caught up (or forever with --follow), printing and
+/// committing; `uncommitted` says whether the last commit was refused by a rebalance.
+async fn group_loop(
+    consumer: &mut GroupConsumer,
+    args: &Args,
+    json: bool,
+    limit: u64,
+    wait: Duration,
+    out: &mut impl Write,
+    uncommitted: &mut bool,
+) -> Result<()> {
+    let mut printed = 0u64;
+    let mut idle_polls = 0;
+    while printed < limit {
+        let records = consumer.poll(wait).await?;
+        if records.is_empty() {
+            if *uncommitted {
+                *uncommitted = !commit(consumer).await?;
+            }
+            if args.follow {
+                continue;
+            }
+            // Done once the member has caught up with every partition it owns (an empty poll
+            // alone may only mean a rebalance was being followed).
+            let lag = consumer.lag();
+            if lag == Some(0) {
+                return Ok(());
+            }
+            idle_polls += 1;
+            if idle_polls >= MAX_IDLE_POLLS {
+                match lag {
+                    Some(n) => bail!(
+                        "{n} records are left to read, but none came for {:?}",
+                        wait * MAX_IDLE_POLLS
+                    ),
+                    None => bail!(
+                        "a partition of this member did not answer for {:?}",
+                        wait * MAX_IDLE_POLLS
+                    ),
+                }
+            }
+            continue;
+        }
+        idle_polls = 0;
+        let mut rest = records.iter();
+        while printed < limit {
+            let Some(r) = rest.next() else { break };
+            print(out, json, r)?;
+            printed += 1;
+        }
+        out.flush()?;
+        // Past --max: the records not printed are left for the group, the commit stopping
+        // before the first of each partition.
+        let mut left = std::collections::HashSet::new();
+        for r in rest {
+            if left.insert((r.topic.clone(), r.partition)) {
+                consumer.seek(&r.topic, r.partition, r.offset)?;
+            }
+        }
+        *uncommitted = !commit(consumer).await?;
+    }
+    Ok(())
+}
+
 /// Commits the member's positions; `false` if a rebalance refused it even after rejoining
 /// (the next poll follows the rebalance, and a partition's new owner reads on from its last
 /// commit).
@@ -51,8 +115,8 @@ async fn commit(consumer: &mut GroupConsumer) -> Result<bool> {
     }
 }
 
-/// Empty polls in a row after which a group member reading without --follow stops, even if
-/// it never saw itself caught up (5 s at 200 ms a poll).
+/// Empty polls in a row after which a group member reading without --follow gives up, with an
+/// error, when it cannot tell it has caught up (5 s at 200 ms a poll).
 const MAX_IDLE_POLLS: u32 = 25;
 
 /// Answers fetched ahead across all partitions read without a group.
@@ -129,51 +193,28 @@ pub async fn run(args: Args) -> Result<()> {
             ..GroupOptions::default()
         };
         let mut consumer = GroupConsumer::join(client, group, &[&args.topic], options).await?;
-        // A commit a rebalance refused is tried again at the next poll, and before leaving.
+        // A commit a rebalance refused is tried again at the next poll, and before leaving,
+        // whether the loop ends well or not.
         let mut uncommitted = false;
-        let mut idle_polls = 0;
-        loop {
-            let records = consumer.poll(wait).await?;
-            if records.is_empty() {
-                if uncommitted {
-                    uncommitted = !commit(&mut consumer).await?;
-                }
-                idle_polls += 1;
-                // Without --follow, done once the member has caught up with every partition
-                // it owns (an empty poll alone may only mean a rebalance was being followed),
-                // or after polls that stay empty while it never seems to.
-                if !args.follow && (consumer.lag() == Some(0) || idle_polls >= MAX_IDLE_POLLS) {
-                    break;
-                }
-                continue;
-            }
-            idle_polls = 0;
-            let mut rest = records.iter();
-            for r in rest.by_ref() {
-                print(&mut out, json, r)?;
-                printed += 1;
-                if printed >= limit {
-                    break;
-                }
-            }
-            out.flush()?;
-            // Past --max: the records not printed are left for the group, the commit stopping
-            // before the first of each partition.
-            let mut left = std::collections::HashSet::new();
-            for r in rest {
-                if left.insert((r.topic.clone(), r.partition)) {
-                    consumer.seek(&r.topic, r.partition, r.offset)?;
-                }
-            }
-            uncommitted = !commit(&mut consumer).await?;
-            if printed >= limit {
-                break;
-            }
-        }
+        let read = group_loop(
+            &mut consumer,
+            &args,
+            json,
+            limit,
+            wait,
+            &mut out,
+            &mut uncommitted,
+        )
+        .await;
         if uncommitted {
-            commit(&mut consumer).await?;
+            let done = commit(&mut consumer).await;
+            if read.is_ok() {
+                done?;
+            }
         }
-        consumer.leave().await?;
+        let left = consumer.leave().await;
+        read?;
+        left?;
         return Ok(());
     }
 
@@ -195,7 +236,7 @@ pub async fn run(args: Args) -> Result<()> {
     // The partition after the one that answered last goes first, so that a busy partition
     // does not keep the others waiting.
     let mut next = 0;
-    'outer: loop {
+    'outer: while printed < limit {
         // A partition read to its end is dropped, with what it fetched ahead (which would
         // hold places of the shared limit).
         if !args.follow {
@@ -229,14 +270,14 @@ pub async fn run(args: Args) -> Result<()> {
         drop(polls);
         if let Some((records, end)) = got {
             for r in &records {
+                if printed >= limit {
+                    break 'outer;
+                }
                 if !args.follow && r.offset >= end {
                     break;
                 }
                 print(&mut out, json, r)?;
                 printed += 1;
-                if printed >= limit {
-                    break 'outer;
-                }
             }
             out.flush()?;
         }

@@ -740,6 +740,10 @@ fn cli_group_consume_with_max_commits_only_what_it_printed() {
     let lines: String = (0..20).map(|i| format!("job-{i}\n")).collect();
     let (ok, _, err) = cli(a, &["produce", "jobs"], &lines);
     assert!(ok, "{err}");
+    let (ok, out, err) = cli(a, &["consume", "jobs", "--group", "g", "--max", "0"], "");
+    assert!(ok && out.is_empty(), "{out}{err}");
+    let (ok, out, err) = cli(a, &["consume", "jobs", "--max", "0"], "");
+    assert!(ok && out.is_empty(), "{out}{err}");
     let (ok, out, err) = cli(a, &["consume", "jobs", "--group", "g", "--max", "5"], "");
     assert!(ok, "{err}");
     let first: Vec<&str> = out.lines().collect();
@@ -873,6 +877,64 @@ fn a_group_member_commits_across_a_rebalance_and_knows_when_it_has_caught_up() {
     server.stop();
 }
 
+/// `seek`: back behind the committed offset, the position survives a rebalance until the
+/// next commit; past the end, reading goes on from the end (not from the start, as when
+/// retention passed the position).
+#[test]
+fn a_group_member_seeks_back_across_a_rebalance_and_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("one", topic(1)).await.unwrap();
+        for i in 0..10u32 {
+            let value = format!("r{i}");
+            admin
+                .produce("one", Some(0), None, batch(&[value.as_bytes()]))
+                .await
+                .unwrap();
+        }
+        let join = || async {
+            let c = Client::connect(&server.addr, "member").await.unwrap();
+            GroupConsumer::join(c, "seekers", &["one"], GroupOptions::default())
+                .await
+                .unwrap()
+        };
+        let mut a = join().await;
+        let mut read = 0;
+        while read < 10 {
+            read += a.poll(Duration::from_secs(5)).await.unwrap().len();
+        }
+        a.commit().await.unwrap();
+        a.seek("one", 0, 5).unwrap();
+        assert!(a.seek("one", 1, 0).is_err(), "not an owned partition");
+        // Another member joins: a rebalance, which `a` follows as its commit is refused; it
+        // keeps the only partition (sticky), and commits where it sought to.
+        let _b = join().await;
+        a.commit().await.unwrap();
+        assert_eq!(a.assignment(), vec![("one".to_string(), 0)]);
+        assert_eq!(admin.describe_group("seekers").await.unwrap().lag[0].lag, 5);
+        let got = a.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.first().map(|r| r.offset), Some(5), "{got:?}");
+        // Past the end: the next record written is the next one read.
+        a.seek("one", 0, 1000).unwrap();
+        let (got, ()) = tokio::join!(a.poll(Duration::from_secs(5)), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            admin
+                .produce("one", Some(0), None, batch(&[b"r10"]))
+                .await
+                .unwrap();
+        });
+        let mut got = got.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.is_empty() && Instant::now() < deadline {
+            got = a.poll(Duration::from_millis(500)).await.unwrap();
+        }
+        assert_eq!(got.first().map(|r| r.offset), Some(10), "{got:?}");
+    });
+    server.stop();
+}
+
 /// Two `weir consume --group` at once on a topic of 40 partitions (more than a member fetches
 /// ahead at once): the group rebalances under them, both stop once caught up, and between them
 /// they print every record.
@@ -907,7 +969,7 @@ fn two_cli_group_consumers_at_once_read_everything_and_stop() {
         if Instant::now() > deadline {
             for pid in pids {
                 let _ = std::process::Command::new("kill")
-                    .arg(pid.to_string())
+                    .args(["-9", &pid.to_string()])
                     .status();
             }
             panic!("a consumer did not stop within 60 s");

@@ -129,8 +129,8 @@ pub fn cli(addr: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     run(cmd, stdin)
 }
 
-/// Runs `cmd`, feeding `stdin`; returns (status, stdout, stderr). Killed, and the test
-/// failed, if it has not finished within two minutes.
+/// Runs `cmd`, feeding `stdin`; returns (status, stdout, stderr). Killed (SIGKILL), and the
+/// test failed with what it printed, if it has not finished within two minutes.
 pub fn run(mut cmd: Command, stdin: &str) -> (bool, String, String) {
     use std::io::Write;
     let mut child = cmd
@@ -139,28 +139,33 @@ pub fn run(mut cmd: Command, stdin: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // Fed from a thread: a child that does not read its input must not stall the timer.
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
     let pid = child.id();
     let waiter = std::thread::spawn(move || child.wait_with_output());
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !waiter.is_finished() {
-        if std::time::Instant::now() > deadline {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("{cmd:?} did not finish within 120 s");
-        }
+    while !waiter.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let late = !waiter.is_finished();
+    if late {
+        // Not reaped yet, unless it ended this very moment: the pid is still its own.
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
     let out = waiter.join().unwrap().unwrap();
-    (
-        out.status.success(),
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    );
+    assert!(
+        !late,
+        "{cmd:?} did not finish within 120 s\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (out.status.success(), stdout, stderr)
 }
 
 /// A batch of records with these values.
