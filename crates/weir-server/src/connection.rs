@@ -63,9 +63,9 @@ pub(crate) struct Parked {
 
 /// A connection's requests under way. Fetches park while the set is polled (on the
 /// connection's own task), so the set tells the connection when one did: it yields
-/// `Some(None)` (no frame to write), for which the connection looks at its window again (frames may be waiting for it).
-/// Without this, a window closed by fetches not yet parked would stay closed, once they
-/// parked, until some request completed. (A wrapper rather than another branch of the
+/// `Some(None)` (no frame to write), for which the connection looks at its window again
+/// (frames may be waiting for it). Without this, a window closed by fetches not yet parked
+/// would stay closed, once they parked, until some request completed. (A wrapper rather than another branch of the
 /// connection's `select!`: every byte of that task is paid by each idle connection.)
 #[derive(Default)]
 struct InFlightSet {
