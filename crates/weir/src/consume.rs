@@ -96,6 +96,9 @@ async fn group_loop(
                 consumer.seek(&r.topic, r.partition, r.offset)?;
             }
         }
+        // Until the commit went through: an error ending the loop here leaves it to be
+        // tried once more before leaving.
+        *uncommitted = true;
         *uncommitted = !commit(consumer).await?;
     }
     Ok(())
