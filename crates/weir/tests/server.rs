@@ -20,6 +20,33 @@ fn topic(partitions: u32) -> msg::TopicConfig {
     }
 }
 
+/// A member of `group` reading `topic`, on a connection of its own.
+async fn member(addr: &str, group: &str, topic: &str, options: GroupOptions) -> GroupConsumer {
+    let c = Client::connect(addr, "member").await.unwrap();
+    GroupConsumer::join(c, group, &[topic], options)
+        .await
+        .unwrap()
+}
+
+/// Writes each value to its partition of `topic`, a batch each, in order.
+async fn write_each(admin: &Client, topic: &str, records: impl IntoIterator<Item = (u32, String)>) {
+    for (p, value) in records {
+        admin
+            .produce(topic, Some(p), None, batch(&[value.as_bytes()]))
+            .await
+            .unwrap();
+    }
+}
+
+/// Creates `name` with `partitions` through the CLI and writes `lines` to it.
+fn cli_topic_with(addr: &str, name: &str, partitions: u32, lines: &str) {
+    let n = partitions.to_string();
+    let (ok, _, err) = cli(addr, &["topic", "create", name, "--partitions", &n], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(addr, &["produce", name], lines);
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn round_trip_restart_keeps_topics_data_and_committed_offsets() {
     let dir = tempfile::tempdir().unwrap();
@@ -552,10 +579,7 @@ fn a_group_members_poll_returns_when_any_of_its_partitions_gets_a_record() {
     common::rt().block_on(async {
         let admin = Client::connect(&server.addr, "admin").await.unwrap();
         admin.create_topic("pair", topic(2)).await.unwrap();
-        let c = Client::connect(&server.addr, "member").await.unwrap();
-        let mut member = GroupConsumer::join(c, "watchers", &["pair"], GroupOptions::default())
-            .await
-            .unwrap();
+        let mut member = member(&server.addr, "watchers", "pair", GroupOptions::default()).await;
         assert_eq!(member.assignment().len(), 2, "the only member owns both");
         assert!(
             member
@@ -612,10 +636,7 @@ fn a_group_member_long_polling_many_partitions_gets_a_record_at_once() {
     common::rt().block_on(async {
         let admin = Client::connect(&server.addr, "admin").await.unwrap();
         admin.create_topic("wide", topic(24)).await.unwrap();
-        let c = Client::connect(&server.addr, "member").await.unwrap();
-        let mut member = GroupConsumer::join(c, "readers", &["wide"], GroupOptions::default())
-            .await
-            .unwrap();
+        let mut member = member(&server.addr, "readers", "wide", GroupOptions::default()).await;
         // Caught up on every partition first.
         while member.lag() != Some(0) {
             assert!(
@@ -667,10 +688,7 @@ fn many_partitions(options: GroupOptions) {
                 expected.insert(value);
             }
         }
-        let c = Client::connect(&server.addr, "member").await.unwrap();
-        let mut member = GroupConsumer::join(c, "readers", &["wide"], options)
-            .await
-            .unwrap();
+        let mut member = member(&server.addr, "readers", "wide", options).await;
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while seen.len() < expected.len() && Instant::now() < deadline {
@@ -735,11 +753,8 @@ fn cli_group_consume_with_max_commits_only_what_it_printed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let a = &server.addr;
-    let (ok, _, err) = cli(a, &["topic", "create", "jobs", "--partitions", "1"], "");
-    assert!(ok, "{err}");
     let lines: String = (0..20).map(|i| format!("job-{i}\n")).collect();
-    let (ok, _, err) = cli(a, &["produce", "jobs"], &lines);
-    assert!(ok, "{err}");
+    cli_topic_with(a, "jobs", 1, &lines);
     let (ok, out, err) = cli(a, &["consume", "jobs", "--group", "g", "--max", "0"], "");
     assert!(ok && out.is_empty(), "{out}{err}");
     let (ok, out, err) = cli(a, &["consume", "jobs", "--max", "0"], "");
@@ -821,19 +836,13 @@ fn a_group_member_commits_across_a_rebalance_and_knows_when_it_has_caught_up() {
     common::rt().block_on(async {
         let admin = Client::connect(&server.addr, "admin").await.unwrap();
         admin.create_topic("tasks", topic(4)).await.unwrap();
-        for i in 0..40u32 {
-            let value = format!("task-{i}");
-            admin
-                .produce("tasks", Some(i % 4), None, batch(&[value.as_bytes()]))
-                .await
-                .unwrap();
-        }
-        let join = || async {
-            let c = Client::connect(&server.addr, "member").await.unwrap();
-            GroupConsumer::join(c, "crew", &["tasks"], GroupOptions::default())
-                .await
-                .unwrap()
-        };
+        write_each(
+            &admin,
+            "tasks",
+            (0..40u32).map(|i| (i % 4, format!("task-{i}"))),
+        )
+        .await;
+        let join = || member(&server.addr, "crew", "tasks", GroupOptions::default());
         let mut a = join().await;
         assert_eq!(a.lag(), None, "nothing fetched yet");
         let mut read = 0;
@@ -887,19 +896,8 @@ fn a_group_member_seeks_back_across_a_rebalance_and_past_the_end() {
     common::rt().block_on(async {
         let admin = Client::connect(&server.addr, "admin").await.unwrap();
         admin.create_topic("one", topic(1)).await.unwrap();
-        for i in 0..10u32 {
-            let value = format!("r{i}");
-            admin
-                .produce("one", Some(0), None, batch(&[value.as_bytes()]))
-                .await
-                .unwrap();
-        }
-        let join = || async {
-            let c = Client::connect(&server.addr, "member").await.unwrap();
-            GroupConsumer::join(c, "seekers", &["one"], GroupOptions::default())
-                .await
-                .unwrap()
-        };
+        write_each(&admin, "one", (0..10u32).map(|i| (0, format!("r{i}")))).await;
+        let join = || member(&server.addr, "seekers", "one", GroupOptions::default());
         let mut a = join().await;
         let mut read = 0;
         while read < 10 {
@@ -943,53 +941,22 @@ fn two_cli_group_consumers_at_once_read_everything_and_stop() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let a = &server.addr;
-    let (ok, _, err) = cli(a, &["topic", "create", "wide", "--partitions", "40"], "");
-    assert!(ok, "{err}");
     let lines: String = (0..100_000).map(|i| format!("r{i}\n")).collect();
-    let (ok, _, err) = cli(a, &["produce", "wide"], &lines);
-    assert!(ok, "{err}");
-    let consume = || {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.args(["consume", "wide", "--group", "pair"])
-            .env("WEIR_ADDR", a)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+    cli_topic_with(a, "wide", 40, &lines);
+    // Each on a thread of its own, bounded in time by `cli`.
+    let addr = a.to_string();
+    let consume = move || {
+        let addr = addr.clone();
+        std::thread::spawn(move || cli(&addr, &["consume", "wide", "--group", "pair"], ""))
     };
     let first = consume();
     std::thread::sleep(Duration::from_millis(50));
     let second = consume();
-    // Each read on a thread of its own (a pipe left unread would stall its writer), and
-    // killed if it has not stopped within a minute.
-    let pids = [first.id(), second.id()];
-    let readers = [first, second].map(|c| std::thread::spawn(move || c.wait_with_output()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !readers.iter().all(|r| r.is_finished()) {
-        if Instant::now() > deadline {
-            for pid in pids {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
-            panic!("a consumer did not stop within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let mut seen = BTreeSet::new();
-    for r in readers {
-        let out = r.join().unwrap().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        seen.extend(
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .map(String::from),
-        );
+    for r in [first, second] {
+        let (ok, out, err) = r.join().unwrap();
+        assert!(ok, "{err}");
+        seen.extend(out.lines().map(String::from));
     }
     assert_eq!(
         seen.len(),
