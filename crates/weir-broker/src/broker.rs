@@ -399,6 +399,8 @@ struct Inner {
     /// Read-aheads started, and disk reads they answered.
     read_aheads: AtomicU64,
     read_ahead_hits: AtomicU64,
+    /// Idempotent producers' sequence state, shared by every door.
+    pub(crate) producers: Arc<crate::producers::Producers>,
 }
 
 /// Compressed batches decompressed at once (see [`Broker::decompression_permit`]).
@@ -502,6 +504,7 @@ impl Broker {
                 )),
                 read_aheads: AtomicU64::new(0),
                 read_ahead_hits: AtomicU64::new(0),
+                producers: Arc::new(crate::producers::Producers::new()),
             }),
         })
     }
@@ -666,6 +669,11 @@ impl Broker {
         Ok(self.info(&topic))
     }
 
+    /// The idempotent producers' sequence state, shared by every door.
+    pub fn producers(&self) -> &Arc<crate::producers::Producers> {
+        &self.inner.producers
+    }
+
     /// Deletes a topic, its data and the committed offsets of every group for it.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
@@ -674,6 +682,8 @@ impl Broker {
         // Unreachable first, so no new produce or fetch starts on logs about to close.
         self.inner.topics.write().remove(name);
         topic.deleted.store(true, Ordering::Release);
+        // A topic created again under this name starts every producer's sequence afresh.
+        self.inner.producers.forget_topic(name);
         for p in &topic.partitions {
             p.hwm.send_modify(|_| {});
         }

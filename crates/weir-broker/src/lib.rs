@@ -17,6 +17,7 @@ pub mod error;
 pub mod flow;
 pub mod group;
 pub mod offsets;
+pub mod producers;
 pub mod push;
 pub mod topic;
 

@@ -162,6 +162,13 @@ impl Connection {
         records: &[Bytes],
         timeout: Duration,
     ) -> Result<Frame> {
+        let sent = self.start(api, req, records)?;
+        self.answer(sent, timeout).await
+    }
+
+    /// Sends a request at once, behind those sent before it (never waits); [`Self::answer`]
+    /// waits for its response.
+    pub(crate) fn start(&self, api: Api, req: &impl Message, records: &[Bytes]) -> Result<Sent> {
         if self.is_closed() {
             return Err(ClientError::Closed);
         }
@@ -175,6 +182,12 @@ impl Connection {
             self.shared.lock().pending.remove(&id);
             return Err(e);
         }
+        Ok(Sent { id, rx })
+    }
+
+    /// The response to a request [`Self::start`] sent, within `timeout`.
+    pub(crate) async fn answer(&self, sent: Sent, timeout: Duration) -> Result<Frame> {
+        let Sent { id, rx } = sent;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ClientError::Closed),
@@ -217,6 +230,13 @@ impl Connection {
         }
         s.early.remove(&id);
     }
+}
+
+/// A request on its way: its correlation id and where its response arrives.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    id: u32,
+    rx: oneshot::Receiver<Result<Frame>>,
 }
 
 fn header(api: Api, id: u32, flags: u16) -> FrameHeader {

@@ -60,6 +60,17 @@ pub struct Fetched {
     pub log_start_offset: u64,
 }
 
+impl From<msg::ProduceResponse> for ProduceAck {
+    fn from(r: msg::ProduceResponse) -> Self {
+        ProduceAck {
+            partition: r.partition,
+            base_offset: r.base_offset,
+            last_offset: r.last_offset,
+            throttle_ms: r.throttle_ms,
+        }
+    }
+}
+
 /// A connection to a weir server. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -186,11 +197,42 @@ impl Client {
         };
         let (r, _): (msg::ProduceResponse, _) =
             call(&self.conn, Api::Produce, &req, &[batch], self.timeout).await?;
-        Ok(ProduceAck {
-            partition: r.partition,
-            base_offset: r.base_offset,
-            last_offset: r.last_offset,
-            throttle_ms: r.throttle_ms,
+        Ok(ProduceAck::from(r))
+    }
+
+    /// A producer id, for batches of an idempotent producer (`BatchBuilder::producer`, epoch
+    /// 0, per-partition sequence numbers from 0): the server writes each such batch once
+    /// however often it is sent, and refuses one whose sequence does not follow the last
+    /// written (`OutOfOrderSequence`). [`Producer`] does this by itself.
+    pub async fn init_producer(&self) -> Result<i64> {
+        let r: msg::InitProducerResponse = self
+            .call(Api::InitProducer, &msg::InitProducerRequest {})
+            .await?;
+        Ok(r.producer_id)
+    }
+
+    /// [`Client::produce`] to an explicit partition, in two steps: the request is sent at once,
+    /// behind every request sent before it on this connection (the call never waits), and the
+    /// future returned waits for its answer. So batches started one after another reach the
+    /// server in that order, as an idempotent producer with several batches under way needs.
+    pub fn produce_sent(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static> {
+        let req = msg::ProduceRequest {
+            topic: topic.to_string(),
+            partition: Some(partition),
+            key: None,
+            acks: msg::Acks::Durable as i32,
+        };
+        let sent = self.conn.start(Api::Produce, &req, &[batch])?;
+        let (conn, timeout) = (self.conn.clone(), self.timeout);
+        Ok(async move {
+            let frame = conn.answer(sent, timeout).await?;
+            let (r, _): (msg::ProduceResponse, _) = decode_response(Api::Produce, frame)?;
+            Ok(ProduceAck::from(r))
         })
     }
 
@@ -419,7 +461,11 @@ pub(crate) async fn call<R: Message + Default>(
     records: &[Bytes],
     timeout: Duration,
 ) -> Result<(R, Bytes)> {
-    let frame: Frame = conn.call(api, req, records, timeout).await?;
+    decode_response(api, conn.call(api, req, records, timeout).await?)
+}
+
+/// A response frame's message (and records), or the error it carries.
+fn decode_response<R: Message + Default>(api: Api, frame: Frame) -> Result<(R, Bytes)> {
     if frame.header.flags.has(Flags::ERROR) {
         let e = msg::ErrorResponse::decode(frame.message)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -2,12 +2,26 @@
 //!
 //! Records are routed to a partition (explicit, else by key on the protocol's ring, else a
 //! sticky partition per batch for keyless records), gathered per partition into one record
-//! batch until it reaches `batch_bytes` or has waited `linger`, and sent. At most one batch per
-//! partition is in flight, so a retried batch can never be overtaken by a later one: order
-//! within a partition is the order of `send` calls.
+//! batch until it reaches `batch_bytes` or has waited `linger`, and sent. Order within a
+//! partition is the order of `send` calls.
+//!
+//! An idempotent producer (the default) takes a producer id from the server and stamps each
+//! batch with it, an epoch and the partition's next sequence number. The server then writes
+//! each batch once however often it is sent, and refuses a batch that does not follow the last
+//! one written. So up to `max_in_flight` batches per partition can be under way at once: if one
+//! fails and is retried, those behind it are refused until it is written, and retried in turn,
+//! never written ahead of it; and a batch whose answer was lost (a timeout) can be sent again
+//! without being stored twice. A batch that fails for good takes those sent after it on the
+//! same partition with it (their records get `OutOfOrderSequence`); once they are all answered
+//! the partition starts a new epoch, from sequence 0, and goes on with the next batches.
+//!
+//! Without idempotence (turned off, sending without acknowledgement, or a server that does not
+//! know producer ids), one batch per partition is in flight, so a retried batch can never be
+//! overtaken by a later one, and only errors the server answered with are retried.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,7 +52,16 @@ pub struct ProducerConfig {
     /// Codec for each batch's records, as Kafka producers compress (readers through every
     /// door decompress them). Default none.
     pub compression: Compression,
+    /// Stamp batches with a producer id and sequence numbers, so that retries neither store a
+    /// batch twice nor reorder (see the module docs). Default true; off without acks.
+    pub idempotent: bool,
+    /// Batches per partition under way at once when idempotent (1 otherwise). Default 5, and
+    /// at most 5: the server recognises a resent batch among a producer's last five.
+    pub max_in_flight: usize,
 }
+
+/// Most batches per partition an idempotent producer has under way.
+pub const MAX_IN_FLIGHT: usize = 5;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -50,6 +73,8 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             max_queued: 100_000,
             compression: Compression::None,
+            idempotent: true,
+            max_in_flight: MAX_IN_FLIGHT,
         }
     }
 }
@@ -216,21 +241,77 @@ struct State {
     sticky: HashMap<Arc<str>, u32>,
     open: HashMap<Part, Batch>,
     ready: HashMap<Part, VecDeque<Batch>>,
-    in_flight: HashMap<Part, ()>,
+    /// Batches under way per partition.
+    in_flight: HashMap<Part, usize>,
+    /// The producer id, when idempotent.
+    producer_id: Option<i64>,
+    /// Each partition's epoch and next sequence number, when idempotent.
+    sequences: HashMap<Part, Sequence>,
+    /// Partitions that ran out of epochs, produced to without idempotence.
+    unsequenced: std::collections::HashSet<Part>,
+    /// Per partition, what the last batch handed to a task tells once it was sent.
+    sent_order: HashMap<Part, oneshot::Receiver<()>>,
     /// Flushes waiting, each for every batch sealed up to its sequence number.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     /// Sequence numbers of sealed batches not yet answered.
     outstanding: std::collections::BTreeSet<u64>,
     next_seq: u64,
-    done: Completions<(Part, u64)>,
+    done: Completions<Done>,
     /// The topic of the last record added.
     last_topic: Option<Arc<str>>,
+}
+
+/// A partition's place in an idempotent producer's sequence.
+struct Sequence {
+    epoch: i16,
+    next: i32,
+    state: Arc<EpochState>,
+}
+
+/// What the batches of one partition's epoch learn from each other.
+#[derive(Default)]
+struct EpochState {
+    /// A batch was written. Until then one batch is under way at a time: the server takes a
+    /// producer's first batch on a partition whatever its sequence (it may have forgotten the
+    /// producer), so a second one sent beside it could be written first if the first fails.
+    confirmed: std::sync::atomic::AtomicBool,
+    /// A batch failed for good. Those under way behind it are refused (they must not be
+    /// written after it), so they stop retrying, and no new batch goes out until they are all
+    /// answered and the partition has moved to the next epoch.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// A batch's answer, as its task reports it.
+struct Done {
+    part: Part,
+    seq: u64,
 }
 
 /// Commands the producer's task takes from its channel per turn of its loop.
 const DRAIN_AT_ONCE: usize = 1024;
 
+/// A producer id, or `None` to go on without idempotence: the server does not know producer
+/// ids (an older weir), or could not give one (said in a warning).
+async fn producer_id(client: &Client, config: &ProducerConfig) -> Option<i64> {
+    if !config.idempotent || config.no_ack {
+        return None;
+    }
+    match client.init_producer().await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            if !matches!(
+                e.code(),
+                Some(weir_wire::ErrorCode::UnknownApi | weir_wire::ErrorCode::UnsupportedVersion)
+            ) {
+                tracing::warn!(error = %e, "no producer id; producing without idempotence");
+            }
+            None
+        }
+    }
+}
+
 async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>) {
+    let producer_id = producer_id(&client, &config).await;
     let mut s = State {
         client,
         config,
@@ -239,6 +320,10 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
         open: HashMap::new(),
         ready: HashMap::new(),
         in_flight: HashMap::new(),
+        producer_id,
+        sequences: HashMap::new(),
+        unsequenced: std::collections::HashSet::new(),
+        sent_order: HashMap::new(),
         flushes: Vec::new(),
         outstanding: std::collections::BTreeSet::new(),
         next_seq: 1,
@@ -279,10 +364,7 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
                     s.seal_all();
                 }
             },
-            Some((part, seq)) = s.done.rx.recv() => {
-                s.in_flight.remove(&part);
-                s.outstanding.remove(&seq);
-            }
+            Some(done) = s.done.rx.recv() => s.answered(done),
             _ = sleep_until(deadline) => {
                 let now = Instant::now();
                 let due: Vec<Part> = s.open.iter().filter(|(_, b)| b.started + s.config.linger <= now).map(|(p, _)| p.clone()).collect();
@@ -405,30 +487,136 @@ impl State {
         }
     }
 
+    fn answered(&mut self, done: Done) {
+        self.outstanding.remove(&done.seq);
+        let left = match self.in_flight.get_mut(&done.part) {
+            Some(n) => {
+                *n -= 1;
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            self.in_flight.remove(&done.part);
+        }
+        if left == 0
+            && let Some(sq) = self.sequences.get_mut(&done.part)
+            && sq.state.failed.load(Ordering::Acquire)
+        {
+            // Every batch of the failed epoch is answered: the next start a new one.
+            match sq.epoch.checked_add(1) {
+                Some(epoch) => {
+                    sq.epoch = epoch;
+                    sq.next = 0;
+                    sq.state = Arc::default();
+                }
+                // 32,767 epochs failed on this partition: it goes on without idempotence.
+                None => {
+                    self.sequences.remove(&done.part);
+                    self.unsequenced.insert(done.part.clone());
+                }
+            }
+        }
+    }
+
     fn dispatch(&mut self) {
         let parts: Vec<Part> = self
             .ready
             .iter()
-            .filter(|(p, q)| !q.is_empty() && !self.in_flight.contains_key(*p))
+            .filter(|(_, q)| !q.is_empty())
             .map(|(p, _)| p.clone())
             .collect();
         for part in parts {
-            let Some(batch) = self.ready.get_mut(&part).and_then(VecDeque::pop_front) else {
-                continue;
-            };
-            self.in_flight.insert(part.clone(), ());
-            let (client, config, done) = (
-                self.client.clone(),
-                self.config.clone(),
-                self.done.tx.clone(),
-            );
-            tokio::spawn(async move {
-                let seq = batch.seq;
-                send_batch(&client, &config, &part, batch).await;
-                let _ = done.send((part, seq));
-            });
+            loop {
+                let under_way = self.in_flight.get(&part).copied().unwrap_or(0);
+                // The partition's sequence: from 0 at its first batch. None goes out while
+                // its failed epoch's batches are still under way.
+                let stamp = match self.producer_id {
+                    Some(id) if !self.unsequenced.contains(&part) => {
+                        let sq = self
+                            .sequences
+                            .entry(part.clone())
+                            .or_insert_with(|| Sequence {
+                                epoch: 0,
+                                next: 0,
+                                state: Arc::default(),
+                            });
+                        let window = if sq.state.confirmed.load(Ordering::Acquire) {
+                            self.config.max_in_flight.clamp(1, MAX_IN_FLIGHT)
+                        } else {
+                            1
+                        };
+                        if under_way >= window || sq.state.failed.load(Ordering::Acquire) {
+                            break;
+                        }
+                        Some((id, sq.epoch, sq.next, sq.state.clone()))
+                    }
+                    _ if under_way >= 1 => break,
+                    _ => None,
+                };
+                let Some(batch) = self.ready.get_mut(&part).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                let stamp = stamp.map(|(producer_id, epoch, first, state)| {
+                    let count = i32::try_from(batch.records.len()).unwrap_or(i32::MAX);
+                    if let Some(sq) = self.sequences.get_mut(&part) {
+                        sq.next = next_sequence(first, count);
+                    }
+                    Stamp {
+                        producer_id,
+                        epoch,
+                        first,
+                        state,
+                    }
+                });
+                *self.in_flight.entry(part.clone()).or_default() += 1;
+                // Batches go out in the order they leave here: each task sends its batch
+                // only after the one before it on this partition has sent its own.
+                let (turn, next_turn) = oneshot::channel();
+                let order = Order {
+                    after: self.sent_order.insert(part.clone(), next_turn),
+                    sent: turn,
+                };
+                let (client, config, done, part) = (
+                    self.client.clone(),
+                    self.config.clone(),
+                    self.done.tx.clone(),
+                    part.clone(),
+                );
+                tokio::spawn(async move {
+                    let seq = batch.seq;
+                    send_batch(&client, &config, &part, batch, stamp, order).await;
+                    let _ = done.send(Done { part, seq });
+                });
+            }
         }
     }
+}
+
+/// A batch's place in its partition's order of sending.
+struct Order {
+    /// Resolves once the batch before it was sent (or its task ended).
+    after: Option<oneshot::Receiver<()>>,
+    /// Told once this batch was sent.
+    sent: oneshot::Sender<()>,
+}
+
+/// The sequence number `count` records after `first`; sequences wrap from `i32::MAX` to 0.
+fn next_sequence(first: i32, count: i32) -> i32 {
+    let room = i32::MAX - first;
+    if count <= room {
+        first + count
+    } else {
+        count - room - 1
+    }
+}
+
+/// What an idempotent producer stamps on a batch.
+struct Stamp {
+    producer_id: i64,
+    epoch: i16,
+    first: i32,
+    state: Arc<EpochState>,
 }
 
 fn rand_index(n: u32) -> u32 {
@@ -444,9 +632,20 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch: Batch) {
+/// Sends a batch (retrying as the module docs say) and answers its records.
+async fn send_batch(
+    client: &Client,
+    config: &ProducerConfig,
+    part: &Part,
+    batch: Batch,
+    stamp: Option<Stamp>,
+    order: Order,
+) {
     let now = now_ms();
     let mut b = BatchBuilder::with_capacity(now, batch.bytes + 128);
+    if let Some(st) = &stamp {
+        b = b.producer(st.producer_id, st.epoch, st.first);
+    }
     for (r, _) in &batch.records {
         b.push(RecordSpec {
             key: r.key.as_deref(),
@@ -467,9 +666,20 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
             for (_, (ack, _permit)) in batch.records {
                 let _ = ack.send(Err(e.clone_lossy()));
             }
+            if let Some(st) = &stamp {
+                st.state.failed.store(true, Ordering::Release);
+            }
+            // The next batch goes out after the one before this, not before it.
+            if let Some(before) = order.after {
+                let _ = before.await;
+            }
             return;
         }
     };
+    if let Some(before) = order.after {
+        // Err: the task before ended without sending (it could not build its batch).
+        let _ = before.await;
+    }
     if config.no_ack {
         let r = client
             .produce_no_ack(topic, Some(partition), None, bytes)
@@ -484,18 +694,28 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
                     .map_err(ClientError::clone_lossy),
             );
         }
+        let _ = order.sent.send(());
         return;
     }
+    // The first attempt is sent here, in the partition's order; retries need no order (the
+    // server refuses a batch out of sequence until those before it are written).
+    let first = client.produce_sent(topic, partition, bytes.clone());
+    let _ = order.sent.send(());
     let mut backoff = config.retry_backoff;
     let mut attempt = 0;
+    let mut pending = Some(first);
     let result = loop {
-        match client
-            .produce(topic, Some(partition), None, bytes.clone())
-            .await
-        {
-            // Only errors the server answered with: after a timeout the batch may still be
-            // appended, and sending it again would store it twice.
-            Err(e @ ClientError::Server { .. }) if e.is_retriable() && attempt < config.retries => {
+        let r = match pending.take() {
+            Some(Ok(answer)) => answer.await,
+            Some(Err(e)) => Err(e),
+            None => {
+                client
+                    .produce(topic, Some(partition), None, bytes.clone())
+                    .await
+            }
+        };
+        match r {
+            Err(e) if attempt < config.retries && retry(&e, stamp.as_ref()) => {
                 attempt += 1;
                 tracing::debug!(%topic, partition, attempt, error = %e, "produce failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -506,6 +726,9 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
     };
     match result {
         Ok(a) => {
+            if let Some(st) = &stamp {
+                st.state.confirmed.store(true, Ordering::Release);
+            }
             for (i, (_, (ack, _permit))) in batch.records.into_iter().enumerate() {
                 let _ = ack.send(Ok(RecordAck {
                     partition: a.partition,
@@ -514,9 +737,32 @@ async fn send_batch(client: &Client, config: &ProducerConfig, part: &Part, batch
             }
         }
         Err(e) => {
+            if let Some(st) = &stamp {
+                // At once, so that the batches behind it stop retrying.
+                st.state.failed.store(true, Ordering::Release);
+            }
             for (_, (ack, _permit)) in batch.records {
                 let _ = ack.send(Err(e.clone_lossy()));
             }
         }
+    }
+}
+
+/// Whether a batch that failed with `e` is sent again.
+fn retry(e: &ClientError, stamp: Option<&Stamp>) -> bool {
+    let Some(stamp) = stamp else {
+        // Only errors the server answered with: after a timeout the batch may still be
+        // appended, and sending it again would store it twice.
+        return matches!(e, ClientError::Server { .. }) && e.is_retriable();
+    };
+    match e.code() {
+        // A batch ahead of this one is not written yet (it is being retried): this one will
+        // follow it, unless that one failed for good.
+        Some(weir_wire::ErrorCode::OutOfOrderSequence) => {
+            !stamp.state.failed.load(Ordering::Acquire)
+        }
+        // Retriable answers, and timeouts: a resent batch that was written after all is
+        // recognised and answered with its offsets.
+        _ => e.is_retriable(),
     }
 }

@@ -8,7 +8,7 @@
 //! - [`decode_request`]: the one way in for request bytes: API and version checked against
 //!   those served, the layout checked by [`guard`] (the crate's decoders reserve memory from
 //!   unchecked counts), then decoded. The fuzz target in `fuzz/` drives it.
-//! - [`groups`], [`producers`]: the group coordinator and idempotent producer state.
+//! - [`groups`], [`weir_broker::producers`]: the group coordinator and idempotent producer state.
 //!
 //! APIs served so far: ApiVersions 0–4, Metadata 0–8, Produce 3–8, Fetch 4–11,
 //! ListOffsets 1–5 — what `kcat -P`, `kcat -C` and `kcat -L` need — and CreateTopics 2–4,
@@ -73,10 +73,9 @@ use weir_broker::{Broker, BrokerError};
 
 pub mod groups;
 pub mod guard;
-pub mod producers;
 
 use groups::KafkaGroups;
-use producers::Producers;
+use weir_broker::producers::{Refusal, SequencedError, SequencedWrite};
 
 /// Largest request accepted (checked before allocating).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
@@ -133,21 +132,19 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 1),
 ];
 
-/// One Kafka listener's state: the broker, the address it advertises, its group coordinator
-/// and its idempotent producers.
+/// One Kafka listener's state: the broker, the address it advertises and its group
+/// coordinator. (Idempotent producers' state is the broker's, shared with the native door.)
 #[derive(Debug)]
 pub struct Kafka {
     pub broker: Broker,
     pub advertised: Advertised,
     pub groups: KafkaGroups,
-    pub producers: Arc<Producers>,
 }
 
 impl Kafka {
     pub fn new(broker: Broker, advertised: Advertised) -> Self {
         Self {
             groups: KafkaGroups::new(broker.clone()),
-            producers: Arc::new(Producers::new()),
             broker,
             advertised,
         }
@@ -191,6 +188,19 @@ fn error_code(e: &BrokerError) -> i16 {
         | BrokerError::Log(L::TruncatedSince) => code::KAFKA_STORAGE_ERROR,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
+}
+
+/// The Kafka error code and message for a batch [`Broker::produce_sequenced`] did not write.
+fn sequenced_code(e: &SequencedError) -> (i16, String) {
+    let c = match e {
+        SequencedError::Refused(Refusal::InvalidRecord, _) => code::INVALID_RECORD,
+        SequencedError::Refused(Refusal::InvalidEpoch, _) => code::INVALID_PRODUCER_EPOCH,
+        SequencedError::Refused(Refusal::OutOfOrder, _) => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        SequencedError::Retry(_) => code::KAFKA_STORAGE_ERROR,
+        SequencedError::Internal(_) => code::UNKNOWN_SERVER_ERROR,
+        SequencedError::Broker(b) => error_code(b),
+    };
+    (c, e.to_string())
 }
 
 fn topic_name(s: &str) -> TopicName {
@@ -633,11 +643,8 @@ async fn handle_inner(
                 let name = name.0.to_string();
                 let result = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
                 results.push(match broker.delete_topic(&name).await {
-                    Ok(()) => {
-                        // A topic of the same name later must not match old sequences.
-                        kafka.producers.forget_topic(&name);
-                        result
-                    }
+                    // (The broker forgets the topic's producer sequences.)
+                    Ok(()) => result,
                     Err(e) => result
                         .with_error_code(error_code(&e))
                         .with_error_message(Some(StrBytes::from_string(e.to_string()))),
@@ -923,7 +930,7 @@ async fn handle_inner(
                     .with_producer_epoch(-1)
             } else {
                 InitProducerIdResponse::default()
-                    .with_producer_id(ProducerId(kafka.producers.init()))
+                    .with_producer_id(ProducerId(kafka.broker.producers().init()))
                     .with_producer_epoch(0)
             };
             resp.encode(&mut body, version).ok()?;
@@ -1276,40 +1283,11 @@ fn metadata_topic(name: &str, partitions: Option<usize>, error: i16) -> Metadata
         )
 }
 
-/// Appends every batch in `records` (a produce request may carry several) to one partition;
-/// returns the first batch's base offset and the log start, or a Kafka error code and message.
-/// Batches of idempotent producers go through the sequence checks of [`Producers`].
-/// One batch of a produce, written (or found already written), awaiting durability.
-enum BatchWrite {
-    /// Written; the task waits for the sync and reports the outcome to a retry's waiter.
-    Written(tokio::task::JoinHandle<Result<weir_broker::ProduceResult, BrokerError>>),
-    /// A retry of a batch written earlier at this offset, and the first write's outcome.
-    Duplicate(u64, tokio::sync::watch::Receiver<Option<bool>>),
-}
-
-/// Sends a recorded batch's outcome to retries waiting on it; dropped without one (its task
-/// panicked or was cancelled), it tells them the write failed, so none waits forever.
-struct Settle(Option<Arc<producers::Durable>>);
-
-impl Settle {
-    fn done(mut self, ok: bool) {
-        if let Some(d) = self.0.take() {
-            d.send_replace(Some(ok));
-        }
-    }
-}
-
-impl Drop for Settle {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            producers::fail_unless_settled(&d);
-        }
-    }
-}
-
 /// The first half of a partition's produce, in request order: every batch is checked, then
 /// each is written (its sync not yet awaited). A connection can write its next request's
-/// batches while this one's sync is under way; [`produce_partition_finish`] waits.
+/// batches while this one's sync is under way; [`produce_partition_finish`] waits. Batches of
+/// idempotent producers go through the broker's sequence checks
+/// ([`Broker::produce_sequenced`]).
 async fn produce_partition_start(
     kafka: &Kafka,
     topic: &str,
@@ -1364,59 +1342,12 @@ async fn produce_partition_start(
     }
     let mut writes = Vec::with_capacity(batches.len());
     for (h, batch) in batches {
-        // Check, write and record under the producer-partition's lock: a retry arriving on
-        // another connection while the first attempt is being written waits, then is seen as
-        // the duplicate it is (and waits for the first attempt's sync before it is answered).
-        let _serial = kafka.producers.serialize(h.producer_id, topic, part).await;
-        match kafka.producers.check_durable(topic, part, &h) {
-            (producers::Check::Refuse(code), _) => {
-                return Err((
-                    code,
-                    format!(
-                        "producer {} epoch {} sequence {} refused",
-                        h.producer_id, h.producer_epoch, h.base_sequence
-                    ),
-                ));
-            }
-            (producers::Check::Duplicate(offset), Some(durable)) => {
-                writes.push(BatchWrite::Duplicate(offset, durable));
-            }
-            (producers::Check::Duplicate(_), None) => {
-                return Err((
-                    code::KAFKA_STORAGE_ERROR,
-                    "the first write of this batch has no known outcome; retry it".into(),
-                ));
-            }
-            (producers::Check::Append(since), _) => {
-                // `memory`: the request's, or the partition's records' own copy.
-                let (batch, _) = owned_enough(batch, memory);
-                let pending = broker
-                    .produce_start_unless_truncated(topic, Some(part), None, batch, since)
-                    .await
-                    .map_err(fail)?;
-                let settle = Settle(kafka.producers.record(
-                    topic,
-                    part,
-                    &h,
-                    pending.base_offset(),
-                    pending.truncations(),
-                ));
-                let producers = kafka.producers.clone();
-                let topic = topic.to_string();
-                // The sync is awaited in a task of its own, so that its outcome reaches a
-                // retry's waiter even if this connection goes away first.
-                writes.push(BatchWrite::Written(tokio::spawn(async move {
-                    let r = pending.wait().await;
-                    if r.is_err() && h.producer_id >= 0 {
-                        // The log dropped this batch: the producer must resend from it.
-                        let _serial = producers.serialize(h.producer_id, &topic, part).await;
-                        producers.rollback(&topic, part, &h);
-                    }
-                    settle.done(r.is_ok());
-                    r
-                })));
-            }
-        }
+        // `memory`: the request's, or the partition's records' own copy.
+        let write = broker
+            .produce_sequenced(topic, part, &h, batch, |b| owned_enough(b, memory).0)
+            .await
+            .map_err(|e| sequenced_code(&e))?;
+        writes.push(write);
     }
     Ok((part, writes))
 }
@@ -1428,32 +1359,14 @@ async fn produce_partition_finish(
     kafka: &Kafka,
     topic: &str,
     part: u32,
-    writes: Vec<BatchWrite>,
+    writes: Vec<SequencedWrite>,
 ) -> Result<(u64, u64, Option<i64>), (i16, String)> {
     let fail = |e: BrokerError| (error_code(&e), e.to_string());
     let mut first = None;
     let mut append_time = None;
     for w in writes {
-        let base = match w {
-            BatchWrite::Written(task) => {
-                let r = task
-                    .await
-                    .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?
-                    .map_err(fail)?;
-                append_time = append_time.or(r.log_append_time);
-                r.base_offset
-            }
-            BatchWrite::Duplicate(offset, mut durable) => {
-                let ok = durable.wait_for(Option::is_some).await.map(|v| *v);
-                if !matches!(ok, Ok(Some(true))) {
-                    return Err((
-                        code::KAFKA_STORAGE_ERROR,
-                        "the first write of this batch failed; retry it".into(),
-                    ));
-                }
-                offset
-            }
-        };
+        let (base, _, stamp) = w.wait().await.map_err(|e| sequenced_code(&e))?;
+        append_time = append_time.or(stamp);
         first.get_or_insert(base);
     }
     // The log start alone, not a whole topic description, on every produce.
@@ -1467,7 +1380,7 @@ async fn produce_partition_finish(
 
 /// What [`produce_partition_start`] gives: the partition and its writes, or an error code and
 /// message.
-type PartitionStart = Result<(u32, Vec<BatchWrite>), (i16, String)>;
+type PartitionStart = Result<(u32, Vec<SequencedWrite>), (i16, String)>;
 
 /// A produce request whose batches are all written, awaiting their syncs before it is
 /// answered (see [`handle_pipelined`]).
@@ -2066,7 +1979,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (broker, kafka) = broker(dir.path()).await;
         always_topic(&broker, "s").await;
-        let pid = kafka.producers.init();
+        let pid = kafka.broker.producers().init();
         let first = request(
             ApiKey::Produce,
             8,

@@ -238,6 +238,10 @@ pub(crate) async fn produce(
             ErrorCode::InvalidBatch,
             "produce request carries no record batch".to_string(),
         ))
+    } else if let Ok(h) = weir_batch::peek(&records)
+        && h.producer_id >= 0
+    {
+        produce_sequenced(broker, &r, h, records, written).await
     } else {
         match broker
             .produce_start(&r.topic, r.partition, r.key.as_deref(), records)
@@ -270,6 +274,48 @@ pub(crate) async fn produce(
     };
     out.throttle = throttle;
     (!out.head.is_empty() || !throttle.is_zero()).then_some(out)
+}
+
+/// Writes a batch of an idempotent producer (its header carries a producer id) through the
+/// broker's sequence checks: written once however often it is sent, refused when it does not
+/// follow the last one written. Its partition must be given: sequences are per partition.
+async fn produce_sequenced(
+    broker: &Broker,
+    r: &msg::ProduceRequest,
+    h: weir_batch::BatchHeader,
+    records: Bytes,
+    written: tokio::sync::oneshot::Sender<()>,
+) -> Result<weir_broker::ProduceResult, (ErrorCode, String)> {
+    use weir_broker::producers::{Refusal, SequencedError};
+    let fail = |e: SequencedError| {
+        let code = match &e {
+            SequencedError::Refused(Refusal::InvalidRecord, _) => ErrorCode::InvalidBatch,
+            SequencedError::Refused(Refusal::InvalidEpoch, _) => ErrorCode::InvalidProducerEpoch,
+            SequencedError::Refused(Refusal::OutOfOrder, _) => ErrorCode::OutOfOrderSequence,
+            SequencedError::Retry(_) => ErrorCode::Storage,
+            SequencedError::Internal(_) => ErrorCode::Internal,
+            SequencedError::Broker(b) => code_of(b),
+        };
+        (code, e.to_string())
+    };
+    let Some(partition) = r.partition else {
+        return Err((
+            ErrorCode::InvalidRequest,
+            "a batch with a producer id needs an explicit partition".to_string(),
+        ));
+    };
+    let write = broker
+        .produce_sequenced(&r.topic, partition, &h, records, |b| b)
+        .await
+        .map_err(fail)?;
+    drop(written);
+    let (base_offset, last_offset, log_append_time) = write.wait().await.map_err(fail)?;
+    Ok(weir_broker::ProduceResult {
+        partition,
+        base_offset,
+        last_offset,
+        log_append_time,
+    })
 }
 
 /// Runs one request that needs no connection state. `None`: no response is due.
@@ -500,6 +546,14 @@ async fn run(
                         lag: l.lag,
                     })
                     .collect(),
+            };
+            ok(&|| OutFrame::response(&req, &out))
+        }
+        Api::InitProducer => {
+            let _: msg::InitProducerRequest = decode(&frame)?;
+            let out = msg::InitProducerResponse {
+                producer_id: broker.producers().init(),
+                epoch: 0,
             };
             ok(&|| OutFrame::response(&req, &out))
         }

@@ -25,6 +25,7 @@ pub enum Api {
     Credit = 16,
     Push = 17,
     Unsubscribe = 18,
+    InitProducer = 19,
 }
 
 impl Api {
@@ -50,10 +51,11 @@ impl Api {
             Api::Credit => "credit",
             Api::Push => "push",
             Api::Unsubscribe => "unsubscribe",
+            Api::InitProducer => "init_producer",
         }
     }
 
-    pub const ALL: [Api; 19] = [
+    pub const ALL: [Api; 20] = [
         Api::Hello,
         Api::Ping,
         Api::CreateTopic,
@@ -73,6 +75,7 @@ impl Api {
         Api::Credit,
         Api::Push,
         Api::Unsubscribe,
+        Api::InitProducer,
     ];
 
     pub fn from_key(key: u16) -> Option<Api> {
@@ -148,6 +151,7 @@ mod tests {
             assert_eq!(*api as usize, i);
             assert_eq!(Api::from_key(i as u16), Some(*api));
         }
-        assert_eq!(Api::from_key(19), None);
+        assert_eq!(Api::from_key(19), Some(Api::InitProducer));
+        assert_eq!(Api::from_key(20), None);
     }
 }

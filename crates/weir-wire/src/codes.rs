@@ -41,13 +41,18 @@ pub enum ErrorCode {
     /// A push subscription's queue overflowed under the DISCONNECT policy: the subscriber did
     /// not keep up, and the subscription was ended.
     SlowConsumer = 27,
+    /// A batch of an idempotent producer whose sequence number does not follow the last
+    /// batch written for its partition: an earlier batch is missing. Resend from it.
+    OutOfOrderSequence = 28,
+    /// A batch of an idempotent producer with an epoch older than the latest seen.
+    InvalidProducerEpoch = 29,
 }
 
 impl ErrorCode {
     /// The code for a number, `Internal` for numbers this build does not know.
     pub fn from_u32(n: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 28] = [
+        const ALL: [ErrorCode; 30] = [
             None,
             Internal,
             Malformed,
@@ -76,6 +81,8 @@ impl ErrorCode {
             HelloRequired,
             GroupConflict,
             SlowConsumer,
+            OutOfOrderSequence,
+            InvalidProducerEpoch,
         ];
         ALL.get(n as usize).copied().unwrap_or(Internal)
     }
@@ -100,7 +107,7 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_and_are_stable() {
-        for n in 0..28u32 {
+        for n in 0..30u32 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(10_000), ErrorCode::Internal);
@@ -109,5 +116,6 @@ mod tests {
         assert_eq!(ErrorCode::OffsetOutOfRange as u32, 12);
         assert_eq!(ErrorCode::RebalanceInProgress as u32, 18);
         assert_eq!(ErrorCode::SlowConsumer as u32, 27);
+        assert_eq!(ErrorCode::OutOfOrderSequence as u32, 28);
     }
 }

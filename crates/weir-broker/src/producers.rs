@@ -1,7 +1,8 @@
 //! Idempotent producers: producer ids, and per-partition sequence checks so that a retried
-//! batch is not written twice and a lost one is noticed.
+//! batch is not written twice and a lost one is noticed. One state serves every door (a
+//! batch's producer id, epoch and sequence are fields of the record batch itself).
 //!
-//! For each (producer id, topic, partition) the listener keeps the producer's epoch, the
+//! For each (producer id, topic, partition) the broker keeps the producer's epoch, the
 //! sequence number of the last record written, and the last five batches' sequence ranges
 //! with their offsets (a producer has at most five requests in flight). A batch is then:
 //! - the next one (its first sequence follows the last written): appended;
@@ -32,11 +33,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use weir_batch::BatchHeader;
 
-use crate::code;
+use crate::{Broker, BrokerError, ProduceResult};
 
 /// Most (producer, partition) states kept.
 pub const MAX_STATES: usize = 100_000;
@@ -88,11 +90,33 @@ pub enum Check {
     Append(Option<u64>),
     /// Already written at this base offset: answer with it, append nothing.
     Duplicate(u64),
-    /// Refuse with this Kafka error code.
-    Refuse(i16),
+    /// Refuse it, for this reason.
+    Refuse(Refusal),
 }
 
-/// Producer ids and sequence state of one listener.
+/// Why a batch of an idempotent producer is refused; each door has its error code for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A producer id with a negative epoch or sequence.
+    InvalidRecord,
+    /// An epoch older than one already seen (a newer instance of the producer took over).
+    InvalidEpoch,
+    /// Not the next sequence number, nor one of the last batches again: something between
+    /// the last batch written and this one is missing.
+    OutOfOrder,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::InvalidRecord => "a producer id needs a non-negative epoch and sequence",
+            Refusal::InvalidEpoch => "an older epoch than the producer's latest",
+            Refusal::OutOfOrder => "not the sequence number that follows the last batch written",
+        }
+    }
+}
+
+/// Producer ids and sequence state of one broker.
 #[derive(Debug)]
 pub struct Producers {
     next_id: AtomicI64,
@@ -180,7 +204,7 @@ impl Producers {
             return (Check::Append(None), None);
         }
         if h.producer_epoch < 0 || h.base_sequence < 0 {
-            return (Check::Refuse(code::INVALID_RECORD), None);
+            return (Check::Refuse(Refusal::InvalidRecord), None);
         }
         let mut states = self.states.lock();
         let Some(s) = states.get_mut(&(h.producer_id, topic.to_string(), partition)) else {
@@ -188,13 +212,13 @@ impl Producers {
         };
         s.used = Instant::now();
         if h.producer_epoch < s.epoch {
-            return (Check::Refuse(code::INVALID_PRODUCER_EPOCH), None);
+            return (Check::Refuse(Refusal::InvalidEpoch), None);
         }
         if h.producer_epoch > s.epoch {
             return if h.base_sequence == 0 {
                 (Check::Append(None), None)
             } else {
-                (Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER), None)
+                (Check::Refuse(Refusal::OutOfOrder), None)
             };
         }
         let last = last_sequence(h);
@@ -213,7 +237,7 @@ impl Producers {
                 .map(|r| r.truncations);
             (Check::Append(unsettled), None)
         } else {
-            (Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER), None)
+            (Check::Refuse(Refusal::OutOfOrder), None)
         }
     }
 
@@ -302,6 +326,145 @@ impl Producers {
     }
 }
 
+/// Why [`Broker::produce_sequenced`] wrote nothing, or could not confirm a write.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencedError {
+    #[error("{1}")]
+    Refused(Refusal, String),
+    /// A retry of a batch whose first write failed or has no known outcome: the producer
+    /// sends it again.
+    #[error("{0}")]
+    Retry(&'static str),
+    /// The task awaiting the write's sync stopped without an outcome (it panicked).
+    #[error("the write's sync was not awaited: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// One batch of an idempotent producer: written, or found written before.
+#[derive(Debug)]
+pub enum SequencedWrite {
+    /// Written. A task of its own awaits the sync, so that a retry's waiter learns the
+    /// outcome even if the writer's connection goes away first.
+    Written(tokio::task::JoinHandle<crate::Result<ProduceResult>>),
+    /// A retry of a batch written earlier at these offsets, and the first write's outcome.
+    Duplicate {
+        base_offset: u64,
+        last_offset: u64,
+        durable: watch::Receiver<Option<bool>>,
+    },
+}
+
+impl SequencedWrite {
+    /// Waits until the batch is durable. Its base and last offsets, and the broker's stamp
+    /// on LogAppendTime topics (`None` for a duplicate: the first answer carried it).
+    pub async fn wait(self) -> Result<(u64, u64, Option<i64>), SequencedError> {
+        match self {
+            SequencedWrite::Written(task) => {
+                let r = task
+                    .await
+                    .map_err(|e| SequencedError::Internal(e.to_string()))??;
+                Ok((r.base_offset, r.last_offset, r.log_append_time))
+            }
+            SequencedWrite::Duplicate {
+                base_offset,
+                last_offset,
+                mut durable,
+            } => match durable.wait_for(Option::is_some).await.map(|v| *v) {
+                Ok(Some(true)) => Ok((base_offset, last_offset, None)),
+                _ => Err(SequencedError::Retry(
+                    "the first write of this batch failed; retry it",
+                )),
+            },
+        }
+    }
+}
+
+/// Sends a recorded batch's outcome to retries waiting on it; dropped without one (its task
+/// panicked or was cancelled), it tells them the write failed, so none waits forever.
+struct Settle(Option<Arc<Durable>>);
+
+impl Settle {
+    fn done(mut self, ok: bool) {
+        if let Some(d) = self.0.take() {
+            d.send_replace(Some(ok));
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            fail_unless_settled(&d);
+        }
+    }
+}
+
+impl Broker {
+    /// Writes one batch `h` describes to `partition` through the sequence checks of its
+    /// producer (a batch without a producer id is simply written): the batch is checked,
+    /// written and recorded under its producer-partition's lock, so that a retry arriving on
+    /// another connection while the first attempt is being written waits, then is seen as the
+    /// duplicate it is. `own` gives the bytes to store (the caller's chance to copy them out
+    /// of a larger buffer), called only when the batch is written. The sync is not awaited:
+    /// [`SequencedWrite::wait`] does, so that a connection can write its next batch meanwhile.
+    pub async fn produce_sequenced(
+        &self,
+        topic: &str,
+        partition: u32,
+        h: &BatchHeader,
+        batch: Bytes,
+        own: impl FnOnce(Bytes) -> Bytes,
+    ) -> Result<SequencedWrite, SequencedError> {
+        let producers = self.producers().clone();
+        let _serial = producers.serialize(h.producer_id, topic, partition).await;
+        match producers.check_durable(topic, partition, h) {
+            (Check::Refuse(why), _) => Err(SequencedError::Refused(
+                why,
+                format!(
+                    "producer {} epoch {} sequence {} refused: {}",
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    why.as_str()
+                ),
+            )),
+            (Check::Duplicate(base_offset), Some(durable)) => Ok(SequencedWrite::Duplicate {
+                base_offset,
+                last_offset: base_offset + u64::try_from(h.last_offset_delta).unwrap_or(0),
+                durable,
+            }),
+            (Check::Duplicate(_), None) => Err(SequencedError::Retry(
+                "the first write of this batch has no known outcome; retry it",
+            )),
+            (Check::Append(since), _) => {
+                let pending = self
+                    .produce_start_unless_truncated(topic, Some(partition), None, own(batch), since)
+                    .await?;
+                let settle = Settle(producers.record(
+                    topic,
+                    partition,
+                    h,
+                    pending.base_offset(),
+                    pending.truncations(),
+                ));
+                let (topic, h, producers) = (topic.to_string(), *h, producers.clone());
+                Ok(SequencedWrite::Written(tokio::spawn(async move {
+                    let r = pending.wait().await;
+                    if r.is_err() && h.producer_id >= 0 {
+                        // The log dropped this batch: the producer must resend from it.
+                        let _serial = producers.serialize(h.producer_id, &topic, partition).await;
+                        producers.rollback(&topic, partition, &h);
+                    }
+                    settle.done(r.is_ok());
+                    r
+                })))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,11 +497,11 @@ mod tests {
         // A gap (seq 6 instead of 5), and an overlap that is not an earlier batch.
         assert_eq!(
             p.check("t", 0, &header(pid, 0, 6, 1)),
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(Refusal::OutOfOrder)
         );
         assert_eq!(
             p.check("t", 0, &header(pid, 0, 4, 1)),
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(Refusal::OutOfOrder)
         );
         // Other partitions and producers are independent.
         assert_eq!(p.check("t", 1, &header(pid, 0, 9, 1)), Check::Append(None));
@@ -347,11 +510,11 @@ mod tests {
         p.record("t", 0, &header(pid, 2, 0, 1), 105, 0);
         assert_eq!(
             p.check("t", 0, &header(pid, 1, 1, 1)),
-            Check::Refuse(code::INVALID_PRODUCER_EPOCH)
+            Check::Refuse(Refusal::InvalidEpoch)
         );
         assert_eq!(
             p.check("t", 0, &header(pid, 3, 5, 1)),
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(Refusal::OutOfOrder)
         );
         assert_eq!(p.check("t", 0, &header(pid, 3, 0, 1)), Check::Append(None));
     }
@@ -377,14 +540,8 @@ mod tests {
         p.rollback("t", 0, &a); // undone already: nothing changes
         assert_eq!(*durable.borrow(), Some(false));
         assert_eq!(*da.borrow(), Some(false));
-        assert_eq!(
-            p.check("t", 0, &c),
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
-        );
-        assert_eq!(
-            p.check("t", 0, &b),
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
-        );
+        assert_eq!(p.check("t", 0, &c), Check::Refuse(Refusal::OutOfOrder));
+        assert_eq!(p.check("t", 0, &b), Check::Refuse(Refusal::OutOfOrder));
         assert_eq!(p.check("t", 0, &a), Check::Append(None));
     }
 
@@ -418,7 +575,7 @@ mod tests {
         assert_eq!(p.check("t", 0, &header(pid, 0, 2, 1)), Check::Duplicate(2));
         assert_eq!(
             p.check("t", 0, &header(pid, 0, 1, 1)),
-            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(Refusal::OutOfOrder)
         );
         let near_end = header(pid, 0, i32::MAX - 1, 3);
         assert_eq!(last_sequence(&near_end), 0);

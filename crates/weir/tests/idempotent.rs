@@ -1,0 +1,291 @@
+//! Idempotent producers on the native door: the server writes a resent batch once and refuses
+//! gaps and old epochs; the client's `Producer` keeps several batches under way per partition
+//! and moves a partition to a new epoch after a batch fails for good.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_batch::{BatchBuilder, BatchHeader, RecordSpec};
+use weir_client::messages as msg;
+use weir_client::producer::Record;
+use weir_client::{Client, ClientError, Producer, ProducerConfig, Start};
+use weir_wire::ErrorCode;
+
+fn topic(max_batch_bytes: u32) -> msg::TopicConfig {
+    msg::TopicConfig {
+        partitions: 1,
+        max_batch_bytes,
+        ..Default::default()
+    }
+}
+
+/// A batch of `n` records of producer `pid`, `epoch`, from sequence `seq`.
+fn stamped(pid: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let mut b = BatchBuilder::new(1_700_000_000_000).producer(pid, epoch, seq);
+    for i in 0..n {
+        b.push(RecordSpec::value(format!("r{seq}-{i}").as_bytes()));
+    }
+    Bytes::from(b.build())
+}
+
+fn code(r: Result<weir_client::ProduceAck, ClientError>) -> Option<ErrorCode> {
+    r.err().and_then(|e| e.code())
+}
+
+/// Every batch stored in partition 0 of `topic`: header and record values.
+async fn stored(c: &Client, topic: &str) -> Vec<(BatchHeader, Vec<String>)> {
+    let end = c.list_offsets(topic, 0, Start::Latest).await.unwrap();
+    let (mut at, mut out) = (0, Vec::new());
+    while at < end {
+        let f = c
+            .fetch(topic, 0, at, 1 << 20, 0, Duration::ZERO)
+            .await
+            .unwrap();
+        let mut rest = f.batches;
+        while !rest.is_empty() {
+            let h = weir_batch::peek(&rest).unwrap();
+            let b = rest.split_to(h.total_len());
+            let values = weir_batch::Records::new(&b)
+                .unwrap()
+                .map(|r| String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap())
+                .collect();
+            at = (h.base_offset + i64::from(h.last_offset_delta) + 1) as u64;
+            out.push((h, values));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_resent_batch_is_written_once_and_gaps_and_old_epochs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("t", topic(0)).await.unwrap();
+        let pid = c.init_producer().await.unwrap();
+        assert!(pid >= 0);
+        assert_ne!(c.init_producer().await.unwrap(), pid, "ids are not reused");
+        let latest = || c.list_offsets("t", 0, Start::Latest);
+
+        let first = stamped(pid, 0, 0, 3);
+        let a = c.produce("t", Some(0), None, first.clone()).await.unwrap();
+        assert_eq!((a.base_offset, a.last_offset), (0, 2));
+        // The answer was lost, say: the same batch again is answered with the same offsets
+        // and not written a second time.
+        let again = c.produce("t", Some(0), None, first).await.unwrap();
+        assert_eq!((again.base_offset, again.last_offset), (0, 2));
+        assert_eq!(latest().await.unwrap(), 3);
+        let b = c
+            .produce("t", Some(0), None, stamped(pid, 0, 3, 2))
+            .await
+            .unwrap();
+        assert_eq!(b.base_offset, 3);
+
+        // A gap (sequence 5 is missing): refused, nothing written.
+        let gap = c.produce("t", Some(0), None, stamped(pid, 0, 6, 1)).await;
+        assert_eq!(code(gap), Some(ErrorCode::OutOfOrderSequence));
+        assert_eq!(latest().await.unwrap(), 5);
+
+        // A new epoch starts from 0; the old one is refused from then on.
+        let e1 = c
+            .produce("t", Some(0), None, stamped(pid, 1, 0, 1))
+            .await
+            .unwrap();
+        assert_eq!(e1.base_offset, 5);
+        let old = c.produce("t", Some(0), None, stamped(pid, 0, 5, 1)).await;
+        assert_eq!(code(old), Some(ErrorCode::InvalidProducerEpoch));
+
+        // Sequences are per partition: the partition must be named.
+        let routed = c
+            .produce("t", None, Some(b"key"), stamped(pid, 1, 1, 1))
+            .await;
+        assert_eq!(code(routed), Some(ErrorCode::InvalidRequest));
+
+        // Batches without a producer id are written each time they are sent, as before.
+        let plain = common::batch(&[b"p"]);
+        let p1 = c.produce("t", Some(0), None, plain.clone()).await.unwrap();
+        let p2 = c.produce("t", Some(0), None, plain).await.unwrap();
+        assert_eq!(p2.base_offset, p1.base_offset + 1);
+        assert_eq!(latest().await.unwrap(), 8);
+    });
+}
+
+#[test]
+fn a_topic_deleted_and_made_again_starts_its_producers_sequences_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("d", topic(0)).await.unwrap();
+        let pid = c.init_producer().await.unwrap();
+        let batch = stamped(pid, 0, 0, 2);
+        c.produce("d", Some(0), None, batch.clone()).await.unwrap();
+        c.delete_topic("d").await.unwrap();
+        c.create_topic("d", topic(0)).await.unwrap();
+        // Not taken for a resend of the deleted topic's batch: written.
+        let a = c.produce("d", Some(0), None, batch).await.unwrap();
+        assert_eq!(a.base_offset, 0);
+        assert_eq!(c.list_offsets("d", 0, Start::Latest).await.unwrap(), 2);
+    });
+}
+
+/// Produce requests the client had sent when the proxy let the server's answers through again.
+///
+/// A proxy between a client and `server`: client bytes go straight through, counted by frame;
+/// server bytes go straight through until a second Produce request has passed (the first one
+/// answered), then wait until `want` Produce requests have (or 10 s have gone by).
+async fn proxy(server: String, want: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let produces = Arc::new(AtomicUsize::new(0));
+    let seen_at_release = Arc::new(AtomicUsize::new(usize::MAX));
+    let (count, released) = (produces.clone(), seen_at_release.clone());
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut ur, mut uw) = upstream.into_split();
+        let counter = count.clone();
+        tokio::spawn(async move {
+            let (mut buf, mut pending) = (vec![0u8; 64 << 10], Vec::new());
+            loop {
+                let n = cr.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                while pending.len() >= 6 {
+                    let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+                    if pending.len() < 4 + len {
+                        break;
+                    }
+                    if u16::from_be_bytes([pending[4], pending[5]])
+                        == weir_wire::Api::Produce as u16
+                    {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    pending.drain(..4 + len);
+                }
+                if uw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = ur.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            if released.load(Ordering::SeqCst) == usize::MAX && count.load(Ordering::SeqCst) > 1 {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while count.load(Ordering::SeqCst) < want && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                released.store(count.load(Ordering::SeqCst), Ordering::SeqCst);
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, seen_at_release)
+}
+
+#[test]
+fn an_idempotent_producer_keeps_several_batches_under_way_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("p", topic(0)).await.unwrap();
+        let (addr, seen) = proxy(server.addr.clone(), 6).await;
+        let c = Client::connect(&addr, "test").await.unwrap();
+        let producer = Producer::new(
+            c,
+            ProducerConfig {
+                linger: Duration::from_millis(1),
+                batch_bytes: 100,
+                ..ProducerConfig::default()
+            },
+        );
+        // Each record fills a batch of its own.
+        let mut acks = Vec::new();
+        for i in 0..40 {
+            let r = Record::new("p", format!("{i:0>150}")).partition(0);
+            acks.push(producer.send(r).await.unwrap());
+        }
+        let mut offsets = Vec::new();
+        for a in acks {
+            offsets.push(a.await.unwrap().unwrap().offset.unwrap());
+        }
+        assert_eq!(
+            offsets,
+            (0..40).collect::<Vec<u64>>(),
+            "in order, each once"
+        );
+        // The first batch alone (the server may not know the producer yet), then five.
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            6,
+            "once the first batch was answered, five were sent before another answer came"
+        );
+        // Stamped with one producer id, epoch 0 and consecutive sequences.
+        let batches = stored(&admin, "p").await;
+        let pid = batches[0].0.producer_id;
+        assert!(pid >= 0);
+        let mut next = 0;
+        for (h, values) in &batches {
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (pid, 0, next)
+            );
+            next += values.len() as i32;
+        }
+        assert_eq!(next, 40);
+    });
+}
+
+#[test]
+fn after_a_batch_fails_for_good_its_partition_goes_on_in_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        // Batches over 4 KiB are refused (BATCH_TOO_LARGE, not retriable).
+        c.create_topic("e", topic(4096)).await.unwrap();
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                linger: Duration::from_millis(1),
+                batch_bytes: 1024,
+                ..ProducerConfig::default()
+            },
+        );
+        let send = |v: String| producer.send_and_wait(Record::new("e", v).partition(0));
+        send("a".into()).await.unwrap();
+        let big = send("x".repeat(8000)).await.unwrap_err();
+        assert_eq!(big.code(), Some(ErrorCode::BatchTooLarge), "{big}");
+        // The refused batch used sequence 1; the next would be refused as out of order for
+        // ever in epoch 0. It goes out in epoch 1, from 0.
+        send("b".into()).await.unwrap();
+        send("c".into()).await.unwrap();
+        let batches = stored(&c, "e").await;
+        let got: Vec<(i16, i32, String)> = batches
+            .iter()
+            .map(|(h, v)| (h.producer_epoch, h.base_sequence, v.concat()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0, 0, "a".into()), (1, 0, "b".into()), (1, 1, "c".into())]
+        );
+    });
+}
