@@ -682,8 +682,6 @@ impl Broker {
         // Unreachable first, so no new produce or fetch starts on logs about to close.
         self.inner.topics.write().remove(name);
         topic.deleted.store(true, Ordering::Release);
-        // A topic created again under this name starts every producer's sequence afresh.
-        self.inner.producers.forget_topic(name);
         for p in &topic.partitions {
             p.hwm.send_modify(|_| {});
         }
@@ -729,6 +727,9 @@ impl Broker {
                 return Err(e);
             }
         };
+        // A topic created again under this name starts every producer's sequence afresh.
+        // (After the logs closed: an append under way before could still record a batch.)
+        self.inner.producers.forget_topic(name);
         let partitions_of = |t: &str| self.partition_count(t);
         self.inner
             .groups

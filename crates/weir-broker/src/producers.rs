@@ -25,7 +25,7 @@
 //! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
 //! producer is accepted whatever its sequence (a retry that straddles a restart can be written
 //! twice). At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
-//! used is forgotten, with the same consequence for that producer.
+//! used hundredth is forgotten, with the same consequence for those producers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -284,11 +284,13 @@ impl Producers {
         let mut states = self.states.lock();
         let key = (h.producer_id, topic.to_string(), partition);
         if !states.contains_key(&key) && states.len() >= MAX_STATES {
-            let oldest = states
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
+            // The least recently used hundredth goes at once: one scan per thousand new
+            // states at the cap, not one per new state.
+            let mut by_use: Vec<(Instant, (i64, String, u32))> =
+                states.iter().map(|(k, s)| (s.used, k.clone())).collect();
+            let n = (MAX_STATES / 100).max(1);
+            by_use.select_nth_unstable_by_key(n - 1, |(used, _)| *used);
+            for (_, k) in by_use.into_iter().take(n) {
                 states.remove(&k);
             }
         }
@@ -583,6 +585,27 @@ mod tests {
         assert_eq!(
             p.check("t", 1, &header(pid, 0, 1, 1)),
             Check::Append(Some(0))
+        );
+    }
+
+    #[test]
+    fn at_the_cap_the_least_recently_used_hundredth_is_forgotten() {
+        let p = Producers::new();
+        let pid = p.init();
+        for part in 0..MAX_STATES as u32 {
+            p.record("t", part, &header(pid, 0, 0, 1), 0, 0);
+        }
+        // Partition 0 is used again, so partition 1 is now the least recently used.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        p.record("t", 0, &header(pid, 0, 1, 1), 1, 0);
+        p.record("t", MAX_STATES as u32, &header(pid, 0, 0, 1), 0, 0);
+        assert_eq!(p.states.lock().len(), MAX_STATES - MAX_STATES / 100 + 1);
+        assert_eq!(p.check("t", 0, &header(pid, 0, 1, 1)), Check::Duplicate(1));
+        // Forgotten: its next batch is taken whatever its sequence.
+        assert_eq!(p.check("t", 1, &header(pid, 0, 7, 1)), Check::Append(None));
+        assert_eq!(
+            p.check("t", MAX_STATES as u32 - 1, &header(pid, 0, 7, 1)),
+            Check::Refuse(Refusal::OutOfOrder)
         );
     }
 }

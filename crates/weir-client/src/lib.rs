@@ -200,8 +200,8 @@ impl Client {
         Ok(ProduceAck::from(r))
     }
 
-    /// A producer id, for batches of an idempotent producer (`BatchBuilder::producer`, epoch
-    /// 0, per-partition sequence numbers from 0): the server writes each such batch once
+    /// A producer id, for batches of an idempotent producer (`BatchBuilder::producer`, an
+    /// epoch from 0, per-partition sequence numbers from 0): the server writes each such batch once
     /// however often it is sent, and refuses one whose sequence does not follow the last
     /// written (`OutOfOrderSequence`). [`Producer`] does this by itself.
     pub async fn init_producer(&self) -> Result<i64> {

@@ -12,8 +12,11 @@
 //! fails and is retried, those behind it are refused until it is written, and retried in turn,
 //! never written ahead of it; and a batch whose answer was lost (a timeout) can be sent again
 //! without being stored twice. A batch that fails for good takes those sent after it on the
-//! same partition with it (their records get `OutOfOrderSequence`); once they are all answered
-//! the partition starts a new epoch, from sequence 0, and goes on with the next batches.
+//! same partition with it (their records get the error that ended them, often
+//! `OutOfOrderSequence`); once they are all answered the partition starts a new epoch, from
+//! sequence 0, and goes on with the next batches. The server keeps producers' sequences in
+//! memory: across a server restart (or when it has forgotten the producer among very many),
+//! these guarantees do not hold for the batches under way then.
 //!
 //! Without idempotence (turned off, sending without acknowledgement, or a server that does not
 //! know producer ids), one batch per partition is in flight, so a retried batch can never be
@@ -241,16 +244,19 @@ struct State {
     sticky: HashMap<Arc<str>, u32>,
     open: HashMap<Part, Batch>,
     ready: HashMap<Part, VecDeque<Batch>>,
-    /// Batches under way per partition.
-    in_flight: HashMap<Part, usize>,
+    /// Per partition, the batches sent from the oldest one not yet answered on, in order, and
+    /// whether each was answered. The window bounds this span, not the count unanswered: the
+    /// server recognises a resent batch only among a producer's last five on a partition.
+    in_flight: HashMap<Part, VecDeque<(u64, bool)>>,
     /// The producer id, when idempotent.
     producer_id: Option<i64>,
     /// Each partition's epoch and next sequence number, when idempotent.
     sequences: HashMap<Part, Sequence>,
     /// Partitions that ran out of epochs, produced to without idempotence.
     unsequenced: std::collections::HashSet<Part>,
-    /// Per partition, what the last batch handed to a task tells once it was sent.
-    sent_order: HashMap<Part, oneshot::Receiver<()>>,
+    /// Per partition, what the last batch handed to a task tells once it was sent, and once
+    /// its task ended.
+    sent_order: HashMap<Part, (oneshot::Receiver<()>, oneshot::Receiver<()>)>,
     /// Flushes waiting, each for every batch sealed up to its sequence number.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     /// Sequence numbers of sealed batches not yet answered.
@@ -490,9 +496,14 @@ impl State {
     fn answered(&mut self, done: Done) {
         self.outstanding.remove(&done.seq);
         let left = match self.in_flight.get_mut(&done.part) {
-            Some(n) => {
-                *n -= 1;
-                *n
+            Some(span) => {
+                if let Some(e) = span.iter_mut().find(|(seq, _)| *seq == done.seq) {
+                    e.1 = true;
+                }
+                while span.front().is_some_and(|(_, answered)| *answered) {
+                    span.pop_front();
+                }
+                span.len()
             }
             None => 0,
         };
@@ -528,7 +539,7 @@ impl State {
             .collect();
         for part in parts {
             loop {
-                let under_way = self.in_flight.get(&part).copied().unwrap_or(0);
+                let under_way = self.in_flight.get(&part).map_or(0, VecDeque::len);
                 // The partition's sequence: from 0 at its first batch. None goes out while
                 // its failed epoch's batches are still under way.
                 let stamp = match self.producer_id {
@@ -569,13 +580,23 @@ impl State {
                         state,
                     }
                 });
-                *self.in_flight.entry(part.clone()).or_default() += 1;
+                self.in_flight
+                    .entry(part.clone())
+                    .or_default()
+                    .push_back((batch.seq, false));
                 // Batches go out in the order they leave here: each task sends its batch
                 // only after the one before it on this partition has sent its own.
-                let (turn, next_turn) = oneshot::channel();
+                let (sent, next_sent) = oneshot::channel();
+                let (finished, next_finished) = oneshot::channel();
+                let before = self
+                    .sent_order
+                    .insert(part.clone(), (next_sent, next_finished));
+                let (after, before_finished) = before.unzip();
                 let order = Order {
-                    after: self.sent_order.insert(part.clone(), next_turn),
-                    sent: turn,
+                    after,
+                    before_finished,
+                    sent,
+                    finished,
                 };
                 let (client, config, done, part) = (
                     self.client.clone(),
@@ -584,9 +605,13 @@ impl State {
                     part.clone(),
                 );
                 tokio::spawn(async move {
-                    let seq = batch.seq;
+                    // Reports the answer even if the send panics, so flushes do not hang.
+                    let _answered = Answered {
+                        done,
+                        part: Some(part.clone()),
+                        seq: batch.seq,
+                    };
                     send_batch(&client, &config, &part, batch, stamp, order).await;
-                    let _ = done.send(Done { part, seq });
                 });
             }
         }
@@ -597,8 +622,30 @@ impl State {
 struct Order {
     /// Resolves once the batch before it was sent (or its task ended).
     after: Option<oneshot::Receiver<()>>,
+    /// Resolves once the task of the batch before it ended.
+    before_finished: Option<oneshot::Receiver<()>>,
     /// Told once this batch was sent.
     sent: oneshot::Sender<()>,
+    /// Dropped when this batch's task ends.
+    finished: oneshot::Sender<()>,
+}
+
+/// Tells the producer's loop that a batch's task ended, when dropped.
+struct Answered {
+    done: mpsc::UnboundedSender<Done>,
+    part: Option<Part>,
+    seq: u64,
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        if let Some(part) = self.part.take() {
+            let _ = self.done.send(Done {
+                part,
+                seq: self.seq,
+            });
+        }
+    }
 }
 
 /// The sequence number `count` records after `first`; sequences wrap from `i32::MAX` to 0.
@@ -700,7 +747,13 @@ async fn send_batch(
     // The first attempt is sent here, in the partition's order; retries need no order (the
     // server refuses a batch out of sequence until those before it are written).
     let first = client.produce_sent(topic, partition, bytes.clone());
-    let _ = order.sent.send(());
+    let Order {
+        sent,
+        mut before_finished,
+        finished: _finished,
+        ..
+    } = order;
+    let _ = sent.send(());
     let mut backoff = config.retry_backoff;
     let mut attempt = 0;
     let mut pending = Some(first);
@@ -715,11 +768,23 @@ async fn send_batch(
             }
         };
         match r {
+            // Refused because the batch before this one is not written yet: once that one's
+            // task has ended (written, or failed for good), try again, without spending a
+            // retry on the wait.
+            Err(e)
+                if e.code() == Some(weir_wire::ErrorCode::OutOfOrderSequence)
+                    && before_finished.is_some()
+                    && retry(&e, stamp.as_ref()) =>
+            {
+                if let Some(before) = before_finished.take() {
+                    let _ = before.await;
+                }
+            }
             Err(e) if attempt < config.retries && retry(&e, stamp.as_ref()) => {
                 attempt += 1;
                 tracing::debug!(%topic, partition, attempt, error = %e, "produce failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff = backoff.saturating_mul(2);
             }
             other => break other,
         }
