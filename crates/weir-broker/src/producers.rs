@@ -25,7 +25,9 @@
 //! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
 //! producer is accepted whatever its sequence (a retry that straddles a restart can be written
 //! twice). At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
-//! used hundredth is forgotten, with the same consequence for those producers.
+//! used hundredth is forgotten, with the same consequence for those producers. Deleting a
+//! topic forgets its states; a batch still being appended as the topic is deleted can record
+//! one after that, which then applies to a topic made again under the same name.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -285,14 +287,13 @@ impl Producers {
         let key = (h.producer_id, topic.to_string(), partition);
         if !states.contains_key(&key) && states.len() >= MAX_STATES {
             // The least recently used hundredth goes at once: one scan per thousand new
-            // states at the cap, not one per new state.
-            let mut by_use: Vec<(Instant, (i64, String, u32))> =
-                states.iter().map(|(k, s)| (s.used, k.clone())).collect();
+            // states at the cap, not one per new state. (States last used at the same instant
+            // as the thousandth go with it.)
+            let mut used: Vec<Instant> = states.values().map(|s| s.used).collect();
             let n = (MAX_STATES / 100).max(1);
-            by_use.select_nth_unstable_by_key(n - 1, |(used, _)| *used);
-            for (_, k) in by_use.into_iter().take(n) {
-                states.remove(&k);
-            }
+            let (_, threshold, _) = used.select_nth_unstable(n - 1);
+            let threshold = *threshold;
+            states.retain(|_, s| s.used > threshold);
         }
         let s = states.entry(key).or_insert_with(|| State {
             epoch: h.producer_epoch,

@@ -606,12 +606,14 @@ impl State {
                 );
                 tokio::spawn(async move {
                     // Reports the answer even if the send panics, so flushes do not hang.
-                    let _answered = Answered {
+                    let mut answered = Answered {
                         done,
                         part: Some(part.clone()),
                         seq: batch.seq,
+                        epoch: stamp.as_ref().map(|s| s.state.clone()),
                     };
                     send_batch(&client, &config, &part, batch, stamp, order).await;
+                    answered.epoch = None;
                 });
             }
         }
@@ -635,10 +637,16 @@ struct Answered {
     done: mpsc::UnboundedSender<Done>,
     part: Option<Part>,
     seq: u64,
+    /// Still set when the send did not return (it panicked): the batch failed, so its epoch
+    /// did.
+    epoch: Option<Arc<EpochState>>,
 }
 
 impl Drop for Answered {
     fn drop(&mut self) {
+        if let Some(epoch) = self.epoch.take() {
+            epoch.failed.store(true, Ordering::Release);
+        }
         if let Some(part) = self.part.take() {
             let _ = self.done.send(Done {
                 part,
