@@ -275,16 +275,40 @@ struct Sequence {
 }
 
 /// What the batches of one partition's epoch learn from each other.
-#[derive(Default)]
 struct EpochState {
     /// A batch was written. Until then one batch is under way at a time: the server takes a
     /// producer's first batch on a partition whatever its sequence (it may have forgotten the
     /// producer), so a second one sent beside it could be written first if the first fails.
     confirmed: std::sync::atomic::AtomicBool,
-    /// A batch failed for good. Those under way behind it are refused (they must not be
-    /// written after it), so they stop retrying, and no new batch goes out until they are all
-    /// answered and the partition has moved to the next epoch.
-    failed: std::sync::atomic::AtomicBool,
+    /// The first batch (by [`Batch::seq`]) that failed for good, `u64::MAX` while none has.
+    /// Those under way behind it are refused (they must not be written after it), so they
+    /// stop retrying; those before it go on. No new batch goes out until all are answered and
+    /// the partition has moved to the next epoch.
+    failed_from: std::sync::atomic::AtomicU64,
+}
+
+impl Default for EpochState {
+    fn default() -> Self {
+        EpochState {
+            confirmed: Default::default(),
+            failed_from: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl EpochState {
+    fn fail(&self, batch: u64) {
+        self.failed_from.fetch_min(batch, Ordering::AcqRel);
+    }
+
+    fn failed(&self) -> bool {
+        self.failed_from.load(Ordering::Acquire) != u64::MAX
+    }
+
+    /// Whether a batch sent before `batch` failed for good.
+    fn failed_before(&self, batch: u64) -> bool {
+        self.failed_from.load(Ordering::Acquire) < batch
+    }
 }
 
 /// A batch's answer, as its task reports it.
@@ -512,7 +536,7 @@ impl State {
         }
         if left == 0
             && let Some(sq) = self.sequences.get_mut(&done.part)
-            && sq.state.failed.load(Ordering::Acquire)
+            && sq.state.failed()
         {
             // Every batch of the failed epoch is answered: the next start a new one.
             match sq.epoch.checked_add(1) {
@@ -557,7 +581,7 @@ impl State {
                         } else {
                             1
                         };
-                        if under_way >= window || sq.state.failed.load(Ordering::Acquire) {
+                        if under_way >= window || sq.state.failed() {
                             break;
                         }
                         Some((id, sq.epoch, sq.next, sq.state.clone()))
@@ -645,7 +669,7 @@ struct Answered {
 impl Drop for Answered {
     fn drop(&mut self) {
         if let Some(epoch) = self.epoch.take() {
-            epoch.failed.store(true, Ordering::Release);
+            epoch.fail(self.seq);
         }
         if let Some(part) = self.part.take() {
             let _ = self.done.send(Done {
@@ -722,7 +746,7 @@ async fn send_batch(
                 let _ = ack.send(Err(e.clone_lossy()));
             }
             if let Some(st) = &stamp {
-                st.state.failed.store(true, Ordering::Release);
+                st.state.fail(batch.seq);
             }
             // The next batch goes out after the one before this, not before it.
             if let Some(before) = order.after {
@@ -782,13 +806,13 @@ async fn send_batch(
             Err(e)
                 if e.code() == Some(weir_wire::ErrorCode::OutOfOrderSequence)
                     && before_finished.is_some()
-                    && retry(&e, stamp.as_ref()) =>
+                    && retry(&e, stamp.as_ref(), batch.seq) =>
             {
                 if let Some(before) = before_finished.take() {
                     let _ = before.await;
                 }
             }
-            Err(e) if attempt < config.retries && retry(&e, stamp.as_ref()) => {
+            Err(e) if attempt < config.retries && retry(&e, stamp.as_ref(), batch.seq) => {
                 attempt += 1;
                 tracing::debug!(%topic, partition, attempt, error = %e, "produce failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -812,7 +836,7 @@ async fn send_batch(
         Err(e) => {
             if let Some(st) = &stamp {
                 // At once, so that the batches behind it stop retrying.
-                st.state.failed.store(true, Ordering::Release);
+                st.state.fail(batch.seq);
             }
             for (_, (ack, _permit)) in batch.records {
                 let _ = ack.send(Err(e.clone_lossy()));
@@ -821,8 +845,8 @@ async fn send_batch(
     }
 }
 
-/// Whether a batch that failed with `e` is sent again.
-fn retry(e: &ClientError, stamp: Option<&Stamp>) -> bool {
+/// Whether batch `seq`, which failed with `e`, is sent again.
+fn retry(e: &ClientError, stamp: Option<&Stamp>, seq: u64) -> bool {
     let Some(stamp) = stamp else {
         // Only errors the server answered with: after a timeout the batch may still be
         // appended, and sending it again would store it twice.
@@ -831,9 +855,7 @@ fn retry(e: &ClientError, stamp: Option<&Stamp>) -> bool {
     match e.code() {
         // A batch ahead of this one is not written yet (it is being retried): this one will
         // follow it, unless that one failed for good.
-        Some(weir_wire::ErrorCode::OutOfOrderSequence) => {
-            !stamp.state.failed.load(Ordering::Acquire)
-        }
+        Some(weir_wire::ErrorCode::OutOfOrderSequence) => !stamp.state.failed_before(seq),
         // Retriable answers, and timeouts: a resent batch that was written after all is
         // recognised and answered with its offsets.
         _ => e.is_retriable(),
