@@ -123,6 +123,13 @@ impl Client {
         })
     }
 
+    /// This client (sharing the connection) with requests waiting `timeout` for a response
+    /// (default [`DEFAULT_TIMEOUT`]; long polls add their wait to it).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
     /// The client id sent in Hello.
     pub fn client_id(&self) -> &str {
         &self.client_id

@@ -254,6 +254,125 @@ fn an_idempotent_producer_keeps_several_batches_under_way_in_order() {
     });
 }
 
+/// Copies frames from `r` to `w` whole and in order, except the `lost`-th Produce frame
+/// (counting from 1), which it drops.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    lost: Option<usize>,
+) {
+    let (mut buf, mut pending, mut produces) = (vec![0u8; 64 << 10], Vec::new(), 0);
+    loop {
+        let n = r.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while pending.len() >= 6 {
+            let len = 4 + u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+            if pending.len() < len {
+                break;
+            }
+            let frame: Vec<u8> = pending.drain(..len).collect();
+            if u16::from_be_bytes([frame[4], frame[5]]) == weir_wire::Api::Produce as u16 {
+                produces += 1;
+                if Some(produces) == lost {
+                    continue;
+                }
+            }
+            if w.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A proxy between a client and `server` that loses one Produce frame: the client's
+/// `request`-th request, or the server's `response`-th answer.
+async fn losing_proxy(server: String, request: Option<usize>, response: Option<usize>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (ur, uw) = upstream.into_split();
+        tokio::spawn(pump(ur, cw, response));
+        pump(cr, uw, request).await;
+    });
+    addr
+}
+
+/// Sends 12 records of a batch each to partition 0 of `topic` through `addr` (a losing
+/// proxy), with requests timing out after 4 s; checks each was acknowledged at its offset in
+/// order and that the partition holds exactly them, once each.
+async fn twelve_through(admin: &Client, addr: &str, topic: &str) {
+    let c = Client::connect(addr, "test")
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(4));
+    let producer = Producer::new(
+        c,
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            batch_bytes: 100,
+            ..ProducerConfig::default()
+        },
+    );
+    let sent: Vec<String> = (0..12).map(|i| format!("{i:0>150}")).collect();
+    let mut acks = Vec::new();
+    for v in &sent {
+        let r = Record::new(topic, v.clone()).partition(0);
+        acks.push(producer.send(r).await.unwrap());
+    }
+    let mut offsets = Vec::new();
+    for a in acks {
+        offsets.push(a.await.unwrap().unwrap().offset.unwrap());
+    }
+    assert_eq!(
+        offsets,
+        (0..12).collect::<Vec<u64>>(),
+        "in order, each once"
+    );
+    let values: Vec<String> = stored(admin, topic)
+        .await
+        .into_iter()
+        .flat_map(|(_, v)| v)
+        .collect();
+    assert_eq!(values, sent);
+}
+
+#[test]
+fn batches_behind_a_lost_one_wait_for_its_resend_and_all_land_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("l", topic(0)).await.unwrap();
+        // The third batch never reaches the server; it is resent when its request times out
+        // (4 s), longer than the retries of the batches behind it would last (0.1 + 0.2 + … +
+        // 1.6 s) if each refusal while it is missing spent one.
+        let addr = losing_proxy(server.addr.clone(), Some(3), None).await;
+        twelve_through(&admin, &addr, "l").await;
+    });
+}
+
+#[test]
+fn a_batch_whose_answer_was_lost_is_resent_and_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("a", topic(0)).await.unwrap();
+        // The third answer is lost: that batch was written, and after the timeout its resend
+        // is answered with the offsets it was written at, not written again. Meanwhile no more
+        // than four batches go out after it, so the server still remembers it among the
+        // producer's last five.
+        let addr = losing_proxy(server.addr.clone(), None, Some(3)).await;
+        twelve_through(&admin, &addr, "a").await;
+    });
+}
+
 #[test]
 fn after_a_batch_fails_for_good_its_partition_goes_on_in_a_new_epoch() {
     let dir = tempfile::tempdir().unwrap();
