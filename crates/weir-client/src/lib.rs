@@ -196,15 +196,7 @@ impl Client {
         key: Option<&[u8]>,
         batch: Bytes,
     ) -> Result<ProduceAck> {
-        let req = msg::ProduceRequest {
-            topic: topic.to_string(),
-            partition,
-            key: key.map(<[u8]>::to_vec),
-            acks: msg::Acks::Durable as i32,
-        };
-        let (r, _): (msg::ProduceResponse, _) =
-            call(&self.conn, Api::Produce, &req, &[batch], self.timeout).await?;
-        Ok(ProduceAck::from(r))
+        self.start_produce(topic, partition, key, batch)?.await
     }
 
     /// A producer id, for batches of an idempotent producer (`BatchBuilder::producer`, an
@@ -228,10 +220,21 @@ impl Client {
         partition: u32,
         batch: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static> {
+        self.start_produce(topic, Some(partition), None, batch)
+    }
+
+    /// Sends a produce request at once; the future waits for its answer.
+    fn start_produce(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        batch: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static> {
         let req = msg::ProduceRequest {
             topic: topic.to_string(),
-            partition: Some(partition),
-            key: None,
+            partition,
+            key: key.map(<[u8]>::to_vec),
             acks: msg::Acks::Durable as i32,
         };
         let sent = self.conn.start(Api::Produce, &req, &[batch])?;

@@ -589,29 +589,41 @@ fn a_group_members_poll_returns_when_any_of_its_partitions_gets_a_record() {
                 .is_empty()
         );
         for (i, p) in [0u32, 1, 0, 1].into_iter().enumerate() {
-            let value = format!("r{i}");
-            let t = Instant::now();
-            let (got, ()) = tokio::join!(member.poll(Duration::from_secs(10)), async {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                admin
-                    .produce("pair", Some(p), None, batch(&[value.as_bytes()]))
-                    .await
-                    .unwrap();
-            });
-            let got = got.unwrap();
-            assert_eq!(got.len(), 1, "record {i}");
-            assert_eq!(got[0].partition, p);
-            assert_eq!(got[0].value.as_deref(), Some(value.as_bytes()));
-            assert!(
-                t.elapsed() < Duration::from_secs(3),
-                "record {i} on partition {p} waited {:?}",
-                t.elapsed()
-            );
+            poll_gets_a_late_record(&mut member, &admin, "pair", p, &format!("r{i}"), 200).await;
         }
         member.commit().await.unwrap();
         member.leave().await.unwrap();
     });
     server.stop();
+}
+
+/// Polls `member` (waiting up to 10 s) while `value` is written to `partition` of `topic`
+/// `after_ms` into the poll; the poll returns that record alone, within 3 s.
+async fn poll_gets_a_late_record(
+    member: &mut GroupConsumer,
+    admin: &Client,
+    topic: &str,
+    partition: u32,
+    value: &str,
+    after_ms: u64,
+) {
+    let t = Instant::now();
+    let (got, ()) = tokio::join!(member.poll(Duration::from_secs(10)), async {
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        admin
+            .produce(topic, Some(partition), None, batch(&[value.as_bytes()]))
+            .await
+            .unwrap();
+    });
+    let got = got.unwrap();
+    assert_eq!(got.len(), 1, "{value} on partition {partition}");
+    assert_eq!(got[0].partition, partition);
+    assert_eq!(got[0].value.as_deref(), Some(value.as_bytes()));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "{value} on partition {partition} waited {:?}",
+        t.elapsed()
+    );
 }
 
 /// A member owning more partitions than it fetches ahead at once (16) reads every record of
@@ -648,23 +660,8 @@ fn a_group_member_long_polling_many_partitions_gets_a_record_at_once() {
             );
         }
         for p in [3u32, 23, 11] {
-            let value = format!("late-{p}");
-            let t = Instant::now();
-            let (got, ()) = tokio::join!(member.poll(Duration::from_secs(10)), async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                admin
-                    .produce("wide", Some(p), None, batch(&[value.as_bytes()]))
-                    .await
-                    .unwrap();
-            });
-            let got = got.unwrap();
-            assert_eq!(got.len(), 1, "partition {p}");
-            assert_eq!(got[0].value.as_deref(), Some(value.as_bytes()));
-            assert!(
-                t.elapsed() < Duration::from_secs(3),
-                "partition {p}: waited {:?}",
-                t.elapsed()
-            );
+            poll_gets_a_late_record(&mut member, &admin, "wide", p, &format!("late-{p}"), 300)
+                .await;
         }
         member.leave().await.unwrap();
     });
