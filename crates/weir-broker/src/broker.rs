@@ -85,6 +85,9 @@ struct Partition {
     hwm: watch::Sender<u64>,
     /// The read-ahead of a reader going through the log from disk in order.
     ahead: Mutex<AheadState>,
+    /// Set once idempotent producers' states were rebuilt from the log (at once for a
+    /// partition created by this process; see `Broker::restore_producers`).
+    producers_restored: tokio::sync::OnceCell<()>,
 }
 
 /// A reader that catches up from disk one fetch at a time (a Kafka consumer, a native fetch
@@ -476,7 +479,7 @@ impl Broker {
         }
         let mut topics = HashMap::new();
         for (name, cfg) in meta {
-            let t = Self::open_topic(&config, &name, cfg)?;
+            let t = Self::open_topic(&config, &name, cfg, true)?;
             topics.insert(name, Arc::new(t));
         }
         let offsets = OffsetStore::open(&data.join("offsets"))?;
@@ -509,7 +512,14 @@ impl Broker {
         })
     }
 
-    fn open_topic(config: &BrokerConfig, name: &str, cfg: TopicConfig) -> Result<Topic> {
+    /// Opens a topic's partition logs; `from_disk` when it existed before this process, so that
+    /// its idempotent producers' states are rebuilt before their next batch.
+    fn open_topic(
+        config: &BrokerConfig,
+        name: &str,
+        cfg: TopicConfig,
+        from_disk: bool,
+    ) -> Result<Topic> {
         let log_config = cfg.log_config(config.hot_tail_bytes, config.preallocate_bytes);
         let mut partitions = Vec::with_capacity(cfg.partitions as usize);
         for p in 0..cfg.partitions {
@@ -520,6 +530,7 @@ impl Broker {
                 log: Arc::new(log),
                 hwm,
                 ahead: Mutex::new(AheadState::default()),
+                producers_restored: tokio::sync::OnceCell::new_with((!from_disk).then_some(())),
             }));
         }
         Ok(Topic {
@@ -592,6 +603,42 @@ impl Broker {
         Ok((t, p))
     }
 
+    /// Rebuilds the idempotent producers' states of a partition opened from disk from the end
+    /// of its log, once, before its first idempotent batch. A log that cannot be read leaves
+    /// the states empty, as before a restart (logged); the produce itself goes on.
+    pub(crate) async fn restore_producers(&self, topic: &str, partition: u32) {
+        let Ok((_, part)) = self.partition(topic, partition) else {
+            return;
+        };
+        part.producers_restored
+            .get_or_init(|| async {
+                let log = part.log.clone();
+                let scan = tokio::task::spawn_blocking(move || {
+                    let headers = log.tail_headers(crate::producers::RESTORE_SCAN_BYTES)?;
+                    Ok::<_, weir_log::LogError>((headers, log.truncations()))
+                })
+                .await;
+                match scan {
+                    Ok(Ok((headers, truncations))) => {
+                        self.producers()
+                            .restore(topic, partition, &headers, truncations);
+                        tracing::debug!(
+                            topic,
+                            partition,
+                            batches = headers.len(),
+                            "idempotent producers' sequences restored from the log"
+                        );
+                    }
+                    Ok(Err(e)) => tracing::warn!(topic, partition, error = %e,
+                        "could not read the end of the log to restore idempotent producers' \
+                         sequences; a batch resent across the restart may be written twice"),
+                    Err(e) => tracing::warn!(topic, partition, error = %e,
+                        "restoring idempotent producers' sequences failed"),
+                }
+            })
+            .await;
+    }
+
     /// Every topic's configuration, as the metadata file lists them.
     fn topic_configs(&self) -> BTreeMap<String, TopicConfig> {
         self.inner
@@ -639,7 +686,7 @@ impl Broker {
         let name_owned = name.to_string();
         let topic = blocking(move || {
             let cfg = &this.inner.config;
-            let topic = Self::open_topic(cfg, &name_owned, config.clone())?;
+            let topic = Self::open_topic(cfg, &name_owned, config.clone(), false)?;
             let mut all = this.topic_configs();
             all.insert(name_owned.clone(), config);
             if let Err(e) = topic::store_meta(&cfg.data_dir, &all) {

@@ -22,9 +22,12 @@
 //! one still awaiting its sync is therefore written only if the log has dropped nothing since
 //! ([`Check::Append`]), and is refused with a retriable error otherwise.
 //!
-//! Limits, on purpose: the state lives in memory, so after a restart the first batch of each
-//! producer is accepted whatever its sequence (a retry that straddles a restart can be written
-//! twice). At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
+//! The state lives in memory. After a restart, a partition's states are rebuilt from the
+//! batch headers of the last [`RESTORE_SCAN_BYTES`] of its log before it takes its first
+//! idempotent batch (`Broker::produce_sequenced`): a producer's batches under way when the
+//! server stopped were written last, so a retry that straddles a restart is recognised. Limits,
+//! on purpose: a producer none of whose batches lie in that tail is unknown, and its first
+//! batch is accepted whatever its sequence. At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
 //! used hundredth is forgotten, with the same consequence for those producers. Deleting a
 //! topic forgets its states; a batch still being appended as the topic is deleted can record
 //! one after that, which then applies to a topic made again under the same name.
@@ -44,6 +47,9 @@ use crate::{Broker, BrokerError, ProduceResult};
 
 /// Most (producer, partition) states kept.
 pub const MAX_STATES: usize = 100_000;
+/// How much of a partition's log, from its end, is read to rebuild its producers' states
+/// after a restart.
+pub const RESTORE_SCAN_BYTES: u64 = 64 << 20;
 /// Batches remembered per (producer, partition) for duplicate detection.
 const RECENT: usize = 5;
 
@@ -280,6 +286,39 @@ impl Producers {
         base_offset: u64,
         truncations: u64,
     ) -> Option<Arc<Durable>> {
+        self.record_as(topic, partition, h, base_offset, truncations, None)
+    }
+
+    /// Rebuilds a partition's states from the headers of batches found in its log (oldest
+    /// first), each recorded as written and durable: after a restart, a producer resending a
+    /// batch the previous process wrote is answered with its offsets, not written twice. Call
+    /// it before the partition takes any idempotent batch.
+    pub fn restore(&self, topic: &str, partition: u32, headers: &[BatchHeader], truncations: u64) {
+        for h in headers {
+            if h.producer_id < 0 || h.producer_epoch < 0 || h.base_sequence < 0 {
+                continue;
+            }
+            let older = self
+                .states
+                .lock()
+                .get(&(h.producer_id, topic.to_string(), partition))
+                .is_some_and(|s| h.producer_epoch < s.epoch);
+            if !older {
+                let base = u64::try_from(h.base_offset).unwrap_or(0);
+                self.record_as(topic, partition, h, base, truncations, Some(true));
+            }
+        }
+    }
+
+    fn record_as(
+        &self,
+        topic: &str,
+        partition: u32,
+        h: &BatchHeader,
+        base_offset: u64,
+        truncations: u64,
+        durable: Option<bool>,
+    ) -> Option<Arc<Durable>> {
         if h.producer_id < 0 {
             return None;
         }
@@ -311,7 +350,7 @@ impl Producers {
         if s.recent.len() == RECENT {
             s.recent.pop_front();
         }
-        let durable = Arc::new(watch::Sender::new(None));
+        let durable = Arc::new(watch::Sender::new(durable));
         s.recent.push_back(Recent {
             epoch: h.producer_epoch,
             first: h.base_sequence,
@@ -421,6 +460,9 @@ impl Broker {
         own: impl FnOnce(Bytes) -> Bytes,
     ) -> Result<SequencedWrite, SequencedError> {
         let producers = self.producers().clone();
+        if h.producer_id >= 0 {
+            self.restore_producers(topic, partition).await;
+        }
         let _serial = producers.serialize(h.producer_id, topic, partition).await;
         match producers.check_durable(topic, partition, h) {
             (Check::Refuse(why), _) => Err(SequencedError::Refused(
@@ -520,6 +562,41 @@ mod tests {
             Check::Refuse(Refusal::OutOfOrder)
         );
         assert_eq!(p.check("t", 0, &header(pid, 3, 0, 1)), Check::Append(None));
+    }
+
+    #[test]
+    fn states_restored_from_a_log_know_its_batches_as_written_and_durable() {
+        let p = Producers::new();
+        let at = |mut h: BatchHeader, offset: i64| {
+            h.base_offset = offset;
+            h
+        };
+        let log = [
+            at(header(7, 0, 0, 2), 0),
+            at(header(-1, -1, -1, 4), 2),
+            at(header(7, 1, 0, 1), 6),
+            // A batch of the older epoch after the newer one changes nothing.
+            at(header(7, 0, 2, 1), 7),
+            at(header(7, 1, 1, 3), 8),
+            at(header(8, 0, 0, 1), 11),
+        ];
+        p.restore("t", 0, &log, 0);
+        let (check, durable) = p.check_durable("t", 0, &header(7, 1, 1, 3));
+        assert_eq!(check, Check::Duplicate(8));
+        assert_eq!(*durable.unwrap().borrow(), Some(true));
+        assert_eq!(p.check("t", 0, &header(7, 1, 0, 1)), Check::Duplicate(6));
+        assert_eq!(p.check("t", 0, &header(7, 1, 4, 1)), Check::Append(None));
+        assert_eq!(
+            p.check("t", 0, &header(7, 1, 5, 1)),
+            Check::Refuse(Refusal::OutOfOrder)
+        );
+        assert_eq!(
+            p.check("t", 0, &header(7, 0, 2, 1)),
+            Check::Refuse(Refusal::InvalidEpoch)
+        );
+        assert_eq!(p.check("t", 0, &header(8, 0, 0, 1)), Check::Duplicate(11));
+        // Another partition knows none of them.
+        assert_eq!(p.check("t", 1, &header(7, 1, 9, 1)), Check::Append(None));
     }
 
     #[test]

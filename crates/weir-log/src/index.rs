@@ -56,6 +56,16 @@ impl SegIndex {
         }
     }
 
+    /// Largest entry at or before file position `pos`; the segment start if none.
+    pub fn lookup_pos(&self, pos: u64) -> OffsetEntry {
+        let i = self.offsets.partition_point(|e| u64::from(e.pos) <= pos);
+        if i == 0 {
+            OffsetEntry { rel: 0, pos: 0 }
+        } else {
+            self.offsets[i - 1]
+        }
+    }
+
     /// Relative offset of a batch from which a scan for the first timestamp ≥ `ts` may start:
     /// every batch before it has smaller timestamps.
     pub fn time_lookup(&self, ts: i64) -> u32 {

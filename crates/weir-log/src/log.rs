@@ -1034,6 +1034,75 @@ impl Log {
         Ok(None)
     }
 
+    /// The headers of the batches that reach into the last `max_bytes` of the log, oldest
+    /// first: for rebuilding, after a restart, what is
+    /// kept in batch headers, such as idempotent producers' sequence numbers. Each batch is
+    /// CRC-checked, so a damaged one is an error, not a wrong header. Reads from disk
+    /// (about `max_bytes`, plus up to 1 MiB): call it from a blocking context.
+    pub fn tail_headers(&self, max_bytes: u64) -> Result<Vec<weir_batch::BatchHeader>> {
+        let (segments, hwm) = {
+            let v = self.view.read();
+            if v.closed {
+                return Err(LogError::Closed);
+            }
+            (v.segments.clone(), v.hwm)
+        };
+        // The oldest segment the tail reaches into, and where in it the tail begins.
+        let (mut first, mut from, mut left) = (segments.len(), 0, max_bytes.max(1));
+        while first > 0 {
+            first -= 1;
+            let len = segments[first].visible_len();
+            if len >= left {
+                from = len - left;
+                break;
+            }
+            left -= len;
+        }
+        let mut headers = Vec::new();
+        for (i, segment) in segments.iter().enumerate().skip(first) {
+            let from = if i == first { from } else { 0 };
+            let limit = segment.visible_len();
+            let entry = segment.index.read().lookup_pos(from);
+            let (mut pos, mut expected) =
+                (u64::from(entry.pos), segment.base + u64::from(entry.rel));
+            let mut window = segment::Window::new(&*segment.log, limit);
+            let io = |e| LogError::io("read", &segment.log_path, e);
+            while pos < limit {
+                let head = window
+                    .get(pos, HEADER_LEN)
+                    .map_err(io)?
+                    .ok_or_else(|| segment.corrupt(pos, "a batch header overruns the segment"))?;
+                let mut h =
+                    weir_batch::peek(head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+                let len = h.total_len();
+                if h.base_offset as u64 != expected {
+                    return Err(segment.corrupt(
+                        pos,
+                        format!(
+                            "batch base offset {} where {expected} was expected",
+                            h.base_offset
+                        ),
+                    ));
+                }
+                if h.next_offset() as u64 > hwm {
+                    break;
+                }
+                if pos + len as u64 > from {
+                    let batch = window
+                        .get(pos, len)
+                        .map_err(io)?
+                        .ok_or_else(|| segment.corrupt(pos, "a batch overruns the segment"))?;
+                    h = weir_batch::validate(batch)
+                        .map_err(|e| segment.corrupt(pos, e.to_string()))?;
+                    headers.push(h);
+                }
+                pos += len as u64;
+                expected = h.next_offset() as u64;
+            }
+        }
+        Ok(headers)
+    }
+
     fn first_record_at_or_after(
         &self,
         segment: &Segment,

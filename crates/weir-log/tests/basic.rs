@@ -519,3 +519,72 @@ fn disk_space_is_reserved_ahead_of_writes_and_given_back_when_a_segment_rolls() 
     );
     assert_eq!(read_all(&log, 0), expected);
 }
+
+#[test]
+fn tail_headers_are_those_of_the_batches_reaching_into_the_last_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Never);
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    // Batches of varied sizes over several segments: (base offset, end in the whole log).
+    let mut batches = Vec::new();
+    let mut end = 0u64;
+    for tag in 0..70u64 {
+        let b = batch(
+            tag,
+            1 + (tag as usize % 4),
+            40 + (tag as usize * 37) % 700,
+            1_000,
+        );
+        end += b.len() as u64;
+        batches.push((log.append(b).unwrap().base_offset, end));
+    }
+    assert!(log.segment_count() > 3, "{} segments", log.segment_count());
+    log.close().unwrap();
+    // Read back from disk by a fresh process's log.
+    let log = Log::open(dir.path(), config).unwrap();
+    for max_bytes in [
+        0,
+        1,
+        300,
+        2_000,
+        16 * 1024,
+        20_000,
+        45_000,
+        end - 1,
+        end,
+        u64::MAX,
+    ] {
+        let from = end.saturating_sub(max_bytes.max(1));
+        let expected: Vec<u64> = batches
+            .iter()
+            .filter(|(_, e)| *e > from)
+            .map(|(b, _)| *b)
+            .collect();
+        let got: Vec<u64> = log
+            .tail_headers(max_bytes)
+            .unwrap()
+            .iter()
+            .map(|h| h.base_offset as u64)
+            .collect();
+        assert_eq!(got, expected, "last {max_bytes} bytes");
+    }
+    log.close().unwrap();
+
+    // A damaged batch in the tail is an error, not a wrong header.
+    let mut logs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    let path = &logs[0];
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[100] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+    let log = Log::open(dir.path(), small_config(Durability::Never)).unwrap();
+    assert!(matches!(
+        log.tail_headers(u64::MAX),
+        Err(LogError::Corrupt { segment: 0, .. })
+    ));
+    assert_eq!(log.tail_headers(300).unwrap().len(), 1);
+}

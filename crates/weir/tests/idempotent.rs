@@ -136,6 +136,58 @@ fn a_topic_deleted_and_made_again_starts_its_producers_sequences_afresh() {
     });
 }
 
+#[test]
+fn a_batch_resent_across_a_server_crash_is_recognised_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (pid, other) = common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("r", topic(0)).await.unwrap();
+        let (pid, other) = (
+            c.init_producer().await.unwrap(),
+            c.init_producer().await.unwrap(),
+        );
+        for (p, seq, n) in [(pid, 0, 3), (other, 0, 1), (pid, 3, 2)] {
+            c.produce("r", Some(0), None, stamped(p, 0, seq, n))
+                .await
+                .unwrap();
+        }
+        (pid, other)
+    });
+    // The server dies before its answers reach the producers, say; a new one starts.
+    server.kill9();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        // The resends are answered with the offsets written before the crash, not written again.
+        let b = c
+            .produce("r", Some(0), None, stamped(pid, 0, 3, 2))
+            .await
+            .unwrap();
+        assert_eq!((b.base_offset, b.last_offset), (4, 5));
+        let o = c
+            .produce("r", Some(0), None, stamped(other, 0, 0, 1))
+            .await
+            .unwrap();
+        assert_eq!(o.base_offset, 3);
+        assert_eq!(c.list_offsets("r", 0, Start::Latest).await.unwrap(), 6);
+        // The producers' sequences go on from where the log left them.
+        let gap = c.produce("r", Some(0), None, stamped(pid, 0, 6, 1)).await;
+        assert_eq!(code(gap), Some(ErrorCode::OutOfOrderSequence));
+        let next = c
+            .produce("r", Some(0), None, stamped(pid, 0, 5, 1))
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, 6);
+        let o2 = c
+            .produce("r", Some(0), None, stamped(other, 0, 1, 1))
+            .await
+            .unwrap();
+        assert_eq!(o2.base_offset, 7);
+        assert_eq!(stored(&c, "r").await.len(), 5);
+    });
+}
+
 /// Produce requests the client had sent when the proxy let the server's answers through again.
 ///
 /// A proxy between a client and `server`: client bytes go straight through, counted by frame;
