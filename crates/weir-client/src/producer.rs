@@ -14,9 +14,10 @@
 //! without being stored twice. A batch that fails for good takes those sent after it on the
 //! same partition with it (their records get the error that ended them, often
 //! `OutOfOrderSequence`); once they are all answered the partition starts a new epoch, from
-//! sequence 0, and goes on with the next batches. The server keeps producers' sequences in
-//! memory: across a server restart (or when it has forgotten the producer among very many),
-//! these guarantees do not hold for the batches under way then.
+//! sequence 0, and goes on with the next batches. After a server restart the server rebuilds
+//! producers' sequences from the end of each partition's log, so the batches under way across
+//! it are recognised too; they are not for a producer the server has forgotten (none of its
+//! batches in that tail, or forgotten among very many producers).
 //!
 //! Without idempotence (turned off, sending without acknowledgement, or a server that does not
 //! know producer ids), one batch per partition is in flight, so a retried batch can never be
