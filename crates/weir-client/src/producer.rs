@@ -23,7 +23,7 @@
 //! know producer ids), one batch per partition is in flight, so a retried batch can never be
 //! overtaken by a later one, and only errors the server answered with are retried.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -138,15 +138,15 @@ impl Record {
     }
 }
 
-/// A record's acknowledgement channel, and its place among `max_queued`, released once the
-/// acknowledgement is sent.
-type Ack = (
-    oneshot::Sender<Result<RecordAck>>,
-    tokio::sync::OwnedSemaphorePermit,
-);
+/// A record's acknowledgement channel.
+type Ack = oneshot::Sender<Result<RecordAck>>;
+
+/// A record's place among `max_queued`. A batch holds its records' places as one permit,
+/// released (in one step) once the batch is answered.
+type Place = tokio::sync::OwnedSemaphorePermit;
 
 enum Cmd {
-    Send(Record, Ack),
+    Send(Record, Ack, Place),
     Flush(oneshot::Sender<()>),
 }
 
@@ -177,15 +177,19 @@ impl Producer {
     /// Queues a record and returns a receiver of its acknowledgement, so many records can be
     /// in flight. Waits only when `max_queued` records are already waiting.
     pub async fn send(&self, record: Record) -> Result<oneshot::Receiver<Result<RecordAck>>> {
-        let permit = self
-            .queued
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let place = match self.queued.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(tokio::sync::TryAcquireError::NoPermits) => self
+                .queued
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ClientError::Closed)?,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+        };
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Send(record, (ack, permit)))
+            .send(Cmd::Send(record, ack, place))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(rx)
@@ -212,6 +216,8 @@ impl Producer {
 
 struct Batch {
     records: Vec<(Record, Ack)>,
+    /// The records' places among `max_queued`, merged.
+    places: Option<Place>,
     bytes: usize,
     started: Instant,
     /// Order in which batches were sealed; a flush waits for the ones sealed before it.
@@ -219,6 +225,10 @@ struct Batch {
 }
 
 type Part = (Arc<str>, u32);
+
+/// The producer's maps are looked up for every record: a fast hash (their keys are topic names
+/// and partitions the application chose, not an attacker).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Completions of in-flight batches, without pulling in a futures crate: each send runs as a
 /// task that reports back on a channel.
@@ -241,23 +251,23 @@ mod completions {
 struct State {
     client: Client,
     config: ProducerConfig,
-    rings: HashMap<Arc<str>, Ring>,
-    sticky: HashMap<Arc<str>, u32>,
-    open: HashMap<Part, Batch>,
-    ready: HashMap<Part, VecDeque<Batch>>,
+    rings: Map<Arc<str>, Ring>,
+    sticky: Map<Arc<str>, u32>,
+    open: Map<Part, Batch>,
+    ready: Map<Part, VecDeque<Batch>>,
     /// Per partition, the batches sent from the oldest one not yet answered on, in order, and
     /// whether each was answered. The window bounds this span, not the count unanswered: the
     /// server recognises a resent batch only among a producer's last five on a partition.
-    in_flight: HashMap<Part, VecDeque<(u64, bool)>>,
+    in_flight: Map<Part, VecDeque<(u64, bool)>>,
     /// The producer id, when idempotent.
     producer_id: Option<i64>,
     /// Each partition's epoch and next sequence number, when idempotent.
-    sequences: HashMap<Part, Sequence>,
+    sequences: Map<Part, Sequence>,
     /// Partitions that ran out of epochs, produced to without idempotence.
-    unsequenced: std::collections::HashSet<Part>,
+    unsequenced: HashSet<Part, foldhash::fast::RandomState>,
     /// Per partition, what the last batch handed to a task tells once it was sent, and once
     /// its task ended.
-    sent_order: HashMap<Part, (oneshot::Receiver<()>, oneshot::Receiver<()>)>,
+    sent_order: Map<Part, (oneshot::Receiver<()>, oneshot::Receiver<()>)>,
     /// Flushes waiting, each for every batch sealed up to its sequence number.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     /// Sequence numbers of sealed batches not yet answered.
@@ -346,15 +356,15 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
     let mut s = State {
         client,
         config,
-        rings: HashMap::new(),
-        sticky: HashMap::new(),
-        open: HashMap::new(),
-        ready: HashMap::new(),
-        in_flight: HashMap::new(),
+        rings: Map::default(),
+        sticky: Map::default(),
+        open: Map::default(),
+        ready: Map::default(),
+        in_flight: Map::default(),
         producer_id,
-        sequences: HashMap::new(),
-        unsequenced: std::collections::HashSet::new(),
-        sent_order: HashMap::new(),
+        sequences: Map::default(),
+        unsequenced: HashSet::default(),
+        sent_order: Map::default(),
         flushes: Vec::new(),
         outstanding: std::collections::BTreeSet::new(),
         next_seq: 1,
@@ -366,16 +376,16 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
         let deadline = s.open.values().map(|b| b.started + s.config.linger).min();
         tokio::select! {
             cmd = rx.recv(), if !closed => match cmd {
-                Some(Cmd::Send(record, ack)) => {
-                    s.add(record, ack).await;
+                Some(Cmd::Send(record, ack, place)) => {
+                    s.add(record, ack, place).await;
                     // Take what else is queued without a turn through this select (which
                     // arms the linger timer anew each time): a busy sender's records cost a
                     // channel read each, not a loop turn each.
                     for _ in 0..DRAIN_AT_ONCE {
                         match rx.try_recv() {
-                            Ok(Cmd::Send(record, ack)) => {
+                            Ok(Cmd::Send(record, ack, place)) => {
                                 let sealed = s.next_seq;
-                                s.add(record, ack).await;
+                                s.add(record, ack, place).await;
                                 // A batch filled up: off it goes, not after the drain.
                                 if s.next_seq != sealed {
                                     s.dispatch();
@@ -444,7 +454,7 @@ impl State {
         Ok(&self.rings[topic])
     }
 
-    async fn add(&mut self, record: Record, ack: Ack) {
+    async fn add(&mut self, record: Record, ack: Ack, place: Place) {
         // Records mostly follow others to the same topic: reuse its name's allocation.
         let topic = match &self.last_topic {
             Some(t) if **t == *record.topic => t.clone(),
@@ -460,7 +470,7 @@ impl State {
                 let ring = match self.ring(&topic).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = ack.0.send(Err(e));
+                        let _ = ack.send(Err(e));
                         return;
                     }
                 };
@@ -480,11 +490,16 @@ impl State {
         let size = record.size();
         let batch = self.open.entry(part.clone()).or_insert_with(|| Batch {
             records: Vec::new(),
+            places: None,
             bytes: 0,
             started: Instant::now(),
             seq: 0,
         });
         batch.records.push((record, ack));
+        match &mut batch.places {
+            Some(places) => places.merge(place),
+            None => batch.places = Some(place),
+        }
         batch.bytes += size;
         if batch.bytes >= self.config.batch_bytes {
             self.seal(&part);
@@ -743,7 +758,7 @@ async fn send_batch(
         Ok(b) => Bytes::from(b),
         Err(e) => {
             let e = ClientError::Invalid(e.to_string());
-            for (_, (ack, _permit)) in batch.records {
+            for (_, ack) in batch.records {
                 let _ = ack.send(Err(e.clone_lossy()));
             }
             if let Some(st) = &stamp {
@@ -764,7 +779,7 @@ async fn send_batch(
         let r = client
             .produce_no_ack(topic, Some(partition), None, bytes)
             .await;
-        for (_, (ack, _permit)) in batch.records {
+        for (_, ack) in batch.records {
             let _ = ack.send(
                 r.as_ref()
                     .map(|_| RecordAck {
@@ -827,7 +842,7 @@ async fn send_batch(
             if let Some(st) = &stamp {
                 st.state.confirmed.store(true, Ordering::Release);
             }
-            for (i, (_, (ack, _permit))) in batch.records.into_iter().enumerate() {
+            for (i, (_, ack)) in batch.records.into_iter().enumerate() {
                 let _ = ack.send(Ok(RecordAck {
                     partition: a.partition,
                     offset: Some(a.base_offset + i as u64),
@@ -839,7 +854,7 @@ async fn send_batch(
                 // At once, so that the batches behind it stop retrying.
                 st.state.fail(batch.seq);
             }
-            for (_, (ack, _permit)) in batch.records {
+            for (_, ack) in batch.records {
                 let _ = ack.send(Err(e.clone_lossy()));
             }
         }

@@ -1573,6 +1573,52 @@ fn a_credit_window_smaller_than_a_batch_does_not_stall() {
 }
 
 #[test]
+fn a_producer_holding_max_queued_records_makes_send_wait_until_a_batch_is_answered() {
+    use weir_client::producer::Record;
+    use weir_client::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("q", topic(2)).await.unwrap();
+        // Nothing leaves before a flush: every record sent waits in an open batch.
+        let producer = Producer::new(
+            c,
+            ProducerConfig {
+                linger: Duration::from_secs(60),
+                max_queued: 10,
+                ..ProducerConfig::default()
+            },
+        );
+        let mut acks = Vec::new();
+        for i in 0..10u32 {
+            let r = Record::new("q", format!("v{i}")).partition(i % 2);
+            acks.push(producer.send(r).await.unwrap());
+        }
+        let p = producer.clone();
+        let eleventh =
+            tokio::spawn(async move { p.send(Record::new("q", "v10").partition(0)).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !eleventh.is_finished(),
+            "ten records wait: the eleventh send waits too"
+        );
+        producer.flush().await.unwrap();
+        // Answered, the batches give back their records' places.
+        let ack = tokio::time::timeout(Duration::from_secs(10), eleventh)
+            .await
+            .expect("send went on once the batches were answered")
+            .unwrap()
+            .unwrap();
+        producer.flush().await.unwrap();
+        assert_eq!(ack.await.unwrap().unwrap().offset, Some(5));
+        for (i, a) in acks.into_iter().enumerate() {
+            assert_eq!(a.await.unwrap().unwrap().offset, Some(i as u64 / 2));
+        }
+    });
+}
+
+#[test]
 fn the_producer_keeps_per_key_order_and_acknowledges_every_record() {
     use weir_client::producer::Record;
     use weir_client::{Producer, ProducerConfig};
