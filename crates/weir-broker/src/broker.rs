@@ -162,6 +162,10 @@ fn claim(
 
 /// Bytes that started read-aheads may hold at once, across all partitions.
 const READ_AHEAD_BUDGET_BYTES: usize = 64 << 20;
+
+/// Partitions that read the end of their log at once to rebuild their idempotent producers'
+/// states after a restart (each reads up to `producers::RESTORE_SCAN_BYTES`).
+const RESTORES_AT_ONCE: usize = 2;
 /// Budget charged at least per read-ahead: bounds how many run at once to
 /// [`READ_AHEAD_BUDGET_BYTES`] / this.
 const READ_AHEAD_MIN_CHARGE: usize = 64 << 10;
@@ -404,6 +408,8 @@ struct Inner {
     read_ahead_hits: AtomicU64,
     /// Idempotent producers' sequence state, shared by every door.
     pub(crate) producers: Arc<crate::producers::Producers>,
+    /// Turns for partitions rebuilding their producers' states (`Broker::restore_producers`).
+    restores: tokio::sync::Semaphore,
 }
 
 /// Compressed batches decompressed at once (see [`Broker::decompression_permit`]).
@@ -508,6 +514,7 @@ impl Broker {
                 read_aheads: AtomicU64::new(0),
                 read_ahead_hits: AtomicU64::new(0),
                 producers: Arc::new(crate::producers::Producers::new()),
+                restores: tokio::sync::Semaphore::new(RESTORES_AT_ONCE),
             }),
         })
     }
@@ -604,39 +611,79 @@ impl Broker {
     }
 
     /// Rebuilds the idempotent producers' states of a partition opened from disk from the end
-    /// of its log, once, before its first idempotent batch. A log that cannot be read leaves
-    /// the states empty, as before a restart (logged); the produce itself goes on.
+    /// of its log, once, before its first idempotent batch (every idempotent batch to the
+    /// partition waits for it). The scan runs in a task of its own, so a caller that goes away
+    /// meanwhile does not cut it short for the next; at most [`RESTORES_AT_ONCE`] partitions
+    /// scan at a time. A log that cannot be read leaves the states empty (logged) and the
+    /// produce goes on; the next idempotent batch tries again.
     pub(crate) async fn restore_producers(&self, topic: &str, partition: u32) {
-        let Ok((_, part)) = self.partition(topic, partition) else {
+        let Ok((t, part)) = self.partition(topic, partition) else {
             return;
         };
-        part.producers_restored
-            .get_or_init(|| async {
-                let log = part.log.clone();
-                let scan = tokio::task::spawn_blocking(move || {
-                    let headers = log.tail_headers(crate::producers::RESTORE_SCAN_BYTES)?;
-                    Ok::<_, weir_log::LogError>((headers, log.truncations()))
-                })
+        if part.producers_restored.initialized() {
+            return;
+        }
+        let broker = self.clone();
+        let task = tokio::spawn(async move {
+            let _ = part
+                .producers_restored
+                .get_or_try_init(|| broker.scan_for_producers(&t, &part, partition))
                 .await;
-                match scan {
-                    Ok(Ok((headers, truncations))) => {
-                        self.producers()
-                            .restore(topic, partition, &headers, truncations);
-                        tracing::debug!(
-                            topic,
-                            partition,
-                            batches = headers.len(),
-                            "idempotent producers' sequences restored from the log"
-                        );
-                    }
-                    Ok(Err(e)) => tracing::warn!(topic, partition, error = %e,
-                        "could not read the end of the log to restore idempotent producers' \
-                         sequences; a batch resent across the restart may be written twice"),
-                    Err(e) => tracing::warn!(topic, partition, error = %e,
-                        "restoring idempotent producers' sequences failed"),
+        });
+        let _ = task.await;
+    }
+
+    async fn scan_for_producers(
+        &self,
+        t: &Arc<Topic>,
+        part: &Arc<Partition>,
+        partition: u32,
+    ) -> std::result::Result<(), ()> {
+        let _turn = self.inner.restores.acquire().await;
+        let (log, producers, topic) = (part.log.clone(), self.producers().clone(), t.clone());
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut found = crate::producers::Restored::default();
+            let cut = log.tail_headers(crate::producers::RESTORE_SCAN_BYTES, |h| found.add(h))?;
+            let restored = producers.restore(&topic.name, partition, found, || {
+                topic.deleted.load(Ordering::Acquire)
+            });
+            Ok::<_, weir_log::LogError>((restored, cut))
+        })
+        .await;
+        let topic = t.name.as_str();
+        match scan {
+            Ok(Ok((Some(producers), cut))) => {
+                if cut > 0 {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        segments = cut,
+                        "damaged batches at the end of the log: idempotent producers' \
+                         sequences restored from the rest of it"
+                    );
                 }
-            })
-            .await;
+                tracing::debug!(
+                    topic,
+                    partition,
+                    producers,
+                    "idempotent producers' sequences restored from the log"
+                );
+                Ok(())
+            }
+            // Deleted meanwhile: nothing to restore, and nothing restored.
+            Ok(Ok((None, _))) => Err(()),
+            Ok(Err(e)) => {
+                tracing::warn!(topic, partition, error = %e,
+                    "could not read the end of the log to restore idempotent producers' \
+                     sequences; a batch resent across the restart may be written twice");
+                Err(())
+            }
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e,
+                    "restoring idempotent producers' sequences failed");
+                Err(())
+            }
+        }
     }
 
     /// Every topic's configuration, as the metadata file lists them.

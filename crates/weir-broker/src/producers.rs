@@ -24,13 +24,17 @@
 //!
 //! The state lives in memory. After a restart, a partition's states are rebuilt from the
 //! batch headers of the last [`RESTORE_SCAN_BYTES`] of its log before it takes its first
-//! idempotent batch (`Broker::produce_sequenced`): a producer's batches under way when the
-//! server stopped were written last, so a retry that straddles a restart is recognised. Limits,
-//! on purpose: a producer none of whose batches lie in that tail is unknown, and its first
-//! batch is accepted whatever its sequence. At most [`MAX_STATES`] partitions' states are kept; beyond that the least recently
-//! used hundredth is forgotten, with the same consequence for those producers. Deleting a
-//! topic forgets its states; a batch still being appended as the topic is deleted can record
-//! one after that, which then applies to a topic made again under the same name.
+//! idempotent batch (`Broker::restore_producers`, called by `Broker::produce_sequenced`): a
+//! producer's batches under way when the server stopped were written last, so a retry that
+//! straddles a restart is recognised. Producer ids start from the clock times 2^20, so a new
+//! process does not hand out the ids whose states it restores. Limits, on purpose: a producer
+//! none of whose batches lie in that tail, or not among the [`MAX_RESTORED`] most recently
+//! seen there, is unknown, and its first batch is accepted whatever its sequence. At most
+//! [`MAX_STATES`] partitions' states are kept; beyond that the least recently used hundredth
+//! is forgotten, with the same consequence for those producers (restored states take no
+//! state's place at the cap). Deleting a topic forgets its states (a restore under way
+//! restores nothing); a batch still being appended as the topic is deleted can record one
+//! after that, which then applies to a topic made again under the same name.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -52,6 +56,47 @@ pub const MAX_STATES: usize = 100_000;
 pub const RESTORE_SCAN_BYTES: u64 = 64 << 20;
 /// Batches remembered per (producer, partition) for duplicate detection.
 const RECENT: usize = 5;
+/// Most producers restored per partition after a restart: the most recently seen in the log.
+pub const MAX_RESTORED: usize = 1_000;
+
+/// What the end of a partition's log says of its idempotent producers, gathered batch by
+/// batch (oldest first) for [`Producers::restore`]: per producer, its latest epoch's last
+/// batches there. Memory stays bounded however many batches the scan meets: up to
+/// `2 * MAX_RESTORED` producers are kept, pruned to the most recent half when full.
+#[derive(Debug, Default)]
+pub struct Restored {
+    producers: HashMap<i64, (u64, VecDeque<BatchHeader>)>,
+    seen: u64,
+}
+
+impl Restored {
+    /// Takes the next batch's header; batches without a producer id change nothing.
+    pub fn add(&mut self, h: &BatchHeader) {
+        if h.producer_id < 0 || h.producer_epoch < 0 || h.base_sequence < 0 {
+            return;
+        }
+        self.seen += 1;
+        if self.producers.len() >= 2 * MAX_RESTORED && !self.producers.contains_key(&h.producer_id)
+        {
+            let mut seen: Vec<u64> = self.producers.values().map(|(s, _)| *s).collect();
+            let (_, oldest_kept, _) = seen.select_nth_unstable(MAX_RESTORED);
+            let oldest_kept = *oldest_kept;
+            self.producers.retain(|_, (s, _)| *s >= oldest_kept);
+        }
+        let (seen, batches) = self.producers.entry(h.producer_id).or_default();
+        match batches.back().map(|b| b.producer_epoch) {
+            // A newer epoch of this producer was written after it: a stray older batch.
+            Some(epoch) if h.producer_epoch < epoch => return,
+            Some(epoch) if h.producer_epoch > epoch => batches.clear(),
+            _ => {}
+        }
+        *seen = self.seen;
+        if batches.len() == RECENT {
+            batches.pop_front();
+        }
+        batches.push_back(*h);
+    }
+}
 
 #[derive(Debug)]
 struct State {
@@ -160,11 +205,13 @@ fn last_sequence(h: &BatchHeader) -> i32 {
 
 impl Producers {
     pub fn new() -> Self {
-        // Ids start at the wall clock in milliseconds so that ids handed out after a restart do
-        // not collide with those of producers still running from before it.
+        // Ids start at the wall clock in milliseconds times 2^20, so that ids handed out after
+        // a restart do not collide with those of the process before it (which would have had
+        // to hand out over a million ids per millisecond it ran), whose producers may still be
+        // running and whose states are restored from the log.
         let start = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as i64);
+            .map_or(1, |d| (d.as_millis() as i64) << 20);
         Self {
             next_id: AtomicI64::new(start),
             states: Mutex::new(HashMap::new()),
@@ -276,6 +323,64 @@ impl Producers {
         };
     }
 
+    /// Rebuilds a partition's states from what was found at the end of its log: each batch
+    /// recorded as written and durable, so that after a restart a producer resending a batch
+    /// the previous process wrote is answered with its offsets, not written twice. Call it
+    /// before the partition takes any idempotent batch. Nothing is restored when `deleted`
+    /// says, under the states' lock, that the topic is gone (its deletion forgets its states
+    /// after setting that flag, so no restored state outlives it); a state already there is
+    /// kept, and restored states never push others out at [`MAX_STATES`]. Returns how many
+    /// producers were restored, `None` if the topic was deleted.
+    pub fn restore(
+        &self,
+        topic: &str,
+        partition: u32,
+        found: Restored,
+        deleted: impl Fn() -> bool,
+    ) -> Option<usize> {
+        let mut found: Vec<_> = found.producers.into_iter().collect();
+        // The most recently seen producers, oldest first.
+        found.sort_unstable_by_key(|(_, (seen, _))| std::cmp::Reverse(*seen));
+        found.truncate(MAX_RESTORED);
+        found.reverse();
+        let mut states = self.states.lock();
+        if deleted() {
+            return None;
+        }
+        let mut restored = 0;
+        for (pid, (_, batches)) in found {
+            let Some(last) = batches.back() else {
+                continue;
+            };
+            let key = (pid, topic.to_string(), partition);
+            if states.contains_key(&key) || states.len() >= MAX_STATES {
+                continue;
+            }
+            let recent = batches
+                .iter()
+                .map(|h| Recent {
+                    epoch: h.producer_epoch,
+                    first: h.base_sequence,
+                    last: last_sequence(h),
+                    base_offset: u64::try_from(h.base_offset).unwrap_or(0),
+                    truncations: 0,
+                    durable: Arc::new(watch::Sender::new(Some(true))),
+                })
+                .collect();
+            states.insert(
+                key,
+                State {
+                    epoch: last.producer_epoch,
+                    last_sequence: last_sequence(last),
+                    recent,
+                    used: Instant::now(),
+                },
+            );
+            restored += 1;
+        }
+        Some(restored)
+    }
+
     /// Records a batch written at `base_offset`. For an idempotent producer, returns where to
     /// send the outcome of the write's sync.
     pub fn record(
@@ -285,39 +390,6 @@ impl Producers {
         h: &BatchHeader,
         base_offset: u64,
         truncations: u64,
-    ) -> Option<Arc<Durable>> {
-        self.record_as(topic, partition, h, base_offset, truncations, None)
-    }
-
-    /// Rebuilds a partition's states from the headers of batches found in its log (oldest
-    /// first), each recorded as written and durable: after a restart, a producer resending a
-    /// batch the previous process wrote is answered with its offsets, not written twice. Call
-    /// it before the partition takes any idempotent batch.
-    pub fn restore(&self, topic: &str, partition: u32, headers: &[BatchHeader], truncations: u64) {
-        for h in headers {
-            if h.producer_id < 0 || h.producer_epoch < 0 || h.base_sequence < 0 {
-                continue;
-            }
-            let older = self
-                .states
-                .lock()
-                .get(&(h.producer_id, topic.to_string(), partition))
-                .is_some_and(|s| h.producer_epoch < s.epoch);
-            if !older {
-                let base = u64::try_from(h.base_offset).unwrap_or(0);
-                self.record_as(topic, partition, h, base, truncations, Some(true));
-            }
-        }
-    }
-
-    fn record_as(
-        &self,
-        topic: &str,
-        partition: u32,
-        h: &BatchHeader,
-        base_offset: u64,
-        truncations: u64,
-        durable: Option<bool>,
     ) -> Option<Arc<Durable>> {
         if h.producer_id < 0 {
             return None;
@@ -350,7 +422,7 @@ impl Producers {
         if s.recent.len() == RECENT {
             s.recent.pop_front();
         }
-        let durable = Arc::new(watch::Sender::new(durable));
+        let durable = Arc::new(watch::Sender::new(None));
         s.recent.push_back(Recent {
             epoch: h.producer_epoch,
             first: h.base_sequence,
@@ -580,7 +652,9 @@ mod tests {
             at(header(7, 1, 1, 3), 8),
             at(header(8, 0, 0, 1), 11),
         ];
-        p.restore("t", 0, &log, 0);
+        let mut found = Restored::default();
+        log.iter().for_each(|h| found.add(h));
+        assert_eq!(p.restore("t", 0, found, || false), Some(2));
         let (check, durable) = p.check_durable("t", 0, &header(7, 1, 1, 3));
         assert_eq!(check, Check::Duplicate(8));
         assert_eq!(*durable.unwrap().borrow(), Some(true));
@@ -597,6 +671,42 @@ mod tests {
         assert_eq!(p.check("t", 0, &header(8, 0, 0, 1)), Check::Duplicate(11));
         // Another partition knows none of them.
         assert_eq!(p.check("t", 1, &header(7, 1, 9, 1)), Check::Append(None));
+
+        // A topic deleted while its log was read gets nothing back.
+        let mut found = Restored::default();
+        found.add(&at(header(9, 0, 0, 1), 0));
+        assert_eq!(p.restore("gone", 0, found, || true), None);
+        assert_eq!(p.check("gone", 0, &header(9, 0, 5, 1)), Check::Append(None));
+    }
+
+    #[test]
+    fn a_restore_keeps_the_most_recent_producers_and_their_last_batches() {
+        let mut found = Restored::default();
+        // 3 * MAX_RESTORED producers, one batch each, then producer 0 again with six more.
+        for pid in 0..3 * MAX_RESTORED as i64 {
+            found.add(&header(pid, 0, 0, 1));
+        }
+        for seq in 1..7 {
+            found.add(&header(0, 0, seq, 1));
+        }
+        let p = Producers::new();
+        assert_eq!(p.restore("t", 0, found, || false), Some(MAX_RESTORED));
+        let known = |pid: i64| p.check("t", 0, &header(pid, 0, 5, 1)) != Check::Append(None);
+        assert!(known(0), "seen last");
+        assert!(known(3 * MAX_RESTORED as i64 - 1));
+        assert!(known(2 * MAX_RESTORED as i64 + 1));
+        assert!(
+            !known(2 * MAX_RESTORED as i64 - 1),
+            "beyond the most recent thousand"
+        );
+        assert!(!known(1));
+        // Producer 0's last five batches (sequences 2 to 6) are known, not the first two.
+        assert_eq!(p.check("t", 0, &header(0, 0, 2, 1)), Check::Duplicate(0));
+        assert_eq!(
+            p.check("t", 0, &header(0, 0, 1, 1)),
+            Check::Refuse(Refusal::OutOfOrder)
+        );
+        assert_eq!(p.check("t", 0, &header(0, 0, 7, 1)), Check::Append(None));
     }
 
     #[test]
@@ -685,5 +795,14 @@ mod tests {
             p.check("t", MAX_STATES as u32 - 1, &header(pid, 0, 7, 1)),
             Check::Refuse(Refusal::OutOfOrder)
         );
+        // Full again: a restore takes no state's place.
+        for part in 0..MAX_STATES as u32 / 100 - 1 {
+            p.record("u", part, &header(pid, 0, 0, 1), 0, 0);
+        }
+        assert_eq!(p.states.lock().len(), MAX_STATES);
+        let mut found = Restored::default();
+        found.add(&header(pid + 1, 0, 0, 1));
+        assert_eq!(p.restore("v", 0, found, || false), Some(0));
+        assert_eq!(p.states.lock().len(), MAX_STATES);
     }
 }

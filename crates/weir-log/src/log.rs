@@ -1034,12 +1034,17 @@ impl Log {
         Ok(None)
     }
 
-    /// The headers of the batches that reach into the last `max_bytes` of the log, oldest
-    /// first: for rebuilding, after a restart, what is
-    /// kept in batch headers, such as idempotent producers' sequence numbers. Each batch is
-    /// CRC-checked, so a damaged one is an error, not a wrong header. Reads from disk
-    /// (about `max_bytes`, plus up to 1 MiB): call it from a blocking context.
-    pub fn tail_headers(&self, max_bytes: u64) -> Result<Vec<weir_batch::BatchHeader>> {
+    /// Hands `f` the header of each batch that reaches into the last `max_bytes` of the log,
+    /// oldest first: for rebuilding, after a restart, what is kept in batch headers, such as
+    /// idempotent producers' sequence numbers. Each of those batches is CRC-checked; a damaged
+    /// one ends the walk of its segment, and the later segments are still walked. Returns how
+    /// many segments were cut short so. Reads from disk (about `max_bytes`, plus up to 1 MiB
+    /// at a time): call it from a blocking context.
+    pub fn tail_headers(
+        &self,
+        max_bytes: u64,
+        mut f: impl FnMut(&weir_batch::BatchHeader),
+    ) -> Result<usize> {
         let (segments, hwm) = {
             let v = self.view.read();
             if v.closed {
@@ -1058,49 +1063,62 @@ impl Log {
             }
             left -= len;
         }
-        let mut headers = Vec::new();
+        let mut cut = 0;
         for (i, segment) in segments.iter().enumerate().skip(first) {
             let from = if i == first { from } else { 0 };
-            let limit = segment.visible_len();
-            let entry = segment.index.read().lookup_pos(from);
-            let (mut pos, mut expected) =
-                (u64::from(entry.pos), segment.base + u64::from(entry.rel));
-            let mut window = segment::Window::new(&*segment.log, limit);
-            let io = |e| LogError::io("read", &segment.log_path, e);
-            while pos < limit {
-                let head = window
-                    .get(pos, HEADER_LEN)
-                    .map_err(io)?
-                    .ok_or_else(|| segment.corrupt(pos, "a batch header overruns the segment"))?;
-                let mut h =
-                    weir_batch::peek(head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
-                let len = h.total_len();
-                if h.base_offset as u64 != expected {
-                    return Err(segment.corrupt(
-                        pos,
-                        format!(
-                            "batch base offset {} where {expected} was expected",
-                            h.base_offset
-                        ),
-                    ));
-                }
-                if h.next_offset() as u64 > hwm {
-                    break;
-                }
-                if pos + len as u64 > from {
-                    let batch = window
-                        .get(pos, len)
-                        .map_err(io)?
-                        .ok_or_else(|| segment.corrupt(pos, "a batch overruns the segment"))?;
-                    h = weir_batch::validate(batch)
-                        .map_err(|e| segment.corrupt(pos, e.to_string()))?;
-                    headers.push(h);
-                }
-                pos += len as u64;
-                expected = h.next_offset() as u64;
+            match Self::tail_of_segment(segment, from, hwm, &mut f) {
+                Ok(()) => {}
+                Err(LogError::Corrupt { .. }) => cut += 1,
+                Err(e) => return Err(e),
             }
         }
-        Ok(headers)
+        Ok(cut)
+    }
+
+    /// [`Log::tail_headers`] within one segment, from position `from`.
+    fn tail_of_segment(
+        segment: &Segment,
+        from: u64,
+        hwm: u64,
+        f: &mut impl FnMut(&weir_batch::BatchHeader),
+    ) -> Result<()> {
+        let limit = segment.visible_len();
+        let entry = segment.index.read().lookup_pos(from);
+        let (mut pos, mut expected) = (u64::from(entry.pos), segment.base + u64::from(entry.rel));
+        let mut window = segment::Window::new(&*segment.log, limit);
+        let io = |e| LogError::io("read", &segment.log_path, e);
+        while pos < limit {
+            let head = window
+                .get(pos, HEADER_LEN)
+                .map_err(io)?
+                .ok_or_else(|| segment.corrupt(pos, "a batch header overruns the segment"))?;
+            let h = weir_batch::peek(head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+            let len = h.total_len();
+            if h.base_offset as u64 != expected {
+                return Err(segment.corrupt(
+                    pos,
+                    format!(
+                        "batch base offset {} where {expected} was expected",
+                        h.base_offset
+                    ),
+                ));
+            }
+            if h.next_offset() as u64 > hwm {
+                break;
+            }
+            if pos + len as u64 > from {
+                let batch = window
+                    .get(pos, len)
+                    .map_err(io)?
+                    .ok_or_else(|| segment.corrupt(pos, "a batch overruns the segment"))?;
+                let h =
+                    weir_batch::validate(batch).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+                f(&h);
+            }
+            pos += len as u64;
+            expected = h.next_offset() as u64;
+        }
+        Ok(())
     }
 
     fn first_record_at_or_after(
