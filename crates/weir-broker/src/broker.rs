@@ -85,6 +85,8 @@ struct Partition {
     hwm: watch::Sender<u64>,
     /// The read-ahead of a reader going through the log from disk in order.
     ahead: Mutex<AheadState>,
+    /// The topic's `deleted` flag.
+    topic_deleted: Arc<AtomicBool>,
     /// Set once idempotent producers' states were rebuilt from the log (at once for a
     /// partition created by this process; see `Broker::restore_producers`).
     producers_restored: tokio::sync::OnceCell<()>,
@@ -200,7 +202,8 @@ struct Topic {
     ring: Ring,
     partitions: Vec<Arc<Partition>>,
     next_keyless: AtomicU32,
-    deleted: AtomicBool,
+    /// Set when the topic is deleted; each partition holds it too.
+    deleted: Arc<AtomicBool>,
     /// Distinguishes a topic from an earlier one of the same name.
     incarnation: u64,
 }
@@ -299,6 +302,11 @@ impl PendingProduce {
     /// [`Broker::produce_start_unless_truncated`]).
     pub fn truncations(&self) -> u64 {
         self.appended.truncations()
+    }
+
+    /// Whether the topic the batch was written to has been deleted since.
+    pub fn topic_deleted(&self) -> bool {
+        self.part.topic_deleted.load(Ordering::Acquire)
     }
 
     /// Waits until the batch is as durable as the topic's policy promises.
@@ -528,6 +536,7 @@ impl Broker {
         from_disk: bool,
     ) -> Result<Topic> {
         let log_config = cfg.log_config(config.hot_tail_bytes, config.preallocate_bytes);
+        let deleted = Arc::new(AtomicBool::new(false));
         let mut partitions = Vec::with_capacity(cfg.partitions as usize);
         for p in 0..cfg.partitions {
             let dir = topic_dir(&config.data_dir, name).join(p.to_string());
@@ -538,6 +547,7 @@ impl Broker {
                 hwm,
                 ahead: Mutex::new(AheadState::default()),
                 producers_restored: tokio::sync::OnceCell::new_with((!from_disk).then_some(())),
+                topic_deleted: deleted.clone(),
             }));
         }
         Ok(Topic {
@@ -546,7 +556,7 @@ impl Broker {
             config: cfg,
             partitions,
             next_keyless: AtomicU32::new(0),
-            deleted: AtomicBool::new(false),
+            deleted,
             incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
         })
     }

@@ -32,9 +32,8 @@
 //! seen there, is unknown, and its first batch is accepted whatever its sequence. At most
 //! [`MAX_STATES`] partitions' states are kept; beyond that the least recently used hundredth
 //! is forgotten, with the same consequence for those producers (restored states take no
-//! state's place at the cap). Deleting a topic forgets its states (a restore under way
-//! restores nothing); a batch still being appended as the topic is deleted can record one
-//! after that, which then applies to a topic made again under the same name.
+//! state's place at the cap). Deleting a topic forgets its states; a restore under way then
+//! restores nothing, and a batch whose append raced the deletion records nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -391,10 +390,29 @@ impl Producers {
         base_offset: u64,
         truncations: u64,
     ) -> Option<Arc<Durable>> {
+        self.record_unless_deleted(topic, partition, h, base_offset, truncations, || false)
+    }
+
+    /// [`Producers::record`], unless `deleted` says, under the states' lock, that the topic
+    /// the batch was written to is gone: a topic's deletion sets that flag before it forgets
+    /// the topic's states, so a batch whose append raced the deletion leaves no state behind
+    /// for a topic made again under the same name.
+    pub fn record_unless_deleted(
+        &self,
+        topic: &str,
+        partition: u32,
+        h: &BatchHeader,
+        base_offset: u64,
+        truncations: u64,
+        deleted: impl Fn() -> bool,
+    ) -> Option<Arc<Durable>> {
         if h.producer_id < 0 {
             return None;
         }
         let mut states = self.states.lock();
+        if deleted() {
+            return None;
+        }
         let key = (h.producer_id, topic.to_string(), partition);
         if !states.contains_key(&key) && states.len() >= MAX_STATES {
             // The least recently used hundredth goes at once: one scan per thousand new
@@ -559,12 +577,13 @@ impl Broker {
                 let pending = self
                     .produce_start_unless_truncated(topic, Some(partition), None, own(batch), since)
                     .await?;
-                let settle = Settle(producers.record(
+                let settle = Settle(producers.record_unless_deleted(
                     topic,
                     partition,
                     h,
                     pending.base_offset(),
                     pending.truncations(),
+                    || pending.topic_deleted(),
                 ));
                 let (topic, h, producers) = (topic.to_string(), *h, producers.clone());
                 Ok(SequencedWrite::Written(tokio::spawn(async move {
@@ -676,6 +695,9 @@ mod tests {
         let mut found = Restored::default();
         found.add(&at(header(9, 0, 0, 1), 0));
         assert_eq!(p.restore("gone", 0, found, || true), None);
+        // Nor does a batch whose append raced the deletion.
+        let raced = p.record_unless_deleted("gone", 0, &header(9, 0, 0, 1), 0, 0, || true);
+        assert!(raced.is_none());
         assert_eq!(p.check("gone", 0, &header(9, 0, 5, 1)), Check::Append(None));
     }
 
