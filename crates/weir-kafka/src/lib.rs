@@ -2169,6 +2169,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_resends_are_recognised_after_the_broker_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        let pid = broker.producers().init();
+        let (first, second) = (
+            idempotent(pid, 0, &[b"a", b"b"]),
+            idempotent(pid, 2, &[b"c"]),
+        );
+        assert_eq!(
+            produce_one(&kafka, "a", first.clone()).await,
+            (code::NONE, 0)
+        );
+        assert_eq!(
+            produce_one(&kafka, "a", second.clone()).await,
+            (code::NONE, 2)
+        );
+        drop(kafka);
+        broker.close().await.unwrap();
+        drop(broker);
+
+        let broker = Broker::open(weir_broker::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        let kafka = Kafka::new(
+            broker.clone(),
+            Advertised {
+                host: "127.0.0.1".into(),
+                port: 9092,
+            },
+        );
+        // Resent after the restart: answered with the offsets written before it.
+        assert_eq!(produce_one(&kafka, "a", second).await, (code::NONE, 2));
+        assert_eq!(produce_one(&kafka, "a", first).await, (code::NONE, 0));
+        assert_eq!(
+            broker.topic_info("a").unwrap().partitions[0].high_watermark,
+            3
+        );
+        let (err, _) = produce_one(&kafka, "a", idempotent(pid, 4, &[b"d"])).await;
+        assert_eq!(err, code::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        assert_eq!(
+            produce_one(&kafka, "a", idempotent(pid, 3, &[b"d"])).await,
+            (code::NONE, 3)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idempotent_retries_are_written_once_and_gaps_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (broker, kafka) = broker(dir.path()).await;
