@@ -820,6 +820,11 @@ impl Broker {
         let grave = match result {
             Ok(g) => g,
             Err(e) => {
+                // Whatever happened, the producers' states go: batches appended while the
+                // topic was marked deleted recorded none, and a topic that stays gone must
+                // not leave its states to one made again under the name. Its producers start
+                // afresh, as after any forgetting.
+                self.inner.producers.forget_topic(name);
                 // Metadata unchanged means the logs were not closed yet either.
                 if topic::load_meta(&self.inner.config.data_dir)
                     .map(|m| m.contains_key(name))
@@ -831,8 +836,8 @@ impl Broker {
                 return Err(e);
             }
         };
-        // A topic created again under this name starts every producer's sequence afresh.
-        // (After the logs closed: an append under way before could still record a batch.)
+        // A topic created again under this name starts every producer's sequence afresh. (An
+        // append that raced the deletion records nothing: it sees the topic's deleted flag.)
         self.inner.producers.forget_topic(name);
         let partitions_of = |t: &str| self.partition_count(t);
         self.inner

@@ -764,6 +764,8 @@ async fn send_batch(
             if let Some(st) = &stamp {
                 st.state.fail(batch.seq);
             }
+            // Its records are answered: their places are free while this task waits.
+            drop(batch.places);
             // The next batch goes out after the one before this, not before it.
             if let Some(before) = order.after {
                 let _ = before.await;

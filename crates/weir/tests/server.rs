@@ -1603,7 +1603,26 @@ fn a_producer_holding_max_queued_records_makes_send_wait_until_a_batch_is_answer
             !eleventh.is_finished(),
             "ten records wait: the eleventh send waits too"
         );
-        producer.flush().await.unwrap();
+        // Sent but not answered (the server is stopped): the places stay taken.
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &server.pid().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill {sig}");
+        };
+        signal("-STOP");
+        let p = producer.clone();
+        let flushed = tokio::spawn(async move { p.flush().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waiting = !eleventh.is_finished() && !flushed.is_finished();
+        signal("-CONT");
+        assert!(
+            waiting,
+            "the batches are under way, unanswered: send still waits"
+        );
+        flushed.await.unwrap().unwrap();
         // Answered, the batches give back their records' places.
         let ack = tokio::time::timeout(Duration::from_secs(10), eleventh)
             .await
