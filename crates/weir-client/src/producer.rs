@@ -51,8 +51,14 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Wait before a retry, doubled each time. Default 100 ms.
     pub retry_backoff: Duration,
-    /// Records waiting to be sent, across partitions, before `send` waits. Default 100,000.
+    /// Records waiting to be sent or answered, across partitions, before `send` waits.
+    /// Default 100,000.
     pub max_queued: usize,
+    /// Bytes of records (keys, values, headers) waiting to be sent or answered, across
+    /// partitions, before `send` waits, as Kafka's `buffer.memory` bounds a producer's memory.
+    /// Default 64 MiB. A record larger than this waits until nothing else is queued, then
+    /// goes alone.
+    pub max_queued_bytes: usize,
     /// Codec for each batch's records, as Kafka producers compress (readers through every
     /// door decompress them). Default none.
     pub compression: Compression,
@@ -76,6 +82,7 @@ impl Default for ProducerConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(100),
             max_queued: 100_000,
+            max_queued_bytes: 64 << 20,
             compression: Compression::None,
             idempotent: true,
             max_in_flight: MAX_IN_FLIGHT,
@@ -141,9 +148,35 @@ impl Record {
 /// A record's acknowledgement channel.
 type Ack = oneshot::Sender<Result<RecordAck>>;
 
-/// A record's place among `max_queued`. A batch holds its records' places as one permit,
-/// released (in one step) once the batch is answered.
-type Place = tokio::sync::OwnedSemaphorePermit;
+/// A record's place among `max_queued` records and `max_queued_bytes` bytes. A batch holds
+/// its records' places merged, released (in one step) once the batch is answered.
+struct Place {
+    record: tokio::sync::OwnedSemaphorePermit,
+    bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Place {
+    fn merge(&mut self, other: Place) {
+        self.record.merge(other.record);
+        self.bytes.merge(other.bytes);
+    }
+}
+
+/// A place on `semaphore` for `n` units: without building a future when they are free.
+async fn take(
+    semaphore: &Arc<tokio::sync::Semaphore>,
+    n: u32,
+) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    match semaphore.clone().try_acquire_many_owned(n) {
+        Ok(permit) => Ok(permit),
+        Err(tokio::sync::TryAcquireError::NoPermits) => semaphore
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| ClientError::Closed),
+        Err(tokio::sync::TryAcquireError::Closed) => Err(ClientError::Closed),
+    }
+}
 
 enum Cmd {
     Send(Record, Ack, Place),
@@ -155,6 +188,9 @@ enum Cmd {
 pub struct Producer {
     tx: mpsc::Sender<Cmd>,
     queued: Arc<tokio::sync::Semaphore>,
+    queued_bytes: Arc<tokio::sync::Semaphore>,
+    /// `max_queued_bytes`, as the semaphore holds it.
+    max_bytes: u32,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -168,24 +204,31 @@ impl std::fmt::Debug for Cmd {
 
 impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
-        let queued = Arc::new(tokio::sync::Semaphore::new(config.max_queued.max(1)));
+        let queued = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .max_queued
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let max_bytes = config.max_queued_bytes.clamp(1, u32::MAX as usize) as u32;
+        let queued_bytes = Arc::new(tokio::sync::Semaphore::new(max_bytes as usize));
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(run(client, config, rx));
-        Producer { tx, queued }
+        Producer {
+            tx,
+            queued,
+            queued_bytes,
+            max_bytes,
+        }
     }
 
     /// Queues a record and returns a receiver of its acknowledgement, so many records can be
-    /// in flight. Waits only when `max_queued` records are already waiting.
+    /// in flight. Waits only while `max_queued` records or `max_queued_bytes` bytes are
+    /// already waiting.
     pub async fn send(&self, record: Record) -> Result<oneshot::Receiver<Result<RecordAck>>> {
-        let place = match self.queued.clone().try_acquire_owned() {
-            Ok(place) => place,
-            Err(tokio::sync::TryAcquireError::NoPermits) => self
-                .queued
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ClientError::Closed)?,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+        let size = u32::try_from(record.size()).unwrap_or(u32::MAX);
+        let place = Place {
+            record: take(&self.queued, 1).await?,
+            bytes: take(&self.queued_bytes, size.min(self.max_bytes)).await?,
         };
         let (ack, rx) = oneshot::channel();
         self.tx

@@ -1638,6 +1638,60 @@ fn a_producer_holding_max_queued_records_makes_send_wait_until_a_batch_is_answer
 }
 
 #[test]
+fn a_producer_bounds_the_bytes_it_holds_and_lets_a_larger_record_go_alone() {
+    use weir_client::producer::Record;
+    use weir_client::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("qb", topic(1)).await.unwrap();
+        let producer = Producer::new(
+            c,
+            ProducerConfig {
+                linger: Duration::from_secs(60),
+                max_queued_bytes: 10_000,
+                ..ProducerConfig::default()
+            },
+        );
+        // Nine records of about 1 KiB each wait in an open batch: the tenth would pass 10,000.
+        let value = vec![b'v'; 1000];
+        for _ in 0..9 {
+            producer
+                .send(Record::new("qb", value.clone()))
+                .await
+                .unwrap();
+        }
+        let p = producer.clone();
+        let v = value.clone();
+        let tenth = tokio::spawn(async move { p.send(Record::new("qb", v)).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !tenth.is_finished(),
+            "9,216 bytes wait: a tenth record would pass the bound"
+        );
+        producer.flush().await.unwrap();
+        let tenth = tokio::time::timeout(Duration::from_secs(10), tenth)
+            .await
+            .expect("send went on once the batch was answered")
+            .unwrap()
+            .unwrap();
+        producer.flush().await.unwrap();
+        assert_eq!(tenth.await.unwrap().unwrap().offset, Some(9));
+        // A record larger than the whole bound is not refused for ever: alone, it goes.
+        let big = tokio::time::timeout(
+            Duration::from_secs(10),
+            producer.send(Record::new("qb", vec![b'b'; 50_000])),
+        )
+        .await
+        .expect("a record over the bound goes when nothing else waits")
+        .unwrap();
+        producer.flush().await.unwrap();
+        assert_eq!(big.await.unwrap().unwrap().offset, Some(10));
+    });
+}
+
+#[test]
 fn the_producer_keeps_per_key_order_and_acknowledges_every_record() {
     use weir_client::producer::Record;
     use weir_client::{Producer, ProducerConfig};
