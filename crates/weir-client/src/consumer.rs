@@ -958,7 +958,8 @@ pub enum PushEvent {
 /// A push subscription to one partition, under an [`OverflowPolicy`].
 #[derive(Debug)]
 pub struct Subscription {
-    client: Client,
+    /// The connection it was opened on: it ends with it.
+    conn: Arc<crate::connection::Connection>,
     id: u64,
     topic: Arc<str>,
     partition: u32,
@@ -1018,14 +1019,9 @@ impl Subscription {
             queue_records: opts.queue_records,
             queue_bytes: opts.queue_bytes,
         };
-        let (r, _): (msg::SubscribeResponse, _) = crate::call(
-            client.connection(),
-            Api::Subscribe,
-            &req,
-            &[],
-            crate::DEFAULT_TIMEOUT,
-        )
-        .await?;
+        let conn = client.connection().await?;
+        let (r, _): (msg::SubscribeResponse, _) =
+            crate::call(&conn, Api::Subscribe, &req, &[], crate::DEFAULT_TIMEOUT).await?;
         // The server says which bounds are in force (defaulted and capped); an older server
         // that does not leaves the request's.
         let or = |server: u64, asked: u64, default: u64| match (server, asked) {
@@ -1040,11 +1036,9 @@ impl Subscription {
         });
         let bounds = bound.map(|b| (b.max_records, b.max_bytes));
         let inbox = Arc::new(Inbox::new(r.subscription_id, bound));
-        client
-            .connection()
-            .register_push(r.subscription_id, inbox.clone());
+        conn.register_push(r.subscription_id, inbox.clone());
         Ok(Self {
-            client,
+            conn,
             id: r.subscription_id,
             topic: Arc::from(topic),
             partition,
@@ -1136,7 +1130,7 @@ impl Subscription {
                 if p.data.end_code == ErrorCode::SlowConsumer as u32 {
                     // Ended here when the local buffer overflowed: end it on the server too
                     // (harmless when the server ended it).
-                    let conn = self.client.connection();
+                    let conn = &self.conn;
                     conn.unregister_push(self.id);
                     let _ = conn.send(
                         Api::Unsubscribe,
@@ -1184,7 +1178,7 @@ impl Subscription {
 
     /// Adds credit. Queued at once; never waits.
     pub fn grant(&self, records: u64, bytes: u64) -> Result<()> {
-        self.client.connection().send(
+        self.conn.send(
             Api::Credit,
             &msg::CreditRequest {
                 subscription_id: self.id,
@@ -1198,9 +1192,9 @@ impl Subscription {
     /// Ends the subscription and waits for the server to confirm.
     pub async fn unsubscribe(mut self) -> Result<()> {
         self.ended = true;
-        self.client.connection().unregister_push(self.id);
+        self.conn.unregister_push(self.id);
         let r = crate::call::<msg::UnsubscribeResponse>(
-            self.client.connection(),
+            &self.conn,
             Api::Unsubscribe,
             &msg::UnsubscribeRequest {
                 subscription_id: self.id,
@@ -1221,7 +1215,7 @@ impl Drop for Subscription {
         if self.id == 0 {
             return;
         }
-        let conn = self.client.connection();
+        let conn = &self.conn;
         conn.unregister_push(self.id);
         let _ = conn.send(
             Api::Unsubscribe,

@@ -72,12 +72,51 @@ impl From<msg::ProduceResponse> for ProduceAck {
 }
 
 /// A connection to a weir server. Cheap to clone; clones share the connection.
+///
+/// When the connection drops (the server restarted, say), the requests under way on it fail
+/// with an I/O error or [`ClientError::Closed`], and the next request dials the server again
+/// (once, however many ask at the same time) and goes out on the new connection. Push
+/// subscriptions stay with the connection they were opened on and end with it.
 #[derive(Debug, Clone)]
 pub struct Client {
-    conn: Arc<connection::Connection>,
+    link: Arc<Link>,
     timeout: Duration,
     client_id: Arc<str>,
-    _pinger: Arc<Pinger>,
+}
+
+/// The server's address and the connection in use, replaced when it drops.
+#[derive(Debug)]
+struct Link {
+    addr: String,
+    client_id: Arc<str>,
+    current: parking_lot::Mutex<(Arc<connection::Connection>, Pinger)>,
+    /// Held while dialing again, so that one caller does.
+    redial: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    fn current(&self) -> Arc<connection::Connection> {
+        self.current.lock().0.clone()
+    }
+
+    /// The connection, dialed again first if it dropped.
+    async fn live(&self, timeout: Duration) -> Result<Arc<connection::Connection>> {
+        let conn = self.current();
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let _dialing = self.redial.lock().await;
+        let conn = self.current();
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let (conn, pinger) = tokio::time::timeout(timeout, dial(&self.addr, &self.client_id))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        tracing::debug!(addr = %self.addr, "connected again");
+        *self.current.lock() = (conn.clone(), pinger);
+        Ok(conn)
+    }
 }
 
 #[derive(Debug)]
@@ -93,33 +132,44 @@ impl Drop for Pinger {
 /// wait to it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Opens a connection to `addr`, agrees on protocol versions, and starts its pings.
+async fn dial(addr: &str, client_id: &str) -> Result<(Arc<connection::Connection>, Pinger)> {
+    let conn = connection::Connection::open(addr).await?;
+    let hello = msg::HelloRequest {
+        client_id: client_id.to_string(),
+        apis: Api::supported(),
+    };
+    let (resp, _): (msg::HelloResponse, _) =
+        call(&conn, Api::Hello, &hello, &[], DEFAULT_TIMEOUT).await?;
+    let every = Duration::from_millis(u64::from(resp.idle_timeout_ms.max(300)) / 3);
+    let weak = Arc::downgrade(&conn);
+    let pinger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(conn) = weak.upgrade() else { return };
+            if conn.is_closed() {
+                return;
+            }
+            let _ = call::<msg::Ping>(&conn, Api::Ping, &msg::Ping {}, &[], every * 3).await;
+        }
+    });
+    Ok((conn, Pinger(pinger)))
+}
+
 impl Client {
     /// Connects to `addr` (`host:port`) and agrees on protocol versions.
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client> {
-        let conn = connection::Connection::open(addr).await?;
-        let hello = msg::HelloRequest {
-            client_id: client_id.to_string(),
-            apis: Api::supported(),
-        };
-        let (resp, _): (msg::HelloResponse, _) =
-            call(&conn, Api::Hello, &hello, &[], DEFAULT_TIMEOUT).await?;
-        let every = Duration::from_millis(u64::from(resp.idle_timeout_ms.max(300)) / 3);
-        let weak = Arc::downgrade(&conn);
-        let pinger = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(conn) = weak.upgrade() else { return };
-                if conn.is_closed() {
-                    return;
-                }
-                let _ = call::<msg::Ping>(&conn, Api::Ping, &msg::Ping {}, &[], every * 3).await;
-            }
-        });
+        let client_id: Arc<str> = Arc::from(client_id);
+        let current = dial(addr, &client_id).await?;
         Ok(Client {
-            conn,
+            link: Arc::new(Link {
+                addr: addr.to_string(),
+                client_id: client_id.clone(),
+                current: parking_lot::Mutex::new(current),
+                redial: tokio::sync::Mutex::new(()),
+            }),
             timeout: DEFAULT_TIMEOUT,
-            client_id: Arc::from(client_id),
-            _pinger: Arc::new(Pinger(pinger)),
+            client_id,
         })
     }
 
@@ -136,7 +186,8 @@ impl Client {
     }
 
     async fn call<R: Message + Default>(&self, api: Api, req: &impl Message) -> Result<R> {
-        Ok(call(&self.conn, api, req, &[], self.timeout).await?.0)
+        let conn = self.link.live(self.timeout).await?;
+        Ok(call(&conn, api, req, &[], self.timeout).await?.0)
     }
 
     /// Round trip with no effect.
@@ -196,7 +247,9 @@ impl Client {
         key: Option<&[u8]>,
         batch: Bytes,
     ) -> Result<ProduceAck> {
-        self.start_produce(topic, partition, key, batch)?.await
+        let conn = self.link.live(self.timeout).await?;
+        self.start_produce(&conn, topic, partition, key, batch)?
+            .await
     }
 
     /// A producer id, for batches of an idempotent producer (`BatchBuilder::producer`, an
@@ -214,31 +267,35 @@ impl Client {
     /// behind every request sent before it on this connection (the call never waits), and the
     /// future returned waits for its answer. So batches started one after another reach the
     /// server in that order, as an idempotent producer with several batches under way needs.
+    /// It does not dial again: on a connection that dropped it fails at once.
     pub fn produce_sent(
         &self,
         topic: &str,
         partition: u32,
         batch: Bytes,
-    ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static> {
-        self.start_produce(topic, Some(partition), None, batch)
+    ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static + use<>>
+    {
+        self.start_produce(&self.link.current(), topic, Some(partition), None, batch)
     }
 
-    /// Sends a produce request at once; the future waits for its answer.
+    /// Sends a produce request on `conn` at once; the future waits for its answer.
     fn start_produce(
         &self,
+        conn: &Arc<connection::Connection>,
         topic: &str,
         partition: Option<u32>,
         key: Option<&[u8]>,
         batch: Bytes,
-    ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static> {
+    ) -> Result<impl std::future::Future<Output = Result<ProduceAck>> + Send + 'static + use<>>
+    {
         let req = msg::ProduceRequest {
             topic: topic.to_string(),
             partition,
             key: key.map(<[u8]>::to_vec),
             acks: msg::Acks::Durable as i32,
         };
-        let sent = self.conn.start(Api::Produce, &req, &[batch])?;
-        let (conn, timeout) = (self.conn.clone(), self.timeout);
+        let sent = conn.start(Api::Produce, &req, &[batch])?;
+        let (conn, timeout) = (conn.clone(), self.timeout);
         Ok(async move {
             let frame = conn.answer(sent, timeout).await?;
             let (r, _): (msg::ProduceResponse, _) = decode_response(Api::Produce, frame)?;
@@ -260,7 +317,10 @@ impl Client {
             key: key.map(<[u8]>::to_vec),
             acks: msg::Acks::None as i32,
         };
-        self.conn.send(Api::Produce, &req, &[batch])
+        self.link
+            .live(self.timeout)
+            .await?
+            .send(Api::Produce, &req, &[batch])
     }
 
     /// Whole batches from `offset`; waits up to `max_wait` for `min_bytes`.
@@ -281,8 +341,9 @@ impl Client {
             min_bytes,
             max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
         };
+        let conn = self.link.live(self.timeout).await?;
         let (r, records): (msg::FetchResponse, _) =
-            call(&self.conn, Api::Fetch, &req, &[], self.timeout + max_wait).await?;
+            call(&conn, Api::Fetch, &req, &[], self.timeout + max_wait).await?;
         Ok(Fetched {
             batches: records,
             high_watermark: r.high_watermark,
@@ -458,8 +519,9 @@ impl Client {
         Subscription::open(self.clone(), topic, partition, start, opts).await
     }
 
-    pub(crate) fn connection(&self) -> &Arc<connection::Connection> {
-        &self.conn
+    /// The connection, dialed again first if it dropped.
+    pub(crate) async fn connection(&self) -> Result<Arc<connection::Connection>> {
+        self.link.live(self.timeout).await
     }
 }
 

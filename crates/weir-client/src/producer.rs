@@ -917,8 +917,15 @@ fn retry(e: &ClientError, stamp: Option<&Stamp>, seq: u64) -> bool {
         // A batch ahead of this one is not written yet (it is being retried): this one will
         // follow it, unless that one failed for good.
         Some(weir_wire::ErrorCode::OutOfOrderSequence) => !stamp.state.failed_before(seq),
-        // Retriable answers, and timeouts: a resent batch that was written after all is
-        // recognised and answered with its offsets.
-        _ => e.is_retriable(),
+        // Retriable answers, timeouts, and a connection that dropped (the next attempt dials
+        // the server again): a resent batch that was written after all is recognised and
+        // answered with its offsets, after a server restart too.
+        _ => {
+            e.is_retriable()
+                || matches!(
+                    e,
+                    ClientError::Io(_) | ClientError::Closed | ClientError::Connect { .. }
+                )
+        }
     }
 }

@@ -460,3 +460,72 @@ fn after_a_batch_fails_for_good_its_partition_goes_on_in_a_new_epoch() {
         );
     });
 }
+
+#[test]
+fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed native port, so that the client finds the new server where the old one was.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("WEIR_NATIVE__LISTEN", listen.as_str())];
+    let server = Server::start(dir.path(), &env);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("x", topic(0)).await.unwrap();
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                linger: Duration::from_millis(2),
+                batch_bytes: 4096,
+                retries: 10,
+                ..ProducerConfig::default()
+            },
+        );
+        const N: usize = 6000;
+        let sender = {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for i in 0..N {
+                    let r = Record::new("x", format!("{i:06}")).partition(0);
+                    acks.push(producer.send(r).await.unwrap());
+                    if i % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                acks
+            })
+        };
+        // Once records are flowing, the server dies with batches under way and comes back.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.list_offsets("x", 0, Start::Latest).await.unwrap() < 1500 {
+            assert!(std::time::Instant::now() < deadline, "records flow");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        server.kill9();
+        let server = Server::start(dir.path(), &env);
+        let acks = sender.await.unwrap();
+        let mut offsets = Vec::new();
+        for a in acks {
+            let ack = a.await.unwrap().expect("every record is acknowledged");
+            offsets.push(ack.offset.unwrap());
+        }
+        assert_eq!(
+            offsets,
+            (0..N as u64).collect::<Vec<_>>(),
+            "each once, in order"
+        );
+        let c = Client::connect(&server.addr, "check").await.unwrap();
+        let values: Vec<String> = stored(&c, "x")
+            .await
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("{i:06}")).collect();
+        assert_eq!(values, expected, "stored once each, in order");
+    });
+}
