@@ -14,7 +14,8 @@
 //! without being stored twice. A batch that fails for good takes those sent after it on the
 //! same partition with it (their records get the error that ended them, often
 //! `OutOfOrderSequence`); once they are all answered the partition starts a new epoch, from
-//! sequence 0, and goes on with the next batches. After a server restart the server rebuilds
+//! sequence 0, and goes on with the next batches. A dropped connection is retried too (the
+//! client dials the server again). After a server restart the server rebuilds
 //! producers' sequences from the end of each partition's log, so the batches under way across
 //! it are recognised too; they are not for a producer the server has forgotten (none of its
 //! batches in that tail, or forgotten among very many producers).

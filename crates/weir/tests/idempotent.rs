@@ -461,10 +461,52 @@ fn after_a_batch_fails_for_good_its_partition_goes_on_in_a_new_epoch() {
     });
 }
 
+/// A proxy from its own address to `upstream`, for any number of connections: client bytes
+/// go straight through; the server's answers too, except while `hold` is set, when they are
+/// kept back (and lost if the server dies). A connection whose server side closes is closed.
+async fn holding_proxy(upstream: String, hold: Arc<std::sync::atomic::AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue; // the server is down: the client sees its connection close
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            });
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut kept = Vec::new();
+                loop {
+                    let n = sr.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return; // dropping `cw` closes the client's side
+                    }
+                    kept.extend_from_slice(&buf[..n]);
+                    if !hold.load(Ordering::SeqCst) {
+                        if cw.write_all(&kept).await.is_err() {
+                            return;
+                        }
+                        kept.clear();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[test]
 fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
-    // A fixed native port, so that the client finds the new server where the old one was.
+    // A fixed native port, so that the proxy finds the new server where the old one was.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -474,10 +516,13 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
     let env = [("WEIR_NATIVE__LISTEN", listen.as_str())];
     let server = Server::start(dir.path(), &env);
     common::rt().block_on(async {
-        let c = Client::connect(&server.addr, "test").await.unwrap();
-        c.create_topic("x", topic(0)).await.unwrap();
+        let direct = Client::connect(&server.addr, "direct").await.unwrap();
+        direct.create_topic("x", topic(0)).await.unwrap();
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let via = holding_proxy(listen.clone(), hold.clone()).await;
+        let c = Client::connect(&via, "test").await.unwrap();
         let producer = Producer::new(
-            c.clone(),
+            c,
             ProducerConfig {
                 linger: Duration::from_millis(2),
                 batch_bytes: 4096,
@@ -500,14 +545,23 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
                 acks
             })
         };
-        // Once records are flowing, the server dies with batches under way and comes back.
+        let end = || direct.list_offsets("x", 0, Start::Latest);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while c.list_offsets("x", 0, Start::Latest).await.unwrap() < 1500 {
-            assert!(std::time::Instant::now() < deadline, "records flow");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let wait_for = |at: u64| async move {
+            while end().await.unwrap() < at {
+                assert!(std::time::Instant::now() < deadline, "records flow");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        // Once records flow, the server's answers are held back; once batches have been
+        // written behind them, the server dies, so those answers are lost, and comes back.
+        wait_for(1500).await;
+        hold.store(true, Ordering::SeqCst);
+        let held_from = end().await.unwrap();
+        wait_for(held_from + 100).await;
         server.kill9();
         let server = Server::start(dir.path(), &env);
+        hold.store(false, Ordering::SeqCst);
         let acks = sender.await.unwrap();
         let mut offsets = Vec::new();
         for a in acks {
@@ -519,6 +573,8 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
             (0..N as u64).collect::<Vec<_>>(),
             "each once, in order"
         );
+        // Batches written before the crash whose answers were lost were sent again, and
+        // recognised: each record is stored once.
         let c = Client::connect(&server.addr, "check").await.unwrap();
         let values: Vec<String> = stored(&c, "x")
             .await
