@@ -109,7 +109,8 @@ impl Connection {
         Ok(conn)
     }
 
-    fn fail_all(&self, err: ClientError) {
+    /// Marks the connection closed and fails every request waiting on it.
+    pub(crate) fn fail_all(&self, err: ClientError) {
         self.closed.store(true, Ordering::Release);
         let mut s = self.shared.lock();
         for (_, tx) in s.pending.drain() {
@@ -174,7 +175,15 @@ impl Connection {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared.lock().pending.insert(id, tx);
+        {
+            // Checked again under the lock `fail_all` drains under (after marking the
+            // connection closed): a request is never left waiting on a failed connection.
+            let mut shared = self.shared.lock();
+            if self.is_closed() {
+                return Err(ClientError::Closed);
+            }
+            shared.pending.insert(id, tx);
+        }
         let mut head = BytesMut::new();
         let len = records.iter().map(Bytes::len).sum();
         encode_frame(header(api, id, 0), req, len, &mut head);

@@ -960,6 +960,9 @@ pub enum PushEvent {
 pub struct Subscription {
     /// The connection it was opened on: it ends with it.
     conn: Arc<crate::connection::Connection>,
+    /// Keeps the client's pings going while the subscription lives, even when the
+    /// application dropped its own handles.
+    _client: Client,
     id: u64,
     topic: Arc<str>,
     partition: u32,
@@ -1039,6 +1042,7 @@ impl Subscription {
         conn.register_push(r.subscription_id, inbox.clone());
         Ok(Self {
             conn,
+            _client: client,
             id: r.subscription_id,
             topic: Arc::from(topic),
             partition,

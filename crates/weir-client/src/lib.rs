@@ -90,8 +90,10 @@ struct Link {
     addr: String,
     client_id: Arc<str>,
     current: parking_lot::Mutex<(Arc<connection::Connection>, Pinger)>,
-    /// Held while dialing again, so that one caller does.
-    redial: tokio::sync::Mutex<()>,
+    /// Held while dialing again, so that one caller does; holds when the last dial failed,
+    /// and why, so that callers who waited for that dial get its error instead of dialing in
+    /// turn.
+    redial: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl Link {
@@ -105,16 +107,34 @@ impl Link {
         if !conn.is_closed() {
             return Ok(conn);
         }
-        let _dialing = self.redial.lock().await;
+        let asked = tokio::time::Instant::now();
+        let mut last_failure = self.redial.lock().await;
         let conn = self.current();
         if !conn.is_closed() {
             return Ok(conn);
         }
-        let (conn, pinger) = tokio::time::timeout(timeout, dial(&self.addr, &self.client_id))
+        if let Some((at, why)) = &*last_failure
+            && *at >= asked
+        {
+            return Err(ClientError::Connect {
+                addr: self.addr.clone(),
+                source: std::io::Error::other(why.clone()),
+            });
+        }
+        let dialed = tokio::time::timeout(timeout, dial(&self.addr, &self.client_id))
             .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
+            .map_err(|_| ClientError::Timeout(timeout))
+            .and_then(|r| r);
+        let (conn, pinger) = match dialed {
+            Ok(dialed) => dialed,
+            Err(e) => {
+                *last_failure = Some((tokio::time::Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
         tracing::debug!(addr = %self.addr, "connected again");
-        *self.current.lock() = (conn.clone(), pinger);
+        let old = std::mem::replace(&mut *self.current.lock(), (conn.clone(), pinger));
+        drop(old);
         Ok(conn)
     }
 }
@@ -150,7 +170,15 @@ async fn dial(addr: &str, client_id: &str) -> Result<(Arc<connection::Connection
             if conn.is_closed() {
                 return;
             }
-            let _ = call::<msg::Ping>(&conn, Api::Ping, &msg::Ping {}, &[], every * 3).await;
+            let wait = every * 3;
+            if let Err(ClientError::Timeout(_)) =
+                call::<msg::Ping>(&conn, Api::Ping, &msg::Ping {}, &[], wait).await
+            {
+                // No answer for that long: the link is gone without a word (a host that
+                // crashed, a network cut). The next request dials again.
+                conn.fail_all(ClientError::Timeout(wait));
+                return;
+            }
         }
     });
     Ok((conn, Pinger(pinger)))
@@ -166,7 +194,7 @@ impl Client {
                 addr: addr.to_string(),
                 client_id: client_id.clone(),
                 current: parking_lot::Mutex::new(current),
-                redial: tokio::sync::Mutex::new(()),
+                redial: tokio::sync::Mutex::new(None),
             }),
             timeout: DEFAULT_TIMEOUT,
             client_id,

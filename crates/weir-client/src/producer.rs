@@ -15,7 +15,8 @@
 //! same partition with it (their records get the error that ended them, often
 //! `OutOfOrderSequence`); once they are all answered the partition starts a new epoch, from
 //! sequence 0, and goes on with the next batches. A dropped connection is retried too (the
-//! client dials the server again). After a server restart the server rebuilds
+//! client dials the server again; the batches under way resend in order), within the same
+//! retry budget (about 3 s by default). After a server restart the server rebuilds
 //! producers' sequences from the end of each partition's log, so the batches under way across
 //! it are recognised too; they are not for a producer the server has forgotten (none of its
 //! batches in that tail, or forgotten among very many producers).
@@ -862,11 +863,15 @@ async fn send_batch(
             }
         };
         match r {
-            // Refused because the batch before this one is not written yet: once that one's
-            // task has ended (written, or failed for good), try again, without spending a
-            // retry on the wait.
+            // Refused because the batch before this one is not written yet, or cut off with
+            // the connection (the batches under way then would reach a new connection in any
+            // order, and a server that does not know the producer takes its first batch
+            // whatever its sequence): once the batch before has been resent and its task has
+            // ended (written, or failed for good), try again, without spending a retry on
+            // the wait.
             Err(e)
-                if e.code() == Some(weir_wire::ErrorCode::OutOfOrderSequence)
+                if (e.code() == Some(weir_wire::ErrorCode::OutOfOrderSequence)
+                    || connection_lost(&e))
                     && before_finished.is_some()
                     && retry(&e, stamp.as_ref(), batch.seq) =>
             {
@@ -907,6 +912,14 @@ async fn send_batch(
     }
 }
 
+/// Whether `e` says the connection dropped (or could not be made again).
+fn connection_lost(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io(_) | ClientError::Closed | ClientError::Connect { .. }
+    )
+}
+
 /// Whether batch `seq`, which failed with `e`, is sent again.
 fn retry(e: &ClientError, stamp: Option<&Stamp>, seq: u64) -> bool {
     let Some(stamp) = stamp else {
@@ -921,12 +934,6 @@ fn retry(e: &ClientError, stamp: Option<&Stamp>, seq: u64) -> bool {
         // Retriable answers, timeouts, and a connection that dropped (the next attempt dials
         // the server again): a resent batch that was written after all is recognised and
         // answered with its offsets, after a server restart too.
-        _ => {
-            e.is_retriable()
-                || matches!(
-                    e,
-                    ClientError::Io(_) | ClientError::Closed | ClientError::Connect { .. }
-                )
-        }
+        _ => e.is_retriable() || connection_lost(e),
     }
 }

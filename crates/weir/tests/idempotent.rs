@@ -463,8 +463,13 @@ fn after_a_batch_fails_for_good_its_partition_goes_on_in_a_new_epoch() {
 
 /// A proxy from its own address to `upstream`, for any number of connections: client bytes
 /// go straight through; the server's answers too, except while `hold` is set, when they are
-/// kept back (and lost if the server dies). A connection whose server side closes is closed.
-async fn holding_proxy(upstream: String, hold: Arc<std::sync::atomic::AtomicBool>) -> String {
+/// kept back (and lost if the server dies), counted in `held`. A connection whose server side
+/// closes is closed.
+async fn holding_proxy(
+    upstream: String,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<AtomicUsize>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -480,7 +485,7 @@ async fn holding_proxy(upstream: String, hold: Arc<std::sync::atomic::AtomicBool
             tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut cr, &mut sw).await;
             });
-            let hold = hold.clone();
+            let (hold, held) = (hold.clone(), held.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 << 10];
                 let mut kept = Vec::new();
@@ -490,7 +495,9 @@ async fn holding_proxy(upstream: String, hold: Arc<std::sync::atomic::AtomicBool
                         return; // dropping `cw` closes the client's side
                     }
                     kept.extend_from_slice(&buf[..n]);
-                    if !hold.load(Ordering::SeqCst) {
+                    if hold.load(Ordering::SeqCst) {
+                        held.fetch_add(n, Ordering::SeqCst);
+                    } else {
                         if cw.write_all(&kept).await.is_err() {
                             return;
                         }
@@ -519,7 +526,8 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
         let direct = Client::connect(&server.addr, "direct").await.unwrap();
         direct.create_topic("x", topic(0)).await.unwrap();
         let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let via = holding_proxy(listen.clone(), hold.clone()).await;
+        let held = Arc::new(AtomicUsize::new(0));
+        let via = holding_proxy(listen.clone(), hold.clone(), held.clone()).await;
         let c = Client::connect(&via, "test").await.unwrap();
         let producer = Producer::new(
             c,
@@ -553,12 +561,16 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         };
-        // Once records flow, the server's answers are held back; once batches have been
-        // written behind them, the server dies, so those answers are lost, and comes back.
+        // Once records flow, the server's answers are held back; once one has been (its batch
+        // written, its answer not delivered), the server dies, so those answers are lost, and
+        // comes back.
         wait_for(1500).await;
         hold.store(true, Ordering::SeqCst);
-        let held_from = end().await.unwrap();
-        wait_for(held_from + 100).await;
+        while held.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "an answer is held");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
         server.kill9();
         let server = Server::start(dir.path(), &env);
         hold.store(false, Ordering::SeqCst);
