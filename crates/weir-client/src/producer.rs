@@ -15,8 +15,8 @@
 //! same partition with it (their records get the error that ended them, often
 //! `OutOfOrderSequence`); once they are all answered the partition starts a new epoch, from
 //! sequence 0, and goes on with the next batches. A dropped connection is retried too (the
-//! client dials the server again; the batches under way resend in order), within the same
-//! retry budget (about 3 s by default). After a server restart the server rebuilds
+//! client dials the server again; the batches under way resend in order) for up to
+//! `reconnect_timeout` (30 s by default). After a server restart the server rebuilds
 //! producers' sequences from the end of each partition's log, so the batches under way across
 //! it are recognised too; they are not for a producer the server has forgotten (none of its
 //! batches in that tail, or forgotten among very many producers).
@@ -53,6 +53,10 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Wait before a retry, doubled each time. Default 100 ms.
     pub retry_backoff: Duration,
+    /// How long an idempotent producer's batch keeps trying after its connection dropped
+    /// (a server restarting, say), dialing again with the same doubling wait, at most 1 s
+    /// apart. Those attempts do not count against `retries`. Default 30 s.
+    pub reconnect_timeout: Duration,
     /// Records waiting to be sent or answered, across partitions, before `send` waits.
     /// Default 100,000.
     pub max_queued: usize,
@@ -83,6 +87,7 @@ impl Default for ProducerConfig {
             no_ack: false,
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            reconnect_timeout: Duration::from_secs(30),
             max_queued: 100_000,
             max_queued_bytes: 64 << 20,
             compression: Compression::None,
@@ -851,6 +856,9 @@ async fn send_batch(
     let _ = sent.send(());
     let mut backoff = config.retry_backoff;
     let mut attempt = 0;
+    // Since when the server cannot be reached, and the wait before dialing again.
+    let mut unreachable: Option<Instant> = None;
+    let mut redial_wait = config.retry_backoff;
     let mut pending = Some(first);
     let result = loop {
         let r = match pending.take() {
@@ -878,6 +886,17 @@ async fn send_batch(
                 if let Some(before) = before_finished.take() {
                     let _ = before.await;
                 }
+            }
+            Err(e)
+                if connection_lost(&e)
+                    && stamp.is_some()
+                    && retry(&e, stamp.as_ref(), batch.seq)
+                    && unreachable.get_or_insert_with(Instant::now).elapsed()
+                        < config.reconnect_timeout =>
+            {
+                tracing::debug!(%topic, partition, error = %e, "connection lost; trying again");
+                tokio::time::sleep(redial_wait).await;
+                redial_wait = redial_wait.saturating_mul(2).min(Duration::from_secs(1));
             }
             Err(e) if attempt < config.retries && retry(&e, stamp.as_ref(), batch.seq) => {
                 attempt += 1;

@@ -534,7 +534,6 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
             ProducerConfig {
                 linger: Duration::from_millis(2),
                 batch_bytes: 4096,
-                retries: 10,
                 ..ProducerConfig::default()
             },
         );
@@ -572,6 +571,8 @@ fn a_producer_goes_on_across_a_server_crash_and_writes_each_record_once() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         server.kill9();
+        // Down for longer than the default retries' backoff (about 3 s) would cover.
+        tokio::time::sleep(Duration::from_secs(4)).await;
         let server = Server::start(dir.path(), &env);
         hold.store(false, Ordering::SeqCst);
         let acks = sender.await.unwrap();
