@@ -266,7 +266,7 @@ impl Producer {
 
 struct Batch {
     records: Vec<(Record, Ack)>,
-    /// The records' places among `max_queued`, merged.
+    /// The records' places among `max_queued` and `max_queued_bytes`, merged.
     places: Option<Place>,
     bytes: usize,
     started: Instant,
