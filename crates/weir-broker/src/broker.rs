@@ -627,17 +627,17 @@ impl Broker {
     /// scan at a time. A log that cannot be read leaves the states empty (logged) and the
     /// produce goes on; the next idempotent batch tries again.
     pub(crate) async fn restore_producers(&self, topic: &str, partition: u32) {
-        let Ok((t, part)) = self.partition(topic, partition) else {
+        let Ok((_, part)) = self.partition(topic, partition) else {
             return;
         };
         if part.producers_restored.initialized() {
             return;
         }
-        let broker = self.clone();
+        let (broker, topic) = (self.clone(), topic.to_string());
         let task = tokio::spawn(async move {
             let _ = part
                 .producers_restored
-                .get_or_try_init(|| broker.scan_for_producers(&t, &part, partition))
+                .get_or_try_init(|| broker.scan_for_producers(&topic, &part, partition))
                 .await;
         });
         let _ = task.await;
@@ -645,22 +645,22 @@ impl Broker {
 
     async fn scan_for_producers(
         &self,
-        t: &Arc<Topic>,
+        topic: &str,
         part: &Arc<Partition>,
         partition: u32,
     ) -> std::result::Result<(), ()> {
         let _turn = self.inner.restores.acquire().await;
-        let (log, producers, topic) = (part.log.clone(), self.producers().clone(), t.clone());
+        let (p, producers, name) = (part.clone(), self.producers().clone(), topic.to_string());
         let scan = tokio::task::spawn_blocking(move || {
             let mut found = crate::producers::Restored::default();
+            let log = &p.log;
             let cut = log.tail_headers(crate::producers::RESTORE_SCAN_BYTES, |h| found.add(h))?;
-            let restored = producers.restore(&topic.name, partition, found, || {
-                topic.deleted.load(Ordering::Acquire)
+            let restored = producers.restore(&name, partition, found, || {
+                p.topic_deleted.load(Ordering::Acquire)
             });
             Ok::<_, weir_log::LogError>((restored, cut))
         })
         .await;
-        let topic = t.name.as_str();
         match scan {
             Ok(Ok((Some(producers), cut))) => {
                 if cut > 0 {

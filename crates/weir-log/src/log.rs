@@ -899,16 +899,7 @@ impl Log {
             }
             read_exact_at(&*segment.log, &mut head, pos)
                 .map_err(|e| LogError::io("read", &segment.log_path, e))?;
-            let h = weir_batch::peek(&head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
-            if h.base_offset != expected as i64 || h.last_offset_delta < 0 {
-                return Err(segment.corrupt(
-                    pos,
-                    format!(
-                        "batch base offset {} where {expected} was expected",
-                        h.base_offset
-                    ),
-                ));
-            }
+            let h = segment.header_at(pos, &head, expected)?;
             if pos + h.total_len() as u64 > limit {
                 return Err(segment.corrupt(
                     pos,
@@ -1092,17 +1083,8 @@ impl Log {
                 .get(pos, HEADER_LEN)
                 .map_err(io)?
                 .ok_or_else(|| segment.corrupt(pos, "a batch header overruns the segment"))?;
-            let h = weir_batch::peek(head).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+            let h = segment.header_at(pos, head, expected)?;
             let len = h.total_len();
-            if h.base_offset as u64 != expected {
-                return Err(segment.corrupt(
-                    pos,
-                    format!(
-                        "batch base offset {} where {expected} was expected",
-                        h.base_offset
-                    ),
-                ));
-            }
             if h.next_offset() as u64 > hwm {
                 break;
             }

@@ -214,6 +214,27 @@ impl Segment {
         Ok(())
     }
 
+    /// The header `head` read at `pos`, which must be a batch starting at offset `expected`
+    /// (a walk from batch to batch, checking that the offsets follow on).
+    pub fn header_at(
+        &self,
+        pos: u64,
+        head: &[u8],
+        expected: u64,
+    ) -> Result<weir_batch::BatchHeader> {
+        let h = weir_batch::peek(head).map_err(|e| self.corrupt(pos, e.to_string()))?;
+        if h.base_offset != expected as i64 || h.last_offset_delta < 0 {
+            return Err(self.corrupt(
+                pos,
+                format!(
+                    "batch base offset {} where {expected} was expected",
+                    h.base_offset
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
     pub fn corrupt(&self, position: u64, reason: impl Into<String>) -> LogError {
         LogError::Corrupt {
             segment: self.base,
