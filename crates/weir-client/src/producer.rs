@@ -2,8 +2,9 @@
 //!
 //! Records are routed to a partition (explicit, else by key on the protocol's ring, else a
 //! sticky partition per batch for keyless records), gathered per partition into one record
-//! batch until it reaches `batch_bytes` or has waited `linger`, and sent. Order within a
-//! partition is the order of `send` calls.
+//! batch until it reaches `batch_bytes` or has waited `linger`, and sent. Records given whole
+//! with `send_batch` go at once as a batch of their own. Order within a partition is the
+//! order of `send` and `send_batch` calls.
 //!
 //! An idempotent producer (the default) takes a producer id from the server and stamps each
 //! batch with it, an epoch and the partition's next sequence number. The server then writes
@@ -105,6 +106,17 @@ pub struct RecordAck {
     pub offset: Option<u64>,
 }
 
+/// Where a batch given to [`Producer::send_batch`] landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAck {
+    pub partition: u32,
+    /// The first record's offset (the others follow it); `None` when sent without
+    /// acknowledgement.
+    pub base_offset: Option<u64>,
+    /// Records in the batch.
+    pub records: usize,
+}
+
 /// A record to send.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
@@ -155,6 +167,44 @@ impl Record {
 /// A record's acknowledgement channel.
 type Ack = oneshot::Sender<Result<RecordAck>>;
 
+/// How a batch's records are answered.
+enum Acks {
+    /// Each on its own channel (`send`).
+    Each(Vec<Ack>),
+    /// All at once (`send_batch`): one channel, not one per record.
+    Whole(oneshot::Sender<Result<BatchAck>>),
+}
+
+impl Acks {
+    /// Answers every record: `Ok` with the partition and the first record's offset (`None`
+    /// without acknowledgement), or the error that ended the batch.
+    fn answer(self, records: usize, r: std::result::Result<(u32, Option<u64>), &ClientError>) {
+        match self {
+            Acks::Each(acks) => {
+                for (i, ack) in acks.into_iter().enumerate() {
+                    let _ = ack.send(match r {
+                        Ok((partition, base)) => Ok(RecordAck {
+                            partition,
+                            offset: base.map(|b| b + i as u64),
+                        }),
+                        Err(e) => Err(e.clone_lossy()),
+                    });
+                }
+            }
+            Acks::Whole(ack) => {
+                let _ = ack.send(match r {
+                    Ok((partition, base_offset)) => Ok(BatchAck {
+                        partition,
+                        base_offset,
+                        records,
+                    }),
+                    Err(e) => Err(e.clone_lossy()),
+                });
+            }
+        }
+    }
+}
+
 /// A record's place among `max_queued` records and `max_queued_bytes` bytes. A batch holds
 /// its records' places merged, released (in one step) once the batch is answered.
 struct Place {
@@ -187,7 +237,17 @@ async fn take(
 
 enum Cmd {
     Send(Record, Ack, Place),
+    SendBatch(Whole),
     Flush(oneshot::Sender<()>),
+}
+
+/// Records given to `send_batch`: sent as they are, in one batch.
+struct Whole {
+    topic: String,
+    partition: u32,
+    records: Vec<Record>,
+    ack: oneshot::Sender<Result<BatchAck>>,
+    place: Place,
 }
 
 /// A batching, ordered producer. Cheap to clone.
@@ -196,6 +256,8 @@ pub struct Producer {
     tx: mpsc::Sender<Cmd>,
     queued: Arc<tokio::sync::Semaphore>,
     queued_bytes: Arc<tokio::sync::Semaphore>,
+    /// `max_queued`, as the semaphore holds it.
+    max_records: u32,
     /// `max_queued_bytes`, as the semaphore holds it.
     max_bytes: u32,
 }
@@ -204,6 +266,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Cmd::Send(..) => "Send",
+            Cmd::SendBatch(..) => "SendBatch",
             Cmd::Flush(_) => "Flush",
         })
     }
@@ -211,11 +274,11 @@ impl std::fmt::Debug for Cmd {
 
 impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
-        let queued = Arc::new(tokio::sync::Semaphore::new(
-            config
-                .max_queued
-                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-        ));
+        let max_records = config.max_queued.clamp(
+            1,
+            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        ) as u32;
+        let queued = Arc::new(tokio::sync::Semaphore::new(max_records as usize));
         let max_bytes = config.max_queued_bytes.clamp(1, u32::MAX as usize) as u32;
         let queued_bytes = Arc::new(tokio::sync::Semaphore::new(max_bytes as usize));
         let (tx, rx) = mpsc::channel(1024);
@@ -224,6 +287,7 @@ impl Producer {
             tx,
             queued,
             queued_bytes,
+            max_records,
             max_bytes,
         }
     }
@@ -240,6 +304,47 @@ impl Producer {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Send(record, ack, place))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Sends `records` to `partition` of `topic` as one batch of their own, at once (no linger),
+    /// after every record sent to that partition before them, and returns a receiver of their
+    /// acknowledgement, one for all of them: as Iggy's `send_messages` takes a batch of
+    /// messages, without waiting for the answer before the next call. Each record's own `topic`
+    /// and `partition` are not used (its key, value, headers and timestamp are). Batches given
+    /// this way follow the same window, retries and order as those `send` gathers; the server
+    /// refuses one larger than the topic's `max_batch_bytes`. Waits while the records would
+    /// exceed `max_queued` or `max_queued_bytes` (a batch larger than either waits until
+    /// nothing else is queued, then goes alone). Empty `records` is an error.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<oneshot::Receiver<Result<BatchAck>>> {
+        if records.is_empty() {
+            return Err(ClientError::Invalid(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        let size: usize = records.iter().map(Record::size).sum();
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let place = Place {
+            record: take(&self.queued, count.min(self.max_records)).await?,
+            bytes: take(&self.queued_bytes, size.min(self.max_bytes)).await?,
+        };
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::SendBatch(Whole {
+                topic: topic.to_string(),
+                partition,
+                records,
+                ack,
+                place,
+            }))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(rx)
@@ -265,7 +370,9 @@ impl Producer {
 }
 
 struct Batch {
-    records: Vec<(Record, Ack)>,
+    records: Vec<Record>,
+    /// Each record's acknowledgement (`send`), or one for all (`send_batch`).
+    acks: Acks,
     /// The records' places among `max_queued` and `max_queued_bytes`, merged.
     places: Option<Place>,
     bytes: usize,
@@ -441,6 +548,10 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
                                     s.dispatch();
                                 }
                             }
+                            Ok(Cmd::SendBatch(whole)) => {
+                                s.add_whole(whole);
+                                s.dispatch();
+                            }
                             Ok(Cmd::Flush(tx)) => {
                                 s.flush(tx);
                                 break;
@@ -449,6 +560,7 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Cmd>
                         }
                     }
                 }
+                Some(Cmd::SendBatch(whole)) => s.add_whole(whole),
                 Some(Cmd::Flush(tx)) => s.flush(tx),
                 None => {
                     closed = true;
@@ -504,16 +616,37 @@ impl State {
         Ok(&self.rings[topic])
     }
 
-    async fn add(&mut self, record: Record, ack: Ack, place: Place) {
-        // Records mostly follow others to the same topic: reuse its name's allocation.
-        let topic = match &self.last_topic {
-            Some(t) if **t == *record.topic => t.clone(),
+    /// The topic's name, shared: records mostly follow others to the same topic, so the last
+    /// one's allocation is reused.
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        match &self.last_topic {
+            Some(t) if **t == *name => t.clone(),
             _ => {
-                let t: Arc<str> = Arc::from(record.topic.as_str());
+                let t: Arc<str> = Arc::from(name);
                 self.last_topic = Some(t.clone());
                 t
             }
+        }
+    }
+
+    /// A batch given whole: sealed at once, after what this partition gathered before it.
+    fn add_whole(&mut self, whole: Whole) {
+        let part = (self.topic(&whole.topic), whole.partition);
+        self.seal(&part);
+        let batch = Batch {
+            bytes: whole.records.iter().map(Record::size).sum(),
+            records: whole.records,
+            acks: Acks::Whole(whole.ack),
+            places: Some(whole.place),
+            started: Instant::now(),
+            seq: 0,
         };
+        self.open.insert(part.clone(), batch);
+        self.seal(&part);
+    }
+
+    async fn add(&mut self, record: Record, ack: Ack, place: Place) {
+        let topic = self.topic(&record.topic);
         let partition = match (record.partition, &record.key) {
             (Some(p), _) => p,
             (None, key) => {
@@ -540,12 +673,16 @@ impl State {
         let size = record.size();
         let batch = self.open.entry(part.clone()).or_insert_with(|| Batch {
             records: Vec::new(),
+            acks: Acks::Each(Vec::new()),
             places: None,
             bytes: 0,
             started: Instant::now(),
             seq: 0,
         });
-        batch.records.push((record, ack));
+        batch.records.push(record);
+        if let Acks::Each(acks) = &mut batch.acks {
+            acks.push(ack);
+        }
         match &mut batch.places {
             Some(places) => places.merge(place),
             None => batch.places = Some(place),
@@ -791,7 +928,7 @@ async fn send_batch(
     if let Some(st) = &stamp {
         b = b.producer(st.producer_id, st.epoch, st.first);
     }
-    for (r, _) in &batch.records {
+    for r in &batch.records {
         b.push(RecordSpec {
             key: r.key.as_deref(),
             value: r.value.as_deref(),
@@ -808,9 +945,7 @@ async fn send_batch(
         Ok(b) => Bytes::from(b),
         Err(e) => {
             let e = ClientError::Invalid(e.to_string());
-            for (_, ack) in batch.records {
-                let _ = ack.send(Err(e.clone_lossy()));
-            }
+            batch.acks.answer(batch.records.len(), Err(&e));
             if let Some(st) = &stamp {
                 st.state.fail(batch.seq);
             }
@@ -831,16 +966,9 @@ async fn send_batch(
         let r = client
             .produce_no_ack(topic, Some(partition), None, bytes)
             .await;
-        for (_, ack) in batch.records {
-            let _ = ack.send(
-                r.as_ref()
-                    .map(|_| RecordAck {
-                        partition,
-                        offset: None,
-                    })
-                    .map_err(ClientError::clone_lossy),
-            );
-        }
+        batch
+            .acks
+            .answer(batch.records.len(), r.as_ref().map(|_| (partition, None)));
         let _ = order.sent.send(());
         return;
     }
@@ -912,21 +1040,16 @@ async fn send_batch(
             if let Some(st) = &stamp {
                 st.state.confirmed.store(true, Ordering::Release);
             }
-            for (i, (_, ack)) in batch.records.into_iter().enumerate() {
-                let _ = ack.send(Ok(RecordAck {
-                    partition: a.partition,
-                    offset: Some(a.base_offset + i as u64),
-                }));
-            }
+            batch
+                .acks
+                .answer(batch.records.len(), Ok((a.partition, Some(a.base_offset))));
         }
         Err(e) => {
             if let Some(st) = &stamp {
                 // At once, so that the batches behind it stop retrying.
                 st.state.fail(batch.seq);
             }
-            for (_, ack) in batch.records {
-                let _ = ack.send(Err(e.clone_lossy()));
-            }
+            batch.acks.answer(batch.records.len(), Err(&e));
         }
     }
 }

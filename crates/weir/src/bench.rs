@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::oneshot;
 use weir_batch::{BatchBuilder, RecordSpec};
 use weir_client::messages as msg;
-use weir_client::producer::{Record, RecordAck};
+use weir_client::producer::{BatchAck, Record, RecordAck};
 use weir_client::{Client, PartitionConsumer, Producer, ProducerConfig, Start};
 
 use crate::Conn;
@@ -36,8 +36,14 @@ pub enum BenchCmd {
         /// Send record by record through weir-client's `Producer`, which batches them itself
         /// (5 ms linger, 1 MiB batches), as a Kafka client's producer does, instead of sending
         /// pre-built batches of --batch records. Latency is per record, send to acknowledgement.
-        #[arg(long, conflicts_with_all = ["batch", "producers", "in_flight"])]
+        #[arg(long, conflicts_with_all = ["batch", "producers", "in_flight", "producer"])]
         records: bool,
+        /// Hand each batch of --batch records to weir-client's `Producer` whole
+        /// (`send_batch`), as an application with its records at hand would: encoded per
+        /// batch, sent in order, up to the producer's window (5 batches) under way, instead
+        /// of re-sending one pre-built batch. Latency is per batch, send to acknowledgement.
+        #[arg(long, conflicts_with_all = ["producers", "in_flight"])]
+        producer: bool,
     },
     /// Read a topic partition from the beginning to its end.
     Consume {
@@ -246,6 +252,63 @@ async fn produce_records(client: Client, opts: &Common) -> Result<()> {
     .print(&opts.output)
 }
 
+/// `bench produce --producer`: batches of `batch` records given whole to one `Producer`
+/// (`send_batch`, partition 0); a second task awaits the acknowledgements in order, so that
+/// sending never waits on them.
+async fn produce_whole(client: Client, opts: &Common, batch: usize) -> Result<()> {
+    let producer = Producer::new(client, ProducerConfig::default());
+    let value = Bytes::from(vec![0x61u8; opts.size]);
+    let batches = opts.messages.div_ceil(batch as u64);
+    type Pending = (Instant, oneshot::Receiver<weir_client::Result<BatchAck>>);
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Pending>(1024);
+    let bar = progress(batches * batch as u64, &opts.output);
+    let acks = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            while let Some((t, rx)) = ack_rx.recv().await {
+                let ack = rx.await.context("producer closed")??;
+                h.record(t.elapsed().as_micros() as u64)?;
+                bar.inc(ack.records as u64);
+            }
+            anyhow::Ok(h)
+        })
+    };
+    let start = Instant::now();
+    for _ in 0..batches {
+        let records = (0..batch)
+            .map(|_| Record {
+                value: Some(value.clone()),
+                ..Record::default()
+            })
+            .collect();
+        let t = Instant::now();
+        let rx = producer.send_batch(&opts.topic, 0, records).await?;
+        if ack_tx.send((t, rx)).await.is_err() {
+            break; // the ack task failed: its error is reported below
+        }
+    }
+    drop(ack_tx);
+    producer.flush().await?;
+    let latency = acks.await??;
+    bar.finish_and_clear();
+    if latency.len() != batches {
+        bail!("{} of {batches} batches acknowledged", latency.len());
+    }
+    let messages = batches * batch as u64;
+    Report {
+        name: "produce",
+        messages,
+        // The producer's batches weigh on the wire what a pre-built batch of as many records
+        // does (the same records, all stamped with one timestamp).
+        bytes: batches * batch_of(batch, opts.size).len() as u64,
+        payload_bytes: messages * opts.size as u64,
+        elapsed: start.elapsed(),
+        latency,
+    }
+    .print(&opts.output)
+}
+
 fn check_output(o: &str) -> Result<()> {
     if o != "text" && o != "json" {
         bail!("--output must be text or json");
@@ -262,12 +325,16 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             producers,
             in_flight,
             records,
+            producer,
         } => {
             check_output(&opts.output)?;
             let admin = Client::connect(&conn.addr, "weir-bench").await?;
             ensure_topic(&admin, &opts.topic, opts.partitions).await?;
             if records {
                 return produce_records(admin, &opts).await;
+            }
+            if producer {
+                return produce_whole(admin, &opts, batch).await;
             }
             let batches = opts.messages.div_ceil(batch as u64);
             let template = batch_of(batch, opts.size);

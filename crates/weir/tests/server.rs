@@ -1447,6 +1447,37 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
     ]);
     assert_eq!(back["messages"], 3000, "{back}");
     assert_eq!(back["payload_bytes"], 3000 * 100, "{back}");
+    // Batches handed whole to the Producer: one latency sample per batch, every record there.
+    let whole = json(&[
+        "bench",
+        "produce",
+        "--topic",
+        "w",
+        "--messages",
+        "3000",
+        "--batch",
+        "300",
+        "--producer",
+        "--size",
+        "100",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(whole["messages"], 3000, "{whole}");
+    assert_eq!(whole["latency_us"]["count"], 10, "{whole}");
+    assert_eq!(whole["payload_bytes"], 3000 * 100, "{whole}");
+    let back = json(&[
+        "bench",
+        "consume",
+        "--topic",
+        "w",
+        "--messages",
+        "1000000",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(back["messages"], 3000, "{back}");
+    assert_eq!(back["payload_bytes"], 3000 * 100, "{back}");
     server.stop();
 }
 
@@ -1688,6 +1719,106 @@ fn a_producer_bounds_the_bytes_it_holds_and_lets_a_larger_record_go_alone() {
         .unwrap();
         producer.flush().await.unwrap();
         assert_eq!(big.await.unwrap().unwrap().offset, Some(10));
+    });
+}
+
+#[test]
+fn a_batch_given_whole_goes_at_once_in_one_batch_after_the_records_sent_before_it() {
+    use weir_client::producer::Record;
+    use weir_client::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("wb", topic(4)).await.unwrap();
+        // Records sent one by one wait a minute in their open batch.
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                linger: Duration::from_secs(60),
+                ..ProducerConfig::default()
+            },
+        );
+        let mut singles = Vec::new();
+        for i in 0..3 {
+            let r = Record::new("wb", format!("a{i}")).partition(2);
+            singles.push(producer.send(r).await.unwrap());
+        }
+        // A record's own topic and partition are not what routes a batch given whole.
+        let mut whole = vec![Record::new("elsewhere", "b0").partition(0)];
+        whole.extend((1..5).map(|i| Record::new("wb", format!("b{i}")).key("k")));
+        let ack = producer.send_batch("wb", 2, whole).await.unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .expect("a batch given whole does not wait for the linger")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.partition, 2);
+        assert_eq!(ack.records, 5);
+        assert_eq!(ack.base_offset, Some(3), "after the records sent before it");
+        for (i, single) in singles.into_iter().enumerate() {
+            let a = single.await.unwrap().unwrap();
+            assert_eq!((a.partition, a.offset), (2, Some(i as u64)));
+        }
+        let fetched = c
+            .fetch("wb", 2, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .unwrap();
+        let batches: Vec<_> = weir_batch::Batches::new(&fetched.batches)
+            .map(|b| b.unwrap())
+            .collect();
+        let shape: Vec<(i64, i32)> = batches
+            .iter()
+            .map(|(h, _)| (h.base_offset, h.record_count))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![(0, 3), (3, 5)],
+            "the five records travel as one batch"
+        );
+        let values: Vec<String> = batches
+            .iter()
+            .flat_map(|(_, bytes)| {
+                weir_batch::Records::new(bytes)
+                    .unwrap()
+                    .map(|r| String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(values, ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "b4"]);
+        for p in [0, 1, 3] {
+            let f = c
+                .fetch("wb", p, 0, 1 << 20, 0, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(f.batches.is_empty(), "nothing went to partition {p}");
+        }
+        // Nothing to send is refused, not queued.
+        let e = producer.send_batch("wb", 2, Vec::new()).await.unwrap_err();
+        assert!(matches!(e, weir_client::ClientError::Invalid(_)), "{e:?}");
+        // A batch larger than the producer's bounds goes alone rather than never.
+        let small = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                max_queued: 4,
+                max_queued_bytes: 1000,
+                ..ProducerConfig::default()
+            },
+        );
+        let big: Vec<Record> = (0..10)
+            .map(|_| Record::new("wb", vec![b'x'; 500]))
+            .collect();
+        let ack = tokio::time::timeout(Duration::from_secs(10), async {
+            small.send_batch("wb", 1, big).await.unwrap().await
+        })
+        .await
+        .expect("a batch over the bounds goes when nothing else waits")
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (ack.partition, ack.base_offset, ack.records),
+            (1, Some(0), 10)
+        );
     });
 }
 
