@@ -57,6 +57,10 @@ pub(crate) struct Connection {
     next_id: AtomicU32,
     closed: AtomicBool,
     max_frame: usize,
+    /// The largest frame the server takes (its hello says), `usize::MAX` until known. A
+    /// larger request is refused here: the server would close the connection on it, failing
+    /// every other request under way on it.
+    server_max_frame: std::sync::atomic::AtomicUsize,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -88,6 +92,7 @@ impl Connection {
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             max_frame: 256 << 20,
+            server_max_frame: std::sync::atomic::AtomicUsize::new(usize::MAX),
             tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&conn);
@@ -121,6 +126,13 @@ impl Connection {
         }
     }
 
+    /// Records the server's frame limit from its hello (0: not given).
+    pub(crate) fn set_server_max_frame(&self, max: u32) {
+        if max > 0 {
+            self.server_max_frame.store(max as usize, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -129,6 +141,14 @@ impl Connection {
     /// (no await, so a cancelled caller can never leave half a frame), else through the writer
     /// task, in order. Never blocks.
     fn enqueue(&self, head: BytesMut, records: &[Bytes]) -> Result<()> {
+        // The frame's length field counts all but itself.
+        let len = head.len() - 4 + records.iter().map(Bytes::len).sum::<usize>();
+        let max = self.server_max_frame.load(Ordering::Relaxed);
+        if len > max {
+            return Err(ClientError::Invalid(format!(
+                "a request of {len} bytes is over the server's frame limit of {max} bytes"
+            )));
+        }
         let mut parts = Vec::with_capacity(records.len() + 1);
         parts.push(head.freeze());
         parts.extend(records.iter().cloned());

@@ -161,6 +161,7 @@ async fn dial(addr: &str, client_id: &str) -> Result<(Arc<connection::Connection
     };
     let (resp, _): (msg::HelloResponse, _) =
         call(&conn, Api::Hello, &hello, &[], DEFAULT_TIMEOUT).await?;
+    conn.set_server_max_frame(resp.max_frame_bytes);
     let every = Duration::from_millis(u64::from(resp.idle_timeout_ms.max(300)) / 3);
     let weak = Arc::downgrade(&conn);
     let pinger = tokio::spawn(async move {

@@ -314,10 +314,13 @@ impl Producer {
     /// acknowledgement, one for all of them: as Iggy's `send_messages` takes a batch of
     /// messages, without waiting for the answer before the next call. Each record's own `topic`
     /// and `partition` are not used (its key, value, headers and timestamp are). Batches given
-    /// this way follow the same window, retries and order as those `send` gathers; the server
-    /// refuses one larger than the topic's `max_batch_bytes`. Waits while the records would
-    /// exceed `max_queued` or `max_queued_bytes` (a batch larger than either waits until
-    /// nothing else is queued, then goes alone). Empty `records` is an error.
+    /// this way follow the same window, retries and order as those `send` gathers. One larger
+    /// than the topic's `max_batch_bytes` is refused by the server, one larger than its frame
+    /// limit (`native.max_frame_bytes`, 16 MiB by default) by the client; like any batch that
+    /// fails for good, it fails those sent after it to the same partition too (module docs).
+    /// Waits while the records would exceed `max_queued` or `max_queued_bytes`: a batch larger
+    /// than either waits until nothing else is queued (records `send` left in an open batch of
+    /// that partition go at its `linger`), then goes alone. Empty `records` is an error.
     pub async fn send_batch(
         &self,
         topic: &str,
@@ -680,6 +683,8 @@ impl State {
             seq: 0,
         });
         batch.records.push(record);
+        // Always `Each`: a batch given whole is sealed as soon as it is opened (`add_whole`).
+        debug_assert!(matches!(batch.acks, Acks::Each(_)));
         if let Acks::Each(acks) = &mut batch.acks {
             acks.push(ack);
         }
@@ -699,8 +704,11 @@ impl State {
             self.next_seq += 1;
             self.outstanding.insert(batch.seq);
             self.ready.entry(part.clone()).or_default().push_back(batch);
-            // Keyless records stick to a partition for one batch, then move on.
-            if let Some(next) = self.sticky.get_mut(&part.0) {
+            // Keyless records stick to a partition for one batch, then move on (not when a
+            // batch of another partition of the topic is sealed).
+            if let Some(next) = self.sticky.get_mut(&part.0)
+                && *next == part.1
+            {
                 let n = self.rings.get(&part.0).map_or(1, Ring::partitions);
                 *next = (*next + 1) % n.max(1);
             }

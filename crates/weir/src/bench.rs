@@ -41,7 +41,9 @@ pub enum BenchCmd {
         /// Hand each batch of --batch records to weir-client's `Producer` whole
         /// (`send_batch`), as an application with its records at hand would: encoded per
         /// batch, sent in order, up to the producer's window (5 batches) under way, instead
-        /// of re-sending one pre-built batch. Latency is per batch, send to acknowledgement.
+        /// of re-sending one pre-built batch. Batches go to the topic's partitions in turn.
+        /// Latency is per batch, from the call to the acknowledgement, so it includes the
+        /// wait in the producer's queue (up to `max_queued_bytes`, 64 MiB, ahead of it).
         #[arg(long, conflicts_with_all = ["producers", "in_flight"])]
         producer: bool,
     },
@@ -253,8 +255,8 @@ async fn produce_records(client: Client, opts: &Common) -> Result<()> {
 }
 
 /// `bench produce --producer`: batches of `batch` records given whole to one `Producer`
-/// (`send_batch`, partition 0); a second task awaits the acknowledgements in order, so that
-/// sending never waits on them.
+/// (`send_batch`, to the partitions in turn); a second task awaits the acknowledgements in
+/// order, so that sending never waits on them.
 async fn produce_whole(client: Client, opts: &Common, batch: usize) -> Result<()> {
     let producer = Producer::new(client, ProducerConfig::default());
     let value = Bytes::from(vec![0x61u8; opts.size]);
@@ -275,7 +277,7 @@ async fn produce_whole(client: Client, opts: &Common, batch: usize) -> Result<()
         })
     };
     let start = Instant::now();
-    for _ in 0..batches {
+    for i in 0..batches {
         let records = (0..batch)
             .map(|_| Record {
                 value: Some(value.clone()),
@@ -283,7 +285,8 @@ async fn produce_whole(client: Client, opts: &Common, batch: usize) -> Result<()
             })
             .collect();
         let t = Instant::now();
-        let rx = producer.send_batch(&opts.topic, 0, records).await?;
+        let partition = (i % u64::from(opts.partitions.max(1))) as u32;
+        let rx = producer.send_batch(&opts.topic, partition, records).await?;
         if ack_tx.send((t, rx)).await.is_err() {
             break; // the ack task failed: its error is reported below
         }

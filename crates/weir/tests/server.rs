@@ -1823,6 +1823,74 @@ fn a_batch_given_whole_goes_at_once_in_one_batch_after_the_records_sent_before_i
 }
 
 #[test]
+fn a_request_over_the_servers_frame_limit_is_refused_by_the_client_and_the_connection_goes_on() {
+    use weir_client::producer::Record;
+    use weir_client::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("WEIR_NATIVE__MAX_FRAME_BYTES", "65536")]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("fl", topic(1)).await.unwrap();
+        // A long poll under way on the same connection: closing it would end this too.
+        let waiting = {
+            let c = c.clone();
+            tokio::spawn(async move { c.fetch("fl", 0, 0, 1 << 20, 1, Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let big = common::batch(&[b"x".repeat(100_000).as_slice()]);
+        let e = c.produce("fl", Some(0), None, big).await.unwrap_err();
+        assert!(
+            matches!(&e, weir_client::ClientError::Invalid(m) if m.contains("frame limit of 65536")),
+            "{e:?}"
+        );
+        c.produce("fl", Some(0), None, common::batch(&[b"small".as_slice()]))
+            .await
+            .unwrap();
+        let fetched = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the long poll answered")
+            .unwrap()
+            .expect("the connection stayed up under the long poll");
+        assert!(!fetched.batches.is_empty());
+        // A producer's batch over the limit fails on its own; the next one goes on.
+        let producer = Producer::new(c.clone(), ProducerConfig::default());
+        let over: Vec<Record> = (0..100).map(|_| Record::new("fl", vec![b'y'; 1000])).collect();
+        let e = producer
+            .send_batch("fl", 0, over)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, weir_client::ClientError::Invalid(_)), "{e:?}");
+        let ok = producer
+            .send_batch("fl", 0, vec![Record::new("fl", "z")])
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((ok.base_offset, ok.records), (Some(1), 1));
+        // Without acknowledgements a batch given whole is answered with no offset.
+        let no_ack = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                no_ack: true,
+                ..ProducerConfig::default()
+            },
+        );
+        let a = no_ack
+            .send_batch("fl", 0, vec![Record::new("fl", "q"), Record::new("fl", "r")])
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.partition, a.base_offset, a.records), (0, None, 2));
+    });
+}
+
+#[test]
 fn the_producer_keeps_per_key_order_and_acknowledges_every_record() {
     use weir_client::producer::Record;
     use weir_client::{Producer, ProducerConfig};
