@@ -601,3 +601,78 @@ fn tail_headers_are_those_of_the_batches_reaching_into_the_last_bytes() {
     assert_eq!(tail(&log, u64::MAX), (expected, 1));
     assert_eq!(tail(&log, 300).0.len(), 1);
 }
+
+/// The bytes `region` names, sent through a socket pair as a server would send them.
+fn sent_bytes(region: &weir_log::Region) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let (tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        rx.read_to_end(&mut out).unwrap();
+        out
+    });
+    let mut sent = 0;
+    while sent < region.len() {
+        let n = region.send_to(tx.as_fd(), sent).unwrap();
+        assert!(n > 0, "the file ended before the region did");
+        sent += n;
+    }
+    drop(tx);
+    reader.join().unwrap()
+}
+
+#[test]
+fn a_region_names_the_bytes_a_read_returns_once_they_were_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 * 1024,
+        max_batch_bytes: 32 * 1024,
+        index_interval_bytes: 1024,
+        hot_tail_bytes: 0,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    // Batches of uneven sizes across several segments.
+    for tag in 0..120u64 {
+        let n = 1 + (tag as usize * 7) % 13;
+        let len = 50 + (tag as usize * 331) % 1500;
+        log.append(batch(tag, n, len, 1_000 + tag as i64)).unwrap();
+    }
+    let hwm = log.high_watermark();
+    let compare = |log: &Log, offset: u64, max_bytes: usize| {
+        let read = log.read(offset, max_bytes).unwrap();
+        let region = log
+            .read_region(offset, max_bytes)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no region at {offset} / {max_bytes}"));
+        let expected: Vec<u8> = read.chunks.iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(
+            sent_bytes(&region.region),
+            expected,
+            "region at {offset} / {max_bytes}"
+        );
+        assert_eq!(
+            region.region.end_offset,
+            weir_batch::end_offset(&expected).unwrap(),
+            "end of the region at {offset} / {max_bytes}"
+        );
+        assert_eq!(region.high_watermark, read.high_watermark);
+    };
+    for offset in (0..hwm).step_by(5) {
+        for max_bytes in [1, 700, 5_000, 40_000, 1 << 20] {
+            compare(&log, offset, max_bytes);
+        }
+    }
+    // Nothing to send at the high watermark: the read answers.
+    assert!(log.read_region(hwm, 1 << 20).unwrap().is_none());
+    drop(log);
+    // Opened again, nothing has been checked in this process: a region waits for a read.
+    let log = Log::open(dir.path(), config).unwrap();
+    assert!(log.read_region(0, 1 << 20).unwrap().is_none());
+    let first = log.read(0, 40_000).unwrap();
+    assert!(!first.is_empty());
+    compare(&log, 0, 40_000);
+    let past = weir_batch::end_offset(first.chunks.last().unwrap()).unwrap();
+    assert!(log.read_region(past, 40_000).unwrap().is_none());
+}
