@@ -24,7 +24,7 @@ use crate::config::{Durability, LogConfig};
 use crate::error::{LogError, Result};
 use crate::hot::HotTail;
 use crate::segment::{self, Segment};
-use crate::storage::{Storage, StorageFile, read_exact_at};
+use crate::storage::{Storage, read_exact_at};
 
 /// A position in the log: the offset of the next record, and where it would start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,53 +105,6 @@ impl ReadResult {
     pub fn is_empty(&self) -> bool {
         self.chunks.iter().all(Bytes::is_empty)
     }
-}
-
-/// Whole record batches lying in a segment file, for a caller that sends them to a socket
-/// without reading them ([`Region::send_to`]). Holds the file open: a segment deleted
-/// meanwhile (retention) still sends.
-#[derive(Debug, Clone)]
-pub struct Region {
-    file: Arc<dyn StorageFile>,
-    pos: u64,
-    len: usize,
-    /// The offset after the region's last record.
-    pub end_offset: u64,
-}
-
-impl Region {
-    /// Bytes in the region.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the region is empty (it never is: it holds at least one batch).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sends the region's bytes from `sent` on to the socket `to` (sendfile(2)); how many
-    /// went. `WouldBlock` when a non-blocking socket is full; `Ok(0)` if the file ended
-    /// early, which the caller cannot mend (its frame announced the region's length).
-    pub fn send_to(&self, to: std::os::fd::BorrowedFd<'_>, sent: usize) -> std::io::Result<usize> {
-        let rest = self.len.saturating_sub(sent);
-        if rest == 0 {
-            return Ok(0);
-        }
-        self.file
-            .send_to(to, self.pos + sent as u64, rest)
-            .unwrap_or_else(|| Err(std::io::ErrorKind::Unsupported.into()))
-    }
-}
-
-/// What [`Log::read_region`] returns.
-#[derive(Debug, Clone)]
-pub struct RegionRead {
-    pub region: Region,
-    /// Offset after the last committed record.
-    pub high_watermark: u64,
-    /// Oldest offset still in the log.
-    pub log_start_offset: u64,
 }
 
 /// What opening a log found and repaired.
@@ -884,59 +837,6 @@ impl Log {
     /// from a blocking context. Lets async callers skip a thread hop for tailing reads.
     pub fn read_cached(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadResult>> {
         Ok(self.read_or_locate(offset, max_bytes)?.ok())
-    }
-
-    /// Like [`Log::read`], for batches on disk that this process CRC-checked already (it
-    /// appended them, or read them before): where the whole batches from the one holding
-    /// `offset` up to about `max_bytes` (at least one) lie in their segment file, to be sent
-    /// from there without reading them. `Ok(None)` when `read` is to answer instead: from
-    /// memory (the hot tail, or nothing at the high watermark), for batches not checked yet
-    /// (`read` checks them, so the next region covers them), or from storage that cannot send
-    /// from files. Reads batch headers: call from a blocking context.
-    pub fn read_region(&self, offset: u64, max_bytes: usize) -> Result<Option<RegionRead>> {
-        let (segment, hwm, log_start) = match self.read_or_locate(offset, max_bytes)? {
-            Ok(_) => return Ok(None),
-            Err(located) => located,
-        };
-        if !segment.log.can_send() {
-            return Ok(None);
-        }
-        let limit = segment.visible_len();
-        let (pos, first) = self.locate(&segment, offset, limit)?;
-        let target = (pos + (max_bytes as u64).max(first.total_len() as u64)).min(limit);
-        let mut end = pos + first.total_len() as u64;
-        let mut end_offset = first.next_offset() as u64;
-        // Ahead by the index, whose entries are where batches start, then header by header
-        // (a few at most: the index has an entry every few KiB) while the next batch fits.
-        let entry = segment.index.read().lookup_pos(target);
-        if u64::from(entry.pos) > end {
-            end = u64::from(entry.pos);
-            end_offset = segment.base + u64::from(entry.rel);
-        }
-        let mut head = [0u8; HEADER_LEN];
-        while end + HEADER_LEN as u64 <= target {
-            read_exact_at(&*segment.log, &mut head, end)
-                .map_err(|e| LogError::io("read", &segment.log_path, e))?;
-            let h = segment.header_at(end, &head, end_offset)?;
-            if end + h.total_len() as u64 > target {
-                break;
-            }
-            end += h.total_len() as u64;
-            end_offset = h.next_offset() as u64;
-        }
-        if !segment.checked(pos, end) {
-            return Ok(None);
-        }
-        Ok(Some(RegionRead {
-            region: Region {
-                file: segment.log.clone(),
-                pos,
-                len: (end - pos) as usize,
-                end_offset,
-            },
-            high_watermark: hwm,
-            log_start_offset: log_start,
-        }))
     }
 
     /// The answer from memory, or the segment to read from disk.

@@ -59,22 +59,6 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
     /// Makes the file's data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
-    /// Sends up to `len` bytes at `pos` from the file straight to the socket `to`
-    /// (sendfile(2): from the page cache, not copied through this process); how many went.
-    /// `None` where the kernel cannot send from this file (in-memory storage): the caller
-    /// reads it instead.
-    fn send_to(
-        &self,
-        _to: std::os::fd::BorrowedFd<'_>,
-        _pos: u64,
-        _len: usize,
-    ) -> Option<io::Result<usize>> {
-        None
-    }
-    /// Whether [`StorageFile::send_to`] works on this file.
-    fn can_send(&self) -> bool {
-        false
-    }
 }
 
 /// Reads exactly `buf.len()` bytes at `pos`, failing with `UnexpectedEof` if the file ends first.
@@ -146,23 +130,6 @@ impl StorageFile for RealFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
-    }
-    fn send_to(
-        &self,
-        to: std::os::fd::BorrowedFd<'_>,
-        pos: u64,
-        len: usize,
-    ) -> Option<io::Result<usize>> {
-        let mut at = pos;
-        Some(loop {
-            match rustix::fs::sendfile(to, &self.0, Some(&mut at), len) {
-                Err(rustix::io::Errno::INTR) => {}
-                r => break r.map_err(io::Error::from),
-            }
-        })
-    }
-    fn can_send(&self) -> bool {
-        true
     }
 }
 
