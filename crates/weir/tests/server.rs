@@ -1417,67 +1417,40 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
         let fewest = if mode.is_empty() { 50 } else { 1 };
         assert!(samples >= fewest, "{mode:?}: {consumed}");
     }
-    // Record by record through the client's Producer: every one acknowledged (one latency
-    // sample each), and all of them there to read back.
-    let by_record = json(&[
-        "bench",
-        "produce",
-        "--topic",
-        "r",
-        "--messages",
-        "3000",
-        "--records",
-        "--size",
-        "100",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(by_record["messages"], 3000, "{by_record}");
-    assert_eq!(by_record["latency_us"]["count"], 3000, "{by_record}");
-    assert_eq!(by_record["payload_bytes"], 3000 * 100, "{by_record}");
-    let back = json(&[
-        "bench",
-        "consume",
-        "--topic",
-        "r",
-        "--messages",
-        "1000000",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(back["messages"], 3000, "{back}");
-    assert_eq!(back["payload_bytes"], 3000 * 100, "{back}");
-    // Batches handed whole to the Producer: one latency sample per batch, every record there.
-    let whole = json(&[
-        "bench",
-        "produce",
-        "--topic",
-        "w",
-        "--messages",
-        "3000",
-        "--batch",
-        "300",
-        "--producer",
-        "--size",
-        "100",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(whole["messages"], 3000, "{whole}");
-    assert_eq!(whole["latency_us"]["count"], 10, "{whole}");
-    assert_eq!(whole["payload_bytes"], 3000 * 100, "{whole}");
-    let back = json(&[
-        "bench",
-        "consume",
-        "--topic",
-        "w",
-        "--messages",
-        "1000000",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(back["messages"], 3000, "{back}");
-    assert_eq!(back["payload_bytes"], 3000 * 100, "{back}");
+    // Through the client's Producer, record by record (one latency sample per record) and in
+    // batches handed to it whole (one per batch): every record acknowledged, and all of them
+    // there to read back.
+    for (topic, mode, samples) in [
+        ("r", &["--records"][..], 3000),
+        ("w", &["--batch", "300", "--producer"][..], 10),
+    ] {
+        let mut args = vec!["bench", "produce", "--topic", topic, "--messages", "3000"];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["--size", "100", "--output", "json"]);
+        let produced = json(&args);
+        assert_eq!(produced["messages"], 3000, "{mode:?}: {produced}");
+        assert_eq!(
+            produced["latency_us"]["count"], samples,
+            "{mode:?}: {produced}"
+        );
+        assert_eq!(
+            produced["payload_bytes"],
+            3000 * 100,
+            "{mode:?}: {produced}"
+        );
+        let back = json(&[
+            "bench",
+            "consume",
+            "--topic",
+            topic,
+            "--messages",
+            "1000000",
+            "--output",
+            "json",
+        ]);
+        assert_eq!(back["messages"], 3000, "{mode:?}: {back}");
+        assert_eq!(back["payload_bytes"], 3000 * 100, "{mode:?}: {back}");
+    }
     server.stop();
 }
 
