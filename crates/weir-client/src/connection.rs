@@ -126,9 +126,10 @@ impl Connection {
         }
     }
 
-    /// Records the server's frame limit from its hello (0: not given).
+    /// Records the server's frame limit from its hello. One below 1 KiB (0: not given; a weir
+    /// server takes at least that) is not believed: it would refuse even pings.
     pub(crate) fn set_server_max_frame(&self, max: u32) {
-        if max > 0 {
+        if max >= 1024 {
             self.server_max_frame.store(max as usize, Ordering::Relaxed);
         }
     }

@@ -166,9 +166,10 @@ fn progress(total: u64, output: &str) -> indicatif::ProgressBar {
     bar
 }
 
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<()> {
-    if client.metadata(&[]).await?.iter().any(|t| t.name == topic) {
-        return Ok(());
+/// Creates the bench topic with `partitions` unless it exists; its partition count.
+async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<u32> {
+    if let Some(t) = client.metadata(&[]).await?.iter().find(|t| t.name == topic) {
+        return Ok(t.partitions.len() as u32);
     }
     client
         .create_topic(
@@ -180,7 +181,7 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<(
         )
         .await
         .context("creating the bench topic")?;
-    Ok(())
+    Ok(partitions)
 }
 
 fn batch_of(records: usize, size: usize) -> Bytes {
@@ -255,9 +256,9 @@ async fn produce_records(client: Client, opts: &Common) -> Result<()> {
 }
 
 /// `bench produce --producer`: batches of `batch` records given whole to one `Producer`
-/// (`send_batch`, to the partitions in turn); a second task awaits the acknowledgements in
-/// order, so that sending never waits on them.
-async fn produce_whole(client: Client, opts: &Common, batch: usize) -> Result<()> {
+/// (`send_batch`, to the topic's `partitions` in turn); a second task awaits the
+/// acknowledgements in order, so that sending never waits on them.
+async fn produce_whole(client: Client, opts: &Common, batch: usize, partitions: u32) -> Result<()> {
     let producer = Producer::new(client, ProducerConfig::default());
     let value = Bytes::from(vec![0x61u8; opts.size]);
     let batches = opts.messages.div_ceil(batch as u64);
@@ -285,7 +286,7 @@ async fn produce_whole(client: Client, opts: &Common, batch: usize) -> Result<()
             })
             .collect();
         let t = Instant::now();
-        let partition = (i % u64::from(opts.partitions.max(1))) as u32;
+        let partition = (i % u64::from(partitions.max(1))) as u32;
         let rx = producer.send_batch(&opts.topic, partition, records).await?;
         if ack_tx.send((t, rx)).await.is_err() {
             break; // the ack task failed: its error is reported below
@@ -332,12 +333,12 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         } => {
             check_output(&opts.output)?;
             let admin = Client::connect(&conn.addr, "weir-bench").await?;
-            ensure_topic(&admin, &opts.topic, opts.partitions).await?;
+            let partitions = ensure_topic(&admin, &opts.topic, opts.partitions).await?;
             if records {
                 return produce_records(admin, &opts).await;
             }
             if producer {
-                return produce_whole(admin, &opts, batch).await;
+                return produce_whole(admin, &opts, batch, partitions).await;
             }
             let batches = opts.messages.div_ceil(batch as u64);
             let template = batch_of(batch, opts.size);

@@ -1451,6 +1451,22 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
         assert_eq!(back["messages"], 3000, "{mode:?}: {back}");
         assert_eq!(back["payload_bytes"], 3000 * 100, "{mode:?}: {back}");
     }
+    // The batches given whole are the Producer's: ten of 300 records, each stamped with its
+    // producer id (a pre-built batch carries none).
+    let stored = common::rt().block_on(async {
+        let c = Client::connect(a, "test").await.unwrap();
+        let f = c
+            .fetch("w", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .unwrap();
+        weir_batch::Batches::new(&f.batches)
+            .map(|b| {
+                let (h, _) = b.unwrap();
+                (h.record_count, h.producer_id >= 0)
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(stored, vec![(300, true); 10]);
     server.stop();
 }
 
@@ -1805,11 +1821,13 @@ fn a_request_over_the_servers_frame_limit_is_refused_by_the_client_and_the_conne
         let c = Client::connect(&server.addr, "test").await.unwrap();
         c.create_topic("fl", topic(1)).await.unwrap();
         // A long poll under way on the same connection: closing it would end this too.
-        let waiting = {
-            let c = c.clone();
-            tokio::spawn(async move { c.fetch("fl", 0, 0, 1 << 20, 1, Duration::from_secs(20)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut waiting = Box::pin(c.fetch("fl", 0, 0, 1 << 20, 1, Duration::from_secs(20)));
+        // Polled once, it has put its request on the connection, ahead of the next one.
+        tokio::select! {
+            biased;
+            r = &mut waiting => panic!("the long poll answered with nothing there: {r:?}"),
+            _ = std::future::ready(()) => {}
+        }
         let big = common::batch(&[b"x".repeat(100_000).as_slice()]);
         let e = c.produce("fl", Some(0), None, big).await.unwrap_err();
         assert!(
@@ -1822,7 +1840,6 @@ fn a_request_over_the_servers_frame_limit_is_refused_by_the_client_and_the_conne
         let fetched = tokio::time::timeout(Duration::from_secs(10), waiting)
             .await
             .expect("the long poll answered")
-            .unwrap()
             .expect("the connection stayed up under the long poll");
         assert!(!fetched.batches.is_empty());
         // A producer's batch over the limit fails on its own; the next one goes on.
