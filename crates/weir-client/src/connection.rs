@@ -134,6 +134,11 @@ impl Connection {
         }
     }
 
+    /// The server's frame limit, `usize::MAX` until known.
+    pub(crate) fn server_max_frame(&self) -> usize {
+        self.server_max_frame.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

@@ -94,6 +94,9 @@ struct Link {
     /// and why, so that callers who waited for that dial get its error instead of dialing in
     /// turn.
     redial: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+    /// The current connection's server frame limit, kept here too so that a producer reads
+    /// it per record without the lock.
+    max_request: std::sync::atomic::AtomicUsize,
 }
 
 impl Link {
@@ -135,6 +138,10 @@ impl Link {
         tracing::debug!(addr = %self.addr, "connected again");
         let old = std::mem::replace(&mut *self.current.lock(), (conn.clone(), pinger));
         drop(old);
+        self.max_request.store(
+            conn.server_max_frame(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(conn)
     }
 }
@@ -190,12 +197,14 @@ impl Client {
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client> {
         let client_id: Arc<str> = Arc::from(client_id);
         let current = dial(addr, &client_id).await?;
+        let max_request = std::sync::atomic::AtomicUsize::new(current.0.server_max_frame());
         Ok(Client {
             link: Arc::new(Link {
                 addr: addr.to_string(),
                 client_id: client_id.clone(),
                 current: parking_lot::Mutex::new(current),
                 redial: tokio::sync::Mutex::new(None),
+                max_request,
             }),
             timeout: DEFAULT_TIMEOUT,
             client_id,
@@ -212,6 +221,14 @@ impl Client {
     /// The client id sent in Hello.
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// The largest request the server takes (the frame limit its hello gave), `usize::MAX`
+    /// if it gave none. A larger request is refused here, before it is sent.
+    pub fn max_request_bytes(&self) -> usize {
+        self.link
+            .max_request
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn call<R: Message + Default>(&self, api: Api, req: &impl Message) -> Result<R> {

@@ -153,6 +153,18 @@ impl Record {
         self
     }
 
+    /// The fewest bytes the record takes in an uncompressed batch: its key, value and
+    /// headers, and a byte for each length and count around them.
+    fn least_encoded(&self) -> usize {
+        7 + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| 2 + k.len() + v.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+    }
+
     fn size(&self) -> usize {
         24 + self.key.as_ref().map_or(0, Bytes::len)
             + self.value.as_ref().map_or(0, Bytes::len)
@@ -254,6 +266,9 @@ struct Whole {
 #[derive(Debug, Clone)]
 pub struct Producer {
     tx: mpsc::Sender<Cmd>,
+    /// For the server's request limit ([`Producer::check_fits`]).
+    client: Client,
+    compression: Compression,
     queued: Arc<tokio::sync::Semaphore>,
     queued_bytes: Arc<tokio::sync::Semaphore>,
     /// `max_queued`, as the semaphore holds it.
@@ -282,9 +297,12 @@ impl Producer {
         let max_bytes = config.max_queued_bytes.clamp(1, u32::MAX as usize) as u32;
         let queued_bytes = Arc::new(tokio::sync::Semaphore::new(max_bytes as usize));
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(client, config, rx));
+        let compression = config.compression;
+        tokio::spawn(run(client.clone(), config, rx));
         Producer {
             tx,
+            client,
+            compression,
             queued,
             queued_bytes,
             max_records,
@@ -294,8 +312,10 @@ impl Producer {
 
     /// Queues a record and returns a receiver of its acknowledgement, so many records can be
     /// in flight. Waits only while `max_queued` records or `max_queued_bytes` bytes are
-    /// already waiting.
+    /// already waiting. A record that cannot fit in a request to the server (its frame limit)
+    /// is refused at once, uncompressed, as Kafka refuses one over `max.request.size`.
     pub async fn send(&self, record: Record) -> Result<oneshot::Receiver<Result<RecordAck>>> {
+        self.check_fits(record.least_encoded(), "record")?;
         let size = u32::try_from(record.size()).unwrap_or(u32::MAX);
         let place = Place {
             record: take(&self.queued, 1).await?,
@@ -315,9 +335,11 @@ impl Producer {
     /// messages, without waiting for the answer before the next call. Each record's own `topic`
     /// and `partition` are not used (its key, value, headers and timestamp are). Batches given
     /// this way follow the same window, retries and order as those `send` gathers. One larger
-    /// than the topic's `max_batch_bytes` is refused by the server, one larger than its frame
-    /// limit (`native.max_frame_bytes`, 16 MiB by default) by the client; like any batch that
-    /// fails for good, it fails those sent after it to the same partition too (module docs).
+    /// than the topic's `max_batch_bytes` is refused by the server and, like any batch that
+    /// fails for good, fails those sent after it to the same partition too (module docs). One
+    /// that cannot fit in a request at all (the server's frame limit,
+    /// `native.max_frame_bytes`, 16 MiB by default) is refused here, before it is queued, if
+    /// uncompressed (compressed, when it is sent).
     /// Waits while the records would exceed `max_queued` or `max_queued_bytes`: a batch larger
     /// than either waits until nothing else is queued (records `send` left in an open batch of
     /// that partition go at its `linger`), then goes alone. Empty `records` is an error.
@@ -332,6 +354,7 @@ impl Producer {
                 "a batch needs at least one record".into(),
             ));
         }
+        self.check_fits(records.iter().map(Record::least_encoded).sum(), "batch")?;
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
         let size: usize = records.iter().map(Record::size).sum();
         let size = u32::try_from(size).unwrap_or(u32::MAX);
@@ -351,6 +374,28 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(rx)
+    }
+
+    /// Refuses, with `ClientError::Invalid`, records that could not fit in one request to the
+    /// server however they were batched (`least`: the fewest bytes they encode to), as a
+    /// Kafka producer refuses a record over `max.request.size` at `send`. Sent, they would be
+    /// refused after taking their sequence numbers, and the batches behind them on their
+    /// partition with them. Compressed batches may shrink below it: not checked here.
+    fn check_fits(&self, least: usize, what: &str) -> Result<()> {
+        if self.compression != Compression::None {
+            return Ok(());
+        }
+        let max = self.client.max_request_bytes();
+        // A request's frame around its batch: the frame header, the produce message (topic,
+        // partition: counted as none), the batch header.
+        let least = least + 10 + 4 + weir_batch::HEADER_LEN;
+        if least > max {
+            return Err(ClientError::Invalid(format!(
+                "a {what} of at least {least} bytes does not fit in a request to the server \
+                 (its frame limit is {max} bytes)"
+            )));
+        }
+        Ok(())
     }
 
     /// Sends a record and waits until it is acknowledged.

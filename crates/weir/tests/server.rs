@@ -1842,16 +1842,30 @@ fn a_request_over_the_servers_frame_limit_is_refused_by_the_client_and_the_conne
             .expect("the long poll answered")
             .expect("the connection stayed up under the long poll");
         assert!(!fetched.batches.is_empty());
-        // A producer's batch over the limit fails on its own; the next one goes on.
-        let producer = Producer::new(c.clone(), ProducerConfig::default());
-        let over: Vec<Record> = (0..100).map(|_| Record::new("fl", vec![b'y'; 1000])).collect();
+        // A producer refuses a record or a batch that cannot fit in a request when it is
+        // given, before it takes sequence numbers: the records around it go on, the one sent
+        // before it in the same open batch too.
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                linger: Duration::from_millis(200),
+                ..ProducerConfig::default()
+            },
+        );
+        let before = producer
+            .send(Record::new("fl", "a").partition(0))
+            .await
+            .unwrap();
         let e = producer
-            .send_batch("fl", 0, over)
+            .send(Record::new("fl", vec![b'y'; 70_000]).partition(0))
             .await
-            .unwrap()
-            .await
-            .unwrap()
             .unwrap_err();
+        assert!(
+            matches!(&e, weir_client::ClientError::Invalid(m) if m.contains("does not fit")),
+            "{e:?}"
+        );
+        let over: Vec<Record> = (0..100).map(|_| Record::new("fl", vec![b'y'; 1000])).collect();
+        let e = producer.send_batch("fl", 0, over).await.unwrap_err();
         assert!(matches!(e, weir_client::ClientError::Invalid(_)), "{e:?}");
         let ok = producer
             .send_batch("fl", 0, vec![Record::new("fl", "z")])
@@ -1860,7 +1874,8 @@ fn a_request_over_the_servers_frame_limit_is_refused_by_the_client_and_the_conne
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((ok.base_offset, ok.records), (Some(1), 1));
+        assert_eq!((ok.base_offset, ok.records), (Some(2), 1));
+        assert_eq!(before.await.unwrap().unwrap().offset, Some(1));
         // Without acknowledgements a batch given whole is answered with no offset.
         let no_ack = Producer::new(
             c.clone(),
