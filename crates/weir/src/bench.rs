@@ -196,44 +196,71 @@ fn batch_of(records: usize, size: usize) -> Bytes {
     Bytes::from(b.build())
 }
 
-/// `bench produce --records`: one `Producer::send` per record; a second task awaits the
-/// acknowledgements in order, so that sending never waits on them.
+/// What `bench produce --records` and `--producer` send through the `Producer`: a second
+/// task awaits the acknowledgements in order, so that sending never waits on them, and takes
+/// one latency sample each.
+struct AckTask<T> {
+    tx: tokio::sync::mpsc::Sender<(Instant, oneshot::Receiver<weir_client::Result<T>>)>,
+    task: tokio::task::JoinHandle<Result<Histogram<u64>>>,
+}
+
+impl<T: Send + 'static> AckTask<T> {
+    /// `records`: how many records an acknowledgement answers for, for the progress bar.
+    fn spawn(bar: &indicatif::ProgressBar, records: fn(&T) -> u64) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+            Instant,
+            oneshot::Receiver<weir_client::Result<T>>,
+        )>(4096);
+        let bar = bar.clone();
+        let task = tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            // The bar moves by a thousand or more at a time, not once a record.
+            let (mut done, mut shown) = (0u64, 0u64);
+            while let Some((t, rx)) = rx.recv().await {
+                let ack = rx.await.context("producer closed")??;
+                h.record(t.elapsed().as_micros() as u64)?;
+                done += records(&ack);
+                if done - shown >= 1024 {
+                    bar.inc(done - shown);
+                    shown = done;
+                }
+            }
+            bar.inc(done - shown);
+            anyhow::Ok(h)
+        });
+        AckTask { tx, task }
+    }
+
+    /// Hands over a send's acknowledgement; `false` once the task failed (`finish` says why).
+    async fn push(&self, sent: Instant, ack: oneshot::Receiver<weir_client::Result<T>>) -> bool {
+        self.tx.send((sent, ack)).await.is_ok()
+    }
+
+    /// Flushes the producer and returns the latencies, one per acknowledgement.
+    async fn finish(self, producer: &Producer) -> Result<Histogram<u64>> {
+        drop(self.tx);
+        producer.flush().await?;
+        self.task.await?
+    }
+}
+
+/// `bench produce --records`: one `Producer::send` per record.
 async fn produce_records(client: Client, opts: &Common) -> Result<()> {
     let producer = Producer::new(client, ProducerConfig::default());
     let value = Bytes::from(vec![0x61u8; opts.size]);
-    type Pending = (Instant, oneshot::Receiver<weir_client::Result<RecordAck>>);
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Pending>(4096);
     let bar = progress(opts.messages, &opts.output);
-    let acks = {
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            let mut n = 0u64;
-            while let Some((t, rx)) = ack_rx.recv().await {
-                rx.await.context("producer closed")??;
-                h.record(t.elapsed().as_micros() as u64)?;
-                n += 1;
-                if n % 1024 == 0 {
-                    bar.inc(1024);
-                }
-            }
-            anyhow::Ok(h)
-        })
-    };
+    let acks = AckTask::spawn(&bar, |_: &RecordAck| 1);
     let start = Instant::now();
     for _ in 0..opts.messages {
         let t = Instant::now();
         let rx = producer
             .send(Record::new(&opts.topic, value.clone()))
             .await?;
-        if ack_tx.send((t, rx)).await.is_err() {
+        if !acks.push(t, rx).await {
             break; // the ack task failed: its error is reported below
         }
     }
-    drop(ack_tx);
-    producer.flush().await?;
-    let latency = acks.await??;
-    bar.inc(latency.len() % 1024);
+    let latency = acks.finish(&producer).await?;
     bar.finish_and_clear();
     if latency.len() != opts.messages {
         bail!(
@@ -256,27 +283,13 @@ async fn produce_records(client: Client, opts: &Common) -> Result<()> {
 }
 
 /// `bench produce --producer`: batches of `batch` records given whole to one `Producer`
-/// (`send_batch`, to the topic's `partitions` in turn); a second task awaits the
-/// acknowledgements in order, so that sending never waits on them.
+/// (`send_batch`, to the topic's `partitions` in turn).
 async fn produce_whole(client: Client, opts: &Common, batch: usize, partitions: u32) -> Result<()> {
     let producer = Producer::new(client, ProducerConfig::default());
     let value = Bytes::from(vec![0x61u8; opts.size]);
     let batches = opts.messages.div_ceil(batch as u64);
-    type Pending = (Instant, oneshot::Receiver<weir_client::Result<BatchAck>>);
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Pending>(1024);
     let bar = progress(batches * batch as u64, &opts.output);
-    let acks = {
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            while let Some((t, rx)) = ack_rx.recv().await {
-                let ack = rx.await.context("producer closed")??;
-                h.record(t.elapsed().as_micros() as u64)?;
-                bar.inc(ack.records as u64);
-            }
-            anyhow::Ok(h)
-        })
-    };
+    let acks = AckTask::spawn(&bar, |a: &BatchAck| a.records as u64);
     let start = Instant::now();
     for i in 0..batches {
         let records = (0..batch)
@@ -288,13 +301,11 @@ async fn produce_whole(client: Client, opts: &Common, batch: usize, partitions: 
         let t = Instant::now();
         let partition = (i % u64::from(partitions.max(1))) as u32;
         let rx = producer.send_batch(&opts.topic, partition, records).await?;
-        if ack_tx.send((t, rx)).await.is_err() {
+        if !acks.push(t, rx).await {
             break; // the ack task failed: its error is reported below
         }
     }
-    drop(ack_tx);
-    producer.flush().await?;
-    let latency = acks.await??;
+    let latency = acks.finish(&producer).await?;
     bar.finish_and_clear();
     if latency.len() != batches {
         bail!("{} of {batches} batches acknowledged", latency.len());
