@@ -11,6 +11,9 @@
 //! - [`records`]: [`Records`], a bounds-checked decoder of the records inside a batch, and
 //!   [`payload`], which hands it a compressed batch's records decompressed.
 //! - [`compression`]: bounded decompression for gzip, snappy, LZ4 and zstd batches.
+//! - [`ring`]: the consistent-hash ring that maps a record's key to a partition. Every client
+//!   and every front door routes keys with it, so it is part of each protocol; it lives here,
+//!   beside the records whose keys it routes, so that the broker needs no protocol crate.
 //!
 //! Every decoder here treats its input as hostile: lengths are checked before they are used,
 //! nothing is allocated from a length read off the input, and malformed input yields a
@@ -20,6 +23,7 @@ pub mod builder;
 pub mod compression;
 pub mod header;
 pub mod records;
+pub mod ring;
 
 pub use builder::{BatchBuilder, RecordSpec};
 pub use header::{
@@ -29,6 +33,7 @@ pub use header::{
 pub use records::{
     Record, RecordHeader, Records, check_records, check_records_with_first, payload, section,
 };
+pub use ring::Ring;
 
 /// The offset after the last whole batch in `buf` (consecutive batches, as a log read returns
 /// them), read from the headers alone: no CRC is checked. `None` if `buf` holds no whole batch.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
+use weir_batch::Ring;
 use weir_log::{Log, LogError, ReadResult};
-use weir_wire::Ring;
 
 use crate::error::{BrokerError, Result};
 use crate::group::{
@@ -185,7 +185,7 @@ async fn read_budgeted(
 ) -> Result<ReadResult> {
     blocking(move || {
         log.read_within(offset, max_bytes, cap)?
-            .ok_or_else(|| BrokerError::Metadata("read-ahead over budget".into()))
+            .ok_or_else(|| BrokerError::Internal("read-ahead over budget".into()))
     })
     .await
 }
@@ -457,7 +457,7 @@ fn stamp_log_append_time(batch: Bytes) -> Result<(Bytes, i64)> {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| BrokerError::Metadata(format!("background task failed: {e}")))?
+        .map_err(|e| BrokerError::Internal(format!("background task failed: {e}")))?
 }
 
 impl Broker {
@@ -466,9 +466,7 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Broker> {
         config.default_topic.validate()?;
         let data = &config.data_dir;
-        let io = |what: &str, e: std::io::Error| {
-            BrokerError::Metadata(format!("{what} {}: {e}", data.display()))
-        };
+        let io = |op: &'static str, e: std::io::Error| BrokerError::storage(op, data, e);
         std::fs::create_dir_all(data.join("topics")).map_err(|e| io("creating", e))?;
         // Finish deletions a crash interrupted.
         for entry in std::fs::read_dir(data.join("topics")).map_err(|e| io("listing", e))? {
@@ -811,9 +809,8 @@ impl Broker {
                 .data_dir
                 .join("topics")
                 .join(format!("{name_owned}.{seq}.deleted"));
-            std::fs::rename(&dir, &grave).map_err(|e| {
-                BrokerError::Metadata(format!("moving {} aside: {e}", dir.display()))
-            })?;
+            std::fs::rename(&dir, &grave)
+                .map_err(|e| BrokerError::storage("moving aside", &dir, e))?;
             Ok(grave)
         })
         .await;

@@ -22,5 +22,5 @@ pub mod push;
 pub mod topic;
 
 pub use broker::{Broker, BrokerConfig, FetchResult, ProduceResult};
-pub use error::{BrokerError, Result};
+pub use error::{BrokerError, ErrorKind, Result};
 pub use topic::{TopicConfig, TopicInfo};

@@ -501,14 +501,15 @@ impl OffsetStore {
     }
 }
 
-fn io_error(op: &str, path: &Path, e: io::Error) -> BrokerError {
-    BrokerError::Metadata(format!("{op} {} failed: {e}", path.display()))
+fn io_error(op: &'static str, path: &Path, e: io::Error) -> BrokerError {
+    BrokerError::storage(op, path, e)
 }
 
 fn corrupt_record(offset: u64, why: &dyn fmt::Display) -> BrokerError {
-    BrokerError::Metadata(format!(
-        "commit log record at offset {offset} is malformed: {why}"
-    ))
+    BrokerError::CorruptMetadata {
+        what: format!("the committed-offsets log's record at offset {offset}"),
+        reason: why.to_string(),
+    }
 }
 
 fn now_ms() -> i64 {

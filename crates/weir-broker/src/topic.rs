@@ -175,44 +175,41 @@ pub(crate) fn load_meta(dir: &Path) -> Result<BTreeMap<String, TopicConfig>> {
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => {
-            return Err(BrokerError::Metadata(format!(
-                "reading {}: {e}",
-                path.display()
-            )));
-        }
+        Err(e) => return Err(BrokerError::storage("reading", path, e)),
     };
-    let meta: MetaFile = serde_json::from_str(&text)
-        .map_err(|e| BrokerError::Metadata(format!("{} is damaged: {e}", path.display())))?;
+    let meta: MetaFile = serde_json::from_str(&text).map_err(|e| BrokerError::CorruptMetadata {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     if meta.version != META_VERSION {
-        return Err(BrokerError::Metadata(format!(
-            "{} has version {}, this build reads version {META_VERSION}",
-            path.display(),
-            meta.version
-        )));
+        return Err(BrokerError::CorruptMetadata {
+            reason: format!(
+                "version {}, where this build reads version {META_VERSION}",
+                meta.version
+            ),
+            what: path.display().to_string(),
+        });
     }
     Ok(meta.topics)
 }
 
 /// Replaces `topics.json` atomically and durably.
 pub(crate) fn store_meta(dir: &Path, topics: &BTreeMap<String, TopicConfig>) -> Result<()> {
-    let err = |what: &str, e: std::io::Error| BrokerError::Metadata(format!("{what}: {e}"));
+    let tmp = dir.join("topics.json.tmp");
+    let err = |op: &'static str, e: std::io::Error| BrokerError::storage(op, &tmp, e);
     let meta = MetaFile {
         version: META_VERSION,
         topics: topics.clone(),
     };
-    let text =
-        serde_json::to_vec_pretty(&meta).map_err(|e| BrokerError::Metadata(e.to_string()))?;
-    let tmp = dir.join("topics.json.tmp");
-    let mut f = fs::File::create(&tmp).map_err(|e| err("creating topics.json.tmp", e))?;
-    f.write_all(&text)
-        .map_err(|e| err("writing topics.json.tmp", e))?;
-    f.sync_all()
-        .map_err(|e| err("syncing topics.json.tmp", e))?;
-    fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| err("renaming topics.json", e))?;
+    let text = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| BrokerError::Internal(format!("encoding topics.json: {e}")))?;
+    let mut f = fs::File::create(&tmp).map_err(|e| err("creating", e))?;
+    f.write_all(&text).map_err(|e| err("writing", e))?;
+    f.sync_all().map_err(|e| err("syncing", e))?;
+    fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| err("renaming", e))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| err("syncing the data directory", e))
+        .map_err(|e| BrokerError::storage("syncing", dir, e))
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use axum::routing::{MethodRouter, delete, get, post};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use weir_batch::Ring;
 use weir_batch::{Batches, Records};
 use weir_broker::Broker;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::topic::{DurabilitySetting, TopicInfo};
-use weir_wire::Ring;
 
 use crate::HttpConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};

@@ -5,8 +5,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use weir_broker::BrokerError;
-use weir_log::LogError;
+use weir_broker::{BrokerError, ErrorKind};
 
 /// Every error code the HTTP API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +40,11 @@ pub enum ErrorCode {
     ProfilingDisabled,
     /// A CPU profile was asked for while another one is being taken.
     ProfileInProgress,
-    /// The disk is full or failed.
+    /// The disk is full: nothing was written. Writes work again once space is freed (deleting
+    /// a topic frees its space); retry later.
+    StorageFull,
+    /// A disk write or read failed, or stored data failed its check. Nothing was acknowledged;
+    /// a retry may succeed.
     StorageError,
     /// Anything else; the message says what.
     Internal,
@@ -68,6 +71,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::ProfilingDisabled,
         ErrorCode::ProfileInProgress,
+        ErrorCode::StorageFull,
         ErrorCode::StorageError,
         ErrorCode::Internal,
     ];
@@ -93,6 +97,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ProfilingDisabled => "profiling_disabled",
             ErrorCode::ProfileInProgress => "profile_in_progress",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }
@@ -118,6 +123,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -166,31 +172,37 @@ impl IntoResponse for ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        let code = match &e {
-            BrokerError::UnknownTopic(name) => {
-                return ApiError::new(
-                    ErrorCode::UnknownTopic,
-                    format!("topic '{name}' does not exist"),
-                );
-            }
-            BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-            BrokerError::TopicExists(_) => ErrorCode::TopicExists,
-            BrokerError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
-            BrokerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
-            BrokerError::InvalidRequest(_) => ErrorCode::BadRequest,
-            BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
-            BrokerError::Log(log) => match log {
-                LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-                LogError::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
-                LogError::InvalidBatch(_) => ErrorCode::InvalidRecord,
-                LogError::Closed => ErrorCode::ShuttingDown,
-                LogError::Io { .. } | LogError::Corrupt { .. } => ErrorCode::StorageError,
-                _ => ErrorCode::Internal,
-            },
-            BrokerError::Metadata(_) => ErrorCode::StorageError,
-            _ => ErrorCode::Internal,
-        };
-        ApiError::new(code, e.to_string())
+        if let BrokerError::UnknownTopic(name) = &e {
+            return ApiError::new(
+                ErrorCode::UnknownTopic,
+                format!("topic '{name}' does not exist"),
+            );
+        }
+        ApiError::new(kind_code(e.kind()), e.to_string())
+    }
+}
+
+/// The HTTP door's one table from the broker's error kinds to its codes.
+fn kind_code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::UnknownTopic => ErrorCode::UnknownTopic,
+        ErrorKind::UnknownPartition => ErrorCode::UnknownPartition,
+        ErrorKind::TopicExists => ErrorCode::TopicExists,
+        ErrorKind::InvalidTopicName => ErrorCode::InvalidTopicName,
+        ErrorKind::InvalidConfig => ErrorCode::InvalidConfig,
+        ErrorKind::InvalidRequest => ErrorCode::BadRequest,
+        ErrorKind::CorruptBatch | ErrorKind::InvalidRecord => ErrorCode::InvalidRecord,
+        ErrorKind::TooLarge => ErrorCode::RecordTooLarge,
+        ErrorKind::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+        ErrorKind::StorageFull => ErrorCode::StorageFull,
+        ErrorKind::StorageFailed | ErrorKind::CorruptData => ErrorCode::StorageError,
+        ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
+        // No HTTP route joins a group, so these come only from a broker fault.
+        ErrorKind::UnknownMember
+        | ErrorKind::Fenced
+        | ErrorKind::RebalanceInProgress
+        | ErrorKind::GroupConflict
+        | ErrorKind::Internal => ErrorCode::Internal,
     }
 }
 
@@ -199,6 +211,21 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_has_a_code_and_retriable_ones_say_so() {
+        for &kind in ErrorKind::ALL {
+            let status = kind_code(kind).status();
+            // HTTP clients retry server errors (5xx), never client errors (4xx).
+            if kind.is_retriable() {
+                assert!(status.is_server_error(), "{kind:?} -> {status}");
+            }
+        }
+        assert_eq!(
+            kind_code(ErrorKind::StorageFull).status(),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+    }
 
     #[test]
     fn codes_are_distinct_and_map_to_client_or_server_errors() {
@@ -219,7 +246,7 @@ mod tests {
             e.body(),
             serde_json::json!({"error":{"code":"unknown_topic","message":"topic 'x' does not exist"}})
         );
-        let e = ApiError::from(BrokerError::Log(LogError::OffsetOutOfRange {
+        let e = ApiError::from(BrokerError::Log(weir_log::LogError::OffsetOutOfRange {
             offset: 1,
             log_start: 5,
             high_watermark: 9,

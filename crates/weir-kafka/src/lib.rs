@@ -71,46 +71,17 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::{Broker, BrokerError};
 
+mod errors;
 pub mod groups;
 pub mod guard;
+
+pub(crate) use errors::{code, error_code, group_error_code};
 
 use groups::KafkaGroups;
 use weir_broker::producers::{Refusal, SequencedError, SequencedWrite};
 
 /// Largest request accepted (checked before allocating).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
-
-/// Kafka error codes used here.
-pub(crate) mod code {
-    pub const NONE: i16 = 0;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-    pub const INVALID_RECORD: i16 = 87;
-    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    pub const CORRUPT_MESSAGE: i16 = 2;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const MESSAGE_TOO_LARGE: i16 = 10;
-    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
-    pub const INVALID_REQUEST: i16 = 42;
-    pub const UNSUPPORTED_VERSION: i16 = 35;
-    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
-    pub const INVALID_PARTITIONS: i16 = 37;
-    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
-    pub const INVALID_CONFIG: i16 = 40;
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
-    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
-}
 
 /// The APIs and versions advertised; every one is served.
 const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -156,38 +127,6 @@ impl Kafka {
 pub struct Advertised {
     pub host: String,
     pub port: i32,
-}
-
-fn error_code(e: &BrokerError) -> i16 {
-    use weir_batch::BatchError;
-    use weir_log::LogError as L;
-    match e {
-        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
-            code::UNKNOWN_TOPIC_OR_PARTITION
-        }
-        BrokerError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
-        BrokerError::InvalidTopicName { .. } => code::INVALID_TOPIC_EXCEPTION,
-        BrokerError::InvalidConfig(_) => code::INVALID_CONFIG,
-        // A batch whose CRC or layout is wrong was damaged on the way: retriable. One whose
-        // records are malformed (or do not decompress) was built wrong: retrying cannot help.
-        BrokerError::Log(L::InvalidBatch(
-            BatchError::BadRecord { .. }
-            | BatchError::Decompress { .. }
-            | BatchError::BadCompression(_)
-            | BatchError::BadRecordCount { .. },
-        )) => code::INVALID_RECORD,
-        BrokerError::Log(L::InvalidBatch(BatchError::DecompressedTooLarge { .. })) => {
-            code::MESSAGE_TOO_LARGE
-        }
-        BrokerError::Log(L::InvalidBatch(_)) => code::CORRUPT_MESSAGE,
-        BrokerError::Log(L::BatchTooLarge { .. }) => code::MESSAGE_TOO_LARGE,
-        BrokerError::Log(L::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
-        // Retriable: the producer resends from its dropped batch.
-        BrokerError::Log(L::Io { .. })
-        | BrokerError::Log(L::Corrupt { .. })
-        | BrokerError::Log(L::TruncatedSince) => code::KAFKA_STORAGE_ERROR,
-        _ => code::UNKNOWN_SERVER_ERROR,
-    }
 }
 
 /// The Kafka error code and message for a batch [`Broker::produce_sequenced`] did not write.
@@ -842,7 +781,7 @@ async fn handle_inner(
                     Ok(()) => code::NONE,
                     Err(e) => {
                         tracing::warn!(%group, error = %e, "Kafka offset commit failed");
-                        error_code(&e)
+                        group_error_code(&e)
                     }
                 }
             };

@@ -9,7 +9,7 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::group::AssignmentStrategy;
 use weir_broker::topic::{DurabilitySetting, TimestampType};
-use weir_broker::{Broker, BrokerError, TopicConfig};
+use weir_broker::{Broker, BrokerError, ErrorKind, TopicConfig};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
 
@@ -74,35 +74,41 @@ pub(crate) fn response_header(req: &FrameHeader, flags: u16) -> FrameHeader {
     }
 }
 
-/// The wire code for a broker error.
+/// The wire code for a broker error: the native door's one table from the broker's error
+/// kinds to its codes.
 pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
-    use weir_log::LogError as L;
-    match e {
-        BrokerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-        BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-        BrokerError::TopicExists(_) => ErrorCode::TopicExists,
-        BrokerError::InvalidTopicName { .. } | BrokerError::InvalidConfig(_) => {
-            ErrorCode::InvalidConfig
-        }
-        BrokerError::Log(l) => match l {
-            L::InvalidBatch(_) => ErrorCode::InvalidBatch,
-            L::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
-            L::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            L::Corrupt { .. } => ErrorCode::CorruptData,
-            l if l.is_storage_full() => ErrorCode::StorageFull,
-            L::Io { .. } => ErrorCode::Storage,
-            L::Closed => ErrorCode::ShuttingDown,
-            L::Config(_) => ErrorCode::InvalidConfig,
-            L::OffsetOverflow | L::TruncatedSince => ErrorCode::Storage,
-        },
-        BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
-        BrokerError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
-        BrokerError::RebalanceInProgress { .. } => ErrorCode::RebalanceInProgress,
-        BrokerError::NotOwner { .. } => ErrorCode::IllegalGeneration,
-        BrokerError::GroupConflict { .. } => ErrorCode::GroupConflict,
-        BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
-        BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
-        BrokerError::Metadata(_) => ErrorCode::Storage,
+    kind_code(e.kind())
+}
+
+fn kind_code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::UnknownTopic => ErrorCode::UnknownTopic,
+        ErrorKind::UnknownPartition => ErrorCode::UnknownPartition,
+        ErrorKind::TopicExists => ErrorCode::TopicExists,
+        ErrorKind::InvalidTopicName | ErrorKind::InvalidConfig => ErrorCode::InvalidConfig,
+        ErrorKind::InvalidRequest => ErrorCode::InvalidRequest,
+        ErrorKind::CorruptBatch | ErrorKind::InvalidRecord => ErrorCode::InvalidBatch,
+        ErrorKind::TooLarge => ErrorCode::BatchTooLarge,
+        ErrorKind::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+        ErrorKind::UnknownMember => ErrorCode::UnknownMember,
+        ErrorKind::Fenced => ErrorCode::IllegalGeneration,
+        ErrorKind::RebalanceInProgress => ErrorCode::RebalanceInProgress,
+        ErrorKind::GroupConflict => ErrorCode::GroupConflict,
+        ErrorKind::StorageFull => ErrorCode::StorageFull,
+        ErrorKind::StorageFailed => ErrorCode::Storage,
+        ErrorKind::CorruptData => ErrorCode::CorruptData,
+        ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
+        ErrorKind::Internal => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn every_error_kind_has_a_code_and_retriable_ones_look_retriable() {
+    for &kind in ErrorKind::ALL {
+        let c = kind_code(kind);
+        assert_ne!(c, ErrorCode::None, "{kind:?}");
+        assert_eq!(kind.is_retriable(), c.is_retriable(), "{kind:?} -> {c:?}");
     }
 }
 

@@ -7,8 +7,9 @@
 //! - [`codes`]: stable numeric error codes.
 //! - [`messages`]: the protobuf control messages generated from `proto/weir.proto`, the
 //!   contract.
-//! - [`ring`]: the consistent-hash ring that maps record keys to partitions; client and server
-//!   share it, so it is part of the protocol.
+//! - [`ring`]: the consistent-hash ring that maps record keys to partitions (it lives in
+//!   `weir-batch`, which the broker needs anyway); client and server share it, so it is part
+//!   of the protocol.
 //!
 //! The crate knows nothing of sockets; its error type ([`WireError`]) is converted at the
 //! server and client boundaries.
@@ -16,7 +17,7 @@
 pub mod api;
 pub mod codes;
 pub mod frame;
-pub mod ring;
+pub use weir_batch::ring;
 
 /// Protobuf messages generated from `proto/weir.proto`.
 #[allow(missing_debug_implementations, clippy::all)]
