@@ -1,8 +1,9 @@
 //! weir's HTTP front door: a JSON API over the broker core and WebSocket live push.
 //!
 //! Layout:
-//! - [`serve`] (this file): runs the listener (axum) until shutdown, then closes WebSocket
-//!   connections with a going-away frame and waits for them, up to a grace period.
+//! - [`serve`] (this file): runs the listener (axum, on `weir-net`'s shared accept loop) until
+//!   the server's shutdown begins, then lets requests finish, closes WebSocket connections
+//!   with a going-away frame and waits for them, up to a grace period.
 //! - [`api`]: the HTTP routes — produce, fetch, topics, groups, health, stats — registered
 //!   in one place that also records them, so a test can hold them against the OpenAPI
 //!   document.
@@ -25,12 +26,13 @@ pub mod openapi;
 pub mod records;
 pub mod ws;
 
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use weir_broker::Broker;
+use weir_net::{Acceptor, Shutdown};
 
 pub use error::{ApiError, ErrorCode};
 pub use ws::hub::{Hub, WsConfig, WsStats, WsStatsSnapshot};
@@ -86,35 +88,44 @@ impl Default for HttpConfig {
     }
 }
 
-/// Serves the HTTP API and `/ws` on `listener` until `shutdown` resolves. Does not close the
-/// broker (the native server does, last).
+/// Serves the HTTP API and `/ws` on `listener` until `shutdown` begins; then in-flight
+/// requests finish (long polls answer at once: the binary has told the broker it is
+/// stopping), idle keep-alive connections close, and WebSocket clients get a going-away
+/// close frame, each within `shutdown_grace`. Run it as a task of the shutdown: the binary
+/// waits for it, then closes the broker.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: HttpConfig,
-    shutdown: impl Future<Output = ()>,
+    shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let hub = Hub::new(broker.clone(), config.ws.clone());
     let sweeper = tokio::spawn(hub.clone().run_sweeper());
     let grace = config.shutdown_grace;
     let state = api::AppState::new(broker, config, hub.clone());
     let app = api::router(state.clone()).into_router();
+    let acceptor = Acceptor::new(
+        listener,
+        "http",
+        state.broker.admission().clone(),
+        shutdown.clone(),
+    );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let listener = listener::AdmittingListener::new(listener, state.broker.admission().clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = drain_rx.await;
-    });
+    let server = axum::serve(listener::AdmittingListener::new(acceptor), app)
+        .with_graceful_shutdown(async move {
+            let _ = drain_rx.await;
+        });
     let server = server.into_future();
-    tokio::pin!(server, shutdown);
+    let begun = shutdown.begun();
+    tokio::pin!(server, begun);
     let result = tokio::select! {
         r = &mut server => r,
-        _ = &mut shutdown => {
+        _ = &mut begun => {
             state.stopping.store(true, std::sync::atomic::Ordering::Release);
             state.shutdown.cancel();
             hub.shutdown();
             let _ = drain_tx.send(());
-            // In-flight requests finish (long polls answer at once: the broker is stopping);
-            // a client that holds a request open longer than the grace period is cut off.
+            // A client that holds a request open longer than the grace period is cut off.
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(r) => r,
                 Err(_) => {

@@ -1,36 +1,33 @@
-//! The HTTP listener's accept loop with the broker's connection admission: the per-address
-//! connection cap and rate apply to HTTP and WebSocket connections as to the other front doors.
+//! The HTTP listener for axum: `weir-net`'s shared accept loop (admission per source address,
+//! the connection gauge) behind axum's `Listener` trait.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use weir_broker::flow::{Admission, Admitted};
+use tokio::net::TcpStream;
+use weir_net::{Acceptor, Slot};
 
-/// A `TcpListener` that admits each connection through [`Admission`]; refused ones are closed
-/// at once (an HTTP client sees the connection reset before any response).
+/// Admitted connections for axum; refused ones are closed at once (an HTTP client sees the
+/// connection reset before any response).
 #[derive(Debug)]
 pub struct AdmittingListener {
-    inner: TcpListener,
-    admission: Arc<Admission>,
+    inner: Acceptor,
 }
 
 impl AdmittingListener {
-    pub fn new(inner: TcpListener, admission: Arc<Admission>) -> Self {
-        Self { inner, admission }
+    pub fn new(inner: Acceptor) -> Self {
+        Self { inner }
     }
 }
 
-/// An admitted connection: its admission slot is held as long as the stream lives.
+/// An admitted connection: its place is held as long as the stream lives.
 #[derive(Debug)]
 pub struct AdmittedStream {
     stream: TcpStream,
-    _admitted: Admitted,
+    _slot: Slot,
 }
 
 impl axum::serve::Listener for AdmittingListener {
@@ -38,32 +35,17 @@ impl axum::serve::Listener for AdmittingListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.inner.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match self.admission.admit(addr.ip()) {
-                Ok(admitted) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        AdmittedStream {
-                            stream,
-                            _admitted: admitted,
-                        },
-                        addr,
-                    );
-                }
-                Err(refusal) => {
-                    tracing::warn!(peer = %addr, ?refusal, "refusing an HTTP connection");
-                    drop(stream);
-                }
-            }
+        match self.inner.accept().await {
+            Some(a) => (
+                AdmittedStream {
+                    stream: a.stream,
+                    _slot: a.slot,
+                },
+                a.peer,
+            ),
+            // The shutdown began: axum's graceful shutdown stops calling this at the same
+            // signal, so this never resolves.
+            None => std::future::pending().await,
         }
     }
 

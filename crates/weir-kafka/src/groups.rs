@@ -297,6 +297,8 @@ pub struct KafkaGroups {
     broker: Broker,
     groups: Mutex<HashMap<String, Group>>,
     member_ids: MemberIds,
+    /// Set by [`KafkaGroups::clear`] at shutdown: no group is made or joined after it.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl KafkaGroups {
@@ -305,6 +307,7 @@ impl KafkaGroups {
             broker,
             groups: Mutex::new(HashMap::new()),
             member_ids: MemberIds::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -344,6 +347,10 @@ impl KafkaGroups {
         }
 
         let mut groups = self.groups.lock();
+        // Retriable: the client looks for its coordinator again, and finds this broker back.
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return fail(code::COORDINATOR_NOT_AVAILABLE);
+        }
         if !groups.contains_key(&req.group) && groups.len() >= MAX_GROUPS {
             return fail(code::COORDINATOR_NOT_AVAILABLE);
         }
@@ -667,10 +674,22 @@ impl KafkaGroups {
         ))
     }
 
-    /// Drops every group (shutdown): waiting joins and syncs are answered with an error.
+    /// Drops every group (shutdown): waiting joins and syncs are answered at once with
+    /// COORDINATOR_NOT_AVAILABLE, which clients retry (they find the broker again once it is
+    /// back, and rejoin), so their connections can drain; later joins get the same.
     pub fn clear(&self) {
         let mut groups = self.groups.lock();
-        for (name, _) in groups.drain() {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        for (name, mut g) in groups.drain() {
+            for m in g.members.values_mut() {
+                if let Some(tx) = m.join.take() {
+                    let _ = tx.send(JoinOutcome::error(code::COORDINATOR_NOT_AVAILABLE, ""));
+                }
+                if let Some(tx) = m.sync.take() {
+                    let _ = tx.send(SyncOutcome::error(code::COORDINATOR_NOT_AVAILABLE));
+                }
+            }
             self.broker.release_group(&name, GroupProtocol::Kafka);
         }
     }

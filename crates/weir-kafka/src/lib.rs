@@ -70,6 +70,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::{Broker, BrokerError};
+use weir_net::{Acceptor, Shutdown};
 
 mod errors;
 pub mod groups;
@@ -1394,60 +1395,51 @@ impl ProduceInFlight {
     }
 }
 
-/// Serves the Kafka protocol on `listener` until `shutdown` resolves.
+/// Serves the Kafka protocol on `listener` until `shutdown` begins: connections and the
+/// group clock run as tasks of the shutdown. Once it begins, waiting joins and syncs are
+/// answered (retriable), and each connection stops taking requests, answers those it has
+/// read and closes; the binary waits for them, then closes the broker.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     advertised: Advertised,
-    shutdown: impl Future<Output = ()>,
+    shutdown: Shutdown,
 ) {
     let kafka = Arc::new(Kafka::new(broker, advertised));
     // Group sessions and rebalance timeouts.
-    let ticker = {
+    {
         let kafka = Arc::clone(&kafka);
-        tokio::spawn(async move {
+        let stop = shutdown.begun();
+        shutdown.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(stop);
             loop {
-                tick.tick().await;
-                kafka.groups.tick(std::time::Instant::now());
-            }
-        })
-    };
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tick.tick() => kafka.groups.tick(std::time::Instant::now()),
                 }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let admitted = match kafka.broker.admission().admit(peer.ip()) {
-            Ok(a) => a,
-            Err(refusal) => {
-                // Kafka has no refusal message before a request: the connection is closed.
-                tracing::warn!(%peer, ?refusal, "refusing a Kafka connection");
-                continue;
             }
-        };
-        let kafka = Arc::clone(&kafka);
-        tokio::spawn(async move {
-            let _admitted = admitted;
-            let open = metrics::gauge!("weir_kafka_connections");
-            open.increment(1.0);
-            if let Err(e) = connection(stream, &kafka).await {
-                tracing::debug!(%peer, error = %e, "Kafka connection ended");
-            }
-            open.decrement(1.0);
         });
     }
-    ticker.abort();
+    let mut acceptor = Acceptor::new(
+        listener,
+        "kafka",
+        kafka.broker.admission().clone(),
+        shutdown.clone(),
+    );
+    while let Some(accepted) = acceptor.accept().await {
+        let kafka = Arc::clone(&kafka);
+        let stop = shutdown.begun();
+        shutdown.spawn(async move {
+            let _slot = accepted.slot;
+            let peer = accepted.peer;
+            if let Err(e) = connection(accepted.stream, &kafka, stop).await {
+                tracing::debug!(%peer, error = %e, "Kafka connection ended");
+            }
+        });
+    }
+    tracing::info!("Kafka listener closed: draining connections");
     kafka.groups.clear();
 }
 
@@ -1538,16 +1530,29 @@ async fn answer(
     Ok(())
 }
 
-async fn connection(stream: TcpStream, kafka: &Kafka) -> std::io::Result<()> {
+async fn connection(
+    stream: TcpStream,
+    kafka: &Kafka,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<(Bytes, weir_broker::flow::BudgetPermit)>(READ_AHEAD);
     let budget = kafka.broker.memory().clone();
     let read = async move {
+        tokio::pin!(stop);
         loop {
             let mut len = [0u8; 4];
-            // A connection silent this long is closed (Kafka's connections.max.idle.ms).
-            match tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut len)).await {
+            // A connection silent this long is closed (Kafka's connections.max.idle.ms). At
+            // shutdown no new request is started: the handler answers those read, then the
+            // connection closes, and the client retries elsewhere or later.
+            let next = tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut len));
+            let read = tokio::select! {
+                biased;
+                _ = &mut stop => return Ok(()),
+                r = next => r,
+            };
+            match read {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Ok(()),
                 Err(_) => {
@@ -1869,32 +1874,29 @@ mod tests {
     /// `serve` on 127.0.0.1, on a port of its own, until `stop`.
     struct Listening {
         addr: std::net::SocketAddr,
-        stop: tokio::sync::oneshot::Sender<()>,
-        server: tokio::task::JoinHandle<()>,
+        shutdown: Shutdown,
     }
 
     impl Listening {
         async fn start(broker: Broker) -> Listening {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(serve(
+            let shutdown = Shutdown::new();
+            shutdown.spawn(serve(
                 listener,
                 broker,
                 Advertised {
                     host: "127.0.0.1".into(),
                     port: i32::from(addr.port()),
                 },
-                async move {
-                    let _ = stopped.await;
-                },
+                shutdown.clone(),
             ));
-            Listening { addr, stop, server }
+            Listening { addr, shutdown }
         }
 
         async fn stop(self) {
-            let _ = self.stop.send(());
-            self.server.await.unwrap();
+            self.shutdown.begin();
+            assert!(self.shutdown.drain(Duration::from_secs(10)).await);
         }
     }
 

@@ -1,9 +1,10 @@
 //! weir's native-protocol server.
 //!
 //! Layout, three layers as in the house style:
-//! - [`run`] (this file): accepts connections under a connection limit and shuts down on
-//!   request — stop accepting, let every connection finish its in-flight requests, then close
-//!   the broker so every log is flushed and marked clean.
+//! - [`serve`] (this file): accepts connections (`weir-net`'s shared accept loop, under the
+//!   connection limit) until the server's shutdown begins, then tells every connection to
+//!   finish its in-flight requests. The binary owns the shutdown: it waits for the connections
+//!   and closes the broker.
 //! - `connection`: one connection — frames in, responses and pushes out, pipelining with a
 //!   bounded window, heartbeats and the idle timeout.
 //! - `command`: one request — a decoded frame applied to the [`Broker`].
@@ -12,13 +13,13 @@ mod command;
 mod connection;
 mod push_queue;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use weir_broker::Broker;
+use weir_net::{Acceptor, Shutdown};
 use weir_wire::{ErrorCode, Flags, FrameHeader};
 
 /// Settings of the native listener. Every default is documented on its field.
@@ -46,8 +47,6 @@ pub struct ServerConfig {
     /// The sum of the byte bounds of one connection's queues; a subscription that would pass
     /// it is refused (INVALID_REQUEST). Default 256 MiB.
     pub push_queue_bytes_per_connection: u64,
-    /// How long shutdown waits for in-flight requests. Default 10 s.
-    pub shutdown_grace: Duration,
     /// After answering a client that sent its request within this long of the previous
     /// answer, poll its socket for the next request for up to this long instead of sleeping
     /// (yielding to other tasks meanwhile): lower latency for closed-loop clients, at the
@@ -67,90 +66,51 @@ impl Default for ServerConfig {
             push_queue_max_records: 100_000,
             push_queue_max_bytes: 16 << 20,
             push_queue_bytes_per_connection: 256 << 20,
-            shutdown_grace: Duration::from_secs(10),
             busy_poll: Duration::from_micros(200),
         }
     }
 }
 
-/// Serves the native protocol on `listener` until `shutdown` resolves, then drains
-/// connections and closes the broker.
-pub async fn run(
+/// Serves the native protocol on `listener` until `shutdown` begins: connections are spawned
+/// on the shutdown's tracker, and once it begins each one stops reading, answers what it has
+/// read and ends. The caller (the binary) waits for them, then closes the broker.
+pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+    shutdown: Shutdown,
+) {
     let config = Arc::new(config);
-    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let mut acceptor = Acceptor::new(
+        listener,
+        "native",
+        broker.admission().clone(),
+        shutdown.clone(),
+    )
+    .with_limit(config.max_connections)
+    .with_refusal(Arc::new(|stream, why| Box::pin(refuse(stream, why))));
+    // Connections watch this (a watch receiver is smaller than a cancellation future, and
+    // idle connections are many).
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tracker = tokio_util::task::TaskTracker::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
-            metrics::counter!("weir_native_connections_refused_total").increment(1);
-            tracker.spawn(refuse(stream, "connection limit reached"));
-            continue;
-        };
-        let admitted = match broker.admission().admit(peer.ip()) {
-            Ok(a) => a,
-            Err(refusal) => {
-                let why = match refusal {
-                    weir_broker::flow::Refusal::TooManyFromAddress => {
-                        "too many connections from this address"
-                    }
-                    weir_broker::flow::Refusal::TooFast => {
-                        "connections from this address are opened too fast"
-                    }
-                };
-                tracing::warn!(%peer, why, "refusing a connection");
-                tracker.spawn(refuse(stream, why));
-                continue;
-            }
-        };
-        let conn = connection::Connection::new(stream, peer, broker.clone(), config.clone());
+    while let Some(accepted) = acceptor.accept().await {
+        let conn = connection::Connection::new(
+            accepted.stream,
+            accepted.peer,
+            broker.clone(),
+            config.clone(),
+        );
         let stop = stop_rx.clone();
-        tracker.spawn(async move {
-            let open = metrics::gauge!("weir_native_connections");
-            open.increment(1.0);
+        let slot = accepted.slot;
+        shutdown.spawn(async move {
             conn.run(stop).await;
-            open.decrement(1.0);
-            drop(permit);
-            drop(admitted);
+            drop(slot);
         });
     }
     tracing::info!(
-        connections = tracker.len(),
-        "shutting down: draining connections"
+        tasks = shutdown.tasks(),
+        "native listener closed: draining connections"
     );
     let _ = stop_tx.send(true);
-    broker.begin_shutdown();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections did not drain within the grace period");
-    }
-    if let Err(e) = broker.close().await {
-        tracing::error!(error = %e, "closing the broker failed");
-        return Err(std::io::Error::other(e.to_string()));
-    }
-    Ok(())
 }
 
 async fn refuse(mut stream: tokio::net::TcpStream, why: &'static str) {

@@ -24,6 +24,10 @@ const CLIENT_VARS: &[&str] = &["WEIR_ADDR", "WEIR_CONFIG", "WEIR_TEST_PYTHON"];
 pub struct Config {
     /// Data directory. Default `./weir-data`.
     pub data_dir: PathBuf,
+    /// At SIGTERM or Ctrl-C, how long the server waits for every door's connections to
+    /// answer the requests they have read (no new ones are taken) before it closes the
+    /// broker and exits. Default 10,000 ms.
+    pub shutdown_grace_ms: u64,
     pub native: NativeConfig,
     pub kafka: KafkaConfig,
     pub http: HttpSettings,
@@ -144,6 +148,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("weir-data"),
+            shutdown_grace_ms: 10_000,
             native: NativeConfig::default(),
             kafka: KafkaConfig::default(),
             http: HttpSettings::default(),
@@ -170,8 +175,6 @@ pub struct NativeConfig {
     pub max_frame_bytes: usize,
     /// Close connections silent this long. Default 60,000 ms.
     pub idle_timeout_ms: u64,
-    /// Wait this long for in-flight requests at shutdown. Default 10,000 ms.
-    pub shutdown_grace_ms: u64,
     /// Push subscriptions per connection. Default 1,024.
     pub max_subscriptions_per_connection: usize,
     /// Cap on the records a DROP_OLDEST/DISCONNECT subscription's queue may hold (requests
@@ -198,7 +201,6 @@ impl Default for NativeConfig {
             max_in_flight: 64,
             max_frame_bytes: 16 << 20,
             idle_timeout_ms: 60_000,
-            shutdown_grace_ms: 10_000,
             max_subscriptions_per_connection: 1024,
             push_queue_max_records: 100_000,
             push_queue_max_bytes: 16 << 20,
@@ -259,8 +261,8 @@ pub struct HttpSettings {
     /// that has sent keeps a buffer of about this size. 0 writes each frame on its own.
     /// Default 4,096 bytes.
     pub ws_write_buffer_bytes: usize,
-    /// Wait this long at shutdown for WebSocket clients to take their close frame.
-    /// Default 5,000 ms.
+    /// Wait this long at shutdown for WebSocket clients to take their close frame (at most
+    /// the server's `shutdown_grace_ms`). Default 5,000 ms.
     pub shutdown_grace_ms: u64,
     /// Serve the profiling endpoints `/debug/pprof/profile` (CPU samples) and `/debug/heap`
     /// (memory figures); off, they answer 404 `profiling_disabled`. Default false.
@@ -541,13 +543,16 @@ impl Config {
         })
     }
 
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
     pub fn server_config(&self) -> weir_server::ServerConfig {
         weir_server::ServerConfig {
             max_connections: self.native.max_connections,
             max_in_flight: self.native.max_in_flight,
             max_frame_bytes: self.native.max_frame_bytes,
             idle_timeout: Duration::from_millis(self.native.idle_timeout_ms),
-            shutdown_grace: Duration::from_millis(self.native.shutdown_grace_ms),
             max_subscriptions_per_connection: self.native.max_subscriptions_per_connection,
             push_queue_max_records: self.native.push_queue_max_records,
             push_queue_max_bytes: self.native.push_queue_max_bytes,
@@ -563,7 +568,7 @@ impl Config {
         weir_http::HttpConfig {
             max_body_bytes: h.max_body_bytes,
             max_wait: Duration::from_millis(h.max_wait_ms),
-            shutdown_grace: Duration::from_millis(h.shutdown_grace_ms),
+            shutdown_grace: Duration::from_millis(h.shutdown_grace_ms.min(self.shutdown_grace_ms)),
             ws: weir_http::WsConfig {
                 queue_messages: h.ws_queue_messages,
                 queue_bytes: h.ws_queue_bytes,

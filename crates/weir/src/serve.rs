@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use weir_broker::Broker;
+use weir_net::Shutdown;
 
 use crate::config::Config;
 
@@ -33,8 +34,16 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     // A line scripts and tests can wait for, on stdout whatever the log format.
     println!("weir listening native={addr}");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let kafka = if config.kafka.enabled {
+    // The server's one lifetime: every door accepts on it and spawns its connections on it;
+    // this function alone ends it and closes the broker, once, last.
+    let shutdown = Shutdown::new();
+    shutdown.spawn(weir_server::serve(
+        listener,
+        broker.clone(),
+        config.server_config(),
+        shutdown.clone(),
+    ));
+    if config.kafka.enabled {
         let listener = TcpListener::bind(&config.kafka.listen)
             .await
             .with_context(|| format!("binding the Kafka listener to {}", config.kafka.listen))?;
@@ -49,76 +58,61 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         };
         tracing::info!(kafka = %addr, "serving the Kafka protocol");
         println!("weir listening kafka={addr}");
-        let broker = broker.clone();
-        let mut rx = stop_rx.clone();
-        Some(tokio::spawn(weir_kafka::serve(
+        shutdown.spawn(weir_kafka::serve(
             listener,
-            broker,
+            broker.clone(),
             advertised,
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        )))
-    } else {
-        None
-    };
-    let http = if config.http.enabled {
+            shutdown.clone(),
+        ));
+    }
+    if config.http.enabled {
         let listener = TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("binding the HTTP listener to {}", config.http.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(http = %addr, "serving HTTP and WebSocket");
         println!("weir listening http={addr}");
-        let broker = broker.clone();
-        let mut rx = stop_rx.clone();
         let mut http_config = config.http_config();
         let source = broker.clone();
         http_config.metrics = Some(weir_http::MetricsSource(std::sync::Arc::new(move || {
             crate::metrics::render(&metrics, &source)
         })));
-        Some(tokio::spawn(weir_http::serve(
-            listener,
-            broker,
-            http_config,
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        )))
-    } else {
-        None
-    };
-    let maintenance = {
+        let http = weir_http::serve(listener, broker.clone(), http_config, shutdown.clone());
+        shutdown.spawn(async move {
+            if let Err(e) = http.await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        });
+    }
+    {
         let broker = broker.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            broker
-                .run_maintenance(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    let shutdown = async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested: finishing in-flight requests");
-        let _ = stop_tx.send(true);
-    };
-    weir_server::run(listener, broker, config.server_config(), shutdown).await?;
-    let _ = maintenance.await;
-    if let Some(k) = kafka {
-        let _ = k.await;
+        let stop = shutdown.begun();
+        shutdown.spawn(async move { broker.run_maintenance(stop).await });
     }
-    if let Some(h) = http {
-        match h.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP listener failed"),
-            Err(e) => tracing::error!(error = %e, "HTTP listener task failed"),
-            Ok(Ok(())) => {}
-        }
+
+    shutdown_signal().await;
+    // Readiness first (`/ready` answers 503, so a load balancer stops sending) and long polls
+    // answer now with what they have; then every door stops accepting and its connections
+    // answer what they have read.
+    tracing::info!(
+        grace_ms = config.shutdown_grace_ms,
+        "shutdown requested: finishing in-flight requests"
+    );
+    broker.begin_shutdown();
+    shutdown.begin();
+    if !shutdown.drain(config.shutdown_grace()).await {
+        tracing::warn!(
+            tasks = shutdown.tasks(),
+            "connections still open after the shutdown grace period; closing anyway"
+        );
     }
+    // Requests still running past the grace period get ShuttingDown (retriable at every door).
+    let closed = broker.close().await;
     if let Some(provider) = tracer {
         // Export what is queued; the exporter blocks, so off the runtime's threads.
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
+    closed.context("closing the broker")?;
     tracing::info!("weir stopped cleanly");
     Ok(())
 }
