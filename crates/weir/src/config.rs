@@ -5,7 +5,9 @@
 //! Environment overrides: `WEIR_<KEY>` for top-level keys and `WEIR_<SECTION>__<KEY>` for keys
 //! in a section, e.g. `WEIR_DATA_DIR=/var/lib/weir`, `WEIR_NATIVE__LISTEN=0.0.0.0:9094`,
 //! `WEIR_TOPICS__PARTITIONS=6`. Values are read as TOML (numbers, booleans), else as strings.
-//! `WEIR_ADDR` belongs to the command-line client and is not a server setting.
+//! `WEIR_ADDR` belongs to the command-line client and is not a server setting. A `WEIR_`
+//! variable without `__` that is no top-level key (`WEIR_PORT` from Kubernetes, say) cannot be
+//! a setting: the server warns and ignores it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,13 @@ use weir_broker::topic::{DurabilitySetting, TopicConfig};
 /// Variables with the WEIR_ prefix that are not server settings: the client's address, and
 /// the Python interpreter `scripts/test` hands the integration tests.
 const CLIENT_VARS: &[&str] = &["WEIR_ADDR", "WEIR_CONFIG", "WEIR_TEST_PYTHON"];
+
+/// The top-level keys that are settings (not sections): `WEIR_<KEY>` sets them. Any other
+/// `WEIR_` variable without a `__` cannot be a setting (Kubernetes gives every pod
+/// `WEIR_PORT`, `WEIR_SERVICE_HOST`, `WEIR_PORT_9092_TCP_ADDR`… when a Service is named
+/// `weir`, and scripts set `WEIR_HOME` or `WEIR_BIN`): it is reported and ignored, where a
+/// misspelt `WEIR_<SECTION>__<KEY>` refuses to start.
+const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "shutdown_grace_ms"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +50,10 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// OpenTelemetry traces.
     pub tracing: TracingConfig,
+    /// `WEIR_*` environment variables that cannot be settings and were ignored, for the
+    /// server to warn about once its log is set up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +171,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             quotas: QuotasConfig::default(),
             tracing: TracingConfig::default(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -391,6 +405,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut ignored_env = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("WEIR_") else {
                 continue;
@@ -399,6 +414,10 @@ impl Config {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if path.len() == 1 && !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+                ignored_env.push(name);
+                continue;
+            }
             if path.iter().any(String::is_empty) {
                 bail!("environment variable {name} does not name a setting");
             }
@@ -418,10 +437,12 @@ impl Config {
             }
             table.insert(path[path.len() - 1].clone(), parsed);
         }
-        let config: Config = toml::Value::Table(root)
+        let mut config: Config = toml::Value::Table(root)
             .try_into()
             .context("invalid configuration")?;
         config.validate()?;
+        ignored_env.sort();
+        config.ignored_env = ignored_env;
         Ok(config)
     }
 
@@ -631,6 +652,61 @@ mod tests {
         assert!(!c.http_config().profiling, "profiling is off by default");
         let c = Config::load(None, env(&[("WEIR_HTTP__PROFILING", "true")])).unwrap();
         assert!(c.http_config().profiling);
+    }
+
+    #[test]
+    fn variables_that_cannot_be_settings_are_ignored_and_reported_but_typos_of_settings_refuse() {
+        // What Kubernetes injects for a Service named `weir`, and what scripts commonly set.
+        let injected = [
+            ("WEIR_PORT", "tcp://10.0.0.7:9092"),
+            ("WEIR_PORT_9092_TCP", "tcp://10.0.0.7:9092"),
+            ("WEIR_PORT_9092_TCP_ADDR", "10.0.0.7"),
+            ("WEIR_PORT_9092_TCP_PORT", "9092"),
+            ("WEIR_PORT_9092_TCP_PROTO", "tcp"),
+            ("WEIR_SERVICE_HOST", "10.0.0.7"),
+            ("WEIR_SERVICE_PORT", "9092"),
+            ("WEIR_SERVICE_PORT_KAFKA", "9092"),
+            ("WEIR_BIN", "/usr/local/bin/weir"),
+            ("WEIR_HOME", "/opt/weir"),
+        ];
+        let mut vars = env(&injected);
+        vars.extend(env(&[
+            ("WEIR_DATA_DIR", "/srv/weir"),
+            ("WEIR_SHUTDOWN_GRACE_MS", "2500"),
+        ]));
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/weir"));
+        assert_eq!(c.shutdown_grace_ms, 2500);
+        let mut names: Vec<&str> = injected.iter().map(|(k, _)| *k).collect();
+        names.sort();
+        assert_eq!(c.ignored_env, names);
+        // The section form is a setting's: a misspelt section or key still refuses.
+        for typo in ["WEIR_NATVE__LISTEN", "WEIR_NATIVE__LISTN"] {
+            let err = format!("{:#}", Config::load(None, env(&[(typo, "x")])).unwrap_err());
+            assert!(err.contains("unknown field"), "{typo}: {err}");
+        }
+    }
+
+    #[test]
+    fn top_level_keys_lists_every_top_level_setting() {
+        // serde names every field it expects when it meets an unknown one.
+        let err = toml::Value::Table("zz = 1".parse().unwrap())
+            .try_into::<Config>()
+            .unwrap_err()
+            .to_string();
+        let expected: std::collections::BTreeSet<&str> = err
+            .split("expected one of ")
+            .nth(1)
+            .unwrap()
+            .split(", ")
+            .map(|f| f.trim().trim_matches('`'))
+            .collect();
+        let sections = [
+            "native", "kafka", "http", "topics", "groups", "log", "limits", "quotas", "tracing",
+        ];
+        let listed: std::collections::BTreeSet<&str> =
+            TOP_LEVEL_KEYS.iter().copied().chain(sections).collect();
+        assert_eq!(expected, listed, "{err}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "weir: a real-time streaming platform in one binary"
 )]
 struct Cli {
+    /// On an error, print its full detail (with a backtrace when RUST_BACKTRACE is set).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -70,8 +73,69 @@ enum Cmd {
     Bench(bench::BenchCmd),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let verbose = cli.verbose;
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if verbose {
+                eprintln!("error: {e:?}");
+            } else {
+                // The chain on one line: what failed, and why. A backtrace (RUST_BACKTRACE)
+                // is for --verbose; panics still print theirs.
+                eprintln!("error: {}", one_line(&e));
+            }
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error's chain as `outer: cause: root`, leaving out a cause its outer message already
+/// quotes (many errors print their source as part of their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// What the user can do about a common error.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    use weir_wire::ErrorCode;
+    let client = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<weir_client::ClientError>())?;
+    match client {
+        weir_client::ClientError::Server {
+            code: ErrorCode::UnknownTopic,
+            message,
+        } => {
+            let name = message.split('"').nth(1).unwrap_or("NAME");
+            Some(format!(
+                "create the topic with `weir topic create {name} --partitions N`, or start the \
+                 server with WEIR_TOPICS__AUTO_CREATE=true"
+            ))
+        }
+        weir_client::ClientError::Connect { addr, .. } => Some(format!(
+            "is `weir serve` running and listening on {addr}? (--addr or WEIR_ADDR to change it)"
+        )),
+        _ => None,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -12,6 +12,13 @@ use crate::config::Config;
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let config = Config::load(config_path.as_deref(), std::env::vars())?;
     init_logging(&config);
+    if !config.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = %config.ignored_env.join(", "),
+            "ignoring WEIR_* environment variables that name no setting (settings are \
+             WEIR_<KEY> for data_dir and shutdown_grace_ms, WEIR_<SECTION>__<KEY> for the rest)"
+        );
+    }
     let metrics = crate::metrics::install();
     let broker_config = config.broker_config()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
@@ -130,8 +137,11 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // Colour codes only for a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();

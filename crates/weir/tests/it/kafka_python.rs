@@ -2,7 +2,7 @@
 //! confluent-kafka (which bundles its own, newer librdkafka) — against the real binary.
 //! `tests/py/kafka_clients.py` does the client side and reports in JSON.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! and a real WebSocket client (Python `websockets`, see `tests/py/`). Every JSON body the
 //! server returns is checked against the schema its own `/openapi.json` documents.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};

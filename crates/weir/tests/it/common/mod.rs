@@ -1,5 +1,4 @@
 //! Starts the real `weir` binary on 127.0.0.1:0 for integration tests.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,7 +22,6 @@ pub struct Server {
     pub kafka: String,
     /// HTTP address (host:port).
     pub http: String,
-    pub dir: PathBuf,
 }
 
 impl Server {
@@ -72,7 +70,6 @@ impl Server {
             addr,
             kafka,
             http,
-            dir: dir.to_path_buf(),
         }
     }
 

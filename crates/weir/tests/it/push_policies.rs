@@ -2,7 +2,7 @@
 //! and says so, `DISCONNECT` ends a slow subscriber with `SLOW_CONSUMER`, and a subscriber
 //! that stops reading slows neither the producer nor another subscriber.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Server-side flow control on the real binary: produce quotas with throttle feedback, the
 //! produce memory budget under a flood, and connection limits per address.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

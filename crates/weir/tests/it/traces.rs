@@ -2,7 +2,7 @@
 //! the records, the server's span for the append is its child, and so is `weir consume`'s span
 //! for each record. All three export over OTLP/HTTP to a collector this test runs.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! The Kafka listener, driven by the real `kcat` (librdkafka) against the real binary.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

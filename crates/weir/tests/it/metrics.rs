@@ -2,7 +2,7 @@
 //! through each front door, and pass `promtool check metrics` (Prometheus's own linter,
 //! installed by scripts/test).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! The real `weir` binary on 127.0.0.1:0, driven by the real client and CLI.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! gaps and old epochs; the client's `Producer` keeps several batches under way per partition
 //! and moves a partition to a new epoch after a batch fails for good.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,4 @@
 //! Helpers shared by the weir-log integration tests.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Damaged files on the real file system: each gives exactly the valid prefix, and a clear
 //! error where stored data is really damaged.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

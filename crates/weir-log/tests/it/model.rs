@@ -2,7 +2,7 @@
 //! and retention, checked against an in-memory model; crashes and I/O errors injected at random
 //! points through the storage trait.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! restart, and every request that was not acknowledged must have failed in a way its client
 //! retries (never a permanent error such as Kafka's UNKNOWN_SERVER_ERROR).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The log's API on the real file system and in memory.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

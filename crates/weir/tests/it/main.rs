@@ -1,0 +1,17 @@
+//! The integration tests of the `weir` binary: the real server on 127.0.0.1:0, driven by real
+//! clients (the native client and CLI, kcat, the Python Kafka clients, reqwest, websockets).
+//! One test binary with a module per area, so the suite links once.
+
+mod common;
+
+mod cli;
+mod flow;
+mod http;
+mod idempotent;
+mod kafka;
+mod kafka_python;
+mod metrics;
+mod push_policies;
+mod server;
+mod shutdown;
+mod traces;
