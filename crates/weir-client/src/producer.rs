@@ -648,7 +648,24 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl State {
     async fn ring(&mut self, topic: &Arc<str>) -> Result<&Ring> {
         if !self.rings.contains_key(topic) {
-            let meta = self.client.metadata(&[topic]).await?;
+            // The first lookup rides out a server restart as every later request does: a
+            // lost connection is dialled again until `reconnect_timeout`.
+            let started = Instant::now();
+            let mut wait = Duration::from_millis(10);
+            let meta = loop {
+                match self.client.metadata(&[topic]).await {
+                    Ok(meta) => break meta,
+                    Err(e)
+                        if connection_lost(&e)
+                            && started.elapsed() < self.config.reconnect_timeout =>
+                    {
+                        tracing::debug!(%topic, error = %e, "metadata lookup failed; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait = wait.saturating_mul(2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let n = meta.first().map_or(0, |t| t.partitions.len() as u32);
             if n == 0 {
                 return Err(ClientError::Server {

@@ -9,7 +9,7 @@
 //!   they share.
 //! - [`Acceptor`]: one door's accept loop: accept errors backed off, `TCP_NODELAY`, the
 //!   door's connection limit, the broker's admission per source address (count and rate),
-//!   the open-connections gauge, and refusal (each door says how it refuses: the native door
+//!   the open-connections gauge (`weir_<door>_connections`), and refusal (each door says how it refuses: the native door
 //!   answers an error frame first, Kafka and HTTP clients just see the connection close).
 
 use std::future::Future;
@@ -85,10 +85,10 @@ pub struct Acceptor {
     door: &'static str,
     admission: Arc<Admission>,
     shutdown: Shutdown,
-    limit: Option<(Arc<Semaphore>, usize)>,
+    /// The door's connection limit, its size, and the count of connections refused at it.
+    limit: Option<(Arc<Semaphore>, usize, metrics::Counter)>,
     refuse: Option<Refuse>,
     open: metrics::Gauge,
-    refused: metrics::Counter,
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -140,13 +140,15 @@ impl Acceptor {
             limit: None,
             refuse: None,
             open: metrics::gauge!(format!("weir_{door}_connections")),
-            refused: metrics::counter!(format!("weir_{door}_connections_refused_total")),
         }
     }
 
-    /// At most `max` connections open at once; more are refused.
+    /// At most `max` connections open at once; more are refused (and counted in
+    /// `weir_<door>_connections_refused_total`; refusals by the broker's admission per
+    /// address are counted by the broker).
     pub fn with_limit(mut self, max: usize) -> Self {
-        self.limit = Some((Arc::new(Semaphore::new(max)), max));
+        let refused = metrics::counter!(format!("weir_{}_connections_refused_total", self.door));
+        self.limit = Some((Arc::new(Semaphore::new(max)), max, refused));
         self
     }
 
@@ -182,10 +184,11 @@ impl Acceptor {
             let _ = stream.set_nodelay(true);
             let permit = match &self.limit {
                 None => None,
-                Some((sem, max)) => match sem.clone().try_acquire_owned() {
+                Some((sem, max, refused)) => match sem.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
                     Err(_) => {
                         tracing::warn!(door = self.door, %peer, limit = max, "connection limit reached; refusing");
+                        refused.increment(1);
                         self.refuse(stream, "connection limit reached");
                         continue;
                     }
@@ -217,7 +220,6 @@ impl Acceptor {
     }
 
     fn refuse(&self, stream: TcpStream, why: &'static str) {
-        self.refused.increment(1);
         if let Some(refuse) = &self.refuse {
             self.shutdown.spawn(refuse(stream, why));
         }

@@ -93,6 +93,10 @@ fn describe() {
         "Kafka-protocol requests received, by API."
     );
     describe_gauge!("weir_kafka_connections", "Open Kafka-protocol connections.");
+    describe_gauge!(
+        "weir_http_connections",
+        "Open HTTP connections (WebSocket connections included)."
+    );
 }
 
 /// The metrics text: everything recorded, then the broker's state as gauges.

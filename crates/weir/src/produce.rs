@@ -1,7 +1,7 @@
 //! `weir produce TOPIC`: one record per line of standard input or a file.
 
 use std::collections::VecDeque;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -96,33 +96,49 @@ pub async fn run(args: Args) -> Result<()> {
             ..ProducerConfig::default()
         },
     );
-    let (reader, progress): (Box<dyn BufRead + Send>, Option<indicatif::ProgressBar>) =
-        match &args.file {
-            Some(path) => {
-                let file = std::fs::File::open(path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                let len = file.metadata()?.len();
-                let bar = indicatif::ProgressBar::new(len);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    )
-                    .expect("valid template"),
-                );
-                (
-                    Box::new(std::io::BufReader::new(bar.wrap_read(file))),
-                    Some(bar),
+    let (input, progress): (Box<dyn Read + Send>, Option<indicatif::ProgressBar>) = match &args.file
+    {
+        Some(path) => {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let len = file.metadata()?.len();
+            let bar = indicatif::ProgressBar::new(len);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
                 )
-            }
-            None => (Box::new(std::io::BufReader::new(std::io::stdin())), None),
-        };
-    // Lines are read on a blocking thread and handed over in chunks.
+                .expect("valid template"),
+            );
+            (Box::new(bar.wrap_read(file)), Some(bar))
+        }
+        None => (Box::new(std::io::stdin()), None),
+    };
+    // Lines are read on a blocking thread and handed over in chunks of up to 1,024, and
+    // whenever the input has nothing more buffered: `tail -f app.log | weir produce logs`
+    // sends each line as it comes (the producer's linger then bounds its wait), where waiting
+    // for a full chunk could hold slow input for good.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(16);
-    let reading = tokio::task::spawn_blocking(move || -> Result<()> {
+    // A thread of its own, not the runtime's blocking pool: after a failure the run ends
+    // without waiting for input that may never come (a pipe left open).
+    let reading = std::thread::spawn(move || -> Result<()> {
+        let mut reader = std::io::BufReader::new(input);
         let mut chunk = Vec::with_capacity(1024);
-        for line in reader.lines() {
-            chunk.push(line.context("reading input")?);
-            if chunk.len() == 1024 && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).context("reading input")? == 0 {
+                break;
+            }
+            if line.ends_with('\n') {
+                line.pop();
+                if line.ends_with('\r') {
+                    line.pop();
+                }
+            }
+            chunk.push(line);
+            if (chunk.len() == 1024 || reader.buffer().is_empty())
+                && tx.blocking_send(std::mem::take(&mut chunk)).is_err()
+            {
+                // The sender stopped (a batch failed for good): read no more.
                 return Ok(());
             }
         }
@@ -131,9 +147,13 @@ pub async fn run(args: Args) -> Result<()> {
         }
         Ok(())
     });
+    // Acknowledgements not yet taken, with the number of the line each is for.
     let mut pending = VecDeque::new();
     let mut sent = 0u64;
-    while let Some(lines) = rx.recv().await {
+    let mut acked = 0u64;
+    // The first line that failed for good, and why: the run stops reading there.
+    let mut failure: Option<(u64, anyhow::Error)> = None;
+    'input: while let Some(lines) = rx.recv().await {
         for line in lines {
             let (key, value) = match (&args.key, &args.key_separator) {
                 (Some(k), _) => (Some(Bytes::from(k.clone())), line),
@@ -151,19 +171,78 @@ pub async fn run(args: Args) -> Result<()> {
                 headers: headers.clone(),
                 timestamp: None,
             };
-            pending.push_back(producer.send(record).await?);
             sent += 1;
-            // Surface failures early and keep the list of waiting acks short.
-            while pending.len() > 100_000 {
-                let ack = pending.pop_front().expect("non-empty");
-                ack.await.context("producer stopped")??;
+            match producer.send(record).await {
+                Ok(ack) => pending.push_back((sent, ack)),
+                Err(e) => {
+                    failure = Some((sent, e.into()));
+                    break 'input;
+                }
+            }
+            // Acknowledgements that arrived, in order: a failure stops the run at once, so
+            // no more input is read past it. The list of waiting ones stays short.
+            loop {
+                use tokio::sync::oneshot::error::TryRecvError;
+                let many = pending.len() > 100_000;
+                let Some((n, front)) = pending.front_mut() else {
+                    break;
+                };
+                let n = *n;
+                let answer: Result<_> = if many {
+                    front.await.context("producer stopped")
+                } else {
+                    match front.try_recv() {
+                        Err(TryRecvError::Empty) => break,
+                        Ok(a) => Ok(a),
+                        Err(TryRecvError::Closed) => Err(anyhow::anyhow!("producer stopped")),
+                    }
+                };
+                pending.pop_front();
+                match answer.and_then(|a| a.map_err(anyhow::Error::from)) {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        failure = Some((n, e));
+                        break 'input;
+                    }
+                }
             }
         }
     }
-    reading.await??;
-    producer.flush().await?;
-    for ack in pending {
-        ack.await.context("producer stopped")??;
+    // Stop reading (a reader blocked on open input is left behind: the process ends).
+    drop(rx);
+    if failure.is_none() {
+        reading
+            .join()
+            .map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
+    }
+    // What is under way settles either way: after a failure, so that the count of lines
+    // written is the truth (lines sent after the failed one may have been written).
+    if let Err(e) = producer.flush().await
+        && failure.is_none()
+    {
+        failure = Some((sent, e.into()));
+    }
+    for (n, ack) in pending {
+        match ack
+            .await
+            .context("producer stopped")
+            .and_then(|a| a.map_err(anyhow::Error::from))
+        {
+            Ok(_) => acked += 1,
+            Err(e) => {
+                if failure.is_none() {
+                    failure = Some((n, e));
+                }
+            }
+        }
+    }
+    if let Some((line, e)) = failure {
+        return Err(e.context(format!(
+            "line {line} could not be written to {}; stopped there: {acked} of the {sent} \
+             lines read were written, {} were not",
+            args.topic,
+            sent - acked
+        )));
     }
     if let Some(bar) = progress {
         bar.finish();
