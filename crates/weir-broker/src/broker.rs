@@ -873,6 +873,11 @@ impl Broker {
         out
     }
 
+    /// A topic's configuration (cheap: no partition is looked at).
+    pub fn topic_config(&self, name: &str) -> Result<TopicConfig> {
+        Ok(self.topic(name)?.config.clone())
+    }
+
     /// One topic.
     pub fn topic_info(&self, name: &str) -> Result<TopicInfo> {
         let topic = self.topic(name)?;

@@ -447,24 +447,75 @@ async fn produce(
         };
         groups.entry(target).or_default().push(i);
     }
+    // Every partition's batch is built and checked against the topic's limit before any is
+    // written: a request refused for its content writes nothing.
+    let max_batch = s.broker.topic_config(&topic)?.max_batch_bytes as usize;
     let now = records::now_ms();
-    let mut offsets = vec![(0u32, 0u64); records.len()];
+    let mut batches = Vec::with_capacity(groups.len());
     for (target, indexes) in groups {
         let batch: Vec<&OwnedRecord> = indexes.iter().map(|&i| &records[i]).collect();
         let bytes = records::build_batch(&batch, now);
-        let r = s
-            .broker
-            .produce(&topic, target, None, Bytes::from(bytes))
-            .await?;
-        for (n, &i) in indexes.iter().enumerate() {
-            offsets[i] = (r.partition, r.base_offset + n as u64);
+        if bytes.len() > max_batch {
+            let which = target.map_or("its records".to_string(), |p| {
+                format!("the records for partition {p}")
+            });
+            return Err(ApiError::new(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "{which} make a batch of {} bytes, over topic '{topic}''s max_batch_bytes \
+                     of {max_batch}; nothing was written",
+                    bytes.len()
+                ),
+            ));
+        }
+        batches.push((target, indexes, Bytes::from(bytes)));
+    }
+    // A failure of the disk can still strike between partitions. Then what was written is
+    // answered with what was not (207), as Kafka answers each partition of a produce.
+    let mut outcome: Vec<Value> = vec![Value::Null; records.len()];
+    let mut written = false;
+    let mut failure: Option<ApiError> = None;
+    for (target, indexes, bytes) in batches {
+        let result = match &failure {
+            Some(f) => Err(ApiError::new(
+                f.code,
+                "not attempted: an earlier partition of the request failed",
+            )),
+            None => s
+                .broker
+                .produce(&topic, target, None, bytes)
+                .await
+                .map_err(ApiError::from),
+        };
+        match result {
+            Ok(r) => {
+                written = true;
+                for (n, &i) in indexes.iter().enumerate() {
+                    outcome[i] = json!({"partition": r.partition, "offset": r.base_offset + n as u64});
+                }
+            }
+            Err(e) if !written => return Err(e),
+            Err(e) => {
+                for &i in &indexes {
+                    outcome[i] = json!({"partition": target, "error": e.body()["error"]});
+                }
+                failure.get_or_insert(e);
+            }
         }
     }
-    let offsets: Vec<Value> = offsets
-        .iter()
-        .map(|(p, o)| json!({"partition": p, "offset": o}))
-        .collect();
-    Ok(ok(json!({"topic": topic, "offsets": offsets})))
+    match failure {
+        None => Ok(ok(json!({"topic": topic, "offsets": outcome}))),
+        Some(e) => {
+            tracing::warn!(%topic, error = %e, "HTTP produce written in part");
+            Ok((
+                StatusCode::MULTI_STATUS,
+                [(header::CONTENT_TYPE, "application/json")],
+                json!({"topic": topic, "offsets": outcome, "error": e.body()["error"]})
+                    .to_string(),
+            )
+                .into_response())
+        }
+    }
 }
 
 // ---- fetch ----
@@ -741,6 +792,46 @@ mod tests {
         }
         values.sort();
         assert_eq!(values, (0..20).collect::<Vec<_>>());
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_with_one_partition_over_the_limit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let hub = Hub::new(broker.clone(), Default::default());
+        let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
+        let (s, body) = call(
+            &app,
+            "POST",
+            "/topics",
+            r#"{"name":"t","partitions":2,"max_batch_bytes":1024}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        // Partition 0's batch fits, partition 1's does not: the request is refused whole.
+        let big = "x".repeat(2000);
+        let req = json!({"records": [
+            {"value": "small", "partition": 0},
+            {"value": big, "partition": 1},
+        ]});
+        let (s, body) = call(&app, "POST", "/topics/t/records", &req.to_string()).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(body["error"]["code"], "record_too_large");
+        for p in 0..2 {
+            assert_eq!(
+                broker
+                    .list_offsets("t", p, weir_broker::broker::OffsetSpec::Latest)
+                    .await
+                    .unwrap(),
+                0,
+                "partition {p} untouched"
+            );
+        }
         broker.close().await.unwrap();
     }
 }
