@@ -157,11 +157,16 @@ pub fn document() -> Value {
                 }},
                 "responses": {
                     "200": json_response("Where each record went, in request order.", "ProduceResponse"),
+                    "207": json_response("Written in part: a write failed after other \
+                        partitions of the request were written. Each record has its offset or \
+                        its error, in request order; `error` is the first failure.",
+                        "PartialProduceResponse"),
                     "400": error_response("bad_request or invalid_record."),
                     "404": error_response("unknown_topic or unknown_partition."),
-                    "413": error_response("payload_too_large or record_too_large."),
+                    "413": error_response("payload_too_large or record_too_large (nothing was written)."),
                     "415": error_response("unsupported_media_type."),
                     "503": error_response("shutting_down."),
+                    "507": error_response("storage_full (nothing was written)."),
                 },
             }},
             "/topics/{topic}/partitions/{partition}/records": {"get": {
@@ -254,13 +259,14 @@ pub fn document() -> Value {
         "components": {"schemas": {
             "Error": {
                 "type": "object", "required": ["error"],
-                "properties": {"error": {
-                    "type": "object", "required": ["code", "message"],
-                    "properties": {
-                        "code": {"type": "string", "enum": codes},
-                        "message": {"type": "string"},
-                    },
-                }},
+                "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}},
+            },
+            "ErrorDetail": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "enum": codes},
+                    "message": {"type": "string"},
+                },
             },
             "Heap": {
                 "type": "object", "required": ["allocator", "process", "produce_memory"],
@@ -398,6 +404,21 @@ pub fn document() -> Value {
                         "type": "object", "required": ["partition", "offset"],
                         "properties": {"partition": {"type": "integer"}, "offset": {"type": "integer"}},
                     }},
+                },
+            },
+            "PartialProduceResponse": {
+                "type": "object", "required": ["topic", "offsets", "error"],
+                "properties": {
+                    "topic": {"type": "string"},
+                    "offsets": {"type": "array", "items": {
+                        "type": "object", "required": ["partition"],
+                        "properties": {
+                            "partition": {"type": ["integer", "null"]},
+                            "offset": {"type": "integer"},
+                            "error": {"$ref": "#/components/schemas/ErrorDetail"},
+                        },
+                    }},
+                    "error": {"$ref": "#/components/schemas/ErrorDetail"},
                 },
             },
             "Record": record_schema(None),
