@@ -130,6 +130,11 @@ pub fn router(state: AppState) -> Api {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                refuse_oversized(limit, req, next)
+            },
+        ))
         .with_state(state);
     Api { router }
 }
@@ -168,6 +173,34 @@ fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
             ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
         }
     })
+}
+
+/// A request whose `Content-Length` is over the body limit is answered 413 before its body is
+/// read (the connection then closes: the body is not read past), instead of after the limit's
+/// worth of it arrived.
+async fn refuse_oversized(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&n| n > limit as u64) {
+        let mut r = ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body of {len} bytes exceeds the limit of {limit} bytes"),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
+    next.run(req).await
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {
@@ -491,7 +524,8 @@ async fn produce(
             Ok(r) => {
                 written = true;
                 for (n, &i) in indexes.iter().enumerate() {
-                    outcome[i] = json!({"partition": r.partition, "offset": r.base_offset + n as u64});
+                    outcome[i] =
+                        json!({"partition": r.partition, "offset": r.base_offset + n as u64});
                 }
             }
             Err(e) if !written => return Err(e),
@@ -510,8 +544,7 @@ async fn produce(
             Ok((
                 StatusCode::MULTI_STATUS,
                 [(header::CONTENT_TYPE, "application/json")],
-                json!({"topic": topic, "offsets": outcome, "error": e.body()["error"]})
-                    .to_string(),
+                json!({"topic": topic, "offsets": outcome, "error": e.body()["error"]}).to_string(),
             )
                 .into_response())
         }

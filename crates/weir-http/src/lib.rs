@@ -1,9 +1,10 @@
 //! weir's HTTP front door: a JSON API over the broker core and WebSocket live push.
 //!
 //! Layout:
-//! - [`serve`] (this file): runs the listener (axum, on `weir-net`'s shared accept loop) until
-//!   the server's shutdown begins, then lets requests finish, closes WebSocket connections
-//!   with a going-away frame and waits for them, up to a grace period.
+//! - [`serve`] (this file): accepts on `weir-net`'s shared accept loop until the server's
+//!   shutdown begins, each connection served by hyper (`listener`: head and idle timeouts),
+//!   then lets requests finish, closes WebSocket connections with a going-away frame and waits
+//!   for them, up to a grace period.
 //! - [`api`]: the HTTP routes — produce, fetch, topics, groups, health, stats — registered
 //!   in one place that also records them, so a test can hold them against the OpenAPI
 //!   document.
@@ -21,12 +22,11 @@
 pub mod api;
 pub mod debug;
 pub mod error;
-pub mod listener;
+mod listener;
 pub mod openapi;
 pub mod records;
 pub mod ws;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,13 @@ pub struct HttpConfig {
     /// How long shutdown waits for WebSocket connections to take their close frame.
     /// Default 5 s.
     pub shutdown_grace: Duration,
+    /// A connection that sends no complete request head for this long (from when it opens,
+    /// or from its last answer) is closed: it bounds both a request head sent slowly and an
+    /// idle keep-alive connection. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Most HTTP connections open at once (a WebSocket connection counts until its upgrade;
+    /// `ws.max_connections` bounds those); more are closed as they come. Default 10,000.
+    pub max_connections: usize,
     pub ws: WsConfig,
     /// What `/metrics` serves before the WebSocket counters (the process's Prometheus text);
     /// `None`: only those counters.
@@ -80,6 +87,8 @@ impl Default for HttpConfig {
             default_fetch_bytes: 1 << 20,
             max_fetch_bytes: 16 << 20,
             shutdown_grace: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             ws: WsConfig::default(),
             metrics: None,
             profiling: false,
@@ -88,11 +97,11 @@ impl Default for HttpConfig {
     }
 }
 
-/// Serves the HTTP API and `/ws` on `listener` until `shutdown` begins; then in-flight
-/// requests finish (long polls answer at once: the binary has told the broker it is
-/// stopping), idle keep-alive connections close, and WebSocket clients get a going-away
-/// close frame, each within `shutdown_grace`. Run it as a task of the shutdown: the binary
-/// waits for it, then closes the broker.
+/// Serves the HTTP API and `/ws` on `listener` until `shutdown` begins: every connection is a
+/// task of the shutdown. Then each connection answers the request it is in and closes (long
+/// polls answer at once: the binary has told the broker it is stopping), and WebSocket clients
+/// get a going-away close frame, waited for up to `shutdown_grace`. Run it as a task of the
+/// shutdown: the binary waits for it and the connections, then closes the broker.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
@@ -102,44 +111,34 @@ pub async fn serve(
     let hub = Hub::new(broker.clone(), config.ws.clone());
     let sweeper = tokio::spawn(hub.clone().run_sweeper());
     let grace = config.shutdown_grace;
+    let idle_timeout = config.idle_timeout;
+    let max_connections = config.max_connections.max(1);
     let state = api::AppState::new(broker, config, hub.clone());
     let app = api::router(state.clone()).into_router();
-    let acceptor = Acceptor::new(
+    let mut acceptor = Acceptor::new(
         listener,
         "http",
         state.broker.admission().clone(),
         shutdown.clone(),
-    );
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener::AdmittingListener::new(acceptor), app)
-        .with_graceful_shutdown(async move {
-            let _ = drain_rx.await;
-        });
-    let server = server.into_future();
-    let begun = shutdown.begun();
-    tokio::pin!(server, begun);
-    let result = tokio::select! {
-        r = &mut server => r,
-        _ = &mut begun => {
-            state.stopping.store(true, std::sync::atomic::Ordering::Release);
-            state.shutdown.cancel();
-            hub.shutdown();
-            let _ = drain_tx.send(());
-            // A client that holds a request open longer than the grace period is cut off.
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("HTTP requests still open after the shutdown grace period");
-                    Ok(())
-                }
-            }
-        }
-    };
+    )
+    .with_limit(max_connections);
+    while let Some(accepted) = acceptor.accept().await {
+        shutdown.spawn(listener::connection(
+            accepted,
+            app.clone(),
+            idle_timeout,
+            shutdown.begun(),
+        ));
+    }
+    state
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Release);
+    state.shutdown.cancel();
     hub.shutdown();
     hub.tasks.close();
     if tokio::time::timeout(grace, hub.tasks.wait()).await.is_err() {
         tracing::warn!("WebSocket connections still open after the shutdown grace period");
     }
     sweeper.abort();
-    result
+    Ok(())
 }

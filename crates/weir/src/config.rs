@@ -252,8 +252,15 @@ pub struct HttpSettings {
     pub enabled: bool,
     /// HTTP listener. Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Largest request body. Default 8 MiB.
+    /// Largest request body; a request declaring a larger one is refused (413) before its
+    /// body is read. Default 8 MiB.
     pub max_body_bytes: usize,
+    /// Close a connection that sends no complete request head for this long, from when it
+    /// opens or from its last answer: a slow or half-sent head, or an idle keep-alive
+    /// connection. Default 30,000 ms.
+    pub idle_timeout_ms: u64,
+    /// HTTP connections open at once; more are closed as they arrive. Default 10,000.
+    pub max_connections: usize,
     /// Longest long-poll a fetch may ask for. Default 30,000 ms.
     pub max_wait_ms: u64,
     /// Records queued per WebSocket subscription before its policy applies. Default 1,024.
@@ -289,6 +296,8 @@ impl Default for HttpSettings {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 8 << 20,
+            idle_timeout_ms: 30_000,
+            max_connections: 10_000,
             max_wait_ms: 30_000,
             ws_queue_messages: 1024,
             ws_queue_bytes: 1 << 20,
@@ -468,6 +477,9 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             bail!("http.max_body_bytes must be at least 1024");
         }
+        if self.http.idle_timeout_ms < 100 || self.http.max_connections == 0 {
+            bail!("http.idle_timeout_ms must be at least 100 and http.max_connections positive");
+        }
         if self.http.ws_queue_messages == 0 || self.http.ws_queue_bytes < 1024 {
             bail!("http.ws_queue_messages must be positive and http.ws_queue_bytes at least 1024");
         }
@@ -589,6 +601,8 @@ impl Config {
         weir_http::HttpConfig {
             max_body_bytes: h.max_body_bytes,
             max_wait: Duration::from_millis(h.max_wait_ms),
+            idle_timeout: Duration::from_millis(h.idle_timeout_ms),
+            max_connections: h.max_connections,
             shutdown_grace: Duration::from_millis(h.shutdown_grace_ms.min(self.shutdown_grace_ms)),
             ws: weir_http::WsConfig {
                 queue_messages: h.ws_queue_messages,

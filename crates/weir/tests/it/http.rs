@@ -1518,3 +1518,70 @@ fn cpu_profile_flame_graph_and_heap_when_enabled() {
     });
     server.stop();
 }
+
+/// Reads from `s` until the server closes it; how long that took. Fails past `limit`.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn half_sent_and_idle_connections_are_closed_and_oversized_bodies_refused_up_front() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("WEIR_HTTP__IDLE_TIMEOUT_MS", "500"),
+            ("WEIR_HTTP__MAX_BODY_BYTES", "65536"),
+        ],
+    );
+    let connect = || std::net::TcpStream::connect(&server.http).unwrap();
+    let limit = Duration::from_secs(5);
+    // A request head that never ends.
+    let mut half = connect();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    // A connection that says nothing.
+    let mut silent = connect();
+    // A keep-alive connection idle after its answer.
+    let mut idle = connect();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    for (what, s) in [
+        ("half-sent head", &mut half),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
+        let took = closed_within(s, limit);
+        assert!(took < limit, "{what}: {took:?}");
+    }
+
+    // A body declared over the limit is refused before it is sent.
+    let mut big = connect();
+    big.write_all(
+        b"POST /topics/t/records HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+          content-length: 100000000\r\n\r\n",
+    )
+    .unwrap();
+    big.set_read_timeout(Some(limit)).unwrap();
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    server.stop();
+}
