@@ -56,6 +56,11 @@ pub struct BrokerConfig {
     pub max_connections_per_ip: usize,
     /// Most new connections per second from one address (0: no limit). Default 0.
     pub connection_rate_per_ip: u32,
+    /// Where every file of the broker is read and written: the logs, committed offsets,
+    /// `topics.json` and the topic directories. Default: the real file system
+    /// ([`weir_log::FileStorage`]); tests give [`weir_log::MemStorage`] to crash the broker at
+    /// any I/O step or fill its disk.
+    pub storage: Arc<dyn weir_log::Storage>,
 }
 
 impl Default for BrokerConfig {
@@ -74,6 +79,7 @@ impl Default for BrokerConfig {
             produce_memory_bytes: 256 << 20,
             max_connections_per_ip: 0,
             connection_rate_per_ip: 0,
+            storage: Arc::new(weir_log::FileStorage),
         }
     }
 }
@@ -454,6 +460,13 @@ fn stamp_log_append_time(batch: Bytes) -> Result<(Bytes, i64)> {
     Ok((Bytes::from(buf), now))
 }
 
+/// The topic a grave directory (`NAME.SEQ.deleted`) held.
+fn grave_topic(dir: &str) -> Option<&str> {
+    let rest = dir.strip_suffix(".deleted")?;
+    let (name, seq) = rest.rsplit_once('.')?;
+    seq.parse::<u64>().ok().map(|_| name)
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -466,35 +479,52 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Broker> {
         config.default_topic.validate()?;
         let data = &config.data_dir;
-        let io = |op: &'static str, e: std::io::Error| BrokerError::storage(op, data, e);
-        std::fs::create_dir_all(data.join("topics")).map_err(|e| io("creating", e))?;
-        // Finish deletions a crash interrupted.
-        for entry in std::fs::read_dir(data.join("topics")).map_err(|e| io("listing", e))? {
-            let path = entry.map_err(|e| io("listing", e))?.path();
-            if path.extension().is_some_and(|e| e == "deleted") {
-                let _ = std::fs::remove_dir_all(&path);
+        let storage = &config.storage;
+        let topics_dir = data.join("topics");
+        let io = |op: &'static str, e: std::io::Error| BrokerError::storage(op, &topics_dir, e);
+        storage
+            .create_dir_all(&topics_dir)
+            .map_err(|e| io("creating", e))?;
+        let mut meta = topic::load_meta(storage.as_ref(), data)?;
+        // Finish deletions a crash interrupted. A deletion moves the topic's directory aside
+        // (`NAME.SEQ.deleted`), empties it, updates the metadata, then removes it: a topic
+        // still listed whose directory is gone while its grave remains was deleted, and its
+        // metadata is brought up to date before the grave goes.
+        let subdirs = storage
+            .list_subdirs(&topics_dir)
+            .map_err(|e| io("listing", e))?;
+        let mut dropped = false;
+        for grave in subdirs.iter().filter(|d| d.ends_with(".deleted")) {
+            if let Some(name) = grave_topic(grave)
+                && meta.contains_key(name)
+                && !subdirs.iter().any(|d| d == name)
+            {
+                tracing::info!(topic = name, "finishing a deletion cut short by a crash");
+                meta.remove(name);
+                dropped = true;
             }
         }
-        let meta = topic::load_meta(data)?;
-        // Directories of topics the metadata does not list (a deletion cut short by a crash)
+        if dropped {
+            topic::store_meta(storage.as_ref(), data, &meta)?;
+        }
+        for grave in subdirs.iter().filter(|d| d.ends_with(".deleted")) {
+            let _ = storage.remove_dir_all(&topics_dir.join(grave));
+        }
+        // Directories of topics the metadata does not list (a creation cut short by a crash)
         // must not resurface in a topic created later under the same name.
-        for entry in std::fs::read_dir(data.join("topics")).map_err(|e| io("listing", e))? {
-            let path = entry.map_err(|e| io("listing", e))?.path();
-            let listed = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| meta.contains_key(n));
-            if !listed && path.is_dir() {
-                tracing::warn!(dir = %path.display(), "removing the data of a deleted topic");
-                let _ = std::fs::remove_dir_all(&path);
+        for dir in subdirs.iter().filter(|d| !d.ends_with(".deleted")) {
+            if !meta.contains_key(dir.as_str()) {
+                tracing::warn!(dir = %topics_dir.join(dir).display(), "removing the data of a topic the metadata does not list");
+                let _ = storage.remove_dir_all(&topics_dir.join(dir));
             }
         }
+        let _ = storage.sync_dir(&topics_dir);
         let mut topics = HashMap::new();
         for (name, cfg) in meta {
             let t = Self::open_topic(&config, &name, cfg, true)?;
             topics.insert(name, Arc::new(t));
         }
-        let offsets = OffsetStore::open(&data.join("offsets"))?;
+        let offsets = OffsetStore::open_with_storage(storage.clone(), &data.join("offsets"))?;
         tracing::info!(data_dir = %data.display(), topics = topics.len(), "broker opened");
         Ok(Broker {
             inner: Arc::new(Inner {
@@ -538,7 +568,7 @@ impl Broker {
         let mut partitions = Vec::with_capacity(cfg.partitions as usize);
         for p in 0..cfg.partitions {
             let dir = topic_dir(&config.data_dir, name).join(p.to_string());
-            let log = Log::open(&dir, log_config.clone())?;
+            let log = Log::open_with(config.storage.clone(), &dir, log_config.clone())?;
             let (hwm, _) = watch::channel(log.high_watermark());
             partitions.push(Arc::new(Partition {
                 log: Arc::new(log),
@@ -744,11 +774,13 @@ impl Broker {
             let topic = Self::open_topic(cfg, &name_owned, config.clone(), false)?;
             let mut all = this.topic_configs();
             all.insert(name_owned.clone(), config);
-            if let Err(e) = topic::store_meta(&cfg.data_dir, &all) {
+            if let Err(e) = topic::store_meta(cfg.storage.as_ref(), &cfg.data_dir, &all) {
                 for p in &topic.partitions {
                     let _ = p.log.close();
                 }
-                let _ = std::fs::remove_dir_all(topic_dir(&cfg.data_dir, &name_owned));
+                let _ = cfg
+                    .storage
+                    .remove_dir_all(&topic_dir(&cfg.data_dir, &name_owned));
                 return Err(e);
             }
             Ok(topic)
@@ -795,44 +827,34 @@ impl Broker {
         let this = self.clone();
         let name_owned = name.to_string();
         let doomed = topic.clone();
-        let result = blocking(move || {
-            let cfg = &this.inner.config;
-            topic::store_meta(&cfg.data_dir, &this.topic_configs())?;
-            this.inner.offsets.delete_topic(&name_owned)?;
-            // Close the logs and move the directory aside while the admin lock is held, so a
-            // topic created again under this name starts from an empty directory.
-            for p in &doomed.partitions {
-                let _ = p.log.close();
+        let result = blocking(move || Ok(this.delete_files(&name_owned, &doomed, seq)))
+            .await
+            .unwrap_or_else(|e| Err((e, true)));
+        match result {
+            Ok(()) => {}
+            Err((e, true)) => {
+                // The data is gone; what failed (the metadata or the offsets, on a disk still
+                // full) is finished at the next start, and any later metadata write.
+                tracing::error!(topic = name, error = %e, "topic deleted, but recording it failed; it is finished at the next start");
             }
-            let dir = topic_dir(&cfg.data_dir, &name_owned);
-            let grave = cfg
-                .data_dir
-                .join("topics")
-                .join(format!("{name_owned}.{seq}.deleted"));
-            std::fs::rename(&dir, &grave)
-                .map_err(|e| BrokerError::storage("moving aside", &dir, e))?;
-            Ok(grave)
-        })
-        .await;
-        let grave = match result {
-            Ok(g) => g,
-            Err(e) => {
-                // Whatever happened, the producers' states go: batches appended while the
-                // topic was marked deleted recorded none, and a topic that stays gone must
-                // not leave its states to one made again under the name. Its producers start
-                // afresh, as after any forgetting.
+            Err((e, false)) => {
+                // Nothing was deleted: the topic comes back as it was.
                 self.inner.producers.forget_topic(name);
-                // Metadata unchanged means the logs were not closed yet either.
-                if topic::load_meta(&self.inner.config.data_dir)
-                    .map(|m| m.contains_key(name))
-                    .unwrap_or(false)
-                {
-                    topic.deleted.store(false, Ordering::Release);
-                    self.inner.topics.write().insert(name.to_string(), topic);
+                let cfg = &self.inner.config;
+                match Self::open_topic(cfg, name, topic.config.clone(), true) {
+                    Ok(t) => {
+                        self.inner
+                            .topics
+                            .write()
+                            .insert(name.to_string(), Arc::new(t));
+                    }
+                    Err(reopen) => {
+                        tracing::error!(topic = name, error = %reopen, "reopening a topic whose deletion failed");
+                    }
                 }
                 return Err(e);
             }
-        };
+        }
         // A topic created again under this name starts every producer's sequence afresh. (An
         // append that raced the deletion records nothing: it sees the topic's deleted flag.)
         self.inner.producers.forget_topic(name);
@@ -840,10 +862,47 @@ impl Broker {
         self.inner
             .groups
             .on_partitions_changed(name, &partitions_of);
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&grave);
-        });
         tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Deletes a topic's files (blocking). The data goes first, the metadata after: on a full
+    /// disk, rewriting `topics.json` (or the offsets log) needs the very space the deletion
+    /// frees. The directory is moved aside (no space needed), emptied, the metadata and
+    /// offsets updated, then the empty directory removed; `Broker::open` finishes whatever a
+    /// crash cut short. An error says whether the topic is deleted anyway (`true`: its data
+    /// is gone, recording that failed).
+    fn delete_files(
+        &self,
+        name: &str,
+        doomed: &Topic,
+        seq: u64,
+    ) -> std::result::Result<(), (BrokerError, bool)> {
+        let cfg = &self.inner.config;
+        let storage = cfg.storage.as_ref();
+        for p in &doomed.partitions {
+            let _ = p.log.close();
+        }
+        let topics_dir = cfg.data_dir.join("topics");
+        let dir = topic_dir(&cfg.data_dir, name);
+        let grave = topics_dir.join(format!("{name}.{seq}.deleted"));
+        if let Err(e) = storage
+            .rename_dir(&dir, &grave)
+            .and_then(|()| storage.sync_dir(&topics_dir))
+        {
+            return Err((BrokerError::storage("moving aside", &dir, e), false));
+        }
+        // Deleted from here on, whatever fails next.
+        for p in 0..doomed.partitions.len() {
+            let _ = storage.remove_dir_all(&grave.join(p.to_string()));
+        }
+        topic::store_meta(storage, &cfg.data_dir, &self.topic_configs()).map_err(|e| (e, true))?;
+        self.inner
+            .offsets
+            .delete_topic(name)
+            .map_err(|e| (e, true))?;
+        let _ = storage.remove_dir_all(&grave);
+        let _ = storage.sync_dir(&topics_dir);
         Ok(())
     }
 
@@ -1859,5 +1918,166 @@ mod tests {
             other => panic!("read what retention deleted: {other:?}"),
         }
         assert_eq!(broker.inner.read_ahead_hits.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// The broker's own files (topic metadata, topic directories) on the storage seam: a full disk
+/// and a crash at every I/O step of creating and deleting a topic.
+#[cfg(test)]
+mod storage_tests {
+    use std::path::Path;
+
+    use weir_log::{CrashMode, FaultKind, MemStorage, Storage};
+
+    use super::*;
+    use crate::ErrorKind;
+    use crate::topic::DurabilitySetting;
+
+    fn config(storage: &MemStorage) -> BrokerConfig {
+        BrokerConfig {
+            data_dir: PathBuf::from("/data"),
+            storage: Arc::new(storage.clone()),
+            preallocate_bytes: 0,
+            default_topic: TopicConfig {
+                durability: DurabilitySetting::Always,
+                segment_bytes: 1 << 20,
+                max_batch_bytes: 64 << 10,
+                ..TopicConfig::default()
+            },
+            ..BrokerConfig::default()
+        }
+    }
+
+    fn batch(value: &[u8]) -> Bytes {
+        let mut b = weir_batch::BatchBuilder::new(0);
+        b.push(weir_batch::RecordSpec::value(value));
+        Bytes::from(b.build())
+    }
+
+    async fn open(storage: &MemStorage) -> Broker {
+        let cfg = config(storage);
+        tokio::task::spawn_blocking(move || Broker::open(cfg))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn records(broker: &Broker, topic: &str) -> u64 {
+        broker
+            .list_offsets(topic, 0, OffsetSpec::Latest)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_a_topic_frees_space_on_a_full_disk() {
+        let storage = MemStorage::new();
+        let broker = open(&storage).await;
+        broker.create_topic("big", None).await.unwrap();
+        broker.create_topic("small", None).await.unwrap();
+        broker
+            .produce("small", Some(0), None, batch(b"before"))
+            .await
+            .unwrap();
+        storage.set_capacity(Some(storage.used_bytes() + (256 << 10)));
+        let value = vec![7u8; 16 << 10];
+        let full = loop {
+            match broker.produce("big", Some(0), None, batch(&value)).await {
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(full.kind(), ErrorKind::StorageFull, "{full}");
+        // To the last byte: even the smallest batch no longer fits.
+        while broker
+            .produce("big", Some(0), None, batch(b""))
+            .await
+            .is_ok()
+        {}
+        let err = broker
+            .produce("small", Some(0), None, batch(b"refused"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::StorageFull);
+        // The disk is full, and deleting the topic that filled it frees it.
+        broker.delete_topic("big").await.unwrap();
+        broker
+            .produce("small", Some(0), None, batch(b"after"))
+            .await
+            .unwrap();
+        assert_eq!(records(&broker, "small").await, 2);
+        broker.close().await.unwrap();
+        let broker = open(&storage.crash_image(CrashMode::SyncedOnly)).await;
+        assert!(broker.partition_count("big").is_none());
+        assert_eq!(records(&broker, "small").await, 2);
+        broker.close().await.unwrap();
+    }
+
+    /// Creating and deleting a topic, with the process dying at the `n`th I/O operation of
+    /// either, then restarting from what the disk kept: the topic is there whole or not at
+    /// all, the other topic untouched, and a topic made again under the name starts empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_at_any_step_of_creating_or_deleting_a_topic_leaves_it_whole_or_gone() {
+        let mut n = 0;
+        loop {
+            let storage = MemStorage::new();
+            let broker = open(&storage).await;
+            broker.create_topic("keep", None).await.unwrap();
+            broker
+                .produce("keep", Some(0), None, batch(b"k"))
+                .await
+                .unwrap();
+            let start = storage.op_count();
+            storage.inject_faults(start + n, u64::MAX, FaultKind::Dead);
+            let created = broker.create_topic("t", None).await.is_ok();
+            let produced = created
+                && broker
+                    .produce("t", Some(0), None, batch(b"v"))
+                    .await
+                    .is_ok();
+            let deleted = produced && broker.delete_topic("t").await.is_ok();
+            let finished = deleted && storage.op_count() < start + n;
+            let image = storage.crash_image(CrashMode::SyncedOnly);
+            drop(broker);
+            let broker = open(&image).await;
+            assert_eq!(records(&broker, "keep").await, 1, "step {n}");
+            match broker.partition_count("t") {
+                None => {}
+                Some(1) => {
+                    let held = records(&broker, "t").await;
+                    assert!(held <= 1, "step {n}: {held}");
+                    if produced && !deleted {
+                        assert_eq!(held, 1, "step {n}: an acknowledged record was lost");
+                    }
+                }
+                Some(other) => panic!("step {n}: {other} partitions"),
+            }
+            if deleted {
+                assert!(
+                    broker.partition_count("t").is_none(),
+                    "step {n}: a deleted topic came back"
+                );
+            }
+            // Made again, the name starts empty.
+            if broker.partition_count("t").is_some() {
+                broker.delete_topic("t").await.unwrap();
+            }
+            broker.create_topic("t", None).await.unwrap();
+            assert_eq!(records(&broker, "t").await, 0, "step {n}");
+            assert!(
+                !image
+                    .list_subdirs(Path::new("/data/topics"))
+                    .unwrap()
+                    .iter()
+                    .any(|d| d.ends_with(".deleted")),
+                "step {n}: a grave left behind"
+            );
+            broker.close().await.unwrap();
+            if finished {
+                break;
+            }
+            n += 1;
+            assert!(n < 10_000, "the sequence never finished");
+        }
     }
 }

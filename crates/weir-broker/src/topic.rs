@@ -5,10 +5,9 @@
 //! holds either the old or the new list, never a mix.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
+use weir_log::Storage;
 
 use serde::{Deserialize, Serialize};
 use weir_log::{Durability, LogConfig};
@@ -169,18 +168,37 @@ struct MetaFile {
 const META_FILE: &str = "topics.json";
 const META_VERSION: u32 = 1;
 
+/// `topics.json` is the broker's own small file; a larger one is not read.
+const MAX_META_BYTES: u64 = 64 << 20;
+
 /// Reads `topics.json`; an absent file is an empty broker.
-pub(crate) fn load_meta(dir: &Path) -> Result<BTreeMap<String, TopicConfig>> {
+pub(crate) fn load_meta(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<BTreeMap<String, TopicConfig>> {
     let path = dir.join(META_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
+    let file = match storage.open_file(&path, false) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(BrokerError::storage("reading", path, e)),
+        Err(e) => return Err(BrokerError::storage("opening", path, e)),
     };
-    let meta: MetaFile = serde_json::from_str(&text).map_err(|e| BrokerError::CorruptMetadata {
-        what: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let len = file
+        .len()
+        .map_err(|e| BrokerError::storage("reading", &path, e))?;
+    if len > MAX_META_BYTES {
+        return Err(BrokerError::CorruptMetadata {
+            what: path.display().to_string(),
+            reason: format!("{len} bytes, over the {MAX_META_BYTES} this build reads"),
+        });
+    }
+    let text = file
+        .read_vec_at(len as usize, 0)
+        .map_err(|e| BrokerError::storage("reading", &path, e))?;
+    let meta: MetaFile =
+        serde_json::from_slice(&text).map_err(|e| BrokerError::CorruptMetadata {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     if meta.version != META_VERSION {
         return Err(BrokerError::CorruptMetadata {
             reason: format!(
@@ -193,8 +211,13 @@ pub(crate) fn load_meta(dir: &Path) -> Result<BTreeMap<String, TopicConfig>> {
     Ok(meta.topics)
 }
 
-/// Replaces `topics.json` atomically and durably.
-pub(crate) fn store_meta(dir: &Path, topics: &BTreeMap<String, TopicConfig>) -> Result<()> {
+/// Replaces `topics.json` atomically and durably: a new file written and synced beside it,
+/// renamed over it, the directory synced. A crash at any step leaves the old file or the new.
+pub(crate) fn store_meta(
+    storage: &dyn Storage,
+    dir: &Path,
+    topics: &BTreeMap<String, TopicConfig>,
+) -> Result<()> {
     let tmp = dir.join("topics.json.tmp");
     let err = |op: &'static str, e: std::io::Error| BrokerError::storage(op, &tmp, e);
     let meta = MetaFile {
@@ -203,12 +226,17 @@ pub(crate) fn store_meta(dir: &Path, topics: &BTreeMap<String, TopicConfig>) -> 
     };
     let text = serde_json::to_vec_pretty(&meta)
         .map_err(|e| BrokerError::Internal(format!("encoding topics.json: {e}")))?;
-    let mut f = fs::File::create(&tmp).map_err(|e| err("creating", e))?;
-    f.write_all(&text).map_err(|e| err("writing", e))?;
-    f.sync_all().map_err(|e| err("syncing", e))?;
-    fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| err("renaming", e))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+    let f = storage
+        .open_file(&tmp, true)
+        .map_err(|e| err("creating", e))?;
+    f.set_len(0).map_err(|e| err("truncating", e))?;
+    f.write_all_at(&text, 0).map_err(|e| err("writing", e))?;
+    f.sync_data().map_err(|e| err("syncing", e))?;
+    storage
+        .rename(&tmp, &dir.join(META_FILE))
+        .map_err(|e| err("renaming", e))?;
+    storage
+        .sync_dir(dir)
         .map_err(|e| BrokerError::storage("syncing", dir, e))
 }
 
@@ -257,7 +285,8 @@ mod tests {
     #[test]
     fn metadata_round_trips_and_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_meta(dir.path()).unwrap().is_empty());
+        let fs = weir_log::FileStorage;
+        assert!(load_meta(&fs, dir.path()).unwrap().is_empty());
         let mut topics = BTreeMap::new();
         topics.insert(
             "a".to_string(),
@@ -267,14 +296,14 @@ mod tests {
                 ..TopicConfig::default()
             },
         );
-        store_meta(dir.path(), &topics).unwrap();
-        assert_eq!(load_meta(dir.path()).unwrap(), topics);
-        fs::write(
+        store_meta(&fs, dir.path(), &topics).unwrap();
+        assert_eq!(load_meta(&fs, dir.path()).unwrap(), topics);
+        std::fs::write(
             dir.path().join(META_FILE),
             r#"{"version":1,"topics":{"a":{"partitions":1,"colour":"red"}}}"#,
         )
         .unwrap();
-        let err = load_meta(dir.path()).unwrap_err();
+        let err = load_meta(&fs, dir.path()).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }
 }

@@ -31,6 +31,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory entries of `dir` (creations, removals, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the directories directly inside `dir`.
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Renames the directory `from`, with all it holds, to `to` (in the same parent); durable
+    /// once the parent is synced. Needs no free space.
+    fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes `dir` and all it holds (the space is free at once); durable once the parent is
+    /// synced.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// An open file.
@@ -165,6 +173,22 @@ impl Storage for FileStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+    fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::remove_dir_all(dir)
+    }
 }
 
 /// Which operations an injected fault hits.
@@ -183,6 +207,8 @@ struct Faults {
     ops: AtomicU64,
     /// Fail operations numbered in `[start, end)`; `u64::MAX` start disables.
     window: Mutex<Option<(u64, u64, FaultKind)>>,
+    /// The disk's size (`None`: unbounded) and the bytes its live files hold.
+    space: Mutex<(Option<u64>, u64)>,
 }
 
 impl Faults {
@@ -265,6 +291,18 @@ impl StorageFile for MemFile {
         };
         let mut d = self.state.lock();
         let pos = pos as usize;
+        {
+            // Past the disk's size nothing is written.
+            let grows = (pos + len).saturating_sub(d.data.len()) as u64;
+            let mut space = self.faults.space.lock();
+            if space.0.is_some_and(|size| space.1 + grows > size) {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on the in-memory disk",
+                ));
+            }
+            space.1 += grows;
+        }
         if d.data.len() < pos + len {
             d.data.resize(pos + len, 0);
         }
@@ -275,6 +313,17 @@ impl StorageFile for MemFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.faults.check(false)?;
         let mut d = self.state.lock();
+        {
+            let mut space = self.faults.space.lock();
+            let old = d.data.len() as u64;
+            if len > old && space.0.is_some_and(|size| space.1 + (len - old) > size) {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on the in-memory disk",
+                ));
+            }
+            space.1 = (space.1 + len).saturating_sub(old);
+        }
         let len = len as usize;
         let from = len.min(d.data.len());
         d.data.resize(len, 0);
@@ -301,6 +350,41 @@ struct MemState {
     live: BTreeMap<PathBuf, Arc<MemFile>>,
     /// Directory entries as a crash would leave them (updated by `sync_dir`).
     durable: BTreeMap<PathBuf, Arc<MemFile>>,
+    /// Directory renames and removals not yet durable: each becomes durable when its parent
+    /// is synced.
+    pending: Vec<DirChange>,
+}
+
+#[derive(Debug, Clone)]
+enum DirChange {
+    Rename(PathBuf, PathBuf),
+    Remove(PathBuf),
+}
+
+impl DirChange {
+    fn parent(&self) -> Option<&Path> {
+        match self {
+            DirChange::Rename(from, _) => from.parent(),
+            DirChange::Remove(dir) => dir.parent(),
+        }
+    }
+}
+
+/// `path` moved from under `from` to under `to`, if it is under `from`.
+fn moved(path: &Path, from: &Path, to: &Path) -> Option<PathBuf> {
+    path.strip_prefix(from).ok().map(|rest| to.join(rest))
+}
+
+fn rename_under(map: &mut BTreeMap<PathBuf, Arc<MemFile>>, from: &Path, to: &Path) {
+    let inside: Vec<PathBuf> = map
+        .keys()
+        .filter(|p| p.starts_with(from))
+        .cloned()
+        .collect();
+    for p in inside {
+        let f = map.remove(&p).expect("listed");
+        map.insert(moved(&p, from, to).expect("under from"), f);
+    }
 }
 
 /// An in-memory file system that knows what a crash would keep.
@@ -349,6 +433,23 @@ impl MemStorage {
         *self.faults.window.lock() = None;
     }
 
+    /// Gives the disk a size: a write that would make the live files hold more fails with
+    /// `StorageFull` (and writes nothing) until removals free space. `None`: unbounded.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.faults.space.lock().0 = bytes;
+    }
+
+    /// Bytes the live files hold.
+    pub fn used_bytes(&self) -> u64 {
+        self.faults.space.lock().1
+    }
+
+    fn release(&self, file: &MemFile) {
+        let len = file.state.lock().data.len() as u64;
+        let mut space = self.faults.space.lock();
+        space.1 = space.1.saturating_sub(len);
+    }
+
     /// The file system a crash at this instant would leave behind, as a new, healthy storage.
     pub fn crash_image(&self, mode: CrashMode) -> MemStorage {
         let state = self.state.lock();
@@ -356,8 +457,13 @@ impl MemStorage {
             return Self::process_crash_image(&state);
         }
         let faults = Arc::new(Faults::default());
+        // Directories hold what a crash keeps in them, whatever became of their names since.
+        let mut dirs = state.dirs.clone();
+        for path in state.durable.keys() {
+            dirs.extend(path.ancestors().skip(1).map(Path::to_path_buf));
+        }
         let mut image = MemState {
-            dirs: state.dirs.clone(),
+            dirs,
             ..MemState::default()
         };
         let mut seed = match mode {
@@ -432,6 +538,7 @@ impl MemStorage {
                 dirs: state.dirs.clone(),
                 live,
                 durable,
+                pending: state.pending.clone(),
             })),
             faults,
         }
@@ -493,11 +600,12 @@ impl Storage for MemStorage {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.faults.check(false)?;
         let mut state = self.state.lock();
-        state
+        let file = state
             .live
             .remove(path)
-            .map(drop)
-            .ok_or_else(|| io::ErrorKind::NotFound.into())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        self.release(&file);
+        Ok(())
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.faults.check(false)?;
@@ -506,12 +614,83 @@ impl Storage for MemStorage {
             .live
             .remove(from)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        state.live.insert(to.to_path_buf(), file);
+        if let Some(replaced) = state.live.insert(to.to_path_buf(), file) {
+            self.release(&replaced);
+        }
+        Ok(())
+    }
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.faults.check(true)?;
+        let state = self.state.lock();
+        if !state.dirs.contains(dir) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(state
+            .dirs
+            .iter()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut state = self.state.lock();
+        if !state.dirs.contains(from) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        if state.dirs.contains(to) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        let inside: Vec<PathBuf> = state
+            .dirs
+            .iter()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for d in inside {
+            state.dirs.remove(&d);
+            state.dirs.insert(moved(&d, from, to).expect("under from"));
+        }
+        rename_under(&mut state.live, from, to);
+        state
+            .pending
+            .push(DirChange::Rename(from.to_path_buf(), to.to_path_buf()));
+        Ok(())
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.faults.check(false)?;
+        let mut state = self.state.lock();
+        if !state.dirs.contains(dir) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        state.dirs.retain(|p| !p.starts_with(dir));
+        let inside: Vec<PathBuf> = state
+            .live
+            .keys()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        for p in inside {
+            let f = state.live.remove(&p).expect("listed");
+            self.release(&f);
+        }
+        state.pending.push(DirChange::Remove(dir.to_path_buf()));
         Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.faults.check(false)?;
         let mut state = self.state.lock();
+        let pending = std::mem::take(&mut state.pending);
+        for change in pending {
+            if change.parent() != Some(dir) {
+                state.pending.push(change);
+                continue;
+            }
+            match change {
+                DirChange::Rename(from, to) => rename_under(&mut state.durable, &from, &to),
+                DirChange::Remove(gone) => state.durable.retain(|p, _| !p.starts_with(&gone)),
+            }
+        }
         state.durable.retain(|p, _| p.parent() != Some(dir));
         let entries: Vec<_> = state
             .live
@@ -601,6 +780,52 @@ mod tests {
         a.sync_data().unwrap();
         let image = s.crash_image(CrashMode::SyncedOnly);
         assert_eq!(image.read_file(&dir.join("a")).unwrap(), b"0123xy");
+    }
+
+    #[test]
+    fn directory_renames_and_removals_are_durable_once_the_parent_is_synced() {
+        let s = MemStorage::new();
+        let top = Path::new("/t");
+        s.create_dir_all(&top.join("a/0")).unwrap();
+        let f = s.open_file(&top.join("a/0/f"), true).unwrap();
+        f.write_all_at(b"data", 0).unwrap();
+        f.sync_data().unwrap();
+        s.sync_dir(&top.join("a/0")).unwrap();
+        s.rename_dir(&top.join("a"), &top.join("a.1.deleted"))
+            .unwrap();
+        assert_eq!(s.list_subdirs(top).unwrap(), ["a.1.deleted"]);
+        assert_eq!(s.read_file(&top.join("a.1.deleted/0/f")).unwrap(), b"data");
+        // Not durable yet: a crash finds the old name.
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert_eq!(image.read_file(&top.join("a/0/f")).unwrap(), b"data");
+        assert!(image.list_subdirs(top).unwrap().contains(&"a".to_string()));
+        s.sync_dir(top).unwrap();
+        let image = s.crash_image(CrashMode::SyncedOnly);
+        assert!(image.read_file(&top.join("a/0/f")).is_none());
+        assert_eq!(
+            image.read_file(&top.join("a.1.deleted/0/f")).unwrap(),
+            b"data"
+        );
+        // Removal frees the space at once, and is durable once the parent is synced.
+        s.set_capacity(Some(6));
+        let g = s.open_file(&top.join("g"), true).unwrap();
+        let err = g.write_all_at(b"more", 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "4 + 4 bytes > 6");
+        assert_eq!(s.used_bytes(), 4);
+        s.remove_dir_all(&top.join("a.1.deleted")).unwrap();
+        assert_eq!(s.used_bytes(), 0);
+        g.write_all_at(b"more", 0).unwrap();
+        assert!(
+            s.crash_image(CrashMode::SyncedOnly)
+                .read_file(&top.join("a.1.deleted/0/f"))
+                .is_some()
+        );
+        s.sync_dir(top).unwrap();
+        assert!(
+            s.crash_image(CrashMode::SyncedOnly)
+                .read_file(&top.join("a.1.deleted/0/f"))
+                .is_none()
+        );
     }
 
     #[test]

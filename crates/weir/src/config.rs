@@ -573,6 +573,7 @@ impl Config {
             produce_memory_bytes: self.limits.produce_memory_bytes,
             max_connections_per_ip: self.limits.max_connections_per_ip,
             connection_rate_per_ip: self.limits.connection_rate_per_ip,
+            ..weir_broker::BrokerConfig::default()
         })
     }
 
