@@ -410,6 +410,10 @@ struct Inner {
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
     deleted_dirs: Mutex<u64>,
+    /// Other group coordinators' session clocks (the Kafka door's), run by
+    /// [`Broker::run_maintenance`] beside the native groups' expiry; one that returns false is
+    /// dropped.
+    group_clocks: Mutex<Vec<GroupClock>>,
     /// Compressed batches decompressed at once, to check them on produce or by the front
     /// doors that decode records for their clients (each may decompress to 64 MiB, with a
     /// zstd window of up to 128 MiB): bounds that memory whatever the number of producers and
@@ -465,6 +469,15 @@ fn grave_topic(dir: &str) -> Option<&str> {
     let rest = dir.strip_suffix(".deleted")?;
     let (name, seq) = rest.rsplit_once('.')?;
     seq.parse::<u64>().ok().map(|_| name)
+}
+
+/// A group coordinator's session clock: see [`Broker::on_group_tick`].
+struct GroupClock(Box<dyn Fn(Instant) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for GroupClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupClock")
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -543,6 +556,7 @@ impl Broker {
                 closed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 deleted_dirs: Mutex::new(0),
+                group_clocks: Mutex::new(Vec::new()),
                 decompressions: tokio::sync::Semaphore::new(CONCURRENT_DECOMPRESSIONS),
                 read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
                     READ_AHEAD_BUDGET_BYTES >> 10,
@@ -1538,18 +1552,48 @@ impl Broker {
     /// Runs periodic work until `shutdown` resolves: expires group members, syncs
     /// interval-durability logs, applies retention.
     pub async fn run_maintenance(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        // Two loops: the groups' one clock every 100 ms, never held up by the storage work
+        // (interval syncs, retention) of the other.
+        tokio::select! {
+            _ = &mut shutdown => {}
+            _ = self.group_clock() => {}
+            _ = self.storage_maintenance() => {}
+        }
+    }
+
+    /// Registers another coordinator's session clock (the Kafka door's groups), called every
+    /// 100 ms with the time by [`Broker::run_maintenance`], beside the native groups' expiry:
+    /// one expiry clock for every group. Returning false unregisters it.
+    pub fn on_group_tick(&self, tick: impl Fn(Instant) -> bool + Send + Sync + 'static) {
+        self.inner
+            .group_clocks
+            .lock()
+            .push(GroupClock(Box::new(tick)));
+    }
+
+    async fn group_clock(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            for (group, member) in self.inner.groups.expire(now) {
+                tracing::info!(%group, %member, "group member session expired");
+            }
+            self.inner
+                .group_clocks
+                .lock()
+                .retain(|clock| (clock.0)(now));
+        }
+    }
+
+    async fn storage_maintenance(&self) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_retention = Instant::now();
-        tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {}
-            }
-            for (group, member) in self.inner.groups.expire(Instant::now()) {
-                tracing::info!(%group, %member, "group member session expired");
-            }
+            tick.tick().await;
             let parts: Vec<(String, u32, Arc<Partition>)> = self
                 .inner
                 .topics

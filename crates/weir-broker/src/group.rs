@@ -85,27 +85,31 @@ pub type Assignment = BTreeMap<String, BTreeMap<String, Vec<u32>>>;
 // Membership core
 // ---------------------------------------------------------------------------------------------
 
-/// One member of a group.
+/// One member of a group. `state` is what the protocol's own coordinator keeps beside the
+/// shared fields (nothing for the native protocol; the Kafka door's join and sync waiters,
+/// assignor metadata and assignment).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub struct Member<X = ()> {
     pub id: String,
     pub client_id: String,
     pub topics: BTreeSet<String>,
     pub session_timeout: Duration,
     /// The member is expired once `now >= deadline` (see [`Membership::expired`]).
     pub deadline: Instant,
+    pub state: X,
 }
 
 /// A group's membership: protocol, generation and members. No locking, no assignment, no
-/// clock of its own: the caller passes `now`.
+/// clock of its own: the caller passes `now`. Both coordinators keep their members here: the
+/// native one with server-side assignment, and the Kafka door's JoinGroup/SyncGroup barrier.
 #[derive(Debug, Clone)]
-pub struct Membership {
+pub struct Membership<X = ()> {
     protocol: GroupProtocol,
     generation: u64,
-    members: BTreeMap<String, Member>,
+    members: BTreeMap<String, Member<X>>,
 }
 
-impl Membership {
+impl<X> Membership<X> {
     /// An empty group at generation 0.
     pub fn new(protocol: GroupProtocol) -> Self {
         Self {
@@ -133,25 +137,44 @@ impl Membership {
     }
 
     /// Members in id order.
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
+    pub fn members(&self) -> impl Iterator<Item = &Member<X>> {
         self.members.values()
     }
 
-    pub fn member(&self, id: &str) -> Option<&Member> {
+    /// Members in id order, to change.
+    pub fn members_mut(&mut self) -> impl Iterator<Item = &mut Member<X>> {
+        self.members.values_mut()
+    }
+
+    pub fn member(&self, id: &str) -> Option<&Member<X>> {
         self.members.get(id)
     }
 
-    pub fn member_mut(&mut self, id: &str) -> Option<&mut Member> {
+    pub fn member_mut(&mut self, id: &str) -> Option<&mut Member<X>> {
         self.members.get_mut(id)
     }
 
+    pub fn contains(&self, id: &str) -> bool {
+        self.members.contains_key(id)
+    }
+
+    /// Member ids in order.
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.members.keys()
+    }
+
     /// Adds (or replaces) a member.
-    pub fn insert(&mut self, member: Member) {
+    pub fn insert(&mut self, member: Member<X>) {
         self.members.insert(member.id.clone(), member);
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<Member> {
+    pub fn remove(&mut self, id: &str) -> Option<Member<X>> {
         self.members.remove(id)
+    }
+
+    /// Keeps only the members `keep` says so of.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Member<X>) -> bool) {
+        self.members.retain(|_, m| keep(m));
     }
 
     /// Pushes a member's deadline to `now` + its session timeout. False if unknown.
@@ -167,9 +190,16 @@ impl Membership {
 
     /// Members whose deadline has passed (`deadline <= now`), in id order.
     pub fn expired(&self, now: Instant) -> Vec<String> {
+        self.expired_unless(now, |_| false)
+    }
+
+    /// Members whose deadline has passed, but for those `spared` says are not to expire now
+    /// (the Kafka door spares a member waiting in a join or a sync: its heartbeats queue
+    /// behind that request).
+    pub fn expired_unless(&self, now: Instant, spared: impl Fn(&Member<X>) -> bool) -> Vec<String> {
         self.members
             .values()
-            .filter(|m| m.deadline <= now)
+            .filter(|m| m.deadline <= now && !spared(m))
             .map(|m| m.id.clone())
             .collect()
     }
@@ -664,6 +694,7 @@ impl GroupCoordinator {
                     topics,
                     session_timeout,
                     deadline: now + session_timeout,
+                    state: (),
                 });
                 g.strategy = Some(strategy);
                 let counts = partition_counts(&g.core.subscribed_topics(), partitions_of);
@@ -1831,6 +1862,7 @@ mod tests {
                 topics: ["t".to_string()].into(),
                 session_timeout: Duration::from_secs(secs),
                 deadline: t0 + Duration::from_secs(secs),
+                state: (),
             });
         }
         g.core.next_generation();

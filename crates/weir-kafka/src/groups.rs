@@ -12,8 +12,13 @@
 //! Assignments and metadata are opaque bytes: the coordinator never parses what the clients'
 //! assignors exchange.
 //!
+//! Members, their sessions and the generation live in the broker's membership core
+//! ([`Membership`], shared with the native coordinator), each member carrying what this barrier
+//! needs beside it (`KafkaState`: waiters, assignor metadata, assignment).
+//!
 //! Time: [`KafkaGroups::tick`] expires sessions, pending member ids and rebalance timeouts; the
-//! listener calls it every 100 ms.
+//! broker's one group clock calls it every 100 ms ([`Broker::on_group_tick`]), beside the
+//! native groups' expiry.
 //!
 //! Names: a group name belongs to one protocol at a time. A Kafka group claims its name in the
 //! broker's native coordinator ([`Broker::claim_group`]) while it has members, so a native
@@ -21,14 +26,14 @@
 //! `INCONSISTENT_GROUP_PROTOCOL`. Committed offsets live in the broker's one offset store,
 //! keyed by group name; the refusal above keeps the two protocols from writing each other's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use weir_broker::Broker;
-use weir_broker::group::{GroupProtocol, MemberIds};
+use weir_broker::group::{GroupProtocol, Member, MemberIds, Membership};
 
 use crate::code;
 
@@ -117,14 +122,13 @@ pub struct JoinRequest {
     pub require_known_member_id: bool,
 }
 
+/// What the Kafka barrier keeps of a member beside the shared membership core's fields
+/// (id, client id, session timeout and deadline).
 #[derive(Debug)]
-struct Member {
-    client_id: String,
+struct KafkaState {
     group_instance_id: Option<String>,
-    session_timeout: Duration,
     rebalance_timeout: Duration,
     protocols: Vec<(String, Bytes)>,
-    deadline: Instant,
     /// A JoinGroup waiting for the round to complete.
     join: Option<oneshot::Sender<JoinOutcome>>,
     /// A SyncGroup waiting for the leader's assignment.
@@ -132,14 +136,23 @@ struct Member {
     assignment: Bytes,
 }
 
+impl KafkaState {
+    /// Waiting in a join or a sync: its heartbeats queue behind that request on the
+    /// coordinator connection, so its session does not expire meanwhile.
+    fn waiting(&self) -> bool {
+        self.join.is_some() || self.sync.is_some()
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     state: State,
-    generation: i32,
     protocol_type: Option<String>,
     protocol: Option<String>,
     leader: Option<String>,
-    members: BTreeMap<String, Member>,
+    /// Members, sessions and the generation: the broker's membership core, shared with the
+    /// native coordinator.
+    core: Membership<KafkaState>,
     /// Member ids handed out with `MEMBER_ID_REQUIRED`, valid until the deadline.
     pending: HashMap<String, Instant>,
     rebalance_deadline: Instant,
@@ -149,39 +162,43 @@ impl Group {
     fn new(now: Instant) -> Self {
         Self {
             state: State::Empty,
-            generation: 0,
             protocol_type: None,
             protocol: None,
             leader: None,
-            members: BTreeMap::new(),
+            core: Membership::new(GroupProtocol::Kafka),
             pending: HashMap::new(),
             rebalance_deadline: now,
         }
+    }
+
+    /// The generation as Kafka numbers it (an i32).
+    fn generation(&self) -> i32 {
+        i32::try_from(self.core.generation()).unwrap_or(i32::MAX)
     }
 
     /// Whether one of `protocols` is supported by every current member (other than
     /// `except`): the assignors common to all must stay non-empty.
     fn supports(&self, protocols: &[(String, Bytes)], except: &str) -> bool {
         protocols.iter().any(|(name, _)| {
-            self.members
-                .iter()
-                .filter(|(id, _)| id.as_str() != except)
-                .all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name))
+            self.core
+                .members()
+                .filter(|m| m.id != except)
+                .all(|m| m.state.protocols.iter().any(|(n, _)| n == name))
         })
     }
 
     /// Starts (or keeps) a rebalance round: pending syncs learn it at once.
     fn prepare_rebalance(&mut self, now: Instant) {
-        for m in self.members.values_mut() {
-            if let Some(tx) = m.sync.take() {
+        for m in self.core.members_mut() {
+            if let Some(tx) = m.state.sync.take() {
                 let _ = tx.send(SyncOutcome::error(code::REBALANCE_IN_PROGRESS));
             }
         }
         if self.state != State::PreparingRebalance {
             let longest = self
-                .members
-                .values()
-                .map(|m| m.rebalance_timeout)
+                .core
+                .members()
+                .map(|m| m.state.rebalance_timeout)
                 .max()
                 .unwrap_or(Duration::ZERO);
             self.rebalance_deadline = now + longest;
@@ -195,53 +212,53 @@ impl Group {
         if self.state != State::PreparingRebalance {
             return;
         }
-        let all_joined = self.members.values().all(|m| m.join.is_some()) && self.pending.is_empty();
+        let all_joined =
+            self.core.members().all(|m| m.state.join.is_some()) && self.pending.is_empty();
         if !all_joined && !force {
             return;
         }
         if force {
-            self.members.retain(|_, m| m.join.is_some());
+            self.core.retain(|m| m.state.join.is_some());
             self.pending.clear();
         }
-        self.generation = self.generation.wrapping_add(1).max(1);
-        if self.members.is_empty() {
+        self.core.next_generation();
+        if self.core.is_empty() {
             self.state = State::Empty;
             self.protocol = None;
             self.leader = None;
             return;
         }
         let protocol = self.vote();
-        if !self
-            .leader
-            .as_ref()
-            .is_some_and(|l| self.members.contains_key(l))
-        {
-            self.leader = self.members.keys().next().cloned();
+        if !self.leader.as_ref().is_some_and(|l| self.core.contains(l)) {
+            self.leader = self.core.ids().next().cloned();
         }
         let leader = self.leader.clone().unwrap_or_default();
         let all: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
+            .core
+            .members()
+            .map(|m| {
                 let meta = m
+                    .state
                     .protocols
                     .iter()
                     .find(|(n, _)| *n == protocol)
                     .map(|(_, b)| b.clone())
                     .unwrap_or_default();
-                (id.clone(), m.group_instance_id.clone(), meta)
+                (m.id.clone(), m.state.group_instance_id.clone(), meta)
             })
             .collect();
         self.protocol = Some(protocol.clone());
         self.state = State::CompletingRebalance;
-        for (id, m) in self.members.iter_mut() {
-            m.assignment = Bytes::new();
+        let generation = self.generation();
+        for m in self.core.members_mut() {
+            let id = &m.id;
+            m.state.assignment = Bytes::new();
             // A member answered here starts its session clock again.
             m.deadline = now + m.session_timeout;
-            if let Some(tx) = m.join.take() {
+            if let Some(tx) = m.state.join.take() {
                 let _ = tx.send(JoinOutcome {
                     error: code::NONE,
-                    generation: self.generation,
+                    generation,
                     protocol_type: self.protocol_type.clone(),
                     protocol_name: Some(protocol.clone()),
                     leader: leader.clone(),
@@ -259,20 +276,22 @@ impl Group {
     /// The assignor every member supports that most members prefer (ties: the first member's
     /// preference order).
     fn vote(&self) -> String {
-        let first = self.members.values().next().expect("members is not empty");
+        let first = self.core.members().next().expect("members is not empty");
         let candidates: Vec<&String> = first
+            .state
             .protocols
             .iter()
             .map(|(n, _)| n)
             .filter(|n| {
-                self.members
-                    .values()
-                    .all(|m| m.protocols.iter().any(|(x, _)| x == *n))
+                self.core
+                    .members()
+                    .all(|m| m.state.protocols.iter().any(|(x, _)| x == *n))
             })
             .collect();
         let mut votes: Vec<usize> = vec![0; candidates.len()];
-        for m in self.members.values() {
+        for m in self.core.members() {
             if let Some(i) = m
+                .state
                 .protocols
                 .iter()
                 .find_map(|(n, _)| candidates.iter().position(|c| *c == n))
@@ -362,7 +381,7 @@ impl KafkaGroups {
             groups.insert(req.group.clone(), Group::new(now));
         }
         let g = groups.get_mut(&req.group).expect("inserted above");
-        let active = !g.members.is_empty() || !g.pending.is_empty();
+        let active = !g.core.is_empty() || !g.pending.is_empty();
         if active
             && (g.protocol_type.as_deref() != Some(&req.protocol_type)
                 || !g.supports(&req.protocols, &req.member_id))
@@ -377,17 +396,17 @@ impl KafkaGroups {
         let static_member = req.member_id.is_empty() && req.group_instance_id.is_some();
         if static_member {
             let old: Vec<String> = g
-                .members
-                .iter()
-                .filter(|(_, m)| m.group_instance_id == req.group_instance_id)
-                .map(|(id, _)| id.clone())
+                .core
+                .members()
+                .filter(|m| m.state.group_instance_id == req.group_instance_id)
+                .map(|m| m.id.clone())
                 .collect();
             for id in old {
-                if let Some(m) = g.members.remove(&id) {
-                    if let Some(tx) = m.join {
+                if let Some(m) = g.core.remove(&id) {
+                    if let Some(tx) = m.state.join {
                         let _ = tx.send(JoinOutcome::error(code::FENCED_INSTANCE_ID, &id));
                     }
-                    if let Some(tx) = m.sync {
+                    if let Some(tx) = m.state.sync {
                         let _ = tx.send(SyncOutcome::error(code::FENCED_INSTANCE_ID));
                     }
                 }
@@ -397,7 +416,7 @@ impl KafkaGroups {
             }
         }
         let member_id = if req.member_id.is_empty() {
-            if g.members.len() + g.pending.len() >= MAX_MEMBERS {
+            if g.core.len() + g.pending.len() >= MAX_MEMBERS {
                 return fail(code::GROUP_MAX_SIZE_REACHED);
             }
             let id = self.member_ids.next(&req.client_id);
@@ -406,44 +425,44 @@ impl KafkaGroups {
                 return Err(Box::new(JoinOutcome::error(code::MEMBER_ID_REQUIRED, &id)));
             }
             id
-        } else if g.members.contains_key(&req.member_id)
-            || g.pending.remove(&req.member_id).is_some()
-        {
+        } else if g.core.contains(&req.member_id) || g.pending.remove(&req.member_id).is_some() {
             req.member_id.clone()
         } else {
             return fail(code::UNKNOWN_MEMBER_ID);
         };
         let (tx, rx) = oneshot::channel();
         let rebalance_timeout = req.rebalance_timeout.min(MAX_REBALANCE);
-        match g.members.get_mut(&member_id) {
+        match g.core.member_mut(&member_id) {
             Some(m) => {
                 m.client_id = req.client_id;
-                m.group_instance_id = req.group_instance_id;
                 m.session_timeout = req.session_timeout;
-                m.rebalance_timeout = rebalance_timeout;
-                m.protocols = req.protocols;
                 m.deadline = now + req.session_timeout;
+                m.state.group_instance_id = req.group_instance_id;
+                m.state.rebalance_timeout = rebalance_timeout;
+                m.state.protocols = req.protocols;
                 // A member that joins again while its earlier join waits: the earlier one is
                 // answered with an error; the new one waits in its place.
-                if let Some(old) = m.join.replace(tx) {
+                if let Some(old) = m.state.join.replace(tx) {
                     let _ = old.send(JoinOutcome::error(code::REBALANCE_IN_PROGRESS, &member_id));
                 }
             }
             None => {
-                g.members.insert(
-                    member_id.clone(),
-                    Member {
-                        client_id: req.client_id,
+                g.core.insert(Member {
+                    id: member_id.clone(),
+                    client_id: req.client_id,
+                    // Kafka subscriptions travel inside the assignors' opaque metadata.
+                    topics: Default::default(),
+                    session_timeout: req.session_timeout,
+                    deadline: now + req.session_timeout,
+                    state: KafkaState {
                         group_instance_id: req.group_instance_id,
-                        session_timeout: req.session_timeout,
                         rebalance_timeout,
                         protocols: req.protocols,
-                        deadline: now + req.session_timeout,
                         join: Some(tx),
                         sync: None,
                         assignment: Bytes::new(),
                     },
-                );
+                });
             }
         }
         g.prepare_rebalance(now);
@@ -476,13 +495,10 @@ impl KafkaGroups {
         now: Instant,
     ) -> Result<oneshot::Receiver<SyncOutcome>, SyncOutcome> {
         let mut groups = self.groups.lock();
-        let Some(g) = groups
-            .get_mut(group)
-            .filter(|g| g.members.contains_key(member_id))
-        else {
+        let Some(g) = groups.get_mut(group).filter(|g| g.core.contains(member_id)) else {
             return Err(SyncOutcome::error(code::UNKNOWN_MEMBER_ID));
         };
-        if generation != g.generation {
+        if generation != g.generation() {
             return Err(SyncOutcome::error(code::ILLEGAL_GENERATION));
         }
         let (protocol_type, protocol_name) = (g.protocol_type.clone(), g.protocol.clone());
@@ -497,30 +513,30 @@ impl KafkaGroups {
                 Err(SyncOutcome::error(code::REBALANCE_IN_PROGRESS))
             }
             State::Stable => {
-                let m = g.members.get_mut(member_id).expect("checked above");
-                m.deadline = now + m.session_timeout;
-                Err(answer(m.assignment.clone()))
+                g.core.touch(member_id, now);
+                let m = g.core.member(member_id).expect("checked above");
+                Err(answer(m.state.assignment.clone()))
             }
             State::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
                 {
-                    let m = g.members.get_mut(member_id).expect("checked above");
-                    m.deadline = now + m.session_timeout;
-                    m.sync = Some(tx);
+                    g.core.touch(member_id, now);
+                    let m = g.core.member_mut(member_id).expect("checked above");
+                    m.state.sync = Some(tx);
                 }
                 if g.leader.as_deref() == Some(member_id) {
                     for (id, assignment) in assignments {
                         if assignment.len() > MAX_METADATA_BYTES {
                             continue;
                         }
-                        if let Some(m) = g.members.get_mut(&id) {
-                            m.assignment = Bytes::copy_from_slice(&assignment);
+                        if let Some(m) = g.core.member_mut(&id) {
+                            m.state.assignment = Bytes::copy_from_slice(&assignment);
                         }
                     }
                     g.state = State::Stable;
-                    for m in g.members.values_mut() {
-                        if let Some(tx) = m.sync.take() {
-                            let _ = tx.send(answer(m.assignment.clone()));
+                    for m in g.core.members_mut() {
+                        if let Some(tx) = m.state.sync.take() {
+                            let _ = tx.send(answer(m.state.assignment.clone()));
                         }
                     }
                 }
@@ -539,11 +555,10 @@ impl KafkaGroups {
         let Some(g) = groups.get_mut(group) else {
             return code::UNKNOWN_MEMBER_ID;
         };
-        let Some(m) = g.members.get_mut(member_id) else {
+        if !g.core.touch(member_id, now) {
             return code::UNKNOWN_MEMBER_ID;
-        };
-        m.deadline = now + m.session_timeout;
-        if generation != g.generation {
+        }
+        if generation != g.generation() {
             return code::ILLEGAL_GENERATION;
         }
         match g.state {
@@ -565,10 +580,10 @@ impl KafkaGroups {
             self.drop_if_empty(&mut groups, group);
             return code::NONE;
         }
-        let Some(m) = g.members.remove(member_id) else {
+        let Some(m) = g.core.remove(member_id) else {
             return code::UNKNOWN_MEMBER_ID;
         };
-        if let Some(tx) = m.join {
+        if let Some(tx) = m.state.join {
             let _ = tx.send(JoinOutcome::error(code::UNKNOWN_MEMBER_ID, member_id));
         }
         g.prepare_rebalance(now);
@@ -593,17 +608,16 @@ impl KafkaGroups {
             return code::UNKNOWN_MEMBER_ID;
         };
         if generation < 0 && member_id.is_empty() {
-            return if g.members.is_empty() {
+            return if g.core.is_empty() {
                 code::NONE
             } else {
                 code::UNKNOWN_MEMBER_ID
             };
         }
-        let Some(m) = g.members.get_mut(member_id) else {
+        if !g.core.touch(member_id, now) {
             return code::UNKNOWN_MEMBER_ID;
-        };
-        m.deadline = now + m.session_timeout;
-        if generation != g.generation {
+        }
+        if generation != g.generation() {
             return code::ILLEGAL_GENERATION;
         }
         match g.state {
@@ -631,21 +645,16 @@ impl KafkaGroups {
             // Members waiting in a join or a sync are not expired: their heartbeats queue behind
             // that request on the coordinator connection. The rebalance timeout governs joins;
             // a sync waits for the leader, who is expired if silent.
-            let expired: Vec<String> = g
-                .members
-                .iter()
-                .filter(|(_, m)| m.join.is_none() && m.sync.is_none() && m.deadline <= now)
-                .map(|(id, _)| id.clone())
-                .collect();
+            let expired = g.core.expired_unless(now, |m| m.state.waiting());
             if !expired.is_empty() {
                 for id in &expired {
                     tracing::info!(group = %name, member = %id, "Kafka group member's session expired");
-                    g.members.remove(id);
+                    g.core.remove(id);
                 }
                 g.prepare_rebalance(now);
                 g.try_complete_join(false, now);
             }
-            if g.state == State::PreparingRebalance && g.members.is_empty() {
+            if g.state == State::PreparingRebalance && g.core.is_empty() {
                 g.try_complete_join(true, now);
             }
             self.drop_if_empty(&mut groups, &name);
@@ -655,7 +664,7 @@ impl KafkaGroups {
     fn drop_if_empty(&self, groups: &mut HashMap<String, Group>, name: &str) {
         if groups
             .get(name)
-            .is_some_and(|g| g.members.is_empty() && g.pending.is_empty())
+            .is_some_and(|g| g.core.is_empty() && g.pending.is_empty())
         {
             groups.remove(name);
             self.broker.release_group(name, GroupProtocol::Kafka);
@@ -668,9 +677,9 @@ impl KafkaGroups {
         let g = groups.get(group)?;
         Some((
             format!("{:?}", g.state),
-            g.generation,
+            g.generation(),
             g.protocol.clone(),
-            g.members.keys().cloned().collect(),
+            g.core.ids().cloned().collect(),
         ))
     }
 
@@ -682,11 +691,11 @@ impl KafkaGroups {
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
         for (name, mut g) in groups.drain() {
-            for m in g.members.values_mut() {
-                if let Some(tx) = m.join.take() {
+            for m in g.core.members_mut() {
+                if let Some(tx) = m.state.join.take() {
                     let _ = tx.send(JoinOutcome::error(code::COORDINATOR_NOT_AVAILABLE, ""));
                 }
-                if let Some(tx) = m.sync.take() {
+                if let Some(tx) = m.state.sync.take() {
                     let _ = tx.send(SyncOutcome::error(code::COORDINATOR_NOT_AVAILABLE));
                 }
             }

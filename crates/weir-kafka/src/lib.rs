@@ -1406,20 +1406,16 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let kafka = Arc::new(Kafka::new(broker, advertised));
-    // Group sessions and rebalance timeouts.
+    // Group sessions and rebalance timeouts run on the broker's one group clock (its
+    // maintenance task), beside the native groups'; the clock lets go once the listener is gone.
     {
-        let kafka = Arc::clone(&kafka);
-        let stop = shutdown.begun();
-        shutdown.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tick.tick() => kafka.groups.tick(std::time::Instant::now()),
-                }
+        let weak = Arc::downgrade(&kafka);
+        kafka.broker.on_group_tick(move |now| match weak.upgrade() {
+            Some(k) => {
+                k.groups.tick(now);
+                true
             }
+            None => false,
         });
     }
     let mut acceptor = Acceptor::new(
@@ -1882,6 +1878,12 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let shutdown = Shutdown::new();
+            {
+                // The group clock serve registers with runs in the broker's maintenance.
+                let broker = broker.clone();
+                let stop = shutdown.begun();
+                shutdown.spawn(async move { broker.run_maintenance(stop).await });
+            }
             shutdown.spawn(serve(
                 listener,
                 broker,

@@ -95,7 +95,11 @@ fn describe() {
     describe_gauge!("weir_kafka_connections", "Open Kafka-protocol connections.");
     describe_gauge!(
         "weir_http_connections",
-        "Open HTTP connections (WebSocket connections included)."
+        "Open HTTP connections (a WebSocket connection until its upgrade)."
+    );
+    describe_counter!(
+        "weir_http_connections_refused_total",
+        "HTTP connections refused at the connection limit (http.max_connections)."
     );
 }
 
