@@ -410,10 +410,10 @@ struct Inner {
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
     deleted_dirs: Mutex<u64>,
-    /// Other group coordinators' session clocks (the Kafka door's), run by
-    /// [`Broker::run_maintenance`] beside the native groups' expiry; one that returns false is
-    /// dropped.
-    group_clocks: Mutex<Vec<GroupClock>>,
+    /// Other protocols' group coordinators (the Kafka door's): their clocks run with the
+    /// native groups' expiry, and they describe their groups. Weak: a coordinator gone (its
+    /// listener stopped) is dropped.
+    coordinators: Mutex<Vec<std::sync::Weak<dyn crate::group::ForeignCoordinator>>>,
     /// Compressed batches decompressed at once, to check them on produce or by the front
     /// doors that decode records for their clients (each may decompress to 64 MiB, with a
     /// zstd window of up to 128 MiB): bounds that memory whatever the number of producers and
@@ -469,15 +469,6 @@ fn grave_topic(dir: &str) -> Option<&str> {
     let rest = dir.strip_suffix(".deleted")?;
     let (name, seq) = rest.rsplit_once('.')?;
     seq.parse::<u64>().ok().map(|_| name)
-}
-
-/// A group coordinator's session clock: see [`Broker::on_group_tick`].
-struct GroupClock(Box<dyn Fn(Instant) -> bool + Send + Sync>);
-
-impl std::fmt::Debug for GroupClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GroupClock")
-    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -556,7 +547,7 @@ impl Broker {
                 closed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 deleted_dirs: Mutex::new(0),
-                group_clocks: Mutex::new(Vec::new()),
+                coordinators: Mutex::new(Vec::new()),
                 decompressions: tokio::sync::Semaphore::new(CONCURRENT_DECOMPRESSIONS),
                 read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
                     READ_AHEAD_BUDGET_BYTES >> 10,
@@ -1511,8 +1502,19 @@ impl Broker {
         all
     }
 
+    /// A group's members and assignments, whichever protocol holds it.
     pub fn describe_group(&self, group: &str) -> Option<GroupDescription> {
-        self.inner.groups.describe(group)
+        let native = self.inner.groups.describe(group);
+        if native
+            .as_ref()
+            .is_some_and(|d| d.protocol == GroupProtocol::Native)
+        {
+            return native;
+        }
+        self.coordinators()
+            .iter()
+            .find_map(|c| c.describe(group))
+            .or(native)
     }
 
     /// Lag of every partition the group has committed offsets for or is assigned.
@@ -1521,7 +1523,7 @@ impl Broker {
         for (topic, partition, offset) in self.inner.offsets.group_offsets(group) {
             parts.insert((topic, partition), Some(offset));
         }
-        if let Some(desc) = self.inner.groups.describe(group) {
+        if let Some(desc) = self.describe_group(group) {
             for m in desc.members {
                 for (topic, ps) in m.assignment {
                     for p in ps {
@@ -1562,14 +1564,21 @@ impl Broker {
         }
     }
 
-    /// Registers another coordinator's session clock (the Kafka door's groups), called every
-    /// 100 ms with the time by [`Broker::run_maintenance`], beside the native groups' expiry:
-    /// one expiry clock for every group. Returning false unregisters it.
-    pub fn on_group_tick(&self, tick: impl Fn(Instant) -> bool + Send + Sync + 'static) {
-        self.inner
-            .group_clocks
-            .lock()
-            .push(GroupClock(Box::new(tick)));
+    /// Registers another protocol's group coordinator (the Kafka door's): its clock runs every
+    /// 100 ms in [`Broker::run_maintenance`] beside the native groups' expiry (one expiry
+    /// clock for every group), and [`Broker::describe_group`] asks it about the groups it
+    /// holds. Held weakly: once the coordinator is dropped, it is forgotten.
+    pub fn register_coordinator(
+        &self,
+        coordinator: std::sync::Weak<dyn crate::group::ForeignCoordinator>,
+    ) {
+        self.inner.coordinators.lock().push(coordinator);
+    }
+
+    fn coordinators(&self) -> Vec<Arc<dyn crate::group::ForeignCoordinator>> {
+        let mut list = self.inner.coordinators.lock();
+        list.retain(|c| c.strong_count() > 0);
+        list.iter().filter_map(std::sync::Weak::upgrade).collect()
     }
 
     async fn group_clock(&self) {
@@ -1581,10 +1590,9 @@ impl Broker {
             for (group, member) in self.inner.groups.expire(now) {
                 tracing::info!(%group, %member, "group member session expired");
             }
-            self.inner
-                .group_clocks
-                .lock()
-                .retain(|clock| (clock.0)(now));
+            for c in self.coordinators() {
+                c.tick(now);
+            }
         }
     }
 

@@ -434,6 +434,18 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
+/// A coordinator of another protocol that keeps its own groups' barrier (the Kafka door's
+/// JoinGroup/SyncGroup) on the shared [`Membership`] core. The broker runs its session clock
+/// with the native groups' ([`crate::Broker::register_coordinator`]) and asks it to describe
+/// the groups it holds, so every group has one clock and one view (`weir group describe`,
+/// `GET /groups/{group}`, lag).
+pub trait ForeignCoordinator: Send + Sync {
+    /// Expires sessions and timed-out rounds as of `now`.
+    fn tick(&self, now: Instant);
+    /// A group it holds, with its members and their assignments.
+    fn describe(&self, group: &str) -> Option<GroupDescription>;
+}
+
 /// One member in a [`GroupDescription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberDescription {

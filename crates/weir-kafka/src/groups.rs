@@ -33,7 +33,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use weir_broker::Broker;
-use weir_broker::group::{GroupProtocol, Member, MemberIds, Membership};
+use weir_broker::group::{
+    ForeignCoordinator, GroupDescription, GroupProtocol, Member, MemberDescription, MemberIds,
+    Membership,
+};
 
 use crate::code;
 
@@ -671,18 +674,6 @@ impl KafkaGroups {
         }
     }
 
-    /// (state, generation, protocol, members) of a group, for tests and admin views.
-    pub fn describe(&self, group: &str) -> Option<(String, i32, Option<String>, Vec<String>)> {
-        let groups = self.groups.lock();
-        let g = groups.get(group)?;
-        Some((
-            format!("{:?}", g.state),
-            g.generation(),
-            g.protocol.clone(),
-            g.core.ids().cloned().collect(),
-        ))
-    }
-
     /// Drops every group (shutdown): waiting joins and syncs are answered at once with
     /// COORDINATOR_NOT_AVAILABLE, which clients retry (they find the broker again once it is
     /// back, and rejoin), so their connections can drain; later joins get the same.
@@ -700,6 +691,152 @@ impl KafkaGroups {
                 }
             }
             self.broker.release_group(&name, GroupProtocol::Kafka);
+        }
+    }
+}
+
+impl ForeignCoordinator for KafkaGroups {
+    fn tick(&self, now: Instant) {
+        KafkaGroups::tick(self, now);
+    }
+
+    /// A group as the broker's admin views show it. The assignors' metadata and assignments
+    /// are read where the group uses Kafka's `consumer` protocol (what every consumer client
+    /// speaks), so `weir group describe` shows each member's topics and partitions.
+    fn describe(&self, group: &str) -> Option<GroupDescription> {
+        let groups = self.groups.lock();
+        let g = groups.get(group)?;
+        let consumer = g.protocol_type.as_deref() == Some("consumer");
+        let members = g
+            .core
+            .members()
+            .map(|m| {
+                let meta = m
+                    .state
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| g.protocol.as_deref() == Some(n.as_str()))
+                    .or(m.state.protocols.first())
+                    .map(|(_, b)| b.as_ref())
+                    .unwrap_or_default();
+                MemberDescription {
+                    member_id: m.id.clone(),
+                    client_id: m.client_id.clone(),
+                    topics: if consumer {
+                        consumer_protocol::topics(meta).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
+                    session_timeout: m.session_timeout,
+                    assignment: if consumer {
+                        consumer_protocol::assignment(&m.state.assignment).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        Some(GroupDescription {
+            group: group.to_string(),
+            protocol: GroupProtocol::Kafka,
+            generation: g.core.generation(),
+            strategy: None,
+            members,
+        })
+    }
+}
+
+/// Reads the two messages of Kafka's `consumer` group protocol that consumers exchange through
+/// the coordinator: a member's subscription (its JoinGroup metadata) and its assignment (from
+/// the leader's SyncGroup). By hand, not with `kafka-protocol`'s decoders, because those
+/// reserve memory from counts read off the bytes (see `guard.rs`), and these bytes come from
+/// clients unchecked: every count here is only iterated, each item read from what is there.
+/// Only the leading fields, which every version (0 to 3) has in the same layout, are read.
+mod consumer_protocol {
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Some(head)
+        }
+        fn i16(&mut self) -> Option<i16> {
+            self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+        }
+        fn i32(&mut self) -> Option<i32> {
+            self.take(4)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn string(&mut self) -> Option<String> {
+            let len = usize::try_from(self.i16()?).ok()?;
+            String::from_utf8(self.take(len)?.to_vec()).ok()
+        }
+        /// An array's count: non-negative (a null array reads as empty).
+        fn count(&mut self) -> Option<usize> {
+            Some(usize::try_from(self.i32()?).unwrap_or(0))
+        }
+    }
+
+    /// A subscription's topics (version, then an array of topic names).
+    pub(super) fn topics(bytes: &[u8]) -> Option<Vec<String>> {
+        let mut r = Reader(bytes);
+        r.i16()?;
+        let mut out = Vec::new();
+        for _ in 0..r.count()? {
+            out.push(r.string()?);
+        }
+        Some(out)
+    }
+
+    /// An assignment's partitions by topic (version, then an array of topic and partitions).
+    pub(super) fn assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<u32>)>> {
+        let mut r = Reader(bytes);
+        r.i16()?;
+        let mut out = Vec::new();
+        for _ in 0..r.count()? {
+            let topic = r.string()?;
+            let mut partitions = Vec::new();
+            for _ in 0..r.count()? {
+                partitions.push(u32::try_from(r.i32()?).ok()?);
+            }
+            partitions.sort_unstable();
+            out.push((topic, partitions));
+        }
+        Some(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reads_what_clients_send_and_refuses_lies_without_allocating_from_them() {
+            // version 1, topics ["a", "bc"], then fields of later versions (ignored).
+            let sub = [
+                0, 1, 0, 0, 0, 2, 0, 1, b'a', 0, 2, b'b', b'c', 0xff, 0xff, 0xff, 0xff,
+            ];
+            assert_eq!(topics(&sub).unwrap(), ["a", "bc"]);
+            // version 0, [("t", [2, 0])], user data null.
+            let asg = [
+                0, 0, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff,
+                0xff,
+            ];
+            assert_eq!(assignment(&asg).unwrap(), [("t".to_string(), vec![0, 2])]);
+            // A count of two billion over a few bytes: refused after the bytes run out.
+            assert!(assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 1, b't']).is_none());
+            assert!(topics(&[0, 0, 0x7f, 0xff, 0xff, 0xff]).is_none());
+            assert!(topics(&[]).is_none());
+            // A negative partition is not a partition.
+            assert!(
+                assignment(&[
+                    0, 0, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff
+                ])
+                .is_none()
+            );
         }
     }
 }
@@ -883,7 +1020,7 @@ mod tests {
         // The name is held against native groups while the group lives.
         assert!(k.broker.claim_group("g", GroupProtocol::Native).is_err());
         assert_eq!(k.leave("g", &b), code::NONE);
-        assert!(k.describe("g").is_none());
+        assert!(ForeignCoordinator::describe(&k, "g").is_none());
         assert!(k.broker.claim_group("g", GroupProtocol::Native).is_ok());
     }
 
@@ -924,7 +1061,11 @@ mod tests {
         }
         k.tick(now + Duration::from_secs(14));
         assert!(
-            k.describe("g").unwrap().3.contains(&b),
+            ForeignCoordinator::describe(&k, "g")
+                .unwrap()
+                .members
+                .iter()
+                .any(|m| m.member_id == b),
             "b was expired while in SyncGroup"
         );
         let mut sync_a = k
@@ -965,7 +1106,13 @@ mod tests {
         let out = rx_new.try_recv().unwrap();
         assert_eq!(out.error, code::NONE);
         assert_ne!(out.member_id, old);
-        assert_eq!(k.describe("g").unwrap().3, vec![out.member_id]);
+        let ids: Vec<String> = ForeignCoordinator::describe(&k, "g")
+            .unwrap()
+            .members
+            .into_iter()
+            .map(|m| m.member_id)
+            .collect();
+        assert_eq!(ids, vec![out.member_id]);
         assert_eq!(
             k.heartbeat_at("g", out.generation, &old, now),
             code::UNKNOWN_MEMBER_ID

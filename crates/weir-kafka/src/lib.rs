@@ -110,13 +110,13 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 pub struct Kafka {
     pub broker: Broker,
     pub advertised: Advertised,
-    pub groups: KafkaGroups,
+    pub groups: Arc<KafkaGroups>,
 }
 
 impl Kafka {
     pub fn new(broker: Broker, advertised: Advertised) -> Self {
         Self {
-            groups: KafkaGroups::new(broker.clone()),
+            groups: Arc::new(KafkaGroups::new(broker.clone())),
             broker,
             advertised,
         }
@@ -1406,18 +1406,14 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let kafka = Arc::new(Kafka::new(broker, advertised));
-    // Group sessions and rebalance timeouts run on the broker's one group clock (its
-    // maintenance task), beside the native groups'; the clock lets go once the listener is gone.
-    {
-        let weak = Arc::downgrade(&kafka);
-        kafka.broker.on_group_tick(move |now| match weak.upgrade() {
-            Some(k) => {
-                k.groups.tick(now);
-                true
-            }
-            None => false,
-        });
-    }
+    // The groups' sessions and rebalance timeouts run on the broker's one group clock (its
+    // maintenance task), beside the native groups', and the broker's admin views describe
+    // them; the broker forgets them once the listener is gone.
+    let coordinator: Arc<dyn weir_broker::group::ForeignCoordinator> = kafka.groups.clone();
+    kafka
+        .broker
+        .register_coordinator(Arc::downgrade(&coordinator));
+    drop(coordinator);
     let mut acceptor = Acceptor::new(
         listener,
         "kafka",

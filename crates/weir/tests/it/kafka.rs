@@ -362,5 +362,52 @@ fn kcat_consumer_group_commits_and_resumes_and_owns_its_name() {
     let mut want = more.clone();
     want.sort();
     assert_eq!(group_read(), want);
+
+    // While a Kafka consumer is in its group, the native admin view shows it: its member and
+    // the partitions its assignor gave it, read from the group's consumer protocol.
+    let mut live = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            b,
+            "-G",
+            "kg",
+            "-X",
+            "auto.offset.reset=earliest",
+            "g3",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let described = loop {
+        let (ok, out, err) = cli(&server.addr, &["group", "describe", "kg", "--json"], "");
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let parts: Vec<u64> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["assignment"].as_array().unwrap().clone())
+            .filter(|a| a["topic"] == "g3")
+            .flat_map(|a| a["partitions"].as_array().unwrap().clone())
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        if parts.len() == 3 {
+            break v;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = live.kill();
+            panic!("the Kafka member never showed: {v}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = live.kill();
+    let _ = live.wait();
+    assert_eq!(
+        described["members"].as_array().unwrap().len(),
+        1,
+        "{described}"
+    );
     server.stop();
 }
