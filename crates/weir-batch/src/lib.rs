@@ -11,6 +11,8 @@
 //! - [`records`]: [`Records`], a bounds-checked decoder of the records inside a batch, and
 //!   [`payload`], which hands it a compressed batch's records decompressed.
 //! - [`compression`]: bounded decompression for gzip, snappy, LZ4 and zstd batches.
+//! - [`cursor`]: a bounds-checked big-endian reader for other small formats read off the
+//!   wire or the disk.
 //! - [`ring`]: the consistent-hash ring that maps a record's key to a partition. Every client
 //!   and every front door routes keys with it, so it is part of each protocol; it lives here,
 //!   beside the records whose keys it routes, so that the broker needs no protocol crate.
@@ -21,6 +23,7 @@
 
 pub mod builder;
 pub mod compression;
+pub mod cursor;
 pub mod header;
 pub mod records;
 pub mod ring;

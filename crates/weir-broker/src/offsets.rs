@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use weir_batch::cursor::Cursor;
+
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use weir_batch::{BatchBuilder, Batches, RecordSpec, Records};
 use weir_log::storage::read_exact_at;
@@ -592,39 +594,12 @@ fn encode_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     key
 }
 
-/// A bounds-checked reader over untrusted bytes.
-struct Cursor<'a>(&'a [u8]);
+/// Names as the commit log stores them: a length, then UTF-8, never empty.
+trait ReadName {
+    fn name(&mut self, what: &str) -> std::result::Result<String, String>;
+}
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N).and_then(|b| b.try_into().ok())
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.array::<1>().map(|[b]| b)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.array().map(u16::from_be_bytes)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.array().map(u32::from_be_bytes)
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.array().map(u64::from_be_bytes)
-    }
-
+impl ReadName for Cursor<'_> {
     fn name(&mut self, what: &str) -> std::result::Result<String, String> {
         let len = self
             .u16()

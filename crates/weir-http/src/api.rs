@@ -777,16 +777,22 @@ mod tests {
         )
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn keyed_records_land_where_the_ring_puts_them_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A broker in `dir` and the router on it.
+    fn app(dir: &std::path::Path) -> (Broker, Router) {
         let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             ..BrokerConfig::default()
         })
         .unwrap();
         let hub = Hub::new(broker.clone(), Default::default());
         let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
+        (broker, app)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keyed_records_land_where_the_ring_puts_them_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, app) = app(dir.path());
         let (s, _) = call(&app, "POST", "/topics", r#"{"name":"t","partitions":4}"#).await;
         assert_eq!(s, StatusCode::CREATED);
         let records: Vec<Value> = (0..20)
@@ -831,13 +837,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_with_one_partition_over_the_limit_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        })
-        .unwrap();
-        let hub = Hub::new(broker.clone(), Default::default());
-        let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
+        let (broker, app) = app(dir.path());
         let (s, body) = call(
             &app,
             "POST",

@@ -140,6 +140,14 @@ struct KafkaState {
 }
 
 impl KafkaState {
+    /// The member's metadata for assignor `protocol`.
+    fn metadata(&self, protocol: &str) -> Option<&Bytes> {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, b)| b)
+    }
+
     /// Waiting in a join or a sync: its heartbeats queue behind that request on the
     /// coordinator connection, so its session does not expire meanwhile.
     fn waiting(&self) -> bool {
@@ -240,13 +248,7 @@ impl Group {
             .core
             .members()
             .map(|m| {
-                let meta = m
-                    .state
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == protocol)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
+                let meta = m.state.metadata(&protocol).cloned().unwrap_or_default();
                 (m.id.clone(), m.state.group_instance_id.clone(), meta)
             })
             .collect();
@@ -711,14 +713,12 @@ impl ForeignCoordinator for KafkaGroups {
             .core
             .members()
             .map(|m| {
-                let meta = m
-                    .state
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| g.protocol.as_deref() == Some(n.as_str()))
-                    .or(m.state.protocols.first())
-                    .map(|(_, b)| b.as_ref())
-                    .unwrap_or_default();
+                let meta = g
+                    .protocol
+                    .as_deref()
+                    .and_then(|p| m.state.metadata(p))
+                    .or(m.state.protocols.first().map(|(_, b)| b))
+                    .map_or(&[][..], |b| b.as_ref());
                 MemberDescription {
                     member_id: m.id.clone(),
                     client_id: m.client_id.clone(),
@@ -753,29 +753,20 @@ impl ForeignCoordinator for KafkaGroups {
 /// clients unchecked: every count here is only iterated, each item read from what is there.
 /// Only the leading fields, which every version (0 to 3) has in the same layout, are read.
 mod consumer_protocol {
-    struct Reader<'a>(&'a [u8]);
+    use weir_batch::cursor::Cursor;
 
-    impl<'a> Reader<'a> {
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            if self.0.len() < n {
-                return None;
-            }
-            let (head, rest) = self.0.split_at(n);
-            self.0 = rest;
-            Some(head)
-        }
-        fn i16(&mut self) -> Option<i16> {
-            self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
-        }
-        fn i32(&mut self) -> Option<i32> {
-            self.take(4)
-                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        }
+    /// A Kafka string (an i16 length, then UTF-8) and an array's count (an i32: a null array
+    /// reads as empty).
+    trait Kafka {
+        fn string(&mut self) -> Option<String>;
+        fn count(&mut self) -> Option<usize>;
+    }
+
+    impl Kafka for Cursor<'_> {
         fn string(&mut self) -> Option<String> {
             let len = usize::try_from(self.i16()?).ok()?;
             String::from_utf8(self.take(len)?.to_vec()).ok()
         }
-        /// An array's count: non-negative (a null array reads as empty).
         fn count(&mut self) -> Option<usize> {
             Some(usize::try_from(self.i32()?).unwrap_or(0))
         }
@@ -783,7 +774,7 @@ mod consumer_protocol {
 
     /// A subscription's topics (version, then an array of topic names).
     pub(super) fn topics(bytes: &[u8]) -> Option<Vec<String>> {
-        let mut r = Reader(bytes);
+        let mut r = Cursor(bytes);
         r.i16()?;
         let mut out = Vec::new();
         for _ in 0..r.count()? {
@@ -794,7 +785,7 @@ mod consumer_protocol {
 
     /// An assignment's partitions by topic (version, then an array of topic and partitions).
     pub(super) fn assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<u32>)>> {
-        let mut r = Reader(bytes);
+        let mut r = Cursor(bytes);
         r.i16()?;
         let mut out = Vec::new();
         for _ in 0..r.count()? {
