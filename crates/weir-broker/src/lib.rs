@@ -10,7 +10,10 @@
 //! - [`offsets`]: committed offsets, durable (a commit log plus snapshots).
 //! - [`push`]: push subscriptions with credit-based flow control.
 //! - [`flow`]: per-client quotas, the produce memory budget, connection admission per address.
-//! - [`error`]: the error type, [`BrokerError`].
+//! - [`error`]: the error type, [`BrokerError`], and its [`ErrorKind`]s, which each front door
+//!   maps to its protocol's codes.
+//! - [`settings`]: what the libraries' configurations share to deserialize themselves
+//!   (durations in the units their keys name).
 
 pub mod broker;
 pub mod error;
@@ -19,6 +22,7 @@ pub mod group;
 pub mod offsets;
 pub mod producers;
 pub mod push;
+pub mod settings;
 pub mod topic;
 
 pub use broker::{Broker, BrokerConfig, FetchResult, ProduceResult};

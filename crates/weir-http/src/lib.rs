@@ -37,35 +37,47 @@ use weir_net::{Acceptor, Shutdown};
 pub use error::{ApiError, ErrorCode};
 pub use ws::hub::{Hub, WsConfig, WsStats, WsStatsSnapshot};
 
-/// Settings of the HTTP listener. Every default is documented on its field.
-#[derive(Debug, Clone)]
+/// Settings of the HTTP listener, the server's `[http]` section (the listen address and the
+/// on/off switch are the binary's; the WebSocket settings, [`WsConfig`], are its `ws_` keys):
+/// each key is a field's name (durations with their unit, `max_wait_ms`), unknown keys are
+/// refused, and every default is written once, here.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Largest request body. Default 8 MiB.
     pub max_body_bytes: usize,
-    /// Longest `max_wait_ms` a fetch may ask for. Default 30 s.
+    /// Longest `max_wait_ms` a fetch may ask for. Default 30 s. Key `max_wait_ms`.
+    #[serde(rename = "max_wait_ms", with = "weir_broker::settings::millis")]
     pub max_wait: Duration,
     /// Bytes a fetch returns when it does not say. Default 1 MiB.
     pub default_fetch_bytes: usize,
     /// Largest `max_bytes` a fetch may ask for. Default 16 MiB.
     pub max_fetch_bytes: usize,
-    /// How long shutdown waits for WebSocket connections to take their close frame.
-    /// Default 5 s.
+    /// How long shutdown waits for WebSocket connections to take their close frame (at
+    /// most the server's own grace period). Default 5 s. Key `shutdown_grace_ms`.
+    #[serde(rename = "shutdown_grace_ms", with = "weir_broker::settings::millis")]
     pub shutdown_grace: Duration,
     /// A connection that sends no complete request head for this long (from when it opens,
     /// or from its last answer) is closed: it bounds both a request head sent slowly and an
-    /// idle keep-alive connection. Default 30 s.
+    /// idle keep-alive connection. Default 30 s. Key `idle_timeout_ms`.
+    #[serde(rename = "idle_timeout_ms", with = "weir_broker::settings::millis")]
     pub idle_timeout: Duration,
     /// Most HTTP connections open at once (a WebSocket connection counts until its upgrade;
     /// `ws.max_connections` bounds those); more are closed as they come. Default 10,000.
     pub max_connections: usize,
+    /// The `ws_` keys of the section (read apart, see the binary's configuration).
+    #[serde(skip)]
     pub ws: WsConfig,
     /// What `/metrics` serves before the WebSocket counters (the process's Prometheus text);
-    /// `None`: only those counters.
+    /// `None`: only those counters. Not a setting: the binary gives it.
+    #[serde(skip)]
     pub metrics: Option<MetricsSource>,
     /// Serve `/debug/pprof/profile` and `/debug/heap`; off, they answer 404
     /// `profiling_disabled`. Default false.
     pub profiling: bool,
     /// Name of the process's global allocator, reported by `/debug/heap`. Default `"system"`.
+    /// Not a setting: the binary gives it.
+    #[serde(skip)]
     pub allocator: &'static str,
 }
 
@@ -94,6 +106,19 @@ impl Default for HttpConfig {
             profiling: false,
             allocator: "system",
         }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the settings as a whole; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".into());
+        }
+        if self.idle_timeout < Duration::from_millis(100) || self.max_connections == 0 {
+            return Err("idle_timeout_ms must be at least 100 and max_connections positive".into());
+        }
+        self.ws.validate()
     }
 }
 

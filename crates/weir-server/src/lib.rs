@@ -22,8 +22,11 @@ use weir_broker::Broker;
 use weir_net::{Acceptor, Shutdown};
 use weir_wire::{ErrorCode, Flags, FrameHeader};
 
-/// Settings of the native listener. Every default is documented on its field.
-#[derive(Debug, Clone)]
+/// Settings of the native listener, the server's `[native]` section (the listen address is
+/// the binary's): each key is a field's name (durations with their unit: `idle_timeout_ms`,
+/// `busy_poll_us`), unknown keys are refused, and every default is written once, here.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Most simultaneous connections; more are answered with CONNECTION_LIMIT and closed.
     /// Default 10,000.
@@ -34,7 +37,8 @@ pub struct ServerConfig {
     /// Largest frame accepted. Default 16 MiB.
     pub max_frame_bytes: usize,
     /// A connection silent for this long is closed; the server pings after a third of it
-    /// without sending anything. Default 60 s.
+    /// without sending anything. Default 60 s. Key `idle_timeout_ms`.
+    #[serde(rename = "idle_timeout_ms", with = "weir_broker::settings::millis")]
     pub idle_timeout: Duration,
     /// Push subscriptions per connection. Default 1,024.
     pub max_subscriptions_per_connection: usize,
@@ -51,7 +55,8 @@ pub struct ServerConfig {
     /// answer, poll its socket for the next request for up to this long instead of sleeping
     /// (yielding to other tasks meanwhile): lower latency for closed-loop clients, at the
     /// cost of CPU time while polling. At most one connection per two CPUs (at least one)
-    /// polls at a time. Zero turns it off. Default 200 µs.
+    /// polls at a time. Zero turns it off; at most 1 ms. Default 200 µs. Key `busy_poll_us`.
+    #[serde(rename = "busy_poll_us", with = "weir_broker::settings::micros")]
     pub busy_poll: Duration,
 }
 
@@ -68,6 +73,40 @@ impl Default for ServerConfig {
             push_queue_bytes_per_connection: 256 << 20,
             busy_poll: Duration::from_micros(200),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the settings as a whole; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_in_flight == 0 {
+            return Err("max_connections and max_in_flight must be positive".into());
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err("max_frame_bytes must be at least 1024".into());
+        }
+        if self.busy_poll > Duration::from_millis(1) {
+            return Err("busy_poll_us must be at most 1000 (0 turns busy polling off)".into());
+        }
+        if self.max_subscriptions_per_connection == 0
+            || self.push_queue_max_records == 0
+            || self.push_queue_max_bytes == 0
+        {
+            return Err(
+                "max_subscriptions_per_connection, push_queue_max_records and \
+                 push_queue_max_bytes must be positive"
+                    .into(),
+            );
+        }
+        if self.push_queue_bytes_per_connection < self.push_queue_max_bytes {
+            return Err(
+                "push_queue_bytes_per_connection must be at least push_queue_max_bytes".into(),
+            );
+        }
+        if self.idle_timeout < Duration::from_millis(300) {
+            return Err("idle_timeout_ms must be at least 300".into());
+        }
+        Ok(())
     }
 }
 

@@ -176,52 +176,57 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[native]`: `listen` (default `127.0.0.1:9094`; Kafka is 9092, HTTP 8080), and every key of
+/// [`weir_server::ServerConfig`], which documents each and its default.
+#[derive(Debug, Clone)]
 pub struct NativeConfig {
-    /// Native protocol listener. Default `127.0.0.1:9094` (Kafka is 9092, HTTP 8080).
     pub listen: String,
-    /// Default 10,000.
-    pub max_connections: usize,
-    /// Requests in flight per connection before it stops being read. Default 64.
-    pub max_in_flight: usize,
-    /// Default 16 MiB.
-    pub max_frame_bytes: usize,
-    /// Close connections silent this long. Default 60,000 ms.
-    pub idle_timeout_ms: u64,
-    /// Push subscriptions per connection. Default 1,024.
-    pub max_subscriptions_per_connection: usize,
-    /// Cap on the records a DROP_OLDEST/DISCONNECT subscription's queue may hold (requests
-    /// for more are capped; a request for 0 gets min(10,000, this)). Default 100,000.
-    pub push_queue_max_records: u64,
-    /// Cap on the bytes such a queue may hold (a request for 0 gets min(4 MiB, this)).
-    /// Default 16 MiB.
-    pub push_queue_max_bytes: u64,
-    /// Most bytes all push queues of one connection may hold together; a subscription that
-    /// would pass it is refused. Default 256 MiB.
-    pub push_queue_bytes_per_connection: u64,
-    /// After answering a client that sent its request within this many microseconds of the
-    /// previous answer, poll its socket this long for the next request instead of sleeping:
-    /// lower latency for request-response clients, for some CPU time. 0 turns it off; at
-    /// most 1,000. Default 200.
-    pub busy_poll_us: u64,
+    pub server: weir_server::ServerConfig,
 }
 
 impl Default for NativeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9094".into(),
-            max_connections: 10_000,
-            max_in_flight: 64,
-            max_frame_bytes: 16 << 20,
-            idle_timeout_ms: 60_000,
-            max_subscriptions_per_connection: 1024,
-            push_queue_max_records: 100_000,
-            push_queue_max_bytes: 16 << 20,
-            push_queue_bytes_per_connection: 256 << 20,
-            busy_poll_us: 200,
+            server: weir_server::ServerConfig::default(),
         }
     }
+}
+
+impl<'de> Deserialize<'de> for NativeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let listen = take::<String, D>(&mut table, "listen")?;
+        Ok(Self {
+            listen: listen.unwrap_or_else(|| Self::default().listen),
+            server: section(table)?,
+        })
+    }
+}
+
+/// Takes `key` out of a section's table, typed.
+fn take<'de, T: serde::de::DeserializeOwned, D: serde::Deserializer<'de>>(
+    table: &mut toml::Table,
+    key: &str,
+) -> std::result::Result<Option<T>, D::Error> {
+    use serde::de::Error;
+    table
+        .remove(key)
+        .map(|v| {
+            v.try_into()
+                .map_err(|e| D::Error::custom(format!("{key}: {e}")))
+        })
+        .transpose()
+}
+
+/// What is left of a section's table, as a library's configuration (which refuses keys it
+/// does not know).
+fn section<'de, T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    table: toml::Table,
+) -> std::result::Result<T, E> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| E::custom(e.message()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,49 +250,15 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[http]`: `enabled` (default true), `listen` (default `127.0.0.1:8080`), every key of
+/// [`weir_http::HttpConfig`] and, prefixed `ws_`, every key of [`weir_http::WsConfig`]
+/// (`ws_queue_messages`, `ws_ping_interval_ms`…); the libraries document each and its default.
+/// The binary's own defaults differ from the library's in nothing.
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
-    /// Serve the HTTP API and WebSocket push. Default true.
     pub enabled: bool,
-    /// HTTP listener. Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Largest request body; a request declaring a larger one is refused (413) before its
-    /// body is read. Default 8 MiB.
-    pub max_body_bytes: usize,
-    /// Close a connection that sends no complete request head for this long, from when it
-    /// opens or from its last answer: a slow or half-sent head, or an idle keep-alive
-    /// connection. Default 30,000 ms.
-    pub idle_timeout_ms: u64,
-    /// HTTP connections open at once; more are closed as they arrive. Default 10,000.
-    pub max_connections: usize,
-    /// Longest long-poll a fetch may ask for. Default 30,000 ms.
-    pub max_wait_ms: u64,
-    /// Records queued per WebSocket subscription before its policy applies. Default 1,024.
-    pub ws_queue_messages: usize,
-    /// Bytes queued per WebSocket subscription before its policy applies. Default 1 MiB.
-    pub ws_queue_bytes: usize,
-    /// Ping a WebSocket client silent this long. Default 20,000 ms.
-    pub ws_ping_interval_ms: u64,
-    /// Close a WebSocket client silent this long (not even a pong). Default 60,000 ms.
-    pub ws_idle_timeout_ms: u64,
-    /// Subscriptions per WebSocket connection. Default 64.
-    pub ws_max_subscriptions: usize,
-    /// Simultaneous WebSocket connections. Default 16,384.
-    pub ws_max_connections: usize,
-    /// Read buffer each WebSocket connection allocates when it opens. Default 1,024 bytes.
-    pub ws_read_buffer_bytes: usize,
-    /// Frames queued for one client are gathered into writes of up to this many bytes (one
-    /// system call for many frames; nothing waits for the buffer to fill). A connection
-    /// that has sent keeps a buffer of about this size. 0 writes each frame on its own.
-    /// Default 4,096 bytes.
-    pub ws_write_buffer_bytes: usize,
-    /// Wait this long at shutdown for WebSocket clients to take their close frame (at most
-    /// the server's `shutdown_grace_ms`). Default 5,000 ms.
-    pub shutdown_grace_ms: u64,
-    /// Serve the profiling endpoints `/debug/pprof/profile` (CPU samples) and `/debug/heap`
-    /// (memory figures); off, they answer 404 `profiling_disabled`. Default false.
-    pub profiling: bool,
+    pub http: weir_http::HttpConfig,
 }
 
 impl Default for HttpSettings {
@@ -295,21 +266,35 @@ impl Default for HttpSettings {
         Self {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 8 << 20,
-            idle_timeout_ms: 30_000,
-            max_connections: 10_000,
-            max_wait_ms: 30_000,
-            ws_queue_messages: 1024,
-            ws_queue_bytes: 1 << 20,
-            ws_ping_interval_ms: 20_000,
-            ws_idle_timeout_ms: 60_000,
-            ws_max_subscriptions: 64,
-            ws_max_connections: 16_384,
-            ws_read_buffer_bytes: 1024,
-            ws_write_buffer_bytes: 4096,
-            shutdown_grace_ms: 5_000,
-            profiling: false,
+            http: weir_http::HttpConfig::default(),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let defaults = Self::default();
+        let enabled = take::<bool, D>(&mut table, "enabled")?.unwrap_or(defaults.enabled);
+        let listen = take::<String, D>(&mut table, "listen")?.unwrap_or(defaults.listen);
+        let ws_keys: Vec<String> = table
+            .keys()
+            .filter(|k| k.starts_with("ws_"))
+            .cloned()
+            .collect();
+        let mut ws = toml::Table::new();
+        for k in ws_keys {
+            let v = table.remove(&k).expect("listed");
+            ws.insert(k["ws_".len()..].to_string(), v);
+        }
+        let mut http: weir_http::HttpConfig = section(table)?;
+        http.ws = section(ws).map_err(|e: D::Error| D::Error::custom(format!("ws_*: {e}")))?;
+        Ok(Self {
+            enabled,
+            listen,
+            http,
+        })
     }
 }
 
@@ -474,48 +459,14 @@ impl Config {
                 self.http.listen
             )
         })?;
-        if self.http.max_body_bytes < 1024 {
-            bail!("http.max_body_bytes must be at least 1024");
-        }
-        if self.http.idle_timeout_ms < 100 || self.http.max_connections == 0 {
-            bail!("http.idle_timeout_ms must be at least 100 and http.max_connections positive");
-        }
-        if self.http.ws_queue_messages == 0 || self.http.ws_queue_bytes < 1024 {
-            bail!("http.ws_queue_messages must be positive and http.ws_queue_bytes at least 1024");
-        }
-        if self.http.ws_ping_interval_ms < 100
-            || self.http.ws_idle_timeout_ms <= self.http.ws_ping_interval_ms
-        {
-            bail!(
-                "http.ws_ping_interval_ms must be at least 100 and below http.ws_idle_timeout_ms"
-            );
-        }
-        if self.native.max_connections == 0 || self.native.max_in_flight == 0 {
-            bail!("native.max_connections and native.max_in_flight must be positive");
-        }
-        if self.native.max_frame_bytes < 1024 {
-            bail!("native.max_frame_bytes must be at least 1024");
-        }
-        if self.native.busy_poll_us > 1000 {
-            bail!("native.busy_poll_us must be at most 1000 (0 turns busy polling off)");
-        }
-        if self.native.max_subscriptions_per_connection == 0
-            || self.native.push_queue_max_records == 0
-            || self.native.push_queue_max_bytes == 0
-        {
-            bail!(
-                "native.max_subscriptions_per_connection, native.push_queue_max_records and \
-                 native.push_queue_max_bytes must be positive"
-            );
-        }
-        if self.native.push_queue_bytes_per_connection < self.native.push_queue_max_bytes {
-            bail!(
-                "native.push_queue_bytes_per_connection must be at least native.push_queue_max_bytes"
-            );
-        }
-        if self.native.idle_timeout_ms < 300 {
-            bail!("native.idle_timeout_ms must be at least 300");
-        }
+        self.http
+            .http
+            .validate()
+            .map_err(|e| anyhow::anyhow!("http.{e}"))?;
+        self.native
+            .server
+            .validate()
+            .map_err(|e| anyhow::anyhow!("native.{e}"))?;
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bail!(
                 "log.format must be \"human\" or \"json\", not {:?}",
@@ -582,45 +533,15 @@ impl Config {
     }
 
     pub fn server_config(&self) -> weir_server::ServerConfig {
-        weir_server::ServerConfig {
-            max_connections: self.native.max_connections,
-            max_in_flight: self.native.max_in_flight,
-            max_frame_bytes: self.native.max_frame_bytes,
-            idle_timeout: Duration::from_millis(self.native.idle_timeout_ms),
-            max_subscriptions_per_connection: self.native.max_subscriptions_per_connection,
-            push_queue_max_records: self.native.push_queue_max_records,
-            push_queue_max_bytes: self.native.push_queue_max_bytes,
-            push_queue_bytes_per_connection: self.native.push_queue_bytes_per_connection,
-            busy_poll: Duration::from_micros(self.native.busy_poll_us),
-        }
+        self.native.server.clone()
     }
-}
 
-impl Config {
     pub fn http_config(&self) -> weir_http::HttpConfig {
-        let h = &self.http;
-        weir_http::HttpConfig {
-            max_body_bytes: h.max_body_bytes,
-            max_wait: Duration::from_millis(h.max_wait_ms),
-            idle_timeout: Duration::from_millis(h.idle_timeout_ms),
-            max_connections: h.max_connections,
-            shutdown_grace: Duration::from_millis(h.shutdown_grace_ms.min(self.shutdown_grace_ms)),
-            ws: weir_http::WsConfig {
-                queue_messages: h.ws_queue_messages,
-                queue_bytes: h.ws_queue_bytes,
-                ping_interval: Duration::from_millis(h.ws_ping_interval_ms),
-                idle_timeout: Duration::from_millis(h.ws_idle_timeout_ms),
-                max_subscriptions: h.ws_max_subscriptions.max(1),
-                max_connections: h.ws_max_connections.max(1),
-                read_buffer_bytes: h.ws_read_buffer_bytes.max(64),
-                write_buffer_bytes: h.ws_write_buffer_bytes,
-                ..weir_http::WsConfig::default()
-            },
-            profiling: h.profiling,
-            // The binary's `#[global_allocator]` (main.rs).
-            allocator: "mimalloc",
-            ..weir_http::HttpConfig::default()
-        }
+        let mut http = self.http.http.clone();
+        http.shutdown_grace = http.shutdown_grace.min(self.shutdown_grace());
+        // The binary's `#[global_allocator]` (main.rs).
+        http.allocator = "mimalloc";
+        http
     }
 }
 
@@ -700,6 +621,29 @@ mod tests {
             let err = format!("{:#}", Config::load(None, env(&[(typo, "x")])).unwrap_err());
             assert!(err.contains("unknown field"), "{typo}: {err}");
         }
+    }
+
+    #[test]
+    fn the_readme_example_configuration_loads_with_the_values_it_shows() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block in the README");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weir.toml");
+        std::fs::write(&file, block).unwrap();
+        let c = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(c.native.server.busy_poll, Duration::from_micros(200));
+        assert_eq!(c.http.http.ws.queue_messages, 1024);
+        assert_eq!(c.http.http.idle_timeout, Duration::from_secs(30));
+        // And what it shows is the default: each default is written once, in the library.
+        let d = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            format!("{:?}", c.native.server),
+            format!("{:?}", d.native.server)
+        );
     }
 
     #[test]

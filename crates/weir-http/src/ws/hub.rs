@@ -29,8 +29,11 @@ use weir_log::LogError;
 use super::queue::{Item, OutQueue, Pushed};
 use crate::records::{Format, RecordOut};
 
-/// WebSocket settings. Every default is documented on its field.
-#[derive(Debug, Clone)]
+/// WebSocket settings: the server's `[http]` keys that start with `ws_` (`ws_queue_messages`
+/// is `queue_messages`; durations with their unit, `ws_ping_interval_ms`). Every default is
+/// written once, here.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Records queued per subscription before its policy applies. Default 1,024.
     pub queue_messages: usize,
@@ -39,8 +42,12 @@ pub struct WsConfig {
     /// Bytes a feed (or a replay) reads per fetch. Default 1 MiB.
     pub fetch_bytes: usize,
     /// The server pings a connection it has heard nothing from for this long. Default 20 s.
+    /// Key `ping_interval_ms`.
+    #[serde(rename = "ping_interval_ms", with = "weir_broker::settings::millis")]
     pub ping_interval: Duration,
     /// A connection silent for this long (no frame, not even a pong) is closed. Default 60 s.
+    /// Key `idle_timeout_ms`.
+    #[serde(rename = "idle_timeout_ms", with = "weir_broker::settings::millis")]
     pub idle_timeout: Duration,
     /// Subscriptions per connection. Default 64.
     pub max_subscriptions: usize,
@@ -58,6 +65,35 @@ pub struct WsConfig {
     /// has sent; one that never sent keeps none. 0 writes each frame with its own system
     /// call. Default 4 KiB. (The library's default is 128 KiB.)
     pub write_buffer_bytes: usize,
+}
+
+impl WsConfig {
+    /// Checks the settings as a whole; the error names the key (with its `ws_` prefix).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_messages == 0 || self.queue_bytes < 1024 {
+            return Err(
+                "ws_queue_messages must be positive and ws_queue_bytes at least 1024".into(),
+            );
+        }
+        if self.ping_interval < Duration::from_millis(100)
+            || self.idle_timeout <= self.ping_interval
+        {
+            return Err(
+                "ws_ping_interval_ms must be at least 100 and below ws_idle_timeout_ms".into(),
+            );
+        }
+        if self.max_subscriptions == 0 || self.max_connections == 0 {
+            return Err("ws_max_subscriptions and ws_max_connections must be positive".into());
+        }
+        if self.read_buffer_bytes < 64 || self.fetch_bytes < 1024 || self.max_message_bytes < 1024 {
+            return Err(
+                "ws_read_buffer_bytes must be at least 64, ws_fetch_bytes and \
+                 ws_max_message_bytes at least 1024"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for WsConfig {
