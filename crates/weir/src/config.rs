@@ -221,7 +221,7 @@ fn take<'de, T: serde::de::DeserializeOwned, D: serde::Deserializer<'de>>(
 
 /// What is left of a section's table, as a library's configuration (which refuses keys it
 /// does not know).
-fn section<'de, T: serde::de::DeserializeOwned, E: serde::de::Error>(
+fn section<T: serde::de::DeserializeOwned, E: serde::de::Error>(
     table: toml::Table,
 ) -> std::result::Result<T, E> {
     toml::Value::Table(table)
