@@ -26,7 +26,7 @@ use weir_broker::topic::{DurabilitySetting, TopicInfo};
 
 use crate::HttpConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::records::{self, Format, OwnedRecord, ProduceRequest, RecordOut};
+use crate::records::{self, Format, OwnedRecord, RecordOut};
 use crate::ws::hub::Hub;
 
 /// Shared by every handler.
@@ -203,7 +203,7 @@ async fn refuse_oversized(
     next.run(req).await
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(format!("the body is not valid JSON for this endpoint: {e}"))
     })
@@ -409,42 +409,9 @@ async fn produce(
     let q = query(q)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+        .and_then(|v| v.to_str().ok());
     let b = body(b, s.config.max_body_bytes)?;
-    let records = match mime.as_str() {
-        "application/json" => {
-            if q.key.is_some() || q.partition.is_some() {
-                return Err(ApiError::bad_request(
-                    "the key and partition query parameters are for application/octet-stream \
-                     bodies; JSON records carry their own",
-                ));
-            }
-            parse_json::<ProduceRequest>(&b)?.into_records()?
-        }
-        "application/octet-stream" => vec![OwnedRecord {
-            key: q.key.map(String::into_bytes),
-            value: Some(b.to_vec()),
-            headers: Vec::new(),
-            partition: q.partition,
-            timestamp: None,
-        }],
-        other => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!(
-                    "content type {other:?} is not accepted: send application/json or \
-                     application/octet-stream"
-                ),
-            ));
-        }
-    };
+    let records = records::parse_produce_body(content_type, q.key, q.partition, &b)?;
     if s.broker.partition_count(&topic).is_none() && s.broker.config().auto_create_topics {
         match s.broker.create_topic(&topic, None).await {
             Ok(_) | Err(weir_broker::BrokerError::TopicExists(_)) => {}

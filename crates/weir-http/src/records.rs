@@ -117,6 +117,54 @@ impl ProduceRequest {
     }
 }
 
+/// A produce request's body as records, by its `Content-Type` (`None`: absent or unreadable,
+/// taken as JSON; parameters such as `charset` are ignored): `application/json` is a
+/// [`ProduceRequest`]; `application/octet-stream` is one record whose value is the body, its
+/// key and partition from the query string (`key`, `partition`), which JSON bodies may not use.
+///
+/// Everything the produce route reads of the request besides the topic is decided here,
+/// before any broker call, so that the fuzz target `http_produce_body` drives the same code on
+/// arbitrary bodies.
+pub fn parse_produce_body(
+    content_type: Option<&str>,
+    key: Option<String>,
+    partition: Option<u32>,
+    body: &[u8],
+) -> Result<Vec<OwnedRecord>, ApiError> {
+    let mime = content_type
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => {
+            if key.is_some() || partition.is_some() {
+                return Err(ApiError::bad_request(
+                    "the key and partition query parameters are for application/octet-stream \
+                     bodies; JSON records carry their own",
+                ));
+            }
+            crate::api::parse_json::<ProduceRequest>(body)?.into_records()
+        }
+        "application/octet-stream" => Ok(vec![OwnedRecord {
+            key: key.map(String::into_bytes),
+            value: Some(body.to_vec()),
+            headers: Vec::new(),
+            partition,
+            timestamp: None,
+        }]),
+        other => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "content type {other:?} is not accepted: send application/json or \
+                 application/octet-stream"
+            ),
+        )),
+    }
+}
+
 /// Builds one batch of `records` (in order) with base timestamp `now_ms`.
 pub fn build_batch(records: &[&OwnedRecord], now_ms: i64) -> Vec<u8> {
     let size: usize = records
@@ -322,9 +370,79 @@ mod tests {
     use weir_batch::Records;
 
     fn parse(json: &str) -> Result<Vec<OwnedRecord>, ApiError> {
-        serde_json::from_str::<ProduceRequest>(json)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?
-            .into_records()
+        parse_produce_body(None, None, None, json.as_bytes())
+    }
+
+    #[test]
+    fn the_content_type_decides_how_the_body_is_read() {
+        let json = br#"{"records":[{"value":"v"}]}"#;
+        let value = |r: Result<Vec<OwnedRecord>, ApiError>| r.unwrap()[0].value.clone();
+        for ct in [
+            None,
+            Some("application/json"),
+            Some(" Application/JSON ; charset=utf-8"),
+        ] {
+            assert_eq!(
+                value(parse_produce_body(ct, None, None, json)),
+                Some(b"v".to_vec())
+            );
+        }
+        // The query's key and partition belong to raw bodies only.
+        let e = parse_produce_body(None, None, Some(1), json).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("query parameters"), "{}", e.message);
+        let r = parse_produce_body(
+            Some("application/octet-stream"),
+            Some("k".into()),
+            Some(3),
+            json,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            vec![OwnedRecord {
+                key: Some(b"k".to_vec()),
+                value: Some(json.to_vec()),
+                headers: Vec::new(),
+                partition: Some(3),
+                timestamp: None,
+            }]
+        );
+        let e = parse_produce_body(Some("text/plain"), None, None, b"x").unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedMediaType);
+        assert!(e.message.contains("\"text/plain\""), "{}", e.message);
+        let e = parse_produce_body(None, None, None, b"{").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+    }
+
+    /// The JSON seeds of the fuzz target `http_produce_body` (the repository's
+    /// `fuzz/corpus/http_produce_body/seed-json-*`) are bodies the route accepts, so the
+    /// fuzzer starts from inside the format; `seed-raw-*` are raw bodies, for any bytes.
+    #[test]
+    fn fuzz_json_seeds_are_accepted_bodies() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/http_produce_body");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("seed-json-")
+            {
+                continue;
+            }
+            let body = std::fs::read(&path).unwrap();
+            assert!(
+                parse_produce_body(None, None, None, &body).is_ok(),
+                "{}",
+                path.display()
+            );
+            seeds += 1;
+        }
+        assert!(seeds > 0, "no seeds in {}", dir.display());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   [`Broker`], encoded back. Sans socket: bytes in, bytes out.
 //! - [`decode_request`]: the one way in for request bytes: API and version checked against
 //!   those served, the layout checked by [`guard`] (the crate's decoders reserve memory from
-//!   unchecked counts), then decoded. The fuzz target in `fuzz/` drives it.
+//!   unchecked counts), then decoded. The fuzz target `kafka_request` (the repository's
+//!   top-level `fuzz/`) drives it.
 //! - [`groups`], [`weir_broker::producers`]: the group coordinator and idempotent producer state.
 //!
 //! APIs served so far: ApiVersions 0–4, Metadata 0–8, Produce 3–8, Fetch 4–11,

@@ -266,6 +266,234 @@ mod tests {
         ));
     }
 
+    /// The fuzz target `native_frame`'s seeds (the repository's
+    /// `fuzz/corpus/native_frame/seed-*`): one request frame per API the server decodes a
+    /// message of, so the fuzzer starts inside every request type rather than having to find
+    /// each API key and message layout itself. `WEIR_WRITE_FUZZ_SEEDS=1 cargo test -p
+    /// weir-wire fuzz_seeds` writes them anew; otherwise the test checks that the committed
+    /// seeds are those frames, each one whole frame of its API.
+    #[test]
+    fn fuzz_seeds_are_one_request_frame_per_api() {
+        use crate::Api;
+        use crate::messages as m;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/native_frame");
+        let batch = {
+            let mut b = weir_batch::BatchBuilder::new(1_700_000_000_000);
+            b.push(weir_batch::RecordSpec::keyed(b"AAPL", b"{\"px\":1}"));
+            b.push(weir_batch::RecordSpec::value(b"second"));
+            b.build()
+        };
+        let tp = |topic: &str, partitions: Vec<u32>| m::TopicPartitions {
+            topic: topic.into(),
+            partitions,
+        };
+        fn seed(api: Api, message: &impl prost::Message, records: &[u8]) -> (Api, BytesMut) {
+            let header = FrameHeader {
+                api_key: api as u16,
+                api_version: 1,
+                correlation_id: 7,
+                flags: Flags(0),
+            };
+            (api, encode_frame_to_vec(header, message, records))
+        }
+        let seeds = [
+            seed(
+                Api::Hello,
+                &m::HelloRequest {
+                    client_id: "fuzz-seed".into(),
+                    apis: Api::supported(),
+                },
+                b"",
+            ),
+            seed(
+                Api::CreateTopic,
+                &m::CreateTopicRequest {
+                    name: "quotes".into(),
+                    config: Some(m::TopicConfig {
+                        partitions: 4,
+                        retention_ms: -1,
+                        retention_bytes: 1 << 30,
+                        durability: m::Durability::Interval as i32,
+                        durability_interval_ms: 100,
+                        max_batch_bytes: 1 << 20,
+                        segment_bytes: 1 << 27,
+                        timestamp_type: m::TimestampType::LogAppendTime as i32,
+                    }),
+                },
+                b"",
+            ),
+            seed(
+                Api::DeleteTopic,
+                &m::DeleteTopicRequest {
+                    name: "quotes".into(),
+                },
+                b"",
+            ),
+            seed(
+                Api::Metadata,
+                &m::MetadataRequest {
+                    topics: vec!["quotes".into(), "orders".into()],
+                },
+                b"",
+            ),
+            seed(
+                Api::Produce,
+                &m::ProduceRequest {
+                    topic: "quotes".into(),
+                    partition: Some(1),
+                    key: Some(b"AAPL".to_vec()),
+                    acks: m::Acks::Durable as i32,
+                },
+                &batch,
+            ),
+            seed(
+                Api::Fetch,
+                &m::FetchRequest {
+                    topic: "quotes".into(),
+                    partition: 1,
+                    offset: 42,
+                    max_bytes: 1 << 20,
+                    min_bytes: 1,
+                    max_wait_ms: 500,
+                },
+                b"",
+            ),
+            seed(
+                Api::ListOffsets,
+                &m::ListOffsetsRequest {
+                    topic: "quotes".into(),
+                    partition: 0,
+                    spec: Some(m::list_offsets_request::Spec::TimestampMs(
+                        1_700_000_000_000,
+                    )),
+                },
+                b"",
+            ),
+            seed(
+                Api::JoinGroup,
+                &m::JoinGroupRequest {
+                    group: "g".into(),
+                    member_id: String::new(),
+                    topics: vec!["quotes".into()],
+                    session_timeout_ms: 10_000,
+                    strategy: m::AssignmentStrategy::AssignmentSticky as i32,
+                },
+                b"",
+            ),
+            seed(
+                Api::Heartbeat,
+                &m::HeartbeatRequest {
+                    group: "g".into(),
+                    member_id: "m-1".into(),
+                    generation: 3,
+                },
+                b"",
+            ),
+            seed(
+                Api::LeaveGroup,
+                &m::LeaveGroupRequest {
+                    group: "g".into(),
+                    member_id: "m-1".into(),
+                },
+                b"",
+            ),
+            seed(
+                Api::CommitOffsets,
+                &m::CommitOffsetsRequest {
+                    group: "g".into(),
+                    member_id: "m-1".into(),
+                    generation: 3,
+                    offsets: vec![m::PartitionOffset {
+                        topic: "quotes".into(),
+                        partition: 1,
+                        offset: 43,
+                    }],
+                },
+                b"",
+            ),
+            seed(
+                Api::FetchOffsets,
+                &m::FetchOffsetsRequest {
+                    group: "g".into(),
+                    partitions: vec![tp("quotes", vec![0, 1, 2])],
+                    reset: m::ResetPolicy::ResetLatest as i32,
+                },
+                b"",
+            ),
+            seed(Api::ListGroups, &m::ListGroupsRequest {}, b""),
+            seed(
+                Api::DescribeGroup,
+                &m::DescribeGroupRequest { group: "g".into() },
+                b"",
+            ),
+            seed(
+                Api::Subscribe,
+                &m::SubscribeRequest {
+                    topic: "quotes".into(),
+                    partition: 2,
+                    start: Some(m::subscribe_request::Start::Offset(10)),
+                    credit_records: 1000,
+                    credit_bytes: 1 << 20,
+                    policy: m::OverflowPolicy::DropOldest as i32,
+                    queue_records: 500,
+                    queue_bytes: 1 << 20,
+                },
+                b"",
+            ),
+            seed(
+                Api::Credit,
+                &m::CreditRequest {
+                    subscription_id: 1,
+                    records: 100,
+                    bytes: 65_536,
+                },
+                b"",
+            ),
+            seed(
+                Api::Unsubscribe,
+                &m::UnsubscribeRequest { subscription_id: 1 },
+                b"",
+            ),
+            seed(Api::InitProducer, &m::InitProducerRequest {}, b""),
+        ];
+        if std::env::var_os("WEIR_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            for (api, frame) in &seeds {
+                std::fs::write(dir.join(format!("seed-{}", api.name())), frame).unwrap();
+            }
+        }
+        let mut found = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let Some(api) = name.strip_prefix("seed-") else {
+                continue;
+            };
+            let mut buf = BytesMut::from(&std::fs::read(&path).unwrap()[..]);
+            let f = decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name} is not a whole frame"));
+            assert!(buf.is_empty(), "{name} holds more than one frame");
+            let (want, seed) = seeds
+                .iter()
+                .find(|(a, _)| a.name() == api)
+                .unwrap_or_else(|| panic!("{name} names no seeded API"));
+            assert_eq!(f.header.api_key, *want as u16, "{name}");
+            assert_eq!(
+                &std::fs::read(&path).unwrap()[..],
+                &seed[..],
+                "{name} is not what this test writes (WEIR_WRITE_FUZZ_SEEDS=1 rewrites it)"
+            );
+            found += 1;
+        }
+        assert_eq!(
+            found,
+            seeds.len(),
+            "one seed per API with a request message"
+        );
+    }
+
     proptest! {
         /// Random bytes never panic the decoder, and it never consumes a partial frame.
         #[test]

@@ -93,7 +93,7 @@ impl<'de> Deserialize<'de> for Start {
 }
 
 /// One operation from a client.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientOp {
     Subscribe {
@@ -110,6 +110,27 @@ pub enum ClientOp {
     Unsubscribe {
         subscription: u32,
     },
+}
+
+impl ClientOp {
+    /// One text frame from a client as an operation, or the reason it is refused (sent back
+    /// as a `bad_request` error notice): malformed JSON, or a subscription without topics or
+    /// naming one twice (it would be replayed twice). What needs the broker or the
+    /// connection (do the topics exist, how many subscriptions are open) is checked by the
+    /// caller. Pure, so the fuzz target `ws_client_op` drives exactly what a connection runs.
+    pub fn parse(text: &str) -> Result<ClientOp, String> {
+        let op = serde_json::from_str::<ClientOp>(text).map_err(|e| e.to_string())?;
+        if let ClientOp::Subscribe { topics, .. } = &op {
+            if topics.is_empty() {
+                return Err("topics is empty".into());
+            }
+            let mut listed = HashSet::new();
+            if let Some(t) = topics.iter().find(|t| !listed.insert(t.as_str())) {
+                return Err(format!("topic '{t}' is listed twice"));
+            }
+        }
+        Ok(op)
+    }
 }
 
 /// Frames sent per wake-up before the connection looks at its socket again.
@@ -252,10 +273,10 @@ fn on_text(
     next_sub: &mut u32,
     text: &str,
 ) {
-    let op = match serde_json::from_str::<ClientOp>(text) {
+    let op = match ClientOp::parse(text) {
         Ok(op) => op,
         Err(e) => {
-            send_direct(conn, error_notice(None, "bad_request", &e.to_string()));
+            send_direct(conn, error_notice(None, "bad_request", &e));
             return;
         }
     };
@@ -285,14 +306,6 @@ fn on_text(
             let fail = |code: &str, msg: String| {
                 send_direct(conn, error_notice(None, code, &msg));
             };
-            if topics.is_empty() {
-                return fail("bad_request", "topics is empty".into());
-            }
-            // Each topic once: a topic listed twice would be replayed twice.
-            let mut listed = HashSet::new();
-            if let Some(t) = topics.iter().find(|t| !listed.insert(t.as_str())) {
-                return fail("bad_request", format!("topic '{t}' is listed twice"));
-            }
             if conn.state.lock().subs.len() >= hub.config.max_subscriptions {
                 return fail(
                     "bad_request",
@@ -795,7 +808,7 @@ mod tests {
 
     #[test]
     fn operations_parse_with_defaults_and_name_bad_fields() {
-        let op: ClientOp = serde_json::from_str(r#"{"op":"subscribe","topics":["q"]}"#).unwrap();
+        let op = ClientOp::parse(r#"{"op":"subscribe","topics":["q"]}"#).unwrap();
         assert!(matches!(
             op,
             ClientOp::Subscribe {
@@ -806,7 +819,7 @@ mod tests {
                 ..
             }
         ));
-        let op: ClientOp = serde_json::from_str(
+        let op = ClientOp::parse(
             r#"{"op":"subscribe","topics":["q"],"keys":["AAPL"],"from":{"offset":{"0":12,"3":4}},"policy":"drop_oldest","format":"binary"}"#,
         )
         .unwrap();
@@ -814,7 +827,7 @@ mod tests {
             panic!("not a subscribe")
         };
         assert_eq!(from, Start::Offsets([(0, 12), (3, 4)].into()));
-        let op: ClientOp = serde_json::from_str(
+        let op = ClientOp::parse(
             r#"{"op":"subscribe","topics":["q","r"],"from":{"offsets":{"q":{"1":7},"r":{"0":2}}}}"#,
         )
         .unwrap();
@@ -832,9 +845,8 @@ mod tests {
             )
         );
         assert_eq!(policy, Policy::DropOldest);
-        let op: ClientOp =
-            serde_json::from_str(r#"{"op":"subscribe","topics":["q"],"from":{"timestamp":5}}"#)
-                .unwrap();
+        let op =
+            ClientOp::parse(r#"{"op":"subscribe","topics":["q"],"from":{"timestamp":5}}"#).unwrap();
         assert!(matches!(
             op,
             ClientOp::Subscribe {
@@ -853,11 +865,39 @@ mod tests {
             ),
             (r#"{"op":"subscribe","topics":["q"],"colour":1}"#, "colour"),
             (r#"{"op":"dance"}"#, "dance"),
+            (r#"{"op":"subscribe","topics":[]}"#, "topics is empty"),
+            (
+                r#"{"op":"subscribe","topics":["q","r","q"]}"#,
+                "topic 'q' is listed twice",
+            ),
         ] {
-            let e = serde_json::from_str::<ClientOp>(bad)
-                .unwrap_err()
-                .to_string();
+            let e = ClientOp::parse(bad).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    /// The seeds of the fuzz target `ws_client_op` (the repository's
+    /// `fuzz/corpus/ws_client_op/seed-*`) are operations a connection accepts, so the fuzzer
+    /// starts from inside the format.
+    #[test]
+    fn fuzz_seeds_are_accepted_operations() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ws_client_op");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("seed-")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(ClientOp::parse(&text).is_ok(), "{}", path.display());
+            seeds += 1;
+        }
+        assert!(seeds > 0, "no seeds in {}", dir.display());
     }
 }

@@ -622,12 +622,13 @@ fn header_v2_tagged_fields_are_bounded_and_the_header_must_match() {
     );
 }
 
-/// The fuzz target's seeds (`fuzz/corpus/kafka_request/seed-*`): one request per served
-/// version, as the encoder writes it, each decoding. `WEIR_WRITE_FUZZ_SEEDS=1 cargo test -p
-/// weir-kafka fuzz_seeds` writes them anew.
+/// The fuzz target's seeds (the repository's `fuzz/corpus/kafka_request/seed-*`): one request
+/// per served version, as the encoder writes it, each decoding. `WEIR_WRITE_FUZZ_SEEDS=1 cargo
+/// test -p weir-kafka fuzz_seeds` writes them anew.
 #[test]
 fn fuzz_seeds_are_one_served_request_per_version() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/kafka_request");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/kafka_request");
     if std::env::var_os("WEIR_WRITE_FUZZ_SEEDS").is_some() {
         std::fs::create_dir_all(&dir).unwrap();
         for (api, v, _, frame) in samples().filter(|&(_, _, n, _)| n == 1) {
