@@ -802,6 +802,53 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_that_fills_between_partitions_is_answered_207_with_what_was_written() {
+        let disk = weir_log::MemStorage::new();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: "/data".into(),
+            storage: std::sync::Arc::new(disk.clone()),
+            preallocate_bytes: 0,
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let hub = Hub::new(broker.clone(), Default::default());
+        let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
+        let (s, body) = call(&app, "POST", "/topics", r#"{"name":"t","partitions":2}"#).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        // Room for partition 0's batch (about 1 KB), not for partition 1's as well.
+        disk.set_capacity(Some(disk.used_bytes() + 1500));
+        let v = "x".repeat(1000);
+        let req = json!({"records": [
+            {"value": v, "partition": 0},
+            {"value": v, "partition": 1},
+            {"value": "second for 0", "partition": 0},
+        ]});
+        let (s, body) = call(&app, "POST", "/topics/t/records", &req.to_string()).await;
+        assert_eq!(s, StatusCode::MULTI_STATUS, "{body}");
+        assert_eq!(body["error"]["code"], "storage_full", "{body}");
+        let offsets = body["offsets"].as_array().unwrap();
+        assert_eq!(offsets[0], json!({"partition": 0, "offset": 0}));
+        assert_eq!(offsets[2], json!({"partition": 0, "offset": 1}));
+        assert_eq!(offsets[1]["partition"], 1);
+        assert_eq!(offsets[1]["error"]["code"], "storage_full", "{body}");
+        // What it says was written is there, and nothing else.
+        for (p, end) in [(0, 2), (1, 0)] {
+            assert_eq!(
+                broker
+                    .list_offsets("t", p, weir_broker::broker::OffsetSpec::Latest)
+                    .await
+                    .unwrap(),
+                end,
+                "partition {p}"
+            );
+        }
+        // A disk that filled before anything was written: a plain 507, nothing written.
+        let (s, body) = call(&app, "POST", "/topics/t/records", &req.to_string()).await;
+        assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_with_one_partition_over_the_limit_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (broker, app) = app(dir.path());
