@@ -89,10 +89,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let b = weir_broker::BrokerConfig::default();
         Self {
-            produce_memory_bytes: 256 << 20,
-            max_connections_per_ip: 0,
-            connection_rate_per_ip: 0,
+            produce_memory_bytes: b.produce_memory_bytes,
+            max_connections_per_ip: b.max_connections_per_ip,
+            connection_rate_per_ip: b.connection_rate_per_ip,
         }
     }
 }
@@ -329,23 +330,36 @@ pub struct TopicDefaults {
     pub max_partitions: u32,
 }
 
+/// The defaults are the broker's (`TopicConfig::default()`, `BrokerConfig::default()`), in
+/// this section's shape: written once, there.
 impl Default for TopicDefaults {
     fn default() -> Self {
+        let t = weir_broker::TopicConfig::default();
+        let b = weir_broker::BrokerConfig::default();
+        let (durability, durability_interval_ms) = match t.durability {
+            DurabilitySetting::Always => ("always", 100),
+            DurabilitySetting::Never => ("never", 100),
+            DurabilitySetting::Interval { ms } => ("interval", ms),
+        };
         Self {
-            partitions: 1,
-            retention_ms: 7 * 24 * 3600 * 1000,
-            retention_bytes: 0,
-            durability: "always".into(),
-            durability_interval_ms: 100,
-            max_batch_bytes: 8 << 20,
-            segment_bytes: 1 << 30,
-            auto_create: false,
-            hot_tail_bytes: 8 << 20,
-            preallocate_bytes: 8 << 20,
-            retention_check_ms: 60_000,
-            max_partitions: 4096,
+            partitions: t.partitions,
+            retention_ms: t.retention_ms.unwrap_or(0),
+            retention_bytes: t.retention_bytes.unwrap_or(0),
+            durability: durability.into(),
+            durability_interval_ms,
+            max_batch_bytes: t.max_batch_bytes,
+            segment_bytes: t.segment_bytes,
+            auto_create: b.auto_create_topics,
+            hot_tail_bytes: b.hot_tail_bytes,
+            preallocate_bytes: b.preallocate_bytes,
+            retention_check_ms: millis(b.retention_check),
+            max_partitions: b.max_partitions,
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -359,9 +373,10 @@ pub struct GroupConfig {
 
 impl Default for GroupConfig {
     fn default() -> Self {
+        let b = weir_broker::BrokerConfig::default();
         Self {
-            min_session_ms: 1_000,
-            max_session_ms: 300_000,
+            min_session_ms: millis(b.min_session),
+            max_session_ms: millis(b.max_session),
         }
     }
 }
@@ -644,6 +659,17 @@ mod tests {
             format!("{:?}", c.native.server),
             format!("{:?}", d.native.server)
         );
+        let (broker, defaults) = (
+            d.broker_config().unwrap(),
+            weir_broker::BrokerConfig::default(),
+        );
+        assert_eq!(
+            format!("{:?}", broker.default_topic),
+            format!("{:?}", defaults.default_topic)
+        );
+        assert_eq!(broker.hot_tail_bytes, defaults.hot_tail_bytes);
+        assert_eq!(broker.max_session, defaults.max_session);
+        assert_eq!(broker.produce_memory_bytes, defaults.produce_memory_bytes);
     }
 
     #[test]
