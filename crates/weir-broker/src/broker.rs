@@ -1446,6 +1446,23 @@ impl Broker {
         blocking(move || this.inner.offsets.commit(&group, &offsets)).await
     }
 
+    /// Commits offsets as Kafka's coordinator stores them: as given, inside the log or not
+    /// (whether they can be read is decided at fetch), for partitions that exist, unfenced
+    /// (the Kafka door checks its own group's generation). Durable when it returns.
+    pub async fn commit_as_given(
+        &self,
+        group: &str,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<()> {
+        self.check_open()?;
+        for (topic, partition, _) in &offsets {
+            self.partition(topic, *partition)?;
+        }
+        let this = self.clone();
+        let group = group.to_string();
+        blocking(move || this.inner.offsets.commit(&group, &offsets)).await
+    }
+
     /// Committed offsets; partitions without one resolve by `reset` (earliest or latest).
     pub fn committed_offsets(
         &self,

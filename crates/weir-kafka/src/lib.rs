@@ -763,7 +763,7 @@ async fn handle_inner(
                     let error = if denied != code::NONE {
                         denied
                     } else {
-                        commit_check(broker, &name, p.partition_index, p.committed_offset).await
+                        commit_check(broker, &name, p.partition_index, p.committed_offset)
                     };
                     if error == code::NONE {
                         valid.push((
@@ -779,7 +779,7 @@ async fn handle_inner(
             let stored = if valid.is_empty() {
                 code::NONE
             } else {
-                match broker.commit(&group, None, valid).await {
+                match broker.commit_as_given(&group, valid).await {
                     Ok(()) => code::NONE,
                     Err(e) => {
                         tracing::warn!(%group, error = %e, "Kafka offset commit failed");
@@ -1024,19 +1024,23 @@ fn encode_fetch(
     Some(out)
 }
 
-/// Whether an offset may be committed for a partition: `NONE` or the Kafka error code.
-async fn commit_check(broker: &Broker, topic: &str, partition: i32, offset: i64) -> i16 {
+/// Whether an offset may be committed for a partition: `NONE` or the Kafka error code. As
+/// Kafka does, an offset is stored as given, inside the log or not: a consumer commits where a
+/// `seek` put it, or a position that retention has since passed, and whether it can be read is
+/// decided when it is fetched (OFFSET_OUT_OF_RANGE there, then the client's reset policy).
+/// Refusing such a commit stops some clients for good. Only a negative offset, which the
+/// offset store cannot hold, is refused.
+fn commit_check(broker: &Broker, topic: &str, partition: i32, offset: i64) -> i16 {
     let Ok(part) = u32::try_from(partition) else {
         return code::UNKNOWN_TOPIC_OR_PARTITION;
     };
     if broker.partition_count(topic).is_none_or(|n| part >= n) {
         return code::UNKNOWN_TOPIC_OR_PARTITION;
     }
-    match broker.list_offsets(topic, part, OffsetSpec::Latest).await {
-        Ok(end) if offset >= 0 && offset as u64 <= end => code::NONE,
-        Ok(_) => code::OFFSET_OUT_OF_RANGE,
-        Err(e) => error_code(&e),
+    if offset < 0 {
+        return code::OFFSET_OUT_OF_RANGE;
     }
+    code::NONE
 }
 
 /// A topic configuration from a CreateTopics entry: partition count, replication factor 1 (or
@@ -1718,6 +1722,62 @@ mod tests {
             },
         );
         (broker, kafka)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offsets_outside_the_log_are_committed_as_given_as_kafka_does() {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        use kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetFetchRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let (_broker, kafka) = broker(dir.path()).await;
+        // Topic "a" is empty: 1,000 is past its end (a seek, or a position from before
+        // retention); -1 is no offset at all.
+        for (offset, want) in [
+            (1000, code::NONE),
+            (0, code::NONE),
+            (-1, code::OFFSET_OUT_OF_RANGE),
+        ] {
+            let req = OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    OffsetCommitRequestTopic::default()
+                        .with_name(topic_name("a"))
+                        .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(offset),
+                        ]),
+                ]);
+            let r: OffsetCommitResponse = response(
+                ApiKey::OffsetCommit,
+                7,
+                handle(&kafka, request(ApiKey::OffsetCommit, 7, &req)).await,
+            );
+            assert_eq!(
+                r.topics[0].partitions[0].error_code, want,
+                "offset {offset}"
+            );
+            if want != code::NONE {
+                continue;
+            }
+            let req = OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_topics(Some(vec![
+                    OffsetFetchRequestTopic::default()
+                        .with_name(topic_name("a"))
+                        .with_partition_indexes(vec![0]),
+                ]));
+            let r: OffsetFetchResponse = response(
+                ApiKey::OffsetFetch,
+                5,
+                handle(&kafka, request(ApiKey::OffsetFetch, 5, &req)).await,
+            );
+            assert_eq!(r.topics[0].partitions[0].committed_offset, offset);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

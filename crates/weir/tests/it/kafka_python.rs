@@ -109,3 +109,34 @@ fn aiokafka_produces_consumes_and_balances_a_group() {
 fn confluent_kafka_produces_consumes_and_balances_a_group() {
     exercise("confluent-kafka");
 }
+
+/// A commit past the end of the log (a seek with auto-commit, say) is stored as given, as Kafka
+/// does, and a consumer resuming from it resets at its fetch and keeps consuming. Refusing the
+/// commit (OFFSET_OUT_OF_RANGE) stopped such consumers for good.
+#[test]
+fn a_commit_outside_the_log_is_stored_and_a_consumer_resumes_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (ok, _, err) = cli(&server.addr, &["topic", "create", "outside"], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["produce", "outside"],
+        "r0\nr1\nr2\nr3\nr4\n",
+    );
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/kafka_commit_outside.py"
+    ))
+    .args([&server.kafka, "outside", "resumer"]);
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(v["commit_error"], Value::Null, "{v}");
+    assert_eq!(v["committed"], 1000, "{v}");
+    assert_eq!(strings(&v["read"]), ["r0", "r1", "r2", "r3", "r4"], "{v}");
+    server.stop();
+}
