@@ -1370,15 +1370,24 @@ impl Broker {
             OffsetSpec::Earliest => Ok(part.log.log_start_offset()),
             OffsetSpec::Latest => Ok(part.log.high_watermark()),
             OffsetSpec::Timestamp(ts) => {
-                let log = part.log.clone();
-                blocking(move || {
-                    Ok(log
-                        .offset_for_timestamp(ts)?
-                        .unwrap_or_else(|| log.high_watermark()))
-                })
-                .await
+                let found = self.offset_for_timestamp(topic, partition, ts).await?;
+                Ok(found.unwrap_or_else(|| part.log.high_watermark()))
             }
         }
+    }
+
+    /// The offset of the first record stamped at or after `timestamp` (ms), or `None` when
+    /// every record is older (Kafka's ListOffsets answers -1 then; the other doors, the end).
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<u64>> {
+        self.check_open()?;
+        let (_, part) = self.partition(topic, partition)?;
+        let log = part.log.clone();
+        blocking(move || Ok(log.offset_for_timestamp(timestamp)?)).await
     }
 
     // ---- groups ----

@@ -523,14 +523,22 @@ async fn handle_inner(
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1);
                     let result = match u32::try_from(p.partition_index) {
-                        Ok(part) => broker.list_offsets(&name, part, spec).await,
+                        // By time, as Kafka answers: -1 when every record is older.
+                        Ok(part) if matches!(spec, OffsetSpec::Timestamp(_)) => broker
+                            .offset_for_timestamp(&name, part, p.timestamp)
+                            .await
+                            .map(|o| o.map_or(-1, |o| o as i64)),
+                        Ok(part) => broker
+                            .list_offsets(&name, part, spec)
+                            .await
+                            .map(|o| o as i64),
                         Err(_) => Err(BrokerError::UnknownPartition {
                             topic: name.clone(),
                             partition: u32::MAX,
                         }),
                     };
                     parts.push(match result {
-                        Ok(o) => resp.with_offset(o as i64),
+                        Ok(o) => resp.with_offset(o),
                         Err(e) => resp.with_error_code(error_code(&e)).with_offset(-1),
                     });
                 }
@@ -1722,6 +1730,46 @@ mod tests {
             },
         );
         (broker, kafka)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_offsets_by_a_time_after_every_record_answers_minus_one() {
+        use kafka_protocol::messages::ListOffsetsRequest;
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, kafka) = broker(dir.path()).await;
+        let mut b = weir_batch::BatchBuilder::new(1_000);
+        b.push(weir_batch::RecordSpec::value(b"x"));
+        broker
+            .produce("a", Some(0), None, Bytes::from(b.build()))
+            .await
+            .unwrap();
+        for (ts, want) in [(500, 0), (1_000, 0), (1_001, -1), (-1, 1), (-2, 0)] {
+            let req = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(topic_name("a"))
+                        .with_partitions(vec![
+                            ListOffsetsPartition::default()
+                                .with_partition_index(0)
+                                .with_timestamp(ts),
+                        ]),
+                ]);
+            let r: ListOffsetsResponse = response(
+                ApiKey::ListOffsets,
+                5,
+                handle(&kafka, request(ApiKey::ListOffsets, 5, &req)).await,
+            );
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(
+                (p.error_code, p.offset),
+                (code::NONE, want),
+                "timestamp {ts}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
