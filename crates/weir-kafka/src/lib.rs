@@ -68,6 +68,7 @@ pub enum Reply {
 }
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::{Broker, BrokerError};
@@ -292,6 +293,46 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
     })
 }
 
+/// Bytes of a request's head kept to name its client if it is refused: key, version,
+/// correlation id, and a client id of up to 128 bytes.
+const HEAD_COPY: usize = 8 + 2 + 128;
+
+/// The client id of a request's header (v1+: after key, version and correlation id, an i16
+/// length and the bytes), read by hand from a request that could not be decoded; empty if it
+/// is not there.
+fn frame_client_id(head: &[u8]) -> String {
+    let mut c = weir_batch::cursor::Cursor(head);
+    let _ = c.take(8);
+    let Some(len) = c.i16().and_then(|len| usize::try_from(len).ok()) else {
+        return String::new();
+    };
+    let rest = c.rest();
+    String::from_utf8_lossy(&rest[..len.min(rest.len())]).into_owned()
+}
+
+/// A request refused before it was handled: counted in
+/// `weir_kafka_refused_requests_total{reason}`, and logged at warn (the connection's span
+/// names the peer) at most once a second, so a client that keeps sending it cannot flood the
+/// log. Kafka closes such a connection too; what matters is that an operator sees why.
+fn refused_request(e: &DecodeError, client_id: String) {
+    static LAST_WARN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let reason = match e {
+        DecodeError::UnknownApi(_) => "unknown_api",
+        DecodeError::Unsupported { .. } => "unsupported_version",
+        DecodeError::TooShort(_) | DecodeError::Header(_) => "malformed",
+        DecodeError::Guard(_) | DecodeError::Body { .. } => "malformed",
+    };
+    metrics::counter!("weir_kafka_refused_requests_total", "reason" => reason).increment(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARN.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+        tracing::warn!(error = %e, client_id, "Kafka request refused; closing the connection");
+    } else {
+        tracing::debug!(error = %e, client_id, "Kafka request refused; closing the connection");
+    }
+}
+
 /// `None`: close; `Some(None)`: silent; `Some(Some(b))`: respond.
 async fn handle_inner(
     kafka: &Kafka,
@@ -301,6 +342,12 @@ async fn handle_inner(
 ) -> Option<Option<Vec<Bytes>>> {
     let (broker, advertised) = (&kafka.broker, &kafka.advertised);
     let frame_len = frame.len();
+    // A copy of the head (key, version, correlation id, client id), to say whose request was
+    // refused; a copy, not a view, so that a produce's records can still become the only view
+    // of the request (see the Produce arm).
+    let mut head = [0u8; HEAD_COPY];
+    let head_len = frame.len().min(HEAD_COPY);
+    head[..head_len].copy_from_slice(&frame[..head_len]);
     let (api, version, header, request) = match decode_request(frame) {
         Ok(Decoded::Request {
             api,
@@ -317,7 +364,7 @@ async fn handle_inner(
             )]));
         }
         Err(e) => {
-            tracing::debug!(error = %e, "Kafka request not understood");
+            refused_request(&e, frame_client_id(&head[..head_len]));
             return None;
         }
     };
@@ -1436,13 +1483,16 @@ pub async fn serve(
     while let Some(accepted) = acceptor.accept().await {
         let kafka = Arc::clone(&kafka);
         let stop = shutdown.begun();
-        shutdown.spawn(async move {
-            let _slot = accepted.slot;
-            let peer = accepted.peer;
-            if let Err(e) = connection(accepted.stream, &kafka, stop).await {
-                tracing::debug!(%peer, error = %e, "Kafka connection ended");
+        let span = tracing::info_span!("kafka", peer = %accepted.peer);
+        shutdown.spawn(
+            async move {
+                let _slot = accepted.slot;
+                if let Err(e) = connection(accepted.stream, &kafka, stop).await {
+                    tracing::debug!(error = %e, "Kafka connection ended");
+                }
             }
-        });
+            .instrument(span),
+        );
     }
     tracing::info!("Kafka listener closed: draining connections");
     kafka.groups.clear();
@@ -1730,6 +1780,24 @@ mod tests {
             },
         );
         (broker, kafka)
+    }
+
+    #[test]
+    fn a_refused_request_is_named_by_its_client_id_read_by_hand() {
+        let mut head = vec![0, 99, 0, 42, 0, 0, 0, 7, 0, 5];
+        head.extend_from_slice(b"kcat!");
+        assert_eq!(frame_client_id(&head), "kcat!");
+        assert_eq!(
+            frame_client_id(&head[..12]),
+            "kc",
+            "cut short: what is there"
+        );
+        assert_eq!(frame_client_id(&head[..9]), "");
+        assert_eq!(
+            frame_client_id(&[0, 99, 0, 42, 0, 0, 0, 7, 0xff, 0xff]),
+            "",
+            "null"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,11 @@ fn describe() {
         "Kafka-protocol requests received, by API."
     );
     describe_gauge!("weir_kafka_connections", "Open Kafka-protocol connections.");
+    describe_counter!(
+        "weir_kafka_refused_requests_total",
+        "Kafka-protocol requests refused before they were handled (the connection closed), by \
+         reason: unknown_api, unsupported_version, malformed."
+    );
     describe_gauge!(
         "weir_http_connections",
         "Open HTTP connections (a WebSocket connection until its upgrade)."

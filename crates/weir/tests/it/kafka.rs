@@ -298,6 +298,12 @@ fn unsupported_api_versions_get_a_v0_answer_and_garbage_closes_only_that_connect
     g.write_all(&[0, 0, 0, 6, 0x7f, 0x7f, 1, 2, 3, 4]).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(g.read(&mut buf).unwrap_or(0), 0, "closed");
+    // An operator can see it: counted by reason (0x7f7f is no API key).
+    let metrics = http_get(&server.http, "/metrics");
+    assert!(
+        metrics.contains("weir_kafka_refused_requests_total{reason=\"unknown_api\"} 1"),
+        "{metrics}"
+    );
     let mut huge = TcpStream::connect(&server.kafka).unwrap();
     huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     huge.write_all(&0x7fff_ffffi32.to_be_bytes()).unwrap();
