@@ -54,6 +54,10 @@ pub struct Config {
     /// server to warn about once its log is set up.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
+    /// Keys of earlier releases that still work, with what replaces them, for the server to
+    /// warn about.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +177,7 @@ impl Default for Config {
             quotas: QuotasConfig::default(),
             tracing: TracingConfig::default(),
             ignored_env: Vec::new(),
+            deprecated: Vec::new(),
         }
     }
 }
@@ -446,12 +451,24 @@ impl Config {
             }
             table.insert(path[path.len() - 1].clone(), parsed);
         }
+        // `[native] shutdown_grace_ms` became the server's own `shutdown_grace_ms` (one grace
+        // period for every door): still taken, with a warning, unless the new key is set too.
+        let mut deprecated = Vec::new();
+        if let Some(old) = root
+            .get_mut("native")
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|t| t.remove("shutdown_grace_ms"))
+        {
+            deprecated.push("native.shutdown_grace_ms is now shutdown_grace_ms (top level)".into());
+            root.entry("shutdown_grace_ms").or_insert(old);
+        }
         let mut config: Config = toml::Value::Table(root)
             .try_into()
             .context("invalid configuration")?;
         config.validate()?;
         ignored_env.sort();
         config.ignored_env = ignored_env;
+        config.deprecated = deprecated;
         Ok(config)
     }
 
@@ -670,6 +687,23 @@ mod tests {
         assert_eq!(broker.hot_tail_bytes, defaults.hot_tail_bytes);
         assert_eq!(broker.max_session, defaults.max_session);
         assert_eq!(broker.produce_memory_bytes, defaults.produce_memory_bytes);
+    }
+
+    #[test]
+    fn the_earlier_native_grace_key_still_works_and_is_reported() {
+        let c = Config::load(None, env(&[("WEIR_NATIVE__SHUTDOWN_GRACE_MS", "2500")])).unwrap();
+        assert_eq!(c.shutdown_grace_ms, 2500);
+        assert_eq!(c.deprecated.len(), 1, "{:?}", c.deprecated);
+        // The new key wins when both are given.
+        let c = Config::load(
+            None,
+            env(&[
+                ("WEIR_NATIVE__SHUTDOWN_GRACE_MS", "2500"),
+                ("WEIR_SHUTDOWN_GRACE_MS", "4000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_grace_ms, 4000);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use crate::config::Config;
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let config = Config::load(config_path.as_deref(), std::env::vars())?;
     init_logging(&config);
+    for d in &config.deprecated {
+        tracing::warn!("deprecated setting: {d}");
+    }
     if !config.ignored_env.is_empty() {
         tracing::warn!(
             variables = %config.ignored_env.join(", "),
