@@ -167,3 +167,25 @@ pub async fn serve(
     sweeper.abort();
     Ok(())
 }
+
+/// The committed seeds of fuzz target `target` whose names start with `prefix`, as (path,
+/// bytes): the tests that hold each seed to be accepted input read them here. Fails if none.
+#[cfg(test)]
+pub(crate) fn fuzz_seeds(target: &str, prefix: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut seeds = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        {
+            let bytes = std::fs::read(&path).unwrap();
+            seeds.push((path, bytes));
+        }
+    }
+    assert!(!seeds.is_empty(), "no seeds {prefix}* in {}", dir.display());
+    seeds
+}
