@@ -293,10 +293,6 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
     })
 }
 
-/// Bytes of a request's head kept to name its client if it is refused: key, version,
-/// correlation id, and a client id of up to 128 bytes.
-const HEAD_COPY: usize = 8 + 2 + 128;
-
 /// The client id of a request's header (v1+: after key, version and correlation id, an i16
 /// length and the bytes), read by hand from a request that could not be decoded; empty if it
 /// is not there.
@@ -342,13 +338,16 @@ async fn handle_inner(
 ) -> Option<Option<Vec<Bytes>>> {
     let (broker, advertised) = (&kafka.broker, &kafka.advertised);
     let frame_len = frame.len();
-    // A copy of the head (key, version, correlation id, client id), to say whose request was
-    // refused; a copy, not a view, so that a produce's records can still become the only view
-    // of the request (see the Produce arm).
-    let mut head = [0u8; HEAD_COPY];
-    let head_len = frame.len().min(HEAD_COPY);
-    head[..head_len].copy_from_slice(&frame[..head_len]);
-    let (api, version, header, request) = match decode_request(frame) {
+    // Kept to say whose request was refused, and let go of right after decoding, so that a
+    // produce's records can still become the only view of the request (see the Produce arm).
+    let whole = frame.clone();
+    let decoded = decode_request(frame);
+    let refused_by = match &decoded {
+        Err(_) => frame_client_id(&whole),
+        Ok(_) => String::new(),
+    };
+    drop(whole);
+    let (api, version, header, request) = match decoded {
         Ok(Decoded::Request {
             api,
             version,
@@ -364,7 +363,7 @@ async fn handle_inner(
             )]));
         }
         Err(e) => {
-            refused_request(&e, frame_client_id(&head[..head_len]));
+            refused_request(&e, refused_by);
             return None;
         }
     };
