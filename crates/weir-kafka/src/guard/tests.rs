@@ -26,7 +26,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::{GuardError, check_request, versions};
-use crate::{DecodeError, Decoded, SUPPORTED, decode_request};
+use crate::dispatch::SUPPORTED;
+use crate::{DecodeError, Decoded, decode_request};
 
 fn s(x: &str) -> StrBytes {
     StrBytes::from_string(x.to_string())

@@ -1,0 +1,122 @@
+//! CreateTopics: partition count, replication factor 1 (or the default), and the topic configs
+//! weir understands; anything else is refused by name, never silently ignored.
+
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::topic_name;
+use crate::dispatch::Ctx;
+use crate::{code, error_code};
+
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTopicsResponse {
+    let broker = &cx.kafka.broker;
+    let mut results = Vec::new();
+    for t in r.topics {
+        let name = t.name.0.to_string();
+        let result = CreatableTopicResult::default().with_name(topic_name(&name));
+        let outcome = match topic_config(broker.config().default_topic.clone(), &t) {
+            Err((code, message)) => Err((code, message)),
+            Ok(config) => {
+                let checked =
+                    weir_broker::topic::validate_name(&name).and_then(|()| config.validate());
+                match checked {
+                    Err(e) => Err((error_code(&e), e.to_string())),
+                    Ok(()) if r.validate_only => Ok(()),
+                    Ok(()) => broker
+                        .create_topic(&name, Some(config))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| (error_code(&e), e.to_string())),
+                }
+            }
+        };
+        results.push(match outcome {
+            Ok(()) => result,
+            Err((code, message)) => result
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(message))),
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+/// A topic configuration from a CreateTopics entry: partition count, replication factor 1 (or
+/// the default), and the topic configs weir understands; anything else is refused by name.
+pub(crate) fn topic_config(
+    mut config: weir_broker::TopicConfig,
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<weir_broker::TopicConfig, (i16, String)> {
+    match t.num_partitions {
+        -1 => {}
+        n if n >= 1 => config.partitions = n as u32,
+        n => return Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
+    }
+    if !matches!(t.replication_factor, -1 | 1) {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {} on a single node (use 1)",
+                t.replication_factor
+            ),
+        ));
+    }
+    if !t.assignments.is_empty() {
+        return Err((
+            code::INVALID_CONFIG,
+            "manual replica assignment is not supported".into(),
+        ));
+    }
+    for c in &t.configs {
+        let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let number = || {
+            value.parse::<i64>().map_err(|_| {
+                (
+                    code::INVALID_CONFIG,
+                    format!("{} = {value:?} is not a number", c.name),
+                )
+            })
+        };
+        match &*c.name.to_string() {
+            "retention.ms" => config.retention_ms = u64::try_from(number()?).ok(),
+            "retention.bytes" => config.retention_bytes = u64::try_from(number()?).ok(),
+            "segment.bytes" => {
+                config.segment_bytes = u64::try_from(number()?).map_err(|_| {
+                    (
+                        code::INVALID_CONFIG,
+                        "segment.bytes must be positive".to_string(),
+                    )
+                })?
+            }
+            "max.message.bytes" => {
+                config.max_batch_bytes = u32::try_from(number()?).map_err(|_| {
+                    (
+                        code::INVALID_CONFIG,
+                        "max.message.bytes out of range".to_string(),
+                    )
+                })?
+            }
+            "message.timestamp.type" => {
+                config.timestamp_type = match value.as_str() {
+                    "CreateTime" => weir_broker::topic::TimestampType::CreateTime,
+                    "LogAppendTime" => weir_broker::topic::TimestampType::LogAppendTime,
+                    _ => {
+                        return Err((
+                            code::INVALID_CONFIG,
+                            format!(
+                                "message.timestamp.type = {value:?}: use CreateTime or LogAppendTime"
+                            ),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err((
+                    code::INVALID_CONFIG,
+                    format!("topic config {other:?} is not supported"),
+                ));
+            }
+        }
+    }
+    Ok(config)
+}

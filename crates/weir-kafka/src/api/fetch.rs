@@ -1,0 +1,199 @@
+//! Fetch: long-polls on every partition asked for until one has data enough or `max_wait_ms`
+//! passes, then answers with the stored batches themselves as pieces of one vectored write.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::protocol::Encodable;
+use weir_broker::broker::OffsetSpec;
+use weir_broker::flow::QuotaKind;
+use weir_broker::{Broker, BrokerError};
+
+use crate::dispatch::Ctx;
+use crate::{MAX_REQUEST_BYTES, code, error_code};
+
+/// Waits as the request asks, then reads. The answer is encoded by [`encode`].
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: FetchRequest) -> Answer {
+    let broker = &cx.kafka.broker;
+    let max_wait = Duration::from_millis(r.max_wait_ms.clamp(0, 30_000) as u64);
+    let min_bytes = r.min_bytes.max(0) as usize;
+    let total_max = (r.max_bytes.max(1) as usize).min(MAX_REQUEST_BYTES);
+    let deadline = tokio::time::Instant::now() + max_wait;
+    // Long-poll on every partition asked for: answered as soon as any of them has data
+    // enough, or at max_wait.
+    let mut watches: Vec<tokio::sync::watch::Receiver<u64>> = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().filter_map(|p| {
+                let part = u32::try_from(p.partition).ok()?;
+                broker.watch_high_watermark(&t.topic.0, part).ok()
+            })
+        })
+        .take(MAX_WATCHED_PARTITIONS)
+        .collect();
+    loop {
+        for w in &mut watches {
+            w.borrow_and_update();
+        }
+        let (responses, total) = fetch_pass(broker, &r.topics, total_max).await;
+        if total >= min_bytes.max(1)
+            || min_bytes == 0
+            || watches.is_empty()
+            || tokio::time::Instant::now() >= deadline
+        {
+            cx.charge(QuotaKind::Fetch, total as u64);
+            return responses;
+        }
+        let changed =
+            futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        let gone = match tokio::time::timeout_at(deadline, changed).await {
+            Err(_) | Ok((Ok(()), _, _)) => None,
+            // A partition went away (topic deleted): stop watching it.
+            Ok((Err(_), i, _)) => Some(i),
+        };
+        if let Some(i) = gone {
+            watches.swap_remove(i);
+        }
+    }
+}
+
+/// Most partitions one Fetch long-polls on (the rest are still read, just not watched).
+const MAX_WATCHED_PARTITIONS: usize = 1024;
+
+/// One pass over the partitions of a Fetch, without waiting: each partition's data (at least
+/// the whole batch holding the fetch offset) within the request's byte limits.
+async fn fetch_pass(broker: &Broker, topics: &[FetchTopic], total_max: usize) -> (Answer, usize) {
+    let mut responses = Vec::with_capacity(topics.len());
+    let mut total = 0usize;
+    for t in topics {
+        let name = &*t.topic.0;
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let max =
+                (p.partition_max_bytes.max(1) as usize).min(total_max.saturating_sub(total).max(1));
+            // Once the response is full, the remaining partitions say where they stand but
+            // bring no data (only the first data may exceed max_bytes, by one whole batch).
+            let full = total > 0 && total >= total_max;
+            let result = match u32::try_from(p.partition) {
+                Ok(part) if p.fetch_offset >= 0 && full => {
+                    let hwm = broker.list_offsets(name, part, OffsetSpec::Latest).await;
+                    let start = broker.list_offsets(name, part, OffsetSpec::Earliest).await;
+                    hwm.and_then(|h| {
+                        start.map(|s| weir_broker::FetchResult {
+                            chunks: Vec::new(),
+                            high_watermark: h,
+                            log_start_offset: s,
+                        })
+                    })
+                }
+                Ok(part) if p.fetch_offset >= 0 => {
+                    broker
+                        .fetch(name, part, p.fetch_offset as u64, max, 0, Duration::ZERO)
+                        .await
+                }
+                _ => Err(BrokerError::UnknownPartition {
+                    topic: name.to_string(),
+                    partition: u32::MAX,
+                }),
+            };
+            parts.push(match result {
+                Ok(f) => {
+                    total += f.len();
+                    (
+                        PartitionData::default()
+                            .with_partition_index(p.partition)
+                            .with_high_watermark(f.high_watermark as i64)
+                            .with_last_stable_offset(f.high_watermark as i64)
+                            .with_log_start_offset(f.log_start_offset as i64)
+                            .with_aborted_transactions(Some(Vec::new()))
+                            .with_preferred_read_replica(BrokerId(-1)),
+                        f.chunks,
+                    )
+                }
+                Err(e) => (
+                    PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_error_code(error_code(&e))
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_preferred_read_replica(BrokerId(-1)),
+                    Vec::new(),
+                ),
+            });
+        }
+        responses.push((t.topic.clone(), parts));
+    }
+    (responses, total)
+}
+
+/// A Fetch answer before encoding: per topic, per partition, its fields and its stored batches.
+pub(crate) type Answer = Vec<(TopicName, Vec<(PartitionData, Vec<Bytes>)>)>;
+
+/// Encodes a Fetch response (versions 4–11, the classic encoding) after `head` (size prefix
+/// placeholder and response header) as pieces for one vectored write: the stored batches are
+/// not copied. Each partition's `records` is the last field of its entry in these versions, so
+/// the entry is encoded with empty records and its 4-byte length rewritten to the batches'
+/// total, which follow as their own pieces. Patches the size prefix.
+pub(crate) fn encode(
+    head: BytesMut,
+    version: i16,
+    throttle_ms: i32,
+    topics: Answer,
+) -> Option<Vec<Bytes>> {
+    if !(4..=11).contains(&version) {
+        return None;
+    }
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut cur = head;
+    let mut first: Option<BytesMut> = None;
+    cur.put_i32(throttle_ms);
+    if version >= 7 {
+        cur.put_i16(code::NONE);
+        cur.put_i32(0); // session id: no fetch sessions
+    }
+    cur.put_i32(i32::try_from(topics.len()).ok()?);
+    let mut total = 0usize;
+    for (name, partitions) in topics {
+        let n = name.0.as_bytes();
+        cur.put_i16(i16::try_from(n.len()).ok()?);
+        cur.extend_from_slice(n);
+        cur.put_i32(i32::try_from(partitions.len()).ok()?);
+        for (data, chunks) in partitions {
+            data.with_records(Some(Bytes::new()))
+                .encode(&mut cur, version)
+                .ok()?;
+            let len: usize = chunks.iter().map(Bytes::len).sum();
+            cur.truncate(cur.len() - 4);
+            cur.put_i32(i32::try_from(len).ok()?);
+            if len > 0 {
+                let piece = cur.split();
+                total += piece.len() + len;
+                match first {
+                    None => first = Some(piece),
+                    Some(_) => pieces.push(piece.freeze()),
+                }
+                pieces.extend(chunks.into_iter().filter(|c| !c.is_empty()));
+            }
+        }
+    }
+    total += cur.len();
+    let size = i32::try_from(total - 4).ok()?.to_be_bytes();
+    match first.as_mut() {
+        Some(f) => f[..4].copy_from_slice(&size),
+        None => cur[..4].copy_from_slice(&size),
+    }
+    let mut out = Vec::with_capacity(pieces.len() + 2);
+    if let Some(f) = first {
+        out.push(f.freeze());
+    }
+    out.extend(pieces);
+    if !cur.is_empty() {
+        out.push(cur.freeze());
+    }
+    Some(out)
+}

@@ -1,0 +1,13 @@
+//! Heartbeat: keeps a member's session; tells it when the group rebalances.
+
+use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+
+use crate::dispatch::Ctx;
+
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: HeartbeatRequest) -> HeartbeatResponse {
+    let error = cx
+        .kafka
+        .groups
+        .heartbeat(&r.group_id.0, r.generation_id, &r.member_id);
+    HeartbeatResponse::default().with_error_code(error)
+}

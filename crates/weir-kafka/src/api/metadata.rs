@@ -1,0 +1,78 @@
+//! Metadata: the topics asked for (every topic for null, or for an empty list in v0), created
+//! on the way when the client allows it and the broker auto-creates topics. One broker, node 0,
+//! leads every partition.
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::topic_name;
+use crate::code;
+use crate::dispatch::Ctx;
+
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: MetadataRequest) -> MetadataResponse {
+    let (broker, advertised) = (&cx.kafka.broker, &cx.kafka.advertised);
+    let wanted: Option<Vec<String>> = r.topics.map(|ts| {
+        ts.into_iter()
+            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .collect()
+    });
+    // In v0 an empty list (not null) asks for every topic.
+    let wanted = wanted.filter(|w| !(cx.version == 0 && w.is_empty()));
+    let all = broker.topics();
+    let mut topics = Vec::new();
+    match wanted {
+        None => {
+            for t in &all {
+                topics.push(topic(&t.name, Some(t.partitions.len()), code::NONE));
+            }
+        }
+        Some(names) => {
+            for n in names {
+                let found = all.iter().find(|t| t.name == n);
+                let auto = found.is_none()
+                    && r.allow_auto_topic_creation
+                    && broker.config().auto_create_topics;
+                if auto && broker.create_topic(&n, None).await.is_ok() {
+                    let parts = broker.partition_count(&n).unwrap_or(0) as usize;
+                    topics.push(topic(&n, Some(parts), code::NONE));
+                    continue;
+                }
+                topics.push(match found {
+                    Some(t) => topic(&t.name, Some(t.partitions.len()), code::NONE),
+                    None => topic(&n, None, code::UNKNOWN_TOPIC_OR_PARTITION),
+                });
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(0))
+                .with_host(StrBytes::from_string(advertised.host.clone()))
+                .with_port(advertised.port),
+        ])
+        .with_cluster_id(Some(StrBytes::from_static_str("weir")))
+        .with_controller_id(BrokerId(0))
+        .with_topics(topics)
+}
+
+fn topic(name: &str, partitions: Option<usize>, error: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error)
+        .with_name(Some(topic_name(name)))
+        .with_partitions(
+            (0..partitions.unwrap_or(0))
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p as i32)
+                        .with_leader_id(BrokerId(0))
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![BrokerId(0)])
+                        .with_isr_nodes(vec![BrokerId(0)])
+                })
+                .collect(),
+        )
+}

@@ -1,0 +1,87 @@
+//! OffsetCommit: a group's offsets, stored as given (see [`commit_check`]).
+
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use weir_broker::Broker;
+
+use super::topic_name;
+use crate::dispatch::Ctx;
+use crate::{code, group_error_code};
+
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCommitResponse {
+    let (broker, groups) = (&cx.kafka.broker, &cx.kafka.groups);
+    let group = r.group_id.0.to_string();
+    let denied = groups.check_commit(&group, r.generation_id_or_member_epoch, &r.member_id);
+    let mut valid = Vec::new();
+    // Per partition: the error it gets (validated first, then committed together).
+    let mut results: Vec<(String, Vec<(i32, i16)>)> = Vec::new();
+    for t in r.topics {
+        let name = t.name.0.to_string();
+        let mut parts = Vec::new();
+        for p in t.partitions {
+            let error = if denied != code::NONE {
+                denied
+            } else {
+                commit_check(broker, &name, p.partition_index, p.committed_offset)
+            };
+            if error == code::NONE {
+                valid.push((
+                    name.clone(),
+                    p.partition_index as u32,
+                    p.committed_offset as u64,
+                ));
+            }
+            parts.push((p.partition_index, error));
+        }
+        results.push((name, parts));
+    }
+    let stored = if valid.is_empty() {
+        code::NONE
+    } else {
+        match broker.commit_as_given(&group, valid).await {
+            Ok(()) => code::NONE,
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "Kafka offset commit failed");
+                group_error_code(&e)
+            }
+        }
+    };
+    let topics = results
+        .into_iter()
+        .map(|(name, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, error)| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_error_code(if error == code::NONE { stored } else { error })
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(topic_name(&name))
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// Whether an offset may be committed for a partition: `NONE` or the Kafka error code. As
+/// Kafka does, an offset is stored as given, inside the log or not: a consumer commits where a
+/// `seek` put it, or a position that retention has since passed, and whether it can be read is
+/// decided when it is fetched (OFFSET_OUT_OF_RANGE there, then the client's reset policy).
+/// Refusing such a commit stops some clients for good. Only a negative offset, which the
+/// offset store cannot hold, is refused.
+fn commit_check(broker: &Broker, topic: &str, partition: i32, offset: i64) -> i16 {
+    let Ok(part) = u32::try_from(partition) else {
+        return code::UNKNOWN_TOPIC_OR_PARTITION;
+    };
+    if broker.partition_count(topic).is_none_or(|n| part >= n) {
+        return code::UNKNOWN_TOPIC_OR_PARTITION;
+    }
+    if offset < 0 {
+        return code::OFFSET_OUT_OF_RANGE;
+    }
+    code::NONE
+}

@@ -1,0 +1,298 @@
+//! A Kafka listener and its connections: a 4-byte size, then a request, answered in order
+//! (Kafka clients rely on per-connection ordering); produces pipelined so that their syncs
+//! overlap, everything else one at a time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+use weir_broker::Broker;
+use weir_net::{Acceptor, Shutdown};
+
+use crate::dispatch::{self, Step};
+use crate::{Advertised, Kafka, MAX_REQUEST_BYTES, Reply};
+
+/// Serves the Kafka protocol on `listener` until `shutdown` begins: connections and the
+/// group clock run as tasks of the shutdown. Once it begins, waiting joins and syncs are
+/// answered (retriable), and each connection stops taking requests, answers those it has
+/// read and closes; the binary waits for them, then closes the broker.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    advertised: Advertised,
+    shutdown: Shutdown,
+) {
+    let kafka = Arc::new(Kafka::new(broker, advertised));
+    // The groups' sessions and rebalance timeouts run on the broker's one group clock (its
+    // maintenance task), beside the native groups', and the broker's admin views describe
+    // them; the broker forgets them once the listener is gone.
+    let coordinator: Arc<dyn weir_broker::group::ForeignCoordinator> = kafka.groups.clone();
+    kafka
+        .broker
+        .register_coordinator(Arc::downgrade(&coordinator));
+    drop(coordinator);
+    let mut acceptor = Acceptor::new(
+        listener,
+        "kafka",
+        kafka.broker.admission().clone(),
+        shutdown.clone(),
+    );
+    while let Some(accepted) = acceptor.accept().await {
+        let kafka = Arc::clone(&kafka);
+        let stop = shutdown.begun();
+        let span = tracing::info_span!("kafka", peer = %accepted.peer);
+        shutdown.spawn(
+            async move {
+                let _slot = accepted.slot;
+                if let Err(e) = connection(accepted.stream, &kafka, stop).await {
+                    tracing::debug!(error = %e, "Kafka connection ended");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!("Kafka listener closed: draining connections");
+    kafka.groups.clear();
+}
+
+/// A Kafka connection that sends nothing this long is closed (Kafka's
+/// `connections.max.idle.ms` default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Once a request's size is read (and memory budget granted for it), its body must arrive
+/// within this long.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response the client does not take within this long closes its connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests read ahead of the one being handled, per connection. Kafka answers a connection's
+/// requests in order, one at a time; reading the next few while one is handled overlaps the
+/// socket reads with the appends. Bounds a connection's buffered requests to this many times
+/// [`MAX_REQUEST_BYTES`].
+const READ_AHEAD: usize = 2;
+
+/// Writes `pieces` in order with vectored writes.
+async fn write_pieces(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut pieces: Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut i = 0;
+    while i < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..]
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = writer.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < pieces.len() {
+            let len = pieces[i].len();
+            if n >= len {
+                n -= len;
+                i += 1;
+            } else {
+                bytes::Buf::advance(&mut pieces[i], n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Produce requests of one connection that may await their syncs at once (librdkafka keeps up
+/// to five in flight when idempotent, more otherwise). Past this many the connection takes no
+/// new request until the oldest is answered.
+const MAX_SYNCING: usize = 8;
+
+/// An answer in the making: the reply and the client's throttle time.
+type Answer<'a> = std::pin::Pin<Box<dyn Future<Output = (Reply, Duration)> + Send + 'a>>;
+
+/// Writes one reply. Over a quota, the connection then takes no new request until
+/// `muted_until` (the read-ahead full, the socket is not read either), as a Kafka broker
+/// mutes the channel; answers to requests already taken still go out. The throttle times of
+/// pipelined requests overlap (the latest deadline wins), they do not add up.
+async fn answer(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    reply: Reply,
+    throttle: Duration,
+    muted_until: &mut Option<tokio::time::Instant>,
+) -> std::io::Result<()> {
+    let written = match reply {
+        Reply::Response(r) => tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&r)).await,
+        Reply::Parts(pieces) => {
+            tokio::time::timeout(WRITE_TIMEOUT, write_pieces(writer, pieces)).await
+        }
+        Reply::Silent => Ok(Ok(())),
+        Reply::Close => return Err(std::io::Error::other("request not understood")),
+    };
+    match written {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its response",
+            ));
+        }
+    }
+    if !throttle.is_zero() {
+        let until = tokio::time::Instant::now() + throttle;
+        *muted_until = Some(muted_until.map_or(until, |m| m.max(until)));
+    }
+    Ok(())
+}
+
+async fn connection(
+    stream: TcpStream,
+    kafka: &Kafka,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(Bytes, weir_broker::flow::BudgetPermit)>(READ_AHEAD);
+    let budget = kafka.broker.memory().clone();
+    let read = async move {
+        tokio::pin!(stop);
+        loop {
+            let mut len = [0u8; 4];
+            // A connection silent this long is closed (Kafka's connections.max.idle.ms). At
+            // shutdown no new request is started: the handler answers those read, then the
+            // connection closes, and the client retries elsewhere or later.
+            let next = tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut len));
+            let read = tokio::select! {
+                biased;
+                _ = &mut stop => return Ok(()),
+                r = next => r,
+            };
+            match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "idle connection closed",
+                    ));
+                }
+            }
+            let len = i32::from_be_bytes(len);
+            if len < 0 || len as usize > MAX_REQUEST_BYTES {
+                return Err(std::io::Error::other(format!(
+                    "request of {len} bytes refused"
+                )));
+            }
+            let len = len as usize;
+            // A large request is read only with memory budget in hand: while none is left,
+            // the socket is not read and TCP pushes back on the producer.
+            let permit = budget.acquire(len).await;
+            // Exactly its size, budget in hand: read without regrowing and copying, and a
+            // batch kept in place holds no slack (a buffer grown by doubling could be twice
+            // the request). A size prefix whose body never comes holds the budget, not
+            // memory: untouched capacity is address space, and the body times out below.
+            let mut frame = Vec::with_capacity(len);
+            // Budget granted, the body must arrive promptly: a sender that trickles it would
+            // otherwise hold the budget for as long as it likes.
+            tokio::time::timeout(
+                BODY_TIMEOUT,
+                (&mut reader).take(len as u64).read_to_end(&mut frame),
+            )
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("a {len}-byte request did not arrive within {BODY_TIMEOUT:?}"),
+                )
+            })??;
+            if frame.len() < len {
+                return Ok(());
+            }
+            if tx.send((Bytes::from(frame), permit)).await.is_err() {
+                // The handler stopped (it closed the connection).
+                return Ok(());
+            }
+        }
+    };
+    let handle_all = async {
+        // Produce requests whose batches are written, awaiting their syncs, oldest first. Their
+        // answers go out in request order, but the appends of consecutive produces overlap
+        // their syncs (and share them: group commit), as a client's pipelined produces do on
+        // the native protocol.
+        let mut syncing: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
+        let mut reading = true;
+        let mut muted_until = None;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                Some((reply, throttle)) = syncing.next(), if !syncing.is_empty() => {
+                    answer(&mut writer, reply, throttle, &mut muted_until).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(muted_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if muted_until.is_some() => {
+                    muted_until = None;
+                    continue;
+                }
+                f = rx.recv(), if reading && muted_until.is_none() && syncing.len() < MAX_SYNCING => f,
+                else => return Ok(()),
+            };
+            let Some((frame, permit)) = frame else {
+                reading = false;
+                continue;
+            };
+            // Only produce data is held for the whole request; other requests (a JoinGroup
+            // can wait minutes) give their budget back once read.
+            let taken = match dispatch::take(frame) {
+                Ok(request) if request.api == ApiKey::Produce => {
+                    match dispatch::step(kafka, request).await {
+                        Step::Syncing(in_flight, throttle) => {
+                            syncing.push_back(Box::pin(async move {
+                                let reply = in_flight.finish(kafka).await;
+                                drop(permit);
+                                (reply, throttle)
+                            }))
+                        }
+                        Step::Done(reply, throttle) => {
+                            drop(permit);
+                            syncing.push_back(Box::pin(std::future::ready((reply, throttle))));
+                        }
+                    }
+                    continue;
+                }
+                taken => taken,
+            };
+            drop(permit);
+            // Anything else is handled once every produce before it is answered: requests
+            // other than produce see the connection as strictly one request at a time.
+            while let Some((reply, throttle)) = syncing.next().await {
+                answer(&mut writer, reply, throttle, &mut muted_until).await?;
+            }
+            // Read while the connection was not muted, it waits out a mute those answers set.
+            if let Some(until) = muted_until.take() {
+                tokio::time::sleep_until(until).await;
+            }
+            let (reply, throttle) = match taken {
+                Ok(request) => dispatch::complete(kafka, request).await,
+                // A request not understood closes the connection: nothing read after it is
+                // handled.
+                Err(reply) => (reply, Duration::ZERO),
+            };
+            answer(&mut writer, reply, throttle, &mut muted_until).await?;
+        }
+    };
+    // The handler finishes what was read before the reader stopped (the reader's end drops
+    // its sender); a handler error, or a request it cannot understand, ends both at once.
+    tokio::pin!(read, handle_all);
+    let mut read_result = None;
+    loop {
+        tokio::select! {
+            r = &mut read, if read_result.is_none() => read_result = Some(r),
+            h = &mut handle_all => return h.and(read_result.unwrap_or(Ok(()))),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! From a decoded request to its answer: which APIs and versions are served, the request's
+//! context (client, quotas), the one match that hands each request to its module in
+//! [`crate::api`], and the encoding of what the module returns.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::Encodable;
+use weir_broker::flow::QuotaKind;
+
+use crate::api::produce::ProduceInFlight;
+use crate::api::{
+    api_versions, create_topics, delete_topics, describe_configs, fetch, find_coordinator,
+    heartbeat, init_producer_id, join_group, leave_group, list_offsets, metadata, offset_commit,
+    offset_fetch, produce, sync_group,
+};
+use crate::decode::{Decoded, decode_request, frame_client_id, refused_request};
+use crate::{Kafka, Reply, code};
+
+/// The APIs and versions advertised; every one is served.
+pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 8),
+    (ApiKey::Fetch, 4, 11),
+    (ApiKey::ListOffsets, 1, 5),
+    (ApiKey::Metadata, 0, 8),
+    (ApiKey::OffsetCommit, 2, 7),
+    (ApiKey::OffsetFetch, 1, 5),
+    (ApiKey::FindCoordinator, 0, 2),
+    (ApiKey::JoinGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 3),
+    (ApiKey::LeaveGroup, 0, 1),
+    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 4),
+    (ApiKey::DeleteTopics, 1, 3),
+    (ApiKey::DescribeConfigs, 1, 2),
+    (ApiKey::InitProducerId, 0, 1),
+];
+
+/// The versions of `api` served, if it is.
+pub(crate) fn range(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// Snake-case names of the APIs, as metrics label them.
+pub(crate) fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "produce",
+        ApiKey::Fetch => "fetch",
+        ApiKey::ListOffsets => "list_offsets",
+        ApiKey::Metadata => "metadata",
+        ApiKey::OffsetCommit => "offset_commit",
+        ApiKey::OffsetFetch => "offset_fetch",
+        ApiKey::FindCoordinator => "find_coordinator",
+        ApiKey::JoinGroup => "join_group",
+        ApiKey::Heartbeat => "heartbeat",
+        ApiKey::LeaveGroup => "leave_group",
+        ApiKey::SyncGroup => "sync_group",
+        ApiKey::ApiVersions => "api_versions",
+        ApiKey::CreateTopics => "create_topics",
+        ApiKey::DeleteTopics => "delete_topics",
+        ApiKey::DescribeConfigs => "describe_configs",
+        ApiKey::InitProducerId => "init_producer_id",
+        _ => "other",
+    }
+}
+
+/// What an API module sees of its request besides the request itself.
+pub(crate) struct Ctx<'a> {
+    pub(crate) kafka: &'a Kafka,
+    pub(crate) version: i16,
+    pub(crate) client_id: String,
+    /// How long the client is to be throttled: the longest any quota charged asks.
+    pub(crate) throttle: Duration,
+}
+
+impl Ctx<'_> {
+    /// Charges the client's `kind` quota `amount`; over it, the client is throttled.
+    pub(crate) fn charge(&mut self, kind: QuotaKind, amount: u64) {
+        let wait = self
+            .kafka
+            .broker
+            .quotas()
+            .charge(&self.client_id, kind, amount);
+        self.throttle = self.throttle.max(wait);
+    }
+}
+
+pub(crate) fn throttle_ms(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
+}
+
+/// A request decoded and ready to handle.
+pub(crate) struct Request {
+    pub(crate) api: ApiKey,
+    version: i16,
+    header: RequestHeader,
+    body: RequestKind,
+    frame_len: usize,
+}
+
+/// Decodes a request (without its size prefix), or says how to answer one that could not be:
+/// the v0 ApiVersions answer for a client newer than us, or a close (counted and logged).
+pub(crate) fn take(frame: Bytes) -> Result<Request, Reply> {
+    let frame_len = frame.len();
+    // Kept to say whose request was refused, and let go of right after decoding, so that a
+    // produce's records can still become the only view of the request (see `produce`).
+    let whole = frame.clone();
+    let decoded = decode_request(frame);
+    let refused_by = match &decoded {
+        Err(_) => frame_client_id(&whole),
+        Ok(_) => String::new(),
+    };
+    drop(whole);
+    match decoded {
+        Ok(Decoded::Request {
+            api,
+            version,
+            header,
+            request,
+        }) => Ok(Request {
+            api,
+            version,
+            header,
+            body: request,
+            frame_len,
+        }),
+        // A strict v0 answer any client understands: the error and our ranges.
+        Ok(Decoded::ApiVersionsTooNew { correlation_id }) => Err(Reply::Response(
+            api_versions::reply(correlation_id, 0, code::UNSUPPORTED_VERSION),
+        )),
+        Err(e) => {
+            refused_request(&e, refused_by);
+            Err(Reply::Close)
+        }
+    }
+}
+
+/// A request taken as far as it goes without waiting for a sync.
+pub(crate) enum Step {
+    /// Answered (or to be closed on), and the client's throttle time.
+    Done(Reply, Duration),
+    /// A produce whose batches are written, to be answered once they are durable.
+    Syncing(ProduceInFlight, Duration),
+}
+
+/// Handles one decoded request; a produce returns once its batches are written, so that the
+/// connection can read and write its next requests while the syncs are under way.
+pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
+    let Request {
+        api,
+        version,
+        header,
+        body: request,
+        frame_len,
+    } = request;
+    metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
+    let mut cx = Ctx {
+        kafka,
+        version,
+        client_id: header.client_id.as_deref().unwrap_or("").to_string(),
+        throttle: Duration::ZERO,
+    };
+    cx.charge(QuotaKind::Requests, 1);
+    let correlation = header.correlation_id;
+    // The header's strings are views of the request's memory: let go of them, so that a
+    // produce's records can become the only view left.
+    drop(header);
+    // The response is built in place: size prefix (patched at the end), header, body, so that
+    // records are copied once, into this buffer.
+    let mut body = BytesMut::new();
+    body.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation);
+    if let Err(e) = header.encode(&mut body, api.response_header_version(version)) {
+        return Step::Done(unanswerable(api, version, &e), cx.throttle);
+    }
+    let response: ResponseKind = match request {
+        RequestKind::ApiVersions(_) => {
+            let reply = api_versions::reply(correlation, version, code::NONE);
+            return Step::Done(Reply::Response(reply), cx.throttle);
+        }
+        RequestKind::Produce(r) => {
+            let in_flight = produce::handle(&mut cx, r, frame_len, body).await;
+            return Step::Syncing(in_flight, cx.throttle);
+        }
+        RequestKind::Fetch(r) => {
+            let answer = fetch::handle(&mut cx, r).await;
+            let reply = match fetch::encode(body, version, throttle_ms(cx.throttle), answer) {
+                Some(pieces) => Reply::Parts(pieces),
+                None => unanswerable(api, version, &"a Fetch answer too large to encode"),
+            };
+            return Step::Done(reply, cx.throttle);
+        }
+        RequestKind::Metadata(r) => metadata::handle(&mut cx, r).await.into(),
+        RequestKind::ListOffsets(r) => list_offsets::handle(&mut cx, r).await.into(),
+        RequestKind::CreateTopics(r) => create_topics::handle(&mut cx, r).await.into(),
+        RequestKind::DeleteTopics(r) => delete_topics::handle(&mut cx, r).await.into(),
+        RequestKind::DescribeConfigs(r) => describe_configs::handle(&mut cx, r).await.into(),
+        RequestKind::FindCoordinator(r) => find_coordinator::handle(&mut cx, r).await.into(),
+        RequestKind::JoinGroup(r) => join_group::handle(&mut cx, r).await.into(),
+        RequestKind::SyncGroup(r) => sync_group::handle(&mut cx, r).await.into(),
+        RequestKind::Heartbeat(r) => heartbeat::handle(&mut cx, r).await.into(),
+        RequestKind::LeaveGroup(r) => leave_group::handle(&mut cx, r).await.into(),
+        RequestKind::OffsetCommit(r) => offset_commit::handle(&mut cx, r).await.into(),
+        RequestKind::OffsetFetch(r) => offset_fetch::handle(&mut cx, r).await.into(),
+        RequestKind::InitProducerId(r) => init_producer_id::handle(&mut cx, r).await.into(),
+        _ => {
+            let reason = "advertised but not dispatched (a bug)";
+            return Step::Done(unanswerable(api, version, &reason), cx.throttle);
+        }
+    };
+    Step::Done(finish_body(body, api, version, &response), cx.throttle)
+}
+
+/// Encodes `response` after `body` (size prefix placeholder and response header) and patches
+/// the size prefix.
+pub(crate) fn finish_body(
+    mut body: BytesMut,
+    api: ApiKey,
+    version: i16,
+    response: &ResponseKind,
+) -> Reply {
+    if let Err(e) = response.encode(&mut body, version) {
+        return unanswerable(api, version, &e);
+    }
+    match i32::try_from(body.len() - 4) {
+        Ok(len) => {
+            body[..4].copy_from_slice(&len.to_be_bytes());
+            Reply::Response(body.freeze())
+        }
+        Err(_) => unanswerable(api, version, &"a response over 2 GiB"),
+    }
+}
+
+/// A response that cannot be encoded: the connection is closed, as for a request that cannot
+/// be decoded, and the reason logged (it is weir's fault, not the client's).
+fn unanswerable(api: ApiKey, version: i16, reason: &dyn std::fmt::Display) -> Reply {
+    tracing::warn!(?api, version, %reason, "Kafka response could not be encoded; closing");
+    Reply::Close
+}
+
+/// Handles one request (without its size prefix): the response (size prefix included),
+/// silence (produce with acks=0), or a request that cannot be understood.
+pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
+    handle_throttled(kafka, frame).await.0
+}
+
+/// [`handle`], and how long the client is to be throttled: it went over a quota, its
+/// response carries `throttle_time_ms`, and its connection is not read for that long.
+pub async fn handle_throttled(kafka: &Kafka, frame: Bytes) -> (Reply, Duration) {
+    match take(frame) {
+        Err(reply) => (reply, Duration::ZERO),
+        Ok(request) => complete(kafka, request).await,
+    }
+}
+
+/// [`step`], and for a produce the wait for its syncs too.
+pub(crate) async fn complete(kafka: &Kafka, request: Request) -> (Reply, Duration) {
+    match step(kafka, request).await {
+        Step::Done(reply, throttle) => (reply, throttle),
+        Step::Syncing(in_flight, throttle) => (in_flight.finish(kafka).await, throttle),
+    }
+}
