@@ -22,7 +22,9 @@ use crate::group::{
     AssignmentStrategy, GroupCoordinator, GroupDescription, GroupProtocol, JoinResult,
 };
 use crate::offsets::OffsetStore;
-use crate::topic::{self, PartitionInfo, TimestampType, TopicConfig, TopicInfo};
+use crate::topic::{
+    self, PartitionInfo, StoredTopic, TimestampType, TopicConfig, TopicId, TopicInfo,
+};
 
 /// Broker-wide settings. Every default is documented on its field.
 #[derive(Debug, Clone)]
@@ -204,6 +206,7 @@ fn end_of(chunks: &[Bytes]) -> Option<u64> {
 #[derive(Debug)]
 struct Topic {
     name: String,
+    id: TopicId,
     config: TopicConfig,
     ring: Ring,
     partitions: Vec<Arc<Partition>>,
@@ -489,7 +492,7 @@ impl Broker {
         storage
             .create_dir_all(&topics_dir)
             .map_err(|e| io("creating", e))?;
-        let mut meta = topic::load_meta(storage.as_ref(), data)?;
+        let (mut meta, rewrite) = topic::load_meta(storage.as_ref(), data)?;
         // Finish deletions a crash interrupted. A deletion moves the topic's directory aside
         // (`NAME.SEQ.deleted`), empties it, updates the metadata, then removes it: a topic
         // still listed whose directory is gone while its grave remains was deleted, and its
@@ -497,7 +500,7 @@ impl Broker {
         let subdirs = storage
             .list_subdirs(&topics_dir)
             .map_err(|e| io("listing", e))?;
-        let mut dropped = false;
+        let mut dropped = rewrite;
         for grave in subdirs.iter().filter(|d| d.ends_with(".deleted")) {
             if let Some(name) = grave_topic(grave)
                 && meta.contains_key(name)
@@ -524,8 +527,8 @@ impl Broker {
         }
         let _ = storage.sync_dir(&topics_dir);
         let mut topics = HashMap::new();
-        for (name, cfg) in meta {
-            let t = Self::open_topic(&config, &name, cfg, true)?;
+        for (name, stored) in meta {
+            let t = Self::open_topic(&config, &name, stored.config, stored.id, true)?;
             topics.insert(name, Arc::new(t));
         }
         let offsets = OffsetStore::open_with_storage(storage.clone(), &data.join("offsets"))?;
@@ -566,6 +569,7 @@ impl Broker {
         config: &BrokerConfig,
         name: &str,
         cfg: TopicConfig,
+        id: TopicId,
         from_disk: bool,
     ) -> Result<Topic> {
         let log_config = cfg.log_config(config.hot_tail_bytes, config.preallocate_bytes);
@@ -585,6 +589,7 @@ impl Broker {
         }
         Ok(Topic {
             name: name.to_string(),
+            id,
             ring: Ring::new(cfg.partitions),
             config: cfg,
             partitions,
@@ -730,13 +735,30 @@ impl Broker {
     }
 
     /// Every topic's configuration, as the metadata file lists them.
-    fn topic_configs(&self) -> BTreeMap<String, TopicConfig> {
+    /// What `topics.json` is to hold: every topic, its configuration and id.
+    fn stored_topics(&self) -> BTreeMap<String, StoredTopic> {
         self.inner
             .topics
             .read()
             .iter()
-            .map(|(k, v)| (k.clone(), v.config.clone()))
+            .map(|(k, v)| {
+                let stored = StoredTopic {
+                    config: v.config.clone(),
+                    id: v.id,
+                };
+                (k.clone(), stored)
+            })
             .collect()
+    }
+
+    /// The name of the topic whose id is `id`, if there is one.
+    pub fn topic_name_of(&self, id: &TopicId) -> Option<String> {
+        self.inner
+            .topics
+            .read()
+            .values()
+            .find(|t| t.id == *id)
+            .map(|t| t.name.clone())
     }
 
     /// Number of partitions of `topic`, if it exists.
@@ -776,9 +798,10 @@ impl Broker {
         let name_owned = name.to_string();
         let topic = blocking(move || {
             let cfg = &this.inner.config;
-            let topic = Self::open_topic(cfg, &name_owned, config.clone(), false)?;
-            let mut all = this.topic_configs();
-            all.insert(name_owned.clone(), config);
+            let id = TopicId::random();
+            let topic = Self::open_topic(cfg, &name_owned, config.clone(), id, false)?;
+            let mut all = this.stored_topics();
+            all.insert(name_owned.clone(), StoredTopic { config, id });
             if let Err(e) = topic::store_meta(cfg.storage.as_ref(), &cfg.data_dir, &all) {
                 for p in &topic.partitions {
                     let _ = p.log.close();
@@ -846,7 +869,7 @@ impl Broker {
                 // Nothing was deleted: the topic comes back as it was.
                 self.inner.producers.forget_topic(name);
                 let cfg = &self.inner.config;
-                match Self::open_topic(cfg, name, topic.config.clone(), true) {
+                match Self::open_topic(cfg, name, topic.config.clone(), topic.id, true) {
                     Ok(t) => {
                         self.inner
                             .topics
@@ -901,7 +924,7 @@ impl Broker {
         for p in 0..doomed.partitions.len() {
             let _ = storage.remove_dir_all(&grave.join(p.to_string()));
         }
-        topic::store_meta(storage, &cfg.data_dir, &self.topic_configs()).map_err(|e| (e, true))?;
+        topic::store_meta(storage, &cfg.data_dir, &self.stored_topics()).map_err(|e| (e, true))?;
         self.inner
             .offsets
             .delete_topic(name)
@@ -914,6 +937,7 @@ impl Broker {
     fn info(&self, t: &Topic) -> TopicInfo {
         TopicInfo {
             name: t.name.clone(),
+            id: t.id,
             config: t.config.clone(),
             partitions: t
                 .partitions

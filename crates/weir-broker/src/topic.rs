@@ -114,10 +114,56 @@ impl TopicConfig {
     }
 }
 
+/// A topic's identity, Kafka's topic id (KIP-516): a random (version 4) UUID given when the
+/// topic is created and kept in `topics.json`. A topic deleted and created again under the same
+/// name gets a new one, so a client holding the old id learns that its topic is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicId(pub [u8; 16]);
+
+impl TopicId {
+    pub fn random() -> Self {
+        let mut b: [u8; 16] = rand::random();
+        b[6] = (b[6] & 0x0f) | 0x40; // version 4
+        b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+        Self(b)
+    }
+
+    /// 32 lowercase hex digits.
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads [`TopicId::to_hex`]'s form back.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut b = [0u8; 16];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(b))
+    }
+}
+
+impl std::fmt::Display for TopicId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What `topics.json` keeps of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredTopic {
+    pub(crate) config: TopicConfig,
+    pub(crate) id: TopicId,
+}
+
 /// A topic as reported to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: String,
+    pub id: TopicId,
     pub config: TopicConfig,
     pub partitions: Vec<PartitionInfo>,
 }
@@ -163,23 +209,28 @@ pub fn validate_name(name: &str) -> Result<()> {
 struct MetaFile {
     version: u32,
     topics: BTreeMap<String, TopicConfig>,
+    /// Each topic's id (hex); version 2 on. A version 1 file's topics are given ids when it is
+    /// read, and the file is written again as version 2.
+    #[serde(default)]
+    ids: BTreeMap<String, String>,
 }
 
 const META_FILE: &str = "topics.json";
-const META_VERSION: u32 = 1;
+const META_VERSION: u32 = 2;
 
 /// `topics.json` is the broker's own small file; a larger one is not read.
 const MAX_META_BYTES: u64 = 64 << 20;
 
-/// Reads `topics.json`; an absent file is an empty broker.
+/// Reads `topics.json`; an absent file is an empty broker. Also says whether the file must be
+/// written again (a version 1 file, whose topics were just given ids).
 pub(crate) fn load_meta(
     storage: &dyn Storage,
     dir: &Path,
-) -> Result<BTreeMap<String, TopicConfig>> {
+) -> Result<(BTreeMap<String, StoredTopic>, bool)> {
     let path = dir.join(META_FILE);
     let file = match storage.open_file(&path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), false)),
         Err(e) => return Err(BrokerError::storage("opening", path, e)),
     };
     let len = file
@@ -199,16 +250,32 @@ pub(crate) fn load_meta(
             what: path.display().to_string(),
             reason: e.to_string(),
         })?;
-    if meta.version != META_VERSION {
-        return Err(BrokerError::CorruptMetadata {
-            reason: format!(
-                "version {}, where this build reads version {META_VERSION}",
-                meta.version
-            ),
-            what: path.display().to_string(),
-        });
+    let corrupt = |reason: String| BrokerError::CorruptMetadata {
+        what: path.display().to_string(),
+        reason,
+    };
+    if !(1..=META_VERSION).contains(&meta.version) {
+        return Err(corrupt(format!(
+            "version {}, where this build reads versions 1 to {META_VERSION}",
+            meta.version
+        )));
     }
-    Ok(meta.topics)
+    let mut ids = meta.ids;
+    let mut topics = BTreeMap::new();
+    for (name, config) in meta.topics {
+        let id = match ids.remove(&name) {
+            Some(hex) => TopicId::from_hex(&hex).ok_or_else(|| {
+                corrupt(format!("topic {name:?} has id {hex:?}, not 32 hex digits"))
+            })?,
+            None if meta.version == 1 => TopicId::random(),
+            None => return Err(corrupt(format!("topic {name:?} has no id"))),
+        };
+        topics.insert(name, StoredTopic { config, id });
+    }
+    if let Some(name) = ids.keys().next() {
+        return Err(corrupt(format!("an id for {name:?}, which is not a topic")));
+    }
+    Ok((topics, meta.version < META_VERSION))
 }
 
 /// Replaces `topics.json` atomically and durably: a new file written and synced beside it,
@@ -216,13 +283,20 @@ pub(crate) fn load_meta(
 pub(crate) fn store_meta(
     storage: &dyn Storage,
     dir: &Path,
-    topics: &BTreeMap<String, TopicConfig>,
+    topics: &BTreeMap<String, StoredTopic>,
 ) -> Result<()> {
     let tmp = dir.join("topics.json.tmp");
     let err = |op: &'static str, e: std::io::Error| BrokerError::storage(op, &tmp, e);
     let meta = MetaFile {
         version: META_VERSION,
-        topics: topics.clone(),
+        topics: topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.config.clone()))
+            .collect(),
+        ids: topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.id.to_hex()))
+            .collect(),
     };
     let text = serde_json::to_vec_pretty(&meta)
         .map_err(|e| BrokerError::Internal(format!("encoding topics.json: {e}")))?;
@@ -286,18 +360,21 @@ mod tests {
     fn metadata_round_trips_and_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let fs = weir_log::FileStorage;
-        assert!(load_meta(&fs, dir.path()).unwrap().is_empty());
+        assert!(load_meta(&fs, dir.path()).unwrap().0.is_empty());
         let mut topics = BTreeMap::new();
         topics.insert(
             "a".to_string(),
-            TopicConfig {
-                partitions: 3,
-                durability: DurabilitySetting::Interval { ms: 50 },
-                ..TopicConfig::default()
+            StoredTopic {
+                config: TopicConfig {
+                    partitions: 3,
+                    durability: DurabilitySetting::Interval { ms: 50 },
+                    ..TopicConfig::default()
+                },
+                id: TopicId::random(),
             },
         );
         store_meta(&fs, dir.path(), &topics).unwrap();
-        assert_eq!(load_meta(&fs, dir.path()).unwrap(), topics);
+        assert_eq!(load_meta(&fs, dir.path()).unwrap(), (topics, false));
         std::fs::write(
             dir.path().join(META_FILE),
             r#"{"version":1,"topics":{"a":{"partitions":1,"colour":"red"}}}"#,
@@ -305,5 +382,35 @@ mod tests {
         .unwrap();
         let err = load_meta(&fs, dir.path()).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_version_one_file_gets_topic_ids_once_and_bad_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = weir_log::FileStorage;
+        let path = dir.path().join(META_FILE);
+        std::fs::write(&path, r#"{"version":1,"topics":{"a":{},"b":{}}}"#).unwrap();
+        let (topics, rewrite) = load_meta(&fs, dir.path()).unwrap();
+        assert!(rewrite, "a version 1 file is written again with its ids");
+        assert_ne!(topics["a"].id, topics["b"].id);
+        assert_eq!(topics["a"].id.0[6] >> 4, 4, "a version 4 UUID");
+        store_meta(&fs, dir.path(), &topics).unwrap();
+        assert_eq!(load_meta(&fs, dir.path()).unwrap(), (topics, false));
+        for (bad, says) in [
+            (r#"{"version":2,"topics":{"a":{}}}"#, "no id"),
+            (
+                r#"{"version":2,"topics":{"a":{}},"ids":{"a":"xyz"}}"#,
+                "32 hex digits",
+            ),
+            (
+                r#"{"version":2,"topics":{},"ids":{"a":"00000000000000000000000000000000"}}"#,
+                "not a topic",
+            ),
+            (r#"{"version":3,"topics":{}}"#, "versions 1 to 2"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = load_meta(&fs, dir.path()).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }
