@@ -751,6 +751,11 @@ impl Broker {
             .collect()
     }
 
+    /// The id of topic `name`, if it exists.
+    pub fn topic_id(&self, name: &str) -> Option<TopicId> {
+        self.inner.topics.read().get(name).map(|t| t.id)
+    }
+
     /// The name of the topic whose id is `id`, if there is one.
     pub fn topic_name_of(&self, id: &TopicId) -> Option<String> {
         self.inner
@@ -1408,10 +1413,41 @@ impl Broker {
         partition: u32,
         timestamp: i64,
     ) -> Result<Option<u64>> {
+        Ok(self
+            .record_at_or_after(topic, partition, timestamp)
+            .await?
+            .map(|(offset, _)| offset))
+    }
+
+    /// The offset and timestamp of the first record stamped at or after `timestamp` (ms), or
+    /// `None` when every record is older.
+    pub async fn record_at_or_after(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>> {
         self.check_open()?;
         let (_, part) = self.partition(topic, partition)?;
         let log = part.log.clone();
-        blocking(move || Ok(log.offset_for_timestamp(timestamp)?)).await
+        blocking(move || Ok(log.record_at_or_after(timestamp)?)).await
+    }
+
+    /// The offset and timestamp of the first record carrying the partition's largest
+    /// timestamp (Kafka's ListOffsets -3), or `None` for an empty partition.
+    pub async fn max_timestamp_record(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, i64)>> {
+        self.check_open()?;
+        let (_, part) = self.partition(topic, partition)?;
+        let log = part.log.clone();
+        blocking(move || match log.max_timestamp()? {
+            Some(max) => Ok(log.record_at_or_after(max)?),
+            None => Ok(None),
+        })
+        .await
     }
 
     // ---- groups ----

@@ -798,7 +798,8 @@ async fn throttle_times_of_pipelined_requests_overlap_rather_than_add_up() {
 
 /// The vectored Fetch answer is, byte for byte, what the `kafka-protocol` encoder writes
 /// for the same response with the records in place: every served version, topics with
-/// data in several pieces, empty partitions and errors.
+/// data in several pieces, empty partitions and errors; classic and flexible, by name and by
+/// topic id.
 #[test]
 fn vectored_fetch_responses_match_the_reference_encoder() {
     use kafka_protocol::messages::FetchResponse;
@@ -816,6 +817,7 @@ fn vectored_fetch_responses_match_the_reference_encoder() {
         vec![
             (
                 topic_name("alpha"),
+                uuid::Uuid::from_u128(0xa1),
                 vec![
                     (
                         data(0),
@@ -830,12 +832,13 @@ fn vectored_fetch_responses_match_the_reference_encoder() {
             ),
             (
                 topic_name("b"),
+                uuid::Uuid::from_u128(0xb),
                 vec![(data(7), vec![Bytes::from_static(b"x")])],
             ),
-            (topic_name("empty"), Vec::new()),
+            (topic_name("empty"), uuid::Uuid::from_u128(0xe), Vec::new()),
         ]
     };
-    for version in 4..=11 {
+    for version in 4..=18 {
         let mut head = BytesMut::new();
         head.put_i32(0);
         head.put_i32(42); // a correlation id, as the response header would hold
@@ -846,9 +849,10 @@ fn vectored_fetch_responses_match_the_reference_encoder() {
             .with_responses(
                 answer()
                     .into_iter()
-                    .map(|(name, parts)| {
+                    .map(|(name, id, parts)| {
                         FetchableTopicResponse::default()
                             .with_topic(name)
+                            .with_topic_id(id)
                             .with_partitions(
                                 parts
                                     .into_iter()

@@ -982,9 +982,33 @@ impl Log {
     }
 
     /// The offset of the first record whose timestamp is ≥ `timestamp` (ms since the epoch),
-    /// or `None` if every record is older. For a compressed batch the batch's base offset is
-    /// returned (its records are not decompressed here).
+    /// or `None` if every record is older.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        Ok(self
+            .record_at_or_after(timestamp)?
+            .map(|(offset, _)| offset))
+    }
+
+    /// The largest record timestamp in the log as its indexes know it (batches' max
+    /// timestamps, readable or not yet), or `None` for a log with no batch.
+    pub fn max_timestamp(&self) -> Result<Option<i64>> {
+        let v = self.view.read();
+        if v.closed {
+            return Err(LogError::Closed);
+        }
+        let max = v
+            .segments
+            .iter()
+            .map(|s| s.index.read().max_timestamp)
+            .max()
+            .unwrap_or(i64::MIN);
+        Ok((max != i64::MIN).then_some(max))
+    }
+
+    /// The offset and timestamp of the first record whose timestamp is ≥ `timestamp` (ms
+    /// since the epoch), or `None` if every readable record is older. A compressed batch is
+    /// decompressed to find the record.
+    pub fn record_at_or_after(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
         let (segments, hwm, log_start) = {
             let v = self.view.read();
             if v.closed {
@@ -1016,8 +1040,9 @@ impl Log {
                     break;
                 }
                 if h.max_timestamp >= timestamp {
-                    let found = self.first_record_at_or_after(&segment, pos, &h, timestamp)?;
-                    return Ok(Some(found.max(log_start)));
+                    let (offset, ts) =
+                        self.first_record_at_or_after(&segment, pos, &h, timestamp)?;
+                    return Ok(Some((offset.max(log_start), ts)));
                 }
                 pos += h.total_len() as u64;
             }
@@ -1109,23 +1134,20 @@ impl Log {
         pos: u64,
         h: &weir_batch::BatchHeader,
         timestamp: i64,
-    ) -> Result<u64> {
-        if h.compression() != weir_batch::Compression::None {
-            return Ok(h.base_offset as u64);
-        }
+    ) -> Result<(u64, i64)> {
         let mut buf = vec![0u8; h.total_len()];
         read_exact_at(&*segment.log, &mut buf, pos)
             .map_err(|e| LogError::io("read", &segment.log_path, e))?;
-        let records =
-            weir_batch::Records::new(&buf).map_err(|e| segment.corrupt(pos, e.to_string()))?;
-        for record in records {
+        let (header, section) =
+            weir_batch::payload(&buf).map_err(|e| segment.corrupt(pos, e.to_string()))?;
+        for record in weir_batch::Records::with_payload(header, &section) {
             let record = record.map_err(|e| segment.corrupt(pos, e.to_string()))?;
             if record.timestamp >= timestamp {
-                return Ok(record.offset as u64);
+                return Ok((record.offset as u64, record.timestamp));
             }
         }
         // max_timestamp says a record qualifies; trust the header when records disagree.
-        Ok(h.base_offset as u64)
+        Ok((h.base_offset as u64, h.max_timestamp))
     }
 
     /// Makes records before `offset` unreadable and deletes segments that hold only such

@@ -1,11 +1,15 @@
 //! CreateTopics: partition count, replication factor 1 (or the default), and the topic configs
 //! weir understands; anything else is refused by name, never silently ignored.
 
-use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
 
-use super::topic_name;
+use super::describe_configs::{CONFIG_SOURCE_TOPIC, topic_configs};
+use super::{topic_name, uuid};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -14,7 +18,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
     let mut results = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
-        let result = CreatableTopicResult::default().with_name(topic_name(&name));
+        let result = CreatableTopicResult::default()
+            .with_name(topic_name(&name))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1);
         let outcome = match topic_config(broker.config().default_topic.clone(), &t) {
             Err((code, message)) => Err((code, message)),
             Ok(config) => {
@@ -22,17 +29,33 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
                     weir_broker::topic::validate_name(&name).and_then(|()| config.validate());
                 match checked {
                     Err(e) => Err((error_code(&e), e.to_string())),
-                    Ok(()) if r.validate_only => Ok(()),
+                    Ok(()) if r.validate_only => Ok((config, Uuid::nil())),
                     Ok(()) => broker
                         .create_topic(&name, Some(config))
                         .await
-                        .map(|_| ())
+                        .map(|info| (info.config, uuid(info.id)))
                         .map_err(|e| (error_code(&e), e.to_string())),
                 }
             }
         };
+        // From v5 the answer says what was created (or would be, validating only).
         results.push(match outcome {
-            Ok(()) => result,
+            Ok((config, id)) => {
+                let configs = topic_configs(&config)
+                    .into_iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfigs::default()
+                            .with_name(StrBytes::from_static_str(k))
+                            .with_value(Some(StrBytes::from_string(v)))
+                            .with_config_source(CONFIG_SOURCE_TOPIC)
+                    })
+                    .collect();
+                result
+                    .with_topic_id(id)
+                    .with_num_partitions(config.partitions as i32)
+                    .with_replication_factor(1)
+                    .with_configs(Some(configs))
+            }
             Err((code, message)) => result
                 .with_error_code(code)
                 .with_error_message(Some(StrBytes::from_string(message))),

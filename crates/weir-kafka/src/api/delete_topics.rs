@@ -1,19 +1,50 @@
-//! DeleteTopics, by name (the broker forgets the topics' producer sequences too).
+//! DeleteTopics, by name, or from v6 by name or id (the broker forgets the topics' producer
+//! sequences too).
 
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
 
-use super::topic_name;
+use super::{id_of, name_of_id, topic_name};
 use crate::dispatch::Ctx;
-use crate::error_code;
+use crate::{code, error_code};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let broker = &cx.kafka.broker;
+    // (name, id) as asked: v6 names each topic by name or, with a null name, by id.
+    let asked: Vec<(Option<String>, Uuid)> = if cx.version >= 6 {
+        r.topics
+            .into_iter()
+            .map(|t| match t.name {
+                Some(n) => (Some(n.0.to_string()), t.topic_id),
+                None => (name_of_id(broker, &t.topic_id), t.topic_id),
+            })
+            .collect()
+    } else {
+        r.topic_names
+            .into_iter()
+            .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+            .collect()
+    };
     let mut results = Vec::new();
-    for name in r.topic_names {
-        let name = name.0.to_string();
-        let result = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
-        results.push(match cx.kafka.broker.delete_topic(&name).await {
+    for (name, id) in asked {
+        let Some(name) = name else {
+            results.push(
+                DeletableTopicResult::default()
+                    .with_topic_id(id)
+                    .with_error_code(code::UNKNOWN_TOPIC_ID)
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "no topic has id {id}"
+                    )))),
+            );
+            continue;
+        };
+        let id = id_of(broker, &name);
+        let result = DeletableTopicResult::default()
+            .with_name(Some(topic_name(&name)))
+            .with_topic_id(id);
+        results.push(match broker.delete_topic(&name).await {
             Ok(()) => result,
             Err(e) => result
                 .with_error_code(error_code(&e))

@@ -56,10 +56,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeConfigsRequest) -> Descr
 pub(crate) const TOPIC_RESOURCE: i8 = 2;
 const BROKER_RESOURCE: i8 = 4;
 /// DescribeConfigs config source: DYNAMIC_TOPIC_CONFIG.
-const CONFIG_SOURCE_TOPIC: i8 = 1;
+pub(crate) const CONFIG_SOURCE_TOPIC: i8 = 1;
 
 /// A topic's configuration under Kafka's names.
-fn topic_configs(c: &weir_broker::TopicConfig) -> Vec<(&'static str, String)> {
+pub(crate) fn topic_configs(c: &weir_broker::TopicConfig) -> Vec<(&'static str, String)> {
     vec![
         ("cleanup.policy", "delete".to_string()),
         (

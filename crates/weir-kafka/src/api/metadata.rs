@@ -1,22 +1,35 @@
-//! Metadata: the topics asked for (every topic for null, or for an empty list in v0), created
-//! on the way when the client allows it and the broker auto-creates topics. One broker, node 0,
-//! leads every partition.
+//! Metadata: the topics asked for, by name or (v12+) by id (every topic for null, or for an
+//! empty list in v0), created on the way when the client allows it and the broker auto-creates
+//! topics; each with its id (v10+). One broker, node 0, leads every partition.
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+use weir_broker::TopicId;
 
-use super::topic_name;
+use super::{topic_name, uuid};
 use crate::code;
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: MetadataRequest) -> MetadataResponse {
     let (broker, advertised) = (&cx.kafka.broker, &cx.kafka.advertised);
+    // A topic asked for by id only (v12+) that no topic has is answered UNKNOWN_TOPIC_ID.
+    let mut unknown_ids = Vec::new();
     let wanted: Option<Vec<String>> = r.topics.map(|ts| {
         ts.into_iter()
-            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .filter_map(|t| match t.name {
+                Some(n) => Some(n.0.to_string()),
+                None => {
+                    let name = broker.topic_name_of(&TopicId(*t.topic_id.as_bytes()));
+                    if name.is_none() {
+                        unknown_ids.push(t.topic_id);
+                    }
+                    name
+                }
+            })
             .collect()
     });
     // In v0 an empty list (not null) asks for every topic.
@@ -26,7 +39,12 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: MetadataRequest) -> MetadataResp
     match wanted {
         None => {
             for t in &all {
-                topics.push(topic(&t.name, Some(t.partitions.len()), code::NONE));
+                topics.push(topic(
+                    &t.name,
+                    uuid(t.id),
+                    Some(t.partitions.len()),
+                    code::NONE,
+                ));
             }
         }
         Some(names) => {
@@ -35,17 +53,24 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: MetadataRequest) -> MetadataResp
                 let auto = found.is_none()
                     && r.allow_auto_topic_creation
                     && broker.config().auto_create_topics;
-                if auto && broker.create_topic(&n, None).await.is_ok() {
-                    let parts = broker.partition_count(&n).unwrap_or(0) as usize;
-                    topics.push(topic(&n, Some(parts), code::NONE));
+                if auto && let Ok(info) = broker.create_topic(&n, None).await {
+                    let parts = info.partitions.len();
+                    topics.push(topic(&n, uuid(info.id), Some(parts), code::NONE));
                     continue;
                 }
                 topics.push(match found {
-                    Some(t) => topic(&t.name, Some(t.partitions.len()), code::NONE),
-                    None => topic(&n, None, code::UNKNOWN_TOPIC_OR_PARTITION),
+                    Some(t) => topic(&t.name, uuid(t.id), Some(t.partitions.len()), code::NONE),
+                    None => topic(&n, Uuid::nil(), None, code::UNKNOWN_TOPIC_OR_PARTITION),
                 });
             }
         }
+    }
+    for id in unknown_ids {
+        topics.push(
+            MetadataResponseTopic::default()
+                .with_error_code(code::UNKNOWN_TOPIC_ID)
+                .with_topic_id(id),
+        );
     }
     MetadataResponse::default()
         .with_brokers(vec![
@@ -59,10 +84,11 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: MetadataRequest) -> MetadataResp
         .with_topics(topics)
 }
 
-fn topic(name: &str, partitions: Option<usize>, error: i16) -> MetadataResponseTopic {
+fn topic(name: &str, id: Uuid, partitions: Option<usize>, error: i16) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_error_code(error)
         .with_name(Some(topic_name(name)))
+        .with_topic_id(id)
         .with_partitions(
             (0..partitions.unwrap_or(0))
                 .map(|p| {

@@ -4,6 +4,8 @@
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+use weir_broker::{Broker, TopicId};
 
 pub(crate) mod api_versions;
 pub(crate) mod create_topics;
@@ -24,4 +26,29 @@ pub(crate) mod sync_group;
 
 fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A topic id as the protocol carries it.
+fn uuid(id: TopicId) -> Uuid {
+    Uuid::from_bytes(id.0)
+}
+
+/// The name of the topic a request names, by name or (`by_id`, newer versions) by id; `None`
+/// for an id no topic has (the answer is UNKNOWN_TOPIC_ID).
+fn resolve(broker: &Broker, name: &TopicName, id: &Uuid, by_id: bool) -> Option<String> {
+    if by_id {
+        name_of_id(broker, id)
+    } else {
+        Some(name.0.to_string())
+    }
+}
+
+/// The name of the topic whose id is `id`, if there is one.
+fn name_of_id(broker: &Broker, id: &Uuid) -> Option<String> {
+    broker.topic_name_of(&TopicId(*id.as_bytes()))
+}
+
+/// The id of topic `name`, or the nil id if there is none.
+fn id_of(broker: &Broker, name: &str) -> Uuid {
+    broker.topic_id(name).map_or(Uuid::nil(), uuid)
 }

@@ -1,44 +1,66 @@
 //! OffsetFetch: a group's committed offsets, for the partitions asked for or (null, v2+) for
-//! every partition it committed; -1 where it has none.
+//! every partition it committed; -1 where it has none. From v8 one request asks for several
+//! groups at once.
 
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
 use kafka_protocol::protocol::StrBytes;
+use weir_broker::Broker;
 
 use super::topic_name;
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFetchResponse {
     let broker = &cx.kafka.broker;
-    let group = r.group_id.0.to_string();
-    let wanted: Vec<(String, Vec<i32>)> = match r.topics {
-        Some(ts) => ts
+    if cx.version >= 8 {
+        let groups = r
+            .groups
             .into_iter()
+            .map(|g| {
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let topics = committed(broker, &g.group_id.0, wanted)
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        let partitions = parts
+                            .into_iter()
+                            .map(|(p, offset)| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(StrBytes::from_static_str("")))
+                            })
+                            .collect();
+                        OffsetFetchResponseTopics::default()
+                            .with_name(topic_name(&name))
+                            .with_partitions(partitions)
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(topics)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let wanted = r.topics.map(|ts| {
+        ts.into_iter()
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
-            .collect(),
-        None => {
-            let mut all: Vec<(String, Vec<i32>)> = Vec::new();
-            for (topic, partition, _) in broker.group_offsets(&group) {
-                match all.last_mut() {
-                    Some((t, ps)) if *t == topic => ps.push(partition as i32),
-                    _ => all.push((topic, vec![partition as i32])),
-                }
-            }
-            all
-        }
-    };
-    let topics = wanted
+            .collect()
+    });
+    let topics = committed(broker, &r.group_id.0, wanted)
         .into_iter()
         .map(|(name, parts)| {
             let partitions = parts
                 .into_iter()
-                .map(|p| {
-                    let offset = u32::try_from(p)
-                        .ok()
-                        .and_then(|p| broker.committed(&group, &name, p))
-                        .map_or(-1, |o| o as i64);
+                .map(|(p, offset)| {
                     OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
                         .with_committed_offset(offset)
@@ -52,4 +74,39 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFet
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// Per topic, per partition: the group's committed offset, -1 where it has none. `wanted`
+/// `None` asks for every partition the group committed.
+fn committed(
+    broker: &Broker,
+    group: &str,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+) -> Vec<(String, Vec<(i32, i64)>)> {
+    let wanted = wanted.unwrap_or_else(|| {
+        let mut all: Vec<(String, Vec<i32>)> = Vec::new();
+        for (topic, partition, _) in broker.group_offsets(group) {
+            match all.last_mut() {
+                Some((t, ps)) if *t == topic => ps.push(partition as i32),
+                _ => all.push((topic, vec![partition as i32])),
+            }
+        }
+        all
+    });
+    wanted
+        .into_iter()
+        .map(|(name, parts)| {
+            let offsets = parts
+                .into_iter()
+                .map(|p| {
+                    let offset = u32::try_from(p)
+                        .ok()
+                        .and_then(|p| broker.committed(group, &name, p))
+                        .map_or(-1, |o| o as i64);
+                    (p, offset)
+                })
+                .collect();
+            (name, offsets)
+        })
+        .collect()
 }

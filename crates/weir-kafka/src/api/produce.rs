@@ -13,7 +13,9 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::producers::{Refusal, SequencedError, SequencedWrite};
 
-use super::topic_name;
+use uuid::Uuid;
+
+use super::{resolve, topic_name};
 use crate::dispatch::{Ctx, finish_body, throttle_ms};
 use crate::{Kafka, Reply, code, error_code};
 
@@ -41,10 +43,13 @@ pub(crate) async fn handle(
     // memory is dropped, so that a partition's records, when they are the only ones in the
     // request, are the only view left and the log stamps their offsets in place instead of
     // copying them.
-    let data: Vec<(String, ProducePartitions)> = r
+    // Topics are named by name up to v12, by id from v13.
+    let by_id = cx.version >= 13;
+    let data: Vec<(Option<String>, Uuid, ProducePartitions)> = r
         .topic_data
         .into_iter()
         .map(|t| {
+            let name = resolve(&cx.kafka.broker, &t.name, &t.topic_id, by_id);
             let parts = t
                 .partition_data
                 .into_iter()
@@ -57,18 +62,21 @@ pub(crate) async fn handle(
                     (p.index, records, memory)
                 })
                 .collect();
-            (t.name.0.to_string(), parts)
+            (name, t.topic_id, parts)
         })
         .collect();
     // Every batch is written now, in request order; the syncs are awaited after.
     let mut topics = Vec::with_capacity(data.len());
-    for (name, partitions) in data {
+    for (name, id, partitions) in data {
         let mut parts = Vec::with_capacity(partitions.len());
         for (index, records, memory) in partitions {
-            let started = produce_partition_start(cx.kafka, &name, index, records, memory).await;
+            let started = match &name {
+                Some(name) => produce_partition_start(cx.kafka, name, index, records, memory).await,
+                None => Err((code::UNKNOWN_TOPIC_ID, format!("no topic has id {id}"))),
+            };
             parts.push((index, started));
         }
-        topics.push((name, parts));
+        topics.push((name.unwrap_or_default(), id, parts));
     }
     ProduceInFlight {
         version: cx.version,
@@ -212,7 +220,7 @@ pub(crate) struct ProduceInFlight {
     /// The response so far: size prefix and header.
     body: BytesMut,
     /// Per topic, per partition index: its writes, or why it was refused.
-    topics: Vec<(String, Vec<(i32, PartitionStart)>)>,
+    topics: Vec<(String, Uuid, Vec<(i32, PartitionStart)>)>,
 }
 
 impl ProduceInFlight {
@@ -226,7 +234,7 @@ impl ProduceInFlight {
             topics,
         } = self;
         let mut responses = Vec::with_capacity(topics.len());
-        for (name, parts) in topics {
+        for (name, id, parts) in topics {
             let mut out = Vec::with_capacity(parts.len());
             for (index, started) in parts {
                 let mut resp = PartitionProduceResponse::default()
@@ -260,6 +268,7 @@ impl ProduceInFlight {
             responses.push(
                 TopicProduceResponse::default()
                     .with_name(topic_name(&name))
+                    .with_topic_id(id)
                     .with_partition_responses(out),
             );
         }
