@@ -220,8 +220,11 @@ pub(crate) struct ProduceInFlight {
     /// The response so far: size prefix and header.
     body: BytesMut,
     /// Per topic, per partition index: its writes, or why it was refused.
-    topics: Vec<(String, Uuid, Vec<(i32, PartitionStart)>)>,
+    topics: Vec<TopicStarted>,
 }
+
+/// A topic of a produce: its name, its id (v13), and per partition index what was started.
+type TopicStarted = (String, Uuid, Vec<(i32, PartitionStart)>);
 
 impl ProduceInFlight {
     /// Waits for every write to be durable and answers: the response, or silence for acks=0.
