@@ -1563,6 +1563,44 @@ impl Broker {
         self.inner.offsets.group_offsets(group)
     }
 
+    /// Forgets `group`'s committed offsets: all of them (`None`), or those of the (topic,
+    /// partition) pairs listed. Durable when it returns `Ok`. Whether the group may lose them
+    /// (it has no members, or none reading those topics) is for the caller to decide.
+    pub async fn delete_group_offsets(
+        &self,
+        group: &str,
+        partitions: Option<Vec<(String, u32)>>,
+    ) -> Result<()> {
+        self.check_open()?;
+        let this = self.clone();
+        let group = group.to_string();
+        blocking(move || {
+            this.inner
+                .offsets
+                .delete_group(&group, partitions.as_deref())
+        })
+        .await
+    }
+
+    /// Makes the records of a partition before `offset` unreadable (Kafka's DeleteRecords):
+    /// `None` means up to the high watermark. Returns the new log start offset. An offset
+    /// past the high watermark is refused.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: Option<u64>,
+    ) -> Result<u64> {
+        self.check_open()?;
+        let (_, part) = self.partition(topic, partition)?;
+        let log = part.log.clone();
+        blocking(move || {
+            let before = offset.unwrap_or_else(|| log.high_watermark());
+            Ok(log.delete_records_before(before)?)
+        })
+        .await
+    }
+
     /// Reserves a group name for a front door with its own coordinator (see
     /// [`GroupCoordinator::claim`]).
     pub fn claim_group(&self, group: &str, protocol: GroupProtocol) -> Result<()> {

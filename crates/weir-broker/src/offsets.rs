@@ -333,16 +333,50 @@ impl OffsetStore {
     /// job. Offsets committed for `topic` concurrently with this call may survive it: the
     /// broker refuses commits for a topic it is deleting.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        let victims: Vec<(String, u32)> = {
+        let victims: Vec<(String, String, u32)> = {
             let st = self.state.read();
             st.offsets
                 .iter()
                 .filter_map(|(g, topics)| topics.get(topic).map(|parts| (g, parts)))
-                .flat_map(|(g, parts)| parts.keys().map(move |p| (g.clone(), *p)))
+                .flat_map(|(g, parts)| {
+                    parts
+                        .keys()
+                        .map(move |p| (g.clone(), topic.to_string(), *p))
+                })
                 .collect()
         };
+        self.forget(&victims)
+    }
+
+    /// Forgets `group`'s offsets: all of them (`None`), or those of the (topic, partition)
+    /// pairs listed. Durable when it returns `Ok`; as [`OffsetStore::delete_topic`], a failure
+    /// midway is finished by calling it again.
+    pub fn delete_group(&self, group: &str, partitions: Option<&[(String, u32)]>) -> Result<()> {
+        let victims: Vec<(String, String, u32)> = match partitions {
+            Some(listed) => {
+                let st = self.state.read();
+                let Some(topics) = st.offsets.get(group) else {
+                    return Ok(());
+                };
+                listed
+                    .iter()
+                    .filter(|(t, p)| topics.get(t).is_some_and(|parts| parts.contains_key(p)))
+                    .map(|(t, p)| (group.to_string(), t.clone(), *p))
+                    .collect()
+            }
+            None => self
+                .group_offsets(group)
+                .into_iter()
+                .map(|(t, p, _)| (group.to_string(), t, p))
+                .collect(),
+        };
+        self.forget(&victims)
+    }
+
+    /// Writes a tombstone for each (group, topic, partition), in batches of about 1 MiB.
+    fn forget(&self, victims: &[(String, String, u32)]) -> Result<()> {
         let mut builder = BatchBuilder::new(now_ms());
-        for (group, partition) in &victims {
+        for (group, topic, partition) in victims {
             let key = encode_key(group, topic, *partition);
             builder.push(RecordSpec {
                 key: Some(&key),

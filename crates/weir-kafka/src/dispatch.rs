@@ -11,8 +11,9 @@ use weir_broker::flow::QuotaKind;
 
 use crate::api::produce::ProduceInFlight;
 use crate::api::{
-    api_versions, create_topics, delete_topics, describe_configs, fetch, find_coordinator,
-    heartbeat, init_producer_id, join_group, leave_group, list_offsets, metadata, offset_commit,
+    api_versions, create_topics, delete_groups, delete_records, delete_topics, describe_cluster,
+    describe_configs, describe_groups, fetch, find_coordinator, heartbeat, init_producer_id,
+    join_group, leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete,
     offset_fetch, produce, sync_group,
 };
 use crate::decode::{Decoded, decode_request, frame_client_id, refused_request};
@@ -36,6 +37,12 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::DescribeConfigs, 1, 2),
     (ApiKey::InitProducerId, 0, 1),
+    (ApiKey::DescribeGroups, 0, 4),
+    (ApiKey::ListGroups, 0, 3),
+    (ApiKey::DeleteGroups, 0, 1),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DeleteRecords, 0, 1),
+    (ApiKey::DescribeCluster, 0, 0),
 ];
 
 /// The versions of `api` served, if it is.
@@ -65,6 +72,12 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteTopics => "delete_topics",
         ApiKey::DescribeConfigs => "describe_configs",
         ApiKey::InitProducerId => "init_producer_id",
+        ApiKey::DescribeGroups => "describe_groups",
+        ApiKey::ListGroups => "list_groups",
+        ApiKey::DeleteGroups => "delete_groups",
+        ApiKey::OffsetDelete => "offset_delete",
+        ApiKey::DeleteRecords => "delete_records",
+        ApiKey::DescribeCluster => "describe_cluster",
         _ => "other",
     }
 }
@@ -208,6 +221,12 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
         RequestKind::OffsetCommit(r) => offset_commit::handle(&mut cx, r).await.into(),
         RequestKind::OffsetFetch(r) => offset_fetch::handle(&mut cx, r).await.into(),
         RequestKind::InitProducerId(r) => init_producer_id::handle(&mut cx, r).await.into(),
+        RequestKind::DescribeGroups(r) => describe_groups::handle(&mut cx, r).await.into(),
+        RequestKind::ListGroups(r) => list_groups::handle(&mut cx, r).await.into(),
+        RequestKind::DeleteGroups(r) => delete_groups::handle(&mut cx, r).await.into(),
+        RequestKind::OffsetDelete(r) => offset_delete::handle(&mut cx, r).await.into(),
+        RequestKind::DeleteRecords(r) => delete_records::handle(&mut cx, r).await.into(),
+        RequestKind::DescribeCluster(r) => describe_cluster::handle(&mut cx, r).await.into(),
         _ => {
             let reason = "advertised but not dispatched (a bug)";
             return Step::Done(unanswerable(api, version, &reason), cx.throttle);

@@ -28,6 +28,10 @@ pub(crate) mod code {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+    pub const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const INVALID_REQUEST: i16 = 42;

@@ -62,6 +62,39 @@ enum State {
     Stable,
 }
 
+impl State {
+    /// The state's name as Kafka's ListGroups and DescribeGroups spell it.
+    fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+/// A Kafka group as DescribeGroups shows it.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    pub state: &'static str,
+    pub protocol_type: String,
+    /// The assignor chosen, empty while none is.
+    pub protocol: String,
+    pub members: Vec<MemberView>,
+}
+
+/// A member as DescribeGroups shows it: its metadata for the chosen assignor and its
+/// assignment, as the clients exchanged them.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
 /// The answer to a JoinGroup.
 #[derive(Debug, Clone)]
 pub struct JoinOutcome {
@@ -595,6 +628,52 @@ impl KafkaGroups {
         g.try_complete_join(false, now);
         self.drop_if_empty(&mut groups, group);
         code::NONE
+    }
+
+    /// A group as DescribeGroups shows it, if this listener holds it.
+    pub fn view(&self, group: &str) -> Option<GroupView> {
+        let groups = self.groups.lock();
+        let g = groups.get(group)?;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        let members = g
+            .core
+            .members()
+            .map(|m| MemberView {
+                member_id: m.id.clone(),
+                group_instance_id: m.state.group_instance_id.clone(),
+                client_id: m.client_id.clone(),
+                metadata: m.state.metadata(&protocol).cloned().unwrap_or_default(),
+                assignment: m.state.assignment.clone(),
+            })
+            .collect();
+        Some(GroupView {
+            state: g.state.name(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol,
+            members,
+        })
+    }
+
+    /// Every group this listener holds: name, protocol type and state.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        self.groups
+            .lock()
+            .iter()
+            .map(|(name, g)| {
+                let protocol_type = g.protocol_type.clone().unwrap_or_default();
+                (name.clone(), protocol_type, g.state.name())
+            })
+            .collect()
+    }
+
+    /// Whether a member of `group` subscribes to `topic` (as its consumer-protocol
+    /// subscription says).
+    pub fn subscribes(&self, group: &str, topic: &str) -> bool {
+        self.describe(group).is_some_and(|d| {
+            d.members
+                .iter()
+                .any(|m| m.topics.iter().any(|t| t == topic))
+        })
     }
 
     /// Whether a member may commit offsets now: `NONE` or the error code to answer with.

@@ -1,0 +1,29 @@
+//! DeleteGroups: a group without members loses its committed offsets (and with them its
+//! existence); one with members is NON_EMPTY_GROUP, an unknown one GROUP_ID_NOT_FOUND.
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
+
+use super::groups_admin;
+use crate::dispatch::Ctx;
+use crate::{code, group_error_code};
+
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut results = Vec::new();
+    for group in r.groups_names {
+        let error = match groups_admin::view(cx.kafka, &group.0) {
+            None => code::GROUP_ID_NOT_FOUND,
+            Some(v) if !v.members.is_empty() => code::NON_EMPTY_GROUP,
+            Some(_) => match cx.kafka.broker.delete_group_offsets(&group.0, None).await {
+                Ok(()) => code::NONE,
+                Err(e) => group_error_code(&e),
+            },
+        };
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group)
+                .with_error_code(error),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}

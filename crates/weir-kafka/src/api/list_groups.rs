@@ -1,0 +1,29 @@
+//! ListGroups: every group, with its protocol type, state (v4+) and type (v5+: all are
+//! `classic`, the JoinGroup/SyncGroup protocol); filtered by state (v4+) and type (v5+) when
+//! asked, ignoring case as Kafka does.
+
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::groups_admin;
+use crate::dispatch::Ctx;
+
+pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListGroupsRequest) -> ListGroupsResponse {
+    let wanted = |filter: &[StrBytes], value: &str| {
+        filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(value))
+    };
+    let groups = groups_admin::list(cx.kafka)
+        .into_iter()
+        .filter(|(_, _, state)| wanted(&r.states_filter, state))
+        .filter(|_| wanted(&r.types_filter, "classic"))
+        .map(|(name, protocol_type, state)| {
+            ListedGroup::default()
+                .with_group_id(GroupId(StrBytes::from_string(name)))
+                .with_protocol_type(StrBytes::from_string(protocol_type))
+                .with_group_state(StrBytes::from_static_str(state))
+                .with_group_type(StrBytes::from_static_str("classic"))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
