@@ -217,6 +217,23 @@ struct Topic {
     incarnation: u64,
 }
 
+impl Topic {
+    /// The same topic (name, id, incarnation, deleted flag, round-robin position) with
+    /// `config` and `partitions`: a topic altered or grown replaces its entry with this.
+    fn rebuilt(&self, config: TopicConfig, partitions: Vec<Arc<Partition>>) -> Topic {
+        Topic {
+            name: self.name.clone(),
+            id: self.id,
+            ring: Ring::new(partitions.len() as u32),
+            config,
+            partitions,
+            next_keyless: AtomicU32::new(self.next_keyless.load(Ordering::Relaxed)),
+            deleted: self.deleted.clone(),
+            incarnation: self.incarnation,
+        }
+    }
+}
+
 /// Uncompressed batches up to this size are checked and written on the calling task's own
 /// thread when the write goes no further than the page cache (see `Log::append_start_in_place`);
 /// larger ones the same way inside `block_in_place`.
@@ -565,6 +582,27 @@ impl Broker {
 
     /// Opens a topic's partition logs; `from_disk` when it existed before this process, so that
     /// its idempotent producers' states are rebuilt before their next batch.
+    /// Opens (or creates) partition `p` of topic `name`.
+    fn open_partition(
+        config: &BrokerConfig,
+        name: &str,
+        p: u32,
+        log_config: &weir_log::LogConfig,
+        deleted: &Arc<AtomicBool>,
+        from_disk: bool,
+    ) -> Result<Arc<Partition>> {
+        let dir = topic_dir(&config.data_dir, name).join(p.to_string());
+        let log = Log::open_with(config.storage.clone(), &dir, log_config.clone())?;
+        let (hwm, _) = watch::channel(log.high_watermark());
+        Ok(Arc::new(Partition {
+            log: Arc::new(log),
+            hwm,
+            ahead: Mutex::new(AheadState::default()),
+            producers_restored: tokio::sync::OnceCell::new_with((!from_disk).then_some(())),
+            topic_deleted: deleted.clone(),
+        }))
+    }
+
     fn open_topic(
         config: &BrokerConfig,
         name: &str,
@@ -576,16 +614,14 @@ impl Broker {
         let deleted = Arc::new(AtomicBool::new(false));
         let mut partitions = Vec::with_capacity(cfg.partitions as usize);
         for p in 0..cfg.partitions {
-            let dir = topic_dir(&config.data_dir, name).join(p.to_string());
-            let log = Log::open_with(config.storage.clone(), &dir, log_config.clone())?;
-            let (hwm, _) = watch::channel(log.high_watermark());
-            partitions.push(Arc::new(Partition {
-                log: Arc::new(log),
-                hwm,
-                ahead: Mutex::new(AheadState::default()),
-                producers_restored: tokio::sync::OnceCell::new_with((!from_disk).then_some(())),
-                topic_deleted: deleted.clone(),
-            }));
+            partitions.push(Self::open_partition(
+                config,
+                name,
+                p,
+                &log_config,
+                &deleted,
+                from_disk,
+            )?);
         }
         Ok(Topic {
             name: name.to_string(),
@@ -834,6 +870,153 @@ impl Broker {
             "topic created"
         );
         Ok(self.info(&topic))
+    }
+
+    /// Changes a topic's configuration, durably. Retention, the largest batch and the
+    /// timestamp type take effect at once (the next retention pass, the next append);
+    /// durability and segment size are fixed once the topic exists, and partitions only grow
+    /// ([`Broker::add_partitions`]): a change to them is refused.
+    pub async fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        self.check_open()?;
+        config.validate()?;
+        let _admin = self.inner.admin.lock().await;
+        let old = self.topic(name)?;
+        let fixed = |what: &str| {
+            Err(BrokerError::InvalidConfig(format!(
+                "the {what} of topic {name} is fixed once it is created"
+            )))
+        };
+        if config.durability != old.config.durability {
+            return fixed("durability");
+        }
+        if config.segment_bytes != old.config.segment_bytes {
+            return fixed("segment size");
+        }
+        if config.partitions != old.config.partitions {
+            return Err(BrokerError::InvalidConfig(format!(
+                "topic {name} has {} partitions; partitions are added, not configured",
+                old.config.partitions
+            )));
+        }
+        let topic = Arc::new(old.rebuilt(config, old.partitions.clone()));
+        self.store_replacing(&topic).await?;
+        let limits = topic.config.log_config(0, 0).limits();
+        for p in &topic.partitions {
+            p.log.set_limits(limits);
+        }
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, "topic configuration changed");
+        Ok(self.info(&topic))
+    }
+
+    /// Grows a topic to `count` partitions, durably. Keys routed by the broker's ring move
+    /// only to the new partitions, about (new − old) / new of them; keys a client places
+    /// itself (a Kafka producer's partitioner) follow that client's rule. Existing partitions
+    /// and their data do not change.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicInfo> {
+        self.check_open()?;
+        let _admin = self.inner.admin.lock().await;
+        let old = self.topic(name)?;
+        let have = old.partitions.len() as u32;
+        if count <= have {
+            return Err(BrokerError::InvalidConfig(format!(
+                "topic {name} has {have} partitions; it can only grow (asked for {count})"
+            )));
+        }
+        let mut config = old.config.clone();
+        config.partitions = count;
+        config.validate()?;
+        let existing: u32 = self
+            .inner
+            .topics
+            .read()
+            .values()
+            .map(|t| t.partitions.len() as u32)
+            .sum();
+        let limit = self.inner.config.max_partitions;
+        if existing.saturating_add(count - have) > limit {
+            return Err(BrokerError::InvalidConfig(format!(
+                "{} more partitions would exceed the broker's limit of {limit} ({existing} in use)",
+                count - have
+            )));
+        }
+        let this = self.clone();
+        let (name_owned, old_topic) = (name.to_string(), old.clone());
+        let topic = blocking(move || {
+            let cfg = &this.inner.config;
+            let log_config = config.log_config(cfg.hot_tail_bytes, cfg.preallocate_bytes);
+            let mut partitions = old_topic.partitions.clone();
+            let close_new = |partitions: &[Arc<Partition>]| {
+                for (p, part) in partitions.iter().enumerate().skip(have as usize) {
+                    let _ = part.log.close();
+                    let dir = topic_dir(&cfg.data_dir, &name_owned).join(p.to_string());
+                    let _ = cfg.storage.remove_dir_all(&dir);
+                }
+            };
+            for p in have..count {
+                match Self::open_partition(
+                    cfg,
+                    &name_owned,
+                    p,
+                    &log_config,
+                    &old_topic.deleted,
+                    false,
+                ) {
+                    Ok(part) => partitions.push(part),
+                    Err(e) => {
+                        close_new(&partitions);
+                        return Err(e);
+                    }
+                }
+            }
+            let topic = old_topic.rebuilt(config, partitions);
+            let mut all = this.stored_topics();
+            all.insert(
+                name_owned.clone(),
+                StoredTopic {
+                    config: topic.config.clone(),
+                    id: topic.id,
+                },
+            );
+            if let Err(e) = topic::store_meta(cfg.storage.as_ref(), &cfg.data_dir, &all) {
+                close_new(&topic.partitions);
+                return Err(e);
+            }
+            Ok(topic)
+        })
+        .await?;
+        let topic = Arc::new(topic);
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_string(), topic.clone());
+        let partitions_of = |t: &str| self.partition_count(t);
+        self.inner
+            .groups
+            .on_partitions_changed(name, &partitions_of);
+        tracing::info!(topic = name, from = have, to = count, "partitions added");
+        Ok(self.info(&topic))
+    }
+
+    /// Writes `topics.json` with `topic` in place of the topic of its name.
+    async fn store_replacing(&self, topic: &Arc<Topic>) -> Result<()> {
+        let mut all = self.stored_topics();
+        all.insert(
+            topic.name.clone(),
+            StoredTopic {
+                config: topic.config.clone(),
+                id: topic.id,
+            },
+        );
+        let this = self.clone();
+        blocking(move || {
+            let cfg = &this.inner.config;
+            topic::store_meta(cfg.storage.as_ref(), &cfg.data_dir, &all)
+        })
+        .await
     }
 
     /// The idempotent producers' sequence state, shared by every door.

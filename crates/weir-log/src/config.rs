@@ -72,6 +72,11 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// The part of this configuration an open log can take on ([`crate::Log::set_limits`]).
+    pub fn limits(&self) -> crate::Limits {
+        crate::Limits::of(self)
+    }
+
     /// Checks the configuration as a whole.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(LogError::Config(m));

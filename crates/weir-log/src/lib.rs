@@ -28,5 +28,7 @@ pub mod storage;
 
 pub use config::{Durability, LogConfig};
 pub use error::{LogError, Result};
-pub use log::{AppendInfo, Appended, InPlace, Log, ReadResult, RecoveryReport, RetentionReport};
+pub use log::{
+    AppendInfo, Appended, InPlace, Limits, Log, ReadResult, RecoveryReport, RetentionReport,
+};
 pub use storage::{CrashMode, FaultKind, FileStorage, MemStorage, Storage, StorageFile};

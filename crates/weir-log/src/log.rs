@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -204,6 +204,27 @@ pub struct Log {
     /// Times written data was dropped after a failed write or sync. Changed only under the
     /// writer's lock; read without it (a segment roll holds that lock through fsyncs).
     pub(crate) truncation_count: AtomicU64,
+    /// What of the configuration may change while the log is open ([`Log::set_limits`]).
+    pub(crate) limits: Mutex<Limits>,
+}
+
+/// The limits a topic's configuration may change on an open log: the largest batch accepted
+/// and retention. (Durability, segment size and the rest are fixed at opening.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_batch_bytes: usize,
+    pub retention_age: Option<Duration>,
+    pub retention_bytes: Option<u64>,
+}
+
+impl Limits {
+    pub fn of(config: &LogConfig) -> Self {
+        Self {
+            max_batch_bytes: config.max_batch_bytes,
+            retention_age: config.retention_age,
+            retention_bytes: config.retention_bytes,
+        }
+    }
 }
 
 /// Proof of leadership; released on drop.
@@ -223,9 +244,21 @@ impl Log {
         &self.dir
     }
 
-    /// The configuration the log was opened with.
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// The configuration: the one the log was opened with, and the limits as they are now.
+    pub fn config(&self) -> LogConfig {
+        let limits = *self.limits.lock();
+        LogConfig {
+            max_batch_bytes: limits.max_batch_bytes,
+            retention_age: limits.retention_age,
+            retention_bytes: limits.retention_bytes,
+            ..self.config.clone()
+        }
+    }
+
+    /// Changes the limits of an open log: the next append is checked against the new largest
+    /// batch size, the next retention pass applies the new retention.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock() = limits;
     }
 
     /// What opening the log found.
@@ -326,10 +359,11 @@ impl Log {
         let mut buf: BytesMut = batch
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        if buf.len() > self.config.max_batch_bytes {
+        let max_batch_bytes = self.limits.lock().max_batch_bytes;
+        if buf.len() > max_batch_bytes {
             return Err(LogError::BatchTooLarge {
                 size: buf.len(),
-                max: self.config.max_batch_bytes,
+                max: max_batch_bytes,
             });
         }
         let header = weir_batch::validate(&buf)?;
@@ -1228,14 +1262,15 @@ impl Log {
         };
         let sealed = segments.len().saturating_sub(1);
         let mut new_start = None;
+        let limits = *self.limits.lock();
         for (i, s) in segments.iter().take(sealed).enumerate() {
             let size = s.visible_len();
-            let expired = self.config.retention_age.is_some_and(|age| {
+            let expired = limits.retention_age.is_some_and(|age| {
                 let max_ts = s.index.read().max_timestamp;
                 let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
                 max_ts < now_ms.saturating_sub(age_ms)
             });
-            let oversized = self.config.retention_bytes.is_some_and(|cap| total > cap);
+            let oversized = limits.retention_bytes.is_some_and(|cap| total > cap);
             if !(expired || oversized) {
                 break;
             }

@@ -20,7 +20,7 @@ use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::hot::HotTail;
 use crate::index::{OFFSET_ENTRY, SegIndex, TIME_ENTRY};
-use crate::log::{Log, Point, RecoveryReport, SyncState, View, Writer};
+use crate::log::{Limits, Log, Point, RecoveryReport, SyncState, View, Writer};
 use crate::segment::{self, LOG_EXT, Segment, scan};
 use crate::storage::{FileStorage, Storage, StorageFile, read_exact_at};
 
@@ -78,6 +78,7 @@ impl Log {
             sync_cond: Condvar::new(),
             recovery: report,
             truncation_count: std::sync::atomic::AtomicU64::new(0),
+            limits: Mutex::new(Limits::of(&config)),
         };
         {
             let leader = log.lead();
