@@ -29,8 +29,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use super::layouts::{APIS, default_request};
-use super::{GuardError, check_request, versions, walk};
+use super::layouts::{APIS, default_request, message};
+use super::{Elem, Enc, Field, GuardError, Struct, Ty, check_request, versions, walk};
 use crate::{DecodeError, Decoded, SUPPORTED, decode_request};
 
 /// How many (API, version) pairs the generator covers: a change to its API list or to the
@@ -538,39 +538,56 @@ fn metadata_v0_declaring_two_billion_topics_is_refused() {
 /// must have at least one position refused as too many elements.
 #[test]
 fn huge_counts_at_every_position_are_refused_before_decoding() {
+    for (api, v, n, frame) in samples() {
+        assert_huge_counts_refused(api, v, &frame, &format!("n={n}"));
+    }
+}
+
+/// The same over every (API, version) the guard knows, written from its layout with 2
+/// elements in every array.
+#[test]
+fn huge_counts_in_every_layout_are_refused_before_decoding() {
+    for (api, v) in every_version() {
+        assert_huge_counts_refused(api, v, &synthesized(api, v, 2), "from its layout");
+    }
+}
+
+fn assert_huge_counts_refused(api: ApiKey, v: i16, frame: &[u8], what: &str) {
     const HUGE: [&[u8]; 4] = [
         &[0x7f, 0xff, 0xff, 0xff],       // i32::MAX: an array count or bytes length
         &[0x00, 0xff, 0xff, 0xff],       // 16 Mi elements: more than any frame holds
         &[0x7f, 0xff],                   // i16::MAX: a string length
         &[0xff, 0xff, 0xff, 0xff, 0x0f], // u32::MAX as a varint: a compact count or length
     ];
-    for (api, v, n, frame) in samples() {
-        let mut refused_counts = 0;
-        for huge in HUGE {
-            for at in 0..frame.len().saturating_sub(huge.len() - 1) {
-                let mut bad = frame.to_vec();
-                bad[at..at + huge.len()].copy_from_slice(huge);
-                // Whatever the guard lets through is decoded here: an unchecked huge count
-                // would abort this process.
-                let decoded = guarded_decode(api, v, &Bytes::from(bad));
-                if let Err(DecodeError::Guard(GuardError::TooManyElements { at: a, .. })) = decoded
-                {
-                    refused_counts += usize::from(a == at);
-                }
+    let mut refused_counts = 0;
+    for huge in HUGE {
+        for at in 0..frame.len().saturating_sub(huge.len() - 1) {
+            let mut bad = frame.to_vec();
+            bad[at..at + huge.len()].copy_from_slice(huge);
+            // Whatever the guard lets through is decoded here: an unchecked huge count would
+            // abort this process.
+            let decoded = guarded_decode(api, v, &Bytes::from(bad));
+            if let Err(DecodeError::Guard(GuardError::TooManyElements { at: a, .. })) = decoded {
+                refused_counts += usize::from(a == at);
             }
         }
-        let has_array = !matches!(
-            api,
-            ApiKey::FindCoordinator
-                | ApiKey::Heartbeat
-                | ApiKey::LeaveGroup
-                | ApiKey::ApiVersions
-                | ApiKey::InitProducerId
-        );
-        if has_array {
-            assert!(refused_counts > 0, "{api:?} v{v} n={n}");
-        }
     }
+    if has_array(message(api).unwrap().body, v) {
+        assert!(refused_counts > 0, "{api:?} v{v} {what}");
+    }
+}
+
+/// Whether every request of this layout holds an array count (its own, or in a struct it
+/// always holds).
+fn has_array(s: &Struct, v: i16) -> bool {
+    s.fields
+        .iter()
+        .filter(|f| f.present(v))
+        .any(|f| match f.ty {
+            Ty::Array(..) => true,
+            Ty::Struct(s) => has_array(s, v),
+            _ => false,
+        })
 }
 
 /// `check(frame, expected)` for hand-written frames.
@@ -724,6 +741,134 @@ fn every_default_request_passes_and_is_walked_exactly() {
         count += 1;
     }
     assert_eq!(count, GENERATED_VERSIONS);
+}
+
+/// Writes a request body from its layout, independently of the crate's encoder: with `n` > 0
+/// every array holds `n` elements, every string is "ab", every bytes field [1, 2], every
+/// fixed-size field 0x01 bytes, and every tagged-field section holds each known tag valid in
+/// the version and one unknown tag; with `n` = 0 every nullable field is null, every array
+/// empty, every string "" and every tagged-field section empty.
+fn synthesize(out: &mut BytesMut, s: &Struct, v: i16, n: usize) {
+    for field in s.fields.iter().filter(|f| f.present(v)) {
+        synthesize_value(out, field, v, n);
+    }
+    if !s.has_tagged(v) {
+        return;
+    }
+    if n == 0 {
+        put_uvarint(out, 0);
+        return;
+    }
+    let known: Vec<_> = s.tags.iter().filter(|t| t.field.present(v)).collect();
+    put_uvarint(out, known.len() as u32 + 1);
+    // The encoder writes known tags first, in order, then unknown ones.
+    for t in known {
+        let mut value = BytesMut::new();
+        synthesize_value(&mut value, &t.field, v, n);
+        put_uvarint(out, t.tag);
+        put_uvarint(out, value.len() as u32);
+        out.extend_from_slice(&value);
+    }
+    assert!(s.tags.iter().all(|t| t.tag != UNKNOWN_TAG));
+    put_uvarint(out, UNKNOWN_TAG);
+    put_uvarint(out, 2);
+    out.extend_from_slice(&[0xab, 0xcd]);
+}
+
+const UNKNOWN_TAG: u32 = 99;
+
+fn synthesize_value(out: &mut BytesMut, field: &Field, v: i16, n: usize) {
+    let null = field.nullable && n == 0;
+    match field.ty {
+        Ty::Fixed(size) => out.extend(std::iter::repeat_n(1u8, size)),
+        Ty::Str(enc) if null => put_len(out, enc, 2, None),
+        Ty::Str(enc) => put_str(out, enc, if n == 0 { "" } else { "ab" }),
+        Ty::Bytes(enc) if null => put_len(out, enc, 4, None),
+        Ty::Bytes(enc) => {
+            put_len(out, enc, 4, Some(2));
+            out.extend_from_slice(&[1, 2]);
+        }
+        Ty::Array(enc, _) if null => put_len(out, enc, 4, None),
+        Ty::Array(enc, elem) => {
+            put_len(out, enc, 4, Some(n));
+            for _ in 0..n {
+                match elem {
+                    Elem::Fixed(size) => out.extend(std::iter::repeat_n(1u8, size)),
+                    Elem::Str(enc) => put_str(out, enc, "ab"),
+                    Elem::Struct(s) => synthesize(out, s, v, n),
+                }
+            }
+        }
+        Ty::Struct(s) => synthesize(out, s, v, n),
+        // The encoder writes -1 for an absent struct.
+        Ty::OptionStruct(_) if n == 0 => out.extend_from_slice(&[0xff]),
+        Ty::OptionStruct(s) => {
+            out.extend_from_slice(&[1]);
+            synthesize(out, s, v, n);
+        }
+    }
+}
+
+fn put_str(out: &mut BytesMut, enc: Enc, text: &str) {
+    put_len(out, enc, 2, Some(text.len()));
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A length or count (null for `None`); classic ones are `width` bytes wide.
+fn put_len(out: &mut BytesMut, enc: Enc, width: usize, len: Option<usize>) {
+    match enc {
+        Enc::Compact => put_uvarint(out, len.map_or(0, |len| len as u32 + 1)),
+        Enc::Classic => {
+            let len = len.map_or(-1, |len| len as i64);
+            out.extend_from_slice(&len.to_be_bytes()[8 - width..]);
+        }
+    }
+}
+
+fn put_uvarint(out: &mut BytesMut, mut value: u32) {
+    while value >= 0x80 {
+        out.extend_from_slice(&[value as u8 | 0x80]);
+        value >>= 7;
+    }
+    out.extend_from_slice(&[value as u8]);
+}
+
+/// A request of `api` written from its layout (see [`synthesize`]).
+fn synthesized(api: ApiKey, v: i16, n: usize) -> Bytes {
+    let body = message(api).unwrap().body;
+    frame_with(api, v, |b| synthesize(b, body, v, n))
+}
+
+/// Every (API, version) the guard knows, written from its layout with 2 elements in every
+/// array (and again with nulls and empty arrays): the guard walks it to its last byte, the
+/// crate's decoder reads it to its last byte too, and its encoder writes the decoded request
+/// back byte for byte. So each layout is the decoder's, checked without the generator.
+#[test]
+fn requests_written_from_the_layouts_decode_and_encode_back_exactly() {
+    let mut count = 0;
+    for (api, v) in every_version() {
+        for n in [0, 2] {
+            let frame = synthesized(api, v, n);
+            let header_version = api.request_header_version(v);
+            assert_eq!(
+                walk(api, v, header_version, &frame),
+                Ok(frame.len()),
+                "{api:?} v{v} n={n}"
+            );
+            let decoded = guarded_decode(api, v, &frame);
+            let Ok((header, request, 0)) = decoded else {
+                panic!("{api:?} v{v} n={n}: {decoded:?}");
+            };
+            let mut again = BytesMut::new();
+            header.encode(&mut again, header_version).unwrap();
+            request
+                .encode(&mut again, v)
+                .unwrap_or_else(|e| panic!("{api:?} v{v} n={n}: {e:#}"));
+            assert_eq!(&again[..], &frame[..], "{api:?} v{v} n={n}");
+            count += 1;
+        }
+    }
+    assert_eq!(count, 2 * GENERATED_VERSIONS);
 }
 
 /// Kafka's schema makes Metadata's topic list nullable from v1 only, but the crate decodes a
