@@ -711,7 +711,10 @@ def generate(crate_dir: Path, crate_version: str) -> str:
     ]
     lo, hi = header.versions
     out.append("/// The request header.")
-    out.append(f"pub(super) const HEADER: Message = Message {{ min: {lo}, max: {hi}, body: &REQUEST_HEADER }};")
+    out.append(
+        f"pub(super) const HEADER: Message = Message {{ min: {lo}, max: {hi}, "
+        f"body: &{header.const(header.top)} }};"
+    )
     out.append("")
     for name in header.order:
         out += rust_struct(header, name)
@@ -729,7 +732,9 @@ def generate(crate_dir: Path, crate_version: str) -> str:
     for api_name, api in apis:
         lo, hi = api.versions
         top = api.const(api.top)
-        out.append(f"        ApiKey::{api_name} => &Message {{ min: {lo}, max: {hi}, body: &{top} }},")
+        out.append(
+            f"        ApiKey::{api_name} => &Message {{ min: {lo}, max: {hi}, body: &{top} }},"
+        )
     out.append("        _ => return None,")
     out.append("    })")
     out.append("}")
@@ -743,7 +748,9 @@ def generate(crate_dir: Path, crate_version: str) -> str:
     out.append("")
     out.append("/// A request of `api` with every field at its default.")
     out.append("#[cfg(test)]")
-    out.append("pub(super) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestKind {")
+    out.append(
+        "pub(super) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestKind {"
+    )
     out.append("    use kafka_protocol::messages as m;")
     out.append("    match api {")
     for api_name, _ in apis:

@@ -871,6 +871,101 @@ fn requests_written_from_the_layouts_decode_and_encode_back_exactly() {
     assert_eq!(count, 2 * GENERATED_VERSIONS);
 }
 
+/// The crate's decoders alone, without the guard.
+fn decode_unguarded(api: ApiKey, version: i16, frame: &[u8]) -> Result<RequestKind, String> {
+    let mut buf = Bytes::copy_from_slice(frame);
+    RequestHeader::decode(&mut buf, api.request_header_version(version))
+        .and_then(|_| RequestKind::decode(api, &mut buf, version))
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// The decoder reads a known tagged field's value straight from the buffer and ignores the
+/// size the field declares; the guard skipping by that size would then lose step with it. So
+/// a known tagged field must declare exactly the size its value takes.
+#[test]
+fn a_known_tagged_field_must_declare_exactly_its_size() {
+    // Fetch v12 with a cluster id: the request's tagged fields close the frame (one field:
+    // tag 0, 4 bytes, the compact string "xyz").
+    let api = ApiKey::Fetch;
+    let request = frame(
+        api,
+        12,
+        &FetchRequest::default().with_cluster_id(Some(s("xyz"))),
+    );
+    let size_at = request.len() - 5;
+    assert_eq!(&request[size_at - 2..], &[1, 0, 4, 4, b'x', b'y', b'z']);
+    assert_eq!(check(api, 12, &request), Ok(()));
+    for (size, spare) in [(5, &[0][..]), (3, &[])] {
+        let mut bad = request.to_vec();
+        bad[size_at] = size;
+        bad.extend_from_slice(spare);
+        assert_eq!(
+            check(api, 12, &bad),
+            Err(GuardError::TaggedFieldSize {
+                at: size_at,
+                tag: 0,
+                size: u64::from(size),
+                walked: 4
+            })
+        );
+    }
+
+    // Fetch v18, one topic of one partition with a high watermark (the partition's tag 1, 8
+    // bytes), then 4 more bytes (the topic's tagged fields and the rest of the request).
+    // Declaring 0 bytes is the bypass: skipping nothing, the guard would take the watermark's
+    // 8 bytes for what follows, while the decoder reads them as the watermark.
+    let partition = FetchPartition::default().with_high_watermark(0x7f7f_7f7f);
+    let topic = FetchTopic::default().with_partitions(vec![partition]);
+    let request = frame(api, 18, &FetchRequest::default().with_topics(vec![topic]));
+    let value = [0, 0, 0, 0, 0x7f, 0x7f, 0x7f, 0x7f];
+    let size_at = request.len() - value.len() - 5;
+    assert_eq!(&request[size_at - 2..size_at + 1], &[1, 1, 8]);
+    assert_eq!(
+        &request[size_at + 1..],
+        &[&value[..], &[0, 1, 1, 0]].concat()[..]
+    );
+    assert_eq!(check(api, 18, &request), Ok(()));
+    for size in [0, 7, 9] {
+        let mut bad = request.to_vec();
+        bad[size_at] = size;
+        assert_eq!(
+            check(api, 18, &bad),
+            Err(GuardError::TaggedFieldSize {
+                at: size_at,
+                tag: 1,
+                size: u64::from(size),
+                walked: 8
+            }),
+            "declared {size}"
+        );
+        // The decoder takes it all the same: only the guard can tell.
+        assert!(decode_unguarded(api, 18, &bad).is_ok(), "declared {size}");
+    }
+}
+
+/// A known tag in a version that does not have it is refused, by the decoder and the guard.
+#[test]
+fn a_known_tag_outside_its_versions_is_refused() {
+    // Fetch v14 (replica_state, tag 1, comes in v15), its tagged fields replaced by tag 1 of
+    // one byte.
+    let api = ApiKey::Fetch;
+    let request = frame(api, 14, &FetchRequest::default());
+    let at = request.len() - 1;
+    assert_eq!(request[at], 0);
+    let mut bad = request[..at].to_vec();
+    bad.extend_from_slice(&[1, 1, 1, 0]);
+    assert_eq!(
+        check(api, 14, &bad),
+        Err(GuardError::TagNotInVersion {
+            at: at + 1,
+            tag: 1,
+            version: 14
+        })
+    );
+    let refused = decode_unguarded(api, 14, &bad);
+    assert!(refused.is_err_and(|e| format!("{e:#}").contains("Tag 1 is not valid for version 14")));
+}
+
 /// Kafka's schema makes Metadata's topic list nullable from v1 only, but the crate decodes a
 /// null list in v0 too (as `None`), and the guard follows the decoder.
 #[test]
