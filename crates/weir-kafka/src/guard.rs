@@ -21,7 +21,8 @@
 //! lengths, `i32` bytes lengths and array counts, `-1` for null) or compact (an unsigned varint
 //! of the length + 1, 0 for null); where the encoding changes with the version, the field has
 //! one row per encoding. A field takes null where the crate decodes it into an `Option`,
-//! whatever Kafka's schema says of that version: the guard follows the decoder.
+//! whatever Kafka's schema says of that version: the guard follows the decoder. The crate
+//! decodes request headers v1 and v2 only, so header v0 (ControlledShutdown v0's) is refused.
 //!
 //! Tagged fields: an unknown tag is skipped by its declared size, as the decoder skips it. A
 //! known tag the decoder decodes straight from the buffer, ignoring the declared size, so the
