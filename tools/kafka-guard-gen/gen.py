@@ -749,7 +749,7 @@ def generate(crate_dir: Path, crate_version: str) -> str:
     out.append("/// A request of `api` with every field at its default.")
     out.append("#[cfg(test)]")
     out.append(
-        "pub(super) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestKind {"
+        "pub(crate) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestKind {"
     )
     out.append("    use kafka_protocol::messages as m;")
     out.append("    match api {")

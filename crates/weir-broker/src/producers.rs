@@ -236,6 +236,20 @@ impl Producers {
         Some(self.stripes[h as usize % STRIPES].lock().await)
     }
 
+    /// The idempotent producers known on a partition: id, epoch and last sequence written,
+    /// by id. (Kafka's DescribeProducers; a scan of every producer's state, for admin use.)
+    pub fn active(&self, topic: &str, partition: u32) -> Vec<(i64, i16, i32)> {
+        let mut found: Vec<(i64, i16, i32)> = self
+            .states
+            .lock()
+            .iter()
+            .filter(|((_, t, p), _)| t == topic && *p == partition)
+            .map(|((id, _, _), st)| (*id, st.epoch, st.last_sequence))
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
     /// A new producer id (epoch 0).
     pub fn init(&self) -> i64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)

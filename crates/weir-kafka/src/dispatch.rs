@@ -11,38 +11,50 @@ use weir_broker::flow::QuotaKind;
 
 use crate::api::produce::ProduceInFlight;
 use crate::api::{
-    api_versions, create_topics, delete_groups, delete_records, delete_topics, describe_cluster,
-    describe_configs, describe_groups, fetch, find_coordinator, heartbeat, init_producer_id,
-    join_group, leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete,
-    offset_fetch, produce, sync_group,
+    alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records,
+    delete_topics, describe_cluster, describe_configs, describe_groups, describe_producers,
+    describe_topic_partitions, fetch, find_coordinator, heartbeat, init_producer_id, join_group,
+    leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete, offset_fetch,
+    offset_for_leader_epoch, produce, sync_group,
 };
 use crate::decode::{Decoded, decode_request, frame_client_id, refused_request};
 use crate::{Kafka, Reply, code};
 
-/// The APIs and versions advertised; every one is served.
+/// The APIs and versions advertised; every one is served. Each runs from its lowest version
+/// the `kafka-protocol` crate decodes (Kafka 4's minimums: older versions of Produce, Fetch and
+/// a few others, which Kafka 4 removed too, need message formats 0 and 1) to its newest.
+/// Transactions (AddPartitionsToTxn, EndTxn, …) and the KIP-848 consumer group protocol
+/// (ConsumerGroupHeartbeat) are not advertised: clients then keep to idempotent producers and
+/// the classic JoinGroup/SyncGroup protocol.
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 8),
-    (ApiKey::Fetch, 4, 11),
-    (ApiKey::ListOffsets, 1, 5),
-    (ApiKey::Metadata, 0, 8),
-    (ApiKey::OffsetCommit, 2, 7),
-    (ApiKey::OffsetFetch, 1, 5),
-    (ApiKey::FindCoordinator, 0, 2),
-    (ApiKey::JoinGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 3),
-    (ApiKey::LeaveGroup, 0, 1),
-    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::Produce, 3, 13),
+    (ApiKey::Fetch, 4, 18),
+    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 4),
-    (ApiKey::DeleteTopics, 1, 3),
-    (ApiKey::DescribeConfigs, 1, 2),
-    (ApiKey::InitProducerId, 0, 1),
-    (ApiKey::DescribeGroups, 0, 4),
-    (ApiKey::ListGroups, 0, 3),
-    (ApiKey::DeleteGroups, 0, 1),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::DeleteRecords, 0, 1),
-    (ApiKey::DescribeCluster, 0, 0),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 /// The versions of `api` served, if it is.
@@ -78,6 +90,12 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::OffsetDelete => "offset_delete",
         ApiKey::DeleteRecords => "delete_records",
         ApiKey::DescribeCluster => "describe_cluster",
+        ApiKey::OffsetForLeaderEpoch => "offset_for_leader_epoch",
+        ApiKey::AlterConfigs => "alter_configs",
+        ApiKey::CreatePartitions => "create_partitions",
+        ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
+        ApiKey::DescribeProducers => "describe_producers",
+        ApiKey::DescribeTopicPartitions => "describe_topic_partitions",
         _ => "other",
     }
 }
@@ -227,6 +245,18 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
         RequestKind::OffsetDelete(r) => offset_delete::handle(&mut cx, r).await.into(),
         RequestKind::DeleteRecords(r) => delete_records::handle(&mut cx, r).await.into(),
         RequestKind::DescribeCluster(r) => describe_cluster::handle(&mut cx, r).await.into(),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            offset_for_leader_epoch::handle(&mut cx, r).await.into()
+        }
+        RequestKind::AlterConfigs(r) => alter_configs::handle(&mut cx, r).await.into(),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            alter_configs::handle_incremental(&mut cx, r).await.into()
+        }
+        RequestKind::CreatePartitions(r) => create_partitions::handle(&mut cx, r).await.into(),
+        RequestKind::DescribeProducers(r) => describe_producers::handle(&mut cx, r).await.into(),
+        RequestKind::DescribeTopicPartitions(r) => {
+            describe_topic_partitions::handle(&mut cx, r).await.into()
+        }
         _ => {
             let reason = "advertised but not dispatched (a bug)";
             return Step::Done(unanswerable(api, version, &reason), cx.throttle);

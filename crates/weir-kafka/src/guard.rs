@@ -43,7 +43,7 @@ use kafka_protocol::messages::ApiKey;
 
 // Generated; formatted by its generator, not by rustfmt.
 #[rustfmt::skip]
-mod layouts;
+pub(crate) mod layouts;
 
 /// Why a request was refused before decoding. Offsets are from the start of the frame (the
 /// request header's first byte).

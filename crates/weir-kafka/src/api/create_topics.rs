@@ -8,8 +8,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::describe_configs::{CONFIG_SOURCE_TOPIC, topic_configs};
-use super::{topic_name, uuid};
+use super::{topic_configs, topic_name, uuid};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -41,13 +40,15 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
         // From v5 the answer says what was created (or would be, validating only).
         results.push(match outcome {
             Ok((config, id)) => {
-                let configs = topic_configs(&config)
+                let defaults = &broker.config().default_topic;
+                let configs = topic_configs::entries(&config)
                     .into_iter()
-                    .map(|(k, v)| {
+                    .map(|e| {
                         CreatableTopicConfigs::default()
-                            .with_name(StrBytes::from_static_str(k))
-                            .with_value(Some(StrBytes::from_string(v)))
-                            .with_config_source(CONFIG_SOURCE_TOPIC)
+                            .with_name(StrBytes::from_static_str(e.name))
+                            .with_config_source(topic_configs::source(&e, defaults))
+                            .with_read_only(e.read_only)
+                            .with_value(Some(StrBytes::from_string(e.value)))
                     })
                     .collect();
                 result
@@ -90,56 +91,9 @@ pub(crate) fn topic_config(
             "manual replica assignment is not supported".into(),
         ));
     }
+    let defaults = config.clone();
     for c in &t.configs {
-        let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
-        let number = || {
-            value.parse::<i64>().map_err(|_| {
-                (
-                    code::INVALID_CONFIG,
-                    format!("{} = {value:?} is not a number", c.name),
-                )
-            })
-        };
-        match &*c.name.to_string() {
-            "retention.ms" => config.retention_ms = u64::try_from(number()?).ok(),
-            "retention.bytes" => config.retention_bytes = u64::try_from(number()?).ok(),
-            "segment.bytes" => {
-                config.segment_bytes = u64::try_from(number()?).map_err(|_| {
-                    (
-                        code::INVALID_CONFIG,
-                        "segment.bytes must be positive".to_string(),
-                    )
-                })?
-            }
-            "max.message.bytes" => {
-                config.max_batch_bytes = u32::try_from(number()?).map_err(|_| {
-                    (
-                        code::INVALID_CONFIG,
-                        "max.message.bytes out of range".to_string(),
-                    )
-                })?
-            }
-            "message.timestamp.type" => {
-                config.timestamp_type = match value.as_str() {
-                    "CreateTime" => weir_broker::topic::TimestampType::CreateTime,
-                    "LogAppendTime" => weir_broker::topic::TimestampType::LogAppendTime,
-                    _ => {
-                        return Err((
-                            code::INVALID_CONFIG,
-                            format!(
-                                "message.timestamp.type = {value:?}: use CreateTime or LogAppendTime"
-                            ),
-                        ));
-                    }
-                }
-            }
-            other => {
-                return Err((
-                    code::INVALID_CONFIG,
-                    format!("topic config {other:?} is not supported"),
-                ));
-            }
-        }
+        topic_configs::set(&mut config, &c.name, c.value.as_deref(), &defaults)?;
     }
     Ok(config)
 }

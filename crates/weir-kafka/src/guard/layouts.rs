@@ -1228,7 +1228,7 @@ pub(super) const APIS: &[ApiKey] = &[
 
 /// A request of `api` with every field at its default.
 #[cfg(test)]
-pub(super) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestKind {
+pub(crate) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestKind {
     use kafka_protocol::messages as m;
     match api {
         ApiKey::Produce => m::ProduceRequest::default().into(),
