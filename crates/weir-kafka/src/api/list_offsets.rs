@@ -24,6 +24,8 @@ const EARLIEST_PENDING_UPLOAD: i64 = -5;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListOffsetsRequest) -> ListOffsetsResponse {
     let broker = &cx.kafka.broker;
+    // Leader epochs are answered from v4 (the encoder refuses one in an older version).
+    let epoch = if cx.version >= 4 { 0 } else { -1 };
     let mut topics = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
@@ -42,11 +44,11 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListOffsetsRequest) -> ListOffse
                 }),
             };
             parts.push(match found {
-                Ok(Found::Offset(o)) => resp.with_offset(o as i64).with_leader_epoch(0),
+                Ok(Found::Offset(o)) => resp.with_offset(o as i64).with_leader_epoch(epoch),
                 Ok(Found::Record(o, ts)) => resp
                     .with_offset(o as i64)
                     .with_timestamp(ts)
-                    .with_leader_epoch(0),
+                    .with_leader_epoch(epoch),
                 Ok(Found::Nothing) => resp,
                 Err(e) => resp.with_error_code(error_code(&e)),
             });
