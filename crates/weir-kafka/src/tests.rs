@@ -1230,3 +1230,47 @@ async fn every_advertised_version_is_answered_in_that_version() {
     // Every version of every API advertised: a change to the table shows here.
     assert_eq!(answered, 165);
 }
+
+/// zstd came with Produce v7: a v3–v6 request carrying a zstd batch is refused with
+/// UNSUPPORTED_COMPRESSION_TYPE and nothing is written; v7 and later store it. Every version
+/// answers a produce with its offset, classic and flexible alike, by name and (v13) by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_needs_produce_v7_and_every_produce_version_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, kafka) = broker(dir.path()).await;
+    let zstd = || {
+        let mut b = weir_batch::BatchBuilder::new(0);
+        b.push(weir_batch::RecordSpec::value(b"squeezed"));
+        Bytes::from(b.build_compressed(weir_batch::Compression::Zstd).unwrap())
+    };
+    let id = uuid::Uuid::from_bytes(broker.topic_id("a").unwrap().0);
+    let mut next = 0;
+    for version in 3..=13 {
+        let mut req = produce_to("a", zstd());
+        if version >= 13 {
+            req.topic_data[0].name = topic_name("");
+            req.topic_data[0].topic_id = id;
+        }
+        let r: ProduceResponse = response(
+            ApiKey::Produce,
+            version,
+            handle(&kafka, request(ApiKey::Produce, version, &req)).await,
+        );
+        let p = &r.responses[0].partition_responses[0];
+        if version < 7 {
+            assert_eq!(p.error_code, 76, "v{version}");
+        } else {
+            assert_eq!(
+                (p.error_code, p.base_offset),
+                (code::NONE, next),
+                "v{version}"
+            );
+            next += 1;
+        }
+    }
+    let end = broker
+        .list_offsets("a", 0, OffsetSpec::Latest)
+        .await
+        .unwrap();
+    assert_eq!(end, 7, "v7 to v13 wrote one batch each, v3 to v6 none");
+}

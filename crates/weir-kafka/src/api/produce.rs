@@ -71,7 +71,10 @@ pub(crate) async fn handle(
         let mut parts = Vec::with_capacity(partitions.len());
         for (index, records, memory) in partitions {
             let started = match &name {
-                Some(name) => produce_partition_start(cx.kafka, name, index, records, memory).await,
+                Some(name) => {
+                    produce_partition_start(cx.kafka, cx.version, name, index, records, memory)
+                        .await
+                }
                 None => Err((code::UNKNOWN_TOPIC_ID, format!("no topic has id {id}"))),
             };
             parts.push((index, started));
@@ -119,6 +122,7 @@ fn owned_enough(bytes: Bytes, memory: usize) -> (Bytes, usize) {
 /// ([`weir_broker::Broker::produce_sequenced`]).
 async fn produce_partition_start(
     kafka: &Kafka,
+    version: i16,
     topic: &str,
     partition: i32,
     mut records: Bytes,
@@ -150,6 +154,16 @@ async fn produce_partition_start(
                 needed: h.total_len(),
                 available: records.len(),
             }));
+        }
+        // zstd came with Produce v7 (KIP-110): an older request cannot carry it, as Kafka
+        // answers, so a client that negotiated an older version is told plainly.
+        if version < 7 && h.compression() == weir_batch::Compression::Zstd {
+            return Err((
+                code::UNSUPPORTED_COMPRESSION_TYPE,
+                format!(
+                    "zstd-compressed batches need Produce v7 or later (this request is v{version})"
+                ),
+            ));
         }
         if h.is_transactional() || h.is_control() {
             return Err((
