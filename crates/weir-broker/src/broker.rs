@@ -1700,19 +1700,26 @@ impl Broker {
 
     /// Commits offsets as Kafka's coordinator stores them: as given, inside the log or not
     /// (whether they can be read is decided at fetch), for partitions that exist, unfenced
-    /// (the Kafka door checks its own group's generation). Durable when it returns.
+    /// (the Kafka door checks its own group's generation), each with its metadata string (at
+    /// most [`crate::offsets::MAX_METADATA_BYTES`]). Durable when it returns.
     pub async fn commit_as_given(
         &self,
         group: &str,
-        offsets: Vec<(String, u32, u64)>,
+        offsets: Vec<(String, u32, u64, String)>,
     ) -> Result<()> {
         self.check_open()?;
-        for (topic, partition, _) in &offsets {
+        for (topic, partition, _, _) in &offsets {
             self.partition(topic, *partition)?;
         }
         let this = self.clone();
         let group = group.to_string();
-        blocking(move || this.inner.offsets.commit(&group, &offsets)).await
+        blocking(move || this.inner.offsets.commit_with_metadata(&group, &offsets)).await
+    }
+
+    /// The metadata string `group` committed with its offset for `topic`/`partition` (empty
+    /// for none): Kafka clients keep state of their own there.
+    pub fn committed_metadata(&self, group: &str, topic: &str, partition: u32) -> String {
+        self.inner.offsets.metadata(group, topic, partition)
     }
 
     /// Committed offsets; partitions without one resolve by `reset` (earliest or latest).

@@ -26,16 +26,20 @@
 //! kind: u8 = 1 | group_len: u16 | group: UTF-8 | topic_len: u16 | topic: UTF-8 | partition: u32
 //! ```
 //!
-//! Value: the committed offset as a `u64` (8 bytes), or null: a tombstone that forgets the
-//! group's offset for that partition.
+//! Value: the committed offset as a `u64` (8 bytes), then the commit's metadata string
+//! (UTF-8, at most [`MAX_METADATA_BYTES`], absent when empty), or null: a tombstone that
+//! forgets the group's offset for that partition.
 //!
-//! # Snapshot file (version 1)
+//! # Snapshot file (version 2)
 //!
 //! ```text
-//! magic: "WEIROFFS" | version: u32 = 1 | covered: u64 | count: u64
-//! count × (key as above | offset: u64)
+//! magic: "WEIROFFS" | version: u32 = 2 | covered: u64 | count: u64
+//! count × (key as above | offset: u64 | metadata_len: u16 | metadata: UTF-8)
 //! crc32c: u32 (Castagnoli, over every byte before it)
 //! ```
+//!
+//! Version 1, written before commits kept metadata, is the same without the metadata; it is
+//! still read.
 //!
 //! Every method blocks on disk I/O; async callers use `spawn_blocking`.
 
@@ -65,7 +69,10 @@ const OLD_SNAPSHOT_FILE: &str = "offsets.snapshot.old";
 const TMP_SNAPSHOT_FILE: &str = "offsets.snapshot.tmp";
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"WEIROFFS";
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
+
+/// Longest metadata string a commit may carry (Kafka's `offset.metadata.max.bytes` default).
+pub const MAX_METADATA_BYTES: usize = 4096;
 /// magic + version + covered + count.
 const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8 + 8;
 const SNAPSHOT_CRC_LEN: usize = 4;
@@ -100,9 +107,14 @@ fn commit_log_config() -> LogConfig {
 /// group → topic → partition → committed offset.
 type Offsets = BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>;
 
+/// (group, topic, partition) → the metadata of its latest commit, for commits that carried
+/// any (most carry none: this stays apart so the offsets stay plain numbers).
+type Metadata = BTreeMap<(String, String, u32), Box<str>>;
+
 #[derive(Debug, Default)]
 struct State {
     offsets: Offsets,
+    metadata: Metadata,
     /// Commit-log offset of the next record to apply: every record below it is reflected in
     /// `offsets`.
     applied: u64,
@@ -240,9 +252,9 @@ impl OffsetStore {
 
         // Without a snapshot, replay from offset 0: if the log no longer starts there, the
         // check below says what was lost.
-        let (offsets, mut start) = match loaded {
-            Some(s) => (s.offsets, s.covered),
-            None => (Offsets::new(), 0),
+        let (offsets, metadata, mut start) = match loaded {
+            Some(s) => (s.offsets, s.metadata, s.covered),
+            None => (Offsets::new(), Metadata::new(), 0),
         };
         let mut rewrite = false;
         if start > hwm {
@@ -269,6 +281,7 @@ impl OffsetStore {
             files: Mutex::new(files),
             state: RwLock::new(State {
                 offsets,
+                metadata,
                 applied: start,
                 snapshot_base: start,
             }),
@@ -290,15 +303,36 @@ impl OffsetStore {
     /// either all of them are committed or none. Durable when it returns `Ok`. An empty list
     /// does nothing. A partition listed twice keeps the later offset.
     pub fn commit(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
+        let with: Vec<(String, u32, u64, String)> = offsets
+            .iter()
+            .map(|(t, p, o)| (t.clone(), *p, *o, String::new()))
+            .collect();
+        self.commit_with_metadata(group, &with)
+    }
+
+    /// [`OffsetStore::commit`], each offset with the metadata string its committer gave (at
+    /// most [`MAX_METADATA_BYTES`]; empty for none), returned with it by
+    /// [`OffsetStore::metadata`].
+    pub fn commit_with_metadata(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64, String)],
+    ) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
         check_name("group", group)?;
         let mut builder = BatchBuilder::new(now_ms());
-        for (topic, partition, offset) in offsets {
+        for (topic, partition, offset, metadata) in offsets {
             check_name("topic", topic)?;
+            if metadata.len() > MAX_METADATA_BYTES {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "offset metadata of {} bytes, over the {MAX_METADATA_BYTES} kept",
+                    metadata.len()
+                )));
+            }
             let key = encode_key(group, topic, *partition);
-            builder.push(RecordSpec::keyed(&key, &offset.to_be_bytes()));
+            builder.push(RecordSpec::keyed(&key, &encode_value(*offset, metadata)));
         }
         self.append(builder.build())?;
         self.maybe_snapshot();
@@ -309,6 +343,14 @@ impl OffsetStore {
     pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let st = self.state.read();
         st.offsets.get(group)?.get(topic)?.get(&partition).copied()
+    }
+
+    /// The metadata string of `group`'s latest commit for `topic`/`partition` (empty for none).
+    pub fn metadata(&self, group: &str, topic: &str, partition: u32) -> String {
+        let st = self.state.read();
+        st.metadata
+            .get(&(group.to_string(), topic.to_string(), partition))
+            .map_or_else(String::new, |m| m.to_string())
     }
 
     /// Every offset `group` committed, as (topic, partition, offset), sorted.
@@ -443,7 +485,7 @@ impl OffsetStore {
                         if offset < st.applied {
                             continue; // the start of a batch that was partly applied
                         }
-                        apply_record(&mut st.offsets, record.key, record.value)
+                        apply_record(&mut st.offsets, &mut st.metadata, record.key, record.value)
                             .map_err(|why| corrupt_record(offset, &why))?;
                         st.applied = offset + 1;
                     }
@@ -488,7 +530,10 @@ impl OffsetStore {
             // Set before writing, so that a failing disk is not retried on every commit.
             st.snapshot_base = st.applied;
             let st = RwLockWriteGuard::downgrade(st);
-            (st.applied, encode_snapshot(st.applied, &st.offsets))
+            (
+                st.applied,
+                encode_snapshot(st.applied, &st.offsets, &st.metadata),
+            )
         };
         if files.current == Some(covered) {
             return Ok(());
@@ -568,9 +613,10 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Applies one commit-log record: an offset, or a tombstone (null value).
+/// Applies one commit-log record: an offset (and its metadata), or a tombstone (null value).
 fn apply_record(
     offsets: &mut Offsets,
+    metadata: &mut Metadata,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> std::result::Result<(), String> {
@@ -582,17 +628,22 @@ fn apply_record(
     }
     match value {
         Some(v) => {
-            let v: [u8; 8] = v
-                .try_into()
-                .map_err(|_| format!("offset value is {} bytes, not 8", v.len()))?;
+            let (offset, meta) = decode_value(v)?;
+            let slot = (group, topic, partition);
+            match meta {
+                Some(m) => metadata.insert(slot.clone(), m),
+                None => metadata.remove(&slot),
+            };
+            let (group, topic, partition) = slot;
             offsets
                 .entry(group)
                 .or_default()
                 .entry(topic)
                 .or_default()
-                .insert(partition, u64::from_be_bytes(v));
+                .insert(partition, offset);
         }
         None => {
+            metadata.remove(&(group.clone(), topic.clone(), partition));
             if let Some(topics) = offsets.get_mut(&group) {
                 if let Some(parts) = topics.get_mut(&topic) {
                     parts.remove(&partition);
@@ -660,11 +711,37 @@ fn decode_key(cur: &mut Cursor<'_>) -> std::result::Result<(String, String, u32)
     Ok((group, topic, partition))
 }
 
+/// A commit record's value: the offset, then the metadata (absent when empty).
+fn encode_value(offset: u64, metadata: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + metadata.len());
+    v.extend_from_slice(&offset.to_be_bytes());
+    v.extend_from_slice(metadata.as_bytes());
+    v
+}
+
+fn decode_value(v: &[u8]) -> std::result::Result<(u64, Option<Box<str>>), String> {
+    let Some((offset, meta)) = v.split_first_chunk::<8>() else {
+        return Err(format!("offset value is {} bytes, fewer than 8", v.len()));
+    };
+    if meta.len() > MAX_METADATA_BYTES {
+        return Err(format!(
+            "{} bytes of metadata, over {MAX_METADATA_BYTES}",
+            meta.len()
+        ));
+    }
+    let meta = std::str::from_utf8(meta).map_err(|_| "metadata is not UTF-8".to_string())?;
+    Ok((
+        u64::from_be_bytes(*offset),
+        (!meta.is_empty()).then(|| meta.into()),
+    ))
+}
+
 /// A snapshot as read from disk.
 #[derive(Debug)]
 struct Snapshot {
     covered: u64,
     offsets: Offsets,
+    metadata: Metadata,
 }
 
 #[derive(Debug)]
@@ -674,7 +751,7 @@ enum SnapshotRead {
     Intact(Snapshot),
 }
 
-fn encode_snapshot(covered: u64, offsets: &Offsets) -> Vec<u8> {
+fn encode_snapshot(covered: u64, offsets: &Offsets, metadata: &Metadata) -> Vec<u8> {
     let count: u64 = offsets
         .values()
         .flat_map(|topics| topics.values())
@@ -690,6 +767,12 @@ fn encode_snapshot(covered: u64, offsets: &Offsets) -> Vec<u8> {
             for (partition, offset) in parts {
                 put_key(&mut out, group, topic, *partition);
                 out.extend_from_slice(&offset.to_be_bytes());
+                // Metadata is at most MAX_METADATA_BYTES, checked when committed.
+                let meta = metadata
+                    .get(&(group.clone(), topic.clone(), *partition))
+                    .map_or("", |m| m);
+                out.extend_from_slice(&(meta.len() as u16).to_be_bytes());
+                out.extend_from_slice(meta.as_bytes());
             }
         }
     }
@@ -708,9 +791,9 @@ fn decode_snapshot(buf: &[u8]) -> std::result::Result<Snapshot, String> {
         return Err("bad magic".into());
     }
     let version = cur.u32().ok_or("cut short")?;
-    if version != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(format!(
-            "unsupported version {version} (this build reads {SNAPSHOT_VERSION})"
+            "unsupported version {version} (this build reads 1 to {SNAPSHOT_VERSION})"
         ));
     }
     let stored = u32::from_be_bytes(crc.try_into().map_err(|_| "cut short")?);
@@ -726,12 +809,29 @@ fn decode_snapshot(buf: &[u8]) -> std::result::Result<Snapshot, String> {
         return Err(format!("claims {count} entries in {} bytes", cur.0.len()));
     }
     let mut offsets = Offsets::new();
+    let mut metadata = Metadata::new();
     for i in 0..count {
         let (group, topic, partition) =
             decode_key(&mut cur).map_err(|why| format!("entry {i}: {why}"))?;
         let offset = cur
             .u64()
             .ok_or_else(|| format!("entry {i}: offset cut short"))?;
+        if version >= 2 {
+            let len = cur
+                .u16()
+                .ok_or_else(|| format!("entry {i}: metadata length cut short"))?;
+            if usize::from(len) > MAX_METADATA_BYTES {
+                return Err(format!("entry {i}: {len} bytes of metadata"));
+            }
+            let meta = cur
+                .take(usize::from(len))
+                .ok_or_else(|| format!("entry {i}: metadata cut short"))?;
+            let meta = std::str::from_utf8(meta)
+                .map_err(|_| format!("entry {i}: metadata is not UTF-8"))?;
+            if !meta.is_empty() {
+                metadata.insert((group.clone(), topic.clone(), partition), meta.into());
+            }
+        }
         offsets
             .entry(group)
             .or_default()
@@ -742,7 +842,11 @@ fn decode_snapshot(buf: &[u8]) -> std::result::Result<Snapshot, String> {
     if !cur.0.is_empty() {
         return Err(format!("{} stray bytes after the entries", cur.0.len()));
     }
-    Ok(Snapshot { covered, offsets })
+    Ok(Snapshot {
+        covered,
+        offsets,
+        metadata,
+    })
 }
 
 fn read_snapshot(storage: &dyn Storage, path: &Path) -> SnapshotRead {
@@ -1219,8 +1323,15 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(d, e);
         let mut offsets = Offsets::new();
+        let mut metadata = Metadata::new();
         for key in [&a, &b, &d, &e] {
-            apply_record(&mut offsets, Some(key), Some(&7u64.to_be_bytes())).unwrap();
+            apply_record(
+                &mut offsets,
+                &mut metadata,
+                Some(key),
+                Some(&7u64.to_be_bytes()),
+            )
+            .unwrap();
         }
         assert_eq!(offsets.len(), 3);
         assert_eq!(offsets["a"].len(), 2);
@@ -1230,9 +1341,10 @@ mod tests {
             (None, Some(&[0u8; 8][..])),
             (Some(short), Some(&[0u8; 8][..])),
             (Some(&a[..]), Some(&[0u8; 7][..])),
+            (Some(&a[..]), Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff][..])),
             (Some(&[2u8, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 0][..]), None),
         ] {
-            assert!(apply_record(&mut offsets, key, value).is_err());
+            assert!(apply_record(&mut offsets, &mut metadata, key, value).is_err());
         }
     }
 
@@ -1259,18 +1371,24 @@ mod tests {
             let _ = decode_snapshot(&bytes);
             // Damaged real snapshots: cut short, one byte changed.
             let mut offsets = Offsets::new();
+            let mut metadata = Metadata::new();
             for (i, b) in bytes.iter().take(20).enumerate() {
+                let (g, t) = (format!("g{}", b % 3), format!("t{}", b % 5));
+                if b % 2 == 0 {
+                    metadata.insert((g.clone(), t.clone(), i as u32), format!("m{b}").into());
+                }
                 offsets
-                    .entry(format!("g{}", b % 3))
+                    .entry(g)
                     .or_default()
-                    .entry(format!("t{}", b % 5))
+                    .entry(t)
                     .or_default()
                     .insert(i as u32, u64::from(*b));
             }
-            let good = encode_snapshot(42, &offsets);
+            let good = encode_snapshot(42, &offsets, &metadata);
             let decoded = decode_snapshot(&good).unwrap();
             prop_assert_eq!(decoded.covered, 42);
             prop_assert_eq!(&decoded.offsets, &offsets);
+            prop_assert_eq!(&decoded.metadata, &metadata);
             prop_assert!(decode_snapshot(&good[..cut % good.len()]).is_err());
             let mut bad = good.clone();
             let at = flip.0 % bad.len();

@@ -148,10 +148,13 @@ async fn offsets_outside_the_log_are_committed_as_given_as_kafka_does() {
     let (_broker, kafka) = broker(dir.path()).await;
     // Topic "a" is empty: 1,000 is past its end (a seek, or a position from before
     // retention); -1 is no offset at all.
-    for (offset, want) in [
-        (1000, code::NONE),
-        (0, code::NONE),
-        (-1, code::OFFSET_OUT_OF_RANGE),
+    // Metadata is kept with the offset, up to Kafka's 4,096 bytes.
+    let long = "m".repeat(4096);
+    for (offset, metadata, want) in [
+        (1000, "at 1000", code::NONE),
+        (0, long.as_str(), code::NONE),
+        (5, &*format!("{long}!"), code::OFFSET_METADATA_TOO_LARGE),
+        (-1, "", code::OFFSET_OUT_OF_RANGE),
     ] {
         let req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("g")))
@@ -162,7 +165,10 @@ async fn offsets_outside_the_log_are_committed_as_given_as_kafka_does() {
                     .with_partitions(vec![
                         OffsetCommitRequestPartition::default()
                             .with_partition_index(0)
-                            .with_committed_offset(offset),
+                            .with_committed_offset(offset)
+                            .with_committed_metadata(Some(StrBytes::from_string(
+                                metadata.to_string(),
+                            ))),
                     ]),
             ]);
         let r: OffsetCommitResponse = response(
@@ -190,7 +196,21 @@ async fn offsets_outside_the_log_are_committed_as_given_as_kafka_does() {
             handle(&kafka, request(ApiKey::OffsetFetch, 5, &req)).await,
         );
         assert_eq!(r.topics[0].partitions[0].committed_offset, offset);
+        assert_eq!(
+            r.topics[0].partitions[0].metadata.as_deref(),
+            Some(metadata)
+        );
     }
+    // Kept across a restart of the broker (the commit log, then its snapshot).
+    drop(kafka);
+    _broker.close().await.unwrap();
+    let broker = Broker::open(weir_broker::BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(broker.committed("g", "a", 0), Some(0));
+    assert_eq!(broker.committed_metadata("g", "a", 0), long);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,12 @@
-//! OffsetCommit: a group's offsets, stored as given (see [`commit_check`]).
+//! OffsetCommit: a group's offsets, stored as given (see [`commit_check`]), each with its
+//! metadata string (at most 4,096 bytes, Kafka's default limit; OffsetFetch returns it).
 
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use weir_broker::Broker;
+use weir_broker::offsets::MAX_METADATA_BYTES;
 
 use super::topic_name;
 use crate::dispatch::Ctx;
@@ -21,8 +23,15 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCo
         let name = t.name.0.to_string();
         let mut parts = Vec::new();
         for p in t.partitions {
+            let metadata = p
+                .committed_metadata
+                .map(|m| m.to_string())
+                .unwrap_or_default();
             let error = if denied != code::NONE {
                 denied
+            } else if metadata.len() > MAX_METADATA_BYTES {
+                // Kafka's offset.metadata.max.bytes default, and its answer.
+                code::OFFSET_METADATA_TOO_LARGE
             } else {
                 commit_check(broker, &name, p.partition_index, p.committed_offset)
             };
@@ -31,6 +40,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCo
                     name.clone(),
                     p.partition_index as u32,
                     p.committed_offset as u64,
+                    metadata,
                 ));
             }
             parts.push((p.partition_index, error));

@@ -30,12 +30,12 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFet
                     .map(|(name, parts)| {
                         let partitions = parts
                             .into_iter()
-                            .map(|(p, offset)| {
+                            .map(|(p, offset, metadata)| {
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(-1)
-                                    .with_metadata(Some(StrBytes::from_static_str("")))
+                                    .with_metadata(Some(StrBytes::from_string(metadata)))
                             })
                             .collect();
                         OffsetFetchResponseTopics::default()
@@ -60,12 +60,12 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFet
         .map(|(name, parts)| {
             let partitions = parts
                 .into_iter()
-                .map(|(p, offset)| {
+                .map(|(p, offset, metadata)| {
                     OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
                         .with_committed_offset(offset)
                         .with_committed_leader_epoch(-1)
-                        .with_metadata(Some(StrBytes::from_static_str("")))
+                        .with_metadata(Some(StrBytes::from_string(metadata)))
                 })
                 .collect();
             OffsetFetchResponseTopic::default()
@@ -76,13 +76,16 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFet
     OffsetFetchResponse::default().with_topics(topics)
 }
 
-/// Per topic, per partition: the group's committed offset, -1 where it has none. `wanted`
-/// `None` asks for every partition the group committed.
+/// Per topic, per partition: index, committed offset and metadata.
+type Committed = Vec<(String, Vec<(i32, i64, String)>)>;
+
+/// Per topic, per partition: the group's committed offset (-1 where it has none) and its
+/// metadata. `wanted` `None` asks for every partition the group committed.
 fn committed(
     broker: &Broker,
     group: &str,
     wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Vec<(String, Vec<(i32, i64)>)> {
+) -> Committed {
     let wanted = wanted.unwrap_or_else(|| {
         let mut all: Vec<(String, Vec<i32>)> = Vec::new();
         for (topic, partition, _) in broker.group_offsets(group) {
@@ -98,12 +101,14 @@ fn committed(
         .map(|(name, parts)| {
             let offsets = parts
                 .into_iter()
-                .map(|p| {
-                    let offset = u32::try_from(p)
-                        .ok()
-                        .and_then(|p| broker.committed(group, &name, p))
-                        .map_or(-1, |o| o as i64);
-                    (p, offset)
+                .map(|p| match u32::try_from(p) {
+                    Ok(part) => {
+                        let offset = broker
+                            .committed(group, &name, part)
+                            .map_or(-1, |o| o as i64);
+                        (p, offset, broker.committed_metadata(group, &name, part))
+                    }
+                    Err(_) => (p, -1, String::new()),
                 })
                 .collect();
             (name, offsets)
