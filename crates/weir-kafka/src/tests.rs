@@ -1294,3 +1294,29 @@ async fn zstd_needs_produce_v7_and_every_produce_version_is_answered() {
         .unwrap();
     assert_eq!(end, 7, "v7 to v13 wrote one batch each, v3 to v6 none");
 }
+
+/// docs/kafka.md's table of APIs and versions is the one advertised, row for row.
+#[test]
+fn the_documented_versions_are_the_advertised_ones() {
+    let doc = include_str!("../../../docs/kafka.md");
+    let rows: Vec<(String, i16, i16)> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| API | versions |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let (min, max) = cells[2].split_once('–').unwrap_or((cells[2], cells[2]));
+            (
+                cells[1].to_string(),
+                min.parse().unwrap(),
+                max.parse().unwrap(),
+            )
+        })
+        .collect();
+    let advertised: Vec<(String, i16, i16)> = crate::dispatch::SUPPORTED
+        .iter()
+        .map(|(api, min, max)| (format!("{api:?}"), *min, *max))
+        .collect();
+    assert_eq!(rows, advertised);
+}
