@@ -97,7 +97,16 @@ pub enum GuardError {
     },
     #[error("tag {tag} at byte {at} is known but not valid in v{version}")]
     TagNotInVersion { at: usize, tag: u32, version: i16 },
+    #[error("more than {MAX_ELEMENTS} array elements in one request (at byte {at})")]
+    TooManyInRequest { at: usize },
 }
+
+/// Most array elements one request may hold, all arrays together. Each element the decoder
+/// builds takes tens of bytes of memory however few it takes on the wire (an empty partition of
+/// a Produce is 5), so this, not the frame size, bounds what decoding one request can allocate
+/// (a few tens of MB). Real requests stay far below: a Fetch or a commit of 10,000 partitions
+/// holds about 10,000.
+pub const MAX_ELEMENTS: u64 = 200_000;
 
 /// How a length or count is written.
 #[derive(Debug, Clone, Copy)]
@@ -221,7 +230,11 @@ fn walk(api: ApiKey, version: i16, header_version: i16, frame: &[u8]) -> Result<
     let msg = layouts::message(api)
         .filter(|m| (m.min..=m.max).contains(&version))
         .ok_or(GuardError::Unsupported { api, version })?;
-    let mut r = Reader { buf: frame, at: 0 };
+    let mut r = Reader {
+        buf: frame,
+        at: 0,
+        elements: 0,
+    };
     header(&mut r, api, version, header_version)?;
     walk_struct(&mut r, msg.body, version)?;
     Ok(r.at)
@@ -317,6 +330,10 @@ fn array_of(
             min,
             remaining,
         });
+    }
+    r.elements = r.elements.saturating_add(count);
+    if r.elements > MAX_ELEMENTS {
+        return Err(GuardError::TooManyInRequest { at });
     }
     for _ in 0..count {
         match elem {
@@ -419,6 +436,8 @@ fn tagged_fields(r: &mut Reader, known: &[Tagged], version: i16) -> Result<(), G
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
+    /// Array elements counted so far (see [`MAX_ELEMENTS`]).
+    elements: u64,
 }
 
 impl Reader<'_> {

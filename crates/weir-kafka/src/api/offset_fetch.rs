@@ -81,11 +81,7 @@ type Committed = Vec<(String, Vec<(i32, i64, String)>)>;
 
 /// Per topic, per partition: the group's committed offset (-1 where it has none) and its
 /// metadata. `wanted` `None` asks for every partition the group committed.
-fn committed(
-    broker: &Broker,
-    group: &str,
-    wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Committed {
+fn committed(broker: &Broker, group: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -> Committed {
     let wanted = wanted.unwrap_or_else(|| {
         let mut all: Vec<(String, Vec<i32>)> = Vec::new();
         for (topic, partition, _) in broker.group_offsets(group) {

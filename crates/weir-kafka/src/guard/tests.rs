@@ -1081,3 +1081,31 @@ fn fuzz_seeds_are_one_served_request_per_version() {
     }
     assert_eq!(seeds, 73, "one seed per served version");
 }
+
+/// Decoded, an element takes tens of bytes however few it takes on the wire, so the elements
+/// of one request are capped all together: a Produce of 200,001 empty partitions (1.6 MB on
+/// the wire, hundreds of MB decoded) is refused; one of 200,000 passes.
+#[test]
+fn the_elements_of_one_request_are_capped_together() {
+    use super::MAX_ELEMENTS;
+    let produce = |n: u64| {
+        let topics = vec![
+            TopicProduceData::default()
+                .with_name(topic(0))
+                .with_partition_data(many(n as usize - 1, |p| {
+                    PartitionProduceData::default().with_index(p as i32)
+                })),
+        ];
+        frame(
+            ApiKey::Produce,
+            8,
+            &ProduceRequest::default().with_topic_data(topics),
+        )
+    };
+    // One element is the topic itself.
+    assert_eq!(check(ApiKey::Produce, 8, &produce(MAX_ELEMENTS)), Ok(()));
+    assert!(matches!(
+        check(ApiKey::Produce, 8, &produce(MAX_ELEMENTS + 1)),
+        Err(GuardError::TooManyInRequest { .. })
+    ));
+}
