@@ -606,6 +606,21 @@ impl KafkaGroups {
         }
     }
 
+    /// LeaveGroup by static instance id (v3+, a member named by its `group.instance.id`
+    /// alone): the member holding that instance id goes, whatever its member id.
+    pub fn leave_instance(&self, group: &str, instance_id: &str) -> i16 {
+        let member = self.groups.lock().get(group).and_then(|g| {
+            g.core
+                .members()
+                .find(|m| m.state.group_instance_id.as_deref() == Some(instance_id))
+                .map(|m| m.id.clone())
+        });
+        match member {
+            Some(id) => self.leave(group, &id),
+            None => code::UNKNOWN_MEMBER_ID,
+        }
+    }
+
     /// LeaveGroup: the member goes; the others rebalance.
     pub fn leave(&self, group: &str, member_id: &str) -> i16 {
         let now = Instant::now();
@@ -1187,6 +1202,10 @@ mod tests {
             k.heartbeat_at("g", out.generation, &old, now),
             code::UNKNOWN_MEMBER_ID
         );
+        // It leaves by its instance id alone (LeaveGroup v3+), as static members do.
+        assert_eq!(k.leave_instance("g", "pod-2"), code::UNKNOWN_MEMBER_ID);
+        assert_eq!(k.leave_instance("g", "pod-1"), code::NONE);
+        assert!(ForeignCoordinator::describe(&k, "g").is_none());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! LeaveGroup: a member leaves, and the group rebalances without it. From v3 one request
-//! names several members, each answered on its own.
+//! names several members, each answered on its own, by member id or, for a static member,
+//! by its instance id alone.
 
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
@@ -13,7 +14,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: LeaveGroupRequest) -> LeaveGroup
             .members
             .into_iter()
             .map(|m| {
-                let error = groups.leave(&r.group_id.0, &m.member_id);
+                let error = match (&*m.member_id, &m.group_instance_id) {
+                    ("", Some(instance)) => groups.leave_instance(&r.group_id.0, instance),
+                    (id, _) => groups.leave(&r.group_id.0, id),
+                };
                 MemberResponse::default()
                     .with_member_id(m.member_id)
                     .with_group_instance_id(m.group_instance_id)
