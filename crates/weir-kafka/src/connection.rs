@@ -51,7 +51,7 @@ pub async fn serve(
         shutdown.spawn(
             async move {
                 let _slot = accepted.slot;
-                if let Err(e) = connection(accepted.stream, &kafka, stop).await {
+                if let Err(e) = connection(accepted.stream, accepted.peer, &kafka, stop).await {
                     tracing::debug!(error = %e, "Kafka connection ended");
                 }
             }
@@ -151,6 +151,7 @@ async fn answer(
 
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     kafka: &Kafka,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -247,7 +248,7 @@ async fn connection(
             };
             // Only produce data is held for the whole request; other requests (a JoinGroup
             // can wait minutes) give their budget back once read.
-            let taken = match dispatch::take(frame) {
+            let taken = match dispatch::take(frame).map(|r| r.from(peer)) {
                 Ok(request) if request.api == ApiKey::Produce => {
                     match dispatch::step(kafka, request).await {
                         Step::Syncing(in_flight, throttle) => {

@@ -105,6 +105,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) kafka: &'a Kafka,
     pub(crate) version: i16,
     pub(crate) client_id: String,
+    /// The client's address, when the request came over a connection.
+    pub(crate) peer: Option<std::net::SocketAddr>,
     /// How long the client is to be throttled: the longest any quota charged asks.
     pub(crate) throttle: Duration,
 }
@@ -128,10 +130,22 @@ pub(crate) fn throttle_ms(d: Duration) -> i32 {
 /// A request decoded and ready to handle.
 pub(crate) struct Request {
     pub(crate) api: ApiKey,
+    /// The client's address (set by the connection; `None` sans socket).
+    pub(crate) peer: Option<std::net::SocketAddr>,
     version: i16,
     header: RequestHeader,
     body: RequestKind,
     frame_len: usize,
+}
+
+impl Request {
+    /// The request, as from `peer`.
+    pub(crate) fn from(self, peer: std::net::SocketAddr) -> Self {
+        Self {
+            peer: Some(peer),
+            ..self
+        }
+    }
 }
 
 /// Decodes a request (without its size prefix), or says how to answer one that could not be:
@@ -155,6 +169,7 @@ pub(crate) fn take(frame: Bytes) -> Result<Request, Reply> {
             request,
         }) => Ok(Request {
             api,
+            peer: None,
             version,
             header,
             body: request,
@@ -184,6 +199,7 @@ pub(crate) enum Step {
 pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
     let Request {
         api,
+        peer,
         version,
         header,
         body: request,
@@ -194,6 +210,7 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
         kafka,
         version,
         client_id: header.client_id.as_deref().unwrap_or("").to_string(),
+        peer,
         throttle: Duration::ZERO,
     };
     cx.charge(QuotaKind::Requests, 1);

@@ -91,6 +91,7 @@ pub struct MemberView {
     pub member_id: String,
     pub group_instance_id: Option<String>,
     pub client_id: String,
+    pub client_host: String,
     pub metadata: Bytes,
     pub assignment: Bytes,
 }
@@ -149,6 +150,8 @@ pub struct JoinRequest {
     pub member_id: String,
     pub group_instance_id: Option<String>,
     pub client_id: String,
+    /// Where the member connects from, as Kafka shows it (`/ADDRESS`); empty if unknown.
+    pub client_host: String,
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
     pub protocol_type: String,
@@ -163,6 +166,7 @@ pub struct JoinRequest {
 #[derive(Debug)]
 struct KafkaState {
     group_instance_id: Option<String>,
+    client_host: String,
     rebalance_timeout: Duration,
     protocols: Vec<(String, Bytes)>,
     /// A JoinGroup waiting for the round to complete.
@@ -476,6 +480,7 @@ impl KafkaGroups {
                 m.session_timeout = req.session_timeout;
                 m.deadline = now + req.session_timeout;
                 m.state.group_instance_id = req.group_instance_id;
+                m.state.client_host = req.client_host;
                 m.state.rebalance_timeout = rebalance_timeout;
                 m.state.protocols = req.protocols;
                 // A member that joins again while its earlier join waits: the earlier one is
@@ -494,6 +499,7 @@ impl KafkaGroups {
                     deadline: now + req.session_timeout,
                     state: KafkaState {
                         group_instance_id: req.group_instance_id,
+                        client_host: req.client_host,
                         rebalance_timeout,
                         protocols: req.protocols,
                         join: Some(tx),
@@ -657,6 +663,7 @@ impl KafkaGroups {
                 member_id: m.id.clone(),
                 group_instance_id: m.state.group_instance_id.clone(),
                 client_id: m.client_id.clone(),
+                client_host: m.state.client_host.clone(),
                 metadata: m.state.metadata(&protocol).cloned().unwrap_or_default(),
                 assignment: m.state.assignment.clone(),
             })
@@ -946,6 +953,7 @@ mod tests {
             member_id: member.into(),
             group_instance_id: None,
             client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(30),
             protocol_type: "consumer".into(),

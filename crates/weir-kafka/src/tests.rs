@@ -1320,3 +1320,93 @@ fn the_documented_versions_are_the_advertised_ones() {
         .collect();
     assert_eq!(rows, advertised);
 }
+
+/// A member joined over a connection is described with its client id and host (`/ADDRESS`,
+/// as Kafka shows it), and the group is listed as Stable, with the chosen assignor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn described_members_carry_their_client_id_and_host() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{
+        DescribeGroupsRequest, DescribeGroupsResponse, GroupId, JoinGroupRequest,
+        JoinGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _kafka) = broker(dir.path()).await;
+    let listening = Listening::start(broker).await;
+    let mut conn = TcpStream::connect(listening.addr).await.unwrap();
+    async fn call<T: Decodable>(
+        conn: &mut TcpStream,
+        api: ApiKey,
+        version: i16,
+        body: &impl Encodable,
+    ) -> T {
+        let mut b = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42)
+            .with_client_id(Some(StrBytes::from_static_str("describer")))
+            .encode(&mut b, api.request_header_version(version))
+            .unwrap();
+        body.encode(&mut b, version).unwrap();
+        conn.write_all(&(b.len() as i32).to_be_bytes())
+            .await
+            .unwrap();
+        conn.write_all(&b).await.unwrap();
+        let len = conn.read_i32().await.unwrap();
+        let mut r = vec![0u8; len as usize];
+        conn.read_exact(&mut r).await.unwrap();
+        let mut r = Bytes::from(r);
+        ResponseHeader::decode(&mut r, api.response_header_version(version)).unwrap();
+        T::decode(&mut r, version).unwrap()
+    }
+    let group = GroupId(StrBytes::from_static_str("hosts"));
+    let join = JoinGroupRequest::default()
+        .with_group_id(group.clone())
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(&[
+                    0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+                ])),
+        ]);
+    let joined: JoinGroupResponse = call(&mut conn, ApiKey::JoinGroup, 3, &join).await;
+    assert_eq!(joined.error_code, code::NONE);
+    let described: DescribeGroupsResponse = call(
+        &mut conn,
+        ApiKey::DescribeGroups,
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![group]),
+    )
+    .await;
+    let g = &described.groups[0];
+    assert_eq!(
+        (g.error_code, &*g.group_state, &*g.protocol_data),
+        (code::NONE, "CompletingRebalance", "range")
+    );
+    let m = &g.members[0];
+    assert_eq!(m.member_id, joined.member_id);
+    assert_eq!(
+        (&*m.client_id, &*m.client_host),
+        ("describer", "/127.0.0.1")
+    );
+    let listed: ListGroupsResponse = call(
+        &mut conn,
+        ApiKey::ListGroups,
+        4,
+        &ListGroupsRequest::default(),
+    )
+    .await;
+    let names: Vec<(&str, &str, &str)> = listed
+        .groups
+        .iter()
+        .map(|g| (&*g.group_id.0, &*g.protocol_type, &*g.group_state))
+        .collect();
+    assert_eq!(names, vec![("hosts", "consumer", "CompletingRebalance")]);
+    drop(conn);
+    listening.stop().await;
+}

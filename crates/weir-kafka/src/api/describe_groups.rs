@@ -1,6 +1,7 @@
 //! DescribeGroups: each group's state, protocol and members with their metadata and
 //! assignments (see [`super::groups_admin`]). A group no one knows is `Dead`, or from v6
-//! GROUP_ID_NOT_FOUND, as Kafka answers. Members' hosts are not recorded here and show empty.
+//! GROUP_ID_NOT_FOUND, as Kafka answers. A member's host is the address its JoinGroup came from
+//! (`/ADDRESS`, as Kafka shows it); native members' hosts are not recorded and show empty.
 
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
@@ -37,6 +38,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeGroupsRequest) -> Descri
                         .with_member_id(StrBytes::from_string(m.member_id))
                         .with_group_instance_id(m.group_instance_id.map(StrBytes::from_string))
                         .with_client_id(StrBytes::from_string(m.client_id))
+                        .with_client_host(StrBytes::from_string(m.client_host))
                         .with_member_metadata(m.metadata)
                         .with_member_assignment(m.assignment)
                 })

@@ -31,6 +31,7 @@ pub(crate) fn view(kafka: &Kafka, group: &str) -> Option<GroupView> {
                 member_id: m.member_id,
                 group_instance_id: None,
                 client_id: m.client_id,
+                client_host: String::new(),
             })
             .collect::<Vec<_>>();
         return Some(GroupView {

@@ -17,6 +17,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: JoinGroupRequest) -> JoinGroupRe
         member_id: r.member_id.to_string(),
         group_instance_id: r.group_instance_id.map(|s| s.to_string()),
         client_id: cx.client_id.clone(),
+        client_host: cx.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
         session_timeout: ms(r.session_timeout_ms),
         // v0 has no rebalance timeout: the session timeout serves for both.
         rebalance_timeout: ms(if cx.version >= 1 {
