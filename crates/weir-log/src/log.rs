@@ -1059,7 +1059,8 @@ impl Log {
             if max_ts < timestamp || limit == 0 {
                 continue;
             }
-            let start = segment.base + u64::from(start_rel);
+            // Records below the log start were deleted: they are not searched.
+            let start = (segment.base + u64::from(start_rel)).max(log_start);
             if start >= hwm {
                 // The index already knows a batch readers may not see yet.
                 return Ok(None);
@@ -1073,10 +1074,12 @@ impl Log {
                 if h.next_offset() as u64 > hwm {
                     break;
                 }
-                if h.max_timestamp >= timestamp {
-                    let (offset, ts) =
-                        self.first_record_at_or_after(&segment, pos, &h, timestamp)?;
-                    return Ok(Some((offset.max(log_start), ts)));
+                if h.max_timestamp >= timestamp
+                    && h.next_offset() as u64 > log_start
+                    && let Some(found) =
+                        self.first_record_at_or_after(&segment, pos, &h, timestamp, log_start)?
+                {
+                    return Ok(Some(found));
                 }
                 pos += h.total_len() as u64;
             }
@@ -1168,7 +1171,8 @@ impl Log {
         pos: u64,
         h: &weir_batch::BatchHeader,
         timestamp: i64,
-    ) -> Result<(u64, i64)> {
+        log_start: u64,
+    ) -> Result<Option<(u64, i64)>> {
         let mut buf = vec![0u8; h.total_len()];
         read_exact_at(&*segment.log, &mut buf, pos)
             .map_err(|e| LogError::io("read", &segment.log_path, e))?;
@@ -1176,12 +1180,13 @@ impl Log {
             weir_batch::payload(&buf).map_err(|e| segment.corrupt(pos, e.to_string()))?;
         for record in weir_batch::Records::with_payload(header, &section) {
             let record = record.map_err(|e| segment.corrupt(pos, e.to_string()))?;
-            if record.timestamp >= timestamp {
-                return Ok((record.offset as u64, record.timestamp));
+            if record.offset as u64 >= log_start && record.timestamp >= timestamp {
+                return Ok(Some((record.offset as u64, record.timestamp)));
             }
         }
-        // max_timestamp says a record qualifies; trust the header when records disagree.
-        Ok((h.base_offset as u64, h.max_timestamp))
+        // The records that qualify were deleted (below the log start), or the header's
+        // max_timestamp disagrees with its records: the search goes on past this batch.
+        Ok(None)
     }
 
     /// Makes records before `offset` unreadable and deletes segments that hold only such

@@ -195,6 +195,19 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     log.close().unwrap();
     let log = Log::open(dir.path(), small_config(Durability::Never)).unwrap();
     assert_eq!(log.offset_for_timestamp(15_003).unwrap(), Some(203));
+    // Deleted records are not found, with their timestamps or anyone's: the search starts at
+    // the log start, mid-batch too (offset 6 is record 2 of batch 1, stamped 10_102).
+    log.delete_records_before(6).unwrap();
+    for (ts, want) in [
+        (0, Some((6, 10_102))),
+        (10_001, Some((6, 10_102))),
+        (10_102, Some((6, 10_102))),
+        (10_103, Some((7, 10_103))),
+        (15_003, Some((203, 15_003))),
+    ] {
+        assert_eq!(log.record_at_or_after(ts).unwrap(), want, "{ts}");
+    }
+    assert_eq!(log.max_timestamp().unwrap(), Some(10_000 + 100 * 79 + 3));
 }
 
 #[test]
