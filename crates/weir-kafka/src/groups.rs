@@ -357,6 +357,10 @@ impl Group {
 pub struct KafkaGroups {
     broker: Broker,
     groups: Mutex<HashMap<String, Group>>,
+    /// The protocol type of groups that emptied (their last member left): Kafka shows such a
+    /// group as Empty with the type it had, until its offsets go. In memory only, and at most
+    /// [`MAX_GROUPS`] of them (the oldest forgotten first).
+    emptied: Mutex<std::collections::VecDeque<(String, String)>>,
     member_ids: MemberIds,
     /// Set by [`KafkaGroups::clear`] at shutdown: no group is made or joined after it.
     stopped: std::sync::atomic::AtomicBool,
@@ -367,6 +371,7 @@ impl KafkaGroups {
         Self {
             broker,
             groups: Mutex::new(HashMap::new()),
+            emptied: Mutex::new(std::collections::VecDeque::new()),
             member_ids: MemberIds::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
         }
@@ -772,9 +777,32 @@ impl KafkaGroups {
             .get(name)
             .is_some_and(|g| g.core.is_empty() && g.pending.is_empty())
         {
-            groups.remove(name);
+            if let Some(g) = groups.remove(name)
+                && let Some(protocol_type) = g.protocol_type
+            {
+                let mut emptied = self.emptied.lock();
+                emptied.retain(|(n, _)| n != name);
+                if emptied.len() >= MAX_GROUPS {
+                    emptied.pop_front();
+                }
+                emptied.push_back((name.to_string(), protocol_type));
+            }
             self.broker.release_group(name, GroupProtocol::Kafka);
         }
+    }
+
+    /// The protocol type `group` had when it last had members, if it emptied here.
+    pub fn emptied_protocol_type(&self, group: &str) -> Option<String> {
+        let emptied = self.emptied.lock();
+        emptied
+            .iter()
+            .find(|(n, _)| n == group)
+            .map(|(_, t)| t.clone())
+    }
+
+    /// Forgets what an emptied group was (it was deleted).
+    pub fn forget_emptied(&self, group: &str) {
+        self.emptied.lock().retain(|(n, _)| n != group);
     }
 
     /// Drops every group (shutdown): waiting joins and syncs are answered at once with
@@ -1214,6 +1242,10 @@ mod tests {
         assert_eq!(k.leave_instance("g", "pod-2"), code::UNKNOWN_MEMBER_ID);
         assert_eq!(k.leave_instance("g", "pod-1"), code::NONE);
         assert!(ForeignCoordinator::describe(&k, "g").is_none());
+        // Emptied, it keeps its type for admin views, as Kafka shows an Empty group.
+        assert_eq!(k.emptied_protocol_type("g").as_deref(), Some("consumer"));
+        k.forget_emptied("g");
+        assert_eq!(k.emptied_protocol_type("g"), None);
     }
 
     #[test]

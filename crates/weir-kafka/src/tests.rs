@@ -1410,3 +1410,115 @@ async fn described_members_carry_their_client_id_and_host() {
     drop(conn);
     listening.stop().await;
 }
+
+/// IncrementalAlterConfigs changes a topic at once and durably; DescribeConfigs then gives the
+/// topic's own value (source 1) with the broker default as a synonym named as Kafka names it;
+/// refusals speak Kafka's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_configs_are_described_with_their_source_and_refusals_name_kafka_keys() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        DescribeConfigsRequest, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, kafka) = broker(dir.path()).await;
+    let alter = |key: &'static str, value: &'static str| {
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_static_str("a"))
+                .with_configs(vec![
+                    AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str(key))
+                        .with_value(Some(StrBytes::from_static_str(value))),
+                ]),
+        ])
+    };
+    let mut outcomes = Vec::new();
+    for (key, value) in [
+        ("retention.ms", "3600000"),
+        ("colour", "red"),
+        ("segment.bytes", "1048576"),
+    ] {
+        let r: IncrementalAlterConfigsResponse = response(
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            handle(
+                &kafka,
+                request(ApiKey::IncrementalAlterConfigs, 1, &alter(key, value)),
+            )
+            .await,
+        );
+        let r = &r.responses[0];
+        outcomes.push((
+            r.error_code,
+            r.error_message.as_deref().unwrap_or("").to_string(),
+        ));
+    }
+    assert_eq!(outcomes[0].0, code::NONE);
+    assert_eq!(outcomes[1].0, code::INVALID_CONFIG);
+    assert!(
+        outcomes[1].1.contains("\"colour\" is not supported"),
+        "{}",
+        outcomes[1].1
+    );
+    assert_eq!(outcomes[2].0, code::INVALID_CONFIG);
+    assert!(
+        outcomes[2].1.contains("max.message.bytes") && !outcomes[2].1.contains("max_batch"),
+        "{}",
+        outcomes[2].1
+    );
+    assert_eq!(
+        broker.topic_config("a").unwrap().retention_ms,
+        Some(3_600_000)
+    );
+    let req = DescribeConfigsRequest::default()
+        .with_include_synonyms(true)
+        .with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_static_str("a"))
+                .with_configuration_keys(Some(vec![
+                    StrBytes::from_static_str("retention.ms"),
+                    StrBytes::from_static_str("retention.bytes"),
+                ])),
+        ]);
+    let r: DescribeConfigsResponse = response(
+        ApiKey::DescribeConfigs,
+        4,
+        handle(&kafka, request(ApiKey::DescribeConfigs, 4, &req)).await,
+    );
+    let described: Vec<(String, String, i8, Vec<(String, i8)>)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            let synonyms = c
+                .synonyms
+                .iter()
+                .map(|s| (s.name.to_string(), s.source))
+                .collect();
+            let value = c.value.as_deref().unwrap_or("").to_string();
+            (c.name.to_string(), value, c.config_source, synonyms)
+        })
+        .collect();
+    assert_eq!(
+        described,
+        vec![
+            (
+                "retention.ms".into(),
+                "3600000".into(),
+                1,
+                vec![("retention.ms".into(), 1), ("log.retention.ms".into(), 5)]
+            ),
+            (
+                "retention.bytes".into(),
+                "-1".into(),
+                5,
+                vec![("log.retention.bytes".into(), 5)]
+            ),
+        ]
+    );
+}

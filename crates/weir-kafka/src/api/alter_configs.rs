@@ -116,7 +116,9 @@ async fn alter(
             ));
         }
     }
-    let refuse = |e: weir_broker::BrokerError| (error_code(&e), e.to_string());
+    let refuse = |e: weir_broker::BrokerError| {
+        (error_code(&e), topic_configs::kafka_message(&e.to_string()))
+    };
     let mut config = broker.topic_config(name).map_err(refuse)?;
     change(&mut config, &broker.config().default_topic)?;
     if validate_only {

@@ -27,7 +27,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
                 let checked =
                     weir_broker::topic::validate_name(&name).and_then(|()| config.validate());
                 match checked {
-                    Err(e) => Err((error_code(&e), e.to_string())),
+                    Err(e) => Err((error_code(&e), topic_configs::kafka_message(&e.to_string()))),
                     Ok(()) if r.validate_only => Ok((config, Uuid::nil())),
                     Ok(()) => broker
                         .create_topic(&name, Some(config))

@@ -15,7 +15,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteGroupsRequest) -> DeleteGr
             None => code::GROUP_ID_NOT_FOUND,
             Some(v) if !v.members.is_empty() => code::NON_EMPTY_GROUP,
             Some(_) => match cx.kafka.broker.delete_group_offsets(&group.0, None).await {
-                Ok(()) => code::NONE,
+                Ok(()) => {
+                    cx.kafka.groups.forget_emptied(&group.0);
+                    code::NONE
+                }
                 Err(e) => group_error_code(&e),
             },
         };

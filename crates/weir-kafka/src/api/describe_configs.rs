@@ -47,7 +47,11 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeConfigsRequest) -> Descr
                                 .find(|d| d.name == e.name)
                                 .map(|d| d.value)
                                 .unwrap_or_default();
-                            synonyms.push(synonym(e.name, default, SOURCE_DEFAULT));
+                            synonyms.push(synonym(
+                                topic_configs::broker_key(e.name),
+                                default,
+                                SOURCE_DEFAULT,
+                            ));
                         }
                         DescribeConfigsResourceResult::default()
                             .with_name(StrBytes::from_static_str(e.name))

@@ -47,7 +47,11 @@ pub(crate) fn view(kafka: &Kafka, group: &str) -> Option<GroupView> {
     }
     (!kafka.broker.group_offsets(group).is_empty()).then(|| GroupView {
         state: "Empty",
-        protocol_type: String::new(),
+        // A Kafka group whose members all left keeps its type, as in Kafka.
+        protocol_type: kafka
+            .groups
+            .emptied_protocol_type(group)
+            .unwrap_or_default(),
         protocol: String::new(),
         members: Vec::new(),
     })

@@ -99,7 +99,9 @@ pub(crate) fn set(
     match name {
         "cleanup.policy" => {
             if !value.split(',').all(|p| p.trim() == "delete") {
-                return invalid("only \"delete\" is served; compacted topics are not yet".into());
+                return invalid(
+                    "only \"delete\" is served; compacted topics are not served yet".into(),
+                );
             }
         }
         "retention.ms" | "retention.bytes" => {
@@ -161,6 +163,34 @@ fn unknown(name: &str) -> Refusal {
             KEYS.join(", ")
         ),
     )
+}
+
+/// The broker setting a topic key defaults to, as Kafka names it (DescribeConfigs synonyms).
+pub(crate) fn broker_key(name: &str) -> &'static str {
+    match name {
+        "cleanup.policy" => "log.cleanup.policy",
+        "retention.ms" => "log.retention.ms",
+        "retention.bytes" => "log.retention.bytes",
+        "max.message.bytes" => "message.max.bytes",
+        "message.timestamp.type" => "log.message.timestamp.type",
+        _ => "log.segment.bytes",
+    }
+}
+
+/// A broker error's message with weir's setting names as Kafka's keys, for Kafka clients
+/// (`max_batch_bytes must not exceed segment_bytes` reads as the keys they set).
+pub(crate) fn kafka_message(message: &str) -> String {
+    [
+        ("max_batch_bytes", "max.message.bytes"),
+        ("segment_bytes", "segment.bytes"),
+        ("retention_ms", "retention.ms"),
+        ("retention_bytes", "retention.bytes"),
+        ("timestamp_type", "message.timestamp.type"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (ours, theirs)| {
+        m.replace(ours, theirs)
+    })
 }
 
 /// Where `entry`'s value comes from: the topic's own (it differs from the broker's default)
