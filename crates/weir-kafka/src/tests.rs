@@ -1491,7 +1491,9 @@ async fn altered_configs_are_described_with_their_source_and_refusals_name_kafka
         4,
         handle(&kafka, request(ApiKey::DescribeConfigs, 4, &req)).await,
     );
-    let described: Vec<(String, String, i8, Vec<(String, i8)>)> = r.results[0]
+    // (name, value, source, [(synonym, source)]) per config.
+    type Described = Vec<(String, String, i8, Vec<(String, i8)>)>;
+    let described: Described = r.results[0]
         .configs
         .iter()
         .map(|c| {

@@ -9,6 +9,8 @@ mod flow;
 mod http;
 mod idempotent;
 mod kafka;
+mod kafka_admin;
+mod kafka_node;
 mod kafka_python;
 mod metrics;
 mod push_policies;

@@ -218,3 +218,24 @@ pub fn python() -> PathBuf {
     assert!(works(&py), "{} lacks the test clients", py.display());
     py
 }
+
+/// The Node.js interpreter for `tests/node/kafka_clients.mjs`: `WEIR_TEST_NODE` if set, else
+/// `node` from PATH. Unlike the Python venv, nothing is installed here: the clients in
+/// `tests/node/node_modules` come from `npm ci` against the committed lock file, which
+/// scripts/test runs, and a test without them or without Node.js fails saying so.
+pub fn node() -> PathBuf {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
+    assert!(
+        modules.join("kafkajs").is_dir() && modules.join("@platformatic/kafka").is_dir(),
+        "{} lacks the Node.js Kafka clients: run scripts/test, which installs them \
+         (npm ci --prefix crates/weir/tests/node)",
+        modules.display()
+    );
+    if let Some(node) = std::env::var_os("WEIR_TEST_NODE") {
+        return PathBuf::from(node);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("node"))
+        .find(|node| node.is_file())
+        .expect("no node on PATH: scripts/test installs Node.js (or set WEIR_TEST_NODE)")
+}
