@@ -1701,16 +1701,24 @@ impl Broker {
     /// Commits offsets as Kafka's coordinator stores them: as given, inside the log or not
     /// (whether they can be read is decided at fetch), for partitions that exist, unfenced
     /// (the Kafka door checks its own group's generation), each with its metadata string (at
-    /// most [`crate::offsets::MAX_METADATA_BYTES`]). Durable when it returns.
+    /// most [`crate::offsets::MAX_METADATA_BYTES`]). Durable when it returns. Any value is kept,
+    /// negative ones too (an admin tool's "reset to earliest" commits -2, and reads it back):
+    /// stored as their two's complement, they read back through
+    /// [`Broker::committed_as_given`], and as no commit at all through
+    /// [`Broker::committed`] and the other doors.
     pub async fn commit_as_given(
         &self,
         group: &str,
-        offsets: Vec<(String, u32, u64, String)>,
+        offsets: Vec<(String, u32, i64, String)>,
     ) -> Result<()> {
         self.check_open()?;
         for (topic, partition, _, _) in &offsets {
             self.partition(topic, *partition)?;
         }
+        let offsets: Vec<(String, u32, u64, String)> = offsets
+            .into_iter()
+            .map(|(t, p, o, m)| (t, p, o as u64, m))
+            .collect();
         let this = self.clone();
         let group = group.to_string();
         blocking(move || this.inner.offsets.commit_with_metadata(&group, &offsets)).await
@@ -1732,7 +1740,7 @@ impl Broker {
         let mut out = Vec::with_capacity(partitions.len());
         for (topic, partition) in partitions {
             let (_, part) = self.partition(topic, *partition)?;
-            let offset = match self.inner.offsets.committed(group, topic, *partition) {
+            let offset = match self.committed(group, topic, *partition) {
                 // A commit below the log start (retention passed it) resumes at the log start.
                 Some(o) => o.max(part.log.log_start_offset()),
                 None if reset_to_earliest => part.log.log_start_offset(),
@@ -1743,14 +1751,40 @@ impl Broker {
         Ok(out)
     }
 
-    /// The offset `group` committed for a partition, as stored (no reset policy applied).
+    /// The offset `group` committed for a partition, as stored (no reset policy applied);
+    /// `None` for a negative one a Kafka client committed (no position to resume from).
     pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
-        self.inner.offsets.committed(group, topic, partition)
+        self.inner
+            .offsets
+            .committed(group, topic, partition)
+            .filter(|o| i64::try_from(*o).is_ok())
     }
 
-    /// Every offset `group` committed, as (topic, partition, offset), sorted.
+    /// The offset `group` committed for a partition exactly as a Kafka client gave it,
+    /// negative ones included.
+    pub fn committed_as_given(&self, group: &str, topic: &str, partition: u32) -> Option<i64> {
+        self.inner
+            .offsets
+            .committed(group, topic, partition)
+            .map(|o| o as i64)
+    }
+
+    /// Every offset `group` committed, as (topic, partition, offset), sorted; negative ones
+    /// (see [`Broker::committed`]) left out.
     pub fn group_offsets(&self, group: &str) -> Vec<(String, u32, u64)> {
-        self.inner.offsets.group_offsets(group)
+        let mut all = self.inner.offsets.group_offsets(group);
+        all.retain(|(_, _, o)| i64::try_from(*o).is_ok());
+        all
+    }
+
+    /// Every partition `group` committed an offset for, negative ones included.
+    pub fn group_partitions(&self, group: &str) -> Vec<(String, u32)> {
+        self.inner
+            .offsets
+            .group_offsets(group)
+            .into_iter()
+            .map(|(t, p, _)| (t, p))
+            .collect()
     }
 
     /// Forgets `group`'s committed offsets: all of them (`None`), or those of the (topic,
@@ -1834,7 +1868,7 @@ impl Broker {
     /// Lag of every partition the group has committed offsets for or is assigned.
     pub fn group_lag(&self, group: &str) -> Vec<PartitionLag> {
         let mut parts: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
-        for (topic, partition, offset) in self.inner.offsets.group_offsets(group) {
+        for (topic, partition, offset) in self.group_offsets(group) {
             parts.insert((topic, partition), Some(offset));
         }
         if let Some(desc) = self.describe_group(group) {

@@ -147,14 +147,15 @@ async fn offsets_outside_the_log_are_committed_as_given_as_kafka_does() {
     let dir = tempfile::tempdir().unwrap();
     let (_broker, kafka) = broker(dir.path()).await;
     // Topic "a" is empty: 1,000 is past its end (a seek, or a position from before
-    // retention); -1 is no offset at all.
+    // retention); -2 is what an admin tool's reset to earliest commits (KafkaJS's, for one),
+    // and reads back.
     // Metadata is kept with the offset, up to Kafka's 4,096 bytes.
     let long = "m".repeat(4096);
     for (offset, metadata, want) in [
         (1000, "at 1000", code::NONE),
         (0, long.as_str(), code::NONE),
         (5, &*format!("{long}!"), code::OFFSET_METADATA_TOO_LARGE),
-        (-1, "", code::OFFSET_OUT_OF_RANGE),
+        (-2, "reset", code::NONE),
     ] {
         let req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("g")))
@@ -209,8 +210,13 @@ async fn offsets_outside_the_log_are_committed_as_given_as_kafka_does() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(broker.committed("g", "a", 0), Some(0));
-    assert_eq!(broker.committed_metadata("g", "a", 0), long);
+    assert_eq!(broker.committed_as_given("g", "a", 0), Some(-2));
+    assert_eq!(
+        broker.committed("g", "a", 0),
+        None,
+        "no position to resume from"
+    );
+    assert_eq!(broker.committed_metadata("g", "a", 0), "reset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,7 +45,7 @@ pub(crate) fn view(kafka: &Kafka, group: &str) -> Option<GroupView> {
             members,
         });
     }
-    (!kafka.broker.group_offsets(group).is_empty()).then(|| GroupView {
+    (!kafka.broker.group_partitions(group).is_empty()).then(|| GroupView {
         state: "Empty",
         // A Kafka group whose members all left keeps its type, as in Kafka.
         protocol_type: kafka

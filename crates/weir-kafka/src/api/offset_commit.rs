@@ -33,13 +33,13 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCo
                 // Kafka's offset.metadata.max.bytes default, and its answer.
                 code::OFFSET_METADATA_TOO_LARGE
             } else {
-                commit_check(broker, &name, p.partition_index, p.committed_offset)
+                commit_check(broker, &name, p.partition_index)
             };
             if error == code::NONE {
                 valid.push((
                     name.clone(),
                     p.partition_index as u32,
-                    p.committed_offset as u64,
+                    p.committed_offset,
                     metadata,
                 ));
             }
@@ -78,20 +78,18 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCo
 }
 
 /// Whether an offset may be committed for a partition: `NONE` or the Kafka error code. As
-/// Kafka does, an offset is stored as given, inside the log or not: a consumer commits where a
-/// `seek` put it, or a position that retention has since passed, and whether it can be read is
-/// decided when it is fetched (OFFSET_OUT_OF_RANGE there, then the client's reset policy).
-/// Refusing such a commit stops some clients for good. Only a negative offset, which the
-/// offset store cannot hold, is refused.
-fn commit_check(broker: &Broker, topic: &str, partition: i32, offset: i64) -> i16 {
+/// Kafka does, an offset is stored as given, inside the log or not, negative or not: a
+/// consumer commits where a `seek` put it, or a position that retention has since passed, and
+/// an admin tool's reset to earliest commits -2 and reads it back; whether an offset can be
+/// read is decided when it is fetched (OFFSET_OUT_OF_RANGE there, then the client's reset
+/// policy). Refusing such a commit stops some clients for good. Only a partition that does
+/// not exist is refused.
+fn commit_check(broker: &Broker, topic: &str, partition: i32) -> i16 {
     let Ok(part) = u32::try_from(partition) else {
         return code::UNKNOWN_TOPIC_OR_PARTITION;
     };
     if broker.partition_count(topic).is_none_or(|n| part >= n) {
         return code::UNKNOWN_TOPIC_OR_PARTITION;
-    }
-    if offset < 0 {
-        return code::OFFSET_OUT_OF_RANGE;
     }
     code::NONE
 }

@@ -84,7 +84,7 @@ type Committed = Vec<(String, Vec<(i32, i64, String)>)>;
 fn committed(broker: &Broker, group: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -> Committed {
     let wanted = wanted.unwrap_or_else(|| {
         let mut all: Vec<(String, Vec<i32>)> = Vec::new();
-        for (topic, partition, _) in broker.group_offsets(group) {
+        for (topic, partition) in broker.group_partitions(group) {
             match all.last_mut() {
                 Some((t, ps)) if *t == topic => ps.push(partition as i32),
                 _ => all.push((topic, vec![partition as i32])),
@@ -99,9 +99,7 @@ fn committed(broker: &Broker, group: &str, wanted: Option<Vec<(String, Vec<i32>)
                 .into_iter()
                 .map(|p| match u32::try_from(p) {
                     Ok(part) => {
-                        let offset = broker
-                            .committed(group, &name, part)
-                            .map_or(-1, |o| o as i64);
+                        let offset = broker.committed_as_given(group, &name, part).unwrap_or(-1);
                         (p, offset, broker.committed_metadata(group, &name, part))
                     }
                     Err(_) => (p, -1, String::new()),
