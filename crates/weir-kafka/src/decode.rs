@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::Decodable;
 
-use crate::{dispatch, guard};
+use crate::{dispatch, guard, legacy};
 
 /// Largest request other than Produce. Decoded, a request takes more memory than its bytes
 /// (an element of one or two bytes on the wire, such as an empty compact string, becomes a
@@ -47,6 +47,8 @@ pub enum DecodeError {
         "a {api:?} request of {len} bytes is over the {max} bytes taken for any request but Produce"
     )]
     TooLarge { api: ApiKey, len: usize, max: usize },
+    #[error("undecodable legacy request: {0}")]
+    Legacy(#[from] crate::legacy::LegacyError),
     #[error("refused before decoding: {0}")]
     Guard(#[from] guard::GuardError),
     #[error("undecodable request header: {0}")]
@@ -90,6 +92,15 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
             max: MAX_OTHER_REQUEST_BYTES,
         });
     }
+    if legacy::covers(api, version) {
+        let (header, request) = legacy::decode(api, version, &frame)?;
+        return Ok(Decoded::Request {
+            api,
+            version,
+            header,
+            request,
+        });
+    }
     let header_version = api.request_header_version(version);
     guard::check_request(api, version, header_version, &frame)?;
     let header = RequestHeader::decode(&mut frame, header_version)
@@ -131,7 +142,7 @@ pub(crate) fn refused_request(e: &DecodeError, client_id: String) {
         DecodeError::Unsupported { .. } => "unsupported_version",
         DecodeError::TooShort(_) | DecodeError::Header(_) => "malformed",
         DecodeError::TooLarge { .. } => "too_large",
-        DecodeError::Guard(_) | DecodeError::Body { .. } => "malformed",
+        DecodeError::Guard(_) | DecodeError::Body { .. } | DecodeError::Legacy(_) => "malformed",
     };
     metrics::counter!("weir_kafka_refused_requests_total", "reason" => reason).increment(1);
     let now = std::time::SystemTime::now()

@@ -18,11 +18,12 @@ use crate::api::{
     offset_for_leader_epoch, produce, sync_group,
 };
 use crate::decode::{Decoded, decode_request, frame_client_id, refused_request};
-use crate::{Kafka, Reply, code};
+use crate::{Kafka, Reply, code, legacy};
 
-/// The APIs and versions advertised; every one is served. Each runs from its lowest version
-/// the `kafka-protocol` crate decodes (Kafka 4's minimums: older versions of Produce, Fetch and
-/// a few others, which Kafka 4 removed too, need message formats 0 and 1) to its newest.
+/// The APIs and versions advertised; every one is served. Each runs from Kafka 3.9's lowest
+/// version (those below the `kafka-protocol` crate's are read by [`crate::legacy`]) to the
+/// newest the crate knows, except Produce below v3 and Fetch below v4, which carry message
+/// formats 0 and 1 (removed in Kafka 4 too).
 /// Transactions (AddPartitionsToTxn, EndTxn, …) and the KIP-848 consumer group protocol
 /// (ConsumerGroupHeartbeat) are not advertised: clients then keep to idempotent producers and
 /// the classic JoinGroup/SyncGroup protocol.
@@ -31,8 +32,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 18),
     (ApiKey::ListOffsets, 1, 10),
     (ApiKey::Metadata, 0, 13),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::OffsetCommit, 0, 9),
+    (ApiKey::OffsetFetch, 0, 9),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::Heartbeat, 0, 4),
@@ -41,12 +42,12 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreateTopics, 0, 7),
+    (ApiKey::DeleteTopics, 0, 6),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeConfigs, 0, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteGroups, 0, 2),
@@ -290,7 +291,11 @@ pub(crate) fn finish_body(
     version: i16,
     response: &ResponseKind,
 ) -> Reply {
-    if let Err(e) = response.encode(&mut body, version) {
+    if legacy::covers(api, version) {
+        if let Err(e) = legacy::encode(api, version, response, &mut body) {
+            return unanswerable(api, version, &e);
+        }
+    } else if let Err(e) = response.encode(&mut body, version) {
         return unanswerable(api, version, &e);
     }
     match i32::try_from(body.len() - 4) {

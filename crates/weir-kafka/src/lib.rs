@@ -25,6 +25,7 @@ mod dispatch;
 mod errors;
 pub mod groups;
 pub mod guard;
+mod legacy;
 
 pub use connection::serve;
 pub use decode::{DecodeError, Decoded, decode_request};

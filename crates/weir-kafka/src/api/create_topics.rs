@@ -17,7 +17,9 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
     let mut results = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
+        // Null, not empty, when created (the crate's default is empty), as Kafka answers.
         let result = CreatableTopicResult::default()
+            .with_error_message(None)
             .with_name(topic_name(&name))
             .with_num_partitions(-1)
             .with_replication_factor(-1);

@@ -22,7 +22,9 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeConfigsRequest) -> Descr
     let mut results = Vec::new();
     for res in r.resources {
         let name = res.resource_name.to_string();
+        // Null, not empty, when described (the crate's default is empty), as Kafka answers.
         let result = DescribeConfigsResult::default()
+            .with_error_message(None)
             .with_resource_type(res.resource_type)
             .with_resource_name(res.resource_name.clone());
         let wanted = |k: &str| {

@@ -448,6 +448,10 @@ fn check(api: ApiKey, version: i16, frame: &[u8]) -> Result<(), GuardError> {
 #[test]
 fn the_guard_knows_every_version_the_crate_decodes() {
     for &(api, min, max) in SUPPORTED {
+        // Versions below the crate's are read by hand (crate::legacy), not through the guard.
+        let min = (min..=max)
+            .find(|v| !crate::legacy::covers(api, *v))
+            .unwrap();
         let (lo, hi) = versions(api).unwrap();
         assert!(
             lo <= min && max <= hi,
