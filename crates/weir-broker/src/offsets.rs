@@ -1314,6 +1314,27 @@ mod tests {
         ));
     }
 
+    /// A snapshot written before commits kept metadata (version 1: no metadata after each
+    /// offset) still reads, its offsets without metadata.
+    #[test]
+    fn a_version_one_snapshot_still_reads() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&SNAPSHOT_MAGIC);
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&77u64.to_be_bytes());
+        v1.extend_from_slice(&2u64.to_be_bytes());
+        for (p, o) in [(0u32, 5u64), (1, 9)] {
+            put_key(&mut v1, "g", "t", p);
+            v1.extend_from_slice(&o.to_be_bytes());
+        }
+        let crc = crc_fast::crc32_iscsi(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let snap = decode_snapshot(&v1).unwrap();
+        assert_eq!(snap.covered, 77);
+        assert_eq!(snap.offsets["g"]["t"], BTreeMap::from([(0, 5), (1, 9)]));
+        assert!(snap.metadata.is_empty());
+    }
+
     #[test]
     fn keys_are_unambiguous() {
         let a = encode_key("a", "bc", 1);
