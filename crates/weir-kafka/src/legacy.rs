@@ -1,6 +1,6 @@
 //! Versions Kafka 3.9 serves below the `kafka-protocol` crate's (which follows Kafka 4, where
-//! KIP-896 removed them): OffsetCommit v0–1, OffsetFetch v0, DescribeConfigs v0, CreateTopics
-//! v0–1 and DeleteTopics v0. Older clients (and clients told an old broker version) still send
+//! KIP-896 removed them): OffsetCommit v0–1, OffsetFetch v0, ListOffsets v0, DescribeConfigs
+//! v0, CreateTopics v0–1, DeleteTopics v0 and OffsetForLeaderEpoch v0–1. Older clients (and clients told an old broker version) still send
 //! them; refused, their groups never commit and re-read everything after a restart.
 //!
 //! The crate can neither decode these requests nor encode their answers, so they are read here
@@ -18,13 +18,18 @@ use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, GroupId,
-    OffsetCommitRequest, OffsetFetchRequest, RequestHeader, RequestKind, ResponseKind, TopicName,
+    ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    RequestHeader, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use weir_batch::cursor::Cursor;
@@ -39,6 +44,8 @@ pub(crate) const LEGACY: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 0, 1),
     (ApiKey::DeleteTopics, 0, 0),
     (ApiKey::DescribeConfigs, 0, 0),
+    (ApiKey::ListOffsets, 0, 0),
+    (ApiKey::OffsetForLeaderEpoch, 0, 1),
 ];
 
 /// Whether `version` of `api` is one of these.
@@ -190,6 +197,33 @@ pub(crate) fn decode(
             })?),
         ),
         ApiKey::CreateTopics => RequestKind::CreateTopics(create_topics(&mut r, version)?),
+        // v0: per partition a time and how many offsets to list; one at most is listed.
+        ApiKey::ListOffsets => RequestKind::ListOffsets(
+            ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(r.i32("the replica id")?))
+                .with_topics(r.array("the topics", |r| {
+                    Ok(ListOffsetsTopic::default()
+                        .with_name(TopicName(r.str("a topic name")?))
+                        .with_partitions(r.array("partitions", |r| {
+                            let partition = ListOffsetsPartition::default()
+                                .with_partition_index(r.i32("a partition")?)
+                                .with_timestamp(r.i64("a time")?);
+                            r.i32("max_num_offsets")?;
+                            Ok(partition)
+                        })?))
+                })?),
+        ),
+        ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochRequest::default().with_topics(r.array("the topics", |r| {
+                Ok(OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(r.str("a topic name")?))
+                    .with_partitions(r.array("partitions", |r| {
+                        Ok(OffsetForLeaderPartition::default()
+                            .with_partition(r.i32("a partition")?)
+                            .with_leader_epoch(r.i32("a leader epoch")?))
+                    })?))
+            })?),
+        ),
         ApiKey::DeleteTopics => RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
                 .with_topic_names(r.array("the topics", |r| Ok(TopicName(r.str("a topic")?)))?)
@@ -279,6 +313,41 @@ pub(crate) fn encode(
                 out.put_i16(t.error_code);
                 if version >= 1 {
                     put_str(out, t.error_message.as_deref())?;
+                }
+            }
+            Ok(())
+        }
+        // v0 lists offsets (at most one here) where later versions give one offset and time.
+        ResponseKind::ListOffsets(r) => {
+            put_len(out, r.topics.len())?;
+            for t in &r.topics {
+                put_str(out, Some(&t.name.0))?;
+                put_len(out, t.partitions.len())?;
+                for p in &t.partitions {
+                    out.put_i32(p.partition_index);
+                    out.put_i16(p.error_code);
+                    let listed = usize::from(p.error_code == 0 && p.offset >= 0);
+                    put_len(out, listed)?;
+                    if listed == 1 {
+                        out.put_i64(p.offset);
+                    }
+                }
+            }
+            Ok(())
+        }
+        // v0 has no leader epoch in the answer; v1 has it after the partition.
+        ResponseKind::OffsetForLeaderEpoch(r) => {
+            put_len(out, r.topics.len())?;
+            for t in &r.topics {
+                put_str(out, Some(&t.topic.0))?;
+                put_len(out, t.partitions.len())?;
+                for p in &t.partitions {
+                    out.put_i16(p.error_code);
+                    out.put_i32(p.partition);
+                    if version >= 1 {
+                        out.put_i32(p.leader_epoch);
+                    }
+                    out.put_i64(p.end_offset);
                 }
             }
             Ok(())

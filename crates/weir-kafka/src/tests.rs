@@ -1662,6 +1662,52 @@ async fn legacy_versions_are_served() {
     want.put_i16(code::NONE);
     assert_eq!(r, want.freeze());
     assert_eq!(broker.partition_count("old-t"), None);
+    // ListOffsets v0 lists the offset asked for (one at most); OffsetForLeaderEpoch v0 and v1
+    // answer the end at epoch 0 (v1 says the epoch).
+    let produced = produce_one(&kafka, "a", idempotent(-1, -1, &[b"x", b"y"])).await;
+    assert_eq!(produced, (code::NONE, 0));
+    for (time, listed) in [(-1i64, vec![2i64]), (-2, vec![0]), (i64::MAX, vec![])] {
+        let mut b = BytesMut::new();
+        b.put_i32(-1);
+        b.put_i32(1);
+        s(&mut b, "a");
+        b.put_i32(1);
+        b.put_i32(0);
+        b.put_i64(time);
+        b.put_i32(1);
+        let r = answer(&kafka, ApiKey::ListOffsets, 0, &b).await;
+        let mut want = BytesMut::new();
+        want.put_i32(1);
+        s(&mut want, "a");
+        want.put_i32(1);
+        want.put_i32(0);
+        want.put_i16(code::NONE);
+        want.put_i32(listed.len() as i32);
+        for o in listed {
+            want.put_i64(o);
+        }
+        assert_eq!(r, want.freeze(), "time {time}");
+    }
+    for version in [0i16, 1] {
+        let mut b = BytesMut::new();
+        b.put_i32(1);
+        s(&mut b, "a");
+        b.put_i32(1);
+        b.put_i32(0);
+        b.put_i32(0);
+        let r = answer(&kafka, ApiKey::OffsetForLeaderEpoch, version, &b).await;
+        let mut want = BytesMut::new();
+        want.put_i32(1);
+        s(&mut want, "a");
+        want.put_i32(1);
+        want.put_i16(code::NONE);
+        want.put_i32(0);
+        if version == 1 {
+            want.put_i32(0);
+        }
+        want.put_i64(2);
+        assert_eq!(r, want.freeze(), "v{version}");
+    }
     // Cut short, and a count of two billion topics in a few bytes: refused, nothing reserved.
     let mut b = BytesMut::new();
     s(&mut b, "old");
