@@ -546,6 +546,22 @@ impl Broker {
         let mut topics = HashMap::new();
         for (name, stored) in meta {
             let t = Self::open_topic(&config, &name, stored.config, stored.id, true)?;
+            // Partitions the metadata does not list: a growth cut short by a crash before its
+            // metadata was written. They were never readable; their files go.
+            let dir = topic_dir(data, &name);
+            for extra in storage.list_subdirs(&dir).unwrap_or_default() {
+                if extra
+                    .parse::<usize>()
+                    .is_ok_and(|p| p >= t.partitions.len())
+                {
+                    tracing::warn!(
+                        topic = name,
+                        partition = extra,
+                        "removing a partition the metadata does not list"
+                    );
+                    let _ = storage.remove_dir_all(&dir.join(&extra));
+                }
+            }
             topics.insert(name, Arc::new(t));
         }
         let offsets = OffsetStore::open_with_storage(storage.clone(), &data.join("offsets"))?;
@@ -2416,6 +2432,56 @@ mod storage_tests {
     /// Creating and deleting a topic, with the process dying at the `n`th I/O operation of
     /// either, then restarting from what the disk kept: the topic is there whole or not at
     /// all, the other topic untouched, and a topic made again under the name starts empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_at_any_step_of_growing_or_altering_a_topic_leaves_it_before_or_after() {
+        let mut n = 0;
+        loop {
+            let storage = MemStorage::new();
+            let broker = open(&storage).await;
+            broker.create_topic("t", None).await.unwrap();
+            broker
+                .produce("t", Some(0), None, batch(b"k"))
+                .await
+                .unwrap();
+            let start = storage.op_count();
+            storage.inject_faults(start + n, u64::MAX, FaultKind::Dead);
+            let grown = broker.add_partitions("t", 3).await.is_ok();
+            let mut altered_config = broker.topic_config("t").unwrap();
+            altered_config.retention_ms = Some(60_000);
+            let altered = grown && broker.alter_topic("t", altered_config).await.is_ok();
+            let finished = altered && storage.op_count() < start + n;
+            let image = storage.crash_image(CrashMode::SyncedOnly);
+            drop(broker);
+            let broker = open(&image).await;
+            let count = broker.partition_count("t").unwrap();
+            assert!(count == 1 || count == 3, "step {n}: {count} partitions");
+            if grown {
+                assert_eq!(count, 3, "step {n}: an acknowledged growth was lost");
+            }
+            assert_eq!(records(&broker, "t").await, 1, "step {n}");
+            let retention = broker.topic_config("t").unwrap().retention_ms;
+            if altered {
+                assert_eq!(
+                    retention,
+                    Some(60_000),
+                    "step {n}: an acknowledged change was lost"
+                );
+            }
+            // No partition the metadata does not list is left behind, and growing again
+            // starts the new partitions empty.
+            let dirs = image.list_subdirs(Path::new("/data/topics/t")).unwrap();
+            assert_eq!(dirs.len(), count as usize, "step {n}: {dirs:?}");
+            broker.add_partitions("t", 4).await.unwrap();
+            assert_eq!(records(&broker, "t").await, 1, "step {n}");
+            broker.close().await.unwrap();
+            if finished {
+                break;
+            }
+            n += 1;
+            assert!(n < 10_000, "the sequence never finished");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_at_any_step_of_creating_or_deleting_a_topic_leaves_it_whole_or_gone() {
         let mut n = 0;
