@@ -418,6 +418,9 @@ pub struct PartitionLag {
 struct Inner {
     config: BrokerConfig,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Topic ids to names (Kafka clients name topics by id): kept with `topics`, under the
+    /// admin lock.
+    topic_ids: RwLock<HashMap<TopicId, String>>,
     /// Serializes topic creation and deletion (metadata file writes).
     admin: tokio::sync::Mutex<()>,
     groups: GroupCoordinator,
@@ -577,6 +580,7 @@ impl Broker {
                     config.connection_rate_per_ip,
                 )),
                 config,
+                topic_ids: RwLock::new(topics.values().map(|t| (t.id, t.name.clone())).collect()),
                 topics: RwLock::new(topics),
                 admin: tokio::sync::Mutex::new(()),
                 offsets,
@@ -810,12 +814,7 @@ impl Broker {
 
     /// The name of the topic whose id is `id`, if there is one.
     pub fn topic_name_of(&self, id: &TopicId) -> Option<String> {
-        self.inner
-            .topics
-            .read()
-            .values()
-            .find(|t| t.id == *id)
-            .map(|t| t.name.clone())
+        self.inner.topic_ids.read().get(id).cloned()
     }
 
     /// Number of partitions of `topic`, if it exists.
@@ -872,6 +871,10 @@ impl Broker {
         })
         .await?;
         let topic = Arc::new(topic);
+        self.inner
+            .topic_ids
+            .write()
+            .insert(topic.id, name.to_string());
         self.inner
             .topics
             .write()
@@ -1047,6 +1050,7 @@ impl Broker {
         let topic = self.topic(name)?;
         // Unreachable first, so no new produce or fetch starts on logs about to close.
         self.inner.topics.write().remove(name);
+        self.inner.topic_ids.write().remove(&topic.id);
         topic.deleted.store(true, Ordering::Release);
         for p in &topic.partitions {
             p.hwm.send_modify(|_| {});
@@ -1075,6 +1079,7 @@ impl Broker {
                 let cfg = &self.inner.config;
                 match Self::open_topic(cfg, name, topic.config.clone(), topic.id, true) {
                     Ok(t) => {
+                        self.inner.topic_ids.write().insert(t.id, name.to_string());
                         self.inner
                             .topics
                             .write()
@@ -2432,6 +2437,28 @@ mod storage_tests {
     /// Creating and deleting a topic, with the process dying at the `n`th I/O operation of
     /// either, then restarting from what the disk kept: the topic is there whole or not at
     /// all, the other topic untouched, and a topic made again under the name starts empty.
+    /// Topic ids: one per topic, kept across a restart, looked up both ways, and new for a
+    /// topic created again under an old name.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topic_ids_are_kept_and_never_reused() {
+        let storage = MemStorage::new();
+        let broker = open(&storage).await;
+        let a = broker.create_topic("a", None).await.unwrap().id;
+        let b = broker.create_topic("b", None).await.unwrap().id;
+        assert_ne!(a, b);
+        assert_eq!(broker.topic_name_of(&a).as_deref(), Some("a"));
+        broker.close().await.unwrap();
+        let broker = open(&storage).await;
+        assert_eq!(broker.topic_id("a"), Some(a));
+        assert_eq!(broker.topic_name_of(&b).as_deref(), Some("b"));
+        broker.delete_topic("a").await.unwrap();
+        assert_eq!(broker.topic_name_of(&a), None);
+        let again = broker.create_topic("a", None).await.unwrap().id;
+        assert_ne!(again, a);
+        assert_eq!(broker.topic_name_of(&again).as_deref(), Some("a"));
+        broker.close().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_at_any_step_of_growing_or_altering_a_topic_leaves_it_before_or_after() {
         let mut n = 0;
