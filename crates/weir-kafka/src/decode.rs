@@ -8,13 +8,6 @@ use kafka_protocol::protocol::Decodable;
 
 use crate::{dispatch, guard, legacy};
 
-/// Largest request other than Produce. Decoded, a request takes more memory than its bytes
-/// (an element of one or two bytes on the wire, such as an empty compact string, becomes a
-/// value of 24 to 32 bytes), so the bytes of a request that is not records are capped well
-/// below [`crate::MAX_REQUEST_BYTES`]: a Fetch or commit of 10,000 partitions is a few hundred
-/// KB.
-pub const MAX_OTHER_REQUEST_BYTES: usize = 1 << 20;
-
 /// A request taken off the wire by [`decode_request`].
 // Built once per request and destructured at once: boxing the large variant would only add an
 // allocation per request.
@@ -43,10 +36,6 @@ pub enum DecodeError {
     UnknownApi(i16),
     #[error("unsupported Kafka API {api:?} v{version}")]
     Unsupported { api: ApiKey, version: i16 },
-    #[error(
-        "a {api:?} request of {len} bytes is over the {max} bytes taken for any request but Produce"
-    )]
-    TooLarge { api: ApiKey, len: usize, max: usize },
     #[error("undecodable legacy request: {0}")]
     Legacy(#[from] crate::legacy::LegacyError),
     #[error("refused before decoding: {0}")]
@@ -84,13 +73,6 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
     }
     if version < min || version > max {
         return Err(DecodeError::Unsupported { api, version });
-    }
-    if api != ApiKey::Produce && frame.len() > MAX_OTHER_REQUEST_BYTES {
-        return Err(DecodeError::TooLarge {
-            api,
-            len: frame.len(),
-            max: MAX_OTHER_REQUEST_BYTES,
-        });
     }
     if legacy::covers(api, version) {
         let (header, request) = legacy::decode(api, version, &frame)?;
@@ -141,7 +123,6 @@ pub(crate) fn refused_request(e: &DecodeError, client_id: String) {
         DecodeError::UnknownApi(_) => "unknown_api",
         DecodeError::Unsupported { .. } => "unsupported_version",
         DecodeError::TooShort(_) | DecodeError::Header(_) => "malformed",
-        DecodeError::TooLarge { .. } => "too_large",
         DecodeError::Guard(_) | DecodeError::Body { .. } | DecodeError::Legacy(_) => "malformed",
     };
     metrics::counter!("weir_kafka_refused_requests_total", "reason" => reason).increment(1);
