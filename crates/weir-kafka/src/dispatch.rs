@@ -11,11 +11,11 @@ use weir_broker::flow::QuotaKind;
 
 use crate::api::produce::ProduceInFlight;
 use crate::api::{
-    alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records,
-    delete_topics, describe_cluster, describe_configs, describe_groups, describe_producers,
-    describe_topic_partitions, fetch, find_coordinator, heartbeat, init_producer_id, join_group,
-    leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete, offset_fetch,
-    offset_for_leader_epoch, produce, sync_group,
+    alter_configs, api_versions, consumer_group_heartbeat, create_partitions, create_topics,
+    delete_groups, delete_records, delete_topics, describe_cluster, describe_configs,
+    describe_groups, describe_producers, describe_topic_partitions, fetch, find_coordinator,
+    heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata,
+    offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group,
 };
 use crate::decode::{Decoded, decode_request, frame_client_id, refused_request};
 use crate::{Kafka, Reply, code, legacy};
@@ -56,6 +56,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
 ];
 
 /// The versions of `api` served, if it is.
@@ -97,6 +98,7 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
         ApiKey::DescribeProducers => "describe_producers",
         ApiKey::DescribeTopicPartitions => "describe_topic_partitions",
+        ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
         _ => "other",
     }
 }
@@ -274,6 +276,9 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
         RequestKind::DescribeProducers(r) => describe_producers::handle(&mut cx, r).await.into(),
         RequestKind::DescribeTopicPartitions(r) => {
             describe_topic_partitions::handle(&mut cx, r).await.into()
+        }
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            consumer_group_heartbeat::handle(&mut cx, r).await.into()
         }
         _ => {
             let reason = "advertised but not dispatched (a bug)";

@@ -36,6 +36,8 @@ pub(crate) mod code {
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const FENCED_MEMBER_EPOCH: i16 = 110;
+    pub const STALE_MEMBER_EPOCH: i16 = 113;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const INVALID_REQUEST: i16 = 42;

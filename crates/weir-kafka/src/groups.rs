@@ -361,6 +361,8 @@ pub struct KafkaGroups {
     /// group as Empty with the type it had, until its offsets go. In memory only, and at most
     /// [`MAX_GROUPS`] of them (the oldest forgotten first).
     emptied: Mutex<std::collections::VecDeque<(String, String)>>,
+    /// The KIP-848 consumer groups: a name is held by one protocol or the other.
+    pub consumer: crate::consumer_groups::ConsumerGroups,
     member_ids: MemberIds,
     /// Set by [`KafkaGroups::clear`] at shutdown: no group is made or joined after it.
     stopped: std::sync::atomic::AtomicBool,
@@ -369,9 +371,10 @@ pub struct KafkaGroups {
 impl KafkaGroups {
     pub fn new(broker: Broker) -> Self {
         Self {
-            broker,
             groups: Mutex::new(HashMap::new()),
             emptied: Mutex::new(std::collections::VecDeque::new()),
+            consumer: crate::consumer_groups::ConsumerGroups::new(broker.clone()),
+            broker,
             member_ids: MemberIds::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
         }
@@ -400,6 +403,9 @@ impl KafkaGroups {
         let fail = |code: i16| Err(Box::new(JoinOutcome::error(code, &req.member_id)));
         if req.group.is_empty() {
             return fail(code::INVALID_GROUP_ID);
+        }
+        if self.consumer.holds(&req.group) {
+            return fail(code::INCONSISTENT_GROUP_PROTOCOL);
         }
         if req.session_timeout < MIN_SESSION || req.session_timeout > MAX_SESSION {
             return fail(code::INVALID_SESSION_TIMEOUT);
@@ -791,6 +797,16 @@ impl KafkaGroups {
         }
     }
 
+    /// A KIP-848 heartbeat, refused for a name a classic group holds here.
+    pub(crate) fn consumer_heartbeat(
+        &self,
+        beat: crate::consumer_groups::Beat,
+        now: Instant,
+    ) -> crate::consumer_groups::BeatOutcome {
+        let classic = self.groups.lock().contains_key(&beat.group);
+        self.consumer.heartbeat(beat, classic, now)
+    }
+
     /// The protocol type `group` had when it last had members, if it emptied here.
     pub fn emptied_protocol_type(&self, group: &str) -> Option<String> {
         let emptied = self.emptied.lock();
@@ -809,6 +825,7 @@ impl KafkaGroups {
     /// COORDINATOR_NOT_AVAILABLE, which clients retry (they find the broker again once it is
     /// back, and rejoin), so their connections can drain; later joins get the same.
     pub fn clear(&self) {
+        self.consumer.clear();
         let mut groups = self.groups.lock();
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
@@ -829,12 +846,41 @@ impl KafkaGroups {
 impl ForeignCoordinator for KafkaGroups {
     fn tick(&self, now: Instant) {
         KafkaGroups::tick(self, now);
+        self.consumer.tick(now);
     }
 
     /// A group as the broker's admin views show it. The assignors' metadata and assignments
     /// are read where the group uses Kafka's `consumer` protocol (what every consumer client
     /// speaks), so `weir group describe` shows each member's topics and partitions.
     fn describe(&self, group: &str) -> Option<GroupDescription> {
+        if let Some((epoch, members)) = self.consumer.view(group) {
+            let members = members
+                .into_iter()
+                .map(|m| {
+                    let mut assignment: Vec<(String, Vec<u32>)> = Vec::new();
+                    for (t, p) in m.assigned {
+                        match assignment.last_mut() {
+                            Some((last, ps)) if *last == t => ps.push(p),
+                            _ => assignment.push((t, vec![p])),
+                        }
+                    }
+                    MemberDescription {
+                        member_id: m.member_id,
+                        client_id: m.client_id,
+                        topics: m.subscribed,
+                        session_timeout: crate::consumer_groups::SESSION_TIMEOUT,
+                        assignment,
+                    }
+                })
+                .collect();
+            return Some(GroupDescription {
+                group: group.to_string(),
+                protocol: GroupProtocol::Kafka,
+                generation: u64::try_from(epoch).unwrap_or(0),
+                strategy: None,
+                members,
+            });
+        }
         let groups = self.groups.lock();
         let g = groups.get(group)?;
         let consumer = g.protocol_type.as_deref() == Some("consumer");

@@ -20,6 +20,7 @@ use weir_broker::Broker;
 
 mod api;
 mod connection;
+pub mod consumer_groups;
 mod decode;
 mod dispatch;
 mod errors;

@@ -19,6 +19,35 @@ pub(crate) fn view(kafka: &Kafka, group: &str) -> Option<GroupView> {
     if let Some(v) = kafka.groups.view(group) {
         return Some(v);
     }
+    // A KIP-848 group: the broker assigns, as for a native group.
+    if let Some((_, members)) = kafka.groups.consumer.view(group) {
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let mut by_topic: Vec<(String, Vec<u32>)> = Vec::new();
+                for (t, p) in m.assigned {
+                    match by_topic.last_mut() {
+                        Some((last, ps)) if *last == t => ps.push(p),
+                        _ => by_topic.push((t, vec![p])),
+                    }
+                }
+                MemberView {
+                    metadata: subscription(&m.subscribed),
+                    assignment: assignment(&by_topic),
+                    member_id: m.member_id,
+                    group_instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                }
+            })
+            .collect();
+        return Some(GroupView {
+            state: "Stable",
+            protocol_type: "consumer".into(),
+            protocol: "range".into(),
+            members,
+        });
+    }
     if let Some(d) = kafka.broker.describe_group(group)
         && d.protocol == GroupProtocol::Native
     {
@@ -60,7 +89,13 @@ pub(crate) fn view(kafka: &Kafka, group: &str) -> Option<GroupView> {
 /// Every group any door holds or with committed offsets, as (name, protocol type, state).
 pub(crate) fn list(kafka: &Kafka) -> Vec<(String, String, &'static str)> {
     let mut all = kafka.groups.list();
-    for name in kafka.broker.groups() {
+    for name in kafka
+        .groups
+        .consumer
+        .names()
+        .into_iter()
+        .chain(kafka.broker.groups())
+    {
         if all.iter().any(|(n, _, _)| *n == name) {
             continue;
         }

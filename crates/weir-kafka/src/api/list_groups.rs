@@ -1,5 +1,5 @@
-//! ListGroups: every group, with its protocol type, state (v4+) and type (v5+: all are
-//! `classic`, the JoinGroup/SyncGroup protocol); filtered by state (v4+) and type (v5+) when
+//! ListGroups: every group, with its protocol type, state (v4+) and type (v5+: `consumer` for
+//! a KIP-848 group, `classic` for the others); filtered by state (v4+) and type (v5+) when
 //! asked, ignoring case as Kafka does.
 
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -16,13 +16,21 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListGroupsRequest) -> ListGroups
     let groups = groups_admin::list(cx.kafka)
         .into_iter()
         .filter(|(_, _, state)| wanted(&r.states_filter, state))
-        .filter(|_| wanted(&r.types_filter, "classic"))
         .map(|(name, protocol_type, state)| {
+            let kind = if cx.kafka.groups.consumer.holds(&name) {
+                "consumer"
+            } else {
+                "classic"
+            };
+            (name, protocol_type, state, kind)
+        })
+        .filter(|(_, _, _, kind)| wanted(&r.types_filter, kind))
+        .map(|(name, protocol_type, state, kind)| {
             ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(name)))
                 .with_protocol_type(StrBytes::from_string(protocol_type))
                 .with_group_state(StrBytes::from_static_str(state))
-                .with_group_type(StrBytes::from_static_str("classic"))
+                .with_group_type(StrBytes::from_static_str(kind))
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)

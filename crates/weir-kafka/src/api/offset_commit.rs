@@ -15,7 +15,14 @@ use crate::{code, group_error_code};
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCommitResponse {
     let (broker, groups) = (&cx.kafka.broker, &cx.kafka.groups);
     let group = r.group_id.0.to_string();
-    let denied = groups.check_commit(&group, r.generation_id_or_member_epoch, &r.member_id);
+    // A KIP-848 group checks the member's epoch; a classic one its generation.
+    let denied = if groups.consumer.holds(&group) {
+        groups
+            .consumer
+            .check_commit(&group, r.generation_id_or_member_epoch, &r.member_id)
+    } else {
+        groups.check_commit(&group, r.generation_id_or_member_epoch, &r.member_id)
+    };
     let mut valid = Vec::new();
     // Per partition: the error it gets (validated first, then committed together).
     let mut results: Vec<(String, Vec<(i32, i16)>)> = Vec::new();

@@ -140,3 +140,57 @@ fn a_commit_outside_the_log_is_stored_and_a_consumer_resumes_past_it() {
     assert_eq!(strings(&v["read"]), ["r0", "r1", "r2", "r3", "r4"], "{v}");
     server.stop();
 }
+
+/// A KIP-848 consumer group (`group.protocol=consumer`, confluent-kafka): the broker assigns;
+/// two members share the three partitions and read every record once between them; one
+/// leaves, and the other is given all three and reads what follows.
+#[test]
+fn a_kip_848_consumer_group_shares_partitions_and_hands_them_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["topic", "create", "cp", "--partitions", "3"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/kafka_consumer_protocol.py"
+    ))
+    .args([&server.kafka, "cp", "kip848"]);
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "kafka_consumer_protocol.py failed:\n{err}");
+    let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let seen: BTreeSet<String> = strings(&report["seen"]).into_iter().collect();
+    assert_eq!(seen, names("a", 300));
+    assert_eq!(report["duplicates"], 0);
+    let shared: Vec<Vec<u64>> = report["shared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ps| {
+            ps.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(
+        shared.iter().all(|ps| !ps.is_empty()),
+        "both members had partitions: {shared:?}"
+    );
+    let mut all: Vec<u64> = shared.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![0, 1, 2],
+        "each partition with one member: {shared:?}"
+    );
+    let after: BTreeSet<String> = strings(&report["after"]).into_iter().collect();
+    assert_eq!(after, names("b", 100));
+    assert_eq!(report["alone"], serde_json::json!([0, 1, 2]));
+}
