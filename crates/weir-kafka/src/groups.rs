@@ -803,6 +803,16 @@ impl KafkaGroups {
         beat: crate::consumer_groups::Beat,
         now: Instant,
     ) -> crate::consumer_groups::BeatOutcome {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            // Stopping: retriable, so the member finds the coordinator again once it is back.
+            return crate::consumer_groups::BeatOutcome {
+                error: code::COORDINATOR_NOT_AVAILABLE,
+                message: Some("the broker is stopping".into()),
+                member_id: beat.member_id,
+                member_epoch: -1,
+                assignment: None,
+            };
+        }
         let classic = self.groups.lock().contains_key(&beat.group);
         self.consumer.heartbeat(beat, classic, now)
     }
@@ -1292,6 +1302,26 @@ mod tests {
         assert_eq!(k.emptied_protocol_type("g").as_deref(), Some("consumer"));
         k.forget_emptied("g");
         assert_eq!(k.emptied_protocol_type("g"), None);
+    }
+
+    /// Once stopping, a KIP-848 heartbeat is told to find its coordinator again (retriable),
+    /// and a name a classic group holds is not the consumer protocol's.
+    #[test]
+    fn consumer_heartbeats_meet_the_classic_groups_and_the_shutdown() {
+        let (_d, k) = groups();
+        let now = Instant::now();
+        let (_a, _rx) = enter(&k, "g", &["range"], now);
+        let beat = crate::consumer_groups::Beat {
+            group: "g".into(),
+            member_id: "m".into(),
+            subscribed: Some(vec!["t".into()]),
+            ..Default::default()
+        };
+        let out = k.consumer_heartbeat(beat.clone(), now);
+        assert_eq!(out.error, code::INCONSISTENT_GROUP_PROTOCOL);
+        k.clear();
+        let out = k.consumer_heartbeat(beat, now);
+        assert_eq!(out.error, code::COORDINATOR_NOT_AVAILABLE);
     }
 
     #[test]
