@@ -19,7 +19,12 @@ use weir_broker::topic::{DurabilitySetting, TopicConfig};
 
 /// Variables with the WEIR_ prefix that are not server settings: the client's address, and
 /// the Python interpreter `scripts/test` hands the integration tests.
-const CLIENT_VARS: &[&str] = &["WEIR_ADDR", "WEIR_CONFIG", "WEIR_TEST_PYTHON"];
+const CLIENT_VARS: &[&str] = &[
+    "WEIR_ADDR",
+    "WEIR_CONFIG",
+    "WEIR_TEST_PYTHON",
+    "WEIR_TEST_NODE",
+];
 
 /// The top-level keys that are settings (not sections): `WEIR_<KEY>` sets them. Any other
 /// `WEIR_` variable without a `__` cannot be a setting (Kubernetes gives every pod

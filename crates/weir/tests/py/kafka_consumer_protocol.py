@@ -48,13 +48,32 @@ def drain(consumers, want, seen):
                     raise SystemExit(f"consume error: {m.error()}")
                 seen.append(m.value().decode())
             if batch:
-                c.commit(message=batch[-1], asynchronous=False)
+                # Every partition's position, not only the last record's partition.
+                c.commit(asynchronous=False)
 
 
-produce("a", 300)
+def settle(consumers, partitions):
+    """Polls until the members' assignments are all non-empty and cover `partitions` between
+    them, each partition once: the broker hands a partition over only once its last owner
+    gave it up, so this converges within a few heartbeats."""
+    while True:
+        owned = [sorted(p.partition for p in c.assignment()) for c in consumers]
+        flat = sorted(p for ps in owned for p in ps)
+        if all(owned) and flat == partitions:
+            return owned
+        if time.time() > DEADLINE:
+            raise SystemExit(f"assignments never settled: {owned}")
+        for c in consumers:
+            if c.poll(0.1) is not None:
+                raise SystemExit("a record before any was produced")
+
+
 first, second = consumer("first"), consumer("second")
 first.subscribe([TOPIC])
 second.subscribe([TOPIC])
+# Both members hold partitions before anything is produced, so both read some.
+settle([first, second], [0, 1, 2])
+produce("a", 300)
 seen = []
 drain([first, second], {f"a-{i}" for i in range(300)}, seen)
 shared = [sorted(p.partition for p in c.assignment()) for c in (first, second)]
