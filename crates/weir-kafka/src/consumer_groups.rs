@@ -459,6 +459,18 @@ impl ConsumerGroups {
     }
 }
 
+/// (topic, partition) pairs in order, as one entry per topic with its partitions.
+pub fn by_topic(tps: impl IntoIterator<Item = Tp>) -> Vec<(String, Vec<u32>)> {
+    let mut out: Vec<(String, Vec<u32>)> = Vec::new();
+    for (t, p) in tps {
+        match out.last_mut() {
+            Some((last, ps)) if *last == t => ps.push(p),
+            _ => out.push((t, vec![p])),
+        }
+    }
+    out
+}
+
 /// A random 128-bit member id.
 fn rand_id() -> u128 {
     rand::random()

@@ -866,21 +866,12 @@ impl ForeignCoordinator for KafkaGroups {
         if let Some((epoch, members)) = self.consumer.view(group) {
             let members = members
                 .into_iter()
-                .map(|m| {
-                    let mut assignment: Vec<(String, Vec<u32>)> = Vec::new();
-                    for (t, p) in m.assigned {
-                        match assignment.last_mut() {
-                            Some((last, ps)) if *last == t => ps.push(p),
-                            _ => assignment.push((t, vec![p])),
-                        }
-                    }
-                    MemberDescription {
-                        member_id: m.member_id,
-                        client_id: m.client_id,
-                        topics: m.subscribed,
-                        session_timeout: crate::consumer_groups::SESSION_TIMEOUT,
-                        assignment,
-                    }
+                .map(|m| MemberDescription {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    topics: m.subscribed,
+                    session_timeout: crate::consumer_groups::SESSION_TIMEOUT,
+                    assignment: crate::consumer_groups::by_topic(m.assigned),
                 })
                 .collect();
             return Some(GroupDescription {

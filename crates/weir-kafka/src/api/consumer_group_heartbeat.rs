@@ -1,7 +1,7 @@
 //! ConsumerGroupHeartbeat (KIP-848): a member of a consumer group joins, heartbeats, reports
 //! what it owns, leaves, and is told its assignment; see [`crate::consumer_groups`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::consumer_group_heartbeat_response::{Assignment, TopicPartitions};
@@ -10,7 +10,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{name_of_id, uuid};
 use crate::code;
-use crate::consumer_groups::{Beat, HEARTBEAT_INTERVAL, Tp};
+use crate::consumer_groups::{Beat, HEARTBEAT_INTERVAL, Tp, by_topic};
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(
@@ -56,14 +56,11 @@ pub(crate) async fn handle(
     };
     let out = cx.kafka.groups.consumer_heartbeat(beat, Instant::now());
     let assignment = out.assignment.map(|tps| {
-        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for (t, p) in tps {
-            by_topic.entry(t).or_default().push(p as i32);
-        }
-        let topic_partitions = by_topic
+        let topic_partitions = by_topic(tps)
             .into_iter()
             .filter_map(|(t, ps)| {
                 let id = broker.topic_id(&t).map(uuid)?;
+                let ps = ps.into_iter().map(|p| p as i32).collect();
                 Some(
                     TopicPartitions::default()
                         .with_topic_id(id)

@@ -23,22 +23,13 @@ pub(crate) fn view(kafka: &Kafka, group: &str) -> Option<GroupView> {
     if let Some((_, members)) = kafka.groups.consumer.view(group) {
         let members = members
             .into_iter()
-            .map(|m| {
-                let mut by_topic: Vec<(String, Vec<u32>)> = Vec::new();
-                for (t, p) in m.assigned {
-                    match by_topic.last_mut() {
-                        Some((last, ps)) if *last == t => ps.push(p),
-                        _ => by_topic.push((t, vec![p])),
-                    }
-                }
-                MemberView {
-                    metadata: subscription(&m.subscribed),
-                    assignment: assignment(&by_topic),
-                    member_id: m.member_id,
-                    group_instance_id: m.instance_id,
-                    client_id: m.client_id,
-                    client_host: m.client_host,
-                }
+            .map(|m| MemberView {
+                metadata: subscription(&m.subscribed),
+                assignment: assignment(&crate::consumer_groups::by_topic(m.assigned)),
+                member_id: m.member_id,
+                group_instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
             })
             .collect();
         return Some(GroupView {

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::process::Command;
 
-use common::{Server, python, run};
+use common::{Server, json_report, python};
 use serde_json::{Value, json};
 
 /// Runs a script of `tests/py` with `args`; its last line, as JSON. The script fails (and so
@@ -16,10 +16,7 @@ fn script(name: &str, args: &[&str]) -> Value {
     let mut cmd = Command::new(python());
     cmd.arg(format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR")))
         .args(args);
-    let (ok, out, err) = run(cmd, "");
-    assert!(ok, "{name} {args:?} failed:\n{out}\n{err}");
-    let last = out.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{name}: {e}: {out}\n{err}"))
+    json_report(cmd, &format!("{name} {args:?}"))
 }
 
 /// One section of the admin script against a fresh server: its steps, the server, and the

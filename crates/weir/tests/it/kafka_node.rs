@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use common::{Server, cli, node, run};
+use common::{Server, cli, json_report, names, node, strings};
 use serde_json::{Value, json};
 
 fn client(lib: &str, scenario: &str, server: &Server, topic: &str, group: &str) -> Value {
@@ -18,22 +18,7 @@ fn client(lib: &str, scenario: &str, server: &Server, topic: &str, group: &str) 
         "/tests/node/kafka_clients.mjs"
     ))
     .args([lib, scenario, &server.kafka, topic, group]);
-    let (ok, out, err) = run(cmd, "");
-    assert!(ok, "{lib} {scenario} failed:\n{err}");
-    let last = out.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{lib} {scenario}: {e}: {out}\n{err}"))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn names(prefix: &str, n: usize) -> BTreeSet<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    json_report(cmd, &format!("{lib} {scenario}"))
 }
 
 /// Produce (idempotent, acks=all), consume from the beginning, a group whose members change

@@ -7,7 +7,7 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use common::{Server, cli, python, run};
+use common::{Server, cli, json_report, names, python, run, strings};
 use serde_json::Value;
 
 fn client(lib: &str, scenario: &str, server: &Server, topic: &str, group: &str) -> Value {
@@ -17,22 +17,7 @@ fn client(lib: &str, scenario: &str, server: &Server, topic: &str, group: &str) 
         "/tests/py/kafka_clients.py"
     ))
     .args([lib, scenario, &server.kafka, topic, group]);
-    let (ok, out, err) = run(cmd, "");
-    assert!(ok, "{lib} {scenario} failed:\n{err}");
-    let last = out.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{lib} {scenario}: {e}: {out}\n{err}"))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn names(prefix: &str, n: usize) -> BTreeSet<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    json_report(cmd, &format!("{lib} {scenario}"))
 }
 
 /// Produce (idempotent, acks=all), consume from the beginning, and a group of three with one
@@ -160,10 +145,7 @@ fn a_kip_848_consumer_group_shares_partitions_and_hands_them_over() {
         "/tests/py/kafka_consumer_protocol.py"
     ))
     .args([&server.kafka, "cp", "kip848"]);
-    let (ok, out, err) = run(cmd, "");
-    assert!(ok, "kafka_consumer_protocol.py failed:\n{err}");
-    let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let report = json_report(cmd, "kafka_consumer_protocol.py");
     let seen: BTreeSet<String> = strings(&report["seen"]).into_iter().collect();
     assert_eq!(seen, names("a", 300));
     assert_eq!(report["duplicates"], 0);

@@ -239,3 +239,26 @@ pub fn node() -> PathBuf {
         .find(|node| node.is_file())
         .expect("no node on PATH: scripts/test installs Node.js (or set WEIR_TEST_NODE)")
 }
+
+/// Runs a client script that reports in JSON on its last line, and returns that line: the
+/// test fails, naming `what`, when the script does or its report is not JSON.
+pub fn json_report(cmd: Command, what: &str) -> serde_json::Value {
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "{what} failed:\n{out}\n{err}");
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{what}: {e}: {out}\n{err}"))
+}
+
+/// A JSON array of strings.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `prefix-0` … `prefix-(n-1)`: the values the client scripts produce.
+pub fn names(prefix: &str, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
