@@ -1,0 +1,740 @@
+//! The Rust API: sources, transforms and sinks assembled into a [`Pipeline`], checked as a
+//! graph, run and restarted.
+//!
+//! Every component runs on its own task; a transform's or sink's input is a bounded queue
+//! (`edge.rs`). A run ends when its sources end and everything they read drained, when
+//! [`Pipeline::run`]'s stop token fires (sources stop reading, the rest drains for up to the
+//! grace period, sources commit what was acknowledged), or when a component fails: then every
+//! task is stopped, and the pipeline starts again after a backoff from what was committed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::edge::{BufferConfig, DeadLetters, Fanout, Input};
+use crate::event::Event;
+use crate::stats::{ComponentStats, StatsSnapshot};
+use crate::transform::{Outputs, Transform};
+
+/// A component failed; the pipeline restarts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ComponentError(pub String);
+
+impl ComponentError {
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// What a source gets to run with.
+#[derive(Debug)]
+pub struct SourceContext {
+    /// Where its events go.
+    pub out: Fanout,
+    /// Where events it cannot decode go.
+    pub dead: DeadLetters,
+    pub stats: Arc<ComponentStats>,
+    /// Fires when the pipeline stops: stop reading, wait for what was read to be
+    /// acknowledged (until `kill`), commit, return.
+    pub stop: CancellationToken,
+    /// Fires when the pipeline must end now.
+    pub kill: CancellationToken,
+    pub pipeline: Arc<str>,
+    pub component: Arc<str>,
+}
+
+/// A source: reads events and sends them on; commits what was acknowledged.
+pub trait Source: Send + Sync + 'static {
+    fn run(&self, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// What a sink gets to run with.
+#[derive(Debug)]
+pub struct SinkContext {
+    input: Arc<Input>,
+    /// Where events it cannot write go.
+    pub dead: DeadLetters,
+    pub stats: Arc<ComponentStats>,
+    /// Fires when the pipeline must end now.
+    pub kill: CancellationToken,
+    pub component: Arc<str>,
+}
+
+impl SinkContext {
+    /// The next batch of events; `None` when the inputs are done (or the pipeline is killed).
+    pub async fn next(&self) -> Option<Vec<Event>> {
+        tokio::select! {
+            b = self.input.pop() => b,
+            _ = self.kill.cancelled() => None,
+        }
+    }
+}
+
+/// A sink: writes events, and acknowledges each once written (or sends it to the
+/// dead-letter output).
+pub trait Sink: Send + Sync + 'static {
+    fn run(&self, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+}
+
+/// Makes a fresh transform for each run (a restart starts from clean state).
+pub trait TransformFactory: Send + Sync + 'static {
+    fn build(&self) -> Box<dyn Transform>;
+}
+
+impl<F, T> TransformFactory for F
+where
+    F: Fn() -> T + Send + Sync + 'static,
+    T: Transform,
+{
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(self())
+    }
+}
+
+/// A graph that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GraphError(pub String);
+
+enum Kind {
+    Source(Arc<dyn Source>),
+    Transform {
+        factory: Arc<dyn TransformFactory>,
+        outputs: Vec<String>,
+    },
+    Sink {
+        sink: Arc<dyn Sink>,
+        best_effort: bool,
+    },
+}
+
+struct Node {
+    name: Arc<str>,
+    kind: Kind,
+    inputs: Vec<String>,
+    buffer: BufferConfig,
+    stats: Arc<ComponentStats>,
+}
+
+/// Assembles a pipeline.
+pub struct Builder {
+    name: Arc<str>,
+    nodes: Vec<Node>,
+    dead_letter: Option<Node>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("name", &self.name).finish()
+    }
+}
+
+/// The name of the dead-letter output as a component (in stats and errors).
+pub const DEAD_LETTER: &str = "dead_letter";
+
+/// Sink options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkOptions {
+    pub buffer: BufferConfig,
+    /// Events are acknowledged when queued for this sink, so it never holds back a commit;
+    /// what it cannot keep up with is dropped and counted.
+    pub best_effort: bool,
+}
+
+impl Builder {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            nodes: Vec::new(),
+            dead_letter: None,
+            grace: Duration::from_secs(10),
+        }
+    }
+
+    fn node(&self, name: &str, kind: Kind, inputs: &[&str], buffer: BufferConfig) -> Node {
+        Node {
+            name: name.into(),
+            kind,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            buffer,
+            stats: ComponentStats::new(&self.name, name),
+        }
+    }
+
+    pub fn source(mut self, name: &str, source: impl Source) -> Self {
+        let n = self.node(name, Kind::Source(Arc::new(source)), &[], BufferConfig::default());
+        self.nodes.push(n);
+        self
+    }
+
+    pub fn transform(self, name: &str, inputs: &[&str], factory: impl TransformFactory) -> Self {
+        self.transform_buffered(name, inputs, factory, BufferConfig::default())
+    }
+
+    pub fn transform_buffered(
+        mut self,
+        name: &str,
+        inputs: &[&str],
+        factory: impl TransformFactory,
+        buffer: BufferConfig,
+    ) -> Self {
+        let outputs = factory.build().outputs();
+        let kind = Kind::Transform {
+            factory: Arc::new(factory),
+            outputs,
+        };
+        let n = self.node(name, kind, inputs, buffer);
+        self.nodes.push(n);
+        self
+    }
+
+    pub fn sink(self, name: &str, inputs: &[&str], sink: impl Sink) -> Self {
+        self.sink_with(name, inputs, sink, SinkOptions::default())
+    }
+
+    pub fn sink_with(
+        mut self,
+        name: &str,
+        inputs: &[&str],
+        sink: impl Sink,
+        options: SinkOptions,
+    ) -> Self {
+        let kind = Kind::Sink {
+            sink: Arc::new(sink),
+            best_effort: options.best_effort,
+        };
+        let n = self.node(name, kind, inputs, options.buffer);
+        self.nodes.push(n);
+        self
+    }
+
+    /// Where failed events go (with the error in headers).
+    pub fn dead_letter(mut self, sink: impl Sink) -> Self {
+        let kind = Kind::Sink {
+            sink: Arc::new(sink),
+            best_effort: false,
+        };
+        self.dead_letter = Some(self.node(DEAD_LETTER, kind, &[], BufferConfig::default()));
+        self
+    }
+
+    /// How long a stopping pipeline waits for what was read to drain. Default 10 s.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Checks the graph: unique names, inputs that exist and are outputs, no cycles, every
+    /// output read.
+    pub fn build(self) -> Result<Pipeline, GraphError> {
+        check(&self.nodes)?;
+        let components = self
+            .nodes
+            .iter()
+            .chain(&self.dead_letter)
+            .map(|n| (n.name.to_string(), kind_name(&n.kind), n.stats.clone()))
+            .collect();
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                name: self.name,
+                nodes: self.nodes,
+                dead_letter: self.dead_letter,
+                grace: self.grace,
+                components,
+                status: Mutex::new(Status::default()),
+                inputs: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Source(_) => "source",
+        Kind::Transform { .. } => "transform",
+        Kind::Sink { .. } => "sink",
+    }
+}
+
+/// The outputs a node offers: `NAME` for sources and plain transforms; `NAME.ROUTE` and
+/// `NAME._unmatched` for a transform with named outputs.
+fn outputs_of(n: &Node) -> Vec<String> {
+    match &n.kind {
+        Kind::Source(_) => vec![n.name.to_string()],
+        Kind::Transform { outputs, .. } if outputs.is_empty() => vec![n.name.to_string()],
+        Kind::Transform { outputs, .. } => std::iter::once(format!(
+            "{}.{}",
+            n.name,
+            crate::vrl::UNMATCHED
+        ))
+        .chain(outputs.iter().map(|o| format!("{}.{o}", n.name)))
+        .collect(),
+        Kind::Sink { .. } => Vec::new(),
+    }
+}
+
+fn check(nodes: &[Node]) -> Result<(), GraphError> {
+    let err = |s: String| Err(GraphError(s));
+    let mut names = BTreeSet::new();
+    for n in nodes {
+        if n.name.is_empty()
+            || !n
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return err(format!(
+                "component name `{}`: use letters, digits, `_` and `-`",
+                n.name
+            ));
+        }
+        if &*n.name == DEAD_LETTER {
+            return err(format!("`{DEAD_LETTER}` is the dead-letter output's name"));
+        }
+        if !names.insert(n.name.clone()) {
+            return err(format!("two components are named `{}`", n.name));
+        }
+    }
+    if !nodes.iter().any(|n| matches!(n.kind, Kind::Source(_))) {
+        return err("a pipeline needs at least one source".into());
+    }
+    if !nodes.iter().any(|n| matches!(n.kind, Kind::Sink { .. })) {
+        return err("a pipeline needs at least one sink".into());
+    }
+    // Output name -> producing node index.
+    let mut produced: HashMap<String, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for o in outputs_of(n) {
+            produced.insert(o, i);
+        }
+    }
+    let mut read: BTreeSet<usize> = BTreeSet::new();
+    for n in nodes {
+        let what = kind_name(&n.kind);
+        if !matches!(n.kind, Kind::Source(_)) && n.inputs.is_empty() {
+            return err(format!("{what} `{}`: `inputs` is empty", n.name));
+        }
+        let mut seen = BTreeSet::new();
+        for i in &n.inputs {
+            if !seen.insert(i) {
+                return err(format!("{what} `{}`: input `{i}` is named twice", n.name));
+            }
+            match produced.get(i) {
+                Some(p) => {
+                    read.insert(*p);
+                }
+                None => {
+                    let hint = match nodes.iter().find(|m| *m.name == **i) {
+                        Some(m) if matches!(m.kind, Kind::Sink { .. }) => {
+                            " (it is a sink, which has no output)".to_string()
+                        }
+                        Some(m) => format!(" (name one of its outputs: {})", outputs_of(m).join(", ")),
+                        None => String::new(),
+                    };
+                    return err(format!(
+                        "{what} `{}`: input `{i}` is not a source or transform output{hint}",
+                        n.name
+                    ));
+                }
+            }
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if !matches!(n.kind, Kind::Sink { .. }) && !read.contains(&i) {
+            return err(format!(
+                "{} `{}`: nothing reads its output; name it in the `inputs` of a transform or sink",
+                kind_name(&n.kind),
+                n.name
+            ));
+        }
+    }
+    // Cycles: depth-first over input edges.
+    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (&*n.name, i)).collect();
+    let parents = |n: &Node| -> Vec<usize> {
+        n.inputs
+            .iter()
+            .filter_map(|i| produced.get(i).copied())
+            .collect()
+    };
+    let mut state = vec![0u8; nodes.len()]; // 0 new, 1 on the stack, 2 done
+    fn visit(
+        i: usize,
+        nodes: &[Node],
+        parents: &dyn Fn(&Node) -> Vec<usize>,
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[i] = 1;
+        path.push(i);
+        for p in parents(&nodes[i]) {
+            if state[p] == 1 {
+                let start = path.iter().position(|x| *x == p).unwrap_or(0);
+                return Some(path[start..].to_vec());
+            }
+            if state[p] == 0
+                && let Some(c) = visit(p, nodes, parents, state, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state[i] = 2;
+        None
+    }
+    let _ = index;
+    for i in 0..nodes.len() {
+        if state[i] == 0
+            && let Some(cycle) = visit(i, nodes, &parents, &mut state, &mut Vec::new())
+        {
+            let mut names: Vec<&str> = cycle.iter().rev().map(|i| &*nodes[*i].name).collect();
+            names.push(names[0]);
+            return err(format!("the inputs form a cycle: {}", names.join(" -> ")));
+        }
+    }
+    Ok(())
+}
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum State {
+    #[default]
+    Starting,
+    Running,
+    /// A run failed; the next starts after the backoff.
+    Restarting { error: String },
+    Stopping,
+    Stopped,
+    /// Its sources ended and everything drained (stdin at end of file).
+    Finished,
+}
+
+/// A pipeline's state and restarts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub state: State,
+    pub restarts: u64,
+    /// The last error, kept after the pipeline recovered.
+    pub last_error: Option<String>,
+    /// When the last error happened, in ms since the epoch.
+    pub last_error_at_ms: Option<u64>,
+}
+
+/// One component as `describe` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentView {
+    pub name: String,
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+    /// Batches and bytes in its input queue (transforms and sinks).
+    pub queued_batches: Option<usize>,
+    pub queued_bytes: Option<usize>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    nodes: Vec<Node>,
+    dead_letter: Option<Node>,
+    grace: Duration,
+    components: Vec<(String, &'static str, Arc<ComponentStats>)>,
+    status: Mutex<Status>,
+    inputs: Mutex<Vec<Arc<Input>>>,
+}
+
+/// A checked pipeline, ready to run.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// How a run ended.
+enum Ended {
+    /// Sources ended and everything drained.
+    Finished,
+    /// Stopped by the caller.
+    Stopped,
+    Failed(String),
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Pipeline {
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn status(&self) -> Status {
+        self.inner.status.lock().clone()
+    }
+
+    /// Every component with its counters and queue fill.
+    pub fn components(&self) -> Vec<ComponentView> {
+        let inputs = self.inner.inputs.lock().clone();
+        self.inner
+            .components
+            .iter()
+            .map(|(name, kind, stats)| {
+                let fill = inputs.iter().find(|i| &*i.name == name).map(|i| i.fill());
+                ComponentView {
+                    name: name.clone(),
+                    kind,
+                    stats: stats.snapshot(),
+                    queued_batches: fill.map(|f| f.0),
+                    queued_bytes: fill.map(|f| f.1),
+                }
+            })
+            .collect()
+    }
+
+    fn set(&self, state: State) {
+        self.inner.status.lock().state = state;
+    }
+
+    /// Runs until `stop` fires (then drains for up to the grace period) or the sources end;
+    /// a failed run is restarted after a backoff (0.5 s doubling to 30 s, back to 0.5 s after
+    /// a minute of running).
+    pub async fn run(&self, stop: CancellationToken) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            self.set(State::Running);
+            let started = tokio::time::Instant::now();
+            match self.run_once(&stop).await {
+                Ended::Finished => {
+                    self.set(State::Finished);
+                    return;
+                }
+                Ended::Stopped => {
+                    self.set(State::Stopped);
+                    return;
+                }
+                Ended::Failed(error) => {
+                    tracing::warn!(pipeline = %self.inner.name, %error, "pipeline failed; restarting after {backoff:?}");
+                    {
+                        let mut s = self.inner.status.lock();
+                        s.state = State::Restarting {
+                            error: error.clone(),
+                        };
+                        s.restarts += 1;
+                        s.last_error = Some(error);
+                        s.last_error_at_ms = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_millis() as u64);
+                    }
+                    if started.elapsed() >= Duration::from_secs(60) {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {
+                            self.set(State::Stopped);
+                            return;
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn run_once(&self, stop: &CancellationToken) -> Ended {
+        let inner = &self.inner;
+        let kill = CancellationToken::new();
+        let source_stop = stop.child_token();
+        // Inputs first: every consumer's queue.
+        let mut inputs: BTreeMap<String, Arc<Input>> = BTreeMap::new();
+        for n in inner.nodes.iter().chain(&inner.dead_letter) {
+            let best_effort = matches!(n.kind, Kind::Sink { best_effort: true, .. });
+            if !matches!(n.kind, Kind::Source(_)) {
+                inputs.insert(
+                    n.name.to_string(),
+                    Input::new(n.name.clone(), n.buffer, best_effort, n.stats.clone()),
+                );
+            }
+        }
+        *inner.inputs.lock() = inputs.values().cloned().collect();
+        let dead = DeadLetters::new(
+            inner.name.clone(),
+            inner
+                .dead_letter
+                .as_ref()
+                .map(|n| inputs[&*n.name].sender()),
+        );
+        let fanout = |output: &str, stats: &Arc<ComponentStats>| {
+            let targets = inner
+                .nodes
+                .iter()
+                .filter(|c| c.inputs.iter().any(|i| i == output))
+                .map(|c| inputs[&*c.name].sender())
+                .collect();
+            Fanout::new(targets, dead.clone(), stats.clone())
+        };
+        let mut tasks: JoinSet<(Arc<str>, Result<(), ComponentError>)> = JoinSet::new();
+        for n in inner.nodes.iter().chain(&inner.dead_letter) {
+            let name = n.name.clone();
+            match &n.kind {
+                Kind::Source(source) => {
+                    let ctx = SourceContext {
+                        out: fanout(&n.name, &n.stats),
+                        dead: dead.clone(),
+                        stats: n.stats.clone(),
+                        stop: source_stop.clone(),
+                        kill: kill.clone(),
+                        pipeline: inner.name.clone(),
+                        component: name.clone(),
+                    };
+                    let run = source.run(ctx);
+                    tasks.spawn(async move { (name, run.await) });
+                }
+                Kind::Transform { factory, .. } => {
+                    let outs: Vec<Fanout> = outputs_of(n).iter().map(|o| fanout(o, &n.stats)).collect();
+                    let t = factory.build();
+                    let input = inputs[&*n.name].clone();
+                    let run = run_transform(t, input.clone(), outs, dead.clone(), n.stats.clone(), kill.clone(), name.clone());
+                    tasks.spawn(async move {
+                        let r = run.await;
+                        // Whoever still sends here learns it at once instead of waiting.
+                        input.close();
+                        (name, r)
+                    });
+                }
+                Kind::Sink { sink, .. } => {
+                    let input = inputs[&*n.name].clone();
+                    let ctx = SinkContext {
+                        input: input.clone(),
+                        dead: dead.clone(),
+                        stats: n.stats.clone(),
+                        kill: kill.clone(),
+                        component: name.clone(),
+                    };
+                    let run = sink.run(ctx);
+                    tasks.spawn(async move {
+                        let r = run.await;
+                        input.close();
+                        (name, r)
+                    });
+                }
+            }
+        }
+        // The dead-letter input closes once every component that may fail events is done.
+        drop(dead);
+        drop(inputs);
+
+        let mut failed: Option<String> = None;
+        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = async {
+                match grace_deadline {
+                    Some(at) => tokio::time::timeout_at(at, tasks.join_next()).await.ok(),
+                    None => Some(tasks.join_next().await),
+                }
+            };
+            tokio::select! {
+                joined = next => match joined {
+                    None => {
+                        // The grace period ran out.
+                        tracing::warn!(pipeline = %inner.name, "pipeline did not drain within {:?}; stopping it", inner.grace);
+                        kill.cancel();
+                        grace_deadline = None;
+                    }
+                    Some(None) => break,
+                    Some(Some(Ok((_, Ok(()))))) => {}
+                    Some(Some(Ok((name, Err(e))))) => {
+                        if failed.is_none() {
+                            failed = Some(format!("{name}: {e}"));
+                        }
+                        source_stop.cancel();
+                        kill.cancel();
+                    }
+                    Some(Some(Err(join))) => {
+                        if failed.is_none() {
+                            failed = Some(format!("a component task ended abnormally: {join}"));
+                        }
+                        source_stop.cancel();
+                        kill.cancel();
+                    }
+                },
+                _ = stop.cancelled(), if grace_deadline.is_none() && !kill.is_cancelled() => {
+                    self.set(State::Stopping);
+                    grace_deadline = Some(tokio::time::Instant::now() + inner.grace);
+                }
+            }
+        }
+        inner.inputs.lock().clear();
+        match failed {
+            Some(e) => Ended::Failed(e),
+            None if stop.is_cancelled() => Ended::Stopped,
+            None => Ended::Finished,
+        }
+    }
+}
+
+async fn run_transform(
+    mut t: Box<dyn Transform>,
+    input: Arc<Input>,
+    outs: Vec<Fanout>,
+    dead: DeadLetters,
+    stats: Arc<ComponentStats>,
+    kill: CancellationToken,
+    name: Arc<str>,
+) -> Result<(), ComponentError> {
+    let mut out = Outputs::new(outs.len());
+    loop {
+        let batch = tokio::select! {
+            b = input.pop() => b,
+            _ = kill.cancelled() => None,
+        };
+        let Some(batch) = batch else {
+            return Ok(());
+        };
+        for event in batch {
+            // Kept aside so that an event lost in a panic still reaches the dead-letter output.
+            let spare = (event.record.clone(), event.spare_ack());
+            match std::panic::catch_unwind(AssertUnwindSafe(|| t.process(event, &mut out))) {
+                Ok(()) => spare.1.ack(),
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown".into());
+                    let e = Event::new(spare.0, vrl::value::Value::Null, spare.1);
+                    out.fail(e, format!("the transform panicked: {why}"));
+                }
+            }
+        }
+        if out.dropped > 0 {
+            stats.dropped(out.dropped);
+            out.dropped = 0;
+        }
+        if !out.failed.is_empty() {
+            stats.errors(out.failed.len() as u64);
+            dead.send_all(std::mem::take(&mut out.failed), &name).await;
+        }
+        for (port, fan) in out.ports.iter_mut().zip(&outs) {
+            if !port.is_empty() {
+                fan.send(std::mem::take(port)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Transforms: what runs between sources and sinks, one event at a time.
+//!
+//! A [`Transform`] takes each event and decides its fate through [`Outputs`]: passed on (to
+//! its default output or to a named one), sent to the dead-letter output with an error, or
+//! dropped by design (acknowledged and counted). The typed operators [`map`], [`filter`] and
+//! [`flat_map`] make one from a closure; the VRL transforms are in [`crate::vrl`].
+
+use crate::event::Event;
+
+/// The outputs of one transform call.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Per output port (0 is the default output, then the named ones in declared order).
+    pub(crate) ports: Vec<Vec<Event>>,
+    /// Events for the dead-letter output, with the error.
+    pub(crate) failed: Vec<(Event, String)>,
+    /// Events dropped by design since the last take.
+    pub(crate) dropped: u64,
+}
+
+impl Outputs {
+    /// Outputs with `ports` ports (at least the default one).
+    pub fn new(ports: usize) -> Self {
+        Self {
+            ports: (0..ports.max(1)).map(|_| Vec::new()).collect(),
+            failed: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Passes `event` on to the default output.
+    pub fn emit(&mut self, event: Event) {
+        self.ports[0].push(event);
+    }
+
+    /// Passes `event` on to output `port` (as [`Transform::outputs`] numbers them, from 1).
+    pub fn emit_to(&mut self, port: usize, event: Event) {
+        match self.ports.get_mut(port) {
+            Some(p) => p.push(event),
+            None => self.fail(event, format!("no output port {port}")),
+        }
+    }
+
+    /// Sends `event` to the dead-letter output with `error`.
+    pub fn fail(&mut self, event: Event, error: impl Into<String>) {
+        self.failed.push((event, error.into()));
+    }
+
+    /// Drops `event` by design (a filter, a sample): acknowledged and counted.
+    pub fn drop_event(&mut self, event: Event) {
+        self.dropped += 1;
+        event.ack();
+    }
+}
+
+/// One step of a pipeline. Runs on its own task; `process` is called for each event in order.
+pub trait Transform: Send + 'static {
+    /// Named outputs besides the default one (a route's routes), in port order from 1.
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Decides the fate of `event`.
+    fn process(&mut self, event: Event, out: &mut Outputs);
+}
+
+impl std::fmt::Debug for dyn Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transform")
+    }
+}
+
+struct Map<F>(F);
+impl<F: FnMut(Event) -> Result<Event, (Event, String)> + Send + 'static> Transform for Map<F> {
+    fn process(&mut self, event: Event, out: &mut Outputs) {
+        match (self.0)(event) {
+            Ok(e) => out.emit(e),
+            Err((e, why)) => out.fail(e, why),
+        }
+    }
+}
+
+/// A transform that changes each event, or hands it back with an error for the dead-letter
+/// output.
+pub fn map<F>(f: F) -> impl Transform
+where
+    F: FnMut(Event) -> Result<Event, (Event, String)> + Send + 'static,
+{
+    Map(f)
+}
+
+struct Filter<F>(F);
+impl<F: FnMut(&Event) -> bool + Send + 'static> Transform for Filter<F> {
+    fn process(&mut self, event: Event, out: &mut Outputs) {
+        if (self.0)(&event) {
+            out.emit(event);
+        } else {
+            out.drop_event(event);
+        }
+    }
+}
+
+/// A transform that keeps the events for which `f` is true and drops the others by design.
+pub fn filter<F>(f: F) -> impl Transform
+where
+    F: FnMut(&Event) -> bool + Send + 'static,
+{
+    Filter(f)
+}
+
+struct FlatMap<F>(F);
+impl<F: FnMut(Event, &mut Outputs) + Send + 'static> Transform for FlatMap<F> {
+    fn process(&mut self, event: Event, out: &mut Outputs) {
+        (self.0)(event, out)
+    }
+}
+
+/// A transform from a closure that decides each event's fate itself (emit several copies with
+/// [`Event::fork`], drop, fail).
+pub fn flat_map<F>(f: F) -> impl Transform
+where
+    F: FnMut(Event, &mut Outputs) + Send + 'static,
+{
+    FlatMap(f)
+}
