@@ -620,9 +620,16 @@ impl Pipeline {
                 }
                 Kind::Sink { sink, .. } => {
                     let input = inputs[&*n.name].clone();
+                    let is_dead_letter = inner.dead_letter.as_ref().is_some_and(|d| d.name == n.name);
                     let ctx = SinkContext {
                         input: input.clone(),
-                        dead: dead.clone(),
+                        // The dead-letter output cannot send to itself (its input would never
+                        // close); what it cannot write is logged and counted.
+                        dead: if is_dead_letter {
+                            DeadLetters::new(inner.name.clone(), None)
+                        } else {
+                            dead.clone()
+                        },
                         stats: n.stats.clone(),
                         kill: kill.clone(),
                         component: name.clone(),

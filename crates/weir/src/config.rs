@@ -31,7 +31,7 @@ const CLIENT_VARS: &[&str] = &[
 /// `WEIR_PORT`, `WEIR_SERVICE_HOST`, `WEIR_PORT_9092_TCP_ADDR`… when a Service is named
 /// `weir`, and scripts set `WEIR_HOME` or `WEIR_BIN`): it is reported and ignored, where a
 /// misspelt `WEIR_<SECTION>__<KEY>` refuses to start.
-const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "shutdown_grace_ms"];
+const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "shutdown_grace_ms", "pipelines_dir"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,6 +55,15 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// OpenTelemetry traces.
     pub tracing: TracingConfig,
+    /// Stream pipelines run by the server, `[pipelines.NAME]` tables in the shape of
+    /// `docs/pipelines.md`; checked as a whole at start.
+    pub pipelines: std::collections::BTreeMap<String, toml::Table>,
+    /// A directory of pipeline files (`NAME.toml`, one pipeline each) run by the server, as
+    /// well. Default none.
+    pub pipelines_dir: Option<PathBuf>,
+    /// Where relative paths in `[pipelines]` start: the configuration file's directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
     /// `WEIR_*` environment variables that cannot be settings and were ignored, for the
     /// server to warn about once its log is set up.
     #[serde(skip)]
@@ -181,6 +190,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             quotas: QuotasConfig::default(),
             tracing: TracingConfig::default(),
+            pipelines: std::collections::BTreeMap::new(),
+            pipelines_dir: None,
+            base_dir: PathBuf::from("."),
             ignored_env: Vec::new(),
             deprecated: Vec::new(),
         }
@@ -470,7 +482,14 @@ impl Config {
         let mut config: Config = toml::Value::Table(root)
             .try_into()
             .context("invalid configuration")?;
+        config.base_dir = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         config.validate()?;
+        for d in config.pipeline_declarations()? {
+            weir_pipeline::config::check(&d)?;
+        }
         ignored_env.sort();
         config.ignored_env = ignored_env;
         config.deprecated = deprecated;
@@ -544,6 +563,31 @@ impl Config {
             segment_bytes: t.segment_bytes,
             timestamp_type: Default::default(),
         })
+    }
+
+    /// The pipelines to run: `[pipelines.NAME]` tables, then the files of `pipelines_dir`.
+    /// A name declared twice is refused.
+    pub fn pipeline_declarations(&self) -> Result<Vec<weir_pipeline::config::Declaration>> {
+        let mut out: Vec<weir_pipeline::config::Declaration> = self
+            .pipelines
+            .iter()
+            .map(|(name, table)| {
+                weir_pipeline::config::Declaration::new(name, table.clone(), &self.base_dir)
+            })
+            .collect();
+        if let Some(dir) = &self.pipelines_dir {
+            for d in weir_pipeline::config::from_dir(dir)? {
+                if out.iter().any(|o| o.name == d.name) {
+                    bail!(
+                        "pipeline `{}` is declared both in [pipelines] and in {}",
+                        d.name,
+                        dir.display()
+                    );
+                }
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     pub fn broker_config(&self) -> Result<weir_broker::BrokerConfig> {

@@ -2,7 +2,7 @@
 //!
 //! Layout: `config` (server configuration), `serve` (`weir serve`), `admin` (`weir topic`,
 //! `weir group`), `produce` and `consume` (`weir produce`, `weir consume`), `bench`
-//! (`weir bench`).
+//! (`weir bench`), `pipeline` (`weir pipeline check | run`).
 
 mod admin;
 mod bench;
@@ -10,6 +10,7 @@ mod config;
 mod consume;
 mod metrics;
 mod otel;
+mod pipeline;
 mod produce;
 mod serve;
 
@@ -68,6 +69,9 @@ enum Cmd {
     Produce(produce::Args),
     /// Read records.
     Consume(consume::Args),
+    /// Check and run stream pipelines.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCmd),
     /// Measure throughput and latency against a running server.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -154,5 +158,11 @@ fn run(cli: Cli) -> Result<()> {
             r
         }
         Cmd::Bench(cmd) => runtime.block_on(bench::run(cmd)),
+        Cmd::Pipeline(cmd) => {
+            if matches!(cmd, pipeline::PipelineCmd::Run { .. }) {
+                serve::init_stderr_logging();
+            }
+            runtime.block_on(pipeline::run(cmd))
+        }
     }
 }

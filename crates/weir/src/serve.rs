@@ -1,6 +1,6 @@
 //! `weir serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -23,6 +23,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         );
     }
     let metrics = crate::metrics::install();
+    let _lock = lock_data_dir(&config.data_dir)?;
     let broker_config = config.broker_config()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await?
@@ -99,6 +100,17 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let stop = shutdown.begun();
         shutdown.spawn(async move { broker.run_maintenance(stop).await });
     }
+    // Pipelines: built on this broker (checked when the configuration was loaded), each run
+    // until the shutdown, when its sources stop and what they read drains.
+    let pipelines_stop = tokio_util::sync::CancellationToken::new();
+    let mut pipelines = Vec::new();
+    for d in config.pipeline_declarations()? {
+        let p = weir_pipeline::config::build(&d, &weir_pipeline::config::Host::Server(broker.clone()))?;
+        tracing::info!(pipeline = %p.name(), "starting pipeline");
+        let (run, stop) = (p.clone(), pipelines_stop.clone());
+        shutdown.spawn(async move { run.run(stop).await });
+        pipelines.push(p);
+    }
 
     shutdown_signal().await;
     // Readiness first (`/ready` answers 503, so a load balancer stops sending) and long polls
@@ -108,6 +120,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         grace_ms = config.shutdown_grace_ms,
         "shutdown requested: finishing in-flight requests"
     );
+    pipelines_stop.cancel();
     broker.begin_shutdown();
     shutdown.begin();
     if !shutdown.drain(config.shutdown_grace()).await {
@@ -127,13 +140,45 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Holds an exclusive lock on `<data_dir>/.lock` for the life of the process: two processes
+/// on one data directory (a second server, or `weir pipeline run` beside a server) would
+/// corrupt each other's logs.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another weir process (a server or `weir pipeline run`) is using the data directory {}",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Logging for `weir pipeline run`: to stderr (stdout may carry the pipeline's output), at
+/// `RUST_LOG` or info.
+pub fn init_stderr_logging() {
+    let config = Config::default();
+    init_logging(&config);
 }
 
 fn init_logging(config: &Config) {
