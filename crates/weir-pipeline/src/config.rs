@@ -170,8 +170,8 @@ impl Declaration {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
-        let table: toml::Table = toml::from_str(&text)
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Self::new(&name, table, base))
     }
@@ -319,16 +319,26 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     _ => return Err(at("set one of `source` (the program) or `file`".into())),
                 };
                 let c = v::compile(&program).map_err(|e| at(format!("{key}: {e}")))?;
-                b.transform_buffered(&name, &strs(&inputs), move || v::Remap::new(c.clone()), buffer)
+                b.transform_buffered(
+                    &name,
+                    &strs(&inputs),
+                    move || v::Remap::new(c.clone()),
+                    buffer,
+                )
             }
             TransformConfig::Filter {
                 inputs,
                 condition,
                 buffer,
             } => {
-                let c = v::compile_condition(&condition)
-                    .map_err(|e| at(format!("condition: {e}")))?;
-                b.transform_buffered(&name, &strs(&inputs), move || v::Filter::new(c.clone()), buffer)
+                let c =
+                    v::compile_condition(&condition).map_err(|e| at(format!("condition: {e}")))?;
+                b.transform_buffered(
+                    &name,
+                    &strs(&inputs),
+                    move || v::Filter::new(c.clone()),
+                    buffer,
+                )
             }
             TransformConfig::Route {
                 inputs,
@@ -343,8 +353,8 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     if r == v::UNMATCHED || r.contains('.') {
                         return Err(at(format!("route.{r}: reserved name")));
                     }
-                    let c = v::compile_condition(&cond)
-                        .map_err(|e| at(format!("route.{r}: {e}")))?;
+                    let c =
+                        v::compile_condition(&cond).map_err(|e| at(format!("route.{r}: {e}")))?;
                     routes.push((r, c));
                 }
                 b.transform_buffered(
@@ -500,12 +510,20 @@ struct Unconnected;
 
 impl Source for Unconnected {
     fn run(&self, _: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async { Err(ComponentError("this pipeline was only checked, not connected".into())) })
+        Box::pin(async {
+            Err(ComponentError(
+                "this pipeline was only checked, not connected".into(),
+            ))
+        })
     }
 }
 
 impl Sink for Unconnected {
     fn run(&self, _: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>> {
-        Box::pin(async { Err(ComponentError("this pipeline was only checked, not connected".into())) })
+        Box::pin(async {
+            Err(ComponentError(
+                "this pipeline was only checked, not connected".into(),
+            ))
+        })
     }
 }

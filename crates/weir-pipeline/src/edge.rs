@@ -66,6 +66,8 @@ impl Default for BufferConfig {
     }
 }
 
+// The queue's sizer takes `&T`, and T is the batch.
+#[allow(clippy::ptr_arg)]
 fn batch_size(b: &Vec<Event>) -> usize {
     b.iter().map(Event::size).sum()
 }
@@ -208,7 +210,10 @@ impl Fanout {
                 };
                 input.stats.errors(b.len() as u64);
                 self.dead
-                    .send_all(b.into_iter().map(|e| (e, why.clone())).collect(), &input.name)
+                    .send_all(
+                        b.into_iter().map(|e| (e, why.clone())).collect(),
+                        &input.name,
+                    )
                     .await;
             }
             // The consumer is gone (the pipeline is stopping): unacknowledged, read again.

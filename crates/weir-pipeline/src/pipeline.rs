@@ -171,7 +171,12 @@ impl Builder {
     }
 
     pub fn source(mut self, name: &str, source: impl Source) -> Self {
-        let n = self.node(name, Kind::Source(Arc::new(source)), &[], BufferConfig::default());
+        let n = self.node(
+            name,
+            Kind::Source(Arc::new(source)),
+            &[],
+            BufferConfig::default(),
+        );
         self.nodes.push(n);
         self
     }
@@ -271,13 +276,11 @@ fn outputs_of(n: &Node) -> Vec<String> {
     match &n.kind {
         Kind::Source(_) => vec![n.name.to_string()],
         Kind::Transform { outputs, .. } if outputs.is_empty() => vec![n.name.to_string()],
-        Kind::Transform { outputs, .. } => std::iter::once(format!(
-            "{}.{}",
-            n.name,
-            crate::vrl::UNMATCHED
-        ))
-        .chain(outputs.iter().map(|o| format!("{}.{o}", n.name)))
-        .collect(),
+        Kind::Transform { outputs, .. } => {
+            std::iter::once(format!("{}.{}", n.name, crate::vrl::UNMATCHED))
+                .chain(outputs.iter().map(|o| format!("{}.{o}", n.name)))
+                .collect()
+        }
         Kind::Sink { .. } => Vec::new(),
     }
 }
@@ -337,7 +340,9 @@ fn check(nodes: &[Node]) -> Result<(), GraphError> {
                         Some(m) if matches!(m.kind, Kind::Sink { .. }) => {
                             " (it is a sink, which has no output)".to_string()
                         }
-                        Some(m) => format!(" (name one of its outputs: {})", outputs_of(m).join(", ")),
+                        Some(m) => {
+                            format!(" (name one of its outputs: {})", outputs_of(m).join(", "))
+                        }
                         None => String::new(),
                     };
                     return err(format!(
@@ -358,7 +363,11 @@ fn check(nodes: &[Node]) -> Result<(), GraphError> {
         }
     }
     // Cycles: depth-first over input edges.
-    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (&*n.name, i)).collect();
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (&*n.name, i))
+        .collect();
     let parents = |n: &Node| -> Vec<usize> {
         n.inputs
             .iter()
@@ -411,7 +420,9 @@ pub enum State {
     Starting,
     Running,
     /// A run failed; the next starts after the backoff.
-    Restarting { error: String },
+    Restarting {
+        error: String,
+    },
     Stopping,
     Stopped,
     /// Its sources ended and everything drained (stdin at end of file).
@@ -564,7 +575,13 @@ impl Pipeline {
         // Inputs first: every consumer's queue.
         let mut inputs: BTreeMap<String, Arc<Input>> = BTreeMap::new();
         for n in inner.nodes.iter().chain(&inner.dead_letter) {
-            let best_effort = matches!(n.kind, Kind::Sink { best_effort: true, .. });
+            let best_effort = matches!(
+                n.kind,
+                Kind::Sink {
+                    best_effort: true,
+                    ..
+                }
+            );
             if !matches!(n.kind, Kind::Source(_)) {
                 inputs.insert(
                     n.name.to_string(),
@@ -607,10 +624,19 @@ impl Pipeline {
                     tasks.spawn(async move { (name, run.await) });
                 }
                 Kind::Transform { factory, .. } => {
-                    let outs: Vec<Fanout> = outputs_of(n).iter().map(|o| fanout(o, &n.stats)).collect();
+                    let outs: Vec<Fanout> =
+                        outputs_of(n).iter().map(|o| fanout(o, &n.stats)).collect();
                     let t = factory.build();
                     let input = inputs[&*n.name].clone();
-                    let run = run_transform(t, input.clone(), outs, dead.clone(), n.stats.clone(), kill.clone(), name.clone());
+                    let run = run_transform(
+                        t,
+                        input.clone(),
+                        outs,
+                        dead.clone(),
+                        n.stats.clone(),
+                        kill.clone(),
+                        name.clone(),
+                    );
                     tasks.spawn(async move {
                         let r = run.await;
                         // Whoever still sends here learns it at once instead of waiting.
@@ -620,7 +646,8 @@ impl Pipeline {
                 }
                 Kind::Sink { sink, .. } => {
                     let input = inputs[&*n.name].clone();
-                    let is_dead_letter = inner.dead_letter.as_ref().is_some_and(|d| d.name == n.name);
+                    let is_dead_letter =
+                        inner.dead_letter.as_ref().is_some_and(|d| d.name == n.name);
                     let ctx = SinkContext {
                         input: input.clone(),
                         // The dead-letter output cannot send to itself (its input would never

@@ -173,9 +173,7 @@ fn apply_metadata(r: &mut Record, metadata: Value) -> Result<(), String> {
         Some(Value::Integer(ms)) => ms,
         Some(Value::Timestamp(t)) => t.timestamp_millis(),
         Some(_) => {
-            return Err(
-                "%timestamp must be an integer (ms since the epoch) or a timestamp".into(),
-            );
+            return Err("%timestamp must be an integer (ms since the epoch) or a timestamp".into());
         }
     };
     Ok(())
@@ -359,7 +357,10 @@ mod tests {
     fn route_copies_to_every_match_and_keeps_the_unmatched() {
         let mut r = Route::new(vec![
             ("big".into(), compile_condition(".n > 10 ?? false").unwrap()),
-            ("even".into(), compile_condition("mod(int!(.n), 2) == 0").unwrap()),
+            (
+                "even".into(),
+                compile_condition("mod(int!(.n), 2) == 0").unwrap(),
+            ),
         ]);
         let out = run(&mut r, r#"{"n":12}"#);
         assert_eq!(

@@ -88,7 +88,11 @@ pub async fn run(cmd: PipelineCmd) -> Result<()> {
                 b.close().await.context("closing the broker")?;
             }
             match (status.state, status.last_error) {
-                (weir_pipeline::pipeline::State::Finished | weir_pipeline::pipeline::State::Stopped, _) => Ok(()),
+                (
+                    weir_pipeline::pipeline::State::Finished
+                    | weir_pipeline::pipeline::State::Stopped,
+                    _,
+                ) => Ok(()),
                 (_, Some(e)) => anyhow::bail!("pipeline `{}` failed: {e}", p.name()),
                 _ => Ok(()),
             }

@@ -105,7 +105,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let pipelines_stop = tokio_util::sync::CancellationToken::new();
     let mut pipelines = Vec::new();
     for d in config.pipeline_declarations()? {
-        let p = weir_pipeline::config::build(&d, &weir_pipeline::config::Host::Server(broker.clone()))?;
+        let p =
+            weir_pipeline::config::build(&d, &weir_pipeline::config::Host::Server(broker.clone()))?;
         tracing::info!(pipeline = %p.name(), "starting pipeline");
         let (run, stop) = (p.clone(), pipelines_stop.clone());
         shutdown.spawn(async move { run.run(stop).await });
@@ -153,14 +154,14 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
             "another weir process (a server or `weir pipeline run`) is using the data directory {}",
             dir.display()
         ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
+        Err(e) => {
+            Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display()))
         }
     }
 }

@@ -92,7 +92,12 @@ impl TopicSource {
             );
             let j = match joined {
                 Ok(j) => j,
-                Err(e) => break 'run Err(ComponentError(format!("joining group `{}`: {e}", self.group))),
+                Err(e) => {
+                    break 'run Err(ComponentError(format!(
+                        "joining group `{}`: {e}",
+                        self.group
+                    )));
+                }
             };
             member = Some(j.member_id.clone());
             let owned: Vec<u32> = j
@@ -121,7 +126,10 @@ impl TopicSource {
                 trackers.lock().insert(p, Tracker::new(position));
                 let stop = ctx.stop.child_token();
                 readers.insert(p, Reader { stop: stop.clone() });
-                tasks.spawn(self.clone().read(p, position, ctx.clone(), trackers.clone(), stop));
+                tasks.spawn(
+                    self.clone()
+                        .read(p, position, ctx.clone(), trackers.clone(), stop),
+                );
             }
             let generation = j.generation;
             current = Some((j.member_id.clone(), generation));
@@ -243,7 +251,9 @@ impl TopicSource {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        ErrorKind::Fenced | ErrorKind::RebalanceInProgress | ErrorKind::ShuttingDown
+                        ErrorKind::Fenced
+                            | ErrorKind::RebalanceInProgress
+                            | ErrorKind::ShuttingDown
                     ) => {}
                 Err(e) => return Err(ComponentError(format!("committing: {e}"))),
             }
@@ -282,7 +292,12 @@ impl TopicSource {
                     continue;
                 }
                 Err(e) if e.kind() == ErrorKind::ShuttingDown => return Ok(()),
-                Err(e) => return Err(ComponentError(format!("reading `{}` partition {p}: {e}", self.topic))),
+                Err(e) => {
+                    return Err(ComponentError(format!(
+                        "reading `{}` partition {p}: {e}",
+                        self.topic
+                    )));
+                }
             };
             let mut events = Vec::with_capacity(BATCH_EVENTS);
             let mut failed = Vec::new();
@@ -302,7 +317,11 @@ impl TopicSource {
                     let borrowed = matches!(section, std::borrow::Cow::Borrowed(_));
                     let owned = Bytes::copy_from_slice(if borrowed { &[] } else { &section });
                     let slice = |s: &[u8]| -> Bytes {
-                        if borrowed { chunk.slice_ref(s) } else { owned.slice_ref(s) }
+                        if borrowed {
+                            chunk.slice_ref(s)
+                        } else {
+                            owned.slice_ref(s)
+                        }
                     };
                     for r in Records::with_payload(header, &section) {
                         let r = r.map_err(|e| {
@@ -335,10 +354,15 @@ impl TopicSource {
                         let share = ack.share();
                         match self.decoding.decode(record.value.as_deref()) {
                             Ok(v) => events.push(Event::new(record, v, share)),
-                            Err(e) => failed.push((Event::new(record, vrl::value::Value::Null, share), e.0)),
+                            Err(e) => failed
+                                .push((Event::new(record, vrl::value::Value::Null, share), e.0)),
                         }
                         if events.len() + failed.len() >= BATCH_EVENTS {
-                            trackers.lock().entry(p).or_insert_with(|| Tracker::new(position)).push(offset + 1, std::mem::replace(&mut ack, AckBatch::new()));
+                            trackers
+                                .lock()
+                                .entry(p)
+                                .or_insert_with(|| Tracker::new(position))
+                                .push(offset + 1, std::mem::replace(&mut ack, AckBatch::new()));
                             self.emit(&ctx, &mut events, &mut failed).await;
                         }
                     }
@@ -346,7 +370,11 @@ impl TopicSource {
                 }
             }
             if ack.pending() > 0 || !events.is_empty() || !failed.is_empty() {
-                trackers.lock().entry(p).or_insert_with(|| Tracker::new(position)).push(position, ack);
+                trackers
+                    .lock()
+                    .entry(p)
+                    .or_insert_with(|| Tracker::new(position))
+                    .push(position, ack);
                 self.emit(&ctx, &mut events, &mut failed).await;
             } else if position > before
                 && let Some(t) = trackers.lock().get_mut(&p)
@@ -371,7 +399,9 @@ impl TopicSource {
                 .await;
         }
         if !events.is_empty() {
-            ctx.out.send(std::mem::replace(events, Vec::with_capacity(BATCH_EVENTS))).await;
+            ctx.out
+                .send(std::mem::replace(events, Vec::with_capacity(BATCH_EVENTS)))
+                .await;
         }
     }
 }
@@ -510,12 +540,17 @@ impl TopicSink {
         if self.broker.config().auto_create_topics {
             match self.broker.create_topic(&self.topic, None).await {
                 Ok(_) | Err(BrokerError::TopicExists(_)) => {}
-                Err(e) => return Err(ComponentError(format!("creating topic `{}`: {e}", self.topic))),
+                Err(e) => {
+                    return Err(ComponentError(format!(
+                        "creating topic `{}`: {e}",
+                        self.topic
+                    )));
+                }
             }
         }
-        self.broker.partition_count(&self.topic).ok_or_else(|| {
-            ComponentError(format!("topic `{}` does not exist", self.topic))
-        })
+        self.broker
+            .partition_count(&self.topic)
+            .ok_or_else(|| ComponentError(format!("topic `{}` does not exist", self.topic)))
     }
 
     /// Writes one batch, retrying what may succeed later until the pipeline is killed.
@@ -537,11 +572,16 @@ impl TopicSink {
             };
             let retry = match &err {
                 SequencedError::Retry(_) => true,
-                SequencedError::Broker(b) => b.kind().is_retriable() && b.kind() != ErrorKind::ShuttingDown,
+                SequencedError::Broker(b) => {
+                    b.kind().is_retriable() && b.kind() != ErrorKind::ShuttingDown
+                }
                 _ => false,
             };
             if !retry {
-                return Err(ComponentError(format!("writing to `{}` partition {p}: {err}", self.topic)));
+                return Err(ComponentError(format!(
+                    "writing to `{}` partition {p}: {err}",
+                    self.topic
+                )));
             }
             tracing::debug!(topic = %self.topic, partition = p, error = %err, "pipeline sink retrying a write");
             tokio::select! {

@@ -13,6 +13,7 @@ mod kafka_admin;
 mod kafka_node;
 mod kafka_python;
 mod metrics;
+mod pipelines;
 mod push_policies;
 mod server;
 mod shutdown;

@@ -1,0 +1,427 @@
+//! Pipelines run by the real server (declared in its config file) and by `weir pipeline run`:
+//! VRL remap and route between real topics, the dead-letter topic, committed positions,
+//! at-least-once across kill -9, and `weir pipeline check`'s errors.
+
+use crate::common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use weir_client::messages as msg;
+use weir_client::{Client, Start};
+
+/// One record as read back: key, value, headers.
+#[derive(Debug, Clone)]
+struct Read {
+    key: Option<String>,
+    value: String,
+    headers: BTreeMap<String, String>,
+}
+
+/// Every record of every partition of `topic`.
+async fn read_all(c: &Client, topic: &str) -> Vec<Read> {
+    let Ok(meta) = c.metadata(&[topic]).await else {
+        return Vec::new();
+    };
+    let Some(t) = meta.iter().find(|t| t.name == topic) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in t.partitions.iter().map(|p| p.partition) {
+        let Ok(end) = c.list_offsets(topic, p, Start::Latest).await else {
+            continue;
+        };
+        let mut at = 0;
+        while at < end {
+            let f = c
+                .fetch(topic, p, at, 1 << 20, 0, Duration::ZERO)
+                .await
+                .unwrap();
+            let mut rest = f.batches;
+            if rest.is_empty() {
+                break;
+            }
+            while !rest.is_empty() {
+                let h = weir_batch::peek(&rest).unwrap();
+                let b = rest.split_to(h.total_len());
+                for r in weir_batch::Records::new(&b).unwrap() {
+                    let r = r.unwrap();
+                    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    out.push(Read {
+                        key: r.key.map(s),
+                        value: r.value.map(s).unwrap_or_default(),
+                        headers: r
+                            .headers
+                            .iter()
+                            .map(|h| (s(h.key), h.value.map(s).unwrap_or_default()))
+                            .collect(),
+                    });
+                }
+                at = (h.base_offset + i64::from(h.last_offset_delta) + 1) as u64;
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `topic` holds at least `n` records, then returns them.
+async fn wait_for(c: &Client, topic: &str, n: usize, within: Duration) -> Vec<Read> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = read_all(c, topic).await;
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write_config(dir: &Path, pipelines: &str) -> std::path::PathBuf {
+    let path = dir.join("weir.toml");
+    std::fs::write(
+        &path,
+        format!("[topics]\nauto_create = true\n\n{pipelines}"),
+    )
+    .unwrap();
+    path
+}
+
+const ORDERS: &str = r#"
+[pipelines.orders.sources.in]
+type = "topic"
+topic = "orders"
+
+[pipelines.orders.transforms.shape]
+type = "remap"
+inputs = ["in"]
+source = '''
+.user_id = del(.user)
+.amount = to_float!(.amount)
+.pipeline = "weir"
+%key = .user_id
+'''
+
+[pipelines.orders.transforms.by_region]
+type = "route"
+inputs = ["shape"]
+route.eu = '.region == "eu"'
+route.us = '.region == "us"'
+
+[pipelines.orders.sinks.eu]
+type = "topic"
+inputs = ["by_region.eu"]
+topic = "orders-eu"
+
+[pipelines.orders.sinks.other]
+type = "topic"
+inputs = ["by_region.us", "by_region._unmatched"]
+topic = "orders-other"
+
+[pipelines.orders.dead_letter]
+type = "topic"
+topic = "orders-dlq"
+"#;
+
+#[test]
+fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), ORDERS);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("WEIR_CONFIG", config.to_str().unwrap())],
+    );
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "pipeline-test")
+            .await
+            .unwrap();
+        c.create_topic(
+            "orders",
+            msg::TopicConfig {
+                partitions: 3,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut values = Vec::new();
+        for i in 0..300 {
+            let region = ["eu", "us", "apac"][i % 3];
+            values.push(format!(
+                r#"{{"user":"u{i}","amount":"{i}.5","region":"{region}"}}"#
+            ));
+        }
+        values.push(r#"{"user":"bad","amount":"lots","region":"eu"}"#.into());
+        values.push("not json at all".into());
+        for chunk in values.chunks(50) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|v| v.as_bytes()).collect();
+            c.produce("orders", None, None, common::batch(&refs))
+                .await
+                .unwrap();
+        }
+        let eu = wait_for(&c, "orders-eu", 100, Duration::from_secs(30)).await;
+        let other = wait_for(&c, "orders-other", 200, Duration::from_secs(30)).await;
+        let dlq = wait_for(&c, "orders-dlq", 2, Duration::from_secs(30)).await;
+        assert_eq!((eu.len(), other.len(), dlq.len()), (100, 200, 2));
+        for r in &eu {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            assert_eq!(v["region"], "eu");
+            assert_eq!(v["pipeline"], "weir");
+            assert!(v["amount"].is_f64(), "{v}");
+            assert!(v.get("user").is_none());
+            assert_eq!(
+                r.key.as_deref(),
+                v["user_id"].as_str(),
+                "the key came from %key"
+            );
+        }
+        let regions: BTreeSet<String> = other
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.value).unwrap()["region"].to_string()
+            })
+            .collect();
+        assert_eq!(
+            regions,
+            BTreeSet::from(["\"apac\"".into(), "\"us\"".into()])
+        );
+        // Dead letters: the records as read, with the error and where it happened.
+        let by_value: BTreeMap<&str, &Read> = dlq.iter().map(|r| (r.value.as_str(), r)).collect();
+        let bad = by_value[r#"{"user":"bad","amount":"lots","region":"eu"}"#];
+        assert_eq!(bad.headers["weir.error.component"], "shape");
+        assert!(
+            bad.headers["weir.error"].contains("to_float"),
+            "{:?}",
+            bad.headers
+        );
+        assert_eq!(bad.headers["weir.pipeline"], "orders");
+        let garbage = by_value["not json at all"];
+        assert_eq!(garbage.headers["weir.error.component"], "in");
+        assert!(
+            garbage.headers["weir.error"].contains("invalid JSON"),
+            "{:?}",
+            garbage.headers
+        );
+        // The group committed every partition to its end.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let parts: Vec<(String, u32)> = (0..3).map(|p| ("orders".to_string(), p)).collect();
+            let committed = c
+                .fetch_offsets("pipeline.orders.in", &parts, false)
+                .await
+                .unwrap();
+            let mut ends = Vec::new();
+            for p in 0..3 {
+                ends.push(c.list_offsets("orders", p, Start::Latest).await.unwrap());
+            }
+            let got: Vec<u64> = committed.iter().map(|(_, _, o)| *o).collect();
+            if got == ends {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "committed {got:?}, ends {ends:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    server.stop();
+}
+
+/// A topic → remap → topic pipeline killed with SIGKILL mid-stream, again and again: every
+/// input record has its output afterwards (duplicates allowed, and counted).
+#[test]
+fn a_pipeline_killed_mid_stream_loses_nothing() {
+    const N: usize = 20_000;
+    const KILLS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The input first, with no pipeline running.
+    let server = Server::start(&data, &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "pipeline-test")
+            .await
+            .unwrap();
+        c.create_topic(
+            "in",
+            msg::TopicConfig {
+                partitions: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let values: Vec<String> = (0..N).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        for chunk in values.chunks(500) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|v| v.as_bytes()).collect();
+            c.produce("in", None, None, common::batch(&refs))
+                .await
+                .unwrap();
+        }
+    });
+    server.stop();
+    let config = write_config(
+        dir.path(),
+        r#"
+[pipelines.copy.sources.in]
+type = "topic"
+topic = "in"
+commit_interval_ms = 50
+
+[pipelines.copy.transforms.mark]
+type = "remap"
+inputs = ["in"]
+source = '.seen = true'
+
+[pipelines.copy.sinks.out]
+type = "topic"
+inputs = ["mark"]
+topic = "out"
+batch.max_events = 200
+"#,
+    );
+    let env = [("WEIR_CONFIG", config.to_str().unwrap())];
+    let mut rng_state = 0x9e37_79b9_u64;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for _ in 0..KILLS {
+        let server = Server::start(&data, &env);
+        std::thread::sleep(Duration::from_millis(50 + next() % 250));
+        server.kill9();
+    }
+    let server = Server::start(&data, &env);
+    let (outputs, distinct) = common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "pipeline-test")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = read_all(&c, "out").await;
+            let ids: BTreeSet<u64> = out
+                .iter()
+                .map(|r| {
+                    let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+                    assert_eq!(v["seen"], true);
+                    v["id"].as_u64().unwrap()
+                })
+                .collect();
+            if ids.len() == N || Instant::now() > deadline {
+                return (out.len(), ids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    server.stop();
+    assert_eq!(distinct, N, "every input record has its output");
+    eprintln!(
+        "kill -9 x{KILLS}: {N} inputs, {outputs} outputs, {} duplicates ({:.1}%)",
+        outputs - N,
+        (outputs - N) as f64 * 100.0 / N as f64
+    );
+}
+
+#[test]
+fn pipeline_check_names_the_component_and_key_and_run_pipes_stdin_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"
+[sources.in]
+type = "stdin"
+
+[transforms.shape]
+type = "remap"
+inputs = ["in"]
+source = '''
+.n = to_int!(.n) * 2
+'''
+
+[transforms.big]
+type = "filter"
+inputs = ["shape"]
+condition = '(.n > 4) ?? false'
+
+[sinks.out]
+type = "stdout"
+inputs = ["big"]
+
+[dead_letter]
+type = "stdout"
+"#;
+    let check = |name: &str, text: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["pipeline", "check", path.to_str().unwrap()]);
+        common::run(cmd, "")
+    };
+    let (ok, _, err) = check("good", good);
+    assert!(ok, "{err}");
+    assert!(err.contains("pipeline `good` is valid"), "{err}");
+    for (name, text, expect) in [
+        (
+            "typo",
+            good.replace("condition =", "conditon ="),
+            "transform `big`: unknown field `conditon`",
+        ),
+        (
+            "input",
+            good.replace(r#"inputs = ["big"]"#, r#"inputs = ["bgi"]"#),
+            "sink `out`: input `bgi` is not a source or transform output",
+        ),
+        (
+            "vrl",
+            good.replace("to_int!(.n) * 2", "to_int!(.n) *"),
+            "transform `shape`: source:",
+        ),
+        (
+            "kind",
+            good.replace(r#"type = "filter""#, r#"type = "fliter""#),
+            "transform `big`: unknown variant `fliter`",
+        ),
+        (
+            "cycle",
+            good.replace(r#"inputs = ["in"]"#, r#"inputs = ["in", "big"]"#),
+            "the inputs form a cycle",
+        ),
+        (
+            "key",
+            format!("workers = 3\n{good}"),
+            "unknown key `workers`",
+        ),
+        (
+            "fallible",
+            good.replace("(.n > 4) ?? false", ".n > 4"),
+            "transform `big`: condition:",
+        ),
+    ] {
+        let (ok, _, err) = check(name, &text);
+        assert!(!ok, "{name} passed");
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+    // A compile error points at the line and column.
+    let (_, _, err) = check(
+        "line",
+        &good.replace("to_int!(.n) * 2", "to_int!(.n) * 2\n.m = nosuchfn(.x)"),
+    );
+    assert!(err.contains(":2:6") && err.contains("nosuchfn"), "{err}");
+
+    let path = dir.path().join("good.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["pipeline", "run", path.to_str().unwrap()])
+        .env("WEIR_DATA_DIR", dir.path().join("data"))
+        .env("RUST_LOG", "warn");
+    let (ok, out, err) = common::run(cmd, "{\"n\":1}\n{\"n\":3}\n{\"n\":\"x\"}\n{\"n\":5}\n");
+    assert!(ok, "{err}");
+    // Two tasks write stdout (the sink and the dead-letter output): compare as a set.
+    let lines: BTreeSet<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        BTreeSet::from([r#"{"n":"x"}"#, r#"{"n":6}"#, r#"{"n":10}"#]),
+        "{err}"
+    );
+}
