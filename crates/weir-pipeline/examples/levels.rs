@@ -29,11 +29,10 @@ async fn main() {
             })
         })
         .transform("tag", &["errors"], || {
-            map(|mut e| {
-                if let Some(m) = e.value.as_object_mut() {
-                    m.insert("pager".into(), Value::from(true));
-                }
-                Ok(e)
+            map(|e| {
+                let m = e.value.as_object_mut().ok_or("not an object")?;
+                m.insert("pager".into(), Value::from(true));
+                Ok(())
             })
         })
         .sink(

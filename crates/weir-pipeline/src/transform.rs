@@ -71,20 +71,20 @@ impl std::fmt::Debug for dyn Transform {
 }
 
 struct Map<F>(F);
-impl<F: FnMut(Event) -> Result<Event, (Event, String)> + Send + 'static> Transform for Map<F> {
-    fn process(&mut self, event: Event, out: &mut Outputs) {
-        match (self.0)(event) {
-            Ok(e) => out.emit(e),
-            Err((e, why)) => out.fail(e, why),
+impl<F: FnMut(&mut Event) -> Result<(), String> + Send + 'static> Transform for Map<F> {
+    fn process(&mut self, mut event: Event, out: &mut Outputs) {
+        match (self.0)(&mut event) {
+            Ok(()) => out.emit(event),
+            Err(why) => out.fail(event, why),
         }
     }
 }
 
-/// A transform that changes each event, or hands it back with an error for the dead-letter
-/// output.
+/// A transform that changes each event in place, or fails it (to the dead-letter output)
+/// with an error.
 pub fn map<F>(f: F) -> impl Transform
 where
-    F: FnMut(Event) -> Result<Event, (Event, String)> + Send + 'static,
+    F: FnMut(&mut Event) -> Result<(), String> + Send + 'static,
 {
     Map(f)
 }
