@@ -87,6 +87,16 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ),
         ("get", "/groups", get(list_groups)),
         ("get", "/groups/{group}", get(get_group)),
+        ("get", "/pipelines", get(list_pipelines)),
+        ("get", "/pipelines/{pipeline}", get(get_pipeline)),
+        ("post", "/pipelines/{pipeline}/start", post(start_pipeline)),
+        ("post", "/pipelines/{pipeline}/stop", post(stop_pipeline)),
+        (
+            "post",
+            "/pipelines/{pipeline}/reload",
+            post(reload_pipeline),
+        ),
+        ("post", "/pipelines/{pipeline}/ingest", post(ingest)),
         ("get", "/ws", get(websocket)),
         ("get", "/debug/pprof/profile", get(crate::debug::profile)),
         ("get", "/debug/heap", get(crate::debug::heap)),
@@ -623,6 +633,111 @@ async fn fetch(
 }
 
 // ---- groups ----
+
+fn unknown_pipeline(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownPipeline,
+        format!("no pipeline named '{name}'"),
+    )
+}
+
+fn pipelines(s: &AppState) -> Option<&Arc<weir_pipeline::manager::Manager>> {
+    s.config.pipelines.as_ref()
+}
+
+async fn list_pipelines(State(s): State<AppState>) -> Response {
+    let list = pipelines(&s).map(|m| m.list()).unwrap_or_default();
+    ok(json!({"pipelines": list}))
+}
+
+async fn get_pipeline(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path(p)?;
+    let detail = pipelines(&s)
+        .and_then(|m| m.describe(&name))
+        .ok_or_else(|| unknown_pipeline(&name))?;
+    Ok(ok(json!(detail)))
+}
+
+fn managed(e: weir_pipeline::manager::ManageError) -> ApiError {
+    use weir_pipeline::manager::ManageError;
+    match e {
+        ManageError::Unknown(name) => unknown_pipeline(&name),
+        ManageError::Invalid(why) => ApiError::new(ErrorCode::InvalidConfig, why),
+    }
+}
+
+async fn start_pipeline(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path(p)?;
+    let m = pipelines(&s).ok_or_else(|| unknown_pipeline(&name))?;
+    m.start_one(&name).await.map_err(managed)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn stop_pipeline(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path(p)?;
+    let m = pipelines(&s).ok_or_else(|| unknown_pipeline(&name))?;
+    m.stop(&name).await.map_err(managed)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn reload_pipeline(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path(p)?;
+    let m = pipelines(&s).ok_or_else(|| unknown_pipeline(&name))?;
+    m.reload(&name).await.map_err(managed)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Feeds a pipeline's http source: one event per line, answered once delivered.
+async fn ingest(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    use weir_pipeline::connect::http::IngestError;
+    let name = path(p)?;
+    let pipeline = pipelines(&s)
+        .and_then(|m| m.get(&name))
+        .ok_or_else(|| unknown_pipeline(&name))?;
+    let point = pipeline.ingest_point().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownPipeline,
+            format!("pipeline '{name}' has no http source"),
+        )
+    })?;
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    match point.ingest(body).await {
+        Ok(done) => Ok(ok(json!(done))),
+        Err(IngestError::Busy) => {
+            let mut r = ApiError::new(ErrorCode::PipelineBusy, IngestError::Busy.to_string())
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            Ok(r)
+        }
+        Err(e @ IngestError::NotRunning) => {
+            Err(ApiError::new(ErrorCode::PipelineNotRunning, e.to_string()))
+        }
+        Err(e @ IngestError::NotDelivered) => {
+            Err(ApiError::new(ErrorCode::NotDelivered, e.to_string()))
+        }
+        Err(e @ IngestError::Timeout(_)) => {
+            Err(ApiError::new(ErrorCode::DeliveryTimeout, e.to_string()))
+        }
+        Err(IngestError::BadRequest(why)) => Err(ApiError::bad_request(why)),
+    }
+}
 
 async fn list_groups(State(s): State<AppState>) -> Response {
     ok(json!({"groups": s.broker.groups()}))

@@ -46,6 +46,16 @@ pub enum ErrorCode {
     /// A disk write or read failed, or stored data failed its check. Nothing was acknowledged;
     /// a retry may succeed.
     StorageError,
+    /// No pipeline has this name (or it has no http source, for ingest).
+    UnknownPipeline,
+    /// The pipeline's input is full: nothing was taken; retry after `Retry-After` seconds.
+    PipelineBusy,
+    /// The pipeline is stopped or restarting: nothing was taken.
+    PipelineNotRunning,
+    /// The events were taken but not all delivered (the pipeline stopped or failed); retry.
+    NotDelivered,
+    /// The events were not delivered in time; they may still be, so a retry may duplicate.
+    DeliveryTimeout,
     /// Anything else; the message says what.
     Internal,
 }
@@ -73,6 +83,11 @@ impl ErrorCode {
         ErrorCode::ProfileInProgress,
         ErrorCode::StorageFull,
         ErrorCode::StorageError,
+        ErrorCode::UnknownPipeline,
+        ErrorCode::PipelineBusy,
+        ErrorCode::PipelineNotRunning,
+        ErrorCode::NotDelivered,
+        ErrorCode::DeliveryTimeout,
         ErrorCode::Internal,
     ];
 
@@ -99,6 +114,11 @@ impl ErrorCode {
             ErrorCode::ProfileInProgress => "profile_in_progress",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StorageError => "storage_error",
+            ErrorCode::UnknownPipeline => "unknown_pipeline",
+            ErrorCode::PipelineBusy => "pipeline_busy",
+            ErrorCode::PipelineNotRunning => "pipeline_not_running",
+            ErrorCode::NotDelivered => "not_delivered",
+            ErrorCode::DeliveryTimeout => "delivery_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -116,7 +136,13 @@ impl ErrorCode {
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownGroup
             | ErrorCode::NotFound
+            | ErrorCode::UnknownPipeline
             | ErrorCode::ProfilingDisabled => StatusCode::NOT_FOUND,
+            ErrorCode::PipelineBusy => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::PipelineNotRunning | ErrorCode::NotDelivered => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::DeliveryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::TopicExists | ErrorCode::ProfileInProgress => StatusCode::CONFLICT,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -75,6 +75,10 @@ pub struct HttpConfig {
     /// Serve `/debug/pprof/profile` and `/debug/heap`; off, they answer 404
     /// `profiling_disabled`. Default false.
     pub profiling: bool,
+    /// The server's pipelines, for `/pipelines`; `None`: the routes answer as if none were
+    /// declared. Not a setting: the binary gives it.
+    #[serde(skip)]
+    pub pipelines: Option<std::sync::Arc<weir_pipeline::manager::Manager>>,
     /// Name of the process's global allocator, reported by `/debug/heap`. Default `"system"`.
     /// Not a setting: the binary gives it.
     #[serde(skip)]
@@ -103,6 +107,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             ws: WsConfig::default(),
             metrics: None,
+            pipelines: None,
             profiling: false,
             allocator: "system",
         }

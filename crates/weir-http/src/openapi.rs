@@ -204,6 +204,64 @@ pub fn document() -> Value {
                     "404": error_response("unknown_group."),
                 },
             }},
+            "/pipelines": {"get": {
+                "summary": "The server's pipelines and their states.",
+                "responses": {"200": json_response("Pipelines.", "PipelineList")},
+            }},
+            "/pipelines/{pipeline}": {"get": {
+                "summary": "One pipeline: its state, restarts, last error, and per component \
+                    the events received, sent, dropped by design and failed (to the dead-letter \
+                    output), and its input queue's fill.",
+                "parameters": [param("pipeline", "path", json!({"type": "string"}), "Pipeline name.")],
+                "responses": {
+                    "200": json_response("The pipeline.", "Pipeline"),
+                    "404": error_response("unknown_pipeline."),
+                },
+            }},
+            "/pipelines/{pipeline}/start": {"post": {
+                "summary": "Starts a stopped pipeline (from its declaration as last loaded).",
+                "parameters": [param("pipeline", "path", json!({"type": "string"}), "Pipeline name.")],
+                "responses": {
+                    "204": {"description": "Running."},
+                    "404": error_response("unknown_pipeline."),
+                },
+            }},
+            "/pipelines/{pipeline}/stop": {"post": {
+                "summary": "Stops a pipeline: its sources stop reading, what they read drains, \
+                    positions are committed. Answers once stopped.",
+                "parameters": [param("pipeline", "path", json!({"type": "string"}), "Pipeline name.")],
+                "responses": {
+                    "204": {"description": "Stopped."},
+                    "404": error_response("unknown_pipeline."),
+                },
+            }},
+            "/pipelines/{pipeline}/reload": {"post": {
+                "summary": "Reads the declarations again and restarts the pipeline with its new \
+                    one, from its committed positions. An invalid declaration is refused and the \
+                    running pipeline is left alone.",
+                "parameters": [param("pipeline", "path", json!({"type": "string"}), "Pipeline name.")],
+                "responses": {
+                    "204": {"description": "Reloaded."},
+                    "400": error_response("invalid_config: the new declaration, and why."),
+                    "404": error_response("unknown_pipeline."),
+                },
+            }},
+            "/pipelines/{pipeline}/ingest": {"post": {
+                "summary": "Feeds the pipeline's http source: one event per line of the body. \
+                    Answered once every event was delivered (written by the sinks or sent to the \
+                    dead-letter output); anything but 200 means retry.",
+                "parameters": [param("pipeline", "path", json!({"type": "string"}), "Pipeline name.")],
+                "requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                "responses": {
+                    "200": json_response("Delivered.", "Ingested"),
+                    "400": error_response("bad_request: too many lines."),
+                    "404": error_response("unknown_pipeline (or it has no http source)."),
+                    "413": error_response("payload_too_large."),
+                    "429": error_response("pipeline_busy: nothing was taken; see Retry-After."),
+                    "503": error_response("pipeline_not_running or not_delivered."),
+                    "504": error_response("delivery_timeout."),
+                },
+            }},
             "/ws": {"get": {
                 "summary": "WebSocket live push. Send {\"op\":\"subscribe\",\"topics\":[..],\
                     \"keys\":[..],\"from\":\"latest\"|\"earliest\"|{\"offset\":{\"0\":N}}|\
@@ -433,6 +491,52 @@ pub fn document() -> Value {
                     "log_start_offset": {"type": "integer"},
                     "next_offset": {"type": "integer", "description": "Where to fetch next."},
                     "records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                },
+            },
+            "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {
+                "pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/PipelineStatus"}}}},
+            "PipelineStatus": {
+                "type": "object",
+                "required": ["name", "state", "restarts", "last_error", "last_error_at_ms"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "state": {"enum": ["starting", "running", "restarting", "stopping", "stopped", "finished"]},
+                    "error": {"type": "string", "description": "With state restarting: why."},
+                    "restarts": {"type": "integer"},
+                    "last_error": {"type": ["string", "null"]},
+                    "last_error_at_ms": {"type": ["integer", "null"]},
+                },
+            },
+            "Pipeline": {
+                "type": "object",
+                "required": ["name", "state", "restarts", "last_error", "last_error_at_ms", "components"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "state": {"enum": ["starting", "running", "restarting", "stopping", "stopped", "finished"]},
+                    "error": {"type": "string", "description": "With state restarting: why."},
+                    "restarts": {"type": "integer"},
+                    "last_error": {"type": ["string", "null"]},
+                    "last_error_at_ms": {"type": ["integer", "null"]},
+                    "components": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "kind", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "kind": {"enum": ["source", "transform", "sink"]},
+                        "received": {"type": "integer"},
+                        "sent": {"type": "integer"},
+                        "dropped": {"type": "integer"},
+                        "errors": {"type": "integer"},
+                        "queued_batches": {"type": ["integer", "null"]},
+                        "queued_bytes": {"type": ["integer", "null"]},
+                    },
+                }}},
+            },
+            "Ingested": {
+                "type": "object", "required": ["accepted", "dead_lettered"],
+                "properties": {
+                    "accepted": {"type": "integer", "description": "Events delivered through the pipeline."},
+                    "dead_lettered": {"type": "integer", "description": "Lines that could not be decoded, sent to the dead-letter output."},
                 },
             },
             "GroupList": {"type": "object", "required": ["groups"], "properties": {

@@ -47,6 +47,12 @@ enum SourceConfig {
         /// Default 1,000 ms.
         commit_interval_ms: Option<u64>,
     },
+    /// `POST /pipelines/NAME/ingest` on the server's HTTP door (`weir serve` only): one
+    /// event per line of the body, answered once delivered.
+    Http {
+        #[serde(default)]
+        decoding: Decoding,
+    },
     /// Lines from stdin (`weir pipeline run` only).
     Stdin {
         #[serde(default)]
@@ -290,6 +296,14 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     ),
                     None => b.source(&name, Unconnected),
                 }
+            }
+            SourceConfig::Http { decoding } => {
+                if matches!(host, Host::Standalone(_)) {
+                    return Err(at(
+                        "an http source needs the server's HTTP door (`weir serve`)".into(),
+                    ));
+                }
+                b.http_source(&name, decoding)
             }
             SourceConfig::Stdin { decoding } => {
                 if !host.stdio() {

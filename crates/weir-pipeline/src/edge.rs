@@ -77,6 +77,8 @@ fn batch_size(b: &Vec<Event>) -> usize {
 pub struct Input {
     pub(crate) name: Arc<str>,
     queue: BoundedQueue<Vec<Event>>,
+    max_batches: usize,
+    max_bytes: usize,
     senders: AtomicUsize,
     when_full: WhenFull,
     /// Events queued here are acknowledged at once: the consumer never holds back a commit.
@@ -97,16 +99,19 @@ impl Input {
             WhenFull::DropOldest => Overflow::DropOldest,
             WhenFull::Reject => Overflow::Reject,
         };
+        let max_batches = cfg.max_events.div_ceil(BATCH_EVENTS).max(1);
         Arc::new(Self {
             name,
             queue: BoundedQueue::new(
                 QueueConfig {
-                    max_items: cfg.max_events.div_ceil(BATCH_EVENTS).max(1),
+                    max_items: max_batches,
                     max_bytes: cfg.max_bytes,
                     overflow,
                 },
                 batch_size,
             ),
+            max_batches,
+            max_bytes: cfg.max_bytes,
             senders: AtomicUsize::new(0),
             when_full: cfg.when_full,
             best_effort,
@@ -133,6 +138,11 @@ impl Input {
 
     pub(crate) fn close(&self) {
         self.queue.close();
+    }
+
+    /// No room for another batch now.
+    fn is_full(&self) -> bool {
+        self.queue.len() >= self.max_batches || self.queue.bytes() >= self.max_bytes
     }
 }
 
@@ -166,6 +176,14 @@ impl Fanout {
         }
     }
 
+    /// True when a consumer of this output has no room now (a blocking one would make a
+    /// send wait): for sources that answer "busy" instead of waiting.
+    pub fn is_full(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| !t.0.best_effort && t.0.is_full())
+    }
+
     /// Sends `events` to every consumer, waiting while a blocking queue is full. Counted as
     /// sent by the producer.
     pub async fn send(&self, events: Vec<Event>) {
@@ -191,6 +209,20 @@ impl Fanout {
         if input.best_effort {
             events = events.into_iter().map(Event::settled).collect();
         }
+        // A batch over the queue's byte bound goes in pieces; a single event over it fails.
+        if events.len() > 1 && batch_size(&events) > input.max_bytes {
+            let mut pieces = vec![events];
+            while let Some(mut piece) = pieces.pop() {
+                if piece.len() > 1 && batch_size(&piece) > input.max_bytes {
+                    let back = piece.split_off(piece.len() / 2);
+                    pieces.push(back);
+                    pieces.push(piece);
+                } else {
+                    Box::pin(self.push(to, piece)).await;
+                }
+            }
+            return;
+        }
         match input.queue.push(events).await {
             Pushed::Pushed => {}
             Pushed::DroppedOldest(old) => {
@@ -206,7 +238,13 @@ impl Fanout {
             Pushed::Rejected(b) | Pushed::TimedOut(b) => {
                 let why = match input.when_full {
                     WhenFull::Reject => format!("the input buffer of `{}` is full", input.name),
-                    _ => format!("a batch larger than the input buffer of `{}`", input.name),
+                    _ => format!(
+                        "an event of {} bytes is larger than the input buffer of `{}` \
+                         (buffer.max_bytes {})",
+                        batch_size(&b),
+                        input.name,
+                        input.max_bytes
+                    ),
                 };
                 input.stats.errors(b.len() as u64);
                 self.dead

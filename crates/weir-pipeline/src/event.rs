@@ -68,6 +68,9 @@ impl Record {
 pub struct AckBatch {
     pending: AtomicUsize,
     failed: AtomicBool,
+    /// Woken when the last share is settled (for a caller that awaits its events, such as
+    /// an HTTP ingest request).
+    settled: tokio::sync::Notify,
 }
 
 impl AckBatch {
@@ -98,6 +101,25 @@ impl AckBatch {
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
+
+    /// Waits until no share is outstanding; true if every one was acknowledged.
+    pub async fn settled(&self) -> bool {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending() == 0 {
+                return !self.is_failed();
+            }
+            notified.await;
+        }
+    }
+
+    fn release(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
 }
 
 /// One event's share in its [`AckBatch`]. Dropped without [`Ack::ack`], it fails the batch.
@@ -123,7 +145,7 @@ impl Ack {
     /// Acknowledges: the event was delivered, or dropped by design.
     pub fn ack(mut self) {
         if let Some(b) = self.batch.take() {
-            b.pending.fetch_sub(1, Ordering::AcqRel);
+            b.release();
         }
     }
 }
@@ -132,7 +154,7 @@ impl Drop for Ack {
     fn drop(&mut self) {
         if let Some(b) = self.batch.take() {
             b.failed.store(true, Ordering::Release);
-            b.pending.fetch_sub(1, Ordering::AcqRel);
+            b.release();
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod connect;
 pub mod edge;
 pub mod event;
+pub mod manager;
 pub mod pipeline;
 pub mod stats;
 pub mod tracker;

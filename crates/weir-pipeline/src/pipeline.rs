@@ -130,6 +130,9 @@ pub struct Builder {
     nodes: Vec<Node>,
     dead_letter: Option<Node>,
     grace: Duration,
+    ingest: Option<Arc<crate::connect::http::IngestPoint>>,
+    /// A mistake found while assembling, reported by `build`.
+    refused: Option<String>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -157,7 +160,21 @@ impl Builder {
             nodes: Vec::new(),
             dead_letter: None,
             grace: Duration::from_secs(10),
+            ingest: None,
+            refused: None,
         }
+    }
+
+    /// An HTTP source, fed through [`Pipeline::ingest_point`] (at most one per pipeline).
+    pub fn http_source(mut self, name: &str, decoding: crate::codec::Decoding) -> Self {
+        if self.ingest.is_some() {
+            self.refused = Some(format!(
+                "source `{name}`: a pipeline has one HTTP endpoint, so at most one http source"
+            ));
+        }
+        let point = crate::connect::http::IngestPoint::new(decoding);
+        self.ingest = Some(point.clone());
+        self.source(name, crate::connect::http::HttpSource { point })
     }
 
     fn node(&self, name: &str, kind: Kind, inputs: &[&str], buffer: BufferConfig) -> Node {
@@ -241,6 +258,9 @@ impl Builder {
     /// Checks the graph: unique names, inputs that exist and are outputs, no cycles, every
     /// output read.
     pub fn build(self) -> Result<Pipeline, GraphError> {
+        if let Some(e) = self.refused {
+            return Err(GraphError(e));
+        }
         check(&self.nodes)?;
         let components = self
             .nodes
@@ -254,6 +274,7 @@ impl Builder {
                 nodes: self.nodes,
                 dead_letter: self.dead_letter,
                 grace: self.grace,
+                ingest: self.ingest,
                 components,
                 status: Mutex::new(Status::default()),
                 inputs: Mutex::new(Vec::new()),
@@ -458,6 +479,7 @@ struct Inner {
     nodes: Vec<Node>,
     dead_letter: Option<Node>,
     grace: Duration,
+    ingest: Option<Arc<crate::connect::http::IngestPoint>>,
     components: Vec<(String, &'static str, Arc<ComponentStats>)>,
     status: Mutex<Status>,
     inputs: Mutex<Vec<Arc<Input>>>,
@@ -492,6 +514,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 impl Pipeline {
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Where the HTTP door hands this pipeline's HTTP source its requests.
+    pub fn ingest_point(&self) -> Option<&Arc<crate::connect::http::IngestPoint>> {
+        self.inner.ingest.as_ref()
     }
 
     pub fn status(&self) -> Status {

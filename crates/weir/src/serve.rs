@@ -37,6 +37,22 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         }
         None => None,
     };
+    // Pipelines, built on this broker (checked when the configuration was loaded); a reload
+    // reads the configuration again.
+    let pipelines = {
+        let path = config_path.clone();
+        let load: weir_pipeline::manager::Loader = Box::new(move || {
+            crate::config::Config::load(path.as_deref(), std::env::vars())
+                .and_then(|c| c.pipeline_declarations())
+                .map_err(|e| format!("{e:#}"))
+        });
+        weir_pipeline::manager::Manager::start(
+            weir_pipeline::config::Host::Server(broker.clone()),
+            config.pipeline_declarations()?,
+            load,
+        )
+        .await?
+    };
     let listener = TcpListener::bind(&config.native.listen)
         .await
         .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
@@ -84,6 +100,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         tracing::info!(http = %addr, "serving HTTP and WebSocket");
         println!("weir listening http={addr}");
         let mut http_config = config.http_config();
+        http_config.pipelines = Some(pipelines.clone());
         let source = broker.clone();
         http_config.metrics = Some(weir_http::MetricsSource(std::sync::Arc::new(move || {
             crate::metrics::render(&metrics, &source)
@@ -100,19 +117,6 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let stop = shutdown.begun();
         shutdown.spawn(async move { broker.run_maintenance(stop).await });
     }
-    // Pipelines: built on this broker (checked when the configuration was loaded), each run
-    // until the shutdown, when its sources stop and what they read drains.
-    let pipelines_stop = tokio_util::sync::CancellationToken::new();
-    let mut pipelines = Vec::new();
-    for d in config.pipeline_declarations()? {
-        let p =
-            weir_pipeline::config::build(&d, &weir_pipeline::config::Host::Server(broker.clone()))?;
-        tracing::info!(pipeline = %p.name(), "starting pipeline");
-        let (run, stop) = (p.clone(), pipelines_stop.clone());
-        shutdown.spawn(async move { run.run(stop).await });
-        pipelines.push(p);
-    }
-
     shutdown_signal().await;
     // Readiness first (`/ready` answers 503, so a load balancer stops sending) and long polls
     // answer now with what they have; then every door stops accepting and its connections
@@ -121,9 +125,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         grace_ms = config.shutdown_grace_ms,
         "shutdown requested: finishing in-flight requests"
     );
-    pipelines_stop.cancel();
-    broker.begin_shutdown();
-    shutdown.begin();
+    // Pipelines stop reading first (the broker then stops holding fetches), and drain (each
+    // within its own grace period) while the doors finish their requests.
+    tokio::join!(pipelines.stop_all(), async {
+        broker.begin_shutdown();
+        shutdown.begin();
+    });
     if !shutdown.drain(config.shutdown_grace()).await {
         tracing::warn!(
             tasks = shutdown.tasks(),

@@ -1,4 +1,5 @@
-//! Sources and sinks: weir topics through the broker, and stdin/stdout.
+//! Sources and sinks: weir topics through the broker, stdin/stdout, and HTTP ingest.
 
+pub mod http;
 pub mod stdio;
 pub mod topic;

@@ -116,19 +116,19 @@ fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
     Ok(())
 }
 
-struct Http {
-    base: String,
+pub(crate) struct Http {
+    pub(crate) base: String,
     client: reqwest::Client,
     doc: Value,
 }
 
-struct Reply {
-    status: u16,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl Http {
-    async fn new(server: &Server) -> Http {
+    pub(crate) async fn new(server: &Server) -> Http {
         let base = format!("http://{}", server.http);
         let client = reqwest::Client::new();
         let doc: Value = serde_json::from_slice(
@@ -147,7 +147,7 @@ impl Http {
 
     /// Sends a request; checks the answer against the document: the status is documented
     /// for the route (`route` in OpenAPI form) and a JSON body matches its schema.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         route: &str,
@@ -181,7 +181,7 @@ impl Http {
         Reply { status, body }
     }
 
-    async fn get(&self, route: &str, path: &str) -> Reply {
+    pub(crate) async fn get(&self, route: &str, path: &str) -> Reply {
         self.call("get", route, path, None, Vec::new()).await
     }
 

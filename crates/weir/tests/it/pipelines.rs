@@ -425,3 +425,213 @@ type = "stdout"
         "{err}"
     );
 }
+
+const INGEST: &str = r#"
+[pipelines.web.sources.in]
+type = "http"
+
+[pipelines.web.transforms.tag]
+type = "remap"
+inputs = ["in"]
+source = '.via = "http"'
+
+[pipelines.web.sinks.out]
+type = "topic"
+inputs = ["tag"]
+topic = "web-out"
+"#;
+
+/// The HTTP door: list and describe, ingest answered once delivered, stop / start, a reload
+/// that takes a new program, a reload refused for a bad one (the old keeps running).
+#[test]
+fn pipelines_over_http_ingest_stop_start_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), INGEST);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("WEIR_CONFIG", config.to_str().unwrap())],
+    );
+    common::rt().block_on(async {
+        let http = crate::http::Http::new(&server).await;
+        let c = Client::connect(&server.addr, "pipeline-test")
+            .await
+            .unwrap();
+        let ingest = |body: &str| {
+            http.call(
+                "post",
+                "/pipelines/{pipeline}/ingest",
+                "/pipelines/web/ingest",
+                Some("application/x-ndjson"),
+                body.as_bytes().to_vec(),
+            )
+        };
+        let r = http.get("/pipelines", "/pipelines").await;
+        assert_eq!(r.body["pipelines"][0]["name"], "web", "{}", r.body);
+        let r = ingest("{\"n\":1}\n{\"n\":2}\nnot json\n").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.body,
+            serde_json::json!({"accepted": 2, "dead_lettered": 1})
+        );
+        // Answered once delivered: the records are in the topic already.
+        let out = read_all(&c, "web-out").await;
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter().all(|r| r.value.contains(r#""via":"http""#)),
+            "{out:?}"
+        );
+        let r = http.get("/pipelines/{pipeline}", "/pipelines/web").await;
+        assert_eq!(r.body["state"], "running");
+        let tag = r.body["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "tag")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (tag["received"].as_u64(), tag["sent"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let r = http.get("/pipelines/{pipeline}", "/pipelines/nope").await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (404, Some("unknown_pipeline"))
+        );
+
+        let http = &http;
+        let post = |what: &'static str| {
+            let route = format!("/pipelines/{{pipeline}}/{what}");
+            let path = format!("/pipelines/web/{what}");
+            async move {
+                http.call("post", &route, &path, Some("application/json"), Vec::new())
+                    .await
+            }
+        };
+        assert_eq!(post("stop").await.status, 204);
+        let r = ingest("{\"n\":3}\n").await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (503, Some("pipeline_not_running"))
+        );
+        assert_eq!(post("start").await.status, 204);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = ingest("{\"n\":3}\n").await;
+            if r.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Reload with a new program.
+        std::fs::write(
+            &config,
+            format!(
+                "[topics]\nauto_create = true\n\n{}",
+                INGEST.replace(r#".via = "http""#, r#".via = "reloaded""#)
+            ),
+        )
+        .unwrap();
+        assert_eq!(post("reload").await.status, 204);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = ingest("{\"n\":4}\n").await;
+            if r.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = read_all(&c, "web-out").await;
+        assert!(out.last().unwrap().value.contains("reloaded"), "{out:?}");
+        // A bad program is refused, and the running pipeline is left alone.
+        std::fs::write(
+            &config,
+            format!(
+                "[topics]\nauto_create = true\n\n{}",
+                INGEST.replace(r#".via = "http""#, ".via = nosuchfn()")
+            ),
+        )
+        .unwrap();
+        let r = post("reload").await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (400, Some("invalid_config")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nosuchfn"),
+            "{}",
+            r.body
+        );
+        assert_eq!(ingest("{\"n\":5}\n").await.status, 200);
+    });
+    server.stop();
+}
+
+/// A sink that holds its events (a long linger) fills the queue before it; the HTTP source
+/// then answers 429 with Retry-After at once instead of holding requests, and whatever was
+/// answered 200 is in the topic.
+#[test]
+fn a_full_pipeline_answers_ingest_with_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &INGEST
+            .replace(
+                r#"topic = "web-out""#,
+                "topic = \"web-out\"\nbatch = { max_events = 100000, max_bytes = 262144, linger_ms = 2000 }\nbuffer = { max_events = 256, max_bytes = 65536 }",
+            )
+            .replace(
+                r#"inputs = ["in"]"#,
+                "inputs = [\"in\"]\nbuffer = { max_events = 256, max_bytes = 65536 }",
+            ),
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("WEIR_CONFIG", config.to_str().unwrap())],
+    );
+    common::rt().block_on(async {
+        let url = format!("http://{}/pipelines/web/ingest", server.http);
+        let client = reqwest::Client::new();
+        let body: String = (0..200)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "x".repeat(100)))
+            .collect();
+        let mut tasks = Vec::new();
+        for _ in 0..60 {
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = client.post(url).body(body).send().await.unwrap();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), retry)
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut ok = 0;
+        let mut busy = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                (200, _) => ok += 1,
+                (429, Some(retry)) => {
+                    assert_eq!(retry, "1");
+                    busy += 1;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        assert!(busy > 0 && ok > 0, "{ok} delivered, {busy} refused");
+        let c = Client::connect(&server.addr, "pipeline-test")
+            .await
+            .unwrap();
+        assert_eq!(read_all(&c, "web-out").await.len(), ok * 200);
+    });
+    server.stop();
+}
