@@ -25,6 +25,25 @@ pub enum Decoding {
     Text,
     /// Any bytes, as `{"message": b"..."}`.
     Bytes,
+    /// One CSV row per record, as an object of strings by column name. Quoted fields follow
+    /// RFC 4180; a row with the wrong number of fields is an error (dead letter).
+    Csv(CsvDecoding),
+}
+
+/// CSV decoding options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvDecoding {
+    /// The column names. Without them, the first row of each file (or of stdin) is the
+    /// header; topic and HTTP sources must declare them.
+    pub columns: Option<Vec<String>>,
+    /// Default `,`.
+    #[serde(default = "comma")]
+    pub delimiter: char,
+}
+
+fn comma() -> char {
+    ','
 }
 
 /// How a sink turns an event's value into a record's value.
@@ -39,13 +58,76 @@ pub enum Encoding {
     Text,
     /// The `message` field's bytes (or the value itself when it is bytes).
     Bytes,
+    /// One CSV row of these columns (missing fields empty; other kinds than strings as
+    /// JSON). File sinks write the header row at the top of each file.
+    Csv(CsvEncoding),
+}
+
+/// CSV encoding options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvEncoding {
+    pub columns: Vec<String>,
+    /// Default `,`.
+    #[serde(default = "comma")]
+    pub delimiter: char,
 }
 
 impl Decoding {
+    /// True for CSV without declared columns: the source reads a header row first.
+    pub fn needs_header(&self) -> bool {
+        matches!(self, Decoding::Csv(c) if c.columns.is_none())
+    }
+
+    /// The column names in a header row (for [`Decoding::decode_with`]).
+    pub fn header(&self, row: &[u8]) -> Result<Vec<String>, CodecError> {
+        let delimiter = match self {
+            Decoding::Csv(c) => c.delimiter,
+            _ => ',',
+        };
+        let fields = csv_row(row, delimiter)?;
+        if fields.iter().any(String::is_empty) {
+            return Err(CodecError("the CSV header has an empty column name".into()));
+        }
+        Ok(fields)
+    }
+
+    /// The value of an event read with `value`, for a source that read a header row.
+    pub fn decode_with(
+        &self,
+        value: Option<&[u8]>,
+        header: Option<&[String]>,
+    ) -> Result<Value, CodecError> {
+        match self {
+            Decoding::Csv(c) => {
+                let columns = c
+                    .columns
+                    .as_deref()
+                    .or(header)
+                    .ok_or_else(|| CodecError("no CSV header was read".into()))?;
+                let fields = csv_row(value.unwrap_or_default(), c.delimiter)?;
+                if fields.len() != columns.len() {
+                    return Err(CodecError(format!(
+                        "a CSV row of {} fields where there are {} columns",
+                        fields.len(),
+                        columns.len()
+                    )));
+                }
+                let mut m = ObjectMap::new();
+                for (k, v) in columns.iter().zip(fields) {
+                    m.insert(k.as_str().into(), Value::from(v));
+                }
+                Ok(Value::Object(m))
+            }
+            _ => self.decode(value),
+        }
+    }
+
     /// The value of an event read with `value` (`None`: a null value, such as a tombstone).
     pub fn decode(&self, value: Option<&[u8]>) -> Result<Value, CodecError> {
         let bytes = value.unwrap_or_default();
         match self {
+            Decoding::Csv(_) => self.decode_with(value, None),
             Decoding::Json => {
                 if value.is_none() {
                     return Ok(Value::Null);
@@ -69,11 +151,75 @@ fn message(v: Value) -> Value {
     Value::Object(m)
 }
 
+fn csv_row(row: &[u8], delimiter: char) -> Result<Vec<String>, CodecError> {
+    let delimiter = u8::try_from(delimiter)
+        .map_err(|_| CodecError("the CSV delimiter must be one ASCII character".into()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(delimiter)
+        .flexible(true)
+        .from_reader(row);
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        Ok(true) => {}
+        Ok(false) => return Ok(Vec::new()),
+        Err(e) => return Err(CodecError(format!("invalid CSV: {e}"))),
+    }
+    let fields = record.iter().map(str::to_string).collect();
+    // One record per row: anything after it (a newline inside quotes would have been read
+    // as part of the field) is a second row.
+    if reader
+        .read_record(&mut record)
+        .map_err(|e| CodecError(format!("invalid CSV: {e}")))?
+    {
+        return Err(CodecError("more than one CSV row in one record".into()));
+    }
+    Ok(fields)
+}
+
 impl Encoding {
+    /// The header row of a CSV encoding (with its line end), `None` for others.
+    pub fn header(&self) -> Option<Vec<u8>> {
+        let Encoding::Csv(c) = self else {
+            return None;
+        };
+        let mut w = csv_writer(c.delimiter);
+        w.write_record(&c.columns).ok()?;
+        w.into_inner().ok()
+    }
+
     /// Appends the encoding of `value` to `out`.
     pub fn encode(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match self {
             Encoding::Json => json(value, out),
+            Encoding::Csv(c) => {
+                let Value::Object(m) = value else {
+                    return Err(CodecError(format!(
+                        "CSV encoding needs an object, found {}",
+                        value.kind_str()
+                    )));
+                };
+                let fields: Vec<String> = c
+                    .columns
+                    .iter()
+                    .map(|col| match m.get(col.as_str()) {
+                        None | Some(Value::Null) => String::new(),
+                        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                        Some(Value::String(s)) => s.to_string(),
+                        Some(other) => serde_json::to_string(other).unwrap_or_default(),
+                    })
+                    .collect();
+                let mut w = csv_writer(c.delimiter);
+                w.write_record(&fields)
+                    .map_err(|e| CodecError(format!("cannot encode CSV: {e}")))?;
+                let mut row = w
+                    .into_inner()
+                    .map_err(|e| CodecError(format!("cannot encode CSV: {e}")))?;
+                // The row without its line end: sinks add their own.
+                row.pop();
+                out.extend_from_slice(&row);
+                Ok(())
+            }
             Encoding::Text | Encoding::Bytes => {
                 let field = match value {
                     Value::Object(m) => m.get("message").unwrap_or(value),
@@ -100,6 +246,13 @@ impl Encoding {
             }
         }
     }
+}
+
+fn csv_writer(delimiter: char) -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
+        .delimiter(u8::try_from(delimiter).unwrap_or(b','))
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new())
 }
 
 fn json(value: &Value, out: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -132,6 +285,41 @@ mod tests {
         assert_eq!(
             round_trip(Decoding::Text, Encoding::Json, b"hi"),
             br#"{"message":"hi"}"#
+        );
+    }
+
+    #[test]
+    fn csv_rows_decode_by_header_and_encode_by_columns() {
+        let d = Decoding::Csv(CsvDecoding {
+            columns: None,
+            delimiter: ',',
+        });
+        assert!(d.needs_header());
+        let header = d.header(b"id,name,note").unwrap();
+        let v = d
+            .decode_with(Some(br#"7,"Smith, J","said ""hi""""#), Some(&header))
+            .unwrap();
+        let e = Encoding::Csv(CsvEncoding {
+            columns: vec!["name".into(), "id".into(), "missing".into()],
+            delimiter: ',',
+        });
+        let mut out = Vec::new();
+        e.encode(&v, &mut out).unwrap();
+        assert_eq!(out, br#""Smith, J",7,"#);
+        assert_eq!(e.header().unwrap(), b"name,id,missing\n");
+        let mut out = Vec::new();
+        Encoding::Json.encode(&v, &mut out).unwrap();
+        assert_eq!(out, br#"{"id":"7","name":"Smith, J","note":"said \"hi\""}"#);
+        // Bad rows are errors.
+        assert!(d.decode_with(Some(b"1,2"), Some(&header)).is_err());
+        assert!(d.decode(Some(b"1,2,3")).is_err(), "no header read");
+        let declared = Decoding::Csv(CsvDecoding {
+            columns: Some(vec!["a".into(), "b".into()]),
+            delimiter: ';',
+        });
+        assert_eq!(
+            declared.decode(Some(b"x;y")).unwrap(),
+            serde_json::from_str::<Value>(r#"{"a":"x","b":"y"}"#).unwrap()
         );
     }
 

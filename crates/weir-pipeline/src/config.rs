@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use weir_broker::Broker;
 
 use crate::codec::{Decoding, Encoding};
+use crate::connect::file::{FileSink, FileSource, ReadFrom};
 use crate::connect::stdio::{StdinSource, StdoutSink};
 use crate::connect::topic::{Batching, Start, TopicSink, TopicSource};
 use crate::edge::BufferConfig;
@@ -52,6 +54,20 @@ enum SourceConfig {
     Http {
         #[serde(default)]
         decoding: Decoding,
+    },
+    /// Lines of the files matching `include` (glob patterns), followed across rotations,
+    /// positions checkpointed in the data directory.
+    File {
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+        #[serde(default)]
+        read_from: ReadFrom,
+        #[serde(default)]
+        decoding: Decoding,
+        /// How often files are checked for new lines and the patterns matched again.
+        /// Default 250 ms.
+        poll_ms: Option<u64>,
     },
     /// Lines from stdin (`weir pipeline run` only).
     Stdin {
@@ -104,6 +120,23 @@ enum SinkConfig {
         #[serde(default)]
         best_effort: bool,
     },
+    /// One event per line in a file, rotated by size and age.
+    File {
+        inputs: Vec<String>,
+        path: PathBuf,
+        #[serde(default)]
+        encoding: Encoding,
+        /// Default 100 MiB.
+        max_bytes: Option<u64>,
+        /// Default none.
+        max_age_secs: Option<u64>,
+        #[serde(default)]
+        batch: Batching,
+        #[serde(default)]
+        buffer: BufferConfig,
+        #[serde(default)]
+        best_effort: bool,
+    },
     /// One event per line on stdout (`weir pipeline run` only).
     Stdout {
         inputs: Vec<String>,
@@ -126,6 +159,10 @@ enum DeadLetterConfig {
         batch: Batching,
     },
     Stdout {},
+    /// Failed records as read, one per line (their headers are not kept).
+    File {
+        path: PathBuf,
+    },
 }
 
 /// Where a pipeline runs: what its components may be.
@@ -135,13 +172,38 @@ pub enum Host {
     Check,
     /// Inside `weir serve`, on its broker: stdin and stdout are not available.
     Server(Broker),
-    /// `weir pipeline run`: on a broker of its own, stdin and stdout available.
-    Standalone(Option<Broker>),
+    /// `weir pipeline run`: on a broker of its own (when it uses topics), stdin and stdout
+    /// available; file checkpoints under `data_dir`.
+    Standalone {
+        broker: Option<Broker>,
+        data_dir: PathBuf,
+    },
 }
 
 impl Host {
     fn stdio(&self) -> bool {
         !matches!(self, Host::Server(_))
+    }
+
+    /// Where file positions are checkpointed, and through which storage.
+    fn checkpoints(
+        &self,
+        pipeline: &str,
+        component: &str,
+    ) -> (PathBuf, Arc<dyn weir_log::Storage>) {
+        let (dir, storage): (PathBuf, Arc<dyn weir_log::Storage>) = match self {
+            Host::Server(b) => (b.config().data_dir.clone(), b.config().storage.clone()),
+            Host::Standalone { data_dir, .. } => {
+                (data_dir.clone(), Arc::new(weir_log::FileStorage))
+            }
+            Host::Check => (PathBuf::from("."), Arc::new(weir_log::FileStorage)),
+        };
+        (
+            dir.join("pipelines")
+                .join(pipeline)
+                .join(format!("{component}.checkpoints.json")),
+            storage,
+        )
     }
 }
 
@@ -261,8 +323,13 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
     let broker = || -> Result<Option<Broker>, String> {
         match host {
             Host::Check => Ok(None),
-            Host::Server(b) | Host::Standalone(Some(b)) => Ok(Some(b.clone())),
-            Host::Standalone(None) => Err("topics need the data directory's broker".into()),
+            Host::Server(b) => Ok(Some(b.clone())),
+            Host::Standalone {
+                broker: Some(b), ..
+            } => Ok(Some(b.clone())),
+            Host::Standalone { broker: None, .. } => {
+                Err("topics need the data directory's broker".into())
+            }
         }
     };
     for (name, s) in sources {
@@ -276,6 +343,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 commit_interval_ms,
             } => {
                 check_topic(&topic).map_err(|m| at(format!("topic: {m}")))?;
+                no_header(&decoding).map_err(&at)?;
                 let group = group.unwrap_or_else(|| format!("pipeline.{}.{name}", d.name));
                 if group.is_empty() {
                     return Err(at("group: must not be empty".into()));
@@ -298,12 +366,40 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 }
             }
             SourceConfig::Http { decoding } => {
-                if matches!(host, Host::Standalone(_)) {
+                if matches!(host, Host::Standalone { .. }) {
                     return Err(at(
                         "an http source needs the server's HTTP door (`weir serve`)".into(),
                     ));
                 }
+                no_header(&decoding).map_err(&at)?;
                 b.http_source(&name, decoding)
+            }
+            SourceConfig::File {
+                include,
+                exclude,
+                read_from,
+                decoding,
+                poll_ms,
+            } => {
+                if include.is_empty() {
+                    return Err(at("include: name at least one file pattern".into()));
+                }
+                for p in include.iter().chain(&exclude) {
+                    glob::Pattern::new(p).map_err(|e| at(format!("pattern `{p}`: {e}")))?;
+                }
+                let (checkpoints, storage) = host.checkpoints(&d.name, &name);
+                b.source(
+                    &name,
+                    FileSource {
+                        include,
+                        exclude,
+                        decoding,
+                        read_from,
+                        checkpoints,
+                        storage,
+                        poll: Duration::from_millis(poll_ms.unwrap_or(250).clamp(10, 60_000)),
+                    },
+                )
             }
             SourceConfig::Stdin { decoding } => {
                 if !host.stdio() {
@@ -413,6 +509,38 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     None => b.sink_with(&name, &strs(&inputs), Unconnected, options),
                 }
             }
+            SinkConfig::File {
+                inputs,
+                path,
+                encoding,
+                max_bytes,
+                max_age_secs,
+                batch,
+                buffer,
+                best_effort,
+            } => {
+                check_batching(&batch).map_err(|m| at(format!("batch: {m}")))?;
+                if max_bytes == Some(0) || max_age_secs == Some(0) {
+                    return Err(at("max_bytes and max_age_secs must be at least 1".into()));
+                }
+                let options = SinkOptions {
+                    buffer,
+                    best_effort,
+                };
+                b.sink_with(
+                    &name,
+                    &strs(&inputs),
+                    FileSink {
+                        path: d.base.join(path),
+                        encoding,
+                        max_bytes: max_bytes.unwrap_or(100 << 20),
+                        max_age: max_age_secs.map(Duration::from_secs),
+                        batching: batch,
+                        raw: false,
+                    },
+                    options,
+                )
+            }
             SinkConfig::Stdout {
                 inputs,
                 encoding,
@@ -455,6 +583,14 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     None => b.dead_letter(Unconnected),
                 }
             }
+            DeadLetterConfig::File { path } => b.dead_letter(FileSink {
+                path: d.base.join(path),
+                encoding: Encoding::Bytes,
+                max_bytes: 100 << 20,
+                max_age: None,
+                batching: Batching::default(),
+                raw: true,
+            }),
             DeadLetterConfig::Stdout {} => {
                 if !host.stdio() {
                     return Err(at("stdout is only available to `weir pipeline run`".into()));
@@ -467,6 +603,16 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
         };
     }
     b.build().map_err(|e| fail(e.0))
+}
+
+/// A source of single records has no header row to read CSV columns from.
+fn no_header(d: &Decoding) -> Result<(), String> {
+    if d.needs_header() {
+        return Err(
+            "decoding.columns: this source reads no CSV header row; declare the columns".into(),
+        );
+    }
+    Ok(())
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

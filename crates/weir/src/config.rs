@@ -770,7 +770,16 @@ mod tests {
             .map(|f| f.trim().trim_matches('`'))
             .collect();
         let sections = [
-            "native", "kafka", "http", "topics", "groups", "log", "limits", "quotas", "tracing",
+            "native",
+            "kafka",
+            "http",
+            "topics",
+            "groups",
+            "log",
+            "limits",
+            "quotas",
+            "tracing",
+            "pipelines",
         ];
         let listed: std::collections::BTreeSet<&str> =
             TOP_LEVEL_KEYS.iter().copied().chain(sections).collect();

@@ -57,7 +57,13 @@ pub async fn run(cmd: PipelineCmd) -> Result<()> {
             } else {
                 (None, None)
             };
-            let p = config::build(&d, &Host::Standalone(broker.clone()))?;
+            let p = config::build(
+                &d,
+                &Host::Standalone {
+                    broker: broker.clone(),
+                    data_dir: server.data_dir.clone(),
+                },
+            )?;
             let stop = tokio_util::sync::CancellationToken::new();
             let maintenance = broker.clone().map(|b| {
                 let stop = stop.clone();

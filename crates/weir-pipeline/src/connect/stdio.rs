@@ -48,6 +48,8 @@ pub(crate) async fn read_lines(
     let mut position = 0u64;
     let mut line = Vec::new();
     let mut done = false;
+    // CSV without declared columns: the first line is the header.
+    let mut header: Option<Vec<String>> = None;
     while !done {
         let mut events = Vec::with_capacity(BATCH_EVENTS);
         let mut failed = Vec::new();
@@ -76,6 +78,14 @@ pub(crate) async fn read_lines(
             if text.is_empty() {
                 continue;
             }
+            if decoding.needs_header() && header.is_none() {
+                header = Some(
+                    decoding
+                        .header(text)
+                        .map_err(|e| ComponentError(format!("{name}: the CSV header: {}", e.0)))?,
+                );
+                continue;
+            }
             let record = Record {
                 value: Some(Bytes::copy_from_slice(text)),
                 timestamp: now_ms(),
@@ -87,7 +97,7 @@ pub(crate) async fn read_lines(
                 ..Record::default()
             };
             let share = ack.share();
-            match decoding.decode(record.value.as_deref()) {
+            match decoding.decode_with(record.value.as_deref(), header.as_deref()) {
                 Ok(v) => events.push(Event::new(record, v, share)),
                 Err(e) => failed.push((Event::new(record, vrl::value::Value::Null, share), e.0)),
             }
