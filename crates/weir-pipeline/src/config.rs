@@ -21,6 +21,7 @@ use crate::connect::file::{FileSink, FileSource, ReadFrom};
 use crate::connect::stdio::{StdinSource, StdoutSink};
 use crate::connect::topic::{Batching, Start, TopicSink, TopicSource};
 use crate::edge::BufferConfig;
+use crate::ops;
 use crate::pipeline::{
     Builder, ComponentError, Pipeline, Sink, SinkContext, SinkOptions, Source, SourceContext,
 };
@@ -93,6 +94,41 @@ enum TransformConfig {
     Filter {
         inputs: Vec<String>,
         condition: String,
+        #[serde(default)]
+        buffer: BufferConfig,
+    },
+    /// One event in `rate` (by a hash of `key_fields` when given: whole keys).
+    Sample {
+        inputs: Vec<String>,
+        rate: u64,
+        #[serde(default)]
+        key_fields: Vec<String>,
+        #[serde(default)]
+        buffer: BufferConfig,
+    },
+    /// Drops events whose `fields` repeat those of one of the last `cache_size` events.
+    Dedupe {
+        inputs: Vec<String>,
+        fields: Vec<String>,
+        /// Default 10,000.
+        cache_size: Option<usize>,
+        #[serde(default)]
+        buffer: BufferConfig,
+    },
+    /// At most `threshold` events per `window_secs` per key.
+    Throttle {
+        inputs: Vec<String>,
+        threshold: u32,
+        window_secs: f64,
+        #[serde(default)]
+        key_fields: Vec<String>,
+        #[serde(default)]
+        buffer: BufferConfig,
+    },
+    /// One event per element of the array at `field`.
+    Split {
+        inputs: Vec<String>,
+        field: String,
         #[serde(default)]
         buffer: BufferConfig,
     },
@@ -450,6 +486,81 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     buffer,
                 )
             }
+            TransformConfig::Sample {
+                inputs,
+                rate,
+                key_fields,
+                buffer,
+            } => {
+                if rate == 0 {
+                    return Err(at("rate: keep one event in `rate`, at least 1".into()));
+                }
+                let keys = fields(&key_fields).map_err(|e| at(format!("key_fields: {e}")))?;
+                b.transform_buffered(
+                    &name,
+                    &strs(&inputs),
+                    move || ops::Sample::new(rate, keys.clone()),
+                    buffer,
+                )
+            }
+            TransformConfig::Dedupe {
+                inputs,
+                fields: f,
+                cache_size,
+                buffer,
+            } => {
+                if f.is_empty() {
+                    return Err(at("fields: name at least one field".into()));
+                }
+                let keys = fields(&f).map_err(|e| at(format!("fields: {e}")))?;
+                let size = cache_size.unwrap_or(10_000);
+                if size == 0 || size > 10_000_000 {
+                    return Err(at("cache_size: 1 to 10,000,000".into()));
+                }
+                b.transform_buffered(
+                    &name,
+                    &strs(&inputs),
+                    move || ops::Dedupe::new(keys.clone(), size),
+                    buffer,
+                )
+            }
+            TransformConfig::Throttle {
+                inputs,
+                threshold,
+                window_secs,
+                key_fields,
+                buffer,
+            } => {
+                if threshold == 0 {
+                    return Err(at("threshold: at least 1".into()));
+                }
+                if !(window_secs > 0.0 && window_secs <= 86_400.0) {
+                    return Err(at("window_secs: more than 0, at most 86400".into()));
+                }
+                let keys = fields(&key_fields).map_err(|e| at(format!("key_fields: {e}")))?;
+                let window = Duration::from_secs_f64(window_secs);
+                b.transform_buffered(
+                    &name,
+                    &strs(&inputs),
+                    move || ops::Throttle::new(threshold, window, keys.clone()),
+                    buffer,
+                )
+            }
+            TransformConfig::Split {
+                inputs,
+                field,
+                buffer,
+            } => {
+                let path = ops::field(&field).map_err(|e| at(format!("field: {e}")))?;
+                b.transform_buffered(
+                    &name,
+                    &strs(&inputs),
+                    move || ops::Split {
+                        field: path.clone(),
+                    },
+                    buffer,
+                )
+            }
             TransformConfig::Route {
                 inputs,
                 route,
@@ -603,6 +714,10 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
         };
     }
     b.build().map_err(|e| fail(e.0))
+}
+
+fn fields(names: &[String]) -> Result<Vec<vrl::path::OwnedValuePath>, String> {
+    names.iter().map(|n| ops::field(n)).collect()
 }
 
 /// A source of single records has no header row to read CSV columns from.

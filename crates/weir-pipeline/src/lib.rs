@@ -8,7 +8,7 @@
 //! - `codec.rs` — decoding at sources and encoding at sinks.
 //! - `transform.rs` — the [`Transform`] trait and the typed operators ([`transform::map`],
 //!   [`transform::filter`], [`transform::flat_map`]); `vrl.rs` — remap, filter and route on
-//!   the `vrl` crate.
+//!   the `vrl` crate; `ops.rs` — sample, dedupe, throttle, split.
 //! - `edge.rs` — bounded input queues between components, fan-out, the dead-letter output.
 //! - `pipeline.rs` — [`Builder`] (the graph checked), [`Pipeline`] (runs, restarts with
 //!   backoff, status and per-component counters); `stats.rs` — the counters and metrics.
@@ -25,6 +25,7 @@ pub mod connect;
 pub mod edge;
 pub mod event;
 pub mod manager;
+pub mod ops;
 pub mod pipeline;
 pub mod stats;
 pub mod tracker;
