@@ -380,6 +380,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
             } => {
                 check_topic(&topic).map_err(|m| at(format!("topic: {m}")))?;
                 no_header(&decoding).map_err(&at)?;
+                let decoding = prepare_decoding(decoding, &d.base).map_err(&at)?;
                 let group = group.unwrap_or_else(|| format!("pipeline.{}.{name}", d.name));
                 if group.is_empty() {
                     return Err(at("group: must not be empty".into()));
@@ -408,6 +409,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     ));
                 }
                 no_header(&decoding).map_err(&at)?;
+                lines_only(&decoding).map_err(&at)?;
                 b.http_source(&name, decoding)
             }
             SourceConfig::File {
@@ -423,6 +425,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 for p in include.iter().chain(&exclude) {
                     glob::Pattern::new(p).map_err(|e| at(format!("pattern `{p}`: {e}")))?;
                 }
+                lines_only(&decoding).map_err(&at)?;
                 let (checkpoints, storage) = host.checkpoints(&d.name, &name);
                 b.source(
                     &name,
@@ -441,6 +444,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 if !host.stdio() {
                     return Err(at("stdin is only available to `weir pipeline run`".into()));
                 }
+                lines_only(&decoding).map_err(&at)?;
                 b.source(&name, StdinSource { decoding })
             }
         };
@@ -600,6 +604,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
             } => {
                 check_topic(&topic).map_err(|m| at(format!("topic: {m}")))?;
                 check_batching(&batch).map_err(|m| at(format!("batch: {m}")))?;
+                let encoding = prepare_encoding(encoding, &d.base).map_err(&at)?;
                 let options = SinkOptions {
                     buffer,
                     best_effort,
@@ -631,6 +636,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 best_effort,
             } => {
                 check_batching(&batch).map_err(|m| at(format!("batch: {m}")))?;
+                lines_out(&encoding).map_err(&at)?;
                 if max_bytes == Some(0) || max_age_secs == Some(0) {
                     return Err(at("max_bytes and max_age_secs must be at least 1".into()));
                 }
@@ -661,6 +667,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 if !host.stdio() {
                     return Err(at("stdout is only available to `weir pipeline run`".into()));
                 }
+                lines_out(&encoding).map_err(&at)?;
                 let options = SinkOptions {
                     buffer,
                     best_effort,
@@ -718,6 +725,36 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
 
 fn fields(names: &[String]) -> Result<Vec<vrl::path::OwnedValuePath>, String> {
     names.iter().map(|n| ops::field(n)).collect()
+}
+
+fn prepare_decoding(mut d: Decoding, base: &Path) -> Result<Decoding, String> {
+    if let Decoding::Protobuf(p) = &mut d {
+        p.prepare(base).map_err(|e| format!("decoding: {e}"))?;
+    }
+    Ok(d)
+}
+
+fn prepare_encoding(mut e: Encoding, base: &Path) -> Result<Encoding, String> {
+    if let Encoding::Protobuf(p) = &mut e {
+        p.prepare(base).map_err(|e| format!("encoding: {e}"))?;
+    }
+    Ok(e)
+}
+
+/// Sources of lines (files, stdin, HTTP bodies) cannot carry binary Protobuf messages.
+fn lines_only(d: &Decoding) -> Result<(), String> {
+    if matches!(d, Decoding::Protobuf(_)) {
+        return Err("decoding: protobuf needs whole records (a topic source), not lines".into());
+    }
+    Ok(())
+}
+
+/// Sinks of lines (files, stdout) cannot carry binary Protobuf messages.
+fn lines_out(e: &Encoding) -> Result<(), String> {
+    if matches!(e, Encoding::Protobuf(_)) {
+        return Err("encoding: protobuf needs whole records (a topic sink), not lines".into());
+    }
+    Ok(())
 }
 
 /// A source of single records has no header row to read CSV columns from.

@@ -810,3 +810,74 @@ max_bytes = 4096
     });
     server.stop();
 }
+
+/// Protobuf topic → JSON lines file, the `.proto` compiled when the pipeline is built; a
+/// record that is not the message goes to a dead-letter file.
+#[test]
+fn protobuf_records_become_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("shop.proto"),
+        "syntax = \"proto3\";\npackage shop;\nmessage Order { string id = 1; int32 qty = 2; }\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[pipelines.pb.sources.in]
+type = "topic"
+topic = "orders-pb"
+decoding = {{ codec = "protobuf", message = "shop.Order", proto = "shop.proto" }}
+
+[pipelines.pb.sinks.lines]
+type = "file"
+inputs = ["in"]
+path = "{0}/orders.jsonl"
+
+[pipelines.pb.dead_letter]
+type = "file"
+path = "{0}/dead.txt"
+"#,
+            out.display()
+        ),
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("WEIR_CONFIG", config.to_str().unwrap())],
+    );
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "pipeline-test")
+            .await
+            .unwrap();
+        // Order{id, qty} in Protobuf's wire format: field 1 (bytes), field 2 (varint).
+        let order = |id: &str, qty: u8| {
+            let mut b = vec![0x0a, id.len() as u8];
+            b.extend_from_slice(id.as_bytes());
+            b.extend_from_slice(&[0x10, qty]);
+            b
+        };
+        let (a, b) = (order("o1", 3), order("o2", 7));
+        let garbage = b"\xff\xff\xffnot protobuf".to_vec();
+        c.produce("orders-pb", None, None, common::batch(&[&a, &b, &garbage]))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = std::fs::read_to_string(out.join("orders.jsonl")).unwrap_or_default();
+            let dead = std::fs::read(out.join("dead.txt")).unwrap_or_default();
+            if lines.lines().count() == 2 && !dead.is_empty() {
+                assert_eq!(
+                    lines.lines().collect::<Vec<_>>(),
+                    [r#"{"id":"o1","qty":3}"#, r#"{"id":"o2","qty":7}"#]
+                );
+                assert_eq!(dead, [garbage.as_slice(), b"\n"].concat());
+                break;
+            }
+            assert!(Instant::now() < deadline, "{lines:?} {dead:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    server.stop();
+}
