@@ -324,12 +324,15 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
     let mut transforms = BTreeMap::new();
     let mut sinks = BTreeMap::new();
     let mut dead_letter = None;
+    let mut workers: BTreeMap<String, usize> = BTreeMap::new();
     let mut grace = Duration::from_secs(10);
     for (key, value) in &d.table {
         match key.as_str() {
             "sources" => sources = section::<SourceConfig>(value, "source").map_err(fail)?,
             "transforms" => {
-                transforms = section::<TransformConfig>(value, "transform").map_err(fail)?
+                let (stripped, w) = take_workers(value).map_err(fail)?;
+                transforms = section::<TransformConfig>(&stripped, "transform").map_err(fail)?;
+                workers = w;
             }
             "sinks" => sinks = section::<SinkConfig>(value, "sink").map_err(fail)?,
             "dead_letter" => {
@@ -451,6 +454,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
     }
     for (name, t) in transforms {
         let at = |m: String| fail(format!("transform `{name}`: {m}"));
+        let w = workers.get(&name).copied().unwrap_or(1);
         b = match t {
             TransformConfig::Remap {
                 inputs,
@@ -469,11 +473,12 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     _ => return Err(at("set one of `source` (the program) or `file`".into())),
                 };
                 let c = v::compile(&program).map_err(|e| at(format!("{key}: {e}")))?;
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || v::Remap::new(c.clone()),
                     buffer,
+                    w,
                 )
             }
             TransformConfig::Filter {
@@ -483,11 +488,12 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
             } => {
                 let c =
                     v::compile_condition(&condition).map_err(|e| at(format!("condition: {e}")))?;
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || v::Filter::new(c.clone()),
                     buffer,
+                    w,
                 )
             }
             TransformConfig::Sample {
@@ -500,11 +506,12 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                     return Err(at("rate: keep one event in `rate`, at least 1".into()));
                 }
                 let keys = fields(&key_fields).map_err(|e| at(format!("key_fields: {e}")))?;
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || ops::Sample::new(rate, keys.clone()),
                     buffer,
+                    w,
                 )
             }
             TransformConfig::Dedupe {
@@ -521,11 +528,12 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 if size == 0 || size > 10_000_000 {
                     return Err(at("cache_size: 1 to 10,000,000".into()));
                 }
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || ops::Dedupe::new(keys.clone(), size),
                     buffer,
+                    w,
                 )
             }
             TransformConfig::Throttle {
@@ -543,11 +551,12 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 }
                 let keys = fields(&key_fields).map_err(|e| at(format!("key_fields: {e}")))?;
                 let window = Duration::from_secs_f64(window_secs);
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || ops::Throttle::new(threshold, window, keys.clone()),
                     buffer,
+                    w,
                 )
             }
             TransformConfig::Split {
@@ -556,13 +565,14 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                 buffer,
             } => {
                 let path = ops::field(&field).map_err(|e| at(format!("field: {e}")))?;
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || ops::Split {
                         field: path.clone(),
                     },
                     buffer,
+                    w,
                 )
             }
             TransformConfig::Route {
@@ -582,11 +592,12 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                         v::compile_condition(&cond).map_err(|e| at(format!("route.{r}: {e}")))?;
                     routes.push((r, c));
                 }
-                b.transform_buffered(
+                b.transform_parallel(
                     &name,
                     &strs(&inputs),
                     move || v::Route::new(routes.clone()),
                     buffer,
+                    w,
                 )
             }
         };
@@ -721,6 +732,24 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
         };
     }
     b.build().map_err(|e| fail(e.0))
+}
+
+/// Takes each transform's `workers` out of the `transforms` table (every kind has it).
+fn take_workers(value: &toml::Value) -> Result<(toml::Value, BTreeMap<String, usize>), String> {
+    let mut value = value.clone();
+    let mut out = BTreeMap::new();
+    if let Some(table) = value.as_table_mut() {
+        for (name, t) in table.iter_mut() {
+            if let Some(w) = t.as_table_mut().and_then(|t| t.remove("workers")) {
+                let n = w
+                    .as_integer()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("transform `{name}`: workers: 1 to 64"))?;
+                out.insert(name.clone(), n as usize);
+            }
+        }
+    }
+    Ok((value, out))
 }
 
 fn fields(names: &[String]) -> Result<Vec<vrl::path::OwnedValuePath>, String> {

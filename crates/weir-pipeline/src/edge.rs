@@ -124,10 +124,13 @@ impl Input {
         Sender(self.clone())
     }
 
-    /// The next batch; `None` once every sender is gone and the queue is empty.
-    pub(crate) async fn pop(&self) -> Option<Vec<Event>> {
+    /// The next batch; `None` once every sender is gone and the queue is empty. Counted as
+    /// received by the consumer when `count`.
+    pub(crate) async fn pop(&self, count: bool) -> Option<Vec<Event>> {
         let b = self.queue.pop().await?;
-        self.stats.received(b.len() as u64);
+        if count {
+            self.stats.received(b.len() as u64);
+        }
         Some(b)
     }
 
@@ -149,6 +152,17 @@ impl Input {
 /// A producer's handle on one consumer's input.
 #[derive(Debug)]
 pub struct Sender(Arc<Input>);
+
+impl Sender {
+    /// Pushes a batch, waiting for room (the queues of a transform's workers block); false
+    /// when the consumer is gone.
+    pub(crate) async fn push_waiting(&self, events: Vec<Event>) -> bool {
+        matches!(
+            self.0.queue.push(events).await,
+            Pushed::Pushed | Pushed::DroppedOldest(_)
+        )
+    }
+}
 
 impl Drop for Sender {
     fn drop(&mut self) {
