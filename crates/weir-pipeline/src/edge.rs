@@ -93,6 +93,11 @@ impl Input {
         best_effort: bool,
         stats: Arc<ComponentStats>,
     ) -> Arc<Self> {
+        // A best-effort consumer never makes its producer wait: when full, it drops.
+        let mut cfg = cfg;
+        if best_effort && cfg.when_full == WhenFull::Block {
+            cfg.when_full = WhenFull::DropNewest;
+        }
         let overflow = match cfg.when_full {
             WhenFull::Block => Overflow::Block,
             WhenFull::DropNewest => Overflow::DropNewest,

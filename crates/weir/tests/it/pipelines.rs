@@ -881,3 +881,109 @@ path = "{0}/dead.txt"
     });
     server.stop();
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A slow reader of a pipeline's stdout (`weir pipeline run`): a normal sink holds the source
+/// back (its sibling gets only as far as the buffers allow, memory stays bounded), while a
+/// best-effort one never stalls its sibling (which gets everything; the slow one drops).
+#[test]
+fn a_slow_sink_holds_back_its_source_unless_best_effort() {
+    use std::io::Read as _;
+    const N: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "pipeline-test").await.unwrap();
+        c.create_topic("big", msg::TopicConfig { partitions: 2, ..Default::default() })
+            .await
+            .unwrap();
+        let pad = "x".repeat(1000);
+        let values: Vec<String> = (0..N).map(|i| format!(r#"{{"i":{i},"pad":"{pad}"}}"#)).collect();
+        for chunk in values.chunks(500) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|v| v.as_bytes()).collect();
+            c.produce("big", None, None, common::batch(&refs)).await.unwrap();
+        }
+    });
+    server.stop();
+    for best_effort in [false, true] {
+        let out = dir.path().join(format!("fast-{best_effort}.jsonl"));
+        let file = dir.path().join(format!("slow-{best_effort}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+[sources.in]
+type = "topic"
+topic = "big"
+group = "slow-{best_effort}"
+
+[sinks.slow]
+type = "stdout"
+inputs = ["in"]
+best_effort = {best_effort}
+
+[sinks.fast]
+type = "file"
+inputs = ["in"]
+path = "{}"
+"#,
+                out.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["pipeline", "run", file.to_str().unwrap()])
+            .env("WEIR_DATA_DIR", &data)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut stdout = child.stdout.take().unwrap();
+        // Read about 100 KB/s.
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 10_000];
+            let mut lines = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => lines += buf[..n].iter().filter(|b| **b == b'\n').count(),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (lines, stdout)
+        });
+        let mut peak = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            peak = peak.max(rss_bytes(pid));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (read, stdout) = reader.join().unwrap();
+        let fast = std::fs::read_to_string(&out).unwrap_or_default().lines().count();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        drop(stdout);
+        let _ = child.wait();
+        eprintln!("best_effort={best_effort}: slow read {read}, fast wrote {fast}, peak RSS {} MiB", peak >> 20);
+        if best_effort {
+            assert_eq!(fast, N, "the sibling of a best-effort sink is not held back");
+        } else {
+            assert!(fast < N / 2, "the slow sink holds the source back: fast wrote {fast}");
+            assert!(fast < read + 12_000, "only the buffers run ahead: {fast} against {read}");
+        }
+        assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
+    }
+}
