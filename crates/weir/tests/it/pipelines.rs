@@ -161,10 +161,23 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
                 .await
                 .unwrap();
         }
-        let eu = wait_for(&c, "orders-eu", 100, Duration::from_secs(30)).await;
+        // A traced record: its traceparent header carries through to its output.
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut traced = weir_batch::BatchBuilder::new(1_700_000_000_000);
+        traced.push(weir_batch::RecordSpec {
+            value: Some(br#"{"user":"traced","amount":"1","region":"eu"}"#),
+            headers: vec![("traceparent", Some(traceparent.as_bytes()))],
+            ..Default::default()
+        });
+        c.produce("orders", None, None, bytes::Bytes::from(traced.build()))
+            .await
+            .unwrap();
+        let eu = wait_for(&c, "orders-eu", 101, Duration::from_secs(30)).await;
         let other = wait_for(&c, "orders-other", 200, Duration::from_secs(30)).await;
         let dlq = wait_for(&c, "orders-dlq", 2, Duration::from_secs(30)).await;
-        assert_eq!((eu.len(), other.len(), dlq.len()), (100, 200, 2));
+        assert_eq!((eu.len(), other.len(), dlq.len()), (101, 200, 2));
+        let t = eu.iter().find(|r| r.key.as_deref() == Some("traced")).unwrap();
+        assert_eq!(t.headers["traceparent"], traceparent);
         for r in &eu {
             let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
             assert_eq!(v["region"], "eu");
@@ -225,6 +238,20 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
                 "committed {got:?}, ends {ends:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Per-component counters in /metrics.
+        let metrics = reqwest::get(format!("http://{}/metrics", server.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            r#"weir_pipeline_component_sent_events_total{pipeline="orders",component="eu"} 101"#,
+            r#"weir_pipeline_component_errors_total{pipeline="orders",component="shape"} 1"#,
+            r#"weir_pipeline_component_errors_total{pipeline="orders",component="in"} 1"#,
+        ] {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
         }
     });
     server.stop();
