@@ -1,4 +1,5 @@
-//! `weir pipeline check | run`.
+//! `weir pipeline check | run` (in this process) and `list | describe | stop | start |
+//! reload` (a running server's pipelines, through its HTTP API).
 
 use std::path::PathBuf;
 
@@ -6,8 +7,44 @@ use anyhow::{Context, Result};
 use weir_broker::Broker;
 use weir_pipeline::config::{self, Declaration, Host};
 
+/// Where the commands that manage a running server's pipelines send their requests.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HttpAddr {
+    /// The server's HTTP address.
+    #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: String,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum PipelineCmd {
+    /// List the server's pipelines and their states.
+    List(HttpAddr),
+    /// Show one pipeline: state, restarts, last error, and per component the events
+    /// received, sent, dropped and failed, and its queue.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        http: HttpAddr,
+    },
+    /// Stop a pipeline (what its sources read drains; positions are committed).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        http: HttpAddr,
+    },
+    /// Start a stopped pipeline.
+    Start {
+        name: String,
+        #[command(flatten)]
+        http: HttpAddr,
+    },
+    /// Read the server's configuration again and restart the pipeline with its new
+    /// declaration (refused, and the running one left alone, if it is invalid).
+    Reload {
+        name: String,
+        #[command(flatten)]
+        http: HttpAddr,
+    },
     /// Check pipeline files without running them: every key, every VRL program, the graph.
     Check {
         /// Pipeline files (TOML, one pipeline each, named after the file).
@@ -26,8 +63,107 @@ pub enum PipelineCmd {
     },
 }
 
+/// Calls the server's HTTP API; an error answer becomes an error with its message.
+async fn call(method: reqwest::Method, http: &HttpAddr, path: &str) -> Result<serde_json::Value> {
+    let url = format!("http://{}{path}", http.http);
+    let resp = reqwest::Client::new()
+        .request(method, &url)
+        .send()
+        .await
+        .with_context(|| format!("calling {url} (is `weir serve` running with HTTP on {}? --http or WEIR_HTTP to change it)", http.http))?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    let v: serde_json::Value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .with_context(|| format!("{url} answered {status} with no JSON"))?
+    };
+    if !status.is_success() {
+        let msg = v["error"]["message"].as_str().unwrap_or("no message");
+        anyhow::bail!("{status}: {msg}");
+    }
+    Ok(v)
+}
+
+fn print_status(v: &serde_json::Value) {
+    let state = v["state"].as_str().unwrap_or("?");
+    let restarts = v["restarts"].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "{:<24} {state:<11} restarts {restarts}",
+        v["name"].as_str().unwrap_or("?")
+    );
+    if let Some(e) = v["last_error"].as_str() {
+        line.push_str(&format!("  last error: {e}"));
+    }
+    println!("{line}");
+}
+
 pub async fn run(cmd: PipelineCmd) -> Result<()> {
     match cmd {
+        PipelineCmd::List(http) => {
+            let v = call(reqwest::Method::GET, &http, "/pipelines").await?;
+            let list = v["pipelines"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no pipelines");
+            }
+            for p in &list {
+                print_status(p);
+            }
+            Ok(())
+        }
+        PipelineCmd::Describe { name, http } => {
+            let v = call(reqwest::Method::GET, &http, &format!("/pipelines/{name}")).await?;
+            print_status(&v);
+            println!(
+                "  {:<20} {:<10} {:>12} {:>12} {:>10} {:>10} {:>8}",
+                "component", "kind", "received", "sent", "dropped", "errors", "queued"
+            );
+            for c in v["components"].as_array().cloned().unwrap_or_default() {
+                let n = |k: &str| c[k].as_u64().map_or("-".to_string(), |x| x.to_string());
+                println!(
+                    "  {:<20} {:<10} {:>12} {:>12} {:>10} {:>10} {:>8}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["kind"].as_str().unwrap_or("?"),
+                    n("received"),
+                    n("sent"),
+                    n("dropped"),
+                    n("errors"),
+                    n("queued_batches"),
+                );
+            }
+            Ok(())
+        }
+        PipelineCmd::Stop { name, http } => {
+            call(
+                reqwest::Method::POST,
+                &http,
+                &format!("/pipelines/{name}/stop"),
+            )
+            .await?;
+            eprintln!("pipeline `{name}` stopped");
+            Ok(())
+        }
+        PipelineCmd::Start { name, http } => {
+            call(
+                reqwest::Method::POST,
+                &http,
+                &format!("/pipelines/{name}/start"),
+            )
+            .await?;
+            eprintln!("pipeline `{name}` started");
+            Ok(())
+        }
+        PipelineCmd::Reload { name, http } => {
+            call(
+                reqwest::Method::POST,
+                &http,
+                &format!("/pipelines/{name}/reload"),
+            )
+            .await?;
+            eprintln!("pipeline `{name}` reloaded");
+            Ok(())
+        }
         PipelineCmd::Check { files } => {
             for f in files {
                 let d = Declaration::from_file(&f)?;

@@ -176,7 +176,10 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
         let other = wait_for(&c, "orders-other", 200, Duration::from_secs(30)).await;
         let dlq = wait_for(&c, "orders-dlq", 2, Duration::from_secs(30)).await;
         assert_eq!((eu.len(), other.len(), dlq.len()), (101, 200, 2));
-        let t = eu.iter().find(|r| r.key.as_deref() == Some("traced")).unwrap();
+        let t = eu
+            .iter()
+            .find(|r| r.key.as_deref() == Some("traced"))
+            .unwrap();
         assert_eq!(t.headers["traceparent"], traceparent);
         for r in &eu {
             let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
@@ -520,6 +523,26 @@ fn pipelines_over_http_ingest_stop_start_and_reload() {
             (tag["received"].as_u64(), tag["sent"].as_u64()),
             (Some(2), Some(2))
         );
+        // The CLI shows the same.
+        let cli = |args: &[&str]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+            cmd.arg("pipeline")
+                .args(args)
+                .args(["--http", &server.http]);
+            common::run(cmd, "")
+        };
+        let (ok, out, err) = cli(&["describe", "web"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("web") && out.contains("running"), "{out}");
+        assert!(
+            out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["tag", "transform", "2", "2", "0", "0", "0"]),
+            "{out}"
+        );
+        let (ok, out, _) = cli(&["list"]);
+        assert!(ok && out.starts_with("web "), "{out}");
+        let (ok, _, err) = cli(&["describe", "nope"]);
+        assert!(!ok && err.contains("no pipeline named 'nope'"), "{err}");
         let r = http.get("/pipelines/{pipeline}", "/pipelines/nope").await;
         assert_eq!(
             (r.status, r.body["error"]["code"].as_str()),
@@ -931,15 +954,27 @@ fn a_slow_sink_holds_back_its_source_unless_best_effort() {
     let data = dir.path().join("data");
     let server = Server::start(&data, &[]);
     common::rt().block_on(async {
-        let c = Client::connect(&server.addr, "pipeline-test").await.unwrap();
-        c.create_topic("big", msg::TopicConfig { partitions: 2, ..Default::default() })
+        let c = Client::connect(&server.addr, "pipeline-test")
             .await
             .unwrap();
+        c.create_topic(
+            "big",
+            msg::TopicConfig {
+                partitions: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let pad = "x".repeat(1000);
-        let values: Vec<String> = (0..N).map(|i| format!(r#"{{"i":{i},"pad":"{pad}"}}"#)).collect();
+        let values: Vec<String> = (0..N)
+            .map(|i| format!(r#"{{"i":{i},"pad":"{pad}"}}"#))
+            .collect();
         for chunk in values.chunks(500) {
             let refs: Vec<&[u8]> = chunk.iter().map(|v| v.as_bytes()).collect();
-            c.produce("big", None, None, common::batch(&refs)).await.unwrap();
+            c.produce("big", None, None, common::batch(&refs))
+                .await
+                .unwrap();
         }
     });
     server.stop();
@@ -1000,16 +1035,33 @@ path = "{}"
             std::thread::sleep(Duration::from_millis(100));
         }
         let (read, stdout) = reader.join().unwrap();
-        let fast = std::fs::read_to_string(&out).unwrap_or_default().lines().count();
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let fast = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         drop(stdout);
         let _ = child.wait();
-        eprintln!("best_effort={best_effort}: slow read {read}, fast wrote {fast}, peak RSS {} MiB", peak >> 20);
+        eprintln!(
+            "best_effort={best_effort}: slow read {read}, fast wrote {fast}, peak RSS {} MiB",
+            peak >> 20
+        );
         if best_effort {
-            assert_eq!(fast, N, "the sibling of a best-effort sink is not held back");
+            assert_eq!(
+                fast, N,
+                "the sibling of a best-effort sink is not held back"
+            );
         } else {
-            assert!(fast < N / 2, "the slow sink holds the source back: fast wrote {fast}");
-            assert!(fast < read + 12_000, "only the buffers run ahead: {fast} against {read}");
+            assert!(
+                fast < N / 2,
+                "the slow sink holds the source back: fast wrote {fast}"
+            );
+            assert!(
+                fast < read + 12_000,
+                "only the buffers run ahead: {fast} against {read}"
+            );
         }
         assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
     }
