@@ -1066,3 +1066,37 @@ path = "{}"
         assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
     }
 }
+
+/// The pipelines in docs/pipelines.md pass `weir pipeline check` (the worked examples as
+/// files; the first one as a server's `[pipelines.orders]` tables).
+#[test]
+fn the_documented_pipelines_are_valid() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pipelines.md")).unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 4, "{} toml blocks", blocks.len());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+    std::fs::write(
+        dir.path().join("schemas/telemetry.proto"),
+        "syntax = \"proto3\";\npackage iot;\nmessage Reading { string device = 1; double value = 2; }\n",
+    )
+    .unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        // The first block is in a server's configuration: its tables under [pipelines.orders].
+        let text = if i == 0 {
+            block.replace("[pipelines.orders.", "[")
+        } else {
+            block.to_string()
+        };
+        let path = dir.path().join(format!("doc{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["pipeline", "check", path.to_str().unwrap()]);
+        let (ok, _, err) = common::run(cmd, "");
+        assert!(ok, "docs/pipelines.md toml block {i}: {err}\n{block}");
+    }
+}
