@@ -519,7 +519,7 @@ pub fn document() -> Value {
                     "last_error_at_ms": {"type": ["integer", "null"]},
                     "components": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["name", "kind", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes"],
+                    "required": ["name", "kind", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag"],
                     "properties": {
                         "name": {"type": "string"},
                         "kind": {"enum": ["source", "transform", "sink"]},
@@ -529,6 +529,7 @@ pub fn document() -> Value {
                         "errors": {"type": "integer"},
                         "queued_batches": {"type": ["integer", "null"]},
                         "queued_bytes": {"type": ["integer", "null"]},
+                        "lag": {"type": ["integer", "null"], "description": "Sources: records not yet committed (a topic source's group lag)."},
                     },
                 }}},
             },

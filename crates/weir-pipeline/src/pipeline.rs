@@ -54,6 +54,11 @@ pub struct SourceContext {
 /// A source: reads events and sends them on; commits what was acknowledged.
 pub trait Source: Send + Sync + 'static {
     fn run(&self, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+
+    /// Records not yet committed (a topic source: its group's lag), where known.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a sink gets to run with.
@@ -284,6 +289,14 @@ impl Builder {
             .chain(&self.dead_letter)
             .map(|n| (n.name.to_string(), kind_name(&n.kind), n.stats.clone()))
             .collect();
+        let sources = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                Kind::Source(s) => Some((n.name.to_string(), s.clone())),
+                _ => None,
+            })
+            .collect();
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -291,6 +304,7 @@ impl Builder {
                 dead_letter: self.dead_letter,
                 grace: self.grace,
                 ingest: self.ingest,
+                sources,
                 components,
                 status: Mutex::new(Status::default()),
                 inputs: Mutex::new(Vec::new()),
@@ -488,6 +502,8 @@ pub struct ComponentView {
     /// Batches and bytes in its input queue (transforms and sinks).
     pub queued_batches: Option<usize>,
     pub queued_bytes: Option<usize>,
+    /// Sources: records not yet committed, where known (a topic source's group lag).
+    pub lag: Option<u64>,
 }
 
 struct Inner {
@@ -497,6 +513,7 @@ struct Inner {
     grace: Duration,
     ingest: Option<Arc<crate::connect::http::IngestPoint>>,
     components: Vec<(String, &'static str, Arc<ComponentStats>)>,
+    sources: Vec<(String, Arc<dyn Source>)>,
     status: Mutex<Status>,
     inputs: Mutex<Vec<Arc<Input>>>,
 }
@@ -549,12 +566,19 @@ impl Pipeline {
             .iter()
             .map(|(name, kind, stats)| {
                 let fill = inputs.iter().find(|i| &*i.name == name).map(|i| i.fill());
+                let lag = self
+                    .inner
+                    .sources
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, s)| s.lag());
                 ComponentView {
                     name: name.clone(),
                     kind,
                     stats: stats.snapshot(),
                     queued_batches: fill.map(|f| f.0),
                     queued_bytes: fill.map(|f| f.1),
+                    lag,
                 }
             })
             .collect()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metrics::Counter;
 use serde::Serialize;
 
-/// Metric: events a component received.
+/// Metric: events a component received (a source: records it read, decoded or not).
 pub const METRIC_RECEIVED: &str = "weir_pipeline_component_received_events_total";
 /// Metric: events a component passed on (a source: read; a sink: written).
 pub const METRIC_SENT: &str = "weir_pipeline_component_sent_events_total";

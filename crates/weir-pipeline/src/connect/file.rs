@@ -477,6 +477,7 @@ impl FileSource {
 }
 
 async fn emit(ctx: &SourceContext, events: &mut Vec<Event>, failed: &mut Vec<(Event, String)>) {
+    ctx.stats.received((events.len() + failed.len()) as u64);
     if !failed.is_empty() {
         ctx.stats.errors(failed.len() as u64);
         ctx.dead
@@ -484,7 +485,6 @@ async fn emit(ctx: &SourceContext, events: &mut Vec<Event>, failed: &mut Vec<(Ev
             .await;
     }
     if !events.is_empty() {
-        ctx.stats.received(events.len() as u64);
         ctx.out
             .send(std::mem::replace(events, Vec::with_capacity(BATCH_EVENTS)))
             .await;

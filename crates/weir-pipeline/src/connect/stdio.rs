@@ -107,12 +107,12 @@ pub(crate) async fn read_lines(
             }
         }
         tracker.push(position, ack);
+        ctx.stats.received((events.len() + failed.len()) as u64);
         if !failed.is_empty() {
             ctx.stats.errors(failed.len() as u64);
             ctx.dead.send_all(failed, &ctx.component).await;
         }
         if !events.is_empty() {
-            ctx.stats.received(events.len() as u64);
             ctx.out.send(events).await;
         }
         tracker.advance().map_err(lost)?;

@@ -65,6 +65,16 @@ impl Source for TopicSource {
     fn run(&self, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.clone().consume(ctx))
     }
+
+    fn lag(&self) -> Option<u64> {
+        let lag = self.broker.group_lag(&self.group);
+        Some(
+            lag.iter()
+                .filter(|l| l.topic == self.topic)
+                .map(|l| l.lag)
+                .sum(),
+        )
+    }
 }
 
 struct Reader {
@@ -392,6 +402,7 @@ impl TopicSource {
         events: &mut Vec<Event>,
         failed: &mut Vec<(Event, String)>,
     ) {
+        ctx.stats.received((events.len() + failed.len()) as u64);
         if !failed.is_empty() {
             ctx.stats.errors(failed.len() as u64);
             ctx.dead

@@ -224,8 +224,9 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let parts: Vec<(String, u32)> = (0..3).map(|p| ("orders".to_string(), p)).collect();
+            // Without a commit, "earliest" (0) comes back: only real commits reach the ends.
             let committed = c
-                .fetch_offsets("pipeline.orders.in", &parts, false)
+                .fetch_offsets("pipeline.orders.in", &parts, true)
                 .await
                 .unwrap();
             let mut ends = Vec::new();
@@ -242,6 +243,23 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The source's lag, in the pipeline's description, is 0 once all is committed.
+        let d: serde_json::Value = serde_json::from_str(
+            &reqwest::get(format!("http://{}/pipelines/orders", server.http))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let source = d["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "in")
+            .unwrap();
+        assert_eq!(source["lag"], 0, "{d}");
         // Per-component counters in /metrics.
         let metrics = reqwest::get(format!("http://{}/metrics", server.http))
             .await
@@ -1071,7 +1089,11 @@ path = "{}"
 /// files; the first one as a server's `[pipelines.orders]` tables).
 #[test]
 fn the_documented_pipelines_are_valid() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pipelines.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/pipelines.md"
+    ))
+    .unwrap();
     let blocks: Vec<&str> = doc
         .split("```toml\n")
         .skip(1)
