@@ -150,10 +150,28 @@ impl Ack {
     }
 }
 
+thread_local! {
+    /// Set while a transform runs under the runner's panic catch: a share dropped by that
+    /// panic's unwinding is covered by the dead letter the runner sends in its place.
+    static COVERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (which catches its own panics) with the shares its panics drop covered by a
+/// dead letter the caller sends.
+pub(crate) fn covered<R>(f: impl FnOnce() -> R) -> R {
+    COVERED.with(|c| c.set(true));
+    let r = f();
+    COVERED.with(|c| c.set(false));
+    r
+}
+
 impl Drop for Ack {
     fn drop(&mut self) {
         if let Some(b) = self.batch.take() {
-            b.failed.store(true, Ordering::Release);
+            let covered = std::thread::panicking() && COVERED.with(|c| c.get());
+            if !covered {
+                b.failed.store(true, Ordering::Release);
+            }
             b.release();
         }
     }

@@ -889,7 +889,10 @@ async fn run_transform(
         for event in batch {
             // Kept aside so that an event lost in a panic still reaches the dead-letter output.
             let spare = (event.record.clone(), event.spare_ack());
-            match std::panic::catch_unwind(AssertUnwindSafe(|| t.process(event, &mut out))) {
+            let ran = crate::event::covered(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| t.process(event, &mut out)))
+            });
+            match ran {
                 Ok(()) => spare.1.ack(),
                 Err(panic) => {
                     let why = panic
@@ -1034,5 +1037,103 @@ mod tests {
             .find(|c| c.name == "slow")
             .unwrap();
         assert_eq!((slow.stats.received, slow.stats.sent), (5000, 5000));
+    }
+}
+
+#[cfg(test)]
+mod panics {
+    use super::*;
+    use crate::event::{AckBatch, Record};
+    use crate::transform::map;
+    use vrl::value::Value;
+
+    /// Sends three events of one read and waits for their acknowledgement.
+    struct Three(Arc<parking_lot::Mutex<Option<bool>>>);
+
+    impl Source for Three {
+        fn run(&self, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
+            let done = self.0.clone();
+            Box::pin(async move {
+                let ack = AckBatch::new();
+                let events = (0..3)
+                    .map(|i| {
+                        let record = Record {
+                            value: Some(bytes::Bytes::from(format!("raw{i}"))),
+                            ..Record::default()
+                        };
+                        Event::new(record, Value::Integer(i), ack.share())
+                    })
+                    .collect();
+                ctx.out.send(events).await;
+                *done.lock() = Some(ack.settled().await);
+                Ok(())
+            })
+        }
+    }
+
+    /// What reached a sink: the record values and their `weir.error` headers.
+    struct Seen(Arc<parking_lot::Mutex<Vec<(String, Option<String>)>>>);
+
+    impl Sink for Seen {
+        fn run(&self, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>> {
+            let seen = self.0.clone();
+            Box::pin(async move {
+                while let Some(batch) = ctx.next().await {
+                    for e in batch {
+                        let v = String::from_utf8_lossy(e.record.value.as_deref().unwrap_or_default())
+                            .into_owned();
+                        let err = e
+                            .record
+                            .header(crate::edge::HEADER_ERROR)
+                            .map(|h| String::from_utf8_lossy(h).into_owned());
+                        seen.lock().push((v, err));
+                        e.ack();
+                    }
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// A transform that panics on one event: that event goes to the dead-letter output with
+    /// the panic's message, the others go on, the pipeline keeps running, and the read is
+    /// acknowledged as a whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_costs_one_event_to_the_dead_letter_output() {
+        let done = Arc::new(parking_lot::Mutex::new(None));
+        let out = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let dead = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let p = Builder::new("p")
+            .source("in", Three(done.clone()))
+            .transform("boom", &["in"], || {
+                map(|e| {
+                    if e.value == Value::Integer(1) {
+                        panic!("boom on one");
+                    }
+                    Ok(())
+                })
+            })
+            .sink("out", &["boom"], Seen(out.clone()))
+            .dead_letter(Seen(dead.clone()))
+            .build()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), p.run(CancellationToken::new()))
+            .await
+            .unwrap();
+        assert_eq!(*done.lock(), Some(true), "every event acknowledged");
+        let out = out.lock();
+        assert_eq!(
+            out.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(),
+            ["raw0", "raw2"]
+        );
+        let dead = dead.lock();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0, "raw1");
+        assert!(
+            dead[0].1.as_deref().unwrap().contains("panicked: boom on one"),
+            "{dead:?}"
+        );
+        let boom = p.components().into_iter().find(|c| c.name == "boom").unwrap();
+        assert_eq!((boom.stats.sent, boom.stats.errors), (2, 1));
     }
 }
