@@ -1080,8 +1080,9 @@ mod panics {
             Box::pin(async move {
                 while let Some(batch) = ctx.next().await {
                     for e in batch {
-                        let v = String::from_utf8_lossy(e.record.value.as_deref().unwrap_or_default())
-                            .into_owned();
+                        let v =
+                            String::from_utf8_lossy(e.record.value.as_deref().unwrap_or_default())
+                                .into_owned();
                         let err = e
                             .record
                             .header(crate::edge::HEADER_ERROR)
@@ -1130,10 +1131,18 @@ mod panics {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].0, "raw1");
         assert!(
-            dead[0].1.as_deref().unwrap().contains("panicked: boom on one"),
+            dead[0]
+                .1
+                .as_deref()
+                .unwrap()
+                .contains("panicked: boom on one"),
             "{dead:?}"
         );
-        let boom = p.components().into_iter().find(|c| c.name == "boom").unwrap();
+        let boom = p
+            .components()
+            .into_iter()
+            .find(|c| c.name == "boom")
+            .unwrap();
         assert_eq!((boom.stats.sent, boom.stats.errors), (2, 1));
     }
 }

@@ -530,11 +530,16 @@ impl TopicSink {
                 ctx.stats.errors(failed.len() as u64);
                 ctx.dead.send_all(failed, &ctx.component).await;
             }
+            // Every partition's batch at once: their syncs overlap.
+            let mut writes = Vec::with_capacity(by_partition.len());
             for (p, (builder, evs)) in by_partition {
                 let seq = sequences.entry(p).or_insert(0);
                 let batch = Bytes::from(builder.producer(producer_id, 0, *seq).build());
-                self.produce(&ctx, p, batch).await?;
                 *seq = seq.wrapping_add(evs.len() as i32);
+                let (me, ctx) = (&self, &ctx);
+                writes.push(async move { me.produce(ctx, p, batch).await.map(|()| evs) });
+            }
+            for evs in futures::future::try_join_all(writes).await? {
                 ctx.stats.sent(evs.len() as u64);
                 evs.into_iter().for_each(Event::ack);
             }
