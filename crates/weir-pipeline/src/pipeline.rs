@@ -1071,8 +1071,11 @@ mod panics {
         }
     }
 
-    /// What reached a sink: the record values and their `weir.error` headers.
-    struct Seen(Arc<parking_lot::Mutex<Vec<(String, Option<String>)>>>);
+    /// A record value and its `weir.error` header.
+    type Arrival = (String, Option<String>);
+
+    /// What reached a sink.
+    struct Seen(Arc<parking_lot::Mutex<Vec<Arrival>>>);
 
     impl Sink for Seen {
         fn run(&self, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>> {
