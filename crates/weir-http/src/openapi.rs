@@ -519,7 +519,7 @@ pub fn document() -> Value {
                     "last_error_at_ms": {"type": ["integer", "null"]},
                     "components": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["name", "kind", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag"],
+                    "required": ["name", "kind", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag", "retrying", "retrying_since_ms"],
                     "properties": {
                         "name": {"type": "string"},
                         "kind": {"enum": ["source", "transform", "sink"]},
@@ -530,6 +530,8 @@ pub fn document() -> Value {
                         "queued_batches": {"type": ["integer", "null"]},
                         "queued_bytes": {"type": ["integer", "null"]},
                         "lag": {"type": ["integer", "null"], "description": "Sources: records not yet committed (a topic source's group lag)."},
+                        "retrying": {"type": ["string", "null"], "description": "What the component retries now (a sink that cannot write: a full disk)."},
+                        "retrying_since_ms": {"type": ["integer", "null"]},
                     },
                 }}},
             },

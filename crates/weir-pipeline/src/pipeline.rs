@@ -504,6 +504,10 @@ pub struct ComponentView {
     pub queued_bytes: Option<usize>,
     /// Sources: records not yet committed, where known (a topic source's group lag).
     pub lag: Option<u64>,
+    /// What the component is retrying now (a sink that cannot write), if anything.
+    pub retrying: Option<String>,
+    /// Since when it retries, ms since the epoch.
+    pub retrying_since_ms: Option<u64>,
 }
 
 struct Inner {
@@ -572,6 +576,7 @@ impl Pipeline {
                     .iter()
                     .find(|(n, _)| n == name)
                     .and_then(|(_, s)| s.lag());
+                let retrying = stats.retrying.lock().clone();
                 ComponentView {
                     name: name.clone(),
                     kind,
@@ -579,6 +584,8 @@ impl Pipeline {
                     queued_batches: fill.map(|f| f.0),
                     queued_bytes: fill.map(|f| f.1),
                     lag,
+                    retrying_since_ms: retrying.as_ref().map(|r| r.1),
+                    retrying: retrying.map(|r| r.0),
                 }
             })
             .collect()
@@ -602,6 +609,13 @@ impl Pipeline {
                     return;
                 }
                 Ended::Stopped => {
+                    self.set(State::Stopped);
+                    return;
+                }
+                Ended::Failed(error) if stop.is_cancelled() => {
+                    // Killed at the end of its grace period while stopping: what was not
+                    // acknowledged is read again at the next start.
+                    tracing::warn!(pipeline = %self.inner.name, %error, "pipeline stopped before it drained");
                     self.set(State::Stopped);
                     return;
                 }

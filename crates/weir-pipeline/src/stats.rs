@@ -20,6 +20,9 @@ pub const METRIC_ERRORS: &str = "weir_pipeline_component_errors_total";
 /// Counters of one component.
 #[derive(Debug)]
 pub struct ComponentStats {
+    /// What the component is retrying now (a sink whose writes fail for a while), and
+    /// since when (ms since the epoch); cleared when it succeeds.
+    pub retrying: parking_lot::Mutex<Option<(String, u64)>>,
     pub received: AtomicU64,
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
@@ -46,6 +49,7 @@ impl ComponentStats {
             ("component", component.to_string()),
         ];
         Arc::new(Self {
+            retrying: parking_lot::Mutex::new(None),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -75,6 +79,25 @@ impl ComponentStats {
     pub fn errors(&self, n: u64) {
         self.errors.fetch_add(n, Ordering::Relaxed);
         self.m_errors.increment(n);
+    }
+
+    /// Records that the component retries after `error`; true the first time (to log it).
+    pub fn retry(&self, error: &str) -> bool {
+        let mut r = self.retrying.lock();
+        let first = r.is_none();
+        let since = r.as_ref().map(|(_, at)| *at).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        });
+        *r = Some((error.to_string(), since));
+        first
+    }
+
+    /// The component's retries are over.
+    pub fn recovered(&self) {
+        self.retrying.lock().take();
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

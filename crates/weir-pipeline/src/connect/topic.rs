@@ -483,8 +483,16 @@ impl TopicSink {
         while let Some(events) = gather(&ctx, &self.batching).await {
             let partitions = self.partitions().await?;
             let ring = Ring::new(partitions);
-            // Per partition: the encoded records and their events.
-            let mut by_partition: BTreeMap<u32, (BatchBuilder, Vec<Event>)> = BTreeMap::new();
+            // The topic's largest batch, less room for the batch header.
+            let limit = self
+                .broker
+                .topic_config(&self.topic)
+                .map(|c| c.max_batch_bytes as usize)
+                .unwrap_or(1 << 20)
+                .saturating_sub(256)
+                .max(1024);
+            // Per partition: batches of encoded records, each with its events.
+            let mut by_partition: BTreeMap<u32, Vec<(BatchBuilder, Vec<Event>)>> = BTreeMap::new();
             let mut failed = Vec::new();
             let now = now_ms();
             for e in events {
@@ -503,6 +511,25 @@ impl TopicSink {
                         continue;
                     }
                 };
+                let size = e.record.key.as_ref().map_or(0, Bytes::len)
+                    + v.as_ref().map_or(0, Bytes::len)
+                    + e.record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 10)
+                        .sum::<usize>()
+                    + 32;
+                if size > limit {
+                    failed.push((
+                        e,
+                        format!(
+                            "a record of about {size} bytes is larger than topic `{}` takes \
+                             (max_batch_bytes)",
+                            self.topic
+                        ),
+                    ));
+                    continue;
+                }
                 let p = match &e.record.key {
                     Some(k) => ring.partition_for(k),
                     None => {
@@ -510,9 +537,14 @@ impl TopicSink {
                         round_robin % partitions
                     }
                 };
-                let (builder, evs) = by_partition
-                    .entry(p)
-                    .or_insert_with(|| (BatchBuilder::new(now), Vec::new()));
+                let batches = by_partition.entry(p).or_default();
+                if batches
+                    .last()
+                    .is_none_or(|(b, _)| !b.is_empty() && b.size() + size > limit)
+                {
+                    batches.push((BatchBuilder::new(now), Vec::new()));
+                }
+                let (builder, evs) = batches.last_mut().expect("a batch was just made");
                 builder.push(RecordSpec {
                     key: e.record.key.as_deref(),
                     value: v.as_deref(),
@@ -530,14 +562,25 @@ impl TopicSink {
                 ctx.stats.errors(failed.len() as u64);
                 ctx.dead.send_all(failed, &ctx.component).await;
             }
-            // Every partition's batch at once: their syncs overlap.
+            // Every partition at once (their syncs overlap); a partition's batches in order.
             let mut writes = Vec::with_capacity(by_partition.len());
-            for (p, (builder, evs)) in by_partition {
+            for (p, batches) in by_partition {
                 let seq = sequences.entry(p).or_insert(0);
-                let batch = Bytes::from(builder.producer(producer_id, 0, *seq).build());
-                *seq = seq.wrapping_add(evs.len() as i32);
+                let mut stamped = Vec::with_capacity(batches.len());
+                for (builder, evs) in batches {
+                    let batch = Bytes::from(builder.producer(producer_id, 0, *seq).build());
+                    *seq = seq.wrapping_add(evs.len() as i32);
+                    stamped.push((batch, evs));
+                }
                 let (me, ctx) = (&self, &ctx);
-                writes.push(async move { me.produce(ctx, p, batch).await.map(|()| evs) });
+                writes.push(async move {
+                    let mut done = Vec::new();
+                    for (batch, evs) in stamped {
+                        me.produce(ctx, p, batch).await?;
+                        done.extend(evs);
+                    }
+                    Ok::<_, ComponentError>(done)
+                });
             }
             for evs in futures::future::try_join_all(writes).await? {
                 ctx.stats.sent(evs.len() as u64);
@@ -583,7 +626,10 @@ impl TopicSink {
                     .await
             };
             let err = match attempt.await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    ctx.stats.recovered();
+                    return Ok(());
+                }
                 Err(e) => e,
             };
             let retry = match &err {
@@ -599,7 +645,10 @@ impl TopicSink {
                     self.topic
                 )));
             }
-            tracing::debug!(topic = %self.topic, partition = p, error = %err, "pipeline sink retrying a write");
+            let why = format!("writing to `{}` partition {p}: {err}", self.topic);
+            if ctx.stats.retry(&why) {
+                tracing::warn!(sink = %ctx.component, error = %why, "pipeline sink retrying a write until it succeeds");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = ctx.kill.cancelled() => return Err(ComponentError("stopped while retrying a write".into())),
