@@ -353,6 +353,49 @@ mod tests {
         assert_eq!(e.value, json(r#"{"id":"k1","was":1234}"#));
     }
 
+    /// Programs in the style of Vector's remap documentation (parsing log lines with the
+    /// standard library, reshaping, coalescing errors) run as Vector runs them.
+    #[test]
+    fn vector_style_programs_run_unchanged() {
+        let cases = [
+            (
+                r#"{"message":"<13>1 2020-03-13T20:45:38.119Z dynamicwireless.name non 2426 ID931 - Try to override the THX port"}"#,
+                r#". = parse_syslog!(.message)
+                   .severity = .severity
+                   del(.version)"#,
+                r#"{"appname":"non","facility":"user","hostname":"dynamicwireless.name","message":"Try to override the THX port","msgid":"ID931","procid":2426,"severity":"notice","timestamp":"2020-03-13T20:45:38.119Z"}"#,
+            ),
+            (
+                r#"{"message":"level=info msg=\"stopping\" code=7"}"#,
+                r#". = parse_key_value!(.message)
+                   .code = to_int!(.code)"#,
+                r#"{"code":7,"level":"info","msg":"stopping"}"#,
+            ),
+            (
+                r#"{"message":"127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] \"GET /apache_pb.gif HTTP/1.0\" 200 2326"}"#,
+                r#"parsed, err = parse_common_log(.message)
+                   if err == null { . = parsed; .ok = true } else { .ok = false }
+                   .timestamp = format_timestamp!(.timestamp, "%Y-%m-%d")"#,
+                r#"{"host":"127.0.0.1","message":"GET /apache_pb.gif HTTP/1.0","method":"GET","ok":true,"path":"/apache_pb.gif","protocol":"HTTP/1.0","size":2326,"status":200,"timestamp":"2000-10-10","user":"frank"}"#,
+            ),
+            (
+                r#"{"user":{"name":"Ada","email":"ADA@EXAMPLE.COM"},"tags":["a","b"]}"#,
+                r#".user.email = downcase(string!(.user.email))
+                   .tag_count = length!(.tags)
+                   .name = del(.user.name)
+                   .host = if exists(.hostname) { .hostname } else { "unknown" }"#,
+                r#"{"host":"unknown","name":"Ada","tag_count":2,"tags":["a","b"],"user":{"email":"ada@example.com"}}"#,
+            ),
+        ];
+        for (input, program, expect) in cases {
+            let mut r = Remap::new(compile(program).unwrap_or_else(|e| panic!("{program}: {e}")));
+            let out = run(&mut r, input);
+            assert!(out.failed.is_empty(), "{program}: {:?}", out.failed);
+            let got = serde_json::to_string(&out.ports[0][0].value).unwrap();
+            assert_eq!(got, expect, "{program}");
+        }
+    }
+
     #[test]
     fn route_copies_to_every_match_and_keeps_the_unmatched() {
         let mut r = Route::new(vec![
