@@ -27,6 +27,7 @@ use weir_batch::{BatchBuilder, Batches, RecordSpec, Records, Ring};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::group::AssignmentStrategy;
 use weir_broker::{Broker, BrokerError, ErrorKind};
+use weir_flow::adaptive::{AdaptiveLimiter, Gradient2, Token};
 
 use crate::codec::{Decoding, Encoding};
 use crate::edge::BATCH_EVENTS;
@@ -475,12 +476,53 @@ pub(crate) async fn gather(ctx: &SinkContext, b: &Batching) -> Option<Vec<Event>
 }
 
 impl TopicSink {
+    /// Writes as batches arrive, and acknowledges each batch's events once its writes are
+    /// durable. Writes are started in order (the idempotent sequences need it) while earlier
+    /// ones still await their syncs; how many wait at once follows how long they take
+    /// (`weir-flow`'s Gradient2 adaptive limit: more while the sync time stays flat, fewer
+    /// when it climbs).
     async fn write(self, ctx: SinkContext) -> Result<(), ComponentError> {
+        let limiter = AdaptiveLimiter::new(Gradient2::new(2, 1, 16));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = self.start_writes(&ctx, &limiter, tx);
+        let acker = async {
+            while let Some(w) = rx.recv().await {
+                let Underway {
+                    writes,
+                    events,
+                    token,
+                } = w;
+                for (p, batch, write) in writes {
+                    if write.wait().await.is_err() {
+                        // The sync failed: this batch and those after it go again, in order
+                        // (their sequences let the broker tell one already stored).
+                        self.produce(&ctx, p, batch).await?;
+                    }
+                }
+                token.success();
+                ctx.stats.sent(events.len() as u64);
+                events.into_iter().for_each(Event::ack);
+            }
+            Ok::<_, ComponentError>(())
+        };
+        tokio::try_join!(writer, acker).map(drop)
+    }
+
+    async fn start_writes<'a>(
+        &'a self,
+        ctx: &'a SinkContext,
+        limiter: &'a AdaptiveLimiter,
+        tx: tokio::sync::mpsc::UnboundedSender<Underway<'a>>,
+    ) -> Result<(), ComponentError> {
         let producer_id = self.broker.producers().init();
         let mut sequences: HashMap<u32, i32> = HashMap::new();
         let mut round_robin = 0u32;
         let mut value = Vec::new();
-        while let Some(events) = gather(&ctx, &self.batching).await {
+        loop {
+            let token = limiter.acquire().await;
+            let Some(events) = gather(ctx, &self.batching).await else {
+                return Ok(());
+            };
             let partitions = self.partitions().await?;
             let ring = Ring::new(partitions);
             // The topic's largest batch, less room for the batch header.
@@ -562,32 +604,28 @@ impl TopicSink {
                 ctx.stats.errors(failed.len() as u64);
                 ctx.dead.send_all(failed, &ctx.component).await;
             }
-            // Every partition at once (their syncs overlap); a partition's batches in order.
-            let mut writes = Vec::with_capacity(by_partition.len());
+            // Started in order; every partition's syncs overlap.
+            let mut writes = Vec::new();
+            let mut written = Vec::new();
             for (p, batches) in by_partition {
                 let seq = sequences.entry(p).or_insert(0);
-                let mut stamped = Vec::with_capacity(batches.len());
                 for (builder, evs) in batches {
                     let batch = Bytes::from(builder.producer(producer_id, 0, *seq).build());
                     *seq = seq.wrapping_add(evs.len() as i32);
-                    stamped.push((batch, evs));
+                    let write = self.start(ctx, p, batch.clone()).await?;
+                    writes.push((p, batch, write));
+                    written.extend(evs);
                 }
-                let (me, ctx) = (&self, &ctx);
-                writes.push(async move {
-                    let mut done = Vec::new();
-                    for (batch, evs) in stamped {
-                        me.produce(ctx, p, batch).await?;
-                        done.extend(evs);
-                    }
-                    Ok::<_, ComponentError>(done)
-                });
             }
-            for evs in futures::future::try_join_all(writes).await? {
-                ctx.stats.sent(evs.len() as u64);
-                evs.into_iter().for_each(Event::ack);
+            let underway = Underway {
+                writes,
+                events: written,
+                token,
+            };
+            if tx.send(underway).is_err() {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// The topic's partition count; a missing topic is created when the broker creates
@@ -612,50 +650,83 @@ impl TopicSink {
             .ok_or_else(|| ComponentError(format!("topic `{}` does not exist", self.topic)))
     }
 
-    /// Writes one batch, retrying what may succeed later until the pipeline is killed.
-    async fn produce(&self, ctx: &SinkContext, p: u32, batch: Bytes) -> Result<(), ComponentError> {
-        use weir_broker::producers::SequencedError;
+    /// Starts writing one batch (the sync is awaited by the caller), retrying what may
+    /// succeed later until the pipeline is killed.
+    async fn start(
+        &self,
+        ctx: &SinkContext,
+        p: u32,
+        batch: Bytes,
+    ) -> Result<weir_broker::producers::SequencedWrite, ComponentError> {
         let header = weir_batch::peek(&batch).map_err(ComponentError::new)?;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let attempt = async {
-                self.broker
-                    .produce_sequenced(&self.topic, p, &header, batch.clone(), |b| b)
-                    .await?
-                    .wait()
-                    .await
-            };
-            let err = match attempt.await {
-                Ok(_) => {
+            let err = match self
+                .broker
+                .produce_sequenced(&self.topic, p, &header, batch.clone(), |b| b)
+                .await
+            {
+                Ok(w) => {
                     ctx.stats.recovered();
-                    return Ok(());
+                    return Ok(w);
                 }
                 Err(e) => e,
             };
-            let retry = match &err {
-                SequencedError::Retry(_) => true,
-                SequencedError::Broker(b) => {
-                    b.kind().is_retriable() && b.kind() != ErrorKind::ShuttingDown
-                }
-                _ => false,
-            };
-            if !retry {
-                return Err(ComponentError(format!(
-                    "writing to `{}` partition {p}: {err}",
-                    self.topic
-                )));
-            }
-            let why = format!("writing to `{}` partition {p}: {err}", self.topic);
-            if ctx.stats.retry(&why) {
-                tracing::warn!(sink = %ctx.component, error = %why, "pipeline sink retrying a write until it succeeds");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = ctx.kill.cancelled() => return Err(ComponentError("stopped while retrying a write".into())),
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            self.backoff(ctx, p, &err, &mut backoff).await?;
         }
     }
+
+    /// After a failed write: an error if it cannot succeed later, else waits (the backoff
+    /// doubles up to 2 s) and says why in the component's status.
+    async fn backoff(
+        &self,
+        ctx: &SinkContext,
+        p: u32,
+        err: &weir_broker::producers::SequencedError,
+        backoff: &mut Duration,
+    ) -> Result<(), ComponentError> {
+        use weir_broker::producers::SequencedError;
+        let retry = match err {
+            SequencedError::Retry(_) => true,
+            SequencedError::Broker(b) => {
+                b.kind().is_retriable() && b.kind() != ErrorKind::ShuttingDown
+            }
+            _ => false,
+        };
+        let why = format!("writing to `{}` partition {p}: {err}", self.topic);
+        if !retry {
+            return Err(ComponentError(why));
+        }
+        if ctx.stats.retry(&why) {
+            tracing::warn!(sink = %ctx.component, error = %why, "pipeline sink retrying a write until it succeeds");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = ctx.kill.cancelled() => return Err(ComponentError("stopped while retrying a write".into())),
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Writes one batch and awaits its sync, retrying what may succeed later until the
+    /// pipeline is killed.
+    async fn produce(&self, ctx: &SinkContext, p: u32, batch: Bytes) -> Result<(), ComponentError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let write = self.start(ctx, p, batch.clone()).await?;
+            match write.wait().await {
+                Ok(_) => return Ok(()),
+                Err(e) => self.backoff(ctx, p, &e, &mut backoff).await?,
+            }
+        }
+    }
+}
+
+/// A batch of events whose writes were started, awaiting their syncs.
+struct Underway<'a> {
+    writes: Vec<(u32, Bytes, weir_broker::producers::SequencedWrite)>,
+    events: Vec<Event>,
+    token: Token<'a, weir_flow::clock::MonotonicClock>,
 }
 
 fn now_ms() -> i64 {
