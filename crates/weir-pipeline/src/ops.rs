@@ -64,6 +64,10 @@ impl Sample {
 }
 
 impl Transform for Sample {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, event: Event, out: &mut Outputs) {
         let keep = if self.key_fields.is_empty() {
             self.seen = self.seen.wrapping_add(1);
@@ -103,6 +107,10 @@ impl Dedupe {
 }
 
 impl Transform for Dedupe {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, event: Event, out: &mut Outputs) {
         let key = key_of(&event.value, &self.fields);
         if self.seen.contains(&key) {
@@ -149,6 +157,10 @@ impl Throttle {
 }
 
 impl Transform for Throttle {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, event: Event, out: &mut Outputs) {
         let key = key_of(&event.value, &self.key_fields);
         match self.limiter.try_acquire(&key, 1) {
@@ -167,6 +179,10 @@ pub struct Split {
 }
 
 impl Transform for Split {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, mut event: Event, out: &mut Outputs) {
         let items = match event.value.get_mut(&self.field) {
             Some(Value::Array(items)) => std::mem::take(items),

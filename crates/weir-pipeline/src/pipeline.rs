@@ -892,6 +892,7 @@ async fn run_transform(
     name: Arc<str>,
 ) -> Result<(), ComponentError> {
     let mut out = Outputs::new(outs.len());
+    let isolate = t.isolate_panics();
     loop {
         let batch = tokio::select! {
             b = input.pop(true) => b,
@@ -900,22 +901,33 @@ async fn run_transform(
         let Some(batch) = batch else {
             return Ok(());
         };
-        for event in batch {
-            // Kept aside so that an event lost in a panic still reaches the dead-letter output.
-            let spare = (event.record.clone(), event.spare_ack());
-            let ran = crate::event::covered(|| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| t.process(event, &mut out)))
-            });
-            match ran {
-                Ok(()) => spare.1.ack(),
-                Err(panic) => {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown".into());
-                    let e = Event::new(spare.0, vrl::value::Value::Null, spare.1);
-                    out.fail(e, format!("the transform panicked: {why}"));
+        if !isolate {
+            // A panic here (a bug) loses the event: its read is not acknowledged, and the
+            // pipeline fails and restarts from its last commit.
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                for event in batch {
+                    t.process(event, &mut out);
+                }
+            }))
+            .map_err(|_| ComponentError(format!("transform `{name}` panicked")))?;
+        } else {
+            for event in batch {
+                // Kept aside so that an event lost in a panic still reaches the dead-letter output.
+                let spare = (event.record.clone(), event.spare_ack());
+                let ran = crate::event::covered(|| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| t.process(event, &mut out)))
+                });
+                match ran {
+                    Ok(()) => spare.1.ack(),
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown".into());
+                        let e = Event::new(spare.0, vrl::value::Value::Null, spare.1);
+                        out.fail(e, format!("the transform panicked: {why}"));
+                    }
                 }
             }
         }

@@ -62,6 +62,15 @@ pub trait Transform: Send + 'static {
 
     /// Decides the fate of `event`.
     fn process(&mut self, event: Event, out: &mut Outputs);
+
+    /// Whether the runner keeps a copy of each event's record aside, so that an event lost
+    /// in a panic still reaches the dead-letter output (the default: a transform written by
+    /// a user may panic). The built-in transforms do not panic on any input (VRL returns its
+    /// errors), so they skip the copy: should one panic all the same (a bug), its read is
+    /// not acknowledged and the pipeline restarts from its last commit.
+    fn isolate_panics(&self) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Debug for dyn Transform {

@@ -203,6 +203,10 @@ impl Remap {
 }
 
 impl Transform for Remap {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, mut event: Event, out: &mut Outputs) {
         match self.runner.run(&self.program, &mut event) {
             Ran::Done(_) => out.emit(event),
@@ -229,6 +233,10 @@ impl Filter {
 }
 
 impl Transform for Filter {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, mut event: Event, out: &mut Outputs) {
         match self.runner.run(&self.condition, &mut event) {
             Ran::Done(Value::Boolean(true)) => out.emit(event),
@@ -259,6 +267,10 @@ impl Route {
 pub const UNMATCHED: &str = "_unmatched";
 
 impl Transform for Route {
+    fn isolate_panics(&self) -> bool {
+        false
+    }
+
     fn outputs(&self) -> Vec<String> {
         self.routes.iter().map(|(n, _)| n.clone()).collect()
     }

@@ -539,22 +539,26 @@ impl TopicSink {
             let now = now_ms();
             for e in events {
                 value.clear();
+                // The encoded value, in `value` (no copy: the batch builder copies it).
                 let encoded = if self.raw {
-                    Ok(e.record.value.clone())
-                } else {
-                    self.encoding
-                        .encode(&e.value, &mut value)
-                        .map(|()| Some(Bytes::copy_from_slice(&value)))
-                };
-                let v = match encoded {
-                    Ok(v) => v,
-                    Err(err) => {
-                        failed.push((e, err.0));
-                        continue;
+                    if let Some(v) = &e.record.value {
+                        value.extend_from_slice(v);
                     }
+                    Ok(())
+                } else {
+                    self.encoding.encode(&e.value, &mut value)
+                };
+                if let Err(err) = encoded {
+                    failed.push((e, err.0));
+                    continue;
+                }
+                let v: Option<&[u8]> = if self.raw && e.record.value.is_none() {
+                    None
+                } else {
+                    Some(&value)
                 };
                 let size = e.record.key.as_ref().map_or(0, Bytes::len)
-                    + v.as_ref().map_or(0, Bytes::len)
+                    + v.map_or(0, <[u8]>::len)
                     + e.record
                         .headers
                         .iter()
@@ -589,7 +593,7 @@ impl TopicSink {
                 let (builder, evs) = batches.last_mut().expect("a batch was just made");
                 builder.push(RecordSpec {
                     key: e.record.key.as_deref(),
-                    value: v.as_deref(),
+                    value: v,
                     headers: e
                         .record
                         .headers
