@@ -184,6 +184,60 @@ pub struct Fanout {
     dead: DeadLetters,
     /// Counts events that went nowhere (an output no consumer names: a route's unused route).
     stats: Arc<ComponentStats>,
+    /// Stateless transforms run right here, on the producer's task, before the events go
+    /// to `targets` (which then are the last one's consumers).
+    chain: Vec<Stage>,
+}
+
+/// A transform run on its producer's task (see `pipeline.rs`, chaining): instances to
+/// take turns on (the producer may send from several tasks at once), and its counters.
+pub(crate) struct Stage {
+    pub(crate) name: Arc<str>,
+    pub(crate) instances: Vec<Mutex<Box<dyn crate::transform::Transform>>>,
+    pub(crate) stats: Arc<ComponentStats>,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage").field("name", &self.name).finish()
+    }
+}
+
+impl Stage {
+    /// Runs the transform on `events`; what passes comes back, failures go to `dead`.
+    async fn run(&self, events: Vec<Event>, dead: &DeadLetters) -> Vec<Event> {
+        self.stats.received(events.len() as u64);
+        let mut out = crate::transform::Outputs::new(1);
+        let ran = {
+            let mut t = self
+                .instances
+                .iter()
+                .find_map(|m| m.try_lock())
+                .unwrap_or_else(|| self.instances[0].lock());
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for e in events {
+                    t.process(e, &mut out);
+                }
+            }))
+        };
+        if ran.is_err() {
+            // A bug: the events are lost unacknowledged, so the source reads them again
+            // after the restart this forces.
+            tracing::error!(transform = %self.name, "a transform panicked; its events are read again");
+            out.ports[0].clear();
+        }
+        if out.dropped > 0 {
+            self.stats.dropped(out.dropped);
+        }
+        if !out.failed.is_empty() {
+            self.stats.errors(out.failed.len() as u64);
+            dead.send_all(std::mem::take(&mut out.failed), &self.name)
+                .await;
+        }
+        let passed = std::mem::take(&mut out.ports[0]);
+        self.stats.sent(passed.len() as u64);
+        passed
+    }
 }
 
 impl Fanout {
@@ -192,6 +246,22 @@ impl Fanout {
             targets,
             dead,
             stats,
+            chain: Vec::new(),
+        }
+    }
+
+    /// A fan-out that first runs `chain` (whose last stage's consumers are `targets`).
+    pub(crate) fn chained(
+        targets: Vec<Sender>,
+        dead: DeadLetters,
+        stats: Arc<ComponentStats>,
+        chain: Vec<Stage>,
+    ) -> Self {
+        Self {
+            targets,
+            dead,
+            stats,
+            chain,
         }
     }
 
@@ -210,6 +280,13 @@ impl Fanout {
             return;
         }
         self.stats.sent(events.len() as u64);
+        let mut events = events;
+        for stage in &self.chain {
+            events = stage.run(events, &self.dead).await;
+            if events.is_empty() {
+                return;
+            }
+        }
         let Some((last, rest)) = self.targets.split_last() else {
             // Nobody reads this output: dropped by design, counted.
             self.stats.dropped(events.len() as u64);

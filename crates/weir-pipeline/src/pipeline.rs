@@ -687,13 +687,73 @@ impl Pipeline {
                 .collect();
             Fanout::new(targets, dead.clone(), stats.clone())
         };
+        // Chaining: a stateless one-output transform whose only input is a source (or a
+        // transform chained to one), and the only reader of that output, runs on the
+        // source's tasks, saving a queue and a thread hop per event.
+        let mut chained: BTreeSet<Arc<str>> = BTreeSet::new();
+        let mut chains: HashMap<Arc<str>, (Vec<crate::edge::Stage>, String)> = HashMap::new();
+        for n in inner
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, Kind::Source(_)))
+        {
+            let mut stages = Vec::new();
+            let mut tail: &Node = n;
+            loop {
+                let outputs = outputs_of(tail);
+                let readers: Vec<&Node> = inner
+                    .nodes
+                    .iter()
+                    .filter(|c| c.inputs.iter().any(|i| outputs.contains(i)))
+                    .collect();
+                let [next] = readers.as_slice() else { break };
+                let Kind::Transform {
+                    factory,
+                    outputs: named,
+                    workers: 1,
+                } = &next.kind
+                else {
+                    break;
+                };
+                if !named.is_empty() || next.inputs.len() != 1 || !factory.build().chainable() {
+                    break;
+                }
+                stages.push(crate::edge::Stage {
+                    name: next.name.clone(),
+                    instances: (0..4)
+                        .map(|_| parking_lot::Mutex::new(factory.build()))
+                        .collect(),
+                    stats: next.stats.clone(),
+                });
+                chained.insert(next.name.clone());
+                tail = next;
+            }
+            if !stages.is_empty() {
+                chains.insert(n.name.clone(), (stages, tail.name.to_string()));
+            }
+        }
         let mut tasks: JoinSet<(Arc<str>, Result<(), ComponentError>)> = JoinSet::new();
         for n in inner.nodes.iter().chain(&inner.dead_letter) {
             let name = n.name.clone();
+            if chained.contains(&name) {
+                continue;
+            }
             match &n.kind {
                 Kind::Source(source) => {
+                    let out = match chains.remove(&name) {
+                        Some((stages, tail)) => {
+                            let targets = inner
+                                .nodes
+                                .iter()
+                                .filter(|c| c.inputs.contains(&tail))
+                                .map(|c| inputs[&*c.name].sender())
+                                .collect();
+                            Fanout::chained(targets, dead.clone(), n.stats.clone(), stages)
+                        }
+                        None => fanout(&n.name, &n.stats),
+                    };
                     let ctx = SourceContext {
-                        out: fanout(&n.name, &n.stats),
+                        out,
                         dead: dead.clone(),
                         stats: n.stats.clone(),
                         stop: source_stop.clone(),

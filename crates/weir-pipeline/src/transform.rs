@@ -71,6 +71,13 @@ pub trait Transform: Send + 'static {
     fn isolate_panics(&self) -> bool {
         true
     }
+
+    /// True for a transform that keeps no state between events and has one output: the
+    /// runner may then run it on its source's task (one instance per task sending), which
+    /// saves a queue and a thread hop per event.
+    fn chainable(&self) -> bool {
+        false
+    }
 }
 
 impl std::fmt::Debug for dyn Transform {

@@ -207,6 +207,10 @@ impl Transform for Remap {
         false
     }
 
+    fn chainable(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, mut event: Event, out: &mut Outputs) {
         match self.runner.run(&self.program, &mut event) {
             Ran::Done(_) => out.emit(event),
@@ -235,6 +239,10 @@ impl Filter {
 impl Transform for Filter {
     fn isolate_panics(&self) -> bool {
         false
+    }
+
+    fn chainable(&self) -> bool {
+        true
     }
 
     fn process(&mut self, mut event: Event, out: &mut Outputs) {
