@@ -187,6 +187,16 @@ pub struct Fanout {
     /// Stateless transforms run right here, on the producer's task, before the events go
     /// to `targets` (which then are the last one's consumers).
     chain: Vec<Stage>,
+    /// The one sink after the chain, when it takes events encoded ahead.
+    encode: Option<Encode>,
+}
+
+/// Encoding ahead for a sink (see [`crate::pipeline::Sink::encoding`]).
+#[derive(Debug)]
+pub(crate) struct Encode {
+    pub(crate) encoding: crate::codec::Encoding,
+    pub(crate) sink: Arc<str>,
+    pub(crate) stats: Arc<ComponentStats>,
 }
 
 /// A transform run on its producer's task (see `pipeline.rs`, chaining): instances to
@@ -247,6 +257,7 @@ impl Fanout {
             dead,
             stats,
             chain: Vec::new(),
+            encode: None,
         }
     }
 
@@ -256,12 +267,14 @@ impl Fanout {
         dead: DeadLetters,
         stats: Arc<ComponentStats>,
         chain: Vec<Stage>,
+        encode: Option<Encode>,
     ) -> Self {
         Self {
             targets,
             dead,
             stats,
             chain,
+            encode,
         }
     }
 
@@ -285,6 +298,30 @@ impl Fanout {
             events = stage.run(events, &self.dead).await;
             if events.is_empty() {
                 return;
+            }
+        }
+        if let Some(enc) = &self.encode {
+            let mut failed = Vec::new();
+            let mut buf = Vec::new();
+            events.retain_mut(|e| {
+                buf.clear();
+                match enc.encoding.encode(&e.value, &mut buf) {
+                    Ok(()) => {
+                        e.encoded = Some(bytes::Bytes::copy_from_slice(&buf));
+                        e.value = vrl::value::Value::Null;
+                        true
+                    }
+                    Err(err) => {
+                        let failed_event =
+                            std::mem::replace(e, Event::detached(vrl::value::Value::Null));
+                        failed.push((failed_event, err.0));
+                        false
+                    }
+                }
+            });
+            if !failed.is_empty() {
+                enc.stats.errors(failed.len() as u64);
+                self.dead.send_all(failed, &enc.sink).await;
             }
         }
         let Some((last, rest)) = self.targets.split_last() else {

@@ -185,13 +185,21 @@ pub struct Event {
     pub record: Record,
     /// The decoded value, which transforms change.
     pub value: Value,
+    /// The value already encoded for the one sink it goes to (done on the source's task
+    /// when the transforms are chained there; `value` is then null).
+    pub(crate) encoded: Option<bytes::Bytes>,
     ack: Ack,
 }
 
 impl Event {
     /// An event with its acknowledgement share.
     pub fn new(record: Record, value: Value, ack: Ack) -> Self {
-        Self { record, value, ack }
+        Self {
+            record,
+            value,
+            encoded: None,
+            ack,
+        }
     }
 
     /// An event not tied to any source read (tests, Rust callers).
@@ -204,6 +212,7 @@ impl Event {
         Event {
             record: self.record.clone(),
             value: self.value.clone(),
+            encoded: self.encoded.clone(),
             ack: self.ack.fork(),
         }
     }
@@ -234,7 +243,9 @@ impl Event {
     /// Bytes this event holds, roughly, for queue bounds: its record plus an estimate of the
     /// decoded value (twice the record value's size).
     pub fn size(&self) -> usize {
-        self.record.size() + 2 * self.record.value.as_ref().map_or(0, Bytes::len)
+        self.record.size()
+            + 2 * self.record.value.as_ref().map_or(0, Bytes::len)
+            + self.encoded.as_ref().map_or(0, Bytes::len)
     }
 }
 

@@ -30,7 +30,6 @@ pub enum ManageError {
 
 struct Entry {
     declaration: Declaration,
-    pipeline: Pipeline,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -109,7 +108,6 @@ impl Manager {
             .insert(declaration.name.clone(), pipeline.clone());
         Entry {
             declaration,
-            pipeline,
             stop,
             task: Some(task),
         }
@@ -210,5 +208,4 @@ async fn stop_entry(e: &mut Entry) {
     if let Some(t) = e.task.take() {
         let _ = t.await;
     }
-    let _ = &e.pipeline;
 }

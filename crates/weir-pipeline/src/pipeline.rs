@@ -87,6 +87,12 @@ impl SinkContext {
 /// dead-letter output).
 pub trait Sink: Send + Sync + 'static {
     fn run(&self, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>>;
+
+    /// The encoding a sink applies to every event's value, when it takes events encoded
+    /// ahead (then the runner may encode on the source's task).
+    fn encoding(&self) -> Option<crate::codec::Encoding> {
+        None
+    }
 }
 
 /// Makes a fresh transform for each run (a restart starts from clean state).
@@ -414,11 +420,6 @@ fn check(nodes: &[Node]) -> Result<(), GraphError> {
         }
     }
     // Cycles: depth-first over input edges.
-    let index: HashMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (&*n.name, i))
-        .collect();
     let parents = |n: &Node| -> Vec<usize> {
         n.inputs
             .iter()
@@ -450,7 +451,6 @@ fn check(nodes: &[Node]) -> Result<(), GraphError> {
         state[i] = 2;
         None
     }
-    let _ = index;
     for i in 0..nodes.len() {
         if state[i] == 0
             && let Some(cycle) = visit(i, nodes, &parents, &mut state, &mut Vec::new())
@@ -742,13 +742,30 @@ impl Pipeline {
                 Kind::Source(source) => {
                     let out = match chains.remove(&name) {
                         Some((stages, tail)) => {
-                            let targets = inner
+                            let readers: Vec<&Node> = inner
                                 .nodes
                                 .iter()
                                 .filter(|c| c.inputs.contains(&tail))
-                                .map(|c| inputs[&*c.name].sender())
                                 .collect();
-                            Fanout::chained(targets, dead.clone(), n.stats.clone(), stages)
+                            // One sink that takes events encoded ahead: encode here too, so
+                            // the values are freed on the thread that made them.
+                            let encode = match readers.as_slice() {
+                                [one] => match &one.kind {
+                                    Kind::Sink {
+                                        sink,
+                                        best_effort: false,
+                                    } => sink.encoding().map(|e| crate::edge::Encode {
+                                        encoding: e,
+                                        sink: one.name.clone(),
+                                        stats: one.stats.clone(),
+                                    }),
+                                    _ => None,
+                                },
+                                _ => None,
+                            };
+                            let targets =
+                                readers.iter().map(|c| inputs[&*c.name].sender()).collect();
+                            Fanout::chained(targets, dead.clone(), n.stats.clone(), stages, encode)
                         }
                         None => fanout(&n.name, &n.stats),
                     };

@@ -455,6 +455,10 @@ impl Sink for TopicSink {
     fn run(&self, ctx: SinkContext) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.clone().write(ctx))
     }
+
+    fn encoding(&self) -> Option<Encoding> {
+        (!self.raw).then(|| self.encoding.clone())
+    }
 }
 
 /// Takes events from `ctx` for one write: at least one batch, then more until `max_events`,
@@ -545,6 +549,8 @@ impl TopicSink {
                         value.extend_from_slice(v);
                     }
                     Ok(())
+                } else if e.encoded.is_some() {
+                    Ok(())
                 } else {
                     self.encoding.encode(&e.value, &mut value)
                 };
@@ -552,7 +558,9 @@ impl TopicSink {
                     failed.push((e, err.0));
                     continue;
                 }
-                let v: Option<&[u8]> = if self.raw && e.record.value.is_none() {
+                let v: Option<&[u8]> = if let Some(ahead) = &e.encoded {
+                    Some(ahead)
+                } else if self.raw && e.record.value.is_none() {
                     None
                 } else {
                     Some(&value)

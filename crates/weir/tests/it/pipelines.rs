@@ -172,9 +172,9 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
         c.produce("orders", None, None, bytes::Bytes::from(traced.build()))
             .await
             .unwrap();
-        let eu = wait_for(&c, "orders-eu", 101, Duration::from_secs(30)).await;
-        let other = wait_for(&c, "orders-other", 200, Duration::from_secs(30)).await;
-        let dlq = wait_for(&c, "orders-dlq", 2, Duration::from_secs(30)).await;
+        let eu = wait_for(&c, "orders-eu", 101, Duration::from_secs(60)).await;
+        let other = wait_for(&c, "orders-other", 200, Duration::from_secs(60)).await;
+        let dlq = wait_for(&c, "orders-dlq", 2, Duration::from_secs(60)).await;
         assert_eq!((eu.len(), other.len(), dlq.len()), (101, 200, 2));
         let t = eu
             .iter()
@@ -774,9 +774,9 @@ topic = "rows-dlq"
         let c = Client::connect(&server.addr, "pipeline-test")
             .await
             .unwrap();
-        let rows = wait_for(&c, "rows", 3, Duration::from_secs(20)).await;
+        let rows = wait_for(&c, "rows", 3, Duration::from_secs(60)).await;
         assert_eq!(ids(&rows), [1, 2, 3]);
-        let dlq = wait_for(&c, "rows-dlq", 1, Duration::from_secs(20)).await;
+        let dlq = wait_for(&c, "rows-dlq", 1, Duration::from_secs(60)).await;
         assert_eq!(dlq[0].value, "4,oops");
         assert!(
             dlq[0].headers["weir.error"].contains("2 fields"),
@@ -787,7 +787,7 @@ topic = "rows-dlq"
         append("a.csv", "5,5.5,x\n6,6.5,x\n");
         std::fs::rename(logs.join("a.csv"), logs.join("a.csv.1")).unwrap();
         append("a.csv", "id,amount,note\n7,7.5,new file\n");
-        let rows = wait_for(&c, "rows", 6, Duration::from_secs(20)).await;
+        let rows = wait_for(&c, "rows", 6, Duration::from_secs(60)).await;
         assert_eq!(ids(&rows), [1, 2, 3, 5, 6, 7]);
     });
     server.stop();
@@ -798,7 +798,7 @@ topic = "rows-dlq"
         let c = Client::connect(&server.addr, "pipeline-test")
             .await
             .unwrap();
-        let rows = wait_for(&c, "rows", 8, Duration::from_secs(20)).await;
+        let rows = wait_for(&c, "rows", 8, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rows = if rows.len() == 8 {
             read_all(&c, "rows").await
@@ -848,7 +848,7 @@ max_bytes = 4096
                 .await
                 .unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut seen = Vec::new();
             let mut files = 0;
@@ -931,7 +931,7 @@ path = "{0}/dead.txt"
         c.produce("orders-pb", None, None, common::batch(&[&a, &b, &garbage]))
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let lines = std::fs::read_to_string(out.join("orders.jsonl")).unwrap_or_default();
             let dead = std::fs::read(out.join("dead.txt")).unwrap_or_default();
