@@ -69,7 +69,8 @@ impl AppState {
 
 /// The routes: method, path (axum syntax, the same as OpenAPI's), handler.
 pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
-    vec![
+    #[allow(unused_mut)]
+    let mut routes = vec![
         ("get", "/health", get(health)),
         ("get", "/ready", get(ready)),
         ("get", "/openapi.json", get(openapi)),
@@ -87,6 +88,12 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ),
         ("get", "/groups", get(list_groups)),
         ("get", "/groups/{group}", get(get_group)),
+        ("get", "/ws", get(websocket)),
+        ("get", "/debug/pprof/profile", get(crate::debug::profile)),
+        ("get", "/debug/heap", get(crate::debug::heap)),
+    ];
+    #[cfg(feature = "pipelines")]
+    routes.extend([
         ("get", "/pipelines", get(list_pipelines)),
         ("get", "/pipelines/{pipeline}", get(get_pipeline)),
         ("post", "/pipelines/{pipeline}/start", post(start_pipeline)),
@@ -97,10 +104,8 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
             post(reload_pipeline),
         ),
         ("post", "/pipelines/{pipeline}/ingest", post(ingest)),
-        ("get", "/ws", get(websocket)),
-        ("get", "/debug/pprof/profile", get(crate::debug::profile)),
-        ("get", "/debug/heap", get(crate::debug::heap)),
-    ]
+    ]);
+    routes
 }
 
 /// The router of [`routes`], with JSON answers for unknown paths and methods.
@@ -634,6 +639,7 @@ async fn fetch(
 
 // ---- groups ----
 
+#[cfg(feature = "pipelines")]
 fn unknown_pipeline(name: &str) -> ApiError {
     ApiError::new(
         ErrorCode::UnknownPipeline,
@@ -641,15 +647,18 @@ fn unknown_pipeline(name: &str) -> ApiError {
     )
 }
 
+#[cfg(feature = "pipelines")]
 fn pipelines(s: &AppState) -> Option<&Arc<weir_pipeline::manager::Manager>> {
     s.config.pipelines.as_ref()
 }
 
+#[cfg(feature = "pipelines")]
 async fn list_pipelines(State(s): State<AppState>) -> Response {
     let list = pipelines(&s).map(|m| m.list()).unwrap_or_default();
     ok(json!({"pipelines": list}))
 }
 
+#[cfg(feature = "pipelines")]
 async fn get_pipeline(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -661,6 +670,7 @@ async fn get_pipeline(
     Ok(ok(json!(detail)))
 }
 
+#[cfg(feature = "pipelines")]
 fn managed(e: weir_pipeline::manager::ManageError) -> ApiError {
     use weir_pipeline::manager::ManageError;
     match e {
@@ -669,6 +679,7 @@ fn managed(e: weir_pipeline::manager::ManageError) -> ApiError {
     }
 }
 
+#[cfg(feature = "pipelines")]
 async fn start_pipeline(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -679,6 +690,7 @@ async fn start_pipeline(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[cfg(feature = "pipelines")]
 async fn stop_pipeline(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -689,6 +701,7 @@ async fn stop_pipeline(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[cfg(feature = "pipelines")]
 async fn reload_pipeline(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -699,6 +712,7 @@ async fn reload_pipeline(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[cfg(feature = "pipelines")]
 /// Feeds a pipeline's http source: one event per line, answered once delivered.
 async fn ingest(
     State(s): State<AppState>,

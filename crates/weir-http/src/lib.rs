@@ -77,6 +77,7 @@ pub struct HttpConfig {
     pub profiling: bool,
     /// The server's pipelines, for `/pipelines`; `None`: the routes answer as if none were
     /// declared. Not a setting: the binary gives it.
+    #[cfg(feature = "pipelines")]
     #[serde(skip)]
     pub pipelines: Option<std::sync::Arc<weir_pipeline::manager::Manager>>,
     /// Name of the process's global allocator, reported by `/debug/heap`. Default `"system"`.
@@ -107,6 +108,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             ws: WsConfig::default(),
             metrics: None,
+            #[cfg(feature = "pipelines")]
             pipelines: None,
             profiling: false,
             allocator: "system",
