@@ -16,6 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bytes::Bytes;
 use vrl::value::Value;
 
+/// Milliseconds since the epoch, now (0 before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Where a record came from: a topic partition and offset, or a file and byte position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {

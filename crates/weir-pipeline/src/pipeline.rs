@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -71,6 +71,24 @@ pub struct SinkContext {
     /// Fires when the pipeline must end now.
     pub kill: CancellationToken,
     pub component: Arc<str>,
+}
+
+impl SourceContext {
+    /// Sends a source's read on: the failed records to the dead-letter output, the events
+    /// to its output (both emptied); every record counted as received.
+    pub async fn emit(&self, events: &mut Vec<Event>, failed: &mut Vec<(Event, String)>) {
+        self.stats.received((events.len() + failed.len()) as u64);
+        if !failed.is_empty() {
+            self.stats.errors(failed.len() as u64);
+            self.dead
+                .send_all(std::mem::take(failed), &self.component)
+                .await;
+        }
+        if !events.is_empty() {
+            let batch = std::mem::replace(events, Vec::with_capacity(crate::edge::BATCH_EVENTS));
+            self.out.send(batch).await;
+        }
+    }
 }
 
 impl SinkContext {
@@ -628,10 +646,7 @@ impl Pipeline {
                         };
                         s.restarts += 1;
                         s.last_error = Some(error);
-                        s.last_error_at_ms = SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .ok()
-                            .map(|d| d.as_millis() as u64);
+                        s.last_error_at_ms = Some(crate::event::now_ms().max(0) as u64);
                     }
                     if started.elapsed() >= Duration::from_secs(60) {
                         backoff = FIRST_BACKOFF;

@@ -85,12 +85,10 @@ impl ComponentStats {
     pub fn retry(&self, error: &str) -> bool {
         let mut r = self.retrying.lock();
         let first = r.is_none();
-        let since = r.as_ref().map(|(_, at)| *at).unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-        });
+        let since = r
+            .as_ref()
+            .map(|(_, at)| *at)
+            .unwrap_or_else(|| crate::event::now_ms().max(0) as u64);
         *r = Some((error.to_string(), since));
         first
     }

@@ -401,10 +401,7 @@ impl FileSource {
             return Ok(false);
         };
         let data = Bytes::from(buf).slice(..=last_nl);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = crate::event::now_ms();
         let mut events = Vec::with_capacity(BATCH_EVENTS);
         let mut failed = Vec::new();
         let mut ack = AckBatch::new();
@@ -466,28 +463,13 @@ impl FileSource {
                 let pos = t.read_at + at as u64;
                 t.tracker
                     .push(pos, std::mem::replace(&mut ack, AckBatch::new()));
-                emit(ctx, &mut events, &mut failed).await;
+                ctx.emit(&mut events, &mut failed).await;
             }
         }
         t.read_at += data.len() as u64;
         t.tracker.push(t.read_at, ack);
-        emit(ctx, &mut events, &mut failed).await;
+        ctx.emit(&mut events, &mut failed).await;
         Ok(n == READ_BYTES)
-    }
-}
-
-async fn emit(ctx: &SourceContext, events: &mut Vec<Event>, failed: &mut Vec<(Event, String)>) {
-    ctx.stats.received((events.len() + failed.len()) as u64);
-    if !failed.is_empty() {
-        ctx.stats.errors(failed.len() as u64);
-        ctx.dead
-            .send_all(std::mem::take(failed), &ctx.component)
-            .await;
-    }
-    if !events.is_empty() {
-        ctx.out
-            .send(std::mem::replace(events, Vec::with_capacity(BATCH_EVENTS)))
-            .await;
     }
 }
 
@@ -549,10 +531,7 @@ impl FileSink {
     fn rotate(&self, open: Open) -> std::io::Result<Open> {
         open.file.sync_all()?;
         drop(open);
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let ms = crate::event::now_ms();
         let mut name = self.path.clone().into_os_string();
         name.push(format!(".{ms}"));
         std::fs::rename(&self.path, PathBuf::from(name))?;
@@ -608,31 +587,8 @@ impl FileSink {
         let mut open = Some(self.open().map_err(fail)?);
         while let Some(events) = gather(&ctx, &self.batching).await {
             let mut buf = Vec::with_capacity(64 << 10);
-            let mut written = Vec::with_capacity(events.len());
-            let mut failed = Vec::new();
-            for e in events {
-                let mark = buf.len();
-                let r = if self.raw {
-                    buf.extend_from_slice(e.record.value.as_deref().unwrap_or_default());
-                    Ok(())
-                } else {
-                    self.encoding.encode(&e.value, &mut buf)
-                };
-                match r {
-                    Ok(()) if buf[mark..].contains(&b'\n') => {
-                        buf.truncate(mark);
-                        failed.push((e, "the encoded event holds a newline".to_string()));
-                    }
-                    Ok(()) => {
-                        buf.push(b'\n');
-                        written.push(e);
-                    }
-                    Err(err) => {
-                        buf.truncate(mark);
-                        failed.push((e, err.0));
-                    }
-                }
-            }
+            let (written, failed) =
+                crate::connect::stdio::encode_lines(events, &self.encoding, self.raw, &mut buf);
             let me = self.clone();
             let o = open.take().expect("the file is open between batches");
             let o = tokio::task::spawn_blocking(move || me.append(o, &buf))

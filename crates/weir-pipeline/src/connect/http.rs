@@ -85,10 +85,7 @@ impl IngestPoint {
         let ack = AckBatch::new();
         let mut events = Vec::with_capacity(lines.len());
         let mut failed = Vec::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = crate::event::now_ms();
         for (i, line) in lines.iter().enumerate() {
             let record = Record {
                 value: Some(body.slice_ref(line)),

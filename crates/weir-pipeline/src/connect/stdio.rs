@@ -88,7 +88,7 @@ pub(crate) async fn read_lines(
             }
             let record = Record {
                 value: Some(Bytes::copy_from_slice(text)),
-                timestamp: now_ms(),
+                timestamp: crate::event::now_ms(),
                 origin: Some(Origin {
                     stream: stream.clone(),
                     partition: 0,
@@ -149,6 +149,42 @@ impl Sink for StdoutSink {
     }
 }
 
+/// Encodes each event as a line into `buf` (each record's original value when `raw`): the
+/// events written, and those that failed (an encoding error, or a newline in the encoding).
+pub(crate) fn encode_lines(
+    events: Vec<Event>,
+    encoding: &Encoding,
+    raw: bool,
+    buf: &mut Vec<u8>,
+) -> (Vec<Event>, Vec<(Event, String)>) {
+    let mut written = Vec::with_capacity(events.len());
+    let mut failed = Vec::new();
+    for e in events {
+        let mark = buf.len();
+        let r = if raw {
+            buf.extend_from_slice(e.record.value.as_deref().unwrap_or_default());
+            Ok(())
+        } else {
+            encoding.encode(&e.value, buf)
+        };
+        match r {
+            Ok(()) if buf[mark..].contains(&b'\n') => {
+                buf.truncate(mark);
+                failed.push((e, "the encoded event holds a newline".to_string()));
+            }
+            Ok(()) => {
+                buf.push(b'\n');
+                written.push(e);
+            }
+            Err(err) => {
+                buf.truncate(mark);
+                failed.push((e, err.0));
+            }
+        }
+    }
+    (written, failed)
+}
+
 /// Writes each event as a line to `out`, acknowledging once flushed.
 pub(crate) async fn write_lines(
     mut out: impl tokio::io::AsyncWrite + Unpin,
@@ -163,31 +199,7 @@ pub(crate) async fn write_lines(
     let mut buf = Vec::with_capacity(64 << 10);
     while let Some(events) = gather(&ctx, &batching).await {
         buf.clear();
-        let mut written = Vec::with_capacity(events.len());
-        let mut failed = Vec::new();
-        for e in events {
-            let mark = buf.len();
-            let r = if raw {
-                buf.extend_from_slice(e.record.value.as_deref().unwrap_or_default());
-                Ok(())
-            } else {
-                encoding.encode(&e.value, &mut buf)
-            };
-            match r {
-                Ok(()) if buf[mark..].contains(&b'\n') => {
-                    buf.truncate(mark);
-                    failed.push((e, "the encoded event holds a newline".to_string()));
-                }
-                Ok(()) => {
-                    buf.push(b'\n');
-                    written.push(e);
-                }
-                Err(err) => {
-                    buf.truncate(mark);
-                    failed.push((e, err.0));
-                }
-            }
-        }
+        let (written, failed) = encode_lines(events, encoding, raw, &mut buf);
         out.write_all(&buf)
             .await
             .map_err(|e| ComponentError(format!("writing: {e}")))?;
@@ -202,11 +214,4 @@ pub(crate) async fn write_lines(
         }
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

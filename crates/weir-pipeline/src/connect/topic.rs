@@ -374,7 +374,7 @@ impl TopicSource {
                                 .entry(p)
                                 .or_insert_with(|| Tracker::new(position))
                                 .push(offset + 1, std::mem::replace(&mut ack, AckBatch::new()));
-                            self.emit(&ctx, &mut events, &mut failed).await;
+                            ctx.emit(&mut events, &mut failed).await;
                         }
                     }
                     position = end;
@@ -386,7 +386,7 @@ impl TopicSource {
                     .entry(p)
                     .or_insert_with(|| Tracker::new(position))
                     .push(position, ack);
-                self.emit(&ctx, &mut events, &mut failed).await;
+                ctx.emit(&mut events, &mut failed).await;
             } else if position > before
                 && let Some(t) = trackers.lock().get_mut(&p)
                 && t.is_idle()
@@ -394,26 +394,6 @@ impl TopicSource {
                 // Nothing under way: control records or compacted gaps move the watermark too.
                 t.push(position, AckBatch::new());
             }
-        }
-    }
-
-    async fn emit(
-        &self,
-        ctx: &SourceContext,
-        events: &mut Vec<Event>,
-        failed: &mut Vec<(Event, String)>,
-    ) {
-        ctx.stats.received((events.len() + failed.len()) as u64);
-        if !failed.is_empty() {
-            ctx.stats.errors(failed.len() as u64);
-            ctx.dead
-                .send_all(std::mem::take(failed), &ctx.component)
-                .await;
-        }
-        if !events.is_empty() {
-            ctx.out
-                .send(std::mem::replace(events, Vec::with_capacity(BATCH_EVENTS)))
-                .await;
         }
     }
 }
@@ -540,7 +520,7 @@ impl TopicSink {
             // Per partition: batches of encoded records, each with its events.
             let mut by_partition: BTreeMap<u32, Vec<(BatchBuilder, Vec<Event>)>> = BTreeMap::new();
             let mut failed = Vec::new();
-            let now = now_ms();
+            let now = crate::event::now_ms();
             for e in events {
                 value.clear();
                 // The encoded value, in `value` (no copy: the batch builder copies it).
@@ -739,13 +719,6 @@ struct Underway<'a> {
     writes: Vec<(u32, Bytes, weir_broker::producers::SequencedWrite)>,
     events: Vec<Event>,
     token: Token<'a, weir_flow::clock::MonotonicClock>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl From<BrokerError> for ComponentError {
