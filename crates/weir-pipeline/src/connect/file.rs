@@ -454,7 +454,7 @@ impl FileSource {
             let share = ack.share();
             match self
                 .decoding
-                .decode_with(record.value.as_deref(), t.header.as_deref())
+                .decode_with(record.value.as_ref(), t.header.as_deref())
             {
                 Ok(v) => events.push(Event::new(record, v, share)),
                 Err(e) => failed.push((Event::new(record, vrl::value::Value::Null, share), e.0)),

@@ -97,7 +97,7 @@ pub(crate) async fn read_lines(
                 ..Record::default()
             };
             let share = ack.share();
-            match decoding.decode_with(record.value.as_deref(), header.as_deref()) {
+            match decoding.decode_with(record.value.as_ref(), header.as_deref()) {
                 Ok(v) => events.push(Event::new(record, v, share)),
                 Err(e) => failed.push((Event::new(record, vrl::value::Value::Null, share), e.0)),
             }

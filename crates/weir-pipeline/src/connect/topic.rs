@@ -363,7 +363,7 @@ impl TopicSource {
                             }),
                         };
                         let share = ack.share();
-                        match self.decoding.decode(record.value.as_deref()) {
+                        match self.decoding.decode(record.value.as_ref()) {
                             Ok(v) => events.push(Event::new(record, v, share)),
                             Err(e) => failed
                                 .push((Event::new(record, vrl::value::Value::Null, share), e.0)),
