@@ -218,6 +218,7 @@ impl Stage {
     async fn run(&self, events: Vec<Event>, dead: &DeadLetters) -> Vec<Event> {
         self.stats.received(events.len() as u64);
         let mut out = crate::transform::Outputs::new(1);
+        out.ports[0].reserve(events.len());
         let ran = {
             let mut t = self
                 .instances
@@ -301,17 +302,24 @@ impl Fanout {
             }
         }
         if let Some(enc) = &self.encode {
+            // One buffer for the batch; each event's bytes are a slice of it.
             let mut failed = Vec::new();
-            let mut buf = Vec::new();
+            let guess: usize = events
+                .iter()
+                .map(|e| e.record.value.as_ref().map_or(0, bytes::Bytes::len) + 16)
+                .sum();
+            let mut buf = Vec::with_capacity(guess);
+            let mut ends = Vec::with_capacity(events.len());
             events.retain_mut(|e| {
-                buf.clear();
+                let start = buf.len();
                 match enc.encoding.encode(&e.value, &mut buf) {
                     Ok(()) => {
-                        e.encoded = Some(bytes::Bytes::copy_from_slice(&buf));
+                        ends.push(buf.len());
                         e.value = vrl::value::Value::Null;
                         true
                     }
                     Err(err) => {
+                        buf.truncate(start);
                         let failed_event =
                             std::mem::replace(e, Event::detached(vrl::value::Value::Null));
                         failed.push((failed_event, err.0));
@@ -319,6 +327,12 @@ impl Fanout {
                     }
                 }
             });
+            let all = bytes::Bytes::from(buf);
+            let mut start = 0;
+            for (e, end) in events.iter_mut().zip(ends) {
+                e.encoded = Some(all.slice(start..end));
+                start = end;
+            }
             if !failed.is_empty() {
                 enc.stats.errors(failed.len() as u64);
                 self.dead.send_all(failed, &enc.sink).await;
