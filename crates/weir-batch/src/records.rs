@@ -89,6 +89,66 @@ pub fn check_records_with_first<T>(
     records().map_err(|fault| validate(batch).err().unwrap_or(fault))
 }
 
+/// What [`retain`] made of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retained {
+    /// Every record was kept: the batch as it was.
+    All,
+    /// No record was kept.
+    Nothing,
+    /// Some records were kept: the new batch.
+    Some(Vec<u8>),
+}
+
+/// The batch `batch` with only the records `keep` accepts, as log compaction rewrites it: the
+/// header keeps its base offset, last offset delta, timestamps, producer fields and codec (so
+/// the batch still covers the same offsets, with gaps), and gets the new record count, length
+/// and CRC. Kept records are copied as they are (their offset and timestamp deltas stay
+/// right); a compressed batch is decompressed once and compressed again with its codec.
+/// Validates the batch (CRC included) first.
+pub fn retain(
+    batch: &[u8],
+    mut keep: impl FnMut(&Record<'_>) -> bool,
+) -> Result<Retained, BatchError> {
+    let header = validate(batch)?;
+    let section = section(&header, batch)?;
+    let mut records = Records::with_payload(header, &section);
+    let mut kept = Vec::with_capacity(section.len());
+    let (mut count, mut dropped) = (0i32, false);
+    loop {
+        let before = records.rest;
+        let Some(r) = records.next() else { break };
+        let r = r?;
+        if keep(&r) {
+            kept.extend_from_slice(&before[..before.len() - records.rest.len()]);
+            count += 1;
+        } else {
+            dropped = true;
+        }
+    }
+    if !dropped {
+        return Ok(Retained::All);
+    }
+    if count == 0 {
+        return Ok(Retained::Nothing);
+    }
+    let body = match header.compression() {
+        Compression::None => kept,
+        codec => crate::compression::compress(codec, &kept)?,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&batch[..HEADER_LEN]);
+    out.extend_from_slice(&body);
+    let length = i32::try_from(out.len() - crate::header::LOG_OVERHEAD)
+        .map_err(|_| BatchError::BadLength(i32::MAX))?;
+    out[crate::header::BATCH_LENGTH..crate::header::BATCH_LENGTH + 4]
+        .copy_from_slice(&length.to_be_bytes());
+    out[crate::header::RECORD_COUNT..crate::header::RECORD_COUNT + 4]
+        .copy_from_slice(&count.to_be_bytes());
+    crate::header::reseal(&mut out);
+    Ok(Retained::Some(out))
+}
+
 impl<'a> Records<'a> {
     /// Validates `batch` (one whole batch) and prepares to decode its records.
     pub fn new(batch: &'a [u8]) -> Result<Self, BatchError> {
@@ -256,6 +316,57 @@ mod tests {
     use super::*;
     use crate::{BatchBuilder, RecordSpec, header::reseal, set_base_offset};
     use proptest::prelude::*;
+
+    #[test]
+    fn retain_keeps_the_offsets_and_drops_the_rest() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = BatchBuilder::new(1_000).producer(7, 1, 40);
+            for i in 0..5u8 {
+                b.push(RecordSpec::keyed(&[b'k', i % 2], &[i]));
+            }
+            let mut batch = b.build_compressed(codec).unwrap();
+            set_base_offset(&mut batch, 100);
+            // Keep the last record of each key: offsets 103 and 104.
+            let Retained::Some(out) = retain(&batch, |r| r.offset >= 103).unwrap() else {
+                panic!("{codec:?}: some were dropped")
+            };
+            let h = validate(&out).unwrap();
+            assert_eq!(
+                (h.base_offset, h.last_offset_delta, h.record_count),
+                (100, 4, 2)
+            );
+            assert_eq!(
+                (h.producer_id, h.base_sequence, h.compression()),
+                (7, 40, codec)
+            );
+            let (h, section) = payload(&out).unwrap();
+            let got: Vec<_> = Records::with_payload(h, &section)
+                .map(|r| r.map(|r| (r.offset, r.timestamp, r.value.unwrap().to_vec())))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                got,
+                vec![(103, 1_000, vec![3]), (104, 1_000, vec![4])],
+                "{codec:?}"
+            );
+            assert_eq!(retain(&batch, |_| true).unwrap(), Retained::All);
+            assert_eq!(retain(&batch, |_| false).unwrap(), Retained::Nothing);
+        }
+        let mut damaged = BatchBuilder::new(0);
+        damaged.push(RecordSpec::value(b"x"));
+        let mut damaged = damaged.build();
+        damaged[HEADER_LEN] ^= 1;
+        assert!(
+            retain(&damaged, |_| false).is_err(),
+            "a bad CRC is an error"
+        );
+    }
 
     #[test]
     fn check_records_refuses_what_readers_could_not_decode() {
