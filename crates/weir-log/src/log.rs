@@ -134,6 +134,15 @@ pub struct RetentionReport {
     pub log_start_offset: u64,
 }
 
+/// What a read found in one segment.
+enum Found {
+    Chunk(Bytes),
+    /// The first batch is larger than the read's cap.
+    TooLarge,
+    /// Every batch of the segment ends before the offset.
+    Beyond,
+}
+
 #[derive(Debug, Default)]
 struct Slot(Mutex<Option<Result<()>>>);
 
@@ -851,12 +860,30 @@ impl Log {
         max_bytes: usize,
         cap: usize,
     ) -> Result<Option<ReadResult>> {
-        let (segment, hwm, log_start) = match self.read_or_locate(offset, max_bytes)? {
+        let (mut segment, hwm, log_start) = match self.read_or_locate(offset, max_bytes)? {
             Ok(result) => return Ok(Some(result)),
             Err(located) => located,
         };
-        let Some(chunk) = self.read_segment(&segment, offset, max_bytes.min(cap), cap)? else {
-            return Ok(None);
+        let chunk = loop {
+            match self.read_segment(&segment, offset, max_bytes.min(cap), cap)? {
+                Found::Chunk(chunk) => break chunk,
+                Found::TooLarge => return Ok(None),
+                // Compaction removed the rest of this segment: the next one holds the offset.
+                Found::Beyond => {
+                    let v = self.view.read();
+                    let next = v.segments.partition_point(|s| s.base <= segment.base);
+                    match v.segments.get(next) {
+                        Some(s) => segment = s.clone(),
+                        None => {
+                            return Err(LogError::OffsetOutOfRange {
+                                offset,
+                                log_start: v.log_start,
+                                high_watermark: v.hwm,
+                            });
+                        }
+                    }
+                }
+            }
         };
         Ok(Some(ReadResult {
             chunks: vec![chunk],
@@ -909,14 +936,15 @@ impl Log {
         Ok(Err((segment, v.hwm, v.log_start)))
     }
 
-    /// Finds the position of the batch holding `offset` in `segment` by hopping headers from
-    /// the nearest index entry.
+    /// Finds the position of the first batch in `segment` that holds `offset` or comes after
+    /// it (compaction leaves gaps) by hopping headers from the nearest index entry; `None`
+    /// when every batch of the segment ends before `offset`.
     fn locate(
         &self,
         segment: &Segment,
         offset: u64,
         limit: u64,
-    ) -> Result<(u64, weir_batch::BatchHeader)> {
+    ) -> Result<Option<(u64, weir_batch::BatchHeader)>> {
         let entry = segment
             .index
             .read()
@@ -925,6 +953,9 @@ impl Log {
         let mut expected = segment.base + u64::from(entry.rel);
         let mut head = [0u8; HEADER_LEN];
         loop {
+            if pos == limit {
+                return Ok(None);
+            }
             if pos + HEADER_LEN as u64 > limit {
                 return Err(segment.corrupt(
                     pos,
@@ -941,7 +972,7 @@ impl Log {
                 ));
             }
             if h.next_offset() as u64 > offset {
-                return Ok((pos, h));
+                return Ok(Some((pos, h)));
             }
             pos += h.total_len() as u64;
             expected = h.next_offset() as u64;
@@ -954,11 +985,13 @@ impl Log {
         offset: u64,
         max_bytes: usize,
         cap: usize,
-    ) -> Result<Option<Bytes>> {
+    ) -> Result<Found> {
         let limit = segment.visible_len();
-        let (pos, first) = self.locate(segment, offset, limit)?;
+        let Some((pos, first)) = self.locate(segment, offset, limit)? else {
+            return Ok(Found::Beyond);
+        };
         if first.total_len() > cap {
-            return Ok(None);
+            return Ok(Found::TooLarge);
         }
         let want = (max_bytes as u64)
             .min(limit - pos)
@@ -990,11 +1023,11 @@ impl Log {
                 weir_batch::validate(&rest[..h.total_len()]).map_err(|e| e.to_string())
             };
             let check = check.and_then(|h| {
-                if h.base_offset == expected {
+                if h.base_offset >= expected {
                     Ok(h)
                 } else {
                     Err(format!(
-                        "batch base offset {} where {expected} was expected",
+                        "batch base offset {} where {expected} or more was expected",
                         h.base_offset
                     ))
                 }
@@ -1012,7 +1045,7 @@ impl Log {
         if !trusted {
             segment.read_checked(pos, pos + end as u64);
         }
-        Ok(Some(Bytes::from(buf)))
+        Ok(Found::Chunk(Bytes::from(buf)))
     }
 
     /// The offset of the first record whose timestamp is ≥ `timestamp` (ms since the epoch),
@@ -1065,7 +1098,9 @@ impl Log {
                 // The index already knows a batch readers may not see yet.
                 return Ok(None);
             }
-            let (mut pos, _) = self.locate(&segment, start, limit)?;
+            let Some((mut pos, _)) = self.locate(&segment, start, limit)? else {
+                continue;
+            };
             while pos < limit {
                 let mut head = [0u8; HEADER_LEN];
                 read_exact_at(&*segment.log, &mut head, pos)

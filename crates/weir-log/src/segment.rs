@@ -214,8 +214,9 @@ impl Segment {
         Ok(())
     }
 
-    /// The header `head` read at `pos`, which must be a batch starting at offset `expected`
-    /// (a walk from batch to batch, checking that the offsets follow on).
+    /// The header `head` read at `pos`, which must be a batch starting at offset `expected` or
+    /// later (a walk from batch to batch, checking that the offsets go up; compaction leaves
+    /// gaps between batches).
     pub fn header_at(
         &self,
         pos: u64,
@@ -223,11 +224,11 @@ impl Segment {
         expected: u64,
     ) -> Result<weir_batch::BatchHeader> {
         let h = weir_batch::peek(head).map_err(|e| self.corrupt(pos, e.to_string()))?;
-        if h.base_offset != expected as i64 || h.last_offset_delta < 0 {
+        if h.base_offset < expected as i64 || h.last_offset_delta < 0 {
             return Err(self.corrupt(
                 pos,
                 format!(
-                    "batch base offset {} where {expected} was expected",
+                    "batch base offset {} where {expected} or more was expected",
                     h.base_offset
                 ),
             ));
@@ -294,13 +295,18 @@ pub(crate) struct ScanEnd {
 
 /// Walks batches from `pos` (whose first batch must have base offset `expected`) to the end of
 /// the file, adding index entries to `idx`. With `verify`, checks every batch's CRC; without,
-/// only headers and offset continuity. Stops at the first fault.
+/// only headers and offset continuity. With `gaps` (a sealed segment, which compaction may
+/// have rewritten), a batch may start past the offset the one before implies; without, a
+/// base offset other than the implied one is a fault (a torn write may have damaged it: it
+/// lies outside the CRC). Stops at the first fault.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn scan(
     seg: &Segment,
     file_len: u64,
     mut pos: u64,
     mut expected: u64,
     verify: bool,
+    gaps: bool,
     idx: &mut SegIndex,
     interval: u32,
 ) -> Result<ScanEnd> {
@@ -320,10 +326,16 @@ pub(crate) fn scan(
             Ok(h) => h,
             Err(e) => break Some(e.to_string()),
         };
-        if h.base_offset < 0 || h.base_offset as u64 != expected {
+        let misplaced = if gaps {
+            (h.base_offset as u64) < expected
+        } else {
+            h.base_offset as u64 != expected
+        };
+        if h.base_offset < 0 || misplaced {
             break Some(format!(
-                "batch base offset {} where {expected} was expected",
-                h.base_offset
+                "batch base offset {} where {}{expected} was expected",
+                h.base_offset,
+                if gaps { "at least " } else { "" }
             ));
         }
         if h.last_offset_delta < 0 {
@@ -336,7 +348,7 @@ pub(crate) fn scan(
             );
         }
         let len = h.total_len();
-        let rel = expected - seg.base;
+        let rel = h.base_offset as u64 - seg.base;
         let Ok(rel) = u32::try_from(rel) else {
             break Some("relative offset exceeds 32 bits".into());
         };
