@@ -9,6 +9,7 @@
 //! - [`index`] (private): sparse offset and time indexes.
 //! - [`checkpoint`] (private): the recovery point / log start / clean-shutdown file.
 //! - [`hot`] (private): the in-memory tail.
+//! - [`compact`]: compaction, the latest record of each key kept in the sealed segments.
 //! - [`storage`]: the narrow I/O trait all file access goes through; [`FileStorage`] for real
 //!   files and [`MemStorage`] for crash simulation and fault injection.
 //! - [`config`]: [`LogConfig`], [`Durability`].
@@ -17,6 +18,7 @@
 //! root.
 
 mod checkpoint;
+pub mod compact;
 pub mod config;
 pub mod error;
 mod hot;
@@ -26,6 +28,7 @@ mod recovery;
 mod segment;
 pub mod storage;
 
+pub use compact::{CompactOptions, CompactReport, CompactionState};
 pub use config::{Durability, LogConfig};
 pub use error::{LogError, Result};
 pub use log::{

@@ -215,6 +215,11 @@ pub struct Log {
     pub(crate) truncation_count: AtomicU64,
     /// What of the configuration may change while the log is open ([`Log::set_limits`]).
     pub(crate) limits: Mutex<Limits>,
+    /// Held by a compaction pass ([`Log::compact`]): one at a time. Taken before leadership.
+    pub(crate) compaction: Mutex<()>,
+    /// The segment of the recovery point last stored in the checkpoint file: compaction stays
+    /// below it.
+    pub(crate) checkpoint_segment: AtomicU64,
 }
 
 /// The limits a topic's configuration may change on an open log: the largest batch accepted
@@ -784,7 +789,10 @@ impl Log {
             .map_err(|e| io("rename", e))?;
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|e| LogError::io("sync directory", &self.dir, e))
+            .map_err(|e| LogError::io("sync directory", &self.dir, e))?;
+        self.checkpoint_segment
+            .store(c.recovery_segment, Ordering::Release);
+        Ok(())
     }
 
     /// Makes everything appended so far durable and writes a recovery checkpoint, whatever the
@@ -948,7 +956,7 @@ impl Log {
         let entry = segment
             .index
             .read()
-            .lookup((offset - segment.base).min(u64::from(u32::MAX)) as u32);
+            .lookup(offset.saturating_sub(segment.base).min(u64::from(u32::MAX)) as u32);
         let mut pos = u64::from(entry.pos);
         let mut expected = segment.base + u64::from(entry.rel);
         let mut head = [0u8; HEADER_LEN];

@@ -79,6 +79,8 @@ impl Log {
             recovery: report,
             truncation_count: std::sync::atomic::AtomicU64::new(0),
             limits: Mutex::new(Limits::of(&config)),
+            compaction: Mutex::new(()),
+            checkpoint_segment: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let leader = log.lead();
@@ -237,7 +239,9 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
                 bases.insert(base);
             }
             Some((base, ext)) => others.push((base, dir.join(name), ext)),
-            None if name == checkpoint::TMP_FILE => remove(storage, &dir.join(name))?,
+            None if name == checkpoint::TMP_FILE || crate::compact::is_leftover(name) => {
+                remove(storage, &dir.join(name))?;
+            }
             None => {}
         }
     }

@@ -5,5 +5,6 @@
 mod common;
 
 mod basic;
+mod compact;
 mod damage;
 mod model;
