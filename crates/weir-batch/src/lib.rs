@@ -34,8 +34,8 @@ pub use header::{
     set_log_append_time, validate,
 };
 pub use records::{
-    Record, RecordHeader, Records, Retained, check_records, check_records_with_first, payload,
-    retain, section,
+    Record, RecordHeader, Records, Retained, check_records, check_records_with,
+    check_records_with_first, payload, retain, section,
 };
 pub use ring::Ring;
 

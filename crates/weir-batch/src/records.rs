@@ -75,15 +75,39 @@ pub fn check_records_with_first<T>(
     batch: &[u8],
     first: impl FnOnce(&Record<'_>) -> T,
 ) -> Result<Option<T>, BatchError> {
+    check_records_with(batch, false, first)
+}
+
+/// [`check_records_with_first`], also refusing a record without a key when `require_keys` is
+/// set (a compacted topic keeps the latest record of each key, so every record needs one).
+pub fn check_records_with<T>(
+    batch: &[u8],
+    require_keys: bool,
+    first: impl FnOnce(&Record<'_>) -> T,
+) -> Result<Option<T>, BatchError> {
     let records = || -> Result<Option<T>, BatchError> {
         let header = crate::header::peek(batch)?;
         let section = section(&header, batch)?;
-        let mut records = Records::with_payload(header, &section);
+        let mut records = Records::with_payload(header, &section).enumerate();
+        let keyed = |index: usize, r: &Record<'_>| {
+            if require_keys && r.key.is_none() {
+                return Err(BatchError::BadRecord {
+                    index,
+                    reason: "no key: a compacted topic keeps the latest record of each key, \
+                             so every record needs one",
+                });
+            }
+            Ok(())
+        };
         let seen = match records.next() {
-            Some(r) => Some(first(&r?)),
+            Some((i, r)) => {
+                let r = r?;
+                keyed(i, &r)?;
+                Some(first(&r))
+            }
             None => None,
         };
-        records.try_for_each(|r| r.map(drop))?;
+        records.try_for_each(|(i, r)| r.and_then(|r| keyed(i, &r)))?;
         Ok(seen)
     };
     records().map_err(|fault| validate(batch).err().unwrap_or(fault))
@@ -316,6 +340,19 @@ mod tests {
     use super::*;
     use crate::{BatchBuilder, RecordSpec, header::reseal, set_base_offset};
     use proptest::prelude::*;
+
+    #[test]
+    fn keys_are_required_when_asked() {
+        let mut b = BatchBuilder::new(0);
+        b.push(RecordSpec::keyed(b"k", b"v"));
+        b.push(RecordSpec::value(b"no key"));
+        let batch = b.build();
+        assert_eq!(check_records_with(&batch, false, |_| ()), Ok(Some(())));
+        assert!(matches!(
+            check_records_with(&batch, true, |_| ()),
+            Err(BatchError::BadRecord { index: 1, .. })
+        ));
+    }
 
     #[test]
     fn retain_keeps_the_offsets_and_drops_the_rest() {

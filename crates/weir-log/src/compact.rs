@@ -265,7 +265,13 @@ impl Log {
             if seg_end <= log_start {
                 continue;
             }
-            self.clean_segment(seg, &map, dirty_start, map_end, opts, throttle, &mut report)?;
+            if let Err(e) =
+                self.clean_segment(seg, &map, dirty_start, map_end, opts, throttle, &mut report)
+            {
+                // Not renamed yet, or never: nothing refers to it.
+                let _ = self.storage.remove_file(&cleaned_path(seg));
+                return Err(e);
+            }
         }
         self.store_clean_point(map_end)?;
         report.clean_to = map_end;
@@ -288,7 +294,7 @@ impl Log {
         for seg in segments {
             let mut full_at = None;
             let mut mapped_any = false;
-            let seg_end_reached = for_each_batch(seg, throttle, report, |batch, h| {
+            let seg_end_reached = for_each_batch(self, seg, throttle, report, |batch, h| {
                 if (h.next_offset() as u64) <= from {
                     return Ok(true);
                 }
@@ -376,7 +382,7 @@ impl Log {
         // A first walk says whether anything goes, without writing.
         let mut drops = false;
         let mut counted = 0u64;
-        for_each_batch(seg, throttle, report, |batch, h| {
+        for_each_batch(self, seg, throttle, report, |batch, h| {
             if h.is_control() || (h.base_offset as u64) >= map_end {
                 return Ok(true);
             }
@@ -388,11 +394,7 @@ impl Log {
         if !drops {
             return Ok(());
         }
-        let cleaned_path = {
-            let mut p = seg.log_path.clone().into_os_string();
-            p.push(CLEANED_SUFFIX);
-            PathBuf::from(p)
-        };
+        let cleaned_path = cleaned_path(seg);
         let io = |op: &'static str, e| LogError::io(op, &cleaned_path, e);
         let out = self
             .storage
@@ -418,6 +420,7 @@ impl Log {
         let mut bytes_written = 0u64;
         let mut bytes_read = 0u64;
         for_each_batch(
+            self,
             seg,
             &mut |_| {},
             &mut CompactReport::default(),
@@ -536,9 +539,17 @@ impl Log {
     }
 }
 
+/// Where `seg` is rewritten before it is swapped in.
+fn cleaned_path(seg: &Segment) -> PathBuf {
+    let mut p = seg.log_path.clone().into_os_string();
+    p.push(CLEANED_SUFFIX);
+    PathBuf::from(p)
+}
+
 /// Calls `f` with each whole batch of `seg` and its header, in order, until it returns
 /// `Ok(false)`. Returns whether the walk reached the end of the segment.
 fn for_each_batch(
+    log: &Log,
     seg: &Segment,
     throttle: &mut dyn FnMut(u64),
     report: &mut CompactReport,
@@ -550,6 +561,10 @@ fn for_each_batch(
     let mut pos = 0u64;
     let mut expected = seg.base;
     while pos < len {
+        // A pass stops when the log closes (at shutdown) rather than hold it up.
+        if log.view.read().closed {
+            return Err(LogError::Closed);
+        }
         let head = window
             .get(pos, HEADER_LEN)
             .map_err(io)?
