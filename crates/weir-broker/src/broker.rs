@@ -46,6 +46,16 @@ pub struct BrokerConfig {
     pub max_session: Duration,
     /// How often retention runs. Default 60 s.
     pub retention_check: Duration,
+    /// How often compacted topics are looked at to see whether a compaction pass is due
+    /// (their `min_cleanable_dirty_ratio` and `max_compaction_lag_ms`). Default 15 s.
+    pub compaction_check: Duration,
+    /// The compaction passes' disk I/O, read and write together, in bytes per second (0: no
+    /// limit), so that produce latency does not suffer from them. Default 64 MiB/s.
+    pub compaction_bytes_per_second: u64,
+    /// Memory for a pass's map of keys (32 bytes per distinct key among the records written
+    /// since the last pass; with more keys, a pass compacts the part that fits and the next
+    /// one goes on). Default 64 MiB (about two million keys).
+    pub compaction_key_map_bytes: usize,
     /// Most partitions across all topics. Each holds at least three open files (and one more
     /// per sealed segment), and a process may hold only so many. Default 4,096.
     pub max_partitions: u32,
@@ -76,6 +86,9 @@ impl Default for BrokerConfig {
             min_session: Duration::from_secs(1),
             max_session: Duration::from_secs(300),
             retention_check: Duration::from_secs(60),
+            compaction_check: Duration::from_secs(15),
+            compaction_bytes_per_second: 64 << 20,
+            compaction_key_map_bytes: 64 << 20,
             max_partitions: 4096,
             quotas: crate::flow::QuotaConfig::default(),
             produce_memory_bytes: 256 << 20,
@@ -1274,8 +1287,9 @@ impl Broker {
         };
         // Every record is checked (the first one's trace context read on the way; compressed
         // batches are decompressed once), then the log checks the CRC as it appends.
+        let require_keys = t.config.cleanup_policy.compacts();
         let check = move |batch: &Bytes| {
-            weir_batch::check_records_with_first(batch, |first| {
+            weir_batch::check_records_with(batch, require_keys, |first| {
                 traced.then(|| traceparent_of(first)).flatten()
             })
             .map(Option::flatten)
@@ -1930,6 +1944,60 @@ impl Broker {
             _ = &mut shutdown => {}
             _ = self.group_clock() => {}
             _ = self.storage_maintenance() => {}
+            _ = self.compaction() => {}
+        }
+    }
+
+    /// Compacts the partitions of compacted topics, one pass at a time, each when due: when
+    /// its dirty share reaches the topic's `min_cleanable_dirty_ratio`, or its oldest dirty
+    /// record is older than `max_compaction_lag_ms`. The passes' I/O goes through one rate
+    /// limiter (`compaction_bytes_per_second`).
+    async fn compaction(&self) {
+        let config = &self.inner.config;
+        let limiter = (config.compaction_bytes_per_second > 0).then(|| {
+            let rate = config.compaction_bytes_per_second;
+            // A burst of a tenth of a second: passes run close to the rate, never far above.
+            let burst = u32::try_from((rate / 10).max(1 << 20)).unwrap_or(u32::MAX);
+            Arc::new(weir_flow::Limiter::new(weir_flow::Gcra::new(
+                weir_flow::Rate::per_second(rate),
+                burst,
+            )))
+        });
+        let mut tick =
+            tokio::time::interval(config.compaction_check.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let parts: Vec<(String, u32, TopicConfig, Arc<Partition>)> = self
+                .inner
+                .topics
+                .read()
+                .values()
+                .filter(|t| t.config.cleanup_policy.compacts())
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (t.name.clone(), i as u32, t.config.clone(), p.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for (topic, partition, tc, p) in parts {
+                let limiter = limiter.clone();
+                let key_map_bytes = config.compaction_key_map_bytes;
+                let _ = blocking(move || {
+                    compact_if_due(
+                        &topic,
+                        partition,
+                        &tc,
+                        &p.log,
+                        key_map_bytes,
+                        limiter.as_deref(),
+                    );
+                    Ok(())
+                })
+                .await;
+            }
         }
     }
 
@@ -2054,6 +2122,73 @@ impl Broker {
         .await?;
         tracing::info!("broker closed");
         Ok(())
+    }
+}
+
+/// One compaction pass on `log` if it is due (see `Broker::compaction`).
+fn compact_if_due(
+    topic: &str,
+    partition: u32,
+    tc: &TopicConfig,
+    log: &Log,
+    key_map_bytes: usize,
+    limiter: Option<&weir_flow::Limiter<weir_flow::Gcra>>,
+) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let min_lag = tc.min_compaction_lag_ms as i64;
+    let state = match log.compaction_state(now_ms, min_lag) {
+        Ok(s) => s,
+        Err(LogError::Closed) => return,
+        Err(e) => {
+            tracing::error!(topic, partition, error = %e, "compaction: cannot read the log's state");
+            return;
+        }
+    };
+    if state.dirty_bytes == 0 {
+        return;
+    }
+    let overdue = tc.max_compaction_lag_ms.is_some_and(|max| {
+        state
+            .first_dirty_timestamp
+            .is_some_and(|ts| ts < now_ms.saturating_sub(max as i64))
+    });
+    if state.dirty_ratio() < tc.min_cleanable_dirty_ratio.0 && !overdue {
+        return;
+    }
+    let opts = weir_log::CompactOptions {
+        now_ms,
+        delete_retention_ms: tc.delete_retention_ms as i64,
+        min_lag_ms: min_lag,
+        key_map_bytes,
+    };
+    let mut throttle = |bytes: u64| {
+        if let Some(l) = limiter {
+            let wait = l.charge(bytes);
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    };
+    let started = Instant::now();
+    match log.compact(&opts, &mut throttle) {
+        Ok(r) => tracing::info!(
+            topic,
+            partition,
+            dirty_ratio = state.dirty_ratio(),
+            rewritten = r.segments_rewritten,
+            removed = r.segments_removed,
+            records_removed = r.records_removed,
+            tombstones_removed = r.tombstones_removed,
+            bytes_before = r.bytes_before,
+            bytes_after = r.bytes_after,
+            clean_to = r.clean_to,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted"
+        ),
+        Err(LogError::Closed) => {}
+        Err(e) => tracing::error!(topic, partition, error = %e, "compaction failed"),
     }
 }
 

@@ -27,4 +27,4 @@ pub mod topic;
 
 pub use broker::{Broker, BrokerConfig, FetchResult, ProduceResult};
 pub use error::{BrokerError, ErrorKind, Result};
-pub use topic::{TopicConfig, TopicId, TopicInfo};
+pub use topic::{CleanupPolicy, DirtyRatio, TopicConfig, TopicId, TopicInfo};

@@ -45,6 +45,65 @@ pub struct TopicConfig {
     /// Whose clock timestamps records: the producer's (`create_time`, the default) or the
     /// broker's at append (`log_append_time`; the batch is restamped and its CRC recomputed).
     pub timestamp_type: TimestampType,
+    /// What becomes of old records (Kafka's `cleanup.policy`): `delete` (the default: retention
+    /// deletes whole old segments), `compact` (the latest record of each key is kept for ever,
+    /// older ones are compacted away, retention does not apply, every record needs a key) or
+    /// `compact_delete` (both).
+    pub cleanup_policy: CleanupPolicy,
+    /// Compacted topics: how long a tombstone (a record with a null value) stays once it lies
+    /// in the compacted part, counted from its batch's timestamp. Default 1 day.
+    pub delete_retention_ms: u64,
+    /// Compacted topics: a segment is compacted only once its newest record is at least this
+    /// old. Default 0.
+    pub min_compaction_lag_ms: u64,
+    /// Compacted topics: the longest a record waits for compaction, however little of the log
+    /// is dirty. Default `None`: no limit (the dirty ratio decides).
+    pub max_compaction_lag_ms: Option<u64>,
+    /// Compacted topics: compaction runs once at least this share of the log's bytes is dirty
+    /// (written since the last pass). Default 0.5.
+    pub min_cleanable_dirty_ratio: DirtyRatio,
+}
+
+/// What becomes of old records (Kafka's `cleanup.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPolicy {
+    /// Retention deletes whole old segments.
+    #[default]
+    Delete,
+    /// The latest record of each key is kept; older ones are compacted away.
+    Compact,
+    /// Compaction, and retention too.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+}
+
+/// A share between 0 and 1 (a float that compares by value; configurations are never NaN).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DirtyRatio(pub f64);
+
+impl PartialEq for DirtyRatio {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for DirtyRatio {}
+
+impl Default for DirtyRatio {
+    fn default() -> Self {
+        Self(0.5)
+    }
 }
 
 /// Where record timestamps come from (Kafka's `message.timestamp.type`).
@@ -68,6 +127,11 @@ impl Default for TopicConfig {
             max_batch_bytes: 8 << 20,
             segment_bytes: 1 << 30,
             timestamp_type: TimestampType::CreateTime,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: None,
+            min_cleanable_dirty_ratio: DirtyRatio::default(),
         }
     }
 }
@@ -88,6 +152,24 @@ impl TopicConfig {
         if self.retention_ms == Some(0) {
             return bad("retention_ms must be positive (omit it to keep data forever)".into());
         }
+        let ratio = self.min_cleanable_dirty_ratio.0;
+        if !(0.0..=1.0).contains(&ratio) {
+            return bad(format!(
+                "min_cleanable_dirty_ratio is {ratio}, must be from 0 to 1"
+            ));
+        }
+        let too_long = |v: u64| v > i64::MAX as u64;
+        if too_long(self.delete_retention_ms) || too_long(self.min_compaction_lag_ms) {
+            return bad("delete_retention_ms and min_compaction_lag_ms must fit in an i64".into());
+        }
+        if let Some(max) = self.max_compaction_lag_ms
+            && (max == 0 || max < self.min_compaction_lag_ms || too_long(max))
+        {
+            return bad(format!(
+                "max_compaction_lag_ms is {max}, must be positive and at least min_compaction_lag_ms ({})",
+                self.min_compaction_lag_ms
+            ));
+        }
         self.log_config(0, 0)
             .validate()
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
@@ -107,8 +189,14 @@ impl TopicConfig {
             },
             hot_tail_bytes,
             preallocate_bytes,
-            retention_age: self.retention_ms.map(Duration::from_millis),
-            retention_bytes: self.retention_bytes,
+            // A compact-only topic keeps its latest records for ever.
+            retention_age: self
+                .retention_ms
+                .filter(|_| self.cleanup_policy.deletes())
+                .map(Duration::from_millis),
+            retention_bytes: self
+                .retention_bytes
+                .filter(|_| self.cleanup_policy.deletes()),
             ..LogConfig::default()
         }
     }

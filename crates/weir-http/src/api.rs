@@ -345,6 +345,11 @@ struct CreateTopic {
     max_batch_bytes: Option<u32>,
     segment_bytes: Option<u64>,
     timestamp_type: Option<weir_broker::topic::TimestampType>,
+    cleanup_policy: Option<weir_broker::CleanupPolicy>,
+    delete_retention_ms: Option<u64>,
+    min_compaction_lag_ms: Option<u64>,
+    max_compaction_lag_ms: Option<u64>,
+    min_cleanable_dirty_ratio: Option<f64>,
 }
 
 async fn create_topic(
@@ -371,6 +376,21 @@ async fn create_topic(
     }
     if let Some(t) = req.timestamp_type {
         config.timestamp_type = t;
+    }
+    if let Some(p) = req.cleanup_policy {
+        config.cleanup_policy = p;
+    }
+    if let Some(ms) = req.delete_retention_ms {
+        config.delete_retention_ms = ms;
+    }
+    if let Some(ms) = req.min_compaction_lag_ms {
+        config.min_compaction_lag_ms = ms;
+    }
+    if req.max_compaction_lag_ms.is_some() {
+        config.max_compaction_lag_ms = req.max_compaction_lag_ms;
+    }
+    if let Some(r) = req.min_cleanable_dirty_ratio {
+        config.min_cleanable_dirty_ratio = weir_broker::DirtyRatio(r);
     }
     if let Some(m) = req.segment_bytes {
         config.segment_bytes = m;

@@ -377,7 +377,9 @@ pub fn document() -> Value {
             "TopicConfig": {
                 "type": "object",
                 "required": ["partitions", "retention_ms", "retention_bytes", "durability",
-                    "max_batch_bytes", "segment_bytes", "timestamp_type"],
+                    "max_batch_bytes", "segment_bytes", "timestamp_type", "cleanup_policy",
+                    "delete_retention_ms", "min_compaction_lag_ms", "max_compaction_lag_ms",
+                    "min_cleanable_dirty_ratio"],
                 "properties": {
                     "partitions": {"type": "integer", "minimum": 1},
                     "retention_ms": {"type": ["integer", "null"]},
@@ -386,7 +388,18 @@ pub fn document() -> Value {
                     "max_batch_bytes": {"type": "integer"},
                     "segment_bytes": {"type": "integer"},
                     "timestamp_type": {"$ref": "#/components/schemas/TimestampType"},
+                    "cleanup_policy": {"$ref": "#/components/schemas/CleanupPolicy"},
+                    "delete_retention_ms": {"type": "integer"},
+                    "min_compaction_lag_ms": {"type": "integer"},
+                    "max_compaction_lag_ms": {"type": ["integer", "null"]},
+                    "min_cleanable_dirty_ratio": {"type": "number"},
                 },
+            },
+            "CleanupPolicy": {
+                "description": "What becomes of old records: deleted by retention (delete), \
+                    compacted to the latest record of each key (compact; every record needs a \
+                    key), or both (compact_delete).",
+                "type": "string", "enum": ["delete", "compact", "compact_delete"],
             },
             "TimestampType": {
                 "description": "Whose clock stamps records: the producer's (create_time) or the \
@@ -413,6 +426,11 @@ pub fn document() -> Value {
                     "max_batch_bytes": {"type": "integer"},
                     "segment_bytes": {"type": "integer", "minimum": 1024},
                     "timestamp_type": {"$ref": "#/components/schemas/TimestampType"},
+                    "cleanup_policy": {"$ref": "#/components/schemas/CleanupPolicy"},
+                    "delete_retention_ms": {"type": "integer", "minimum": 0},
+                    "min_compaction_lag_ms": {"type": "integer", "minimum": 0},
+                    "max_compaction_lag_ms": {"type": "integer", "minimum": 1},
+                    "min_cleanable_dirty_ratio": {"type": "number", "minimum": 0, "maximum": 1},
                 },
             },
             "Partition": {

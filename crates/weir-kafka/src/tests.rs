@@ -1059,7 +1059,7 @@ async fn create_and_delete_topics_with_kafka_errors_for_each_refusal() {
             ),
             topic("a", 1, -1, &[]),
             topic("r", 1, 3, &[]),
-            topic("u", 1, 1, &[("cleanup.policy", "compact")]),
+            topic("u", 1, 1, &[("cleanup.policy", "compact,shred")]),
             topic("bad name", 1, 1, &[]),
             topic("z", 0, 1, &[]),
         ]);

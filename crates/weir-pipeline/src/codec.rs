@@ -501,7 +501,10 @@ mod tests {
         assert!(d.needs_header());
         let header = d.header(b"id,name,note").unwrap();
         let v = d
-            .decode_with(Some(&Bytes::from_static(br#"7,"Smith, J","said ""hi""""#)), Some(&header))
+            .decode_with(
+                Some(&Bytes::from_static(br#"7,"Smith, J","said ""hi""""#)),
+                Some(&header),
+            )
             .unwrap();
         let e = Encoding::Csv(CsvEncoding {
             columns: vec!["name".into(), "id".into(), "missing".into()],
@@ -515,8 +518,14 @@ mod tests {
         Encoding::Json.encode(&v, &mut out).unwrap();
         assert_eq!(out, br#"{"id":"7","name":"Smith, J","note":"said \"hi\""}"#);
         // Bad rows are errors.
-        assert!(d.decode_with(Some(&Bytes::from_static(b"1,2")), Some(&header)).is_err());
-        assert!(d.decode(Some(&Bytes::from_static(b"1,2,3"))).is_err(), "no header read");
+        assert!(
+            d.decode_with(Some(&Bytes::from_static(b"1,2")), Some(&header))
+                .is_err()
+        );
+        assert!(
+            d.decode(Some(&Bytes::from_static(b"1,2,3"))).is_err(),
+            "no header read"
+        );
         let declared = Decoding::Csv(CsvDecoding {
             columns: Some(vec!["a".into(), "b".into()]),
             delimiter: ';',
@@ -550,7 +559,9 @@ mod tests {
             serde_json::from_str(r#"{"id":"o1","qty":3,"tags":["a","b"],"kind":"RUSH"}"#).unwrap();
         let mut bin = Vec::new();
         Encoding::Protobuf(p.clone()).encode(&v, &mut bin).unwrap();
-        let back = Decoding::Protobuf(p.clone()).decode(Some(&Bytes::from(bin.clone()))).unwrap();
+        let back = Decoding::Protobuf(p.clone())
+            .decode(Some(&Bytes::from(bin.clone())))
+            .unwrap();
         assert_eq!(back, v);
         // Bad input and a wrong shape are errors.
         assert!(
@@ -575,11 +586,21 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(Decoding::Json.decode(Some(&Bytes::from_static(b"{nope"))).is_err());
-        assert!(Decoding::Text.decode(Some(&Bytes::from_static(&[0xff, 0xfe]))).is_err());
+        assert!(
+            Decoding::Json
+                .decode(Some(&Bytes::from_static(b"{nope")))
+                .is_err()
+        );
+        assert!(
+            Decoding::Text
+                .decode(Some(&Bytes::from_static(&[0xff, 0xfe])))
+                .is_err()
+        );
         assert_eq!(Decoding::Json.decode(None), Ok(Value::Null));
         let mut out = Vec::new();
-        let bin = Decoding::Bytes.decode(Some(&Bytes::from_static(&[0xff]))).unwrap();
+        let bin = Decoding::Bytes
+            .decode(Some(&Bytes::from_static(&[0xff])))
+            .unwrap();
         assert!(Encoding::Text.encode(&bin, &mut out).is_err());
         assert!(Encoding::Bytes.encode(&Value::from(3), &mut out).is_err());
     }
@@ -625,7 +646,10 @@ mod tests {
             same_as_vrl(doc);
         }
         for bad in [&b"\"\xff\""[..], b"{\"\xc3\":1}", b"\"\xed\xa0\x80\""] {
-            assert!(json_value(&Bytes::from_static(bad)).is_err(), "{bad:?} is not UTF-8");
+            assert!(
+                json_value(&Bytes::from_static(bad)).is_err(),
+                "{bad:?} is not UTF-8"
+            );
         }
         // Nesting is bounded, as serde_json bounds it.
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
@@ -653,9 +677,16 @@ mod tests {
     #[test]
     fn json_strings_share_the_record() {
         let src = Bytes::from_static(br#"{"s":"shared","e":"a\nb"}"#);
-        let Value::Object(m) = json_value(&src).unwrap() else { panic!() };
-        let Some(Value::Bytes(s)) = m.get("s") else { panic!() };
-        assert!(src.as_ptr_range().contains(&s.as_ptr()), "a plain string is a slice");
+        let Value::Object(m) = json_value(&src).unwrap() else {
+            panic!()
+        };
+        let Some(Value::Bytes(s)) = m.get("s") else {
+            panic!()
+        };
+        assert!(
+            src.as_ptr_range().contains(&s.as_ptr()),
+            "a plain string is a slice"
+        );
         assert_eq!(m.get("e"), Some(&Value::from("a\nb")));
     }
 
@@ -682,9 +713,11 @@ mod tests {
             },
             J::String(s) => Value::from(s.as_str()),
             J::Array(a) => Value::Array(a.iter().map(expected).collect()),
-            J::Object(o) => {
-                Value::Object(o.iter().map(|(k, v)| (k.as_str().into(), expected(v))).collect())
-            }
+            J::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.as_str().into(), expected(v)))
+                    .collect(),
+            ),
         }
     }
 

@@ -8,7 +8,7 @@ use prost::Message;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::group::AssignmentStrategy;
-use weir_broker::topic::{DurabilitySetting, TimestampType};
+use weir_broker::topic::{CleanupPolicy, DirtyRatio, DurabilitySetting, TimestampType};
 use weir_broker::{Broker, BrokerError, ErrorKind, TopicConfig};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
@@ -164,6 +164,23 @@ pub(crate) fn topic_config(defaults: &TopicConfig, c: Option<msg::TopicConfig>) 
             msg::TimestampType::CreateTime => TimestampType::CreateTime,
             msg::TimestampType::LogAppendTime => TimestampType::LogAppendTime,
         },
+        cleanup_policy: match c.cleanup_policy() {
+            msg::CleanupPolicy::Default => d.cleanup_policy,
+            msg::CleanupPolicy::Delete => CleanupPolicy::Delete,
+            msg::CleanupPolicy::Compact => CleanupPolicy::Compact,
+            msg::CleanupPolicy::CompactDelete => CleanupPolicy::CompactDelete,
+        },
+        delete_retention_ms: c.delete_retention_ms.unwrap_or(d.delete_retention_ms),
+        min_compaction_lag_ms: c.min_compaction_lag_ms.unwrap_or(d.min_compaction_lag_ms),
+        max_compaction_lag_ms: match c.max_compaction_lag_ms {
+            None => d.max_compaction_lag_ms,
+            Some(n) if n < 0 => None,
+            // 0 is refused by validation, as a negative number would be a mistake.
+            Some(n) => Some(n as u64),
+        },
+        min_cleanable_dirty_ratio: c
+            .min_cleanable_dirty_ratio
+            .map_or(d.min_cleanable_dirty_ratio, DirtyRatio),
     }
 }
 
@@ -188,6 +205,15 @@ pub(crate) fn topic_config_out(c: &TopicConfig) -> msg::TopicConfig {
             TimestampType::CreateTime => msg::TimestampType::CreateTime,
             TimestampType::LogAppendTime => msg::TimestampType::LogAppendTime,
         } as i32,
+        cleanup_policy: match c.cleanup_policy {
+            CleanupPolicy::Delete => msg::CleanupPolicy::Delete,
+            CleanupPolicy::Compact => msg::CleanupPolicy::Compact,
+            CleanupPolicy::CompactDelete => msg::CleanupPolicy::CompactDelete,
+        } as i32,
+        delete_retention_ms: Some(c.delete_retention_ms),
+        min_compaction_lag_ms: Some(c.min_compaction_lag_ms),
+        max_compaction_lag_ms: Some(c.max_compaction_lag_ms.map_or(-1, |v| v as i64)),
+        min_cleanable_dirty_ratio: Some(c.min_cleanable_dirty_ratio.0),
     }
 }
 

@@ -319,6 +319,7 @@ mod tests {
                         max_batch_bytes: 1 << 20,
                         segment_bytes: 1 << 27,
                         timestamp_type: m::TimestampType::LogAppendTime as i32,
+                        ..Default::default()
                     }),
                 },
                 b"",

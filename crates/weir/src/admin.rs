@@ -33,6 +33,23 @@ pub enum TopicCmd {
         /// clock at append); default: the server's.
         #[arg(long, value_parser = ["create-time", "log-append-time"])]
         timestamp_type: Option<String>,
+        /// What becomes of old records: delete (retention), compact (the latest record of
+        /// each key is kept; every record needs a key) or compact,delete; default: the
+        /// server's.
+        #[arg(long, value_parser = ["delete", "compact", "compact,delete", "delete,compact"])]
+        cleanup_policy: Option<String>,
+        /// Compacted topics: how long a tombstone stays (ms).
+        #[arg(long)]
+        delete_retention_ms: Option<u64>,
+        /// Compacted topics: the least time before a record is compacted (ms).
+        #[arg(long)]
+        min_compaction_lag_ms: Option<u64>,
+        /// Compacted topics: the most time before a record is compacted (ms); -1 no limit.
+        #[arg(long, allow_hyphen_values = true)]
+        max_compaction_lag_ms: Option<i64>,
+        /// Compacted topics: compact once this share of the log is dirty (0 to 1).
+        #[arg(long)]
+        min_cleanable_dirty_ratio: Option<f64>,
     },
     /// List topics.
     List {
@@ -105,6 +122,15 @@ fn config_json(c: &msg::TopicConfig) -> serde_json::Value {
             msg::TimestampType::LogAppendTime => "log-append-time",
             _ => "create-time",
         },
+        "cleanup_policy": match c.cleanup_policy() {
+            msg::CleanupPolicy::Compact => "compact",
+            msg::CleanupPolicy::CompactDelete => "compact,delete",
+            _ => "delete",
+        },
+        "delete_retention_ms": c.delete_retention_ms,
+        "min_compaction_lag_ms": c.min_compaction_lag_ms,
+        "max_compaction_lag_ms": c.max_compaction_lag_ms,
+        "min_cleanable_dirty_ratio": c.min_cleanable_dirty_ratio,
     })
 }
 
@@ -133,6 +159,11 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
             max_batch_bytes,
             segment_bytes,
             timestamp_type,
+            cleanup_policy,
+            delete_retention_ms,
+            min_compaction_lag_ms,
+            max_compaction_lag_ms,
+            min_cleanable_dirty_ratio,
         } => {
             let client = Client::connect(&conn.addr, "weir-cli").await?;
             let (dur, interval) = match d.as_deref() {
@@ -152,6 +183,16 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
                     Some(_) => msg::TimestampType::LogAppendTime,
                     None => msg::TimestampType::Default,
                 } as i32,
+                cleanup_policy: match cleanup_policy.as_deref() {
+                    None => msg::CleanupPolicy::Default,
+                    Some("delete") => msg::CleanupPolicy::Delete,
+                    Some("compact") => msg::CleanupPolicy::Compact,
+                    Some(_) => msg::CleanupPolicy::CompactDelete,
+                } as i32,
+                delete_retention_ms,
+                min_compaction_lag_ms,
+                max_compaction_lag_ms,
+                min_cleanable_dirty_ratio,
             };
             let applied = client.create_topic(&name, config).await?;
             println!("created topic {name} {}", config_json(&applied));

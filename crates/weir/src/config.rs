@@ -562,6 +562,7 @@ impl Config {
             max_batch_bytes: t.max_batch_bytes,
             segment_bytes: t.segment_bytes,
             timestamp_type: Default::default(),
+            ..TopicConfig::default()
         })
     }
 

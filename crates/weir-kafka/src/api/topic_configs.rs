@@ -4,15 +4,19 @@
 //!
 //! | Kafka key | weir setting | may change after creation |
 //! |---|---|---|
-//! | `cleanup.policy` | always `delete` (compaction is not served yet) | only to `delete` |
+//! | `cleanup.policy` | `cleanup_policy`: `delete`, `compact` or `compact,delete` | yes |
 //! | `retention.ms` | `retention_ms` (-1: forever) | yes |
 //! | `retention.bytes` | `retention_bytes` (-1: no limit) | yes |
 //! | `max.message.bytes` | `max_batch_bytes` | yes |
 //! | `message.timestamp.type` | `timestamp_type` | yes |
 //! | `segment.bytes` | `segment_bytes` | no |
+//! | `delete.retention.ms` | `delete_retention_ms` | yes |
+//! | `min.compaction.lag.ms` | `min_compaction_lag_ms` | yes |
+//! | `max.compaction.lag.ms` | `max_compaction_lag_ms` (Long.MAX_VALUE: no limit) | yes |
+//! | `min.cleanable.dirty.ratio` | `min_cleanable_dirty_ratio` | yes |
 
 use weir_broker::TopicConfig;
-use weir_broker::topic::TimestampType;
+use weir_broker::topic::{CleanupPolicy, DirtyRatio, TimestampType};
 
 use crate::code;
 
@@ -25,6 +29,7 @@ pub(crate) const SOURCE_DEFAULT: i8 = 5;
 pub(crate) const TYPE_STRING: i8 = 2;
 pub(crate) const TYPE_INT: i8 = 3;
 pub(crate) const TYPE_LONG: i8 = 5;
+pub(crate) const TYPE_DOUBLE: i8 = 6;
 pub(crate) const TYPE_BOOLEAN: i8 = 1;
 pub(crate) const TYPE_LIST: i8 = 7;
 
@@ -47,6 +52,10 @@ pub(crate) const KEYS: &[&str] = &[
     "max.message.bytes",
     "message.timestamp.type",
     "segment.bytes",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
 ];
 
 /// `c`'s configs under Kafka's names.
@@ -60,6 +69,7 @@ pub(crate) fn entries(c: &TopicConfig) -> Vec<Entry> {
                 "cleanup.policy" => TYPE_LIST,
                 "message.timestamp.type" => TYPE_STRING,
                 "max.message.bytes" => TYPE_INT,
+                "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
                 _ => TYPE_LONG,
             },
         })
@@ -70,7 +80,19 @@ pub(crate) fn entries(c: &TopicConfig) -> Vec<Entry> {
 fn value(c: &TopicConfig, name: &str) -> String {
     let or_minus_one = |v: Option<u64>| v.map_or(-1, |v| v as i64).to_string();
     match name {
-        "cleanup.policy" => "delete".into(),
+        "cleanup.policy" => match c.cleanup_policy {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+        .into(),
+        "delete.retention.ms" => c.delete_retention_ms.to_string(),
+        "min.compaction.lag.ms" => c.min_compaction_lag_ms.to_string(),
+        "max.compaction.lag.ms" => c
+            .max_compaction_lag_ms
+            .map_or(i64::MAX, |v| v as i64)
+            .to_string(),
+        "min.cleanable.dirty.ratio" => c.min_cleanable_dirty_ratio.0.to_string(),
         "retention.ms" => or_minus_one(c.retention_ms),
         "retention.bytes" => or_minus_one(c.retention_bytes),
         "max.message.bytes" => c.max_batch_bytes.to_string(),
@@ -98,12 +120,37 @@ pub(crate) fn set(
     let number = || value.trim().parse::<i64>();
     match name {
         "cleanup.policy" => {
-            if !value.split(',').all(|p| p.trim() == "delete") {
-                return invalid(
-                    "only \"delete\" is served; compacted topics are not served yet".into(),
-                );
+            let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
+            parts.sort_unstable();
+            parts.dedup();
+            c.cleanup_policy = match parts.as_slice() {
+                ["delete"] => CleanupPolicy::Delete,
+                ["compact"] => CleanupPolicy::Compact,
+                ["compact", "delete"] => CleanupPolicy::CompactDelete,
+                _ => return invalid("delete, compact, or compact,delete".into()),
+            };
+        }
+        "delete.retention.ms" | "min.compaction.lag.ms" => {
+            let Ok(v) = u64::try_from(number().unwrap_or(-1)) else {
+                return invalid("a number of milliseconds, 0 or more".into());
+            };
+            if name == "delete.retention.ms" {
+                c.delete_retention_ms = v;
+            } else {
+                c.min_compaction_lag_ms = v;
             }
         }
+        "max.compaction.lag.ms" => {
+            c.max_compaction_lag_ms = match number() {
+                Ok(i64::MAX) | Ok(-1) => None,
+                Ok(v) if v > 0 => Some(v as u64),
+                _ => return invalid("a positive number of milliseconds".into()),
+            }
+        }
+        "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => c.min_cleanable_dirty_ratio = DirtyRatio(v),
+            _ => return invalid("a number from 0 to 1".into()),
+        },
         "retention.ms" | "retention.bytes" => {
             let v = match number() {
                 Ok(-1) => None,
@@ -144,7 +191,13 @@ pub(crate) fn reset(
     defaults: &TopicConfig,
 ) -> Result<(), Refusal> {
     match name {
-        "cleanup.policy" => {}
+        "cleanup.policy" => c.cleanup_policy = defaults.cleanup_policy,
+        "delete.retention.ms" => c.delete_retention_ms = defaults.delete_retention_ms,
+        "min.compaction.lag.ms" => c.min_compaction_lag_ms = defaults.min_compaction_lag_ms,
+        "max.compaction.lag.ms" => c.max_compaction_lag_ms = defaults.max_compaction_lag_ms,
+        "min.cleanable.dirty.ratio" => {
+            c.min_cleanable_dirty_ratio = defaults.min_cleanable_dirty_ratio;
+        }
         "retention.ms" => c.retention_ms = defaults.retention_ms,
         "retention.bytes" => c.retention_bytes = defaults.retention_bytes,
         "max.message.bytes" => c.max_batch_bytes = defaults.max_batch_bytes,
@@ -173,6 +226,10 @@ pub(crate) fn broker_key(name: &str) -> &'static str {
         "retention.bytes" => "log.retention.bytes",
         "max.message.bytes" => "message.max.bytes",
         "message.timestamp.type" => "log.message.timestamp.type",
+        "delete.retention.ms" => "log.cleaner.delete.retention.ms",
+        "min.compaction.lag.ms" => "log.cleaner.min.compaction.lag.ms",
+        "max.compaction.lag.ms" => "log.cleaner.max.compaction.lag.ms",
+        "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
         _ => "log.segment.bytes",
     }
 }
@@ -181,6 +238,10 @@ pub(crate) fn broker_key(name: &str) -> &'static str {
 /// (`max_batch_bytes must not exceed segment_bytes` reads as the keys they set).
 pub(crate) fn kafka_message(message: &str) -> String {
     [
+        ("delete_retention_ms", "delete.retention.ms"),
+        ("min_compaction_lag_ms", "min.compaction.lag.ms"),
+        ("max_compaction_lag_ms", "max.compaction.lag.ms"),
+        ("min_cleanable_dirty_ratio", "min.cleanable.dirty.ratio"),
         ("max_batch_bytes", "max.message.bytes"),
         ("segment_bytes", "segment.bytes"),
         ("retention_ms", "retention.ms"),
@@ -230,6 +291,26 @@ pub(crate) fn broker_entries(
             TYPE_BOOLEAN,
         ),
         ("default.replication.factor", "1".into(), TYPE_INT),
-        ("log.cleanup.policy", "delete".into(), TYPE_LIST),
+        ("log.cleanup.policy", value(d, "cleanup.policy"), TYPE_LIST),
+        (
+            "log.cleaner.delete.retention.ms",
+            value(d, "delete.retention.ms"),
+            TYPE_LONG,
+        ),
+        (
+            "log.cleaner.min.compaction.lag.ms",
+            value(d, "min.compaction.lag.ms"),
+            TYPE_LONG,
+        ),
+        (
+            "log.cleaner.max.compaction.lag.ms",
+            value(d, "max.compaction.lag.ms"),
+            TYPE_LONG,
+        ),
+        (
+            "log.cleaner.min.cleanable.ratio",
+            value(d, "min.cleanable.dirty.ratio"),
+            TYPE_DOUBLE,
+        ),
     ]
 }

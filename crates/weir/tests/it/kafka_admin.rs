@@ -46,8 +46,9 @@ fn admin_creates_describes_lists_and_grows_topics() {
     assert_eq!(v["create"], Value::Null, "{v}");
     assert_eq!(v["create_single"], Value::Null, "{v}");
     assert_eq!(v["create_again"]["error"], "TOPIC_ALREADY_EXISTS", "{v}");
+    assert_eq!(v["create_compacted"], Value::Null, "{v}");
     assert_eq!(
-        refusal(&v["create_compacted"], "cleanup.policy"),
+        refusal(&v["create_bad_policy"], "cleanup.policy"),
         "INVALID_CONFIG"
     );
     assert_eq!(
@@ -271,8 +272,12 @@ fn admin_describes_and_alters_topic_configs() {
         created.keys().collect::<Vec<_>>(),
         [
             "cleanup.policy",
+            "delete.retention.ms",
+            "max.compaction.lag.ms",
             "max.message.bytes",
             "message.timestamp.type",
+            "min.cleanable.dirty.ratio",
+            "min.compaction.lag.ms",
             "retention.bytes",
             "retention.ms",
             "segment.bytes"

@@ -227,7 +227,11 @@ def section_topics():
     )
     ok("create_single", lambda: create("adm-single", 1))
     refused("create_again", lambda: create("adm-topic", 3))
-    refused("create_compacted", lambda: create("adm-compacted", 1, {"cleanup.policy": "compact"}))
+    ok(
+        "create_compacted",
+        lambda: create("adm-compacted", 1, {"cleanup.policy": "compact", "delete.retention.ms": "1000"}),
+    )
+    refused("create_bad_policy", lambda: create("adm-bad-policy", 1, {"cleanup.policy": "compact,shred"}))
     refused("create_unknown_key", lambda: create("adm-unknown", 1, {"no.such.config": "1"}))
 
     def cluster():
