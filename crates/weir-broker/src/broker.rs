@@ -2173,6 +2173,14 @@ fn compact_if_due(
     };
     let started = Instant::now();
     match log.compact(&opts, &mut throttle) {
+        Ok(r) if r.segments_rewritten + r.segments_removed == 0 => {
+            tracing::debug!(
+                topic,
+                partition,
+                clean_to = r.clean_to,
+                "compaction found nothing to drop"
+            );
+        }
         Ok(r) => tracing::info!(
             topic,
             partition,

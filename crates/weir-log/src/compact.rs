@@ -208,13 +208,13 @@ impl Log {
     /// How much of the log is clean and how much dirty, for deciding whether a pass is due.
     pub fn compaction_state(&self, now_ms: i64, min_lag_ms: i64) -> Result<CompactionState> {
         let clean_to = self.clean_point()?;
-        let (segments, _, _) = self.cleanable(now_ms, min_lag_ms)?;
+        let (segments, cleanable_end, _) = self.cleanable(now_ms, min_lag_ms)?;
         let mut s = CompactionState {
             clean_to,
             ..CompactionState::default()
         };
         for (i, seg) in segments.iter().enumerate() {
-            let end = segments.get(i + 1).map_or(u64::MAX, |n| n.base);
+            let end = segments.get(i + 1).map_or(cleanable_end, |n| n.base);
             if end <= clean_to {
                 s.clean_bytes += seg.visible_len();
             } else {
@@ -265,9 +265,12 @@ impl Log {
             if seg_end <= log_start {
                 continue;
             }
-            if let Err(e) =
-                self.clean_segment(seg, &map, dirty_start, map_end, opts, throttle, &mut report)
-            {
+            let cut = Cut {
+                dirty_start,
+                map_end,
+                seg_end,
+            };
+            if let Err(e) = self.clean_segment(seg, &map, cut, opts, throttle, &mut report) {
                 // Not renamed yet, or never: nothing refers to it.
                 let _ = self.storage.remove_file(&cleaned_path(seg));
                 return Err(e);
@@ -356,12 +359,16 @@ impl Log {
         &self,
         seg: &Arc<Segment>,
         map: &HashMap<u128, u64, foldhash::fast::FixedState>,
-        dirty_start: u64,
-        map_end: u64,
+        cut: Cut,
         opts: &CompactOptions,
         throttle: &mut dyn FnMut(u64),
         report: &mut CompactReport,
     ) -> Result<()> {
+        let Cut {
+            dirty_start,
+            map_end,
+            seg_end,
+        } = cut;
         let keep = |r: &weir_batch::Record<'_>, batch_ts: i64, tombstones: &mut u64| -> bool {
             let offset = r.offset as u64;
             if offset >= map_end {
@@ -504,6 +511,7 @@ impl Log {
                 .map_err(|e| LogError::io("remove", &seg.log_path, e))?;
             self.sync_dir()?;
             let mut v = self.view.write();
+            v.hot.drop_before(seg_end);
             v.segments.retain(|s| !Arc::ptr_eq(s, seg));
             if let Some(first) = v.segments.first()
                 && v.log_start < first.base
@@ -525,6 +533,7 @@ impl Log {
             fresh.release_index_files();
             let fresh = Arc::new(fresh);
             let mut v = self.view.write();
+            v.hot.drop_before(seg_end);
             if let Some(slot) = v.segments.iter_mut().find(|s| Arc::ptr_eq(s, seg)) {
                 *slot = fresh;
             }
@@ -537,6 +546,15 @@ impl Log {
         report.tombstones_removed += tombstones;
         Ok(())
     }
+}
+
+/// Where a pass cuts the log: the part cleaned before (below `dirty_start`), the part mapped
+/// (below `map_end`), and where the segment being rewritten ends.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    dirty_start: u64,
+    map_end: u64,
+    seg_end: u64,
 }
 
 /// Where `seg` is rewritten before it is swapped in.

@@ -48,6 +48,16 @@ impl HotTail {
         }
     }
 
+    /// Drops the batches that start before `offset` (a batch boundary): compaction rewrote
+    /// them on disk, and readers should not be served the older versions from here.
+    pub fn drop_before(&mut self, offset: u64) {
+        while self.batches.front().is_some_and(|b| b.base < offset) {
+            if let Some(b) = self.batches.pop_front() {
+                self.bytes -= b.bytes.len();
+            }
+        }
+    }
+
     pub fn clear(&mut self) {
         self.batches.clear();
         self.bytes = 0;

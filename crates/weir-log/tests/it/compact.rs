@@ -207,8 +207,12 @@ fn a_pass_shrinks_the_log_and_a_second_one_drops_old_tombstones() {
     let before = log.size_bytes();
     let segments = log.segment_count();
     assert!(segments > 3, "{segments} segments");
+    let due = log.compaction_state(1_000, 0).unwrap();
+    assert!(due.dirty_bytes > 0 && due.dirty_ratio() == 1.0, "{due:?}");
     let r = log.compact(&opts(1_000, 1 << 20), &mut |_| {}).unwrap();
     assert!(r.segments_rewritten + r.segments_removed > 0, "{r:?}");
+    let after = log.compaction_state(1_000, 0).unwrap();
+    assert_eq!((after.dirty_bytes, after.clean_to), (0, r.clean_to), "{after:?}");
     assert!(
         r.records_removed > 0 && r.bytes_after < r.bytes_before,
         "{r:?}"
@@ -284,6 +288,32 @@ fn reads_at_offsets_inside_gaps_start_at_the_next_record() {
         );
     }
     assert_eq!(all.len() as u64, log.high_watermark());
+}
+
+/// Readers are not served the older versions of compacted batches from the in-memory tail:
+/// the log reads the same before and after a restart.
+#[test]
+fn the_hot_tail_does_not_serve_what_compaction_dropped() {
+    let storage = MemStorage::new();
+    let big_tail = LogConfig {
+        hot_tail_bytes: 1 << 20,
+        ..config()
+    };
+    let log = Log::open_with(Arc::new(storage.clone()), Path::new(DIR), big_tail.clone()).unwrap();
+    let mut all = Vec::new();
+    for i in 0..60u8 {
+        let b: Vec<Rec> = (0..3u8)
+            .map(|j| (Some(vec![b'k', (i * 3 + j) % 5]), Some(vec![i; 30])))
+            .collect();
+        append(&log, &b, i64::from(i));
+        all.extend(b);
+    }
+    log.compact(&opts(1_000, 1 << 20), &mut |_| {}).unwrap();
+    let before = read_all(&log);
+    check(&before, &all, u64::MAX).unwrap();
+    log.close().unwrap();
+    let log = Log::open_with(Arc::new(storage), Path::new(DIR), big_tail).unwrap();
+    assert_eq!(read_all(&log), before);
 }
 
 /// A pass interrupted at every I/O step, then a power loss (or a kill -9): the log opens, reads
