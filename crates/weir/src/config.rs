@@ -350,6 +350,12 @@ pub struct TopicDefaults {
     pub retention_check_ms: u64,
     /// Most partitions across all topics (each holds open files). Default 4,096.
     pub max_partitions: u32,
+    /// How often compacted topics are checked for a due compaction pass. Default 15,000 ms.
+    pub compaction_check_ms: u64,
+    /// Disk I/O of compaction passes, read and write together (0: no limit). Default 64 MiB/s.
+    pub compaction_bytes_per_second: u64,
+    /// Memory for a compaction pass's key map, 32 bytes per key. Default 64 MiB.
+    pub compaction_key_map_bytes: usize,
 }
 
 /// The defaults are the broker's (`TopicConfig::default()`, `BrokerConfig::default()`), in
@@ -376,6 +382,9 @@ impl Default for TopicDefaults {
             preallocate_bytes: b.preallocate_bytes,
             retention_check_ms: millis(b.retention_check),
             max_partitions: b.max_partitions,
+            compaction_check_ms: millis(b.compaction_check),
+            compaction_bytes_per_second: b.compaction_bytes_per_second,
+            compaction_key_map_bytes: b.compaction_key_map_bytes,
         }
     }
 }
@@ -602,6 +611,9 @@ impl Config {
             max_session: Duration::from_millis(self.groups.max_session_ms),
             retention_check: Duration::from_millis(self.topics.retention_check_ms.max(100)),
             max_partitions: self.topics.max_partitions,
+            compaction_check: Duration::from_millis(self.topics.compaction_check_ms.max(10)),
+            compaction_bytes_per_second: self.topics.compaction_bytes_per_second,
+            compaction_key_map_bytes: self.topics.compaction_key_map_bytes.max(1 << 10),
             quotas: self.quotas.to_broker(),
             produce_memory_bytes: self.limits.produce_memory_bytes,
             max_connections_per_ip: self.limits.max_connections_per_ip,

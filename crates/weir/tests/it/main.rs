@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod compaction;
 mod flow;
 mod http;
 mod idempotent;

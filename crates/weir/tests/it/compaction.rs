@@ -1,0 +1,215 @@
+//! Compacted topics against the real binary: created and described through Kafka's admin
+//! API, written by confluent-kafka, compacted by the server's own cleaner, and read from the
+//! start by kcat, kafka-python, aiokafka and confluent-kafka across the offsets compaction
+//! left out (`tests/py/kafka_compacted.py`); then restarts, clean and kill -9, in the middle
+//! of passes.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, json_report, python, run};
+use serde_json::Value;
+
+/// One record: offset, key, value (`None`: a tombstone).
+type Rec = (u64, String, Option<String>);
+
+fn script(step: &str, server: &Server, topic: &str, n: usize) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/kafka_compacted.py"
+    ))
+    .args([step, &server.kafka, topic, &n.to_string()]);
+    json_report(cmd, &format!("kafka_compacted.py {step}"))
+}
+
+fn recs(v: &Value) -> Vec<Rec> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_u64().unwrap(),
+                r[1].as_str().unwrap().to_string(),
+                r[2].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// The partition's size and log start, from `GET /topics/NAME`.
+fn partition(server: &Server, topic: &str) -> (u64, u64) {
+    let mut s = TcpStream::connect(&server.http).unwrap();
+    write!(
+        s,
+        "GET /topics/{topic} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let p = &v["partitions"][0];
+    (
+        p["size_bytes"].as_u64().unwrap(),
+        p["log_start_offset"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until kcat reads less than half of the `written` records (the cleaner ran) and the
+/// same twice half a second apart (no pass under way), and returns what it read.
+fn wait_compacted(server: &Server, topic: &str, written: usize) -> Vec<Rec> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut before = Vec::new();
+    loop {
+        let got = kcat_all(server, topic);
+        if got.len() < written / 2 && got == before {
+            return got;
+        }
+        before = got.clone();
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: still {} of {written} records",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Everything kcat reads from the start to the end.
+fn kcat_all(server: &Server, topic: &str) -> Vec<Rec> {
+    let mut cmd = Command::new("kcat");
+    cmd.args([
+        "-C",
+        "-b",
+        &server.kafka,
+        "-t",
+        topic,
+        "-o",
+        "beginning",
+        "-e",
+        "-Z",
+        "-q",
+        "-f",
+        "%o\t%k\t%s\n",
+    ]);
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "kcat: {err}");
+    out.lines()
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let o = f.next().unwrap().parse().unwrap();
+            let k = f.next().unwrap().to_string();
+            let v = f.next().unwrap();
+            (o, k, (v != "NULL").then(|| v.to_string()))
+        })
+        .collect()
+}
+
+/// What a reader of a compacted topic must see, given everything written: records as they
+/// were written, in offset order, the last record of every key (tombstones may go), and less
+/// than everything once compaction ran.
+fn check(who: &str, got: &[Rec], written: &[Rec], compacted: bool) {
+    let by_offset: HashMap<u64, &Rec> = written.iter().map(|r| (r.0, r)).collect();
+    let mut last: HashMap<&str, &Rec> = HashMap::new();
+    for r in written {
+        last.insert(&r.1, r);
+    }
+    for pair in got.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "{who}: offsets go up: {pair:?}");
+    }
+    for r in got {
+        assert_eq!(by_offset.get(&r.0), Some(&r), "{who}: read {r:?}");
+    }
+    for (key, r) in &last {
+        if r.2.is_some() {
+            assert!(
+                got.contains(r),
+                "{who}: the last value of {key} is missing: {r:?}"
+            );
+        }
+    }
+    if compacted {
+        assert!(
+            got.len() < written.len() / 2,
+            "{who}: {} of {} records read: not compacted",
+            got.len(),
+            written.len()
+        );
+    }
+}
+
+#[test]
+fn a_compacted_topic_keeps_the_latest_value_of_each_key_for_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WEIR_TOPICS__COMPACTION_CHECK_MS", "100")];
+    let server = Server::start(dir.path(), &env);
+    let created = script("create", &server, "prices", 0);
+    let configs = &created["configs"];
+    assert_eq!(configs["cleanup.policy"], "compact", "{created}");
+    assert_eq!(configs["min.cleanable.dirty.ratio"], "0.01", "{created}");
+    assert_eq!(configs["delete.retention.ms"], "0", "{created}");
+
+    let produced = script("produce", &server, "prices", 3000);
+    let written = recs(&produced["records"]);
+    assert_eq!(written.len(), 3005);
+    // librdkafka shows the error code, not the broker's message (which names the key).
+    assert_eq!(produced["keyless"][0], "INVALID_RECORD");
+
+    // The cleaner runs by itself: every sealed segment keeps only the latest of 40 keys.
+    let from_kcat = wait_compacted(&server, "prices", written.len());
+    let size = partition(&server, "prices").0;
+    check("kcat", &from_kcat, &written, true);
+    let consumed = script("consume", &server, "prices", 0);
+    for lib in ["kafka-python", "aiokafka", "confluent-kafka"] {
+        check(lib, &recs(&consumed[lib]), &written, true);
+        assert_eq!(
+            recs(&consumed[lib]),
+            from_kcat,
+            "{lib} reads what kcat reads"
+        );
+    }
+
+    // A clean restart keeps the compacted log as it was.
+    server.stop();
+    let server = Server::start(dir.path(), &env);
+    assert_eq!(partition(&server, "prices").0, size);
+    assert_eq!(kcat_all(&server, "prices"), from_kcat);
+    server.stop();
+}
+
+#[test]
+fn kill_9_in_the_middle_of_passes_loses_no_latest_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slow passes (64 KiB/s of I/O), so that the kills land in the middle of them.
+    let slow = [
+        ("WEIR_TOPICS__COMPACTION_CHECK_MS", "50"),
+        ("WEIR_TOPICS__COMPACTION_BYTES_PER_SECOND", "65536"),
+    ];
+    let server = Server::start(dir.path(), &slow);
+    script("create", &server, "states", 0);
+    let written = recs(&script("produce", &server, "states", 6000)["records"]);
+    let mut server = server;
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(300 + 170 * round));
+        server.kill9();
+        server = Server::start(dir.path(), &slow);
+        check(
+            &format!("after kill {round}"),
+            &kcat_all(&server, "states"),
+            &written,
+            false,
+        );
+    }
+    server.kill9();
+    // At full speed the cleaner finishes the job.
+    let server = Server::start(dir.path(), &[("WEIR_TOPICS__COMPACTION_CHECK_MS", "50")]);
+    let got = wait_compacted(&server, "states", written.len());
+    check("at the end", &got, &written, true);
+    server.stop();
+}
