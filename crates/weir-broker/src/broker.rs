@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     /// since the last pass; with more keys, a pass compacts the part that fits and the next
     /// one goes on). Default 64 MiB (about two million keys).
     pub compaction_key_map_bytes: usize,
+    /// Most keys a partition of a compacted topic indexes for lookups by key (about 17 bytes
+    /// a key; past it, lookups on that partition are refused). Default 1,048,576.
+    pub key_index_max_keys: usize,
     /// Most partitions across all topics. Each holds at least three open files (and one more
     /// per sealed segment), and a process may hold only so many. Default 4,096.
     pub max_partitions: u32,
@@ -89,6 +92,7 @@ impl Default for BrokerConfig {
             compaction_check: Duration::from_secs(15),
             compaction_bytes_per_second: 64 << 20,
             compaction_key_map_bytes: 64 << 20,
+            key_index_max_keys: 1 << 20,
             max_partitions: 4096,
             quotas: crate::flow::QuotaConfig::default(),
             produce_memory_bytes: 256 << 20,
@@ -106,6 +110,8 @@ struct Partition {
     hwm: watch::Sender<u64>,
     /// The read-ahead of a reader going through the log from disk in order.
     ahead: Mutex<AheadState>,
+    /// Compacted topics: the latest offset of each key, built on the first lookup by key.
+    keys: Mutex<crate::keys::KeyIndex>,
     /// The topic's `deleted` flag.
     topic_deleted: Arc<AtomicBool>,
     /// Set once idempotent producers' states were rebuilt from the log (at once for a
@@ -631,6 +637,7 @@ impl Broker {
             log: Arc::new(log),
             hwm,
             ahead: Mutex::new(AheadState::default()),
+            keys: Mutex::new(crate::keys::KeyIndex::default()),
             producers_restored: tokio::sync::OnceCell::new_with((!from_disk).then_some(())),
             topic_deleted: deleted.clone(),
         }))
@@ -1930,6 +1937,43 @@ impl Broker {
                 })
             })
             .collect()
+    }
+
+    /// The latest record of `key` in compacted topic `topic` (a tombstone included), from
+    /// whichever partition holds it (the newest by timestamp if a producer's partitioner put
+    /// the key in several). `None` if the key was never written or compaction dropped its
+    /// tombstone. Reads from disk on the first lookup of a partition (see `keys.rs`).
+    pub async fn latest_by_key(
+        &self,
+        topic: &str,
+        key: &[u8],
+    ) -> Result<Option<crate::keys::KeyLookup>> {
+        self.check_open()?;
+        let t = self.topic(topic)?;
+        if !t.config.cleanup_policy.compacts() {
+            return Err(BrokerError::InvalidRequest(format!(
+                "topic {topic} is not compacted: lookups by key are served for compacted topics"
+            )));
+        }
+        let max_keys = self.inner.config.key_index_max_keys;
+        let key = key.to_vec();
+        blocking(move || {
+            let mut best: Option<(i64, crate::keys::KeyLookup)> = None;
+            for (p, part) in t.partitions.iter().enumerate() {
+                let found = part
+                    .keys
+                    .lock()
+                    .lookup(&part.log, p as u32, &key, max_keys)?;
+                if let Some(f) = found {
+                    let ts = weir_batch::peek(&f.batch).map_or(i64::MIN, |h| h.max_timestamp);
+                    if best.as_ref().is_none_or(|(t, _)| ts > *t) {
+                        best = Some((ts, f));
+                    }
+                }
+            }
+            Ok(best.map(|(_, f)| f))
+        })
+        .await
     }
 
     // ---- maintenance and shutdown ----

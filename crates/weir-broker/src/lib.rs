@@ -19,6 +19,7 @@ pub mod broker;
 pub mod error;
 pub mod flow;
 pub mod group;
+pub mod keys;
 pub mod offsets;
 pub mod producers;
 pub mod push;

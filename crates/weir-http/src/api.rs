@@ -81,6 +81,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/topics/{topic}", get(get_topic)),
         ("delete", "/topics/{topic}", delete(delete_topic)),
         ("post", "/topics/{topic}/records", post(produce)),
+        ("get", "/topics/{topic}/keys/{key}", get(latest_by_key)),
         (
             "get",
             "/topics/{topic}/partitions/{partition}/records",
@@ -420,6 +421,49 @@ async fn delete_topic(
     let topic = path(p)?;
     s.broker.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyQuery {
+    #[serde(default)]
+    format: Format,
+}
+
+/// `GET /topics/{topic}/keys/{key}`: the latest record of a key in a compacted topic (the key
+/// is the path segment's UTF-8 text).
+async fn latest_by_key(
+    State(s): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<KeyQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (topic, key) = path(p)?;
+    let q = query(q)?;
+    let missing = |why: String| ApiError::new(ErrorCode::UnknownKey, why);
+    let Some(found) = s.broker.latest_by_key(&topic, key.as_bytes()).await? else {
+        return Err(missing(format!("no record has key {key:?} in {topic}")));
+    };
+    let (h, section) = weir_batch::payload(&found.batch)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    for rec in weir_batch::Records::with_payload(h, &section) {
+        let rec = rec.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        if rec.offset as u64 != found.offset {
+            continue;
+        }
+        if rec.value.is_none() {
+            return Err(missing(format!(
+                "key {key:?} was deleted (a tombstone at offset {} of partition {})",
+                found.offset, found.partition
+            )));
+        }
+        let out = RecordOut::new(&topic, found.partition, &rec, q.format, None);
+        return Ok(ok(serde_json::to_value(out)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?));
+    }
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        format!("offset {} is not in the batch found for it", found.offset),
+    ))
 }
 
 // ---- produce ----

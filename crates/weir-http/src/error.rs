@@ -21,6 +21,8 @@ pub enum ErrorCode {
     UnknownTopic,
     UnknownPartition,
     UnknownGroup,
+    /// No record has this key in the compacted topic, or its latest is a tombstone.
+    UnknownKey,
     TopicExists,
     InvalidTopicName,
     InvalidConfig,
@@ -70,6 +72,7 @@ impl ErrorCode {
         ErrorCode::UnknownTopic,
         ErrorCode::UnknownPartition,
         ErrorCode::UnknownGroup,
+        ErrorCode::UnknownKey,
         ErrorCode::TopicExists,
         ErrorCode::InvalidTopicName,
         ErrorCode::InvalidConfig,
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::UnknownTopic => "unknown_topic",
             ErrorCode::UnknownPartition => "unknown_partition",
             ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::UnknownKey => "unknown_key",
             ErrorCode::TopicExists => "topic_exists",
             ErrorCode::InvalidTopicName => "invalid_topic_name",
             ErrorCode::InvalidConfig => "invalid_config",
@@ -135,6 +139,7 @@ impl ErrorCode {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownGroup
+            | ErrorCode::UnknownKey
             | ErrorCode::NotFound
             | ErrorCode::UnknownPipeline
             | ErrorCode::ProfilingDisabled => StatusCode::NOT_FOUND,

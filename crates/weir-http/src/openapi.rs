@@ -192,6 +192,24 @@ pub fn document() -> Value {
                     "416": error_response("offset_out_of_range."),
                 },
             }},
+            "/topics/{topic}/keys/{key}": {"get": {
+                "summary": "The latest record of a key in a compacted topic (the key is the path \
+                    segment's UTF-8 text). Indexed per partition on the first lookup, then kept \
+                    up to date.",
+                "parameters": [
+                    topic,
+                    param("key", "path", json!({"type": "string"}), "Key."),
+                    param("format", "query", json!({"type": "string", "enum": ["json", "binary"]}),
+                        "json: UTF-8 keys and values as strings; binary: always base64."),
+                ],
+                "responses": {
+                    "200": json_response("The record.", "Record"),
+                    "400": error_response("bad_request: the topic is not compacted, or has more \
+                        keys than key_index_max_keys."),
+                    "404": error_response("unknown_topic, or unknown_key (never written, or \
+                        deleted by a tombstone)."),
+                },
+            }},
             "/groups": {"get": {
                 "summary": "Consumer groups: those with members and those with committed offsets.",
                 "responses": {"200": json_response("Group names.", "GroupList")},

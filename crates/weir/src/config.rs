@@ -356,6 +356,9 @@ pub struct TopicDefaults {
     pub compaction_bytes_per_second: u64,
     /// Memory for a compaction pass's key map, 32 bytes per key. Default 64 MiB.
     pub compaction_key_map_bytes: usize,
+    /// Most keys a compacted topic's partition indexes for `GET /topics/T/keys/K`. Default
+    /// 1,048,576.
+    pub key_index_max_keys: usize,
 }
 
 /// The defaults are the broker's (`TopicConfig::default()`, `BrokerConfig::default()`), in
@@ -385,6 +388,7 @@ impl Default for TopicDefaults {
             compaction_check_ms: millis(b.compaction_check),
             compaction_bytes_per_second: b.compaction_bytes_per_second,
             compaction_key_map_bytes: b.compaction_key_map_bytes,
+            key_index_max_keys: b.key_index_max_keys,
         }
     }
 }
@@ -614,6 +618,7 @@ impl Config {
             compaction_check: Duration::from_millis(self.topics.compaction_check_ms.max(10)),
             compaction_bytes_per_second: self.topics.compaction_bytes_per_second,
             compaction_key_map_bytes: self.topics.compaction_key_map_bytes.max(1 << 10),
+            key_index_max_keys: self.topics.key_index_max_keys.max(1),
             quotas: self.quotas.to_broker(),
             produce_memory_bytes: self.limits.produce_memory_bytes,
             max_connections_per_ip: self.limits.max_connections_per_ip,

@@ -212,7 +212,11 @@ fn a_pass_shrinks_the_log_and_a_second_one_drops_old_tombstones() {
     let r = log.compact(&opts(1_000, 1 << 20), &mut |_| {}).unwrap();
     assert!(r.segments_rewritten + r.segments_removed > 0, "{r:?}");
     let after = log.compaction_state(1_000, 0).unwrap();
-    assert_eq!((after.dirty_bytes, after.clean_to), (0, r.clean_to), "{after:?}");
+    assert_eq!(
+        (after.dirty_bytes, after.clean_to),
+        (0, r.clean_to),
+        "{after:?}"
+    );
     assert!(
         r.records_removed > 0 && r.bytes_after < r.bytes_before,
         "{r:?}"

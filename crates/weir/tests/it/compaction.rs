@@ -61,6 +61,46 @@ fn partition(server: &Server, topic: &str) -> (u64, u64) {
     )
 }
 
+/// `GET path` on the HTTP door: the status and the JSON body.
+fn http_get(server: &Server, path: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(&server.http).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Lookups by key: the latest value, a deleted key, a key never written.
+fn lookups(server: &Server, topic: &str, written: &[Rec]) {
+    let latest = written.iter().rev().find(|r| r.1 == "k7").unwrap();
+    let (status, v) = http_get(server, &format!("/topics/{topic}/keys/k7"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["offset"], latest.0, "{v}");
+    assert_eq!(v["value"].as_str(), latest.2.as_deref(), "{v}");
+    let (status, v) = http_get(server, &format!("/topics/{topic}/keys/k3"));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("unknown_key")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("deleted"),
+        "{v}"
+    );
+    let (status, v) = http_get(server, &format!("/topics/{topic}/keys/never"));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("unknown_key")),
+        "{v}"
+    );
+}
+
 /// Waits until kcat reads less than half of the `written` records (the cleaner ran) and the
 /// same twice half a second apart (no pass under way), and returns what it read.
 fn wait_compacted(server: &Server, topic: &str, written: usize) -> Vec<Rec> {
@@ -175,11 +215,16 @@ fn a_compacted_topic_keeps_the_latest_value_of_each_key_for_every_client() {
         );
     }
 
-    // A clean restart keeps the compacted log as it was.
+    lookups(&server, "prices", &written);
+    let (status, v) = http_get(&server, "/topics/__nope/keys/k1");
+    assert_eq!(status, 404, "{v}");
+
+    // A clean restart keeps the compacted log as it was, and lookups index it again.
     server.stop();
     let server = Server::start(dir.path(), &env);
     assert_eq!(partition(&server, "prices").0, size);
     assert_eq!(kcat_all(&server, "prices"), from_kcat);
+    lookups(&server, "prices", &written);
     server.stop();
 }
 
