@@ -79,7 +79,7 @@ fn admin_creates_describes_lists_and_grows_topics() {
     );
     assert_eq!(
         v["list_topics"],
-        json!({"topics": {"adm-topic": 3, "adm-single": 1}, "brokers": node}),
+        json!({"topics": {"adm-topic": 3, "adm-single": 1, "adm-compacted": 1}, "brokers": node}),
     );
 
     assert_eq!(v["grow_partitions"], Value::Null, "{v}");
