@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, json_report, python, run};
+use common::{Server, cli, json_report, python, run};
 use serde_json::Value;
 
 /// One record: offset, key, value (`None`: a tombstone).
@@ -67,6 +67,23 @@ fn http_get(server: &Server, path: &str) -> (u16, Value) {
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `POST path` with a JSON body on the HTTP door: the status and the JSON answer.
+fn http_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(&server.http).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut answer = String::new();
@@ -256,5 +273,89 @@ fn kill_9_in_the_middle_of_passes_loses_no_latest_value() {
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__COMPACTION_CHECK_MS", "50")]);
     let got = wait_compacted(&server, "states", written.len());
     check("at the end", &got, &written, true);
+    server.stop();
+}
+
+#[test]
+fn the_native_and_http_doors_create_compacted_topics_and_refuse_records_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // The CLI, over the native protocol.
+    let (ok, out, err) = cli(
+        &server.addr,
+        &[
+            "topic",
+            "create",
+            "states",
+            "--cleanup-policy",
+            "compact",
+            "--min-cleanable-dirty-ratio",
+            "0.2",
+            "--max-compaction-lag-ms",
+            "60000",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains(r#""cleanup_policy":"compact""#), "{out}");
+    assert!(out.contains(r#""min_cleanable_dirty_ratio":0.2"#), "{out}");
+    assert!(out.contains(r#""max_compaction_lag_ms":60000"#), "{out}");
+    let (ok, _, err) = cli(&server.addr, &["produce", "states"], "no key\n");
+    assert!(!ok, "a keyless record was taken");
+    assert!(err.contains("key"), "{err}");
+    let (ok, _, err) = cli(&server.addr, &["produce", "states", "--key", "k"], "v\n");
+    assert!(ok, "{err}");
+    // A ratio out of range is refused by name.
+    let (ok, _, err) = cli(
+        &server.addr,
+        &[
+            "topic",
+            "create",
+            "bad",
+            "--cleanup-policy",
+            "compact",
+            "--min-cleanable-dirty-ratio",
+            "2",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("min_cleanable_dirty_ratio"), "{err}");
+
+    // HTTP.
+    let (status, v) = http_post(
+        &server,
+        "/topics",
+        r#"{"name":"prices","cleanup_policy":"compact_delete","delete_retention_ms":5000}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["config"]["cleanup_policy"], "compact_delete", "{v}");
+    assert_eq!(v["config"]["delete_retention_ms"], 5000, "{v}");
+    let (status, v) = http_post(
+        &server,
+        "/topics/prices/records",
+        r#"{"records":[{"value":"x"}]}"#,
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_record")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("key"),
+        "{v}"
+    );
+    let (status, v) = http_post(
+        &server,
+        "/topics/prices/records",
+        r#"{"records":[{"key":"AAPL","value":"1"},{"key":"AAPL","value":"2"}]}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = http_get(&server, "/topics/prices/keys/AAPL");
+    assert_eq!((status, v["value"].as_str()), (200, Some("2")), "{v}");
+    // Lookups by key are for compacted topics.
+    let (status, v) = http_post(&server, "/topics", r#"{"name":"plain"}"#);
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = http_get(&server, "/topics/plain/keys/k");
+    assert_eq!(status, 400, "{v}");
     server.stop();
 }
