@@ -352,7 +352,7 @@ pub struct TopicDefaults {
     pub max_partitions: u32,
     /// How often compacted topics are checked for a due compaction pass. Default 15,000 ms.
     pub compaction_check_ms: u64,
-    /// Disk I/O of compaction passes, read and write together (0: no limit). Default 64 MiB/s.
+    /// Disk I/O of compaction passes, read and write together (0: no limit). Default 16 MiB/s.
     pub compaction_bytes_per_second: u64,
     /// Memory for a compaction pass's key map, 32 bytes per key. Default 64 MiB.
     pub compaction_key_map_bytes: usize,
