@@ -65,7 +65,9 @@ fn main() {
     let write_s = started.elapsed().as_secs_f64();
     drop(log);
     // Sync, then drop the page cache, so that the pass reads from the disk.
-    let cold = std::process::Command::new("sync").status().is_ok_and(|s| s.success())
+    let cold = std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success())
         && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
     let log = Log::open(dir, config).unwrap();
     let before = log.size_bytes();
