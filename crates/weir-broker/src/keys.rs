@@ -48,13 +48,18 @@ fn walk(
     mut f: impl FnMut(&weir_batch::Record<'_>, &Bytes),
 ) -> Result<u64> {
     let mut at = from;
+    // One record wanted: one batch read (a read returns at least one whole batch).
+    let read_bytes = if to - from <= 1 { 1 } else { READ_BYTES };
     while at < to {
-        let r = log.read(at, READ_BYTES)?;
+        let r = log.read(at, read_bytes)?;
         if r.is_empty() {
             break;
         }
-        for chunk in &r.chunks {
+        'chunks: for chunk in &r.chunks {
             for b in weir_batch::Batches::new(chunk) {
+                if at >= to {
+                    break 'chunks;
+                }
                 let (h, bytes) = b.map_err(|e| BrokerError::Internal(e.to_string()))?;
                 let next = h.next_offset() as u64;
                 if next <= at {
@@ -65,7 +70,12 @@ fn walk(
                     weir_batch::payload(bytes).map_err(|e| BrokerError::Internal(e.to_string()))?;
                 for rec in weir_batch::Records::with_payload(header, &section) {
                     let rec = rec.map_err(|e| BrokerError::Internal(e.to_string()))?;
-                    if rec.offset as u64 >= at {
+                    let offset = rec.offset as u64;
+                    if offset >= to {
+                        // The rest of the batch lies beyond what was asked for.
+                        return Ok(to);
+                    }
+                    if offset >= at {
                         f(&rec, &batch);
                     }
                 }
