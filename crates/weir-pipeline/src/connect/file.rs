@@ -531,10 +531,22 @@ impl FileSink {
     fn rotate(&self, open: Open) -> std::io::Result<Open> {
         open.file.sync_all()?;
         drop(open);
+        // `PATH.MS`, or `PATH.MS.N` when a file rotated in the same millisecond already has
+        // that name: a rename must never replace an earlier file (it would lose its lines).
         let ms = crate::event::now_ms();
-        let mut name = self.path.clone().into_os_string();
-        name.push(format!(".{ms}"));
-        std::fs::rename(&self.path, PathBuf::from(name))?;
+        let rotated = (0u32..)
+            .map(|n| {
+                let mut name = self.path.clone().into_os_string();
+                name.push(if n == 0 {
+                    format!(".{ms}")
+                } else {
+                    format!(".{ms}.{n}")
+                });
+                PathBuf::from(name)
+            })
+            .find(|p| !p.exists())
+            .expect("some suffix is free");
+        std::fs::rename(&self.path, rotated)?;
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -634,6 +646,34 @@ mod tests {
                 header: None,
             },
         )])
+    }
+
+    /// Rotations within one millisecond get distinct names: no rotated file is replaced.
+    #[test]
+    fn rotations_in_the_same_millisecond_keep_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink {
+            path: dir.path().join("out.jsonl"),
+            encoding: Encoding::default(),
+            max_bytes: 8,
+            max_age: None,
+            batching: crate::connect::topic::Batching::default(),
+            raw: false,
+        };
+        let mut open = sink.open().unwrap();
+        let lines: String = (0..200).map(|i| format!("{i:07}\n")).collect();
+        open = sink.append(open, lines.as_bytes()).unwrap();
+        drop(open);
+        let mut seen: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flat_map(|f| {
+                let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+                text.lines().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen.len(), 200, "every line in some file");
+        assert_eq!(seen.concat(), lines.replace('\n', ""));
     }
 
     /// A crash at any I/O step of a checkpoint write leaves the previous checkpoint or the
