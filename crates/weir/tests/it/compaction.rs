@@ -44,16 +44,8 @@ fn recs(v: &Value) -> Vec<Rec> {
 
 /// The partition's size and log start, from `GET /topics/NAME`.
 fn partition(server: &Server, topic: &str) -> (u64, u64) {
-    let mut s = TcpStream::connect(&server.http).unwrap();
-    write!(
-        s,
-        "GET /topics/{topic} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let (status, v) = http_get(server, &format!("/topics/{topic}"));
+    assert_eq!(status, 200, "{v}");
     let p = &v["partitions"][0];
     (
         p["size_bytes"].as_u64().unwrap(),
@@ -61,27 +53,13 @@ fn partition(server: &Server, topic: &str) -> (u64, u64) {
     )
 }
 
-/// `GET path` on the HTTP door: the status and the JSON body.
-fn http_get(server: &Server, path: &str) -> (u16, Value) {
+/// One request to the HTTP door (`body`: a JSON body): the status and the JSON answer.
+fn http(server: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
     let mut s = TcpStream::connect(&server.http).unwrap();
+    let body = body.unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let status = answer[9..12].parse().unwrap();
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-/// `POST path` with a JSON body on the HTTP door: the status and the JSON answer.
-fn http_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(&server.http).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -91,6 +69,14 @@ fn http_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
     let status = answer[9..12].parse().unwrap();
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn http_get(server: &Server, path: &str) -> (u16, Value) {
+    http(server, "GET", path, None)
+}
+
+fn http_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
+    http(server, "POST", path, Some(body))
 }
 
 /// Lookups by key: the latest value, a deleted key, a key never written.
