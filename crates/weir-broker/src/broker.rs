@@ -1977,6 +1977,76 @@ impl Broker {
         .await
     }
 
+    /// Plans a snapshot of partition `partition` of compacted topic `topic`: the latest record
+    /// of every key (or of the keys `only` names) below the returned reader's `end`, from
+    /// which live records follow with no gap and no duplicate. Builds the partition's key
+    /// index on first use (see `keys.rs`); holds 8 bytes a planned key until delivered.
+    pub async fn snapshot(
+        &self,
+        topic: &str,
+        partition: u32,
+        only: Option<Vec<Bytes>>,
+    ) -> Result<crate::keys::SnapshotReader> {
+        self.check_open()?;
+        let t = self.topic(topic)?;
+        if !t.config.cleanup_policy.compacts() {
+            return Err(BrokerError::InvalidRequest(format!(
+                "topic {topic} is not compacted: snapshots are served for compacted topics"
+            )));
+        }
+        let (_, part) = self.partition(topic, partition)?;
+        let max_keys = self.inner.config.key_index_max_keys;
+        blocking(move || {
+            let (end, offsets) = part
+                .keys
+                .lock()
+                .snapshot(&part.log, only.as_deref(), max_keys)?;
+            Ok(crate::keys::SnapshotReader::new(end, offsets))
+        })
+        .await
+    }
+
+    /// The next batches of a snapshot, cut down to its records (about `max_bytes`); empty
+    /// once it is delivered. Records retention removed meanwhile are passed over.
+    pub async fn read_snapshot(
+        &self,
+        topic: &str,
+        partition: u32,
+        reader: &mut crate::keys::SnapshotReader,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        loop {
+            let Some(at) = reader.next_offset() else {
+                return Ok(Vec::new());
+            };
+            match self.read_at(topic, partition, at, max_bytes).await {
+                Ok(r) if r.chunks.is_empty() => {
+                    // Cut back below the plan (not done to a live log): nothing more to read.
+                    reader.skip_below(u64::MAX);
+                }
+                Ok(r) => {
+                    let out = reader.take(&r.chunks, max_bytes)?;
+                    if !out.is_empty() {
+                        return Ok(out);
+                    }
+                    if reader.next_offset() == Some(at) {
+                        // The read ended before the batch holding `at` (cannot happen: a
+                        // read returns at least the batch holding its offset).
+                        return Err(BrokerError::Internal(format!(
+                            "snapshot read at {at} returned nothing at or after it"
+                        )));
+                    }
+                }
+                Err(BrokerError::Log(LogError::OffsetOutOfRange { log_start, .. }))
+                    if at < log_start =>
+                {
+                    reader.skip_below(log_start);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     // ---- maintenance and shutdown ----
 
     /// Runs periodic work until `shutdown` resolves: expires group members, syncs

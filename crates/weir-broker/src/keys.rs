@@ -1,12 +1,17 @@
 //! Lookups by key in a compacted topic: the latest record of a key (`Broker::latest_by_key`).
 //!
-//! Each partition of a compacted topic gets, on its first lookup, an index from a 64-bit hash of
-//! each key (xxh3) to the offset of the key's latest record, built by reading the partition
-//! once and then kept up to date by reading, at each lookup, what was appended since. About 17
-//! bytes a key in the hash table (a million keys: about 36 MiB at the table's fill after
-//! growth), capped at `BrokerConfig::key_index_max_keys` a partition. A lookup reads the batch at
-//! the indexed offset and checks the key itself, so a hash collision (two keys, one slot) or a
-//! record compaction removed is never answered wrongly: it falls back to reading the partition.
+//! Each partition of a compacted topic gets, on its first lookup, an index from a 128-bit hash of
+//! each key (xxh3, the hash the compactor's key map uses) to the offset of the key's latest
+//! record, built by reading the partition once and then kept up to date by reading, at each
+//! lookup, what was appended since. About 25 bytes a key in the hash table, capped at
+//! `BrokerConfig::key_index_max_keys` a partition. A lookup reads the batch at the indexed
+//! offset and checks the key itself, so a record compaction removed is never answered wrongly:
+//! it falls back to reading the partition.
+//!
+//! The same index plans snapshots (`from: snapshot` subscriptions): the offsets of every key's
+//! latest record below the point indexed, sorted, which [`SnapshotReader`] then reads back as
+//! batches holding only those records. Two keys sharing a 128-bit hash would share one entry;
+//! compaction makes the same bet (one in 10^26 for a million keys).
 
 use std::collections::HashMap;
 
@@ -27,7 +32,7 @@ pub struct KeyLookup {
 /// One partition's index.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
-    latest: HashMap<u64, u64, foldhash::fast::FixedState>,
+    latest: HashMap<u128, u64, foldhash::fast::FixedState>,
     /// Offsets below this are indexed.
     next: u64,
 }
@@ -35,8 +40,8 @@ pub(crate) struct KeyIndex {
 /// Bytes read from the log at a time while indexing.
 const READ_BYTES: usize = 1 << 20;
 
-fn hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
+fn hash(key: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key)
 }
 
 /// Calls `f` with every record of `[from, to)` and each batch's bytes; returns the offset
@@ -121,6 +126,28 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// A snapshot of `log` as of now: the offset it ends at (everything below is indexed) and
+    /// the sorted offsets of the latest record of every key below it, or of the keys `only`
+    /// names. Tombstones are among them (the reader leaves them out).
+    pub(crate) fn snapshot(
+        &mut self,
+        log: &Log,
+        only: Option<&[Bytes]>,
+        max_keys: usize,
+    ) -> Result<(u64, Vec<u64>)> {
+        self.catch_up(log, max_keys)?;
+        let mut offsets: Vec<u64> = match only {
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| self.latest.get(&hash(k)).copied())
+                .collect(),
+            None => self.latest.values().copied().collect(),
+        };
+        offsets.sort_unstable();
+        offsets.dedup();
+        Ok((self.next, offsets))
+    }
+
     /// The latest record of `key` in `log` (partition `partition`), a tombstone included.
     pub(crate) fn lookup(
         &mut self,
@@ -169,6 +196,91 @@ impl KeyIndex {
             offset,
             batch,
         }))
+    }
+}
+
+/// Reads a snapshot back: the batches holding the planned records, each cut down to them
+/// (`weir_batch::retain`, so offsets and timestamps stay), tombstones left out.
+#[derive(Debug)]
+pub struct SnapshotReader {
+    offsets: Vec<u64>,
+    /// The next entry of `offsets` to deliver.
+    at: usize,
+    end: u64,
+}
+
+impl SnapshotReader {
+    pub(crate) fn new(end: u64, offsets: Vec<u64>) -> Self {
+        Self {
+            offsets,
+            at: 0,
+            end,
+        }
+    }
+
+    /// Where live records start: the snapshot covers every key's latest record below it.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Records still to deliver (tombstones among them).
+    pub fn remaining(&self) -> usize {
+        self.offsets.len() - self.at
+    }
+
+    /// The offset the next read starts at, or `None` when the snapshot is delivered.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.offsets.get(self.at).copied()
+    }
+
+    /// The retention start moved up to `log_start`: what lay below it is gone.
+    pub fn skip_below(&mut self, log_start: u64) {
+        while self.offsets.get(self.at).is_some_and(|&o| o < log_start) {
+            self.at += 1;
+        }
+    }
+
+    /// Cuts the batches of `chunks` (read from [`SnapshotReader::next_offset`]) down to the
+    /// planned records, up to about `max_bytes` of them; moves past what it returns. Batches
+    /// that hold no planned record are passed over.
+    pub fn take(&mut self, chunks: &[Bytes], max_bytes: usize) -> Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let bad = |e: weir_batch::BatchError| {
+            BrokerError::Internal(format!("stored batch unreadable: {e}"))
+        };
+        for chunk in chunks {
+            for b in weir_batch::Batches::new(chunk) {
+                let Some(&want) = self.offsets.get(self.at) else {
+                    return Ok(out);
+                };
+                if bytes >= max_bytes && !out.is_empty() {
+                    return Ok(out);
+                }
+                let (h, raw) = b.map_err(bad)?;
+                let next = h.next_offset() as u64;
+                if next <= want {
+                    continue;
+                }
+                let from = self.at;
+                while self.offsets.get(self.at).is_some_and(|&o| o < next) {
+                    self.at += 1;
+                }
+                let wanted = &self.offsets[from..self.at];
+                let kept = weir_batch::retain(raw, |r| {
+                    r.value.is_some() && wanted.binary_search(&(r.offset as u64)).is_ok()
+                })
+                .map_err(bad)?;
+                let batch = match kept {
+                    weir_batch::Retained::All => chunk.slice_ref(raw),
+                    weir_batch::Retained::Some(v) => Bytes::from(v),
+                    weir_batch::Retained::Nothing => continue,
+                };
+                bytes += batch.len();
+                out.push(batch);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -228,5 +340,85 @@ mod tests {
         let mut small = KeyIndex::default();
         let e = small.lookup(&log, 0, b"a", 1).unwrap_err();
         assert!(e.to_string().contains("key_index_max_keys"), "{e}");
+    }
+
+    /// The (key, value) records a snapshot of `log` delivers, read back in steps of
+    /// `max_bytes`.
+    fn deliver(
+        log: &Log,
+        idx: &mut KeyIndex,
+        only: Option<&[Bytes]>,
+        max_bytes: usize,
+    ) -> (u64, Vec<(u64, Vec<u8>, Vec<u8>)>) {
+        let (end, offsets) = idx.snapshot(log, only, 100).unwrap();
+        let mut reader = SnapshotReader::new(end, offsets);
+        let mut got = Vec::new();
+        while let Some(at) = reader.next_offset() {
+            let r = log.read(at, max_bytes).unwrap();
+            for b in reader.take(&r.chunks, max_bytes).unwrap() {
+                let (h, section) = weir_batch::payload(&b).unwrap();
+                for rec in weir_batch::Records::with_payload(h, &section) {
+                    let rec = rec.unwrap();
+                    got.push((
+                        rec.offset as u64,
+                        rec.key.unwrap().to_vec(),
+                        rec.value.unwrap().to_vec(),
+                    ));
+                }
+            }
+        }
+        (end, got)
+    }
+
+    #[test]
+    fn a_snapshot_holds_each_live_keys_latest_record_in_offset_order() {
+        let log = Log::open_with(
+            Arc::new(MemStorage::new()),
+            Path::new("/k"),
+            LogConfig::default(),
+        )
+        .unwrap();
+        let mut idx = KeyIndex::default();
+        // One batch of several records, some superseded later, so batches are cut down.
+        let mut b = BatchBuilder::new(0);
+        for (k, v) in [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")] {
+            b.push(RecordSpec::keyed(k.as_bytes(), v.as_bytes()));
+        }
+        log.append(b.build()).unwrap();
+        append(&log, b"b", Some(b"2"));
+        append(&log, b"d", None);
+        append(&log, b"e", Some(b"1"));
+        append(&log, b"a", Some(b"2"));
+        for max_bytes in [1, 1 << 20] {
+            let (end, got) = deliver(&log, &mut idx, None, max_bytes);
+            assert_eq!(end, 8);
+            let want: Vec<(u64, Vec<u8>, Vec<u8>)> =
+                [(2, "c", "1"), (4, "b", "2"), (6, "e", "1"), (7, "a", "2")]
+                    .iter()
+                    .map(|(o, k, v)| (*o, k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect();
+            assert_eq!(
+                got, want,
+                "tombstoned d left out; read in steps of {max_bytes}"
+            );
+        }
+        // Filtered by key; an unknown key is simply absent.
+        let only = [
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"zz"),
+            Bytes::from_static(b"c"),
+        ];
+        let (_, got) = deliver(&log, &mut idx, Some(&only), 1 << 20);
+        let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(offsets, [2, 7]);
+        // Appends after the plan are not in it: they are the live part.
+        let (end, offsets) = idx.snapshot(&log, None, 100).unwrap();
+        append(&log, b"c", Some(b"2"));
+        let mut reader = SnapshotReader::new(end, offsets);
+        let r = log.read(0, 1 << 20).unwrap();
+        let batches = reader.take(&r.chunks, 1 << 20).unwrap();
+        assert!(reader.next_offset().is_none());
+        let last = weir_batch::peek(batches.last().unwrap()).unwrap();
+        assert!((last.next_offset() as u64) <= end);
     }
 }
