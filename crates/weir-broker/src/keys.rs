@@ -342,14 +342,16 @@ mod tests {
         assert!(e.to_string().contains("key_index_max_keys"), "{e}");
     }
 
-    /// The (key, value) records a snapshot of `log` delivers, read back in steps of
-    /// `max_bytes`.
+    /// Records delivered: (offset, key, value).
+    type Delivered = Vec<(u64, Vec<u8>, Vec<u8>)>;
+
+    /// The records a snapshot of `log` delivers, read back in steps of `max_bytes`.
     fn deliver(
         log: &Log,
         idx: &mut KeyIndex,
         only: Option<&[Bytes]>,
         max_bytes: usize,
-    ) -> (u64, Vec<(u64, Vec<u8>, Vec<u8>)>) {
+    ) -> (u64, Delivered) {
         let (end, offsets) = idx.snapshot(log, only, 100).unwrap();
         let mut reader = SnapshotReader::new(end, offsets);
         let mut got = Vec::new();
@@ -392,11 +394,10 @@ mod tests {
         for max_bytes in [1, 1 << 20] {
             let (end, got) = deliver(&log, &mut idx, None, max_bytes);
             assert_eq!(end, 8);
-            let want: Vec<(u64, Vec<u8>, Vec<u8>)> =
-                [(2, "c", "1"), (4, "b", "2"), (6, "e", "1"), (7, "a", "2")]
-                    .iter()
-                    .map(|(o, k, v)| (*o, k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                    .collect();
+            let want: Delivered = [(2, "c", "1"), (4, "b", "2"), (6, "e", "1"), (7, "a", "2")]
+                .iter()
+                .map(|(o, k, v)| (*o, k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect();
             assert_eq!(
                 got, want,
                 "tombstoned d left out; read in steps of {max_bytes}"
