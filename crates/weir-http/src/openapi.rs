@@ -282,10 +282,13 @@ pub fn document() -> Value {
             }},
             "/ws": {"get": {
                 "summary": "WebSocket live push. Send {\"op\":\"subscribe\",\"topics\":[..],\
-                    \"keys\":[..],\"from\":\"latest\"|\"earliest\"|{\"offset\":{\"0\":N}}|\
+                    \"keys\":[..],\"from\":\"latest\"|\"earliest\"|\"snapshot\"|{\"offset\":{\"0\":N}}|\
                     {\"offsets\":{\"topic\":{\"0\":N}}}|{\"timestamp\":ms},\"policy\":\"conflate\"|\"drop_oldest\"|\"disconnect\",\
-                    \"format\":\"json\"|\"binary\"}; receive subscribed, record, gap, dropped and \
-                    error frames (schemas WsRecord, WsGap, WsDropped, WsSubscribed, WsError). A \
+                    \"format\":\"json\"|\"binary\"}; receive subscribed, record, gap, dropped, \
+                    snapshot_end and error frames (schemas WsRecord, WsGap, WsDropped, \
+                    WsSubscribed, WsSnapshotEnd, WsError). from=snapshot (compacted topics only) \
+                    first sends the latest record of every key (of keys, when given), then a \
+                    snapshot_end frame, then live records from where the snapshot ended. A \
                     disconnect-policy overflow closes with code 4001, the idle timeout with 4002, \
                     shutdown with 1001.",
                 "responses": {
@@ -619,10 +622,26 @@ pub fn document() -> Value {
                     "type": {"const": "subscribed"},
                     "subscription": {"type": "integer"},
                     "policy": {"type": "string", "enum": ["drop_oldest", "conflate", "disconnect"]},
+                    "snapshot": {"type": "boolean",
+                        "description": "A snapshot comes first; `from` is where live records start."},
                     "partitions": {"type": "array", "items": {
                         "type": "object", "required": ["topic", "partition", "from"],
                         "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
                             "from": {"type": "integer"}}}},
+                },
+            },
+            "WsSnapshotEnd": {
+                "type": "object", "required": ["type", "subscription", "partitions"],
+                "description": "The snapshot is complete: every key's latest record below each \
+                    partition's `next` was sent; the records that follow are live, from `next` on, \
+                    with no gap and no duplicate.",
+                "properties": {
+                    "type": {"const": "snapshot_end"},
+                    "subscription": {"type": "integer"},
+                    "partitions": {"type": "array", "items": {
+                        "type": "object", "required": ["topic", "partition", "next"],
+                        "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
+                            "next": {"type": "integer"}}}},
                 },
             },
             "WsGap": {

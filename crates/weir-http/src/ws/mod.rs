@@ -8,12 +8,13 @@
 //!   replay that brings a new subscription up to its feed.
 //!
 //! Client operations (JSON text frames):
-//! `{"op":"subscribe","topics":["quotes"],"keys":["AAPL"],"from":"latest"|"earliest"|
+//! `{"op":"subscribe","topics":["quotes"],"keys":["AAPL"],"from":"latest"|"earliest"|"snapshot"|
 //! {"offset":{"0":123}}|{"offsets":{"quotes":{"0":123}}}|{"timestamp":ms},"policy":"conflate"|"drop_oldest"|"disconnect",
 //! "format":"json"|"binary"}` and `{"op":"unsubscribe","subscription":1}`.
 //!
 //! Server frames (JSON text): `{"type":"subscribed",..}`, `{"type":"record",..}`,
-//! `{"type":"gap",..}`, `{"type":"dropped",..}`, `{"type":"error",..}`.
+//! `{"type":"gap",..}`, `{"type":"dropped",..}`, `{"type":"error",..}`, and after a snapshot
+//! `{"type":"snapshot_end",..}`.
 
 pub mod hub;
 pub mod queue;
@@ -42,6 +43,9 @@ pub enum Start {
     #[default]
     Latest,
     Earliest,
+    /// On a compacted topic: the latest record of every key (of the `keys` asked for), then
+    /// a `snapshot_end` notice, then live records from where the snapshot ends.
+    Snapshot,
     /// The next offset wanted per partition (a resuming client sends its last offset + 1);
     /// partitions not listed start at the latest offset.
     Offsets(BTreeMap<u32, u64>),
@@ -68,7 +72,7 @@ impl<'de> Deserialize<'de> for Start {
         }
         let bad = || {
             serde::de::Error::custom(
-                "from must be \"latest\", \"earliest\", {\"offset\":{\"<partition>\":<offset>}}, \
+                "from must be \"latest\", \"earliest\", \"snapshot\", {\"offset\":{\"<partition>\":<offset>}}, \
                  {\"offsets\":{\"<topic>\":{\"<partition>\":<offset>}}} or {\"timestamp\":<ms>}",
             )
         };
@@ -80,6 +84,7 @@ impl<'de> Deserialize<'de> for Start {
         match Raw::deserialize(d).map_err(|_| bad())? {
             Raw::Name(n) if n == "latest" => Ok(Start::Latest),
             Raw::Name(n) if n == "earliest" => Ok(Start::Earliest),
+            Raw::Name(n) if n == "snapshot" => Ok(Start::Snapshot),
             Raw::Name(_) => Err(bad()),
             Raw::Offset { offset } => partitions(offset).map(Start::Offsets),
             Raw::Offsets { offsets } => offsets
@@ -380,7 +385,8 @@ async fn resolve(hub: &Hub, topic: &str, partition: u32, from: &Start) -> Result
         .list_offsets(topic, partition, OffsetSpec::Latest)
         .await?;
     Ok(match from {
-        Start::Latest => latest,
+        // The snapshot's end, planned by the caller.
+        Start::Latest | Start::Snapshot => latest,
         Start::Earliest => {
             hub.broker
                 .list_offsets(topic, partition, OffsetSpec::Earliest)
@@ -402,26 +408,55 @@ async fn resolve(hub: &Hub, topic: &str, partition: u32, from: &Start) -> Result
 /// Brings a new subscription live: resolves where each partition starts, acknowledges, then
 /// per partition replays what the partition's feed has already passed and joins the feed.
 async fn subscribe(hub: Arc<Hub>, conn: Arc<Conn>, spec: SubSpec) {
+    let fail = |e: BrokerError| {
+        let code = crate::error::ApiError::from(e.clone()).code.as_str();
+        conn.notice(spec.sub, error_notice(Some(spec.sub), code, &e.to_string()));
+    };
     let mut starts = Vec::with_capacity(spec.parts.len());
+    let mut snapshots = Vec::new();
     for (t, p) in &spec.parts {
-        match resolve(&hub, t, *p, &spec.from).await {
+        let start = if spec.from == Start::Snapshot {
+            let only = spec.keys.as_ref().map(|k| k.iter().cloned().collect());
+            hub.broker.snapshot(t, *p, only).await.map(|plan| {
+                let end = plan.end();
+                snapshots.push(plan);
+                end
+            })
+        } else {
+            resolve(&hub, t, *p, &spec.from).await
+        };
+        match start {
             Ok(o) => starts.push(o),
-            Err(e) => {
-                let code = crate::error::ApiError::from(e.clone()).code.as_str();
-                conn.notice(spec.sub, error_notice(Some(spec.sub), code, &e.to_string()));
-                return;
-            }
+            Err(e) => return fail(e),
         }
     }
     let ack = serde_json::json!({
         "type": "subscribed",
         "subscription": spec.sub,
         "policy": spec.policy.as_str(),
+        "snapshot": spec.from == Start::Snapshot,
         "partitions": spec.parts.iter().zip(&starts).map(|((t, p), o)| {
             serde_json::json!({"topic": t, "partition": p, "from": o})
         }).collect::<Vec<_>>(),
     });
     conn.notice(spec.sub, ack.to_string());
+    if spec.from == Start::Snapshot {
+        // Every partition's snapshot, then the marker, then (below) each partition from
+        // where its snapshot ended: what was appended meanwhile is replayed, not lost.
+        for ((topic, partition), plan) in spec.parts.iter().zip(snapshots) {
+            if let Err(e) = send_snapshot(&hub, &conn, &spec, topic, *partition, plan).await {
+                return fail(e);
+            }
+        }
+        let end = serde_json::json!({
+            "type": "snapshot_end",
+            "subscription": spec.sub,
+            "partitions": spec.parts.iter().zip(&starts).map(|((t, p), o)| {
+                serde_json::json!({"topic": t, "partition": p, "next": o})
+            }).collect::<Vec<_>>(),
+        });
+        conn.notice(spec.sub, end.to_string());
+    }
     for ((topic, partition), start) in spec.parts.iter().zip(starts) {
         let mut sub = Subscriber {
             conn: conn.clone(),
@@ -443,6 +478,67 @@ async fn subscribe(hub: Arc<Hub>, conn: Arc<Conn>, spec: SubSpec) {
             }
         }
     }
+}
+
+/// Queues one partition's snapshot, paced by the client like a replay (never overflowing the
+/// queue). Ends early, with `Ok`, when the connection closes.
+async fn send_snapshot(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    spec: &SubSpec,
+    topic: &str,
+    partition: u32,
+    mut plan: weir_broker::keys::SnapshotReader,
+) -> Result<(), BrokerError> {
+    let sub = Subscriber {
+        conn: conn.clone(),
+        sub: spec.sub,
+        keys: spec.keys.clone(),
+        from: 0,
+    };
+    loop {
+        if !wait_for_room(&sub).await {
+            return Ok(());
+        }
+        let batches = hub
+            .broker
+            .read_snapshot(topic, partition, &mut plan, hub.config.fetch_bytes)
+            .await?;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let (items, _) = hub::decode_items(&hub.broker, topic, partition, spec.format, &batches, 0)
+            .await
+            .map_err(BrokerError::Internal)?;
+        hub.stats
+            .records_fetched
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        if !deliver_paced(hub, &sub, &items).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Queues `items` in slices that fit the room the queue has, so that a replay never
+/// overflows a queue, however large the stored batches. False when the connection closed.
+async fn deliver_paced(hub: &Hub, sub: &Subscriber, items: &[Arc<queue::Item>]) -> bool {
+    let (max_records, max_bytes) = (hub.config.queue_messages / 2, hub.config.queue_bytes / 2);
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < rest.len() && (n == 0 || (n < max_records && bytes + rest[n].size() <= max_bytes))
+        {
+            bytes += rest[n].size();
+            n += 1;
+        }
+        if !wait_for_room(sub).await {
+            return false;
+        }
+        sub.deliver(&rest[..n], &hub.stats);
+        rest = &rest[n..];
+    }
+    true
 }
 
 /// Waits until the subscription's queue is at most half full (or gone). False when the
@@ -487,26 +583,8 @@ async fn replay(
                     .await
                 {
                     Ok((items, next)) => {
-                        // In slices that fit the room the queue has, so that a replay never
-                        // overflows a queue, however large the stored batches.
-                        let (max_records, max_bytes) =
-                            (hub.config.queue_messages / 2, hub.config.queue_bytes / 2);
-                        let mut rest = &items[..];
-                        while !rest.is_empty() {
-                            let mut n = 0;
-                            let mut bytes = 0;
-                            while n < rest.len()
-                                && (n == 0
-                                    || (n < max_records && bytes + rest[n].size() <= max_bytes))
-                            {
-                                bytes += rest[n].size();
-                                n += 1;
-                            }
-                            if !wait_for_room(sub).await {
-                                return false;
-                            }
-                            sub.deliver(&rest[..n], &hub.stats);
-                            rest = &rest[n..];
+                        if !deliver_paced(hub, sub, &items).await {
+                            return false;
                         }
                         hub.stats
                             .records_fetched

@@ -900,6 +900,7 @@ fn check_ws_frames(doc: &Value, frames: &[Value]) {
         let schema = match f["type"].as_str().unwrap() {
             "record" => "WsRecord",
             "subscribed" => "WsSubscribed",
+            "snapshot_end" => "WsSnapshotEnd",
             "gap" => "WsGap",
             "dropped" => "WsDropped",
             "error" => "WsError",
@@ -1037,6 +1038,180 @@ fn websocket_key_filter_and_resume_without_a_gap() {
         .map(|r| r["value"].as_str().unwrap())
         .collect();
     assert_eq!(values, BTreeSet::from(["yes", "yes too"]));
+    server.stop();
+}
+
+#[test]
+fn websocket_snapshot_then_live_has_each_keys_latest_value_then_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cleaner runs often, so the snapshot reads a log with gaps too.
+    let server = Server::start(dir.path(), &[("WEIR_TOPICS__COMPACTION_CHECK_MS", "100")]);
+    let rt = common::rt();
+    let http = rt.block_on(Http::new(&server));
+    rt.block_on(http.create_topic(json!({
+        "name": "prices", "partitions": 2, "cleanup_policy": "compact",
+        "segment_bytes": 4096, "min_cleanable_dirty_ratio": 0.01,
+    })));
+    // Rounds before the subscription write keys k00..k59, every 7th deleted in even rounds
+    // (so in the last) and written again in odd ones; rounds during it write k30..k59 only,
+    // never deleting, so k00..k29 end where the first rounds left them.
+    let version = |round: usize| -> Value {
+        let keys = if round < 25 { 0..60 } else { 30..60 };
+        keys.map(|k| {
+            let value = if round < 25 && round % 2 == 0 && k % 7 == 0 {
+                Value::Null
+            } else {
+                json!(format!("v{round}-{k}"))
+            };
+            json!({"key": format!("k{k:02}"), "value": value})
+        })
+        .collect()
+    };
+    // Every record written: (partition, offset, key, value).
+    let written = |records: Value, at: Vec<(u32, u64)>| -> Vec<(u64, u64, String, Value)> {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(at)
+            .map(|(r, (p, o))| {
+                let key = r["key"].as_str().unwrap().to_string();
+                (u64::from(p), o, key, r["value"].clone())
+            })
+            .collect()
+    };
+    let mut all = Vec::new();
+    for round in 0..25 {
+        let at = rt.block_on(http.produce("prices", version(round)));
+        all.extend(written(version(round), at));
+    }
+    // Let the cleaner make gaps.
+    std::thread::sleep(Duration::from_millis(600));
+    // Keep producing while the subscriber takes its snapshot.
+    let http = std::sync::Arc::new(http);
+    let producing = rt.spawn({
+        let http = http.clone();
+        async move {
+            let mut all = Vec::new();
+            for round in 25..45 {
+                let at = http.produce("prices", version(round)).await;
+                all.extend(written(version(round), at));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            all
+        }
+    });
+    let subscribe = json!({"op": "subscribe", "topics": ["prices"], "from": "snapshot"});
+    let (frames, _) = Py::start(&server, &[subscribe], &["--timeout", "4"]).finish();
+    all.extend(rt.block_on(producing).unwrap());
+    check_ws_frames(&http.doc, &frames);
+    assert_eq!(frames[0]["type"], "subscribed", "{frames:?}");
+    assert_eq!(frames[0]["snapshot"], true);
+    let marker = frames
+        .iter()
+        .position(|f| f["type"] == "snapshot_end")
+        .expect("a snapshot_end frame");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] != "error" && f["type"] != "gap" && f["type"] != "dropped"),
+        "{frames:?}"
+    );
+    let next: BTreeMap<u64, u64> = frames[marker]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_u64().unwrap(),
+                p["next"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let from: BTreeMap<u64, u64> = frames[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_u64().unwrap(),
+                p["from"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(from, next, "the ack names where live records start");
+    let (snapshot, live) = frames.split_at(marker);
+    // The truth, from every record produced.
+    for p in 0..2u64 {
+        let below = |o: u64| o < next[&p];
+        let of_p = || all.iter().filter(|w| w.0 == p);
+        let mut latest: BTreeMap<String, (u64, Value)> = BTreeMap::new();
+        for (_, o, k, v) in of_p() {
+            if below(*o) {
+                latest.insert(k.clone(), (*o, v.clone()));
+            }
+        }
+        let mut want: Vec<(u64, String, Value)> = latest
+            .into_iter()
+            .filter(|(_, (_, v))| !v.is_null())
+            .map(|(k, (o, v))| (o, k, v))
+            .collect();
+        want.sort_by_key(|w| w.0);
+        let got: Vec<(u64, String, Value)> = records(snapshot)
+            .iter()
+            .filter(|r| r["partition"] == p)
+            .map(|r| {
+                (
+                    r["offset"].as_u64().unwrap(),
+                    r["key"].as_str().unwrap().to_string(),
+                    r["value"].clone(),
+                )
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(
+            got, want,
+            "partition {p}: the snapshot is each live key's latest value"
+        );
+        // Then every record from `next` on, in order, none missing, none twice.
+        let live_offsets: Vec<u64> = records(live)
+            .iter()
+            .filter(|r| r["partition"] == p)
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        let mut stored: Vec<u64> = of_p().map(|w| w.1).filter(|&o| !below(o)).collect();
+        stored.sort_unstable();
+        assert!(
+            !stored.is_empty(),
+            "records were produced after the snapshot"
+        );
+        assert_eq!(live_offsets, stored, "partition {p}: live from next on");
+    }
+
+    // Filtered by key: only those keys, tombstoned ones left out.
+    let subscribe = json!({"op": "subscribe", "topics": ["prices"], "from": "snapshot",
+                           "keys": ["k01", "k07", "k35", "k99"]});
+    let mut py = Py::start(&server, &[subscribe], &[]);
+    let end = py.wait_for("snapshot_end");
+    let keys: BTreeSet<&str> = records(&py.seen)
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["k01", "k35"]), "{end}");
+    assert_eq!(records(&py.seen).len(), 2);
+    drop(py);
+
+    // A topic that is not compacted has no snapshot.
+    rt.block_on(http.create_topic(json!({"name": "plain"})));
+    let subscribe = json!({"op": "subscribe", "topics": ["plain"], "from": "snapshot"});
+    let mut py = Py::start(&server, &[subscribe], &[]);
+    let e = py.wait_for("error");
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("not compacted"),
+        "{e}"
+    );
+    drop(py);
     server.stop();
 }
 
