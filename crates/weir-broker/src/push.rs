@@ -4,6 +4,12 @@
 //! only while both credits cover them, and never more. A batch is never split, so a consumer
 //! must grant at least one batch's worth; when the next batch does not fit, the cursor says
 //! what it needs ([`PushStep::NeedCredit`]) and waits for more.
+//!
+//! A cursor opened with [`PushCursor::snapshot`] first hands out a compacted topic's snapshot
+//! (each key's latest record, batches cut down to them), then [`PushStep::SnapshotEnd`], then
+//! the live records from where the snapshot ends, under the same credit.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -26,6 +32,8 @@ pub enum PushStep {
     },
     /// The next batch needs this much credit; nothing is sent until it is granted.
     NeedCredit { records: u64, bytes: u64 },
+    /// The snapshot is delivered; live records follow from `live_from`.
+    SnapshotEnd { live_from: u64 },
 }
 
 /// The position and credit of one subscription to one partition.
@@ -39,6 +47,8 @@ pub struct PushCursor {
     credit_bytes: u64,
     hwm: watch::Receiver<u64>,
     incarnation: Option<u64>,
+    /// A snapshot still being delivered, and its batches read but not yet handed out.
+    snapshot: Option<(crate::keys::SnapshotReader, VecDeque<Bytes>)>,
 }
 
 impl PushCursor {
@@ -55,7 +65,26 @@ impl PushCursor {
             credit_records: 0,
             credit_bytes: 0,
             hwm,
+            snapshot: None,
         })
+    }
+
+    /// A cursor that delivers a snapshot of compacted topic `topic` first (see
+    /// `Broker::snapshot`). Its position is where the snapshot is read from; `live_from` says
+    /// where the live records start.
+    pub async fn snapshot(broker: Broker, topic: &str, partition: u32) -> Result<Self> {
+        let plan = broker.snapshot(topic, partition, None).await?;
+        let mut cursor = Self::new(broker, topic, partition, plan.end())?;
+        if let Some(first) = plan.next_offset() {
+            cursor.next = first;
+        }
+        cursor.snapshot = Some((plan, VecDeque::new()));
+        Ok(cursor)
+    }
+
+    /// Where live records start: the position, or a snapshot's end while one is delivered.
+    pub fn live_from(&self) -> u64 {
+        self.snapshot.as_ref().map_or(self.next, |(plan, _)| plan.end())
     }
 
     /// Adds credit.
@@ -77,6 +106,9 @@ impl PushCursor {
     /// Waits for data and returns what the credit allows. Cancel-safe: nothing is consumed
     /// until it returns.
     pub async fn next(&mut self) -> Result<PushStep> {
+        if self.snapshot.is_some() {
+            return self.next_of_snapshot().await;
+        }
         loop {
             // Deleted, or deleted and created again: either way not the stream subscribed to.
             if self.broker.topic_incarnation(&self.topic) != self.incarnation {
@@ -131,5 +163,57 @@ impl PushCursor {
                 high_watermark: r.high_watermark,
             });
         }
+    }
+
+    /// The next step of the snapshot phase: batches within the credit, or the end marker.
+    async fn next_of_snapshot(&mut self) -> Result<PushStep> {
+        let Some((plan, pending)) = self.snapshot.as_mut() else {
+            return Err(BrokerError::Internal("no snapshot".into()));
+        };
+        if pending.is_empty() {
+            let max = self.credit_bytes.clamp(1, READ_BYTES) as usize;
+            pending.extend(
+                self.broker
+                    .read_snapshot(&self.topic, self.partition, plan, max)
+                    .await?,
+            );
+            if pending.is_empty() {
+                let live_from = plan.end();
+                self.next = live_from;
+                self.snapshot = None;
+                return Ok(PushStep::SnapshotEnd { live_from });
+            }
+        }
+        let mut batches = Vec::new();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        while let Some(b) = pending.front() {
+            let h = weir_batch::peek(b).map_err(|e| {
+                BrokerError::InvalidRequest(format!("stored batch unreadable: {e}"))
+            })?;
+            // Counted as a whole batch's offsets, as for live batches (and as clients count).
+            let n = u64::from(h.last_offset_delta.max(0) as u32) + 1;
+            let len = b.len() as u64;
+            if records + n > self.credit_records || bytes + len > self.credit_bytes {
+                if batches.is_empty() {
+                    return Ok(PushStep::NeedCredit {
+                        records: n,
+                        bytes: len,
+                    });
+                }
+                break;
+            }
+            records += n;
+            bytes += len;
+            self.next = h.next_offset() as u64;
+            batches.extend(pending.pop_front());
+        }
+        self.credit_records -= records;
+        self.credit_bytes -= bytes;
+        Ok(PushStep::Data {
+            batches,
+            records,
+            bytes,
+            high_watermark: *self.hwm.borrow(),
+        })
     }
 }

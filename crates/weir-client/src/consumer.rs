@@ -953,6 +953,10 @@ pub enum PushEvent {
     Records(PushBatch),
     /// Records were dropped (`DropOldest`); what follows starts at or after `to`.
     Dropped(Dropped),
+    /// A snapshot subscription's snapshot is complete ([`Client::subscribe_snapshot`]): the
+    /// records before held every key's latest value below `live_from`; the records after are
+    /// live, from `live_from` on.
+    SnapshotEnd { live_from: u64 },
 }
 
 /// A push subscription to one partition, under an [`OverflowPolicy`].
@@ -989,7 +993,7 @@ impl Subscription {
         client: Client,
         topic: &str,
         partition: u32,
-        start: Start,
+        start: Option<Start>,
         opts: SubscribeOptions,
     ) -> Result<Self> {
         use msg::subscribe_request::Start as S;
@@ -1002,11 +1006,13 @@ impl Subscription {
                 "a credit window must allow at least one record and one byte".into(),
             ));
         }
+        // `None`: a snapshot first.
         let start_msg = match start {
-            Start::Earliest => S::Earliest(true),
-            Start::Latest => S::Latest(true),
-            Start::Offset(o) => S::Offset(o),
-            Start::Timestamp(ts) => S::TimestampMs(ts),
+            None => S::Snapshot(true),
+            Some(Start::Earliest) => S::Earliest(true),
+            Some(Start::Latest) => S::Latest(true),
+            Some(Start::Offset(o)) => S::Offset(o),
+            Some(Start::Timestamp(ts)) => S::TimestampMs(ts),
         };
         let req = msg::SubscribeRequest {
             topic: topic.to_string(),
@@ -1086,13 +1092,13 @@ impl Subscription {
     /// The next pushed records, in order. Re-grants the credit they used, so the window
     /// stays full while the caller keeps up; `Ok(None)` once the connection is gone.
     /// Cancel-safe: records are either returned or still queued.
-    /// Drop notices are skipped here (counted in [`Subscription::dropped_records`]); use
-    /// [`Subscription::next_event`] to see them.
+    /// Drop notices (counted in [`Subscription::dropped_records`]) and the snapshot's end are
+    /// skipped here; use [`Subscription::next_event`] to see them.
     pub async fn next(&mut self) -> Result<Option<PushBatch>> {
         loop {
             match self.next_event().await? {
                 Some(PushEvent::Records(b)) => return Ok(Some(b)),
-                Some(PushEvent::Dropped(_)) => {}
+                Some(PushEvent::Dropped(_) | PushEvent::SnapshotEnd { .. }) => {}
                 None => return Ok(None),
             }
         }
@@ -1104,7 +1110,7 @@ impl Subscription {
         loop {
             match self.next_event_without_credit().await? {
                 Some(PushEvent::Records(b)) => return Ok(Some(b)),
-                Some(PushEvent::Dropped(_)) => {}
+                Some(PushEvent::Dropped(_) | PushEvent::SnapshotEnd { .. }) => {}
                 None => return Ok(None),
             }
         }
@@ -1128,6 +1134,11 @@ impl Subscription {
                 self.dropped += d.records;
                 self.position = self.position.max(d.to);
                 return Ok(Some(PushEvent::Dropped(d)));
+            }
+            if p.data.snapshot_end {
+                let live_from = p.data.live_from;
+                self.position = self.position.max(live_from);
+                return Ok(Some(PushEvent::SnapshotEnd { live_from }));
             }
             if p.data.end_code != 0 {
                 self.ended = true;

@@ -548,7 +548,26 @@ impl Client {
             window_bytes,
             ..SubscribeOptions::default()
         };
-        Subscription::open(self.clone(), topic, partition, start, opts).await
+        Subscription::open(self.clone(), topic, partition, Some(start), opts).await
+    }
+
+    /// Subscribes to a snapshot of one partition of a compacted topic, then its live records:
+    /// first the latest record of every key (tombstoned keys left out, in offset order), then
+    /// [`PushEvent::SnapshotEnd`], then every record from where the snapshot ended, with no
+    /// gap and no duplicate. Credit-based, with the window given.
+    pub async fn subscribe_snapshot(
+        &self,
+        topic: &str,
+        partition: u32,
+        window_records: u64,
+        window_bytes: u64,
+    ) -> Result<Subscription> {
+        let opts = SubscribeOptions {
+            window_records,
+            window_bytes,
+            ..SubscribeOptions::default()
+        };
+        Subscription::open(self.clone(), topic, partition, None, opts).await
     }
 
     /// Subscribes to pushes from one partition under an [`OverflowPolicy`]: `Credit` (as
@@ -562,7 +581,7 @@ impl Client {
         start: Start,
         opts: SubscribeOptions,
     ) -> Result<Subscription> {
-        Subscription::open(self.clone(), topic, partition, start, opts).await
+        Subscription::open(self.clone(), topic, partition, Some(start), opts).await
     }
 
     /// The connection, dialed again first if it dropped.

@@ -906,29 +906,32 @@ impl Connection {
             }
         };
         use msg::subscribe_request::Start;
+        let snapshot = matches!(req.start, Some(Start::Snapshot(_)));
+        if snapshot && queue.is_some() {
+            return OutFrame::error(
+                &h,
+                ErrorCode::InvalidRequest,
+                "a snapshot subscription uses the CREDIT policy: a queue policy could drop or \
+                 end it before every key is delivered"
+                    .to_string(),
+            );
+        }
         let spec = match req.start {
             Some(Start::Earliest(_)) => Some(OffsetSpec::Earliest),
             Some(Start::Latest(_)) | None => Some(OffsetSpec::Latest),
             Some(Start::TimestampMs(ts)) => Some(OffsetSpec::Timestamp(ts)),
-            Some(Start::Offset(_)) => None,
+            Some(Start::Offset(_) | Start::Snapshot(_)) => None,
         };
-        let start = match (spec, req.start) {
-            (Some(spec), _) => match self
-                .broker
-                .list_offsets(&req.topic, req.partition, spec)
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
-            },
-            (None, Some(Start::Offset(o))) => o,
-            (None, _) => 0,
+        let opened = if snapshot {
+            PushCursor::snapshot(self.broker.clone(), &req.topic, req.partition).await
+        } else {
+            cursor_at(&self.broker, &req, spec).await
         };
-        let mut cursor =
-            match PushCursor::new(self.broker.clone(), &req.topic, req.partition, start) {
-                Ok(c) => c,
-                Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
-            };
+        let mut cursor = match opened {
+            Ok(c) => c,
+            Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
+        };
+        let (start, live_from) = (cursor.position(), cursor.live_from());
         // Made at the first subscription that succeeds.
         let pushes = self.pushes.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(4);
@@ -972,9 +975,25 @@ impl Connection {
                 start_offset: start,
                 queue_records,
                 queue_bytes,
+                live_from: if snapshot { live_from } else { 0 },
             },
         )
     }
+}
+
+/// A cursor at the start `req` asks for (`spec` resolved, or its offset).
+async fn cursor_at(
+    broker: &Broker,
+    req: &msg::SubscribeRequest,
+    spec: Option<OffsetSpec>,
+) -> weir_broker::Result<PushCursor> {
+    use msg::subscribe_request::Start;
+    let start = match (spec, req.start) {
+        (Some(spec), _) => broker.list_offsets(&req.topic, req.partition, spec).await?,
+        (None, Some(Start::Offset(o))) => o,
+        (None, _) => 0,
+    };
+    PushCursor::new(broker.clone(), &req.topic, req.partition, start)
 }
 
 async fn recv_push(rx: Option<&mut mpsc::Receiver<OutFrame>>) -> Option<OutFrame> {
@@ -1037,6 +1056,21 @@ async fn push_loop(
             }) => {
                 if out
                     .send(push_frame(id, high_watermark, None, batches))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(PushStep::SnapshotEnd { live_from }) => {
+                let body = msg::PushData {
+                    subscription_id: id,
+                    snapshot_end: true,
+                    live_from,
+                    ..msg::PushData::default()
+                };
+                if out
+                    .send(OutFrame::new(PUSH_HEADER, &body, Vec::new()))
                     .await
                     .is_err()
                 {
@@ -1109,7 +1143,8 @@ async fn fill_queue(mut cursor: PushCursor, queue: Arc<PushQueue>) {
                 high_watermark,
                 ..
             }) => (batches, high_watermark),
-            Ok(PushStep::NeedCredit { .. }) => continue,
+            // Snapshots are refused under queue policies.
+            Ok(PushStep::NeedCredit { .. } | PushStep::SnapshotEnd { .. }) => continue,
             Err(e) => {
                 queue.end(code_of(&e), e.to_string());
                 return;

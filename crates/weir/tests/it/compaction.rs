@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use common::{Server, cli, json_report, python, run};
 use serde_json::Value;
 
-/// One record: offset, key, value (`None`: a tombstone).
-type Rec = (u64, String, Option<String>);
+use common::Rec;
 
 fn script(step: &str, server: &Server, topic: &str, n: usize) -> Value {
     let mut cmd = Command::new(python());
@@ -343,5 +342,126 @@ fn the_native_and_http_doors_create_compacted_topics_and_refuse_records_without_
     assert_eq!(status, 201, "{v}");
     let (status, v) = http_get(&server, "/topics/plain/keys/k");
     assert_eq!(status, 400, "{v}");
+    server.stop();
+}
+
+/// One round of writes as one batch: keys `keys`, each to `v{round}-{k}`, or deleted when
+/// `delete(k)`. Returns the batch and its records (offsets from 0, to be shifted by the
+/// produce's base offset).
+fn round_batch(
+    round: usize,
+    keys: std::ops::Range<usize>,
+    delete: impl Fn(usize) -> bool,
+) -> (bytes::Bytes, Vec<(String, Option<String>)>) {
+    let recs: Vec<(String, Option<String>)> = keys
+        .map(|k| {
+            let value = (!delete(k)).then(|| format!("v{round}-{k}"));
+            (format!("k{k:02}"), value)
+        })
+        .collect();
+    let mut b = weir_batch::BatchBuilder::new(0);
+    for (k, v) in &recs {
+        b.push(weir_batch::RecordSpec {
+            key: Some(k.as_bytes()),
+            value: v.as_deref().map(str::as_bytes),
+            ..weir_batch::RecordSpec::default()
+        });
+    }
+    (bytes::Bytes::from(b.build()), recs)
+}
+
+#[test]
+fn a_native_snapshot_subscription_gets_each_keys_latest_value_then_every_live_record() {
+    use weir_client::{Client, PushEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("WEIR_TOPICS__COMPACTION_CHECK_MS", "100")]);
+    let (status, v) = http_post(
+        &server,
+        "/topics",
+        r#"{"name":"states","cleanup_policy":"compact","segment_bytes":4096,
+            "min_cleanable_dirty_ratio":0.01}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    let rt = common::rt();
+    rt.block_on(async {
+        let c = Client::connect(&server.addr, "snap").await.unwrap();
+        let mut written: Vec<Rec> = Vec::new();
+        let produce = |c: Client, round: usize, keys, delete: fn(usize) -> bool| async move {
+            let (batch, recs) = round_batch(round, keys, delete);
+            let ack = c.produce("states", Some(0), None, batch).await.unwrap();
+            recs.into_iter()
+                .enumerate()
+                .map(|(i, (k, v))| (ack.base_offset + i as u64, k, v))
+                .collect::<Vec<Rec>>()
+        };
+        // 50 keys, 25 rounds, every 7th key deleted in the last; then the cleaner makes gaps.
+        for round in 0..25 {
+            let delete: fn(usize) -> bool = if round == 24 {
+                |k| k % 7 == 0
+            } else {
+                |_| false
+            };
+            written.extend(produce(c.clone(), round, 0..50, delete).await);
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Writes go on during the snapshot: keys k25..k49 only.
+        let during = tokio::spawn({
+            let c = c.clone();
+            async move {
+                let mut out = Vec::new();
+                for round in 25..45 {
+                    out.extend(produce(c.clone(), round, 25..50, |_| false).await);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                out
+            }
+        });
+        // A small window: the snapshot comes in many credit steps.
+        let mut sub = c.subscribe_snapshot("states", 0, 7, 4096).await.unwrap();
+        let mut snapshot = Vec::new();
+        let live_from = loop {
+            match sub.next_event().await.unwrap().unwrap() {
+                PushEvent::Records(b) => snapshot.extend(b.records),
+                PushEvent::SnapshotEnd { live_from } => break live_from,
+                e => panic!("{e:?}"),
+            }
+        };
+        written.extend(during.await.unwrap());
+        let last = written.iter().map(|w| w.0).max().unwrap();
+        let mut live = Vec::new();
+        while live
+            .last()
+            .is_none_or(|r: &weir_client::ReceivedRecord| r.offset < last)
+        {
+            let b = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("live records within 10 s")
+                .unwrap()
+                .unwrap();
+            live.extend(b.records);
+        }
+        let text =
+            |b: &Option<bytes::Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        let recs = |v: &[weir_client::ReceivedRecord]| -> Vec<Rec> {
+            v.iter()
+                .map(|r| (r.offset, text(&r.key).unwrap(), text(&r.value)))
+                .collect()
+        };
+        assert!(
+            written.iter().any(|w| w.0 >= live_from),
+            "writes landed after the plan"
+        );
+        assert!(snapshot.len() > 25, "{}", snapshot.len());
+        common::check_snapshot_then_live(&written, live_from, &recs(&snapshot), &recs(&live));
+
+        // A topic that is not compacted has no snapshot.
+        let (status, v) = http_post(&server, "/topics", r#"{"name":"plain"}"#);
+        assert_eq!(status, 201, "{v}");
+        let e = c
+            .subscribe_snapshot("plain", 0, 10, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not compacted"), "{e}");
+    });
     server.stop();
 }

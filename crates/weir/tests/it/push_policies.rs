@@ -195,6 +195,7 @@ fn drop_oldest_announces_what_a_stalled_subscriber_missed_then_delivers_newer_re
                     ranges.push((first, last + 1));
                     seen += b.records.len() as u64;
                 }
+                e @ PushEvent::SnapshotEnd { .. } => panic!("not a snapshot: {e:?}"),
             }
         }
         assert_eq!(
@@ -396,6 +397,7 @@ fn a_stalled_subscriber_slows_neither_producers_nor_other_subscribers() {
                     ranges.push((first, first + b.records.len() as u64));
                     seen += b.records.len() as u64;
                 }
+                e @ PushEvent::SnapshotEnd { .. } => panic!("not a snapshot: {e:?}"),
             }
         }
         assert!(unpolled.dropped_records() >= total - 1_000);

@@ -262,3 +262,90 @@ pub fn strings(v: &serde_json::Value) -> Vec<String> {
 pub fn names(prefix: &str, n: usize) -> std::collections::BTreeSet<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
+
+/// One record of a compacted topic's partition: offset, key, value (`None`: a tombstone).
+pub type Rec = (u64, String, Option<String>);
+
+/// Checks what a snapshot-then-live subscription to one partition delivered: `snapshot`
+/// before its end marker, `live` after, against every record `written` to the partition.
+///
+/// The snapshot holds, in offset order, the latest record of each key below `live_from`
+/// (tombstoned keys left out). Live records are written records from `live_from` on, in
+/// order, none twice. The cleaner may remove a record the subscriber had not read yet once a
+/// later record of its key exists (Kafka's semantics for compacted topics), so a key's
+/// snapshot record may be replaced by its later live one, and superseded live records may be
+/// missing; the last record of every key never is. So the subscriber ends with every key's
+/// latest value, exactly.
+pub fn check_snapshot_then_live(written: &[Rec], live_from: u64, snapshot: &[Rec], live: &[Rec]) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let latest = |recs: &mut dyn Iterator<Item = &Rec>| {
+        let mut m: BTreeMap<String, Rec> = BTreeMap::new();
+        for r in recs {
+            m.insert(r.1.clone(), r.clone());
+        }
+        m
+    };
+    let below: BTreeMap<String, Rec> = latest(&mut written.iter().filter(|w| w.0 < live_from));
+    let all: BTreeSet<&Rec> = written.iter().collect();
+    let later_keys: BTreeSet<&str> = written
+        .iter()
+        .filter(|w| w.0 >= live_from)
+        .map(|w| w.1.as_str())
+        .collect();
+    assert!(
+        snapshot.windows(2).all(|w| w[0].0 < w[1].0),
+        "snapshot out of order"
+    );
+    for r in snapshot {
+        assert!(
+            r.0 < live_from,
+            "snapshot record at or past live_from: {r:?}"
+        );
+        assert!(r.2.is_some(), "a tombstone in the snapshot: {r:?}");
+        assert_eq!(
+            below.get(&r.1),
+            Some(r),
+            "not the key's latest below live_from"
+        );
+    }
+    let in_snapshot: BTreeSet<&str> = snapshot.iter().map(|r| r.1.as_str()).collect();
+    for (k, r) in &below {
+        if r.2.is_some() && !in_snapshot.contains(k.as_str()) {
+            assert!(
+                later_keys.contains(k.as_str()),
+                "key {k} missing from the snapshot with nothing later: {r:?}"
+            );
+        }
+    }
+    assert!(
+        live.windows(2).all(|w| w[0].0 < w[1].0),
+        "live records out of order or twice"
+    );
+    for r in live {
+        assert!(r.0 >= live_from, "live record below live_from: {r:?}");
+        assert!(all.contains(r), "a live record nobody wrote: {r:?}");
+    }
+    let last_after = latest(&mut written.iter().filter(|w| w.0 >= live_from));
+    let live_set: BTreeSet<&Rec> = live.iter().collect();
+    for r in last_after.values() {
+        assert!(
+            live_set.contains(r),
+            "the last record of key {} is missing: {r:?}",
+            r.1
+        );
+    }
+    // Applied in order, the subscriber holds every key's latest value.
+    let held = latest(&mut snapshot.iter().chain(live));
+    let held: BTreeMap<&String, &Option<String>> = held
+        .iter()
+        .filter(|(_, r)| r.2.is_some())
+        .map(|(k, r)| (k, &r.2))
+        .collect();
+    let truth = latest(&mut written.iter());
+    let truth: BTreeMap<&String, &Option<String>> = truth
+        .iter()
+        .filter(|(_, r)| r.2.is_some())
+        .map(|(k, r)| (k, &r.2))
+        .collect();
+    assert_eq!(held, truth, "the subscriber's view of every key");
+}
