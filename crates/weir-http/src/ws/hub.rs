@@ -594,7 +594,8 @@ impl Hub {
 
     /// Joins `sub` to the feed of its partition if the feed has not read past `sub.from`.
     /// Returns `Err(position)` when the subscriber must first replay up to `position` itself.
-    /// A partition without a feed gets one starting at `sub.from`.
+    /// A partition without a feed gets one starting at `sub.from` once `sub.from` is the
+    /// partition's end.
     pub fn join(self: &Arc<Self>, key: FeedKey, sub: Subscriber) -> Result<(), u64> {
         let mut map = self.feeds.lock();
         let gone = !sub
@@ -614,6 +615,15 @@ impl Hub {
             }
             st.subs.push(sub);
             return Ok(());
+        }
+        // A feed is shared and not paced by any one client: started behind the partition's
+        // end, it would hand this subscriber the whole backlog as fast as it reads. The
+        // subscriber replays to the end first, paced by its client, then starts the feed.
+        if let Ok(hwm) = self.broker.watch_high_watermark(&key.0, key.1) {
+            let hwm = *hwm.borrow();
+            if sub.from < hwm {
+                return Err(hwm);
+            }
         }
         let feed = Arc::new(Feed {
             key: key.clone(),

@@ -577,7 +577,12 @@ async fn replay(
             .read_at(topic, partition, sub.from, hub.config.fetch_bytes)
             .await
         {
-            Ok(r) if r.is_empty() => return true,
+            Ok(r) if r.is_empty() => {
+                // Nothing stored from here to the end (compaction can leave a gap there):
+                // caught up.
+                sub.from = sub.from.max(r.high_watermark);
+                return true;
+            }
             Ok(r) => {
                 match hub::decode_items(&hub.broker, topic, partition, format, &r.chunks, sub.from)
                     .await
@@ -731,6 +736,66 @@ mod tests {
         assert!(live.state.lock().close.is_none(), "no overflow");
         assert!(behind.state.lock().close.is_none(), "no overflow");
         // One feed for both.
+        assert_eq!(hub.stats.feeds_open.load(Ordering::Relaxed), 1);
+        hub.shutdown();
+        broker.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_subscriber_far_behind_replays_at_its_pace_before_starting_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_with(&dir, &["t"]).await;
+        for i in 0..30 {
+            broker
+                .produce("t", Some(0), None, batch(i * 20, 20))
+                .await
+                .unwrap();
+        }
+        // A queue far smaller than the backlog, and reads far larger than the queue.
+        let config = hub::WsConfig {
+            queue_messages: 32,
+            fetch_bytes: 2048,
+            ..hub::WsConfig::default()
+        };
+        let hub = Hub::new(broker.clone(), config);
+        let conn = hub.connect();
+        conn.state
+            .lock()
+            .subs
+            .push((1, OutQueue::new(Policy::Disconnect, 32, 1 << 20)));
+        let spec = SubSpec {
+            sub: 1,
+            parts: vec![("t".to_string(), 0)],
+            keys: None,
+            from: Start::Earliest,
+            policy: Policy::Disconnect,
+            format: Format::Json,
+        };
+        tokio::spawn(subscribe(hub.clone(), conn.clone(), spec));
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.len() < 600 {
+            assert!(
+                conn.state.lock().close.is_none(),
+                "disconnected at {}",
+                got.len()
+            );
+            assert!(tokio::time::Instant::now() < deadline, "{}", got.len());
+            drain(&conn, &mut got);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Then live, through the feed it started at the end.
+        broker
+            .produce("t", Some(0), None, batch(600, 5))
+            .await
+            .unwrap();
+        while got.len() < 605 {
+            assert!(tokio::time::Instant::now() < deadline, "{}", got.len());
+            drain(&conn, &mut got);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(got, (0..605).collect::<Vec<_>>());
+        assert!(conn.state.lock().close.is_none());
         assert_eq!(hub.stats.feeds_open.load(Ordering::Relaxed), 1);
         hub.shutdown();
         broker.close().await.unwrap();
