@@ -18,7 +18,7 @@
 //!    cleaned file is renamed over the segment (directory synced), new index files written. A
 //!    crash before the rename leaves the old segment (its indexes are rebuilt on open), after
 //!    it the new one (likewise); a leftover `.cleaned` file is removed on open. A segment left
-//!    empty is removed whole.
+//!    empty is removed whole, except the first: it stays, empty, so the log start never moves.
 //! 5. Stores the new clean point in the `compaction` file (written aside, synced, renamed).
 //!    A crash before that only means the next pass redoes work: a clean segment is rewritten
 //!    only if it has something to drop.
@@ -491,9 +491,13 @@ impl Log {
 
         // The swap, under leadership: retention, delete-records and close wait meanwhile.
         let leader = self.lead();
-        let present = {
+        let (present, first) = {
             let v = self.view.read();
-            !v.closed && v.segments.iter().any(|s| Arc::ptr_eq(s, seg))
+            let present = !v.closed && v.segments.iter().any(|s| Arc::ptr_eq(s, seg));
+            (
+                present,
+                v.segments.first().is_some_and(|s| Arc::ptr_eq(s, seg)),
+            )
         };
         if !present {
             drop(leader);
@@ -510,8 +514,11 @@ impl Log {
             }
         }
         self.sync_dir()?;
-        if written == 0 {
-            // Nothing left: the segment goes whole.
+        if written == 0 && !first {
+            // Nothing left: the segment goes whole. Not the first one: it stays, empty, so
+            // that the log start does not move (as in Kafka, compaction never moves it): a
+            // consumer positioned in what was compacted away reads on from the next record
+            // instead of being told its offset is out of range (and resetting).
             self.storage
                 .remove_file(&cleaned_path)
                 .map_err(|e| io("remove", e))?;
@@ -522,13 +529,6 @@ impl Log {
             let mut v = self.view.write();
             v.hot.drop_before(seg_end);
             v.segments.retain(|s| !Arc::ptr_eq(s, seg));
-            if let Some(first) = v.segments.first()
-                && v.log_start < first.base
-                && first.base <= v.hwm
-            {
-                // Everything before the new first segment was compacted away.
-                v.log_start = first.base;
-            }
             report.segments_removed += 1;
         } else {
             self.storage

@@ -291,10 +291,11 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
     for &base in &kept {
         segments.push(Segment::open(storage_arc, dir, base, false)?);
     }
-    // An empty segment that is not the last is left over from a roll that failed half-way
-    // (a roll only happens after the active segment received data). It claims offsets that
-    // live in the segment before it: remove it.
-    let mut i = 0;
+    // An empty segment between two others is left over from a roll that failed half-way (a
+    // roll only happens after the active segment received data). It claims offsets that live
+    // in the segment before it: remove it. An empty first segment stays: compaction leaves the
+    // first segment empty rather than removing it, so that the log start does not move.
+    let mut i = 1;
     while i + 1 < segments.len() {
         let len = segments[i]
             .log

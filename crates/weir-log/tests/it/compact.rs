@@ -294,6 +294,40 @@ fn reads_at_offsets_inside_gaps_start_at_the_next_record() {
     assert_eq!(all.len() as u64, log.high_watermark());
 }
 
+#[test]
+fn emptied_first_segments_leave_the_log_start_where_it_was() {
+    let storage = MemStorage::new();
+    let log = open(&storage);
+    // The first segments hold only keys written again later: compaction empties them.
+    let mut all = Vec::new();
+    for round in 0..2u8 {
+        for i in 0..40u8 {
+            let b: Vec<Rec> = vec![(Some(vec![b'k', i]), Some(vec![round; 40]))];
+            append(&log, &b, i64::from(i));
+            all.extend(b);
+        }
+    }
+    assert!(log.segment_count() > 3);
+    let r = log.compact(&opts(1_000, 1 << 20), &mut |_| {}).unwrap();
+    assert!(r.records_removed > 0, "{r:?}");
+    // Kafka's rule: compaction never moves the log start, so a consumer at offset 0 (or
+    // anywhere in what went) reads on from the next record instead of being out of range.
+    let first_base = |log: &Log| {
+        let r = log.read(0, 1).expect("a read at the log start is served");
+        let h = Batches::new(&r.chunks[0]).next().unwrap().unwrap().0;
+        h.base_offset as u64
+    };
+    assert_eq!(log.log_start_offset(), 0);
+    assert!(first_base(&log) > 0, "the first segment was emptied");
+    let got = read_all(&log);
+    check(&got, &all, r.clean_to).unwrap();
+    log.close().unwrap();
+    let log = open(&storage);
+    assert_eq!(log.log_start_offset(), 0, "after a restart too");
+    assert!(first_base(&log) > 0);
+    assert_eq!(read_all(&log), got);
+}
+
 /// Readers are not served the older versions of compacted batches from the in-memory tail:
 /// the log reads the same before and after a restart.
 #[test]
