@@ -2098,21 +2098,35 @@ impl Broker {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            for (topic, partition, tc, p) in parts {
-                let limiter = limiter.clone();
-                let key_map_bytes = config.compaction_key_map_bytes;
-                let _ = blocking(move || {
-                    compact_if_due(
-                        &topic,
-                        partition,
-                        &tc,
-                        &p.log,
-                        key_map_bytes,
-                        limiter.as_deref(),
-                    );
-                    Ok(())
-                })
-                .await;
+            // On a thread of its own at a lower CPU priority (nice 10), so that on a busy
+            // machine producers and readers go first: a pass is background work.
+            let limiter = limiter.clone();
+            let key_map_bytes = config.compaction_key_map_bytes;
+            let (done, passes) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("weir-compact".into())
+                .spawn(move || {
+                    let me = rustix::thread::gettid();
+                    if let Err(e) = rustix::process::setpriority_process(Some(me), 10) {
+                        tracing::debug!(error = %e, "compaction: cannot lower the thread's priority");
+                    }
+                    for (topic, partition, tc, p) in parts {
+                        compact_if_due(
+                            &topic,
+                            partition,
+                            &tc,
+                            &p.log,
+                            key_map_bytes,
+                            limiter.as_deref(),
+                        );
+                    }
+                    let _ = done.send(());
+                });
+            match spawned {
+                Ok(_) => {
+                    let _ = passes.await;
+                }
+                Err(e) => tracing::error!(error = %e, "compaction: cannot start its thread"),
             }
         }
     }
