@@ -129,13 +129,13 @@ impl HttpConfig {
     }
 }
 
-/// Serves the HTTP API and `/ws` on `listener` until `shutdown` begins: every connection is a
+/// Serves the HTTP API and `/ws` on `listeners` (each plain or TLS) until `shutdown` begins: every connection is a
 /// task of the shutdown. Then each connection answers the request it is in and closes (long
 /// polls answer at once: the binary has told the broker it is stopping), and WebSocket clients
 /// get a going-away close frame, waited for up to `shutdown_grace`. Run it as a task of the
 /// shutdown: the binary waits for it and the connections, then closes the broker.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, Option<Arc<weir_net::Tls>>)>,
     broker: Broker,
     config: HttpConfig,
     shutdown: Shutdown,
@@ -147,21 +147,30 @@ pub async fn serve(
     let max_connections = config.max_connections.max(1);
     let state = api::AppState::new(broker, config, hub.clone());
     let app = api::router(state.clone()).into_router();
-    let mut acceptor = Acceptor::new(
-        listener,
-        "http",
-        state.broker.admission().clone(),
-        shutdown.clone(),
-    )
-    .with_limit(max_connections);
-    while let Some(accepted) = acceptor.accept().await {
-        shutdown.spawn(listener::connection(
-            accepted,
-            app.clone(),
-            idle_timeout,
-            shutdown.begun(),
-        ));
-    }
+    // One hub and one state for every listener (plain and TLS): WebSocket feeds and counters
+    // are shared.
+    let loops = listeners.into_iter().map(|(listener, tls)| {
+        let mut acceptor = Acceptor::new(
+            listener,
+            "http",
+            state.broker.admission().clone(),
+            shutdown.clone(),
+        )
+        .with_limit(max_connections);
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        async move {
+            while let Some(accepted) = acceptor.accept().await {
+                shutdown.spawn(listener::connection(
+                    accepted,
+                    tls.clone(),
+                    app.clone(),
+                    idle_timeout,
+                    shutdown.begun(),
+                ));
+            }
+        }
+    });
+    futures::future::join_all(loops).await;
     state
         .stopping
         .store(true, std::sync::atomic::Ordering::Release);

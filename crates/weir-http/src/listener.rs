@@ -20,11 +20,15 @@ use weir_net::Accepted;
 /// shutdown begins (then the request in progress is answered and the connection closed).
 pub(crate) async fn connection(
     accepted: Accepted,
+    tls: Option<std::sync::Arc<weir_net::Tls>>,
     app: Router,
     idle_timeout: Duration,
     begun: impl Future<Output = ()>,
 ) {
     let Accepted { stream, peer, slot } = accepted;
+    let Some(stream) = weir_net::secure(tls.as_deref(), stream, peer, "http").await else {
+        return;
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::Instrument;
 use weir_broker::Broker;
 use weir_net::{Acceptor, Shutdown};
@@ -19,25 +19,47 @@ use weir_net::{Acceptor, Shutdown};
 use crate::dispatch::{self, Step};
 use crate::{Advertised, Kafka, MAX_REQUEST_BYTES, Reply};
 
-/// Serves the Kafka protocol on `listener` until `shutdown` begins: connections and the
-/// group clock run as tasks of the shutdown. Once it begins, waiting joins and syncs are
-/// answered (retriable), and each connection stops taking requests, answers those it has
-/// read and closes; the binary waits for them, then closes the broker.
-pub async fn serve(
-    listener: TcpListener,
-    broker: Broker,
-    advertised: Advertised,
-    shutdown: Shutdown,
-) {
-    let kafka = Arc::new(Kafka::new(broker, advertised));
+/// One Kafka listener: its socket, the address Metadata gives the clients that come in on
+/// it, and its TLS (none: plain TCP).
+#[derive(Debug)]
+pub struct Listener {
+    pub listener: TcpListener,
+    pub advertised: Advertised,
+    pub tls: Option<Arc<weir_net::Tls>>,
+}
+
+/// Serves the Kafka protocol on `listeners` (one group coordinator for all of them) until
+/// `shutdown` begins: connections and the group clock run as tasks of the shutdown. Once it
+/// begins, waiting joins and syncs are answered (retriable), and each connection stops taking
+/// requests, answers those it has read and closes; the binary waits for them, then closes the
+/// broker.
+pub async fn serve(listeners: Vec<Listener>, broker: Broker, shutdown: Shutdown) {
+    let groups = Arc::new(crate::groups::KafkaGroups::new(broker.clone()));
     // The groups' sessions and rebalance timeouts run on the broker's one group clock (its
     // maintenance task), beside the native groups', and the broker's admin views describe
     // them; the broker forgets them once the listener is gone.
-    let coordinator: Arc<dyn weir_broker::group::ForeignCoordinator> = kafka.groups.clone();
-    kafka
-        .broker
-        .register_coordinator(Arc::downgrade(&coordinator));
+    let coordinator: Arc<dyn weir_broker::group::ForeignCoordinator> = groups.clone();
+    broker.register_coordinator(Arc::downgrade(&coordinator));
     drop(coordinator);
+    let loops = listeners.into_iter().map(|l| {
+        let kafka = Arc::new(Kafka {
+            broker: broker.clone(),
+            advertised: l.advertised,
+            groups: groups.clone(),
+        });
+        accept_loop(l.listener, kafka, l.tls, shutdown.clone())
+    });
+    futures::future::join_all(loops).await;
+    tracing::info!("Kafka listeners closed: draining connections");
+    groups.clear();
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kafka: Arc<Kafka>,
+    tls: Option<Arc<weir_net::Tls>>,
+    shutdown: Shutdown,
+) {
     let mut acceptor = Acceptor::new(
         listener,
         "kafka",
@@ -48,18 +70,25 @@ pub async fn serve(
         let kafka = Arc::clone(&kafka);
         let stop = shutdown.begun();
         let span = tracing::info_span!("kafka", peer = %accepted.peer);
+        let tls = tls.clone();
         shutdown.spawn(
             async move {
-                let _slot = accepted.slot;
-                if let Err(e) = connection(accepted.stream, accepted.peer, &kafka, stop).await {
+                let weir_net::Accepted {
+                    stream,
+                    peer,
+                    slot: _slot,
+                } = accepted;
+                let Some(stream) = weir_net::secure(tls.as_deref(), stream, peer, "kafka").await
+                else {
+                    return;
+                };
+                if let Err(e) = connection(stream, peer, &kafka, stop).await {
                     tracing::debug!(error = %e, "Kafka connection ended");
                 }
             }
             .instrument(span),
         );
     }
-    tracing::info!("Kafka listener closed: draining connections");
-    kafka.groups.clear();
 }
 
 /// A Kafka connection that sends nothing this long is closed (Kafka's
@@ -79,7 +108,7 @@ const READ_AHEAD: usize = 2;
 
 /// Writes `pieces` in order with vectored writes.
 async fn write_pieces(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
     mut pieces: Vec<Bytes>,
 ) -> std::io::Result<()> {
     let mut i = 0;
@@ -120,7 +149,7 @@ type Answer<'a> = std::pin::Pin<Box<dyn Future<Output = (Reply, Duration)> + Sen
 /// mutes the channel; answers to requests already taken still go out. The throttle times of
 /// pipelined requests overlap (the latest deadline wins), they do not add up.
 async fn answer(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
     reply: Reply,
     throttle: Duration,
     muted_until: &mut Option<tokio::time::Instant>,
@@ -150,12 +179,31 @@ async fn answer(
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: weir_net::Stream,
     peer: std::net::SocketAddr,
     kafka: &Kafka,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = stream.into_split();
+    // Plain TCP splits into owned halves (no lock between them); TLS through tokio's split.
+    match stream {
+        weir_net::Stream::Plain(tcp) => {
+            let (reader, writer) = tcp.into_split();
+            run(reader, writer, peer, kafka, stop).await
+        }
+        tls => {
+            let (reader, writer) = tokio::io::split(tls);
+            run(reader, writer, peer, kafka, stop).await
+        }
+    }
+}
+
+async fn run(
+    mut reader: impl tokio::io::AsyncRead + Unpin + Send,
+    mut writer: impl tokio::io::AsyncWrite + Unpin + Send,
+    peer: std::net::SocketAddr,
+    kafka: &Kafka,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<(Bytes, weir_broker::flow::BudgetPermit)>(READ_AHEAD);
     let budget = kafka.broker.memory().clone();

@@ -28,7 +28,7 @@ pub mod groups;
 pub mod guard;
 mod legacy;
 
-pub use connection::serve;
+pub use connection::{Listener, serve};
 pub use decode::{DecodeError, Decoded, decode_request};
 pub use dispatch::{handle, handle_throttled};
 pub(crate) use errors::{code, error_code, group_error_code};

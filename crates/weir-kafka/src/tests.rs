@@ -380,15 +380,15 @@ impl Listening {
             let stop = shutdown.begun();
             shutdown.spawn(async move { broker.run_maintenance(stop).await });
         }
-        shutdown.spawn(serve(
+        let listener = crate::Listener {
             listener,
-            broker,
-            Advertised {
+            advertised: Advertised {
                 host: "127.0.0.1".into(),
                 port: i32::from(addr.port()),
             },
-            shutdown.clone(),
-        ));
+            tls: None,
+        };
+        shutdown.spawn(serve(vec![listener], broker, shutdown.clone()));
         Listening { addr, shutdown }
     }
 

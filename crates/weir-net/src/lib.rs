@@ -11,6 +11,12 @@
 //!   door's connection limit, the broker's admission per source address (count and rate),
 //!   the open-connections gauge (`weir_<door>_connections`), and refusal (each door says how it refuses: the native door
 //!   answers an error frame first, Kafka and HTTP clients just see the connection close).
+//! - [`tls`]: TLS on a listener ([`Tls`]) and the connection type every door reads and writes
+//!   ([`Stream`]: plain TCP, or TLS over it); [`secure`] runs a connection's handshake.
+
+pub mod tls;
+
+pub use tls::{Stream, Tls, TlsFiles};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -222,6 +228,28 @@ impl Acceptor {
     fn refuse(&self, stream: TcpStream, why: &'static str) {
         if let Some(refuse) = &self.refuse {
             self.shutdown.spawn(refuse(stream, why));
+        }
+    }
+}
+
+/// A door's connection made ready to speak: the TLS handshake when the listener has `tls`,
+/// under its timeout. `None` (logged, and counted in `weir_<door>_tls_handshake_failures_total`)
+/// when the handshake failed: the connection is dropped.
+pub async fn secure(
+    tls: Option<&Tls>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    door: &'static str,
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    match tls.accept(tcp).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            metrics::counter!(format!("weir_{door}_tls_handshake_failures_total")).increment(1);
+            tracing::debug!(door, %peer, error = %e, "TLS handshake failed");
+            None
         }
     }
 }

@@ -19,7 +19,6 @@ use credit::CreditBox;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weir_broker::Broker;
@@ -217,7 +216,7 @@ impl Drop for PollTurn {
 const PUSH_FRAME_BYTES: u64 = 256 << 10;
 
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: weir_net::Stream,
     peer: SocketAddr,
     buf: BytesMut,
     broker: Broker,
@@ -279,7 +278,7 @@ enum Input {
 
 impl Connection {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: weir_net::Stream,
         peer: SocketAddr,
         broker: Broker,
         config: Arc<ServerConfig>,
@@ -728,13 +727,13 @@ impl Connection {
         // Room for a small request whole, in the read buffer itself (a local array would
         // enlarge every connection's task, idle ones included); a larger request's rest comes
         // by the usual reads.
+        // TLS bytes are not requests: polling is for plain connections (never opened on TLS).
+        let weir_net::Stream::Plain(tcp) = &self.stream else {
+            return Input::Poll;
+        };
         let at = self.buf.len();
         self.buf.resize(at + POLL_READ_BYTES, 0);
-        let r = rustix::net::recv(
-            &self.stream,
-            &mut self.buf[at..],
-            rustix::net::RecvFlags::DONTWAIT,
-        );
+        let r = rustix::net::recv(tcp, &mut self.buf[at..], rustix::net::RecvFlags::DONTWAIT);
         let n = r.as_ref().map_or(0, |(n, _)| *n);
         self.buf.truncate(at + n);
         match r {
@@ -771,7 +770,10 @@ impl Connection {
         let now = Instant::now();
         self.replied_at = Some(now);
         // An open window is extended, not counted twice.
-        if self.prompt && !self.config.busy_poll.is_zero() {
+        if self.prompt
+            && !self.config.busy_poll.is_zero()
+            && matches!(self.stream, weir_net::Stream::Plain(_))
+        {
             self.poll_until = Some(now + self.config.busy_poll);
         }
     }

@@ -112,12 +112,15 @@ impl ServerConfig {
 
 /// Serves the native protocol on `listener` until `shutdown` begins: connections are spawned
 /// on the shutdown's tracker, and once it begins each one stops reading, answers what it has
-/// read and ends. The caller (the binary) waits for them, then closes the broker.
+/// read and ends. The caller (the binary) waits for them, then closes the broker. With `tls`,
+/// every connection is TLS (its handshake runs in the connection's task, under the TLS
+/// handshake timeout).
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: ServerConfig,
     shutdown: Shutdown,
+    tls: Option<Arc<weir_net::Tls>>,
 ) {
     let config = Arc::new(config);
     let mut acceptor = Acceptor::new(
@@ -132,15 +135,15 @@ pub async fn serve(
     // idle connections are many).
     let (stop_tx, stop_rx) = watch::channel(false);
     while let Some(accepted) = acceptor.accept().await {
-        let conn = connection::Connection::new(
-            accepted.stream,
-            accepted.peer,
-            broker.clone(),
-            config.clone(),
-        );
         let stop = stop_rx.clone();
-        let slot = accepted.slot;
+        let (broker, config, tls) = (broker.clone(), config.clone(), tls.clone());
         shutdown.spawn(async move {
+            let weir_net::Accepted { stream, peer, slot } = accepted;
+            let Some(stream) = weir_net::secure(tls.as_deref(), stream, peer, "native").await
+            else {
+                return;
+            };
+            let conn = connection::Connection::new(stream, peer, broker, config);
             conn.run(stop).await;
             drop(slot);
         });

@@ -55,6 +55,9 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// OpenTelemetry traces.
     pub tracing: TracingConfig,
+    /// The certificate of the doors' TLS listeners (`tls_listen` in `[native]`, `[kafka]`,
+    /// `[http]`).
+    pub tls: TlsConfig,
     /// Stream pipelines run by the server, `[pipelines.NAME]` tables in the shape of
     /// `docs/pipelines.md`; checked as a whole at start.
     pub pipelines: std::collections::BTreeMap<String, toml::Table>,
@@ -72,6 +75,36 @@ pub struct Config {
     /// warn about.
     #[serde(skip)]
     pub deprecated: Vec<String>,
+}
+
+/// `[tls]`: what the TLS listeners present and require. Paths as given (relative ones from the
+/// server's working directory). `weir serve` reads the files again on SIGHUP, and when one
+/// changes (checked every 10 s): new connections get the new certificate, open ones keep
+/// theirs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first. Required with any
+    /// `tls_listen`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1). Required with `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates: when set, a client of a TLS listener must present a certificate
+    /// one of them signed (mutual TLS). Default none.
+    pub client_ca: Option<PathBuf>,
+    /// A TLS handshake not done within this long is dropped. Default 10,000 ms.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +223,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             quotas: QuotasConfig::default(),
             tracing: TracingConfig::default(),
+            tls: TlsConfig::default(),
             pipelines: std::collections::BTreeMap::new(),
             pipelines_dir: None,
             base_dir: PathBuf::from("."),
@@ -204,6 +238,8 @@ impl Default for Config {
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
     pub listen: String,
+    /// A TLS listener beside the plain one (`[tls]` gives its certificate). Default none.
+    pub tls_listen: Option<String>,
     pub server: weir_server::ServerConfig,
 }
 
@@ -211,6 +247,7 @@ impl Default for NativeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9094".into(),
+            tls_listen: None,
             server: weir_server::ServerConfig::default(),
         }
     }
@@ -220,8 +257,10 @@ impl<'de> Deserialize<'de> for NativeConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let mut table = toml::Table::deserialize(d)?;
         let listen = take::<String, D>(&mut table, "listen")?;
+        let tls_listen = take::<String, D>(&mut table, "tls_listen")?;
         Ok(Self {
             listen: listen.unwrap_or_else(|| Self::default().listen),
+            tls_listen,
             server: section(table)?,
         })
     }
@@ -259,6 +298,10 @@ pub struct KafkaConfig {
     pub enabled: bool,
     /// Kafka listener. Default `127.0.0.1:9092`.
     pub listen: String,
+    /// A TLS listener beside the plain one (`security.protocol=SSL`; `[tls]` gives its
+    /// certificate). Metadata answers each client with the listener it came in on. Default
+    /// none.
+    pub tls_listen: Option<String>,
     /// Host name clients are told to connect to; default: the listener's address.
     pub advertised_host: Option<String>,
 }
@@ -268,6 +311,7 @@ impl Default for KafkaConfig {
         Self {
             enabled: true,
             listen: "127.0.0.1:9092".into(),
+            tls_listen: None,
             advertised_host: None,
         }
     }
@@ -281,6 +325,8 @@ impl Default for KafkaConfig {
 pub struct HttpSettings {
     pub enabled: bool,
     pub listen: String,
+    /// An HTTPS (and `wss://`) listener beside the plain one. Default none.
+    pub tls_listen: Option<String>,
     pub http: weir_http::HttpConfig,
 }
 
@@ -289,6 +335,7 @@ impl Default for HttpSettings {
         Self {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
+            tls_listen: None,
             http: weir_http::HttpConfig::default(),
         }
     }
@@ -301,6 +348,7 @@ impl<'de> Deserialize<'de> for HttpSettings {
         let defaults = Self::default();
         let enabled = take::<bool, D>(&mut table, "enabled")?.unwrap_or(defaults.enabled);
         let listen = take::<String, D>(&mut table, "listen")?.unwrap_or(defaults.listen);
+        let tls_listen = take::<String, D>(&mut table, "tls_listen")?;
         let ws_keys: Vec<String> = table
             .keys()
             .filter(|k| k.starts_with("ws_"))
@@ -316,6 +364,7 @@ impl<'de> Deserialize<'de> for HttpSettings {
         Ok(Self {
             enabled,
             listen,
+            tls_listen,
             http,
         })
     }
@@ -528,6 +577,38 @@ impl Config {
                 self.http.listen
             )
         })?;
+        let tls_listeners = [
+            ("native", &self.native.tls_listen),
+            ("kafka", &self.kafka.tls_listen),
+            ("http", &self.http.tls_listen),
+        ];
+        for (door, addr) in tls_listeners {
+            if let Some(a) = addr {
+                a.parse::<SocketAddr>().with_context(|| {
+                    format!("{door}.tls_listen {a:?} is not an address like 127.0.0.1:9443")
+                })?;
+            }
+        }
+        let any_tls = tls_listeners.iter().any(|(_, a)| a.is_some());
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), Some(_)) if !any_tls => bail!(
+                "tls.cert is set but no door has a tls_listen address (native.tls_listen, \
+                 kafka.tls_listen, http.tls_listen): the certificate would serve nothing"
+            ),
+            (Some(_), Some(_)) => {}
+            (None, None) if any_tls => bail!(
+                "a tls_listen address is set but tls.cert and tls.key are not: a TLS listener \
+                 needs a certificate and its key"
+            ),
+            (None, None) => {}
+            _ => bail!("tls.cert and tls.key go together: set both or neither"),
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            bail!("tls.client_ca is set but tls.cert is not");
+        }
+        if self.tls.handshake_timeout_ms == 0 {
+            bail!("tls.handshake_timeout_ms must be positive");
+        }
         self.http
             .http
             .validate()
@@ -629,6 +710,21 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The doors' TLS, when a certificate is configured (read and checked now).
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<weir_net::Tls>>> {
+        let (Some(cert), Some(key)) = (&self.tls.cert, &self.tls.key) else {
+            return Ok(None);
+        };
+        let files = weir_net::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls.client_ca.clone(),
+        };
+        let timeout = std::time::Duration::from_millis(self.tls.handshake_timeout_ms);
+        let tls = weir_net::Tls::load(files, timeout).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        Ok(Some(std::sync::Arc::new(tls)))
     }
 
     pub fn server_config(&self) -> weir_server::ServerConfig {
@@ -797,6 +893,7 @@ mod tests {
             "limits",
             "quotas",
             "tracing",
+            "tls",
             "pipelines",
         ];
         let listed: std::collections::BTreeSet<&str> =

@@ -53,6 +53,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         )
         .await?
     };
+    let tls = config.tls()?;
     let listener = TcpListener::bind(&config.native.listen)
         .await
         .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
@@ -69,26 +70,55 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         broker.clone(),
         config.server_config(),
         shutdown.clone(),
+        None,
     ));
-    if config.kafka.enabled {
-        let listener = TcpListener::bind(&config.kafka.listen)
-            .await
-            .with_context(|| format!("binding the Kafka listener to {}", config.kafka.listen))?;
-        let addr = listener.local_addr()?;
-        let advertised = weir_kafka::Advertised {
-            host: config
-                .kafka
-                .advertised_host
-                .clone()
-                .unwrap_or_else(|| addr.ip().to_string()),
-            port: i32::from(addr.port()),
-        };
-        tracing::info!(kafka = %addr, "serving the Kafka protocol");
-        println!("weir listening kafka={addr}");
-        shutdown.spawn(weir_kafka::serve(
+    if let Some(at) = &config.native.tls_listen {
+        let listener = bind_tls(at, "native").await?;
+        shutdown.spawn(weir_server::serve(
             listener,
             broker.clone(),
-            advertised,
+            config.server_config(),
+            shutdown.clone(),
+            tls.clone(),
+        ));
+    }
+    if config.kafka.enabled {
+        let mut listeners = vec![(config.kafka.listen.clone(), None)];
+        if let Some(at) = &config.kafka.tls_listen {
+            listeners.push((at.clone(), tls.clone()));
+        }
+        let mut kafka_listeners = Vec::new();
+        for (at, tls) in listeners {
+            let listener = if tls.is_some() {
+                bind_tls(&at, "kafka").await?
+            } else {
+                let l = TcpListener::bind(&at)
+                    .await
+                    .with_context(|| format!("binding the Kafka listener to {at}"))?;
+                let addr = l.local_addr()?;
+                tracing::info!(kafka = %addr, "serving the Kafka protocol");
+                println!("weir listening kafka={addr}");
+                l
+            };
+            let addr = listener.local_addr()?;
+            // Metadata names the listener the client came in on.
+            let advertised = weir_kafka::Advertised {
+                host: config
+                    .kafka
+                    .advertised_host
+                    .clone()
+                    .unwrap_or_else(|| addr.ip().to_string()),
+                port: i32::from(addr.port()),
+            };
+            kafka_listeners.push(weir_kafka::Listener {
+                listener,
+                advertised,
+                tls,
+            });
+        }
+        shutdown.spawn(weir_kafka::serve(
+            kafka_listeners,
+            broker.clone(),
             shutdown.clone(),
         ));
     }
@@ -105,12 +135,19 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         http_config.metrics = Some(weir_http::MetricsSource(std::sync::Arc::new(move || {
             crate::metrics::render(&metrics, &source)
         })));
-        let http = weir_http::serve(listener, broker.clone(), http_config, shutdown.clone());
+        let mut listeners = vec![(listener, None)];
+        if let Some(at) = &config.http.tls_listen {
+            listeners.push((bind_tls(at, "http").await?, tls.clone()));
+        }
+        let http = weir_http::serve(listeners, broker.clone(), http_config, shutdown.clone());
         shutdown.spawn(async move {
             if let Err(e) = http.await {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         });
+    }
+    if let Some(tls) = tls.clone() {
+        shutdown.spawn(reload_tls(tls, shutdown.begun()));
     }
     {
         let broker = broker.clone();
@@ -169,6 +206,55 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
         ),
         Err(e) => {
             Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// Binds a door's TLS listener and says so (`weir listening <door>_tls=ADDR` on stdout).
+async fn bind_tls(at: &str, door: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(at)
+        .await
+        .with_context(|| format!("binding the {door} TLS listener to {at}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(door, tls = %addr, "serving over TLS");
+    println!("weir listening {door}_tls={addr}");
+    Ok(listener)
+}
+
+/// Reads the TLS files again on SIGHUP, and when one of them changed (looked at every 10 s),
+/// until the shutdown begins. A failed reload keeps the certificate in force and says why.
+async fn reload_tls(
+    tls: std::sync::Arc<weir_net::Tls>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: TLS files are reloaded when they change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tokio::pin!(stop);
+    loop {
+        let why = tokio::select! {
+            _ = &mut stop => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                if !tls.changed() {
+                    continue;
+                }
+                "a file changed"
+            }
+        };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(why, cert = %tls.files().cert.display(), "TLS certificate reloaded")
+            }
+            Err(e) => {
+                tracing::error!(why, error = %e, "TLS reload failed; the certificate in force stays")
+            }
         }
     }
 }

@@ -18,4 +18,5 @@ mod pipelines;
 mod push_policies;
 mod server;
 mod shutdown;
+mod tls;
 mod traces;

@@ -22,11 +22,18 @@ pub struct Server {
     pub kafka: String,
     /// HTTP address (host:port).
     pub http: String,
+    /// TLS listeners' addresses by door (`native`, `kafka`, `http`), for those started.
+    pub tls: std::collections::BTreeMap<String, String>,
 }
 
 impl Server {
     /// Starts `weir serve` with its data in `dir` and extra `WEIR_*` settings.
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with_tls(dir, env, &[])
+    }
+
+    /// As [`Server::start`], and waits for the TLS listeners of `tls_doors` too.
+    pub fn start_with_tls(dir: &Path, env: &[(&str, &str)], tls_doors: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.arg("serve")
             .env("WEIR_DATA_DIR", dir)
@@ -53,7 +60,12 @@ impl Server {
         let mut addr = String::new();
         let mut kafka = String::new();
         let mut http = String::new();
-        while addr.is_empty() || kafka.is_empty() || http.is_empty() {
+        let mut tls = std::collections::BTreeMap::new();
+        while addr.is_empty()
+            || kafka.is_empty()
+            || http.is_empty()
+            || tls_doors.iter().any(|d| !tls.contains_key(*d))
+        {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("weir printed its listening lines");
@@ -63,6 +75,11 @@ impl Server {
                 kafka = a.to_string();
             } else if let Some(a) = line.strip_prefix("weir listening http=") {
                 http = a.to_string();
+            } else if let Some((door, a)) = line
+                .strip_prefix("weir listening ")
+                .and_then(|l| l.split_once("_tls="))
+            {
+                tls.insert(door.to_string(), a.to_string());
             }
         }
         Server {
@@ -70,6 +87,7 @@ impl Server {
             addr,
             kafka,
             http,
+            tls,
         }
     }
 
