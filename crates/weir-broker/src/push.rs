@@ -84,7 +84,9 @@ impl PushCursor {
 
     /// Where live records start: the position, or a snapshot's end while one is delivered.
     pub fn live_from(&self) -> u64 {
-        self.snapshot.as_ref().map_or(self.next, |(plan, _)| plan.end())
+        self.snapshot
+            .as_ref()
+            .map_or(self.next, |(plan, _)| plan.end())
     }
 
     /// Adds credit.

@@ -956,7 +956,9 @@ pub enum PushEvent {
     /// A snapshot subscription's snapshot is complete ([`Client::subscribe_snapshot`]): the
     /// records before held every key's latest value below `live_from`; the records after are
     /// live, from `live_from` on.
-    SnapshotEnd { live_from: u64 },
+    SnapshotEnd {
+        live_from: u64,
+    },
 }
 
 /// A push subscription to one partition, under an [`OverflowPolicy`].
