@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -52,7 +52,9 @@ pub(crate) struct Connection {
     /// Frames handed to the writer task and not yet fully written. While it is zero a caller
     /// may write its frame itself, without a task hop, if the socket takes it whole at once.
     queued: Mutex<usize>,
-    write: Arc<OwnedWriteHalf>,
+    /// The socket's write half, for writes without the writer task; `None` over TLS (every
+    /// frame goes through the task there).
+    write: Option<Arc<OwnedWriteHalf>>,
     shared: Mutex<Shared>,
     next_id: AtomicU32,
     closed: AtomicBool,
@@ -73,21 +75,61 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(addr: &str) -> Result<Arc<Connection>> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr: addr.to_string(),
-                source: e,
-            })?;
+    pub(crate) async fn open(
+        addr: &str,
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Result<Arc<Connection>> {
+        let connect_err = |e| ClientError::Connect {
+            addr: addr.to_string(),
+            source: e,
+        };
+        let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
         stream.set_nodelay(true).map_err(ClientError::Io)?;
-        let (read, write) = stream.into_split();
+        let Some(tls) = tls else {
+            let (read, write) = stream.into_split();
+            let write = Arc::new(write);
+            return Ok(Self::start_tasks(
+                read,
+                Some(write.clone()),
+                move |rx, weak| write_loop(write, rx, weak),
+            ));
+        };
+        // The name checked against the server's certificate: the address's host part (an
+        // IP address or a DNS name).
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+            ClientError::Invalid(format!(
+                "{host:?} cannot be checked against a certificate: {e}"
+            ))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(tls.0.clone())
+            .connect(name, stream)
+            .await
+            .map_err(connect_err)?;
+        let (read, write) = tokio::io::split(tls);
+        Ok(Self::start_tasks(read, None, move |rx, weak| {
+            stream_write_loop(write, rx, weak)
+        }))
+    }
+
+    /// The connection, its reader task on `read` and its writer task (`writer`).
+    fn start_tasks<W>(
+        read: impl AsyncRead + Unpin + Send + 'static,
+        write: Option<Arc<OwnedWriteHalf>>,
+        writer: impl FnOnce(mpsc::UnboundedReceiver<Outgoing>, std::sync::Weak<Connection>) -> W,
+    ) -> Arc<Connection>
+    where
+        W: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
         let (out, out_rx) = mpsc::unbounded_channel();
-        let write = Arc::new(write);
         let conn = Arc::new(Connection {
             out,
             queued: Mutex::new(0),
-            write: write.clone(),
+            write,
             shared: Mutex::new(Shared::default()),
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
@@ -103,15 +145,16 @@ impl Connection {
             }
         });
         let weak = Arc::downgrade(&conn);
+        let writing = writer(out_rx, weak.clone());
         let writer = tokio::spawn(async move {
-            if let Err(e) = write_loop(write, out_rx, weak.clone()).await {
+            if let Err(e) = writing.await {
                 if let Some(conn) = weak.upgrade() {
                     conn.fail_all(e);
                 }
             }
         });
         conn.tasks.lock().extend([reader, writer]);
-        Ok(conn)
+        conn
     }
 
     /// Marks the connection closed and fails every request waiting on it.
@@ -159,10 +202,10 @@ impl Connection {
         parts.push(head.freeze());
         parts.extend(records.iter().cloned());
         let mut queued = self.queued.lock();
-        if *queued == 0 {
+        if let Some(write) = self.write.as_ref().filter(|_| *queued == 0) {
             let slices: Vec<std::io::IoSlice<'_>> =
                 parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
-            match self.write.try_write_vectored(&slices) {
+            match write.try_write_vectored(&slices) {
                 Ok(n) => {
                     advance(&mut parts, n);
                     if parts.is_empty() {
@@ -322,8 +365,29 @@ async fn write_loop(
     Ok(())
 }
 
+/// The writer task over TLS (or any stream): frames in order, flushed when the queue is empty.
+async fn stream_write_loop(
+    mut write: impl AsyncWrite + Unpin,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    conn: std::sync::Weak<Connection>,
+) -> Result<()> {
+    while let Some(o) = rx.recv().await {
+        for part in &o.parts {
+            write.write_all(part).await.map_err(ClientError::Io)?;
+        }
+        if rx.is_empty() {
+            write.flush().await.map_err(ClientError::Io)?;
+        }
+        match conn.upgrade() {
+            Some(c) => *c.queued.lock() -= 1,
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 async fn read_loop(
-    mut read: tokio::net::tcp::OwnedReadHalf,
+    mut read: impl AsyncRead + Unpin,
     conn: std::sync::Weak<Connection>,
 ) -> ClientError {
     let mut buf = BytesMut::with_capacity(8 * 1024);

@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod error;
 mod inbox;
 pub mod producer;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub use consumer::{
 };
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig};
+pub use tls::{ClientTls, TlsOptions};
 pub use weir_wire::messages;
 
 /// Where to start reading.
@@ -89,6 +91,7 @@ pub struct Client {
 struct Link {
     addr: String,
     client_id: Arc<str>,
+    tls: Option<ClientTls>,
     current: parking_lot::Mutex<(Arc<connection::Connection>, Pinger)>,
     /// Held while dialing again, so that one caller does; holds when the last dial failed,
     /// and why, so that callers who waited for that dial get its error instead of dialing in
@@ -124,10 +127,13 @@ impl Link {
                 source: std::io::Error::other(why.clone()),
             });
         }
-        let dialed = tokio::time::timeout(timeout, dial(&self.addr, &self.client_id))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))
-            .and_then(|r| r);
+        let dialed = tokio::time::timeout(
+            timeout,
+            dial(&self.addr, &self.client_id, self.tls.as_ref()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))
+        .and_then(|r| r);
         let (conn, pinger) = match dialed {
             Ok(dialed) => dialed,
             Err(e) => {
@@ -160,8 +166,12 @@ impl Drop for Pinger {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens a connection to `addr`, agrees on protocol versions, and starts its pings.
-async fn dial(addr: &str, client_id: &str) -> Result<(Arc<connection::Connection>, Pinger)> {
-    let conn = connection::Connection::open(addr).await?;
+async fn dial(
+    addr: &str,
+    client_id: &str,
+    tls: Option<&ClientTls>,
+) -> Result<(Arc<connection::Connection>, Pinger)> {
+    let conn = connection::Connection::open(addr, tls).await?;
     let hello = msg::HelloRequest {
         client_id: client_id.to_string(),
         apis: Api::supported(),
@@ -195,13 +205,29 @@ async fn dial(addr: &str, client_id: &str) -> Result<(Arc<connection::Connection
 impl Client {
     /// Connects to `addr` (`host:port`) and agrees on protocol versions.
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client> {
+        Self::connect_with(addr, client_id, None).await
+    }
+
+    /// Connects over TLS (to the server's `native.tls_listen`), checking the server's
+    /// certificate against `addr`'s host (a DNS name or an IP address).
+    pub async fn connect_tls(addr: &str, client_id: &str, tls: ClientTls) -> Result<Client> {
+        Self::connect_with(addr, client_id, Some(tls)).await
+    }
+
+    /// [`Client::connect`], or [`Client::connect_tls`] when `tls` is given.
+    pub async fn connect_with(
+        addr: &str,
+        client_id: &str,
+        tls: Option<ClientTls>,
+    ) -> Result<Client> {
         let client_id: Arc<str> = Arc::from(client_id);
-        let current = dial(addr, &client_id).await?;
+        let current = dial(addr, &client_id, tls.as_ref()).await?;
         let max_request = std::sync::atomic::AtomicUsize::new(current.0.server_max_frame());
         Ok(Client {
             link: Arc::new(Link {
                 addr: addr.to_string(),
                 client_id: client_id.clone(),
+                tls,
                 current: parking_lot::Mutex::new(current),
                 redial: tokio::sync::Mutex::new(None),
                 max_request,

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use weir_client::Client;
 use weir_client::messages as msg;
 
 use crate::Conn;
@@ -165,7 +164,7 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
             max_compaction_lag_ms,
             min_cleanable_dirty_ratio,
         } => {
-            let client = Client::connect(&conn.addr, "weir-cli").await?;
+            let client = conn.connect("weir-cli").await?;
             let (dur, interval) = match d.as_deref() {
                 Some(s) => durability(s)?,
                 None => (msg::Durability::Default, 0),
@@ -198,7 +197,7 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
             println!("created topic {name} {}", config_json(&applied));
         }
         TopicCmd::List { conn, json } => {
-            let client = Client::connect(&conn.addr, "weir-cli").await?;
+            let client = conn.connect("weir-cli").await?;
             let topics = client.metadata(&[]).await?;
             if json {
                 println!(
@@ -221,7 +220,7 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
             }
         }
         TopicCmd::Describe { name, conn, json } => {
-            let client = Client::connect(&conn.addr, "weir-cli").await?;
+            let client = conn.connect("weir-cli").await?;
             let topics = client.metadata(&[&name]).await?;
             for t in &topics {
                 if json {
@@ -243,7 +242,7 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
             }
         }
         TopicCmd::Delete { name, conn } => {
-            let client = Client::connect(&conn.addr, "weir-cli").await?;
+            let client = conn.connect("weir-cli").await?;
             client.delete_topic(&name).await?;
             println!("deleted topic {name}");
         }
@@ -254,13 +253,13 @@ pub async fn topic(cmd: TopicCmd) -> Result<()> {
 pub async fn group(cmd: GroupCmd) -> Result<()> {
     match cmd {
         GroupCmd::List { conn } => {
-            let client = Client::connect(&conn.addr, "weir-cli").await?;
+            let client = conn.connect("weir-cli").await?;
             for g in client.list_groups().await? {
                 println!("{g}");
             }
         }
         GroupCmd::Describe { group, conn, json } => {
-            let client = Client::connect(&conn.addr, "weir-cli").await?;
+            let client = conn.connect("weir-cli").await?;
             let d = client.describe_group(&group).await?;
             if json {
                 let v = serde_json::json!({

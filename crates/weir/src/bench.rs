@@ -391,7 +391,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             producer,
         } => {
             check_output(&opts.output)?;
-            let admin = Client::connect(&conn.addr, "weir-bench").await?;
+            let admin = conn.connect("weir-bench").await?;
             let partitions = ensure_topic(&admin, &opts.topic, opts.partitions).await?;
             if records {
                 return produce_records(admin, &opts).await;
@@ -406,7 +406,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let start = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..producers {
-                let client = Client::connect(&conn.addr, "weir-bench").await?;
+                let client = conn.connect("weir-bench").await?;
                 for _ in 0..in_flight.max(1) {
                     let (client, issued, template, bar, topic) = (
                         client.clone(),
@@ -452,7 +452,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             snapshot,
         } => {
             check_output(&opts.output)?;
-            let client = Client::connect(&conn.addr, "weir-bench").await?;
+            let client = conn.connect("weir-bench").await?;
             if snapshot {
                 return snapshot_bench(&client, &opts, partition, max_bytes).await;
             }
@@ -529,9 +529,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         }
         BenchCmd::E2e { conn, opts } => {
             check_output(&opts.output)?;
-            let client = Client::connect(&conn.addr, "weir-bench").await?;
+            let client = conn.connect("weir-bench").await?;
             ensure_topic(&client, &opts.topic, opts.partitions).await?;
-            let consumer = Client::connect(&conn.addr, "weir-bench").await?;
+            let consumer = conn.connect("weir-bench").await?;
             let mut sub = consumer
                 .subscribe(&opts.topic, 0, Start::Latest, 10_000, 64 << 20)
                 .await?;
@@ -585,7 +585,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let mut clients = Vec::with_capacity(count);
             let start = Instant::now();
             for _ in 0..count {
-                clients.push(Client::connect(&conn.addr, "weir-bench").await?);
+                clients.push(conn.connect("weir-bench").await?);
                 bar.inc(1);
             }
             bar.finish_and_clear();

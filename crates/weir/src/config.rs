@@ -17,10 +17,14 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use weir_broker::topic::{DurabilitySetting, TopicConfig};
 
-/// Variables with the WEIR_ prefix that are not server settings: the client's address, and
+/// Variables with the WEIR_ prefix that are not server settings: the client's address and TLS, and
 /// the Python interpreter `scripts/test` hands the integration tests.
 const CLIENT_VARS: &[&str] = &[
     "WEIR_ADDR",
+    "WEIR_TLS",
+    "WEIR_TLS_CA",
+    "WEIR_TLS_CERT",
+    "WEIR_TLS_KEY",
     "WEIR_CONFIG",
     "WEIR_TEST_PYTHON",
     "WEIR_TEST_NODE",

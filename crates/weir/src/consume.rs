@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use weir_client::consumer::GroupOptions;
-use weir_client::{Client, FetchLimit, GroupConsumer, PartitionConsumer, ReceivedRecord, Start};
+use weir_client::{FetchLimit, GroupConsumer, PartitionConsumer, ReceivedRecord, Start};
 
 use crate::Conn;
 
@@ -179,7 +179,7 @@ pub async fn run(args: Args) -> Result<()> {
         other => bail!("--output must be text or json, not {other:?}"),
     };
     let start = start(&args.from)?;
-    let client = Client::connect(&args.conn.addr, "weir-cli").await?;
+    let client = args.conn.connect("weir-cli").await?;
     let meta = client.metadata(&[&args.topic]).await?;
     let Some(topic) = meta.first() else {
         bail!("topic {:?} does not exist", args.topic)

@@ -49,6 +49,45 @@ pub struct Conn {
         global = true
     )]
     pub addr: String,
+    /// Connect over TLS (to the server's `native.tls_listen`), trusting the system's CAs or
+    /// --tls-ca.
+    #[arg(long, env = "WEIR_TLS", global = true)]
+    pub tls: bool,
+    /// PEM CA certificate(s) the server's certificate must chain to; implies --tls.
+    #[arg(long = "tls-ca", env = "WEIR_TLS_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (mutual TLS); with --tls-key.
+    #[arg(
+        long = "tls-cert",
+        env = "WEIR_TLS_CERT",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(
+        long = "tls-key",
+        env = "WEIR_TLS_KEY",
+        global = true,
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Conn {
+    /// A client connected as these options say.
+    pub async fn connect(&self, client_id: &str) -> Result<weir_client::Client> {
+        let tls = if self.tls || self.ca.is_some() || self.tls_cert.is_some() {
+            let opts = weir_client::TlsOptions {
+                ca: self.ca.clone(),
+                client_cert: self.tls_cert.clone().zip(self.tls_key.clone()),
+            };
+            Some(opts.load()?)
+        } else {
+            None
+        };
+        Ok(weir_client::Client::connect_with(&self.addr, client_id, tls).await?)
+    }
 }
 
 #[derive(Subcommand)]

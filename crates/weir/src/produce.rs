@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use weir_client::producer::Record;
-use weir_client::{Client, Producer, ProducerConfig};
+use weir_client::{Producer, ProducerConfig};
 
 use crate::Conn;
 
@@ -85,7 +85,7 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some((_, tp)) = &trace {
         headers.push(("traceparent".to_string(), Some(Bytes::from(tp.clone()))));
     }
-    let client = Client::connect(&args.conn.addr, "weir-cli").await?;
+    let client = args.conn.connect("weir-cli").await?;
     let producer = Producer::new(
         client,
         ProducerConfig {

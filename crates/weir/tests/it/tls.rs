@@ -181,6 +181,29 @@ fn every_door_speaks_tls_to_real_clients_beside_its_plain_listener() {
     rt.block_on(native_round_trip(&server.tls["native"], &tls))
         .expect("a frame over TLS");
 
+    // The `weir` CLI (weir-client) over TLS: produce, then read everything back.
+    let native_tls = server.tls["native"].clone();
+    let (ok, _, err) = common::cli(
+        &native_tls,
+        &["produce", "secure", "--key-separator", ":", "--tls-ca", &ca],
+        "n:over native tls\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = common::cli(
+        &native_tls,
+        &["consume", "secure", "--from", "beginning", "--tls-ca", &ca],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("over native tls") && out.contains("over wss"),
+        "{out}"
+    );
+    // Without trusting the CA, the CLI refuses the server's certificate.
+    let (ok, _, err) = common::cli(&native_tls, &["topic", "list", "--tls"], "");
+    assert!(!ok, "a certificate no trusted CA signed was accepted");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
     // The plain listeners still serve plain clients.
     let (ok, out, err) = {
         let mut cmd = Command::new("kcat");
@@ -229,6 +252,30 @@ fn mutual_tls_refuses_clients_without_a_certificate_and_a_new_certificate_loads_
     let with_cert = connector(&pki_a.ca, Some((&pki_a.client_cert, &pki_a.client_key)));
     rt.block_on(native_round_trip(&native, &with_cert))
         .expect("a client with a certificate the CA signed");
+    // The CLI with --cert/--key.
+    let ca = pki_a.ca.display().to_string();
+    let (cert, key) = (
+        pki_a.client_cert.display().to_string(),
+        pki_a.client_key.display().to_string(),
+    );
+    let (ok, _, err) = common::cli(
+        &native,
+        &[
+            "topic",
+            "create",
+            "m",
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = common::cli(&native, &["topic", "create", "n", "--tls-ca", &ca], "");
+    assert!(!ok, "the CLI without a client certificate was served");
     let without = connector(&pki_a.ca, None);
     assert!(
         rt.block_on(native_round_trip(&native, &without)).is_err(),
