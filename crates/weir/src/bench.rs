@@ -583,9 +583,10 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let before = server_pid.and_then(rss);
             let bar = progress(count as u64, &output);
             let mut clients = Vec::with_capacity(count);
+            let tls = conn.client_tls()?;
             let start = Instant::now();
             for _ in 0..count {
-                clients.push(conn.connect("weir-bench").await?);
+                clients.push(Client::connect_with(&conn.addr, "weir-bench", tls.clone()).await?);
                 bar.inc(1);
             }
             bar.finish_and_clear();

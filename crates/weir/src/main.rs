@@ -77,16 +77,20 @@ pub struct Conn {
 impl Conn {
     /// A client connected as these options say.
     pub async fn connect(&self, client_id: &str) -> Result<weir_client::Client> {
-        let tls = if self.tls || self.ca.is_some() || self.tls_cert.is_some() {
-            let opts = weir_client::TlsOptions {
-                ca: self.ca.clone(),
-                client_cert: self.tls_cert.clone().zip(self.tls_key.clone()),
-            };
-            Some(opts.load()?)
-        } else {
-            None
-        };
+        let tls = self.client_tls()?;
         Ok(weir_client::Client::connect_with(&self.addr, client_id, tls).await?)
+    }
+
+    /// The TLS these options ask for (files read and checked), or `None` for plain TCP.
+    pub fn client_tls(&self) -> Result<Option<weir_client::ClientTls>> {
+        if !(self.tls || self.ca.is_some() || self.tls_cert.is_some()) {
+            return Ok(None);
+        }
+        let opts = weir_client::TlsOptions {
+            ca: self.ca.clone(),
+            client_cert: self.tls_cert.clone().zip(self.tls_key.clone()),
+        };
+        Ok(Some(opts.load()?))
     }
 }
 
