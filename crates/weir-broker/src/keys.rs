@@ -3,7 +3,7 @@
 //! Each partition of a compacted topic gets, on its first lookup, an index from a 128-bit hash of
 //! each key (xxh3, the hash the compactor's key map uses) to the offset of the key's latest
 //! record, built by reading the partition once and then kept up to date by reading, at each
-//! lookup, what was appended since. About 25 bytes a key in the hash table, capped at
+//! lookup, what was appended since. 25 bytes a key in the hash table (plus its spare room), capped at
 //! `BrokerConfig::key_index_max_keys` a partition. A lookup reads the batch at the indexed
 //! offset and checks the key itself, so a record compaction removed is never answered wrongly:
 //! it falls back to reading the partition.
@@ -32,7 +32,9 @@ pub struct KeyLookup {
 /// One partition's index.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
-    latest: HashMap<u128, u64, foldhash::fast::FixedState>,
+    /// Keyed by the 128-bit hash as two words: a `u128` is 16-byte aligned, which pads each
+    /// entry to 32 bytes where two `u64`s and the offset take 24.
+    latest: HashMap<(u64, u64), u64, foldhash::fast::FixedState>,
     /// Offsets below this are indexed.
     next: u64,
 }
@@ -40,8 +42,9 @@ pub(crate) struct KeyIndex {
 /// Bytes read from the log at a time while indexing.
 const READ_BYTES: usize = 1 << 20;
 
-fn hash(key: &[u8]) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(key)
+fn hash(key: &[u8]) -> (u64, u64) {
+    let h = xxhash_rust::xxh3::xxh3_128(key);
+    (h as u64, (h >> 64) as u64)
 }
 
 /// Calls `f` with every record of `[from, to)` and each batch's bytes; returns the offset
