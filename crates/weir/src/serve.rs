@@ -58,6 +58,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         .await
         .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
     let addr = listener.local_addr()?;
+    // Whether any listener can be reached from beyond this machine (there is no
+    // authentication yet: docs/security.md).
+    let mut reachable = exposed("native", addr);
+    let mtls = config.tls.client_ca.is_some();
     tracing::info!(native = %addr, data_dir = %config.data_dir.display(), "weir is serving");
     // A line scripts and tests can wait for, on stdout whatever the log format.
     println!("weir listening native={addr}");
@@ -73,7 +77,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         None,
     ));
     if let Some(at) = &config.native.tls_listen {
-        let listener = bind_tls(at, "native").await?;
+        let listener = bind_tls(at, "native", mtls, &mut reachable).await?;
         shutdown.spawn(weir_server::serve(
             listener,
             broker.clone(),
@@ -90,12 +94,13 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let mut kafka_listeners = Vec::new();
         for (at, tls) in listeners {
             let listener = if tls.is_some() {
-                bind_tls(&at, "kafka").await?
+                bind_tls(&at, "kafka", mtls, &mut reachable).await?
             } else {
                 let l = TcpListener::bind(&at)
                     .await
                     .with_context(|| format!("binding the Kafka listener to {at}"))?;
                 let addr = l.local_addr()?;
+                reachable |= exposed("kafka", addr);
                 tracing::info!(kafka = %addr, "serving the Kafka protocol");
                 println!("weir listening kafka={addr}");
                 l
@@ -127,6 +132,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             .await
             .with_context(|| format!("binding the HTTP listener to {}", config.http.listen))?;
         let addr = listener.local_addr()?;
+        reachable |= exposed("http", addr);
         tracing::info!(http = %addr, "serving HTTP and WebSocket");
         println!("weir listening http={addr}");
         let mut http_config = config.http_config();
@@ -137,7 +143,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         })));
         let mut listeners = vec![(listener, None)];
         if let Some(at) = &config.http.tls_listen {
-            listeners.push((bind_tls(at, "http").await?, tls.clone()));
+            listeners.push((
+                bind_tls(at, "http", mtls, &mut reachable).await?,
+                tls.clone(),
+            ));
         }
         let http = weir_http::serve(listeners, broker.clone(), http_config, shutdown.clone());
         shutdown.spawn(async move {
@@ -148,6 +157,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     }
     if let Some(tls) = tls.clone() {
         shutdown.spawn(reload_tls(tls, shutdown.begun()));
+    }
+    if !reachable {
+        tracing::info!(
+            "every listener is on loopback, with no authentication: open to this machine only \
+             (docs/security.md)"
+        );
     }
     {
         let broker = broker.clone();
@@ -210,12 +225,38 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Warns, loudly, when a listener can be reached from other machines: weir has no
+/// authentication yet, so anyone who reaches it can read, write and delete every topic. True
+/// for such a listener.
+fn exposed(door: &'static str, addr: std::net::SocketAddr) -> bool {
+    if addr.ip().is_loopback() {
+        return false;
+    }
+    tracing::warn!(
+        door,
+        %addr,
+        "LISTENING BEYOND LOOPBACK WITHOUT AUTHENTICATION: anyone who can reach {addr} can read, \
+         write and delete every topic. weir has no authentication yet (docs/security.md); \
+         firewall the port, or use mutual TLS (tls.client_ca) on a tls_listen address"
+    );
+    true
+}
+
 /// Binds a door's TLS listener and says so (`weir listening <door>_tls=ADDR` on stdout).
-async fn bind_tls(at: &str, door: &str) -> Result<TcpListener> {
+/// A listener requiring client certificates (`mtls`) is not open to anyone: no warning.
+async fn bind_tls(
+    at: &str,
+    door: &'static str,
+    mtls: bool,
+    reachable: &mut bool,
+) -> Result<TcpListener> {
     let listener = TcpListener::bind(at)
         .await
         .with_context(|| format!("binding the {door} TLS listener to {at}"))?;
     let addr = listener.local_addr()?;
+    if !mtls {
+        *reachable |= exposed(door, addr);
+    }
     tracing::info!(door, tls = %addr, "serving over TLS");
     println!("weir listening {door}_tls={addr}");
     Ok(listener)

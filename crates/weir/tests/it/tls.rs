@@ -347,3 +347,53 @@ fn tls_settings_that_cannot_work_refuse_to_start_with_the_reason() {
     ]);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 }
+
+/// What the server says at start about who can reach it: a listener beyond loopback (and not
+/// requiring client certificates) gets a loud warning, an all-loopback server a quiet note.
+#[test]
+fn the_startup_log_says_who_can_reach_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let startup_log = |native: &str| -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("serve")
+            .env("WEIR_DATA_DIR", dir.path().join("data"))
+            .env("WEIR_NATIVE__LISTEN", native)
+            .env("WEIR_KAFKA__LISTEN", "127.0.0.1:0")
+            .env("WEIR_HTTP__LISTEN", "127.0.0.1:0")
+            .env("WEIR_LOG__LEVEL", "info")
+            .env("WEIR_LOG__FORMAT", "human")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("http=") {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
+        }
+        // Past the last listener: the startup lines are written.
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        child.wait().unwrap();
+        err
+    };
+    let open = startup_log("0.0.0.0:0");
+    assert!(
+        open.contains("WITHOUT AUTHENTICATION") && open.contains("docs/security.md"),
+        "{open}"
+    );
+    let local = startup_log("127.0.0.1:0");
+    assert!(!local.contains("WITHOUT AUTHENTICATION"), "{local}");
+    assert!(local.contains("open to this machine only"), "{local}");
+}
