@@ -580,19 +580,14 @@ impl Client {
     /// Subscribes to a snapshot of one partition of a compacted topic, then its live records:
     /// first the latest record of every key (tombstoned keys left out, in offset order), then
     /// [`PushEvent::SnapshotEnd`], then every record from where the snapshot ended, with no
-    /// gap and no duplicate. Credit-based, with the window given.
+    /// gap and no duplicate. Credit-based: the server refuses the queue policies, which could
+    /// drop part of the snapshot.
     pub async fn subscribe_snapshot(
         &self,
         topic: &str,
         partition: u32,
-        window_records: u64,
-        window_bytes: u64,
+        opts: SubscribeOptions,
     ) -> Result<Subscription> {
-        let opts = SubscribeOptions {
-            window_records,
-            window_bytes,
-            ..SubscribeOptions::default()
-        };
         Subscription::open(self.clone(), topic, partition, None, opts).await
     }
 

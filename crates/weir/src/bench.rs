@@ -180,7 +180,15 @@ async fn snapshot_bench(
 ) -> Result<()> {
     let start = Instant::now();
     let mut sub = client
-        .subscribe_snapshot(&opts.topic, partition, u64::MAX / 2, u64::from(max_bytes))
+        .subscribe_snapshot(
+            &opts.topic,
+            partition,
+            weir_client::SubscribeOptions {
+                window_records: u64::MAX / 2,
+                window_bytes: u64::from(max_bytes),
+                ..Default::default()
+            },
+        )
         .await?;
     let mut keys = std::collections::HashSet::new();
     let mut latency = Histogram::<u64>::new(3)?;

@@ -372,7 +372,7 @@ fn round_batch(
 
 #[test]
 fn a_native_snapshot_subscription_gets_each_keys_latest_value_then_every_live_record() {
-    use weir_client::{Client, PushEvent};
+    use weir_client::{Client, OverflowPolicy, PushEvent, SubscribeOptions};
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("WEIR_TOPICS__COMPACTION_CHECK_MS", "100")]);
     let (status, v) = http_post(
@@ -417,7 +417,15 @@ fn a_native_snapshot_subscription_gets_each_keys_latest_value_then_every_live_re
             }
         });
         // A small window: the snapshot comes in many credit steps.
-        let mut sub = c.subscribe_snapshot("states", 0, 7, 4096).await.unwrap();
+        let window = |records, bytes| SubscribeOptions {
+            window_records: records,
+            window_bytes: bytes,
+            ..Default::default()
+        };
+        let mut sub = c
+            .subscribe_snapshot("states", 0, window(7, 4096))
+            .await
+            .unwrap();
         let mut snapshot = Vec::new();
         let live_from = loop {
             match sub.next_event().await.unwrap().unwrap() {
@@ -458,10 +466,19 @@ fn a_native_snapshot_subscription_gets_each_keys_latest_value_then_every_live_re
         let (status, v) = http_post(&server, "/topics", r#"{"name":"plain"}"#);
         assert_eq!(status, 201, "{v}");
         let e = c
-            .subscribe_snapshot("plain", 0, 10, 1 << 20)
+            .subscribe_snapshot("plain", 0, window(10, 1 << 20))
             .await
             .unwrap_err();
         assert!(e.to_string().contains("not compacted"), "{e}");
+        // A queue policy could drop part of the snapshot: refused, saying why.
+        for policy in [OverflowPolicy::DropOldest, OverflowPolicy::Disconnect] {
+            let opts = SubscribeOptions {
+                policy,
+                ..Default::default()
+            };
+            let e = c.subscribe_snapshot("states", 0, opts).await.unwrap_err();
+            assert!(e.to_string().contains("CREDIT"), "{policy:?}: {e}");
+        }
     });
     server.stop();
 }
