@@ -104,18 +104,23 @@ fn connector(ca: &Path, client: Option<(&Path, &Path)>) -> tokio_rustls::TlsConn
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// Opens a TLS connection to the native door at `addr` and sends a Hello-less ping (API 0 is
-/// answered by any weir: an error frame naming the missing hello, or a pong): true if a whole
-/// frame came back over TLS.
-async fn native_round_trip(addr: &str, tls: &tokio_rustls::TlsConnector) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to the native door at `addr`.
+async fn open_tls(addr: &str, tls: &tokio_rustls::TlsConnector) -> std::io::Result<Tls> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut s = tls.connect(name, tcp).await?;
-    // A frame: 4-byte length, then the header (api key 0, version 0, correlation id 7,
+    tls.connect(name, tcp).await
+}
+
+/// Sends one frame with an unknown API key on `s` (any weir answers it with an error frame)
+/// and reads the whole answer.
+async fn frame_round_trip(s: &mut Tls) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A frame: 4-byte length, then the header (API key 999, version 0, correlation id 7,
     // flags 0) and an empty message.
     let mut frame = Vec::new();
-    let header = [0u8, 0, 0, 0, 0, 0, 0, 7, 0, 0];
+    let header = [0x03u8, 0xe7, 0, 0, 0, 0, 0, 7, 0, 0];
     frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
     frame.extend_from_slice(&header);
     s.write_all(&frame).await?;
@@ -126,6 +131,12 @@ async fn native_round_trip(addr: &str, tls: &tokio_rustls::TlsConnector) -> std:
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await?;
     Ok(())
+}
+
+/// A new TLS connection to the native door and one frame each way on it.
+async fn native_round_trip(addr: &str, tls: &tokio_rustls::TlsConnector) -> std::io::Result<()> {
+    let mut s = open_tls(addr, tls).await?;
+    frame_round_trip(&mut s).await
 }
 
 #[test]
@@ -287,7 +298,10 @@ fn mutual_tls_refuses_clients_without_a_certificate_and_a_new_certificate_loads_
     assert!(rt.block_on(native_round_trip(&native, &other)).is_err());
 
     // The server's certificate replaced on disk by one from CA b; SIGHUP loads it. New
-    // connections get it (a client trusting only b succeeds; one trusting only a fails).
+    // connections get it (a client trusting only b succeeds; one trusting only a fails), and
+    // a connection opened before goes on.
+    let mut before = rt.block_on(open_tls(&native, &with_cert)).unwrap();
+    rt.block_on(frame_round_trip(&mut before)).unwrap();
     std::fs::copy(&pki_b.cert, &pki_a.cert).unwrap();
     std::fs::copy(&pki_b.key, &pki_a.key).unwrap();
     let status = Command::new("kill")
@@ -305,6 +319,8 @@ fn mutual_tls_refuses_clients_without_a_certificate_and_a_new_certificate_loads_
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(rt.block_on(native_round_trip(&native, &with_cert)).is_err());
+    rt.block_on(frame_round_trip(&mut before))
+        .expect("a connection opened before the reload is still served");
     server.stop();
 }
 
