@@ -221,7 +221,11 @@ impl Client {
         tls: Option<ClientTls>,
     ) -> Result<Client> {
         let client_id: Arc<str> = Arc::from(client_id);
-        let current = dial(addr, &client_id, tls.as_ref()).await?;
+        // Bounded like a redial: a server that accepts and never answers (or never finishes
+        // a TLS handshake) must not hold the caller for good.
+        let current = tokio::time::timeout(DEFAULT_TIMEOUT, dial(addr, &client_id, tls.as_ref()))
+            .await
+            .map_err(|_| ClientError::Timeout(DEFAULT_TIMEOUT))??;
         let max_request = std::sync::atomic::AtomicUsize::new(current.0.server_max_frame());
         Ok(Client {
             link: Arc::new(Link {

@@ -154,10 +154,22 @@ async fn answer(
     throttle: Duration,
     muted_until: &mut Option<tokio::time::Instant>,
 ) -> std::io::Result<()> {
+    // Flushed: over TLS a write may leave encrypted bytes in rustls's buffer (the socket was
+    // full), which only a flush sends; over plain TCP the flush is free.
     let written = match reply {
-        Reply::Response(r) => tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&r)).await,
+        Reply::Response(r) => {
+            tokio::time::timeout(WRITE_TIMEOUT, async {
+                writer.write_all(&r).await?;
+                writer.flush().await
+            })
+            .await
+        }
         Reply::Parts(pieces) => {
-            tokio::time::timeout(WRITE_TIMEOUT, write_pieces(writer, pieces)).await
+            tokio::time::timeout(WRITE_TIMEOUT, async {
+                write_pieces(writer, pieces).await?;
+                writer.flush().await
+            })
+            .await
         }
         Reply::Silent => Ok(Ok(())),
         Reply::Close => return Err(std::io::Error::other("request not understood")),

@@ -451,7 +451,9 @@ impl Connection {
                 }
             }
         }
-        let _ = self.stream.shutdown().await;
+        // Bounded: over TLS a shutdown sends close_notify and waits for everything buffered to
+        // go out, which a peer that stopped reading (often why the loop ended) never allows.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
 
     /// Writes a frame; a peer that does not read for the idle timeout is given up on.
@@ -466,7 +468,15 @@ impl Connection {
         }
     }
 
+    /// Writes a frame and flushes it: over TLS a write may leave encrypted bytes in rustls's
+    /// buffer (the socket was full), which only a flush sends; over plain TCP the flush is
+    /// free.
     async fn write_frame(&mut self, out: OutFrame) -> std::io::Result<()> {
+        self.write_unflushed(out).await?;
+        self.stream.flush().await
+    }
+
+    async fn write_unflushed(&mut self, out: OutFrame) -> std::io::Result<()> {
         self.last_write = Instant::now();
         if out.records.is_empty() {
             return self.stream.write_all(&out.head).await;

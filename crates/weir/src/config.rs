@@ -593,6 +593,16 @@ impl Config {
                 })?;
             }
         }
+        for (door, enabled, addr) in [
+            ("kafka", self.kafka.enabled, &self.kafka.tls_listen),
+            ("http", self.http.enabled, &self.http.tls_listen),
+        ] {
+            if !enabled && addr.is_some() {
+                bail!(
+                    "{door}.tls_listen is set but {door}.enabled is false: it would serve nothing"
+                );
+            }
+        }
         let any_tls = tls_listeners.iter().any(|(_, a)| a.is_some());
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), Some(_)) if !any_tls => bail!(

@@ -273,14 +273,15 @@ impl Conn {
         self.wake.notify_one();
     }
 
-    /// Whether subscription `sub`'s queue has room for a paced replay (or the sub is gone).
-    pub fn has_room(&self, sub: u32) -> bool {
+    /// Whether subscription `sub`'s queue has room for a paced replay; `None` once the
+    /// subscription is gone.
+    pub fn room_for(&self, sub: u32) -> Option<bool> {
         self.state
             .lock()
             .subs
             .iter()
             .find(|(id, _)| *id == sub)
-            .is_none_or(|(_, q)| q.has_room())
+            .map(|(_, q)| q.has_room())
     }
 }
 
@@ -619,9 +620,13 @@ impl Hub {
         // A feed is shared and not paced by any one client: started behind the partition's
         // end, it would hand this subscriber the whole backlog as fast as it reads. The
         // subscriber replays to the end first, paced by its client, then starts the feed.
+        // Close enough to the end (what a queue takes in one go), the feed starts where the
+        // subscriber is: else steady appends between its last read and this join could keep it
+        // replaying for good.
         if let Ok(hwm) = self.broker.watch_high_watermark(&key.0, key.1) {
             let hwm = *hwm.borrow();
-            if sub.from < hwm {
+            let near = (self.config.queue_messages / 2).max(1) as u64;
+            if sub.from.saturating_add(near) < hwm {
                 return Err(hwm);
             }
         }

@@ -541,8 +541,8 @@ async fn deliver_paced(hub: &Hub, sub: &Subscriber, items: &[Arc<queue::Item>]) 
     true
 }
 
-/// Waits until the subscription's queue is at most half full (or gone). False when the
-/// connection closed.
+/// Waits until the subscription's queue is at most half full. False when the connection
+/// closed or the subscription ended (unsubscribed): a replay or snapshot for it stops there.
 async fn wait_for_room(sub: &Subscriber) -> bool {
     loop {
         let room = sub.conn.room.notified();
@@ -551,8 +551,10 @@ async fn wait_for_room(sub: &Subscriber) -> bool {
         if sub.conn.closed.load(Ordering::Acquire) {
             return false;
         }
-        if sub.conn.has_room(sub.sub) {
-            return true;
+        match sub.conn.room_for(sub.sub) {
+            None => return false,
+            Some(true) => return true,
+            Some(false) => {}
         }
         room.await;
     }

@@ -210,6 +210,49 @@ fn every_door_speaks_tls_to_real_clients_beside_its_plain_listener() {
         out.contains("over native tls") && out.contains("over wss"),
         "{out}"
     );
+    // Large answers over TLS, read by clients that wait for them whole: 6 MB through kcat
+    // (Kafka fetches) and the CLI (native fetches), in time. (The doors flush after each
+    // answer, since over TLS a write can leave encrypted bytes in rustls's buffer; on loopback
+    // with readers this fast the socket seldom fills, so this does not prove the flush.)
+    let (ok, _, err) = common::cli(&server.addr, &["topic", "create", "big"], "");
+    assert!(ok, "{err}");
+    let value = "x".repeat(2000);
+    let lines: String = (0..3000).map(|i| format!("{i}\t{value}\n")).collect();
+    let (ok, _, err) = common::cli(
+        &server.addr,
+        &["produce", "big", "--key-separator", "\t"],
+        &lines,
+    );
+    assert!(ok, "{err}");
+    let started = Instant::now();
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "20",
+        "kcat",
+        "-b",
+        &kafka_tls,
+        "-X",
+        "security.protocol=SSL",
+        "-X",
+    ])
+    .arg(format!("ssl.ca.location={ca}"))
+    .args(["-C", "-t", "big", "-e", "-f", "%k\n"]);
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "kcat over TLS: {err}");
+    assert_eq!(out.lines().count(), 3000);
+    let (ok, out, err) = common::cli(
+        &native_tls,
+        &["consume", "big", "--from", "beginning", "--tls-ca", &ca],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3000);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "6 MB over TLS took {:?}",
+        started.elapsed()
+    );
+
     // Without trusting the CA, the CLI refuses the server's certificate.
     let (ok, _, err) = common::cli(&native_tls, &["topic", "list", "--tls"], "");
     assert!(!ok, "a certificate no trusted CA signed was accepted");
@@ -362,6 +405,13 @@ fn tls_settings_that_cannot_work_refuse_to_start_with_the_reason() {
         ("WEIR_HTTP__TLS_LISTEN", "127.0.0.1:0"),
     ]);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    let err = serve(&[
+        ("WEIR_TLS__CERT", &cert),
+        ("WEIR_TLS__KEY", &key),
+        ("WEIR_KAFKA__ENABLED", "false"),
+        ("WEIR_KAFKA__TLS_LISTEN", "127.0.0.1:0"),
+    ]);
+    assert!(err.contains("kafka.enabled is false"), "{err}");
 }
 
 /// What the server says at start about who can reach it: a listener beyond loopback (and not
