@@ -1313,6 +1313,12 @@ impl Log {
         let limits = *self.limits.lock();
         for (i, s) in segments.iter().take(sealed).enumerate() {
             let size = s.visible_len();
+            if size == 0 {
+                // An empty segment (the first one, left by compaction to hold the log start)
+                // has no records to expire and no timestamp: it goes only with the expired
+                // segments after it, else the log start would move for nothing.
+                continue;
+            }
             let expired = limits.retention_age.is_some_and(|age| {
                 let max_ts = s.index.read().max_timestamp;
                 let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
@@ -1323,7 +1329,7 @@ impl Log {
                 break;
             }
             total -= size;
-            report.deleted_segments += 1;
+            report.deleted_segments = i + 1;
             report.deleted_bytes += size;
             new_start = Some(segments[i + 1].base);
         }

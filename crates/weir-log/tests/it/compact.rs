@@ -326,6 +326,26 @@ fn emptied_first_segments_leave_the_log_start_where_it_was() {
     assert_eq!(log.log_start_offset(), 0, "after a restart too");
     assert!(first_base(&log) > 0);
     assert_eq!(read_all(&log), got);
+    // Time retention (compact,delete) does not take the empty segment for an expired one:
+    // with nothing else old enough, the log start stays.
+    let limits = weir_log::Limits {
+        max_batch_bytes: 2 * 1024,
+        retention_age: Some(std::time::Duration::from_millis(500)),
+        retention_bytes: None,
+    };
+    log.set_limits(limits);
+    let r = log.apply_retention(100).unwrap();
+    assert_eq!(
+        (r.deleted_segments, log.log_start_offset()),
+        (0, 0),
+        "{r:?}"
+    );
+    // When the records after it expire, it goes with them.
+    let r = log.apply_retention(1_000_000).unwrap();
+    assert!(
+        r.deleted_segments > 1 && log.log_start_offset() > 0,
+        "{r:?}"
+    );
 }
 
 /// Readers are not served the older versions of compacted batches from the in-memory tail:
