@@ -57,6 +57,7 @@ fn to_json(op: &ClientOp) -> Value {
             let from = match from {
                 Start::Latest => json!("latest"),
                 Start::Earliest => json!("earliest"),
+                Start::Snapshot => json!("snapshot"),
                 Start::Offsets(m) => json!({ "offset": partitions(m) }),
                 Start::TopicOffsets(m) => {
                     let topics: Map<String, Value> =
