@@ -295,6 +295,15 @@ mod tests {
     use weir_batch::{BatchBuilder, RecordSpec};
     use weir_log::{LogConfig, MemStorage};
 
+    fn mem_log() -> Log {
+        Log::open_with(
+            Arc::new(MemStorage::new()),
+            Path::new("/k"),
+            LogConfig::default(),
+        )
+        .unwrap()
+    }
+
     fn append(log: &Log, key: &[u8], value: Option<&[u8]>) {
         let mut b = BatchBuilder::new(0);
         b.push(RecordSpec {
@@ -317,12 +326,7 @@ mod tests {
 
     #[test]
     fn lookups_follow_appends_and_tombstones_and_respect_the_cap() {
-        let log = Log::open_with(
-            Arc::new(MemStorage::new()),
-            Path::new("/k"),
-            LogConfig::default(),
-        )
-        .unwrap();
+        let log = mem_log();
         let mut idx = KeyIndex::default();
         append(&log, b"a", Some(b"1"));
         append(&log, b"b", Some(b"2"));
@@ -377,12 +381,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_holds_each_live_keys_latest_record_in_offset_order() {
-        let log = Log::open_with(
-            Arc::new(MemStorage::new()),
-            Path::new("/k"),
-            LogConfig::default(),
-        )
-        .unwrap();
+        let log = mem_log();
         let mut idx = KeyIndex::default();
         // One batch of several records, some superseded later, so batches are cut down.
         let mut b = BatchBuilder::new(0);
