@@ -449,6 +449,9 @@ struct Inner {
     memory: crate::flow::MemoryBudget,
     admission: Arc<crate::flow::Admission>,
     observer: std::sync::OnceLock<ProduceObserver>,
+    /// Who clients must prove to be, when the server requires authentication (set once,
+    /// before the doors open).
+    auth: std::sync::OnceLock<Arc<weir_auth::Auth>>,
     closed: AtomicBool,
     /// Shutdown began: long polls answer at once with what they have.
     stopping: AtomicBool,
@@ -595,6 +598,7 @@ impl Broker {
                 quotas: crate::flow::Quotas::new(config.quotas.clone()),
                 memory: crate::flow::MemoryBudget::new(config.produce_memory_bytes),
                 observer: std::sync::OnceLock::new(),
+                auth: std::sync::OnceLock::new(),
                 admission: Arc::new(crate::flow::Admission::new(
                     config.max_connections_per_ip,
                     config.connection_rate_per_ip,
@@ -683,6 +687,17 @@ impl Broker {
     /// Installs the produce observer (once; later calls are ignored).
     pub fn set_produce_observer(&self, observer: ProduceObserver) {
         let _ = self.inner.observer.set(observer);
+    }
+
+    /// Requires every client of every door to authenticate against `auth` (once, before the
+    /// doors open; later calls are ignored).
+    pub fn set_auth(&self, auth: Arc<weir_auth::Auth>) {
+        let _ = self.inner.auth.set(auth);
+    }
+
+    /// The authentication clients must pass, if the server requires it.
+    pub fn auth(&self) -> Option<&Arc<weir_auth::Auth>> {
+        self.inner.auth.get()
     }
 
     /// Per-client quotas, shared by the front doors.

@@ -17,6 +17,7 @@ use weir_broker::Broker;
 use weir_net::{Acceptor, Shutdown};
 
 use crate::dispatch::{self, Step};
+use crate::sasl::{Gate, Session};
 use crate::{Advertised, Kafka, MAX_REQUEST_BYTES, Reply};
 
 /// One Kafka listener: its socket, the address Metadata gives the clients that come in on
@@ -279,6 +280,11 @@ async fn run(
             }
         }
     };
+    let auth = kafka.broker.auth().cloned();
+    let auth_deadline = auth
+        .as_ref()
+        .map(|a| tokio::time::Instant::now() + a.timeout());
+    let mut session = Session::new(auth, Some(peer));
     let handle_all = async {
         // Produce requests whose batches are written, awaiting their syncs, oldest first. Their
         // answers go out in request order, but the appends of consecutive produces overlap
@@ -299,6 +305,14 @@ async fn run(
                     muted_until = None;
                     continue;
                 }
+                // A client that does not authenticate in time gives its connection back.
+                _ = tokio::time::sleep_until(auth_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if auth_deadline.is_some() && !session.is_authenticated() => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "not authenticated in time",
+                    ));
+                }
                 f = rx.recv(), if reading && muted_until.is_none() && syncing.len() < MAX_SYNCING => f,
                 else => return Ok(()),
             };
@@ -308,7 +322,24 @@ async fn run(
             };
             // Only produce data is held for the whole request; other requests (a JoinGroup
             // can wait minutes) give their budget back once read.
-            let taken = match dispatch::take(frame).map(|r| r.from(peer)) {
+            let taken = dispatch::take(frame, kafka.broker.auth().is_some()).map(|r| r.from(peer));
+            // Until the client has authenticated, authentication answers (or refuses) all
+            // but ApiVersions; no produce is in flight then.
+            let taken = match taken {
+                Ok(request) if !session.is_authenticated() => match session.gate(request).await {
+                    Gate::Pass(request) => Ok(request),
+                    Gate::Answer { reply, close } => {
+                        drop(permit);
+                        answer(&mut writer, reply, Duration::ZERO, &mut muted_until).await?;
+                        if close {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
+                taken => taken,
+            };
+            let taken = match taken {
                 Ok(request) if request.api == ApiKey::Produce => {
                     match dispatch::step(kafka, request).await {
                         Step::Syncing(in_flight, throttle) => {

@@ -24,6 +24,9 @@ use crate::{Kafka, Reply, code, legacy};
 /// version (those below the `kafka-protocol` crate's are read by [`crate::legacy`]) to the
 /// newest the crate knows, except Produce below v3 and Fetch below v4, which carry message
 /// formats 0 and 1 (removed in Kafka 4 too).
+/// SaslHandshake and SaslAuthenticate are advertised only when the server requires
+/// authentication (see [`crate::sasl`]); SaslHandshake v0 (raw SASL tokens, removed in Kafka 4)
+/// is not served.
 /// Transactions (AddPartitionsToTxn, EndTxn, …) and the KIP-848 consumer group protocol
 /// (ConsumerGroupHeartbeat) are not advertised: clients then keep to idempotent producers and
 /// the classic JoinGroup/SyncGroup protocol.
@@ -57,7 +60,14 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
+
+/// Whether `api` is one of authentication's, advertised only when it is required.
+pub(crate) fn is_sasl(api: ApiKey) -> bool {
+    matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+}
 
 /// The versions of `api` served, if it is.
 pub(crate) fn range(api: ApiKey) -> Option<(i16, i16)> {
@@ -99,6 +109,8 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeProducers => "describe_producers",
         ApiKey::DescribeTopicPartitions => "describe_topic_partitions",
         ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
+        ApiKey::SaslHandshake => "sasl_handshake",
+        ApiKey::SaslAuthenticate => "sasl_authenticate",
         _ => "other",
     }
 }
@@ -135,9 +147,9 @@ pub(crate) struct Request {
     pub(crate) api: ApiKey,
     /// The client's address (set by the connection; `None` sans socket).
     pub(crate) peer: Option<std::net::SocketAddr>,
-    version: i16,
-    header: RequestHeader,
-    body: RequestKind,
+    pub(crate) version: i16,
+    pub(crate) header: RequestHeader,
+    pub(crate) body: RequestKind,
     frame_len: usize,
 }
 
@@ -152,8 +164,9 @@ impl Request {
 }
 
 /// Decodes a request (without its size prefix), or says how to answer one that could not be:
-/// the v0 ApiVersions answer for a client newer than us, or a close (counted and logged).
-pub(crate) fn take(frame: Bytes) -> Result<Request, Reply> {
+/// the v0 ApiVersions answer for a client newer than us (listing the SASL APIs if `sasl`), or a
+/// close (counted and logged).
+pub(crate) fn take(frame: Bytes, sasl: bool) -> Result<Request, Reply> {
     let frame_len = frame.len();
     // Kept to say whose request was refused, and let go of right after decoding, so that a
     // produce's records can still become the only view of the request (see `produce`).
@@ -180,7 +193,7 @@ pub(crate) fn take(frame: Bytes) -> Result<Request, Reply> {
         }),
         // A strict v0 answer any client understands: the error and our ranges.
         Ok(Decoded::ApiVersionsTooNew { correlation_id }) => Err(Reply::Response(
-            api_versions::reply(correlation_id, 0, code::UNSUPPORTED_VERSION),
+            api_versions::reply(correlation_id, 0, code::UNSUPPORTED_VERSION, sasl),
         )),
         Err(e) => {
             refused_request(&e, refused_by);
@@ -231,7 +244,8 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
     }
     let response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => {
-            let reply = api_versions::reply(correlation, version, code::NONE);
+            let sasl = kafka.broker.auth().is_some();
+            let reply = api_versions::reply(correlation, version, code::NONE, sasl);
             return Step::Done(Reply::Response(reply), cx.throttle);
         }
         RequestKind::Produce(r) => {
@@ -279,6 +293,10 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
         }
         RequestKind::ConsumerGroupHeartbeat(r) => {
             consumer_group_heartbeat::handle(&mut cx, r).await.into()
+        }
+        r @ (RequestKind::SaslHandshake(_) | RequestKind::SaslAuthenticate(_)) => {
+            crate::sasl::out_of_place(&r, kafka.broker.auth().map(|a| &**a))
+                .expect("a SASL request")
         }
         _ => {
             let reason = "advertised but not dispatched (a bug)";
@@ -328,7 +346,7 @@ pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
 /// [`handle`], and how long the client is to be throttled: it went over a quota, its
 /// response carries `throttle_time_ms`, and its connection is not read for that long.
 pub async fn handle_throttled(kafka: &Kafka, frame: Bytes) -> (Reply, Duration) {
-    match take(frame) {
+    match take(frame, kafka.broker.auth().is_some()) {
         Err(reply) => (reply, Duration::ZERO),
         Ok(request) => complete(kafka, request).await,
     }

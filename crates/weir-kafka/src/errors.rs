@@ -47,6 +47,9 @@ pub(crate) mod code {
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_CONFIG: i16 = 40;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 

@@ -10,6 +10,8 @@
 //! - [`dispatch`]: the APIs and versions served, and the one match handing each decoded
 //!   request to its module; [`handle`] is bytes in, bytes out, sans socket.
 //! - `api/`: one module per API, each a function from the decoded request to its response.
+//! - [`sasl`]: a connection's authentication (SaslHandshake, SaslAuthenticate), when the
+//!   server requires it; nothing else is served before it succeeds.
 //! - [`groups`], [`weir_broker::producers`]: the group coordinator and idempotent producer
 //!   state; [`errors`]: the broker's error kinds as Kafka error codes.
 
@@ -27,6 +29,7 @@ mod errors;
 pub mod groups;
 pub mod guard;
 mod legacy;
+mod sasl;
 
 pub use connection::{Listener, serve};
 pub use decode::{DecodeError, Decoded, decode_request};

@@ -1,0 +1,352 @@
+//! The user store: one JSON file (by default `<data_dir>/auth/users.json`) holding, per user,
+//! salted and iterated SCRAM credentials — never a password. `weir user add|remove|list`
+//! edits it (under a lock file, written to a temporary file, synced and renamed, so that a
+//! reader sees the old file or the new one); the server only reads it, again when it
+//! changes.
+//!
+//! ```json
+//! {"version": 1, "users": {"alice": {
+//!     "created_ms": 1765000000000,
+//!     "scram_sha_256": {"salt": "…", "iterations": 4096, "stored_key": "…", "server_key": "…"},
+//!     "scram_sha_512": {"salt": "…", "iterations": 4096, "stored_key": "…", "server_key": "…"}}}}
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::{ScramCredential, ScramHash};
+
+/// The format written; a file of another version is refused.
+pub const VERSION: u32 = 1;
+/// Largest users file read (checked before reading): about 100,000 users.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Longest user name.
+pub const MAX_NAME: usize = 128;
+
+/// The users file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFile {
+    pub version: u32,
+    pub users: BTreeMap<String, User>,
+}
+
+/// One user's credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// When the user was added (ms since the Unix epoch).
+    pub created_ms: u64,
+    pub scram_sha_256: ScramCredential,
+    pub scram_sha_512: ScramCredential,
+}
+
+impl User {
+    /// A user whose password is `password`, with fresh salts.
+    pub fn with_password(password: &str, iterations: u32) -> Self {
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            created_ms,
+            scram_sha_256: ScramCredential::new(ScramHash::Sha256, password, iterations),
+            scram_sha_512: ScramCredential::new(ScramHash::Sha512, password, iterations),
+        }
+    }
+
+    pub fn credential(&self, hash: ScramHash) -> &ScramCredential {
+        match hash {
+            ScramHash::Sha256 => &self.scram_sha_256,
+            ScramHash::Sha512 => &self.scram_sha_512,
+        }
+    }
+}
+
+/// What went wrong with the users file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Checks a user name: 1 to 128 of letters, digits and `.`, `_`, `-`, `@` (so that it reads
+/// the same in an ACL's `User:NAME` and in a log line).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("a user name has 1 to {MAX_NAME} characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')))
+    {
+        return Err(format!(
+            "user name {name:?}: {c:?} is not a letter, digit, '.', '_', '-' or '@'"
+        ));
+    }
+    Ok(())
+}
+
+impl UserFile {
+    /// Reads the file at `path`; a missing file is an empty store.
+    pub fn load(path: &Path) -> Result<Self, StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    version: VERSION,
+                    users: BTreeMap::new(),
+                });
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let len = file.metadata().map_err(io)?.len();
+        if len > MAX_FILE_BYTES {
+            return Err(StoreError::Invalid {
+                path: path.to_path_buf(),
+                why: format!("{len} bytes, more than the {MAX_FILE_BYTES} read"),
+            });
+        }
+        let parsed: Self = serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| {
+            StoreError::Invalid {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }
+        })?;
+        parsed.check().map_err(|why| StoreError::Invalid {
+            path: path.to_path_buf(),
+            why,
+        })?;
+        Ok(parsed)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.version != VERSION {
+            return Err(format!(
+                "version {} (this weir reads version {VERSION})",
+                self.version
+            ));
+        }
+        for (name, user) in &self.users {
+            check_name(name)?;
+            for hash in [ScramHash::Sha256, ScramHash::Sha512] {
+                user.credential(hash)
+                    .check(hash)
+                    .map_err(|e| format!("user {name:?}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to the file at `path` under its lock file (`<path>.lock`), then
+    /// writes it whole: a temporary file, synced, renamed over, the directory synced.
+    pub fn edit<T>(
+        path: &Path,
+        change: impl FnOnce(&mut UserFile) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io(e.into()))?;
+        let mut file = Self::load(path)?;
+        let out = change(&mut file)?;
+        let tmp = path.with_extension("tmp");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
+            let mut json = serde_json::to_vec_pretty(&file).expect("the users file serializes");
+            json.push(b'\n');
+            f.write_all(&json).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = dir {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        drop(lock);
+        Ok(out)
+    }
+}
+
+/// The users a running server knows: the file as last read, read again when it changes.
+#[derive(Debug)]
+pub struct UserStore {
+    path: PathBuf,
+    users: RwLock<(Stamp, Arc<BTreeMap<String, User>>)>,
+}
+
+/// What tells a changed file: size, modification time and inode (a rename makes a new one).
+type Stamp = Option<(u64, std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+impl UserStore {
+    /// Reads the users file at `path` (missing: no users yet).
+    pub fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let before = stamp(&path);
+        let file = UserFile::load(&path)?;
+        Ok(Self {
+            path,
+            users: RwLock::new((before, Arc::new(file.users))),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The user named `name`.
+    pub fn get(&self, name: &str) -> Option<User> {
+        self.users.read().1.get(name).cloned()
+    }
+
+    /// How many users there are.
+    pub fn len(&self) -> usize {
+        self.users.read().1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the file again if it changed since it was last read; says whether it did. A
+    /// file that cannot be read or is invalid keeps the users in force and returns why.
+    pub fn reload_if_changed(&self) -> Result<bool, StoreError> {
+        let now = stamp(&self.path);
+        if now == self.users.read().0 {
+            return Ok(false);
+        }
+        self.reload_at(now).map(|_| true)
+    }
+
+    /// Reads the file again.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        self.reload_at(stamp(&self.path))
+    }
+
+    fn reload_at(&self, at: Stamp) -> Result<(), StoreError> {
+        let file = UserFile::load(&self.path)?;
+        *self.users.write() = (at, Arc::new(file.users));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_are_read_back_and_reloaded_by_a_running_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth/users.json");
+        let store = UserStore::open(path.clone()).unwrap();
+        assert!(store.is_empty());
+        UserFile::edit(&path, |f| {
+            f.users
+                .insert("alice".into(), User::with_password("s3cret", 4096));
+            Ok(())
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cret"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(store.reload_if_changed().unwrap());
+        assert!(!store.reload_if_changed().unwrap());
+        let alice = store.get("alice").unwrap();
+        assert!(alice.scram_sha_256.verify(ScramHash::Sha256, "s3cret"));
+        assert!(alice.scram_sha_512.verify(ScramHash::Sha512, "s3cret"));
+        UserFile::edit(&path, |f| {
+            f.users.remove("alice");
+            Ok(())
+        })
+        .unwrap();
+        assert!(store.reload_if_changed().unwrap());
+        assert!(store.get("alice").is_none());
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_and_keeps_the_users_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        UserFile::edit(&path, |f| {
+            f.users
+                .insert("bob".into(), User::with_password("pw", 4096));
+            Ok(())
+        })
+        .unwrap();
+        let store = UserStore::open(path.clone()).unwrap();
+        for (bad, why) in [
+            ("{", "EOF"),
+            (r#"{"version": 2, "users": {}}"#, "version 2"),
+            (r#"{"version": 1, "users": {}, "extra": 1}"#, "extra"),
+            (r#"{"version": 1, "users": {"a b": {}}}"#, "missing field"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = store.reload().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(store.get("bob").is_some());
+            assert!(UserFile::load(&path).is_err());
+        }
+        // A user whose credential was tampered with to cost too much.
+        let mut file = UserFile::default();
+        file.version = VERSION;
+        let mut u = User::with_password("pw", 4096);
+        u.scram_sha_512.iterations = u32::MAX;
+        file.users.insert("eve".into(), u);
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let err = UserFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("iterations"), "{err}");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        check_name("alice.smith@example-1_x").unwrap();
+        for bad in ["", "a b", "a:b", "ü", &"x".repeat(129), "a\n"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

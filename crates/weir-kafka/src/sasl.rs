@@ -1,0 +1,255 @@
+//! Authentication of a Kafka connection, when the server requires it (`[auth]`): before
+//! anything else a client may send ApiVersions, then SaslHandshake (v1: the mechanism), then
+//! SaslAuthenticate until the mechanism is done (PLAIN: one round; SCRAM: two). Any other
+//! request first closes the connection, as a Kafka broker does; a failed authentication is
+//! answered SASL_AUTHENTICATION_FAILED, with the reason, then closes it.
+//!
+//! SaslHandshake v0 (raw SASL tokens outside Kafka framing, removed in Kafka 4) is not
+//! served: every client of the last years uses v1 with SaslAuthenticate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, RequestKind, ResponseHeader, ResponseKind, SaslAuthenticateResponse,
+    SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use weir_auth::{Auth, AuthError, Principal, Sasl, SaslStep};
+
+use crate::dispatch::{Request, api_name, finish_body};
+use crate::{Reply, code};
+
+/// A failed authentication is answered this late (Kafka's
+/// `connection.failed.authentication.delay.ms` default), which slows a password guesser on
+/// top of the per-address limit.
+const FAILURE_DELAY: Duration = Duration::from_millis(100);
+
+/// Where a connection stands with authentication.
+#[derive(Debug)]
+pub(crate) struct Session {
+    auth: Option<Arc<Auth>>,
+    principal: Option<Principal>,
+    /// After SaslHandshake: the mechanism's name and its exchange (or why it may not start).
+    exchange: Option<(&'static str, Result<Sasl, AuthError>)>,
+    peer: Option<SocketAddr>,
+}
+
+/// What to do with a request read before the connection authenticated.
+pub(crate) enum Gate {
+    /// Handle it as usual (ApiVersions, or anything once authenticated).
+    Pass(Request),
+    /// Authentication answered it; close the connection once the answer is sent if `close`.
+    Answer { reply: Reply, close: bool },
+}
+
+impl Session {
+    /// A new connection's session: anonymous and done if the server requires no
+    /// authentication.
+    pub(crate) fn new(auth: Option<Arc<Auth>>, peer: Option<SocketAddr>) -> Self {
+        Self {
+            principal: auth.is_none().then_some(Principal::Anonymous),
+            auth,
+            exchange: None,
+            peer,
+        }
+    }
+
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.principal.is_some()
+    }
+
+    /// Takes a request of a connection: passed on once authenticated, else answered by the
+    /// authentication (or refused).
+    pub(crate) async fn gate(&mut self, request: Request) -> Gate {
+        let Some(auth) = self.auth.clone() else {
+            return Gate::Pass(request);
+        };
+        if self.principal.is_some() || request.api == ApiKey::ApiVersions {
+            return Gate::Pass(request);
+        }
+        let (api, version, correlation) =
+            (request.api, request.version, request.header.correlation_id);
+        match request.body {
+            RequestKind::SaslHandshake(r) => {
+                metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
+                self.handshake(&auth, version, correlation, r.mechanism.as_str())
+            }
+            RequestKind::SaslAuthenticate(r) => {
+                metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
+                self.authenticate(&auth, version, correlation, r.auth_bytes)
+                    .await
+            }
+            _ => {
+                metrics::counter!("weir_kafka_refused_requests_total", "reason" => "unauthenticated")
+                    .increment(1);
+                tracing::info!(
+                    ?api,
+                    "Kafka request before authentication (SASL required); closing the connection"
+                );
+                Gate::Answer {
+                    reply: Reply::Close,
+                    close: true,
+                }
+            }
+        }
+    }
+
+    fn handshake(&mut self, auth: &Auth, version: i16, correlation: i32, mechanism: &str) -> Gate {
+        let mechanisms = auth
+            .mechanism_names()
+            .into_iter()
+            .map(StrBytes::from_static_str)
+            .collect();
+        let response = SaslHandshakeResponse::default().with_mechanisms(mechanisms);
+        let (error, close) = if self.exchange.is_some() {
+            (code::ILLEGAL_SASL_STATE, true)
+        } else {
+            match auth.start(mechanism, self.peer.map(|p| p.ip())) {
+                Err(e @ AuthError::UnsupportedMechanism(_)) => {
+                    auth.record("kafka", mechanism, self.peer, &Err(e));
+                    (code::UNSUPPORTED_SASL_MECHANISM, true)
+                }
+                // Limited: the handshake goes through, and SaslAuthenticate (whose answer
+                // carries a message) says why it cannot.
+                started => {
+                    let name = weir_auth::Mechanism::parse(mechanism)
+                        .map_or("other", weir_auth::Mechanism::name);
+                    self.exchange = Some((name, started));
+                    (code::NONE, false)
+                }
+            }
+        };
+        let response = ResponseKind::SaslHandshake(response.with_error_code(error));
+        Gate::Answer {
+            reply: respond(ApiKey::SaslHandshake, version, correlation, &response),
+            close,
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        auth: &Arc<Auth>,
+        version: i16,
+        correlation: i32,
+        bytes: Bytes,
+    ) -> Gate {
+        let failed = |error: i16, message: String| {
+            let response = SaslAuthenticateResponse::default()
+                .with_error_code(error)
+                .with_error_message(Some(StrBytes::from_string(message)));
+            Gate::Answer {
+                reply: respond(
+                    ApiKey::SaslAuthenticate,
+                    version,
+                    correlation,
+                    &ResponseKind::SaslAuthenticate(response),
+                ),
+                close: true,
+            }
+        };
+        let Some((mechanism, started)) = self.exchange.take() else {
+            return failed(
+                code::ILLEGAL_SASL_STATE,
+                "SaslAuthenticate before SaslHandshake".into(),
+            );
+        };
+        let stepped = match started {
+            Err(e) => Err(e),
+            Ok(mut sasl) => {
+                // PLAIN derives a key (thousands of hash rounds): off the connection's thread.
+                let auth = Arc::clone(auth);
+                let stepped = tokio::task::spawn_blocking(move || {
+                    let r = auth.step(&mut sasl, &bytes);
+                    (sasl, r)
+                })
+                .await;
+                match stepped {
+                    Ok((sasl, Ok(SaslStep::Challenge(challenge)))) => {
+                        self.exchange = Some((mechanism, Ok(sasl)));
+                        Ok((None, challenge))
+                    }
+                    Ok((_, Ok(SaslStep::Done(principal, last)))) => Ok((Some(principal), last)),
+                    Ok((_, Err(e))) => Err(e),
+                    Err(e) => Err(AuthError::IllegalState(format!(
+                        "the authentication task failed: {e}"
+                    ))),
+                }
+            }
+        };
+        match stepped {
+            Ok((principal, reply_bytes)) => {
+                if let Some(p) = principal {
+                    auth.record("kafka", mechanism, self.peer, &Ok(p.clone()));
+                    self.principal = Some(p);
+                }
+                let response = SaslAuthenticateResponse::default()
+                    .with_auth_bytes(Bytes::from(reply_bytes))
+                    .with_session_lifetime_ms(0);
+                Gate::Answer {
+                    reply: respond(
+                        ApiKey::SaslAuthenticate,
+                        version,
+                        correlation,
+                        &ResponseKind::SaslAuthenticate(response),
+                    ),
+                    close: false,
+                }
+            }
+            Err(e) => {
+                auth.record("kafka", mechanism, self.peer, &Err(e.clone()));
+                tokio::time::sleep(FAILURE_DELAY).await;
+                failed(code::SASL_AUTHENTICATION_FAILED, e.to_string())
+            }
+        }
+    }
+}
+
+/// The answer to a SASL request of an authenticated connection, or of any connection when
+/// the server requires no authentication: ILLEGAL_SASL_STATE, as a Kafka broker answers.
+pub(crate) fn out_of_place(request: &RequestKind, auth: Option<&Auth>) -> Option<ResponseKind> {
+    match request {
+        RequestKind::SaslHandshake(_) => {
+            let mechanisms = auth.map_or_else(Vec::new, |a| {
+                a.mechanism_names()
+                    .into_iter()
+                    .map(StrBytes::from_static_str)
+                    .collect()
+            });
+            Some(ResponseKind::SaslHandshake(
+                SaslHandshakeResponse::default()
+                    .with_error_code(code::ILLEGAL_SASL_STATE)
+                    .with_mechanisms(mechanisms),
+            ))
+        }
+        RequestKind::SaslAuthenticate(_) => {
+            let message = if auth.is_some() {
+                "the connection is already authenticated"
+            } else {
+                "this server requires no authentication (no [auth] in its configuration)"
+            };
+            Some(ResponseKind::SaslAuthenticate(
+                SaslAuthenticateResponse::default()
+                    .with_error_code(code::ILLEGAL_SASL_STATE)
+                    .with_error_message(Some(StrBytes::from_static_str(message))),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Encodes a whole answer: size prefix, header, `response`.
+fn respond(api: ApiKey, version: i16, correlation: i32, response: &ResponseKind) -> Reply {
+    let mut body = BytesMut::new();
+    body.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation);
+    if header
+        .encode(&mut body, api.response_header_version(version))
+        .is_err()
+    {
+        return Reply::Close;
+    }
+    finish_body(body, api, version, response)
+}
