@@ -73,6 +73,7 @@ fn request(frame: Frame) {
         Api::Credit => round_trip::<msg::CreditRequest>(&frame),
         Api::Unsubscribe => round_trip::<msg::UnsubscribeRequest>(&frame),
         Api::InitProducer => round_trip::<msg::InitProducerRequest>(&frame),
+        Api::Authenticate => round_trip::<msg::AuthenticateRequest>(&frame),
         // The server never decodes a ping's body, and refuses pushes from clients.
         Api::Ping | Api::Push => {}
     }

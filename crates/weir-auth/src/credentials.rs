@@ -39,7 +39,7 @@ impl ScramHash {
     }
 
     /// Bytes of a hash (and of a proof).
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             ScramHash::Sha256 => 32,
             ScramHash::Sha512 => 64,
@@ -114,8 +114,9 @@ impl ScramCredential {
     /// Checks a credential read from the users file: lengths that fit the hash, iterations
     /// in bounds.
     pub fn check(&self, hash: ScramHash) -> Result<(), String> {
-        if self.stored_key.len() != hash.len() || self.server_key.len() != hash.len() {
-            return Err(format!("keys of {} bytes expected", hash.len()));
+        if self.stored_key.len() != hash.output_len() || self.server_key.len() != hash.output_len()
+        {
+            return Err(format!("keys of {} bytes expected", hash.output_len()));
         }
         if self.salt.is_empty() || self.salt.len() > 256 {
             return Err("salt of 1 to 256 bytes expected".into());
@@ -131,7 +132,7 @@ impl ScramCredential {
 }
 
 fn salted_password(hash: ScramHash, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-    let mut out = vec![0u8; hash.len()];
+    let mut out = vec![0u8; hash.output_len()];
     let iterations = NonZeroU32::new(iterations.max(1)).expect("at least one");
     pbkdf2::derive(hash.pbkdf2(), iterations, salt, password, &mut out);
     out

@@ -6,7 +6,8 @@
 //!   of a password.
 //! - [`users`]: the users file (`weir user add|remove|list` edits it, the server reads it
 //!   again when it changes) and [`UserStore`], the users a server knows.
-//! - [`scram`]: the server side of a SCRAM-SHA-256/512 exchange; [`plain`]: SASL PLAIN.
+//! - [`scram`]: the server side of a SCRAM-SHA-256/512 exchange; [`scram_client`]: the
+//!   client side, for weir's own client; [`plain`]: SASL PLAIN.
 //! - This file: [`Principal`], [`Mechanism`], and [`Auth`], what a door asks: start a SASL
 //!   exchange, take its steps, and the limit on failed attempts per client address that all
 //!   doors share (a client over it is refused before any credential is looked at).
@@ -21,6 +22,7 @@ use weir_flow::limiter::{Gcra, Rate};
 pub mod credentials;
 pub mod plain;
 pub mod scram;
+pub mod scram_client;
 pub mod users;
 
 pub use credentials::{DEFAULT_ITERATIONS, ScramCredential, ScramHash};
@@ -203,8 +205,12 @@ impl Auth {
         }
         let state = match m {
             Mechanism::Plain => SaslState::Plain,
-            Mechanism::ScramSha256 => SaslState::Scram(scram::ScramServer::new(ScramHash::Sha256)),
-            Mechanism::ScramSha512 => SaslState::Scram(scram::ScramServer::new(ScramHash::Sha512)),
+            Mechanism::ScramSha256 => {
+                SaslState::Scram(Box::new(scram::ScramServer::new(ScramHash::Sha256)))
+            }
+            Mechanism::ScramSha512 => {
+                SaslState::Scram(Box::new(scram::ScramServer::new(ScramHash::Sha512)))
+            }
         };
         Ok(Sasl {
             mechanism: m,
@@ -305,7 +311,7 @@ impl Sasl {
 #[derive(Debug)]
 enum SaslState {
     Plain,
-    Scram(scram::ScramServer),
+    Scram(Box<scram::ScramServer>),
     Done,
 }
 
@@ -316,6 +322,14 @@ pub enum SaslStep {
     Challenge(Vec<u8>),
     /// Authenticated as the principal; the bytes (maybe none) go to the client.
     Done(Principal, Vec<u8>),
+}
+
+/// A new random password (32 characters of URL-safe base64: 192 bits).
+pub fn generate_password() -> String {
+    use base64::Engine;
+    let mut raw = [0u8; 24];
+    random(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 /// Fills `buf` from the system's secure random source.

@@ -5,7 +5,8 @@
 //! crates.io are unmaintained or bring their own copy of the primitives. The primitives
 //! (HMAC, SHA-2) are ring's.
 //!
-//! Kafka's rules are kept: no channel binding (`p=` is refused: no `-PLUS` mechanism is
+//! Kafka's rules are kept: client-final's nonce must end with the server's (librdkafka repeats
+//! its own nonce in front of it), no channel binding (`p=` is refused: no `-PLUS` mechanism is
 //! offered), an authorization identity must be the user's own, and the `tokenauth`
 //! extension (delegation tokens) is refused. Passwords are taken as UTF-8 bytes without
 //! SASLprep, as Kafka's clients send them.
@@ -117,15 +118,20 @@ impl ScramServer {
                             .into(),
                     ));
                 }
-                if last.nonce != nonce {
+                // The nonce must end with the one server-first gave, as Kafka brokers check:
+                // librdkafka sends its own nonce again in front of it. AuthMessage covers
+                // the nonce as sent, and the server's part is fresh per exchange.
+                if !last.nonce.ends_with(nonce.as_str())
+                    || last.nonce.len() > nonce.len() + MAX_CLIENT_NONCE
+                {
                     return Err(AuthError::Malformed(
-                        "client-final's nonce is not the server's".into(),
+                        "client-final's nonce does not end with the server's".into(),
                     ));
                 }
                 let Some(credential) = credential else {
                     return Err(AuthError::Failed);
                 };
-                if last.proof.len() != self.hash.len() {
+                if last.proof.len() != self.hash.output_len() {
                     return Err(AuthError::Failed);
                 }
                 let auth_message =
@@ -304,13 +310,34 @@ mod tests {
         server_first: &str,
         gs2_header: &str,
     ) -> (String, Vec<u8>) {
-        let mut nonce = "";
+        let nonce = server_first
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .unwrap()
+            .to_string();
+        client_final_with_nonce(
+            hash,
+            password,
+            client_first_bare,
+            server_first,
+            gs2_header,
+            &nonce,
+        )
+    }
+
+    /// [`client_final`] sending `nonce` as its r=.
+    fn client_final_with_nonce(
+        hash: ScramHash,
+        password: &str,
+        client_first_bare: &str,
+        server_first: &str,
+        gs2_header: &str,
+        nonce: &str,
+    ) -> (String, Vec<u8>) {
         let mut salt = Vec::new();
         let mut iterations = 0;
         for attr in server_first.split(',') {
-            if let Some(r) = attr.strip_prefix("r=") {
-                nonce = r;
-            } else if let Some(s) = attr.strip_prefix("s=") {
+            if let Some(s) = attr.strip_prefix("s=") {
                 salt = B64.decode(s).unwrap();
             } else if let Some(i) = attr.strip_prefix("i=") {
                 iterations = i.parse().unwrap();
@@ -321,7 +348,7 @@ mod tests {
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         // ClientKey = HMAC(SaltedPassword, "Client Key"); derive it again (the credential
         // keeps only its hash).
-        let mut salted = vec![0u8; hash.len()];
+        let mut salted = vec![0u8; hash.output_len()];
         ring::pbkdf2::derive(
             hash.pbkdf2(),
             std::num::NonZeroU32::new(iterations).unwrap(),
@@ -518,6 +545,44 @@ mod tests {
                 "{last}"
             );
         }
+    }
+
+    #[test]
+    fn librdkafkas_doubled_client_nonce_is_taken_and_a_foreign_one_is_not() {
+        // librdkafka sends client-final's r= as its nonce followed by server-first's whole
+        // r= value (which already starts with its nonce); Kafka brokers take it.
+        let hash = ScramHash::Sha256;
+        let lookup = store(hash);
+        let bare = "n=user,r=cn";
+        for (prefix, ok) in [("cn", true), ("", true), ("zz", true), ("x", true)] {
+            let mut s = ScramServer::new(hash);
+            let ScramStep::Challenge(sf) = s
+                .step(format!("n,,{bare}").as_bytes(), &lookup, |_| vec![])
+                .unwrap()
+            else {
+                panic!()
+            };
+            let sf = String::from_utf8(sf).unwrap();
+            let nonce = sf.split(',').next().unwrap()[2..].to_string();
+            let sent = format!("{prefix}{nonce}");
+            let (last, _) = client_final_with_nonce(hash, "pencil", bare, &sf, "n,,", &sent);
+            let r = s.step(last.as_bytes(), &lookup, |_| vec![]);
+            assert_eq!(matches!(r, Ok(ScramStep::Done(..))), ok, "{sent}: {r:?}");
+        }
+        // A nonce that does not end with the server's is refused, whatever its proof.
+        let mut s = ScramServer::new(hash);
+        let ScramStep::Challenge(sf) = s
+            .step(format!("n,,{bare}").as_bytes(), &lookup, |_| vec![])
+            .unwrap()
+        else {
+            panic!()
+        };
+        let sf = String::from_utf8(sf).unwrap();
+        let (last, _) = client_final_with_nonce(hash, "pencil", bare, &sf, "n,,", "cnother");
+        assert!(matches!(
+            s.step(last.as_bytes(), &lookup, |_| vec![]),
+            Err(AuthError::Malformed(m)) if m.contains("nonce")
+        ));
     }
 
     #[test]

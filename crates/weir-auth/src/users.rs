@@ -153,7 +153,8 @@ impl UserFile {
         Ok(())
     }
 
-    /// Applies `change` to the file at `path` under its lock file (`<path>.lock`), then
+    /// Applies `change` to the file at `path` under its lock file (`<path>.lock`, say
+    /// `users.json.lock`), then
     /// writes it whole: a temporary file, synced, renamed over, the directory synced.
     pub fn edit<T>(
         path: &Path,
@@ -167,7 +168,7 @@ impl UserFile {
         if let Some(dir) = dir {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let lock_path = path.with_extension("lock");
+        let lock_path = sibling(path, ".lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -178,7 +179,7 @@ impl UserFile {
             .map_err(|e| io(e.into()))?;
         let mut file = Self::load(path)?;
         let out = change(&mut file)?;
-        let tmp = path.with_extension("tmp");
+        let tmp = sibling(path, ".tmp");
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -202,6 +203,13 @@ impl UserFile {
         drop(lock);
         Ok(out)
     }
+}
+
+/// `path` with `suffix` added to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// The users a running server knows: the file as last read, read again when it changes.
@@ -332,8 +340,10 @@ mod tests {
             assert!(UserFile::load(&path).is_err());
         }
         // A user whose credential was tampered with to cost too much.
-        let mut file = UserFile::default();
-        file.version = VERSION;
+        let mut file = UserFile {
+            version: VERSION,
+            ..UserFile::default()
+        };
         let mut u = User::with_password("pw", 4096);
         u.scram_sha_512.iterations = u32::MAX;
         file.users.insert("eve".into(), u);

@@ -32,6 +32,7 @@ pub use consumer::{
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig};
 pub use tls::{ClientTls, TlsOptions};
+pub use weir_auth::Mechanism;
 pub use weir_wire::messages;
 
 /// Where to start reading.
@@ -92,6 +93,7 @@ struct Link {
     addr: String,
     client_id: Arc<str>,
     tls: Option<ClientTls>,
+    credentials: Option<Credentials>,
     current: parking_lot::Mutex<(Arc<connection::Connection>, Pinger)>,
     /// Held while dialing again, so that one caller does; holds when the last dial failed,
     /// and why, so that callers who waited for that dial get its error instead of dialing in
@@ -129,7 +131,12 @@ impl Link {
         }
         let dialed = tokio::time::timeout(
             timeout,
-            dial(&self.addr, &self.client_id, self.tls.as_ref()),
+            dial(
+                &self.addr,
+                &self.client_id,
+                self.tls.as_ref(),
+                self.credentials.as_ref(),
+            ),
         )
         .await
         .map_err(|_| ClientError::Timeout(timeout))
@@ -170,6 +177,7 @@ async fn dial(
     addr: &str,
     client_id: &str,
     tls: Option<&ClientTls>,
+    credentials: Option<&Credentials>,
 ) -> Result<(Arc<connection::Connection>, Pinger)> {
     let conn = connection::Connection::open(addr, tls).await?;
     let hello = msg::HelloRequest {
@@ -178,6 +186,18 @@ async fn dial(
     };
     let (resp, _): (msg::HelloResponse, _) =
         call(&conn, Api::Hello, &hello, &[], DEFAULT_TIMEOUT).await?;
+    if !resp.auth_mechanisms.is_empty() {
+        let Some(credentials) = credentials else {
+            return Err(ClientError::Server {
+                code: weir_wire::ErrorCode::AuthenticationRequired,
+                message: format!(
+                    "the server requires authentication ({}): give a user and password",
+                    resp.auth_mechanisms.join(", ")
+                ),
+            });
+        };
+        authenticate(&conn, credentials, &resp.auth_mechanisms).await?;
+    }
     conn.set_server_max_frame(resp.max_frame_bytes);
     let every = Duration::from_millis(u64::from(resp.idle_timeout_ms.max(300)) / 3);
     let weak = Arc::downgrade(&conn);
@@ -202,6 +222,101 @@ async fn dial(
     Ok((conn, Pinger(pinger)))
 }
 
+/// Runs an Authenticate exchange on a new connection.
+async fn authenticate(
+    conn: &connection::Connection,
+    credentials: &Credentials,
+    offered: &[String],
+) -> Result<()> {
+    let mechanism = credentials.mechanism.name();
+    if !offered.iter().any(|m| m == mechanism) {
+        return Err(ClientError::Invalid(format!(
+            "the server offers {} for authentication, not {mechanism}",
+            offered.join(", ")
+        )));
+    }
+    let step = |bytes: Vec<u8>| async move {
+        let req = msg::AuthenticateRequest {
+            mechanism: mechanism.to_string(),
+            auth_bytes: bytes,
+        };
+        let (resp, _): (msg::AuthenticateResponse, _) =
+            call(conn, Api::Authenticate, &req, &[], DEFAULT_TIMEOUT).await?;
+        Ok::<_, ClientError>(resp)
+    };
+    let hash = match credentials.mechanism {
+        weir_auth::Mechanism::Plain => {
+            let message = format!("\0{}\0{}", credentials.user, credentials.password);
+            let resp = step(message.into_bytes()).await?;
+            return if resp.done {
+                Ok(())
+            } else {
+                Err(ClientError::Protocol(
+                    "PLAIN did not end in one step".into(),
+                ))
+            };
+        }
+        weir_auth::Mechanism::ScramSha256 => weir_auth::ScramHash::Sha256,
+        weir_auth::Mechanism::ScramSha512 => weir_auth::ScramHash::Sha512,
+    };
+    let mut scram =
+        weir_auth::scram_client::ScramClient::new(hash, &credentials.user, &credentials.password);
+    let first = step(scram.client_first()).await?;
+    // Thousands of hash rounds: off the runtime's threads.
+    let (scram, last) = tokio::task::spawn_blocking(move || {
+        let last = scram.client_final(&first.auth_bytes);
+        (scram, last)
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(format!("SCRAM task failed: {e}")))?;
+    let last = last.map_err(|e| ClientError::Protocol(format!("SCRAM: {e}")))?;
+    let done = step(last).await?;
+    if !done.done {
+        return Err(ClientError::Protocol(
+            "SCRAM did not end after two steps".into(),
+        ));
+    }
+    scram
+        .verify_server(&done.auth_bytes)
+        .map_err(|e| ClientError::Protocol(format!("SCRAM: {e}")))
+}
+
+/// A user and password to authenticate with, to a server that requires it.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+    /// Default SCRAM-SHA-512 (the password never crosses the wire).
+    pub mechanism: weir_auth::Mechanism,
+}
+
+impl Credentials {
+    /// `user` and `password`, with SCRAM-SHA-512.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            password: password.into(),
+            mechanism: weir_auth::Mechanism::ScramSha512,
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("mechanism", &self.mechanism)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to connect: TLS, and who to authenticate as.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub tls: Option<ClientTls>,
+    pub credentials: Option<Credentials>,
+}
+
 impl Client {
     /// Connects to `addr` (`host:port`) and agrees on protocol versions.
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client> {
@@ -220,18 +335,36 @@ impl Client {
         client_id: &str,
         tls: Option<ClientTls>,
     ) -> Result<Client> {
+        let options = ConnectOptions {
+            tls,
+            credentials: None,
+        };
+        Self::connect_options(addr, client_id, options).await
+    }
+
+    /// Connects as `options` say: over TLS, authenticated (again at every redial).
+    pub async fn connect_options(
+        addr: &str,
+        client_id: &str,
+        options: ConnectOptions,
+    ) -> Result<Client> {
+        let ConnectOptions { tls, credentials } = options;
         let client_id: Arc<str> = Arc::from(client_id);
         // Bounded like a redial: a server that accepts and never answers (or never finishes
         // a TLS handshake) must not hold the caller for good.
-        let current = tokio::time::timeout(DEFAULT_TIMEOUT, dial(addr, &client_id, tls.as_ref()))
-            .await
-            .map_err(|_| ClientError::Timeout(DEFAULT_TIMEOUT))??;
+        let current = tokio::time::timeout(
+            DEFAULT_TIMEOUT,
+            dial(addr, &client_id, tls.as_ref(), credentials.as_ref()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(DEFAULT_TIMEOUT))??;
         let max_request = std::sync::atomic::AtomicUsize::new(current.0.server_max_frame());
         Ok(Client {
             link: Arc::new(Link {
                 addr: addr.to_string(),
                 client_id: client_id.clone(),
                 tls,
+                credentials,
                 current: parking_lot::Mutex::new(current),
                 redial: tokio::sync::Mutex::new(None),
                 max_request,

@@ -322,6 +322,13 @@ async fn run(
             };
             // Only produce data is held for the whole request; other requests (a JoinGroup
             // can wait minutes) give their budget back once read.
+            // After a v0 SaslHandshake, the exchange's messages come as bare frames.
+            if session.expects_raw() {
+                drop(permit);
+                let reply = session.raw_step(frame).await;
+                answer(&mut writer, reply, Duration::ZERO, &mut muted_until).await?;
+                continue;
+            }
             let taken = dispatch::take(frame, kafka.broker.auth().is_some()).map(|r| r.from(peer));
             // Until the client has authenticated, authentication answers (or refuses) all
             // but ApiVersions; no produce is in flight then.

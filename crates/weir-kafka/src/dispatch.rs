@@ -25,8 +25,7 @@ use crate::{Kafka, Reply, code, legacy};
 /// newest the crate knows, except Produce below v3 and Fetch below v4, which carry message
 /// formats 0 and 1 (removed in Kafka 4 too).
 /// SaslHandshake and SaslAuthenticate are advertised only when the server requires
-/// authentication (see [`crate::sasl`]); SaslHandshake v0 (raw SASL tokens, removed in Kafka 4)
-/// is not served.
+/// authentication (see [`crate::sasl`]).
 /// Transactions (AddPartitionsToTxn, EndTxn, …) and the KIP-848 consumer group protocol
 /// (ConsumerGroupHeartbeat) are not advertised: clients then keep to idempotent producers and
 /// the classic JoinGroup/SyncGroup protocol.
@@ -60,7 +59,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
-    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
 

@@ -4,8 +4,9 @@
 //! request first closes the connection, as a Kafka broker does; a failed authentication is
 //! answered SASL_AUTHENTICATION_FAILED, with the reason, then closes it.
 //!
-//! SaslHandshake v0 (raw SASL tokens outside Kafka framing, removed in Kafka 4) is not
-//! served: every client of the last years uses v1 with SaslAuthenticate.
+//! SaslHandshake v0 (removed in Kafka 4, but librdkafka counts on it being advertised) is
+//! served too: after it, the client's SASL messages come as bare size-prefixed frames, not
+//! Kafka requests, and are answered the same way; a failure then just closes the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,10 +35,14 @@ pub(crate) struct Session {
     principal: Option<Principal>,
     /// After SaslHandshake: the mechanism's name and its exchange (or why it may not start).
     exchange: Option<(&'static str, Result<Sasl, AuthError>)>,
+    /// The handshake was v0: the exchange's messages come as bare frames.
+    raw: bool,
     peer: Option<SocketAddr>,
 }
 
 /// What to do with a request read before the connection authenticated.
+// Made once per request and matched at once: boxing the request would add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Gate {
     /// Handle it as usual (ApiVersions, or anything once authenticated).
     Pass(Request),
@@ -53,7 +58,31 @@ impl Session {
             principal: auth.is_none().then_some(Principal::Anonymous),
             auth,
             exchange: None,
+            raw: false,
             peer,
+        }
+    }
+
+    /// Whether the next frame is a bare SASL message (after a v0 handshake), for
+    /// [`Session::raw_step`], rather than a Kafka request.
+    pub(crate) fn expects_raw(&self) -> bool {
+        self.raw && self.principal.is_none()
+    }
+
+    /// Takes a bare SASL message: the answer is the mechanism's message, size-prefixed; a
+    /// failure closes the connection without a word (the v0 protocol has none).
+    pub(crate) async fn raw_step(&mut self, message: Bytes) -> Reply {
+        let Some(auth) = self.auth.clone() else {
+            return Reply::Close;
+        };
+        match self.step(&auth, message).await {
+            Ok(bytes) => {
+                let mut out = BytesMut::with_capacity(4 + bytes.len());
+                out.put_u32(bytes.len() as u32);
+                out.put_slice(&bytes);
+                Reply::Response(out.freeze())
+            }
+            Err(_) => Reply::Close,
         }
     }
 
@@ -122,6 +151,7 @@ impl Session {
                 }
             }
         };
+        self.raw = version == 0 && error == code::NONE;
         let response = ResponseKind::SaslHandshake(response.with_error_code(error));
         Gate::Answer {
             reply: respond(ApiKey::SaslHandshake, version, correlation, &response),
@@ -136,42 +166,63 @@ impl Session {
         correlation: i32,
         bytes: Bytes,
     ) -> Gate {
-        let failed = |error: i16, message: String| {
-            let response = SaslAuthenticateResponse::default()
-                .with_error_code(error)
-                .with_error_message(Some(StrBytes::from_string(message)));
-            Gate::Answer {
-                reply: respond(
-                    ApiKey::SaslAuthenticate,
-                    version,
-                    correlation,
-                    &ResponseKind::SaslAuthenticate(response),
-                ),
-                close: true,
-            }
+        let answer = |response: SaslAuthenticateResponse, close: bool| Gate::Answer {
+            reply: respond(
+                ApiKey::SaslAuthenticate,
+                version,
+                correlation,
+                &ResponseKind::SaslAuthenticate(response),
+            ),
+            close,
         };
+        if self.exchange.is_none() {
+            let response = SaslAuthenticateResponse::default()
+                .with_error_code(code::ILLEGAL_SASL_STATE)
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "SaslAuthenticate before SaslHandshake",
+                )));
+            return answer(response, true);
+        }
+        match self.step(auth, bytes).await {
+            Ok(reply_bytes) => answer(
+                SaslAuthenticateResponse::default()
+                    .with_auth_bytes(Bytes::from(reply_bytes))
+                    .with_session_lifetime_ms(0),
+                false,
+            ),
+            Err(e) => answer(
+                SaslAuthenticateResponse::default()
+                    .with_error_code(code::SASL_AUTHENTICATION_FAILED)
+                    .with_error_message(Some(StrBytes::from_string(e.to_string()))),
+                true,
+            ),
+        }
+    }
+
+    /// One message of the exchange the handshake started: the mechanism's answer, or why
+    /// the authentication failed (counted, logged, and answered late).
+    async fn step(&mut self, auth: &Arc<Auth>, bytes: Bytes) -> Result<Vec<u8>, AuthError> {
         let Some((mechanism, started)) = self.exchange.take() else {
-            return failed(
-                code::ILLEGAL_SASL_STATE,
-                "SaslAuthenticate before SaslHandshake".into(),
-            );
+            return Err(AuthError::IllegalState(
+                "a SASL message before SaslHandshake".into(),
+            ));
         };
         let stepped = match started {
             Err(e) => Err(e),
             Ok(mut sasl) => {
                 // PLAIN derives a key (thousands of hash rounds): off the connection's thread.
-                let auth = Arc::clone(auth);
-                let stepped = tokio::task::spawn_blocking(move || {
-                    let r = auth.step(&mut sasl, &bytes);
+                let a = Arc::clone(auth);
+                match tokio::task::spawn_blocking(move || {
+                    let r = a.step(&mut sasl, &bytes);
                     (sasl, r)
                 })
-                .await;
-                match stepped {
+                .await
+                {
                     Ok((sasl, Ok(SaslStep::Challenge(challenge)))) => {
                         self.exchange = Some((mechanism, Ok(sasl)));
-                        Ok((None, challenge))
+                        return Ok(challenge);
                     }
-                    Ok((_, Ok(SaslStep::Done(principal, last)))) => Ok((Some(principal), last)),
+                    Ok((_, Ok(SaslStep::Done(principal, last)))) => Ok((principal, last)),
                     Ok((_, Err(e))) => Err(e),
                     Err(e) => Err(AuthError::IllegalState(format!(
                         "the authentication task failed: {e}"
@@ -180,28 +231,15 @@ impl Session {
             }
         };
         match stepped {
-            Ok((principal, reply_bytes)) => {
-                if let Some(p) = principal {
-                    auth.record("kafka", mechanism, self.peer, &Ok(p.clone()));
-                    self.principal = Some(p);
-                }
-                let response = SaslAuthenticateResponse::default()
-                    .with_auth_bytes(Bytes::from(reply_bytes))
-                    .with_session_lifetime_ms(0);
-                Gate::Answer {
-                    reply: respond(
-                        ApiKey::SaslAuthenticate,
-                        version,
-                        correlation,
-                        &ResponseKind::SaslAuthenticate(response),
-                    ),
-                    close: false,
-                }
+            Ok((principal, last)) => {
+                auth.record("kafka", mechanism, self.peer, &Ok(principal.clone()));
+                self.principal = Some(principal);
+                Ok(last)
             }
             Err(e) => {
                 auth.record("kafka", mechanism, self.peer, &Err(e.clone()));
                 tokio::time::sleep(FAILURE_DELAY).await;
-                failed(code::SASL_AUTHENTICATION_FAILED, e.to_string())
+                Err(e)
             }
         }
     }

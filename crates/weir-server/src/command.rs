@@ -595,7 +595,12 @@ async fn run(
             }
             ok(&|| OutFrame::response(&req, &msg::Ping {}))
         }
-        Api::Hello | Api::Subscribe | Api::Credit | Api::Unsubscribe | Api::Push => Err((
+        Api::Hello
+        | Api::Authenticate
+        | Api::Subscribe
+        | Api::Credit
+        | Api::Unsubscribe
+        | Api::Push => Err((
             ErrorCode::InvalidRequest,
             format!("{api:?} is handled by the connection"),
         )),

@@ -244,7 +244,25 @@ pub(crate) struct Connection {
     prompt: bool,
     /// Busy polling the socket for the next request until then (see `ServerConfig::busy_poll`).
     poll_until: Option<Instant>,
+    /// The server requires authentication: where this connection is with it. Boxed, as
+    /// `pushes` is.
+    auth: Option<Box<AuthState>>,
 }
+
+/// A connection's authentication, when the server requires it.
+struct AuthState {
+    auth: Arc<weir_auth::Auth>,
+    /// Set once an Authenticate exchange succeeded.
+    principal: Option<weir_auth::Principal>,
+    /// The exchange under way, after its first step.
+    sasl: Option<weir_auth::Sasl>,
+    /// Not authenticated by then: the connection is closed (looked at on the heartbeat tick).
+    deadline: Instant,
+}
+
+/// A failed authentication is answered this late, which slows a password guesser on top of
+/// the per-address limit (as the Kafka door does).
+const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
 
 /// A connection's push subscriptions and the channel their frames come through.
 struct Pushes {
@@ -284,7 +302,16 @@ impl Connection {
         config: Arc<ServerConfig>,
     ) -> Self {
         let now = Instant::now();
+        let auth = broker.auth().map(|a| {
+            Box::new(AuthState {
+                auth: Arc::clone(a),
+                principal: None,
+                sasl: None,
+                deadline: now + a.timeout(),
+            })
+        });
         Self {
+            auth,
             stream,
             peer,
             buf: BytesMut::new(),
@@ -430,6 +457,13 @@ impl Connection {
                     }
                     if now.duration_since(self.last_read) >= self.config.idle_timeout {
                         tracing::info!(peer = %self.peer, "closing idle connection");
+                        break;
+                    }
+                    if let Some(a) = &self.auth
+                        && a.principal.is_none()
+                        && now >= a.deadline
+                    {
+                        tracing::info!(peer = %self.peer, "not authenticated in time; closing");
                         break;
                     }
                     if now.duration_since(self.last_write) >= heartbeat {
@@ -628,6 +662,19 @@ impl Connection {
                 ))
                 .await;
         };
+        if api == Api::Authenticate {
+            return self.authenticate(&frame).await;
+        }
+        if api != Api::Ping && self.auth.as_ref().is_some_and(|a| a.principal.is_none()) {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::AuthenticationRequired,
+                    "this server requires authentication: send Authenticate first (Hello's \
+                     answer lists the mechanisms)",
+                ))
+                .await;
+        }
         self.mute(
             self.broker
                 .quotas()
@@ -845,8 +892,115 @@ impl Connection {
                 .as_millis()
                 .min(u128::from(u32::MAX)) as u32,
             max_frame_bytes: self.config.max_frame_bytes.min(u32::MAX as usize) as u32,
+            auth_mechanisms: self.auth.as_ref().map_or_else(Vec::new, |a| {
+                a.auth
+                    .mechanism_names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            }),
         };
         self.reply(OutFrame::response(&h, &out)).await
+    }
+
+    /// One step of an Authenticate exchange. A failure is answered AUTHENTICATION_FAILED,
+    /// then the connection closes.
+    async fn authenticate(&mut self, frame: &Frame) -> bool {
+        let h = frame.header;
+        let req = match msg::AuthenticateRequest::decode(frame.message.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .reply(OutFrame::error(&h, ErrorCode::Malformed, e.to_string()))
+                    .await;
+            }
+        };
+        let Some(state) = self.auth.as_mut() else {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::InvalidRequest,
+                    "this server requires no authentication (no [auth] in its configuration)",
+                ))
+                .await;
+        };
+        if state.principal.is_some() {
+            return self
+                .reply(OutFrame::error(
+                    &h,
+                    ErrorCode::InvalidRequest,
+                    "the connection is already authenticated",
+                ))
+                .await;
+        }
+        let auth = Arc::clone(&state.auth);
+        let started = match state.sasl.take() {
+            Some(sasl) if sasl.mechanism().name() == req.mechanism || req.mechanism.is_empty() => {
+                Ok(sasl)
+            }
+            Some(sasl) => Err(weir_auth::AuthError::IllegalState(format!(
+                "an exchange with {} is under way, not {:?}",
+                sasl.mechanism().name(),
+                req.mechanism
+            ))),
+            None => auth.start(&req.mechanism, Some(self.peer.ip())),
+        };
+        let mechanism = match &started {
+            Ok(sasl) => sasl.mechanism().name().to_string(),
+            Err(_) => req.mechanism.clone(),
+        };
+        let stepped = match started {
+            Err(e) => Err(e),
+            Ok(mut sasl) => {
+                // PLAIN derives a key (thousands of hash rounds): off the runtime's threads.
+                let a = Arc::clone(&auth);
+                let bytes = req.auth_bytes;
+                match tokio::task::spawn_blocking(move || {
+                    let r = a.step(&mut sasl, &bytes);
+                    (sasl, r)
+                })
+                .await
+                {
+                    Ok((sasl, Ok(weir_auth::SaslStep::Challenge(c)))) => {
+                        state.sasl = Some(sasl);
+                        Ok((None, c))
+                    }
+                    Ok((_, Ok(weir_auth::SaslStep::Done(p, last)))) => Ok((Some(p), last)),
+                    Ok((_, Err(e))) => Err(e),
+                    Err(e) => Err(weir_auth::AuthError::IllegalState(format!(
+                        "the authentication task failed: {e}"
+                    ))),
+                }
+            }
+        };
+        match stepped {
+            Ok((principal, auth_bytes)) => {
+                let out = msg::AuthenticateResponse {
+                    auth_bytes,
+                    done: principal.is_some(),
+                    principal: principal
+                        .as_ref()
+                        .map_or_else(String::new, |p| p.to_string()),
+                };
+                if let Some(p) = principal {
+                    auth.record("native", &mechanism, Some(self.peer), &Ok(p.clone()));
+                    state.principal = Some(p);
+                }
+                self.reply(OutFrame::response(&h, &out)).await
+            }
+            Err(e) => {
+                auth.record("native", &mechanism, Some(self.peer), &Err(e.clone()));
+                tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+                let _ = self
+                    .reply(OutFrame::error(
+                        &h,
+                        ErrorCode::AuthenticationFailed,
+                        e.to_string(),
+                    ))
+                    .await;
+                false
+            }
+        }
     }
 
     async fn subscribe(&mut self, frame: &Frame) -> OutFrame {

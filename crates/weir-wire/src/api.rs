@@ -26,6 +26,7 @@ pub enum Api {
     Push = 17,
     Unsubscribe = 18,
     InitProducer = 19,
+    Authenticate = 20,
 }
 
 impl Api {
@@ -52,10 +53,11 @@ impl Api {
             Api::Push => "push",
             Api::Unsubscribe => "unsubscribe",
             Api::InitProducer => "init_producer",
+            Api::Authenticate => "authenticate",
         }
     }
 
-    pub const ALL: [Api; 20] = [
+    pub const ALL: [Api; 21] = [
         Api::Hello,
         Api::Ping,
         Api::CreateTopic,
@@ -76,6 +78,7 @@ impl Api {
         Api::Push,
         Api::Unsubscribe,
         Api::InitProducer,
+        Api::Authenticate,
     ];
 
     pub fn from_key(key: u16) -> Option<Api> {
@@ -152,6 +155,7 @@ mod tests {
             assert_eq!(Api::from_key(i as u16), Some(*api));
         }
         assert_eq!(Api::from_key(19), Some(Api::InitProducer));
-        assert_eq!(Api::from_key(20), None);
+        assert_eq!(Api::from_key(20), Some(Api::Authenticate));
+        assert_eq!(Api::from_key(21), None);
     }
 }

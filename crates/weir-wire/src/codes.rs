@@ -46,13 +46,18 @@ pub enum ErrorCode {
     OutOfOrderSequence = 28,
     /// A batch of an idempotent producer with an epoch older than the latest seen.
     InvalidProducerEpoch = 29,
+    /// The server requires authentication (Authenticate) before this request.
+    AuthenticationRequired = 30,
+    /// Unknown user, wrong password, a malformed or out-of-order SASL message, or too many
+    /// failures from the client's address; the connection is closed.
+    AuthenticationFailed = 31,
 }
 
 impl ErrorCode {
     /// The code for a number, `Internal` for numbers this build does not know.
     pub fn from_u32(n: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 30] = [
+        const ALL: [ErrorCode; 32] = [
             None,
             Internal,
             Malformed,
@@ -83,6 +88,8 @@ impl ErrorCode {
             SlowConsumer,
             OutOfOrderSequence,
             InvalidProducerEpoch,
+            AuthenticationRequired,
+            AuthenticationFailed,
         ];
         ALL.get(n as usize).copied().unwrap_or(Internal)
     }
@@ -107,7 +114,7 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_and_are_stable() {
-        for n in 0..30u32 {
+        for n in 0..32u32 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(10_000), ErrorCode::Internal);

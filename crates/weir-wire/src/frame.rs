@@ -457,6 +457,14 @@ mod tests {
                 b"",
             ),
             seed(Api::InitProducer, &m::InitProducerRequest {}, b""),
+            seed(
+                Api::Authenticate,
+                &m::AuthenticateRequest {
+                    mechanism: "SCRAM-SHA-512".into(),
+                    auth_bytes: b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL".to_vec(),
+                },
+                b"",
+            ),
         ];
         if std::env::var_os("WEIR_WRITE_FUZZ_SEEDS").is_some() {
             std::fs::create_dir_all(&dir).unwrap();

@@ -17,14 +17,17 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use weir_broker::topic::{DurabilitySetting, TopicConfig};
 
-/// Variables with the WEIR_ prefix that are not server settings: the client's address and TLS, and
-/// the Python interpreter `scripts/test` hands the integration tests.
+/// Variables with the WEIR_ prefix that are not server settings: the client's address, TLS and
+/// credentials, and the Python interpreter `scripts/test` hands the integration tests.
 const CLIENT_VARS: &[&str] = &[
     "WEIR_ADDR",
     "WEIR_TLS",
     "WEIR_TLS_CA",
     "WEIR_TLS_CERT",
     "WEIR_TLS_KEY",
+    "WEIR_USER",
+    "WEIR_PASSWORD",
+    "WEIR_SASL_MECHANISM",
     "WEIR_CONFIG",
     "WEIR_TEST_PYTHON",
     "WEIR_TEST_NODE",
@@ -62,6 +65,8 @@ pub struct Config {
     /// The certificate of the doors' TLS listeners (`tls_listen` in `[native]`, `[kafka]`,
     /// `[http]`).
     pub tls: TlsConfig,
+    /// Authentication of clients (`[auth]`).
+    pub auth: AuthSettings,
     /// Stream pipelines run by the server, `[pipelines.NAME]` tables in the shape of
     /// `docs/pipelines.md`; checked as a whole at start.
     pub pipelines: std::collections::BTreeMap<String, toml::Table>,
@@ -107,6 +112,43 @@ impl Default for TlsConfig {
             key: None,
             client_ca: None,
             handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[auth]`: whether clients must say who they are, and how. Off by default: the server is
+/// then open to whoever reaches its listeners (loopback only by default), and says so at
+/// start. Users are kept in `users_file`, which `weir user add|remove|list` edits; the server
+/// reads it again when it changes (looked at every 2 s) and on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Require every client to authenticate. Default false.
+    pub enabled: bool,
+    /// The users file. Default `<data_dir>/auth/users.json`.
+    pub users_file: Option<PathBuf>,
+    /// SASL mechanisms offered, of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`. Default all
+    /// three. PLAIN sends the password itself: offer it over TLS only.
+    pub mechanisms: Vec<String>,
+    /// Failed authentications a client address may make at once, and then per minute,
+    /// before its attempts are refused unchecked. Default 10.
+    pub failures_per_minute: u32,
+    /// A connection that has not authenticated this long after it opened is closed.
+    /// Default 10,000 ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            users_file: None,
+            mechanisms: weir_auth::Mechanism::ALL
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            failures_per_minute: 10,
+            timeout_ms: 10_000,
         }
     }
 }
@@ -228,6 +270,7 @@ impl Default for Config {
             quotas: QuotasConfig::default(),
             tracing: TracingConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthSettings::default(),
             pipelines: std::collections::BTreeMap::new(),
             pipelines_dir: None,
             base_dir: PathBuf::from("."),
@@ -623,6 +666,7 @@ impl Config {
         if self.tls.handshake_timeout_ms == 0 {
             bail!("tls.handshake_timeout_ms must be positive");
         }
+        self.validate_auth()?;
         self.http
             .http
             .validate()
@@ -720,6 +764,63 @@ impl Config {
             connection_rate_per_ip: self.limits.connection_rate_per_ip,
             ..weir_broker::BrokerConfig::default()
         })
+    }
+
+    fn validate_auth(&self) -> Result<()> {
+        let a = &self.auth;
+        if a.mechanisms.is_empty() {
+            bail!("auth.mechanisms is empty: no client could authenticate");
+        }
+        for m in &a.mechanisms {
+            if weir_auth::Mechanism::parse(m).is_none() {
+                bail!("auth.mechanisms: {m:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512");
+            }
+        }
+        if a.failures_per_minute == 0 {
+            bail!("auth.failures_per_minute must be positive");
+        }
+        if a.timeout_ms == 0 {
+            bail!("auth.timeout_ms must be positive");
+        }
+        if a.enabled && self.http.enabled {
+            // Refused rather than left open: a door that cannot check who a client is would
+            // let anyone past the others' authentication.
+            bail!(
+                "auth.enabled: the HTTP door cannot authenticate clients yet; set \
+                 http.enabled = false (docs/security.md)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The users file: `auth.users_file`, else `<data_dir>/auth/users.json`.
+    pub fn users_file(&self) -> PathBuf {
+        self.auth
+            .users_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("auth").join("users.json"))
+    }
+
+    /// The server's authentication, when `[auth]` is enabled (the users file read now).
+    pub fn auth(&self) -> Result<Option<std::sync::Arc<weir_auth::Auth>>> {
+        if !self.auth.enabled {
+            return Ok(None);
+        }
+        let users = weir_auth::UserStore::open(self.users_file())?;
+        let config = weir_auth::AuthConfig {
+            mechanisms: self
+                .auth
+                .mechanisms
+                .iter()
+                .filter_map(|m| weir_auth::Mechanism::parse(m))
+                .collect(),
+            failures_burst: self.auth.failures_per_minute,
+            failures_per_minute: self.auth.failures_per_minute,
+            timeout: Duration::from_millis(self.auth.timeout_ms),
+        };
+        Ok(Some(std::sync::Arc::new(weir_auth::Auth::new(
+            users, config,
+        ))))
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -908,6 +1009,7 @@ mod tests {
             "quotas",
             "tracing",
             "tls",
+            "auth",
             "pipelines",
         ];
         let listed: std::collections::BTreeSet<&str> =

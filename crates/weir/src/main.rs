@@ -2,7 +2,7 @@
 //!
 //! Layout: `config` (server configuration), `serve` (`weir serve`), `admin` (`weir topic`,
 //! `weir group`), `produce` and `consume` (`weir produce`, `weir consume`), `bench`
-//! (`weir bench`), `pipeline` (`weir pipeline check | run`).
+//! (`weir bench`), `pipeline` (`weir pipeline check | run`), `users` (`weir user`).
 
 mod admin;
 mod bench;
@@ -13,10 +13,11 @@ mod otel;
 mod pipeline;
 mod produce;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 // Fetch responses are read into fresh multi-megabyte buffers. glibc's malloc maps and unmaps
@@ -72,13 +73,60 @@ pub struct Conn {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// User to authenticate as, to a server that requires it; the password comes from
+    /// WEIR_PASSWORD or --password-file (never a flag: other users could read it in `ps`).
+    #[arg(long, env = "WEIR_USER", global = true)]
+    pub user: Option<String>,
+    /// File whose first line is --user's password.
+    #[arg(long = "password-file", global = true, requires = "user")]
+    pub password_file: Option<PathBuf>,
+    /// SASL mechanism to authenticate with: SCRAM-SHA-512 (the default), SCRAM-SHA-256 or
+    /// PLAIN (which sends the password itself: over TLS only).
+    #[arg(
+        long = "sasl-mechanism",
+        env = "WEIR_SASL_MECHANISM",
+        global = true,
+        default_value = "SCRAM-SHA-512",
+        value_parser = parse_mechanism
+    )]
+    pub mechanism: weir_client::Mechanism,
+}
+
+fn parse_mechanism(s: &str) -> std::result::Result<weir_client::Mechanism, String> {
+    weir_client::Mechanism::parse(&s.to_ascii_uppercase())
+        .ok_or_else(|| format!("{s:?} is not SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"))
 }
 
 impl Conn {
     /// A client connected as these options say.
     pub async fn connect(&self, client_id: &str) -> Result<weir_client::Client> {
-        let tls = self.client_tls()?;
-        Ok(weir_client::Client::connect_with(&self.addr, client_id, tls).await?)
+        let options = weir_client::ConnectOptions {
+            tls: self.client_tls()?,
+            credentials: self.credentials()?,
+        };
+        Ok(weir_client::Client::connect_options(&self.addr, client_id, options).await?)
+    }
+
+    /// The user and password these options give, if any.
+    pub fn credentials(&self) -> Result<Option<weir_client::Credentials>> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        let password = match (&self.password_file, std::env::var("WEIR_PASSWORD")) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading --password-file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            (None, Ok(p)) => p,
+            (None, Err(_)) => anyhow::bail!(
+                "--user {user} needs a password: set WEIR_PASSWORD or give --password-file"
+            ),
+        };
+        let mut credentials = weir_client::Credentials::new(user.clone(), password);
+        credentials.mechanism = self.mechanism;
+        Ok(Some(credentials))
     }
 
     /// The TLS these options ask for (files read and checked), or `None` for plain TCP.
@@ -118,6 +166,9 @@ enum Cmd {
     /// Measure throughput and latency against a running server.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Manage the users clients authenticate as (`[auth]`).
+    #[command(subcommand)]
+    User(users::UserCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -175,6 +226,14 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                  server with WEIR_TOPICS__AUTO_CREATE=true"
             ))
         }
+        weir_client::ClientError::Server {
+            code: ErrorCode::AuthenticationRequired,
+            ..
+        } => Some(
+            "authenticate with --user NAME (or WEIR_USER), the password in WEIR_PASSWORD or \
+             --password-file"
+                .into(),
+        ),
         weir_client::ClientError::Connect { addr, .. } => Some(format!(
             "is `weir serve` running and listening on {addr}? (--addr or WEIR_ADDR to change it)"
         )),
@@ -201,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             r
         }
         Cmd::Bench(cmd) => runtime.block_on(bench::run(cmd)),
+        Cmd::User(cmd) => users::run(cmd),
         Cmd::Pipeline(cmd) => {
             if matches!(cmd, pipeline::PipelineCmd::Run { .. }) {
                 serve::init_stderr_logging();

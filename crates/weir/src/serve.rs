@@ -54,14 +54,34 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         .await?
     };
     let tls = config.tls()?;
+    let auth = config.auth()?;
+    if let Some(auth) = &auth {
+        broker.set_auth(auth.clone());
+        let users = auth.users();
+        if users.is_empty() {
+            tracing::warn!(
+                users_file = %users.path().display(),
+                "authentication is required but there are no users yet: add one with \
+                 `weir user add NAME` (the server reads the file again when it changes)"
+            );
+        }
+        tracing::info!(
+            users = users.len(),
+            users_file = %users.path().display(),
+            mechanisms = %auth.mechanism_names().join(","),
+            "clients must authenticate (Kafka: SASL; native: Authenticate)"
+        );
+    }
+    let authenticated = auth.is_some();
     let listener = TcpListener::bind(&config.native.listen)
         .await
         .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
     let addr = listener.local_addr()?;
     // Whether any listener can be reached from beyond this machine (there is no
     // authentication yet: docs/security.md).
-    let mut reachable = exposed("native", addr);
-    let mtls = config.tls.client_ca.is_some();
+    let mut reachable = exposed("native", addr, authenticated);
+    // Listeners where no one gets in unchecked: client certificates or authentication.
+    let guarded = config.tls.client_ca.is_some() || authenticated;
     tracing::info!(native = %addr, data_dir = %config.data_dir.display(), "weir is serving");
     // A line scripts and tests can wait for, on stdout whatever the log format.
     println!("weir listening native={addr}");
@@ -77,7 +97,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         None,
     ));
     if let Some(at) = &config.native.tls_listen {
-        let listener = bind_tls(at, "native", mtls, &mut reachable).await?;
+        let listener = bind_tls(at, "native", guarded, &mut reachable).await?;
         shutdown.spawn(weir_server::serve(
             listener,
             broker.clone(),
@@ -94,13 +114,24 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let mut kafka_listeners = Vec::new();
         for (at, tls) in listeners {
             let listener = if tls.is_some() {
-                bind_tls(&at, "kafka", mtls, &mut reachable).await?
+                bind_tls(&at, "kafka", guarded, &mut reachable).await?
             } else {
                 let l = TcpListener::bind(&at)
                     .await
                     .with_context(|| format!("binding the Kafka listener to {at}"))?;
                 let addr = l.local_addr()?;
-                reachable |= exposed("kafka", addr);
+                reachable |= exposed("kafka", addr, authenticated);
+                if authenticated
+                    && !addr.ip().is_loopback()
+                    && config.auth.mechanisms.iter().any(|m| m == "PLAIN")
+                {
+                    tracing::warn!(
+                        kafka = %addr,
+                        "SASL PLAIN on a plain-TCP Kafka listener beyond loopback: passwords \
+                         cross the network in the clear; offer PLAIN on kafka.tls_listen only \
+                         (auth.mechanisms without PLAIN) or firewall the port"
+                    );
+                }
                 tracing::info!(kafka = %addr, "serving the Kafka protocol");
                 println!("weir listening kafka={addr}");
                 l
@@ -132,7 +163,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             .await
             .with_context(|| format!("binding the HTTP listener to {}", config.http.listen))?;
         let addr = listener.local_addr()?;
-        reachable |= exposed("http", addr);
+        reachable |= exposed("http", addr, authenticated);
         tracing::info!(http = %addr, "serving HTTP and WebSocket");
         println!("weir listening http={addr}");
         let mut http_config = config.http_config();
@@ -144,7 +175,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let mut listeners = vec![(listener, None)];
         if let Some(at) = &config.http.tls_listen {
             listeners.push((
-                bind_tls(at, "http", mtls, &mut reachable).await?,
+                bind_tls(at, "http", guarded, &mut reachable).await?,
                 tls.clone(),
             ));
         }
@@ -158,7 +189,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     if let Some(tls) = tls.clone() {
         shutdown.spawn(reload_tls(tls, shutdown.begun()));
     }
-    if !reachable {
+    if let Some(auth) = auth {
+        shutdown.spawn(reload_users(auth, shutdown.begun()));
+    }
+    if !reachable && !authenticated {
         tracing::info!(
             "every listener is on loopback, with no authentication: open to this machine only \
              (docs/security.md)"
@@ -225,41 +259,82 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
-/// Warns, loudly, when a listener can be reached from other machines: weir has no
-/// authentication yet, so anyone who reaches it can read, write and delete every topic. True
-/// for such a listener.
-fn exposed(door: &'static str, addr: std::net::SocketAddr) -> bool {
+/// Warns, loudly, when a listener can be reached from other machines without
+/// authentication: anyone who reaches it can read, write and delete every topic. True for a
+/// listener beyond loopback.
+fn exposed(door: &'static str, addr: std::net::SocketAddr, authenticated: bool) -> bool {
     if addr.ip().is_loopback() {
         return false;
+    }
+    if authenticated {
+        return true;
     }
     tracing::warn!(
         door,
         %addr,
         "LISTENING BEYOND LOOPBACK WITHOUT AUTHENTICATION: anyone who can reach {addr} can read, \
-         write and delete every topic. weir has no authentication yet (docs/security.md); \
+         write and delete every topic. Require authentication ([auth], docs/security.md), \
          firewall the port, or use mutual TLS (tls.client_ca) on a tls_listen address"
     );
     true
 }
 
 /// Binds a door's TLS listener and says so (`weir listening <door>_tls=ADDR` on stdout).
-/// A listener requiring client certificates (`mtls`) is not open to anyone: no warning.
+/// A `guarded` listener (client certificates required, or authentication) is not open to
+/// anyone: no warning.
 async fn bind_tls(
     at: &str,
     door: &'static str,
-    mtls: bool,
+    guarded: bool,
     reachable: &mut bool,
 ) -> Result<TcpListener> {
     let listener = TcpListener::bind(at)
         .await
         .with_context(|| format!("binding the {door} TLS listener to {at}"))?;
     let addr = listener.local_addr()?;
-    if !mtls {
-        *reachable |= exposed(door, addr);
+    if !guarded {
+        *reachable |= exposed(door, addr, false);
     }
     tracing::info!(door, tls = %addr, "serving over TLS");
     println!("weir listening {door}_tls={addr}");
     Ok(listener)
+}
+
+/// Reads the users file again when it changed (looked at every 2 s) and on SIGHUP, until
+/// the shutdown begins. A file that cannot be read keeps the users in force and says why.
+async fn reload_users(
+    auth: std::sync::Arc<weir_auth::Auth>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tokio::pin!(stop);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
+            _ = tick.tick() => {}
+        }
+        let users = auth.users();
+        let store = std::sync::Arc::clone(&auth);
+        let reloaded = tokio::task::spawn_blocking(move || store.users().reload_if_changed()).await;
+        match reloaded {
+            Ok(Ok(true)) => {
+                failing = false;
+                tracing::info!(users = users.len(), file = %users.path().display(), "users reloaded");
+            }
+            Ok(Ok(false)) => {}
+            // Said once, not every 2 s, until the file reads again.
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "users file unreadable; the users in force stay");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(error = %e, "users reload task failed"),
+        }
+    }
 }
 
 /// Reads the TLS files again on SIGHUP, and when one of them changed (looked at every 10 s),
