@@ -61,9 +61,12 @@ impl Server {
         let mut kafka = String::new();
         let mut http = String::new();
         let mut tls = std::collections::BTreeMap::new();
+        // A door turned off prints no line.
+        let off = |door: &str| env.contains(&(door, "false"));
+        let (kafka_on, http_on) = (!off("WEIR_KAFKA__ENABLED"), !off("WEIR_HTTP__ENABLED"));
         while addr.is_empty()
-            || kafka.is_empty()
-            || http.is_empty()
+            || (kafka_on && kafka.is_empty())
+            || (http_on && http.is_empty())
             || tls_doors.iter().any(|d| !tls.contains_key(*d))
         {
             let line = rx

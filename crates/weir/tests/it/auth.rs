@@ -1,0 +1,506 @@
+//! Authentication against the real binary and real clients: users made with `weir user`,
+//! then kcat, confluent-kafka, kafka-python and aiokafka over SASL (PLAIN, SCRAM-SHA-256,
+//! SCRAM-SHA-512; over TLS and plain TCP; `tests/py/sasl_clients.py`), and the native CLI
+//! with `--user`. Then what a hostile peer meets on the Kafka door: requests before
+//! authenticating, messages out of order, oversized, replayed, a connection that never
+//! authenticates, and the per-address limit on failures.
+
+use crate::common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, json_report, python, run};
+
+/// `weir user ...` against the users file of a data directory.
+fn user(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("user")
+        .args(args)
+        .arg("--users-file")
+        .arg(data.join("auth/users.json"));
+    run(cmd, stdin)
+}
+
+/// The native CLI as `who` (user and password), over TLS trusting `ca`.
+fn native(
+    addr: &str,
+    ca: &Path,
+    who: Option<(&str, &str)>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args)
+        .env("WEIR_ADDR", addr)
+        .env("WEIR_TLS_CA", ca)
+        .env_remove("WEIR_USER")
+        .env_remove("WEIR_PASSWORD");
+    if let Some((u, p)) = who {
+        cmd.env("WEIR_USER", u).env("WEIR_PASSWORD", p);
+    }
+    run(cmd, "")
+}
+
+fn kcat(broker: &str, settings: &[&str], args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut cmd = Command::new("kcat");
+    cmd.args(["-b", broker, "-m", "5"]);
+    for s in settings {
+        cmd.args(["-X", s]);
+    }
+    cmd.args(args);
+    run(cmd, stdin)
+}
+
+const ALICE: &str = "alice-password-1";
+
+#[test]
+fn kafka_and_native_clients_authenticate_and_strangers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::pki(dir.path(), "auth");
+    let data = dir.path().join("data");
+    // A user made before the server starts, its password from standard input.
+    let (ok, out, err) = user(
+        &data,
+        &["add", "alice", "--password-stdin"],
+        &format!("{ALICE}\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "added user alice");
+    let (ok, _, err) = user(
+        &data,
+        &["add", "alice", "--password-stdin"],
+        "another-password\n",
+    );
+    assert!(!ok && err.contains("exists"), "{err}");
+    let stored = std::fs::read_to_string(data.join("auth/users.json")).unwrap();
+    assert!(!stored.contains(ALICE), "the password itself is not stored");
+
+    let cert = pki.cert.display().to_string();
+    let key = pki.key.display().to_string();
+    let env = [
+        ("WEIR_AUTH__ENABLED", "true"),
+        // Failed logins below come fast and from one address; the limit has its own test.
+        ("WEIR_AUTH__FAILURES_PER_MINUTE", "1000"),
+        ("WEIR_HTTP__ENABLED", "false"),
+        ("WEIR_TOPICS__AUTO_CREATE", "false"),
+        ("WEIR_TLS__CERT", cert.as_str()),
+        ("WEIR_TLS__KEY", key.as_str()),
+        ("WEIR_NATIVE__TLS_LISTEN", "127.0.0.1:0"),
+        ("WEIR_KAFKA__TLS_LISTEN", "127.0.0.1:0"),
+    ];
+    let server = Server::start_with_tls(&data, &env, &["native", "kafka"]);
+    let native_tls = server.tls["native"].clone();
+    let kafka_tls = server.tls["kafka"].clone();
+
+    // The native CLI: refused without a user (with the reason and what to do), and with a
+    // wrong password; served as alice, over SCRAM-SHA-512 (the default) and PLAIN.
+    let (ok, _, err) = native(&native_tls, &pki.ca, None, &["topic", "create", "auth"]);
+    assert!(
+        !ok && err.contains("AuthenticationRequired") && err.contains("--user"),
+        "{err}"
+    );
+    let (ok, _, err) = native(
+        &native_tls,
+        &pki.ca,
+        Some(("alice", "nope")),
+        &["topic", "create", "auth"],
+    );
+    assert!(
+        !ok && err.contains("AuthenticationFailed") && err.contains("invalid credentials"),
+        "{err}"
+    );
+    let (ok, _, err) = native(
+        &native_tls,
+        &pki.ca,
+        Some(("alice", ALICE)),
+        &["topic", "create", "auth"],
+    );
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["topic", "list", "--sasl-mechanism", "plain"])
+        .env("WEIR_ADDR", &native_tls)
+        .env("WEIR_TLS_CA", &pki.ca)
+        .env("WEIR_USER", "alice")
+        .env("WEIR_PASSWORD", ALICE);
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok && out.contains("auth"), "{out}{err}");
+
+    // kcat: PLAIN and SCRAM-SHA-512 over TLS, SCRAM-SHA-256 over plain TCP; nothing without
+    // SASL or with a wrong password.
+    let ca = format!("ssl.ca.location={}", pki.ca.display());
+    let sasl = |protocol: &str, mechanism: &str, password: &str| -> Vec<String> {
+        vec![
+            format!("security.protocol={protocol}"),
+            format!("sasl.mechanisms={mechanism}"),
+            "sasl.username=alice".to_string(),
+            format!("sasl.password={password}"),
+            ca.clone(),
+        ]
+    };
+    let s = sasl("SASL_SSL", "PLAIN", ALICE);
+    let s: Vec<&str> = s.iter().map(String::as_str).collect();
+    let (ok, _, err) = kcat(
+        &kafka_tls,
+        &s,
+        &["-P", "-t", "auth", "-K:"],
+        "a:1\nb:2\nc:3\n",
+    );
+    assert!(ok, "{err}");
+    let s = sasl("SASL_SSL", "SCRAM-SHA-512", ALICE);
+    let s: Vec<&str> = s.iter().map(String::as_str).collect();
+    let (ok, out, err) = kcat(
+        &kafka_tls,
+        &s,
+        &["-C", "-t", "auth", "-e", "-f", "%k=%s\n"],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "a=1\nb=2\nc=3\n");
+    let s = sasl("SASL_PLAINTEXT", "SCRAM-SHA-256", ALICE);
+    let s: Vec<&str> = s[..4].iter().map(String::as_str).collect();
+    let (ok, out, err) = kcat(&server.kafka, &s, &["-L", "-t", "auth"], "");
+    assert!(ok && out.contains("topic \"auth\""), "{out}{err}");
+    let (ok, out, err) = kcat(&server.kafka, &[], &["-L"], "");
+    assert!(!ok && !out.contains("auth"), "{out}{err}");
+    let s = sasl("SASL_SSL", "SCRAM-SHA-512", "wrong");
+    let s: Vec<&str> = s.iter().map(String::as_str).collect();
+    let (ok, out, err) = kcat(&kafka_tls, &s, &["-L"], "");
+    assert!(!ok && err.contains("invalid credentials"), "{out}{err}");
+
+    // The Python clients: confluent-kafka, kafka-python, aiokafka.
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/sasl_clients.py"
+    ))
+    .args([&server.kafka, &kafka_tls])
+    .arg(&pki.ca)
+    .args(["alice", ALICE]);
+    let report = json_report(cmd, "sasl_clients.py");
+    for (client, tag) in [
+        ("confluent_plain", "cp"),
+        ("confluent_scram512", "cs"),
+        ("kafka_python_scram256", "kp"),
+        ("aiokafka_scram512", "ak"),
+    ] {
+        let read = common::strings(&report[client]["read"]);
+        let expected: Vec<String> = (0..5).map(|i| format!("{tag}-{i}")).collect();
+        assert_eq!(read, expected, "{client}: {report}");
+        let wrong = report[format!("{client}_wrong")]["error"].as_str().unwrap();
+        assert!(!wrong.is_empty(), "{client}: {report}");
+    }
+    let confluent_wrong = report["confluent_scram512_wrong"]["error"]
+        .as_str()
+        .unwrap();
+    assert!(
+        confluent_wrong.contains("invalid credentials"),
+        "{confluent_wrong}"
+    );
+
+    // A user added while the server runs can log in within a few seconds (the file is read
+    // again when it changes); once removed, it cannot open a new connection.
+    let (ok, out, err) = user(&data, &["add", "bob"], "");
+    assert!(ok, "{err}");
+    let bob = out.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(bob.len(), 32, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, _, err) = native(
+            &native_tls,
+            &pki.ca,
+            Some(("bob", &bob)),
+            &["topic", "list"],
+        );
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never got in: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (ok, out, _) = user(&data, &["list"], "");
+    assert!(ok && out.contains("alice") && out.contains("bob"), "{out}");
+    let (ok, _, err) = user(&data, &["remove", "bob"], "");
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, _, err) = native(
+            &native_tls,
+            &pki.ca,
+            Some(("bob", &bob)),
+            &["topic", "list"],
+        );
+        if !ok {
+            assert!(err.contains("AuthenticationFailed"), "{err}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob still gets in");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A users file broken on disk keeps the users in force.
+    std::fs::write(data.join("auth/users.json"), "{ not json").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, _, err) = native(
+        &native_tls,
+        &pki.ca,
+        Some(("alice", ALICE)),
+        &["topic", "list"],
+    );
+    assert!(ok, "{err}");
+    server.stop();
+}
+
+/// A Kafka request frame: size, header v1 (key, version, correlation id, client id), body.
+fn request(api: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(api.to_be_bytes());
+    f.extend(version.to_be_bytes());
+    f.extend(7i32.to_be_bytes());
+    f.extend(4i16.to_be_bytes());
+    f.extend(b"evil");
+    f.extend(body);
+    let mut out = (f.len() as i32).to_be_bytes().to_vec();
+    out.extend(f);
+    out
+}
+
+fn string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as i16).to_be_bytes().to_vec();
+    v.extend(s.as_bytes());
+    v
+}
+
+fn bytes(b: &[u8]) -> Vec<u8> {
+    let mut v = (b.len() as i32).to_be_bytes().to_vec();
+    v.extend(b);
+    v
+}
+
+const HANDSHAKE: i16 = 17;
+const AUTHENTICATE: i16 = 36;
+
+/// The next response's body (after the correlation id), or `None` once the server closed.
+fn response(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body[4..].to_vec())
+}
+
+/// Whether the server closes `s` within `within`, sending nothing more.
+fn closed(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0))
+        || matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// SaslAuthenticate v1's answer: error code, message, auth bytes.
+fn authenticate_answer(body: &[u8]) -> (i16, String, Vec<u8>) {
+    let error = i16::from_be_bytes([body[0], body[1]]);
+    let mlen = i16::from_be_bytes([body[2], body[3]]);
+    let (message, rest) = if mlen < 0 {
+        (String::new(), &body[4..])
+    } else {
+        let m = mlen as usize;
+        (
+            String::from_utf8_lossy(&body[4..4 + m]).into_owned(),
+            &body[4 + m..],
+        )
+    };
+    let blen = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    (error, message, rest[4..4 + blen].to_vec())
+}
+
+/// Connects and starts `mechanism` (SaslHandshake v1), which must be accepted.
+fn start(addr: &str, mechanism: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&request(HANDSHAKE, 1, &string(mechanism)))
+        .unwrap();
+    let body = response(&mut s).expect("a handshake answer");
+    assert_eq!(i16::from_be_bytes([body[0], body[1]]), 0, "{mechanism}");
+    s
+}
+
+fn step(s: &mut TcpStream, message: &[u8]) -> Option<(i16, String, Vec<u8>)> {
+    s.write_all(&request(AUTHENTICATE, 1, &bytes(message)))
+        .unwrap();
+    response(s).map(|b| authenticate_answer(&b))
+}
+
+#[test]
+fn hostile_sasl_messages_are_refused_and_a_guessing_address_is_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = user(
+        &data,
+        &["add", "alice", "--password-stdin"],
+        &format!("{ALICE}\n"),
+    );
+    assert!(ok, "{err}");
+    let server = Server::start(
+        &data,
+        &[
+            ("WEIR_AUTH__ENABLED", "true"),
+            ("WEIR_AUTH__TIMEOUT_MS", "1500"),
+            ("WEIR_AUTH__FAILURES_PER_MINUTE", "4"),
+            ("WEIR_HTTP__ENABLED", "false"),
+        ],
+    );
+    let addr = server.kafka.clone();
+
+    // Any request but ApiVersions and SASL before authenticating closes the connection.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&request(3, 1, &0i32.to_be_bytes())).unwrap();
+    assert!(
+        closed(&mut s, Duration::from_secs(5)),
+        "Metadata before SASL"
+    );
+
+    // SaslAuthenticate before SaslHandshake: ILLEGAL_SASL_STATE, then closed.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&request(AUTHENTICATE, 1, &bytes(b"\0alice\0x")))
+        .unwrap();
+    let (error, message, _) = authenticate_answer(&response(&mut s).unwrap());
+    assert_eq!(error, 34, "{message}");
+    assert!(closed(&mut s, Duration::from_secs(5)));
+
+    // An unknown mechanism: UNSUPPORTED_SASL_MECHANISM with those on offer, then closed.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&request(HANDSHAKE, 1, &string("GSSAPI")))
+        .unwrap();
+    let body = response(&mut s).unwrap();
+    assert_eq!(i16::from_be_bytes([body[0], body[1]]), 33);
+    let listed = String::from_utf8_lossy(&body);
+    for m in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        assert!(listed.contains(m), "{listed}");
+    }
+    assert!(closed(&mut s, Duration::from_secs(5)));
+
+    // A connection that never authenticates (silent, or stuck inside a request whose body
+    // never comes) is closed after the timeout.
+    for first in [&b""[..], &100i32.to_be_bytes()[..]] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(first).unwrap();
+        let t = Instant::now();
+        assert!(closed(&mut s, Duration::from_secs(8)), "{first:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    // Failures from here on count against 127.0.0.1 (4 allowed at once).
+    // 1: an oversized SASL message.
+    let mut s = start(&addr, "SCRAM-SHA-256");
+    let (error, message, _) = step(&mut s, &vec![b'n'; 5000]).unwrap();
+    assert_eq!(error, 58, "{message}");
+    assert!(message.contains("5000 bytes"), "{message}");
+    assert!(closed(&mut s, Duration::from_secs(5)));
+
+    // 2: a SCRAM exchange replayed. A real one first (it succeeds, and the server proves it
+    // holds the credential), then its client-first and client-final again on a new
+    // connection: the server's nonce differs, so the old proof does not pass.
+    let hash = weir_auth::ScramHash::Sha512;
+    let mut client = weir_auth::scram_client::ScramClient::new(hash, "alice", ALICE);
+    let mut s = start(&addr, "SCRAM-SHA-512");
+    let first = client.client_first();
+    let (error, _, server_first) = step(&mut s, &first).unwrap();
+    assert_eq!(error, 0);
+    let last = client.client_final(&server_first).unwrap();
+    let (error, message, server_final) = step(&mut s, &last).unwrap();
+    assert_eq!(error, 0, "{message}");
+    client.verify_server(&server_final).unwrap();
+    drop(s);
+    let mut s = start(&addr, "SCRAM-SHA-512");
+    let (error, _, again) = step(&mut s, &first).unwrap();
+    assert_eq!(error, 0);
+    assert_ne!(again, server_first, "a fresh server nonce");
+    let (error, message, _) = step(&mut s, &last).unwrap();
+    assert_eq!(error, 58, "{message}");
+    assert!(closed(&mut s, Duration::from_secs(5)));
+
+    // 3 and 4: wrong passwords, over PLAIN; a truncated PLAIN message is malformed, not a
+    // crash (it counts too, but the limit is reached either way).
+    for wrong in [&b"\0alice\0guess-1"[..], b"\0alice\0guess-2"] {
+        let mut s = start(&addr, "PLAIN");
+        let (error, message, _) = step(&mut s, wrong).unwrap();
+        assert_eq!(error, 58);
+        assert!(message.contains("invalid credentials"), "{message}");
+    }
+    // The address is held back now: even the right password is refused, unchecked.
+    let mut s = start(&addr, "PLAIN");
+    let (error, message, _) = step(&mut s, format!("\0alice\0{ALICE}").as_bytes()).unwrap();
+    assert_eq!(error, 58);
+    assert!(message.contains("too many failed"), "{message}");
+    // The native door shares the limit.
+    let rt = common::rt();
+    let err = rt
+        .block_on(weir_client::Client::connect_options(
+            &server.addr,
+            "t",
+            weir_client::ConnectOptions {
+                tls: None,
+                credentials: Some(weir_client::Credentials::new("alice", ALICE)),
+            },
+        ))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("too many failed"), "{err}");
+    // Before Authenticate, the native door answers AUTHENTICATION_REQUIRED.
+    let err = rt
+        .block_on(weir_client::Client::connect(&server.addr, "t"))
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.code(),
+        Some(weir_wire::ErrorCode::AuthenticationRequired)
+    );
+    server.stop();
+}
+
+#[test]
+fn auth_settings_that_cannot_work_refuse_to_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("auth")).unwrap();
+    for (env, why) in [
+        (
+            vec![("WEIR_AUTH__ENABLED", "true")],
+            "HTTP door cannot authenticate",
+        ),
+        (
+            vec![("WEIR_AUTH__MECHANISMS", "[\"GSSAPI\"]")],
+            "\"GSSAPI\" is not one of",
+        ),
+        (
+            vec![("WEIR_AUTH__MECHANISMS", "[]")],
+            "auth.mechanisms is empty",
+        ),
+        (vec![("WEIR_AUTH__TIMEOUT_MS", "0")], "auth.timeout_ms"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("serve").env("WEIR_DATA_DIR", &data);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let (ok, _, err) = run(cmd, "");
+        assert!(!ok && err.contains(why), "{env:?}: {err}");
+    }
+    // A users file that is not one: refused, naming the file.
+    std::fs::write(data.join("auth/users.json"), "[]").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("serve")
+        .env("WEIR_DATA_DIR", &data)
+        .env("WEIR_AUTH__ENABLED", "true")
+        .env("WEIR_HTTP__ENABLED", "false");
+    let (ok, _, err) = run(cmd, "");
+    assert!(!ok && err.contains("users.json"), "{err}");
+}
