@@ -451,14 +451,12 @@ fn hostile_sasl_messages_are_refused_and_a_guessing_address_is_held_back() {
                 credentials: Some(weir_client::Credentials::new("alice", ALICE)),
             },
         ))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.to_string().contains("too many failed"), "{err}");
     // Before Authenticate, the native door answers AUTHENTICATION_REQUIRED.
     let err = rt
         .block_on(weir_client::Client::connect(&server.addr, "t"))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(
         err.code(),
         Some(weir_wire::ErrorCode::AuthenticationRequired)
