@@ -338,7 +338,7 @@ impl Connection {
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut draining = *stop.borrow();
         let heartbeat = self.config.idle_timeout / 3;
-        let tick = tokio::time::sleep(heartbeat);
+        let tick = tokio::time::sleep_until(self.next_tick(heartbeat));
         tokio::pin!(tick);
         loop {
             if draining && self.in_flight.is_empty() {
@@ -481,13 +481,23 @@ impl Connection {
                             break;
                         }
                     }
-                    tick.as_mut().reset(Instant::now() + heartbeat);
+                    tick.as_mut().reset(self.next_tick(heartbeat));
                 }
             }
         }
         // Bounded: over TLS a shutdown sends close_notify and waits for everything buffered to
         // go out, which a peer that stopped reading (often why the loop ended) never allows.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
+
+    /// When to look at the connection's timers next: a heartbeat from now, or sooner, when it
+    /// must authenticate, at its deadline.
+    fn next_tick(&self, heartbeat: Duration) -> Instant {
+        let next = Instant::now() + heartbeat;
+        match &self.auth {
+            Some(a) if a.principal.is_none() => next.min(a.deadline),
+            _ => next,
+        }
     }
 
     /// Writes a frame; a peer that does not read for the idle timeout is given up on.

@@ -397,6 +397,16 @@ fn hostile_sasl_messages_are_refused_and_a_guessing_address_is_held_back() {
         );
     }
 
+    // So is a native connection that never authenticates.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let t = Instant::now();
+    assert!(closed(&mut s, Duration::from_secs(8)), "native");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+
     // Failures from here on count against 127.0.0.1 (4 allowed at once).
     // 1: an oversized SASL message.
     let mut s = start(&addr, "SCRAM-SHA-256");
