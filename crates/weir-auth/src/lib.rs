@@ -6,6 +6,8 @@
 //!   of a password.
 //! - [`users`]: the users file (`weir user add|remove|list` edits it, the server reads it
 //!   again when it changes) and [`UserStore`], the users a server knows.
+//! - [`jwt`]: JSON Web Tokens (HS256, RS256, ES256) for the HTTP door; API tokens live in the
+//!   users file.
 //! - [`scram`]: the server side of a SCRAM-SHA-256/512 exchange; [`scram_client`]: the
 //!   client side, for weir's own client; [`plain`]: SASL PLAIN.
 //! - This file: [`Principal`], [`Mechanism`], and [`Auth`], what a door asks: start a SASL
@@ -20,6 +22,7 @@ use weir_flow::keyed::{KeyedConfig, KeyedLimiter};
 use weir_flow::limiter::{Gcra, Rate};
 
 pub mod credentials;
+pub mod jwt;
 pub mod plain;
 pub mod scram;
 pub mod scram_client;
@@ -93,7 +96,7 @@ pub enum AuthError {
     #[error("authentication failed: invalid credentials")]
     Failed,
     /// The client's message does not follow the mechanism.
-    #[error("malformed SASL message: {0}")]
+    #[error("malformed credentials: {0}")]
     Malformed(String),
     /// The mechanism is not one enabled.
     #[error("SASL mechanism {0:?} is not enabled")]
@@ -120,6 +123,8 @@ pub struct AuthConfig {
     pub failures_per_minute: u32,
     /// A connection not authenticated this long after it opened is closed.
     pub timeout: Duration,
+    /// JWT keys for bearer tokens, if any.
+    pub jwt: Option<Arc<jwt::Jwt>>,
 }
 
 impl Default for AuthConfig {
@@ -129,6 +134,7 @@ impl Default for AuthConfig {
             failures_burst: 10,
             failures_per_minute: 10,
             timeout: Duration::from_secs(10),
+            jwt: None,
         }
     }
 }
@@ -264,6 +270,34 @@ impl Auth {
         result
     }
 
+    /// Checks a bearer token of a client at `peer`: a user's API token (`weir_…`), else a JWT
+    /// (when keys are configured). A failure is charged to the address, and an address over
+    /// its limit is refused unchecked.
+    pub fn bearer(&self, token: &str, peer: Option<IpAddr>) -> Result<Principal, AuthError> {
+        if let Some(ip) = peer {
+            let wait = self.failures.time_until_ready(&ip, 1);
+            if !wait.is_zero() {
+                return Err(AuthError::Limited(wait));
+            }
+        }
+        let result = if token.starts_with(users::TOKEN_PREFIX) {
+            self.users
+                .by_token(token)
+                .map(|name| Principal::user(&name))
+                .ok_or(AuthError::Failed)
+        } else if let Some(jwt) = &self.config.jwt {
+            jwt.verify(token)
+        } else {
+            Err(AuthError::Failed)
+        };
+        if result.is_err()
+            && let Some(ip) = peer
+        {
+            let _ = self.failures.try_acquire(&ip, 1);
+        }
+        result
+    }
+
     /// Counts and logs the end of an exchange on `door` (the one place both happen); the
     /// log names the user and the address, never a secret.
     pub fn record(
@@ -273,7 +307,11 @@ impl Auth {
         peer: Option<std::net::SocketAddr>,
         outcome: &Result<Principal, AuthError>,
     ) {
-        let mechanism = Mechanism::parse(mechanism).map_or("other", Mechanism::name);
+        let mechanism = match mechanism {
+            "token" => "token",
+            "jwt" => "jwt",
+            m => Mechanism::parse(m).map_or("other", Mechanism::name),
+        };
         let result = match outcome {
             Ok(_) => "ok",
             Err(AuthError::Failed) => "failed",

@@ -8,8 +8,13 @@
 //! {"version": 1, "users": {"alice": {
 //!     "created_ms": 1765000000000,
 //!     "scram_sha_256": {"salt": "…", "iterations": 4096, "stored_key": "…", "server_key": "…"},
-//!     "scram_sha_512": {"salt": "…", "iterations": 4096, "stored_key": "…", "server_key": "…"}}}}
+//!     "scram_sha_512": {"salt": "…", "iterations": 4096, "stored_key": "…", "server_key": "…"},
+//!     "tokens": [{"id": "3f2a9c1e", "sha256": "…", "created_ms": 1765000000000}]}}}
 //! ```
+//!
+//! API tokens (for the HTTP door's `Authorization: Bearer`) are kept as the SHA-256 of the
+//! token: a token is 32 random bytes, so a hash that cannot be reversed by guessing is enough,
+//! and looking one up costs one hash per request (no per-token salt or iterations).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -44,18 +49,64 @@ pub struct User {
     pub created_ms: u64,
     pub scram_sha_256: ScramCredential,
     pub scram_sha_512: ScramCredential,
+    /// API tokens, by hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<ApiToken>,
+}
+
+/// An API token of a user, as stored: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Names the token in listings and revocations: the first 8 hex digits of its hash.
+    pub id: String,
+    /// SHA-256 of the token, in hex.
+    pub sha256: String,
+    pub created_ms: u64,
+}
+
+/// What every API token starts with, so that a door tells one from a JWT at a glance.
+pub const TOKEN_PREFIX: &str = "weir_";
+
+/// SHA-256 of `token`, in hex.
+pub fn token_hash(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new API token (`weir_` and 43 characters of URL-safe base64: 256 bits), and what is
+/// stored of it.
+pub fn new_token() -> (String, ApiToken) {
+    use base64::Engine;
+    let mut raw = [0u8; 32];
+    crate::random(&mut raw);
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let sha256 = token_hash(&token);
+    let stored = ApiToken {
+        id: sha256[..8].to_string(),
+        sha256,
+        created_ms: now_ms(),
+    };
+    (token, stored)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl User {
     /// A user whose password is `password`, with fresh salts.
     pub fn with_password(password: &str, iterations: u32) -> Self {
-        let created_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         Self {
-            created_ms,
+            created_ms: now_ms(),
             scram_sha_256: ScramCredential::new(ScramHash::Sha256, password, iterations),
             scram_sha_512: ScramCredential::new(ScramHash::Sha512, password, iterations),
+            tokens: Vec::new(),
         }
     }
 
@@ -149,6 +200,12 @@ impl UserFile {
                     .check(hash)
                     .map_err(|e| format!("user {name:?}: {e}"))?;
             }
+            for t in &user.tokens {
+                let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+                if t.sha256.len() != 64 || !hex(&t.sha256) || !t.sha256.starts_with(&t.id) {
+                    return Err(format!("user {name:?}: token {:?} is not a SHA-256", t.id));
+                }
+            }
         }
         Ok(())
     }
@@ -216,7 +273,28 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct UserStore {
     path: PathBuf,
-    users: RwLock<(Stamp, Arc<BTreeMap<String, User>>)>,
+    users: RwLock<(Stamp, Arc<Known>)>,
+}
+
+/// The users file as read: users by name, and their tokens' hashes.
+#[derive(Debug, Default)]
+struct Known {
+    users: BTreeMap<String, User>,
+    tokens: std::collections::HashMap<String, String>,
+}
+
+impl Known {
+    fn from(file: UserFile) -> Self {
+        let tokens = file
+            .users
+            .iter()
+            .flat_map(|(name, u)| u.tokens.iter().map(|t| (t.sha256.clone(), name.clone())))
+            .collect();
+        Self {
+            users: file.users,
+            tokens,
+        }
+    }
 }
 
 /// What tells a changed file: size, modification time and inode (a rename makes a new one).
@@ -235,7 +313,7 @@ impl UserStore {
         let file = UserFile::load(&path)?;
         Ok(Self {
             path,
-            users: RwLock::new((before, Arc::new(file.users))),
+            users: RwLock::new((before, Arc::new(Known::from(file)))),
         })
     }
 
@@ -245,12 +323,18 @@ impl UserStore {
 
     /// The user named `name`.
     pub fn get(&self, name: &str) -> Option<User> {
-        self.users.read().1.get(name).cloned()
+        self.users.read().1.users.get(name).cloned()
+    }
+
+    /// The user an API token is of.
+    pub fn by_token(&self, token: &str) -> Option<String> {
+        let hash = token_hash(token);
+        self.users.read().1.tokens.get(&hash).cloned()
     }
 
     /// How many users there are.
     pub fn len(&self) -> usize {
-        self.users.read().1.len()
+        self.users.read().1.users.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -274,7 +358,7 @@ impl UserStore {
 
     fn reload_at(&self, at: Stamp) -> Result<(), StoreError> {
         let file = UserFile::load(&self.path)?;
-        *self.users.write() = (at, Arc::new(file.users));
+        *self.users.write() = (at, Arc::new(Known::from(file)));
         Ok(())
     }
 }
@@ -350,6 +434,45 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
         let err = UserFile::load(&path).unwrap_err().to_string();
         assert!(err.contains("iterations"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_found_by_their_hash_and_gone_once_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        let (token, stored) = new_token();
+        assert!(
+            token.starts_with(TOKEN_PREFIX) && token.len() == 48,
+            "{token}"
+        );
+        UserFile::edit(&path, |f| {
+            let mut u = User::with_password("pw", 4096);
+            u.tokens.push(stored.clone());
+            f.users.insert("carol".into(), u);
+            Ok(())
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&token[5..]));
+        let store = UserStore::open(path.clone()).unwrap();
+        assert_eq!(store.by_token(&token).as_deref(), Some("carol"));
+        assert_eq!(store.by_token(&format!("{token}x")), None);
+        UserFile::edit(&path, |f| {
+            f.users.get_mut("carol").unwrap().tokens.clear();
+            Ok(())
+        })
+        .unwrap();
+        store.reload().unwrap();
+        assert_eq!(store.by_token(&token), None);
+        // A file written before tokens existed still reads.
+        std::fs::write(&path, text.replace("\"tokens\"", "\"tokenz\"")).unwrap();
+        assert!(UserFile::load(&path).is_err());
+        let mut f = UserFile::load(&path.with_file_name("none.json")).unwrap();
+        f.users
+            .insert("dave".into(), User::with_password("pw", 4096));
+        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("tokens"));
+        UserFile::load(&path).unwrap();
     }
 
     #[test]

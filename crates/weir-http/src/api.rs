@@ -151,6 +151,11 @@ pub fn router(state: AppState) -> Api {
                 refuse_oversized(limit, req, next)
             },
         ))
+        // Outermost: nothing is looked at before the client is known.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state);
     Api { router }
 }
@@ -217,6 +222,74 @@ async fn refuse_oversized(
         return r;
     }
     next.run(req).await
+}
+
+/// When the server requires authentication: every request but `/health` and `/ready` needs
+/// `Authorization: Bearer TOKEN` (an API token of a user, or a JWT), or on `/ws`, for
+/// browsers that cannot set headers, `?access_token=TOKEN`. Otherwise 401 with a JSON error
+/// and `WWW-Authenticate`. The principal goes into the request's extensions.
+async fn authenticate(
+    State(s): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(auth) = s.broker.auth() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if matches!(path, "/health" | "/ready") {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<crate::listener::Peer>().map(|p| p.0);
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let from_query = (path == "/ws")
+        .then(|| req.uri().query())
+        .flatten()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
+    let Some(token) = from_header.or(from_query).map(str::to_string) else {
+        return unauthenticated(
+            "this server requires authentication: send Authorization: Bearer TOKEN (an API \
+             token from `weir user token`, or a JWT)",
+            false,
+        );
+    };
+    let kind = if token.starts_with(weir_auth::users::TOKEN_PREFIX) {
+        "token"
+    } else {
+        "jwt"
+    };
+    let outcome = auth.bearer(&token, peer.map(|p| p.ip()));
+    auth.record("http", kind, peer, &outcome);
+    match outcome {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => unauthenticated(&e.to_string(), true),
+    }
+}
+
+/// 401 with the reason, and the `WWW-Authenticate` challenge (RFC 6750).
+fn unauthenticated(message: &str, token_given: bool) -> Response {
+    let mut r = ApiError::new(ErrorCode::Unauthenticated, message.to_string()).into_response();
+    let challenge = if token_given {
+        "Bearer realm=\"weir\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"weir\""
+    };
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(challenge),
+    );
+    r
 }
 
 pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {

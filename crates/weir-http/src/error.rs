@@ -58,6 +58,9 @@ pub enum ErrorCode {
     NotDelivered,
     /// The events were not delivered in time; they may still be, so a retry may duplicate.
     DeliveryTimeout,
+    /// The server requires authentication and the request has no valid credentials
+    /// (`Authorization: Bearer` with an API token or a JWT; `access_token` on `/ws`).
+    Unauthenticated,
     /// Anything else; the message says what.
     Internal,
 }
@@ -91,6 +94,7 @@ impl ErrorCode {
         ErrorCode::PipelineNotRunning,
         ErrorCode::NotDelivered,
         ErrorCode::DeliveryTimeout,
+        ErrorCode::Unauthenticated,
         ErrorCode::Internal,
     ];
 
@@ -123,6 +127,7 @@ impl ErrorCode {
             ErrorCode::PipelineNotRunning => "pipeline_not_running",
             ErrorCode::NotDelivered => "not_delivered",
             ErrorCode::DeliveryTimeout => "delivery_timeout",
+            ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Internal => "internal",
         }
     }
@@ -155,6 +160,7 @@ impl ErrorCode {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -13,8 +13,12 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use weir_net::Accepted;
+
+/// The client's address, in every request's extensions (authentication limits failures per
+/// address).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) std::net::SocketAddr);
 
 /// Serves one admitted connection until it closes, its head or idle timeout passes, or the
 /// shutdown begins (then the request in progress is answered and the connection closed).
@@ -33,8 +37,14 @@ pub(crate) async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout);
+    // Each request carries the connection's peer.
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            tower_service::Service::call(&mut app.clone(), req)
+        });
     let conn = builder
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .serve_connection(TokioIo::new(stream), service)
         // WebSocket upgrades: the upgraded socket goes on as a hub task of its own.
         .with_upgrades();
     tokio::pin!(conn, begun);

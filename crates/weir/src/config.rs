@@ -136,6 +136,18 @@ pub struct AuthSettings {
     /// A connection that has not authenticated this long after it opened is closed.
     /// Default 10,000 ms.
     pub timeout_ms: u64,
+    /// HTTP door: a file holding the secret HS256 JWTs are signed with (32 bytes at least).
+    /// Default none.
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// HTTP door: a PEM public key (RSA for RS256, EC P-256 for ES256) JWTs are signed by.
+    /// Default none.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// HTTP door: a JWKS file of public keys, chosen by the token's `kid`. Default none.
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The `iss` a JWT must carry. Default: not checked.
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a JWT must carry. Default: not checked.
+    pub jwt_audience: Option<String>,
 }
 
 impl Default for AuthSettings {
@@ -149,6 +161,11 @@ impl Default for AuthSettings {
                 .collect(),
             failures_per_minute: 10,
             timeout_ms: 10_000,
+            jwt_hs256_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
         }
     }
 }
@@ -782,15 +799,32 @@ impl Config {
         if a.timeout_ms == 0 {
             bail!("auth.timeout_ms must be positive");
         }
-        if a.enabled && self.http.enabled {
-            // Refused rather than left open: a door that cannot check who a client is would
-            // let anyone past the others' authentication.
+        if (a.jwt_issuer.is_some() || a.jwt_audience.is_some()) && self.jwt_files().is_empty() {
             bail!(
-                "auth.enabled: the HTTP door cannot authenticate clients yet; set \
-                 http.enabled = false (docs/security.md)"
+                "auth.jwt_issuer or auth.jwt_audience is set but no JWT key is (auth.jwt_*_file)"
             );
         }
         Ok(())
+    }
+
+    fn jwt_files(&self) -> weir_auth::jwt::JwtFiles {
+        weir_auth::jwt::JwtFiles {
+            hs256_secret: self.auth.jwt_hs256_secret_file.clone(),
+            public_key: self.auth.jwt_public_key_file.clone(),
+            jwks: self.auth.jwt_jwks_file.clone(),
+            issuer: self.auth.jwt_issuer.clone(),
+            audience: self.auth.jwt_audience.clone(),
+        }
+    }
+
+    /// The JWT keys, when any is configured (the files read now).
+    fn jwt(&self) -> Result<Option<std::sync::Arc<weir_auth::jwt::Jwt>>> {
+        let files = self.jwt_files();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let jwt = weir_auth::jwt::Jwt::load(&files).map_err(anyhow::Error::msg)?;
+        Ok(Some(std::sync::Arc::new(jwt)))
     }
 
     /// The users file: `auth.users_file`, else `<data_dir>/auth/users.json`.
@@ -817,6 +851,7 @@ impl Config {
             failures_burst: self.auth.failures_per_minute,
             failures_per_minute: self.auth.failures_per_minute,
             timeout: Duration::from_millis(self.auth.timeout_ms),
+            jwt: self.jwt()?,
         };
         Ok(Some(std::sync::Arc::new(weir_auth::Auth::new(
             users, config,

@@ -69,7 +69,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             users = users.len(),
             users_file = %users.path().display(),
             mechanisms = %auth.mechanism_names().join(","),
-            "clients must authenticate (Kafka: SASL; native: Authenticate)"
+            "clients must authenticate (Kafka: SASL; native: Authenticate; HTTP: bearer tokens)"
         );
     }
     let authenticated = auth.is_some();

@@ -1,4 +1,4 @@
-//! `weir user add | remove | list`: edits the users file the server authenticates clients
+//! `weir user add | remove | token | list`: edits the users file the server authenticates clients
 //! against (`[auth]`). It works on the file directly, with or without the server running: the
 //! server reads the file again when it changes (within 2 s), so an added user can log in and
 //! a removed one cannot open new connections (open ones stay until they close).
@@ -32,8 +32,21 @@ pub enum UserCmd {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Make an API token for a user (HTTP's `Authorization: Bearer`), printed once; only its
+    /// hash is stored. With --revoke ID, remove one instead.
+    Token {
+        name: String,
+        /// The id of a token to remove (`weir user list --tokens` shows them).
+        #[arg(long)]
+        revoke: Option<String>,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// List the users.
     List {
+        /// Show each user's API tokens (their ids and creation times).
+        #[arg(long)]
+        tokens: bool,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -94,6 +107,11 @@ pub fn run(cmd: UserCmd) -> Result<()> {
                         "user {name:?} exists: --replace gives it a new password"
                     )));
                 }
+                // A new password keeps the user's API tokens.
+                let mut user = user;
+                if let Some(old) = f.users.get(&name) {
+                    user.tokens = old.tokens.clone();
+                }
                 f.users.insert(name.clone(), user);
                 Ok(())
             })?;
@@ -105,6 +123,7 @@ pub fn run(cmd: UserCmd) -> Result<()> {
             eprintln!("users file: {}", path.display());
         }
         UserCmd::Remove { name, file } => {
+            // Its API tokens go with it.
             let path = file.path()?;
             UserFile::edit(&path, |f| {
                 f.users
@@ -114,12 +133,56 @@ pub fn run(cmd: UserCmd) -> Result<()> {
             })?;
             println!("removed user {name}");
         }
-        UserCmd::List { file } => {
+        UserCmd::Token { name, revoke, file } => {
+            let path = file.path()?;
+            match revoke {
+                Some(id) => {
+                    UserFile::edit(&path, |f| {
+                        let user = f
+                            .users
+                            .get_mut(&name)
+                            .ok_or_else(|| StoreError::Refused(format!("no user {name:?}")))?;
+                        let before = user.tokens.len();
+                        user.tokens.retain(|t| t.id != id);
+                        if user.tokens.len() == before {
+                            return Err(StoreError::Refused(format!(
+                                "user {name:?} has no token {id:?}"
+                            )));
+                        }
+                        Ok(())
+                    })?;
+                    println!("revoked token {id} of user {name}");
+                }
+                None => {
+                    let (token, stored) = weir_auth::users::new_token();
+                    let id = stored.id.clone();
+                    UserFile::edit(&path, |f| {
+                        f.users
+                            .get_mut(&name)
+                            .ok_or_else(|| StoreError::Refused(format!("no user {name:?}")))?
+                            .tokens
+                            .push(stored);
+                        Ok(())
+                    })?;
+                    println!("token {id} of user {name} (shown once): {token}");
+                }
+            }
+        }
+        UserCmd::List { tokens, file } => {
             let path = file.path()?;
             let f = UserFile::load(&path)?;
-            println!("{:<32} ADDED", "USER");
+            println!("{:<32} {:<31} TOKENS", "USER", "ADDED");
             for (name, user) in &f.users {
-                println!("{name:<32} {}", added(user.created_ms));
+                println!(
+                    "{name:<32} {:<31} {}",
+                    added(user.created_ms),
+                    user.tokens.len()
+                );
+                if tokens {
+                    for t in &user.tokens {
+                        println!("  token {} added {}", t.id, added(t.created_ms));
+                    }
+                }
             }
             eprintln!("{} users in {}", f.users.len(), path.display());
         }

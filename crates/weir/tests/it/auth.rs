@@ -1,7 +1,8 @@
 //! Authentication against the real binary and real clients: users made with `weir user`,
 //! then kcat, confluent-kafka, kafka-python and aiokafka over SASL (PLAIN, SCRAM-SHA-256,
 //! SCRAM-SHA-512; over TLS and plain TCP; `tests/py/sasl_clients.py`), and the native CLI
-//! with `--user`. Then what a hostile peer meets on the Kafka door: requests before
+//! with `--user`; curl and the Python websockets client with API tokens and JWTs (HS256, ES256
+//! from a PEM key and from a JWKS file). Then what a hostile peer meets on the Kafka door: requests before
 //! authenticating, messages out of order, oversized, replayed, a connection that never
 //! authenticates, and the per-address limit on failures.
 
@@ -84,7 +85,6 @@ fn kafka_and_native_clients_authenticate_and_strangers_are_refused() {
         ("WEIR_AUTH__ENABLED", "true"),
         // Failed logins below come fast and from one address; the limit has its own test.
         ("WEIR_AUTH__FAILURES_PER_MINUTE", "1000"),
-        ("WEIR_HTTP__ENABLED", "false"),
         ("WEIR_TOPICS__AUTO_CREATE", "false"),
         ("WEIR_TLS__CERT", cert.as_str()),
         ("WEIR_TLS__KEY", key.as_str()),
@@ -348,7 +348,6 @@ fn hostile_sasl_messages_are_refused_and_a_guessing_address_is_held_back() {
             ("WEIR_AUTH__ENABLED", "true"),
             ("WEIR_AUTH__TIMEOUT_MS", "1500"),
             ("WEIR_AUTH__FAILURES_PER_MINUTE", "4"),
-            ("WEIR_HTTP__ENABLED", "false"),
         ],
     );
     let addr = server.kafka.clone();
@@ -481,8 +480,15 @@ fn auth_settings_that_cannot_work_refuse_to_start_with_the_reason() {
     std::fs::create_dir_all(data.join("auth")).unwrap();
     for (env, why) in [
         (
-            vec![("WEIR_AUTH__ENABLED", "true")],
-            "HTTP door cannot authenticate",
+            vec![("WEIR_AUTH__JWT_ISSUER", "https://idp")],
+            "no JWT key is",
+        ),
+        (
+            vec![
+                ("WEIR_AUTH__ENABLED", "true"),
+                ("WEIR_AUTH__JWT_HS256_SECRET_FILE", "/nonexistent/secret"),
+            ],
+            "/nonexistent/secret",
         ),
         (
             vec![("WEIR_AUTH__MECHANISMS", "[\"GSSAPI\"]")],
@@ -507,8 +513,219 @@ fn auth_settings_that_cannot_work_refuse_to_start_with_the_reason() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
     cmd.arg("serve")
         .env("WEIR_DATA_DIR", &data)
-        .env("WEIR_AUTH__ENABLED", "true")
-        .env("WEIR_HTTP__ENABLED", "false");
+        .env("WEIR_AUTH__ENABLED", "true");
     let (ok, _, err) = run(cmd, "");
     assert!(!ok && err.contains("users.json"), "{err}");
+}
+
+/// `curl` GET of `path` with `token` as bearer; (status, body).
+fn curl(http: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    cmd.arg(format!("http://{http}{path}"));
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok, "{err}");
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// `curl` POST of a JSON `body` to `path` with `token` as bearer; the status.
+fn post(http: &str, path: &str, token: &str, body: &str) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+    ])
+    .arg(format!("Authorization: Bearer {token}"))
+    .args(["-H", "Content-Type: application/json", "-d", body])
+    .arg(format!("http://{http}{path}"));
+    run(cmd, "").1
+}
+
+fn jwt(
+    claims: serde_json::Value,
+    header: jsonwebtoken::Header,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token's id: the first 8 hex digits of its SHA-256.
+fn token_id(token: &str) -> String {
+    weir_auth::users::token_hash(token)[..8].to_string()
+}
+
+#[test]
+fn http_and_websocket_clients_present_api_tokens_and_jwts() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = user(
+        &data,
+        &["add", "alice", "--password-stdin"],
+        &format!("{ALICE}\n"),
+    );
+    assert!(ok, "{err}");
+    let new_token = || {
+        let (ok, out, err) = user(&data, &["token", "alice"], "");
+        assert!(ok, "{err}");
+        let token = out.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(token.starts_with("weir_"), "{out}");
+        token
+    };
+    let token = new_token();
+    let revoked = new_token();
+    let (ok, out, err) = user(
+        &data,
+        &["token", "alice", "--revoke", &token_id(&revoked)],
+        "",
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = user(&data, &["list", "--tokens"], "");
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains(&token_id(&revoked)) && out.contains(&token_id(&token)),
+        "{out}"
+    );
+    let stored = std::fs::read_to_string(data.join("auth/users.json")).unwrap();
+    assert!(
+        !stored.contains(&token[5..]),
+        "the token itself is not stored"
+    );
+
+    // The keys: an HS256 secret, an ES256 key as PEM, another in a JWKS file by kid.
+    let secret = b"a secret of more than thirty-two bytes".to_vec();
+    std::fs::write(dir.path().join("jwt.secret"), &secret).unwrap();
+    let pem_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("jwt.pem"), pem_key.public_key_pem()).unwrap();
+    let jwks_key = rcgen::KeyPair::generate().unwrap();
+    let raw = jwks_key.public_key_raw();
+    assert_eq!((raw.len(), raw[0]), (65, 4), "an uncompressed P-256 point");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..]),
+    }]});
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+    let files: Vec<String> = ["jwt.secret", "jwt.pem", "jwks.json"]
+        .iter()
+        .map(|f| dir.path().join(f).display().to_string())
+        .collect();
+    let server = Server::start(
+        &data,
+        &[
+            ("WEIR_AUTH__ENABLED", "true"),
+            ("WEIR_AUTH__JWT_HS256_SECRET_FILE", &files[0]),
+            ("WEIR_AUTH__JWT_PUBLIC_KEY_FILE", &files[1]),
+            ("WEIR_AUTH__JWT_JWKS_FILE", &files[2]),
+            ("WEIR_AUTH__JWT_AUDIENCE", "weir"),
+            ("WEIR_AUTH__FAILURES_PER_MINUTE", "1000"),
+        ],
+    );
+    let http = server.http.clone();
+
+    // Health and readiness stay open (load balancers); nothing else does.
+    assert_eq!(curl(&http, "/health", None).0, 200);
+    assert_eq!(curl(&http, "/ready", None).0, 200);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i"]).arg(format!("http://{http}/topics"));
+    let (_, out, _) = run(cmd, "");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        lower.contains("www-authenticate: bearer realm=\"weir\""),
+        "{out}"
+    );
+    assert!(out.contains("\"code\":\"unauthenticated\""), "{out}");
+    for path in ["/metrics", "/stats", "/groups", "/openapi.json", "/nowhere"] {
+        assert_eq!(curl(&http, path, None).0, 401, "{path}");
+    }
+
+    // An API token; a revoked one and made-up ones are refused.
+    let (code, body) = curl(&http, "/topics", Some(&token));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(post(&http, "/topics", &token, r#"{"name": "web"}"#), "201");
+    for bad in [revoked.as_str(), "weir_madeup", "not-a-jwt"] {
+        let (code, body) = curl(&http, "/topics", Some(bad));
+        assert_eq!(code, 401, "{bad}: {body}");
+    }
+
+    // JWTs: HS256, ES256 by the PEM key, ES256 by the JWKS kid. Refused: expired, forged,
+    // for another audience, signed by the PEM key but naming the JWKS kid, an unknown kid.
+    let hs = EncodingKey::from_secret(&secret);
+    let es_pem = EncodingKey::from_ec_pem(pem_key.serialize_pem().as_bytes()).unwrap();
+    let es_jwks = EncodingKey::from_ec_pem(jwks_key.serialize_pem().as_bytes()).unwrap();
+    let claims = |exp: u64| serde_json::json!({"sub": "someone", "exp": exp, "aud": "weir"});
+    let with_kid = |kid: &str| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(kid.to_string());
+        h
+    };
+    let later = now() + 300;
+    let good = [
+        jwt(claims(later), Header::new(Algorithm::HS256), &hs),
+        jwt(claims(later), Header::new(Algorithm::ES256), &es_pem),
+        jwt(claims(later), with_kid("k1"), &es_jwks),
+    ];
+    for t in &good {
+        let (code, body) = curl(&http, "/groups", Some(t));
+        assert_eq!(code, 200, "{t}: {body}");
+    }
+    let other = EncodingKey::from_secret(b"another secret, also longer than 32 bytes");
+    let bad = [
+        jwt(claims(now() - 300), Header::new(Algorithm::HS256), &hs),
+        jwt(claims(later), Header::new(Algorithm::HS256), &other),
+        jwt(
+            serde_json::json!({"sub": "a", "exp": later, "aud": "other"}),
+            Header::new(Algorithm::HS256),
+            &hs,
+        ),
+        jwt(claims(later), with_kid("k1"), &es_pem),
+        jwt(claims(later), with_kid("k2"), &es_jwks),
+    ];
+    for t in &bad {
+        let (code, body) = curl(&http, "/groups", Some(t));
+        assert_eq!(code, 401, "{t}: {body}");
+    }
+
+    // WebSocket: the token as a query parameter (browsers cannot set headers on it).
+    let ws = |url: String| {
+        let mut cmd = Command::new(python());
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/ws_client.py"
+        ))
+        .args(["--url", &url, "--records", "1", "--timeout", "15"])
+        .args([
+            "--send",
+            r#"{"op":"subscribe","topics":["web"],"from":"earliest"}"#,
+        ]);
+        run(cmd, "")
+    };
+    let records = r#"{"records":[{"value":"hello"}]}"#;
+    assert_eq!(post(&http, "/topics/web/records", &good[0], records), "200");
+    let (ok, out, err) = ws(format!("ws://{http}/ws?access_token={}", good[2]));
+    assert!(ok && out.contains("\"hello\""), "{out}{err}");
+    let (ok, out, err) = ws(format!("ws://{http}/ws"));
+    assert!(!ok && err.contains("401"), "{out}{err}");
+    let (ok, out, err) = ws(format!("ws://{http}/ws?access_token={}", bad[0]));
+    assert!(!ok && err.contains("401"), "{out}{err}");
+    server.stop();
 }
