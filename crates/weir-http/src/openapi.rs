@@ -72,8 +72,12 @@ pub fn document() -> Value {
             "title": "weir HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Produce, fetch and administer topics over HTTP; subscribe to live \
-                records over WebSocket at /ws. Errors are JSON with a stable code.",
+                records over WebSocket at /ws. Errors are JSON with a stable code. When the \
+                server requires authentication, every operation but /health and /ready needs \
+                a bearer token (an API token or a JWT; on /ws also ?access_token=), else 401 \
+                unauthenticated.",
         },
+        "security": [{}, {"bearer": []}],
         "paths": {
             "/health": {"get": {
                 "summary": "Liveness: the process answers.",
@@ -335,7 +339,13 @@ pub fn document() -> Value {
                 },
             }},
         },
-        "components": {"schemas": {
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token (`weir user token NAME`) or a JWT; required when \
+                    the server's [auth] is enabled.",
+            }},
+            "schemas": {
             "Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}},
