@@ -148,6 +148,8 @@ pub struct Auth {
     /// Key of the salts made up for unknown users: stable within a process, so that asking
     /// twice for the same unknown user gets the same salt, as for a real one.
     fake_salt_key: ring::hmac::Key,
+    /// Turns for steps on the blocking threads (see [`Auth::step_async`]).
+    blocking: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Auth {
@@ -175,11 +177,13 @@ impl Auth {
         );
         let mut secret = [0u8; 32];
         random(&mut secret);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             users,
             config,
             failures,
             fake_salt_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            blocking: tokio::sync::Semaphore::new(cpus.max(2)),
         }
     }
 
@@ -268,6 +272,28 @@ impl Auth {
             }
         }
         result
+    }
+
+    /// [`Auth::step`] on a blocking thread (a PLAIN login derives a key: thousands of hash
+    /// rounds), at most one per CPU at once across the server: a flood of logins waits its
+    /// turn instead of taking every blocking thread.
+    pub async fn step_async(
+        self: &Arc<Self>,
+        mut sasl: Sasl,
+        message: impl AsRef<[u8]> + Send + 'static,
+    ) -> Result<(Sasl, SaslStep), AuthError> {
+        let _turn = self
+            .blocking
+            .acquire()
+            .await
+            .map_err(|_| AuthError::IllegalState("authentication is closed".into()))?;
+        let auth = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let step = auth.step(&mut sasl, message.as_ref())?;
+            Ok((sasl, step))
+        })
+        .await
+        .map_err(|e| AuthError::IllegalState(format!("the authentication task failed: {e}")))?
     }
 
     /// Checks a bearer token of a client at `peer`: a user's API token (`weir_…`), else a JWT

@@ -209,26 +209,14 @@ impl Session {
         };
         let stepped = match started {
             Err(e) => Err(e),
-            Ok(mut sasl) => {
-                // PLAIN derives a key (thousands of hash rounds): off the connection's thread.
-                let a = Arc::clone(auth);
-                match tokio::task::spawn_blocking(move || {
-                    let r = a.step(&mut sasl, &bytes);
-                    (sasl, r)
-                })
-                .await
-                {
-                    Ok((sasl, Ok(SaslStep::Challenge(challenge)))) => {
-                        self.exchange = Some((mechanism, Ok(sasl)));
-                        return Ok(challenge);
-                    }
-                    Ok((_, Ok(SaslStep::Done(principal, last)))) => Ok((principal, last)),
-                    Ok((_, Err(e))) => Err(e),
-                    Err(e) => Err(AuthError::IllegalState(format!(
-                        "the authentication task failed: {e}"
-                    ))),
+            Ok(sasl) => match auth.step_async(sasl, bytes).await {
+                Ok((sasl, SaslStep::Challenge(challenge))) => {
+                    self.exchange = Some((mechanism, Ok(sasl)));
+                    return Ok(challenge);
                 }
-            }
+                Ok((_, SaslStep::Done(principal, last))) => Ok((principal, last)),
+                Err(e) => Err(e),
+            },
         };
         match stepped {
             Ok((principal, last)) => {

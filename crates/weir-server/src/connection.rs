@@ -961,27 +961,14 @@ impl Connection {
         };
         let stepped = match started {
             Err(e) => Err(e),
-            Ok(mut sasl) => {
-                // PLAIN derives a key (thousands of hash rounds): off the runtime's threads.
-                let a = Arc::clone(&auth);
-                let bytes = req.auth_bytes;
-                match tokio::task::spawn_blocking(move || {
-                    let r = a.step(&mut sasl, &bytes);
-                    (sasl, r)
-                })
-                .await
-                {
-                    Ok((sasl, Ok(weir_auth::SaslStep::Challenge(c)))) => {
-                        state.sasl = Some(sasl);
-                        Ok((None, c))
-                    }
-                    Ok((_, Ok(weir_auth::SaslStep::Done(p, last)))) => Ok((Some(p), last)),
-                    Ok((_, Err(e))) => Err(e),
-                    Err(e) => Err(weir_auth::AuthError::IllegalState(format!(
-                        "the authentication task failed: {e}"
-                    ))),
+            Ok(sasl) => match auth.step_async(sasl, req.auth_bytes).await {
+                Ok((sasl, weir_auth::SaslStep::Challenge(c))) => {
+                    state.sasl = Some(sasl);
+                    Ok((None, c))
                 }
-            }
+                Ok((_, weir_auth::SaslStep::Done(p, last))) => Ok((Some(p), last)),
+                Err(e) => Err(e),
+            },
         };
         match stepped {
             Ok((principal, auth_bytes)) => {
