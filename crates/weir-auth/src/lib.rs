@@ -336,6 +336,7 @@ impl Auth {
         let mechanism = match mechanism {
             "token" => "token",
             "jwt" => "jwt",
+            "mtls" => "mtls",
             m => Mechanism::parse(m).map_or("other", Mechanism::name),
         };
         let result = match outcome {

@@ -186,7 +186,8 @@ async fn dial(
     };
     let (resp, _): (msg::HelloResponse, _) =
         call(&conn, Api::Hello, &hello, &[], DEFAULT_TIMEOUT).await?;
-    if !resp.auth_mechanisms.is_empty() {
+    // Authenticated already when a client certificate names the client (mutual TLS).
+    if !resp.auth_mechanisms.is_empty() && resp.principal.is_empty() {
         let Some(credentials) = credentials else {
             return Err(ClientError::Server {
                 code: weir_wire::ErrorCode::AuthenticationRequired,

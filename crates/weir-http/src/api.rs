@@ -240,7 +240,10 @@ async fn authenticate(
     if matches!(path, "/health" | "/ready") {
         return next.run(req).await;
     }
-    let peer = req.extensions().get::<crate::listener::Peer>().map(|p| p.0);
+    let (peer, certificate_name) = req
+        .extensions()
+        .get::<crate::listener::Peer>()
+        .map_or((None, None), |p| (Some(p.addr), p.certificate_name.clone()));
     let from_header = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -255,6 +258,12 @@ async fn authenticate(
         .flatten()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
     let Some(token) = from_header.or(from_query).map(str::to_string) else {
+        // A verified client certificate names the client (mutual TLS).
+        if let Some(name) = certificate_name {
+            req.extensions_mut()
+                .insert(weir_auth::Principal::user(&name));
+            return next.run(req).await;
+        }
         return unauthenticated(
             "this server requires authentication: send Authorization: Bearer TOKEN (an API \
              token from `weir user token`, or a JWT)",

@@ -17,8 +17,12 @@ use weir_net::Accepted;
 
 /// The client's address, in every request's extensions (authentication limits failures per
 /// address).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub(crate) std::net::SocketAddr);
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) addr: std::net::SocketAddr,
+    /// The name a verified client certificate gives (mutual TLS).
+    pub(crate) certificate_name: Option<std::sync::Arc<str>>,
+}
 
 /// Serves one admitted connection until it closes, its head or idle timeout passes, or the
 /// shutdown begins (then the request in progress is answered and the connection closed).
@@ -38,9 +42,13 @@ pub(crate) async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout);
     // Each request carries the connection's peer.
+    let certificate_name: Option<std::sync::Arc<str>> = stream.peer_name().map(Into::into);
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(Peer(peer));
+            req.extensions_mut().insert(Peer {
+                addr: peer,
+                certificate_name: certificate_name.clone(),
+            });
             tower_service::Service::call(&mut app.clone(), req)
         });
     let conn = builder

@@ -197,15 +197,17 @@ async fn connection(
     kafka: &Kafka,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // A verified client certificate authenticates the connection.
+    let session = Session::new(kafka.broker.auth().cloned(), Some(peer), stream.peer_name());
     // Plain TCP splits into owned halves (no lock between them); TLS through tokio's split.
     match stream {
         weir_net::Stream::Plain(tcp) => {
             let (reader, writer) = tcp.into_split();
-            run(reader, writer, peer, kafka, stop).await
+            run(reader, writer, peer, kafka, session, stop).await
         }
         tls => {
             let (reader, writer) = tokio::io::split(tls);
-            run(reader, writer, peer, kafka, stop).await
+            run(reader, writer, peer, kafka, session, stop).await
         }
     }
 }
@@ -215,6 +217,7 @@ async fn run(
     mut writer: impl tokio::io::AsyncWrite + Unpin + Send,
     peer: std::net::SocketAddr,
     kafka: &Kafka,
+    mut session: Session,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) =
@@ -280,11 +283,10 @@ async fn run(
             }
         }
     };
-    let auth = kafka.broker.auth().cloned();
-    let auth_deadline = auth
-        .as_ref()
+    let auth_deadline = kafka
+        .broker
+        .auth()
         .map(|a| tokio::time::Instant::now() + a.timeout());
-    let mut session = Session::new(auth, Some(peer));
     let handle_all = async {
         // Produce requests whose batches are written, awaiting their syncs, oldest first. Their
         // answers go out in request order, but the appends of consecutive produces overlap

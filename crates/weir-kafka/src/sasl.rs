@@ -52,10 +52,24 @@ pub(crate) enum Gate {
 
 impl Session {
     /// A new connection's session: anonymous and done if the server requires no
-    /// authentication.
-    pub(crate) fn new(auth: Option<Arc<Auth>>, peer: Option<SocketAddr>) -> Self {
+    /// authentication; done as `certificate_name` if a verified client certificate names the
+    /// client (mutual TLS).
+    pub(crate) fn new(
+        auth: Option<Arc<Auth>>,
+        peer: Option<SocketAddr>,
+        certificate_name: Option<String>,
+    ) -> Self {
+        let principal = match (&auth, certificate_name) {
+            (None, _) => Some(Principal::Anonymous),
+            (Some(a), Some(name)) => {
+                let p = Principal::user(&name);
+                a.record("kafka", "mtls", peer, &Ok(p.clone()));
+                Some(p)
+            }
+            (Some(_), None) => None,
+        };
         Self {
-            principal: auth.is_none().then_some(Principal::Anonymous),
+            principal,
             auth,
             exchange: None,
             raw: false,

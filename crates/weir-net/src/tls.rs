@@ -186,6 +186,18 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().1.peer_certificates()?.first(),
         }
     }
+
+    /// Who a verified client certificate says the client is: its subject's common name (CN),
+    /// if it has one of 1 to 256 characters without control characters. (Kafka's brokers take
+    /// the whole distinguished name unless a mapping rule cuts it down; the CN is what such
+    /// rules usually keep, and what ACLs and logs read best.)
+    pub fn peer_name(&self) -> Option<String> {
+        let der = self.peer_certificate()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+        (!cn.is_empty() && cn.len() <= 256 && !cn.chars().any(char::is_control))
+            .then(|| cn.to_string())
+    }
 }
 
 impl AsyncRead for Stream {

@@ -303,9 +303,15 @@ impl Connection {
     ) -> Self {
         let now = Instant::now();
         let auth = broker.auth().map(|a| {
+            // A verified client certificate authenticates the connection (mutual TLS).
+            let principal = stream.peer_name().map(|name| {
+                let p = weir_auth::Principal::user(&name);
+                a.record("native", "mtls", Some(peer), &Ok(p.clone()));
+                p
+            });
             Box::new(AuthState {
                 auth: Arc::clone(a),
-                principal: None,
+                principal,
                 sasl: None,
                 deadline: now + a.timeout(),
             })
@@ -909,6 +915,11 @@ impl Connection {
                     .map(String::from)
                     .collect()
             }),
+            principal: self
+                .auth
+                .as_ref()
+                .and_then(|a| a.principal.as_ref())
+                .map_or_else(String::new, |p| p.to_string()),
         };
         self.reply(OutFrame::response(&h, &out)).await
     }

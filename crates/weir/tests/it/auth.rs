@@ -729,3 +729,57 @@ fn http_and_websocket_clients_present_api_tokens_and_jwts() {
     assert!(!ok && err.contains("401"), "{out}{err}");
     server.stop();
 }
+
+#[test]
+fn a_client_certificate_authenticates_as_its_common_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::pki(dir.path(), "mtls");
+    let data = dir.path().join("data");
+    let [cert, key, ca] = [&pki.cert, &pki.key, &pki.ca].map(|p| p.display().to_string());
+    let server = Server::start_with_tls(
+        &data,
+        &[
+            ("WEIR_AUTH__ENABLED", "true"),
+            ("WEIR_TLS__CERT", &cert),
+            ("WEIR_TLS__KEY", &key),
+            ("WEIR_TLS__CLIENT_CA", &ca),
+            ("WEIR_NATIVE__TLS_LISTEN", "127.0.0.1:0"),
+            ("WEIR_KAFKA__TLS_LISTEN", "127.0.0.1:0"),
+            ("WEIR_HTTP__TLS_LISTEN", "127.0.0.1:0"),
+        ],
+        &["native", "kafka", "http"],
+    );
+    // No user exists: the certificate (CN=alice, signed by the client CA) is the credential.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["topic", "create", "m"])
+        .env("WEIR_ADDR", &server.tls["native"])
+        .env("WEIR_TLS_CA", &pki.ca)
+        .env("WEIR_TLS_CERT", &pki.client_cert)
+        .env("WEIR_TLS_KEY", &pki.client_key);
+    let (ok, _, err) = run(cmd, "");
+    assert!(ok, "{err}");
+    let settings = [
+        "security.protocol=SSL".to_string(),
+        format!("ssl.ca.location={ca}"),
+        format!("ssl.certificate.location={}", pki.client_cert.display()),
+        format!("ssl.key.location={}", pki.client_key.display()),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let (ok, out, err) = kcat(&server.tls["kafka"], &settings, &["-L", "-t", "m"], "");
+    assert!(ok && out.contains("topic \"m\""), "{out}{err}");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "--cacert", &ca, "--cert"])
+        .arg(&pki.client_cert)
+        .arg("--key")
+        .arg(&pki.client_key)
+        .arg(format!("https://{}/topics/m", server.tls["http"]));
+    let (ok, out, err) = run(cmd, "");
+    assert!(ok && out.ends_with("\n200"), "{out}{err}");
+    // The plain listeners have no certificate to go by: authentication is required there.
+    assert_eq!(curl(&server.http, "/topics/m", None).0, 401);
+    let (ok, out, err) = kcat(&server.kafka, &[], &["-L"], "");
+    assert!(!ok && !out.contains("topic \"m\""), "{out}{err}");
+    let (ok, _, err) = common::cli(&server.addr, &["topic", "list"], "");
+    assert!(!ok && err.contains("AuthenticationRequired"), "{err}");
+    server.stop();
+}
