@@ -144,7 +144,8 @@ pub async fn serve(
     let sweeper = tokio::spawn(hub.clone().run_sweeper());
     let grace = config.shutdown_grace;
     let idle_timeout = config.idle_timeout;
-    let max_connections = config.max_connections.max(1);
+    // One limit for every listener (plain and TLS) of the door.
+    let limit = weir_net::ConnectionLimit::new(config.max_connections.max(1));
     let state = api::AppState::new(broker, config, hub.clone());
     let app = api::router(state.clone()).into_router();
     // One hub and one state for every listener (plain and TLS): WebSocket feeds and counters
@@ -156,7 +157,7 @@ pub async fn serve(
             state.broker.admission().clone(),
             shutdown.clone(),
         )
-        .with_limit(max_connections);
+        .with_shared_limit(&limit);
         let (app, shutdown) = (app.clone(), shutdown.clone());
         async move {
             while let Some(accepted) = acceptor.accept().await {

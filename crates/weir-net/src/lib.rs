@@ -85,6 +85,23 @@ impl Shutdown {
 pub type Refuse =
     Arc<dyn Fn(TcpStream, &'static str) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// A door's connection limit, shared by its listeners ([`Acceptor::with_shared_limit`]).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    places: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    /// At most `max` connections at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
 /// One door's accept loop.
 pub struct Acceptor {
     listener: TcpListener,
@@ -152,9 +169,15 @@ impl Acceptor {
     /// At most `max` connections open at once; more are refused (and counted in
     /// `weir_<door>_connections_refused_total`; refusals by the broker's admission per
     /// address are counted by the broker).
-    pub fn with_limit(mut self, max: usize) -> Self {
+    pub fn with_limit(self, max: usize) -> Self {
+        self.with_shared_limit(&ConnectionLimit::new(max))
+    }
+
+    /// As [`Acceptor::with_limit`], the places shared with every other acceptor given the
+    /// same `limit`: a door's plain and TLS listeners together.
+    pub fn with_shared_limit(mut self, limit: &ConnectionLimit) -> Self {
         let refused = metrics::counter!(format!("weir_{}_connections_refused_total", self.door));
-        self.limit = Some((Arc::new(Semaphore::new(max)), max, refused));
+        self.limit = Some((limit.places.clone(), limit.max, refused));
         self
     }
 

@@ -110,44 +110,56 @@ impl ServerConfig {
     }
 }
 
-/// Serves the native protocol on `listener` until `shutdown` begins: connections are spawned
-/// on the shutdown's tracker, and once it begins each one stops reading, answers what it has
-/// read and ends. The caller (the binary) waits for them, then closes the broker. With `tls`,
-/// every connection is TLS (its handshake runs in the connection's task, under the TLS
-/// handshake timeout).
+/// Serves the native protocol on `listeners` (each TLS when it has a [`weir_net::Tls`]: the
+/// handshake runs in the connection's task, under the TLS handshake timeout), under one
+/// connection limit, until `shutdown` begins: connections are spawned on the shutdown's
+/// tracker, and once it begins each one stops reading, answers what it has read and ends.
+/// The caller (the binary) waits for them, then closes the broker.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, Option<Arc<weir_net::Tls>>)>,
     broker: Broker,
     config: ServerConfig,
     shutdown: Shutdown,
-    tls: Option<Arc<weir_net::Tls>>,
 ) {
     let config = Arc::new(config);
-    let mut acceptor = Acceptor::new(
-        listener,
-        "native",
-        broker.admission().clone(),
-        shutdown.clone(),
-    )
-    .with_limit(config.max_connections)
-    .with_refusal(Arc::new(|stream, why| Box::pin(refuse(stream, why))));
+    let limit = weir_net::ConnectionLimit::new(config.max_connections);
     // Connections watch this (a watch receiver is smaller than a cancellation future, and
     // idle connections are many).
     let (stop_tx, stop_rx) = watch::channel(false);
-    while let Some(accepted) = acceptor.accept().await {
-        let stop = stop_rx.clone();
-        let (broker, config, tls) = (broker.clone(), config.clone(), tls.clone());
-        shutdown.spawn(async move {
-            let weir_net::Accepted { stream, peer, slot } = accepted;
-            let Some(stream) = weir_net::secure(tls.as_deref(), stream, peer, "native").await
-            else {
-                return;
-            };
-            let conn = connection::Connection::new(stream, peer, broker, config);
-            conn.run(stop).await;
-            drop(slot);
-        });
-    }
+    let loops = listeners.into_iter().map(|(listener, tls)| {
+        let mut acceptor = Acceptor::new(
+            listener,
+            "native",
+            broker.admission().clone(),
+            shutdown.clone(),
+        )
+        .with_shared_limit(&limit)
+        .with_refusal(Arc::new(|stream, why| Box::pin(refuse(stream, why))));
+        let (broker, config, shutdown, stop_rx) = (
+            broker.clone(),
+            config.clone(),
+            shutdown.clone(),
+            stop_rx.clone(),
+        );
+        async move {
+            while let Some(accepted) = acceptor.accept().await {
+                let stop = stop_rx.clone();
+                let (broker, config, tls) = (broker.clone(), config.clone(), tls.clone());
+                shutdown.spawn(async move {
+                    let weir_net::Accepted { stream, peer, slot } = accepted;
+                    let Some(stream) =
+                        weir_net::secure(tls.as_deref(), stream, peer, "native").await
+                    else {
+                        return;
+                    };
+                    let conn = connection::Connection::new(stream, peer, broker, config);
+                    conn.run(stop).await;
+                    drop(slot);
+                });
+            }
+        }
+    });
+    futures_util::future::join_all(loops).await;
     tracing::info!(
         tasks = shutdown.tasks(),
         "native listener closed: draining connections"

@@ -89,23 +89,17 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     // The server's one lifetime: every door accepts on it and spawns its connections on it;
     // this function alone ends it and closes the broker, once, last.
     let shutdown = Shutdown::new();
+    let mut native = vec![(listener, None)];
+    if let Some(at) = &config.native.tls_listen {
+        let listener = bind_tls(at, "native", guarded, &mut reachable).await?;
+        native.push((listener, tls.clone()));
+    }
     shutdown.spawn(weir_server::serve(
-        listener,
+        native,
         broker.clone(),
         config.server_config(),
         shutdown.clone(),
-        None,
     ));
-    if let Some(at) = &config.native.tls_listen {
-        let listener = bind_tls(at, "native", guarded, &mut reachable).await?;
-        shutdown.spawn(weir_server::serve(
-            listener,
-            broker.clone(),
-            config.server_config(),
-            shutdown.clone(),
-            tls.clone(),
-        ));
-    }
     if config.kafka.enabled {
         let mut listeners = vec![(config.kafka.listen.clone(), None)];
         if let Some(at) = &config.kafka.tls_listen {

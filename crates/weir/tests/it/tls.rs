@@ -463,3 +463,57 @@ fn the_startup_log_says_who_can_reach_the_server() {
     assert!(!local.contains("WITHOUT AUTHENTICATION"), "{local}");
     assert!(local.contains("open to this machine only"), "{local}");
 }
+
+/// Whether the server closes `s` within `within` (after at most a short refusal: the native
+/// door writes a CONNECTION_LIMIT frame first, which no TLS client reads as a handshake).
+async fn closed_at_once(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut got)).await {
+        Ok(Ok(_)) => got.len() < 256,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_doors_plain_and_tls_listeners_share_its_connection_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), "limit");
+    let server = start(
+        &dir.path().join("data"),
+        &tls_env(
+            &pki,
+            &[
+                ("WEIR_NATIVE__MAX_CONNECTIONS", "2"),
+                ("WEIR_HTTP__MAX_CONNECTIONS", "2"),
+            ],
+        ),
+    );
+    let tls = connector(&pki.ca, None);
+    common::rt().block_on(async {
+        for (door, plain) in [("native", &server.addr), ("http", &server.http)] {
+            let tls_addr = &server.tls[door];
+            // Two connections on the plain listener fill the door…
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                held.push(tokio::net::TcpStream::connect(plain).await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // …so the TLS listener refuses the next, before any handshake.
+            let mut extra = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+            assert!(
+                closed_at_once(&mut extra, Duration::from_secs(5)).await,
+                "{door}: a third connection on the TLS listener"
+            );
+            // One place freed, the TLS listener serves again.
+            drop(held.pop());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let handshake = tls.connect(name, tcp).await;
+            assert!(handshake.is_ok(), "{door}: {handshake:?}");
+        }
+    });
+    server.stop();
+}
