@@ -29,12 +29,19 @@ pub struct Listener {
     pub tls: Option<Arc<weir_net::Tls>>,
 }
 
-/// Serves the Kafka protocol on `listeners` (one group coordinator for all of them) until
+/// Serves the Kafka protocol on `listeners` (one group coordinator and at most
+/// `max_connections` connections for all of them; more are closed as they come) until
 /// `shutdown` begins: connections and the group clock run as tasks of the shutdown. Once it
 /// begins, waiting joins and syncs are answered (retriable), and each connection stops taking
 /// requests, answers those it has read and closes; the binary waits for them, then closes the
 /// broker.
-pub async fn serve(listeners: Vec<Listener>, broker: Broker, shutdown: Shutdown) {
+pub async fn serve(
+    listeners: Vec<Listener>,
+    broker: Broker,
+    max_connections: usize,
+    shutdown: Shutdown,
+) {
+    let limit = weir_net::ConnectionLimit::new(max_connections.max(1));
     let groups = Arc::new(crate::groups::KafkaGroups::new(broker.clone()));
     // The groups' sessions and rebalance timeouts run on the broker's one group clock (its
     // maintenance task), beside the native groups', and the broker's admin views describe
@@ -48,7 +55,7 @@ pub async fn serve(listeners: Vec<Listener>, broker: Broker, shutdown: Shutdown)
             advertised: l.advertised,
             groups: groups.clone(),
         });
-        accept_loop(l.listener, kafka, l.tls, shutdown.clone())
+        accept_loop(l.listener, kafka, l.tls, &limit, shutdown.clone())
     });
     futures::future::join_all(loops).await;
     tracing::info!("Kafka listeners closed: draining connections");
@@ -59,6 +66,7 @@ async fn accept_loop(
     listener: TcpListener,
     kafka: Arc<Kafka>,
     tls: Option<Arc<weir_net::Tls>>,
+    limit: &weir_net::ConnectionLimit,
     shutdown: Shutdown,
 ) {
     let mut acceptor = Acceptor::new(
@@ -66,7 +74,8 @@ async fn accept_loop(
         "kafka",
         kafka.broker.admission().clone(),
         shutdown.clone(),
-    );
+    )
+    .with_shared_limit(limit);
     while let Some(accepted) = acceptor.accept().await {
         let kafka = Arc::clone(&kafka);
         let stop = shutdown.begun();

@@ -368,6 +368,9 @@ pub struct KafkaConfig {
     pub tls_listen: Option<String>,
     /// Host name clients are told to connect to; default: the listener's address.
     pub advertised_host: Option<String>,
+    /// Connections open at once, plain and TLS listeners together; more are closed as they
+    /// come (counted in `weir_kafka_connections_refused_total`). Default 10,000.
+    pub max_connections: usize,
 }
 
 impl Default for KafkaConfig {
@@ -377,6 +380,7 @@ impl Default for KafkaConfig {
             listen: "127.0.0.1:9092".into(),
             tls_listen: None,
             advertised_host: None,
+            max_connections: 10_000,
         }
     }
 }
@@ -684,6 +688,9 @@ impl Config {
             bail!("tls.handshake_timeout_ms must be positive");
         }
         self.validate_auth()?;
+        if self.kafka.max_connections == 0 {
+            bail!("kafka.max_connections must be positive");
+        }
         self.http
             .http
             .validate()
@@ -985,6 +992,8 @@ mod tests {
         assert_eq!(c.http.http.idle_timeout, Duration::from_secs(30));
         // And what it shows is the default: each default is written once, in the library.
         let d = Config::load(None, env(&[])).unwrap();
+        assert_eq!(format!("{:?}", c.kafka), format!("{:?}", d.kafka));
+        assert_eq!(format!("{:?}", c.auth), format!("{:?}", d.auth));
         assert_eq!(
             format!("{:?}", c.native.server),
             format!("{:?}", d.native.server)

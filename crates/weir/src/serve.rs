@@ -149,6 +149,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         shutdown.spawn(weir_kafka::serve(
             kafka_listeners,
             broker.clone(),
+            config.kafka.max_connections,
             shutdown.clone(),
         ));
     }

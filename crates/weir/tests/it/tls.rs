@@ -486,13 +486,19 @@ fn a_doors_plain_and_tls_listeners_share_its_connection_limit() {
             &pki,
             &[
                 ("WEIR_NATIVE__MAX_CONNECTIONS", "2"),
+                ("WEIR_KAFKA__MAX_CONNECTIONS", "2"),
                 ("WEIR_HTTP__MAX_CONNECTIONS", "2"),
             ],
         ),
     );
     let tls = connector(&pki.ca, None);
     common::rt().block_on(async {
-        for (door, plain) in [("native", &server.addr), ("http", &server.http)] {
+        let doors = [
+            ("native", &server.addr),
+            ("kafka", &server.kafka),
+            ("http", &server.http),
+        ];
+        for (door, plain) in doors {
             let tls_addr = &server.tls[door];
             // Two connections on the plain listener fill the door…
             let mut held = Vec::new();
