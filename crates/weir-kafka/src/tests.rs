@@ -392,7 +392,7 @@ impl Listening {
             },
             tls: None,
         };
-        shutdown.spawn(serve(vec![listener], broker, shutdown.clone()));
+        shutdown.spawn(serve(vec![listener], broker, 10_000, shutdown.clone()));
         Listening { addr, shutdown }
     }
 
