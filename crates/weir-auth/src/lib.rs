@@ -26,9 +26,11 @@ pub mod jwt;
 pub mod plain;
 pub mod scram;
 pub mod scram_client;
+mod store;
 pub mod users;
 
 pub use credentials::{DEFAULT_ITERATIONS, ScramCredential, ScramHash};
+pub use store::StoreError;
 pub use users::{User, UserFile, UserStore};
 
 /// Metric: authentication attempts by door, mechanism and result (`ok`, `failed`,

@@ -17,7 +17,6 @@
 //! and looking one up costs one hash per request (no per-token salt or iterations).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,11 +24,11 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{ScramCredential, ScramHash};
+pub use crate::store::StoreError;
+use crate::store::{Stamp, stamp};
 
 /// The format written; a file of another version is refused.
 pub const VERSION: u32 = 1;
-/// Largest users file read (checked before reading): about 100,000 users.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Longest user name.
 pub const MAX_NAME: usize = 128;
 
@@ -118,20 +117,6 @@ impl User {
     }
 }
 
-/// What went wrong with the users file.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {why}")]
-    Invalid { path: PathBuf, why: String },
-    #[error("{0}")]
-    Refused(String),
-}
-
 /// Checks a user name: 1 to 128 of letters, digits and `.`, `_`, `-`, `@` (so that it reads
 /// the same in an ACL's `User:NAME` and in a log line).
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -149,41 +134,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl UserFile {
-    /// Reads the file at `path`; a missing file is an empty store.
-    pub fn load(path: &Path) -> Result<Self, StoreError> {
-        let io = |source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self {
-                    version: VERSION,
-                    users: BTreeMap::new(),
-                });
-            }
-            Err(e) => return Err(io(e)),
-        };
-        let len = file.metadata().map_err(io)?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(StoreError::Invalid {
-                path: path.to_path_buf(),
-                why: format!("{len} bytes, more than the {MAX_FILE_BYTES} read"),
-            });
+impl crate::store::JsonFile for UserFile {
+    const WHAT: &'static str = "users file";
+
+    fn empty() -> Self {
+        Self {
+            version: VERSION,
+            users: BTreeMap::new(),
         }
-        let parsed: Self = serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| {
-            StoreError::Invalid {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            }
-        })?;
-        parsed.check().map_err(|why| StoreError::Invalid {
-            path: path.to_path_buf(),
-            why,
-        })?;
-        Ok(parsed)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -209,64 +167,23 @@ impl UserFile {
         }
         Ok(())
     }
+}
+
+impl UserFile {
+    /// Reads the file at `path`; a missing file is an empty store.
+    pub fn load(path: &Path) -> Result<Self, StoreError> {
+        crate::store::load(path)
+    }
 
     /// Applies `change` to the file at `path` under its lock file (`<path>.lock`, say
-    /// `users.json.lock`), then
-    /// writes it whole: a temporary file, synced, renamed over, the directory synced.
+    /// `users.json.lock`), then writes it whole: a temporary file, synced, renamed over, the
+    /// directory synced.
     pub fn edit<T>(
         path: &Path,
         change: impl FnOnce(&mut UserFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let io = |source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let lock_path = sibling(path, ".lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io)?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io(e.into()))?;
-        let mut file = Self::load(path)?;
-        let out = change(&mut file)?;
-        let tmp = sibling(path, ".tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            let mut json = serde_json::to_vec_pretty(&file).expect("the users file serializes");
-            json.push(b'\n');
-            f.write_all(&json).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = dir {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        drop(lock);
-        Ok(out)
+        crate::store::edit(path, change)
     }
-}
-
-/// `path` with `suffix` added to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
 }
 
 /// The users a running server knows: the file as last read, read again when it changes.
@@ -295,15 +212,6 @@ impl Known {
             tokens,
         }
     }
-}
-
-/// What tells a changed file: size, modification time and inode (a rename makes a new one).
-type Stamp = Option<(u64, std::time::SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?, m.ino()))
 }
 
 impl UserStore {
