@@ -6,6 +6,8 @@
 //!   of a password.
 //! - [`users`]: the users file (`weir user add|remove|list` edits it, the server reads it
 //!   again when it changes) and [`UserStore`], the users a server knows.
+//! - [`acl`]: access control lists (Kafka's model) and the [`acl::Authorizer`] that decides
+//!   by them; not wired to the doors yet.
 //! - [`jwt`]: JSON Web Tokens (HS256, RS256, ES256) for the HTTP door; API tokens live in the
 //!   users file.
 //! - [`scram`]: the server side of a SCRAM-SHA-256/512 exchange; [`scram_client`]: the
@@ -21,6 +23,7 @@ use std::time::Duration;
 use weir_flow::keyed::{KeyedConfig, KeyedLimiter};
 use weir_flow::limiter::{Gcra, Rate};
 
+pub mod acl;
 pub mod credentials;
 pub mod jwt;
 pub mod plain;
