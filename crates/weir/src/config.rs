@@ -28,6 +28,8 @@ const CLIENT_VARS: &[&str] = &[
     "WEIR_USER",
     "WEIR_PASSWORD",
     "WEIR_SASL_MECHANISM",
+    "WEIR_TOKEN",
+    "WEIR_HTTP",
     "WEIR_CONFIG",
     "WEIR_TEST_PYTHON",
     "WEIR_TEST_NODE",

@@ -13,6 +13,10 @@ pub struct HttpAddr {
     /// The server's HTTP address.
     #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// A bearer token (an API token from `weir user token`, or a JWT), for a server that
+    /// requires authentication.
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -66,8 +70,11 @@ pub enum PipelineCmd {
 /// Calls the server's HTTP API; an error answer becomes an error with its message.
 async fn call(method: reqwest::Method, http: &HttpAddr, path: &str) -> Result<serde_json::Value> {
     let url = format!("http://{}{path}", http.http);
-    let resp = reqwest::Client::new()
-        .request(method, &url)
+    let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(token) = &http.token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request
         .send()
         .await
         .with_context(|| format!("calling {url} (is `weir serve` running with HTTP on {}? --http or WEIR_HTTP to change it)", http.http))?;

@@ -746,6 +746,21 @@ fn http_and_websocket_clients_present_api_tokens_and_jwts() {
     let (ok, out, err) = ws(format!("ws://{http}/ws?access_token={}", bad[0]));
     assert!(!ok && err.contains("401"), "{out}{err}");
 
+    // The CLI's HTTP commands take a token too.
+    let pipelines = |token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["pipeline", "list", "--http", &http])
+            .env_remove("WEIR_TOKEN");
+        if let Some(t) = token {
+            cmd.env("WEIR_TOKEN", t);
+        }
+        run(cmd, "")
+    };
+    let (ok, _, err) = pipelines(None);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = pipelines(Some(&token));
+    assert!(ok, "{err}");
+
     // Every attempt is counted, by door, mechanism and result.
     let (code, metrics) = curl(&http, "/metrics", Some(&token));
     assert_eq!(code, 200);
