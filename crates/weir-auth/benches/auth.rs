@@ -1,7 +1,7 @@
 //! What an authentication costs the server, per mechanism, side by side: a PLAIN login (one
 //! key derivation, 4,096 rounds), a whole SCRAM-SHA-256 and SCRAM-SHA-512 exchange (the
 //! server's part: HMACs and hashes, no derivation; the client does that), an HTTP request's
-//! API token lookup (one SHA-256), and an HS256 JWT check. The client's side of SCRAM is timed
+//! API token lookup (one SHA-256), and JWT checks (HS256, ES256). The client's side of SCRAM is timed
 //! too, since a reconnect storm pays it on every client.
 
 use std::hint::black_box;
@@ -11,6 +11,11 @@ use weir_auth::scram_client::ScramClient;
 use weir_auth::{Auth, AuthConfig, SaslStep, ScramHash, User, UserFile, UserStore};
 
 const PASSWORD: &str = "a password of some length";
+
+thread_local! {
+    /// An EC P-256 key pair for ES256 tokens.
+    static ES256: rcgen::KeyPair = rcgen::KeyPair::generate().unwrap();
+}
 
 fn setup() -> (tempfile::TempDir, Auth, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -25,8 +30,11 @@ fn setup() -> (tempfile::TempDir, Auth, String) {
     .unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, [7u8; 32]).unwrap();
+    let public = dir.path().join("es256.pem");
+    std::fs::write(&public, ES256.with(|k| k.public_key_pem())).unwrap();
     let jwt = weir_auth::jwt::Jwt::load(&weir_auth::jwt::JwtFiles {
         hs256_secret: Some(secret),
+        public_key: Some(public),
         ..Default::default()
     })
     .unwrap();
@@ -95,6 +103,17 @@ fn logins(c: &mut Criterion) {
     .unwrap();
     g.bench_function("JWT HS256", |b| {
         b.iter(|| black_box(auth.bearer(&hs, None).unwrap()))
+    });
+    let es = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &ES256
+            .with(|k| jsonwebtoken::EncodingKey::from_ec_pem(k.serialize_pem().as_bytes()))
+            .unwrap(),
+    )
+    .unwrap();
+    g.bench_function("JWT ES256", |b| {
+        b.iter(|| black_box(auth.bearer(&es, None).unwrap()))
     });
     g.finish();
 
