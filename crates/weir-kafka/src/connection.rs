@@ -110,6 +110,11 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response the client does not take within this long closes its connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest request taken before the client has authenticated, when it must (Kafka's
+/// `sasl.server.max.receive.size` default): SASL messages are small, and a stranger must not
+/// hold the memory budget with large requests.
+const MAX_UNAUTHENTICATED_BYTES: usize = 512 << 10;
+
 /// Requests read ahead of the one being handled, per connection. Kafka answers a connection's
 /// requests in order, one at a time; reading the next few while one is handled overlaps the
 /// socket reads with the appends. Bounds a connection's buffered requests to this many times
@@ -232,6 +237,10 @@ async fn run(
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<(Bytes, weir_broker::flow::BudgetPermit)>(READ_AHEAD);
     let budget = kafka.broker.memory().clone();
+    // Set by the handler once the client has authenticated (before it answers, so the
+    // client's next request, sent after the answer, is read with the full limit).
+    let authenticated = std::sync::atomic::AtomicBool::new(session.is_authenticated());
+    let authenticated = &authenticated;
     let read = async move {
         tokio::pin!(stop);
         loop {
@@ -256,9 +265,14 @@ async fn run(
                 }
             }
             let len = i32::from_be_bytes(len);
-            if len < 0 || len as usize > MAX_REQUEST_BYTES {
+            let max = if authenticated.load(std::sync::atomic::Ordering::Acquire) {
+                MAX_REQUEST_BYTES
+            } else {
+                MAX_UNAUTHENTICATED_BYTES
+            };
+            if len < 0 || len as usize > max {
                 return Err(std::io::Error::other(format!(
-                    "request of {len} bytes refused"
+                    "request of {len} bytes refused (at most {max} now)"
                 )));
             }
             let len = len as usize;
@@ -337,6 +351,10 @@ async fn run(
             if session.expects_raw() {
                 drop(permit);
                 let reply = session.raw_step(frame).await;
+                authenticated.store(
+                    session.is_authenticated(),
+                    std::sync::atomic::Ordering::Release,
+                );
                 answer(&mut writer, reply, Duration::ZERO, &mut muted_until).await?;
                 continue;
             }
@@ -348,6 +366,10 @@ async fn run(
                     Gate::Pass(request) => Ok(request),
                     Gate::Answer { reply, close } => {
                         drop(permit);
+                        authenticated.store(
+                            session.is_authenticated(),
+                            std::sync::atomic::Ordering::Release,
+                        );
                         answer(&mut writer, reply, Duration::ZERO, &mut muted_until).await?;
                         if close {
                             return Ok(());

@@ -260,6 +260,10 @@ struct AuthState {
     deadline: Instant,
 }
 
+/// Largest frame taken before authentication, when it is required (Hello and SASL messages
+/// are small).
+const MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
+
 /// A failed authentication is answered this late, which slows a password guesser on top of
 /// the per-address limit (as the Kafka door does).
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
@@ -496,6 +500,18 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
 
+    /// The largest frame taken now: before the client has authenticated (when it must),
+    /// [`MAX_UNAUTHENTICATED_FRAME`] at most, so that a stranger cannot hold memory budget
+    /// with large frames.
+    fn max_frame(&self) -> usize {
+        match &self.auth {
+            Some(a) if a.principal.is_none() => {
+                self.config.max_frame_bytes.min(MAX_UNAUTHENTICATED_FRAME)
+            }
+            _ => self.config.max_frame_bytes,
+        }
+    }
+
     /// When to look at the connection's timers next: a heartbeat from now, or sooner, when it
     /// must authenticate, at its deadline.
     fn next_tick(&self, heartbeat: Duration) -> Instant {
@@ -574,7 +590,7 @@ impl Connection {
             // while none is left the socket is not read, and TCP pushes back on the sender.
             if self.frame_budget.is_none()
                 && self.budget_wait.is_none()
-                && let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes)
+                && let Ok(Some(total)) = frame_len(&self.buf, self.max_frame())
                 && total > SMALL_REQUEST_BYTES
             {
                 let budget = self.broker.memory().clone();
@@ -584,7 +600,8 @@ impl Connection {
             if self.budget_wait.is_some() {
                 break;
             }
-            match decode_frame(&mut self.buf, self.config.max_frame_bytes) {
+            let max_frame = self.max_frame();
+            match decode_frame(&mut self.buf, max_frame) {
                 Ok(Some(frame)) => {
                     let budget = self.frame_budget.take().map(|(p, _)| p);
                     if !self.dispatch(frame, budget).await {
@@ -614,7 +631,7 @@ impl Connection {
         if self.buf.is_empty() {
             // Idle connections keep no buffer.
             self.buf = BytesMut::new();
-        } else if let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes) {
+        } else if let Ok(Some(total)) = frame_len(&self.buf, self.max_frame()) {
             // Grow with the data, not with what a header claims: a peer cannot make us hold
             // a whole frame's worth of memory by sending 4 bytes. (A large frame whose budget
             // is held already has room for all of it: `own_buffer_for_frame`.)
@@ -826,7 +843,7 @@ impl Connection {
     /// and the batch it carries can be stored as it is without keeping other frames' memory
     /// alive. Copies only what has arrived so far.
     fn own_buffer_for_frame(&mut self) {
-        let Ok(Some(total)) = frame_len(&self.buf, self.config.max_frame_bytes) else {
+        let Ok(Some(total)) = frame_len(&self.buf, self.max_frame()) else {
             return;
         };
         let mut own = BytesMut::with_capacity(total.max(self.buf.len()));

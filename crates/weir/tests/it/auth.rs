@@ -396,6 +396,25 @@ fn hostile_sasl_messages_are_refused_and_a_guessing_address_is_held_back() {
         );
     }
 
+    // Before authenticating, a large request is refused as soon as its size is read, on the
+    // Kafka door (at most 512 KiB) and the native one (64 KiB: FRAME_TOO_LARGE, then closed).
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&(1i32 << 20).to_be_bytes()).unwrap();
+    assert!(
+        closed(&mut s, Duration::from_secs(5)),
+        "a 1 MiB Kafka request"
+    );
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
+    s.write_all(&[0u8; 16]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).contains("exceeds the limit of 65536"),
+        "a 1 MiB native frame: {answer:?}"
+    );
+
     // So is a native connection that never authenticates.
     let mut s = TcpStream::connect(&server.addr).unwrap();
     let t = Instant::now();
