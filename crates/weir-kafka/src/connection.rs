@@ -79,7 +79,12 @@ async fn accept_loop(
     while let Some(accepted) = acceptor.accept().await {
         let kafka = Arc::clone(&kafka);
         let stop = shutdown.begun();
-        let span = tracing::info_span!("kafka", peer = %accepted.peer);
+        // The principal is recorded once the client has authenticated (when it must).
+        let span = tracing::info_span!(
+            "kafka",
+            peer = %accepted.peer,
+            principal = tracing::field::Empty
+        );
         let tls = tls.clone();
         shutdown.spawn(
             async move {

@@ -64,6 +64,7 @@ impl Session {
             (Some(a), Some(name)) => {
                 let p = Principal::user(&name);
                 a.record("kafka", "mtls", peer, &Ok(p.clone()));
+                tracing::Span::current().record("principal", tracing::field::display(&p));
                 Some(p)
             }
             (Some(_), None) => None,
@@ -235,6 +236,7 @@ impl Session {
         match stepped {
             Ok((principal, last)) => {
                 auth.record("kafka", mechanism, self.peer, &Ok(principal.clone()));
+                tracing::Span::current().record("principal", tracing::field::display(&principal));
                 self.principal = Some(principal);
                 Ok(last)
             }
