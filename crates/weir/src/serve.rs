@@ -77,8 +77,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         .await
         .with_context(|| format!("binding the native listener to {}", config.native.listen))?;
     let addr = listener.local_addr()?;
-    // Whether any listener can be reached from beyond this machine (there is no
-    // authentication yet: docs/security.md).
+    // Whether any listener can be reached from beyond this machine (each one that can without
+    // authentication is warned about: docs/security.md).
     let mut reachable = exposed("native", addr, authenticated);
     // Listeners where no one gets in unchecked: client certificates or authentication.
     let guarded = config.tls.client_ca.is_some() || authenticated;
