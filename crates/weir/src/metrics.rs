@@ -96,8 +96,23 @@ fn describe() {
     describe_counter!(
         "weir_kafka_refused_requests_total",
         "Kafka-protocol requests refused before they were handled (the connection closed), by \
-         reason: unknown_api, unsupported_version, malformed."
+         reason: unknown_api, unsupported_version, malformed, unauthenticated."
     );
+    describe_counter!(
+        "weir_kafka_connections_refused_total",
+        "Kafka-protocol connections refused at the connection limit (kafka.max_connections)."
+    );
+    describe_counter!(
+        "weir_auth_attempts_total",
+        "Authentications, by door (kafka, native, http), mechanism (PLAIN, SCRAM-SHA-256, \
+         SCRAM-SHA-512, token, jwt, mtls, other) and result (ok, failed, malformed, limited)."
+    );
+    for door in ["native", "kafka", "http"] {
+        describe_counter!(
+            format!("weir_{door}_tls_handshake_failures_total"),
+            "TLS handshakes that failed or timed out on the door's TLS listener."
+        );
+    }
     describe_gauge!(
         "weir_http_connections",
         "Open HTTP connections (a WebSocket connection until its upgrade)."

@@ -808,6 +808,10 @@ fn http_and_websocket_clients_present_api_tokens_and_jwts() {
         count(&[http_door, "result=\"malformed\""]) >= 1,
         "{metrics}"
     );
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let (ok, out, err) = run(promtool, &metrics);
+    assert!(ok, "promtool check metrics failed:\n{out}{err}");
     server.stop();
 }
 
