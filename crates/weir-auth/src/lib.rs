@@ -301,6 +301,44 @@ impl Auth {
         .map_err(|e| AuthError::IllegalState(format!("the authentication task failed: {e}")))?
     }
 
+    /// A door's step of an exchange: `started` (an exchange under way, or why none could
+    /// start with the `requested` mechanism) takes the client's `message`. The end of the exchange is recorded (counted and
+    /// logged, [`Auth::record`]) and a failure answered [`FAILURE_DELAY`] late; a challenge
+    /// hands the exchange back for the client's next message.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        door: &'static str,
+        peer: Option<std::net::SocketAddr>,
+        requested: &str,
+        started: Result<Sasl, AuthError>,
+        message: impl AsRef<[u8]> + Send + 'static,
+    ) -> Result<Exchanged, AuthError> {
+        let mechanism = started
+            .as_ref()
+            .map_or(requested, |sasl| sasl.mechanism().name());
+        let stepped = match started {
+            Err(e) => Err(e),
+            Ok(sasl) => match self.step_async(sasl, message).await {
+                Ok((sasl, SaslStep::Challenge(challenge))) => {
+                    return Ok(Exchanged::Continue(sasl, challenge));
+                }
+                Ok((_, SaslStep::Done(principal, last))) => Ok((principal, last)),
+                Err(e) => Err(e),
+            },
+        };
+        match stepped {
+            Ok((principal, last)) => {
+                self.record(door, mechanism, peer, &Ok(principal.clone()));
+                Ok(Exchanged::Done(principal, last))
+            }
+            Err(e) => {
+                self.record(door, mechanism, peer, &Err(e.clone()));
+                tokio::time::sleep(FAILURE_DELAY).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Checks a bearer token of a client at `peer`: a user's API token (`weir_…`), else a JWT
     /// (when keys are configured). A failure is charged to the address, and an address over
     /// its limit is refused unchecked.
@@ -383,6 +421,20 @@ enum SaslState {
     Plain,
     Scram(Box<scram::ScramServer>),
     Done,
+}
+
+/// A failed authentication is answered this late (Kafka's
+/// `connection.failed.authentication.delay.ms` default), which slows a password guesser on
+/// top of the per-address limit.
+pub const FAILURE_DELAY: Duration = Duration::from_millis(100);
+
+/// Where [`Auth::exchange`] left an exchange.
+#[derive(Debug)]
+pub enum Exchanged {
+    /// The client is sent these bytes and answers; the exchange goes on.
+    Continue(Sasl, Vec<u8>),
+    /// Authenticated as the principal; the bytes (maybe none) go to the client.
+    Done(Principal, Vec<u8>),
 }
 
 /// What the client is sent after a step.

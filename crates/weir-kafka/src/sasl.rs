@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -18,15 +17,10 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use weir_auth::{Auth, AuthError, Principal, Sasl, SaslStep};
+use weir_auth::{Auth, AuthError, Exchanged, Principal, Sasl};
 
 use crate::dispatch::{Request, api_name, finish_body};
 use crate::{Reply, code};
-
-/// A failed authentication is answered this late (Kafka's
-/// `connection.failed.authentication.delay.ms` default), which slows a password guesser on
-/// top of the per-address limit.
-const FAILURE_DELAY: Duration = Duration::from_millis(100);
 
 /// Where a connection stands with authentication.
 #[derive(Debug)]
@@ -222,28 +216,18 @@ impl Session {
                 "a SASL message before SaslHandshake".into(),
             ));
         };
-        let stepped = match started {
-            Err(e) => Err(e),
-            Ok(sasl) => match auth.step_async(sasl, bytes).await {
-                Ok((sasl, SaslStep::Challenge(challenge))) => {
-                    self.exchange = Some((mechanism, Ok(sasl)));
-                    return Ok(challenge);
-                }
-                Ok((_, SaslStep::Done(principal, last))) => Ok((principal, last)),
-                Err(e) => Err(e),
-            },
-        };
-        match stepped {
-            Ok((principal, last)) => {
-                auth.record("kafka", mechanism, self.peer, &Ok(principal.clone()));
+        match auth
+            .exchange("kafka", self.peer, mechanism, started, bytes)
+            .await?
+        {
+            Exchanged::Continue(sasl, challenge) => {
+                self.exchange = Some((mechanism, Ok(sasl)));
+                Ok(challenge)
+            }
+            Exchanged::Done(principal, last) => {
                 tracing::Span::current().record("principal", tracing::field::display(&principal));
                 self.principal = Some(principal);
                 Ok(last)
-            }
-            Err(e) => {
-                auth.record("kafka", mechanism, self.peer, &Err(e.clone()));
-                tokio::time::sleep(FAILURE_DELAY).await;
-                Err(e)
             }
         }
     }

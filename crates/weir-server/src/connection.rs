@@ -264,10 +264,6 @@ struct AuthState {
 /// are small).
 const MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
 
-/// A failed authentication is answered this late, which slows a password guesser on top of
-/// the per-address limit (as the Kafka door does).
-const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
-
 /// A connection's push subscriptions and the channel their frames come through.
 struct Pushes {
     subs: HashMap<u64, Subscription>,
@@ -983,23 +979,24 @@ impl Connection {
             ))),
             None => auth.start(&req.mechanism, Some(self.peer.ip())),
         };
-        let mechanism = match &started {
-            Ok(sasl) => sasl.mechanism().name().to_string(),
-            Err(_) => req.mechanism.clone(),
-        };
-        let stepped = match started {
-            Err(e) => Err(e),
-            Ok(sasl) => match auth.step_async(sasl, req.auth_bytes).await {
-                Ok((sasl, weir_auth::SaslStep::Challenge(c))) => {
-                    state.sasl = Some(sasl);
-                    Ok((None, c))
-                }
-                Ok((_, weir_auth::SaslStep::Done(p, last))) => Ok((Some(p), last)),
-                Err(e) => Err(e),
-            },
-        };
-        match stepped {
-            Ok((principal, auth_bytes)) => {
+        match auth
+            .exchange(
+                "native",
+                Some(self.peer),
+                &req.mechanism,
+                started,
+                req.auth_bytes,
+            )
+            .await
+        {
+            Ok(step) => {
+                let (principal, auth_bytes) = match step {
+                    weir_auth::Exchanged::Continue(sasl, challenge) => {
+                        state.sasl = Some(sasl);
+                        (None, challenge)
+                    }
+                    weir_auth::Exchanged::Done(p, last) => (Some(p), last),
+                };
                 let out = msg::AuthenticateResponse {
                     auth_bytes,
                     done: principal.is_some(),
@@ -1007,15 +1004,12 @@ impl Connection {
                         .as_ref()
                         .map_or_else(String::new, |p| p.to_string()),
                 };
-                if let Some(p) = principal {
-                    auth.record("native", &mechanism, Some(self.peer), &Ok(p.clone()));
-                    state.principal = Some(p);
+                if principal.is_some() {
+                    state.principal = principal;
                 }
                 self.reply(OutFrame::response(&h, &out)).await
             }
             Err(e) => {
-                auth.record("native", &mechanism, Some(self.peer), &Err(e.clone()));
-                tokio::time::sleep(AUTH_FAILURE_DELAY).await;
                 let _ = self
                     .reply(OutFrame::error(
                         &h,
