@@ -335,9 +335,10 @@ async fn run(
                     muted_until = None;
                     continue;
                 }
-                // A client that does not authenticate in time gives its connection back.
+                // A client that does not authenticate in time gives its connection back (once
+                // nothing more is read, at shutdown, the connection just ends).
                 _ = tokio::time::sleep_until(auth_deadline.unwrap_or_else(tokio::time::Instant::now)),
-                    if auth_deadline.is_some() && !session.is_authenticated() => {
+                    if auth_deadline.is_some() && reading && !session.is_authenticated() => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "not authenticated in time",

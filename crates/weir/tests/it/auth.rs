@@ -866,5 +866,9 @@ fn a_client_certificate_authenticates_as_its_common_name() {
     assert!(!ok && !out.contains("topic \"m\""), "{out}{err}");
     let (ok, _, err) = common::cli(&server.addr, &["topic", "list"], "");
     assert!(!ok && err.contains("AuthenticationRequired"), "{err}");
+    // A connection still to authenticate (10 s allowed) does not hold up a SIGTERM.
+    let _waiting = start(&server.kafka, "SCRAM-SHA-512");
+    let t = Instant::now();
     server.stop();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
