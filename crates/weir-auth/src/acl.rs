@@ -8,10 +8,14 @@
 //! in Kafka: a client that may read a topic may see it), for allow rules only.
 //!
 //! The rules live in a JSON file beside the users (`DATA_DIR/auth/acls.json`), edited the
-//! same way ([`crate::store`]) and read again when it changes. Not wired to the doors yet.
+//! same way ([`crate::store`]) and read again when it changes. The broker asks an
+//! [`Authorizer`] through its per-connection `Access` (which caches the decisions until the
+//! rules change: [`Authorizer::generation`]); each door maps its requests to (operation,
+//! resource) in one table.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,28 @@ pub enum ResourceType {
     Pipeline,
 }
 
+impl ResourceType {
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Topic,
+        ResourceType::Group,
+        ResourceType::Cluster,
+        ResourceType::Pipeline,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResourceType::Topic => "topic",
+            ResourceType::Group => "group",
+            ResourceType::Cluster => "cluster",
+            ResourceType::Pipeline => "pipeline",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatternType {
@@ -52,6 +78,34 @@ pub enum Operation {
     Delete,
     Describe,
     Alter,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 7] = [
+        Operation::All,
+        Operation::Read,
+        Operation::Write,
+        Operation::Create,
+        Operation::Delete,
+        Operation::Describe,
+        Operation::Alter,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::All => "all",
+            Operation::Read => "read",
+            Operation::Write => "write",
+            Operation::Create => "create",
+            Operation::Delete => "delete",
+            Operation::Describe => "describe",
+            Operation::Alter => "alter",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -165,6 +219,8 @@ pub struct Authorizer {
     path: PathBuf,
     super_users: Vec<String>,
     rules: RwLock<(Stamp, Arc<Vec<Acl>>)>,
+    /// Bumped each time the rules change, so that cached decisions are dropped.
+    generation: AtomicU64,
 }
 
 impl Authorizer {
@@ -177,7 +233,28 @@ impl Authorizer {
             path,
             super_users,
             rules: RwLock::new((at, Arc::new(file.acls))),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// The file the rules are read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes each time the rules are read anew: a decision cached under another generation
+    /// is stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// How many rules are in force.
+    pub fn len(&self) -> usize {
+        self.rules.read().1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `who` may do `op` to the resource.
@@ -218,6 +295,7 @@ impl Authorizer {
         }
         let file = AclFile::load(&self.path)?;
         *self.rules.write() = (now, Arc::new(file.acls));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(true)
     }
 }
@@ -351,7 +429,9 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        let before = a.generation();
         assert!(a.reload_if_changed().unwrap());
+        assert!(a.generation() > before, "a change is a new generation");
         assert!(a.allows(&alice, Read, Topic, "t"));
         std::fs::write(
             &path,

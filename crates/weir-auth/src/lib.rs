@@ -130,6 +130,9 @@ pub struct AuthConfig {
     pub timeout: Duration,
     /// JWT keys for bearer tokens, if any.
     pub jwt: Option<Arc<jwt::Jwt>>,
+    /// The access control lists, when requests are authorized (else every authenticated
+    /// client may do everything).
+    pub acls: Option<Arc<acl::Authorizer>>,
 }
 
 impl Default for AuthConfig {
@@ -140,6 +143,7 @@ impl Default for AuthConfig {
             failures_per_minute: 10,
             timeout: Duration::from_secs(10),
             jwt: None,
+            acls: None,
         }
     }
 }
@@ -199,6 +203,11 @@ impl Auth {
 
     pub fn users(&self) -> &UserStore {
         &self.users
+    }
+
+    /// The access control lists, when requests are authorized.
+    pub fn acls(&self) -> Option<&Arc<acl::Authorizer>> {
+        self.config.acls.as_ref()
     }
 
     /// The mechanisms offered, by name, in order.

@@ -700,6 +700,13 @@ impl Broker {
         self.inner.auth.get()
     }
 
+    /// What `principal` may do: checked against the access control lists when the server
+    /// has them, else everything.
+    pub fn access(&self, principal: weir_auth::Principal) -> crate::Access {
+        let rules = self.auth().and_then(|a| a.acls()).cloned();
+        crate::Access::new(principal, rules)
+    }
+
     /// Per-client quotas, shared by the front doors.
     pub fn quotas(&self) -> &crate::flow::Quotas {
         &self.inner.quotas

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use thiserror::Error;
+use weir_auth::acl::{Operation, ResourceType};
 use weir_batch::BatchError;
 use weir_log::LogError;
 
@@ -70,6 +71,14 @@ pub enum BrokerError {
     /// A fault of the broker itself (a background task that panicked, say).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The access control lists do not let the client do this.
+    #[error("{principal} may not {} {} {name:?}", operation.name(), resource.name())]
+    NotAuthorized {
+        principal: String,
+        operation: Operation,
+        resource: ResourceType,
+        name: String,
+    },
 }
 
 /// What went wrong, in the terms a client acts on. Every front door maps each kind to a code
@@ -111,6 +120,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// A fault of the broker itself.
     Internal,
+    /// Refused by the access control lists, on a resource of this type.
+    NotAuthorized(ResourceType),
 }
 
 impl ErrorKind {
@@ -135,6 +146,10 @@ impl ErrorKind {
         ErrorKind::CorruptData,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
+        ErrorKind::NotAuthorized(ResourceType::Topic),
+        ErrorKind::NotAuthorized(ResourceType::Group),
+        ErrorKind::NotAuthorized(ResourceType::Cluster),
+        ErrorKind::NotAuthorized(ResourceType::Pipeline),
     ];
 
     /// Whether the same request, sent again later, may succeed with nothing changed on the
@@ -179,6 +194,7 @@ impl BrokerError {
             BrokerError::Storage { source, .. } => io_kind(source),
             BrokerError::CorruptMetadata { .. } => ErrorKind::CorruptData,
             BrokerError::Internal(_) => ErrorKind::Internal,
+            BrokerError::NotAuthorized { resource, .. } => ErrorKind::NotAuthorized(*resource),
         }
     }
 }

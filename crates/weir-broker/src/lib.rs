@@ -12,9 +12,12 @@
 //! - [`flow`]: per-client quotas, the produce memory budget, connection admission per address.
 //! - [`error`]: the error type, [`BrokerError`], and its [`ErrorKind`]s, which each front door
 //!   maps to its protocol's codes.
+//! - [`access`]: [`Access`], what a client may do (the access control lists' one check, for
+//!   every door), with its decisions cached.
 //! - [`settings`]: what the libraries' configurations share to deserialize themselves
 //!   (durations in the units their keys name).
 
+pub mod access;
 pub mod broker;
 pub mod error;
 pub mod flow;
@@ -26,6 +29,7 @@ pub mod push;
 pub mod settings;
 pub mod topic;
 
+pub use access::Access;
 pub use broker::{Broker, BrokerConfig, FetchResult, ProduceResult};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use topic::{CleanupPolicy, DirtyRatio, TopicConfig, TopicId, TopicInfo};

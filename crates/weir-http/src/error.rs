@@ -61,6 +61,8 @@ pub enum ErrorCode {
     /// The server requires authentication and the request has no valid credentials
     /// (`Authorization: Bearer` with an API token or a JWT; `access_token` on `/ws`).
     Unauthenticated,
+    /// The access control lists do not let the caller do this (or see this resource).
+    Forbidden,
     /// Anything else; the message says what.
     Internal,
 }
@@ -95,6 +97,7 @@ impl ErrorCode {
         ErrorCode::NotDelivered,
         ErrorCode::DeliveryTimeout,
         ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
         ErrorCode::Internal,
     ];
 
@@ -128,6 +131,7 @@ impl ErrorCode {
             ErrorCode::NotDelivered => "not_delivered",
             ErrorCode::DeliveryTimeout => "delivery_timeout",
             ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
         }
     }
@@ -161,6 +165,7 @@ impl ErrorCode {
             }
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -240,6 +245,7 @@ fn kind_code(kind: ErrorKind) -> ErrorCode {
         | ErrorKind::RebalanceInProgress
         | ErrorKind::GroupConflict
         | ErrorKind::Internal => ErrorCode::Internal,
+        ErrorKind::NotAuthorized(_) => ErrorCode::Forbidden,
     }
 }
 

@@ -323,6 +323,7 @@ async fn run(
         let mut syncing: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
         let mut reading = true;
         let mut muted_until = None;
+        let mut access: Option<Arc<weir_broker::Access>> = None;
         loop {
             let frame = tokio::select! {
                 biased;
@@ -364,7 +365,13 @@ async fn run(
                 answer(&mut writer, reply, Duration::ZERO, &mut muted_until).await?;
                 continue;
             }
-            let taken = dispatch::take(frame, kafka.broker.auth().is_some()).map(|r| r.from(peer));
+            // What the client may do, decided once it is known who it is; its decisions are
+            // cached for the connection's life (until the rules change).
+            if access.is_none() {
+                access = session.principal().map(|p| Arc::new(kafka.broker.access(p.clone())));
+            }
+            let taken = dispatch::take(frame, kafka.broker.auth().is_some())
+                .map(|r| r.from(peer, access.clone()));
             // Until the client has authenticated, authentication answers (or refuses) all
             // but ApiVersions; no produce is in flight then.
             let taken = match taken {

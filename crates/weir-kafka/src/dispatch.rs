@@ -2,11 +2,14 @@
 //! context (client, quotas), the one match that hands each request to its module in
 //! [`crate::api`], and the encoding of what the module returns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Encodable;
+use weir_broker::Access;
+use weir_broker::access::{Operation, Principal, ResourceType};
 use weir_broker::flow::QuotaKind;
 
 use crate::api::produce::ProduceInFlight;
@@ -114,9 +117,16 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
     }
 }
 
+/// Everything allowed: requests handled without a connection (tests), and servers without
+/// access control lists, whose connections are given the same.
+static UNCHECKED: std::sync::LazyLock<Arc<Access>> =
+    std::sync::LazyLock::new(|| Arc::new(Access::unchecked(Principal::Anonymous)));
+
 /// What an API module sees of its request besides the request itself.
 pub(crate) struct Ctx<'a> {
     pub(crate) kafka: &'a Kafka,
+    /// What the client may do.
+    pub(crate) access: Arc<Access>,
     pub(crate) version: i16,
     pub(crate) client_id: String,
     /// The client's address, when the request came over a connection.
@@ -126,6 +136,21 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Whether the client may do `op` to the resource (see [`Access`]).
+    pub(crate) fn allows(&self, op: Operation, resource: ResourceType, name: &str) -> bool {
+        self.access.allows(op, resource, name)
+    }
+
+    /// [`Ctx::allows`] as the broker's refusal, for the door's error table.
+    pub(crate) fn check(
+        &self,
+        op: Operation,
+        resource: ResourceType,
+        name: &str,
+    ) -> Result<(), weir_broker::BrokerError> {
+        self.access.check(op, resource, name)
+    }
+
     /// Charges the client's `kind` quota `amount`; over it, the client is throttled.
     pub(crate) fn charge(&mut self, kind: QuotaKind, amount: u64) {
         let wait = self
@@ -146,6 +171,8 @@ pub(crate) struct Request {
     pub(crate) api: ApiKey,
     /// The client's address (set by the connection; `None` sans socket).
     pub(crate) peer: Option<std::net::SocketAddr>,
+    /// What the client may do (set by the connection; `None` sans socket: everything).
+    pub(crate) access: Option<Arc<Access>>,
     pub(crate) version: i16,
     pub(crate) header: RequestHeader,
     pub(crate) body: RequestKind,
@@ -153,10 +180,11 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// The request, as from `peer`.
-    pub(crate) fn from(self, peer: std::net::SocketAddr) -> Self {
+    /// The request, as from `peer`, who may do what `access` allows.
+    pub(crate) fn from(self, peer: std::net::SocketAddr, access: Option<Arc<Access>>) -> Self {
         Self {
             peer: Some(peer),
+            access,
             ..self
         }
     }
@@ -185,6 +213,7 @@ pub(crate) fn take(frame: Bytes, sasl: bool) -> Result<Request, Reply> {
         }) => Ok(Request {
             api,
             peer: None,
+            access: None,
             version,
             header,
             body: request,
@@ -215,6 +244,7 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
     let Request {
         api,
         peer,
+        access,
         version,
         header,
         body: request,
@@ -223,6 +253,7 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
     metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
     let mut cx = Ctx {
         kafka,
+        access: access.unwrap_or_else(|| Arc::clone(&UNCHECKED)),
         version,
         client_id: header.client_id.as_deref().unwrap_or("").to_string(),
         peer,

@@ -4,6 +4,7 @@
 //! retriable to every Kafka client: librdkafka, for one, gives up at once on
 //! UNKNOWN_SERVER_ERROR, where it retries NOT_LEADER_OR_FOLLOWER or KAFKA_STORAGE_ERROR.
 
+use weir_broker::access::ResourceType;
 use weir_broker::{BrokerError, ErrorKind};
 
 /// Kafka error codes used here.
@@ -50,6 +51,9 @@ pub(crate) mod code {
     pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
     pub const ILLEGAL_SASL_STATE: i16 = 34;
     pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
@@ -95,6 +99,12 @@ fn kind_code(kind: ErrorKind) -> i16 {
         // broker started again.
         ErrorKind::ShuttingDown => code::NOT_LEADER_OR_FOLLOWER,
         ErrorKind::Internal => code::UNKNOWN_SERVER_ERROR,
+        ErrorKind::NotAuthorized(ResourceType::Topic) => code::TOPIC_AUTHORIZATION_FAILED,
+        ErrorKind::NotAuthorized(ResourceType::Group) => code::GROUP_AUTHORIZATION_FAILED,
+        // Pipelines are not Kafka's: a rule on one refuses as a cluster operation would.
+        ErrorKind::NotAuthorized(ResourceType::Cluster | ResourceType::Pipeline) => {
+            code::CLUSTER_AUTHORIZATION_FAILED
+        }
     }
 }
 

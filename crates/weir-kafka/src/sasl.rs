@@ -99,6 +99,11 @@ impl Session {
         self.principal.is_some()
     }
 
+    /// Who the client is, once it has authenticated.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
     /// Takes a request of a connection: passed on once authenticated, else answered by the
     /// authentication (or refused).
     pub(crate) async fn gate(&mut self, request: Request) -> Gate {

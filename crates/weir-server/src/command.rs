@@ -9,7 +9,8 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::group::AssignmentStrategy;
 use weir_broker::topic::{CleanupPolicy, DirtyRatio, DurabilitySetting, TimestampType};
-use weir_broker::{Broker, BrokerError, ErrorKind, TopicConfig};
+use weir_broker::access::{Operation, ResourceType};
+use weir_broker::{Access, Broker, BrokerError, ErrorKind, TopicConfig};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
 
@@ -99,6 +100,7 @@ fn kind_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::CorruptData => ErrorCode::CorruptData,
         ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
         ErrorKind::Internal => ErrorCode::Internal,
+        ErrorKind::NotAuthorized(_) => ErrorCode::NotAuthorized,
     }
 }
 
@@ -233,6 +235,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// their syncs overlap. `None`: no response is due.
 pub(crate) async fn produce(
     broker: &Broker,
+    access: &Access,
     frame: Frame,
     written: tokio::sync::oneshot::Sender<()>,
     client_id: &str,
@@ -265,7 +268,9 @@ pub(crate) async fn produce(
         }
     };
     let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
-    let result = if records.is_empty() {
+    let result = if let Err(e) = access.check(Operation::Write, ResourceType::Topic, &r.topic) {
+        Err(broker_err(e))
+    } else if records.is_empty() {
         Err((
             ErrorCode::InvalidBatch,
             "produce request carries no record batch".to_string(),
@@ -354,20 +359,24 @@ async fn produce_sequenced(
 /// `parked`: where a fetch counts itself while it waits for records (see [`Parked`]).
 pub(crate) async fn handle(
     broker: &Broker,
+    access: &Access,
     frame: Frame,
     client_id: &str,
     parked: Option<Arc<Parked>>,
 ) -> Option<OutFrame> {
     let req = frame.header;
     let api = Api::from_key(req.api_key)?;
-    match run(broker, api, frame, client_id, parked).await {
+    match run(broker, access, api, frame, client_id, parked).await {
         Ok(out) => out,
         Err((code, message)) => Some(OutFrame::error(&req, code, message)),
     }
 }
 
+/// Each arm asks `access` first, for what its request does (the native door's table of
+/// operations; see `weir_broker::access`).
 async fn run(
     broker: &Broker,
+    access: &Access,
     api: Api,
     frame: Frame,
     client_id: &str,
@@ -375,9 +384,15 @@ async fn run(
 ) -> Result<Option<OutFrame>, (ErrorCode, String)> {
     let req = frame.header;
     let ok = |m: &dyn Fn() -> OutFrame| Ok(Some(m()));
+    let check = |op, resource, name: &str| access.check(op, resource, name).map_err(broker_err);
+    use ResourceType::{Group, Topic};
     match api {
         Api::CreateTopic => {
             let r: msg::CreateTopicRequest = decode(&frame)?;
+            // The right to create on the cluster, or on the topic itself.
+            if !access.allows_cluster(Operation::Create) {
+                check(Operation::Create, Topic, &r.name)?;
+            }
             let config = topic_config(&broker.config().default_topic, r.config);
             let info = broker
                 .create_topic(&r.name, Some(config))
@@ -390,19 +405,25 @@ async fn run(
         }
         Api::DeleteTopic => {
             let r: msg::DeleteTopicRequest = decode(&frame)?;
+            check(Operation::Delete, Topic, &r.name)?;
             broker.delete_topic(&r.name).await.map_err(broker_err)?;
             ok(&|| OutFrame::response(&req, &msg::DeleteTopicResponse {}))
         }
         Api::Metadata => {
             let r: msg::MetadataRequest = decode(&frame)?;
+            // Every topic the client may see; one named that it may not is refused.
             let infos = if r.topics.is_empty() {
-                broker.topics()
+                let mut all = broker.topics();
+                all.retain(|t| access.allows(Operation::Describe, Topic, &t.name));
+                all
             } else {
                 r.topics
                     .iter()
-                    .map(|t| broker.topic_info(t))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(broker_err)?
+                    .map(|t| {
+                        check(Operation::Describe, Topic, t)?;
+                        broker.topic_info(t).map_err(broker_err)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
             };
             let out = msg::MetadataResponse {
                 topics: infos
@@ -431,6 +452,7 @@ async fn run(
         )),
         Api::Fetch => {
             let r: msg::FetchRequest = decode(&frame)?;
+            check(Operation::Read, Topic, &r.topic)?;
             let max_bytes = (r.max_bytes as usize).clamp(1, MAX_FETCH_BYTES);
             let wait = Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_WAIT);
             let f = broker
@@ -460,6 +482,7 @@ async fn run(
         }
         Api::ListOffsets => {
             let r: msg::ListOffsetsRequest = decode(&frame)?;
+            check(Operation::Describe, Topic, &r.topic)?;
             use msg::list_offsets_request::Spec;
             let spec = match r.spec {
                 Some(Spec::Earliest(_)) => OffsetSpec::Earliest,
@@ -474,6 +497,10 @@ async fn run(
         }
         Api::JoinGroup => {
             let r: msg::JoinGroupRequest = decode(&frame)?;
+            check(Operation::Read, Group, &r.group)?;
+            for t in &r.topics {
+                check(Operation::Read, Topic, t)?;
+            }
             let strategy = match r.strategy() {
                 msg::AssignmentStrategy::AssignmentRoundRobin => AssignmentStrategy::RoundRobin,
                 msg::AssignmentStrategy::AssignmentSticky => AssignmentStrategy::Sticky,
@@ -493,6 +520,7 @@ async fn run(
         }
         Api::Heartbeat => {
             let r: msg::HeartbeatRequest = decode(&frame)?;
+            check(Operation::Read, Group, &r.group)?;
             broker
                 .heartbeat(&r.group, &r.member_id, r.generation)
                 .map_err(broker_err)?;
@@ -500,6 +528,7 @@ async fn run(
         }
         Api::LeaveGroup => {
             let r: msg::LeaveGroupRequest = decode(&frame)?;
+            check(Operation::Read, Group, &r.group)?;
             broker
                 .leave_group(&r.group, &r.member_id)
                 .map_err(broker_err)?;
@@ -507,6 +536,10 @@ async fn run(
         }
         Api::CommitOffsets => {
             let r: msg::CommitOffsetsRequest = decode(&frame)?;
+            check(Operation::Read, Group, &r.group)?;
+            for o in &r.offsets {
+                check(Operation::Read, Topic, &o.topic)?;
+            }
             let member = (!r.member_id.is_empty()).then_some((r.member_id.as_str(), r.generation));
             let offsets = r
                 .offsets
@@ -521,6 +554,10 @@ async fn run(
         }
         Api::FetchOffsets => {
             let r: msg::FetchOffsetsRequest = decode(&frame)?;
+            check(Operation::Describe, Group, &r.group)?;
+            for tp in &r.partitions {
+                check(Operation::Describe, Topic, &tp.topic)?;
+            }
             let parts: Vec<(String, u32)> = r
                 .partitions
                 .iter()
@@ -544,13 +581,16 @@ async fn run(
         }
         Api::ListGroups => {
             let _: msg::ListGroupsRequest = decode(&frame)?;
-            let out = msg::ListGroupsResponse {
-                groups: broker.groups(),
-            };
+            // Describing the cluster lists every group; else those the client may describe.
+            let every = access.allows_cluster(Operation::Describe);
+            let mut groups = broker.groups();
+            groups.retain(|g| every || access.allows(Operation::Describe, Group, g));
+            let out = msg::ListGroupsResponse { groups };
             ok(&|| OutFrame::response(&req, &out))
         }
         Api::DescribeGroup => {
             let r: msg::DescribeGroupRequest = decode(&frame)?;
+            check(Operation::Describe, Group, &r.group)?;
             let desc = broker.describe_group(&r.group);
             let lag = broker.group_lag(&r.group);
             let out = msg::DescribeGroupResponse {

@@ -21,6 +21,7 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use weir_broker::access::ResourceType;
 use weir_broker::Broker;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::{BudgetPermit, QuotaKind, SMALL_REQUEST_BYTES};
@@ -247,6 +248,9 @@ pub(crate) struct Connection {
     /// The server requires authentication: where this connection is with it. Boxed, as
     /// `pushes` is.
     auth: Option<Box<AuthState>>,
+    /// What the client may do, made once it is known who it is (its decisions are cached for
+    /// the connection's life, until the rules change).
+    access: Option<Arc<weir_broker::Access>>,
 }
 
 /// A connection's authentication, when the server requires it.
@@ -318,6 +322,7 @@ impl Connection {
         });
         Self {
             auth,
+            access: None,
             stream,
             peer,
             buf: BytesMut::new(),
@@ -709,6 +714,7 @@ impl Connection {
                 .quotas()
                 .charge(&client_id, QuotaKind::Requests, 1),
         );
+        let access = self.access();
         match api {
             Api::Subscribe => {
                 let out = self.subscribe(&frame).await;
@@ -771,7 +777,7 @@ impl Connection {
                     if let Some(prev) = prev {
                         let _ = prev.await;
                     }
-                    let out = command::produce(&broker, frame, done, &client_id).await;
+                    let out = command::produce(&broker, &access, frame, done, &client_id).await;
                     drop(budget);
                     out
                 }));
@@ -787,7 +793,7 @@ impl Connection {
                         .clone()
                 });
                 self.in_flight.push(Box::pin(async move {
-                    let out = command::handle(&broker, frame, &client_id, parked).await;
+                    let out = command::handle(&broker, &access, frame, &client_id, parked).await;
                     drop(budget);
                     out.filter(|_| !silent)
                 }));
@@ -1022,12 +1028,31 @@ impl Connection {
         }
     }
 
+    /// What the client may do: anonymous (and allowed everything) without authentication,
+    /// else the authenticated principal's. Asked only once the client has authenticated.
+    fn access(&mut self) -> Arc<weir_broker::Access> {
+        let principal = self
+            .auth
+            .as_ref()
+            .and_then(|a| a.principal.clone())
+            .unwrap_or(weir_auth::Principal::Anonymous);
+        let broker = &self.broker;
+        Arc::clone(
+            self.access
+                .get_or_insert_with(|| Arc::new(broker.access(principal))),
+        )
+    }
+
     async fn subscribe(&mut self, frame: &Frame) -> OutFrame {
         let h = frame.header;
         let req = match msg::SubscribeRequest::decode(frame.message.clone()) {
             Ok(r) => r,
             Err(e) => return OutFrame::error(&h, ErrorCode::Malformed, e.to_string()),
         };
+        let read = weir_broker::access::Operation::Read;
+        if let Err(e) = self.access().check(read, ResourceType::Topic, &req.topic) {
+            return OutFrame::error(&h, code_of(&e), e.to_string());
+        }
         if let Some(p) = self.pushes.as_mut() {
             p.subs.retain(|_, s| !s.task.is_finished());
         }

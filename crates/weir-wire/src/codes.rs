@@ -51,13 +51,15 @@ pub enum ErrorCode {
     /// Unknown user, wrong password, a malformed or out-of-order SASL message, or too many
     /// failures from the client's address; the connection is closed.
     AuthenticationFailed = 31,
+    /// The access control lists do not let the client's principal do this.
+    NotAuthorized = 32,
 }
 
 impl ErrorCode {
     /// The code for a number, `Internal` for numbers this build does not know.
     pub fn from_u32(n: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 32] = [
+        const ALL: [ErrorCode; 33] = [
             None,
             Internal,
             Malformed,
@@ -90,6 +92,7 @@ impl ErrorCode {
             InvalidProducerEpoch,
             AuthenticationRequired,
             AuthenticationFailed,
+            NotAuthorized,
         ];
         ALL.get(n as usize).copied().unwrap_or(Internal)
     }
@@ -114,7 +117,7 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_and_are_stable() {
-        for n in 0..32u32 {
+        for n in 0..33u32 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(10_000), ErrorCode::Internal);

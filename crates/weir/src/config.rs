@@ -150,6 +150,15 @@ pub struct AuthSettings {
     pub jwt_issuer: Option<String>,
     /// The `aud` a JWT must carry. Default: not checked.
     pub jwt_audience: Option<String>,
+    /// Authorize every request against the access control lists (`weir acl add|remove|list`):
+    /// what no rule allows is refused. Default false: every authenticated client may do
+    /// everything. Needs `enabled`.
+    pub acls: bool,
+    /// The access control lists. Default `<data_dir>/auth/acls.json`; read again when it
+    /// changes (looked at every 2 s) and on SIGHUP.
+    pub acls_file: Option<PathBuf>,
+    /// Users allowed everything, whatever the rules say. Default none.
+    pub super_users: Vec<String>,
 }
 
 impl Default for AuthSettings {
@@ -168,6 +177,9 @@ impl Default for AuthSettings {
             jwt_jwks_file: None,
             jwt_issuer: None,
             jwt_audience: None,
+            acls: false,
+            acls_file: None,
+            super_users: Vec::new(),
         }
     }
 }
@@ -813,6 +825,16 @@ impl Config {
                 "auth.jwt_issuer or auth.jwt_audience is set but no JWT key is (auth.jwt_*_file)"
             );
         }
+        if (a.acls || !a.super_users.is_empty()) && !a.enabled {
+            bail!(
+                "auth.acls and auth.super_users need auth.enabled = true: without \
+                 authentication every client is anonymous"
+            );
+        }
+        for name in &a.super_users {
+            weir_auth::users::check_name(name)
+                .map_err(|e| anyhow::anyhow!("auth.super_users: {name:?}: {e}"))?;
+        }
         Ok(())
     }
 
@@ -844,6 +866,14 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("auth").join("users.json"))
     }
 
+    /// The access control lists' file: `auth.acls_file`, else `<data_dir>/auth/acls.json`.
+    pub fn acls_file(&self) -> PathBuf {
+        self.auth
+            .acls_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("auth").join("acls.json"))
+    }
+
     /// The server's authentication, when `[auth]` is enabled (the users file read now).
     pub fn auth(&self) -> Result<Option<std::sync::Arc<weir_auth::Auth>>> {
         if !self.auth.enabled {
@@ -861,6 +891,13 @@ impl Config {
             failures_per_minute: self.auth.failures_per_minute,
             timeout: Duration::from_millis(self.auth.timeout_ms),
             jwt: self.jwt()?,
+            acls: match self.auth.acls {
+                true => Some(std::sync::Arc::new(weir_auth::acl::Authorizer::open(
+                    self.acls_file(),
+                    self.auth.super_users.clone(),
+                )?)),
+                false => None,
+            },
         };
         Ok(Some(std::sync::Arc::new(weir_auth::Auth::new(
             users, config,

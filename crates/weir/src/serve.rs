@@ -71,6 +71,19 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             mechanisms = %auth.mechanism_names().join(","),
             "clients must authenticate (Kafka: SASL; native: Authenticate; HTTP: bearer tokens)"
         );
+        match auth.acls() {
+            Some(acls) => tracing::info!(
+                rules = acls.len(),
+                acls_file = %acls.path().display(),
+                super_users = %config.auth.super_users.join(","),
+                "requests are authorized by the access control lists: what no rule allows is \
+                 refused (`weir acl add`)"
+            ),
+            None => tracing::info!(
+                "no access control lists (auth.acls = false): every authenticated client may \
+                 do everything"
+            ),
+        }
     }
     let authenticated = auth.is_some();
     let listener = TcpListener::bind(&config.native.listen)
@@ -295,8 +308,9 @@ async fn bind_tls(
     Ok(listener)
 }
 
-/// Reads the users file again when it changed (looked at every 2 s) and on SIGHUP, until
-/// the shutdown begins. A file that cannot be read keeps the users in force and says why.
+/// Reads the users file and the access control lists again when they changed (looked at
+/// every 2 s) and on SIGHUP, until the shutdown begins. A file that cannot be read keeps what
+/// it held in force and says why, once.
 async fn reload_users(
     auth: std::sync::Arc<weir_auth::Auth>,
     stop: impl std::future::Future<Output = ()>,
@@ -305,29 +319,54 @@ async fn reload_users(
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     tokio::pin!(stop);
-    let mut failing = false;
+    let mut failing = [false; 2];
     loop {
         tokio::select! {
             _ = &mut stop => return,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
             _ = tick.tick() => {}
         }
-        let users = auth.users();
         let store = std::sync::Arc::clone(&auth);
-        let reloaded = tokio::task::spawn_blocking(move || store.users().reload_if_changed()).await;
-        match reloaded {
-            Ok(Ok(true)) => {
-                failing = false;
-                tracing::info!(users = users.len(), file = %users.path().display(), "users reloaded");
+        let reloaded = tokio::task::spawn_blocking(move || {
+            let users = store.users();
+            let users = (
+                users.reload_if_changed(),
+                users.len(),
+                users.path().to_path_buf(),
+            );
+            let acls = store
+                .acls()
+                .map(|a| (a.reload_if_changed(), a.len(), a.path().to_path_buf()));
+            (users, acls)
+        })
+        .await;
+        let (users, acls) = match reloaded {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "users reload task failed");
+                continue;
             }
-            Ok(Ok(false)) => {}
-            // Said once, not every 2 s, until the file reads again.
-            Ok(Err(e)) if !failing => {
-                failing = true;
-                tracing::error!(error = %e, "users file unreadable; the users in force stay");
+        };
+        for (i, (what, outcome)) in [("users", Some(users)), ("access control lists", acls)]
+            .into_iter()
+            .enumerate()
+        {
+            let Some((result, len, path)) = outcome else {
+                continue;
+            };
+            match result {
+                Ok(true) => {
+                    failing[i] = false;
+                    tracing::info!(entries = len, file = %path.display(), "{what} reloaded");
+                }
+                Ok(false) => {}
+                // Said once, not every 2 s, until the file reads again.
+                Err(e) if !failing[i] => {
+                    failing[i] = true;
+                    tracing::error!(error = %e, file = %path.display(), "{what} file unreadable; what it held stays in force");
+                }
+                Err(_) => {}
             }
-            Ok(Err(_)) => {}
-            Err(e) => tracing::error!(error = %e, "users reload task failed"),
         }
     }
 }

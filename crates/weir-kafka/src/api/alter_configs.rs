@@ -15,8 +15,9 @@ use weir_broker::TopicConfig;
 
 use super::describe_configs::{BROKER_RESOURCE, TOPIC_RESOURCE};
 use super::topic_configs::{self, Refusal};
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
-use crate::{Kafka, code, error_code};
+use crate::{code, error_code};
 
 /// IncrementalAlterConfigs operations.
 const SET: i8 = 0;
@@ -26,7 +27,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: AlterConfigsRequest) -> AlterCon
     let mut responses = Vec::new();
     for res in r.resources {
         let outcome = alter(
-            cx.kafka,
+            cx,
             res.resource_type,
             &res.resource_name,
             r.validate_only,
@@ -60,7 +61,7 @@ pub(crate) async fn handle_incremental(
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::new();
     for res in r.resources {
-        let outcome = alter(cx.kafka, res.resource_type, &res.resource_name, r.validate_only, |c, d| {
+        let outcome = alter(cx, res.resource_type, &res.resource_name, r.validate_only, |c, d| {
             for entry in &res.configs {
                 match entry.config_operation {
                     SET => topic_configs::set(c, &entry.name, entry.value.as_deref(), d)?,
@@ -94,15 +95,19 @@ pub(crate) async fn handle_incremental(
 /// Applies `change` to the configuration of topic `name` (checked whole, then stored and
 /// applied unless `validate_only`).
 async fn alter(
-    kafka: &Kafka,
+    cx: &Ctx<'_>,
     resource_type: i8,
     name: &str,
     validate_only: bool,
     change: impl FnOnce(&mut TopicConfig, &TopicConfig) -> Result<(), Refusal>,
 ) -> Result<(), Refusal> {
-    let broker = &kafka.broker;
+    let broker = &cx.kafka.broker;
     match resource_type {
-        TOPIC_RESOURCE => {}
+        TOPIC_RESOURCE => {
+            // Refused whether or not the topic exists.
+            cx.check(Operation::Alter, ResourceType::Topic, name)
+                .map_err(|e| (error_code(&e), e.to_string()))?;
+        }
         BROKER_RESOURCE => {
             return Err((
                 code::INVALID_REQUEST,

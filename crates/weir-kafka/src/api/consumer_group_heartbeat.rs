@@ -9,6 +9,7 @@ use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeart
 use kafka_protocol::protocol::StrBytes;
 
 use super::{name_of_id, uuid};
+use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::consumer_groups::{Beat, HEARTBEAT_INTERVAL, Tp, by_topic};
 use crate::dispatch::Ctx;
@@ -19,6 +20,12 @@ pub(crate) async fn handle(
 ) -> ConsumerGroupHeartbeatResponse {
     let broker = &cx.kafka.broker;
     let interval = HEARTBEAT_INTERVAL.as_millis() as i32;
+    if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {
+        return ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+            .with_member_epoch(-1)
+            .with_heartbeat_interval_ms(interval);
+    }
     // librdkafka sends an empty pattern with its topic names.
     if r.subscribed_topic_regex
         .as_deref()

@@ -6,6 +6,7 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -17,7 +18,9 @@ pub(crate) async fn handle(
     let mut results = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
+        let allowed = cx.check(Operation::Alter, ResourceType::Topic, &name);
         let outcome = match broker.partition_count(&name) {
+            _ if let Err(e) = &allowed => Err((error_code(e), e.to_string())),
             None => Err((
                 code::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("topic {name} does not exist"),

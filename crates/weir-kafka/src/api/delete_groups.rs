@@ -5,13 +5,16 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::groups_admin;
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, group_error_code};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results = Vec::new();
     for group in r.groups_names {
+        let allowed = cx.allows(Operation::Delete, ResourceType::Group, &group.0);
         let error = match groups_admin::view(cx.kafka, &group.0) {
+            _ if !allowed => code::GROUP_AUTHORIZATION_FAILED,
             None => code::GROUP_ID_NOT_FOUND,
             Some(v) if !v.members.is_empty() => code::NON_EMPTY_GROUP,
             Some(_) => match cx.kafka.broker.delete_group_offsets(&group.0, None).await {

@@ -8,6 +8,7 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -16,6 +17,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteRecordsRequest) -> DeleteR
     let mut topics = Vec::new();
     for t in r.topics {
         let mut partitions = Vec::new();
+        let allowed = cx.allows(Operation::Delete, ResourceType::Topic, &t.name.0);
         for p in t.partitions {
             let result = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
@@ -25,6 +27,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteRecordsRequest) -> DeleteR
                 o => u64::try_from(o).ok().map(Some),
             };
             let done = match (u32::try_from(p.partition_index), before) {
+                _ if !allowed => Err(code::TOPIC_AUTHORIZATION_FAILED),
                 (Ok(part), Some(before)) => broker
                     .delete_records(&t.name.0, part, before)
                     .await

@@ -7,6 +7,7 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{id_of, name_of_id, topic_name};
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -44,7 +45,11 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteTopicsRequest) -> DeleteTo
         let result = DeletableTopicResult::default()
             .with_name(Some(topic_name(&name)))
             .with_topic_id(id);
-        results.push(match broker.delete_topic(&name).await {
+        let deleted = match cx.check(Operation::Delete, ResourceType::Topic, &name) {
+            Ok(()) => broker.delete_topic(&name).await,
+            Err(e) => Err(e),
+        };
+        results.push(match deleted {
             Ok(()) => result,
             Err(e) => result
                 .with_error_code(error_code(&e))

@@ -4,6 +4,7 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use weir_broker::access::Operation;
 use crate::code;
 use crate::dispatch::Ctx;
 
@@ -16,6 +17,14 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeClusterRequest) -> Descr
         .with_endpoint_type(r.endpoint_type)
         .with_cluster_id(StrBytes::from_static_str("weir"))
         .with_controller_id(BrokerId(0));
+    if !cx.access.allows_cluster(Operation::Describe) {
+        return resp
+            .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "{} may not describe the cluster",
+                cx.access.principal()
+            ))));
+    }
     if cx.version >= 1 && r.endpoint_type != BROKERS {
         return resp
             .with_error_code(code::UNSUPPORTED_ENDPOINT_TYPE)

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::topic_configs::{self, SOURCE_DEFAULT, SOURCE_STATIC_BROKER, SOURCE_TOPIC};
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -33,7 +34,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeConfigsRequest) -> Descr
                 .is_none_or(|w| w.iter().any(|x| &**x == k))
         };
         let configs = match res.resource_type {
-            TOPIC_RESOURCE => match broker.topic_config(&name) {
+            TOPIC_RESOURCE => match cx
+                .check(Operation::Describe, ResourceType::Topic, &name)
+                .and_then(|()| broker.topic_config(&name))
+            {
                 Ok(c) => Ok(topic_configs::entries(&c)
                     .into_iter()
                     .filter(|e| wanted(e.name))
@@ -66,6 +70,13 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeConfigsRequest) -> Descr
                     .collect()),
                 Err(e) => Err((error_code(&e), e.to_string())),
             },
+            BROKER_RESOURCE if !cx.access.allows_cluster(Operation::Describe) => Err((
+                code::CLUSTER_AUTHORIZATION_FAILED,
+                format!(
+                    "{} may not describe the cluster",
+                    cx.access.principal()
+                ),
+            )),
             BROKER_RESOURCE => Ok(topic_configs::broker_entries(broker.config())
                 .into_iter()
                 .filter(|(k, _, _)| wanted(k))

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::groups_admin;
+use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
 
@@ -17,6 +18,11 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeGroupsRequest) -> Descri
         .into_iter()
         .map(|group| {
             let described = DescribedGroup::default().with_group_id(group.clone());
+            if let Err(e) = cx.check(Operation::Describe, ResourceType::Group, &group.0) {
+                return described
+                    .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                    .with_error_message(Some(StrBytes::from_string(e.to_string())));
+            }
             let Some(v) = groups_admin::view(cx.kafka, &group.0) else {
                 let described = described.with_group_state(StrBytes::from_static_str("Dead"));
                 return if cx.version >= 6 {

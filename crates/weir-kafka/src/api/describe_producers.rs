@@ -6,6 +6,7 @@ use kafka_protocol::messages::describe_producers_response::{
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
+use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
 
@@ -18,6 +19,8 @@ pub(crate) async fn handle(
         .topics
         .into_iter()
         .map(|t| {
+            // Refused as if absent would tell: refused outright, as Kafka does.
+            let allowed = cx.allows(Operation::Read, ResourceType::Topic, &t.name.0);
             let count = broker.partition_count(&t.name.0);
             let partitions = t
                 .partition_indexes
@@ -25,6 +28,7 @@ pub(crate) async fn handle(
                 .map(|index| {
                     let resp = PartitionResponse::default().with_partition_index(index);
                     match (count, u32::try_from(index)) {
+                        _ if !allowed => resp.with_error_code(code::TOPIC_AUTHORIZATION_FAILED),
                         (Some(n), Ok(p)) if p < n => resp.with_active_producers(
                             broker
                                 .producers()

@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
 use uuid::Uuid;
 
 use super::{topic_name, uuid};
+use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
 
@@ -22,8 +23,14 @@ pub(crate) async fn handle(
     r: DescribeTopicPartitionsRequest,
 ) -> DescribeTopicPartitionsResponse {
     let broker = &cx.kafka.broker;
+    // Every topic the client may see; named topics it may not are refused below.
     let mut names: Vec<String> = if r.topics.is_empty() {
-        broker.topics().into_iter().map(|t| t.name).collect()
+        broker
+            .topics()
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| cx.allows(Operation::Describe, ResourceType::Topic, n))
+            .collect()
     } else {
         r.topics.iter().map(|t| t.name.0.to_string()).collect()
     };
@@ -39,6 +46,15 @@ pub(crate) async fn handle(
     let mut topics = Vec::new();
     let mut next_cursor = None;
     for name in names.into_iter().filter(|n| *n >= from_topic) {
+        if !cx.allows(Operation::Describe, ResourceType::Topic, &name) {
+            topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_name(Some(topic_name(&name)))
+                    .with_topic_id(Uuid::nil())
+                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED),
+            );
+            continue;
+        }
         let Some(count) = broker.partition_count(&name) else {
             topics.push(
                 DescribeTopicPartitionsResponseTopic::default()

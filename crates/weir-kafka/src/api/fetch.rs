@@ -9,6 +9,7 @@ use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::Encodable;
 use uuid::Uuid;
+use weir_broker::access::{Operation, ResourceType};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::{Broker, BrokerError};
@@ -29,15 +30,23 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: FetchRequest) -> Answer {
     let topics: Vec<Asked<'_>> = r
         .topics
         .iter()
-        .map(|t| Asked {
-            name: resolve(broker, &t.topic, &t.topic_id, by_id),
-            topic: t,
+        .map(|t| {
+            let name = resolve(broker, &t.topic, &t.topic_id, by_id);
+            let allowed = name
+                .as_deref()
+                .is_none_or(|n| cx.allows(Operation::Read, ResourceType::Topic, n));
+            Asked {
+                name,
+                allowed,
+                topic: t,
+            }
         })
         .collect();
     // Long-poll on every partition asked for: answered as soon as any of them has data
     // enough, or at max_wait.
     let mut watches: Vec<tokio::sync::watch::Receiver<u64>> = topics
         .iter()
+        .filter(|t| t.allowed)
         .filter_map(|t| Some((t.name.as_deref()?, t.topic)))
         .flat_map(|(name, t)| {
             t.partitions.iter().filter_map(move |p| {
@@ -79,6 +88,8 @@ const MAX_WATCHED_PARTITIONS: usize = 1024;
 /// A topic of a Fetch: as asked, and its name (`None`: asked by an id no topic has).
 struct Asked<'a> {
     name: Option<String>,
+    /// The client may read it.
+    allowed: bool,
     topic: &'a FetchTopic,
 }
 
@@ -87,8 +98,21 @@ struct Asked<'a> {
 async fn fetch_pass(broker: &Broker, topics: &[Asked<'_>], total_max: usize) -> (Answer, usize) {
     let mut responses = Vec::with_capacity(topics.len());
     let mut total = 0usize;
-    for Asked { name, topic: t } in topics {
+    for Asked {
+        name,
+        allowed,
+        topic: t,
+    } in topics
+    {
         let mut parts = Vec::with_capacity(t.partitions.len());
+        if !allowed {
+            for p in &t.partitions {
+                let refused = failed(p.partition, code::TOPIC_AUTHORIZATION_FAILED);
+                parts.push((refused, Vec::new()));
+            }
+            responses.push((t.topic.clone(), t.topic_id, parts));
+            continue;
+        }
         let Some(name) = name.as_deref() else {
             for p in &t.partitions {
                 parts.push((failed(p.partition, code::UNKNOWN_TOPIC_ID), Vec::new()));

@@ -5,6 +5,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{Advertised, code};
 
@@ -15,7 +16,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: FindCoordinatorRequest) -> FindC
             .coordinator_keys
             .into_iter()
             .map(|key| {
-                let found = find(advertised, r.key_type);
+                let found = match refused(cx, r.key_type, &key) {
+                    Some(refusal) => refusal,
+                    None => find(advertised, r.key_type),
+                };
                 Coordinator::default()
                     .with_key(key)
                     .with_node_id(found.node)
@@ -27,13 +31,30 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: FindCoordinatorRequest) -> FindC
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let found = find(advertised, r.key_type);
+    let found = match refused(cx, r.key_type, &r.key) {
+        Some(refusal) => refusal,
+        None => find(advertised, r.key_type),
+    };
     FindCoordinatorResponse::default()
         .with_error_code(found.error)
         .with_error_message(found.message)
         .with_node_id(found.node)
         .with_host(found.host)
         .with_port(found.port)
+}
+
+/// A group's coordinator is found only by a client that may describe the group.
+fn refused(cx: &Ctx<'_>, key_type: i8, key: &str) -> Option<Found> {
+    (key_type == 0 && !cx.allows(Operation::Describe, ResourceType::Group, key)).then(|| Found {
+        error: code::GROUP_AUTHORIZATION_FAILED,
+        message: Some(StrBytes::from_string(format!(
+            "{} may not describe group {key:?}",
+            cx.access.principal()
+        ))),
+        node: BrokerId(-1),
+        host: StrBytes::default(),
+        port: -1,
+    })
 }
 
 struct Found {

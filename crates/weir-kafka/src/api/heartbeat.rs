@@ -2,9 +2,14 @@
 
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
+use weir_broker::access::{Operation, ResourceType};
+use crate::code;
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: HeartbeatRequest) -> HeartbeatResponse {
+    if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {
+        return HeartbeatResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+    }
     let error = cx
         .kafka
         .groups

@@ -7,10 +7,18 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use weir_broker::access::{Operation, ResourceType};
+use crate::code;
 use crate::dispatch::Ctx;
 use crate::groups;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: JoinGroupRequest) -> JoinGroupResponse {
+    if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {
+        return JoinGroupResponse::default()
+            .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+            .with_generation_id(-1)
+            .with_member_id(r.member_id);
+    }
     let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
     let req = groups::JoinRequest {
         group: r.group_id.0.to_string(),

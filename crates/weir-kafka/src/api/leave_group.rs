@@ -5,9 +5,14 @@
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
+use weir_broker::access::{Operation, ResourceType};
+use crate::code;
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: LeaveGroupRequest) -> LeaveGroupResponse {
+    if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {
+        return LeaveGroupResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+    }
     let groups = &cx.kafka.groups;
     if cx.version >= 3 {
         let members = r

@@ -7,14 +7,18 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::groups_admin;
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListGroupsRequest) -> ListGroupsResponse {
     let wanted = |filter: &[StrBytes], value: &str| {
         filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(value))
     };
+    // Describing the cluster lists every group; else those the client may describe.
+    let every = cx.access.allows_cluster(Operation::Describe);
     let groups = groups_admin::list(cx.kafka)
         .into_iter()
+        .filter(|(name, _, _)| every || cx.allows(Operation::Describe, ResourceType::Group, name))
         .filter(|(_, _, state)| wanted(&r.states_filter, state))
         .map(|(name, protocol_type, state)| {
             let kind = if cx.kafka.groups.consumer.holds(&name) {

@@ -13,6 +13,7 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::{Broker, BrokerError};
 
 use super::topic_name;
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::error_code;
 
@@ -36,7 +37,9 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListOffsetsRequest) -> ListOffse
                 .with_timestamp(-1)
                 .with_offset(-1)
                 .with_leader_epoch(-1);
+            let allowed = cx.check(Operation::Describe, ResourceType::Topic, &name);
             let found = match u32::try_from(p.partition_index) {
+                _ if let Err(e) = &allowed => Err(e.clone()),
                 Ok(part) => find(broker, &name, part, p.timestamp).await,
                 Err(_) => Err(BrokerError::UnknownPartition {
                     topic: name.clone(),

@@ -9,6 +9,7 @@ use weir_broker::Broker;
 use weir_broker::offsets::MAX_METADATA_BYTES;
 
 use super::topic_name;
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, group_error_code};
 
@@ -23,18 +24,24 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCo
     } else {
         groups.check_commit(&group, r.generation_id_or_member_epoch, &r.member_id)
     };
+    let group_allowed = cx.allows(Operation::Read, ResourceType::Group, &group);
     let mut valid = Vec::new();
     // Per partition: the error it gets (validated first, then committed together).
     let mut results: Vec<(String, Vec<(i32, i16)>)> = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
+        let topic_allowed = cx.allows(Operation::Read, ResourceType::Topic, &name);
         let mut parts = Vec::new();
         for p in t.partitions {
             let metadata = p
                 .committed_metadata
                 .map(|m| m.to_string())
                 .unwrap_or_default();
-            let error = if denied != code::NONE {
+            let error = if !group_allowed {
+                code::GROUP_AUTHORIZATION_FAILED
+            } else if !topic_allowed {
+                code::TOPIC_AUTHORIZATION_FAILED
+            } else if denied != code::NONE {
                 denied
             } else if metadata.len() > MAX_METADATA_BYTES {
                 // Kafka's offset.metadata.max.bytes default, and its answer.

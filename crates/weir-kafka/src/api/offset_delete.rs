@@ -7,11 +7,15 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::groups_admin;
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, group_error_code};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let (kafka, group) = (cx.kafka, &*r.group_id.0);
+    if !cx.allows(Operation::Delete, ResourceType::Group, group) {
+        return OffsetDeleteResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+    }
     let Some(view) = groups_admin::view(kafka, group) else {
         return OffsetDeleteResponse::default().with_error_code(code::GROUP_ID_NOT_FOUND);
     };
@@ -29,7 +33,9 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetDeleteRequest) -> OffsetDe
     let mut topics = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
-        let error = if kafka.broker.partition_count(&name).is_none() {
+        let error = if !cx.allows(Operation::Read, ResourceType::Topic, &name) {
+            code::TOPIC_AUTHORIZATION_FAILED
+        } else if kafka.broker.partition_count(&name).is_none() {
             code::UNKNOWN_TOPIC_OR_PARTITION
         } else if subscribed(&name) {
             code::GROUP_SUBSCRIBED_TO_TOPIC

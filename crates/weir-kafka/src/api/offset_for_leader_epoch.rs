@@ -9,6 +9,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use weir_broker::broker::OffsetSpec;
 
+use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
 
@@ -20,11 +21,16 @@ pub(crate) async fn handle(
     let mut topics = Vec::new();
     for t in r.topics {
         let mut partitions = Vec::new();
+        let allowed = cx.allows(Operation::Describe, ResourceType::Topic, &t.topic.0);
         for p in t.partitions {
             let resp = EpochEndOffset::default()
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
+            if !allowed {
+                partitions.push(resp.with_error_code(code::TOPIC_AUTHORIZATION_FAILED));
+                continue;
+            }
             let Ok(part) = u32::try_from(p.partition) else {
                 partitions.push(resp.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;

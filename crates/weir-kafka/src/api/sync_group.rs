@@ -3,9 +3,14 @@
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use weir_broker::access::{Operation, ResourceType};
+use crate::code;
 use crate::dispatch::Ctx;
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: SyncGroupRequest) -> SyncGroupResponse {
+    if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {
+        return SyncGroupResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+    }
     let assignments = r
         .assignments
         .into_iter()
