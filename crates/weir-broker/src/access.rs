@@ -143,7 +143,10 @@ mod tests {
         let err = access
             .check(Operation::Read, ResourceType::Topic, "t")
             .unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::NotAuthorized(ResourceType::Topic));
+        assert_eq!(
+            err.kind(),
+            crate::ErrorKind::NotAuthorized(ResourceType::Topic)
+        );
         assert!(err.to_string().contains("User:alice"), "{err}");
         // The rule goes: the cached allow must not outlive it.
         AclFile::edit(&path, |f| {

@@ -287,8 +287,14 @@ mod tests {
                 | ErrorKind::CorruptData
                 | ErrorKind::ShuttingDown
                 | ErrorKind::Internal => {}
+                ErrorKind::NotAuthorized(
+                    ResourceType::Topic
+                    | ResourceType::Group
+                    | ResourceType::Cluster
+                    | ResourceType::Pipeline,
+                ) => {}
             }
         }
-        assert_eq!(ErrorKind::ALL.len(), 19);
+        assert_eq!(ErrorKind::ALL.len(), 23);
     }
 }

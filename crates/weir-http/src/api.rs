@@ -20,9 +20,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_batch::Ring;
 use weir_batch::{Batches, Records};
-use weir_broker::Broker;
+use weir_broker::access::{Operation, Principal, ResourceType};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::topic::{DurabilitySetting, TopicInfo};
+use weir_broker::{Access, Broker};
 
 use crate::HttpConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -64,6 +65,114 @@ impl AppState {
             .entry(partitions)
             .or_insert_with(|| Arc::new(Ring::new(partitions)))
             .clone()
+    }
+}
+
+/// Everything allowed: a server without authentication has no principal to check.
+static UNCHECKED: std::sync::LazyLock<Arc<Access>> =
+    std::sync::LazyLock::new(|| Arc::new(Access::unchecked(Principal::Anonymous)));
+
+/// What the caller may do: set by [`authenticate`], everything when the server does not
+/// authenticate.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) Arc<Access>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(|| Caller(Arc::clone(&UNCHECKED))))
+    }
+}
+
+/// What a route needs of the access control lists: the HTTP door's one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Nothing (health, readiness, the API's own description).
+    Nothing,
+    /// `op` on the resource named by the path parameter `param` (`*` for the cluster).
+    Check(Operation, ResourceType, &'static str),
+    /// Checked by the handler: a listing filtered to what the caller may see, a name in the
+    /// body, or each WebSocket subscription.
+    Handler,
+}
+
+fn needs(method: &str, path: &str) -> Option<Needs> {
+    use Operation::*;
+    use ResourceType::{Cluster, Group, Pipeline, Topic};
+    Some(match (method, path) {
+        ("get", "/health" | "/ready" | "/openapi.json") => Needs::Nothing,
+        ("get", "/stats" | "/metrics") => Needs::Check(Describe, Cluster, "*"),
+        ("get", "/debug/pprof/profile" | "/debug/heap") => Needs::Check(Alter, Cluster, "*"),
+        ("get", "/topics" | "/groups" | "/ws" | "/pipelines") | ("post", "/topics") => {
+            Needs::Handler
+        }
+        ("get", "/topics/{topic}") => Needs::Check(Describe, Topic, "topic"),
+        ("delete", "/topics/{topic}") => Needs::Check(Delete, Topic, "topic"),
+        ("post", "/topics/{topic}/records") => Needs::Check(Write, Topic, "topic"),
+        ("get", "/topics/{topic}/keys/{key}")
+        | ("get", "/topics/{topic}/partitions/{partition}/records") => {
+            Needs::Check(Read, Topic, "topic")
+        }
+        ("get", "/groups/{group}") => Needs::Check(Describe, Group, "group"),
+        ("get", "/pipelines/{pipeline}") => Needs::Check(Describe, Pipeline, "pipeline"),
+        (
+            "post",
+            "/pipelines/{pipeline}/start"
+            | "/pipelines/{pipeline}/stop"
+            | "/pipelines/{pipeline}/reload",
+        ) => Needs::Check(Alter, Pipeline, "pipeline"),
+        ("post", "/pipelines/{pipeline}/ingest") => Needs::Check(Write, Pipeline, "pipeline"),
+        _ => return None,
+    })
+}
+
+/// Checks a matched route against [`needs`] before its handler runs: 403 `forbidden` when
+/// the caller may not. A route missing from the table is refused (and a test keeps the table
+/// complete).
+async fn authorize(
+    caller: Caller,
+    matched: Option<axum::extract::MatchedPath>,
+    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !caller.0.is_checked() {
+        return next.run(req).await;
+    }
+    let method = req.method().as_str().to_ascii_lowercase();
+    let path = matched.as_ref().map_or("", |m| m.as_str());
+    match needs(&method, path) {
+        Some(Needs::Nothing | Needs::Handler) => next.run(req).await,
+        Some(Needs::Check(op, resource, param)) => {
+            let name = match param {
+                "*" => Some("*".to_string()),
+                _ => params.ok().and_then(|ps| {
+                    ps.iter()
+                        .find(|(k, _)| *k == param)
+                        .map(|(_, v)| v.to_string())
+                }),
+            };
+            match name.map(|n| caller.0.check(op, resource, &n)) {
+                Some(Ok(())) => next.run(req).await,
+                Some(Err(e)) => ApiError::from(e).into_response(),
+                None => {
+                    ApiError::bad_request(format!("bad path parameter: {param}")).into_response()
+                }
+            }
+        }
+        None => ApiError::new(
+            ErrorCode::Forbidden,
+            format!("{method} {path} is not in the access table"),
+        )
+        .into_response(),
     }
 }
 
@@ -134,6 +243,8 @@ pub fn router(state: AppState) -> Api {
     for (path, mr) in by_path {
         router = router.route(path, mr);
     }
+    // After routing: the matched route says what it needs of the access control lists.
+    let router = router.route_layer(axum::middleware::from_fn(authorize));
     let limit = state.config.max_body_bytes;
     let router = router
         .fallback(|| async {
@@ -227,7 +338,8 @@ async fn refuse_oversized(
 /// When the server requires authentication: every request but `/health` and `/ready` needs
 /// `Authorization: Bearer TOKEN` (an API token of a user, or a JWT), or on `/ws`, for
 /// browsers that cannot set headers, `?access_token=TOKEN`. Otherwise 401 with a JSON error
-/// and `WWW-Authenticate`. The principal goes into the request's extensions.
+/// and `WWW-Authenticate`. What the principal may do goes into the request's extensions
+/// ([`Caller`]), for [`authorize`] and the handlers that filter.
 async fn authenticate(
     State(s): State<AppState>,
     mut req: axum::extract::Request,
@@ -260,8 +372,8 @@ async fn authenticate(
     let Some(token) = from_header.or(from_query).map(str::to_string) else {
         // A verified client certificate names the client (mutual TLS).
         if let Some(name) = certificate_name {
-            req.extensions_mut()
-                .insert(weir_auth::Principal::user(&name));
+            let access = s.broker.access(Principal::user(&name));
+            req.extensions_mut().insert(Caller(Arc::new(access)));
             return next.run(req).await;
         }
         return unauthenticated(
@@ -279,7 +391,8 @@ async fn authenticate(
     auth.record("http", kind, peer, &outcome);
     match outcome {
         Ok(principal) => {
-            req.extensions_mut().insert(principal);
+            let access = s.broker.access(principal);
+            req.extensions_mut().insert(Caller(Arc::new(access)));
             next.run(req).await
         }
         Err(e) => unauthenticated(&e.to_string(), true),
@@ -411,8 +524,18 @@ fn topic_json(t: &TopicInfo) -> Value {
     })
 }
 
-async fn list_topics(State(s): State<AppState>) -> Response {
-    let topics: Vec<Value> = s.broker.topics().iter().map(topic_json).collect();
+async fn list_topics(State(s): State<AppState>, caller: Caller) -> Response {
+    let topics: Vec<Value> = s
+        .broker
+        .topics()
+        .iter()
+        .filter(|t| {
+            caller
+                .0
+                .allows(Operation::Describe, ResourceType::Topic, &t.name)
+        })
+        .map(topic_json)
+        .collect();
     ok(json!({ "topics": topics }))
 }
 
@@ -437,10 +560,17 @@ struct CreateTopic {
 
 async fn create_topic(
     State(s): State<AppState>,
+    caller: Caller,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let b = body(b, s.config.max_body_bytes)?;
     let req: CreateTopic = parse_json(&b)?;
+    // The right to create on the cluster, or on the topic itself.
+    if !caller.0.allows_cluster(Operation::Create) {
+        caller
+            .0
+            .check(Operation::Create, ResourceType::Topic, &req.name)?;
+    }
     let mut config = s.broker.config().default_topic.clone();
     if let Some(p) = req.partitions {
         config.partitions = p;
@@ -799,8 +929,13 @@ fn pipelines(s: &AppState) -> Option<&Arc<weir_pipeline::manager::Manager>> {
 }
 
 #[cfg(feature = "pipelines")]
-async fn list_pipelines(State(s): State<AppState>) -> Response {
-    let list = pipelines(&s).map(|m| m.list()).unwrap_or_default();
+async fn list_pipelines(State(s): State<AppState>, caller: Caller) -> Response {
+    let mut list = pipelines(&s).map(|m| m.list()).unwrap_or_default();
+    list.retain(|p| {
+        caller
+            .0
+            .allows(Operation::Describe, ResourceType::Pipeline, &p.name)
+    });
     ok(json!({"pipelines": list}))
 }
 
@@ -899,8 +1034,11 @@ async fn ingest(
     }
 }
 
-async fn list_groups(State(s): State<AppState>) -> Response {
-    ok(json!({"groups": s.broker.groups()}))
+async fn list_groups(State(s): State<AppState>, caller: Caller) -> Response {
+    let every = caller.0.allows_cluster(Operation::Describe);
+    let mut groups = s.broker.groups();
+    groups.retain(|g| every || caller.0.allows(Operation::Describe, ResourceType::Group, g));
+    ok(json!({ "groups": groups }))
 }
 
 async fn get_group(
@@ -962,7 +1100,7 @@ async fn get_group(
 
 // ---- websocket ----
 
-async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn websocket(State(s): State<AppState>, caller: Caller, ws: WebSocketUpgrade) -> Response {
     let hub = s.hub.clone();
     let c = &s.hub.config;
     let Ok(permit) = hub.connection_slots.clone().try_acquire_owned() else {
@@ -986,7 +1124,7 @@ async fn websocket(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response 
         .on_upgrade(move |socket| {
             let tasks = hub.tasks.clone();
             tasks.track_future(async move {
-                crate::ws::run_connection(socket, hub).await;
+                crate::ws::run_connection(socket, hub, caller.0).await;
                 drop(permit);
             })
         })
@@ -1029,6 +1167,33 @@ mod tests {
         let hub = Hub::new(broker.clone(), Default::default());
         let app = router(AppState::new(broker.clone(), HttpConfig::default(), hub)).into_router();
         (broker, app)
+    }
+
+    #[test]
+    fn every_route_says_what_it_needs_of_the_access_control_lists() {
+        for (method, path, _) in routes() {
+            let needs = needs(method, path);
+            assert!(
+                needs.is_some(),
+                "{method} {path} is not in the access table"
+            );
+            // A resource named by a path parameter names one the route has.
+            if let Some(Needs::Check(_, _, param)) = needs
+                && param != "*"
+            {
+                assert!(
+                    path.contains(&format!("{{{param}}}")),
+                    "{method} {path}: {param}"
+                );
+            }
+        }
+        // Only the open few need nothing.
+        let open: Vec<_> = routes()
+            .into_iter()
+            .filter(|(m, p, _)| needs(m, p) == Some(Needs::Nothing))
+            .map(|(_, p, _)| p)
+            .collect();
+        assert_eq!(open, ["/health", "/ready", "/openapi.json"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

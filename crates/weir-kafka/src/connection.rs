@@ -368,7 +368,9 @@ async fn run(
             // What the client may do, decided once it is known who it is; its decisions are
             // cached for the connection's life (until the rules change).
             if access.is_none() {
-                access = session.principal().map(|p| Arc::new(kafka.broker.access(p.clone())));
+                access = session
+                    .principal()
+                    .map(|p| Arc::new(kafka.broker.access(p.clone())));
             }
             let taken = dispatch::take(frame, kafka.broker.auth().is_some())
                 .map(|r| r.from(peer, access.clone()));

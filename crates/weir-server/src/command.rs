@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
+use weir_broker::access::{Operation, ResourceType};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::group::AssignmentStrategy;
 use weir_broker::topic::{CleanupPolicy, DirtyRatio, DurabilitySetting, TimestampType};
-use weir_broker::access::{Operation, ResourceType};
 use weir_broker::{Access, Broker, BrokerError, ErrorKind, TopicConfig};
 use weir_wire::messages as msg;
 use weir_wire::{Api, ErrorCode, Flags, Frame, FrameHeader, encode_frame};
@@ -686,7 +686,15 @@ mod tests {
             .unwrap();
         drop(buf);
         let (written, _) = tokio::sync::oneshot::channel();
-        let out = produce(&broker, frame, written, "test").await.unwrap();
+        let out = produce(
+            &broker,
+            &Access::unchecked(weir_broker::access::Principal::Anonymous),
+            frame,
+            written,
+            "test",
+        )
+        .await
+        .unwrap();
         assert!(!out.head.is_empty());
         let f = broker
             .fetch("t", 0, 0, 16 << 20, 0, Duration::ZERO)

@@ -4,6 +4,7 @@
 //! `weir group`), `produce` and `consume` (`weir produce`, `weir consume`), `bench`
 //! (`weir bench`), `pipeline` (`weir pipeline check | run`), `users` (`weir user`).
 
+mod acls;
 mod admin;
 mod bench;
 mod config;
@@ -169,6 +170,9 @@ enum Cmd {
     /// Manage the users clients authenticate as (`[auth]`).
     #[command(subcommand)]
     User(users::UserCmd),
+    /// Manage the access control lists requests are authorized by (`[auth] acls`).
+    #[command(subcommand)]
+    Acl(acls::AclCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -261,6 +265,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(cmd) => runtime.block_on(bench::run(cmd)),
         Cmd::User(cmd) => users::run(cmd),
+        Cmd::Acl(cmd) => acls::run(cmd),
         Cmd::Pipeline(cmd) => {
             if matches!(cmd, pipeline::PipelineCmd::Run { .. }) {
                 serve::init_stderr_logging();

@@ -28,8 +28,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures::SinkExt;
 use serde::Deserialize;
-use weir_broker::BrokerError;
+use weir_broker::access::{Operation, ResourceType};
 use weir_broker::broker::OffsetSpec;
+use weir_broker::{Access, BrokerError};
 use weir_log::LogError;
 
 use hub::{Conn, FLAG_CLOSE, FLAG_PING, Hub, Subscriber, error_notice, gap_notice};
@@ -145,7 +146,7 @@ const SEND_BATCH: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs one WebSocket connection until either side closes it.
-pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
+pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>, access: Arc<Access>) {
     let conn = hub.connect();
     let mut feeds: Vec<(String, u32, Format)> = Vec::new();
     let mut next_sub: u32 = 1;
@@ -191,7 +192,7 @@ pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>) {
                 conn.last_seen.store(hub.now_ms(), Ordering::Relaxed);
                 match msg {
                     Message::Text(text) => {
-                        on_text(&hub, &conn, &mut feeds, &mut next_sub, text.as_str());
+                        on_text(&hub, &conn, &access, &mut feeds, &mut next_sub, text.as_str());
                     }
                     Message::Binary(_) => conn.close(
                         hub::CLOSE_POLICY,
@@ -274,6 +275,7 @@ fn take_frames(conn: &Conn, hub: &Hub, out: &mut Vec<Message>) -> bool {
 fn on_text(
     hub: &Arc<Hub>,
     conn: &Arc<Conn>,
+    access: &Access,
     feeds: &mut Vec<(String, u32, Format)>,
     next_sub: &mut u32,
     text: &str,
@@ -322,6 +324,10 @@ fn on_text(
             }
             let mut parts = Vec::new();
             for t in &topics {
+                // Refused whether or not the topic exists, so that a refusal does not tell.
+                if let Err(e) = access.check(Operation::Read, ResourceType::Topic, t) {
+                    return fail("forbidden", e.to_string());
+                }
                 match hub.broker.partition_count(t) {
                     Some(n) => parts.extend((0..n).map(|p| (t.clone(), p))),
                     None => return fail("unknown_topic", format!("topic '{t}' does not exist")),
@@ -632,6 +638,11 @@ async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client allowed everything (a server without access control lists).
+    fn open_access() -> Access {
+        Access::unchecked(weir_broker::access::Principal::Anonymous)
+    }
     use weir_broker::{Broker, BrokerConfig};
 
     fn batch(from: usize, n: usize) -> Bytes {
@@ -889,7 +900,7 @@ mod tests {
         let mut feeds = Vec::new();
         let mut next = 1;
         let op = r#"{"op":"subscribe","topics":["t"],"from":"earliest"}"#;
-        on_text(&hub, &conn, &mut feeds, &mut next, op);
+        on_text(&hub, &conn, &open_access(), &mut feeds, &mut next, op);
         let open = || hub.stats.feeds_open.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while open() != 1 {
@@ -899,6 +910,7 @@ mod tests {
         on_text(
             &hub,
             &conn,
+            &open_access(),
             &mut feeds,
             &mut next,
             r#"{"op":"unsubscribe","subscription":1}"#,
@@ -915,6 +927,7 @@ mod tests {
         on_text(
             &hub,
             &conn,
+            &open_access(),
             &mut feeds,
             &mut next,
             r#"{"op":"unsubscribe","subscription":1}"#,
@@ -936,7 +949,7 @@ mod tests {
         let conn = hub.connect();
         let (mut feeds, mut next) = (Vec::new(), 1);
         let op = r#"{"op":"subscribe","topics":["t","u","t"],"from":"earliest"}"#;
-        on_text(&hub, &conn, &mut feeds, &mut next, op);
+        on_text(&hub, &conn, &open_access(), &mut feeds, &mut next, op);
         let direct = conn.state.lock().direct.clone();
         assert_eq!(direct.len(), 1, "{direct:?}");
         assert!(

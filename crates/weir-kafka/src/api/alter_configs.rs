@@ -15,9 +15,9 @@ use weir_broker::TopicConfig;
 
 use super::describe_configs::{BROKER_RESOURCE, TOPIC_RESOURCE};
 use super::topic_configs::{self, Refusal};
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 /// IncrementalAlterConfigs operations.
 const SET: i8 = 0;

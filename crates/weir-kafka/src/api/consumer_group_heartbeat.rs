@@ -9,10 +9,10 @@ use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeart
 use kafka_protocol::protocol::StrBytes;
 
 use super::{name_of_id, uuid};
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::consumer_groups::{Beat, HEARTBEAT_INTERVAL, Tp, by_topic};
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(
     cx: &mut Ctx<'_>,

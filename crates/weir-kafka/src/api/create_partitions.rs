@@ -6,9 +6,9 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(
     cx: &mut Ctx<'_>,

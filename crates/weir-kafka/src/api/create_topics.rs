@@ -9,9 +9,9 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{topic_configs, topic_name, uuid};
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTopicsResponse {
     let broker = &cx.kafka.broker;
@@ -29,7 +29,9 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
             || cx.allows(Operation::Create, ResourceType::Topic, &name);
         let outcome = match topic_config(broker.config().default_topic.clone(), &t) {
             _ if !allowed => {
-                let e = cx.check(Operation::Create, ResourceType::Topic, &name).unwrap_err();
+                let e = cx
+                    .check(Operation::Create, ResourceType::Topic, &name)
+                    .unwrap_err();
                 Err((error_code(&e), e.to_string()))
             }
             Err((code, message)) => Err((code, message)),

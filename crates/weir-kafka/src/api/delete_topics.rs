@@ -7,9 +7,9 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{id_of, name_of_id, topic_name};
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let broker = &cx.kafka.broker;

@@ -4,9 +4,9 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use weir_broker::access::Operation;
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::Operation;
 
 /// DescribeCluster's endpoint types: 1 brokers, 2 controllers (v1+).
 const BROKERS: i8 = 1;

@@ -9,9 +9,9 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::topic_configs::{self, SOURCE_DEFAULT, SOURCE_STATIC_BROKER, SOURCE_TOPIC};
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 /// DescribeConfigs and AlterConfigs resource types.
 pub(crate) const TOPIC_RESOURCE: i8 = 2;
@@ -72,10 +72,7 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeConfigsRequest) -> Descr
             },
             BROKER_RESOURCE if !cx.access.allows_cluster(Operation::Describe) => Err((
                 code::CLUSTER_AUTHORIZATION_FAILED,
-                format!(
-                    "{} may not describe the cluster",
-                    cx.access.principal()
-                ),
+                format!("{} may not describe the cluster", cx.access.principal()),
             )),
             BROKER_RESOURCE => Ok(topic_configs::broker_entries(broker.config())
                 .into_iter()

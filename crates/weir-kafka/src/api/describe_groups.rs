@@ -8,9 +8,9 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::groups_admin;
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let groups = r

@@ -6,9 +6,9 @@ use kafka_protocol::messages::describe_producers_response::{
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(
     cx: &mut Ctx<'_>,

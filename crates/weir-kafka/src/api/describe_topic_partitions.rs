@@ -11,9 +11,9 @@ use kafka_protocol::messages::{
 use uuid::Uuid;
 
 use super::{topic_name, uuid};
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 /// Most partitions in one answer.
 const MAX_PARTITIONS: usize = 2_000;

@@ -2,9 +2,9 @@
 
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: HeartbeatRequest) -> HeartbeatResponse {
     if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {

@@ -5,9 +5,9 @@
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: LeaveGroupRequest) -> LeaveGroupResponse {
     if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {

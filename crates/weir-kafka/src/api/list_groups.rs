@@ -7,8 +7,8 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::groups_admin;
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: ListGroupsRequest) -> ListGroupsResponse {
     let wanted = |filter: &[StrBytes], value: &str| {

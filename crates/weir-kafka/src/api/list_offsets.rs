@@ -13,9 +13,9 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::{Broker, BrokerError};
 
 use super::topic_name;
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::error_code;
+use weir_broker::access::{Operation, ResourceType};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;

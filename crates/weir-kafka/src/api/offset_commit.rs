@@ -9,9 +9,9 @@ use weir_broker::Broker;
 use weir_broker::offsets::MAX_METADATA_BYTES;
 
 use super::topic_name;
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, group_error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCommitResponse {
     let (broker, groups) = (&cx.kafka.broker, &cx.kafka.groups);

@@ -7,9 +7,9 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::groups_admin;
-use weir_broker::access::{Operation, ResourceType};
 use crate::dispatch::Ctx;
 use crate::{code, group_error_code};
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let (kafka, group) = (cx.kafka, &*r.group_id.0);

@@ -10,9 +10,9 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::topic_name;
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFetchResponse {
     if cx.version >= 8 {

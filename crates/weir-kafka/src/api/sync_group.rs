@@ -3,9 +3,9 @@
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use weir_broker::access::{Operation, ResourceType};
 use crate::code;
 use crate::dispatch::Ctx;
+use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: SyncGroupRequest) -> SyncGroupResponse {
     if !cx.allows(Operation::Read, ResourceType::Group, &r.group_id.0) {
