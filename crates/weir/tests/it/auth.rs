@@ -536,6 +536,18 @@ fn auth_settings_that_cannot_work_refuse_to_start_with_the_reason() {
             "auth.mechanisms is empty",
         ),
         (vec![("WEIR_AUTH__TIMEOUT_MS", "0")], "auth.timeout_ms"),
+        // Access control lists need someone to check.
+        (
+            vec![("WEIR_AUTH__ACLS", "true")],
+            "auth.acls and auth.super_users need auth.enabled",
+        ),
+        (
+            vec![
+                ("WEIR_AUTH__ENABLED", "true"),
+                ("WEIR_AUTH__SUPER_USERS", "[\"a b\"]"),
+            ],
+            "auth.super_users: \"a b\"",
+        ),
     ] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.arg("serve").env("WEIR_DATA_DIR", &data);
@@ -553,6 +565,16 @@ fn auth_settings_that_cannot_work_refuse_to_start_with_the_reason() {
         .env("WEIR_AUTH__ENABLED", "true");
     let (ok, _, err) = run(cmd, "");
     assert!(!ok && err.contains("users.json"), "{err}");
+    // So is an ACL file that is not one.
+    std::fs::remove_file(data.join("auth/users.json")).unwrap();
+    std::fs::write(data.join("auth/acls.json"), r#"{"version":1,"acls":[{}]}"#).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("serve")
+        .env("WEIR_DATA_DIR", &data)
+        .env("WEIR_AUTH__ENABLED", "true")
+        .env("WEIR_AUTH__ACLS", "true");
+    let (ok, _, err) = run(cmd, "");
+    assert!(!ok && err.contains("acls.json"), "{err}");
 }
 
 /// `curl` GET of `path` with `token` as bearer; (status, body).

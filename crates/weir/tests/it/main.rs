@@ -4,6 +4,7 @@
 
 mod common;
 
+mod acl;
 mod auth;
 mod cli;
 mod compaction;
