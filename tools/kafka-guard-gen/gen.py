@@ -58,6 +58,8 @@ APIS = [
     "AddOffsetsToTxn",
     "EndTxn",
     "TxnOffsetCommit",
+    "CreateAcls",
+    "DeleteAcls",
     "DescribeAcls",
     "DescribeConfigs",
     "AlterConfigs",

@@ -248,6 +248,11 @@ impl Authorizer {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Vec<Acl>> {
+        Arc::clone(&self.rules.read().1)
+    }
+
     /// How many rules are in force.
     pub fn len(&self) -> usize {
         self.rules.read().1.len()

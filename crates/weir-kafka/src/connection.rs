@@ -372,7 +372,7 @@ async fn run(
                     .principal()
                     .map(|p| Arc::new(kafka.broker.access(p.clone())));
             }
-            let taken = dispatch::take(frame, kafka.broker.auth().is_some())
+            let taken = dispatch::take(frame, dispatch::Offered::of(&kafka.broker))
                 .map(|r| r.from(peer, access.clone()));
             // Until the client has authenticated, authentication answers (or refuses) all
             // but ApiVersions; no produce is in flight then.

@@ -14,7 +14,7 @@ use weir_broker::flow::QuotaKind;
 
 use crate::api::produce::ProduceInFlight;
 use crate::api::{
-    alter_configs, api_versions, consumer_group_heartbeat, create_partitions, create_topics,
+    acls, alter_configs, api_versions, consumer_group_heartbeat, create_partitions, create_topics,
     delete_groups, delete_records, delete_topics, describe_cluster, describe_configs,
     describe_groups, describe_producers, describe_topic_partitions, fetch, find_coordinator,
     heartbeat, init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata,
@@ -28,7 +28,9 @@ use crate::{Kafka, Reply, code, legacy};
 /// newest the crate knows, except Produce below v3 and Fetch below v4, which carry message
 /// formats 0 and 1 (removed in Kafka 4 too).
 /// SaslHandshake and SaslAuthenticate are advertised only when the server requires
-/// authentication (see [`crate::sasl`]).
+/// authentication (see [`crate::sasl`]); CreateAcls, DescribeAcls and DeleteAcls only when it
+/// authorizes requests by ACLs (see [`crate::api::acls`]).
+/// The ACL APIs run from v1: Kafka 4 removed v0.
 /// Transactions (AddPartitionsToTxn, EndTxn, …) and the KIP-848 consumer group protocol
 /// (ConsumerGroupHeartbeat) are not advertised: clients then keep to idempotent producers and
 /// the classic JoinGroup/SyncGroup protocol.
@@ -64,11 +66,46 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 /// Whether `api` is one of authentication's, advertised only when it is required.
 pub(crate) fn is_sasl(api: ApiKey) -> bool {
     matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+}
+
+/// Whether `api` manages access control lists, advertised only when the server has them.
+pub(crate) fn is_acl(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::CreateAcls | ApiKey::DescribeAcls | ApiKey::DeleteAcls
+    )
+}
+
+/// Which of the APIs offered only with security are advertised.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offered {
+    /// SaslHandshake and SaslAuthenticate: the server requires authentication.
+    pub(crate) sasl: bool,
+    /// CreateAcls, DescribeAcls, DeleteAcls: the server authorizes requests by ACLs.
+    pub(crate) acls: bool,
+}
+
+impl Offered {
+    pub(crate) fn of(broker: &weir_broker::Broker) -> Self {
+        let auth = broker.auth();
+        Self {
+            sasl: auth.is_some(),
+            acls: auth.and_then(|a| a.acls()).is_some(),
+        }
+    }
+
+    /// Whether `api` is advertised.
+    pub(crate) fn offers(self, api: ApiKey) -> bool {
+        (self.sasl || !is_sasl(api)) && (self.acls || !is_acl(api))
+    }
 }
 
 /// The versions of `api` served, if it is.
@@ -113,6 +150,9 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
         ApiKey::SaslHandshake => "sasl_handshake",
         ApiKey::SaslAuthenticate => "sasl_authenticate",
+        ApiKey::CreateAcls => "create_acls",
+        ApiKey::DescribeAcls => "describe_acls",
+        ApiKey::DeleteAcls => "delete_acls",
         _ => "other",
     }
 }
@@ -193,7 +233,7 @@ impl Request {
 /// Decodes a request (without its size prefix), or says how to answer one that could not be:
 /// the v0 ApiVersions answer for a client newer than us (listing the SASL APIs if `sasl`), or a
 /// close (counted and logged).
-pub(crate) fn take(frame: Bytes, sasl: bool) -> Result<Request, Reply> {
+pub(crate) fn take(frame: Bytes, offered: Offered) -> Result<Request, Reply> {
     let frame_len = frame.len();
     // Kept to say whose request was refused, and let go of right after decoding, so that a
     // produce's records can still become the only view of the request (see `produce`).
@@ -221,7 +261,7 @@ pub(crate) fn take(frame: Bytes, sasl: bool) -> Result<Request, Reply> {
         }),
         // A strict v0 answer any client understands: the error and our ranges.
         Ok(Decoded::ApiVersionsTooNew { correlation_id }) => Err(Reply::Response(
-            api_versions::reply(correlation_id, 0, code::UNSUPPORTED_VERSION, sasl),
+            api_versions::reply(correlation_id, 0, code::UNSUPPORTED_VERSION, offered),
         )),
         Err(e) => {
             refused_request(&e, refused_by);
@@ -274,8 +314,8 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
     }
     let response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => {
-            let sasl = kafka.broker.auth().is_some();
-            let reply = api_versions::reply(correlation, version, code::NONE, sasl);
+            let offered = Offered::of(&kafka.broker);
+            let reply = api_versions::reply(correlation, version, code::NONE, offered);
             return Step::Done(Reply::Response(reply), cx.throttle);
         }
         RequestKind::Produce(r) => {
@@ -321,6 +361,9 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
         RequestKind::DescribeTopicPartitions(r) => {
             describe_topic_partitions::handle(&mut cx, r).await.into()
         }
+        RequestKind::CreateAcls(r) => acls::create(&mut cx, r).await.into(),
+        RequestKind::DescribeAcls(r) => acls::describe(&mut cx, r).await.into(),
+        RequestKind::DeleteAcls(r) => acls::delete(&mut cx, r).await.into(),
         RequestKind::ConsumerGroupHeartbeat(r) => {
             consumer_group_heartbeat::handle(&mut cx, r).await.into()
         }
@@ -376,7 +419,7 @@ pub async fn handle(kafka: &Kafka, frame: Bytes) -> Reply {
 /// [`handle`], and how long the client is to be throttled: it went over a quota, its
 /// response carries `throttle_time_ms`, and its connection is not read for that long.
 pub async fn handle_throttled(kafka: &Kafka, frame: Bytes) -> (Reply, Duration) {
-    match take(frame, kafka.broker.auth().is_some()) {
+    match take(frame, Offered::of(&kafka.broker)) {
         Err(reply) => (reply, Duration::ZERO),
         Ok(request) => complete(kafka, request).await,
     }

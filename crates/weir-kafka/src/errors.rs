@@ -54,6 +54,7 @@ pub(crate) mod code {
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
     pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const SECURITY_DISABLED: i16 = 54;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 

@@ -1,5 +1,5 @@
 //! ApiVersions: the APIs and versions served, exactly those [`crate::dispatch::SUPPORTED`]
-//! lists (the SASL APIs only when authentication is required). A version above those served is answered in v0 with UNSUPPORTED_VERSION (see
+//! lists (the SASL APIs only when authentication is required, the ACL APIs only with ACLs). A version above those served is answered in v0 with UNSUPPORTED_VERSION (see
 //! [`crate::Decoded::ApiVersionsTooNew`]), so that a newer client can fall back.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -7,15 +7,14 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiVersionsResponse, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
 
-use crate::dispatch::SUPPORTED;
+use crate::dispatch::{Offered, SUPPORTED};
 
 /// The whole answer, size prefix included: ApiVersions responses always use header v0,
-/// whatever the request's version. The SASL APIs are listed only if `sasl` (the server
-/// requires authentication).
-pub(crate) fn reply(correlation: i32, version: i16, error: i16, sasl: bool) -> Bytes {
+/// whatever the request's version. The SASL and ACL APIs are listed only if `offered`.
+pub(crate) fn reply(correlation: i32, version: i16, error: i16, offered: Offered) -> Bytes {
     let keys = SUPPORTED
         .iter()
-        .filter(|(k, _, _)| sasl || !crate::dispatch::is_sasl(*k))
+        .filter(|(k, _, _)| offered.offers(*k))
         .map(|(k, min, max)| {
             ApiVersion::default()
                 .with_api_key(*k as i16)

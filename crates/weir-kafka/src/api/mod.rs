@@ -7,6 +7,7 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 use weir_broker::{Broker, TopicId};
 
+pub(crate) mod acls;
 pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
 pub(crate) mod consumer_group_heartbeat;

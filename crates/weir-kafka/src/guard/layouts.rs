@@ -761,6 +761,66 @@ const TXN_OFFSET_COMMIT_REQUEST_PARTITION: Struct = Struct {
     tags: &[],
 };
 
+// CreateAcls v1–3 (create_acls_request.rs).
+
+/// `CreateAclsRequest` (create_acls_request.rs), v1–3.
+const CREATE_ACLS_REQUEST: Struct = Struct {
+    fields: &[
+        f(2, 3, Ty::Array(Compact, Elem::Struct(&CREATE_ACLS_ACL_CREATION))), // creations
+        f(1, 1, Ty::Array(Classic, Elem::Struct(&CREATE_ACLS_ACL_CREATION))), // creations
+    ],
+    tagged: Some((2, 3)),
+    tags: &[],
+};
+
+/// `AclCreation` (create_acls_request.rs), v1–3.
+const CREATE_ACLS_ACL_CREATION: Struct = Struct {
+    fields: &[
+        f(1, 3, Ty::Fixed(1)), // resource_type
+        f(2, 3, Ty::Str(Compact)), // resource_name
+        f(1, 1, Ty::Str(Classic)), // resource_name
+        f(1, 3, Ty::Fixed(1)), // resource_pattern_type
+        f(2, 3, Ty::Str(Compact)), // principal
+        f(1, 1, Ty::Str(Classic)), // principal
+        f(2, 3, Ty::Str(Compact)), // host
+        f(1, 1, Ty::Str(Classic)), // host
+        f(1, 3, Ty::Fixed(1)), // operation
+        f(1, 3, Ty::Fixed(1)), // permission_type
+    ],
+    tagged: Some((2, 3)),
+    tags: &[],
+};
+
+// DeleteAcls v1–3 (delete_acls_request.rs).
+
+/// `DeleteAclsRequest` (delete_acls_request.rs), v1–3.
+const DELETE_ACLS_REQUEST: Struct = Struct {
+    fields: &[
+        f(2, 3, Ty::Array(Compact, Elem::Struct(&DELETE_ACLS_FILTER))), // filters
+        f(1, 1, Ty::Array(Classic, Elem::Struct(&DELETE_ACLS_FILTER))), // filters
+    ],
+    tagged: Some((2, 3)),
+    tags: &[],
+};
+
+/// `DeleteAclsFilter` (delete_acls_request.rs), v1–3.
+const DELETE_ACLS_FILTER: Struct = Struct {
+    fields: &[
+        f(1, 3, Ty::Fixed(1)), // resource_type_filter
+        f(2, 3, Ty::Str(Compact)).nullable(), // resource_name_filter
+        f(1, 1, Ty::Str(Classic)).nullable(), // resource_name_filter
+        f(1, 3, Ty::Fixed(1)), // pattern_type_filter
+        f(2, 3, Ty::Str(Compact)).nullable(), // principal_filter
+        f(1, 1, Ty::Str(Classic)).nullable(), // principal_filter
+        f(2, 3, Ty::Str(Compact)).nullable(), // host_filter
+        f(1, 1, Ty::Str(Classic)).nullable(), // host_filter
+        f(1, 3, Ty::Fixed(1)), // operation
+        f(1, 3, Ty::Fixed(1)), // permission_type
+    ],
+    tagged: Some((2, 3)),
+    tags: &[],
+};
+
 // DescribeAcls v1–3 (describe_acls_request.rs).
 
 /// `DescribeAclsRequest` (describe_acls_request.rs), v1–3.
@@ -1161,6 +1221,8 @@ pub(super) fn message(api: ApiKey) -> Option<&'static Message> {
         ApiKey::AddOffsetsToTxn => &Message { min: 0, max: 4, body: &ADD_OFFSETS_TO_TXN_REQUEST },
         ApiKey::EndTxn => &Message { min: 0, max: 5, body: &END_TXN_REQUEST },
         ApiKey::TxnOffsetCommit => &Message { min: 0, max: 5, body: &TXN_OFFSET_COMMIT_REQUEST },
+        ApiKey::CreateAcls => &Message { min: 1, max: 3, body: &CREATE_ACLS_REQUEST },
+        ApiKey::DeleteAcls => &Message { min: 1, max: 3, body: &DELETE_ACLS_REQUEST },
         ApiKey::DescribeAcls => &Message { min: 1, max: 3, body: &DESCRIBE_ACLS_REQUEST },
         ApiKey::DescribeConfigs => &Message { min: 1, max: 4, body: &DESCRIBE_CONFIGS_REQUEST },
         ApiKey::AlterConfigs => &Message { min: 0, max: 2, body: &ALTER_CONFIGS_REQUEST },
@@ -1208,6 +1270,8 @@ pub(super) const APIS: &[ApiKey] = &[
     ApiKey::AddOffsetsToTxn,
     ApiKey::EndTxn,
     ApiKey::TxnOffsetCommit,
+    ApiKey::CreateAcls,
+    ApiKey::DeleteAcls,
     ApiKey::DescribeAcls,
     ApiKey::DescribeConfigs,
     ApiKey::AlterConfigs,
@@ -1255,6 +1319,8 @@ pub(crate) fn default_request(api: ApiKey) -> kafka_protocol::messages::RequestK
         ApiKey::AddOffsetsToTxn => m::AddOffsetsToTxnRequest::default().into(),
         ApiKey::EndTxn => m::EndTxnRequest::default().into(),
         ApiKey::TxnOffsetCommit => m::TxnOffsetCommitRequest::default().into(),
+        ApiKey::CreateAcls => m::CreateAclsRequest::default().into(),
+        ApiKey::DeleteAcls => m::DeleteAclsRequest::default().into(),
         ApiKey::DescribeAcls => m::DescribeAclsRequest::default().into(),
         ApiKey::DescribeConfigs => m::DescribeConfigsRequest::default().into(),
         ApiKey::AlterConfigs => m::AlterConfigsRequest::default().into(),

@@ -275,6 +275,40 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
         field("kafka_python_secret_error"),
         "TopicAuthorizationFailedError"
     );
+    assert_eq!(
+        field("describe_acls_error"),
+        "ClusterAuthorizationFailedError"
+    );
+
+    // Kafka's ACL APIs, as root: the rules `weir acl` wrote, and new ones it then sees.
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/acl_clients.py"
+    ))
+    .args([kafka.as_str(), "root", ROOT, "admin"]);
+    let report = json_report(cmd, "acl_clients.py admin");
+    // Topic 2, group 3; literal 3, prefixed 4 (Kafka's numbers).
+    assert_eq!(
+        report["described"],
+        serde_json::json!(["2:logs.:4", "3:carols:3"])
+    );
+    assert_eq!(
+        report["described_all"], 5,
+        "alice's two, bob's one, carol's two"
+    );
+    assert_eq!(report["deleted"], serde_json::json!(["3:carols"]));
+    assert_eq!(
+        report["kafka_python_described"],
+        serde_json::json!(["TOPIC:logs."])
+    );
+    let hosted = report["create_hosted_error"].as_str().unwrap();
+    assert!(hosted.contains("every host"), "{hosted}");
+    let carol = acl(&data, &["list", "--principal", "User:carol"]);
+    assert!(
+        carol.contains("logs.") && carol.contains("prefixed") && !carol.contains("carols"),
+        "{carol}"
+    );
 
     // Native door: the same rules, the native code.
     let (ok, out, err) = native(addr, "alice", ALICE, &["topic", "list"]);

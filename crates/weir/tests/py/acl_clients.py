@@ -2,6 +2,7 @@
 works and what it may not is refused with Kafka's own authorization errors.
 
     acl_clients.py KAFKA USER PASSWORD
+    acl_clients.py KAFKA USER PASSWORD admin
 
 The user (`alice` in the test) may read topics `orders.*` and use group `g1`, nothing else;
 topics `orders.eu` (two records in it) and `secret` exist. Each client is asked to do both
@@ -12,6 +13,10 @@ kinds of thing:
   the admin client cannot create or delete a topic, nor describe group `g2`.
 - kafka-python: group `g1` reads both records; group `g2` fails
   GroupAuthorizationFailedError; the offsets of `secret` fail TopicAuthorizationFailedError.
+
+With `admin`, the user is a super user managing the rules through Kafka's ACL APIs:
+confluent-kafka creates two rules for `User:carol` (and is refused one for a host other than
+`*`), describes them, deletes one; kafka-python describes what is left.
 
 Prints one JSON report; an unexpected outcome is an exception (non-zero exit).
 """
@@ -130,6 +135,117 @@ def kafka_python():
     consumer.close()
 
 
-confluent()
-kafka_python()
+def admin_acls():
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePatternFilter,
+    )
+    from kafka.admin import ResourceType as KResourceType
+
+    admin = AdminClient(conf)
+    logs = AclBinding(ResourceType.TOPIC, "logs.", ResourcePatternType.PREFIXED,
+                      "User:carol", "*", AclOperation.READ, AclPermissionType.ALLOW)
+    group = AclBinding(ResourceType.GROUP, "carols", ResourcePatternType.LITERAL,
+                       "User:carol", "*", AclOperation.READ, AclPermissionType.ALLOW)
+    for f in admin.create_acls([logs, group], request_timeout=10).values():
+        f.result()
+    hosted = AclBinding(ResourceType.TOPIC, "x", ResourcePatternType.LITERAL,
+                        "User:carol", "10.0.0.1", AclOperation.READ, AclPermissionType.ALLOW)
+    try:
+        for f in admin.create_acls([hosted], request_timeout=10).values():
+            f.result()
+        raise AssertionError("a rule for one host was taken")
+    except KafkaException as e:
+        report["create_hosted_error"] = str(e.args[0].str())
+    carols = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,
+                              "User:carol", None, AclOperation.ANY, AclPermissionType.ANY)
+    found = admin.describe_acls(carols, request_timeout=10).result()
+    report["described"] = sorted(f"{b.restype_int}:{b.name}:{b.resource_pattern_type_int}"
+                                 for b in found)
+    # Every rule of the server, the test's own for alice and bob among them.
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,
+                                  None, None, AclOperation.ANY, AclPermissionType.ANY)
+    report["described_all"] = len(admin.describe_acls(everything, request_timeout=10).result())
+    groups = AclBindingFilter(ResourceType.GROUP, "carols", ResourcePatternType.LITERAL,
+                              "User:carol", "*", AclOperation.ANY, AclPermissionType.ANY)
+    deleted = [b for f in admin.delete_acls([groups], request_timeout=10).values()
+               for b in f.result()]
+    report["deleted"] = [f"{b.restype_int}:{b.name}" for b in deleted]
+
+    kadmin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username=user,
+        sasl_plain_password=password,
+    )
+    acls, error = kadmin.describe_acls(ACLFilter(
+        principal="User:carol",
+        host="*",
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(KResourceType.ANY, None,
+                                               ACLResourcePatternType.ANY),
+    ))
+    report["kafka_python_described"] = sorted(
+        f"{a.resource_pattern.resource_type.name}:{a.resource_pattern.resource_name}"
+        for a in acls)
+    kadmin.close()
+
+
+def refused_acl_admin():
+    """A user without the right on the cluster may not see the rules (kafka-python: librdkafka
+    1.x/2.x hands DescribeAcls' top-level error to confluent-kafka as an empty list)."""
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+    from kafka.errors import ClusterAuthorizationFailedError
+
+    kadmin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username=user,
+        sasl_plain_password=password,
+    )
+    everything = ACLFilter(
+        principal=None,
+        host="*",
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None,
+                                               ACLResourcePatternType.ANY),
+    )
+    try:
+        kadmin.describe_acls(everything)
+        raise AssertionError(f"{user} described the rules")
+    except ClusterAuthorizationFailedError as e:
+        report["describe_acls_error"] = type(e).__name__
+    kadmin.close()
+
+
+if sys.argv[4:] == ["admin"]:
+    admin_acls()
+else:
+    confluent()
+    kafka_python()
+    refused_acl_admin()
 print(json.dumps(report))
