@@ -17,6 +17,9 @@ pub use weir_auth::acl::{Authorizer, Operation, ResourceType};
 
 use crate::BrokerError;
 
+/// Metric: decisions that refused, by resource type (a resource left out of a listing too).
+pub const METRIC_REFUSALS: &str = "weir_acl_refusals_total";
+
 /// Most decisions a connection keeps; past it the cache starts again.
 pub const CACHE_ENTRIES: usize = 4096;
 
@@ -61,6 +64,14 @@ impl Access {
 
     /// Whether the client may do `op` to the resource.
     pub fn allows(&self, op: Operation, resource: ResourceType, name: &str) -> bool {
+        let allowed = self.decide(op, resource, name);
+        if !allowed {
+            metrics::counter!(METRIC_REFUSALS, "resource" => resource.name()).increment(1);
+        }
+        allowed
+    }
+
+    fn decide(&self, op: Operation, resource: ResourceType, name: &str) -> bool {
         let Some(rules) = &self.rules else {
             return true;
         };

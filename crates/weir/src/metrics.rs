@@ -107,6 +107,11 @@ fn describe() {
         "Authentications, by door (kafka, native, http), mechanism (PLAIN, SCRAM-SHA-256, \
          SCRAM-SHA-512, token, jwt, mtls, other) and result (ok, failed, malformed, limited)."
     );
+    describe_counter!(
+        weir_broker::access::METRIC_REFUSALS,
+        "Requests the access control lists refused, by resource type (topic, group, cluster, \
+         pipeline); a resource left out of a listing counts too."
+    );
     for door in ["native", "kafka", "http"] {
         describe_counter!(
             format!("weir_{door}_tls_handshake_failures_total"),

@@ -377,7 +377,25 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
         None,
     );
     assert!(code == 200 && body.contains("\"a\""), "{body}");
-    assert_eq!(curl(http, "GET", "/metrics", &root, None).0, 200);
+    // Refusals are counted by resource type, and the metrics stay valid Prometheus text.
+    let (code, metrics) = curl(http, "GET", "/metrics", &root, None);
+    assert_eq!(code, 200);
+    let refused = |resource: &str| -> u64 {
+        let prefix = format!("weir_acl_refusals_total{{resource=\"{resource}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert!(refused("topic") >= 10, "{metrics}");
+    assert!(
+        refused("group") >= 2 && refused("cluster") >= 3,
+        "{metrics}"
+    );
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let (ok, out, err) = run(promtool, &metrics);
+    assert!(ok, "promtool check metrics failed:\n{out}{err}");
 
     // WebSocket: a subscription to a topic the caller may not read is refused, one it may
     // read is served.
