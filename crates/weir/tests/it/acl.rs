@@ -68,12 +68,23 @@ fn token(data: &Path, name: &str) -> String {
 
 /// The native CLI as `user`.
 fn native(addr: &str, user: &str, password: &str, args: &[&str]) -> (bool, String, String) {
+    native_with(addr, user, password, args, "")
+}
+
+/// [`native`], with `stdin` for the command.
+fn native_with(
+    addr: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
     cmd.args(args)
         .env("WEIR_ADDR", addr)
         .env("WEIR_USER", user)
         .env("WEIR_PASSWORD", password);
-    run(cmd, "")
+    run(cmd, stdin)
 }
 
 fn kcat(
@@ -128,7 +139,7 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
     add_user(&data, "alice", ALICE);
     add_user(&data, "bob", BOB);
     add_user(&data, "root", ROOT);
-    // alice reads topics orders.* with group g1; bob writes orders.eu; root is a super user.
+    // alice reads topics orders.* with groups g1*; bob writes orders.eu; root is a super user.
     let out = acl(
         &data,
         &[
@@ -155,6 +166,7 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
             "group",
             "--name",
             "g1",
+            "--prefixed",
             "--operation",
             "read",
         ],
@@ -336,6 +348,26 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
         !ok && err.contains("NotAuthorized") && err.contains("topic \"secret\""),
         "{err}"
     );
+    // alice reads orders.* but may not write there, and joins group g1 but not g2.
+    let (ok, _, err) = native_with(addr, "alice", ALICE, &["produce", "orders.eu"], "c\n");
+    assert!(
+        !ok && err.contains("may not write topic \"orders.eu\""),
+        "{err}"
+    );
+    let (ok, out, err) = native(
+        addr,
+        "alice",
+        ALICE,
+        &["consume", "orders.eu", "--group", "g1-native", "--max", "2"],
+    );
+    assert!(ok && out.contains('a') && out.contains('b'), "{out}{err}");
+    let (ok, _, err) = native(
+        addr,
+        "alice",
+        ALICE,
+        &["consume", "orders.eu", "--group", "g2", "--max", "1"],
+    );
+    assert!(!ok && err.contains("may not read group \"g2\""), "{err}");
 
     // HTTP door: 403 `forbidden`, and listings of what the caller may see.
     let (alice, root) = (token(&data, "alice"), token(&data, "root"));

@@ -4,7 +4,7 @@ works and what it may not is refused with Kafka's own authorization errors.
     acl_clients.py KAFKA USER PASSWORD
     acl_clients.py KAFKA USER PASSWORD admin
 
-The user (`alice` in the test) may read topics `orders.*` and use group `g1`, nothing else;
+The user (`alice` in the test) may read topics `orders.*` and use groups `g1*`, nothing else;
 topics `orders.eu` (two records in it) and `secret` exist. Each client is asked to do both
 kinds of thing:
 
