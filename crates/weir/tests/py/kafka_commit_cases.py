@@ -203,10 +203,21 @@ def case_seek(lib, topic):
     out["after_seek"] = c.read_until("a4")
     produce(topic, ["n0", "n1"])
     out["kept"] = c.read_until("n1")
-    c.seek_far(store=True)
-    c.close()  # commits the position sought, 1000
-    c = lib(topic)
-    out["committed"] = c.committed()
+    for _ in range(3):
+        c.seek_far(store=True)
+        c.close()  # commits the position sought, 1000
+        c = lib(topic)
+        out["committed"] = c.committed()
+        if out["committed"] == FAR:
+            break
+        # On a loaded machine a member can lose its membership (a missed heartbeat) before
+        # close() commits, and kafka-python then only logs the refused commit: a new member
+        # joins, seeks and closes again.
+        out.setdefault("close_commit_retries", 0)
+        out["close_commit_retries"] += 1
+        c.close()
+        c = lib(topic, **lib.AUTO)
+        c.join()
     out["resumed"] = c.read_until("n1")
     produce(topic, ["m0", "m1"])
     out["resumed_more"] = c.read_until("m1")
