@@ -221,6 +221,9 @@ pub struct Authorizer {
     rules: RwLock<(Stamp, Arc<Vec<Acl>>)>,
     /// Bumped each time the rules change, so that cached decisions are dropped.
     generation: AtomicU64,
+    /// Held while the file is read again, so that two readers (the server's watcher and an
+    /// edit over Kafka's ACL APIs) cannot install an older read after a newer one.
+    reloading: parking_lot::Mutex<()>,
 }
 
 impl Authorizer {
@@ -234,6 +237,7 @@ impl Authorizer {
             super_users,
             rules: RwLock::new((at, Arc::new(file.acls))),
             generation: AtomicU64::new(0),
+            reloading: parking_lot::Mutex::new(()),
         })
     }
 
@@ -294,6 +298,7 @@ impl Authorizer {
     /// Reads the file again if it changed; says whether it did. A file that cannot be read
     /// keeps the rules in force.
     pub fn reload_if_changed(&self) -> Result<bool, StoreError> {
+        let _one_at_a_time = self.reloading.lock();
         let now = stamp(&self.path);
         if now == self.rules.read().0 {
             return Ok(false);

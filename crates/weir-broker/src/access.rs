@@ -109,12 +109,40 @@ impl Access {
         if self.allows(op, resource, name) {
             Ok(())
         } else {
-            Err(BrokerError::NotAuthorized {
-                principal: self.principal.to_string(),
-                operation: op,
-                resource,
-                name: name.to_string(),
-            })
+            Err(self.refusal(op, resource, name))
+        }
+    }
+
+    /// The error refusing `op` on the resource.
+    pub fn refusal(&self, op: Operation, resource: ResourceType, name: &str) -> BrokerError {
+        BrokerError::NotAuthorized {
+            principal: self.principal.to_string(),
+            operation: op,
+            resource,
+            name: name.to_string(),
+        }
+    }
+
+    /// Whether the client may create topic `name`: create on the cluster, or on the topic
+    /// (Kafka's rule).
+    pub fn check_create_topic(&self, name: &str) -> Result<(), BrokerError> {
+        if self.allows_cluster(Operation::Create)
+            || self.allows(Operation::Create, ResourceType::Topic, name)
+        {
+            Ok(())
+        } else {
+            Err(self.refusal(Operation::Create, ResourceType::Topic, name))
+        }
+    }
+
+    /// Whether the client may write topic `name`, and create it too when the write would
+    /// (`creates`: the topic does not exist and the server creates topics on first use).
+    pub fn check_write(&self, name: &str, creates: bool) -> Result<(), BrokerError> {
+        self.check(Operation::Write, ResourceType::Topic, name)?;
+        if creates {
+            self.check_create_topic(name)
+        } else {
+            Ok(())
         }
     }
 

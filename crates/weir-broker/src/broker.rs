@@ -700,6 +700,13 @@ impl Broker {
         self.inner.auth.get()
     }
 
+    /// Whether a produce to `topic` would create it (it does not exist, and topics are created
+    /// on first use): such a produce needs the right to create it too
+    /// ([`crate::Access::check_write`]).
+    pub fn produce_creates(&self, topic: &str) -> bool {
+        self.inner.config.auto_create_topics && self.partition_count(topic).is_none()
+    }
+
     /// What `principal` may do: checked against the access control lists when the server
     /// has them, else everything.
     pub fn access(&self, principal: weir_auth::Principal) -> crate::Access {

@@ -691,6 +691,7 @@ struct ProduceQuery {
 
 async fn produce(
     State(s): State<AppState>,
+    caller: Caller,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<ProduceQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -703,7 +704,9 @@ async fn produce(
         .and_then(|v| v.to_str().ok());
     let b = body(b, s.config.max_body_bytes)?;
     let records = records::parse_produce_body(content_type, q.key, q.partition, &b)?;
-    if s.broker.partition_count(&topic).is_none() && s.broker.config().auto_create_topics {
+    if s.broker.produce_creates(&topic) {
+        // Write was checked by the route; creating the topic takes the right to create it.
+        caller.0.check_create_topic(&topic)?;
         match s.broker.create_topic(&topic, None).await {
             Ok(_) | Err(weir_broker::BrokerError::TopicExists(_)) => {}
             Err(e) => return Err(e.into()),
@@ -1043,8 +1046,11 @@ async fn list_groups(State(s): State<AppState>, caller: Caller) -> Response {
 
 async fn get_group(
     State(s): State<AppState>,
+    caller: Caller,
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
+    // Topics the caller may not describe are left out of assignments and offsets.
+    let seen = |t: &str| caller.0.allows(Operation::Describe, ResourceType::Topic, t);
     let group = path(p)?;
     if !s.broker.groups().contains(&group) {
         return Err(ApiError::new(
@@ -1062,12 +1068,14 @@ async fn get_group(
                     let assignment: BTreeMap<&str, &Vec<u32>> = m
                         .assignment
                         .iter()
+                        .filter(|(t, _)| seen(t))
                         .map(|(t, ps)| (t.as_str(), ps))
                         .collect();
+                    let topics: Vec<&String> = m.topics.iter().filter(|t| seen(t)).collect();
                     json!({
                         "member_id": m.member_id,
                         "client_id": m.client_id,
-                        "topics": m.topics,
+                        "topics": topics,
                         "session_timeout_ms": m.session_timeout.as_millis() as u64,
                         "assignment": assignment,
                     })
@@ -1079,6 +1087,7 @@ async fn get_group(
         .broker
         .group_lag(&group)
         .iter()
+        .filter(|l| seen(&l.topic))
         .map(|l| {
             json!({
                 "topic": l.topic,

@@ -157,8 +157,8 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
     }
 }
 
-/// Everything allowed: requests handled without a connection (tests), and servers without
-/// access control lists, whose connections are given the same.
+/// Everything allowed: requests handled without a connection on a server that does not
+/// authenticate (tests).
 static UNCHECKED: std::sync::LazyLock<Arc<Access>> =
     std::sync::LazyLock::new(|| Arc::new(Access::unchecked(Principal::Anonymous)));
 
@@ -293,7 +293,11 @@ pub(crate) async fn step(kafka: &Kafka, request: Request) -> Step {
     metrics::counter!("weir_kafka_requests_total", "api" => api_name(api)).increment(1);
     let mut cx = Ctx {
         kafka,
-        access: access.unwrap_or_else(|| Arc::clone(&UNCHECKED)),
+        access: access.unwrap_or_else(|| match kafka.broker.auth() {
+            // Without a connection, nobody has proven who they are.
+            Some(_) => Arc::new(kafka.broker.access(Principal::Anonymous)),
+            None => Arc::clone(&UNCHECKED),
+        }),
         version,
         client_id: header.client_id.as_deref().unwrap_or("").to_string(),
         peer,

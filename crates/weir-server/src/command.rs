@@ -268,7 +268,8 @@ pub(crate) async fn produce(
         }
     };
     let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
-    let result = if let Err(e) = access.check(Operation::Write, ResourceType::Topic, &r.topic) {
+    let creates = broker.produce_creates(&r.topic);
+    let result = if let Err(e) = access.check_write(&r.topic, creates) {
         Err(broker_err(e))
     } else if records.is_empty() {
         Err((
@@ -592,7 +593,10 @@ async fn run(
             let r: msg::DescribeGroupRequest = decode(&frame)?;
             check(Operation::Describe, Group, &r.group)?;
             let desc = broker.describe_group(&r.group);
-            let lag = broker.group_lag(&r.group);
+            // Topics the client may not describe are left out of assignments and offsets.
+            let seen = |t: &str| access.allows(Operation::Describe, Topic, t);
+            let mut lag = broker.group_lag(&r.group);
+            lag.retain(|l| seen(&l.topic));
             let out = msg::DescribeGroupResponse {
                 group: r.group.clone(),
                 generation: desc.as_ref().map_or(0, |d| d.generation),
@@ -600,10 +604,13 @@ async fn run(
                     .map(|d| {
                         d.members
                             .into_iter()
-                            .map(|m| msg::GroupMember {
-                                member_id: m.member_id,
-                                client_id: m.client_id,
-                                assignment: tps(m.assignment),
+                            .map(|mut m| {
+                                m.assignment.retain(|(t, _)| seen(t));
+                                msg::GroupMember {
+                                    member_id: m.member_id,
+                                    client_id: m.client_id,
+                                    assignment: tps(m.assignment),
+                                }
                             })
                             .collect()
                     })

@@ -1031,11 +1031,18 @@ impl Connection {
     /// What the client may do: anonymous (and allowed everything) without authentication,
     /// else the authenticated principal's. Asked only once the client has authenticated.
     fn access(&mut self) -> Arc<weir_broker::Access> {
-        let principal = self
-            .auth
-            .as_ref()
-            .and_then(|a| a.principal.clone())
-            .unwrap_or(weir_auth::Principal::Anonymous);
+        let principal = match self.auth.as_ref() {
+            None => weir_auth::Principal::Anonymous,
+            Some(a) => match &a.principal {
+                Some(p) => p.clone(),
+                // Not authenticated yet (a Ping may come first): nothing is kept, so that
+                // the principal Authenticate proves is the one the connection gets.
+                None => {
+                    let anonymous = weir_auth::Principal::Anonymous;
+                    return Arc::new(self.broker.access(anonymous));
+                }
+            },
+        };
         let broker = &self.broker;
         Arc::clone(
             self.access

@@ -56,9 +56,14 @@ pub(crate) async fn handle(
         client_id: cx.client_id.clone(),
         client_host: cx.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
         rebalance_timeout: Duration::from_millis(r.rebalance_timeout_ms.max(0) as u64),
-        subscribed: r
-            .subscribed_topic_names
-            .map(|ts| ts.into_iter().map(|t| t.0.to_string()).collect()),
+        // Topics the client may not describe are left out of its subscription, so that an
+        // assignment does not tell they exist.
+        subscribed: r.subscribed_topic_names.map(|ts| {
+            ts.into_iter()
+                .map(|t| t.0.to_string())
+                .filter(|t| cx.allows(Operation::Describe, ResourceType::Topic, t))
+                .collect()
+        }),
         owned,
     };
     let out = cx.kafka.groups.consumer_heartbeat(beat, Instant::now());

@@ -11,7 +11,6 @@ use uuid::Uuid;
 use super::{topic_configs, topic_name, uuid};
 use crate::dispatch::Ctx;
 use crate::{code, error_code};
-use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTopicsResponse {
     let broker = &cx.kafka.broker;
@@ -25,15 +24,9 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: CreateTopicsRequest) -> CreateTo
             .with_num_partitions(-1)
             .with_replication_factor(-1);
         // Kafka's rule: the right to create on the cluster, or on the topic itself.
-        let allowed = cx.access.allows_cluster(Operation::Create)
-            || cx.allows(Operation::Create, ResourceType::Topic, &name);
+        let allowed = cx.access.check_create_topic(&name);
         let outcome = match topic_config(broker.config().default_topic.clone(), &t) {
-            _ if !allowed => {
-                let e = cx
-                    .check(Operation::Create, ResourceType::Topic, &name)
-                    .unwrap_err();
-                Err((error_code(&e), e.to_string()))
-            }
+            _ if let Err(e) = &allowed => Err((error_code(e), e.to_string())),
             Err((code, message)) => Err((code, message)),
             Ok(config) => {
                 let checked =

@@ -16,15 +16,18 @@ use weir_broker::access::{Operation, ResourceType};
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetCommitRequest) -> OffsetCommitResponse {
     let (broker, groups) = (&cx.kafka.broker, &cx.kafka.groups);
     let group = r.group_id.0.to_string();
+    // Checked first: a client that may not use the group does not touch its members either.
+    let group_allowed = cx.allows(Operation::Read, ResourceType::Group, &group);
     // A KIP-848 group checks the member's epoch; a classic one its generation.
-    let denied = if groups.consumer.holds(&group) {
+    let denied = if !group_allowed {
+        code::GROUP_AUTHORIZATION_FAILED
+    } else if groups.consumer.holds(&group) {
         groups
             .consumer
             .check_commit(&group, r.generation_id_or_member_epoch, &r.member_id)
     } else {
         groups.check_commit(&group, r.generation_id_or_member_epoch, &r.member_id)
     };
-    let group_allowed = cx.allows(Operation::Read, ResourceType::Group, &group);
     let mut valid = Vec::new();
     // Per partition: the error it gets (validated first, then committed together).
     let mut results: Vec<(String, Vec<(i32, i16)>)> = Vec::new();

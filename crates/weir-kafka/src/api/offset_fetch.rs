@@ -57,7 +57,30 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: OffsetFetchRequest) -> OffsetFet
         return OffsetFetchResponse::default().with_groups(groups);
     }
     if !cx.allows(Operation::Describe, ResourceType::Group, &r.group_id.0) {
-        return OffsetFetchResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+        // v0 and v1 have no top-level error: each partition asked for carries it.
+        let topics = r
+            .topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partition_indexes
+                    .into_iter()
+                    .map(|p| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                    })
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        return OffsetFetchResponse::default()
+            .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+            .with_topics(topics);
     }
     let wanted = r.topics.map(|ts| {
         ts.into_iter()

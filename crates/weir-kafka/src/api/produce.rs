@@ -18,7 +18,6 @@ use uuid::Uuid;
 use super::{resolve, topic_name};
 use crate::dispatch::{Ctx, finish_body, throttle_ms};
 use crate::{Kafka, Reply, code, error_code};
-use weir_broker::access::{Operation, ResourceType};
 
 /// A produce request's partitions, taken out of it: index, records, and the size of the memory
 /// those records are part of (the request's, or their own once copied).
@@ -71,9 +70,10 @@ pub(crate) async fn handle(
     for (name, id, partitions) in data {
         let mut parts = Vec::with_capacity(partitions.len());
         // Refused whether or not the topic exists, so that a refusal does not tell.
-        let refused = name
-            .as_deref()
-            .and_then(|n| cx.check(Operation::Write, ResourceType::Topic, n).err());
+        let refused = name.as_deref().and_then(|n| {
+            let creates = cx.kafka.broker.produce_creates(n);
+            cx.access.check_write(n, creates).err()
+        });
         for (index, records, memory) in partitions {
             let started = match &name {
                 Some(_) if let Some(e) = &refused => Err((error_code(e), e.to_string())),

@@ -214,7 +214,9 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
             ("WEIR_AUTH__ACLS", "true"),
             ("WEIR_AUTH__SUPER_USERS", "[\"root\"]"),
             ("WEIR_AUTH__FAILURES_PER_MINUTE", "1000"),
-            ("WEIR_TOPICS__AUTO_CREATE", "false"),
+            // On, so that a produce to a missing topic would create it: that takes the right
+            // to create it, checked below.
+            ("WEIR_TOPICS__AUTO_CREATE", "true"),
         ],
     );
     let (addr, kafka, http) = (&server.addr, &server.kafka, &server.http);
@@ -472,6 +474,54 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
     };
     let err = produce().unwrap_err();
     assert!(err.contains("may not write topic \"secret\""), "{err}");
+
+    // A produce that would create its topic takes the right to create it too: bob may write
+    // bob.* but not create topics, on any door.
+    acl(
+        &data,
+        &[
+            "add",
+            "--principal",
+            "User:bob",
+            "--resource",
+            "topic",
+            "--name",
+            "bob.",
+            "--prefixed",
+            "--operation",
+            "write",
+        ],
+    );
+    eventually("bob's rule for bob.* is read", || {
+        let e = rt
+            .block_on(client.produce("bob.new", None, None, common::batch(&[&b"x"[..]])))
+            .map_err(|e| e.to_string())
+            .unwrap_err();
+        e.contains("may not create topic \"bob.new\"")
+    });
+    let bob = token(&data, "bob");
+    eventually("bob's token is known", || {
+        let (code, body) = curl(
+            http,
+            "POST",
+            "/topics/bob.new/records",
+            &bob,
+            Some(r#"{"records":[{"value":"x"}]}"#),
+        );
+        code == 403 && body.contains("may not create topic")
+    });
+    // kcat asks Metadata first: bob may see bob.new (write implies describe) but not create
+    // it, so the topic is unknown to him, as Kafka answers.
+    let (_, _, err) = kcat(
+        kafka,
+        "bob",
+        BOB,
+        &["-X", "message.timeout.ms=5000", "-P", "-t", "bob.new"],
+        "x\n",
+    );
+    assert!(err.contains("Delivery failed"), "{err}");
+    let (_, body) = curl(http, "GET", "/topics", &root, None);
+    assert!(!body.contains("bob.new"), "no topic was created: {body}");
     let bob_secret = [
         "--principal",
         "User:bob",
