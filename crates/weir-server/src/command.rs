@@ -268,7 +268,7 @@ pub(crate) async fn produce(
         }
     };
     let silent = r.acks() == msg::Acks::None || req.flags.has(Flags::NO_RESPONSE);
-    let creates = broker.produce_creates(&r.topic);
+    let creates = || broker.produce_creates(&r.topic);
     let result = if let Err(e) = access.check_write(&r.topic, creates) {
         Err(broker_err(e))
     } else if records.is_empty() {

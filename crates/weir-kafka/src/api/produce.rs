@@ -71,7 +71,7 @@ pub(crate) async fn handle(
         let mut parts = Vec::with_capacity(partitions.len());
         // Refused whether or not the topic exists, so that a refusal does not tell.
         let refused = name.as_deref().and_then(|n| {
-            let creates = cx.kafka.broker.produce_creates(n);
+            let creates = || cx.kafka.broker.produce_creates(n);
             cx.access.check_write(n, creates).err()
         });
         for (index, records, memory) in partitions {
