@@ -15,6 +15,7 @@
 //!   ([`Stream`]: plain TCP, or TLS over it); [`secure`] runs a connection's handshake.
 
 pub mod tls;
+mod tls_stream;
 
 pub use tls::{Stream, Tls, TlsFiles};
 

@@ -1,5 +1,6 @@
-//! TLS on the doors' listeners: rustls through tokio-rustls (no OpenSSL), with the `ring`
-//! crypto provider (it builds with the C compiler alone).
+//! TLS on the doors' listeners: rustls (no OpenSSL), with the `ring` crypto provider (it builds
+//! with the C compiler alone), over sockets through [`TlsStream`], which keeps an idle
+//! connection's buffers released (see `tls_stream.rs` for why it is not tokio-rustls).
 //!
 //! One [`Tls`] per set of files (a certificate chain, its key, optionally the CAs whose client
 //! certificates are required: mutual TLS). Each connection's handshake runs in the
@@ -19,6 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+pub use crate::tls_stream::TlsStream;
 
 /// Where a listener's certificate and key are, and whether clients must present one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +93,8 @@ impl Tls {
 
     /// Runs the server side of a handshake on `tcp`, within the handshake timeout.
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<Stream> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
-        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+        let handshake = TlsStream::accept(tcp, self.config());
+        match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(
@@ -175,7 +178,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, String> {
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -183,7 +186,7 @@ impl Stream {
     pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
         match self {
             Stream::Plain(_) => None,
-            Stream::Tls(s) => s.get_ref().1.peer_certificates()?.first(),
+            Stream::Tls(s) => s.peer_certificates()?.first(),
         }
     }
 
