@@ -57,6 +57,12 @@ impl Access {
         &self.principal
     }
 
+    /// The generation of the rules in force (`None` when nothing is checked): it changes
+    /// whenever they are read anew.
+    pub fn generation(&self) -> Option<u64> {
+        self.rules.as_ref().map(|r| r.generation())
+    }
+
     /// Whether requests are checked at all.
     pub fn is_checked(&self) -> bool {
         self.rules.is_some()

@@ -14,6 +14,9 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::access::{Access, Operation, ResourceType};
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
 
@@ -49,6 +52,9 @@ pub struct PushCursor {
     incarnation: Option<u64>,
     /// A snapshot still being delivered, and its batches read but not yet handed out.
     snapshot: Option<(crate::keys::SnapshotReader, VecDeque<Bytes>)>,
+    /// Who reads, asked again before every step: rules changed under an open subscription
+    /// end it once they no longer let its reader read the topic.
+    access: Option<Arc<Access>>,
 }
 
 impl PushCursor {
@@ -66,6 +72,7 @@ impl PushCursor {
             credit_bytes: 0,
             hwm,
             snapshot: None,
+            access: None,
         })
     }
 
@@ -80,6 +87,20 @@ impl PushCursor {
         }
         cursor.snapshot = Some((plan, VecDeque::new()));
         Ok(cursor)
+    }
+
+    /// Checks `access` before every step from now on: once it may no longer read the topic,
+    /// [`Self::next`] refuses with [`BrokerError::NotAuthorized`].
+    pub fn with_access(mut self, access: Arc<Access>) -> Self {
+        self.access = access.is_checked().then_some(access);
+        self
+    }
+
+    fn check_access(&self) -> Result<()> {
+        match &self.access {
+            Some(a) => a.check(Operation::Read, ResourceType::Topic, &self.topic),
+            None => Ok(()),
+        }
     }
 
     /// Where live records start: the position, or a snapshot's end while one is delivered.
@@ -108,6 +129,7 @@ impl PushCursor {
     /// Waits for data and returns what the credit allows. Cancel-safe: nothing is consumed
     /// until it returns.
     pub async fn next(&mut self) -> Result<PushStep> {
+        self.check_access()?;
         if self.snapshot.is_some() {
             return self.next_of_snapshot().await;
         }
@@ -126,6 +148,8 @@ impl PushCursor {
                 if self.hwm.changed().await.is_err() {
                     return Err(BrokerError::ShuttingDown);
                 }
+                // Records arrived: the reader may have lost its right while it waited.
+                self.check_access()?;
                 continue;
             }
             let mut batches = Vec::new();

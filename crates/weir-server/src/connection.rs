@@ -1145,7 +1145,7 @@ impl Connection {
             cursor_at(&self.broker, &req, spec).await
         };
         let mut cursor = match opened {
-            Ok(c) => c,
+            Ok(c) => c.with_access(self.access()),
             Err(e) => return OutFrame::error(&h, code_of(&e), e.to_string()),
         };
         let (start, live_from) = (cursor.position(), cursor.live_from());

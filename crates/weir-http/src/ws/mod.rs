@@ -149,8 +149,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>, access: Arc<Access>) {
     let conn = hub.connect();
     let mut feeds: Vec<(String, u32, Format)> = Vec::new();
-    let mut next_sub: u32 = 1;
+    let mut subs = Subscriptions::default();
+    let mut generation = access.generation();
     loop {
+        // Rules read anew: subscriptions their reader may no longer read end before another
+        // of their records goes out (records arriving wake this loop).
+        if access.generation() != generation {
+            generation = access.generation();
+            revoke(&hub, &conn, &access, &feeds, &mut subs);
+        }
         let flags = conn.flags.swap(0, Ordering::AcqRel);
         if flags & FLAG_CLOSE != 0 {
             let (code, reason) = conn
@@ -192,7 +199,7 @@ pub async fn run_connection(mut socket: WebSocket, hub: Arc<Hub>, access: Arc<Ac
                 conn.last_seen.store(hub.now_ms(), Ordering::Relaxed);
                 match msg {
                     Message::Text(text) => {
-                        on_text(&hub, &conn, &access, &mut feeds, &mut next_sub, text.as_str());
+                        on_text(&hub, &conn, &access, &mut feeds, &mut subs, text.as_str());
                     }
                     Message::Binary(_) => conn.close(
                         hub::CLOSE_POLICY,
@@ -277,7 +284,7 @@ fn on_text(
     conn: &Arc<Conn>,
     access: &Access,
     feeds: &mut Vec<(String, u32, Format)>,
-    next_sub: &mut u32,
+    subs: &mut Subscriptions,
     text: &str,
 ) {
     let op = match ClientOp::parse(text) {
@@ -289,19 +296,10 @@ fn on_text(
     };
     match op {
         ClientOp::Unsubscribe { subscription } => {
-            let mut st = conn.state.lock();
-            let before = st.subs.len();
-            st.subs.retain(|(id, _)| *id != subscription);
-            let removed = (before - st.subs.len()) as u64;
-            drop(st);
-            if removed == 0 {
+            if !unsubscribe(hub, conn, feeds, subs, subscription) {
                 let msg = format!("there is no subscription {subscription}");
                 send_direct(conn, error_notice(None, "bad_request", &msg));
             }
-            hub.leave(conn, subscription, feeds);
-            hub.stats
-                .subscriptions_open
-                .fetch_sub(removed, Ordering::Relaxed);
         }
         ClientOp::Subscribe {
             topics,
@@ -333,8 +331,9 @@ fn on_text(
                     None => return fail("unknown_topic", format!("topic '{t}' does not exist")),
                 }
             }
-            let sub = *next_sub;
-            *next_sub += 1;
+            let sub = subs.next;
+            subs.next += 1;
+            subs.topics.push((sub, topics.clone()));
             conn.state.lock().subs.push((
                 sub,
                 OutQueue::new(policy, hub.config.queue_messages, hub.config.queue_bytes),
@@ -364,6 +363,72 @@ fn on_text(
             let (hub2, conn2) = (hub.clone(), conn.clone());
             hub.tasks
                 .spawn(async move { subscribe(hub2, conn2, spec).await });
+        }
+    }
+}
+
+/// The connection's own record of its subscriptions: the next id, and the topics of each (to
+/// be checked again when the access rules change).
+#[derive(Debug)]
+struct Subscriptions {
+    next: u32,
+    topics: Vec<(u32, Vec<String>)>,
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Self {
+            next: 1,
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// Ends `subscription`: its queue, its places in the feeds. False when there was none.
+fn unsubscribe(
+    hub: &Hub,
+    conn: &Conn,
+    feeds: &[hub::FeedKey],
+    subs: &mut Subscriptions,
+    subscription: u32,
+) -> bool {
+    subs.topics.retain(|(id, _)| *id != subscription);
+    let mut st = conn.state.lock();
+    let before = st.subs.len();
+    st.subs.retain(|(id, _)| *id != subscription);
+    let removed = (before - st.subs.len()) as u64;
+    drop(st);
+    hub.leave(conn, subscription, feeds);
+    hub.stats
+        .subscriptions_open
+        .fetch_sub(removed, Ordering::Relaxed);
+    removed > 0
+}
+
+/// Ends, each with a `forbidden` notice, the subscriptions to a topic `access` no longer lets
+/// the client read.
+fn revoke(
+    hub: &Hub,
+    conn: &Conn,
+    access: &Access,
+    feeds: &[hub::FeedKey],
+    subs: &mut Subscriptions,
+) {
+    let refused: Vec<(u32, String)> = subs
+        .topics
+        .iter()
+        .filter_map(|(id, topics)| {
+            topics.iter().find_map(|t| {
+                access
+                    .check(Operation::Read, ResourceType::Topic, t)
+                    .err()
+                    .map(|e| (*id, e.to_string()))
+            })
+        })
+        .collect();
+    for (id, why) in refused {
+        if unsubscribe(hub, conn, feeds, subs, id) {
+            send_direct(conn, error_notice(Some(id), "forbidden", &why));
         }
     }
 }
@@ -898,7 +963,7 @@ mod tests {
         let hub = Hub::new(broker.clone(), hub::WsConfig::default());
         let conn = hub.connect();
         let mut feeds = Vec::new();
-        let mut next = 1;
+        let mut next = Subscriptions::default();
         let op = r#"{"op":"subscribe","topics":["t"],"from":"earliest"}"#;
         on_text(&hub, &conn, &open_access(), &mut feeds, &mut next, op);
         let open = || hub.stats.feeds_open.load(Ordering::Relaxed);
@@ -947,7 +1012,7 @@ mod tests {
         let broker = broker_with(&dir, &["t", "u"]).await;
         let hub = Hub::new(broker.clone(), hub::WsConfig::default());
         let conn = hub.connect();
-        let (mut feeds, mut next) = (Vec::new(), 1);
+        let (mut feeds, mut next) = (Vec::new(), Subscriptions::default());
         let op = r#"{"op":"subscribe","topics":["t","u","t"],"from":"earliest"}"#;
         on_text(&hub, &conn, &open_access(), &mut feeds, &mut next, op);
         let direct = conn.state.lock().direct.clone();

@@ -373,8 +373,10 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
 
     // HTTP door: 403 `forbidden`, and listings of what the caller may see.
     let (alice, root) = (token(&data, "alice"), token(&data, "root"));
+    // (Both: the server may have read the file between the two tokens' writes.)
     eventually("the tokens are known", || {
         curl(http, "GET", "/topics", &alice, None).0 == 200
+            && curl(http, "GET", "/topics", &root, None).0 == 200
     });
     let (code, body) = curl(http, "GET", "/topics", &alice, None);
     assert!(
@@ -548,6 +550,96 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
         "",
     );
     assert!(!ok && err.contains("no such rule"), "{err}");
+
+    // Rules changed under open push subscriptions: once alice may no longer read orders.*,
+    // her native and WebSocket subscriptions end before another record reaches her.
+    let alice_client = rt
+        .block_on(weir_client::Client::connect_options(
+            addr,
+            "alice",
+            weir_client::ConnectOptions {
+                tls: None,
+                credentials: Some(weir_client::Credentials::new("alice", ALICE)),
+            },
+        ))
+        .unwrap();
+    let mut native_sub = rt
+        .block_on(alice_client.subscribe("orders.eu", 0, weir_client::Start::Latest, 100, 1 << 20))
+        .unwrap();
+    let mut ws = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/ws_client.py"
+        ))
+        .args(["--url", &format!("ws://{http}/ws?access_token={alice}")])
+        .args(["--pause", "--timeout", "10"])
+        .args([
+            "--send",
+            r#"{"op":"subscribe","topics":["orders.eu"],"from":"latest"}"#,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ws_lines = std::io::BufRead::lines(std::io::BufReader::new(ws.stdout.take().unwrap()));
+    let mut ws_out = String::new();
+    for line in ws_lines.by_ref() {
+        let line = line.unwrap();
+        ws_out.push_str(&line);
+        ws_out.push('\n');
+        if line.contains("\"subscribed\"") || line.contains("\"_end\"") {
+            break;
+        }
+    }
+    assert!(ws_out.contains("\"subscribed\""), "{ws_out}");
+    acl(
+        &data,
+        &[
+            "remove",
+            "--principal",
+            "User:alice",
+            "--resource",
+            "topic",
+            "--name",
+            "orders.",
+            "--prefixed",
+            "--operation",
+            "read",
+        ],
+    );
+    eventually("alice may no longer read orders.eu", || {
+        let (ok, _, err) = native(
+            addr,
+            "alice",
+            ALICE,
+            &["consume", "orders.eu", "--max", "1"],
+        );
+        !ok && err.contains("NotAuthorized") && err.contains("topic \"orders.eu\"")
+    });
+    rt.block_on(client.produce("orders.eu", Some(0), None, common::batch(&[&b"late"[..]])))
+        .unwrap();
+    let ended = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), native_sub.next()).await })
+        .expect("the native subscription ends within 10 s");
+    let err = ended
+        .map(|b| b.map(|b| b.records.len()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("may not read topic \"orders.eu\""), "{err}");
+    // The paused WebSocket client reads on: a `forbidden` notice for its subscription, no
+    // record.
+    std::io::Write::write_all(&mut ws.stdin.take().unwrap(), b"go\n").unwrap();
+    for line in ws_lines {
+        ws_out.push_str(&line.unwrap());
+        ws_out.push('\n');
+    }
+    ws.wait().unwrap();
+    assert!(
+        ws_out.contains("\"forbidden\"")
+            && ws_out.contains("may not read topic")
+            && !ws_out.contains("\"record\""),
+        "{ws_out}"
+    );
     drop(client);
     server.stop();
 }
