@@ -90,21 +90,26 @@ pub(crate) fn edit<F: JsonFile, T>(
     let out = change(&mut file)?;
     file.check().map_err(StoreError::Refused)?;
     let tmp = sibling(path, ".tmp");
-    {
+    let written = (|| {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
+            .open(&tmp)?;
         let mut json = serde_json::to_vec_pretty(&file).expect("the file serializes");
         json.push(b'\n');
-        f.write_all(&json).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // A full disk, say: the file in force stays as it was, and no half-written copy is
+        // left beside it.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
     }
-    std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = dir {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
