@@ -176,6 +176,15 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // mimalloc asks the kernel for transparent huge pages for its heap. Memory it purges and
+    // later reuses is then faulted in again as whole 2 MiB pages, each zeroed by the kernel:
+    // in the pipeline benchmark (BENCHMARKS.md) that zeroing was half the server's system
+    // time and 10% of its CPU, for no gain in user time. So the process takes 4 KiB pages,
+    // unless MIMALLOC_ALLOW_THP is set (mimalloc's own setting, which it then follows). A
+    // kernel without the flag changes nothing, so its refusal is ignored.
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
     let cli = Cli::parse();
     let verbose = cli.verbose;
     match run(cli) {
