@@ -205,6 +205,8 @@ pub(crate) struct Stage {
     pub(crate) name: Arc<str>,
     pub(crate) instances: Vec<Mutex<Box<dyn crate::transform::Transform>>>,
     pub(crate) stats: Arc<ComponentStats>,
+    /// The pipeline's: set after a panic, then each event runs apart (see `pipeline.rs`).
+    pub(crate) isolate_all: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Stage {
@@ -225,16 +227,21 @@ impl Stage {
                 .iter()
                 .find_map(|m| m.try_lock())
                 .unwrap_or_else(|| self.instances[0].lock());
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                for e in events {
-                    t.process(e, &mut out);
-                }
-            }))
+            if self.isolate_all.load(Ordering::Relaxed) {
+                crate::transform::process_apart(t.as_mut(), events, &mut out);
+                Ok(())
+            } else {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for e in events {
+                        t.process(e, &mut out);
+                    }
+                }))
+            }
         };
         if ran.is_err() {
-            // A bug: the events are lost unacknowledged, so the source reads them again
-            // after the restart this forces.
-            tracing::error!(transform = %self.name, "a transform panicked; its events are read again");
+            // The events are lost unacknowledged: the source reads them again after the
+            // restart this forces, and then each runs apart.
+            let _ = crate::transform::panicked(&self.name, &self.isolate_all);
             out.ports[0].clear();
         }
         if out.dropped > 0 {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -332,6 +333,7 @@ impl Builder {
                 components,
                 status: Mutex::new(Status::default()),
                 inputs: Mutex::new(Vec::new()),
+                isolate_all: Arc::new(AtomicBool::new(false)),
             }),
         })
     }
@@ -538,6 +540,11 @@ struct Inner {
     sources: Vec<(String, Arc<dyn Source>)>,
     status: Mutex<Status>,
     inputs: Mutex<Vec<Arc<Input>>>,
+    /// Set once a transform that skips per-event panic isolation panicked (a bug, or a
+    /// poison event): from then on every transform of this pipeline runs each event apart,
+    /// so that when the event is read again after the restart, it alone goes to the
+    /// dead-letter output instead of failing the pipeline again, forever.
+    isolate_all: Arc<AtomicBool>,
 }
 
 /// A checked pipeline, ready to run.
@@ -739,6 +746,7 @@ impl Pipeline {
                         .map(|_| parking_lot::Mutex::new(factory.build()))
                         .collect(),
                     stats: next.stats.clone(),
+                    isolate_all: inner.isolate_all.clone(),
                 });
                 chained.insert(next.name.clone());
                 tail = next;
@@ -823,6 +831,7 @@ impl Pipeline {
                             n.stats.clone(),
                             kill.clone(),
                             name.clone(),
+                            inner.isolate_all.clone(),
                         );
                         let (name, closing) = (name.clone(), shard.clone());
                         tasks.spawn(async move {
@@ -852,6 +861,7 @@ impl Pipeline {
                         n.stats.clone(),
                         kill.clone(),
                         name.clone(),
+                        inner.isolate_all.clone(),
                     );
                     tasks.spawn(async move {
                         let r = run.await;
@@ -982,6 +992,7 @@ async fn run_transform(
     stats: Arc<ComponentStats>,
     kill: CancellationToken,
     name: Arc<str>,
+    isolate_all: Arc<AtomicBool>,
 ) -> Result<(), ComponentError> {
     let mut out = Outputs::new(outs.len());
     let isolate = t.isolate_panics();
@@ -993,35 +1004,18 @@ async fn run_transform(
         let Some(batch) = batch else {
             return Ok(());
         };
-        if !isolate {
-            // A panic here (a bug) loses the event: its read is not acknowledged, and the
-            // pipeline fails and restarts from its last commit.
+        if isolate || isolate_all.load(Ordering::Relaxed) {
+            crate::transform::process_apart(t.as_mut(), batch, &mut out);
+        } else {
+            // A panic here (a bug, or an event no one foresaw) loses the batch: its reads are
+            // not acknowledged, the pipeline fails and restarts from its last commit, and
+            // runs every event apart from then on.
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 for event in batch {
                     t.process(event, &mut out);
                 }
             }))
-            .map_err(|_| ComponentError(format!("transform `{name}` panicked")))?;
-        } else {
-            for event in batch {
-                // Kept aside so that an event lost in a panic still reaches the dead-letter output.
-                let spare = (event.record.clone(), event.spare_ack());
-                let ran = crate::event::covered(|| {
-                    std::panic::catch_unwind(AssertUnwindSafe(|| t.process(event, &mut out)))
-                });
-                match ran {
-                    Ok(()) => spare.1.ack(),
-                    Err(panic) => {
-                        let why = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown".into());
-                        let e = Event::new(spare.0, vrl::value::Value::Null, spare.1);
-                        out.fail(e, format!("the transform panicked: {why}"));
-                    }
-                }
-            }
+            .map_err(|_| crate::transform::panicked(&name, &isolate_all))?;
         }
         if out.dropped > 0 {
             stats.dropped(out.dropped);
@@ -1183,8 +1177,15 @@ mod panics {
                     })
                     .collect();
                 ctx.out.send(events).await;
-                *done.lock() = Some(ack.settled().await);
-                Ok(())
+                let settled = ack.settled().await;
+                *done.lock() = Some(settled);
+                // As a log's source does: what was not acknowledged is read again, by the
+                // next run.
+                if settled {
+                    Ok(())
+                } else {
+                    Err(ComponentError("a read was not acknowledged".into()))
+                }
             })
         }
     }
@@ -1214,6 +1215,67 @@ mod panics {
                 }
                 Ok(())
             })
+        }
+    }
+
+    /// A transform that skips per-event panic isolation (as the built-in ones do) and
+    /// panics on the event whose value is 1.
+    struct Brittle {
+        chainable: bool,
+    }
+
+    impl Transform for Brittle {
+        fn process(&mut self, event: Event, out: &mut Outputs) {
+            assert!(event.value != Value::Integer(1), "brittle on one");
+            out.emit(event);
+        }
+
+        fn isolate_panics(&self) -> bool {
+            false
+        }
+
+        fn chainable(&self) -> bool {
+            self.chainable
+        }
+    }
+
+    /// A poison event in a transform that runs without per-event isolation, on its own task
+    /// or chained onto its source's: the first run fails and restarts, and the event, read
+    /// again, goes to the dead-letter output alone instead of failing every run after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poison_event_fails_one_run_then_goes_to_the_dead_letter_output() {
+        for chainable in [false, true] {
+            let done = Arc::new(parking_lot::Mutex::new(None));
+            let out = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let dead = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let p = Builder::new("p")
+                .source("in", Three(done.clone()))
+                .transform("brittle", &["in"], move || Brittle { chainable })
+                .sink("out", &["brittle"], Seen(out.clone()))
+                .dead_letter(Seen(dead.clone()))
+                .build()
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(30), p.run(CancellationToken::new()))
+                .await
+                .expect("the pipeline finishes instead of failing forever");
+            assert_eq!(*done.lock(), Some(true), "chainable {chainable}");
+            assert_eq!(p.status().restarts, 1, "chainable {chainable}");
+            let out = out.lock();
+            assert_eq!(
+                out.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(),
+                ["raw0", "raw2"],
+                "chainable {chainable}"
+            );
+            let dead = dead.lock();
+            assert_eq!(dead.len(), 1, "chainable {chainable}: {dead:?}");
+            assert_eq!(dead[0].0, "raw1");
+            assert!(
+                dead[0]
+                    .1
+                    .as_deref()
+                    .is_some_and(|e| e.contains("panicked: brittle on one")),
+                "{dead:?}"
+            );
         }
     }
 

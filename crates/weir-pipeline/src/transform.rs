@@ -65,9 +65,11 @@ pub trait Transform: Send + 'static {
 
     /// Whether the runner keeps a copy of each event's record aside, so that an event lost
     /// in a panic still reaches the dead-letter output (the default: a transform written by
-    /// a user may panic). The built-in transforms do not panic on any input (VRL returns its
-    /// errors), so they skip the copy: should one panic all the same (a bug), its read is
-    /// not acknowledged and the pipeline restarts from its last commit.
+    /// a user may panic). The built-in transforms are not meant to panic on any input (VRL
+    /// returns its errors), so they skip the copy. Should one panic all the same, its batch's
+    /// reads are not acknowledged, the pipeline restarts from its last commit, and from then
+    /// on it runs every transform with the copy: the event that panicked, read again, goes
+    /// to the dead-letter output alone.
     fn isolate_panics(&self) -> bool {
         true
     }
@@ -78,6 +80,49 @@ pub trait Transform: Send + 'static {
     fn chainable(&self) -> bool {
         false
     }
+}
+
+/// Runs `t` on each event apart: an event whose processing panics goes to the dead-letter
+/// output with the panic's message (its record was kept aside for that), the others go on.
+pub(crate) fn process_apart(
+    t: &mut dyn Transform,
+    events: impl IntoIterator<Item = Event>,
+    out: &mut Outputs,
+) {
+    for event in events {
+        let spare = (event.record.clone(), event.spare_ack());
+        let ran = crate::event::covered(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.process(event, out)))
+        });
+        match ran {
+            Ok(()) => spare.1.ack(),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown".into());
+                let e = Event::new(spare.0, vrl::value::Value::Null, spare.1);
+                out.fail(e, format!("the transform panicked: {why}"));
+            }
+        }
+    }
+}
+
+/// A transform run without per-event isolation panicked: the pipeline isolates every event
+/// from now on (`isolate_all`), and this run fails with the returned error.
+pub(crate) fn panicked(
+    name: &str,
+    isolate_all: &std::sync::atomic::AtomicBool,
+) -> crate::pipeline::ComponentError {
+    if !isolate_all.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(
+            transform = %name,
+            "a transform panicked: the pipeline restarts from its last commit and runs each \
+             event apart from now on, so that an event that panics goes to the dead-letter output"
+        );
+    }
+    crate::pipeline::ComponentError(format!("transform `{name}` panicked"))
 }
 
 impl std::fmt::Debug for dyn Transform {
