@@ -827,11 +827,13 @@ impl Pipeline {
                             factory.build(),
                             shard.clone(),
                             outs,
-                            dead.clone(),
                             n.stats.clone(),
-                            kill.clone(),
                             name.clone(),
-                            inner.isolate_all.clone(),
+                            RunShared {
+                                dead: dead.clone(),
+                                kill: kill.clone(),
+                                isolate_all: inner.isolate_all.clone(),
+                            },
                         );
                         let (name, closing) = (name.clone(), shard.clone());
                         tasks.spawn(async move {
@@ -857,11 +859,13 @@ impl Pipeline {
                         t,
                         input.clone(),
                         outs,
-                        dead.clone(),
                         n.stats.clone(),
-                        kill.clone(),
                         name.clone(),
-                        inner.isolate_all.clone(),
+                        RunShared {
+                            dead: dead.clone(),
+                            kill: kill.clone(),
+                            isolate_all: inner.isolate_all.clone(),
+                        },
                     );
                     tasks.spawn(async move {
                         let r = run.await;
@@ -984,16 +988,27 @@ async fn dispatch(
     }
 }
 
+/// What every transform task of one run shares.
+struct RunShared {
+    dead: DeadLetters,
+    kill: CancellationToken,
+    /// The pipeline's [`Inner::isolate_all`].
+    isolate_all: Arc<AtomicBool>,
+}
+
 async fn run_transform(
     mut t: Box<dyn Transform>,
     input: Arc<Input>,
     outs: Vec<Fanout>,
-    dead: DeadLetters,
     stats: Arc<ComponentStats>,
-    kill: CancellationToken,
     name: Arc<str>,
-    isolate_all: Arc<AtomicBool>,
+    run: RunShared,
 ) -> Result<(), ComponentError> {
+    let RunShared {
+        dead,
+        kill,
+        isolate_all,
+    } = run;
     let mut out = Outputs::new(outs.len());
     let isolate = t.isolate_panics();
     loop {
