@@ -16,6 +16,11 @@ pub const METRIC_SENT: &str = "weir_pipeline_component_sent_events_total";
 pub const METRIC_DROPPED: &str = "weir_pipeline_component_dropped_events_total";
 /// Metric: events sent to the dead-letter output.
 pub const METRIC_ERRORS: &str = "weir_pipeline_component_errors_total";
+/// Metric (gauge): a sink's circuit breaker, 0 closed, 1 open, 2 half-open (`weir-flow`'s
+/// state codes).
+pub const METRIC_BREAKER_STATE: &str = "weir_pipeline_sink_breaker_state";
+/// Metric: a sink's circuit breaker changing state.
+pub const METRIC_BREAKER_TRANSITIONS: &str = "weir_pipeline_sink_breaker_transitions_total";
 
 /// Counters of one component.
 #[derive(Debug)]
@@ -31,6 +36,7 @@ pub struct ComponentStats {
     m_sent: Counter,
     m_dropped: Counter,
     m_errors: Counter,
+    labels: [(&'static str, String); 2],
 }
 
 /// What [`ComponentStats`] held at one moment.
@@ -58,6 +64,16 @@ impl ComponentStats {
             m_sent: metrics::counter!(METRIC_SENT, &labels),
             m_dropped: metrics::counter!(METRIC_DROPPED, &labels),
             m_errors: metrics::counter!(METRIC_ERRORS, &labels),
+            labels,
+        })
+    }
+
+    /// Where a sink's circuit breaker reports its state and transitions: this component's
+    /// `weir_pipeline_sink_breaker_*` metrics.
+    pub fn breaker_metrics(&self) -> weir_flow::metrics::Metrics {
+        Arc::new(BreakerMetrics {
+            state: metrics::gauge!(METRIC_BREAKER_STATE, &self.labels),
+            transitions: metrics::counter!(METRIC_BREAKER_TRANSITIONS, &self.labels),
         })
     }
 
@@ -105,6 +121,27 @@ impl ComponentStats {
             sent: l(&self.sent),
             dropped: l(&self.dropped),
             errors: l(&self.errors),
+        }
+    }
+}
+
+/// A sink's circuit breaker's metrics, under the component's labels.
+#[derive(Debug)]
+struct BreakerMetrics {
+    state: metrics::Gauge,
+    transitions: Counter,
+}
+
+impl weir_flow::metrics::FlowMetrics for BreakerMetrics {
+    fn counter(&self, name: &'static str, value: u64) {
+        if name == weir_flow::breaker::METRIC_TRANSITIONS {
+            self.transitions.increment(value);
+        }
+    }
+
+    fn gauge(&self, name: &'static str, value: f64) {
+        if name == weir_flow::breaker::METRIC_STATE {
+            self.state.set(value);
         }
     }
 }

@@ -112,6 +112,37 @@ fn describe() {
         "Requests the access control lists refused, by resource type (topic, group, cluster, \
          pipeline); a resource left out of a listing counts too."
     );
+    {
+        use weir_pipeline::stats as p;
+        describe_counter!(
+            p::METRIC_RECEIVED,
+            "Events a pipeline component received (a source: records it read), by pipeline \
+             and component."
+        );
+        describe_counter!(
+            p::METRIC_SENT,
+            "Events a pipeline component passed on (a sink: wrote), by pipeline and component."
+        );
+        describe_counter!(
+            p::METRIC_DROPPED,
+            "Events a pipeline component dropped by design (a filter, a sample, a full buffer \
+             with a drop policy), by pipeline and component."
+        );
+        describe_counter!(
+            p::METRIC_ERRORS,
+            "Events a pipeline component sent to the dead-letter output, by pipeline and \
+             component."
+        );
+        describe_gauge!(
+            p::METRIC_BREAKER_STATE,
+            "A pipeline sink's circuit breaker: 0 closed, 1 open (writes held back after \
+             repeated failures), 2 half-open (one write let through to probe)."
+        );
+        describe_counter!(
+            p::METRIC_BREAKER_TRANSITIONS,
+            "State changes of a pipeline sink's circuit breaker."
+        );
+    }
     for door in ["native", "kafka", "http"] {
         describe_counter!(
             format!("weir_{door}_tls_handshake_failures_total"),

@@ -28,6 +28,8 @@ use weir_broker::broker::OffsetSpec;
 use weir_broker::group::AssignmentStrategy;
 use weir_broker::{Broker, BrokerError, ErrorKind};
 use weir_flow::adaptive::{AdaptiveLimiter, Gradient2, Token};
+use weir_flow::breaker::{BreakerConfig, CallPermit, CircuitBreaker, Window};
+use weir_flow::clock::MonotonicClock;
 
 use crate::codec::{Decoding, Encoding};
 use crate::edge::BATCH_EVENTS;
@@ -464,11 +466,23 @@ impl TopicSink {
     /// durable. Writes are started in order (the idempotent sequences need it) while earlier
     /// ones still await their syncs; how many wait at once follows how long they take
     /// (`weir-flow`'s Gradient2 adaptive limit: more while the sync time stays flat, fewer
-    /// when it climbs).
+    /// when it climbs). Writes that keep failing (a full disk) open the sink's circuit
+    /// breaker (`weir-flow`'s): it then tries one write a second until one succeeds, instead
+    /// of one per backoff step, and its state is in the component's status and metrics.
     async fn write(self, ctx: SinkContext) -> Result<(), ComponentError> {
         let limiter = AdaptiveLimiter::new(Gradient2::new(2, 1, 16));
+        let breaker = CircuitBreaker::new(BreakerConfig {
+            window: Window::Count(10),
+            minimum_calls: 3,
+            failure_rate: 0.5,
+            open_duration: BREAKER_OPEN,
+            half_open_probes: 1,
+            ..BreakerConfig::default()
+        })
+        .with_metrics(ctx.stats.breaker_metrics());
+        let breaker = &breaker;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let writer = self.start_writes(&ctx, &limiter, tx);
+        let writer = self.start_writes(&ctx, &limiter, breaker, tx);
         let acker = async {
             while let Some(w) = rx.recv().await {
                 let Underway {
@@ -480,7 +494,8 @@ impl TopicSink {
                     if write.wait().await.is_err() {
                         // The sync failed: this batch and those after it go again, in order
                         // (their sequences let the broker tell one already stored).
-                        self.produce(&ctx, p, batch).await?;
+                        failed_write(breaker);
+                        self.produce(&ctx, breaker, p, batch).await?;
                     }
                 }
                 token.success();
@@ -496,6 +511,7 @@ impl TopicSink {
         &'a self,
         ctx: &'a SinkContext,
         limiter: &'a AdaptiveLimiter,
+        breaker: &'a CircuitBreaker,
         tx: tokio::sync::mpsc::UnboundedSender<Underway<'a>>,
     ) -> Result<(), ComponentError> {
         let producer_id = self.broker.producers().init();
@@ -604,7 +620,7 @@ impl TopicSink {
                 for (builder, evs) in batches {
                     let batch = Bytes::from(builder.producer(producer_id, 0, *seq).build());
                     *seq = seq.wrapping_add(evs.len() as i32);
-                    let write = self.start(ctx, p, batch.clone()).await?;
+                    let write = self.start(ctx, breaker, p, batch.clone()).await?;
                     writes.push((p, batch, write));
                     written.extend(evs);
                 }
@@ -647,24 +663,63 @@ impl TopicSink {
     async fn start(
         &self,
         ctx: &SinkContext,
+        breaker: &CircuitBreaker,
         p: u32,
         batch: Bytes,
     ) -> Result<weir_broker::producers::SequencedWrite, ComponentError> {
         let header = weir_batch::peek(&batch).map_err(ComponentError::new)?;
         let mut backoff = Duration::from_millis(50);
         loop {
+            let permit = self.admit(ctx, breaker).await?;
             let err = match self
                 .broker
                 .produce_sequenced(&self.topic, p, &header, batch.clone(), |b| b)
                 .await
             {
                 Ok(w) => {
+                    permit.success();
                     ctx.stats.recovered();
                     return Ok(w);
                 }
-                Err(e) => e,
+                Err(e) => {
+                    permit.failure();
+                    e
+                }
             };
             self.backoff(ctx, p, &err, &mut backoff).await?;
+        }
+    }
+
+    /// Waits until the circuit breaker lets a write through (at once while it is closed),
+    /// saying in the component's status why it waits.
+    async fn admit<'b>(
+        &self,
+        ctx: &SinkContext,
+        breaker: &'b CircuitBreaker,
+    ) -> Result<CallPermit<'b, MonotonicClock>, ComponentError> {
+        loop {
+            let refused = match breaker.try_acquire() {
+                Ok(permit) => return Ok(permit),
+                Err(refused) => refused,
+            };
+            // Open: until its pause ends; half-open: while another write is the probe.
+            let wait = refused
+                .retry_after
+                .unwrap_or(Duration::from_millis(50))
+                .max(Duration::from_millis(10));
+            let why = format!(
+                "writes to `{}` keep failing: the sink's circuit breaker holds them back and \
+                 lets one through every {} ms until one succeeds",
+                self.topic,
+                BREAKER_OPEN.as_millis()
+            );
+            if ctx.stats.retry(&why) {
+                tracing::warn!(sink = %ctx.component, error = %why, "pipeline sink retrying a write until it succeeds");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.kill.cancelled() => return Err(ComponentError("stopped while retrying a write".into())),
+            }
         }
     }
 
@@ -702,15 +757,35 @@ impl TopicSink {
 
     /// Writes one batch and awaits its sync, retrying what may succeed later until the
     /// pipeline is killed.
-    async fn produce(&self, ctx: &SinkContext, p: u32, batch: Bytes) -> Result<(), ComponentError> {
+    async fn produce(
+        &self,
+        ctx: &SinkContext,
+        breaker: &CircuitBreaker,
+        p: u32,
+        batch: Bytes,
+    ) -> Result<(), ComponentError> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let write = self.start(ctx, p, batch.clone()).await?;
+            let write = self.start(ctx, breaker, p, batch.clone()).await?;
             match write.wait().await {
                 Ok(_) => return Ok(()),
-                Err(e) => self.backoff(ctx, p, &e, &mut backoff).await?,
+                Err(e) => {
+                    failed_write(breaker);
+                    self.backoff(ctx, p, &e, &mut backoff).await?;
+                }
             }
         }
+    }
+}
+
+/// How long a sink's open circuit breaker holds writes back before letting one through.
+const BREAKER_OPEN: Duration = Duration::from_secs(1);
+
+/// A write whose start passed the breaker failed at its sync: counted as a failure too (when
+/// the breaker takes a call now).
+fn failed_write(breaker: &CircuitBreaker) {
+    if let Ok(permit) = breaker.try_acquire() {
+        permit.failure();
     }
 }
 
@@ -724,5 +799,118 @@ struct Underway<'a> {
 impl From<BrokerError> for ComponentError {
     fn from(e: BrokerError) -> Self {
         ComponentError(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Builder;
+    use weir_broker::BrokerConfig;
+    use weir_broker::topic::{DurabilitySetting, TopicConfig};
+    use weir_log::{FaultKind, MemStorage};
+
+    /// Sends `n` events, then waits for them to be acknowledged (and fails the run if one
+    /// was not, so that it is read again).
+    struct Events(u64);
+
+    impl Source for Events {
+        fn run(&self, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
+            let n = self.0;
+            Box::pin(async move {
+                let ack = AckBatch::new();
+                let mut events: Vec<Event> = (0..n)
+                    .map(|i| {
+                        let value = vrl::value::Value::Integer(i as i64);
+                        Event::new(Record::default(), value, ack.share())
+                    })
+                    .collect();
+                ctx.emit(&mut events, &mut Vec::new()).await;
+                if ack.settled().await {
+                    Ok(())
+                } else {
+                    Err(ComponentError("not acknowledged".into()))
+                }
+            })
+        }
+    }
+
+    /// A disk that stays full: the sink's breaker opens and holds its writes back (its
+    /// status says so); once the disk has room, every event is written, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_that_keep_failing_open_the_breaker_and_all_are_written_after() {
+        let storage = MemStorage::new();
+        let cfg = BrokerConfig {
+            data_dir: std::path::PathBuf::from("/data"),
+            storage: Arc::new(storage.clone()),
+            preallocate_bytes: 0,
+            default_topic: TopicConfig {
+                durability: DurabilitySetting::Always,
+                ..TopicConfig::default()
+            },
+            ..BrokerConfig::default()
+        };
+        let broker = tokio::task::spawn_blocking(move || Broker::open(cfg))
+            .await
+            .unwrap()
+            .unwrap();
+        broker.create_topic("out", None).await.unwrap();
+        storage.inject_faults(storage.op_count(), u64::MAX, FaultKind::DiskFull);
+        let p = Builder::new("p")
+            .source("in", Events(50))
+            .sink(
+                "out",
+                &["in"],
+                TopicSink {
+                    broker: broker.clone(),
+                    topic: "out".into(),
+                    encoding: Encoding::default(),
+                    batching: Batching::default(),
+                    raw: false,
+                },
+            )
+            .build()
+            .unwrap();
+        let run = tokio::spawn({
+            let p = p.clone();
+            async move { p.run(CancellationToken::new()).await }
+        });
+        let retrying = || {
+            p.components()
+                .into_iter()
+                .find(|c| c.name == "out")
+                .and_then(|c| c.retrying)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if retrying().is_some_and(|r| r.contains("circuit breaker")) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the breaker did not open: {:?}",
+                retrying()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let written = || async {
+            let mut n = 0;
+            for p in 0..broker.partition_count("out").unwrap() {
+                n += broker
+                    .list_offsets("out", p, OffsetSpec::Latest)
+                    .await
+                    .unwrap();
+            }
+            n
+        };
+        assert_eq!(written().await, 0, "nothing written while the disk is full");
+        storage.heal();
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the pipeline finishes once writes succeed")
+            .unwrap();
+        assert_eq!(written().await, 50, "every event written once");
+        assert_eq!(retrying(), None, "recovered");
+        broker.close().await.unwrap();
     }
 }
