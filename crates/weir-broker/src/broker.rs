@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// In-memory tail per partition. Default 8 MiB.
     pub hot_tail_bytes: usize,
+    /// In-memory tails of all partitions together: past `hot_tail_total_bytes /
+    /// hot_tail_bytes` partitions, each keeps its share of this. Default 1 GiB.
+    pub hot_tail_total_bytes: usize,
     /// Disk space each partition reserves ahead of its writes (see
     /// [`weir_log::LogConfig::preallocate_bytes`]). Default 8 MiB; 0 reserves nothing.
     pub preallocate_bytes: u64,
@@ -86,6 +89,7 @@ impl Default for BrokerConfig {
             default_topic: TopicConfig::default(),
             auto_create_topics: false,
             hot_tail_bytes: 8 << 20,
+            hot_tail_total_bytes: 1 << 30,
             preallocate_bytes: 8 << 20,
             min_session: Duration::from_secs(1),
             max_session: Duration::from_secs(300),
@@ -592,7 +596,7 @@ impl Broker {
         }
         let offsets = OffsetStore::open_with_storage(storage.clone(), &data.join("offsets"))?;
         tracing::info!(data_dir = %data.display(), topics = topics.len(), "broker opened");
-        Ok(Broker {
+        let broker = Broker {
             inner: Arc::new(Inner {
                 groups: GroupCoordinator::new(config.min_session, config.max_session),
                 quotas: crate::flow::Quotas::new(config.quotas.clone()),
@@ -621,7 +625,36 @@ impl Broker {
                 producers: Arc::new(crate::producers::Producers::new()),
                 restores: tokio::sync::Semaphore::new(RESTORES_AT_ONCE),
             }),
-        })
+        };
+        broker.share_hot_tail();
+        Ok(broker)
+    }
+
+    /// Gives every partition its share of the memory for hot tails: `hot_tail_bytes` each,
+    /// or less once the partitions together would pass `hot_tail_total_bytes` (then the
+    /// total over the partitions). Run whenever the number of partitions changes.
+    fn share_hot_tail(&self) {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        let count: usize = topics.iter().map(|t| t.partitions.len()).sum();
+        let cfg = &self.inner.config;
+        let share = cfg
+            .hot_tail_bytes
+            .min(cfg.hot_tail_total_bytes / count.max(1));
+        for t in &topics {
+            for p in &t.partitions {
+                p.log.set_hot_tail_cap(share);
+            }
+        }
+    }
+
+    /// Bytes the partitions' hot tails hold now, in all.
+    pub fn hot_tail_bytes(&self) -> usize {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.log.hot_tail_bytes())
+            .sum()
     }
 
     /// Opens a topic's partition logs; `from_disk` when it existed before this process, so that
@@ -933,6 +966,7 @@ impl Broker {
         self.inner
             .groups
             .on_partitions_changed(name, &partitions_of);
+        self.share_hot_tail();
         tracing::info!(
             topic = name,
             partitions = topic.partitions.len(),
@@ -1066,6 +1100,7 @@ impl Broker {
         self.inner
             .groups
             .on_partitions_changed(name, &partitions_of);
+        self.share_hot_tail();
         tracing::info!(topic = name, from = have, to = count, "partitions added");
         Ok(self.info(&topic))
     }
@@ -1149,6 +1184,7 @@ impl Broker {
         self.inner
             .groups
             .on_partitions_changed(name, &partitions_of);
+        self.share_hot_tail();
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -2675,6 +2711,92 @@ mod storage_tests {
         let mut b = weir_batch::BatchBuilder::new(0);
         b.push(weir_batch::RecordSpec::value(value));
         Bytes::from(b.build())
+    }
+
+    /// Memory for hot tails is shared: each partition keeps `hot_tail_bytes`, or its share of
+    /// `hot_tail_total_bytes` once there are too many partitions; adding partitions shrinks
+    /// the tails already held at once, and deleting a topic gives its share back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hot_tails_share_one_budget_as_partitions_come_and_go() {
+        let storage = MemStorage::new();
+        let cfg = BrokerConfig {
+            hot_tail_bytes: 64 << 10,
+            hot_tail_total_bytes: 256 << 10,
+            ..config(&storage)
+        };
+        let broker = tokio::task::spawn_blocking(move || Broker::open(cfg))
+            .await
+            .unwrap()
+            .unwrap();
+        let fill = |topic: &'static str, partitions: u32| {
+            let broker = broker.clone();
+            async move {
+                for p in 0..partitions {
+                    // 100 KiB a partition, in batches of about 4 KiB.
+                    for _ in 0..25 {
+                        broker
+                            .produce(topic, Some(p), None, batch(&[7u8; 4096]))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+        };
+        let per_partition = |topic: &str| {
+            broker
+                .topic(topic)
+                .unwrap()
+                .partitions
+                .iter()
+                .map(|p| p.log.hot_tail_bytes())
+                .max()
+                .unwrap()
+        };
+        broker
+            .create_topic(
+                "a",
+                Some(TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                }),
+            )
+            .await
+            .unwrap();
+        fill("a", 2).await;
+        // Two partitions: each its full 64 KiB (less than one batch more).
+        let a = per_partition("a");
+        assert!(a <= 64 << 10 && a > 56 << 10, "{a}");
+        broker
+            .create_topic(
+                "b",
+                Some(TopicConfig {
+                    partitions: 6,
+                    ..TopicConfig::default()
+                }),
+            )
+            .await
+            .unwrap();
+        // Eight: 32 KiB each, the tails already held cut down at once.
+        assert!(per_partition("a") <= 32 << 10, "{}", per_partition("a"));
+        fill("b", 6).await;
+        fill("a", 2).await;
+        assert!(per_partition("b") <= 32 << 10);
+        assert!(
+            broker.hot_tail_bytes() <= 256 << 10,
+            "{}",
+            broker.hot_tail_bytes()
+        );
+        assert!(
+            broker.hot_tail_bytes() > 200 << 10,
+            "{}",
+            broker.hot_tail_bytes()
+        );
+        // Two again: a's tails grow back to 64 KiB as it is written.
+        broker.delete_topic("b").await.unwrap();
+        fill("a", 2).await;
+        let a = per_partition("a");
+        assert!(a <= 64 << 10 && a > 56 << 10, "{a}");
+        broker.close().await.unwrap();
     }
 
     async fn open(storage: &MemStorage) -> Broker {

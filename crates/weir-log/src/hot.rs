@@ -48,6 +48,22 @@ impl HotTail {
         }
     }
 
+    /// Changes the cap, dropping the oldest batches beyond the new one at once.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+        while self.bytes > self.cap {
+            match self.batches.pop_front() {
+                Some(b) => self.bytes -= b.bytes.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes of batches held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Drops the batches that start before `offset` (a batch boundary): compaction rewrote
     /// them on disk, and readers should not be served the older versions from here.
     pub fn drop_before(&mut self, offset: u64) {
@@ -113,5 +129,23 @@ mod tests {
         hot.push(70, 80, Bytes::from(vec![7; 10]));
         assert!(hot.read(41, 1000).is_none());
         assert_eq!(hot.read(70, 1000).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_smaller_cap_drops_the_oldest_at_once_and_bounds_what_follows() {
+        let mut hot = HotTail::new(100);
+        for i in 0..10u64 {
+            hot.push(i * 10, i * 10 + 10, Bytes::from(vec![i as u8; 10]));
+        }
+        assert_eq!(hot.bytes(), 100);
+        hot.set_cap(25);
+        assert_eq!(hot.bytes(), 20, "the two newest batches stay");
+        assert!(hot.read(79, 1000).is_none());
+        assert_eq!(hot.read(80, 1000).unwrap().len(), 2);
+        hot.push(100, 110, Bytes::from(vec![10; 10]));
+        assert_eq!(hot.bytes(), 20);
+        hot.set_cap(0);
+        assert_eq!(hot.bytes(), 0);
+        assert!(hot.read(100, 1000).is_none());
     }
 }

@@ -275,6 +275,17 @@ impl Log {
         *self.limits.lock() = limits;
     }
 
+    /// Changes how many bytes of its newest batches the log keeps in memory (its
+    /// `hot_tail_bytes`); a smaller cap drops the oldest at once.
+    pub fn set_hot_tail_cap(&self, bytes: usize) {
+        self.view.write().hot.set_cap(bytes);
+    }
+
+    /// Bytes of batches the hot tail holds now.
+    pub fn hot_tail_bytes(&self) -> usize {
+        self.view.read().hot.bytes()
+    }
+
     /// What opening the log found.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery

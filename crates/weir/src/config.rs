@@ -473,6 +473,9 @@ pub struct TopicDefaults {
     pub auto_create: bool,
     /// In-memory tail per partition. Default 8 MiB.
     pub hot_tail_bytes: usize,
+    /// In-memory tails of all partitions together: with more partitions than this divided
+    /// by `hot_tail_bytes`, each keeps its equal share instead. Default 1 GiB.
+    pub hot_tail_total_bytes: usize,
     /// Disk space a partition reserves ahead of its writes, at most this much and at most as
     /// much as its active segment holds; a rolled segment gives back what it did not use.
     /// Saves the file system allocating blocks on every write. Default 8 MiB; 0 turns it off.
@@ -513,6 +516,7 @@ impl Default for TopicDefaults {
             segment_bytes: t.segment_bytes,
             auto_create: b.auto_create_topics,
             hot_tail_bytes: b.hot_tail_bytes,
+            hot_tail_total_bytes: b.hot_tail_total_bytes,
             preallocate_bytes: b.preallocate_bytes,
             retention_check_ms: millis(b.retention_check),
             max_partitions: b.max_partitions,
@@ -787,6 +791,7 @@ impl Config {
             default_topic: self.topic_config()?,
             auto_create_topics: self.topics.auto_create,
             hot_tail_bytes: self.topics.hot_tail_bytes,
+            hot_tail_total_bytes: self.topics.hot_tail_total_bytes,
             preallocate_bytes: self.topics.preallocate_bytes,
             min_session: Duration::from_millis(self.groups.min_session_ms),
             max_session: Duration::from_millis(self.groups.max_session_ms),
@@ -1046,6 +1051,7 @@ mod tests {
             format!("{:?}", defaults.default_topic)
         );
         assert_eq!(broker.hot_tail_bytes, defaults.hot_tail_bytes);
+        assert_eq!(broker.hot_tail_total_bytes, defaults.hot_tail_total_bytes);
         assert_eq!(broker.max_session, defaults.max_session);
         assert_eq!(broker.produce_memory_bytes, defaults.produce_memory_bytes);
     }
