@@ -1717,3 +1717,70 @@ async fn legacy_versions_are_served() {
         assert!(matches!(handle(&kafka, frame).await, Reply::Close));
     }
 }
+
+/// DeleteTopics by id (v6) from a client that may not describe the topic: refused without
+/// the topic's name (Kafka's answer); with the rule that lets it, deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_topics_by_id_keeps_a_hidden_topics_name_to_itself() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
+    use std::sync::Arc;
+    use weir_auth::Principal;
+    use weir_auth::acl::{
+        Acl, AclFile, Authorizer, Operation, PatternType, Permission, ResourceType,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, kafka) = broker(dir.path()).await;
+    broker.create_topic("secret", None).await.unwrap();
+    let id = uuid::Uuid::from_bytes(broker.topic_id("secret").unwrap().0);
+    let path = dir.path().join("acls.json");
+    let rules = Arc::new(Authorizer::open(path.clone(), Vec::new()).unwrap());
+    let delete = |access: Arc<weir_broker::Access>| {
+        let req = DeleteTopicsRequest::default()
+            .with_timeout_ms(1000)
+            .with_topics(vec![DeleteTopicState::default().with_topic_id(id)]);
+        let mut taken = dispatch::take(
+            request(ApiKey::DeleteTopics, 6, &req),
+            dispatch::Offered::of(&broker),
+        )
+        .expect("decodes");
+        taken.access = Some(access);
+        let kafka = &kafka;
+        async move {
+            let Step::Done(reply, _) = dispatch::step(kafka, taken).await else {
+                panic!("DeleteTopics is answered at once")
+            };
+            response::<DeleteTopicsResponse>(ApiKey::DeleteTopics, 6, reply)
+        }
+    };
+    let bob = || {
+        Arc::new(weir_broker::Access::new(
+            Principal::user("bob"),
+            Some(Arc::clone(&rules)),
+        ))
+    };
+    let r = delete(bob()).await;
+    let t = &r.responses[0];
+    assert_eq!(t.error_code, code::TOPIC_AUTHORIZATION_FAILED);
+    assert_eq!(t.name, None, "the name is not told");
+    let message = t.error_message.as_deref().unwrap_or_default();
+    assert!(!message.contains("secret"), "{message}");
+    assert!(broker.topic_info("secret").is_ok());
+    // Allowed to delete (which lets describe too): deleted.
+    AclFile::edit(&path, |f| {
+        f.acls.push(Acl {
+            principal: "User:bob".into(),
+            resource: ResourceType::Topic,
+            pattern: PatternType::Literal,
+            name: "secret".into(),
+            operation: Operation::Delete,
+            permission: Permission::Allow,
+        });
+        Ok(())
+    })
+    .unwrap();
+    rules.reload_if_changed().unwrap();
+    let r = delete(bob()).await;
+    assert_eq!(r.responses[0].error_code, code::NONE, "{r:?}");
+    assert!(broker.topic_info("secret").is_err());
+}

@@ -13,26 +13,28 @@ use weir_broker::access::{Operation, ResourceType};
 
 pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let broker = &cx.kafka.broker;
-    // (name, id) as asked: v6 names each topic by name or, with a null name, by id.
-    let asked: Vec<(Option<String>, Uuid)> = if cx.version >= 6 {
+    // (name, id, whether asked by id) as asked: v6 names each topic by name or, with a null
+    // name, by id.
+    let asked: Vec<(Option<String>, Uuid, bool)> = if cx.version >= 6 {
         r.topics
             .into_iter()
             .map(|t| match t.name {
-                Some(n) => (Some(n.0.to_string()), t.topic_id),
-                None => (name_of_id(broker, &t.topic_id), t.topic_id),
+                Some(n) => (Some(n.0.to_string()), t.topic_id, false),
+                None => (name_of_id(broker, &t.topic_id), t.topic_id, true),
             })
             .collect()
     } else {
         r.topic_names
             .into_iter()
-            .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+            .map(|n| (Some(n.0.to_string()), Uuid::nil(), false))
             .collect()
     };
     let mut results = Vec::new();
-    for (name, id) in asked {
+    for (name, id, by_id) in asked {
         let Some(name) = name else {
             results.push(
                 DeletableTopicResult::default()
+                    .with_name(None)
                     .with_topic_id(id)
                     .with_error_code(code::UNKNOWN_TOPIC_ID)
                     .with_error_message(Some(StrBytes::from_string(format!(
@@ -41,6 +43,20 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteTopicsRequest) -> DeleteTo
             );
             continue;
         };
+        // Asked by id, a topic the client may not describe keeps its name to itself (Kafka
+        // answers the same way).
+        if by_id && !cx.allows(Operation::Describe, ResourceType::Topic, &name) {
+            results.push(
+                DeletableTopicResult::default()
+                    .with_name(None)
+                    .with_topic_id(id)
+                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "not authorized to delete the topic with id {id}"
+                    )))),
+            );
+            continue;
+        }
         let id = id_of(broker, &name);
         let result = DeletableTopicResult::default()
             .with_name(Some(topic_name(&name)))
