@@ -168,6 +168,8 @@ struct Filter {
     /// A host other than `*` was asked for: every rule is for `*`, so nothing matches.
     other_host: bool,
     resource: Option<ResourceType>,
+    /// The name as Kafka gave it: each rule's resource type says what weir calls it
+    /// (`kafka-cluster` is `*` for the cluster only).
     name: Option<String>,
     pattern: i8,
     principal: Option<String>,
@@ -197,11 +199,7 @@ impl Filter {
         }
         Ok(Self {
             other_host: host.is_some_and(|h| &**h != "*"),
-            name: name.map(|n| match resource {
-                Some(r) => name_in(r, n),
-                None if &**n == KAFKA_CLUSTER => "*".into(),
-                None => n.to_string(),
-            }),
+            name: name.map(|n| n.to_string()),
             resource,
             pattern,
             principal: principal.map(|p| p.to_string()),
@@ -220,7 +218,8 @@ impl Filter {
         if self.other_host || resource_out(a.resource).is_none() {
             return false;
         }
-        let named = match (&self.name, self.pattern) {
+        let name = self.name.as_deref().map(|n| name_in(a.resource, n));
+        let named = match (&name, self.pattern) {
             (None, LITERAL) => a.pattern == PatternType::Literal,
             (None, PREFIXED) => a.pattern == PatternType::Prefixed,
             (None, _) => true,
@@ -517,6 +516,12 @@ mod tests {
         assert!(prefixed.matches(&pre) && !prefixed.matches(&lit));
         let kafka_cluster = filter(4, Some(KAFKA_CLUSTER), LITERAL);
         assert!(kafka_cluster.matches(&cluster) && !kafka_cluster.matches(&lit));
+        // Of any type, `kafka-cluster` is weir's `*` for the cluster only: a topic rule
+        // named `*` is not one named `kafka-cluster`.
+        let any_named = filter(ANY, Some(KAFKA_CLUSTER), ANY);
+        assert!(any_named.matches(&cluster) && !any_named.matches(&star));
+        let named_topic = rule(ResourceType::Topic, PatternType::Literal, KAFKA_CLUSTER);
+        assert!(any_named.matches(&named_topic));
         // Another host than * matches nothing: every rule is for *.
         let host = StrBytes::from_static_str("10.0.0.1");
         let f = Filter::new(ANY, None, ANY, None, Some(&host), ANY, ANY).unwrap();
