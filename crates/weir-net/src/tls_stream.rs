@@ -170,16 +170,16 @@ impl TlsStream {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let at = self.outgoing.len();
-                    let need = match encode.encode(&mut []) {
-                        Err(EncodeError::InsufficientSize(s)) => s.required_size,
-                        Err(EncodeError::AlreadyEncoded) | Ok(_) => 0,
-                    };
-                    self.outgoing.resize(at + need, 0);
-                    let n = encode
-                        .encode(&mut self.outgoing[at..])
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    self.outgoing.truncate(at + n);
+                    // Asked with no room first, it says how much it needs (and an empty
+                    // record, which rustls does not make, would be encoded there and then).
+                    if let Err(EncodeError::InsufficientSize(need)) = encode.encode(&mut []) {
+                        let at = self.outgoing.len();
+                        self.outgoing.resize(at + need.required_size, 0);
+                        let n = encode
+                            .encode(&mut self.outgoing[at..])
+                            .map_err(|e| io::Error::other(e.to_string()))?;
+                        self.outgoing.truncate(at + n);
+                    }
                 }
                 // Encoded bytes are sent in order before any written later, so rustls may be
                 // told now that they are on their way.
