@@ -83,6 +83,32 @@ enum Stop {
     Closed,
 }
 
+/// Appends to `out` what `write` encrypts into the room it is given: `room` bytes first, and
+/// as many as rustls then says it needs.
+fn append_records(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    let at = out.len();
+    loop {
+        out.resize(at + room, 0);
+        match write(&mut out[at..]) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
+                room = s.required_size;
+            }
+            Err(e) => {
+                out.truncate(at);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+    }
+}
+
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -335,25 +361,10 @@ impl TlsStream {
         let data = &data[..data.len().min(MAX_WRITE)];
         let (stop, n) = self.process_or_alert(Some(
             |traffic: &mut WriteTraffic<'_, ServerConnectionData>, out: &mut Vec<u8>| {
-                let at = out.len();
                 // Room for the records and their overhead (header, tag, content type).
-                let mut room = data.len() + (data.len() / (16 * 1024) + 1) * 64;
-                loop {
-                    out.resize(at + room, 0);
-                    match traffic.encrypt(data, &mut out[at..]) {
-                        Ok(n) => {
-                            out.truncate(at + n);
-                            return Ok(data.len());
-                        }
-                        Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
-                            room = s.required_size;
-                        }
-                        Err(e) => {
-                            out.truncate(at);
-                            return Err(io::Error::other(e.to_string()));
-                        }
-                    }
-                }
+                let room = data.len() + (data.len() / (16 * 1024) + 1) * 64;
+                append_records(out, room, |buf| traffic.encrypt(data, buf))?;
+                Ok(data.len())
             },
         ))?;
         match (stop, n) {
@@ -477,24 +488,7 @@ impl AsyncWrite for TlsStream {
             // Best effort: a connection already failed has no close_notify to send.
             let _ = this.process(Some(
                 |traffic: &mut WriteTraffic<'_, ServerConnectionData>, out: &mut Vec<u8>| {
-                    let at = out.len();
-                    let mut room = 64;
-                    loop {
-                        out.resize(at + room, 0);
-                        match traffic.queue_close_notify(&mut out[at..]) {
-                            Ok(n) => {
-                                out.truncate(at + n);
-                                return Ok(());
-                            }
-                            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
-                                room = s.required_size;
-                            }
-                            Err(e) => {
-                                out.truncate(at);
-                                return Err(io::Error::other(e.to_string()));
-                            }
-                        }
-                    }
+                    append_records(out, 64, |buf| traffic.queue_close_notify(buf))
                 },
             ));
         }

@@ -31,30 +31,27 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: DeleteTopicsRequest) -> DeleteTo
     };
     let mut results = Vec::new();
     for (name, id, by_id) in asked {
+        // An answer that does not name the topic: asked by an id that is unknown, or that
+        // names a topic the client may not describe (Kafka keeps the name to itself too).
+        let nameless = |error: i16, message: String| {
+            DeletableTopicResult::default()
+                .with_name(None)
+                .with_topic_id(id)
+                .with_error_code(error)
+                .with_error_message(Some(StrBytes::from_string(message)))
+        };
         let Some(name) = name else {
-            results.push(
-                DeletableTopicResult::default()
-                    .with_name(None)
-                    .with_topic_id(id)
-                    .with_error_code(code::UNKNOWN_TOPIC_ID)
-                    .with_error_message(Some(StrBytes::from_string(format!(
-                        "no topic has id {id}"
-                    )))),
-            );
+            results.push(nameless(
+                code::UNKNOWN_TOPIC_ID,
+                format!("no topic has id {id}"),
+            ));
             continue;
         };
-        // Asked by id, a topic the client may not describe keeps its name to itself (Kafka
-        // answers the same way).
         if by_id && !cx.allows(Operation::Describe, ResourceType::Topic, &name) {
-            results.push(
-                DeletableTopicResult::default()
-                    .with_name(None)
-                    .with_topic_id(id)
-                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
-                    .with_error_message(Some(StrBytes::from_string(format!(
-                        "not authorized to delete the topic with id {id}"
-                    )))),
-            );
+            results.push(nameless(
+                code::TOPIC_AUTHORIZATION_FAILED,
+                format!("not authorized to delete the topic with id {id}"),
+            ));
             continue;
         }
         let id = id_of(broker, &name);

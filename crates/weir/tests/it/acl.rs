@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 use common::{Server, json_report, python, run};
 
+/// alice's rule: she reads topics orders.*.
+const ALICE_READS_ORDERS: [&str; 9] = [
+    "--principal",
+    "User:alice",
+    "--resource",
+    "topic",
+    "--name",
+    "orders.",
+    "--prefixed",
+    "--operation",
+    "read",
+];
+
 fn weir(args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
     cmd.args(args)
@@ -140,21 +153,7 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
     add_user(&data, "bob", BOB);
     add_user(&data, "root", ROOT);
     // alice reads topics orders.* with groups g1*; bob writes orders.eu; root is a super user.
-    let out = acl(
-        &data,
-        &[
-            "add",
-            "--principal",
-            "User:alice",
-            "--resource",
-            "topic",
-            "--name",
-            "orders.",
-            "--prefixed",
-            "--operation",
-            "read",
-        ],
-    );
+    let out = acl(&data, &[&["add"][..], &ALICE_READS_ORDERS].concat());
     assert!(out.contains("added"), "{out}");
     acl(
         &data,
@@ -592,21 +591,7 @@ fn each_door_allows_what_the_rules_allow_and_refuses_the_rest() {
         }
     }
     assert!(ws_out.contains("\"subscribed\""), "{ws_out}");
-    acl(
-        &data,
-        &[
-            "remove",
-            "--principal",
-            "User:alice",
-            "--resource",
-            "topic",
-            "--name",
-            "orders.",
-            "--prefixed",
-            "--operation",
-            "read",
-        ],
-    );
+    acl(&data, &[&["remove"][..], &ALICE_READS_ORDERS].concat());
     eventually("alice may no longer read orders.eu", || {
         let (ok, _, err) = native(
             addr,
