@@ -265,6 +265,56 @@ const IN_PLACE_APPEND_BYTES: usize = 16 * 1024;
 
 static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Threads that open partition logs at once (creation, growth, recovery at start). Opening a
+/// log is mostly waiting for the disk (directory and index syncs, a checkpoint), and a file
+/// system commits syncs that arrive together in one journal transaction, so this is sized
+/// for the disk, not for the cores.
+const OPEN_THREADS: usize = 32;
+
+/// Runs `open` over `items` on up to [`OPEN_THREADS`] scoped threads and returns the results
+/// in the order of `items`, or the first error (after which no new item starts; what was
+/// opened is dropped). Written here rather than taken from a thread-pool crate: rayon's pool
+/// is sized to the cores, and this is a one-off burst of blocking I/O.
+fn open_in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    open: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let threads = OPEN_THREADS.min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&open).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut done: Vec<(usize, Result<R>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        let r = open(item);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        out.push((i, r));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Where a fetch starts when asked by time or position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -573,9 +623,30 @@ impl Broker {
             }
         }
         let _ = storage.sync_dir(&topics_dir);
+        // Every partition of every topic at once: recovery is mostly waiting for the disk.
+        let stored: Vec<(String, StoredTopic, weir_log::LogConfig, Arc<AtomicBool>)> = meta
+            .into_iter()
+            .map(|(name, s)| {
+                let log_config = s
+                    .config
+                    .log_config(config.hot_tail_bytes, config.preallocate_bytes);
+                (name, s, log_config, Arc::new(AtomicBool::new(false)))
+            })
+            .collect();
+        let jobs: Vec<(usize, u32)> = stored
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, s, _, _))| (0..s.config.partitions).map(move |p| (i, p)))
+            .collect();
+        let mut opened = open_in_parallel(&jobs, |&(i, p)| {
+            let (name, _, log_config, deleted) = &stored[i];
+            Self::open_partition(&config, name, p, log_config, deleted, true)
+        })?
+        .into_iter();
         let mut topics = HashMap::new();
-        for (name, stored) in meta {
-            let t = Self::open_topic(&config, &name, stored.config, stored.id, true)?;
+        for (name, s, _, deleted) in stored {
+            let partitions: Vec<_> = opened.by_ref().take(s.config.partitions as usize).collect();
+            let t = Self::assemble_topic(&name, s.config, s.id, deleted, partitions);
             // Partitions the metadata does not list: a growth cut short by a crash before its
             // metadata was written. They were never readable; their files go.
             let dir = topic_dir(data, &name);
@@ -657,9 +728,9 @@ impl Broker {
             .sum()
     }
 
-    /// Opens a topic's partition logs; `from_disk` when it existed before this process, so that
-    /// its idempotent producers' states are rebuilt before their next batch.
-    /// Opens (or creates) partition `p` of topic `name`.
+    /// Opens (or creates) partition `p` of topic `name`; `from_disk` when it existed before
+    /// this process, so that its idempotent producers' states are rebuilt before their next
+    /// batch.
     fn open_partition(
         config: &BrokerConfig,
         name: &str,
@@ -690,18 +761,21 @@ impl Broker {
     ) -> Result<Topic> {
         let log_config = cfg.log_config(config.hot_tail_bytes, config.preallocate_bytes);
         let deleted = Arc::new(AtomicBool::new(false));
-        let mut partitions = Vec::with_capacity(cfg.partitions as usize);
-        for p in 0..cfg.partitions {
-            partitions.push(Self::open_partition(
-                config,
-                name,
-                p,
-                &log_config,
-                &deleted,
-                from_disk,
-            )?);
-        }
-        Ok(Topic {
+        let numbers: Vec<u32> = (0..cfg.partitions).collect();
+        let partitions = open_in_parallel(&numbers, |&p| {
+            Self::open_partition(config, name, p, &log_config, &deleted, from_disk)
+        })?;
+        Ok(Self::assemble_topic(name, cfg, id, deleted, partitions))
+    }
+
+    fn assemble_topic(
+        name: &str,
+        cfg: TopicConfig,
+        id: TopicId,
+        deleted: Arc<AtomicBool>,
+        partitions: Vec<Arc<Partition>>,
+    ) -> Topic {
+        Topic {
             name: name.to_string(),
             id,
             ring: Ring::new(cfg.partitions),
@@ -710,7 +784,7 @@ impl Broker {
             next_keyless: AtomicU32::new(0),
             deleted,
             incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
-        })
+        }
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -1059,20 +1133,19 @@ impl Broker {
                     let _ = cfg.storage.remove_dir_all(&dir);
                 }
             };
-            for p in have..count {
-                match Self::open_partition(
-                    cfg,
-                    &name_owned,
-                    p,
-                    &log_config,
-                    &old_topic.deleted,
-                    false,
-                ) {
-                    Ok(part) => partitions.push(part),
-                    Err(e) => {
-                        close_new(&partitions);
-                        return Err(e);
+            let numbers: Vec<u32> = (have..count).collect();
+            let added = open_in_parallel(&numbers, |&p| {
+                Self::open_partition(cfg, &name_owned, p, &log_config, &old_topic.deleted, false)
+            });
+            match added {
+                Ok(added) => partitions.extend(added),
+                Err(e) => {
+                    // Those that did open were dropped (closed); their files go.
+                    for p in have..count {
+                        let dir = topic_dir(&cfg.data_dir, &name_owned).join(p.to_string());
+                        let _ = cfg.storage.remove_dir_all(&dir);
                     }
+                    return Err(e);
                 }
             }
             let topic = old_topic.rebuilt(config, partitions);

@@ -36,14 +36,35 @@ pub(crate) struct SegIndex {
     /// Relative offset of the newest batch recorded, if known.
     pub last_rel: Option<u32>,
     bytes_since_entry: u64,
+    /// Counts changes to the entries; `synced_changes` is its value when the index files last
+    /// matched the entries and were synced. Equal: a flush has nothing to do.
+    changes: u64,
+    synced_changes: u64,
 }
 
 impl SegIndex {
+    /// An index whose files are not known to match it (a flush writes and syncs them).
     pub fn new() -> Self {
         Self {
             max_timestamp: i64::MIN,
+            changes: 1,
             ..Self::default()
         }
+    }
+
+    /// The index files match the entries and are durable.
+    pub fn files_synced(&self) -> bool {
+        self.synced_changes == self.changes
+    }
+
+    /// The state of the entries, for [`SegIndex::mark_synced`].
+    pub fn generation(&self) -> u64 {
+        self.changes
+    }
+
+    /// The index files were written and synced with the entries as of `generation`.
+    pub fn mark_synced(&mut self, generation: u64) {
+        self.synced_changes = generation;
     }
 
     /// Largest entry at or before `rel`; the segment start if none.
@@ -79,6 +100,7 @@ impl SegIndex {
         self.last_rel = Some(rel);
         if self.bytes_since_entry >= u64::from(interval) {
             self.offsets.push(OffsetEntry { rel, pos });
+            self.changes += 1;
             self.bytes_since_entry = 0;
             self.push_time(rel);
         }
@@ -105,6 +127,7 @@ impl SegIndex {
                 ts: self.max_timestamp,
                 rel,
             });
+            self.changes += 1;
         }
     }
 
@@ -113,6 +136,7 @@ impl SegIndex {
         self.offsets.retain(|e| e.pos < pos);
         self.times.retain(|e| e.rel < rel);
         self.last_rel = None;
+        self.changes += 1;
         self.offsets_flushed = self.offsets_flushed.min(self.offsets.len());
         self.times_flushed = self.times_flushed.min(self.times.len());
         self.bytes_since_entry = 0;

@@ -220,6 +220,15 @@ pub struct Log {
     /// The segment of the recovery point last stored in the checkpoint file: compaction stays
     /// below it.
     pub(crate) checkpoint_segment: AtomicU64,
+    /// The checkpoint file: whether it exists and the sequence number of its current slot.
+    pub(crate) checkpoint_file: Mutex<CheckpointFile>,
+}
+
+/// What a log knows of its checkpoint file (see `checkpoint`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CheckpointFile {
+    pub exists: bool,
+    pub seq: u64,
 }
 
 /// The limits a topic's configuration may change on an open log: the largest batch accepted
@@ -763,7 +772,9 @@ impl Log {
     }
 
     /// Records `point` as the recovery point. Flushes and syncs the indexes of its segment
-    /// first, so that recovery may trust them up to the point.
+    /// first, so that recovery may trust them up to the point, and closes the index files:
+    /// they are written only here and at a roll (every `checkpoint_interval_bytes` at most),
+    /// so a partition holds one file open between checkpoints, not three.
     pub(crate) fn write_checkpoint(
         &self,
         _leader: &Leader<'_>,
@@ -773,6 +784,7 @@ impl Log {
         log_start: u64,
     ) -> Result<()> {
         segment.flush_indexes(true)?;
+        segment.release_index_files();
         self.store_checkpoint(&Checkpoint {
             clean,
             recovery_offset: point.offset,
@@ -782,25 +794,28 @@ impl Log {
         })
     }
 
+    /// Writes `c` over the older slot of the checkpoint file and syncs it (and, when this
+    /// created the file, the directory).
     pub(crate) fn store_checkpoint(&self, c: &Checkpoint) -> Result<()> {
-        let tmp = self.dir.join(checkpoint::TMP_FILE);
-        let dst = self.dir.join(checkpoint::FILE);
-        let io = |op, e| LogError::io(op, &tmp, e);
+        let path = self.dir.join(checkpoint::FILE);
+        let io = |op, e| LogError::io(op, &path, e);
+        let mut file = self.checkpoint_file.lock();
         let f = self
             .storage
-            .open_file(&tmp, true)
+            .open_file(&path, true)
             .map_err(|e| io("open", e))?;
-        let bytes = c.encode();
-        f.set_len(0).map_err(|e| io("truncate", e))?;
-        f.write_all_at(&bytes, 0).map_err(|e| io("write", e))?;
+        let seq = file.seq + 1;
+        let (at, bytes) = c.encode(seq);
+        f.write_all_at(&bytes, at).map_err(|e| io("write", e))?;
         f.sync_data().map_err(|e| io("fdatasync", e))?;
         drop(f);
-        self.storage
-            .rename(&tmp, &dst)
-            .map_err(|e| io("rename", e))?;
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(|e| LogError::io("sync directory", &self.dir, e))?;
+        if !file.exists {
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| LogError::io("sync directory", &self.dir, e))?;
+            file.exists = true;
+        }
+        file.seq = seq;
         self.checkpoint_segment
             .store(c.recovery_segment, Ordering::Release);
         Ok(())
@@ -1289,7 +1304,10 @@ impl Log {
         };
         for s in &doomed {
             for p in s.paths() {
-                if let Err(e) = self.storage.remove_file(p) {
+                // A segment's index files exist once they were first written.
+                if let Err(e) = self.storage.remove_file(p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
                     tracing::warn!(path = %p.display(), error = %e, "could not remove deleted segment file");
                 }
             }

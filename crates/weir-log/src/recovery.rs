@@ -20,7 +20,7 @@ use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::hot::HotTail;
 use crate::index::{OFFSET_ENTRY, SegIndex, TIME_ENTRY};
-use crate::log::{Limits, Log, Point, RecoveryReport, SyncState, View, Writer};
+use crate::log::{CheckpointFile, Limits, Log, Point, RecoveryReport, SyncState, View, Writer};
 use crate::segment::{self, LOG_EXT, Segment, scan};
 use crate::storage::{FileStorage, Storage, StorageFile, read_exact_at};
 
@@ -40,7 +40,7 @@ impl Log {
         config.validate()?;
         let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
-        let (segments, report, log_start, end) = recover(&storage, &dir, &config)?;
+        let (segments, report, log_start, end, ckpt_file) = recover(&storage, &dir, &config)?;
         let active = segments
             .last()
             .expect("recovery leaves at least one segment")
@@ -81,8 +81,11 @@ impl Log {
             limits: Mutex::new(Limits::of(&config)),
             compaction: Mutex::new(()),
             checkpoint_segment: std::sync::atomic::AtomicU64::new(0),
+            checkpoint_file: Mutex::new(ckpt_file),
         };
-        {
+        // A log created just now has no checkpoint and nothing to vouch for: without one,
+        // recovery verifies it from its start, which is where it begins anyway.
+        if !log.recovery.created {
             let leader = log.lead();
             // From here on the previous clean-shutdown flag must not be trusted.
             let log_start = log.view.read().log_start;
@@ -110,35 +113,52 @@ impl Log {
     }
 }
 
-fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> Result<Option<Checkpoint>> {
+/// The current checkpoint, if the file holds a valid one, and the state of the file.
+fn read_checkpoint(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<(Option<Checkpoint>, CheckpointFile)> {
+    let (found, exists) = read_checkpoint_file(storage, dir)?;
+    let file = CheckpointFile {
+        exists,
+        seq: found.map_or(0, |(_, seq)| seq),
+    };
+    Ok((found.map(|(c, _)| c), file))
+}
+
+/// The current checkpoint and its sequence number, and whether the file exists.
+fn read_checkpoint_file(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<(Option<(Checkpoint, u64)>, bool)> {
     let path = dir.join(checkpoint::FILE);
     let file = match storage.open_file(&path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, false)),
         Err(e) => return Err(LogError::io("open", &path, e)),
     };
     let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
-    if len > 1024 {
+    if len > checkpoint::MAX_FILE {
         tracing::warn!(path = %path.display(), len, "checkpoint is too large; ignoring it");
-        return Ok(None);
+        return Ok((None, true));
     }
     let mut buf = vec![0u8; len as usize];
     read_exact_at(&*file, &mut buf, 0).map_err(|e| LogError::io("read", &path, e))?;
-    match Checkpoint::decode(&buf) {
-        Ok(c)
+    match Checkpoint::decode_file(&buf) {
+        Ok((c, seq))
             if c.recovery_offset >= c.recovery_segment
                 && c.recovery_offset <= i64::MAX as u64
                 && c.log_start <= i64::MAX as u64 =>
         {
-            Ok(Some(c))
+            Ok((Some((c, seq)), true))
         }
-        Ok(c) => {
+        Ok((c, _)) => {
             tracing::warn!(path = %path.display(), checkpoint = ?c, "checkpoint is inconsistent; verifying the whole log");
-            Ok(None)
+            Ok((None, true))
         }
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "checkpoint is damaged; verifying the whole log");
-            Ok(None)
+            Ok((None, true))
         }
     }
 }
@@ -221,7 +241,13 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
     Ok(Some((idx, dropped)))
 }
 
-type Recovered = (Vec<Arc<Segment>>, RecoveryReport, u64, (u64, u64));
+type Recovered = (
+    Vec<Arc<Segment>>,
+    RecoveryReport,
+    u64,
+    (u64, u64),
+    CheckpointFile,
+);
 
 fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Result<Recovered> {
     let storage: &dyn Storage = &**storage_arc;
@@ -251,7 +277,7 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             remove(storage, path)?;
         }
     }
-    let ckpt = read_checkpoint(storage, dir)?;
+    let (ckpt, ckpt_file) = read_checkpoint(storage, dir)?;
     let mut report = RecoveryReport {
         clean_shutdown: ckpt.is_some_and(|c| c.clean),
         ..RecoveryReport::default()
@@ -270,7 +296,7 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             .sync_dir(dir)
             .map_err(|e| LogError::io("sync directory", dir, e))?;
         let seg = Arc::new(seg);
-        return Ok((vec![seg], report, base, (base, 0)));
+        return Ok((vec![seg], report, base, (base, 0), ckpt_file));
     }
 
     // Segments that hold only records below the log start are leftovers of a deletion.
@@ -574,5 +600,11 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
         }
     }
     let segments: Vec<Arc<Segment>> = segments.into_iter().map(Arc::new).collect();
-    Ok((segments, report, log_start, (next_offset, end_pos)))
+    Ok((
+        segments,
+        report,
+        log_start,
+        (next_offset, end_pos),
+        ckpt_file,
+    ))
 }

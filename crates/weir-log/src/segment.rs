@@ -42,8 +42,9 @@ pub(crate) struct Segment {
     pub time_path: PathBuf,
     pub log: Arc<dyn StorageFile>,
     storage: Arc<dyn Storage>,
-    /// Open index files. Sealed segments let go of them (their indexes live in memory), so a
-    /// long log holds one file descriptor per segment, not three.
+    /// Open index files, while they are written. The indexes live in memory; their files are
+    /// written at a checkpoint or a roll and closed after (`release_index_files`), so a log
+    /// holds one file descriptor per segment, not three.
     index_files: Mutex<Option<IndexFiles>>,
     /// Bytes readers may read (committed data).
     pub visible_len: AtomicU64,
@@ -55,6 +56,8 @@ pub(crate) struct Segment {
     pub index: RwLock<SegIndex>,
     /// An index file did not exist when the segment was opened.
     pub index_missing: bool,
+    /// The index files exist (a new segment's are created by its first flush).
+    index_files_exist: std::sync::atomic::AtomicBool,
 }
 
 /// The two index files of a segment.
@@ -76,35 +79,74 @@ impl Segment {
                 .map_err(|e| LogError::io("open", p, e))
         };
         let log = open(&log_path, create)?;
-        // Index files are derived data: create them when missing, and remember that they were.
-        let mut index_missing = false;
-        let mut open_index = |p: &Path| match storage.open_file(p, false) {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                index_missing = true;
-                open(p, true)
+        if create {
+            // A new segment's index files are created by its first flush (a checkpoint, a
+            // roll, a close): creating a partition costs the file system two inodes fewer,
+            // and an empty index has nothing to sync. Files left by an earlier segment at
+            // this base are not its own.
+            for p in [&index_path, &time_path] {
+                match storage.remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io("remove", p, e)),
+                }
             }
-            Err(e) => Err(LogError::io("open", p, e)),
-        };
-        let offset_index = open_index(&index_path)?;
-        let time_index = open_index(&time_path)?;
-        Ok(Self {
+            let mut index = SegIndex::new();
+            let generation = index.generation();
+            index.mark_synced(generation);
+            return Ok(Self::new(
+                base, log_path, index_path, time_path, log, storage, index, true,
+            ));
+        }
+        // Index files are derived data: when one is missing, recovery rebuilds the index
+        // and the next flush creates the files.
+        let mut missing = false;
+        for p in [&index_path, &time_path] {
+            match storage.open_file(p, false) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing = true,
+                Err(e) => return Err(LogError::io("open", p, e)),
+            }
+        }
+        let segment = Self::new(
+            base,
+            log_path,
+            index_path,
+            time_path,
+            log,
+            storage,
+            SegIndex::new(),
+            missing,
+        );
+        Ok(segment)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        base: u64,
+        log_path: PathBuf,
+        index_path: PathBuf,
+        time_path: PathBuf,
+        log: Arc<dyn StorageFile>,
+        storage: &Arc<dyn Storage>,
+        index: SegIndex,
+        index_missing: bool,
+    ) -> Self {
+        Self {
             base,
             log_path,
             index_path,
             time_path,
             log,
             storage: storage.clone(),
-            index_files: Mutex::new(Some(IndexFiles {
-                offsets: offset_index,
-                times: time_index,
-            })),
+            index_files: Mutex::new(None),
             visible_len: AtomicU64::new(0),
             appended_from: AtomicU64::new(u64::MAX),
             read_verified: AtomicU64::new(0),
-            index: RwLock::new(SegIndex::new()),
+            index: RwLock::new(index),
             index_missing,
-        })
+            index_files_exist: std::sync::atomic::AtomicBool::new(!index_missing),
+        }
     }
 
     pub fn visible_len(&self) -> u64 {
@@ -172,9 +214,20 @@ impl Segment {
     /// Writes index entries not yet in the index files, trims the files to the entries held in
     /// memory, and syncs them when `sync` is set.
     pub fn flush_indexes(&self, sync: bool) -> Result<()> {
-        let (offsets, off_from, off_len, times, time_from, time_len) = {
+        let (generation, offsets, off_from, off_len, times, time_from, time_len) = {
             let idx = self.index.read();
+            if idx.files_synced() {
+                drop(idx);
+                if !self.index_files_exist.load(Ordering::Acquire) {
+                    // Empty, matching an empty index; the directory sync that follows a
+                    // checkpoint or a roll makes them durable.
+                    self.index_files()?;
+                    self.index_files_exist.store(true, Ordering::Release);
+                }
+                return Ok(());
+            }
             (
+                idx.generation(),
                 SegIndex::encode_offsets(&idx.offsets[idx.offsets_flushed..]),
                 idx.offsets_flushed,
                 idx.offsets.len(),
@@ -211,6 +264,10 @@ impl Segment {
         // Entries may have been dropped by a rollback meanwhile; never claim more than exist.
         idx.offsets_flushed = off_len.min(idx.offsets.len());
         idx.times_flushed = time_len.min(idx.times.len());
+        if sync {
+            idx.mark_synced(generation);
+        }
+        self.index_files_exist.store(true, Ordering::Release);
         Ok(())
     }
 
