@@ -265,44 +265,54 @@ const IN_PLACE_APPEND_BYTES: usize = 16 * 1024;
 
 static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Threads that open partition logs at once (creation, growth, recovery at start). Opening a
-/// log is mostly waiting for the disk (directory and index syncs, a checkpoint), and a file
-/// system commits syncs that arrive together in one journal transaction, so this is sized
-/// for the disk, not for the cores.
-const OPEN_THREADS: usize = 32;
+/// Threads that open or close partition logs at once (creation, growth, recovery at start,
+/// shutdown). Opening or closing a log is mostly waiting for the disk (syncs of data, indexes
+/// and the checkpoint), and a disk serves syncs that arrive together faster than one after
+/// another, so this is sized for the disk, not for the cores.
+const IO_THREADS: usize = 32;
 
-/// Runs `open` over `items` on up to [`OPEN_THREADS`] scoped threads and returns the results
-/// in the order of `items`, or the first error (after which no new item starts; what was
-/// opened is dropped). Written here rather than taken from a thread-pool crate: rayon's pool
-/// is sized to the cores, and this is a one-off burst of blocking I/O.
+/// Runs `open` over `items` on up to [`IO_THREADS`] threads and returns the results in the
+/// order of `items`, or the first error (after which no new item starts; what was opened is
+/// dropped).
 fn open_in_parallel<T: Sync, R: Send>(
     items: &[T],
     open: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let threads = OPEN_THREADS.min(items.len());
-    if threads <= 1 {
-        return items.iter().map(&open).collect();
-    }
+    in_parallel(items, open, Result::is_err)
+        .into_iter()
+        .collect()
+}
+
+/// Runs `run` over `items` on up to [`IO_THREADS`] scoped threads and returns the results in
+/// the order of `items`; once a result satisfies `stop`, no new item starts. Written here
+/// rather than taken from a thread-pool crate: rayon's pool is sized to the cores, and this
+/// is a one-off burst of blocking I/O.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    run: impl Fn(&T) -> R + Sync,
+    stop: impl Fn(&R) -> bool + Sync,
+) -> Vec<R> {
+    let threads = IO_THREADS.min(items.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let mut done: Vec<(usize, Result<R>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        let r = open(item);
-                        if r.is_err() {
-                            failed.store(true, Ordering::Relaxed);
-                        }
-                        out.push((i, r));
-                    }
-                    out
-                })
-            })
-            .collect();
+    let stopped = AtomicBool::new(false);
+    let work = || {
+        let mut out = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            let r = run(item);
+            if stop(&r) {
+                stopped.store(true, Ordering::Relaxed);
+            }
+            out.push((i, r));
+        }
+        out
+    };
+    if threads <= 1 {
+        return work().into_iter().map(|(_, r)| r).collect();
+    }
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
         workers
             .into_iter()
             .flat_map(|w| match w.join() {
@@ -2373,13 +2383,16 @@ impl Broker {
         }
         let this = self.clone();
         blocking(move || {
+            let logs: Vec<(&str, &Partition)> = topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), &**p)))
+                .collect();
+            let closed = in_parallel(&logs, |(topic, p)| (*topic, p.log.close()), |_| false);
             let mut first_err = None;
-            for t in topics {
-                for p in &t.partitions {
-                    if let Err(e) = p.log.close() {
-                        tracing::error!(topic = %t.name, error = %e, "closing log failed");
-                        first_err.get_or_insert(BrokerError::from(e));
-                    }
+            for (topic, r) in closed {
+                if let Err(e) = r {
+                    tracing::error!(topic, error = %e, "closing log failed");
+                    first_err.get_or_insert(BrokerError::from(e));
                 }
             }
             if let Err(e) = this.inner.offsets.close() {

@@ -47,7 +47,8 @@ pub struct LogConfig {
     /// much as the segment already holds (`fallocate` keeping the file's size, where the file
     /// system supports it). The file system then allocates blocks once per reservation
     /// instead of on every write: produce takes 15–20% less CPU (BENCHMARKS.md). A rolled
-    /// segment gives back what it did not use. Default 8 MiB; 0 reserves nothing.
+    /// segment gives back what it did not use. Nothing is reserved in a segment's first 64 KiB.
+    /// Default 8 MiB; 0 reserves nothing.
     pub preallocate_bytes: u64,
 }
 

@@ -194,6 +194,11 @@ pub(crate) struct SyncState {
     syncing: bool,
 }
 
+/// Segment bytes written before space is reserved ahead of writes: a partition written
+/// rarely (thousands of them on one server, a batch each now and then) then appends on the
+/// runtime's thread instead of handing each write to the blocking pool to reserve space.
+const RESERVE_FROM: u64 = 64 << 10;
+
 /// A partition's durable, append-only log of record batches.
 ///
 /// One writer at a time appends (concurrent `append` calls are serialized internally and share
@@ -229,6 +234,8 @@ pub struct Log {
 pub(crate) struct CheckpointFile {
     pub exists: bool,
     pub seq: u64,
+    /// Recovery found that the checkpoint on disk still holds: opening writes none.
+    pub current: bool,
 }
 
 /// The limits a topic's configuration may change on an open log: the largest batch accepted
@@ -655,9 +662,10 @@ impl Log {
     }
 
     /// Whether a write ending at `end` goes past the reserved space (and so reserves more: a
-    /// file-system metadata operation, not for a runtime thread).
+    /// file-system metadata operation, not for a runtime thread). Nothing is reserved in the
+    /// first [`RESERVE_FROM`] bytes of a segment.
     fn reserve_due(&self, w: &Writer, end: u64) -> bool {
-        self.config.preallocate_bytes > 0 && end > w.reserved_to
+        self.config.preallocate_bytes > 0 && end > w.reserved_to && end > RESERVE_FROM
     }
 
     /// Gives back the disk space reserved past the active segment's end (it is sealed or the

@@ -63,7 +63,12 @@ impl Log {
                 pending: Default::default(),
                 needs_repair: false,
                 reserved_to: end.1,
-                bytes_since_checkpoint: 0,
+                // What the checkpoint on disk does not cover yet counts towards the next.
+                bytes_since_checkpoint: if ckpt_file.current {
+                    report.scanned_bytes
+                } else {
+                    0
+                },
                 last_sync: Instant::now(),
                 closed: false,
             }),
@@ -80,12 +85,19 @@ impl Log {
             truncation_count: std::sync::atomic::AtomicU64::new(0),
             limits: Mutex::new(Limits::of(&config)),
             compaction: Mutex::new(()),
-            checkpoint_segment: std::sync::atomic::AtomicU64::new(0),
+            // The checkpoint on disk, when it stays, names the active segment (or is absent,
+            // and the log has one segment).
+            checkpoint_segment: std::sync::atomic::AtomicU64::new(if ckpt_file.current {
+                active.base
+            } else {
+                0
+            }),
             checkpoint_file: Mutex::new(ckpt_file),
         };
         // A log created just now has no checkpoint and nothing to vouch for: without one,
-        // recovery verifies it from its start, which is where it begins anyway.
-        if !log.recovery.created {
+        // recovery verifies it from its start, which is where it begins anyway. After an
+        // unclean stop the checkpoint may still hold (`CheckpointFile::current`).
+        if !log.recovery.created && !ckpt_file.current {
             let leader = log.lead();
             // From here on the previous clean-shutdown flag must not be trusted.
             let log_start = log.view.read().log_start;
@@ -122,6 +134,7 @@ fn read_checkpoint(
     let file = CheckpointFile {
         exists,
         seq: found.map_or(0, |(_, seq)| seq),
+        current: false,
     };
     Ok((found.map(|(c, _)| c), file))
 }
@@ -277,12 +290,12 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             remove(storage, path)?;
         }
     }
-    let (ckpt, ckpt_file) = read_checkpoint(storage, dir)?;
+    let (ckpt, mut ckpt_file) = read_checkpoint(storage, dir)?;
     let mut report = RecoveryReport {
         clean_shutdown: ckpt.is_some_and(|c| c.clean),
         ..RecoveryReport::default()
     };
-    let mut log_start = ckpt.map_or(0, |c| c.log_start);
+    let log_start = ckpt.map_or(0, |c| c.log_start);
     let interval = config.index_interval_bytes;
 
     if bases.is_empty() {
@@ -560,8 +573,28 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
         // unclean stop (`LogConfig::preallocate_bytes`); only space is at stake.
         tracing::warn!(path = %active.log_path.display(), error = %e, "could not release disk space reserved past the end of a segment");
     }
-    // What was read back from the page cache may never have reached the disk (a process crash
-    // loses no page cache): sync it before vouching for it in a checkpoint.
+    let next_offset = expected;
+    let first_base = segments[0].base;
+    let mut log_start = log_start.max(first_base);
+    if log_start > next_offset {
+        tracing::error!(dir = %dir.display(), log_start, next_offset, "log start offset beyond the end of the recovered log; lowering it");
+        log_start = next_offset.max(first_base);
+    }
+    // After an unclean stop that cut nothing, the checkpoint on disk (or its absence, which
+    // means "verify from the start") still tells the truth: leave it, and the indexes
+    // rebuilt past it, for the next checkpoint to write and vouch for. Recovery then writes
+    // no index and no checkpoint, which is what brings a server of thousands of partitions
+    // back fast.
+    // Only when recovery began in the active segment: compaction stays below the checkpoint's
+    // segment, and should not wait for the next checkpoint to reach the sealed ones.
+    ckpt_file.current = !report.clean_shutdown
+        && start_idx == last_idx
+        && report.truncated_bytes == 0
+        && report.removed_segments == 0
+        && !dir_changed
+        && log_start == ckpt.map_or(0, |c| c.log_start);
+    // What was read back from the page cache may never have reached the disk (a process
+    // crash loses no page cache). It is published now, and readers may act on it: sync it.
     for seg in &segments[start_idx..] {
         seg.log
             .sync_data()
@@ -579,19 +612,14 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
         if seg.base != active.base {
             seg.index.write().seal();
         }
-        seg.flush_indexes(true)?;
+        if !ckpt_file.current {
+            seg.flush_indexes(true)?;
+        }
     }
     if dir_changed || report.removed_segments > 0 {
         storage
             .sync_dir(dir)
             .map_err(|e| LogError::io("sync directory", dir, e))?;
-    }
-    let next_offset = expected;
-    let first_base = segments[0].base;
-    log_start = log_start.max(first_base);
-    if log_start > next_offset {
-        tracing::error!(dir = %dir.display(), log_start, next_offset, "log start offset beyond the end of the recovered log; lowering it");
-        log_start = next_offset.max(first_base);
     }
     // Sealed segments keep their indexes in memory and let go of the index files.
     if let Some((_, sealed)) = segments.split_last() {

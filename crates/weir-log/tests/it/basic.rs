@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use weir_batch::BatchError;
-use weir_log::{Durability, Log, LogConfig, LogError, MemStorage};
+use weir_log::{CrashMode, Durability, Log, LogConfig, LogError, MemStorage};
 
 #[test]
 fn append_assigns_contiguous_offsets_and_reads_return_whole_batches() {
@@ -460,8 +460,21 @@ fn disk_space_is_reserved_ahead_of_writes_and_given_back_when_a_segment_rolls() 
         "{allocated} allocated for {len} bytes"
     );
 
-    // With it, the first write reserves as much again as the segment holds; the length
-    // stays that of the data.
+    // With it, nothing is reserved in a segment's first 64 KiB (a partition written rarely
+    // appends without a trip to the file system's allocator)...
+    let small = tempfile::tempdir().unwrap();
+    let log = Log::open(small.path(), config(1 << 20)).unwrap();
+    log.append(batch(0, 10, 1000, 0)).unwrap();
+    let [(len, allocated)] = segment_files(small.path())[..] else {
+        panic!("one segment")
+    };
+    assert!(
+        len > 10_000 && allocated < len + slack,
+        "{allocated} allocated for {len} bytes"
+    );
+
+    // ...and past that the first write reserves as much again as the segment holds; the
+    // length stays that of the data.
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config(1 << 20)).unwrap();
     let mut expected = Vec::new();
@@ -619,4 +632,62 @@ fn tail_headers_are_those_of_the_batches_reaching_into_the_last_bytes() {
         .collect();
     assert_eq!(tail(&log, u64::MAX), (expected, 1));
     assert_eq!(tail(&log, 300).0.len(), 1);
+}
+
+/// After a kill -9 that tore nothing, the checkpoint on disk still holds: opening writes no
+/// checkpoint and no index (the next checkpoint does), but syncs the data it read back, so
+/// a power loss right after keeps every record it published.
+#[test]
+fn recovery_after_a_kill_keeps_the_checkpoint_and_syncs_what_it_publishes() {
+    let storage = MemStorage::new();
+    let config = small_config(Durability::Never);
+    let checkpoint = std::path::Path::new(DIR).join("checkpoint");
+    let log = mem_log(&storage, config.clone());
+    // A roll and its checkpoint, then appends the checkpoint does not cover.
+    let mut k = 0;
+    while log.segment_count() < 2 {
+        log.append(batch(k, 5, 200, 0)).unwrap();
+        k += 1;
+    }
+    for _ in 0..3 {
+        log.append(batch(k, 5, 200, 0)).unwrap();
+        k += 1;
+    }
+    let written = log.high_watermark();
+    let stored = storage
+        .read_file(&checkpoint)
+        .expect("a roll writes a checkpoint");
+    drop(log);
+
+    let killed = storage.crash_image(CrashMode::ProcessOnly);
+    let log = mem_log(&killed, config.clone());
+    assert_eq!(log.high_watermark(), written);
+    assert!(log.recovery_report().scanned_bytes > 0);
+    assert_eq!(
+        killed.read_file(&checkpoint),
+        Some(stored.clone()),
+        "the checkpoint still holds; none was written"
+    );
+    // Appends go on; the next recovery verifies from the old checkpoint again.
+    log.append(batch(k, 5, 200, 0)).unwrap();
+    let written = log.high_watermark();
+    drop(log);
+    let power_loss = killed
+        .crash_image(CrashMode::ProcessOnly)
+        .crash_image(CrashMode::SyncedOnly);
+    let log = mem_log(&power_loss, config.clone());
+    assert!(
+        log.high_watermark() >= written - 5,
+        "what the first recovery published survives a power loss: {} of {written}",
+        log.high_watermark()
+    );
+    assert_eq!(read_all(&log, 0).len() as u64, log.high_watermark());
+
+    // A clean close writes the checkpoint (and indexes) and the next open trusts it.
+    log.close().unwrap();
+    drop(log);
+    let log = mem_log(&power_loss, config);
+    assert!(log.recovery_report().clean_shutdown);
+    assert_eq!(log.recovery_report().scanned_bytes, 0);
+    assert_ne!(power_loss.read_file(&checkpoint), Some(stored));
 }

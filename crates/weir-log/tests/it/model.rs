@@ -518,27 +518,41 @@ fn an_in_place_append_turns_back_what_would_block() {
     ));
     assert_eq!(interval.high_watermark(), 0);
 
-    // Reserving disk space is a file-system metadata operation: a first write, which needs
-    // one, comes back; once an append reserved (as much again as it wrote), a batch of the
-    // same size fits in place.
+    // Reserving disk space is a file-system metadata operation: the first write past the
+    // segment's first 64 KiB, which needs one, comes back; once an append reserved (as much
+    // again as the segment holds), a batch of the same size fits in place.
     let storage = MemStorage::new();
     let reserving = reopen(
         &storage,
         &LogConfig {
             preallocate_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            retention_bytes: None,
             ..config(Durability::Never)
         },
     );
-    let b = bytes::Bytes::from(batch(1, 1, 600, 0));
-    let InPlace::WouldBlock(b) = reserving.append_start_in_place(b, None).unwrap() else {
-        panic!("a write that needs a reservation was made in place");
+    let mut tag = 0;
+    let b = loop {
+        tag += 1;
+        let b = bytes::Bytes::from(batch(tag, 1, 600, 0));
+        let end = reserving.size_bytes() + b.len() as u64;
+        match reserving.append_start_in_place(b, None).unwrap() {
+            InPlace::Appended(a) => {
+                assert!(end <= 64 << 10, "a write ending at {end} was made in place");
+                reserving.append_wait(a).unwrap();
+            }
+            InPlace::WouldBlock(b) => {
+                assert!(end > 64 << 10, "a write ending at {end} was turned back");
+                break b;
+            }
+        }
     };
     let a = reserving.append_start_unless_truncated(b, None).unwrap();
     reserving.append_wait(a).unwrap();
-    let b = bytes::Bytes::from(batch(2, 1, 600, 0));
+    let b = bytes::Bytes::from(batch(tag + 1, 1, 600, 0));
     let InPlace::Appended(a) = reserving.append_start_in_place(b, None).unwrap() else {
         panic!("a write within the reservation was turned back");
     };
     reserving.append_wait(a).unwrap();
-    assert_eq!(reserving.high_watermark(), 2);
+    assert_eq!(reserving.high_watermark(), tag + 1);
 }
