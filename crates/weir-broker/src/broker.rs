@@ -63,8 +63,8 @@ pub struct BrokerConfig {
     /// Most keys a partition of a compacted topic indexes for lookups by key (about 17 bytes
     /// a key; past it, lookups on that partition are refused). Default 1,048,576.
     pub key_index_max_keys: usize,
-    /// Most partitions across all topics. Each holds at least three open files (and one more
-    /// per sealed segment), and a process may hold only so many. Default 4,096.
+    /// Most partitions across all topics. Each holds one open file per segment, and a process
+    /// may hold only so many (`ulimit -n`, shared with connections). Default 10,000.
     pub max_partitions: u32,
     /// Per-client quotas. Default: none.
     pub quotas: crate::flow::QuotaConfig,
@@ -98,7 +98,7 @@ impl Default for BrokerConfig {
             compaction_bytes_per_second: 16 << 20,
             compaction_key_map_bytes: 64 << 20,
             key_index_max_keys: 1 << 20,
-            max_partitions: 4096,
+            max_partitions: 10_000,
             quotas: crate::flow::QuotaConfig::default(),
             produce_memory_bytes: 256 << 20,
             max_connections_per_ip: 0,
@@ -676,7 +676,19 @@ impl Broker {
             topics.insert(name, Arc::new(t));
         }
         let offsets = OffsetStore::open_with_storage(storage.clone(), &data.join("offsets"))?;
-        tracing::info!(data_dir = %data.display(), topics = topics.len(), "broker opened");
+        let logs = || {
+            topics
+                .values()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.log.recovery_report())
+        };
+        tracing::info!(
+            data_dir = %data.display(),
+            topics = topics.len(),
+            partitions = logs().count(),
+            recovered_after_unclean_stop = logs().filter(|r| !r.clean_shutdown).count(),
+            "broker opened"
+        );
         let broker = Broker {
             inner: Arc::new(Inner {
                 groups: GroupCoordinator::new(config.min_session, config.max_session),

@@ -105,8 +105,10 @@ impl Log {
             drop(leader);
         }
         let r = &log.recovery;
-        if r.created || (r.clean_shutdown && r.truncated_bytes == 0) {
-            tracing::debug!(dir = %log.dir.display(), high_watermark = end.0, "log opened");
+        if r.truncated_bytes == 0 && r.removed_segments == 0 {
+            // An unclean stop that cut nothing is the common case after a kill; the broker
+            // counts them in one line rather than one per partition.
+            tracing::debug!(dir = %log.dir.display(), clean = r.clean_shutdown, scanned_bytes = r.scanned_bytes, high_watermark = end.0, "log opened");
         } else {
             tracing::warn!(
                 dir = %log.dir.display(),

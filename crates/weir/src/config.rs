@@ -482,7 +482,8 @@ pub struct TopicDefaults {
     pub preallocate_bytes: u64,
     /// How often retention runs. Default 60,000 ms.
     pub retention_check_ms: u64,
-    /// Most partitions across all topics (each holds open files). Default 4,096.
+    /// Most partitions across all topics (each holds one open file per segment). Default
+    /// 10,000.
     pub max_partitions: u32,
     /// How often compacted topics are checked for a due compaction pass. Default 15,000 ms.
     pub compaction_check_ms: u64,
