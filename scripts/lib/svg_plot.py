@@ -8,8 +8,8 @@ import math
 from xml.sax.saxutils import escape
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-W, H = 640, 400
-LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50
+W, H = 680, 400
+LEFT, RIGHT, TOP, BOTTOM = 70, 210, 40, 50
 
 
 def _ticks(lo, hi, count=5):
@@ -20,8 +20,9 @@ def _ticks(lo, hi, count=5):
     mag = 10 ** math.floor(math.log10(raw))
     step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
     start = math.floor(lo / step) * step
+    stop = math.ceil(hi / step) * step
     out, v = [], start
-    while v <= hi + step * 1e-9:
+    while v <= stop + step * 1e-9:
         out.append(round(v, 10))
         v += step
     return out

@@ -75,6 +75,24 @@ pub enum BenchCmd {
         #[command(flatten)]
         opts: Common,
     },
+    /// The floor under one durable message at a time, without a broker: a loopback TCP round
+    /// trip whose far end appends the message to a file in --dir and fdatasyncs it before it
+    /// answers, in a tight loop. What a durable produce cannot beat on this disk.
+    SyncFloor {
+        /// Directory for the file (the disk the server's data is on); the file is removed
+        /// after.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Messages in all.
+        #[arg(long, default_value_t = 1000)]
+        messages: u64,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        output: String,
+    },
     /// Open many idle connections and hold them; with --server-pid, report the server's
     /// memory per connection.
     Connections {
@@ -571,6 +589,25 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             }
             .print(&opts.output)
         }
+        BenchCmd::SyncFloor {
+            dir,
+            messages,
+            size,
+            output,
+        } => {
+            check_output(&output)?;
+            let (elapsed, latency) =
+                tokio::task::spawn_blocking(move || sync_floor(&dir, messages, size)).await??;
+            Report {
+                name: "sync-floor",
+                messages,
+                bytes: messages * size as u64,
+                payload_bytes: messages * size as u64,
+                elapsed,
+                latency,
+            }
+            .print(&output)
+        }
         BenchCmd::Connections {
             conn,
             count,
@@ -622,5 +659,60 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             drop(clients);
             Ok(())
         }
+    }
+}
+
+/// `weir bench sync-floor`: a client thread sends `size` bytes over loopback TCP and waits
+/// for one byte back; the server thread reads them, appends them to a file and fdatasyncs it,
+/// then answers. Returns the time taken and the round trips' latencies (µs).
+fn sync_floor(
+    dir: &std::path::Path,
+    messages: u64,
+    size: usize,
+) -> Result<(Duration, Histogram<u64>)> {
+    use std::io::{Read, Write};
+    let path = dir.join(format!("weir-sync-floor-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_nodelay(true)?;
+        let mut file = file;
+        let mut buf = vec![0u8; size];
+        for _ in 0..messages {
+            conn.read_exact(&mut buf)?;
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            conn.write_all(&[1])?;
+        }
+        Ok(())
+    });
+    let run = || -> Result<(Duration, Histogram<u64>)> {
+        let mut conn = std::net::TcpStream::connect(addr)?;
+        conn.set_nodelay(true)?;
+        let msg = vec![b'x'; size];
+        let mut ack = [0u8; 1];
+        let mut latency = Histogram::<u64>::new(3)?;
+        let start = Instant::now();
+        for _ in 0..messages {
+            let t = Instant::now();
+            conn.write_all(&msg)?;
+            conn.read_exact(&mut ack)?;
+            latency.record(t.elapsed().as_micros() as u64)?;
+        }
+        Ok((start.elapsed(), latency))
+    };
+    let result = run();
+    let served = server.join();
+    let _ = std::fs::remove_file(&path);
+    match served {
+        Ok(Ok(())) => result,
+        Ok(Err(e)) => Err(e).context("the floor's server side failed"),
+        Err(_) => anyhow::bail!("the floor's server side panicked"),
     }
 }

@@ -4,12 +4,14 @@
 //!
 //! Usage:
 //!   kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [key=value librdkafka settings...]
+//!   kafka-bench latency BOOTSTRAP TOPIC MESSAGES SIZE [key=value ...]
 //!   kafka-bench consume BOOTSTRAP TOPIC MESSAGES [key=value ...]
 //!   kafka-bench consume-batch BOOTSTRAP TOPIC MESSAGES [key=value ...]
 //!   kafka-bench group BOOTSTRAP TOPIC MESSAGES MEMBERS [key=value ...]
 //!
 //! produce: sends MESSAGES records of SIZE bytes (acks=all by default), waits for every
-//! delivery report; fails if any delivery failed. consume: reads every partition of TOPIC from
+//! delivery report; fails if any delivery failed. latency: one record at a time (linger.ms=0),
+//! each sent once the previous one's delivery report came; prints latency percentiles. consume: reads every partition of TOPIC from
 //! the beginning until it has MESSAGES records, one `rd_kafka_consumer_poll` per record (what
 //! the `rdkafka` crate's consumers do). consume-batch: the same, taking up to 1,000 records per
 //! call with `rd_kafka_consume_batch_queue`, librdkafka's batch API (what confluent-kafka's
@@ -138,6 +140,65 @@ fn produce(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) 
             "op": "produce", "messages": n, "size": size, "seconds": secs,
             "msgs_per_sec": n as f64 / secs,
             "mb_per_sec": (n as f64 * size as f64) / secs / 1e6,
+        })
+    );
+    Ok(())
+}
+
+/// Signals each delivery report (on the producer's polling thread) to the sender.
+struct Signal(Mutex<std::sync::mpsc::Sender<bool>>);
+
+impl ClientContext for Signal {}
+
+impl ProducerContext for Signal {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let _ = self.0.lock().map(|tx| tx.send(result.is_ok()));
+    }
+}
+
+/// One record at a time: send it (linger.ms=0, acks=all unless overridden), wait for its
+/// delivery report, then send the next; prints the rate and the latency percentiles (µs).
+/// The reports arrive on the `ThreadedProducer`'s own polling thread, which hands them over at
+/// once: a `BaseProducer::poll` on this thread would return only when its timeout ran out.
+fn latency(bootstrap: &str, topic: &str, n: u64, size: usize, extra: &[String]) -> Result<()> {
+    let mut c = config(bootstrap, extra)?;
+    for (k, v) in [("acks", "all"), ("linger.ms", "0")] {
+        if c.get(k).is_none() {
+            c.set(k, v);
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let producer: rdkafka::producer::ThreadedProducer<Signal> =
+        c.create_with_context(Signal(Mutex::new(tx)))?;
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let payload = vec![b'x'; size];
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        producer
+            .send(BaseRecord::<(), [u8]>::to(topic).payload(&payload))
+            .map_err(|(e, _)| e)
+            .context("produce failed")?;
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(true) => {}
+            Ok(false) => bail!("record {i} failed"),
+            Err(_) => bail!("record {i} unacknowledged after 30 s"),
+        }
+        hist.record(t.elapsed().as_micros() as u64)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let q = |p| hist.value_at_quantile(p);
+    println!(
+        "{}",
+        serde_json::json!({
+            "op": "latency", "messages": n, "size": size, "seconds": secs,
+            "messages_per_sec": n as f64 / secs,
+            "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": hist.max()},
         })
     );
     Ok(())
@@ -534,6 +595,13 @@ fn main() -> Result<()> {
             args[4].parse()?,
             &args[5..],
         ),
+        Some("latency") if args.len() >= 5 => latency(
+            &args[1],
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+            &args[5..],
+        ),
         Some(op @ ("consume" | "consume-batch")) if args.len() >= 4 => consume(
             &args[1],
             &args[2],
@@ -549,7 +617,7 @@ fn main() -> Result<()> {
             &args[5..],
         ),
         _ => bail!(
-            "usage: kafka-bench produce BOOTSTRAP TOPIC MESSAGES SIZE [k=v...] | consume[-batch] BOOTSTRAP TOPIC MESSAGES [k=v...] | group BOOTSTRAP TOPIC MESSAGES MEMBERS [k=v...]"
+            "usage: kafka-bench produce|latency BOOTSTRAP TOPIC MESSAGES SIZE [k=v...] | consume[-batch] BOOTSTRAP TOPIC MESSAGES [k=v...] | group BOOTSTRAP TOPIC MESSAGES MEMBERS [k=v...]"
         ),
     }
 }

@@ -1470,6 +1470,43 @@ fn bench_produce_and_both_consume_modes_read_every_record() {
     server.stop();
 }
 
+/// `weir bench sync-floor` (no server): every message makes a synced round trip, the
+/// latencies are real, and the file it wrote is gone after.
+#[test]
+fn the_sync_floor_bench_times_every_round_trip_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = cli(
+        "127.0.0.1:1",
+        &[
+            "bench",
+            "sync-floor",
+            "--dir",
+            d,
+            "--messages",
+            "50",
+            "--size",
+            "100",
+            "--output",
+            "json",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect(&out);
+    assert_eq!(r["messages"], 50);
+    assert_eq!(r["latency_us"]["count"], 50);
+    assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // A directory that cannot take the file is a clear error.
+    let (ok, _, err) = cli(
+        "127.0.0.1:1",
+        &["bench", "sync-floor", "--dir", "/nonexistent/dir"],
+        "",
+    );
+    assert!(!ok && err.contains("/nonexistent/dir"), "{err}");
+}
+
 #[test]
 fn unknown_configuration_refuses_to_boot_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
