@@ -256,6 +256,20 @@ fn load_index(seg: &Segment, limit: u64) -> Result<Option<(SegIndex, bool)>> {
     Ok(Some((idx, dropped)))
 }
 
+/// Cuts the zeros a log at durability `always` wrote ahead of its writes off the end of a
+/// segment file of `len` bytes (not a truncation: they were never records); returns the
+/// length left. Not synced: zeros that come back after a power loss are cut again.
+fn cut_zero_tail(seg: &Segment, len: u64, zeros: u64) -> Result<u64> {
+    if zeros == 0 {
+        return Ok(len);
+    }
+    seg.log
+        .set_len(len - zeros)
+        .map_err(|e| LogError::io("truncate", &seg.log_path, e))?;
+    tracing::debug!(segment = %seg.log_path.display(), zeros, "cut the zeros written ahead of the last batch");
+    Ok(len - zeros)
+}
+
 type Recovered = (
     Vec<Arc<Segment>>,
     RecoveryReport,
@@ -380,6 +394,7 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             .log
             .len()
             .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
+        let mut zeros = 0;
         let checked = match load_index(seg, len)? {
             Some((mut idx, false)) => {
                 let floor = idx
@@ -398,6 +413,7 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
                     &mut tail,
                     u32::MAX,
                 )?;
+                zeros = hop.zero_tail;
                 let times_fit = idx
                     .times
                     .last()
@@ -422,12 +438,12 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
                 idx.seal();
                 *seg.index.write() = idx;
                 seg.flush_indexes(true)?;
-                seg.set_visible_len(len);
+                seg.set_visible_len(cut_zero_tail(seg, len, end.zero_tail)?);
                 continue;
             }
         };
         *seg.index.write() = idx;
-        seg.set_visible_len(len);
+        seg.set_visible_len(cut_zero_tail(seg, len, zeros)?);
         let next_base = segments[i + 1].base;
         if end_offset > next_base {
             tracing::error!(segment = %seg.log_path.display(), end_offset, next_base, "sealed segment ends after the next one starts");
@@ -525,6 +541,7 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             interval,
         )?;
         *seg.index.write() = idx;
+        cut_zero_tail(seg, len, stop.zero_tail)?;
         expected = stop.next_offset;
         end = Some((i, stop.pos));
         if let Some(fault) = stop.fault {

@@ -348,6 +348,22 @@ pub(crate) struct ScanEnd {
     pub next_offset: u64,
     /// Why the scan stopped before the end of the file, if it did.
     pub fault: Option<String>,
+    /// Bytes of zeros from `pos` to the end of the file, where the scan stopped without a
+    /// fault: space a log at durability `always` filled with zeros ahead of its writes (see
+    /// `Log::reserve`), not records.
+    pub zero_tail: u64,
+}
+
+/// Whether `[pos, file_len)` holds only zero bytes.
+fn zeros_to_end(window: &mut Window<'_>, mut pos: u64, file_len: u64) -> std::io::Result<bool> {
+    while pos < file_len {
+        let n = (file_len - pos).min(WINDOW as u64) as usize;
+        match window.get(pos, n)? {
+            Some(bytes) if bytes.iter().all(|&b| b == 0) => pos += n as u64,
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Walks batches from `pos` (whose first batch must have base offset `expected`) to the end of
@@ -369,8 +385,17 @@ pub(crate) fn scan(
 ) -> Result<ScanEnd> {
     let mut window = Window::new(&*seg.log, file_len);
     let io = |e| LogError::io("read", &seg.log_path, e);
+    let mut zero_tail = 0;
     let fault = loop {
         if pos == file_len {
+            break None;
+        }
+        let head = window
+            .get(pos, HEADER_LEN.min((file_len - pos) as usize))
+            .map_err(io)?
+            .unwrap_or_default();
+        if head.iter().all(|&b| b == 0) && zeros_to_end(&mut window, pos, file_len).map_err(io)? {
+            zero_tail = file_len - pos;
             break None;
         }
         let Some(head) = window.get(pos, HEADER_LEN).map_err(io)? else {
@@ -431,6 +456,7 @@ pub(crate) fn scan(
         pos,
         next_offset: expected,
         fault,
+        zero_tail,
     })
 }
 

@@ -691,3 +691,76 @@ fn recovery_after_a_kill_keeps_the_checkpoint_and_syncs_what_it_publishes() {
     assert_eq!(log.recovery_report().scanned_bytes, 0);
     assert_ne!(power_loss.read_file(&checkpoint), Some(stored));
 }
+
+/// At durability `always` the space ahead of the writes is zero-filled and synced (a record
+/// written over it then changes no file-system metadata). The zeros are not records: reads
+/// never see them, a crash leaves them for recovery to cut without calling it a truncation,
+/// and a close gives them back.
+#[test]
+fn zeros_written_ahead_at_durability_always_are_never_records() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 8 << 20,
+        max_batch_bytes: 1 << 20,
+        preallocate_bytes: 1 << 20,
+        ..small_config(Durability::Always)
+    };
+    let segment = std::path::Path::new(DIR).join("00000000000000000000.log");
+    let log = mem_log(&storage, config.clone());
+    let mut expected = Vec::new();
+    let mut tag = 0;
+    let append = |log: &Log, expected: &mut Vec<(u64, Vec<u8>)>, tag: &mut u64| {
+        let info = log.append(batch(*tag, 10, 1000, 0)).unwrap();
+        expected.extend((0..10).map(|i| (info.base_offset + i as u64, value(*tag, i, 1000))));
+        *tag += 1;
+    };
+    for _ in 0..20 {
+        append(&log, &mut expected, &mut tag);
+    }
+    let data = log.size_bytes();
+    let file = storage.read_file(&segment).unwrap();
+    assert!(
+        file.len() as u64 > data + 50_000,
+        "{} bytes for {data} of data",
+        file.len()
+    );
+    assert!(file[data as usize..].iter().all(|&b| b == 0));
+    assert_eq!(read_all(&log, 0), expected);
+    drop(log);
+
+    // A power loss right after: every acknowledged record is there, the zeros are cut, and
+    // nothing counts as truncated.
+    for mode in [CrashMode::ProcessOnly, CrashMode::SyncedOnly] {
+        let image = storage.crash_image(mode);
+        let log = mem_log(&image, config.clone());
+        assert_eq!(read_all(&log, 0), expected, "{mode:?}");
+        let r = log.recovery_report();
+        assert_eq!(
+            (r.truncated_bytes, r.removed_segments),
+            (0, 0),
+            "{mode:?}: {r:?}"
+        );
+        assert_eq!(
+            image.read_file(&segment).unwrap().len() as u64,
+            data,
+            "{mode:?}"
+        );
+    }
+
+    // After recovery the log writes on, over new zeros, and a close leaves none.
+    let image = storage.crash_image(CrashMode::ProcessOnly);
+    let log = mem_log(&image, config.clone());
+    for _ in 0..20 {
+        append(&log, &mut expected, &mut tag);
+    }
+    assert!(image.read_file(&segment).unwrap().len() as u64 > log.size_bytes());
+    log.close().unwrap();
+    assert_eq!(
+        image.read_file(&segment).unwrap().len() as u64,
+        log.size_bytes()
+    );
+    drop(log);
+    let log = mem_log(&image, config);
+    assert_eq!(read_all(&log, 0), expected);
+    assert!(log.recovery_report().clean_shutdown);
+}
