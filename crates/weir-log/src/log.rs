@@ -680,7 +680,7 @@ impl Log {
     /// records replace them; a roll or a close cuts what is left, and so does recovery
     /// (`segment::scan` tells a tail of zeros from damage).
     fn zero_fill(segment: &Segment, from: u64, to: u64) -> std::io::Result<()> {
-        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let mut pos = from;
         while pos < to {
             let n = (to - pos).min(ZEROS.len() as u64) as usize;
