@@ -841,7 +841,9 @@ impl Log {
             .storage
             .open_file(&path, true)
             .map_err(|e| io("open", e))?;
-        let seq = file.seq + 1;
+        // A new file starts in slot 0 (sequence 2), so that it holds 52 bytes until its
+        // second checkpoint; an existing one goes on from its current slot.
+        let seq = if file.exists { file.seq + 1 } else { 2 };
         let (at, bytes) = c.encode(seq);
         f.write_all_at(&bytes, at).map_err(|e| io("write", e))?;
         f.sync_data().map_err(|e| io("fdatasync", e))?;

@@ -1068,7 +1068,13 @@ fn group_members_share_partitions_and_a_dead_members_move_after_its_session() {
 #[test]
 fn bad_input_gets_an_error_or_a_closed_connection_and_others_keep_being_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[("WEIR_NATIVE__MAX_FRAME_BYTES", "65536")]);
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("WEIR_NATIVE__MAX_FRAME_BYTES", "65536"),
+            ("WEIR_TOPICS__MAX_PARTITIONS", "4096"),
+        ],
+    );
     let addr = server.addr.clone();
     let read_error = |s: &mut TcpStream| -> Option<(u32, String)> {
         let mut buf: Vec<u8> = Vec::new();
