@@ -239,6 +239,7 @@ pub(crate) async fn produce(
     frame: Frame,
     written: tokio::sync::oneshot::Sender<()>,
     client_id: &str,
+    alone: bool,
 ) -> Option<OutFrame> {
     let Frame {
         header: req,
@@ -287,7 +288,11 @@ pub(crate) async fn produce(
         {
             Ok(pending) => {
                 drop(written);
-                pending.wait().await.map_err(broker_err)
+                if alone {
+                    pending.wait_alone().await.map_err(broker_err)
+                } else {
+                    pending.wait().await.map_err(broker_err)
+                }
             }
             Err(e) => Err(broker_err(e)),
         }
@@ -699,6 +704,7 @@ mod tests {
             frame,
             written,
             "test",
+            false,
         )
         .await
         .unwrap();

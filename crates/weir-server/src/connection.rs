@@ -773,11 +773,15 @@ impl Connection {
                 let (done, next) = oneshot::channel::<()>();
                 let prev = self.produce_chain.replace(next);
                 let broker = self.broker.clone();
+                // Nothing else under way or buffered: the connection has nothing to do while
+                // this produce syncs (see `PendingProduce::wait_alone`).
+                let alone = self.in_flight.is_empty() && self.buf.is_empty();
                 self.in_flight.push(Box::pin(async move {
                     if let Some(prev) = prev {
                         let _ = prev.await;
                     }
-                    let out = command::produce(&broker, &access, frame, done, &client_id).await;
+                    let out =
+                        command::produce(&broker, &access, frame, done, &client_id, alone).await;
                     drop(budget);
                     out
                 }));
