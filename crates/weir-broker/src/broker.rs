@@ -312,14 +312,19 @@ fn in_parallel<T: Sync, R: Send>(
         return work().into_iter().map(|(_, r)| r).collect();
     }
     let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
-        workers
-            .into_iter()
-            .flat_map(|w| match w.join() {
-                Ok(out) => out,
+        // Helpers the system will not give (a thread limit) are done without: this thread
+        // works too, so every item is run whatever number started.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
+            .collect();
+        let mut out = work();
+        for h in helpers {
+            match h.join() {
+                Ok(o) => out.extend(o),
                 Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+            }
+        }
+        out
     });
     done.sort_unstable_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()

@@ -1,6 +1,6 @@
 //! The `checkpoint` file: recovery point, log start offset and clean-shutdown flag.
 //!
-//! The file has two slots, at bytes 0 and 512 (different sectors), and each new checkpoint
+//! The file has two slots, at bytes 0 and 4096 (different blocks), and each new checkpoint
 //! overwrites the older slot in place, then syncs: a torn write damages only the slot being
 //! written, and the other still holds the checkpoint before it. Nothing is created, renamed
 //! or removed after the first write, so a checkpoint costs one write and one fdatasync, and
@@ -34,8 +34,9 @@ const V1: u16 = 1;
 const V1_LEN: usize = 44;
 const VERSION: u16 = 2;
 const LEN: usize = 52;
-/// Where slot `i` starts.
-pub(crate) const SLOT_BYTES: u64 = 512;
+/// Where slot 1 starts: its own 4 KiB block, so that a torn or unreadable sector (4 KiB on
+/// many drives) can take only one slot.
+pub(crate) const SLOT_BYTES: u64 = 4096;
 /// The largest checkpoint file read.
 pub(crate) const MAX_FILE: u64 = 2 * SLOT_BYTES;
 

@@ -671,13 +671,16 @@ impl Log {
         w.reserved_to = to;
     }
 
-    /// Reserves `from..to` of a segment at durability `always` by writing zeros there and
-    /// syncing them. A record written over them later then changes no file-system metadata
-    /// (no block to allocate, no extent to mark written, no file size to grow), so the
-    /// fdatasync that acknowledges it writes the record's pages and nothing else: 108 µs
-    /// against 158 µs appending and 131 µs into `fallocate`d space, median for 1,000-byte
-    /// writes on this machine's disk (BENCHMARKS.md). The zeros sit past the last batch until
-    /// records replace them; a roll or a close cuts what is left, and so does recovery
+    /// Reserves `from..to` of a segment at durability `always` by writing zeros there. The
+    /// sync of the write that reserved makes them durable with it; a record written over
+    /// them later then changes no file-system metadata (no block to allocate, no extent to
+    /// mark written, no file size to grow), so the fdatasync that acknowledges it writes the
+    /// record's pages and nothing else: 108 µs against 158 µs appending and 131 µs into
+    /// `fallocate`d space, median for 1,000-byte writes on this machine's disk
+    /// (BENCHMARKS.md). Not synced here: a sync outside `sync_round` could take a writeback
+    /// error of records waiting for their sync (Linux reports it once per open file), and
+    /// `sync_round` must see it to fail them. The zeros sit past the last batch until records
+    /// replace them; a roll or a close cuts what is left, and so does recovery
     /// (`segment::scan` tells a tail of zeros from damage).
     fn zero_fill(segment: &Segment, from: u64, to: u64) -> std::io::Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -687,7 +690,7 @@ impl Log {
             segment.log.write_all_at(&ZEROS[..n], pos)?;
             pos += n as u64;
         }
-        segment.log.sync_data()
+        Ok(())
     }
 
     /// Whether a write ending at `end` goes past the reserved space (and so reserves more: a
@@ -837,6 +840,14 @@ impl Log {
         let path = self.dir.join(checkpoint::FILE);
         let io = |op, e| LogError::io(op, &path, e);
         let mut file = self.checkpoint_file.lock();
+        if file.exists && file.seq >= u64::MAX / 2 {
+            // Only a crafted file numbers its slots so far: start a new one.
+            match self.storage.remove_file(&path) {
+                Ok(()) => file.exists = false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => file.exists = false,
+                Err(e) => return Err(io("remove", e)),
+            }
+        }
         let f = self
             .storage
             .open_file(&path, true)

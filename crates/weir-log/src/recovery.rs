@@ -132,48 +132,59 @@ fn read_checkpoint(
     storage: &dyn Storage,
     dir: &Path,
 ) -> Result<(Option<Checkpoint>, CheckpointFile)> {
-    let (found, exists) = read_checkpoint_file(storage, dir)?;
-    let file = CheckpointFile {
-        exists,
-        seq: found.map_or(0, |(_, seq)| seq),
-        current: false,
-    };
-    Ok((found.map(|(c, _)| c), file))
+    let (found, seq, exists) = read_checkpoint_file(storage, dir)?;
+    Ok((
+        found,
+        CheckpointFile {
+            exists,
+            seq,
+            current: false,
+        },
+    ))
 }
 
-/// The current checkpoint and its sequence number, and whether the file exists.
+/// The current checkpoint, the largest sequence number of a slot that is intact (whether
+/// or not its checkpoint makes sense: the next one must go past it), and whether the file
+/// exists.
 fn read_checkpoint_file(
     storage: &dyn Storage,
     dir: &Path,
-) -> Result<(Option<(Checkpoint, u64)>, bool)> {
+) -> Result<(Option<Checkpoint>, u64, bool)> {
     let path = dir.join(checkpoint::FILE);
     let file = match storage.open_file(&path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, 0, false)),
         Err(e) => return Err(LogError::io("open", &path, e)),
     };
     let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
     if len > checkpoint::MAX_FILE {
-        tracing::warn!(path = %path.display(), len, "checkpoint is too large; ignoring it");
-        return Ok((None, true));
+        // Rewritten in place it would stay too large and be ignored at every open: remove
+        // it, and the next checkpoint starts a new file.
+        tracing::warn!(path = %path.display(), len, "checkpoint is too large; removing it and verifying the whole log");
+        drop(file);
+        remove(storage, &path)?;
+        return Ok((None, 0, false));
     }
     let mut buf = vec![0u8; len as usize];
-    read_exact_at(&*file, &mut buf, 0).map_err(|e| LogError::io("read", &path, e))?;
+    if let Err(e) = read_exact_at(&*file, &mut buf, 0) {
+        tracing::warn!(path = %path.display(), error = %e, "checkpoint cannot be read; verifying the whole log");
+        return Ok((None, 0, true));
+    }
     match Checkpoint::decode_file(&buf) {
         Ok((c, seq))
             if c.recovery_offset >= c.recovery_segment
                 && c.recovery_offset <= i64::MAX as u64
                 && c.log_start <= i64::MAX as u64 =>
         {
-            Ok((Some((c, seq)), true))
+            Ok((Some(c), seq, true))
         }
-        Ok((c, _)) => {
+        Ok((c, seq)) => {
             tracing::warn!(path = %path.display(), checkpoint = ?c, "checkpoint is inconsistent; verifying the whole log");
-            Ok((None, true))
+            Ok((None, seq, true))
         }
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "checkpoint is damaged; verifying the whole log");
-            Ok((None, true))
+            Ok((None, 0, true))
         }
     }
 }
@@ -447,6 +458,10 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
         let next_base = segments[i + 1].base;
         if end_offset > next_base {
             tracing::error!(segment = %seg.log_path.display(), end_offset, next_base, "sealed segment ends after the next one starts");
+        } else if zeros > 0 && end_offset < next_base {
+            // Zeros where records should be (durable data lost outside weir), not space a
+            // roll left reserved: say so, as a damaged segment is.
+            tracing::error!(segment = %seg.log_path.display(), end_offset, next_base, zeros, "sealed segment ends in zeros before the next one starts: records are missing");
         }
     }
 
@@ -606,8 +621,11 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
     // back fast.
     // Only when recovery began in the active segment: compaction stays below the checkpoint's
     // segment, and should not wait for the next checkpoint to reach the sealed ones.
+    // Nor when an index had to be rebuilt: verification may then have started before the
+    // checkpoint's position, which no longer described the files.
     ckpt_file.current = !report.clean_shutdown
         && start_idx == last_idx
+        && report.rebuilt_indexes == 0
         && report.truncated_bytes == 0
         && report.removed_segments == 0
         && !dir_changed
@@ -640,11 +658,10 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             .sync_dir(dir)
             .map_err(|e| LogError::io("sync directory", dir, e))?;
     }
-    // Sealed segments keep their indexes in memory and let go of the index files.
-    if let Some((_, sealed)) = segments.split_last() {
-        for seg in sealed {
-            seg.release_index_files();
-        }
+    // Indexes live in memory; their files are opened again when written (loading them for
+    // recovery opened them).
+    for seg in &segments {
+        seg.release_index_files();
     }
     let segments: Vec<Arc<Segment>> = segments.into_iter().map(Arc::new).collect();
     Ok((

@@ -219,8 +219,9 @@ impl Segment {
             if idx.files_synced() {
                 drop(idx);
                 if !self.index_files_exist.load(Ordering::Acquire) {
-                    // Empty, matching an empty index; the directory sync that follows a
-                    // checkpoint or a roll makes them durable.
+                    // Empty, matching an empty index. Not made durable by a directory sync:
+                    // if a power loss takes them, recovery rebuilds the index (only time is
+                    // at stake).
                     self.index_files()?;
                     self.index_files_exist.store(true, Ordering::Release);
                 }

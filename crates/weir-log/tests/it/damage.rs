@@ -187,6 +187,26 @@ fn a_damaged_checkpoint_means_verifying_everything_not_losing_anything() {
     assert_eq!(read_all(&log, 0), all);
 }
 
+/// A checkpoint file too large to be one is not rewritten in place forever (it would be
+/// ignored at every open): it goes, and the next checkpoint starts a new file.
+#[test]
+fn an_oversized_checkpoint_is_replaced_not_ignored_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = populated(dir.path());
+    let path = dir.path().join("checkpoint");
+    fs::write(&path, vec![7u8; 20_000]).unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert!(!log.recovery_report().clean_shutdown);
+    assert_eq!(read_all(&log, 0), all);
+    log.close().unwrap();
+    drop(log);
+    assert!(fs::metadata(&path).unwrap().len() <= 8192);
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert!(log.recovery_report().clean_shutdown);
+    assert_eq!(log.recovery_report().scanned_bytes, 0);
+    assert_eq!(read_all(&log, 0), all);
+}
+
 #[test]
 fn a_stray_segment_that_does_not_continue_the_log_is_removed() {
     let dir = tempfile::tempdir().unwrap();
