@@ -127,29 +127,10 @@ impl Log {
     }
 }
 
-/// The current checkpoint, if the file holds a valid one, and the state of the file.
-fn read_checkpoint(
-    storage: &dyn Storage,
-    dir: &Path,
-) -> Result<(Option<Checkpoint>, CheckpointFile)> {
-    let (found, seq, exists) = read_checkpoint_file(storage, dir)?;
-    Ok((
-        found,
-        CheckpointFile {
-            exists,
-            seq,
-            current: false,
-        },
-    ))
-}
-
 /// The current checkpoint, the largest sequence number of a slot that is intact (whether
 /// or not its checkpoint makes sense: the next one must go past it), and whether the file
 /// exists.
-fn read_checkpoint_file(
-    storage: &dyn Storage,
-    dir: &Path,
-) -> Result<(Option<Checkpoint>, u64, bool)> {
+fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> Result<(Option<Checkpoint>, u64, bool)> {
     let path = dir.join(checkpoint::FILE);
     let file = match storage.open_file(&path, false) {
         Ok(f) => f,
@@ -317,7 +298,12 @@ fn recover(storage_arc: &Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Re
             remove(storage, path)?;
         }
     }
-    let (ckpt, mut ckpt_file) = read_checkpoint(storage, dir)?;
+    let (ckpt, seq, exists) = read_checkpoint(storage, dir)?;
+    let mut ckpt_file = CheckpointFile {
+        exists,
+        seq,
+        current: false,
+    };
     let mut report = RecoveryReport {
         clean_shutdown: ckpt.is_some_and(|c| c.clean),
         ..RecoveryReport::default()

@@ -588,20 +588,16 @@ fn group(bootstrap: &str, topic: &str, n: u64, members: usize, extra: &[String])
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("produce") if args.len() >= 5 => produce(
-            &args[1],
-            &args[2],
-            args[3].parse()?,
-            args[4].parse()?,
-            &args[5..],
-        ),
-        Some("latency") if args.len() >= 5 => latency(
-            &args[1],
-            &args[2],
-            args[3].parse()?,
-            args[4].parse()?,
-            &args[5..],
-        ),
+        Some(op @ ("produce" | "latency")) if args.len() >= 5 => {
+            let run = if op == "produce" { produce } else { latency };
+            run(
+                &args[1],
+                &args[2],
+                args[3].parse()?,
+                args[4].parse()?,
+                &args[5..],
+            )
+        }
         Some(op @ ("consume" | "consume-batch")) if args.len() >= 4 => consume(
             &args[1],
             &args[2],
