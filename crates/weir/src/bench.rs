@@ -1,4 +1,5 @@
-//! `weir bench produce|consume|e2e|connections` against a running server.
+//! `weir bench produce|consume|e2e|sync-floor|connections|groups` against a running server
+//! (the last two are in `bench_scale`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,18 +94,65 @@ pub enum BenchCmd {
         #[arg(long, default_value = "text")]
         output: String,
     },
-    /// Open many idle connections and hold them; with --server-pid, report the server's
-    /// memory per connection.
+    /// Open many connections and hold them idle; with --server-pid, report the server's
+    /// memory per connection. With --rate, each connection produces that many records a
+    /// second instead (each awaiting its acknowledgement): report the latency, and the
+    /// server's CPU time per record and memory.
     Connections {
         #[command(flatten)]
         conn: Conn,
         #[arg(long, default_value_t = 1000)]
         count: usize,
-        /// PID of the server, to read its resident memory before and after.
+        /// PID of the server, to read its resident memory (and CPU time) before and after.
         #[arg(long)]
         server_pid: Option<u32>,
-        #[arg(long, default_value_t = 2)]
+        /// Seconds to hold idle connections before measuring.
+        #[arg(long, default_value_t = 2, conflicts_with = "rate")]
         hold_secs: u64,
+        /// Records per second each connection produces (one per request, awaited, the sends
+        /// of all connections spread evenly over the period).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// With --rate: seconds measured, after one period of warm-up.
+        #[arg(long, default_value_t = 20, requires = "rate")]
+        seconds: u64,
+        /// With --rate: the topic, created with --partitions if missing.
+        #[arg(long, default_value = "bench", requires = "rate")]
+        topic: String,
+        #[arg(long, default_value_t = 8, requires = "rate")]
+        partitions: u32,
+        /// With --rate: bytes per record value.
+        #[arg(long, default_value_t = 100, requires = "rate")]
+        size: usize,
+        #[arg(long, default_value = "text")]
+        output: String,
+    },
+    /// Many consumer groups on one topic, every member on its own connection: the time until
+    /// all groups settle after joining, and after a member of each is replaced; the server's
+    /// CPU with the members idle (heartbeats and long polls) and while they all commit in a
+    /// loop (with --server-pid).
+    Groups {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// Members per group.
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// The topic, created with --partitions if missing.
+        #[arg(long, default_value = "bench-groups")]
+        topic: String,
+        #[arg(long, default_value_t = 6)]
+        partitions: u32,
+        /// Seconds each of the idle and commit phases is measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The members' session timeout; they heartbeat every third of it.
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u64,
+        /// PID of the server, to read its CPU time and resident memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
         #[arg(long, default_value = "text")]
         output: String,
     },
@@ -177,7 +225,7 @@ impl Report {
     }
 }
 
-fn progress(total: u64, output: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(total: u64, output: &str) -> indicatif::ProgressBar {
     if output == "json" {
         return indicatif::ProgressBar::hidden();
     }
@@ -241,7 +289,7 @@ async fn snapshot_bench(
 }
 
 /// Creates the bench topic with `partitions` unless it exists; its partition count.
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<u32> {
+pub(crate) async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<u32> {
     if let Some(t) = client.metadata(&[]).await?.iter().find(|t| t.name == topic) {
         return Ok(t.partitions.len() as u32);
     }
@@ -258,7 +306,7 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<u
     Ok(partitions)
 }
 
-fn batch_of(records: usize, size: usize) -> Bytes {
+pub(crate) fn batch_of(records: usize, size: usize) -> Bytes {
     let value = vec![0x61u8; size];
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -589,6 +637,30 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             }
             .print(&opts.output)
         }
+        BenchCmd::Groups {
+            conn,
+            groups,
+            members,
+            topic,
+            partitions,
+            seconds,
+            session_timeout_ms,
+            server_pid,
+            output,
+        } => {
+            check_output(&output)?;
+            let o = crate::bench_scale::GroupsOptions {
+                groups,
+                members,
+                topic,
+                partitions,
+                seconds,
+                session_timeout: Duration::from_millis(session_timeout_ms),
+                server_pid,
+                output,
+            };
+            crate::bench_scale::groups(&conn, o).await
+        }
         BenchCmd::SyncFloor {
             dir,
             messages,
@@ -613,18 +685,28 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             count,
             server_pid,
             hold_secs,
+            rate,
+            seconds,
+            topic,
+            partitions,
+            size,
             output,
         } => {
             check_output(&output)?;
-            let rss = |pid: u32| -> Option<u64> {
-                let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-                line.split_whitespace()
-                    .nth(1)?
-                    .parse::<u64>()
-                    .ok()
-                    .map(|kb| kb * 1024)
-            };
+            if let Some(rate) = rate {
+                let o = crate::bench_scale::BusyOptions {
+                    count,
+                    rate,
+                    seconds,
+                    topic,
+                    partitions,
+                    size,
+                    server_pid,
+                    output,
+                };
+                return crate::bench_scale::busy_connections(&conn, o).await;
+            }
+            let rss = crate::bench_scale::rss;
             let before = server_pid.and_then(rss);
             let bar = progress(count as u64, &output);
             let mut clients = Vec::with_capacity(count);

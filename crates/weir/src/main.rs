@@ -7,6 +7,7 @@
 mod acls;
 mod admin;
 mod bench;
+mod bench_scale;
 mod config;
 mod consume;
 mod metrics;
