@@ -453,10 +453,18 @@ impl PendingProduce {
         } = self;
         let info = if appended.needs_wait() {
             let log = part.log.clone();
-            let info = if inline {
-                tokio::task::block_in_place(|| log.append_wait(appended))?
-            } else {
-                blocking(move || log.append_wait(appended).map_err(BrokerError::from)).await?
+            // While another produce (or a roll, or a checkpoint) syncs, wait for it without
+            // holding a thread: thousands of connections may each have one batch waiting on
+            // the same partition. Only the one that leads the next sync takes a thread.
+            let info = match durable_or_lead(&log, appended).await {
+                Ok(r) => r?,
+                Err(appended) if inline => {
+                    tokio::task::block_in_place(|| log.append_wait(appended))?
+                }
+                Err(appended) => {
+                    blocking(move || log.append_wait(appended).map_err(BrokerError::from))
+                        .await?
+                }
             };
             part.hwm.send_replace(part.log.high_watermark());
             info
@@ -604,6 +612,30 @@ fn grave_topic(dir: &str) -> Option<&str> {
     let rest = dir.strip_suffix(".deleted")?;
     let (name, seq) = rest.rsplit_once('.')?;
     seq.parse::<u64>().ok().map(|_| name)
+}
+
+/// Awaits `appended`'s durability while another caller syncs `log`; `Err` with it back when
+/// nobody does, and this caller must lead the next sync (see [`Log::poll_durable`]).
+async fn durable_or_lead(
+    log: &Log,
+    appended: weir_log::Appended,
+) -> std::result::Result<weir_log::Result<weir_log::AppendInfo>, weir_log::Appended> {
+    let mut held = Some(appended);
+    std::future::poll_fn(|cx| {
+        let Some(appended) = held.take() else {
+            // Not reached: the future is not polled after it is ready.
+            return std::task::Poll::Pending;
+        };
+        match log.poll_durable(appended, cx.waker()) {
+            weir_log::Durable::Done(r) => std::task::Poll::Ready(Ok(r)),
+            weir_log::Durable::Lead(a) => std::task::Poll::Ready(Err(a)),
+            weir_log::Durable::Pending(a) => {
+                held = Some(a);
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -192,6 +193,21 @@ impl View {
 #[derive(Debug, Default)]
 pub(crate) struct SyncState {
     syncing: bool,
+    /// Tasks [`Log::poll_durable`] left waiting for the leader to finish: woken when it
+    /// does, as the threads waiting on `sync_cond` are.
+    wakers: Vec<Waker>,
+}
+
+/// What [`Log::poll_durable`] found.
+#[derive(Debug)]
+pub enum Durable {
+    /// The batch is as durable as the policy promises, or failed to become so.
+    Done(Result<AppendInfo>),
+    /// Nobody is syncing: the caller leads the next sync, with [`Log::append_wait`] (which
+    /// blocks).
+    Lead(Appended),
+    /// Another caller is syncing: the waker is woken when it is done; poll again then.
+    Pending(Appended),
 }
 
 /// Segment bytes written before space is reserved ahead of writes: a partition written
@@ -266,9 +282,15 @@ pub(crate) struct Leader<'a>(pub(crate) &'a Log);
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        let mut st = self.0.sync.lock();
-        st.syncing = false;
-        self.0.sync_cond.notify_all();
+        let wakers = {
+            let mut st = self.0.sync.lock();
+            st.syncing = false;
+            self.0.sync_cond.notify_all();
+            std::mem::take(&mut st.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 }
 
@@ -536,6 +558,27 @@ impl Log {
             self.wait_durable(slot)?;
         }
         Ok(appended.info)
+    }
+
+    /// [`Log::append_wait`] for a caller that must not block a thread while another caller
+    /// syncs (an async task, many of which may wait on one partition's sync at once): never
+    /// blocks. While a sync is under way the batch's durability is awaited with `waker`;
+    /// when nobody syncs, the caller is to lead the next sync itself ([`Durable::Lead`]).
+    pub fn poll_durable(&self, appended: Appended, waker: &Waker) -> Durable {
+        let Some(slot) = &appended.slot else {
+            return Durable::Done(Ok(appended.info));
+        };
+        let mut st = self.sync.lock();
+        if let Some(result) = slot.0.lock().take() {
+            return Durable::Done(result.map(|()| appended.info));
+        }
+        if !st.syncing {
+            return Durable::Lead(appended);
+        }
+        // Slots are filled only under leadership, so the leader's release (which takes the
+        // lock held here) comes after this and wakes it.
+        st.wakers.push(waker.clone());
+        Durable::Pending(appended)
     }
 
     fn should_roll(&self, w: &Writer, len: u64, count: u64) -> bool {
@@ -1419,5 +1462,70 @@ impl Log {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use weir_batch::{BatchBuilder, RecordSpec};
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn one(value: &[u8]) -> Bytes {
+        let mut b = BatchBuilder::with_capacity(0, 128);
+        b.push(RecordSpec::value(value));
+        Bytes::from(b.build())
+    }
+
+    /// An appender that finds another syncing waits without a thread and is woken when the
+    /// leader is done; one that finds nobody syncing is told to lead.
+    #[test]
+    fn poll_durable_waits_for_the_leader_or_asks_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Always,
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir.path(), config).unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+
+        // Nobody syncs: the caller leads, and its own wait makes the batch durable.
+        let a = log.append_start(one(b"a")).unwrap();
+        let a = match log.poll_durable(a, &waker) {
+            Durable::Lead(a) => a,
+            other => panic!("expected Lead, got {other:?}"),
+        };
+        assert_eq!(log.high_watermark(), 0, "not durable before its sync");
+        assert_eq!(log.append_wait(a).unwrap().base_offset, 0);
+        assert_eq!(log.high_watermark(), 1);
+
+        // Someone else syncs: the caller waits, and is woken only when the leader is done.
+        let b = log.append_start(one(b"b")).unwrap();
+        let leader = log.lead();
+        let b = match log.poll_durable(b, &waker) {
+            Durable::Pending(b) => b,
+            other => panic!("expected Pending, got {other:?}"),
+        };
+        log.sync_round(&leader, false).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "woken before the leader let go");
+        drop(leader);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        match log.poll_durable(b, &waker) {
+            Durable::Done(Ok(info)) => assert_eq!(info.base_offset, 1),
+            other => panic!("expected Done, got {other:?}"),
+        }
+        assert_eq!(log.high_watermark(), 2);
     }
 }
