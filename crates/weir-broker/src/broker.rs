@@ -462,8 +462,7 @@ impl PendingProduce {
                     tokio::task::block_in_place(|| log.append_wait(appended))?
                 }
                 Err(appended) => {
-                    blocking(move || log.append_wait(appended).map_err(BrokerError::from))
-                        .await?
+                    blocking(move || log.append_wait(appended).map_err(BrokerError::from)).await?
                 }
             };
             part.hwm.send_replace(part.log.high_watermark());
@@ -1953,9 +1952,52 @@ impl Broker {
                     .check_owner(group, member_id, generation, topic, *partition)?;
             }
         }
-        let this = self.clone();
-        let group = group.to_string();
-        blocking(move || this.inner.offsets.commit(&group, &offsets)).await
+        let offsets: Vec<(String, u32, u64, String)> = offsets
+            .into_iter()
+            .map(|(t, p, o)| (t, p, o, String::new()))
+            .collect();
+        self.store_commit(group, &offsets).await
+    }
+
+    /// Stores a checked commit: writes it to the commit log, awaits its durability without
+    /// holding a thread while another commit syncs (a thousand group members may commit at
+    /// once), then applies it.
+    async fn store_commit(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64, String)],
+    ) -> Result<()> {
+        let store = &self.inner.offsets;
+        let Some(batch) = store.commit_batch(group, offsets)? else {
+            return Ok(());
+        };
+        let appended = match store.log().append_start_in_place(batch, None)? {
+            weir_log::InPlace::Appended(a) => a,
+            weir_log::InPlace::WouldBlock(batch) => {
+                let this = self.clone();
+                blocking(move || Ok(this.inner.offsets.log().append_start(batch)?)).await?
+            }
+        };
+        match durable_or_lead(store.log(), appended).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(appended) => {
+                let this = self.clone();
+                blocking(move || Ok(this.inner.offsets.log().append_wait(appended)?)).await?;
+            }
+        }
+        store.apply_committed()?;
+        if store.snapshot_due() {
+            // A snapshot writes and syncs a file.
+            let this = self.clone();
+            blocking(move || {
+                this.inner.offsets.snapshot_if_due();
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Commits offsets as Kafka's coordinator stores them: as given, inside the log or not
@@ -1979,9 +2021,7 @@ impl Broker {
             .into_iter()
             .map(|(t, p, o, m)| (t, p, o as u64, m))
             .collect();
-        let this = self.clone();
-        let group = group.to_string();
-        blocking(move || this.inner.offsets.commit_with_metadata(&group, &offsets)).await
+        self.store_commit(group, &offsets).await
     }
 
     /// The metadata string `group` committed with its offset for `topic`/`partition` (empty
@@ -2832,6 +2872,63 @@ mod tests {
             other => panic!("read what retention deleted: {other:?}"),
         }
         assert_eq!(broker.inner.read_ahead_hits.load(Ordering::Relaxed), 0);
+    }
+    /// Many commits at once (each awaiting its durability without a thread while another
+    /// syncs the commit log): each is visible when answered, and all of them after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_visible_when_answered_and_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_on_disk(dir.path(), 1 << 30, None).await;
+        let tasks: Vec<_> = (0..400u64)
+            .map(|i| {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    let group = format!("g{}", i % 40);
+                    let partition_offset = i * 5;
+                    broker
+                        .commit(&group, None, vec![("t".to_string(), 0, partition_offset)])
+                        .await
+                        .unwrap();
+                    // Another commit of the same group may land after this one: at least
+                    // this one's effect (or a later one's) is visible.
+                    assert!(
+                        broker.committed(&group, "t", 0).is_some(),
+                        "{group} after commit"
+                    );
+                    (group, partition_offset)
+                })
+            })
+            .collect();
+        let mut last = std::collections::HashMap::new();
+        for t in tasks {
+            let (group, offset) = t.await.unwrap();
+            last.entry(group).or_insert_with(Vec::new).push(offset);
+        }
+        let seen: std::collections::HashMap<String, u64> = last
+            .keys()
+            .map(|g| (g.clone(), broker.committed(g, "t", 0).unwrap()))
+            .collect();
+        for (g, offsets) in &last {
+            assert!(
+                offsets.contains(&seen[g]),
+                "{g}: {} is one it committed",
+                seen[g]
+            );
+        }
+        broker.close().await.unwrap();
+        drop(broker);
+        let reopened = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        for (g, offset) in &seen {
+            assert_eq!(
+                reopened.committed(g, "t", 0),
+                Some(*offset),
+                "{g} after reopen"
+            );
+        }
     }
 }
 

@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use weir_batch::cursor::Cursor;
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -318,8 +319,27 @@ impl OffsetStore {
         group: &str,
         offsets: &[(String, u32, u64, String)],
     ) -> Result<()> {
-        if offsets.is_empty() {
+        let Some(batch) = self.commit_batch(group, offsets)? else {
             return Ok(());
+        };
+        self.log.append(batch)?;
+        self.apply_committed()?;
+        self.snapshot_if_due();
+        Ok(())
+    }
+
+    /// The commit-log batch that commits `offsets` for `group`, checked (names, metadata and
+    /// batch sizes); `None` for an empty list. [`OffsetStore::commit_with_metadata`] in three
+    /// steps, for a caller that awaits durability without holding a thread: append this
+    /// batch to [`OffsetStore::log`], wait until it is durable, then
+    /// [`OffsetStore::apply_committed`] (and [`OffsetStore::snapshot_if_due`]).
+    pub fn commit_batch(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64, String)],
+    ) -> Result<Option<Bytes>> {
+        if offsets.is_empty() {
+            return Ok(None);
         }
         check_name("group", group)?;
         let mut builder = BatchBuilder::new(now_ms());
@@ -334,9 +354,26 @@ impl OffsetStore {
             let key = encode_key(group, topic, *partition);
             builder.push(RecordSpec::keyed(&key, &encode_value(*offset, metadata)));
         }
-        self.append(builder.build())?;
-        self.maybe_snapshot();
-        Ok(())
+        let batch = builder.build();
+        self.check_size(batch.len())?;
+        Ok(Some(Bytes::from(batch)))
+    }
+
+    /// The commit log, for [`OffsetStore::commit_batch`]'s batches.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// After a commit batch is durable: applies it, and whatever other commits became
+    /// durable with it. Reads them back from the log's in-memory tail.
+    pub fn apply_committed(&self) -> Result<()> {
+        self.catch_up(&mut self.state.write())
+    }
+
+    /// Whether [`OffsetStore::snapshot_if_due`] would take a snapshot.
+    pub fn snapshot_due(&self) -> bool {
+        let st = self.state.read();
+        st.applied - st.snapshot_base > self.threshold
     }
 
     /// The offset `group` committed for `topic`/`partition`, if any.
@@ -433,7 +470,7 @@ impl OffsetStore {
         if !builder.is_empty() {
             self.append(builder.build())?;
         }
-        self.maybe_snapshot();
+        self.snapshot_if_due();
         Ok(())
     }
 
@@ -453,16 +490,20 @@ impl OffsetStore {
 
     /// Appends one batch, then applies everything up to the log's high watermark.
     fn append(&self, batch: Vec<u8>) -> Result<()> {
-        let max = self.log.config().max_batch_bytes;
-        if batch.len() > max {
-            return Err(BrokerError::InvalidRequest(format!(
-                "offset commit of {} bytes exceeds the limit of {max} bytes; commit fewer \
-                 partitions at once",
-                batch.len()
-            )));
-        }
+        self.check_size(batch.len())?;
         self.log.append(batch)?;
         self.catch_up(&mut self.state.write())
+    }
+
+    fn check_size(&self, len: usize) -> Result<()> {
+        let max = self.log.config().max_batch_bytes;
+        if len > max {
+            return Err(BrokerError::InvalidRequest(format!(
+                "offset commit of {len} bytes exceeds the limit of {max} bytes; commit fewer \
+                 partitions at once"
+            )));
+        }
+        Ok(())
     }
 
     /// Applies commit-log records from `st.applied` up to the high watermark, in offset order.
@@ -500,15 +541,11 @@ impl OffsetStore {
         }
     }
 
-    /// Writes a snapshot if more than the threshold of records were applied since the last
-    /// one and no other thread is writing one. A failure is logged, not returned: the commit
-    /// that triggered it is durable anyway.
-    fn maybe_snapshot(&self) {
-        let due = {
-            let st = self.state.read();
-            st.applied - st.snapshot_base > self.threshold
-        };
-        if !due {
+    /// Takes a snapshot if enough was committed since the last one (unless one is under way):
+    /// writes and syncs a file. A failure is logged, not returned (the commit that triggered
+    /// it is durable anyway), and tried again after the next commit.
+    pub fn snapshot_if_due(&self) {
+        if !self.snapshot_due() {
             return;
         }
         let Some(mut files) = self.files.try_lock() else {
