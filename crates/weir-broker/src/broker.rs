@@ -458,11 +458,9 @@ impl PendingProduce {
             // the same partition. Only the one that leads the next sync takes a thread.
             let info = match durable_or_lead(&log, appended).await {
                 Ok(r) => r?,
-                Err(appended) if inline => {
-                    tokio::task::block_in_place(|| log.append_wait(appended))?
-                }
-                Err(appended) => {
-                    blocking(move || log.append_wait(appended).map_err(BrokerError::from)).await?
+                Err(claim) if inline => tokio::task::block_in_place(|| log.lead_wait(claim))?,
+                Err(claim) => {
+                    blocking(move || log.lead_wait(claim).map_err(BrokerError::from)).await?
                 }
             };
             part.hwm.send_replace(part.log.high_watermark());
@@ -613,12 +611,13 @@ fn grave_topic(dir: &str) -> Option<&str> {
     seq.parse::<u64>().ok().map(|_| name)
 }
 
-/// Awaits `appended`'s durability while another caller syncs `log`; `Err` with it back when
-/// nobody does, and this caller must lead the next sync (see [`Log::poll_durable`]).
+/// Awaits `appended`'s durability while another caller syncs `log`; `Err` with the
+/// leadership of the next sync when nobody does, for [`Log::lead_wait`] (see
+/// [`Log::poll_durable`]).
 async fn durable_or_lead(
     log: &Log,
     appended: weir_log::Appended,
-) -> std::result::Result<weir_log::Result<weir_log::AppendInfo>, weir_log::Appended> {
+) -> std::result::Result<weir_log::Result<weir_log::AppendInfo>, weir_log::Claim> {
     let mut held = Some(appended);
     std::future::poll_fn(|cx| {
         let Some(appended) = held.take() else {
@@ -627,7 +626,7 @@ async fn durable_or_lead(
         };
         match log.poll_durable(appended, cx.waker()) {
             weir_log::Durable::Done(r) => std::task::Poll::Ready(Ok(r)),
-            weir_log::Durable::Lead(a) => std::task::Poll::Ready(Err(a)),
+            weir_log::Durable::Lead(claim) => std::task::Poll::Ready(Err(claim)),
             weir_log::Durable::Pending(a) => {
                 held = Some(a);
                 std::task::Poll::Pending
@@ -1982,9 +1981,9 @@ impl Broker {
             Ok(r) => {
                 r?;
             }
-            Err(appended) => {
+            Err(claim) => {
                 let this = self.clone();
-                blocking(move || Ok(this.inner.offsets.log().append_wait(appended)?)).await?;
+                blocking(move || Ok(this.inner.offsets.log().lead_wait(claim)?)).await?;
             }
         }
         store.apply_committed()?;

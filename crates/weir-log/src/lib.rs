@@ -32,7 +32,7 @@ pub use compact::{CompactOptions, CompactReport, CompactionState};
 pub use config::{Durability, LogConfig};
 pub use error::{LogError, Result};
 pub use log::{
-    AppendInfo, Appended, Durable, InPlace, Limits, Log, ReadResult, RecoveryReport,
+    AppendInfo, Appended, Claim, Durable, InPlace, Limits, Log, ReadResult, RecoveryReport,
     RetentionReport,
 };
 pub use storage::{CrashMode, FaultKind, FileStorage, MemStorage, Storage, StorageFile};

@@ -194,8 +194,50 @@ impl View {
 pub(crate) struct SyncState {
     syncing: bool,
     /// Tasks [`Log::poll_durable`] left waiting for the leader to finish: woken when it
-    /// does, as the threads waiting on `sync_cond` are.
+    /// does, as the threads waiting on `cond` are.
     wakers: Vec<Waker>,
+}
+
+/// Leadership of the log's syncs. Shared (not a plain field) so that a [`Claim`] moved to
+/// another thread can give leadership back if it is dropped unused.
+#[derive(Debug, Default)]
+pub(crate) struct Syncs {
+    pub(crate) state: Mutex<SyncState>,
+    pub(crate) cond: Condvar,
+}
+
+impl Syncs {
+    /// Ends a leadership: wakes the threads and tasks that wait for it.
+    fn release(&self) {
+        let wakers = {
+            let mut st = self.state.lock();
+            st.syncing = false;
+            self.cond.notify_all();
+            std::mem::take(&mut st.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Leadership of the next sync, claimed by [`Log::poll_durable`] for a caller that runs the
+/// sync elsewhere (a thread that may block): hand it to [`Log::lead_wait`]. Claiming it
+/// there, not on that thread, keeps the other tasks woken with this one from each taking a
+/// thread to lead. Dropped unused, it gives the leadership back.
+#[derive(Debug)]
+#[must_use = "the partition's syncs wait for this claim until it is used or dropped"]
+pub struct Claim {
+    appended: Option<Appended>,
+    syncs: Option<Arc<Syncs>>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(syncs) = self.syncs.take() {
+            syncs.release();
+        }
+    }
 }
 
 /// What [`Log::poll_durable`] found.
@@ -203,9 +245,9 @@ pub(crate) struct SyncState {
 pub enum Durable {
     /// The batch is as durable as the policy promises, or failed to become so.
     Done(Result<AppendInfo>),
-    /// Nobody is syncing: the caller leads the next sync, with [`Log::append_wait`] (which
-    /// blocks).
-    Lead(Appended),
+    /// Nobody was syncing: the caller now leads the next sync, with [`Log::lead_wait`]
+    /// (which blocks).
+    Lead(Claim),
     /// Another caller is syncing: the waker is woken when it is done; poll again then.
     Pending(Appended),
 }
@@ -232,8 +274,7 @@ pub struct Log {
     pub(crate) config: LogConfig,
     pub(crate) writer: Mutex<Writer>,
     pub(crate) view: RwLock<View>,
-    pub(crate) sync: Mutex<SyncState>,
-    pub(crate) sync_cond: Condvar,
+    pub(crate) syncs: Arc<Syncs>,
     pub(crate) recovery: RecoveryReport,
     /// Times written data was dropped after a failed write or sync. Changed only under the
     /// writer's lock; read without it (a segment roll holds that lock through fsyncs).
@@ -282,15 +323,7 @@ pub(crate) struct Leader<'a>(pub(crate) &'a Log);
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        let wakers = {
-            let mut st = self.0.sync.lock();
-            st.syncing = false;
-            self.0.sync_cond.notify_all();
-            std::mem::take(&mut st.wakers)
-        };
-        for w in wakers {
-            w.wake();
-        }
+        self.0.syncs.release();
     }
 }
 
@@ -366,9 +399,9 @@ impl Log {
     }
 
     pub(crate) fn lead(&self) -> Leader<'_> {
-        let mut st = self.sync.lock();
+        let mut st = self.syncs.state.lock();
         while st.syncing {
-            self.sync_cond.wait(&mut st);
+            self.syncs.cond.wait(&mut st);
         }
         st.syncing = true;
         Leader(self)
@@ -563,22 +596,43 @@ impl Log {
     /// [`Log::append_wait`] for a caller that must not block a thread while another caller
     /// syncs (an async task, many of which may wait on one partition's sync at once): never
     /// blocks. While a sync is under way the batch's durability is awaited with `waker`;
-    /// when nobody syncs, the caller is to lead the next sync itself ([`Durable::Lead`]).
+    /// when nobody syncs, the caller is given the leadership of the next one
+    /// ([`Durable::Lead`]), to run with [`Log::lead_wait`].
     pub fn poll_durable(&self, appended: Appended, waker: &Waker) -> Durable {
         let Some(slot) = &appended.slot else {
             return Durable::Done(Ok(appended.info));
         };
-        let mut st = self.sync.lock();
+        let mut st = self.syncs.state.lock();
         if let Some(result) = slot.0.lock().take() {
             return Durable::Done(result.map(|()| appended.info));
         }
         if !st.syncing {
-            return Durable::Lead(appended);
+            st.syncing = true;
+            return Durable::Lead(Claim {
+                appended: Some(appended),
+                syncs: Some(self.syncs.clone()),
+            });
         }
         // Slots are filled only under leadership, so the leader's release (which takes the
         // lock held here) comes after this and wakes it.
         st.wakers.push(waker.clone());
         Durable::Pending(appended)
+    }
+
+    /// Runs the sync `claim` leads (the batch it holds is in it), then returns that batch's
+    /// offsets as [`Log::append_wait`] does. Blocks.
+    ///
+    /// # Panics
+    /// If `claim` came from another log.
+    pub fn lead_wait(&self, mut claim: Claim) -> Result<AppendInfo> {
+        let syncs = claim.syncs.take().expect("a claim is used once");
+        assert!(Arc::ptr_eq(&syncs, &self.syncs), "a claim on another log");
+        let appended = claim.appended.take().expect("a claim holds its batch");
+        let leader = Leader(self);
+        // Failures reach every affected append through its slot.
+        let _ = self.sync_round(&leader, false);
+        drop(leader);
+        self.append_wait(appended)
     }
 
     fn should_roll(&self, w: &Writer, len: u64, count: u64) -> bool {
@@ -615,7 +669,7 @@ impl Log {
     }
 
     fn wait_durable(&self, slot: &Slot) -> Result<()> {
-        let mut st = self.sync.lock();
+        let mut st = self.syncs.state.lock();
         loop {
             if let Some(result) = slot.0.lock().take() {
                 return result;
@@ -627,10 +681,10 @@ impl Log {
                 // Failures reach every affected append through its slot.
                 let _ = self.sync_round(&leader, false);
                 drop(leader);
-                st = self.sync.lock();
+                st = self.syncs.state.lock();
                 continue;
             }
-            self.sync_cond.wait(&mut st);
+            self.syncs.cond.wait(&mut st);
         }
     }
 
@@ -1501,31 +1555,58 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
 
-        // Nobody syncs: the caller leads, and its own wait makes the batch durable.
+        // Nobody syncs: the caller is made the leader, and its sync makes the batch durable.
         let a = log.append_start(one(b"a")).unwrap();
-        let a = match log.poll_durable(a, &waker) {
-            Durable::Lead(a) => a,
+        let claim = match log.poll_durable(a, &waker) {
+            Durable::Lead(claim) => claim,
             other => panic!("expected Lead, got {other:?}"),
         };
         assert_eq!(log.high_watermark(), 0, "not durable before its sync");
-        assert_eq!(log.append_wait(a).unwrap().base_offset, 0);
-        assert_eq!(log.high_watermark(), 1);
-
-        // Someone else syncs: the caller waits, and is woken only when the leader is done.
+        // While the claim is held, another appender waits rather than leading too.
         let b = log.append_start(one(b"b")).unwrap();
-        let leader = log.lead();
         let b = match log.poll_durable(b, &waker) {
             Durable::Pending(b) => b,
-            other => panic!("expected Pending, got {other:?}"),
+            other => panic!("expected Pending while a claim is held, got {other:?}"),
         };
-        log.sync_round(&leader, false).unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "woken before the leader let go");
-        drop(leader);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(log.lead_wait(claim).unwrap().base_offset, 0);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the waiter is woken");
+        // The claim's sync covered everything written before it: b as well.
+        assert_eq!(log.high_watermark(), 2);
         match log.poll_durable(b, &waker) {
             Durable::Done(Ok(info)) => assert_eq!(info.base_offset, 1),
             other => panic!("expected Done, got {other:?}"),
         }
-        assert_eq!(log.high_watermark(), 2);
+
+        // Someone else syncs: the caller waits, and is woken only when the leader is done.
+        let c = log.append_start(one(b"c")).unwrap();
+        let leader = log.lead();
+        let c = match log.poll_durable(c, &waker) {
+            Durable::Pending(c) => c,
+            other => panic!("expected Pending, got {other:?}"),
+        };
+        log.sync_round(&leader, false).unwrap();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken before the leader let go"
+        );
+        drop(leader);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        match log.poll_durable(c, &waker) {
+            Durable::Done(Ok(info)) => assert_eq!(info.base_offset, 2),
+            other => panic!("expected Done, got {other:?}"),
+        }
+
+        // A claim dropped unused gives the leadership back: the next appender leads, and a
+        // blocking wait does not hang.
+        let d = log.append_start(one(b"d")).unwrap();
+        let e = log.append_start(one(b"e")).unwrap();
+        let Durable::Lead(claim) = log.poll_durable(d, &waker) else {
+            panic!("expected Lead");
+        };
+        drop(claim);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "nobody waited on it");
+        assert_eq!(log.append_wait(e).unwrap().base_offset, 4);
+        assert_eq!(log.high_watermark(), 5);
     }
 }

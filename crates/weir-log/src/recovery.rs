@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use weir_batch::HEADER_LEN;
 
 use crate::checkpoint::{self, Checkpoint};
@@ -20,7 +20,7 @@ use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::hot::HotTail;
 use crate::index::{OFFSET_ENTRY, SegIndex, TIME_ENTRY};
-use crate::log::{CheckpointFile, Limits, Log, Point, RecoveryReport, SyncState, View, Writer};
+use crate::log::{CheckpointFile, Limits, Log, Point, RecoveryReport, View, Writer};
 use crate::segment::{self, LOG_EXT, Segment, scan};
 use crate::storage::{FileStorage, Storage, StorageFile, read_exact_at};
 
@@ -79,8 +79,7 @@ impl Log {
                 hot: HotTail::new(config.hot_tail_bytes),
                 closed: false,
             }),
-            sync: Mutex::new(SyncState::default()),
-            sync_cond: Condvar::new(),
+            syncs: Arc::default(),
             recovery: report,
             truncation_count: std::sync::atomic::AtomicU64::new(0),
             limits: Mutex::new(Limits::of(&config)),
