@@ -539,6 +539,10 @@ struct Inner {
     admin: tokio::sync::Mutex<()>,
     groups: GroupCoordinator,
     offsets: OffsetStore,
+    /// Held by the one offset commit whose write goes to the blocking pool (a segment roll or
+    /// a reservation holds the commit log's writer for a while): the others wait for it as
+    /// tasks, not each on a thread of its own.
+    commit_off_thread: tokio::sync::Mutex<()>,
     quotas: crate::flow::Quotas,
     memory: crate::flow::MemoryBudget,
     admission: Arc<crate::flow::Admission>,
@@ -760,6 +764,7 @@ impl Broker {
                 topics: RwLock::new(topics),
                 admin: tokio::sync::Mutex::new(()),
                 offsets,
+                commit_off_thread: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 deleted_dirs: Mutex::new(0),
@@ -1970,11 +1975,20 @@ impl Broker {
         let Some(batch) = store.commit_batch(group, offsets)? else {
             return Ok(());
         };
+        // A write the commit log cannot take at once (its writer busy, or a roll or a
+        // reservation due) goes to the blocking pool, one commit at a time: thousands of
+        // members committing together would otherwise each hold a thread there.
         let appended = match store.log().append_start_in_place(batch, None)? {
             weir_log::InPlace::Appended(a) => a,
             weir_log::InPlace::WouldBlock(batch) => {
-                let this = self.clone();
-                blocking(move || Ok(this.inner.offsets.log().append_start(batch)?)).await?
+                let _turn = self.inner.commit_off_thread.lock().await;
+                match store.log().append_start_in_place(batch, None)? {
+                    weir_log::InPlace::Appended(a) => a,
+                    weir_log::InPlace::WouldBlock(batch) => {
+                        let this = self.clone();
+                        blocking(move || Ok(this.inner.offsets.log().append_start(batch)?)).await?
+                    }
+                }
             }
         };
         match durable_or_lead(store.log(), appended).await {
@@ -1987,11 +2001,11 @@ impl Broker {
             }
         }
         store.apply_committed()?;
-        if store.snapshot_due() {
+        if store.claim_snapshot() {
             // A snapshot writes and syncs a file.
             let this = self.clone();
             blocking(move || {
-                this.inner.offsets.snapshot_if_due();
+                this.inner.offsets.take_claimed_snapshot();
                 Ok(())
             })
             .await?;

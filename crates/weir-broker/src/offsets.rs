@@ -48,6 +48,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -141,6 +142,9 @@ pub struct OffsetStore {
     threshold: u64,
     /// Lock order: `files` (held for a whole snapshot) before `state`.
     files: Mutex<SnapshotFiles>,
+    /// A snapshot is claimed ([`OffsetStore::claim_snapshot`]) and not yet written: commits
+    /// that find one due meanwhile leave it to its claimant.
+    snapshot_claimed: AtomicBool,
     state: RwLock<State>,
 }
 
@@ -280,6 +284,7 @@ impl OffsetStore {
             log,
             threshold,
             files: Mutex::new(files),
+            snapshot_claimed: AtomicBool::new(false),
             state: RwLock::new(State {
                 offsets,
                 metadata,
@@ -370,10 +375,36 @@ impl OffsetStore {
         self.catch_up(&mut self.state.write())
     }
 
-    /// Whether [`OffsetStore::snapshot_if_due`] would take a snapshot.
-    pub fn snapshot_due(&self) -> bool {
+    fn snapshot_due(&self) -> bool {
         let st = self.state.read();
         st.applied - st.snapshot_base > self.threshold
+    }
+
+    /// Whether a snapshot is due and this caller is the one to take it, with
+    /// [`OffsetStore::take_claimed_snapshot`] (which writes and syncs a file). One caller at
+    /// a time is told so: thousands of commits may find the same snapshot due.
+    pub fn claim_snapshot(&self) -> bool {
+        self.snapshot_due()
+            && self
+                .snapshot_claimed
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Takes the snapshot [`OffsetStore::claim_snapshot`] gave this caller. A failure is
+    /// logged, not returned (the commits it would cover are durable anyway), and tried again
+    /// when one is next due.
+    pub fn take_claimed_snapshot(&self) {
+        if let Some(mut files) = self.files.try_lock()
+            && let Err(e) = self.snapshot_locked(&mut files)
+        {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                error = %e,
+                "automatic offset snapshot failed; the commit log grows until one succeeds"
+            );
+        }
+        self.snapshot_claimed.store(false, Ordering::Release);
     }
 
     /// The offset `group` committed for `topic`/`partition`, if any.
@@ -545,18 +576,8 @@ impl OffsetStore {
     /// writes and syncs a file. A failure is logged, not returned (the commit that triggered
     /// it is durable anyway), and tried again after the next commit.
     pub fn snapshot_if_due(&self) {
-        if !self.snapshot_due() {
-            return;
-        }
-        let Some(mut files) = self.files.try_lock() else {
-            return;
-        };
-        if let Err(e) = self.snapshot_locked(&mut files) {
-            tracing::warn!(
-                dir = %self.dir.display(),
-                error = %e,
-                "automatic offset snapshot failed; the commit log grows until one succeeds"
-            );
+        if self.claim_snapshot() {
+            self.take_claimed_snapshot();
         }
     }
 
