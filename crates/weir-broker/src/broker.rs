@@ -1929,6 +1929,33 @@ impl Broker {
             .heartbeat(group, member_id, generation, Instant::now())
     }
 
+    /// [`Broker::heartbeat`] that, when the member is current, waits up to `wait` for a
+    /// rebalance of its group and answers the moment one begins (`RebalanceInProgress`), so
+    /// that members learn of it at once rather than at their next heartbeat. The session is
+    /// refreshed when the wait begins and again when it ends. `park` is called when the wait
+    /// begins and its value kept while it lasts (as for a waiting fetch).
+    pub async fn heartbeat_wait<P>(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        wait: Duration,
+        park: impl FnOnce() -> P,
+    ) -> Result<()> {
+        self.check_open()?;
+        let mut generations =
+            self.inner
+                .groups
+                .heartbeat_watch(group, member_id, generation, Instant::now())?;
+        if wait.is_zero() || self.inner.stopping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let parked = park();
+        let _ = tokio::time::timeout(wait, generations.changed()).await;
+        drop(parked);
+        self.heartbeat(group, member_id, generation)
+    }
+
     pub fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
         self.inner.groups.leave(group, member_id)
     }
@@ -2483,6 +2510,7 @@ impl Broker {
     /// drain without waiting out their max_wait. Requests still work until [`Broker::close`].
     pub fn begin_shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
+        self.inner.groups.wake_heartbeats();
         let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
         for t in topics {
             for p in &t.partitions {

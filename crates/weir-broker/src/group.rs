@@ -28,10 +28,12 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::error::{BrokerError, Result};
 
@@ -464,6 +466,9 @@ struct Group {
     /// Partition counts of the subscribed, existing topics the assignment was computed from.
     partitions: BTreeMap<String, u32>,
     assignment: Assignment,
+    /// Told each new generation: heartbeats that wait ([`GroupCoordinator::heartbeat_watch`])
+    /// answer the moment a rebalance begins, not at their member's next heartbeat.
+    generations: Arc<watch::Sender<u64>>,
 }
 
 impl Group {
@@ -473,6 +478,7 @@ impl Group {
             strategy,
             partitions: BTreeMap::new(),
             assignment: Assignment::new(),
+            generations: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -490,7 +496,8 @@ impl Group {
             None => Assignment::new(),
         };
         self.partitions = partitions;
-        self.core.next_generation();
+        let generation = self.core.next_generation();
+        self.generations.send_replace(generation);
     }
 
     /// Rebalances with the partition counts already known (a member left or expired).
@@ -732,6 +739,19 @@ impl GroupCoordinator {
         generation: u64,
         now: Instant,
     ) -> Result<()> {
+        self.heartbeat_watch(group, member_id, generation, now)
+            .map(drop)
+    }
+
+    /// [`GroupCoordinator::heartbeat`], and when it succeeds a watch that changes with the
+    /// group's next generation: a member may wait on it to learn of a rebalance at once.
+    pub fn heartbeat_watch(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        now: Instant,
+    ) -> Result<watch::Receiver<u64>> {
         let mut groups = self.groups.lock();
         let g = groups
             .get_mut(group)
@@ -740,10 +760,19 @@ impl GroupCoordinator {
             return Err(unknown_member(group, member_id));
         }
         if generation > g.core.generation() {
-            return g.core.check_generation(group, generation);
+            g.core.check_generation(group, generation)?;
         }
         g.core.touch(member_id, now);
-        g.core.check_generation(group, generation)
+        g.core.check_generation(group, generation)?;
+        // Subscribed under the lock: a rebalance after it changes what this receiver sees.
+        Ok(g.generations.subscribe())
+    }
+
+    /// Wakes every waiting heartbeat (a shutdown: they answer at once).
+    pub fn wake_heartbeats(&self) {
+        for g in self.groups.lock().values() {
+            g.generations.send_modify(|_| {});
+        }
     }
 
     /// Removes a member; the others rebalance. The group is dropped when it empties.

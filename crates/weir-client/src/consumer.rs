@@ -706,17 +706,26 @@ impl GroupConsumer {
         );
         let every = (self.options.session_timeout / 3).max(Duration::from_millis(50));
         self.heartbeat = Some(tokio::spawn(async move {
+            // Each heartbeat waits at the server for a rebalance, up to the interval, so a
+            // rebalance is followed at once; one answered sooner (a server that does not
+            // hold heartbeats) is followed by a pause for the rest of the interval.
             loop {
-                tokio::time::sleep(every).await;
-                match client.heartbeat(&group, &member, generation).await {
-                    Ok(()) => {}
+                let next = tokio::time::Instant::now() + every;
+                match client
+                    .heartbeat_wait(&group, &member, generation, every)
+                    .await
+                {
+                    Ok(()) => tokio::time::sleep_until(next).await,
                     Err(e) if e.is_rebalance() => {
                         flag.store(true, Ordering::Release);
                         // A waiting poll follows it now.
                         ready.notify_one();
                         return;
                     }
-                    Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "heartbeat failed; retrying");
+                        tokio::time::sleep_until(next).await;
+                    }
                 }
             }
         }));

@@ -588,12 +588,28 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, group: &str, member_id: &str, generation: u64) -> Result<()> {
+        self.heartbeat_wait(group, member_id, generation, Duration::ZERO)
+            .await
+    }
+
+    /// A heartbeat the server holds up to `wait` (capped below the client's timeout) while
+    /// the member is current, answering `RebalanceInProgress` the moment its group
+    /// rebalances. A server that does not hold heartbeats answers at once.
+    pub async fn heartbeat_wait(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        wait: Duration,
+    ) -> Result<()> {
+        let wait = wait.min(self.timeout / 2);
         self.call::<msg::HeartbeatResponse>(
             Api::Heartbeat,
             &msg::HeartbeatRequest {
                 group: group.to_string(),
                 member_id: member_id.to_string(),
                 generation,
+                max_wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
             },
         )
         .await

@@ -527,8 +527,12 @@ async fn run(
         Api::Heartbeat => {
             let r: msg::HeartbeatRequest = decode(&frame)?;
             check(Operation::Read, Group, &r.group)?;
+            let wait = Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_WAIT);
             broker
-                .heartbeat(&r.group, &r.member_id, r.generation)
+                .heartbeat_wait(&r.group, &r.member_id, r.generation, wait, || {
+                    parked.as_ref().map(Parked::park)
+                })
+                .await
                 .map_err(broker_err)?;
             ok(&|| OutFrame::response(&req, &msg::HeartbeatResponse {}))
         }

@@ -790,7 +790,9 @@ impl Connection {
             _ => {
                 let broker = self.broker.clone();
                 let silent = self.silent;
-                let parked = (api == Api::Fetch).then(|| {
+                // Fetches and heartbeats may wait: they are kept outside the request window
+                // while they do.
+                let parked = matches!(api, Api::Fetch | Api::Heartbeat).then(|| {
                     self.in_flight
                         .parked
                         .get_or_insert_with(Default::default)

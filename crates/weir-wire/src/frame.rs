@@ -388,6 +388,7 @@ mod tests {
                     group: "g".into(),
                     member_id: "m-1".into(),
                     generation: 3,
+                    max_wait_ms: 0,
                 },
                 b"",
             ),

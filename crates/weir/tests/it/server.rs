@@ -883,6 +883,85 @@ fn a_group_member_commits_across_a_rebalance_and_knows_when_it_has_caught_up() {
     server.stop();
 }
 
+/// A waiting heartbeat answers the moment its group rebalances: a member learns of a new
+/// member long before its next heartbeat would have been due. While it waits, the member's
+/// connection serves other requests, and a heartbeat that sees no rebalance waits its time
+/// and keeps the session alive.
+#[test]
+fn a_waiting_heartbeat_answers_when_its_group_rebalances() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let admin = Client::connect(&server.addr, "admin").await.unwrap();
+        admin.create_topic("jobs", topic(4)).await.unwrap();
+        // A 30 s session: heartbeats every 10 s.
+        let options = GroupOptions {
+            session_timeout: Duration::from_secs(30),
+            ..GroupOptions::default()
+        };
+        let mut a = member(&server.addr, "crew", "jobs", options.clone()).await;
+        assert_eq!(a.assignment().len(), 4);
+
+        // Raw heartbeats, on a connection of their own: one with nothing to wait for.
+        let raw = Client::connect(&server.addr, "raw").await.unwrap();
+        let t = Instant::now();
+        raw.heartbeat_wait(
+            "crew",
+            a.member_id(),
+            a.generation(),
+            Duration::from_millis(600),
+        )
+        .await
+        .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(550),
+            "held {:?}",
+            t.elapsed()
+        );
+
+        // One that waits while another member joins; the connection answers a ping meanwhile.
+        let (member_id, generation) = (a.member_id().to_string(), a.generation());
+        let waiting = {
+            let raw = raw.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = raw
+                    .heartbeat_wait("crew", &member_id, generation, Duration::from_secs(10))
+                    .await;
+                (r, t.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        raw.ping().await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "ping took {:?}",
+            t.elapsed()
+        );
+        let joined = Instant::now();
+        let _b = member(&server.addr, "crew", "jobs", options.clone()).await;
+        let (r, held) = waiting.await.unwrap();
+        assert!(
+            r.unwrap_err().is_rebalance(),
+            "a rebalance, not an answer at the deadline"
+        );
+        assert!(held < Duration::from_secs(5), "answered after {held:?}");
+
+        // The member itself follows the rebalance at once, not at its next heartbeat (10 s).
+        while a.assignment().len() != 2 {
+            a.poll(Duration::from_millis(100)).await.unwrap();
+            assert!(
+                joined.elapsed() < Duration::from_secs(5),
+                "still {:?} after {:?}",
+                a.assignment(),
+                joined.elapsed()
+            );
+        }
+    });
+    server.stop();
+}
+
 /// `seek`: back behind the committed offset, the position survives a rebalance until the
 /// next commit; past the end, reading goes on from the end (not from the start, as when
 /// retention passed the position).
