@@ -1932,8 +1932,10 @@ impl Broker {
     /// [`Broker::heartbeat`] that, when the member is current, waits up to `wait` for a
     /// rebalance of its group and answers the moment one begins (`RebalanceInProgress`), so
     /// that members learn of it at once rather than at their next heartbeat. The session is
-    /// refreshed when the wait begins and again when it ends. `park` is called when the wait
-    /// begins and its value kept while it lasts (as for a waiting fetch).
+    /// refreshed when the wait begins and again when it ends, and the wait is cut to half the
+    /// session timeout, so that no wait, however long asked for, lets the session expire.
+    /// `park` is called when the wait begins and its value kept while it lasts (as for a
+    /// waiting fetch).
     pub async fn heartbeat_wait<P>(
         &self,
         group: &str,
@@ -1943,10 +1945,11 @@ impl Broker {
         park: impl FnOnce() -> P,
     ) -> Result<()> {
         self.check_open()?;
-        let mut generations =
+        let (mut generations, session) =
             self.inner
                 .groups
                 .heartbeat_watch(group, member_id, generation, Instant::now())?;
+        let wait = wait.min(session / 2);
         if wait.is_zero() || self.inner.stopping.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -2914,6 +2917,72 @@ mod tests {
         }
         assert_eq!(broker.inner.read_ahead_hits.load(Ordering::Relaxed), 0);
     }
+    /// A heartbeat asked to wait longer than its member's session can afford waits half the
+    /// session, then answers (the session refreshed, the member still in its group); a
+    /// rebalance answers it at once.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_waiting_heartbeat_is_cut_to_half_its_session_and_answered_by_a_rebalance() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        broker.create_topic("t", None).await.unwrap();
+        let session = Duration::from_secs(2);
+        let join = |member: Option<&str>| {
+            broker
+                .join_group(
+                    "g",
+                    member,
+                    "c",
+                    vec!["t".into()],
+                    session,
+                    AssignmentStrategy::Sticky,
+                )
+                .unwrap()
+        };
+        let a = join(None);
+        let t = tokio::time::Instant::now();
+        broker
+            .heartbeat_wait(
+                "g",
+                &a.member_id,
+                a.generation,
+                Duration::from_secs(30),
+                || (),
+            )
+            .await
+            .unwrap();
+        let waited = t.elapsed();
+        assert!(
+            waited >= session / 2 && waited < session / 2 + Duration::from_millis(10),
+            "{waited:?}"
+        );
+        broker.heartbeat("g", &a.member_id, a.generation).unwrap();
+
+        let waiting = {
+            let broker = broker.clone();
+            let (id, generation) = (a.member_id.clone(), a.generation);
+            tokio::spawn(async move {
+                let t = tokio::time::Instant::now();
+                let r = broker
+                    .heartbeat_wait("g", &id, generation, Duration::from_secs(30), || ())
+                    .await;
+                (r, t.elapsed())
+            })
+        };
+        tokio::task::yield_now().await;
+        let b = join(None);
+        assert!(b.generation > a.generation);
+        let (r, waited) = waiting.await.unwrap();
+        assert!(
+            matches!(r, Err(BrokerError::RebalanceInProgress { .. })),
+            "{r:?}"
+        );
+        assert!(waited < Duration::from_millis(1), "{waited:?}");
+    }
+
     /// Many commits at once (each awaiting its durability without a thread while another
     /// syncs the commit log): each is visible when answered, and all of them after a reopen.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

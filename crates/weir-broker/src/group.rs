@@ -744,28 +744,29 @@ impl GroupCoordinator {
     }
 
     /// [`GroupCoordinator::heartbeat`], and when it succeeds a watch that changes with the
-    /// group's next generation: a member may wait on it to learn of a rebalance at once.
+    /// group's next generation (a member may wait on it to learn of a rebalance at once) and
+    /// the member's session timeout (a wait must end well before it).
     pub fn heartbeat_watch(
         &self,
         group: &str,
         member_id: &str,
         generation: u64,
         now: Instant,
-    ) -> Result<watch::Receiver<u64>> {
+    ) -> Result<(watch::Receiver<u64>, Duration)> {
         let mut groups = self.groups.lock();
         let g = groups
             .get_mut(group)
             .ok_or_else(|| unknown_member(group, member_id))?;
-        if g.core.member(member_id).is_none() {
+        let Some(session) = g.core.member(member_id).map(|m| m.session_timeout) else {
             return Err(unknown_member(group, member_id));
-        }
+        };
         if generation > g.core.generation() {
             g.core.check_generation(group, generation)?;
         }
         g.core.touch(member_id, now);
         g.core.check_generation(group, generation)?;
         // Subscribed under the lock: a rebalance after it changes what this receiver sees.
-        Ok(g.generations.subscribe())
+        Ok((g.generations.subscribe(), session))
     }
 
     /// Wakes every waiting heartbeat (a shutdown: they answer at once).
