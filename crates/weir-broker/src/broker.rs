@@ -2917,6 +2917,7 @@ mod tests {
         }
         assert_eq!(broker.inner.read_ahead_hits.load(Ordering::Relaxed), 0);
     }
+
     /// A heartbeat asked to wait longer than its member's session can afford waits half the
     /// session, then answers (the session refreshed, the member still in its group); a
     /// rebalance answers it at once.
