@@ -987,6 +987,12 @@ pub struct Subscription {
     position: u64,
     ended: bool,
     dropped: u64,
+    /// The credit window asked for (records, bytes), and what `next` has taken of it and not
+    /// yet granted back: it is granted back once half the window is used, not after every
+    /// batch (one Credit frame per pushed batch cost the server a read and a wake-up of the
+    /// subscription, with a message at a time on the path of the next message).
+    window: (u64, u64),
+    owed: (u64, u64),
 }
 
 /// Records pushed in one frame.
@@ -1069,6 +1075,8 @@ impl Subscription {
             position: r.start_offset,
             ended: false,
             dropped: 0,
+            window: (window_records, window_bytes),
+            owed: (0, 0),
         })
     }
 
@@ -1084,24 +1092,40 @@ impl Subscription {
     }
 
     /// The next item: records, or a drop notice. Re-grants the credit records used (under
-    /// `Credit`); `Ok(None)` once the connection is gone; a `SLOW_CONSUMER` end (under
-    /// `Disconnect`) is an error with that code. Cancel-safe.
+    /// `Credit`), once they come to half the window in records or in bytes; `Ok(None)` once
+    /// the connection is gone; a `SLOW_CONSUMER` end (under `Disconnect`) is an error with
+    /// that code. Cancel-safe.
     pub async fn next_event(&mut self) -> Result<Option<PushEvent>> {
         let e = self.next_event_without_credit().await?;
-        if let Some(PushEvent::Records(b)) = &e {
-            if self.policy == OverflowPolicy::Credit {
-                self.grant(b.credit_records, b.credit_bytes)?;
+        if let Some(PushEvent::Records(b)) = &e
+            && self.policy == OverflowPolicy::Credit
+        {
+            self.owed.0 += b.credit_records;
+            self.owed.1 += b.credit_bytes;
+            if self.owed.0 * 2 >= self.window.0 || self.owed.1 * 2 >= self.window.1 {
+                self.grant_owed()?;
             }
         }
         Ok(e)
+    }
+
+    /// Grants back the credit `next` has taken and not yet granted; false when there was none.
+    fn grant_owed(&mut self) -> Result<bool> {
+        let (records, bytes) = std::mem::take(&mut self.owed);
+        if records == 0 && bytes == 0 {
+            return Ok(false);
+        }
+        self.grant(records, bytes)?;
+        Ok(true)
     }
 
     pub fn id(&self) -> u64 {
         self.id
     }
 
-    /// The next pushed records, in order. Re-grants the credit they used, so the window
-    /// stays full while the caller keeps up; `Ok(None)` once the connection is gone.
+    /// The next pushed records, in order. Re-grants the credit they used, half the window at
+    /// a time, so the server has at least half the window to push into while the caller keeps
+    /// up; `Ok(None)` once the connection is gone.
     /// Cancel-safe: records are either returned or still queued.
     /// Drop notices (counted in [`Subscription::dropped_records`]) and the snapshot's end are
     /// skipped here; use [`Subscription::next_event`] to see them.
@@ -1173,9 +1197,11 @@ impl Subscription {
                 });
             }
             if p.records.is_empty() {
-                if p.data.need_records > 0 || p.data.need_bytes > 0 {
-                    // The next batch is larger than the credit left: lend it what it needs,
-                    // once, so a window smaller than one batch does not stall forever.
+                // The next batch is larger than the credit left: first give back what `next`
+                // took and has not yet granted (the server says again if that is not enough),
+                // else lend it what it needs, so a window smaller than one batch does not
+                // stall forever.
+                if (p.data.need_records > 0 || p.data.need_bytes > 0) && !self.grant_owed()? {
                     self.grant(p.data.need_records, p.data.need_bytes)?;
                 }
                 continue;

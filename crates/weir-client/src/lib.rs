@@ -714,7 +714,7 @@ impl Client {
 
     /// Subscribes to pushes from one partition, with a credit window of `window_records`
     /// records and `window_bytes` bytes (at least one batch's worth); the window is re-granted
-    /// as batches are taken with [`Subscription::next`].
+    /// as batches are taken with [`Subscription::next`], each time half of it is used.
     pub async fn subscribe(
         &self,
         topic: &str,

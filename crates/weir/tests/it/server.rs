@@ -325,14 +325,20 @@ fn a_consumer_poll_waits_no_longer_than_asked_while_its_prefetch_waits_for_data(
 
 /// Fetch requests the server has received, from its `/metrics`.
 async fn fetches_received(http: &str) -> u64 {
+    requests_received(http, "fetch").await
+}
+
+/// Native requests of one API the server has read, from its /metrics.
+async fn requests_received(http: &str, api: &str) -> u64 {
     let text = reqwest::get(format!("http://{http}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    let prefix = format!("weir_native_requests_total{{api=\"{api}\"}} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("weir_native_requests_total{api=\"fetch\"} "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
@@ -568,6 +574,49 @@ fn push_subscriptions_never_exceed_their_credit() {
         }
         assert_eq!(last, 50);
     });
+}
+
+/// `Subscription::next` gives credit back half a window at a time, not one Credit frame per
+/// pushed batch, and a subscriber taking one record at a time still never stalls.
+#[test]
+fn a_subscription_grants_its_credit_back_half_a_window_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let c = Client::connect(&server.addr, "test").await.unwrap();
+        c.create_topic("trickle", topic(1)).await.unwrap();
+        let consumer = Client::connect(&server.addr, "test").await.unwrap();
+        let mut sub = consumer
+            .subscribe("trickle", 0, Start::Earliest, 10, 1 << 20)
+            .await
+            .unwrap();
+        let before = requests_received(&server.http, "credit").await;
+        // One record at a time, each taken before the next is written: 40 pushes in all,
+        // four windows' worth.
+        for i in 0..40u32 {
+            c.produce("trickle", Some(0), None, batch(&[&i.to_be_bytes()]))
+                .await
+                .unwrap();
+            let b = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("stalled")
+                .unwrap()
+                .unwrap();
+            assert_eq!(b.records.len(), 1);
+            assert_eq!(b.records[0].offset, u64::from(i));
+        }
+        // Credit frames carry no response: wait until the server has read the last of them.
+        let mut granted = 0;
+        for _ in 0..50 {
+            granted = requests_received(&server.http, "credit").await - before;
+            if granted >= 8 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(granted, 8, "one grant per 5 records taken, half the window");
+    });
+    server.stop();
 }
 
 /// A group member waits on all its partitions at once: a record on either of its two
