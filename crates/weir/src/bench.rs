@@ -69,7 +69,9 @@ pub enum BenchCmd {
         #[arg(long, requires = "push")]
         snapshot: bool,
     },
-    /// One record at a time through a push subscription: produce-to-delivery latency.
+    /// One record at a time through a push subscription: the latency from a produce sent to
+    /// both its acknowledgement and the record pushed back. A sequential client: it runs on
+    /// one thread.
     E2e {
         #[command(flatten)]
         conn: Conn,
@@ -615,14 +617,22 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let start = Instant::now();
             for _ in 0..opts.messages {
                 let t = Instant::now();
-                client
-                    .produce(&opts.topic, Some(0), None, one.clone())
-                    .await?;
-                let mut got = 0;
-                while got == 0 {
-                    let b = sub.next().await?.context("subscription ended")?;
-                    got = b.records.len();
-                }
+                // The ack and the push are awaited together (either may come first), as
+                // tools/compare's e2e commands do.
+                let received = async {
+                    loop {
+                        let b = sub.next().await?.context("subscription ended")?;
+                        if !b.records.is_empty() {
+                            return anyhow::Ok(());
+                        }
+                    }
+                };
+                let (acked, received) = tokio::join!(
+                    client.produce(&opts.topic, Some(0), None, one.clone()),
+                    received
+                );
+                acked?;
+                received?;
                 latency.record(t.elapsed().as_micros() as u64)?;
                 bar.inc(1);
             }

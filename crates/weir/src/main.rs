@@ -256,9 +256,18 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // `weir bench e2e` is one sequential loop, one message at a time: its two connections'
+    // tasks run on the loop's own thread, so that no wake-up of another thread adds to the
+    // latency it measures (tools/compare's e2e commands do the same for NATS and Redis).
+    let runtime = if matches!(cli.cmd, Cmd::Bench(bench::BenchCmd::E2e { .. })) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     match cli.cmd {
         Cmd::Serve { config } => runtime.block_on(serve::run(config)),
         Cmd::Topic(cmd) => runtime.block_on(admin::topic(cmd)),

@@ -208,9 +208,18 @@ fn check(opts: &Common, window: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The e2e commands are one sequential loop, one message at a time: their connections'
+    // tasks run on the loop's own thread, so that no wake-up of another thread adds to the
+    // latency they measure (`weir bench e2e` does the same).
+    let runtime = if matches!(cli.cmd, Cmd::NatsE2e { .. } | Cmd::RedisE2e { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     let (report, output) = runtime.block_on(async {
         anyhow::Ok(match cli.cmd {
             Cmd::NatsProduce { nats, opts, window } => {
