@@ -546,6 +546,8 @@ struct Inner {
     quotas: crate::flow::Quotas,
     memory: crate::flow::MemoryBudget,
     admission: Arc<crate::flow::Admission>,
+    /// What each front door moves, for the console.
+    activity: crate::activity::Activity,
     observer: std::sync::OnceLock<ProduceObserver>,
     /// Who clients must prove to be, when the server requires authentication (set once,
     /// before the doors open).
@@ -753,6 +755,7 @@ impl Broker {
                 groups: GroupCoordinator::new(config.min_session, config.max_session),
                 quotas: crate::flow::Quotas::new(config.quotas.clone()),
                 memory: crate::flow::MemoryBudget::new(config.produce_memory_bytes),
+                activity: crate::activity::Activity::default(),
                 observer: std::sync::OnceLock::new(),
                 auth: std::sync::OnceLock::new(),
                 admission: Arc::new(crate::flow::Admission::new(
@@ -916,6 +919,11 @@ impl Broker {
     /// Connection admission per source address, shared by the front doors.
     pub fn admission(&self) -> &Arc<crate::flow::Admission> {
         &self.inner.admission
+    }
+
+    /// What each front door moves (the doors count it), for the console.
+    pub fn activity(&self) -> &crate::activity::Activity {
+        &self.inner.activity
     }
 
     /// Whether the broker takes requests: open, and no shutdown has begun (for readiness

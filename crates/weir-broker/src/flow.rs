@@ -96,6 +96,8 @@ pub struct Quotas {
     clients: Mutex<HashMap<String, Arc<ClientLimits>>>,
     /// Shared by clients beyond [`MAX_QUOTA_CLIENTS`].
     overflow: Arc<ClientLimits>,
+    /// Requests answered with a throttle, since the server started.
+    throttled: std::sync::atomic::AtomicU64,
 }
 
 impl Quotas {
@@ -111,6 +113,7 @@ impl Quotas {
             config,
             enabled,
             clients: Mutex::new(HashMap::new()),
+            throttled: Default::default(),
         }
     }
 
@@ -153,6 +156,8 @@ impl Quotas {
             .as_ref()
             .map_or(Duration::ZERO, |l| l.charge(amount.max(1)));
         if !throttle.is_zero() {
+            self.throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("weir_quota_throttled_total", "kind" => kind.name()).increment(1);
             metrics::histogram!("weir_quota_throttle_seconds", "kind" => kind.name())
                 .record(throttle.as_secs_f64());
@@ -163,6 +168,16 @@ impl Quotas {
     /// Clients tracked now.
     pub fn tracked(&self) -> usize {
         self.clients.lock().len()
+    }
+
+    /// Whether any client has a quota.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Requests answered with a throttle since the server started.
+    pub fn throttled_total(&self) -> u64 {
+        self.throttled.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -18,6 +18,7 @@
 //!   (durations in the units their keys name).
 
 pub mod access;
+pub mod activity;
 pub mod broker;
 pub mod error;
 pub mod flow;

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use weir_batch::Ring;
 use weir_batch::{Batches, Records};
 use weir_broker::access::{Operation, Principal, ResourceType};
+use weir_broker::activity::Door;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::topic::{DurabilitySetting, TopicInfo};
 use weir_broker::{Access, Broker};
@@ -769,7 +770,9 @@ async fn produce(
     let mut outcome: Vec<Value> = vec![Value::Null; records.len()];
     let mut written = false;
     let mut failure: Option<ApiError> = None;
+    let door = s.broker.activity().door(Door::Http);
     for (target, indexes, bytes) in batches {
+        let size = bytes.len() as u64;
         let result = match &failure {
             Some(f) => Err(ApiError::new(
                 f.code,
@@ -784,6 +787,7 @@ async fn produce(
         match result {
             Ok(r) => {
                 written = true;
+                door.produced(indexes.len() as u64, size);
                 for (n, &i) in indexes.iter().enumerate() {
                     outcome[i] =
                         json!({"partition": r.partition, "offset": r.base_offset + n as u64});
@@ -858,6 +862,10 @@ async fn fetch(
         .broker
         .fetch(&topic, partition, offset, max_bytes, min_bytes, max_wait)
         .await?;
+    s.broker
+        .activity()
+        .door(Door::Http)
+        .delivered(r.len() as u64);
     let decode = || -> ApiResult<(Vec<Value>, u64)> {
         let mut out = Vec::new();
         let mut next = offset;

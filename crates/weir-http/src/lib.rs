@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use weir_broker::Broker;
+use weir_broker::activity::Door;
 use weir_net::{Acceptor, Shutdown};
 
 pub use error::{ApiError, ErrorCode};
@@ -157,7 +158,8 @@ pub async fn serve(
             state.broker.admission().clone(),
             shutdown.clone(),
         )
-        .with_shared_limit(&limit);
+        .with_shared_limit(&limit)
+        .with_counters(state.broker.activity().door(Door::Http).clone());
         let (app, shutdown) = (app.clone(), shutdown.clone());
         async move {
             while let Some(accepted) = acceptor.accept().await {

@@ -75,7 +75,14 @@ async fn accept_loop(
         kafka.broker.admission().clone(),
         shutdown.clone(),
     )
-    .with_shared_limit(limit);
+    .with_shared_limit(limit)
+    .with_counters(
+        kafka
+            .broker
+            .activity()
+            .door(weir_broker::activity::Door::Kafka)
+            .clone(),
+    );
     while let Some(accepted) = acceptor.accept().await {
         let kafka = Arc::clone(&kafka);
         let stop = shutdown.begun();

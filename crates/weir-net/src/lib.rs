@@ -113,6 +113,7 @@ pub struct Acceptor {
     limit: Option<(Arc<Semaphore>, usize, metrics::Counter)>,
     refuse: Option<Refuse>,
     open: metrics::Gauge,
+    counters: Option<Arc<weir_broker::activity::DoorCounters>>,
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -139,11 +140,15 @@ pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
     _admitted: Admitted,
     open: metrics::Gauge,
+    counters: Option<Arc<weir_broker::activity::DoorCounters>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.decrement(1.0);
+        if let Some(c) = &self.counters {
+            c.closed();
+        }
     }
 }
 
@@ -164,7 +169,15 @@ impl Acceptor {
             limit: None,
             refuse: None,
             open: metrics::gauge!(format!("weir_{door}_connections")),
+            counters: None,
         }
+    }
+
+    /// Counts the door's open connections in `counters` too (the broker's
+    /// [`weir_broker::Broker::activity`], which the console reads).
+    pub fn with_counters(mut self, counters: Arc<weir_broker::activity::DoorCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// At most `max` connections open at once; more are refused (and counted in
@@ -237,6 +250,9 @@ impl Acceptor {
                 }
             };
             self.open.increment(1.0);
+            if let Some(c) = &self.counters {
+                c.opened();
+            }
             return Some(Accepted {
                 stream,
                 peer,
@@ -244,6 +260,7 @@ impl Acceptor {
                     _permit: permit,
                     _admitted: admitted,
                     open: self.open.clone(),
+                    counters: self.counters.clone(),
                 },
             });
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use weir_broker::access::{Operation, ResourceType};
+use weir_broker::activity::Door;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::QuotaKind;
 use weir_broker::group::AssignmentStrategy;
@@ -297,6 +298,13 @@ pub(crate) async fn produce(
             Err(e) => Err(broker_err(e)),
         }
     };
+    if let Ok(p) = &result {
+        let records = p.last_offset.saturating_sub(p.base_offset) + 1;
+        broker
+            .activity()
+            .door(Door::Native)
+            .produced(records, bytes);
+    }
     let throttle_ms = throttle.as_millis().min(u128::from(u32::MAX)) as u32;
     let mut out = match (result, silent) {
         (Err((_, message)), true) => {
@@ -473,6 +481,10 @@ async fn run(
                 )
                 .await
                 .map_err(broker_err)?;
+            broker
+                .activity()
+                .door(Door::Native)
+                .delivered(f.len() as u64);
             let throttle = broker
                 .quotas()
                 .charge(client_id, QuotaKind::Fetch, f.len() as u64);

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weir_broker::Broker;
 use weir_broker::access::ResourceType;
+use weir_broker::activity::Door;
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::{BudgetPermit, QuotaKind, SMALL_REQUEST_BYTES};
 use weir_broker::push::{PushCursor, PushStep};
@@ -415,6 +416,10 @@ impl Connection {
                 }
                 Input::Done(out) | Input::Push(out) => {
                     if let Some(out) = out {
+                        if !is_response {
+                            let bytes = out.records.iter().map(|b| b.len() as u64).sum();
+                            self.broker.activity().door(Door::Native).delivered(bytes);
+                        }
                         self.mute(out.throttle);
                         if let Err(e) = Box::pin(self.write(out)).await {
                             tracing::debug!(peer = %self.peer, error = %e, "write failed; closing");

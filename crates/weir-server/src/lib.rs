@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_broker::Broker;
+use weir_broker::activity::Door;
 use weir_net::{Acceptor, Shutdown};
 use weir_wire::{ErrorCode, Flags, FrameHeader};
 
@@ -134,6 +135,7 @@ pub async fn serve(
             shutdown.clone(),
         )
         .with_shared_limit(&limit)
+        .with_counters(broker.activity().door(Door::Native).clone())
         .with_refusal(Arc::new(|stream, why| Box::pin(refuse(stream, why))));
         let (broker, config, shutdown, stop_rx) = (
             broker.clone(),

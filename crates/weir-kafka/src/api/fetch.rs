@@ -67,6 +67,10 @@ pub(crate) async fn handle(cx: &mut Ctx<'_>, r: FetchRequest) -> Answer {
             || tokio::time::Instant::now() >= deadline
         {
             cx.charge(QuotaKind::Fetch, total as u64);
+            broker
+                .activity()
+                .door(weir_broker::activity::Door::Kafka)
+                .delivered(total as u64);
             return responses;
         }
         let changed =

@@ -190,12 +190,15 @@ async fn produce_partition_start(
         }
     }
     let mut writes = Vec::with_capacity(batches.len());
+    let door = broker.activity().door(weir_broker::activity::Door::Kafka);
     for (h, batch) in batches {
+        let bytes = batch.len() as u64;
         // `memory`: the request's, or the partition's records' own copy.
         let write = broker
             .produce_sequenced(topic, part, &h, batch, |b| owned_enough(b, memory).0)
             .await
             .map_err(|e| sequenced_code(&e))?;
+        door.produced(u64::from(h.last_offset_delta.max(0) as u32) + 1, bytes);
         writes.push(write);
     }
     Ok((part, writes))
