@@ -43,6 +43,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Held while a CPU profile runs (one at a time).
     pub profile_lock: crate::debug::ProfileLock,
+    /// The console's samples of the server's counters (its task runs in [`crate::serve`]).
+    pub sampler: Arc<crate::console::Sampler>,
     /// Key rings by partition count, for routing keyed records.
     rings: Arc<Mutex<HashMap<u32, Arc<Ring>>>>,
 }
@@ -56,6 +58,7 @@ impl AppState {
             stopping: Arc::new(AtomicBool::new(false)),
             shutdown: Default::default(),
             profile_lock: Default::default(),
+            sampler: Default::default(),
             rings: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -110,6 +113,9 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
     use ResourceType::{Cluster, Group, Pipeline, Topic};
     Some(match (method, path) {
         ("get", "/health" | "/ready" | "/openapi.json") => Needs::Nothing,
+        // The console's page and files: what it shows comes from the routes below, checked.
+        ("get", "/" | "/console/" | "/console/assets/{file}") => Needs::Nothing,
+        ("get", "/console/live") => Needs::Check(Describe, Cluster, "*"),
         ("get", "/stats" | "/metrics") => Needs::Check(Describe, Cluster, "*"),
         ("get", "/debug/pprof/profile" | "/debug/heap") => Needs::Check(Alter, Cluster, "*"),
         ("get", "/topics" | "/groups" | "/ws" | "/pipelines") | ("post", "/topics") => {
@@ -184,6 +190,10 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/health", get(health)),
         ("get", "/ready", get(ready)),
         ("get", "/openapi.json", get(openapi)),
+        ("get", "/", get(crate::console::root)),
+        ("get", "/console/", get(crate::console::index)),
+        ("get", "/console/assets/{file}", get(crate::console::asset)),
+        ("get", "/console/live", get(crate::console::live)),
         ("get", "/stats", get(stats)),
         ("get", "/metrics", get(metrics)),
         ("get", "/topics", get(list_topics)),
@@ -350,7 +360,11 @@ async fn authenticate(
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if matches!(path, "/health" | "/ready") {
+    // The console's page and files are public: it asks for a token itself, and sends it with
+    // every request for data.
+    if matches!(path, "/health" | "/ready" | "/" | "/console/")
+        || path.starts_with("/console/assets/")
+    {
         return next.run(req).await;
     }
     let (peer, certificate_name) = req
@@ -366,7 +380,8 @@ async fn authenticate(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let from_query = (path == "/ws")
+    // A browser's WebSocket and EventSource cannot send headers: those take it in the query.
+    let from_query = matches!(path, "/ws" | "/console/live")
         .then(|| req.uri().query())
         .flatten()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
@@ -1204,13 +1219,24 @@ mod tests {
                 );
             }
         }
-        // Only the open few need nothing.
+        // Only the open few need nothing: health, the API's description, and the console's
+        // page and files (which hold no data: that comes from the checked routes).
         let open: Vec<_> = routes()
             .into_iter()
             .filter(|(m, p, _)| needs(m, p) == Some(Needs::Nothing))
             .map(|(_, p, _)| p)
             .collect();
-        assert_eq!(open, ["/health", "/ready", "/openapi.json"]);
+        assert_eq!(
+            open,
+            [
+                "/health",
+                "/ready",
+                "/openapi.json",
+                "/",
+                "/console/",
+                "/console/assets/{file}"
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

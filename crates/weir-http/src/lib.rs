@@ -20,6 +20,7 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+pub mod console;
 pub mod debug;
 pub mod error;
 mod listener;
@@ -148,6 +149,11 @@ pub async fn serve(
     // One limit for every listener (plain and TLS) of the door.
     let limit = weir_net::ConnectionLimit::new(config.max_connections.max(1));
     let state = api::AppState::new(broker, config, hub.clone());
+    let sampler = tokio::spawn(state.sampler.clone().run(
+        state.broker.clone(),
+        hub.clone(),
+        state.shutdown.clone(),
+    ));
     let app = api::router(state.clone()).into_router();
     // One hub and one state for every listener (plain and TLS): WebSocket feeds and counters
     // are shared.
@@ -184,6 +190,7 @@ pub async fn serve(
         tracing::warn!("WebSocket connections still open after the shutdown grace period");
     }
     sweeper.abort();
+    sampler.abort();
     Ok(())
 }
 

@@ -95,6 +95,40 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "The OpenAPI document.",
                     "content": {"application/json": {"schema": {"type": "object"}}}}},
             }},
+            "/": {"get": {
+                "summary": "Redirects to the web console.",
+                "security": [{}],
+                "responses": {"307": {"description": "To /console/."}},
+            }},
+            "/console/": {"get": {
+                "summary": "The web console: one page, served from the binary.",
+                "security": [{}],
+                "responses": {"200": {"description": "HTML.",
+                    "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }},
+            "/console/assets/{file}": {"get": {
+                "summary": "A file of the web console (scripts, style sheet, icon).",
+                "security": [{}],
+                "parameters": [param("file", "path", json!({"type": "string"}), "File name.")],
+                "responses": {
+                    "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                    "404": error_response("No such file (code not_found)."),
+                },
+            }},
+            "/console/live": {"get": {
+                "summary": "The console's live feed, Server-Sent Events: a `hello` event (version, \
+                    start time, settings), a `history` event (the samples of the last 15 \
+                    minutes, oldest first), then a `sample` event each second. A sample holds \
+                    totals since the server started per front door (records and bytes in, \
+                    bytes out) and gauges (connections, disk, produce memory in use). A token \
+                    may be given as the access_token query parameter.",
+                "parameters": [param("access_token", "query", json!({"type": "string"}), "A bearer token, for browsers' EventSource, which cannot send headers.")],
+                "responses": {
+                    "200": {"description": "An event stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "503": error_response("Too many feeds open (code too_many_connections)."),
+                },
+            }},
             "/stats": {"get": {
                 "summary": "Counters of the WebSocket side: connections, feeds, records sent, \
                     records dropped or conflated by policy, slow consumers disconnected, gaps.",

@@ -648,6 +648,11 @@ fn openapi_document_matches_the_served_routes() {
         http.create_topic(json!({"name": "doomed"})).await;
         let paths = http.doc["paths"].as_object().unwrap().clone();
         assert!(paths.len() >= 11);
+        // Redirects are answers of their own here (`/` documents its 307).
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         for (route, ops) in &paths {
             let path = route
                 .replace(
@@ -659,12 +664,12 @@ fn openapi_document_matches_the_served_routes() {
                     },
                 )
                 .replace("{partition}", "0")
-                .replace("{group}", "g");
+                .replace("{group}", "g")
+                .replace("{file}", "app.js");
             let mut methods: Vec<&String> = ops.as_object().unwrap().keys().collect();
             methods.sort_by_key(|m| *m == "delete"); // delete last
             for method in methods {
-                let resp = http
-                    .client
+                let resp = client
                     .request(
                         reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
                         format!("{}{path}", http.base),
@@ -673,6 +678,12 @@ fn openapi_document_matches_the_served_routes() {
                     .await
                     .unwrap();
                 let status = resp.status().as_u16();
+                if route == "/console/live" {
+                    // An event stream does not end: its head is what can be checked.
+                    assert_eq!(status, 200);
+                    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+                    continue;
+                }
                 let body: Value =
                     serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
                 let code = body["error"]["code"].as_str().unwrap_or("");

@@ -8,6 +8,7 @@ mod acl;
 mod auth;
 mod cli;
 mod compaction;
+mod console;
 mod flow;
 mod http;
 mod idempotent;

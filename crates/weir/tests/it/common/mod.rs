@@ -208,7 +208,10 @@ pub fn python() -> PathBuf {
     let py = venv.join("bin/python");
     let works = |py: &PathBuf| {
         Command::new(py)
-            .args(["-c", "import websockets, kafka, aiokafka, confluent_kafka"])
+            .args([
+                "-c",
+                "import websockets, kafka, aiokafka, confluent_kafka, selenium",
+            ])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())

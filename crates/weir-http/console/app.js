@@ -1,0 +1,799 @@
+// The weir console: one page, a view per `#/...` route, data from the server's JSON API and
+// its live feed (/console/live). Every name and value shown comes from the network: it is
+// only ever set as text (never as HTML).
+
+import { LineChart } from './chart.js';
+
+// ---- small helpers ----
+
+// An element: `attrs` sets properties (`text`, `class`, `on*` listeners, others as
+// attributes); children are nodes or strings.
+function h(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'text') e.textContent = v;
+    else if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined && c !== false) e.append(c);
+  }
+  return e;
+}
+
+function fmtNum(v) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '–';
+  const a = Math.abs(v);
+  if (a >= 1e9) return `${(v / 1e9).toFixed(2)}G`;
+  if (a >= 1e6) return `${(v / 1e6).toFixed(2)}M`;
+  if (a >= 1e4) return `${(v / 1e3).toFixed(1)}k`;
+  if (a >= 100 || Number.isInteger(v)) return String(Math.round(v));
+  return v.toFixed(1);
+}
+
+function fmtBytes(v) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${i === 0 ? Math.round(v) : v.toFixed(1)} ${units[i]}`;
+}
+
+function fmtDuration(s) {
+  const d = Math.floor(s / 86400);
+  const hh = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (d) return `${d}d ${hh}h`;
+  if (hh) return `${hh}h ${m}m`;
+  return `${m}m ${Math.floor(s % 60)}s`;
+}
+
+function fmtTime(ms) {
+  return new Date(ms).toISOString().replace('T', ' ').replace('Z', ' UTC');
+}
+
+const DOORS = ['native', 'kafka', 'http'];
+
+// A short message at the bottom of the page: an error unless `ok`.
+function toast(message, ok = false) {
+  const t = document.getElementById('toast');
+  t.textContent = message;
+  t.className = ok ? 'ok' : '';
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.textContent = ''; }, 6000);
+}
+
+// ---- the API ----
+
+let token = sessionStorage.getItem('weir-token') || '';
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const r = await fetch(path, { ...options, headers });
+  const isJson = (r.headers.get('content-type') || '').includes('json');
+  const body = isJson ? await r.json() : await r.text();
+  if (!r.ok) {
+    const err = (isJson && body && body.error) || {};
+    if (r.status === 401) askToken(err.message);
+    throw new ApiError(r.status, err.code || String(r.status), err.message || `HTTP ${r.status}`);
+  }
+  return body;
+}
+
+function askToken(why) {
+  const dialog = document.getElementById('token-dialog');
+  if (why) document.getElementById('token-why').textContent = why;
+  if (!dialog.open) dialog.showModal();
+}
+
+function setupToken() {
+  const dialog = document.getElementById('token-dialog');
+  document.getElementById('token-button').addEventListener('click', () => askToken());
+  dialog.addEventListener('close', () => {
+    const input = document.getElementById('token-input');
+    if (dialog.returnValue === 'save' && input.value.trim()) {
+      token = input.value.trim();
+      sessionStorage.setItem('weir-token', token);
+    } else if (dialog.returnValue === 'clear') {
+      token = '';
+      sessionStorage.removeItem('weir-token');
+    }
+    input.value = '';
+    feed.restart();
+    route();
+  });
+}
+
+// Asks the user to type `name` to confirm; resolves true when they did.
+function confirmByName(text, name, action) {
+  const dialog = document.getElementById('confirm-dialog');
+  const input = document.getElementById('confirm-input');
+  document.getElementById('confirm-text').textContent = text;
+  document.getElementById('confirm-label').textContent = `Type “${name}” to confirm`;
+  document.getElementById('confirm-ok').textContent = action;
+  input.value = '';
+  dialog.showModal();
+  input.focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener('close', () => {
+      resolve(dialog.returnValue === 'ok' && input.value === name);
+    }, { once: true });
+  });
+}
+
+// ---- the live feed ----
+
+const HISTORY_MS = 15 * 60 * 1000;
+
+const feed = {
+  hello: null,
+  samples: [],
+  listeners: new Set(),
+  source: null,
+  retry: null,
+  start() {
+    const state = document.getElementById('feed-state');
+    const url = token ? `/console/live?access_token=${encodeURIComponent(token)}` : '/console/live';
+    const es = new EventSource(url);
+    this.source = es;
+    es.addEventListener('hello', (e) => { this.hello = JSON.parse(e.data); });
+    es.addEventListener('history', (e) => {
+      this.samples = JSON.parse(e.data);
+      this.notify();
+    });
+    es.addEventListener('sample', (e) => {
+      this.samples.push(JSON.parse(e.data));
+      const from = this.samples[this.samples.length - 1].t - HISTORY_MS;
+      while (this.samples.length && this.samples[0].t < from) this.samples.shift();
+      this.notify();
+    });
+    es.onopen = () => {
+      state.textContent = 'live';
+      state.className = 'feed live';
+    };
+    es.onerror = () => {
+      state.textContent = 'reconnecting…';
+      state.className = 'feed';
+      if (es.readyState === EventSource.CLOSED) {
+        // Refused (a 401 or 503): the browser does not retry by itself.
+        clearTimeout(this.retry);
+        this.retry = setTimeout(() => this.restart(), 3000);
+      }
+    };
+  },
+  restart() {
+    if (this.source) this.source.close();
+    this.start();
+  },
+  notify() {
+    for (const f of this.listeners) f(this.samples);
+  },
+  // Calls `f` with the samples now and on each new one; returns the unsubscribe function.
+  watch(f) {
+    this.listeners.add(f);
+    f(this.samples);
+    return () => this.listeners.delete(f);
+  },
+};
+
+// Per-second rates between consecutive samples of a counter picked by `get`. A counter that
+// went down (the server restarted) gives no point.
+function rates(samples, get) {
+  const out = [];
+  for (let i = 1; i < samples.length; i += 1) {
+    const a = samples[i - 1];
+    const b = samples[i];
+    const dt = (b.t - a.t) / 1000;
+    const d = get(b) - get(a);
+    if (dt > 0 && d >= 0) out.push({ t: b.t, v: d / dt });
+  }
+  return out;
+}
+
+// ---- views ----
+
+function card(key, value, id) {
+  return h('div', { class: 'card' }, h('div', { class: 'k', text: key }), h('div', { class: 'v', text: value, 'data-card': id }));
+}
+
+function overview(view) {
+  view.append(h('h1', { text: 'Overview' }));
+  const cards = h('div', { class: 'cards' });
+  const charts = h('div', { class: 'charts' });
+  const about = h('div');
+  view.append(cards, charts, h('h2', { text: 'Server' }), about);
+  const doorSeries = DOORS.map((d, i) => ({ name: d, className: `s${i + 1}` }));
+  const span = HISTORY_MS / 1000;
+  const recordsIn = new LineChart(charts, { title: 'Records in per second', series: doorSeries, format: fmtNum, spanSeconds: span });
+  const bytesIn = new LineChart(charts, { title: 'Bytes in per second', series: doorSeries, format: fmtBytes, spanSeconds: span });
+  const bytesOut = new LineChart(charts, { title: 'Bytes out per second', series: doorSeries, format: fmtBytes, spanSeconds: span });
+  const conns = new LineChart(charts, {
+    title: 'Connections',
+    series: [...doorSeries, { name: 'websocket', className: 's4' }],
+    format: fmtNum,
+    spanSeconds: span,
+  });
+  const render = (samples) => {
+    if (!samples.length) {
+      cards.replaceChildren(h('p', { class: 'muted', text: 'Waiting for the first sample…' }));
+      return;
+    }
+    const last = samples[samples.length - 1];
+    const perDoor = (field) => {
+      const rs = DOORS.map((d) => rates(samples, (s) => s.doors[d][field]));
+      const n = Math.min(...rs.map((r) => r.length));
+      const points = [];
+      for (let i = 0; i < n; i += 1) {
+        points.push({ t: rs[0][rs[0].length - n + i].t, values: rs.map((r) => r[r.length - n + i].v) });
+      }
+      return points;
+    };
+    const rin = perDoor('records_in');
+    const bin = perDoor('bytes_in');
+    const bout = perDoor('bytes_out');
+    recordsIn.update(rin);
+    bytesIn.update(bin);
+    bytesOut.update(bout);
+    conns.update(samples.map((s) => ({ t: s.t, values: [...DOORS.map((d) => s.doors[d].connections), s.ws.connections] })));
+    const sum = (pts) => (pts.length ? pts[pts.length - 1].values.reduce((a, b) => a + b, 0) : 0);
+    const throttledMinute = rates(samples.slice(-61), (s) => s.throttled).reduce((a, p) => a + p.v, 0);
+    cards.replaceChildren(
+      card('Records in/s', fmtNum(sum(rin)), 'records-in'),
+      card('Bytes in/s', fmtBytes(sum(bin)), 'bytes-in'),
+      card('Bytes out/s', fmtBytes(sum(bout)), 'bytes-out'),
+      ...DOORS.map((d) => card(`${d} connections`, fmtNum(last.doors[d].connections), `conn-${d}`)),
+      card('WebSocket connections', fmtNum(last.ws.connections), 'conn-ws'),
+      card('Topics / partitions', `${fmtNum(last.topics)} / ${fmtNum(last.partitions)}`, 'topics'),
+      card('Log size', fmtBytes(last.disk.log_bytes), 'log-bytes'),
+      card('Disk free', last.disk.free_bytes === null ? '–' : `${fmtBytes(last.disk.free_bytes)} of ${fmtBytes(last.disk.total_bytes)}`, 'disk-free'),
+      card('Throttled (last min)', fmtNum(throttledMinute), 'throttled'),
+      card('WebSocket records dropped', fmtNum(last.ws.dropped), 'ws-dropped'),
+      card('Produce memory in use', `${fmtBytes(last.memory.produce_in_use)} of ${fmtBytes(last.memory.produce_budget)}`, 'memory'),
+      card('Uptime', fmtDuration(last.uptime_s), 'uptime'),
+    );
+    const hello = feed.hello;
+    if (hello && !about.childElementCount) {
+      const d = hello.default_topic || {};
+      const rows = [
+        ['Version', hello.version],
+        ['Started', fmtTime(hello.started_at)],
+        ['Data directory', hello.data_dir],
+        ['Authentication', hello.authentication ? 'required' : 'off'],
+        ['Quotas', hello.quotas ? 'on' : 'off'],
+        ['Topics created on first use', hello.auto_create_topics ? 'yes' : 'no'],
+        ['New topics', `${d.partitions} partitions, durability ${JSON.stringify(d.durability)}, retention ${d.retention_ms ? `${d.retention_ms} ms` : 'unlimited'}`],
+      ];
+      about.append(h('div', { class: 'table-wrap' }, h('table', {}, h('tbody', {},
+        rows.map(([k, v]) => h('tr', {}, h('th', { scope: 'row', text: k }), h('td', { text: v })))))));
+    }
+  };
+  return feed.watch(render);
+}
+
+// Polls `f` every `ms` until the view goes; returns the stop function.
+function every(ms, f) {
+  let stopped = false;
+  let timer = null;
+  const tick = async () => {
+    try {
+      await f();
+    } catch (e) {
+      if (!stopped) toast(e.message);
+    }
+    if (!stopped) timer = setTimeout(tick, ms);
+  };
+  tick();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+function topicRecords(t) {
+  return t.partitions.reduce((a, p) => a + (p.high_watermark - p.log_start_offset), 0);
+}
+
+function retentionText(c) {
+  const parts = [];
+  if (c.retention_ms) parts.push(`${fmtDuration(c.retention_ms / 1000)}`);
+  if (c.retention_bytes) parts.push(fmtBytes(c.retention_bytes));
+  if (c.cleanup_policy && c.cleanup_policy !== 'delete') parts.push(String(c.cleanup_policy));
+  return parts.length ? parts.join(', ') : 'unlimited';
+}
+
+async function deleteTopic(name) {
+  const yes = await confirmByName(`Delete topic “${name}” and every record in it? This cannot be undone.`, name, 'Delete topic');
+  if (!yes) return false;
+  await api(`/topics/${encodeURIComponent(name)}`, { method: 'DELETE' });
+  toast(`Topic ${name} deleted`, true);
+  return true;
+}
+
+function topics(view) {
+  view.append(h('h1', { text: 'Topics' }));
+  const name = h('input', { id: 'new-topic-name', required: true, autocomplete: 'off' });
+  const parts = h('input', { id: 'new-topic-partitions', type: 'number', min: 1, max: 10000, value: 1 });
+  const durability = h('select', { id: 'new-topic-durability' },
+    h('option', { value: '', text: 'server default' }),
+    h('option', { value: 'always', text: 'always (fsync before ack)' }),
+    h('option', { value: 'never', text: 'never (page cache)' }));
+  const form = h('form', {
+    class: 'row',
+    'aria-label': 'Create a topic',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const body = { name: name.value.trim(), partitions: Number(parts.value) };
+      if (durability.value) body.durability = durability.value;
+      try {
+        await api('/topics', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+        toast(`Topic ${body.name} created`, true);
+        name.value = '';
+        await refresh();
+      } catch (err) {
+        toast(err.message);
+      }
+    },
+  },
+  h('div', {}, h('label', { for: 'new-topic-name', text: 'New topic' }), name),
+  h('div', {}, h('label', { for: 'new-topic-partitions', text: 'Partitions' }), parts),
+  h('div', {}, h('label', { for: 'new-topic-durability', text: 'Durability' }), durability),
+  h('button', { type: 'submit', class: 'primary', text: 'Create' }));
+  const body = h('tbody');
+  const table = h('div', { class: 'table-wrap' }, h('table', { id: 'topics-table' },
+    h('thead', {}, h('tr', {},
+      h('th', { scope: 'col', text: 'Topic' }),
+      h('th', { scope: 'col', class: 'num', text: 'Partitions' }),
+      h('th', { scope: 'col', class: 'num', text: 'Records' }),
+      h('th', { scope: 'col', class: 'num', text: 'Size' }),
+      h('th', { scope: 'col', class: 'num', text: 'Records/s' }),
+      h('th', { scope: 'col', text: 'Retention' }),
+      h('th', { scope: 'col', text: '' }))),
+    body));
+  view.append(form, table);
+  let before = null;
+  const refresh = async () => {
+    const r = await api('/topics');
+    const now = performance.now();
+    const ends = new Map(r.topics.map((t) => [t.name, t.partitions.reduce((a, p) => a + p.high_watermark, 0)]));
+    const rows = r.topics.sort((a, b) => a.name.localeCompare(b.name)).map((t) => {
+      const dt = before ? (now - before.at) / 1000 : 0;
+      const prev = before && before.ends.get(t.name);
+      const rate = dt > 0 && prev !== undefined ? Math.max(0, (ends.get(t.name) - prev) / dt) : null;
+      return h('tr', { 'data-topic': t.name },
+        h('td', {}, h('a', { href: `#/topics/${encodeURIComponent(t.name)}`, text: t.name })),
+        h('td', { class: 'num', text: t.partitions.length }),
+        h('td', { class: 'num', text: fmtNum(topicRecords(t)) }),
+        h('td', { class: 'num', text: fmtBytes(t.partitions.reduce((a, p) => a + p.size_bytes, 0)) }),
+        h('td', { class: 'num', text: rate === null ? '–' : fmtNum(rate) }),
+        h('td', { text: retentionText(t.config) }),
+        h('td', {}, h('button', {
+          type: 'button',
+          class: 'danger',
+          'aria-label': `Delete topic ${t.name}`,
+          text: 'Delete',
+          onclick: async () => {
+            try {
+              if (await deleteTopic(t.name)) await refresh();
+            } catch (err) {
+              toast(err.message);
+            }
+          },
+        })));
+    });
+    body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: 7, class: 'muted', text: 'No topics yet.' }))]));
+    before = { at: now, ends };
+  };
+  return every(2000, refresh);
+}
+
+function topicPage(view, name) {
+  view.append(h('p', {}, h('a', { href: '#/topics', text: '← Topics' })), h('h1', { text: `Topic ${name}` }));
+  const summary = h('div', { class: 'cards' });
+  const body = h('tbody');
+  const del = h('button', {
+    type: 'button',
+    class: 'danger',
+    text: 'Delete topic',
+    onclick: async () => {
+      try {
+        if (await deleteTopic(name)) location.hash = '#/topics';
+      } catch (err) {
+        toast(err.message);
+      }
+    },
+  });
+  view.append(summary, h('h2', { text: 'Partitions' }), h('div', { class: 'table-wrap' }, h('table', { id: 'partitions-table' },
+    h('thead', {}, h('tr', {},
+      h('th', { scope: 'col', class: 'num', text: 'Partition' }),
+      h('th', { scope: 'col', class: 'num', text: 'Log start' }),
+      h('th', { scope: 'col', class: 'num', text: 'High watermark' }),
+      h('th', { scope: 'col', class: 'num', text: 'Size' }),
+      h('th', { scope: 'col', class: 'num', text: 'Records/s' }),
+      h('th', { scope: 'col', text: '' }))),
+    body)), h('div', { class: 'row' }, del));
+  let before = null;
+  return every(1000, async () => {
+    const t = await api(`/topics/${encodeURIComponent(name)}`);
+    const now = performance.now();
+    const dt = before ? (now - before.at) / 1000 : 0;
+    summary.replaceChildren(
+      card('Partitions', String(t.partitions.length)),
+      card('Records', fmtNum(topicRecords(t))),
+      card('Size', fmtBytes(t.partitions.reduce((a, p) => a + p.size_bytes, 0))),
+      card('Retention', retentionText(t.config)),
+      card('Durability', typeof t.config.durability === 'string' ? t.config.durability : JSON.stringify(t.config.durability)),
+    );
+    body.replaceChildren(...t.partitions.map((p) => {
+      const prev = before && before.hwm[p.partition];
+      const rate = dt > 0 && prev !== undefined ? Math.max(0, (p.high_watermark - prev) / dt) : null;
+      return h('tr', {},
+        h('td', { class: 'num', text: p.partition }),
+        h('td', { class: 'num', text: p.log_start_offset }),
+        h('td', { class: 'num', text: p.high_watermark }),
+        h('td', { class: 'num', text: fmtBytes(p.size_bytes) }),
+        h('td', { class: 'num', text: rate === null ? '–' : fmtNum(rate) }),
+        h('td', {}, h('a', { href: `#/messages?topic=${encodeURIComponent(name)}&partition=${p.partition}`, text: 'Browse' })));
+    }));
+    before = { at: now, hwm: Object.fromEntries(t.partitions.map((p) => [p.partition, p.high_watermark])) };
+  });
+}
+
+// ---- messages ----
+
+function fromBase64(s) {
+  if (s === null || s === undefined) return null;
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i += 1) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function asText(bytes) {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    return null;
+  }
+}
+
+function asHex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(' ');
+}
+
+// The bytes shown as `format` (auto: JSON when they parse as an object or array, else text
+// when valid UTF-8, else hex).
+function show(bytes, format) {
+  if (bytes === null) return 'null';
+  const text = asText(bytes);
+  if (format === 'hex' || (text === null && format !== 'text')) return asHex(bytes);
+  if (format === 'text') return text === null ? asHex(bytes) : text;
+  try {
+    const v = JSON.parse(text);
+    if (format === 'json') return JSON.stringify(v, null, 2);
+    if (v !== null && typeof v === 'object') return JSON.stringify(v);
+  } catch {
+    if (format === 'json') return `(not JSON) ${text}`;
+  }
+  return text;
+}
+
+// The value at `path` (dot-separated, as in `a.b.0`) of the JSON in `text`; undefined when
+// not there.
+function jsonAt(text, path) {
+  let v;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  for (const part of path.replace(/^\$\.?/, '').split('.').filter(Boolean)) {
+    if (v === null || typeof v !== 'object' || !(part in v)) return undefined;
+    v = v[part];
+  }
+  return v;
+}
+
+function matches(rec, f) {
+  const key = fromBase64(rec.key_base64);
+  const value = fromBase64(rec.value_base64);
+  if (f.key) {
+    const k = key === null ? null : asText(key);
+    if (k !== f.key) return false;
+  }
+  const text = value === null ? null : asText(value);
+  if (f.contains && (text === null || !text.includes(f.contains))) return false;
+  if (f.path) {
+    if (text === null) return false;
+    const v = jsonAt(text, f.path);
+    if (v === undefined) return false;
+    if (f.equals !== '' && String(typeof v === 'object' ? JSON.stringify(v) : v) !== f.equals) return false;
+  }
+  return true;
+}
+
+const SCAN_LIMIT = 20000;
+const SHOW_LIMIT = 200;
+
+function messages(view, params) {
+  view.append(h('h1', { text: 'Messages' }));
+  const topicSel = h('select', { id: 'msg-topic', required: true });
+  const partition = h('input', { id: 'msg-partition', type: 'number', min: 0, value: params.get('partition') || 0 });
+  const from = h('select', { id: 'msg-from' },
+    h('option', { value: 'beginning', text: 'the beginning' }),
+    h('option', { value: 'offset', text: 'an offset' }),
+    h('option', { value: 'timestamp', text: 'a time' }),
+    h('option', { value: 'end', text: 'the end, then live' }));
+  const offset = h('input', { id: 'msg-offset', type: 'number', min: 0, value: 0 });
+  const time = h('input', { id: 'msg-time', type: 'datetime-local', step: 1 });
+  const key = h('input', { id: 'msg-key', autocomplete: 'off' });
+  const contains = h('input', { id: 'msg-contains', autocomplete: 'off' });
+  const path = h('input', { id: 'msg-path', autocomplete: 'off', placeholder: 'a.b' });
+  const equals = h('input', { id: 'msg-equals', autocomplete: 'off' });
+  const format = h('select', { id: 'msg-format' },
+    ...['auto', 'json', 'text', 'hex'].map((f) => h('option', { value: f, text: f })));
+  const status = h('p', { id: 'msg-status', class: 'muted', role: 'status' });
+  const body = h('tbody');
+  let run = 0;
+  const stop = () => { run += 1; };
+  const field = (id, text, input) => h('div', {}, h('label', { for: id, text }), input);
+  const form = h('form', {
+    'aria-label': 'Read records',
+    onsubmit: (e) => {
+      e.preventDefault();
+      read();
+    },
+  },
+  h('div', { class: 'row' },
+    field('msg-topic', 'Topic', topicSel), field('msg-partition', 'Partition', partition),
+    field('msg-from', 'From', from), field('msg-offset', 'Offset', offset), field('msg-time', 'Time (UTC)', time)),
+  h('div', { class: 'row' },
+    field('msg-key', 'Key is', key), field('msg-contains', 'Value contains', contains),
+    field('msg-path', 'JSON field', path), field('msg-equals', 'equals', equals),
+    field('msg-format', 'Show values as', format),
+    h('button', { type: 'submit', class: 'primary', id: 'msg-read', text: 'Read' }),
+    h('button', { type: 'button', id: 'msg-stop', text: 'Stop', onclick: () => { stop(); status.textContent = 'Stopped.'; } })));
+  const table = h('div', { class: 'table-wrap' }, h('table', { id: 'messages-table' },
+    h('thead', {}, h('tr', {},
+      h('th', { scope: 'col', class: 'num', text: 'Offset' }),
+      h('th', { scope: 'col', text: 'Time' }),
+      h('th', { scope: 'col', text: 'Key' }),
+      h('th', { scope: 'col', text: 'Headers' }),
+      h('th', { scope: 'col', text: 'Value' }))),
+    body));
+  // Produce a test record.
+  const pKey = h('input', { id: 'produce-key', autocomplete: 'off' });
+  const pValue = h('textarea', { id: 'produce-value', rows: 2, cols: 40 });
+  const pHeaders = h('input', { id: 'produce-headers', autocomplete: 'off', placeholder: 'name=value, other=value' });
+  const produceForm = h('form', {
+    class: 'row',
+    'aria-label': 'Produce a test record',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const headers = {};
+      for (const pair of pHeaders.value.split(',').map((s) => s.trim()).filter(Boolean)) {
+        const i = pair.indexOf('=');
+        if (i > 0) headers[pair.slice(0, i).trim()] = pair.slice(i + 1).trim();
+      }
+      const rec = { value: pValue.value, headers, partition: Number(partition.value) };
+      if (pKey.value) rec.key = pKey.value;
+      try {
+        const r = await api(`/topics/${encodeURIComponent(topicSel.value)}/records`, {
+          method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ records: [rec] }),
+        });
+        const o = r.offsets[0];
+        toast(`Written to partition ${o.partition} at offset ${o.offset}`, true);
+      } catch (err) {
+        toast(err.message);
+      }
+    },
+  },
+  field('produce-key', 'Key', pKey), field('produce-value', 'Value', pValue), field('produce-headers', 'Headers', pHeaders),
+  h('button', { type: 'submit', id: 'produce-send', text: 'Produce to this partition' }));
+  view.append(form, status, table, h('h2', { text: 'Produce a test record' }), produceForm);
+
+  const addRow = (rec, f) => {
+    // Header values are text when valid UTF-8, else in headers_base64.
+    const headers = [
+      ...Object.entries(rec.headers || {}).filter(([, v]) => v !== null).map(([k, v]) => `${k}=${v}`),
+      ...Object.entries(rec.headers_base64 || {}).map(([k, v]) => `${k}=${show(fromBase64(v), 'hex')}`),
+    ].join('\n');
+    const k = fromBase64(rec.key_base64);
+    body.append(h('tr', { 'data-offset': rec.offset },
+      h('td', { class: 'num', text: rec.offset }),
+      h('td', { class: 'time', text: fmtTime(rec.timestamp) }),
+      h('td', { class: 'value', text: k === null ? '' : show(k, 'auto') }),
+      h('td', { class: 'value', text: headers }),
+      h('td', { class: 'value', text: show(fromBase64(rec.value_base64), f) })));
+  };
+
+  async function read() {
+    stop();
+    const mine = run;
+    body.replaceChildren();
+    const topic = topicSel.value;
+    const part = Number(partition.value);
+    if (!topic) return;
+    const filter = { key: key.value, contains: contains.value, path: path.value.trim(), equals: equals.value };
+    const fmt = format.value;
+    const base = `/topics/${encodeURIComponent(topic)}/partitions/${part}/records?format=binary`;
+    let next;
+    try {
+      if (from.value === 'offset') next = `&offset=${Number(offset.value)}`;
+      else if (from.value === 'timestamp') next = `&timestamp=${Date.parse(`${time.value}Z`) || 0}`;
+      else if (from.value === 'end') {
+        const t = await api(`/topics/${encodeURIComponent(topic)}`);
+        const p = t.partitions.find((x) => x.partition === part);
+        if (!p) throw new Error(`topic ${topic} has no partition ${part}`);
+        next = `&offset=${Math.max(p.log_start_offset, p.high_watermark - 20)}`;
+      } else next = '';
+      const live = from.value === 'end';
+      let scanned = 0;
+      let shown = 0;
+      status.textContent = 'Reading…';
+      while (mine === run) {
+        const wait = live ? '&max_wait_ms=5000' : '';
+        const r = await api(`${base}${next}${wait}`);
+        if (mine !== run) return;
+        for (const rec of r.records) {
+          scanned += 1;
+          if (matches(rec, filter)) {
+            shown += 1;
+            addRow(rec, fmt);
+            if (live) while (body.childElementCount > SHOW_LIMIT) body.firstElementChild.remove();
+          }
+        }
+        next = `&offset=${r.next_offset}`;
+        const atEnd = r.next_offset >= r.high_watermark;
+        status.textContent = live
+          ? `Live: ${shown} shown of ${scanned} read; waiting for more…`
+          : `${shown} shown of ${scanned} read, up to offset ${r.next_offset}${atEnd ? ' (the end)' : ''}.`;
+        if (!live && (atEnd || shown >= SHOW_LIMIT || scanned >= SCAN_LIMIT)) return;
+      }
+    } catch (err) {
+      if (mine === run) status.textContent = `Error: ${err.message}`;
+    }
+  }
+
+  (async () => {
+    try {
+      const r = await api('/topics');
+      const names = r.topics.map((t) => t.name).sort();
+      topicSel.replaceChildren(...names.map((n) => h('option', { value: n, text: n })));
+      const want = params.get('topic');
+      if (want && names.includes(want)) topicSel.value = want;
+      if (want) read();
+    } catch (err) {
+      toast(err.message);
+    }
+  })();
+  return stop;
+}
+
+// ---- groups ----
+
+function groups(view) {
+  view.append(h('h1', { text: 'Consumer groups' }));
+  const body = h('tbody');
+  view.append(h('div', { class: 'table-wrap' }, h('table', { id: 'groups-table' },
+    h('thead', {}, h('tr', {},
+      h('th', { scope: 'col', text: 'Group' }),
+      h('th', { scope: 'col', text: 'Protocol' }),
+      h('th', { scope: 'col', class: 'num', text: 'Members' }),
+      h('th', { scope: 'col', class: 'num', text: 'Lag' }))),
+    body)));
+  return every(2000, async () => {
+    const r = await api('/groups');
+    // Described one by one: the first 100 (a server with more is better read with the CLI).
+    const names = r.groups.slice().sort().slice(0, 100);
+    const described = await Promise.all(names.map((g) => api(`/groups/${encodeURIComponent(g)}`).catch(() => null)));
+    body.replaceChildren(...(names.length ? names.map((g, i) => {
+      const d = described[i];
+      return h('tr', { 'data-group': g },
+        h('td', {}, h('a', { href: `#/groups/${encodeURIComponent(g)}`, text: g })),
+        h('td', { text: d && d.protocol ? d.protocol : '–' }),
+        h('td', { class: 'num', text: d ? d.members.length : '–' }),
+        h('td', { class: 'num', text: d ? fmtNum(d.offsets.reduce((a, o) => a + o.lag, 0)) : '–' }));
+    }) : [h('tr', {}, h('td', { colspan: 4, class: 'muted', text: 'No groups yet.' }))]));
+  });
+}
+
+function groupPage(view, name) {
+  view.append(h('p', {}, h('a', { href: '#/groups', text: '← Groups' })), h('h1', { text: `Group ${name}` }));
+  const summary = h('div', { class: 'cards' });
+  const charts = h('div', { class: 'charts' });
+  const members = h('tbody');
+  const offsets = h('tbody');
+  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
+  view.append(summary, charts,
+    h('h2', { text: 'Members' }),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'members-table' }, head(['Member'], ['Client'], ['Assignment']), members)),
+    h('h2', { text: 'Committed offsets and lag' }),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'offsets-table' }, head(['Topic'], ['Partition', 1], ['Committed', 1], ['High watermark', 1], ['Lag', 1]), offsets)));
+  const lagChart = new LineChart(charts, { title: 'Lag (records), since this page opened', series: [{ name: 'lag', className: 's2' }], format: fmtNum, spanSeconds: 300 });
+  const points = [];
+  return every(2000, async () => {
+    const g = await api(`/groups/${encodeURIComponent(name)}`);
+    const lag = g.offsets.reduce((a, o) => a + o.lag, 0);
+    points.push({ t: Date.now(), values: [lag] });
+    if (points.length > 150) points.shift();
+    lagChart.update(points);
+    summary.replaceChildren(
+      card('Protocol', g.protocol || 'none (offsets only)'),
+      card('Generation', String(g.generation)),
+      card('Members', String(g.members.length)),
+      card('Lag', fmtNum(lag), 'group-lag'),
+    );
+    members.replaceChildren(...(g.members.length ? g.members.map((m) => h('tr', {},
+      h('td', { class: 'value', text: m.member_id }),
+      h('td', { text: m.client_id }),
+      h('td', { text: Object.entries(m.assignment).map(([t, ps]) => `${t}: ${ps.join(', ')}`).join('; ') || '–' })))
+      : [h('tr', {}, h('td', { colspan: 3, class: 'muted', text: 'No members: the group is empty.' }))]));
+    offsets.replaceChildren(...g.offsets.map((o) => h('tr', {},
+      h('td', { text: o.topic }),
+      h('td', { class: 'num', text: o.partition }),
+      h('td', { class: 'num', text: o.committed }),
+      h('td', { class: 'num', text: o.high_watermark }),
+      h('td', { class: 'num', text: o.lag }))));
+  });
+}
+
+// ---- routing ----
+
+let leave = null;
+
+function route() {
+  const hash = location.hash || '#/overview';
+  const [pathPart, query] = hash.slice(2).split('?');
+  const parts = pathPart.split('/').map(decodeURIComponent);
+  const params = new URLSearchParams(query || '');
+  if (leave) leave();
+  leave = null;
+  const view = document.getElementById('view');
+  view.replaceChildren();
+  const section = parts[0] || 'overview';
+  for (const a of document.querySelectorAll('[data-nav]')) {
+    if (a.dataset.nav === section) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (section === 'topics' && parts[1]) leave = topicPage(view, parts[1]);
+  else if (section === 'topics') leave = topics(view);
+  else if (section === 'messages') leave = messages(view, params);
+  else if (section === 'groups' && parts[1]) leave = groupPage(view, parts[1]);
+  else if (section === 'groups') leave = groups(view);
+  else leave = overview(view);
+  document.title = `weir · ${section}${parts[1] ? ` · ${parts[1]}` : ''}`;
+}
+
+function setupTheme() {
+  const saved = localStorage.getItem('weir-theme');
+  if (saved) document.documentElement.dataset.theme = saved;
+  document.getElementById('theme').addEventListener('click', () => {
+    const dark = document.documentElement.dataset.theme === 'dark'
+      || (!document.documentElement.dataset.theme && matchMedia('(prefers-color-scheme: dark)').matches);
+    const next = dark ? 'light' : 'dark';
+    document.documentElement.dataset.theme = next;
+    localStorage.setItem('weir-theme', next);
+  });
+}
+
+setupTheme();
+setupToken();
+feed.start();
+window.addEventListener('hashchange', route);
+route();

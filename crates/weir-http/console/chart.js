@@ -1,0 +1,84 @@
+// Line charts drawn as SVG: a few series over time, redrawn in place on each update.
+// Hand-written because the console needs only this (a polyline per series, a y scale from
+// zero, a time span), which is less code than a charting library's integration.
+
+const NS = 'http://www.w3.org/2000/svg';
+const H = 160;
+const PAD = { left: 56, right: 8, top: 8, bottom: 20 };
+
+function el(name, attrs = {}) {
+  const e = document.createElementNS(NS, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  return e;
+}
+
+// A "nice" upper bound for the y axis: 1, 2 or 5 times a power of ten.
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+// A chart in `container`: `series` is [{name, className}], `format` turns a value into text.
+export class LineChart {
+  constructor(container, { title, series, format, spanSeconds }) {
+    this.series = series;
+    this.format = format;
+    this.span = spanSeconds * 1000;
+    this.title = title;
+    const fig = document.createElement('figure');
+    fig.className = 'chart';
+    const cap = document.createElement('figcaption');
+    cap.textContent = title;
+    this.legend = document.createElement('span');
+    this.legend.className = 'legend';
+    cap.append(' ', this.legend);
+    this.svg = el('svg', { viewBox: `0 0 600 ${H}`, role: 'img' });
+    this.svgTitle = el('title');
+    this.svg.append(this.svgTitle);
+    this.grid = el('g', { class: 'grid' });
+    this.lines = series.map((s) => el('polyline', { class: `line ${s.className}`, fill: 'none' }));
+    this.svg.append(this.grid, ...this.lines);
+    fig.append(cap, this.svg);
+    container.append(fig);
+  }
+
+  // points: [{t, values: [..per series]}], oldest first; t in ms.
+  update(points) {
+    const now = points.length ? points[points.length - 1].t : Date.now();
+    const from = now - this.span;
+    const shown = points.filter((p) => p.t >= from);
+    let max = 0;
+    for (const p of shown) for (const v of p.values) if (v > max) max = v;
+    const top = niceMax(max);
+    // Drawn at the size it is shown at, so that text is not stretched.
+    const W = Math.max(200, Math.round(this.svg.getBoundingClientRect().width)) || 600;
+    this.svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+    const x = (t) => PAD.left + ((t - from) / this.span) * (W - PAD.left - PAD.right);
+    const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
+    this.grid.replaceChildren();
+    // Nothing to show yet: the scale is 0 to 1, without a halfway mark that rounds badly.
+    for (const f of max > 0 ? [0, 0.5, 1] : [0, 1]) {
+      const yy = y(top * f);
+      this.grid.append(el('line', { x1: PAD.left, x2: W - PAD.right, y1: yy, y2: yy }));
+      const label = el('text', { x: PAD.left - 4, y: yy + 4, 'text-anchor': 'end' });
+      label.textContent = this.format(top * f);
+      this.grid.append(label);
+    }
+    const minutes = Math.round(this.span / 60000);
+    const left = el('text', { x: PAD.left, y: H - 4 });
+    left.textContent = `−${minutes} min`;
+    const right = el('text', { x: W - PAD.right, y: H - 4, 'text-anchor': 'end' });
+    right.textContent = 'now';
+    this.grid.append(left, right);
+    this.series.forEach((s, i) => {
+      const pts = shown.map((p) => `${x(p.t).toFixed(1)},${y(p.values[i]).toFixed(1)}`);
+      this.lines[i].setAttribute('points', pts.join(' '));
+    });
+    const last = shown.length ? shown[shown.length - 1].values : this.series.map(() => 0);
+    const text = this.series.map((s, i) => `${s.name} ${this.format(last[i])}`).join(', ');
+    this.legend.textContent = text;
+    this.svgTitle.textContent = `${this.title}: now ${text}`;
+  }
+}
