@@ -210,6 +210,22 @@ function card(key, value, id) {
   return h('div', { class: 'card' }, h('div', { class: 'k', text: key }), h('div', { class: 'v', text: value, 'data-card': id }));
 }
 
+// Puts `fresh` cards in `container`: the first time as they are, after that only the values
+// that changed (rebuilding them every second would cost the browser a layout each time).
+function setCards(container, fresh) {
+  const old = container.querySelectorAll('.card');
+  if (old.length !== fresh.length) {
+    container.replaceChildren(...fresh);
+    return;
+  }
+  fresh.forEach((f, i) => {
+    const [ok, ov] = old[i].children;
+    const [fk, fv] = f.children;
+    if (ok.textContent !== fk.textContent) ok.textContent = fk.textContent;
+    if (ov.textContent !== fv.textContent) ov.textContent = fv.textContent;
+  });
+}
+
 function overview(view) {
   view.append(h('h1', { text: 'Overview' }));
   const cards = h('div', { class: 'cards' });
@@ -251,7 +267,7 @@ function overview(view) {
     conns.update(samples.map((s) => ({ t: s.t, values: [...DOORS.map((d) => s.doors[d].connections), s.ws.connections] })));
     const sum = (pts) => (pts.length ? pts[pts.length - 1].values.reduce((a, b) => a + b, 0) : 0);
     const throttledMinute = rates(samples.slice(-61), (s) => s.throttled).reduce((a, p) => a + p.v, 0);
-    cards.replaceChildren(
+    setCards(cards, [
       card('Records in/s', fmtNum(sum(rin)), 'records-in'),
       card('Bytes in/s', fmtBytes(sum(bin)), 'bytes-in'),
       card('Bytes out/s', fmtBytes(sum(bout)), 'bytes-out'),
@@ -264,7 +280,7 @@ function overview(view) {
       card('WebSocket records dropped', fmtNum(last.ws.dropped), 'ws-dropped'),
       card('Produce memory in use', `${fmtBytes(last.memory.produce_in_use)} of ${fmtBytes(last.memory.produce_budget)}`, 'memory'),
       card('Uptime', fmtDuration(last.uptime_s), 'uptime'),
-    );
+    ]);
     const hello = feed.hello;
     if (hello && !about.childElementCount) {
       const d = hello.default_topic || {};
@@ -430,13 +446,13 @@ function topicPage(view, name) {
     const t = await api(`/topics/${encodeURIComponent(name)}`);
     const now = performance.now();
     const dt = before ? (now - before.at) / 1000 : 0;
-    summary.replaceChildren(
+    setCards(summary, [
       card('Partitions', String(t.partitions.length)),
       card('Records', fmtNum(topicRecords(t))),
       card('Size', fmtBytes(t.partitions.reduce((a, p) => a + p.size_bytes, 0))),
       card('Retention', retentionText(t.config)),
       card('Durability', typeof t.config.durability === 'string' ? t.config.durability : JSON.stringify(t.config.durability)),
-    );
+    ]);
     body.replaceChildren(...t.partitions.map((p) => {
       const prev = before && before.hwm[p.partition];
       const rate = dt > 0 && prev !== undefined ? Math.max(0, (p.high_watermark - prev) / dt) : null;
@@ -733,12 +749,12 @@ function groupPage(view, name) {
     points.push({ t: Date.now(), values: [lag] });
     if (points.length > 150) points.shift();
     lagChart.update(points);
-    summary.replaceChildren(
+    setCards(summary, [
       card('Protocol', g.protocol || 'none (offsets only)'),
       card('Generation', String(g.generation)),
       card('Members', String(g.members.length)),
       card('Lag', fmtNum(lag), 'group-lag'),
-    );
+    ]);
     members.replaceChildren(...(g.members.length ? g.members.map((m) => h('tr', {},
       h('td', { class: 'value', text: m.member_id }),
       h('td', { text: m.client_id }),

@@ -42,6 +42,13 @@ export class LineChart {
     this.svg.append(this.grid, ...this.lines);
     fig.append(cap, this.svg);
     container.append(fig);
+    // Read once and on resize, not on every update (reading it forces a layout).
+    this.width = 600;
+    this.gridKey = '';
+    new ResizeObserver((entries) => {
+      this.width = Math.max(200, Math.round(entries[0].contentRect.width)) || 600;
+      this.gridKey = '';
+    }).observe(this.svg);
   }
 
   // points: [{t, values: [..per series]}], oldest first; t in ms.
@@ -53,10 +60,40 @@ export class LineChart {
     for (const p of shown) for (const v of p.values) if (v > max) max = v;
     const top = niceMax(max);
     // Drawn at the size it is shown at, so that text is not stretched.
-    const W = Math.max(200, Math.round(this.svg.getBoundingClientRect().width)) || 600;
-    this.svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+    const W = this.width;
     const x = (t) => PAD.left + ((t - from) / this.span) * (W - PAD.left - PAD.right);
     const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
+    // The axes change only with the scale or the size: redrawn then, not every second.
+    const key = `${W} ${top} ${max > 0}`;
+    if (key !== this.gridKey) {
+      this.gridKey = key;
+      this.svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+      this.drawGrid(W, top, max, y);
+    }
+    // At most one point per 2 pixels: the highest of those it stands for, so peaks show.
+    const buckets = Math.max(1, Math.floor((W - PAD.left - PAD.right) / 2));
+    const per = Math.max(1, Math.ceil(shown.length / buckets));
+    const thinned = [];
+    for (let i = 0; i < shown.length; i += per) {
+      const group = shown.slice(i, i + per);
+      thinned.push({
+        t: group[group.length - 1].t,
+        values: this.series.map((_, s) => Math.max(...group.map((p) => p.values[s]))),
+      });
+    }
+    this.series.forEach((s, i) => {
+      const pts = thinned.map((p) => `${x(p.t).toFixed(1)},${y(p.values[i]).toFixed(1)}`);
+      this.lines[i].setAttribute('points', pts.join(' '));
+    });
+    const last = shown.length ? shown[shown.length - 1].values : this.series.map(() => 0);
+    const text = this.series.map((s, i) => `${s.name} ${this.format(last[i])}`).join(', ');
+    if (this.legend.textContent !== text) {
+      this.legend.textContent = text;
+      this.svgTitle.textContent = `${this.title}: now ${text}`;
+    }
+  }
+
+  drawGrid(W, top, max, y) {
     this.grid.replaceChildren();
     // Nothing to show yet: the scale is 0 to 1, without a halfway mark that rounds badly.
     for (const f of max > 0 ? [0, 0.5, 1] : [0, 1]) {
@@ -72,13 +109,5 @@ export class LineChart {
     const right = el('text', { x: W - PAD.right, y: H - 4, 'text-anchor': 'end' });
     right.textContent = 'now';
     this.grid.append(left, right);
-    this.series.forEach((s, i) => {
-      const pts = shown.map((p) => `${x(p.t).toFixed(1)},${y(p.values[i]).toFixed(1)}`);
-      this.lines[i].setAttribute('points', pts.join(' '));
-    });
-    const last = shown.length ? shown[shown.length - 1].values : this.series.map(() => 0);
-    const text = this.series.map((s, i) => `${s.name} ${this.format(last[i])}`).join(', ');
-    this.legend.textContent = text;
-    this.svgTitle.textContent = `${this.title}: now ${text}`;
   }
 }
