@@ -156,7 +156,10 @@ const feed = {
       this.notify();
     });
     es.addEventListener('sample', (e) => {
-      this.samples.push(JSON.parse(e.data));
+      const s = JSON.parse(e.data);
+      // A sample taken as the feed opened may be in the history too.
+      if (this.samples.length && s.t <= this.samples[this.samples.length - 1].t) return;
+      this.samples.push(s);
       const from = this.samples[this.samples.length - 1].t - HISTORY_MS;
       while (this.samples.length && this.samples[0].t < from) this.samples.shift();
       this.notify();

@@ -33,6 +33,13 @@ export class LineChart {
     cap.textContent = title;
     this.legend = document.createElement('span');
     this.legend.className = 'legend';
+    // One entry per series, its colour beside its name.
+    this.keys = series.map((s) => {
+      const key = document.createElement('span');
+      key.className = `key ${s.className}`;
+      this.legend.append(key);
+      return key;
+    });
     cap.append(' ', this.legend);
     this.svg = el('svg', { viewBox: `0 0 600 ${H}`, role: 'img' });
     this.svgTitle = el('title');
@@ -86,11 +93,11 @@ export class LineChart {
       this.lines[i].setAttribute('points', pts.join(' '));
     });
     const last = shown.length ? shown[shown.length - 1].values : this.series.map(() => 0);
-    const text = this.series.map((s, i) => `${s.name} ${this.format(last[i])}`).join(', ');
-    if (this.legend.textContent !== text) {
-      this.legend.textContent = text;
-      this.svgTitle.textContent = `${this.title}: now ${text}`;
-    }
+    const texts = this.series.map((s, i) => `${s.name} ${this.format(last[i])}`);
+    texts.forEach((t, i) => {
+      if (this.keys[i].textContent !== t) this.keys[i].textContent = t;
+    });
+    this.svgTitle.textContent = `${this.title}: now ${texts.join(', ')}`;
   }
 
   drawGrid(W, top, max, y) {

@@ -15,6 +15,8 @@
 //! - [`ws`]: WebSocket subscriptions: bounded per-subscriber queues with an overflow policy,
 //!   one shared reader per watched partition, resume with explicit gap notices.
 //! - [`error`]: the JSON error body and its stable codes.
+//! - [`console`]: the web console's embedded files and its live feed of the server's
+//!   counters (`/console/live`, one sampler task shared by every open console).
 
 // The OpenAPI document is one `json!` literal, deeper than the default limit.
 #![recursion_limit = "512"]
