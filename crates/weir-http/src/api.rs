@@ -129,6 +129,8 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             Needs::Check(Read, Topic, "topic")
         }
         ("get", "/groups/{group}") => Needs::Check(Describe, Group, "group"),
+        // Read on each topic is checked by the handler, as Kafka's OffsetCommit does.
+        ("post", "/groups/{group}/offsets") => Needs::Check(Read, Group, "group"),
         ("get", "/pipelines/{pipeline}") => Needs::Check(Describe, Pipeline, "pipeline"),
         (
             "post",
@@ -209,6 +211,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ),
         ("get", "/groups", get(list_groups)),
         ("get", "/groups/{group}", get(get_group)),
+        ("post", "/groups/{group}/offsets", post(reset_offsets)),
         ("get", "/ws", get(websocket)),
         ("get", "/debug/pprof/profile", get(crate::debug::profile)),
         ("get", "/debug/heap", get(crate::debug::heap)),
@@ -1127,6 +1130,92 @@ async fn get_group(
         "generation": desc.as_ref().map_or(0, |d| d.generation),
         "members": members,
         "offsets": offsets,
+    })))
+}
+
+/// `POST /groups/{group}/offsets`: where a group with no members starts reading again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetOffsets {
+    topic: String,
+    /// Every partition of the topic when absent.
+    partitions: Option<Vec<u32>>,
+    to: ResetTo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum ResetTo {
+    Earliest,
+    Latest,
+    /// The first offset whose timestamp is at or after this (ms since the epoch); the end
+    /// when none is.
+    Timestamp(i64),
+}
+
+async fn reset_offsets(
+    State(s): State<AppState>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let group = path(p)?;
+    let b = body(b, s.config.max_body_bytes)?;
+    let req: ResetOffsets = serde_json::from_slice(&b)
+        .map_err(|e| ApiError::bad_request(format!("bad reset request: {e}")))?;
+    caller
+        .0
+        .check(Operation::Read, ResourceType::Topic, &req.topic)?;
+    let partitions = s.broker.partition_count(&req.topic).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownTopic,
+            format!("topic '{}' does not exist", req.topic),
+        )
+    })?;
+    let chosen = req.partitions.unwrap_or_else(|| (0..partitions).collect());
+    if let Some(p) = chosen.iter().find(|p| **p >= partitions) {
+        return Err(ApiError::new(
+            ErrorCode::UnknownPartition,
+            format!(
+                "topic '{}' has no partition {p} (it has {partitions})",
+                req.topic
+            ),
+        ));
+    }
+    // Checked again just before the commit; a member joining in between reads from where the
+    // reset put it, as if it had joined just after.
+    let empty = || {
+        s.broker
+            .describe_group(&group)
+            .is_none_or(|d| d.members.is_empty())
+    };
+    if !empty() {
+        return Err(ApiError::new(
+            ErrorCode::GroupNotEmpty,
+            format!("group '{group}' has members: stop them first, then reset its offsets"),
+        ));
+    }
+    let spec = match req.to {
+        ResetTo::Earliest => OffsetSpec::Earliest,
+        ResetTo::Latest => OffsetSpec::Latest,
+        ResetTo::Timestamp(ts) => OffsetSpec::Timestamp(ts),
+    };
+    let mut offsets = Vec::with_capacity(chosen.len());
+    for p in chosen {
+        let o = s.broker.list_offsets(&req.topic, p, spec).await?;
+        offsets.push((req.topic.clone(), p, o));
+    }
+    if !empty() {
+        return Err(ApiError::new(
+            ErrorCode::GroupNotEmpty,
+            format!("group '{group}' has members: stop them first, then reset its offsets"),
+        ));
+    }
+    s.broker.commit(&group, None, offsets.clone()).await?;
+    tracing::info!(%group, topic = %req.topic, ?spec, "offsets reset over HTTP");
+    Ok(ok(json!({
+        "group": group,
+        "offsets": offsets.iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
     })))
 }
 

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     UnknownTopic,
     UnknownPartition,
     UnknownGroup,
+    /// The group has members: its offsets are reset only while it has none.
+    GroupNotEmpty,
     /// No record has this key in the compacted topic, or its latest is a tombstone.
     UnknownKey,
     TopicExists,
@@ -77,6 +79,7 @@ impl ErrorCode {
         ErrorCode::UnknownTopic,
         ErrorCode::UnknownPartition,
         ErrorCode::UnknownGroup,
+        ErrorCode::GroupNotEmpty,
         ErrorCode::UnknownKey,
         ErrorCode::TopicExists,
         ErrorCode::InvalidTopicName,
@@ -111,6 +114,7 @@ impl ErrorCode {
             ErrorCode::UnknownTopic => "unknown_topic",
             ErrorCode::UnknownPartition => "unknown_partition",
             ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::GroupNotEmpty => "group_not_empty",
             ErrorCode::UnknownKey => "unknown_key",
             ErrorCode::TopicExists => "topic_exists",
             ErrorCode::InvalidTopicName => "invalid_topic_name",
@@ -157,7 +161,9 @@ impl ErrorCode {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::DeliveryTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::TopicExists | ErrorCode::ProfileInProgress => StatusCode::CONFLICT,
+            ErrorCode::TopicExists | ErrorCode::ProfileInProgress | ErrorCode::GroupNotEmpty => {
+                StatusCode::CONFLICT
+            }
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {

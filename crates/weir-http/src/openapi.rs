@@ -260,6 +260,41 @@ pub fn document() -> Value {
                     "404": error_response("unknown_group."),
                 },
             }},
+            "/groups/{group}/offsets": {"post": {
+                "summary": "Reset where a group with no members reads a topic from: the \
+                    earliest offset, the latest, or the first at or after a time, on every \
+                    partition of the topic or those given. Refused while the group has members.",
+                "parameters": [param("group", "path", json!({"type": "string"}), "Group name.")],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["topic", "to"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                        "to": {"oneOf": [
+                            {"enum": ["earliest", "latest"]},
+                            {"type": "object", "required": ["timestamp"], "additionalProperties": false,
+                             "properties": {"timestamp": {"type": "integer", "description": "ms since the epoch"}}},
+                        ]},
+                    },
+                }}}},
+                "responses": {
+                    "200": {"description": "The offsets committed.", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["group", "offsets"],
+                        "properties": {
+                            "group": {"type": "string"},
+                            "offsets": {"type": "array", "items": {"type": "object",
+                                "required": ["topic", "partition", "offset"],
+                                "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}},
+                        },
+                    }}}},
+                    "400": error_response("bad_request."),
+                    "404": error_response("unknown_topic or unknown_partition."),
+                    "409": error_response("group_not_empty: stop its members first."),
+                },
+            }},
             "/pipelines": {"get": {
                 "summary": "The server's pipelines and their states.",
                 "responses": {"200": json_response("Pipelines.", "PipelineList")},

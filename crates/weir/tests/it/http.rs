@@ -1754,3 +1754,110 @@ fn half_sent_and_idle_connections_are_closed_and_oversized_bodies_refused_up_fro
     assert!(answer.contains("payload_too_large"), "{answer}");
     server.stop();
 }
+
+/// `POST /groups/{group}/offsets` moves a group with no members to the earliest, the latest
+/// or a time's offset, on every partition or those given; refuses while the group has a
+/// member, and refuses bad requests with their reason.
+#[test]
+fn a_groups_offsets_are_reset_only_while_it_has_no_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    common::rt().block_on(async {
+        let http = Http::new(&server).await;
+        http.create_topic(json!({"name": "ledger", "partitions": 2}))
+            .await;
+        let route = "/topics/{topic}/records";
+        for i in 0..10 {
+            let r = http
+                .post_json(
+                    route,
+                    "/topics/ledger/records",
+                    json!({"records": [{"value": format!("v{i}"), "partition": i % 2}]}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let reset_route = "/groups/{group}/offsets";
+        let reset = |body: Value| {
+            let http = &http;
+            async move {
+                http.post_json(reset_route, "/groups/auditors/offsets", body)
+                    .await
+            }
+        };
+        // A new group, put at the start: everything is lag.
+        let r = reset(json!({"topic": "ledger", "to": "earliest"})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(committed_and_lag(&http, "auditors").await, [(0, 5), (0, 5)]);
+        // One partition to its end.
+        let r = reset(json!({"topic": "ledger", "partitions": [1], "to": "latest"})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(committed_and_lag(&http, "auditors").await, [(0, 5), (5, 0)]);
+        // By time: after every record, the end.
+        let future = 4_102_444_800_000i64; // 2100
+        let r = reset(json!({"topic": "ledger", "to": {"timestamp": future}})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(committed_and_lag(&http, "auditors").await, [(5, 0), (5, 0)]);
+        // Bad requests, each with its reason; nothing moved.
+        for (body, status, code) in [
+            (
+                json!({"topic": "nope", "to": "earliest"}),
+                404,
+                "unknown_topic",
+            ),
+            (
+                json!({"topic": "ledger", "partitions": [2], "to": "earliest"}),
+                404,
+                "unknown_partition",
+            ),
+            (
+                json!({"topic": "ledger", "to": "middle"}),
+                400,
+                "bad_request",
+            ),
+            (json!({"to": "earliest"}), 400, "bad_request"),
+        ] {
+            let r = reset(body.clone()).await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{body}"
+            );
+        }
+        assert_eq!(committed_and_lag(&http, "auditors").await, [(5, 0), (5, 0)]);
+        // With a member, refused.
+        let c = Client::connect(&server.addr, "member").await.unwrap();
+        let member = weir_client::GroupConsumer::join(
+            c,
+            "auditors",
+            &["ledger"],
+            weir_client::consumer::GroupOptions::default(),
+        )
+        .await
+        .unwrap();
+        let r = reset(json!({"topic": "ledger", "to": "earliest"})).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("group_not_empty"))
+        );
+        assert_eq!(committed_and_lag(&http, "auditors").await, [(5, 0), (5, 0)]);
+        member.leave().await.unwrap();
+        let r = reset(json!({"topic": "ledger", "to": "earliest"})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(committed_and_lag(&http, "auditors").await, [(0, 5), (0, 5)]);
+    });
+    server.stop();
+}
+
+/// A group's (committed offset, lag) per partition, as `GET /groups/{group}` has them.
+async fn committed_and_lag(http: &Http, group: &str) -> Vec<(u64, u64)> {
+    let g = http
+        .get("/groups/{group}", &format!("/groups/{group}"))
+        .await;
+    g.body["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["committed"].as_u64().unwrap(), o["lag"].as_u64().unwrap()))
+        .collect()
+}
