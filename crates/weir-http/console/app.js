@@ -746,8 +746,47 @@ function groupPage(view, name) {
     h('div', { class: 'table-wrap' }, h('table', { id: 'offsets-table' }, head(['Topic'], ['Partition', 1], ['Committed', 1], ['High watermark', 1], ['Lag', 1]), offsets)));
   const lagChart = new LineChart(charts, { title: 'Lag (records), since this page opened', series: [{ name: 'lag', className: 's2' }], format: fmtNum, spanSeconds: 300 });
   const points = [];
+  // Resetting offsets: only while the group has no members (the server refuses otherwise).
+  const rTopic = h('select', { id: 'reset-topic', required: true });
+  const rTo = h('select', { id: 'reset-to' },
+    h('option', { value: 'earliest', text: 'the earliest offset' }),
+    h('option', { value: 'latest', text: 'the latest offset' }),
+    h('option', { value: 'timestamp', text: 'a time' }));
+  const rTime = h('input', { id: 'reset-time', type: 'datetime-local', step: 1 });
+  const reset = h('section', { id: 'reset', hidden: true, 'aria-labelledby': 'reset-title' },
+    h('h2', { id: 'reset-title', text: 'Reset offsets' }),
+    h('p', { class: 'muted', text: 'The group has no members: choose where it reads a topic from when it next starts.' }),
+    h('form', {
+      class: 'row',
+      'aria-label': 'Reset offsets',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        const to = rTo.value === 'timestamp' ? { timestamp: Date.parse(`${rTime.value}Z`) || 0 } : rTo.value;
+        const where = rTo.value === 'timestamp' ? `the first record at or after ${rTime.value} UTC` : `the ${rTo.value} offset`;
+        const yes = await confirmByName(`Move group “${name}” on every partition of ${rTopic.value} to ${where}?`, name, 'Reset offsets');
+        if (!yes) return;
+        try {
+          await api(`/groups/${encodeURIComponent(name)}/offsets`, {
+            method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ topic: rTopic.value, to }),
+          });
+          toast(`Offsets of ${name} on ${rTopic.value} reset`, true);
+        } catch (err) {
+          toast(err.message);
+        }
+      },
+    },
+    h('div', {}, h('label', { for: 'reset-topic', text: 'Topic' }), rTopic),
+    h('div', {}, h('label', { for: 'reset-to', text: 'To' }), rTo),
+    h('div', {}, h('label', { for: 'reset-time', text: 'Time (UTC)' }), rTime),
+    h('button', { type: 'submit', id: 'reset-go', class: 'danger', text: 'Reset offsets' })));
+  view.append(reset);
   return every(2000, async () => {
     const g = await api(`/groups/${encodeURIComponent(name)}`);
+    reset.hidden = g.members.length > 0;
+    const topicsOf = [...new Set(g.offsets.map((o) => o.topic))].sort();
+    if (rTopic.options.length !== topicsOf.length || topicsOf.some((t, i) => rTopic.options[i].value !== t)) {
+      rTopic.replaceChildren(...topicsOf.map((t) => h('option', { value: t, text: t })));
+    }
     const lag = g.offsets.reduce((a, o) => a + o.lag, 0);
     points.push({ t: Date.now(), values: [lag] });
     if (points.length > 150) points.shift();

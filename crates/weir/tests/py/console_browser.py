@@ -270,10 +270,24 @@ def groups(c, kafka):
         c.until("lag back to 0", lambda: lag() == "0")
         chart = line_values(c, "s2", "Lag")
         assert chart and min(chart) < max(chart), f"the lag chart did not move: {chart}"
+        assert c.find("#reset").get_attribute("hidden") is not None, "reset offered with a member"
+        # Once the member has left, the group is moved back to the start from the page.
+        consumer.close()
+        c.until("the reset form", lambda: c.find("#reset").get_attribute("hidden") is None)
+        Select(c.find("#reset-topic")).select_by_value("orders")
+        Select(c.find("#reset-to")).select_by_value("earliest")
+        c.find("#reset-go").click()
+        c.until("the confirmation", lambda: c.find("#confirm-dialog").get_attribute("open") is not None)
+        c.find("#confirm-input").send_keys("console-readers")
+        c.find("#confirm-ok").click()
+        total = sum(p["high_watermark"] - p["log_start_offset"] for p in c.api("GET", "/topics/orders")["partitions"])
+        c.until(f"lag {total} after the reset", lambda: lag() == str(total))
+        committed = [o["committed"] for o in c.api("GET", "/groups/console-readers")["offsets"]]
+        assert committed == [0, 0], committed
         c.no_errors("the group page")
     finally:
         consumer.close()
-    print("groups: member, assignment, lag rising then falling", flush=True)
+    print("groups: member, assignment, lag rising then falling, reset to earliest", flush=True)
 
 
 def phone_and_dark(c):
