@@ -98,6 +98,34 @@ pub struct Quotas {
     overflow: Arc<ClientLimits>,
     /// Requests answered with a throttle, since the server started.
     throttled: std::sync::atomic::AtomicU64,
+    /// Clients throttled lately, for the console: at most [`RECENT_THROTTLED`], the least
+    /// recently throttled forgotten first.
+    recent: Mutex<HashMap<String, Throttled>>,
+}
+
+/// Clients kept in [`Quotas::recently_throttled`]'s record.
+pub const RECENT_THROTTLED: usize = 256;
+/// Bytes of a client id kept there (client ids come from the network).
+const CLIENT_ID_KEPT: usize = 128;
+
+#[derive(Debug, Clone, Copy)]
+struct Throttled {
+    kind: QuotaKind,
+    times: u64,
+    last: Instant,
+    last_throttle: Duration,
+}
+
+/// A client throttled lately: see [`Quotas::recently_throttled`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ThrottledClient {
+    pub client: String,
+    /// What its last throttle answered: `produce`, `fetch` or `requests`.
+    pub kind: &'static str,
+    /// Throttles since it was first recorded.
+    pub times: u64,
+    pub last_throttle_ms: u64,
+    pub seconds_ago: u64,
 }
 
 impl Quotas {
@@ -114,6 +142,7 @@ impl Quotas {
             enabled,
             clients: Mutex::new(HashMap::new()),
             throttled: Default::default(),
+            recent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -158,6 +187,7 @@ impl Quotas {
         if !throttle.is_zero() {
             self.throttled
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.record_throttle(client, kind, throttle);
             metrics::counter!("weir_quota_throttled_total", "kind" => kind.name()).increment(1);
             metrics::histogram!("weir_quota_throttle_seconds", "kind" => kind.name())
                 .record(throttle.as_secs_f64());
@@ -178,6 +208,73 @@ impl Quotas {
     /// Requests answered with a throttle since the server started.
     pub fn throttled_total(&self) -> u64 {
         self.throttled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn record_throttle(&self, client: &str, kind: QuotaKind, throttle: Duration) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock();
+        if let Some(t) = recent.get_mut(client) {
+            *t = Throttled {
+                kind,
+                times: t.times + 1,
+                last: now,
+                last_throttle: throttle,
+            };
+            return;
+        }
+        if recent.len() >= RECENT_THROTTLED {
+            // Full: the least recently throttled goes (a linear pass, on a throttle only).
+            if let Some(oldest) = recent
+                .iter()
+                .min_by_key(|(_, t)| t.last)
+                .map(|(c, _)| c.clone())
+            {
+                recent.remove(&oldest);
+            }
+        }
+        let mut end = client.len().min(CLIENT_ID_KEPT);
+        while !client.is_char_boundary(end) {
+            end -= 1;
+        }
+        recent.insert(
+            client[..end].to_string(),
+            Throttled {
+                kind,
+                times: 1,
+                last: now,
+                last_throttle: throttle,
+            },
+        );
+    }
+
+    /// Clients throttled within `within`, most recently throttled first, at most `limit`.
+    pub fn recently_throttled(&self, within: Duration, limit: usize) -> Vec<ThrottledClient> {
+        let now = Instant::now();
+        let recent = self.recent.lock();
+        let mut out: Vec<(Instant, ThrottledClient)> = recent
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.last) <= within)
+            .map(|(c, t)| {
+                (
+                    t.last,
+                    ThrottledClient {
+                        client: c.clone(),
+                        kind: t.kind.name(),
+                        times: t.times,
+                        last_throttle_ms: t.last_throttle.as_millis() as u64,
+                        seconds_ago: now.duration_since(t.last).as_secs(),
+                    },
+                )
+            })
+            .collect();
+        drop(recent);
+        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.into_iter().take(limit).map(|(_, c)| c).collect()
+    }
+
+    /// The quotas in force: the default and the clients with their own.
+    pub fn config(&self) -> &QuotaConfig {
+        &self.config
     }
 }
 
@@ -359,6 +456,45 @@ mod tests {
         let off = Quotas::new(QuotaConfig::default());
         assert_eq!(off.charge("x", QuotaKind::Produce, 1 << 40), Duration::ZERO);
         assert_eq!(off.tracked(), 0);
+    }
+
+    #[test]
+    fn throttled_clients_are_recorded_newest_first_and_the_record_stays_bounded() {
+        let q = Quotas::new(QuotaConfig {
+            default: Quota {
+                produce_bytes_per_sec: Some(1000),
+                ..Quota::default()
+            },
+            clients: HashMap::new(),
+        });
+        // Within the burst: not throttled, not recorded.
+        assert_eq!(q.charge("calm", QuotaKind::Produce, 100), Duration::ZERO);
+        assert!(q.recently_throttled(Duration::from_secs(60), 10).is_empty());
+        assert!(!q.charge("noisy", QuotaKind::Produce, 10_000).is_zero());
+        assert!(!q.charge("noisy", QuotaKind::Produce, 10_000).is_zero());
+        let long = "é".repeat(200);
+        assert!(!q.charge(&long, QuotaKind::Produce, 10_000).is_zero());
+        let r = q.recently_throttled(Duration::from_secs(60), 10);
+        assert_eq!(r.len(), 2);
+        // Newest first; a long id kept to 128 bytes, cut on a character boundary.
+        assert_eq!(r[0].client, "é".repeat(64));
+        assert_eq!(
+            (r[1].client.as_str(), r[1].kind, r[1].times),
+            ("noisy", "produce", 2)
+        );
+        assert!(r[1].last_throttle_ms > 0);
+        assert_eq!(q.throttled_total(), 3);
+        // Never more than RECENT_THROTTLED clients, however many are throttled.
+        for i in 0..RECENT_THROTTLED + 50 {
+            q.charge(&format!("c{i}"), QuotaKind::Produce, 10_000);
+        }
+        let all = q.recently_throttled(Duration::from_secs(60), usize::MAX);
+        assert_eq!(all.len(), RECENT_THROTTLED);
+        assert_eq!(all[0].client, format!("c{}", RECENT_THROTTLED + 49));
+        assert!(
+            !all.iter().any(|c| c.client == "noisy"),
+            "the oldest went first"
+        );
     }
 
     #[tokio::test]

@@ -811,6 +811,79 @@ function groupPage(view, name) {
   });
 }
 
+// ---- flow ----
+
+// Where data is held back: quotas' throttles and who gets them, the produce memory budget,
+// WebSocket subscribers' drops, and the limits in force.
+function flow(view) {
+  view.append(h('h1', { text: 'Flow' }));
+  const cards = h('div', { class: 'cards' });
+  const charts = h('div', { class: 'charts' });
+  const throttled = h('tbody');
+  const limits = h('tbody');
+  const span = HISTORY_MS / 1000;
+  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
+  view.append(cards, charts,
+    h('h2', { text: 'Clients throttled in the last minute' }),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'throttled-table' },
+      head(['Client'], ['Quota'], ['Throttles', 1], ['Last throttle', 1], ['Seconds ago', 1]), throttled)),
+    h('h2', { text: 'Limits' }),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'limits-table' }, limits)));
+  const heldBack = new LineChart(charts, {
+    title: 'Held back per second',
+    series: [{ name: 'throttles', className: 's2' }, { name: 'WebSocket drops', className: 's3' }],
+    format: fmtNum,
+    spanSeconds: span,
+  });
+  const memory = new LineChart(charts, {
+    title: 'Produce memory in use',
+    series: [{ name: 'in use', className: 's1' }],
+    format: fmtBytes,
+    spanSeconds: span,
+  });
+  const perSec = (v) => (v === null || v === undefined ? 'unlimited' : `${fmtBytes(v)}/s`);
+  return feed.watch((samples) => {
+    if (!samples.length) return;
+    const last = samples[samples.length - 1];
+    const thr = rates(samples, (s) => s.throttled);
+    const drops = rates(samples, (s) => s.ws.dropped);
+    heldBack.update(thr.map((p, i) => ({ t: p.t, values: [p.v, drops[i] ? drops[i].v : 0] })));
+    memory.update(samples.map((s) => ({ t: s.t, values: [s.memory.produce_in_use] })));
+    const minute = (pts) => pts.slice(-60).reduce((a, p) => a + p.v, 0);
+    const m = last.memory;
+    setCards(cards, [
+      card('Throttles (last min)', fmtNum(minute(thr)), 'flow-throttles'),
+      card('Clients throttled (last min)', fmtNum(last.throttled_clients.length), 'flow-clients'),
+      card('Produce memory in use', `${fmtBytes(m.produce_in_use)} (${Math.round((100 * m.produce_in_use) / Math.max(1, m.produce_budget))}%)`, 'flow-memory'),
+      card('WebSocket drops (last min)', fmtNum(minute(drops)), 'flow-drops'),
+      card('WebSocket subscriptions', fmtNum(last.ws.subscriptions), 'flow-subs'),
+      card('Slow subscribers disconnected', fmtNum(last.ws.slow_disconnects), 'flow-slow'),
+    ]);
+    throttled.replaceChildren(...(last.throttled_clients.length ? last.throttled_clients.map((c) => h('tr', { 'data-client': c.client },
+      h('td', { text: c.client }),
+      h('td', { text: c.kind }),
+      h('td', { class: 'num', text: fmtNum(c.times) }),
+      h('td', { class: 'num', text: `${c.last_throttle_ms} ms` }),
+      h('td', { class: 'num', text: c.seconds_ago }))) : [h('tr', {}, h('td', { colspan: 5, class: 'muted', text: 'Nobody: no client went over its quota in the last minute.' }))]));
+    const hello = feed.hello;
+    if (hello && hello.limits && !limits.childElementCount) {
+      const l = hello.limits;
+      const q = l.quota_default;
+      const rows = [
+        ['Quotas', hello.quotas ? 'on' : 'off (no client has one)'],
+        ['Produce per client (default)', perSec(q.produce_bytes_per_sec)],
+        ['Fetch per client (default)', perSec(q.fetch_bytes_per_sec)],
+        ['Requests per client (default)', q.requests_per_sec === null ? 'unlimited' : `${q.requests_per_sec}/s`],
+        ['Clients with quotas of their own', String(l.quota_clients)],
+        ['Connections per address', l.max_connections_per_ip ? String(l.max_connections_per_ip) : 'unlimited'],
+        ['New connections per address per second', l.connection_rate_per_ip ? String(l.connection_rate_per_ip) : 'unlimited'],
+        ['Produce memory budget', fmtBytes(l.produce_memory_bytes)],
+      ];
+      limits.append(...rows.map(([k, v]) => h('tr', {}, h('th', { scope: 'row', text: k }), h('td', { text: v }))));
+    }
+  });
+}
+
 // ---- routing ----
 
 let leave = null;
@@ -834,6 +907,7 @@ function route() {
   else if (section === 'messages') leave = messages(view, params);
   else if (section === 'groups' && parts[1]) leave = groupPage(view, parts[1]);
   else if (section === 'groups') leave = groups(view);
+  else if (section === 'flow') leave = flow(view);
   else leave = overview(view);
   document.title = `weir · ${section}${parts[1] ? ` · ${parts[1]}` : ''}`;
 }

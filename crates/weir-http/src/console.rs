@@ -153,6 +153,7 @@ fn sample(broker: &Broker, hub: &Hub) -> Value {
         "partitions": partitions,
         "disk": {"log_bytes": log_bytes, "free_bytes": free, "total_bytes": total},
         "throttled": broker.quotas().throttled_total(),
+        "throttled_clients": broker.quotas().recently_throttled(Duration::from_secs(60), 20),
         "memory": {
             "produce_in_use": memory.total().saturating_sub(memory.available()),
             "produce_budget": memory.total(),
@@ -183,6 +184,21 @@ fn hello(broker: &Broker) -> Value {
         "auto_create_topics": c.auto_create_topics,
         "default_topic": c.default_topic,
         "history_s": HISTORY,
+        "limits": {
+            "quota_default": quota(&broker.quotas().config().default),
+            "quota_clients": broker.quotas().config().clients.len(),
+            "max_connections_per_ip": c.max_connections_per_ip,
+            "connection_rate_per_ip": c.connection_rate_per_ip,
+            "produce_memory_bytes": c.produce_memory_bytes,
+        },
+    })
+}
+
+fn quota(q: &weir_broker::flow::Quota) -> Value {
+    json!({
+        "produce_bytes_per_sec": q.produce_bytes_per_sec,
+        "fetch_bytes_per_sec": q.fetch_bytes_per_sec,
+        "requests_per_sec": q.requests_per_sec,
     })
 }
 

@@ -30,7 +30,11 @@ fn browse(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    // A produce quota, for the Flow page to show who went over it.
+    let server = Server::start(
+        dir.path(),
+        &[("WEIR_QUOTAS__PRODUCE_BYTES_PER_SEC", "102400")],
+    );
     let out = shots("pages");
     let (ok, stdout, stderr) = browse(&[
         "--http",
@@ -47,6 +51,7 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
         "topic",
         "messages",
         "group",
+        "flow",
         "overview-phone",
         "overview-dark",
     ] {

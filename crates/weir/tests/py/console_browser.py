@@ -290,6 +290,31 @@ def groups(c, kafka):
     print("groups: member, assignment, lag rising then falling, reset to earliest", flush=True)
 
 
+def flow(c, kafka):
+    """The server runs with a produce quota of 100 KiB/s per client (console.rs)."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=kafka, client_id="noisy-producer", linger_ms=0)
+    try:
+        for i in range(40):
+            p.send("orders", value=b"x" * 10_000, partition=i % 2)
+        p.flush(timeout=60)
+    finally:
+        p.close()
+    c.go("#/flow")
+    c.live()
+    row = "tr[data-client='noisy-producer']"
+    c.until("the throttled client", lambda: c.finds(row))
+    cells = c.text(row).split("\t")
+    assert cells[1] == "produce" and int(cells[2]) >= 1, cells
+    c.until("the throttles counted", lambda: (c.text("[data-card='flow-throttles']") or "0") != "0")
+    limits = c.text("#limits-table")
+    assert "100.0 KiB/s" in limits and "unlimited" in limits, limits
+    c.no_errors("the flow page")
+    c.shot("flow")
+    print("flow: the throttled client and the limits shown", flush=True)
+
+
 def phone_and_dark(c):
     set_viewport(c.driver, 390, 844)
     c.go("")
@@ -347,6 +372,7 @@ def main():
         topics(c)
         messages(c)
         groups(c, a.kafka)
+        flow(c, a.kafka)
         phone_and_dark(c)
     except BaseException:
         # What the page showed when it went wrong.
