@@ -268,7 +268,7 @@ impl Quotas {
             })
             .collect();
         drop(recent);
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|(last, _)| std::cmp::Reverse(*last));
         out.into_iter().take(limit).map(|(_, c)| c).collect()
     }
 
