@@ -1172,7 +1172,11 @@ async fn reset_offsets(
             format!("topic '{}' does not exist", req.topic),
         )
     })?;
-    let chosen = req.partitions.unwrap_or_else(|| (0..partitions).collect());
+    // Each partition once, whatever the list repeats: at most the topic's partitions.
+    let chosen: std::collections::BTreeSet<u32> = match req.partitions {
+        Some(ps) => ps.into_iter().collect(),
+        None => (0..partitions).collect(),
+    };
     if let Some(p) = chosen.iter().find(|p| **p >= partitions) {
         return Err(ApiError::new(
             ErrorCode::UnknownPartition,
