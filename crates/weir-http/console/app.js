@@ -884,6 +884,146 @@ function flow(view) {
   });
 }
 
+// ---- pipelines ----
+
+function pipelines(view) {
+  view.append(h('h1', { text: 'Pipelines' }));
+  const body = h('tbody');
+  view.append(h('div', { class: 'table-wrap' }, h('table', { id: 'pipelines-table' },
+    h('thead', {}, h('tr', {},
+      h('th', { scope: 'col', text: 'Pipeline' }),
+      h('th', { scope: 'col', text: 'State' }),
+      h('th', { scope: 'col', class: 'num', text: 'Restarts' }),
+      h('th', { scope: 'col', text: 'Last error' }))),
+    body)));
+  return every(2000, async () => {
+    const r = await api('/pipelines');
+    body.replaceChildren(...(r.pipelines.length ? r.pipelines.map((p) => h('tr', { 'data-pipeline': p.name },
+      h('td', {}, h('a', { href: `#/pipelines/${encodeURIComponent(p.name)}`, text: p.name })),
+      h('td', { text: p.state }),
+      h('td', { class: 'num', text: p.restarts }),
+      h('td', { text: p.last_error || '' })))
+      : [h('tr', {}, h('td', { colspan: 4, class: 'muted', text: 'No pipelines: declare them under [pipelines] in the server\'s configuration (docs/pipelines.md).' }))]));
+  });
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(name, attrs = {}, text = null) {
+  const e = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== null) e.textContent = text;
+  return e;
+}
+
+// The pipeline's graph: a column per depth (sources first, the dead-letter output last), an
+// arrow per input, each component with its rate out and its queue.
+function drawGraph(container, components, rateOf) {
+  const byName = new Map(components.map((c) => [c.name, c]));
+  const depth = new Map();
+  const depthOf = (c, seen = new Set()) => {
+    if (depth.has(c.name)) return depth.get(c.name);
+    if (seen.has(c.name)) return 0;
+    seen.add(c.name);
+    const ins = c.inputs.map((i) => byName.get(i.split('.')[0])).filter(Boolean);
+    const d = ins.length ? 1 + Math.max(...ins.map((i) => depthOf(i, seen))) : 0;
+    depth.set(c.name, d);
+    return d;
+  };
+  components.forEach((c) => depthOf(c));
+  const last = Math.max(0, ...[...depth.values()]);
+  const columns = [];
+  for (const c of components) {
+    const d = c.inputs.length === 0 && c.kind === 'sink' ? last + 1 : depth.get(c.name);
+    (columns[d] = columns[d] || []).push(c);
+  }
+  const BW = 170;
+  const BH = 54;
+  const GX = 60;
+  const GY = 18;
+  const rows = Math.max(1, ...columns.map((col) => (col ? col.length : 0)));
+  const width = columns.length * (BW + GX);
+  const height = rows * (BH + GY) + GY;
+  const g = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', class: 'dag', 'aria-label': `Pipeline graph: ${components.length} components` });
+  const at = new Map();
+  columns.forEach((col, x) => (col || []).forEach((c, y) => at.set(c.name, { x: x * (BW + GX) + 10, y: GY + y * (BH + GY) })));
+  for (const c of components) {
+    const to = at.get(c.name);
+    for (const input of c.inputs) {
+      const from = at.get(input.split('.')[0]);
+      if (!from) continue;
+      g.append(svg('line', { class: 'edge', x1: from.x + BW, y1: from.y + BH / 2, x2: to.x, y2: to.y + BH / 2 }));
+    }
+  }
+  for (const c of components) {
+    const p = at.get(c.name);
+    const full = c.queued_batches ? ' queue-busy' : '';
+    const node = svg('g', { class: `node ${c.kind}${c.errors || c.retrying ? ' failing' : ''}${full}`, 'data-component': c.name });
+    node.append(
+      svg('rect', { x: p.x, y: p.y, width: BW, height: BH, rx: 6 }),
+      svg('text', { x: p.x + 8, y: p.y + 18, class: 'name' }, c.name),
+      svg('text', { x: p.x + 8, y: p.y + 34 }, `${c.kind} · ${fmtNum(rateOf(c))}/s out`),
+      svg('text', { x: p.x + 8, y: p.y + 48 }, c.queued_batches === null ? (c.lag === null ? '' : `lag ${fmtNum(c.lag)}`) : `queue ${c.queued_batches} (${fmtBytes(c.queued_bytes)})`),
+    );
+    g.append(node);
+  }
+  container.replaceChildren(g);
+}
+
+function pipelinePage(view, name) {
+  view.append(h('p', {}, h('a', { href: '#/pipelines', text: '← Pipelines' })), h('h1', { text: `Pipeline ${name}` }));
+  const summary = h('div', { class: 'cards' });
+  const graph = h('div', { class: 'dag-wrap', id: 'pipeline-graph' });
+  const body = h('tbody');
+  const control = (action) => h('button', {
+    type: 'button',
+    id: `pipeline-${action}`,
+    text: action === 'stop' ? 'Stop' : 'Start',
+    onclick: async () => {
+      try {
+        await api(`/pipelines/${encodeURIComponent(name)}/${action}`, { method: 'POST' });
+        toast(`Pipeline ${name}: ${action === 'stop' ? 'stopped' : 'started'}`, true);
+      } catch (err) {
+        toast(err.message);
+      }
+    },
+  });
+  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
+  view.append(summary, h('div', { class: 'row' }, control('stop'), control('start')), h('h2', { text: 'Graph' }), graph,
+    h('h2', { text: 'Components' }),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'components-table' },
+      head(['Component'], ['Kind'], ['Received/s', 1], ['Sent/s', 1], ['Sent', 1], ['Dropped', 1], ['Errors', 1], ['Queue', 1], ['Lag', 1], ['Retrying']), body)));
+  let before = null;
+  return every(1000, async () => {
+    const p = await api(`/pipelines/${encodeURIComponent(name)}`);
+    const now = performance.now();
+    const dt = before ? (now - before.at) / 1000 : 0;
+    const rate = (c, field) => {
+      const prev = before && before.counts.get(c.name);
+      return dt > 0 && prev ? Math.max(0, (c[field] - prev[field]) / dt) : 0;
+    };
+    setCards(summary, [
+      card('State', p.state, 'pipeline-state'),
+      card('Restarts', String(p.restarts)),
+      card('Errors', fmtNum(p.components.reduce((a, c) => a + c.errors, 0))),
+      card('Last error', p.last_error || 'none'),
+    ]);
+    drawGraph(graph, p.components, (c) => rate(c, 'sent'));
+    body.replaceChildren(...p.components.map((c) => h('tr', { 'data-component': c.name },
+      h('td', { text: c.name }),
+      h('td', { text: c.kind }),
+      h('td', { class: 'num', text: fmtNum(rate(c, 'received')) }),
+      h('td', { class: 'num', text: fmtNum(rate(c, 'sent')) }),
+      h('td', { class: 'num', text: c.sent }),
+      h('td', { class: 'num', text: c.dropped }),
+      h('td', { class: 'num', text: c.errors }),
+      h('td', { class: 'num', text: c.queued_batches === null ? '–' : `${c.queued_batches} (${fmtBytes(c.queued_bytes)})` }),
+      h('td', { class: 'num', text: c.lag === null ? '–' : c.lag }),
+      h('td', { text: c.retrying || '' }))));
+    before = { at: now, counts: new Map(p.components.map((c) => [c.name, c])) };
+  });
+}
+
 // ---- routing ----
 
 let leave = null;
@@ -908,6 +1048,8 @@ function route() {
   else if (section === 'groups' && parts[1]) leave = groupPage(view, parts[1]);
   else if (section === 'groups') leave = groups(view);
   else if (section === 'flow') leave = flow(view);
+  else if (section === 'pipelines' && parts[1]) leave = pipelinePage(view, parts[1]);
+  else if (section === 'pipelines') leave = pipelines(view);
   else leave = overview(view);
   document.title = `weir · ${section}${parts[1] ? ` · ${parts[1]}` : ''}`;
 }

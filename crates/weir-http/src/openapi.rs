@@ -637,10 +637,11 @@ pub fn document() -> Value {
                     "last_error_at_ms": {"type": ["integer", "null"]},
                     "components": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["name", "kind", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag", "retrying", "retrying_since_ms"],
+                    "required": ["name", "kind", "inputs", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag", "retrying", "retrying_since_ms"],
                     "properties": {
                         "name": {"type": "string"},
                         "kind": {"enum": ["source", "transform", "sink"]},
+                        "inputs": {"type": "array", "items": {"type": "string"}, "description": "What it reads: component names, or component.output for a route's outputs."},
                         "received": {"type": "integer"},
                         "sent": {"type": "integer"},
                         "dropped": {"type": "integer"},

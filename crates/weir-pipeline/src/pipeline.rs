@@ -517,6 +517,9 @@ pub struct Status {
 pub struct ComponentView {
     pub name: String,
     pub kind: &'static str,
+    /// What it reads, as declared: component names, or `component.output` for a route's
+    /// outputs (the dead-letter output's is empty: it takes every component's failures).
+    pub inputs: Vec<String>,
     #[serde(flatten)]
     pub stats: StatsSnapshot,
     /// Batches and bytes in its input queue (transforms and sinks).
@@ -602,9 +605,17 @@ impl Pipeline {
                     .find(|(n, _)| n == name)
                     .and_then(|(_, s)| s.lag());
                 let retrying = stats.retrying.lock().clone();
+                let inputs = self
+                    .inner
+                    .nodes
+                    .iter()
+                    .find(|n| &*n.name == name)
+                    .map(|n| n.inputs.clone())
+                    .unwrap_or_default();
                 ComponentView {
                     name: name.clone(),
                     kind,
+                    inputs,
                     stats: stats.snapshot(),
                     queued_batches: fill.map(|f| f.0),
                     queued_bytes: fill.map(|f| f.1),

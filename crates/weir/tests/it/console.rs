@@ -66,6 +66,49 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
 }
 
 #[test]
+fn the_console_draws_a_running_pipeline_and_stops_and_starts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"
+[topics]
+auto_create = true
+
+[pipelines.copy.sources.in]
+type = "topic"
+topic = "events"
+
+[pipelines.copy.transforms.tag]
+type = "remap"
+inputs = ["in"]
+source = '.seen_by = "console test"'
+
+[pipelines.copy.sinks.out]
+type = "topic"
+inputs = ["tag"]
+topic = "events-copy"
+"#,
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("WEIR_CONFIG", config.to_str().unwrap())],
+    );
+    let out = shots("pipeline");
+    let (ok, stdout, stderr) = browse(&[
+        "--http",
+        &server.http,
+        "--shots",
+        out.to_str().unwrap(),
+        "--pipeline",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(out.join("pipeline.png").exists());
+    server.stop();
+}
+
+#[test]
 fn the_console_asks_for_a_token_when_the_server_requires_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -315,6 +315,29 @@ def flow(c, kafka):
     print("flow: the throttled client and the limits shown", flush=True)
 
 
+def pipeline(c):
+    """The server declares pipeline `copy`: topic events -> remap `tag` -> topic sink `out`."""
+    c.produce("events", [{"value": json.dumps({"n": i})} for i in range(50)])
+    c.go("#/pipelines")
+    row = "tr[data-pipeline='copy']"
+    c.until("the pipeline's row", lambda: c.finds(row))
+    c.until("the pipeline running", lambda: "running" in (c.text(row) or ""))
+    c.go("#/pipelines/copy")
+    sent = "#components-table tr[data-component='out'] td:nth-child(5)"
+    c.until("the sink's 50 records", lambda: c.text(sent) == "50")
+    nodes = [n.get_attribute("data-component") for n in c.finds("#pipeline-graph g.node")]
+    assert sorted(nodes) == ["in", "out", "tag"], nodes
+    assert len(c.finds("#pipeline-graph line.edge")) == 2
+    c.shot("pipeline")
+    state = "[data-card='pipeline-state']"
+    c.find("#pipeline-stop").click()
+    c.until("the pipeline stopped", lambda: c.text(state) == "stopped")
+    c.find("#pipeline-start").click()
+    c.until("the pipeline running again", lambda: c.text(state) == "running")
+    c.no_errors("the pipeline pages")
+    print("pipelines: listed, drawn, counted, stopped and started", flush=True)
+
+
 def phone_and_dark(c):
     set_viewport(c.driver, 390, 844)
     c.go("")
@@ -359,10 +382,14 @@ def main():
     ap.add_argument("--kafka")
     ap.add_argument("--shots", required=True)
     ap.add_argument("--token")
+    ap.add_argument("--pipeline", action="store_true", help="only the pipeline pages")
     a = ap.parse_args()
     os.makedirs(a.shots, exist_ok=True)
     c = Console(a.http, a.shots, a.token)
     try:
+        if a.pipeline:
+            pipeline(c)
+            return
         c.api("POST", "/topics", {"name": "orders", "partitions": 2})
         c.produce("orders", [{"key": f"first-{i}", "value": "v"} for i in range(10)])
         if a.token:
