@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../crates/weir/tests/py"))
@@ -35,8 +36,12 @@ def main():
     http, kafka, native, weir, out = sys.argv[1:6]
     from kafka import KafkaConsumer, KafkaProducer
 
-    post(http, "/topics", {"name": "orders", "partitions": 3})
-    post(http, "/topics", {"name": "clicks", "partitions": 6, "durability": "never"})
+    for topic in ({"name": "orders", "partitions": 3}, {"name": "clicks", "partitions": 6, "durability": "never"}):
+        try:
+            post(http, "/topics", topic)
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # made already (the pipeline's source may have made it)
+                raise
     stop = threading.Event()
 
     def http_load():
@@ -70,6 +75,15 @@ def main():
             )
             stop.wait(0.5)
 
+    def bulk_load():
+        # Over its quota (200 KB/s): shows on the Flow page.
+        p = KafkaProducer(bootstrap_servers=kafka, client_id="bulk-loader", linger_ms=5)
+        while not stop.is_set():
+            for _ in range(20):
+                p.send("clicks", value=b"b" * 20_000)
+            p.flush()
+        p.close()
+
     def group():
         c = KafkaConsumer("orders", bootstrap_servers=kafka, group_id="billing",
                           enable_auto_commit=False, auto_offset_reset="earliest")
@@ -82,7 +96,7 @@ def main():
             c.poll(timeout_ms=0, max_records=1)
         c.close()
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (http_load, kafka_load, native_load, group)]
+    threads = [threading.Thread(target=f, daemon=True) for f in (http_load, kafka_load, native_load, bulk_load, group)]
     for t in threads:
         t.start()
     d = start_browser(1280, 800)
@@ -97,6 +111,10 @@ def main():
 
         shot("group")
         for name, route in (("overview", ""), ("topics", "#/topics"), ("topic", "#/topics/orders")):
+            d.get(f"http://{http}/console/{route}")
+            time.sleep(3)
+            shot(name)
+        for name, route in (("flow", "#/flow"), ("pipeline", "#/pipelines/enrich")):
             d.get(f"http://{http}/console/{route}")
             time.sleep(3)
             shot(name)
