@@ -168,18 +168,30 @@ const feed = {
       state.textContent = 'live';
       state.className = 'feed live';
     };
-    es.onerror = () => {
+    es.onerror = async () => {
       state.textContent = 'reconnecting…';
       state.className = 'feed';
-      if (es.readyState === EventSource.CLOSED) {
-        // Refused (a 401 or 503): the browser does not retry by itself.
-        clearTimeout(this.retry);
-        this.retry = setTimeout(() => this.restart(), 3000);
+      if (es.readyState !== EventSource.CLOSED) return;
+      // Refused: the browser does not retry by itself, and does not say why. Ask once.
+      clearTimeout(this.retry);
+      const r = await fetch(url, { method: 'GET', headers: token ? { Authorization: `Bearer ${token}` } : {} })
+        .catch(() => null);
+      const status = r ? r.status : 0;
+      if (r && r.body) r.body.cancel();
+      if (status === 403) {
+        // Not allowed to see the server's figures: said once, not retried.
+        this.denied = true;
+        state.textContent = 'no access to server figures';
+        this.notify();
+        return;
       }
+      if (status === 401) askToken();
+      this.retry = setTimeout(() => this.restart(), 3000);
     };
   },
   restart() {
     if (this.source) this.source.close();
+    this.denied = false;
     this.start();
   },
   notify() {
@@ -247,6 +259,10 @@ function overview(view) {
     spanSeconds: span,
   });
   const render = (samples) => {
+    if (feed.denied) {
+      cards.replaceChildren(h('p', { id: 'denied', text: 'Your access does not include the server\'s figures (Describe on the cluster). Topics, Messages and Groups show what you may see.' }));
+      return;
+    }
     if (!samples.length) {
       cards.replaceChildren(h('p', { class: 'muted', text: 'Waiting for the first sample…' }));
       return;

@@ -109,22 +109,65 @@ topic = "events-copy"
 }
 
 #[test]
-fn the_console_asks_for_a_token_when_the_server_requires_one() {
+fn the_console_asks_for_a_token_and_shows_a_user_only_what_she_may_see() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let users = data.join("auth/users.json");
-    let user = |args: &[&str], stdin: &str| {
+    let weir = |args: &[&str], stdin: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.arg("user").args(args).arg("--users-file").arg(&users);
+        cmd.args(args).env_remove("WEIR_CONFIG");
         run(cmd, stdin)
     };
-    let (ok, _, err) = user(&["add", "root", "--password-stdin"], "root-password-1\n");
-    assert!(ok, "{err}");
-    let (ok, out, err) = user(&["token", "root"], "");
-    assert!(ok, "{err}");
-    let token = out.trim().rsplit(' ').next().unwrap().to_string();
-    let server = Server::start(&data, &[("WEIR_AUTH__ENABLED", "true")]);
-    // Without the token, the data the console shows is refused.
+    let users = data.join("auth/users.json");
+    let users = users.to_str().unwrap();
+    let mut tokens = Vec::new();
+    for name in ["root", "alice"] {
+        let (ok, _, err) = weir(
+            &[
+                "user",
+                "add",
+                name,
+                "--password-stdin",
+                "--users-file",
+                users,
+            ],
+            "a-password-1\n",
+        );
+        assert!(ok, "{err}");
+        let (ok, out, err) = weir(&["user", "token", name, "--users-file", users], "");
+        assert!(ok, "{err}");
+        tokens.push(out.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    // alice may describe and read topic `orders`, nothing else.
+    let acls = data.join("auth/acls.json");
+    for op in ["describe", "read"] {
+        let (ok, _, err) = weir(
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "User:alice",
+                "--resource",
+                "topic",
+                "--name",
+                "orders",
+                "--operation",
+                op,
+                "--acls-file",
+                acls.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert!(ok, "{err}");
+    }
+    let server = Server::start(
+        &data,
+        &[
+            ("WEIR_AUTH__ENABLED", "true"),
+            ("WEIR_AUTH__ACLS", "true"),
+            ("WEIR_AUTH__SUPER_USERS", "[\"root\"]"),
+        ],
+    );
+    // Without a token, the data the console shows is refused.
     let mut curl = Command::new("curl");
     curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
         .arg(format!("http://{}/console/live", server.http));
@@ -137,9 +180,19 @@ fn the_console_asks_for_a_token_when_the_server_requires_one() {
         "--shots",
         out.to_str().unwrap(),
         "--token",
-        &token,
+        &tokens[0],
     ]);
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(out.join("overview-signed-in.png").exists());
+    let (ok, stdout, stderr) = browse(&[
+        "--http",
+        &server.http,
+        "--shots",
+        out.to_str().unwrap(),
+        "--token",
+        &tokens[1],
+        "--limited",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     server.stop();
 }

@@ -376,6 +376,24 @@ def with_token(c):
     print("authentication: asked for a token, then live", flush=True)
 
 
+def limited(c):
+    """Signed in as a user who may describe topic `orders` only: no server figures, and only
+    that topic listed."""
+    c.go("")
+    c.driver.execute_script("sessionStorage.setItem('weir-token', arguments[0])", c.token)
+    c.driver.refresh()
+    c.until("the refusal said", lambda: c.finds("#denied"))
+    assert c.text("#feed-state") == "no access to server figures", c.text("#feed-state")
+    c.go("#/topics")
+    c.until("the topic she may see", lambda: c.finds("tr[data-topic='orders']"))
+    assert not c.finds("tr[data-topic='secret']"), "a hidden topic is listed"
+    # Refusals were expected (401 before the token was set, 403 after); nothing else.
+    errors = [e for e in console_errors(c.driver) if "401" not in e and "403" not in e]
+    assert not errors, errors
+    c.shot("topics-limited")
+    print("limited: no server figures, hidden topics left out", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--http", required=True)
@@ -383,6 +401,7 @@ def main():
     ap.add_argument("--shots", required=True)
     ap.add_argument("--token")
     ap.add_argument("--pipeline", action="store_true", help="only the pipeline pages")
+    ap.add_argument("--limited", action="store_true", help="with --token of a user who may see little")
     a = ap.parse_args()
     os.makedirs(a.shots, exist_ok=True)
     c = Console(a.http, a.shots, a.token)
@@ -390,9 +409,13 @@ def main():
         if a.pipeline:
             pipeline(c)
             return
+        if a.limited:
+            limited(c)
+            return
         c.api("POST", "/topics", {"name": "orders", "partitions": 2})
         c.produce("orders", [{"key": f"first-{i}", "value": "v"} for i in range(10)])
         if a.token:
+            c.api("POST", "/topics", {"name": "secret", "partitions": 1})
             with_token(c)
             return
         overview(c)
