@@ -2,7 +2,7 @@
 // its live feed (/console/live). Every name and value shown comes from the network: it is
 // only ever set as text (never as HTML).
 
-import { LineChart } from './chart.js';
+import { LineChart, el as svg } from './chart.js';
 
 // ---- small helpers ----
 
@@ -223,6 +223,11 @@ function rates(samples, get) {
 
 function card(key, value, id) {
   return h('div', { class: 'card' }, h('div', { class: 'k', text: key }), h('div', { class: 'v', text: value, 'data-card': id }));
+}
+
+// A table's head: [title, numeric?] per column (numeric ones right-aligned).
+function tableHead(...cols) {
+  return h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
 }
 
 // Puts `fresh` cards in `container`: the first time as they are, after that only the values
@@ -754,12 +759,11 @@ function groupPage(view, name) {
   const charts = h('div', { class: 'charts' });
   const members = h('tbody');
   const offsets = h('tbody');
-  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
   view.append(summary, charts,
     h('h2', { text: 'Members' }),
-    h('div', { class: 'table-wrap' }, h('table', { id: 'members-table' }, head(['Member'], ['Client'], ['Assignment']), members)),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'members-table' }, tableHead(['Member'], ['Client'], ['Assignment']), members)),
     h('h2', { text: 'Committed offsets and lag' }),
-    h('div', { class: 'table-wrap' }, h('table', { id: 'offsets-table' }, head(['Topic'], ['Partition', 1], ['Committed', 1], ['High watermark', 1], ['Lag', 1]), offsets)));
+    h('div', { class: 'table-wrap' }, h('table', { id: 'offsets-table' }, tableHead(['Topic'], ['Partition', 1], ['Committed', 1], ['High watermark', 1], ['Lag', 1]), offsets)));
   const lagChart = new LineChart(charts, { title: 'Lag (records), since this page opened', series: [{ name: 'lag', className: 's2' }], format: fmtNum, spanSeconds: 300 });
   const points = [];
   // Resetting offsets: only while the group has no members (the server refuses otherwise).
@@ -838,11 +842,10 @@ function flow(view) {
   const throttled = h('tbody');
   const limits = h('tbody');
   const span = HISTORY_MS / 1000;
-  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
   view.append(cards, charts,
     h('h2', { text: 'Clients throttled in the last minute' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'throttled-table' },
-      head(['Client'], ['Quota'], ['Throttles', 1], ['Last throttle', 1], ['Seconds ago', 1]), throttled)),
+      tableHead(['Client'], ['Quota'], ['Throttles', 1], ['Last throttle', 1], ['Seconds ago', 1]), throttled)),
     h('h2', { text: 'Limits' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'limits-table' }, limits)));
   const heldBack = new LineChart(charts, {
@@ -923,15 +926,6 @@ function pipelines(view) {
   });
 }
 
-const SVG = 'http://www.w3.org/2000/svg';
-
-function svg(name, attrs = {}, text = null) {
-  const e = document.createElementNS(SVG, name);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-  if (text !== null) e.textContent = text;
-  return e;
-}
-
 // The pipeline's graph: a column per depth (sources first, the dead-letter output last), an
 // arrow per input, each component with its rate out and its queue.
 function drawGraph(container, components, rateOf) {
@@ -1004,11 +998,10 @@ function pipelinePage(view, name) {
       }
     },
   });
-  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map(([t, num]) => h('th', { scope: 'col', class: num ? 'num' : undefined, text: t }))));
   view.append(summary, h('div', { class: 'row' }, control('stop'), control('start')), h('h2', { text: 'Graph' }), graph,
     h('h2', { text: 'Components' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'components-table' },
-      head(['Component'], ['Kind'], ['Received/s', 1], ['Sent/s', 1], ['Sent', 1], ['Dropped', 1], ['Errors', 1], ['Queue', 1], ['Lag', 1], ['Retrying']), body)));
+      tableHead(['Component'], ['Kind'], ['Received/s', 1], ['Sent/s', 1], ['Sent', 1], ['Dropped', 1], ['Errors', 1], ['Queue', 1], ['Lag', 1], ['Retrying']), body)));
   let before = null;
   return every(1000, async () => {
     const p = await api(`/pipelines/${encodeURIComponent(name)}`);
@@ -1070,15 +1063,18 @@ function route() {
   document.title = `weir · ${section}${parts[1] ? ` · ${parts[1]}` : ''}`;
 }
 
+// Dark or light: the user's choice (kept), else the system's, followed as it changes.
 function setupTheme() {
-  const saved = localStorage.getItem('weir-theme');
-  if (saved) document.documentElement.dataset.theme = saved;
+  const root = document.documentElement;
+  const system = matchMedia('(prefers-color-scheme: dark)');
+  const apply = () => {
+    root.dataset.theme = localStorage.getItem('weir-theme') || (system.matches ? 'dark' : 'light');
+  };
+  apply();
+  system.addEventListener('change', apply);
   document.getElementById('theme').addEventListener('click', () => {
-    const dark = document.documentElement.dataset.theme === 'dark'
-      || (!document.documentElement.dataset.theme && matchMedia('(prefers-color-scheme: dark)').matches);
-    const next = dark ? 'light' : 'dark';
-    document.documentElement.dataset.theme = next;
-    localStorage.setItem('weir-theme', next);
+    localStorage.setItem('weir-theme', root.dataset.theme === 'dark' ? 'light' : 'dark');
+    apply();
   });
 }
 

@@ -6,9 +6,11 @@ const NS = 'http://www.w3.org/2000/svg';
 const H = 160;
 const PAD = { left: 56, right: 8, top: 8, bottom: 20 };
 
-function el(name, attrs = {}) {
+// An SVG element with these attributes (and text, if given).
+export function el(name, attrs = {}, text = null) {
   const e = document.createElementNS(NS, name);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== null) e.textContent = text;
   return e;
 }
 
