@@ -1188,17 +1188,19 @@ async fn reset_offsets(
     }
     // Checked again just before the commit; a member joining in between reads from where the
     // reset put it, as if it had joined just after.
-    let empty = || {
-        s.broker
+    let still_empty = || {
+        let empty = s
+            .broker
             .describe_group(&group)
-            .is_none_or(|d| d.members.is_empty())
+            .is_none_or(|d| d.members.is_empty());
+        empty.then_some(()).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::GroupNotEmpty,
+                format!("group '{group}' has members: stop them first, then reset its offsets"),
+            )
+        })
     };
-    if !empty() {
-        return Err(ApiError::new(
-            ErrorCode::GroupNotEmpty,
-            format!("group '{group}' has members: stop them first, then reset its offsets"),
-        ));
-    }
+    still_empty()?;
     let spec = match req.to {
         ResetTo::Earliest => OffsetSpec::Earliest,
         ResetTo::Latest => OffsetSpec::Latest,
@@ -1209,12 +1211,7 @@ async fn reset_offsets(
         let o = s.broker.list_offsets(&req.topic, p, spec).await?;
         offsets.push((req.topic.clone(), p, o));
     }
-    if !empty() {
-        return Err(ApiError::new(
-            ErrorCode::GroupNotEmpty,
-            format!("group '{group}' has members: stop them first, then reset its offsets"),
-        ));
-    }
+    still_empty()?;
     s.broker.commit(&group, None, offsets.clone()).await?;
     tracing::info!(%group, topic = %req.topic, ?spec, "offsets reset over HTTP");
     Ok(ok(json!({
