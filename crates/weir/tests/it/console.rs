@@ -20,11 +20,16 @@ fn shots(name: &str) -> PathBuf {
     dir
 }
 
-fn browse(args: &[&str]) -> (bool, String, String) {
+/// Runs `tests/py/console_browser.py` with `args` against the server at `http`, its
+/// screenshots into `shots`; fails the test, with what the script said, unless it passed.
+fn browse(http: &str, shots: &std::path::Path, args: &[&str]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/console_browser.py");
     let mut cmd = Command::new(python());
-    cmd.arg(script).args(args);
-    run(cmd, "")
+    cmd.arg(script)
+        .args(["--http", http, "--shots", shots.to_str().unwrap()])
+        .args(args);
+    let (ok, stdout, stderr) = run(cmd, "");
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
 }
 
 #[test]
@@ -36,15 +41,7 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
         &[("WEIR_QUOTAS__PRODUCE_BYTES_PER_SEC", "102400")],
     );
     let out = shots("pages");
-    let (ok, stdout, stderr) = browse(&[
-        "--http",
-        &server.http,
-        "--kafka",
-        &server.kafka,
-        "--shots",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    browse(&server.http, &out, &["--kafka", &server.kafka]);
     for page in [
         "overview",
         "topics",
@@ -58,7 +55,7 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
         let shot = out.join(format!("{page}.png"));
         assert!(
             std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
-            "no screenshot {}: {stdout}",
+            "no screenshot {}",
             shot.display()
         );
     }
@@ -96,14 +93,7 @@ topic = "events-copy"
         &[("WEIR_CONFIG", config.to_str().unwrap())],
     );
     let out = shots("pipeline");
-    let (ok, stdout, stderr) = browse(&[
-        "--http",
-        &server.http,
-        "--shots",
-        out.to_str().unwrap(),
-        "--pipeline",
-    ]);
-    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    browse(&server.http, &out, &["--pipeline"]);
     assert!(out.join("pipeline.png").exists());
     server.stop();
 }
@@ -174,25 +164,8 @@ fn the_console_asks_for_a_token_and_shows_a_user_only_what_she_may_see() {
     let (_, status, _) = run(curl, "");
     assert_eq!(status, "401");
     let out = shots("signed-in");
-    let (ok, stdout, stderr) = browse(&[
-        "--http",
-        &server.http,
-        "--shots",
-        out.to_str().unwrap(),
-        "--token",
-        &tokens[0],
-    ]);
-    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    browse(&server.http, &out, &["--token", &tokens[0]]);
     assert!(out.join("overview-signed-in.png").exists());
-    let (ok, stdout, stderr) = browse(&[
-        "--http",
-        &server.http,
-        "--shots",
-        out.to_str().unwrap(),
-        "--token",
-        &tokens[1],
-        "--limited",
-    ]);
-    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    browse(&server.http, &out, &["--token", &tokens[1], "--limited"]);
     server.stop();
 }
