@@ -1,5 +1,7 @@
 //! Starts the real `weir` binary on 127.0.0.1:0 for integration tests.
 
+pub mod raw_subscriber;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
