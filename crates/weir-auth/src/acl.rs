@@ -295,6 +295,36 @@ impl Authorizer {
         allowed
     }
 
+    /// Whether `who` may do `op` to at least one resource of the type: a super user, or an
+    /// allowing rule for `who` (or `User:*`) that no deny of every name overrides. It says
+    /// what a user interface may offer; each request is still decided by [`Self::allows`].
+    pub fn allows_some(&self, who: &Principal, op: Operation, resource: ResourceType) -> bool {
+        let user = match who {
+            Principal::User(u) => u,
+            Principal::Anonymous => return false,
+        };
+        if self.super_users.iter().any(|s| **s == **user) {
+            return true;
+        }
+        let who = who.to_string();
+        let rules = Arc::clone(&self.rules.read().1);
+        let applies =
+            |r: &&Acl| (r.principal == who || r.principal == "User:*") && r.resource == resource;
+        // A rule's own name matches it: `matches` then asks whether the rule covers `op`.
+        let grants = |r: &Acl| r.matches(&who, op, resource, &r.name);
+        let denied_everywhere = rules.iter().filter(applies).any(|r| {
+            r.permission == Permission::Deny
+                && r.pattern == PatternType::Literal
+                && r.name == "*"
+                && grants(r)
+        });
+        !denied_everywhere
+            && rules
+                .iter()
+                .filter(applies)
+                .any(|r| r.permission == Permission::Allow && grants(r))
+    }
+
     /// Reads the file again if it changed; says whether it did. A file that cannot be read
     /// keeps the rules in force.
     pub fn reload_if_changed(&self) -> Result<bool, StoreError> {
@@ -403,6 +433,39 @@ mod tests {
             !a.allows(&eve, Alter, Cluster, "*"),
             "topics' rules say nothing of the cluster"
         );
+    }
+
+    #[test]
+    fn allows_some_says_whether_any_resource_of_a_type_is_open() {
+        let (_d, a) = authorizer(
+            vec![
+                acl("User:alice", Topic, Prefixed, "a.", Read, Allow),
+                acl("User:*", Pipeline, Literal, "p", Describe, Allow),
+                acl("User:eve", Pipeline, Literal, "*", All, Deny),
+                acl("User:bob", Group, Literal, "g", Write, Deny),
+            ],
+            &["root"],
+        );
+        let alice = Principal::user("alice");
+        assert!(
+            a.allows_some(&alice, Describe, Topic),
+            "read implies describe"
+        );
+        assert!(a.allows_some(&alice, Read, Topic));
+        assert!(!a.allows_some(&alice, Write, Topic));
+        assert!(!a.allows_some(&alice, Describe, Group));
+        assert!(!a.allows_some(&alice, Describe, Cluster));
+        assert!(a.allows_some(&alice, Describe, Pipeline), "User:* counts");
+        assert!(
+            !a.allows_some(&Principal::user("eve"), Describe, Pipeline),
+            "a deny of every name wins"
+        );
+        assert!(
+            !a.allows_some(&Principal::user("bob"), Describe, Group),
+            "a deny grants nothing"
+        );
+        assert!(a.allows_some(&Principal::user("root"), Alter, Cluster));
+        assert!(!a.allows_some(&Principal::Anonymous, Describe, Pipeline));
     }
 
     #[test]

@@ -161,6 +161,14 @@ impl Access {
         }
     }
 
+    /// Whether the client may do `op` to at least one resource of the type (what a user
+    /// interface offers; see [`Authorizer::allows_some`]).
+    pub fn allows_some(&self, op: Operation, resource: ResourceType) -> bool {
+        self.rules
+            .as_ref()
+            .is_none_or(|r| r.allows_some(&self.principal, op, resource))
+    }
+
     /// Whether the client may do `op` to the cluster: Kafka's model for creating topics
     /// (`create` on the cluster, or on the topic itself) and listing every group.
     pub fn allows_cluster(&self, op: Operation) -> bool {

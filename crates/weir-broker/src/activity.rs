@@ -86,10 +86,118 @@ impl DoorCounters {
     }
 }
 
+/// What a native push subscriber that falls behind gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushPolicy {
+    /// Nothing is sent past the credit the subscriber granted: nothing is dropped.
+    Credit,
+    /// A bounded queue; the oldest records go, and the subscriber is told which.
+    DropOldest,
+    /// A bounded queue; the subscription ends when it overflows.
+    Disconnect,
+}
+
+impl PushPolicy {
+    pub const ALL: [PushPolicy; 3] = [
+        PushPolicy::Credit,
+        PushPolicy::DropOldest,
+        PushPolicy::Disconnect,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PushPolicy::Credit => "credit",
+            PushPolicy::DropOldest => "drop_oldest",
+            PushPolicy::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// The native door's push subscriptions, by policy.
+#[derive(Debug, Default)]
+pub struct PushCounters {
+    opened: [AtomicU64; 3],
+    closed: [AtomicU64; 3],
+    dropped: [AtomicU64; 3],
+    slow_ends: AtomicU64,
+}
+
+/// One policy's figures in a [`PushReading`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PushPolicyReading {
+    pub policy: &'static str,
+    /// Open now.
+    pub open: u64,
+    /// Records dropped since the server started.
+    pub dropped: u64,
+}
+
+/// A reading of [`PushCounters`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PushReading {
+    pub policies: Vec<PushPolicyReading>,
+    /// Subscriptions ended because their queue overflowed (policy `disconnect`).
+    pub slow_ends: u64,
+}
+
+/// An open subscription, counted until dropped.
+#[derive(Debug)]
+pub struct PushOpen {
+    counters: Arc<PushCounters>,
+    policy: PushPolicy,
+}
+
+impl Drop for PushOpen {
+    fn drop(&mut self) {
+        self.counters.closed[self.policy as usize].fetch_add(1, Relaxed);
+    }
+}
+
+impl PushCounters {
+    /// A subscription opened; it counts as open while the guard lives.
+    pub fn opened(self: &Arc<Self>, policy: PushPolicy) -> PushOpen {
+        self.opened[policy as usize].fetch_add(1, Relaxed);
+        PushOpen {
+            counters: self.clone(),
+            policy,
+        }
+    }
+
+    /// `records` records dropped from a subscriber's queue.
+    pub fn dropped(&self, policy: PushPolicy, records: u64) {
+        self.dropped[policy as usize].fetch_add(records, Relaxed);
+    }
+
+    /// A subscription ended because its queue overflowed.
+    pub fn slow_end(&self) {
+        self.slow_ends.fetch_add(1, Relaxed);
+    }
+
+    pub fn read(&self) -> PushReading {
+        let policies = PushPolicy::ALL
+            .iter()
+            .map(|&p| {
+                let i = p as usize;
+                let closed = self.closed[i].load(Relaxed);
+                PushPolicyReading {
+                    policy: p.name(),
+                    open: self.opened[i].load(Relaxed).saturating_sub(closed),
+                    dropped: self.dropped[i].load(Relaxed),
+                }
+            })
+            .collect();
+        PushReading {
+            policies,
+            slow_ends: self.slow_ends.load(Relaxed),
+        }
+    }
+}
+
 /// Every door's counters, and when the server started.
 #[derive(Debug)]
 pub struct Activity {
     doors: [Arc<DoorCounters>; 3],
+    push: Arc<PushCounters>,
     started: Instant,
     started_at: SystemTime,
 }
@@ -98,6 +206,7 @@ impl Default for Activity {
     fn default() -> Self {
         Self {
             doors: Default::default(),
+            push: Default::default(),
             started: Instant::now(),
             started_at: SystemTime::now(),
         }
@@ -107,6 +216,11 @@ impl Default for Activity {
 impl Activity {
     pub fn door(&self, door: Door) -> &Arc<DoorCounters> {
         &self.doors[door as usize]
+    }
+
+    /// The native door's push subscriptions.
+    pub fn push(&self) -> &Arc<PushCounters> {
+        &self.push
     }
 
     /// Time since the broker opened.
@@ -149,5 +263,40 @@ mod tests {
             assert_eq!(Door::from_name(d.name()), Some(d));
         }
         assert_eq!(Door::from_name("ws"), None);
+    }
+
+    #[test]
+    fn push_subscriptions_count_as_open_while_their_guard_lives() {
+        let a = Activity::default();
+        let credit = a.push().opened(PushPolicy::Credit);
+        let queued = a.push().opened(PushPolicy::DropOldest);
+        let _other = a.push().opened(PushPolicy::DropOldest);
+        a.push().dropped(PushPolicy::DropOldest, 7);
+        a.push().slow_end();
+        let open = |r: &PushReading, p: PushPolicy| r.policies[p as usize].open;
+        let r = a.push().read();
+        assert_eq!(
+            (
+                open(&r, PushPolicy::Credit),
+                open(&r, PushPolicy::DropOldest)
+            ),
+            (1, 2)
+        );
+        assert_eq!(r.policies[PushPolicy::DropOldest as usize].dropped, 7);
+        assert_eq!(
+            r.policies[PushPolicy::DropOldest as usize].policy,
+            "drop_oldest"
+        );
+        assert_eq!(r.slow_ends, 1);
+        drop((credit, queued));
+        let r = a.push().read();
+        assert_eq!(
+            (
+                open(&r, PushPolicy::Credit),
+                open(&r, PushPolicy::DropOldest)
+            ),
+            (0, 1)
+        );
+        assert_eq!(open(&r, PushPolicy::Disconnect), 0);
     }
 }

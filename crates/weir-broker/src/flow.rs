@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -97,7 +98,7 @@ pub struct Quotas {
     /// Shared by clients beyond [`MAX_QUOTA_CLIENTS`].
     overflow: Arc<ClientLimits>,
     /// Requests answered with a throttle, since the server started.
-    throttled: std::sync::atomic::AtomicU64,
+    throttled: AtomicU64,
     /// Clients throttled lately, for the console: at most [`RECENT_THROTTLED`], the least
     /// recently throttled forgotten first.
     recent: Mutex<HashMap<String, Throttled>>,
@@ -185,8 +186,7 @@ impl Quotas {
             .as_ref()
             .map_or(Duration::ZERO, |l| l.charge(amount.max(1)));
         if !throttle.is_zero() {
-            self.throttled
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.throttled.fetch_add(1, Ordering::Relaxed);
             self.record_throttle(client, kind, throttle);
             metrics::counter!("weir_quota_throttled_total", "kind" => kind.name()).increment(1);
             metrics::histogram!("weir_quota_throttle_seconds", "kind" => kind.name())
@@ -207,7 +207,7 @@ impl Quotas {
 
     /// Requests answered with a throttle since the server started.
     pub fn throttled_total(&self) -> u64 {
-        self.throttled.load(std::sync::atomic::Ordering::Relaxed)
+        self.throttled.load(Ordering::Relaxed)
     }
 
     fn record_throttle(&self, client: &str, kind: QuotaKind, throttle: Duration) {
@@ -337,6 +337,21 @@ pub struct Admission {
     max_per_ip: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
     rate: Option<KeyedLimiter<IpAddr, Gcra>>,
+    refused_per_address: AtomicU64,
+    refused_rate: AtomicU64,
+}
+
+/// What [`Admission::read`] sees.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdmissionReading {
+    /// Addresses with a connection open.
+    pub addresses: usize,
+    /// The addresses with the most connections open, most first, and how many each.
+    pub busiest: Vec<(IpAddr, usize)>,
+    /// Connections refused since the server started: the address had the most allowed open…
+    pub refused_per_address: u64,
+    /// …or opened them faster than allowed.
+    pub refused_rate: u64,
 }
 
 /// Why a connection was refused.
@@ -385,6 +400,26 @@ impl Admission {
             max_per_ip,
             open: Mutex::new(HashMap::new()),
             rate,
+            refused_per_address: AtomicU64::new(0),
+            refused_rate: AtomicU64::new(0),
+        }
+    }
+
+    /// The `top` addresses with the most connections open, and the refusals so far. Holds
+    /// the admission lock while it copies the counts (one entry per address).
+    pub fn read(&self, top: usize) -> AdmissionReading {
+        let mut busiest: Vec<(IpAddr, usize)> = {
+            let open = self.open.lock();
+            open.iter().map(|(ip, n)| (*ip, *n)).collect()
+        };
+        let addresses = busiest.len();
+        busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        busiest.truncate(top);
+        AdmissionReading {
+            addresses,
+            busiest,
+            refused_per_address: self.refused_per_address.load(Ordering::Relaxed),
+            refused_rate: self.refused_rate.load(Ordering::Relaxed),
         }
     }
 
@@ -394,6 +429,7 @@ impl Admission {
             && rate.try_acquire(&ip, 1).is_err()
         {
             metrics::counter!("weir_connections_refused_total", "reason" => "rate").increment(1);
+            self.refused_rate.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::TooFast);
         }
         let mut open = self.open.lock();
@@ -401,6 +437,7 @@ impl Admission {
         if self.max_per_ip > 0 && *n >= self.max_per_ip {
             metrics::counter!("weir_connections_refused_total", "reason" => "per_address")
                 .increment(1);
+            self.refused_per_address.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::TooManyFromAddress);
         }
         *n += 1;
@@ -530,6 +567,9 @@ mod tests {
         let _c2 = a.admit(ip).unwrap();
         assert_eq!(a.admit(ip).unwrap_err(), Refusal::TooManyFromAddress);
         let _o = a.admit(other).unwrap();
+        let seen = a.read(1);
+        assert_eq!((seen.addresses, seen.busiest), (2, vec![(ip, 2)]));
+        assert_eq!((seen.refused_per_address, seen.refused_rate), (1, 0));
         drop(c1);
         let _c3 = a.admit(ip).unwrap();
         let r = Arc::new(Admission::new(0, 3));
@@ -537,6 +577,9 @@ mod tests {
             std::mem::forget(r.admit(ip).unwrap());
         }
         assert_eq!(r.admit(ip).unwrap_err(), Refusal::TooFast);
-        assert!(r.admit(other).is_ok());
+        let _held = r.admit(other).unwrap();
+        let seen = r.read(10);
+        assert_eq!(seen.busiest, vec![(ip, 3), (other, 1)], "most first");
+        assert_eq!((seen.refused_per_address, seen.refused_rate), (0, 1));
     }
 }

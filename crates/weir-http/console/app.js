@@ -114,7 +114,7 @@ function setupToken() {
     }
     input.value = '';
     feed.restart();
-    route();
+    loadMe();
   });
 }
 
@@ -133,6 +133,35 @@ function confirmByName(text, name, action) {
       resolve(dialog.returnValue === 'ok' && input.value === name);
     }, { once: true });
   });
+}
+
+// ---- who is signed in ----
+
+// What `/console/me` said: the sections and actions offered. Unknown (not loaded, or an older
+// server): everything is offered, and the server still decides each request.
+let me = null;
+
+function sees(section) {
+  return !me || me.sees[section] !== false;
+}
+
+function may(action) {
+  return !me || me.may[action] !== false;
+}
+
+async function loadMe() {
+  try {
+    me = await api('/console/me');
+  } catch (err) {
+    me = null;
+    if (err.status !== 401) toast(err.message);
+  }
+  for (const a of document.querySelectorAll('[data-nav]')) {
+    a.parentElement.hidden = !sees(a.dataset.nav);
+  }
+  const who = document.getElementById('who');
+  who.textContent = me && me.checked ? me.principal.replace(/^User:/, '') : '';
+  route();
 }
 
 // ---- the live feed ----
@@ -403,7 +432,7 @@ function topics(view) {
       h('th', { scope: 'col', text: 'Retention' }),
       h('th', { scope: 'col', text: '' }))),
     body));
-  view.append(form, table);
+  view.append(may('create_topics') ? form : '', table);
   let before = null;
   const refresh = async () => {
     const r = await api('/topics');
@@ -420,7 +449,7 @@ function topics(view) {
         h('td', { class: 'num', text: fmtBytes(t.partitions.reduce((a, p) => a + p.size_bytes, 0)) }),
         h('td', { class: 'num', text: rate === null ? '–' : fmtNum(rate) }),
         h('td', { text: retentionText(t.config) }),
-        h('td', {}, h('button', {
+        h('td', {}, may('delete_topics') && h('button', {
           type: 'button',
           class: 'danger',
           'aria-label': `Delete topic ${t.name}`,
@@ -645,7 +674,8 @@ function messages(view, params) {
   },
   field('produce-key', 'Key', pKey), field('produce-value', 'Value', pValue), field('produce-headers', 'Headers', pHeaders),
   h('button', { type: 'submit', id: 'produce-send', text: 'Produce to this partition' }));
-  view.append(form, status, table, h('h2', { text: 'Produce a test record' }), produceForm);
+  view.append(form, status, table);
+  if (may('produce')) view.append(h('h2', { text: 'Produce a test record' }), produceForm);
 
   const addRow = (rec, f) => {
     // Header values are text when valid UTF-8, else in headers_base64.
@@ -764,8 +794,19 @@ function groupPage(view, name) {
     h('div', { class: 'table-wrap' }, h('table', { id: 'members-table' }, tableHead(['Member'], ['Client'], ['Assignment']), members)),
     h('h2', { text: 'Committed offsets and lag' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'offsets-table' }, tableHead(['Topic'], ['Partition', 1], ['Committed', 1], ['High watermark', 1], ['Lag', 1]), offsets)));
-  const lagChart = new LineChart(charts, { title: 'Lag (records), since this page opened', series: [{ name: 'lag', className: 's2' }], format: fmtNum, spanSeconds: 300 });
-  const points = [];
+  const lagChart = new LineChart(charts, { title: 'Lag (records), last 15 minutes', series: [{ name: 'lag', className: 's2' }], format: fmtNum, spanSeconds: HISTORY_MS / 1000 });
+  // The server's samples of the last 15 minutes first (every 5 s, summed over topics), then
+  // this page's own, every 2 s.
+  let points = [];
+  const history = api(`/groups/${encodeURIComponent(name)}/lag`).then((r) => {
+    const byTime = new Map();
+    for (const t of r.topics) {
+      for (const [at, lag] of t.points) byTime.set(at, (byTime.get(at) || 0) + lag);
+    }
+    const past = [...byTime.entries()].sort((a, b) => a[0] - b[0]).map(([t, lag]) => ({ t, values: [lag] }));
+    const since = points.length ? points[0].t : Infinity;
+    points = past.filter((p) => p.t < since).concat(points);
+  }).catch((err) => toast(err.message));
   // Resetting offsets: only while the group has no members (the server refuses otherwise).
   const rTopic = h('select', { id: 'reset-topic', required: true });
   const rTo = h('select', { id: 'reset-to' },
@@ -802,14 +843,15 @@ function groupPage(view, name) {
   view.append(reset);
   return every(2000, async () => {
     const g = await api(`/groups/${encodeURIComponent(name)}`);
-    reset.hidden = g.members.length > 0;
+    reset.hidden = g.members.length > 0 || !may('reset_offsets');
     const topicsOf = [...new Set(g.offsets.map((o) => o.topic))].sort();
     if (rTopic.options.length !== topicsOf.length || topicsOf.some((t, i) => rTopic.options[i].value !== t)) {
       rTopic.replaceChildren(...topicsOf.map((t) => h('option', { value: t, text: t })));
     }
     const lag = g.offsets.reduce((a, o) => a + o.lag, 0);
+    await history;
     points.push({ t: Date.now(), values: [lag] });
-    if (points.length > 150) points.shift();
+    while (points.length && points[0].t < Date.now() - HISTORY_MS) points.shift();
     lagChart.update(points);
     setCards(summary, [
       card('Protocol', g.protocol || 'none (offsets only)'),
@@ -840,17 +882,28 @@ function flow(view) {
   const cards = h('div', { class: 'cards' });
   const charts = h('div', { class: 'charts' });
   const throttled = h('tbody');
+  const pushes = h('tbody');
+  const addresses = h('tbody');
+  const addressNote = h('p', { class: 'muted', id: 'addresses-note' });
   const limits = h('tbody');
   const span = HISTORY_MS / 1000;
   view.append(cards, charts,
     h('h2', { text: 'Clients throttled in the last minute' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'throttled-table' },
       tableHead(['Client'], ['Quota'], ['Throttles', 1], ['Last throttle', 1], ['Seconds ago', 1]), throttled)),
+    h('h2', { text: 'Push subscriptions' }),
+    h('p', { class: 'muted', text: 'What a subscriber that falls behind gets: credit holds the records back (nothing dropped); a queue drops the oldest, or ends the subscription when it overflows.' }),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'push-table' },
+      tableHead(['Door'], ['Policy'], ['Open', 1], ['Dropped/s', 1], ['Dropped', 1], ['Ended as slow', 1]), pushes)),
+    h('h2', { text: 'Connections by address' }),
+    addressNote,
+    h('div', { class: 'table-wrap' }, h('table', { id: 'addresses-table' },
+      tableHead(['Address'], ['Open', 1], ['Of the limit', 1]), addresses)),
     h('h2', { text: 'Limits' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'limits-table' }, limits)));
   const heldBack = new LineChart(charts, {
     title: 'Held back per second',
-    series: [{ name: 'throttles', className: 's2' }, { name: 'WebSocket drops', className: 's3' }],
+    series: [{ name: 'throttles', className: 's2' }, { name: 'WebSocket drops', className: 's3' }, { name: 'push drops', className: 's4' }],
     format: fmtNum,
     spanSeconds: span,
   });
@@ -866,7 +919,10 @@ function flow(view) {
     const last = samples[samples.length - 1];
     const thr = rates(samples, (s) => s.throttled);
     const drops = rates(samples, (s) => s.ws.dropped);
-    heldBack.update(thr.map((p, i) => ({ t: p.t, values: [p.v, drops[i] ? drops[i].v : 0] })));
+    // Samples from before the server counted pushes have none.
+    const pushDropped = (s, policy) => (s.push ? s.push.policies.filter((p) => !policy || p.policy === policy).reduce((a, p) => a + p.dropped, 0) : 0);
+    const pushDrops = rates(samples, (s) => pushDropped(s));
+    heldBack.update(thr.map((p, i) => ({ t: p.t, values: [p.v, drops[i] ? drops[i].v : 0, pushDrops[i] ? pushDrops[i].v : 0] })));
     memory.update(samples.map((s) => ({ t: s.t, values: [s.memory.produce_in_use] })));
     const minute = (pts) => pts.slice(-60).reduce((a, p) => a + p.v, 0);
     const m = last.memory;
@@ -884,6 +940,44 @@ function flow(view) {
       h('td', { class: 'num', text: fmtNum(c.times) }),
       h('td', { class: 'num', text: `${c.last_throttle_ms} ms` }),
       h('td', { class: 'num', text: c.seconds_ago }))) : [h('tr', {}, h('td', { colspan: 5, class: 'muted', text: 'Nobody: no client went over its quota in the last minute.' }))]));
+    // Push subscriptions: the native door's by policy, and the WebSocket's together.
+    const perMinute = (get) => {
+      const pts = rates(samples, get).slice(-60);
+      return pts.length ? pts.reduce((a, p) => a + p.v, 0) / pts.length : null;
+    };
+    const pushRows = (last.push ? last.push.policies : []).map((p) => ({
+      door: 'native',
+      policy: p.policy,
+      open: p.open,
+      rate: perMinute((s) => pushDropped(s, p.policy)),
+      dropped: p.dropped,
+      slow: p.policy === 'disconnect' ? last.push.slow_ends : null,
+    }));
+    pushRows.push({
+      door: 'WebSocket',
+      policy: 'per subscription',
+      open: last.ws.subscriptions,
+      rate: perMinute((s) => s.ws.dropped),
+      dropped: last.ws.dropped,
+      slow: last.ws.slow_disconnects,
+    });
+    pushes.replaceChildren(...pushRows.map((r) => h('tr', { 'data-push': `${r.door}/${r.policy}` },
+      h('td', { text: r.door }),
+      h('td', { text: r.policy }),
+      h('td', { class: 'num', text: fmtNum(r.open) }),
+      h('td', { class: 'num', text: fmtNum(r.rate) }),
+      h('td', { class: 'num', text: fmtNum(r.dropped) }),
+      h('td', { class: 'num', text: r.slow === null ? '–' : fmtNum(r.slow) }))));
+    // Connections by address, against the per-address limit.
+    const conn = last.connections;
+    const cap = feed.hello && feed.hello.limits ? feed.hello.limits.max_connections_per_ip : 0;
+    if (conn) {
+      addressNote.textContent = `${fmtNum(conn.addresses)} addresses connected; refused since start: ${fmtNum(conn.refused_per_address)} for too many open, ${fmtNum(conn.refused_rate)} for opening too fast.`;
+      addresses.replaceChildren(...(conn.busiest.length ? conn.busiest.map(([ip, n]) => h('tr', { 'data-address': ip },
+        h('td', { text: ip }),
+        h('td', { class: 'num', text: fmtNum(n) }),
+        h('td', { class: 'num', text: cap ? `${Math.round((100 * n) / cap)}% of ${cap}` : 'no limit' }))) : [h('tr', {}, h('td', { colspan: 3, class: 'muted', text: 'No connections.' }))]));
+    }
     const hello = feed.hello;
     if (hello && hello.limits && !limits.childElementCount) {
       const l = hello.limits;
@@ -998,7 +1092,7 @@ function pipelinePage(view, name) {
       }
     },
   });
-  view.append(summary, h('div', { class: 'row' }, control('stop'), control('start')), h('h2', { text: 'Graph' }), graph,
+  view.append(summary, may('operate_pipelines') ? h('div', { class: 'row' }, control('stop'), control('start')) : '', h('h2', { text: 'Graph' }), graph,
     h('h2', { text: 'Components' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'components-table' },
       tableHead(['Component'], ['Kind'], ['Received/s', 1], ['Sent/s', 1], ['Sent', 1], ['Dropped', 1], ['Errors', 1], ['Queue', 1], ['Lag', 1], ['Retrying']), body)));
@@ -1047,6 +1141,13 @@ function route() {
   const view = document.getElementById('view');
   view.replaceChildren();
   const section = parts[0] || 'overview';
+  if (!sees(section)) {
+    const first = [...document.querySelectorAll('[data-nav]')].find((a) => sees(a.dataset.nav));
+    if (first && first.dataset.nav !== section) {
+      location.hash = `#/${first.dataset.nav}`;
+      return;
+    }
+  }
   for (const a of document.querySelectorAll('[data-nav]')) {
     if (a.dataset.nav === section) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
@@ -1082,4 +1183,4 @@ setupTheme();
 setupToken();
 feed.start();
 window.addEventListener('hashchange', route);
-route();
+loadMe();

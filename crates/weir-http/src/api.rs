@@ -118,9 +118,8 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
         ("get", "/console/live") => Needs::Check(Describe, Cluster, "*"),
         ("get", "/stats" | "/metrics") => Needs::Check(Describe, Cluster, "*"),
         ("get", "/debug/pprof/profile" | "/debug/heap") => Needs::Check(Alter, Cluster, "*"),
-        ("get", "/topics" | "/groups" | "/ws" | "/pipelines") | ("post", "/topics") => {
-            Needs::Handler
-        }
+        ("get", "/topics" | "/groups" | "/ws" | "/pipelines" | "/console/me")
+        | ("post", "/topics") => Needs::Handler,
         ("get", "/topics/{topic}") => Needs::Check(Describe, Topic, "topic"),
         ("delete", "/topics/{topic}") => Needs::Check(Delete, Topic, "topic"),
         ("post", "/topics/{topic}/records") => Needs::Check(Write, Topic, "topic"),
@@ -128,7 +127,9 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
         | ("get", "/topics/{topic}/partitions/{partition}/records") => {
             Needs::Check(Read, Topic, "topic")
         }
-        ("get", "/groups/{group}") => Needs::Check(Describe, Group, "group"),
+        ("get", "/groups/{group}" | "/groups/{group}/lag") => {
+            Needs::Check(Describe, Group, "group")
+        }
         // Read on each topic is checked by the handler, as Kafka's OffsetCommit does.
         ("post", "/groups/{group}/offsets") => Needs::Check(Read, Group, "group"),
         ("get", "/pipelines/{pipeline}") => Needs::Check(Describe, Pipeline, "pipeline"),
@@ -196,6 +197,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/console/", get(crate::console::index)),
         ("get", "/console/assets/{file}", get(crate::console::asset)),
         ("get", "/console/live", get(crate::console::live)),
+        ("get", "/console/me", get(crate::console::me)),
         ("get", "/stats", get(stats)),
         ("get", "/metrics", get(metrics)),
         ("get", "/topics", get(list_topics)),
@@ -212,6 +214,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/groups", get(list_groups)),
         ("get", "/groups/{group}", get(get_group)),
         ("post", "/groups/{group}/offsets", post(reset_offsets)),
+        ("get", "/groups/{group}/lag", get(crate::console::group_lag)),
         ("get", "/ws", get(websocket)),
         ("get", "/debug/pprof/profile", get(crate::debug::profile)),
         ("get", "/debug/heap", get(crate::debug::heap)),

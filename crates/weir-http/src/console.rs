@@ -30,6 +30,8 @@ pub const HISTORY: usize = 900;
 /// Live feeds open at once; more are answered 503.
 pub const MAX_FEEDS: usize = 32;
 const PERIOD: Duration = Duration::from_secs(1);
+/// Addresses listed by their open connections in each sample, most first.
+const BUSIEST: usize = 10;
 
 /// The console's files, by name under `/console/assets/`: content type and bytes.
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -60,10 +62,80 @@ const INDEX: &[u8] = include_bytes!("../console/index.html");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// Each group's lag is sampled this often…
+pub const LAG_PERIOD: Duration = Duration::from_secs(5);
+/// …and kept for as long as the other samples.
+const LAG_POINTS: usize = HISTORY / 5;
+/// Most (group, topic) lag series kept; past it, new ones wait for old ones to go.
+pub const MAX_LAG_SERIES: usize = 2_000;
+
+/// Consumer groups' lag over time, per (group, topic): the sum over the topic's partitions
+/// that the group committed or is assigned, every [`LAG_PERIOD`] for the last 15 minutes.
+/// A group that is gone loses its series. At most [`MAX_LAG_SERIES`] series (16 bytes a
+/// point, so at most about 6 MB).
+#[derive(Debug, Default)]
+struct LagHistory {
+    series: std::collections::HashMap<(String, String), VecDeque<(u64, u64)>>,
+}
+
+/// Every group, and its lag summed by topic.
+type LagReading = Vec<(String, std::collections::BTreeMap<String, u64>)>;
+
+fn read_lag(broker: &Broker) -> LagReading {
+    broker
+        .groups()
+        .into_iter()
+        .map(|group| {
+            let mut by_topic = std::collections::BTreeMap::new();
+            for l in broker.group_lag(&group) {
+                *by_topic.entry(l.topic).or_default() += l.lag;
+            }
+            (group, by_topic)
+        })
+        .collect()
+}
+
+impl LagHistory {
+    fn add(&mut self, at: u64, reading: LagReading) {
+        let present: std::collections::HashSet<&str> =
+            reading.iter().map(|(g, _)| g.as_str()).collect();
+        self.series.retain(|(g, _), _| present.contains(g.as_str()));
+        for (group, by_topic) in &reading {
+            for (topic, lag) in by_topic {
+                let key = (group.clone(), topic.clone());
+                if !self.series.contains_key(&key) && self.series.len() >= MAX_LAG_SERIES {
+                    continue;
+                }
+                let points = self
+                    .series
+                    .entry(key)
+                    .or_insert_with(|| VecDeque::with_capacity(LAG_POINTS));
+                if points.len() == LAG_POINTS {
+                    points.pop_front();
+                }
+                points.push_back((at, *lag));
+            }
+        }
+    }
+
+    /// A group's series, by topic, for the topics `seen` lets through.
+    fn of(&self, group: &str, seen: impl Fn(&str) -> bool) -> Vec<(String, Vec<(u64, u64)>)> {
+        let mut out: Vec<(String, Vec<(u64, u64)>)> = self
+            .series
+            .iter()
+            .filter(|((g, t), _)| g == group && seen(t))
+            .map(|((_, t), p)| (t.clone(), p.iter().copied().collect()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
 /// The samples and the feeds' limit. One per server, in [`crate::api::AppState`].
 #[derive(Debug)]
 pub struct Sampler {
     history: Mutex<VecDeque<Arc<str>>>,
+    lag: Mutex<LagHistory>,
     /// Bumped after each sample; feeds wait on it.
     taken: watch::Sender<u64>,
     feeds: Arc<Semaphore>,
@@ -73,6 +145,7 @@ impl Default for Sampler {
     fn default() -> Self {
         Self {
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            lag: Mutex::default(),
             taken: watch::Sender::new(0),
             feeds: Arc::new(Semaphore::new(MAX_FEEDS)),
         }
@@ -89,10 +162,16 @@ impl Sampler {
     ) {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let lag_every = (LAG_PERIOD.as_secs() / PERIOD.as_secs()).max(1);
+        for n in 0u64.. {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if n % lag_every == 0 {
+                // Read outside the lock: a reader of the history never waits on the broker.
+                let reading = read_lag(&broker);
+                self.lag.lock().add(unix_ms(SystemTime::now()), reading);
             }
             let sample: Arc<str> = sample(&broker, &hub).to_string().into();
             {
@@ -104,6 +183,15 @@ impl Sampler {
             }
             self.taken.send_modify(|n| *n += 1);
         }
+    }
+
+    /// `group`'s lag over the last 15 minutes, by topic, for the topics `seen` lets through.
+    pub(crate) fn lag_of(
+        &self,
+        group: &str,
+        seen: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Vec<(u64, u64)>)> {
+        self.lag.lock().of(group, seen)
     }
 
     fn history(&self) -> Vec<Arc<str>> {
@@ -152,6 +240,8 @@ fn sample(broker: &Broker, hub: &Hub) -> Value {
         "topics": topics.len(),
         "partitions": partitions,
         "disk": {"log_bytes": log_bytes, "free_bytes": free, "total_bytes": total},
+        "connections": broker.admission().read(BUSIEST),
+        "push": activity.push().read(),
         "throttled": broker.quotas().throttled_total(),
         "throttled_clients": broker.quotas().recently_throttled(Duration::from_secs(60), 20),
         "memory": {
@@ -253,6 +343,65 @@ pub(crate) async fn live(
     r
 }
 
+/// `GET /console/me`: who the caller is and which of the console's sections she may see, so
+/// that the page offers only those. Every request is still checked on its own: this only
+/// spares her sections that would answer 403 or show nothing.
+pub(crate) async fn me(caller: crate::api::Caller) -> Response {
+    use weir_broker::access::{Operation::*, ResourceType::*};
+    let a = &caller.0;
+    let cluster = a.allows_cluster(Describe);
+    let topics = a.allows_some(Describe, Topic);
+    let body = json!({
+        "principal": a.principal().to_string(),
+        "checked": a.is_checked(),
+        "sees": {
+            "overview": cluster,
+            "topics": topics,
+            "messages": a.allows_some(Read, Topic),
+            "groups": cluster || a.allows_some(Describe, Group),
+            "flow": cluster,
+            "pipelines": a.allows_some(Describe, Pipeline),
+        },
+        "may": {
+            "create_topics": a.allows_cluster(Create) || a.allows_some(Create, Topic),
+            "delete_topics": a.allows_some(Delete, Topic),
+            "produce": a.allows_some(Write, Topic),
+            "reset_offsets": a.allows_some(Read, Group),
+            "operate_pipelines": a.allows_some(Alter, Pipeline),
+        },
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /groups/{group}/lag`: the group's lag over the last 15 minutes, by topic, sampled
+/// every [`LAG_PERIOD`] (topics the caller may not describe left out).
+pub(crate) async fn group_lag(
+    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
+    caller: crate::api::Caller,
+    axum::extract::Path(group): axum::extract::Path<String>,
+) -> Response {
+    use weir_broker::access::{Operation, ResourceType};
+    let seen = |t: &str| caller.0.allows(Operation::Describe, ResourceType::Topic, t);
+    let topics: Vec<Value> = state
+        .sampler
+        .lag_of(&group, seen)
+        .into_iter()
+        .map(|(topic, points)| json!({"topic": topic, "points": points}))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"period_s": LAG_PERIOD.as_secs(), "topics": topics}).to_string(),
+    )
+        .into_response()
+}
+
 /// `GET /`: to the console.
 pub(crate) async fn root() -> Response {
     (
@@ -305,6 +454,55 @@ fn file(kind: &'static str, bytes: &'static [u8]) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_history_is_kept_per_group_and_topic_and_bounded() {
+        let reading = |groups: &[(&str, &[(&str, u64)])]| -> LagReading {
+            groups
+                .iter()
+                .map(|(g, ts)| {
+                    let by: std::collections::BTreeMap<String, u64> =
+                        ts.iter().map(|(t, l)| (t.to_string(), *l)).collect();
+                    (g.to_string(), by)
+                })
+                .collect()
+        };
+        let mut h = LagHistory::default();
+        for i in 0..(LAG_POINTS as u64 + 5) {
+            h.add(
+                i,
+                reading(&[("g", &[("a", i), ("b", 1)]), ("h", &[("a", 7)])]),
+            );
+        }
+        let g = h.of("g", |_| true);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].0, "a");
+        assert_eq!(g[0].1.len(), LAG_POINTS, "only the last 15 minutes");
+        assert_eq!(g[0].1.first(), Some(&(5, 5)));
+        assert_eq!(
+            g[0].1.last(),
+            Some(&(LAG_POINTS as u64 + 4, LAG_POINTS as u64 + 4))
+        );
+        assert_eq!(
+            h.of("g", |t| t != "a").len(),
+            1,
+            "a topic not seen is left out"
+        );
+        // A group that is gone loses its series.
+        h.add(1_000, reading(&[("g", &[("a", 0)])]));
+        assert!(h.of("h", |_| true).is_empty());
+        // New series wait once the cap is reached.
+        let many: Vec<(String, std::collections::BTreeMap<String, u64>)> = (0..MAX_LAG_SERIES + 10)
+            .map(|i| {
+                (
+                    format!("g{i}"),
+                    [("t".to_string(), 1)].into_iter().collect(),
+                )
+            })
+            .collect();
+        h.add(2_000, many);
+        assert_eq!(h.series.len(), MAX_LAG_SERIES);
+    }
 
     #[test]
     fn every_asset_the_page_names_is_served() {

@@ -129,6 +129,15 @@ pub fn document() -> Value {
                     "503": error_response("Too many feeds open (code too_many_connections)."),
                 },
             }},
+            "/console/me": {"get": {
+                "summary": "Who the caller is (`principal`; `checked`: whether access control \
+                    lists apply) and what the console offers her: `sees` (overview, topics, \
+                    messages, groups, flow, pipelines) and `may` (create_topics, delete_topics, \
+                    produce, reset_offsets, operate_pipelines), each true when some resource \
+                    of the kind is open to her. Each request is still checked on its own.",
+                "responses": {"200": {"description": "The caller.",
+                    "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
             "/stats": {"get": {
                 "summary": "Counters of the WebSocket side: connections, feeds, records sent, \
                     records dropped or conflated by policy, slow consumers disconnected, gaps.",
@@ -259,6 +268,27 @@ pub fn document() -> Value {
                     "200": json_response("The group.", "Group"),
                     "404": error_response("unknown_group."),
                 },
+            }},
+            "/groups/{group}/lag": {"get": {
+                "summary": "A group's lag over the last 15 minutes, by topic: the sum over the \
+                    topic's partitions, sampled every `period_s` seconds by the server whether \
+                    or not anyone asks. Points are [ms since the epoch, records]. A group the \
+                    server has not sampled yet has no topics.",
+                "parameters": [param("group", "path", json!({"type": "string"}), "Group name.")],
+                "responses": {"200": {"description": "The lag history.", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["period_s", "topics"],
+                    "properties": {
+                        "period_s": {"type": "integer"},
+                        "topics": {"type": "array", "items": {"type": "object",
+                            "required": ["topic", "points"],
+                            "properties": {
+                                "topic": {"type": "string"},
+                                "points": {"type": "array", "items": {"type": "array",
+                                    "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}},
+                            }}},
+                    },
+                }}}}},
             }},
             "/groups/{group}/offsets": {"post": {
                 "summary": "Reset where a group with no members reads a topic from: the \

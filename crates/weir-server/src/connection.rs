@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weir_broker::Broker;
 use weir_broker::access::ResourceType;
-use weir_broker::activity::Door;
+use weir_broker::activity::{Door, PushCounters, PushPolicy};
 use weir_broker::broker::OffsetSpec;
 use weir_broker::flow::{BudgetPermit, QuotaKind, SMALL_REQUEST_BYTES};
 use weir_broker::push::{PushCursor, PushStep};
@@ -1174,18 +1174,33 @@ impl Connection {
         pushes.next_sub += 1;
         let tx = pushes.tx.clone();
         let credit = Arc::new(CreditBox::default());
+        let counters = self.broker.activity().push().clone();
         let (task, queue_records, queue_bytes) = match queue {
             None => {
                 cursor.grant(req.credit_records, req.credit_bytes);
+                let open = counters.opened(PushPolicy::Credit);
+                let pushes = push_loop(cursor, id, credit.clone(), tx);
                 (
-                    tokio::spawn(push_loop(cursor, id, credit.clone(), tx)),
+                    tokio::spawn(async move {
+                        let _open = open;
+                        pushes.await
+                    }),
                     0,
                     0,
                 )
             }
             Some(q) => {
                 let (records, bytes) = (q.max_records(), q.max_bytes());
-                (tokio::spawn(queued_push(cursor, id, q, tx)), records, bytes)
+                let open = counters.opened(q.policy().counted_as());
+                let pushes = queued_push(cursor, id, q, tx, counters);
+                (
+                    tokio::spawn(async move {
+                        let _open = open;
+                        pushes.await
+                    }),
+                    records,
+                    bytes,
+                )
             }
         };
         pushes.subs.insert(
@@ -1349,8 +1364,9 @@ async fn queued_push(
     id: u64,
     queue: Arc<PushQueue>,
     out: mpsc::Sender<OutFrame>,
+    counters: Arc<PushCounters>,
 ) {
-    let fill = fill_queue(cursor, queue.clone());
+    let fill = fill_queue(cursor, queue.clone(), counters);
     let drain = drain_queue(id, queue, out);
     tokio::pin!(fill, drain);
     tokio::select! {
@@ -1360,7 +1376,7 @@ async fn queued_push(
     }
 }
 
-async fn fill_queue(mut cursor: PushCursor, queue: Arc<PushQueue>) {
+async fn fill_queue(mut cursor: PushCursor, queue: Arc<PushQueue>, counters: Arc<PushCounters>) {
     let policy = queue.policy();
     loop {
         // Credit does not bound a queued subscription: the queue does.
@@ -1400,11 +1416,14 @@ async fn fill_queue(mut cursor: PushCursor, queue: Arc<PushQueue>) {
                 Offered::Queued { dropped } => {
                     metrics::counter!("weir_push_dropped_records_total", "policy" => policy.label())
                         .increment(dropped);
+                    counters.dropped(policy.counted_as(), dropped);
                 }
                 Offered::Overflowed { discarded } => {
                     metrics::counter!("weir_push_dropped_records_total", "policy" => policy.label())
                         .increment(discarded);
                     metrics::counter!("weir_push_slow_consumer_ends_total").increment(1);
+                    counters.dropped(policy.counted_as(), discarded);
+                    counters.slow_end();
                     return;
                 }
                 Offered::Ended => return,
@@ -1493,10 +1512,18 @@ mod tests {
             let cursor = PushCursor::new(broker.clone(), "t", 0, 0).unwrap();
             let q = Arc::new(PushQueue::new(QueuePolicy::DropOldest, 100, 1 << 20));
             // It never ends by itself: it waits for more records.
-            let filled =
-                tokio::time::timeout(Duration::from_millis(300), fill_queue(cursor, q.clone()))
-                    .await;
+            let counters = broker.activity().push().clone();
+            let filled = tokio::time::timeout(
+                Duration::from_millis(300),
+                fill_queue(cursor, q.clone(), counters.clone()),
+            )
+            .await;
             assert!(filled.is_err());
+            // The console's count agrees with the metric.
+            assert_eq!(
+                counters.read().policies[PushPolicy::DropOldest as usize].dropped,
+                400
+            );
             assert_eq!(
                 q.try_pop(1 << 20),
                 Some(Popped::Dropped {

@@ -29,9 +29,14 @@ pub(crate) enum QueuePolicy {
 impl QueuePolicy {
     /// The metric label.
     pub fn label(self) -> &'static str {
+        self.counted_as().name()
+    }
+
+    /// The policy in the broker's activity counters (which the console reads).
+    pub fn counted_as(self) -> weir_broker::activity::PushPolicy {
         match self {
-            QueuePolicy::DropOldest => "drop_oldest",
-            QueuePolicy::Disconnect => "disconnect",
+            QueuePolicy::DropOldest => weir_broker::activity::PushPolicy::DropOldest,
+            QueuePolicy::Disconnect => weir_broker::activity::PushPolicy::Disconnect,
         }
     }
 }

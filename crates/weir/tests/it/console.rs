@@ -10,7 +10,10 @@ use crate::common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::raw_subscriber::RawSubscriber;
 use common::{Server, python, run};
+use weir_client::Client;
+use weir_client::messages as msg;
 
 fn shots(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -35,11 +38,48 @@ fn browse(http: &str, shots: &std::path::Path, args: &[&str]) {
 #[test]
 fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    // A produce quota, for the Flow page to show who went over it.
+    // A produce quota, for the Flow page to show who went over it; the stalled subscriber's
+    // producer below is let through, and the subscriber kept however long it says nothing.
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        "[quotas]\nproduce_bytes_per_sec = 102400\n\
+         [quotas.clients.ticker]\nproduce_bytes_per_sec = 0\n\
+         [native]\nidle_timeout_ms = 3600000\n",
+    )
+    .unwrap();
     let server = Server::start(
-        dir.path(),
-        &[("WEIR_QUOTAS__PRODUCE_BYTES_PER_SEC", "102400")],
+        &dir.path().join("data"),
+        &[("WEIR_CONFIG", config.to_str().unwrap())],
     );
+    // A native push subscriber with a 100-record drop-oldest queue that never reads (a raw
+    // socket with a small receive buffer), for the Flow page to show its policy and what it
+    // dropped of 10,000 records.
+    let rt = common::rt();
+    let _stalled = rt.block_on(async {
+        let c = Client::connect(&server.addr, "ticker").await.unwrap();
+        let one = msg::TopicConfig {
+            partitions: 1,
+            ..Default::default()
+        };
+        c.create_topic("ticks", one).await.unwrap();
+        let stalled = RawSubscriber::open(
+            &server.addr,
+            "ticks",
+            msg::OverflowPolicy::DropOldest,
+            (100, 1 << 20),
+        )
+        .await;
+        // 10 MB: more than the sockets' buffers hold.
+        let value = [b'x'; 1000];
+        for _ in 0..100 {
+            let values: Vec<&[u8]> = (0..100).map(|_| &value[..]).collect();
+            c.produce("ticks", Some(0), None, common::batch(&values))
+                .await
+                .unwrap();
+        }
+        (c, stalled)
+    });
     let out = shots("pages");
     browse(&server.http, &out, &["--kafka", &server.kafka]);
     for page in [
@@ -166,6 +206,44 @@ fn the_console_asks_for_a_token_and_shows_a_user_only_what_she_may_see() {
     let out = shots("signed-in");
     browse(&server.http, &out, &["--token", &tokens[0]]);
     assert!(out.join("overview-signed-in.png").exists());
+    // What the console offers each of them.
+    let me = |token: &str| -> serde_json::Value {
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("http://{}/console/me", server.http));
+        let (ok, body, err) = run(curl, "");
+        assert!(ok, "{err}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let root = me(&tokens[0]);
+    assert_eq!(root["principal"], "User:root");
+    for section in [
+        "overview",
+        "topics",
+        "messages",
+        "groups",
+        "flow",
+        "pipelines",
+    ] {
+        assert_eq!(root["sees"][section], true, "root sees {section}: {root}");
+    }
+    let alice = me(&tokens[1]);
+    assert_eq!(alice["principal"], "User:alice");
+    let shown: Vec<&str> = [
+        "overview",
+        "topics",
+        "messages",
+        "groups",
+        "flow",
+        "pipelines",
+    ]
+    .into_iter()
+    .filter(|s| alice["sees"][s] == true)
+    .collect();
+    assert_eq!(shown, ["topics", "messages"], "{alice}");
+    for action in ["create_topics", "delete_topics", "produce", "reset_offsets"] {
+        assert_eq!(alice["may"][action], false, "alice may {action}: {alice}");
+    }
     browse(&server.http, &out, &["--token", &tokens[1], "--limited"]);
     server.stop();
 }

@@ -230,6 +230,13 @@ def messages(c):
     print("messages: found by key and by JSON field, hex, live tail, produced", flush=True)
 
 
+def sampled_lag(c):
+    """The server's samples of group console-readers' lag, of every topic, oldest first."""
+    history = c.api("GET", "/groups/console-readers/lag")
+    assert history["period_s"] == 5, history
+    return [lag for t in history["topics"] for _, lag in t["points"]]
+
+
 def groups(c, kafka):
     from kafka import KafkaConsumer, TopicPartition
 
@@ -271,6 +278,8 @@ def groups(c, kafka):
         chart = line_values(c, "s2", "Lag")
         assert chart and min(chart) < max(chart), f"the lag chart did not move: {chart}"
         assert c.find("#reset").get_attribute("hidden") is not None, "reset offered with a member"
+        # The server samples the group's lag itself, every 5 s: one sample before the reset.
+        c.until("the server's lag sample before the reset", lambda: sampled_lag(c), timeout=30)
         # Once the member has left, the group is moved back to the start from the page.
         consumer.close()
         c.until("the reset form", lambda: c.find("#reset").get_attribute("hidden") is None)
@@ -284,6 +293,14 @@ def groups(c, kafka):
         c.until(f"lag {total} after the reset", lambda: lag() == str(total))
         committed = [o["committed"] for o in c.api("GET", "/groups/console-readers")["offsets"]]
         assert committed == [0, 0], committed
+
+        # A page opened now draws the lag from before it opened: the server's samples from
+        # before the reset as well as after it.
+        c.until("the server's lag sample after the reset", lambda: total in sampled_lag(c))
+        c.driver.refresh()
+        c.until("the lag chart drawn", lambda: len(line_values(c, "s2", "Lag") or []) >= 2)
+        chart = line_values(c, "s2", "Lag")
+        assert min(chart) < max(chart), f"the chart did not start from the server's samples: {chart}"
         c.no_errors("the group page")
     finally:
         consumer.close()
@@ -310,6 +327,18 @@ def flow(c, kafka):
     c.until("the throttles counted", lambda: (c.text("[data-card='flow-throttles']") or "0") != "0")
     limits = c.text("#limits-table")
     assert "100.0 KiB/s" in limits and "unlimited" in limits, limits
+    # console.rs holds a native drop-oldest subscriber with a 100-record queue that never
+    # reads, past which 10,000 records were produced.
+    stalled = "tr[data-push='native/drop_oldest']"
+    c.until("the stalled subscriber", lambda: c.finds(stalled))
+    cells = c.text(stalled).split("\t")
+    assert cells[2] == "1" and int(cells[4]) >= 1000, cells
+    assert c.text("tr[data-push='native/credit']").split("\t")[4] == "0"
+    # Every client of this test is on 127.0.0.1: this page's, kafka-python's, the native one.
+    local = "tr[data-address='127.0.0.1']"
+    c.until("this address's connections", lambda: c.finds(local))
+    assert int(c.text(local).split("\t")[1]) >= 2, c.text(local)
+    assert "addresses connected" in c.text("#addresses-note"), c.text("#addresses-note")
     c.no_errors("the flow page")
     c.shot("flow")
     print("flow: the throttled client and the limits shown", flush=True)
@@ -376,17 +405,33 @@ def with_token(c):
     print("authentication: asked for a token, then live", flush=True)
 
 
+def shown_sections(c):
+    return c.driver.execute_script(
+        "return [...document.querySelectorAll('[data-nav]')]"
+        ".filter((a) => !a.parentElement.hidden).map((a) => a.dataset.nav)"
+    )
+
+
 def limited(c):
-    """Signed in as a user who may describe topic `orders` only: no server figures, and only
-    that topic listed."""
+    """Signed in as a user who may describe and read topic `orders` only: the console offers
+    the topics and the message browser and nothing else, and lists only that topic."""
     c.go("")
     c.driver.execute_script("sessionStorage.setItem('weir-token', arguments[0])", c.token)
     c.driver.refresh()
-    c.until("the refusal said", lambda: c.finds("#denied"))
-    assert c.text("#feed-state") == "no access to server figures", c.text("#feed-state")
-    c.go("#/topics")
+    # The overview is not hers: she is taken to the first section she may see.
     c.until("the topic she may see", lambda: c.finds("tr[data-topic='orders']"))
+    assert c.driver.current_url.endswith("#/topics"), c.driver.current_url
+    assert shown_sections(c) == ["topics", "messages"], shown_sections(c)
+    assert c.text("#who") == "alice", c.text("#who")
     assert not c.finds("tr[data-topic='secret']"), "a hidden topic is listed"
+    assert not c.finds("#new-topic-name"), "she may not create topics, yet the form is offered"
+    assert not c.finds("tr[data-topic='orders'] button.danger"), "she may not delete, yet may click"
+    c.until("the refusal said", lambda: c.text("#feed-state") == "no access to server figures")
+    c.go("#/flow")
+    c.until("the way back to what she may see", lambda: c.driver.current_url.endswith("#/topics"))
+    c.go("#/messages?topic=orders&partition=0")
+    c.until("a record of orders", lambda: c.finds("#messages-table tbody tr[data-offset]"))
+    assert not c.finds("#produce-send"), "she may not write, yet the produce form is offered"
     # Refusals were expected (401 before the token was set, 403 after); nothing else.
     errors = [e for e in console_errors(c.driver) if "401" not in e and "403" not in e]
     assert not errors, errors
