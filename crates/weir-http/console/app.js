@@ -1020,6 +1020,22 @@ function pipelines(view) {
   });
 }
 
+// How long ago a time (ms since the epoch, by the server's clock) was, by this browser's.
+function ago(ms) {
+  if (ms === null || ms === undefined) return '–';
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  return s < 60 ? `${s.toFixed(1)} s` : fmtDuration(Math.round(s));
+}
+
+// A source's third line in the graph: its lag, checkpoint age and watermark where known.
+function sourceLine(c) {
+  const parts = [];
+  if (c.lag !== null) parts.push(`lag ${fmtNum(c.lag)}`);
+  if (c.checkpoint_ms) parts.push(`ckpt ${ago(c.checkpoint_ms)}`);
+  if (c.watermark_ms !== null && c.watermark_ms !== undefined) parts.push(`wm −${ago(c.watermark_ms)}`);
+  return parts.join(' · ');
+}
+
 // The pipeline's graph: a column per depth (sources first, the dead-letter output last), an
 // arrow per input, each component with its rate out and its queue.
 function drawGraph(container, components, rateOf) {
@@ -1067,7 +1083,7 @@ function drawGraph(container, components, rateOf) {
       svg('rect', { x: p.x, y: p.y, width: BW, height: BH, rx: 6 }),
       svg('text', { x: p.x + 8, y: p.y + 18, class: 'name' }, c.name),
       svg('text', { x: p.x + 8, y: p.y + 34 }, `${c.kind} · ${fmtNum(rateOf(c))}/s out`),
-      svg('text', { x: p.x + 8, y: p.y + 48 }, c.queued_batches === null ? (c.lag === null ? '' : `lag ${fmtNum(c.lag)}`) : `queue ${c.queued_batches} (${fmtBytes(c.queued_bytes)})`),
+      svg('text', { x: p.x + 8, y: p.y + 48 }, c.queued_batches === null ? sourceLine(c) : `queue ${c.queued_batches} (${fmtBytes(c.queued_bytes)})`),
     );
     g.append(node);
   }
@@ -1095,7 +1111,7 @@ function pipelinePage(view, name) {
   view.append(summary, may('operate_pipelines') ? h('div', { class: 'row' }, control('stop'), control('start')) : '', h('h2', { text: 'Graph' }), graph,
     h('h2', { text: 'Components' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'components-table' },
-      tableHead(['Component'], ['Kind'], ['Received/s', 1], ['Sent/s', 1], ['Sent', 1], ['Dropped', 1], ['Errors', 1], ['Queue', 1], ['Lag', 1], ['Retrying']), body)));
+      tableHead(['Component'], ['Kind'], ['Received/s', 1], ['Sent/s', 1], ['Sent', 1], ['Dropped', 1], ['Errors', 1], ['Queue', 1], ['Lag', 1], ['Checkpoint age', 1], ['Watermark', 1], ['Retrying']), body)));
   let before = null;
   return every(1000, async () => {
     const p = await api(`/pipelines/${encodeURIComponent(name)}`);
@@ -1105,11 +1121,13 @@ function pipelinePage(view, name) {
       const prev = before && before.counts.get(c.name);
       return dt > 0 && prev ? Math.max(0, (c[field] - prev[field]) / dt) : 0;
     };
+    const checkpoints = p.components.map((c) => c.checkpoint_ms).filter(Boolean);
     setCards(summary, [
       card('State', p.state, 'pipeline-state'),
       card('Restarts', String(p.restarts)),
       card('Errors', fmtNum(p.components.reduce((a, c) => a + c.errors, 0))),
       card('Last error', p.last_error || 'none'),
+      card('Oldest checkpoint', checkpoints.length ? ago(Math.min(...checkpoints)) : '–', 'pipeline-checkpoint'),
     ]);
     drawGraph(graph, p.components, (c) => rate(c, 'sent'));
     body.replaceChildren(...p.components.map((c) => h('tr', { 'data-component': c.name },
@@ -1122,6 +1140,8 @@ function pipelinePage(view, name) {
       h('td', { class: 'num', text: c.errors }),
       h('td', { class: 'num', text: c.queued_batches === null ? '–' : `${c.queued_batches} (${fmtBytes(c.queued_bytes)})` }),
       h('td', { class: 'num', text: c.lag === null ? '–' : c.lag }),
+      h('td', { class: 'num', text: c.checkpoint_ms ? ago(c.checkpoint_ms) : '–' }),
+      h('td', { class: 'num', title: c.watermark_ms === null || c.watermark_ms === undefined ? '' : fmtTime(c.watermark_ms), text: c.watermark_ms === null || c.watermark_ms === undefined ? '–' : `${ago(c.watermark_ms)} behind` }),
       h('td', { text: c.retrying || '' }))));
     before = { at: now, counts: new Map(p.components.map((c) => [c.name, c])) };
   });

@@ -667,7 +667,7 @@ pub fn document() -> Value {
                     "last_error_at_ms": {"type": ["integer", "null"]},
                     "components": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["name", "kind", "inputs", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag", "retrying", "retrying_since_ms"],
+                    "required": ["name", "kind", "inputs", "received", "sent", "dropped", "errors", "queued_batches", "queued_bytes", "lag", "checkpoint_ms", "watermark_ms", "retrying", "retrying_since_ms"],
                     "properties": {
                         "name": {"type": "string"},
                         "kind": {"enum": ["source", "transform", "sink"]},
@@ -679,6 +679,8 @@ pub fn document() -> Value {
                         "queued_batches": {"type": ["integer", "null"]},
                         "queued_bytes": {"type": ["integer", "null"]},
                         "lag": {"type": ["integer", "null"], "description": "Sources: records not yet committed (a topic source's group lag)."},
+                        "checkpoint_ms": {"type": ["integer", "null"], "description": "Sources that save their position (topics, files): when they last saved it with everything acknowledged by then, ms since the epoch."},
+                        "watermark_ms": {"type": ["integer", "null"], "description": "Topic sources: the event time read up to, ms since the epoch: over the partitions with records left to read, the least of each one's newest record timestamp read; once all are caught up, the newest."},
                         "retrying": {"type": ["string", "null"], "description": "What the component retries now (a sink that cannot write: a full disk)."},
                         "retrying_since_ms": {"type": ["integer", "null"]},
                     },

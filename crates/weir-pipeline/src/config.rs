@@ -400,6 +400,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                             start,
                             decoding,
                             commit_interval,
+                            progress: Default::default(),
                         },
                     ),
                     None => b.source(&name, Unconnected),
@@ -440,6 +441,7 @@ pub fn build(d: &Declaration, host: &Host) -> Result<Pipeline, ConfigError> {
                         checkpoints,
                         storage,
                         poll: Duration::from_millis(poll_ms.unwrap_or(250).clamp(10, 60_000)),
+                        progress: Default::default(),
                     },
                 )
             }

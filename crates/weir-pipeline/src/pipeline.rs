@@ -60,6 +60,11 @@ pub trait Source: Send + Sync + 'static {
     fn lag(&self) -> Option<u64> {
         None
     }
+
+    /// Its checkpoint and event time, where it keeps them.
+    fn progress(&self) -> crate::connect::Progress {
+        crate::connect::Progress::default()
+    }
 }
 
 /// What a sink gets to run with.
@@ -527,6 +532,12 @@ pub struct ComponentView {
     pub queued_bytes: Option<usize>,
     /// Sources: records not yet committed, where known (a topic source's group lag).
     pub lag: Option<u64>,
+    /// Sources: when the position was last saved (everything acknowledged by then), ms
+    /// since the epoch; `None` before the first save, and for sources that keep none.
+    pub checkpoint_ms: Option<u64>,
+    /// Sources that read timestamped records (topics): the event time read up to, ms since
+    /// the epoch (see [`crate::connect::Progress::watermark_ms`]).
+    pub watermark_ms: Option<i64>,
     /// What the component is retrying now (a sink that cannot write), if anything.
     pub retrying: Option<String>,
     /// Since when it retries, ms since the epoch.
@@ -598,12 +609,9 @@ impl Pipeline {
             .iter()
             .map(|(name, kind, stats)| {
                 let fill = inputs.iter().find(|i| &*i.name == name).map(|i| i.fill());
-                let lag = self
-                    .inner
-                    .sources
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .and_then(|(_, s)| s.lag());
+                let source = self.inner.sources.iter().find(|(n, _)| n == name);
+                let lag = source.and_then(|(_, s)| s.lag());
+                let progress = source.map(|(_, s)| s.progress()).unwrap_or_default();
                 let retrying = stats.retrying.lock().clone();
                 let inputs = self
                     .inner
@@ -620,6 +628,8 @@ impl Pipeline {
                     queued_batches: fill.map(|f| f.0),
                     queued_bytes: fill.map(|f| f.1),
                     lag,
+                    checkpoint_ms: progress.checkpoint_ms,
+                    watermark_ms: progress.watermark_ms,
                     retrying_since_ms: retrying.as_ref().map(|r| r.1),
                     retrying: retrying.map(|r| r.0),
                 }

@@ -59,6 +59,8 @@ pub struct FileSource {
     pub storage: Arc<dyn Storage>,
     /// How often the patterns are matched again and files checked for more lines.
     pub poll: Duration,
+    /// When it last saved its checkpoint.
+    pub progress: Arc<super::ProgressCell>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -130,6 +132,10 @@ fn xxhash(b: &[u8]) -> u64 {
 impl Source for FileSource {
     fn run(&self, ctx: SourceContext) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.clone().tail(ctx))
+    }
+
+    fn progress(&self) -> super::Progress {
+        self.progress.get()
     }
 }
 
@@ -347,6 +353,7 @@ impl FileSource {
         // Files no longer followed nor matched are forgotten.
         next.retain(|id, c| tails.contains_key(id) || c.path.exists());
         if next == *saved {
+            self.progress.checkpointed();
             return Ok(());
         }
         let me = self.clone();
@@ -355,6 +362,7 @@ impl FileSource {
             .await
             .map_err(ComponentError::new)??;
         *saved = next;
+        self.progress.checkpointed();
         Ok(())
     }
 
@@ -633,6 +641,7 @@ mod tests {
             checkpoints: PathBuf::from("/cp/pipe.json"),
             storage,
             poll: Duration::from_millis(10),
+            progress: Default::default(),
         }
     }
 

@@ -57,6 +57,8 @@ pub struct TopicSource {
     pub decoding: Decoding,
     /// How often acknowledged positions are committed.
     pub commit_interval: Duration,
+    /// Its checkpoint and event time, as it runs.
+    pub progress: Arc<super::ProgressCell>,
 }
 
 const FETCH_BYTES: usize = 1 << 20;
@@ -77,6 +79,10 @@ impl Source for TopicSource {
                 .map(|l| l.lag)
                 .sum(),
         )
+    }
+
+    fn progress(&self) -> super::Progress {
+        self.progress.get()
     }
 }
 
@@ -125,6 +131,7 @@ impl TopicSource {
                 if !keep {
                     r.stop.cancel();
                     trackers.lock().remove(p);
+                    self.progress.forget(*p);
                 }
                 keep
             });
@@ -253,13 +260,15 @@ impl TopicSource {
             .filter(|(p, o)| self.broker.committed(&self.group, &self.topic, *p) != Some(*o))
             .map(|(p, o)| (self.topic.clone(), p, o))
             .collect();
-        if !offsets.is_empty() {
+        if offsets.is_empty() {
+            self.progress.checkpointed();
+        } else {
             match self
                 .broker
                 .commit(&self.group, Some((member, generation)), offsets)
                 .await
             {
-                Ok(()) => {}
+                Ok(()) => self.progress.checkpointed(),
                 // Fenced: the partition moved; its new owner reads from the last commit.
                 Err(e)
                     if matches!(
@@ -315,6 +324,7 @@ impl TopicSource {
             let mut events = Vec::with_capacity(BATCH_EVENTS);
             let mut failed = Vec::new();
             let mut ack = AckBatch::new();
+            let mut newest: Option<i64> = None;
             for chunk in &fetched.chunks {
                 for batch in Batches::new(chunk) {
                     let (header, bytes) = batch.map_err(|e| {
@@ -344,6 +354,7 @@ impl TopicSource {
                         if offset < position {
                             continue;
                         }
+                        newest = newest.max(Some(r.timestamp));
                         let record = Record {
                             key: r.key.map(slice),
                             value: r.value.map(slice),
@@ -382,6 +393,8 @@ impl TopicSource {
                     position = end;
                 }
             }
+            self.progress
+                .read(p, newest, position >= fetched.high_watermark);
             if ack.pending() > 0 || !events.is_empty() || !failed.is_empty() {
                 trackers
                     .lock()

@@ -260,6 +260,16 @@ fn a_served_pipeline_reshapes_routes_and_sends_failures_to_the_dead_letter_topic
             .find(|c| c["name"] == "in")
             .unwrap();
         assert_eq!(source["lag"], 0, "{d}");
+        // It saved its position within the last commit intervals, and has read up to the
+        // records' own time (`common::batch` stamps every record 1,700,000,000,000; every
+        // partition caught up: the newest of all).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let checkpoint = source["checkpoint_ms"].as_i64().expect("a checkpoint");
+        assert!(now - checkpoint < 10_000, "{d}");
+        assert_eq!(source["watermark_ms"], 1_700_000_000_000_i64, "{d}");
         // Per-component counters in /metrics.
         let metrics = reqwest::get(format!("http://{}/metrics", server.http))
             .await

@@ -357,6 +357,17 @@ def pipeline(c):
     nodes = [n.get_attribute("data-component") for n in c.finds("#pipeline-graph g.node")]
     assert sorted(nodes) == ["in", "out", "tag"], nodes
     assert len(c.finds("#pipeline-graph line.edge")) == 2
+    # The topic source saves its position every second, and has read records stamped now.
+    row = "#components-table tr[data-component='in']"
+    c.until("the source's checkpoint age", lambda: c.text(row).split("\t")[9].endswith(" s"))
+    age = float(c.text(row).split("\t")[9].split()[0])
+    assert age < 10, c.text(row)
+    watermark = c.text(row).split("\t")[10]
+    assert watermark.endswith(" s behind"), watermark  # under a minute
+    node = c.driver.execute_script(
+        "return document.querySelector(\"#pipeline-graph g.node[data-component='in']\").textContent"
+    )
+    assert "ckpt" in node and "wm −" in node, node
     c.shot("pipeline")
     state = "[data-card='pipeline-state']"
     c.find("#pipeline-stop").click()
