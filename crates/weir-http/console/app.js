@@ -578,6 +578,11 @@ function jsonAt(text, path) {
   return v;
 }
 
+// A value decoded with the topic's schema, as JSON text; null when it was not decoded.
+function decodedText(rec) {
+  return rec.value_decoded === undefined ? null : JSON.stringify(rec.value_decoded);
+}
+
 function matches(rec, f) {
   const key = fromBase64(rec.key_base64);
   const value = fromBase64(rec.value_base64);
@@ -585,7 +590,8 @@ function matches(rec, f) {
     const k = key === null ? null : asText(key);
     if (k !== f.key) return false;
   }
-  const text = value === null ? null : asText(value);
+  // Filters look at the decoded message when the topic has a schema.
+  const text = decodedText(rec) ?? (value === null ? null : asText(value));
   if (f.contains && (text === null || !text.includes(f.contains))) return false;
   if (f.path) {
     if (text === null) return false;
@@ -615,7 +621,18 @@ function messages(view, params) {
   const path = h('input', { id: 'msg-path', autocomplete: 'off', placeholder: 'a.b' });
   const equals = h('input', { id: 'msg-equals', autocomplete: 'off' });
   const format = h('select', { id: 'msg-format' },
-    ...['auto', 'json', 'text', 'hex'].map((f) => h('option', { value: f, text: f })));
+    ...['auto', 'json', 'text', 'hex'].map((f) => h('option', { value: f, text: f })),
+    h('option', { value: 'protobuf', text: 'protobuf (the topic\'s schema)', disabled: true }));
+  // Topics whose values have a schema the server decodes with: name → message type.
+  const schemas = new Map();
+  const schemaNote = h('p', { id: 'msg-schema', class: 'muted' });
+  const showSchema = () => {
+    const message = schemas.get(topicSel.value);
+    format.querySelector('option[value=protobuf]').disabled = !message;
+    if (!message && format.value === 'protobuf') format.value = 'auto';
+    schemaNote.textContent = message ? `Values are Protobuf ${message} messages (the topic's schema): shown decoded, and filtered as JSON.` : '';
+  };
+  topicSel.addEventListener('change', showSchema);
   const status = h('p', { id: 'msg-status', class: 'muted', role: 'status' });
   const body = h('tbody');
   let run = 0;
@@ -674,7 +691,7 @@ function messages(view, params) {
   },
   field('produce-key', 'Key', pKey), field('produce-value', 'Value', pValue), field('produce-headers', 'Headers', pHeaders),
   h('button', { type: 'submit', id: 'produce-send', text: 'Produce to this partition' }));
-  view.append(form, status, table);
+  view.append(form, schemaNote, status, table);
   if (may('produce')) view.append(h('h2', { text: 'Produce a test record' }), produceForm);
 
   const addRow = (rec, f) => {
@@ -689,7 +706,17 @@ function messages(view, params) {
       h('td', { class: 'time', text: fmtTime(rec.timestamp) }),
       h('td', { class: 'value', text: k === null ? '' : show(k, 'auto') }),
       h('td', { class: 'value', text: headers }),
-      h('td', { class: 'value', text: show(fromBase64(rec.value_base64), f) })));
+      h('td', { class: 'value', text: showValue(rec, f) })));
+  };
+  // With the topic's schema, the decoded message (auto: compact, protobuf: indented), or why
+  // the value is not one; else the bytes as `f` says.
+  const showValue = (rec, f) => {
+    const decoded = decodedText(rec);
+    if ((f === 'auto' || f === 'protobuf') && decoded !== null) {
+      return f === 'protobuf' ? JSON.stringify(rec.value_decoded, null, 2) : decoded;
+    }
+    if (f === 'protobuf' && rec.value_decode_error) return `(${rec.value_decode_error}) ${show(fromBase64(rec.value_base64), 'hex')}`;
+    return show(fromBase64(rec.value_base64), f === 'protobuf' ? 'auto' : f);
   };
 
   async function read() {
@@ -701,7 +728,7 @@ function messages(view, params) {
     if (!topic) return;
     const filter = { key: key.value, contains: contains.value, path: path.value.trim(), equals: equals.value };
     const fmt = format.value;
-    const base = `/topics/${encodeURIComponent(topic)}/partitions/${part}/records?format=binary`;
+    const base = `/topics/${encodeURIComponent(topic)}/partitions/${part}/records?format=binary${schemas.has(topic) ? '&schema=true' : ''}`;
     let next;
     try {
       if (from.value === 'offset') next = `&offset=${Number(offset.value)}`;
@@ -744,9 +771,11 @@ function messages(view, params) {
     try {
       const r = await api('/topics');
       const names = r.topics.map((t) => t.name).sort();
+      for (const t of r.topics) if (t.schema) schemas.set(t.name, t.schema.message);
       topicSel.replaceChildren(...names.map((n) => h('option', { value: n, text: n })));
       const want = params.get('topic');
       if (want && names.includes(want)) topicSel.value = want;
+      showSchema();
       if (want) read();
     } catch (err) {
       toast(err.message);

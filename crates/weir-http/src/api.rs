@@ -533,10 +533,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 // ---- topics ----
 
-fn topic_json(t: &TopicInfo) -> Value {
+/// A topic as the API shows it, with its value schema when one is declared.
+fn topic_json(t: &TopicInfo, schemas: &crate::Schemas) -> Value {
+    let schema = schemas
+        .get(&t.name)
+        .map(|d| json!({"type": "protobuf", "message": d.full_name()}));
     json!({
         "name": t.name,
         "config": t.config,
+        "schema": schema,
         "partitions": t.partitions.iter().map(|p| json!({
             "partition": p.partition,
             "log_start_offset": p.log_start_offset,
@@ -556,7 +561,7 @@ async fn list_topics(State(s): State<AppState>, caller: Caller) -> Response {
                 .0
                 .allows(Operation::Describe, ResourceType::Topic, &t.name)
         })
-        .map(topic_json)
+        .map(|t| topic_json(t, &s.config.schemas))
         .collect();
     ok(json!({ "topics": topics }))
 }
@@ -637,7 +642,10 @@ async fn create_topic(
         }
     }
     let info = s.broker.create_topic(&req.name, Some(config)).await?;
-    Ok(json_response(StatusCode::CREATED, topic_json(&info)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        topic_json(&info, &s.config.schemas),
+    ))
 }
 
 async fn get_topic(
@@ -645,7 +653,10 @@ async fn get_topic(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let topic = path(p)?;
-    Ok(ok(topic_json(&s.broker.topic_info(&topic)?)))
+    Ok(ok(topic_json(
+        &s.broker.topic_info(&topic)?,
+        &s.config.schemas,
+    )))
 }
 
 async fn delete_topic(
@@ -848,6 +859,10 @@ struct FetchQuery {
     max_wait_ms: Option<u64>,
     #[serde(default)]
     format: Format,
+    /// Decode each value with the topic's schema too (`value_decoded`, or
+    /// `value_decode_error` for a value that is not such a message).
+    #[serde(default)]
+    schema: bool,
 }
 
 async fn fetch(
@@ -857,6 +872,15 @@ async fn fetch(
 ) -> ApiResult<Response> {
     let (topic, partition) = path(p)?;
     let q = query(q)?;
+    let schema = match (q.schema, s.config.schemas.get(&topic)) {
+        (false, _) => None,
+        (true, Some(d)) => Some(d.clone()),
+        (true, None) => {
+            return Err(ApiError::bad_request(format!(
+                "topic '{topic}' has no schema to decode with (declare one in [schemas.{topic}])"
+            )));
+        }
+    };
     let offset = match (q.offset, q.timestamp) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("give offset or timestamp, not both"));
@@ -922,10 +946,16 @@ async fn fetch(
                             .iter()
                             .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
                             .sum::<usize>();
-                    let v = serde_json::to_value(RecordOut::new(
+                    let mut v = serde_json::to_value(RecordOut::new(
                         &topic, partition, &rec, q.format, None,
                     ))
                     .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    if let Some(d) = &schema {
+                        match crate::records::decode_message(d, rec.value.unwrap_or_default()) {
+                            Ok(decoded) => v["value_decoded"] = decoded,
+                            Err(e) => v["value_decode_error"] = Value::String(e),
+                        }
+                    }
                     out.push(v);
                 }
                 next = next.max(h.next_offset().max(0) as u64);

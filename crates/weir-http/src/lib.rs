@@ -88,7 +88,15 @@ pub struct HttpConfig {
     /// Not a setting: the binary gives it.
     #[serde(skip)]
     pub allocator: &'static str,
+    /// Value schemas by topic (`[schemas.TOPIC]`): fetches asked for `schema=true` decode
+    /// values with them. Not a setting here: the binary loads them.
+    #[serde(skip)]
+    pub schemas: Schemas,
 }
+
+/// Protobuf message types by topic name.
+pub type Schemas =
+    std::sync::Arc<std::collections::BTreeMap<String, prost_reflect::MessageDescriptor>>;
 
 /// A source of Prometheus text for `/metrics`.
 #[derive(Clone)]
@@ -116,6 +124,7 @@ impl Default for HttpConfig {
             pipelines: None,
             profiling: false,
             allocator: "system",
+            schemas: Default::default(),
         }
     }
 }

@@ -49,6 +49,10 @@ fn record_schema(kind: Option<&str>) -> Value {
             "value_base64": {"type": "string"},
             "headers": {"type": "object", "additionalProperties": nullable_string},
             "headers_base64": {"type": "object", "additionalProperties": {"type": "string"}},
+            "value_decoded": {"description": "With schema=true: the value decoded with the \
+                topic's schema (Protobuf's JSON mapping)."},
+            "value_decode_error": {"type": "string", "description": "With schema=true: why \
+                the value is not a message of the topic's schema."},
         },
     });
     if let Some(kind) = kind {
@@ -231,6 +235,10 @@ pub fn document() -> Value {
                         "Long-poll up to this long when nothing is there yet. Default 0."),
                     param("format", "query", json!({"type": "string", "enum": ["json", "binary"]}),
                         "json: UTF-8 keys and values as strings; binary: always base64."),
+                    param("schema", "query", json!({"type": "boolean"}),
+                        "Decode each value with the topic's schema too ([schemas.TOPIC] in the \
+                        server's configuration): value_decoded, or value_decode_error. A topic \
+                        without one answers 400."),
                 ],
                 "responses": {
                     "200": json_response("Records.", "FetchResponse"),
@@ -578,6 +586,9 @@ pub fn document() -> Value {
                 "properties": {
                     "name": {"type": "string"},
                     "config": {"$ref": "#/components/schemas/TopicConfig"},
+                    "schema": {"type": ["object", "null"], "description": "The values' schema \
+                        when the server declares one: type protobuf and the message's full name.",
+                        "properties": {"type": {"const": "protobuf"}, "message": {"type": "string"}}},
                     "partitions": {"type": "array", "items": {"$ref": "#/components/schemas/Partition"}},
                 },
             },

@@ -269,6 +269,17 @@ impl<'a> RecordOut<'a> {
     }
 }
 
+/// A value decoded as a message of type `d`, in Protobuf's JSON mapping (fields by their JSON
+/// names; 64-bit integers as strings, bytes as base64, enums by name), or why it is not one.
+pub fn decode_message(
+    d: &prost_reflect::MessageDescriptor,
+    bytes: &[u8],
+) -> Result<serde_json::Value, String> {
+    let m = prost_reflect::DynamicMessage::decode(d.clone(), bytes)
+        .map_err(|e| format!("not a {} message: {e}", d.full_name()))?;
+    serde_json::to_value(&m).map_err(|e| format!("{}: {e}", d.full_name()))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

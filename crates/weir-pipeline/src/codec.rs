@@ -103,6 +103,11 @@ impl Protobuf {
         Ok(())
     }
 
+    /// The message type, once [`Protobuf::prepare`] loaded it.
+    pub fn message_descriptor(&self) -> Option<&prost_reflect::MessageDescriptor> {
+        self.descriptor.as_ref()
+    }
+
     fn descriptor(&self) -> Result<&prost_reflect::MessageDescriptor, CodecError> {
         self.descriptor
             .as_ref()

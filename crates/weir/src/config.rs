@@ -72,6 +72,10 @@ pub struct Config {
     /// Stream pipelines run by the server, `[pipelines.NAME]` tables in the shape of
     /// `docs/pipelines.md`; checked as a whole at start.
     pub pipelines: std::collections::BTreeMap<String, toml::Table>,
+    /// Value schemas of topics, `[schemas.TOPIC]`: a Protobuf message type (`message`, and
+    /// `descriptor_set` or `proto`, as a pipeline's `protobuf` decoding), which the HTTP
+    /// door's fetch and the console decode values with. Loaded and checked at start.
+    pub schemas: std::collections::BTreeMap<String, weir_pipeline::codec::Protobuf>,
     /// A directory of pipeline files (`NAME.toml`, one pipeline each) run by the server, as
     /// well. Default none.
     pub pipelines_dir: Option<PathBuf>,
@@ -303,6 +307,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthSettings::default(),
             pipelines: std::collections::BTreeMap::new(),
+            schemas: std::collections::BTreeMap::new(),
             pipelines_dir: None,
             base_dir: PathBuf::from("."),
             ignored_env: Vec::new(),
@@ -636,6 +641,12 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         config.validate()?;
+        let base = config.base_dir.clone();
+        for (topic, schema) in &mut config.schemas {
+            schema
+                .prepare(&base)
+                .map_err(|e| anyhow::anyhow!("schemas.{topic}: {e}"))?;
+        }
         for d in config.pipeline_declarations()? {
             weir_pipeline::config::check(&d)?;
         }
@@ -938,6 +949,12 @@ impl Config {
         http.shutdown_grace = http.shutdown_grace.min(self.shutdown_grace());
         // The binary's `#[global_allocator]` (main.rs).
         http.allocator = "mimalloc";
+        http.schemas = std::sync::Arc::new(
+            self.schemas
+                .iter()
+                .filter_map(|(t, s)| s.message_descriptor().map(|d| (t.clone(), d.clone())))
+                .collect(),
+        );
         http
     }
 }
@@ -1101,10 +1118,50 @@ mod tests {
             "tls",
             "auth",
             "pipelines",
+            "schemas",
         ];
         let listed: std::collections::BTreeSet<&str> =
             TOP_LEVEL_KEYS.iter().copied().chain(sections).collect();
         assert_eq!(expected, listed, "{err}");
+    }
+
+    #[test]
+    fn topic_schemas_are_loaded_at_start_and_a_bad_one_refuses_to_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("r.proto"),
+            "syntax = \"proto3\";\npackage p;\nmessage R { string s = 1; }\n",
+        )
+        .unwrap();
+        let file = dir.path().join("weir.toml");
+        let load = |toml: &str| {
+            std::fs::write(&file, toml).unwrap();
+            Config::load(Some(&file), env(&[]))
+        };
+        let c = load("[schemas.t]\nmessage = \"p.R\"\nproto = \"r.proto\"\n").unwrap();
+        let schemas = c.http_config().schemas;
+        assert_eq!(schemas["t"].full_name(), "p.R", "relative to the file");
+        for (toml, says) in [
+            (
+                "[schemas.t]\nmessage = \"p.Nope\"\nproto = \"r.proto\"\n",
+                "no message `p.Nope`",
+            ),
+            (
+                "[schemas.t]\nmessage = \"p.R\"\nproto = \"missing.proto\"\n",
+                "missing.proto",
+            ),
+            (
+                "[schemas.t]\nmessage = \"p.R\"\n",
+                "set one of `descriptor_set` or `proto`",
+            ),
+            (
+                "[schemas.t]\nmessage = \"p.R\"\nproto = \"r.proto\"\nextra = 1\n",
+                "extra",
+            ),
+        ] {
+            let err = format!("{:#}", load(toml).unwrap_err());
+            assert!(err.contains(says), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -45,9 +45,12 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
         &config,
         "[quotas]\nproduce_bytes_per_sec = 102400\n\
          [quotas.clients.ticker]\nproduce_bytes_per_sec = 0\n\
-         [native]\nidle_timeout_ms = 3600000\n",
+         [native]\nidle_timeout_ms = 3600000\n\
+         [schemas.readings]\nmessage = \"plant.Reading\"\nproto = \"reading.proto\"\n",
     )
     .unwrap();
+    // A value schema, for the message browser to decode with.
+    std::fs::write(dir.path().join("reading.proto"), crate::http::READING_PROTO).unwrap();
     let server = Server::start(
         &dir.path().join("data"),
         &[("WEIR_CONFIG", config.to_str().unwrap())],
