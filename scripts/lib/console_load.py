@@ -1,11 +1,12 @@
-"""Opens N web consoles on a weir server and keeps them open until stdin closes, for
-scripts/bench-console. Prints "ready" once every console has its live feed.
+"""Web consoles that can be opened and closed on a weir server, for scripts/bench-console.
 
-    console_load.py feeds HTTP N      # N consoles as the server sees them: each holds the live
-                                      # feed and polls what the Topics and Groups pages poll
-    console_load.py browsers HTTP N   # N headless Chromium browsers on the Overview page
+    Feeds(http, n)      n consoles as the server sees them: each holds the live feed
+                        (/console/live) and polls what the Topics and Groups pages poll
+    Browsers(http, n)   n headless Chromium browsers, started once on a blank page; open()
+                        takes each to the Overview, close() back to the blank page (so what
+                        is measured is the console, not Chromium itself)
 
-`feeds` needs nothing but Python; `browsers` needs selenium and Debian's chromium and
+`Feeds` needs nothing but Python; `Browsers` needs selenium and Debian's chromium and
 chromium-driver (the test venv, target/pyenv, has selenium).
 """
 
@@ -16,55 +17,81 @@ import time
 import urllib.request
 
 
-def feed(http, stop):
-    """One console: the live feed read as it comes, /topics every 2 s, /groups every 2 s."""
+def _feed(http, stop):
+    """One console: the live feed read as it comes, /topics and /groups every 2 s."""
     stream = urllib.request.urlopen(f"http://{http}/console/live", timeout=30)
 
     def read():
-        while not stop.is_set() and stream.readline():
-            pass
+        # Closed here, by its reader, once the next sample (a second at most) came after stop.
+        with stream:
+            while not stop.is_set() and stream.readline():
+                pass
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     while not stop.wait(2):
         for path in ("/topics", "/groups"):
             with urllib.request.urlopen(f"http://{http}{path}", timeout=10) as r:
                 r.read()
-    stream.close()
+    reader.join(timeout=5)
 
 
-def main():
-    mode, http, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    stop = threading.Event()
-    if mode == "feeds":
-        threads = [threading.Thread(target=feed, args=(http, stop), daemon=True) for _ in range(n)]
-        for t in threads:
+class Feeds:
+    def __init__(self, http, n):
+        self.http, self.n = http, n
+        self.stop = None
+        self.threads = []
+
+    def open(self):
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=_feed, args=(self.http, self.stop), daemon=True)
+            for _ in range(self.n)
+        ]
+        for t in self.threads:
             t.start()
-        time.sleep(1.5)
-        print("ready", flush=True)
-        sys.stdin.read()
-        stop.set()
-        return
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../crates/weir/tests/py"))
-    from browser import start_browser
 
-    drivers = []
-    try:
-        for _ in range(n):
-            d = start_browser(1280, 800)
-            drivers.append(d)
-            d.get(f"http://{http}/console/")
-        for d in drivers:
+    def close(self):
+        if self.stop:
+            self.stop.set()
+            for t in self.threads:
+                t.join(timeout=5)
+        self.threads = []
+
+    def quit(self):
+        self.close()
+
+
+class Browsers:
+    def __init__(self, http, n):
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../crates/weir/tests/py"))
+        from browser import start_browser
+
+        self.http = http
+        self.drivers = []
+        try:
+            for _ in range(n):
+                self.drivers.append(start_browser(1280, 800))
+        except BaseException:
+            self.quit()
+            raise
+        self.close()
+
+    def open(self):
+        for d in self.drivers:
+            d.get(f"http://{self.http}/console/")
+        for d in self.drivers:
             deadline = time.time() + 20
             while d.execute_script("return document.getElementById('feed-state').textContent") != "live":
                 if time.time() > deadline:
                     raise SystemExit("a console did not get its live feed")
                 time.sleep(0.1)
-        print("ready", flush=True)
-        sys.stdin.read()
-    finally:
-        for d in drivers:
+
+    def close(self):
+        for d in self.drivers:
+            d.get("about:blank")
+
+    def quit(self):
+        for d in self.drivers:
             d.quit()
-
-
-if __name__ == "__main__":
-    main()
+        self.drivers = []
