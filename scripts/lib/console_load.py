@@ -6,6 +6,8 @@
                         takes each to the Overview, close() back to the blank page (so what
                         is measured is the console, not Chromium itself)
 
+Each has open() and close(), which do nothing when it is open or closed already.
+
 `Feeds` needs nothing but Python; `Browsers` needs selenium and Debian's chromium and
 chromium-driver (the test venv, target/pyenv, has selenium).
 """
@@ -43,6 +45,8 @@ class Feeds:
         self.threads = []
 
     def open(self):
+        if self.threads:
+            return
         self.stop = threading.Event()
         self.threads = [
             threading.Thread(target=_feed, args=(self.http, self.stop), daemon=True)
@@ -69,6 +73,7 @@ class Browsers:
 
         self.http = http
         self.drivers = []
+        self.opened = False
         try:
             for _ in range(n):
                 self.drivers.append(start_browser(1280, 800))
@@ -78,6 +83,9 @@ class Browsers:
         self.close()
 
     def open(self):
+        if self.opened:
+            return
+        self.opened = True
         for d in self.drivers:
             d.get(f"http://{self.http}/console/")
         for d in self.drivers:
@@ -88,6 +96,7 @@ class Browsers:
                 time.sleep(0.1)
 
     def close(self):
+        self.opened = False
         for d in self.drivers:
             d.get("about:blank")
 
