@@ -1056,13 +1056,19 @@ function ago(ms) {
   return s < 60 ? `${s.toFixed(1)} s` : fmtDuration(Math.round(s));
 }
 
-// A source's third line in the graph: its lag, checkpoint age and watermark where known.
-function sourceLine(c) {
-  const parts = [];
-  if (c.lag !== null) parts.push(`lag ${fmtNum(c.lag)}`);
-  if (c.checkpoint_ms) parts.push(`ckpt ${ago(c.checkpoint_ms)}`);
-  if (c.watermark_ms !== null && c.watermark_ms !== undefined) parts.push(`wm −${ago(c.watermark_ms)}`);
-  return parts.join(' · ');
+// A node's third and fourth lines in the graph: a source's lag, then its checkpoint age and
+// watermark where known; another component's queue, then what it dropped and failed.
+function nodeLines(c) {
+  if (c.queued_batches === null) {
+    const progress = [];
+    if (c.checkpoint_ms) progress.push(`ckpt ${ago(c.checkpoint_ms)}`);
+    if (c.watermark_ms !== null && c.watermark_ms !== undefined) progress.push(`wm ${ago(c.watermark_ms)} behind`);
+    return [c.lag === null ? '' : `lag ${fmtNum(c.lag)}`, progress.join(' · ')];
+  }
+  const lost = [];
+  if (c.dropped) lost.push(`dropped ${fmtNum(c.dropped)}`);
+  if (c.errors) lost.push(`errors ${fmtNum(c.errors)}`);
+  return [`queue ${c.queued_batches} (${fmtBytes(c.queued_bytes)})`, lost.join(' · ')];
 }
 
 // The pipeline's graph: a column per depth (sources first, the dead-letter output last), an
@@ -1086,8 +1092,8 @@ function drawGraph(container, components, rateOf) {
     const d = c.inputs.length === 0 && c.kind === 'sink' ? last + 1 : depth.get(c.name);
     (columns[d] = columns[d] || []).push(c);
   }
-  const BW = 170;
-  const BH = 54;
+  const BW = 190;
+  const BH = 68;
   const GX = 60;
   const GY = 18;
   const rows = Math.max(1, ...columns.map((col) => (col ? col.length : 0)));
@@ -1108,11 +1114,13 @@ function drawGraph(container, components, rateOf) {
     const p = at.get(c.name);
     const full = c.queued_batches ? ' queue-busy' : '';
     const node = svg('g', { class: `node ${c.kind}${c.errors || c.retrying ? ' failing' : ''}${full}`, 'data-component': c.name });
+    const [third, fourth] = nodeLines(c);
     node.append(
       svg('rect', { x: p.x, y: p.y, width: BW, height: BH, rx: 6 }),
       svg('text', { x: p.x + 8, y: p.y + 18, class: 'name' }, c.name),
       svg('text', { x: p.x + 8, y: p.y + 34 }, `${c.kind} · ${fmtNum(rateOf(c))}/s out`),
-      svg('text', { x: p.x + 8, y: p.y + 48 }, c.queued_batches === null ? sourceLine(c) : `queue ${c.queued_batches} (${fmtBytes(c.queued_bytes)})`),
+      svg('text', { x: p.x + 8, y: p.y + 48 }, third),
+      svg('text', { x: p.x + 8, y: p.y + 62 }, fourth),
     );
     g.append(node);
   }

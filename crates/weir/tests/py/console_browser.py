@@ -404,7 +404,7 @@ def pipeline(c):
     node = c.driver.execute_script(
         "return document.querySelector(\"#pipeline-graph g.node[data-component='in']\").textContent"
     )
-    assert "ckpt" in node and "wm −" in node, node
+    assert "ckpt" in node and "wm " in node and " behind" in node, node
     c.shot("pipeline")
     state = "[data-card='pipeline-state']"
     c.find("#pipeline-stop").click()
