@@ -72,19 +72,21 @@ pub const MAX_LAG_SERIES: usize = 2_000;
 /// Consumer groups' lag over time, per (group, topic): the sum over the topic's partitions
 /// that the group committed or is assigned, every [`LAG_PERIOD`] for the last 15 minutes.
 /// A group that is gone loses its series. At most [`MAX_LAG_SERIES`] series (16 bytes a
-/// point, so at most about 6 MB).
+/// point, so at most about 6 MB), and as many groups read each time.
 #[derive(Debug, Default)]
 struct LagHistory {
     series: std::collections::HashMap<(String, String), VecDeque<(u64, u64)>>,
 }
 
-/// Every group, and its lag summed by topic.
+/// Groups (the first [`MAX_LAG_SERIES`] by name: a series is a group's topic, so no more
+/// could be kept), each with its lag summed by topic.
 type LagReading = Vec<(String, std::collections::BTreeMap<String, u64>)>;
 
 fn read_lag(broker: &Broker) -> LagReading {
     broker
         .groups()
         .into_iter()
+        .take(MAX_LAG_SERIES)
         .map(|group| {
             let mut by_topic = std::collections::BTreeMap::new();
             for l in broker.group_lag(&group) {
