@@ -274,15 +274,10 @@ impl Authorizer {
         resource: ResourceType,
         name: &str,
     ) -> bool {
-        let user = match who {
-            Principal::User(u) => u,
-            Principal::Anonymous => return false,
+        let (who, rules) = match self.rules_for(who) {
+            Ok(r) => r,
+            Err(decided) => return decided,
         };
-        if self.super_users.iter().any(|s| **s == **user) {
-            return true;
-        }
-        let who = who.to_string();
-        let rules = Arc::clone(&self.rules.read().1);
         let mut allowed = false;
         for rule in rules.iter() {
             if rule.matches(&who, op, resource, name) {
@@ -299,20 +294,14 @@ impl Authorizer {
     /// allowing rule for `who` (or `User:*`) that no deny of every name overrides. It says
     /// what a user interface may offer; each request is still decided by [`Self::allows`].
     pub fn allows_some(&self, who: &Principal, op: Operation, resource: ResourceType) -> bool {
-        let user = match who {
-            Principal::User(u) => u,
-            Principal::Anonymous => return false,
+        let (who, rules) = match self.rules_for(who) {
+            Ok(r) => r,
+            Err(decided) => return decided,
         };
-        if self.super_users.iter().any(|s| **s == **user) {
-            return true;
-        }
-        let who = who.to_string();
-        let rules = Arc::clone(&self.rules.read().1);
-        let applies =
-            |r: &&Acl| (r.principal == who || r.principal == "User:*") && r.resource == resource;
-        // A rule's own name matches it: `matches` then asks whether the rule covers `op`.
+        // A rule's own name matches it: `matches` then asks whether the rule is for `who`
+        // and covers `op` on the resource type.
         let grants = |r: &Acl| r.matches(&who, op, resource, &r.name);
-        let denied_everywhere = rules.iter().filter(applies).any(|r| {
+        let denied_everywhere = rules.iter().any(|r| {
             r.permission == Permission::Deny
                 && r.pattern == PatternType::Literal
                 && r.name == "*"
@@ -321,8 +310,18 @@ impl Authorizer {
         !denied_everywhere
             && rules
                 .iter()
-                .filter(applies)
                 .any(|r| r.permission == Permission::Allow && grants(r))
+    }
+
+    /// What a decision for `who` reads: their name as rules spell it, and the rules in
+    /// force; or the decision itself when no rule can change it (anonymous: never; a super
+    /// user: always).
+    fn rules_for(&self, who: &Principal) -> Result<(String, Arc<Vec<Acl>>), bool> {
+        match who {
+            Principal::Anonymous => Err(false),
+            Principal::User(u) if self.super_users.iter().any(|s| **s == **u) => Err(true),
+            Principal::User(_) => Ok((who.to_string(), Arc::clone(&self.rules.read().1))),
+        }
     }
 
     /// Reads the file again if it changed; says whether it did. A file that cannot be read
