@@ -423,14 +423,7 @@ function topics(view) {
   h('button', { type: 'submit', class: 'primary', text: 'Create' }));
   const body = h('tbody');
   const table = h('div', { class: 'table-wrap' }, h('table', { id: 'topics-table' },
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col', text: 'Topic' }),
-      h('th', { scope: 'col', class: 'num', text: 'Partitions' }),
-      h('th', { scope: 'col', class: 'num', text: 'Records' }),
-      h('th', { scope: 'col', class: 'num', text: 'Size' }),
-      h('th', { scope: 'col', class: 'num', text: 'Records/s' }),
-      h('th', { scope: 'col', text: 'Retention' }),
-      h('th', { scope: 'col', text: '' }))),
+    tableHead(['Topic'], ['Partitions', 1], ['Records', 1], ['Size', 1], ['Records/s', 1], ['Retention'], ['']),
     body));
   view.append(may('create_topics') ? form : '', table);
   let before = null;
@@ -486,13 +479,7 @@ function topicPage(view, name) {
     },
   });
   view.append(summary, h('h2', { text: 'Partitions' }), h('div', { class: 'table-wrap' }, h('table', { id: 'partitions-table' },
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col', class: 'num', text: 'Partition' }),
-      h('th', { scope: 'col', class: 'num', text: 'Log start' }),
-      h('th', { scope: 'col', class: 'num', text: 'High watermark' }),
-      h('th', { scope: 'col', class: 'num', text: 'Size' }),
-      h('th', { scope: 'col', class: 'num', text: 'Records/s' }),
-      h('th', { scope: 'col', text: '' }))),
+    tableHead(['Partition', 1], ['Log start', 1], ['High watermark', 1], ['Size', 1], ['Records/s', 1], ['']),
     body)), h('div', { class: 'row' }, del));
   let before = null;
   return every(1000, async () => {
@@ -655,12 +642,7 @@ function messages(view, params) {
     h('button', { type: 'submit', class: 'primary', id: 'msg-read', text: 'Read' }),
     h('button', { type: 'button', id: 'msg-stop', text: 'Stop', onclick: () => { stop(); status.textContent = 'Stopped.'; } })));
   const table = h('div', { class: 'table-wrap' }, h('table', { id: 'messages-table' },
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col', class: 'num', text: 'Offset' }),
-      h('th', { scope: 'col', text: 'Time' }),
-      h('th', { scope: 'col', text: 'Key' }),
-      h('th', { scope: 'col', text: 'Headers' }),
-      h('th', { scope: 'col', text: 'Value' }))),
+    tableHead(['Offset', 1], ['Time'], ['Key'], ['Headers'], ['Value']),
     body));
   // Produce a test record.
   const pKey = h('input', { id: 'produce-key', autocomplete: 'off' });
@@ -790,11 +772,7 @@ function groups(view) {
   view.append(h('h1', { text: 'Consumer groups' }));
   const body = h('tbody');
   view.append(h('div', { class: 'table-wrap' }, h('table', { id: 'groups-table' },
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col', text: 'Group' }),
-      h('th', { scope: 'col', text: 'Protocol' }),
-      h('th', { scope: 'col', class: 'num', text: 'Members' }),
-      h('th', { scope: 'col', class: 'num', text: 'Lag' }))),
+    tableHead(['Group'], ['Protocol'], ['Members', 1], ['Lag', 1]),
     body)));
   return every(2000, async () => {
     const r = await api('/groups');
@@ -1032,11 +1010,7 @@ function pipelines(view) {
   view.append(h('h1', { text: 'Pipelines' }));
   const body = h('tbody');
   view.append(h('div', { class: 'table-wrap' }, h('table', { id: 'pipelines-table' },
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col', text: 'Pipeline' }),
-      h('th', { scope: 'col', text: 'State' }),
-      h('th', { scope: 'col', class: 'num', text: 'Restarts' }),
-      h('th', { scope: 'col', text: 'Last error' }))),
+    tableHead(['Pipeline'], ['State'], ['Restarts', 1], ['Last error']),
     body)));
   return every(2000, async () => {
     const r = await api('/pipelines');
