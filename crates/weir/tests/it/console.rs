@@ -40,20 +40,14 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     // A produce quota, for the Flow page to show who went over it; the stalled subscriber's
     // producer below is let through, and the subscriber kept however long it says nothing.
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
+    // A value schema, for the message browser to decode with.
+    std::fs::write(dir.path().join("reading.proto"), crate::http::READING_PROTO).unwrap();
+    let server = Server::start_with_config(
+        dir.path(),
         "[quotas]\nproduce_bytes_per_sec = 102400\n\
          [quotas.clients.ticker]\nproduce_bytes_per_sec = 0\n\
          [native]\nidle_timeout_ms = 3600000\n\
          [schemas.readings]\nmessage = \"plant.Reading\"\nproto = \"reading.proto\"\n",
-    )
-    .unwrap();
-    // A value schema, for the message browser to decode with.
-    std::fs::write(dir.path().join("reading.proto"), crate::http::READING_PROTO).unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[("WEIR_CONFIG", config.to_str().unwrap())],
     );
     // A native push subscriber with a 100-record drop-oldest queue that never reads (a raw
     // socket with a small receive buffer), for the Flow page to show its policy and what it
@@ -108,9 +102,8 @@ fn the_console_shows_and_operates_a_live_server_in_a_real_browser() {
 #[test]
 fn the_console_draws_a_running_pipeline_and_stops_and_starts_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
+    let server = Server::start_with_config(
+        dir.path(),
         r#"
 [topics]
 auto_create = true
@@ -129,11 +122,6 @@ type = "topic"
 inputs = ["tag"]
 topic = "events-copy"
 "#,
-    )
-    .unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[("WEIR_CONFIG", config.to_str().unwrap())],
     );
     let out = shots("pipeline");
     browse(&server.http, &out, &["--pipeline"]);

@@ -1890,15 +1890,9 @@ fn a_topics_schema_decodes_its_values_on_fetch() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
     std::fs::write(dir.path().join("schemas/reading.proto"), READING_PROTO).unwrap();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
+    let server = Server::start_with_config(
+        dir.path(),
         "[schemas.readings]\nmessage = \"plant.Reading\"\nproto = \"schemas/reading.proto\"\n",
-    )
-    .unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[("WEIR_CONFIG", config.to_str().unwrap())],
     );
     common::rt().block_on(async {
         let http = Http::new(&server).await;

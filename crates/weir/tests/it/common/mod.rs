@@ -34,6 +34,17 @@ impl Server {
         Self::start_with_tls(dir, env, &[])
     }
 
+    /// Starts `weir serve` with the configuration `toml`, written to `dir/weir.toml` (its
+    /// relative paths start in `dir`), and its data in `dir/data`.
+    pub fn start_with_config(dir: &Path, toml: &str) -> Server {
+        let config = dir.join("weir.toml");
+        std::fs::write(&config, toml).unwrap();
+        Self::start(
+            &dir.join("data"),
+            &[("WEIR_CONFIG", config.to_str().unwrap())],
+        )
+    }
+
     /// As [`Server::start`], and waits for the TLS listeners of `tls_doors` too.
     pub fn start_with_tls(dir: &Path, env: &[(&str, &str)], tls_doors: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
